@@ -1,0 +1,1 @@
+"""The guest ABI and the compute behind it: GGUF models, quant formats, tokenizer, backends."""

@@ -1,0 +1,33 @@
+"""One error taxonomy for Realm.
+
+Every error a user or tenant can cause is a `RealmError`; the CLI prints its message on one line and
+exits with status 1. Asserts are kept for internal invariants only.
+"""
+
+
+class RealmError(Exception):
+    """Base of every error Realm reports to a user or tenant."""
+
+
+class ModelFormatError(RealmError):
+    """A model file is not a usable GGUF file (bad magic, truncated, wrong shape, missing tensor)."""
+
+
+class UnsupportedError(RealmError):
+    """A model uses something Realm does not implement (architecture, tensor type, tokenizer)."""
+
+
+class BackendError(RealmError):
+    """A compute backend is unavailable or failed."""
+
+
+class GuestError(RealmError):
+    """A guest module is invalid, trapped, or broke the ABI."""
+
+
+class QuotaExceeded(GuestError):
+    """A tenant exceeded one of its limits (memory, fuel, time, tokens, sequences)."""
+
+
+class TenantError(RealmError):
+    """A tenant operation failed (unknown tenant, duplicate name, bad deployment)."""
