@@ -6,6 +6,9 @@ plain-Python metadata and memory-mapped raw tensors.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,23 +49,15 @@ class GGUFFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFormatError(f"{self.path}: no such model file")
-        try:
-            reader = GGUFReader(self.path)
-        except Exception as exc:  # gguf raises ValueError, struct.error, IndexError... on bad bytes
-            raise ModelFormatError(f"{self.path}: not a valid GGUF file ({_describe(exc)})") from None
-        self.metadata: dict[str, Any] = {}
-        for key, field in reader.fields.items():
-            try:
-                self.metadata[key] = field.contents()
-            except Exception as exc:
-                raise ModelFormatError(f"{self.path}: unreadable metadata key {key} ({_describe(exc)})") from None
-        self.tensors: dict[str, RawTensor] = {
-            t.name: RawTensor(
-                t.name, GGMLQuantizationType(int(t.tensor_type)),
-                tuple(int(n) for n in reversed(t.shape.tolist())), t.data,
-            )
-            for t in reader.tensors
-        }
+        index = _load_index(self.path)
+        self.metadata: dict[str, Any] = index["metadata"]
+        data = np.memmap(self.path, mode="r")
+        self.tensors: dict[str, RawTensor] = {}
+        for name, qtype, shape, offset, nbytes in index["tensors"]:
+            if offset + nbytes > data.size:
+                raise ModelFormatError(f"{self.path}: file is truncated (tensor {name} ends past the end of the file)")
+            self.tensors[name] = RawTensor(name, GGMLQuantizationType(qtype), tuple(shape),
+                                           _tensor_view(data, qtype, tuple(shape), offset, nbytes))
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -81,6 +76,68 @@ class GGUFFile:
         if shape is not None and t.shape != tuple(shape):
             raise ModelFormatError(f"{self.path}: tensor {name} has shape {t.shape}, expected {tuple(shape)}")
         return t
+
+
+def _load_index(path: Path) -> dict[str, Any]:
+    """Metadata and tensor table of a GGUF file, parsed by gguf's reader once and then cached.
+
+    gguf's reader builds a NumPy view per string, so a 262144-token vocabulary takes seconds to
+    parse; the index (plain JSON) is cached by path, size and mtime and loads in milliseconds.
+    """
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    cache = _index_cache_dir() / f"{key}.json"
+    try:
+        return json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    index = _parse_index(path)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return index
+
+
+def _parse_index(path: Path) -> dict[str, Any]:
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # gguf raises ValueError, struct.error, IndexError... on bad bytes
+        raise ModelFormatError(f"{path}: not a valid GGUF file ({_describe(exc)})") from None
+    metadata: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        try:
+            metadata[key] = field.contents()
+        except Exception as exc:
+            raise ModelFormatError(f"{path}: unreadable metadata key {key} ({_describe(exc)})") from None
+    tensors = [
+        [t.name, int(t.tensor_type), [int(n) for n in reversed(t.shape.tolist())], int(t.data_offset),
+         int(t.data.nbytes)]
+        for t in reader.tensors
+    ]
+    return {"metadata": metadata, "tensors": tensors}
+
+
+_FLOAT_TYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
+
+
+def _tensor_view(data: np.memmap, qtype: int, shape: tuple[int, ...], offset: int, nbytes: int) -> np.ndarray:
+    """The same view gguf's reader gives: typed for F32/F16, uint8 rows of blocks otherwise."""
+    raw = data[offset : offset + nbytes]
+    dtype = _FLOAT_TYPES.get(GGMLQuantizationType(qtype))
+    if dtype is not None:
+        return raw.view(dtype).reshape(shape)
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return raw.reshape(*shape[:-1], nbytes // rows) if len(shape) > 1 else raw
+
+
+def _index_cache_dir() -> Path:
+    if os.environ.get("REALM_HOME"):
+        return Path(os.environ["REALM_HOME"]) / "cache" / "gguf-index"
+    return Path.home() / ".cache" / "realm" / "gguf-index"
 
 
 def _describe(exc: Exception) -> str:

@@ -1,0 +1,180 @@
+"""The NumPy backend: the CPU path and the reference every other backend is held to.
+
+Weights are dequantized to float32 once at load and shared by every sequence; the projections that
+read the same input are fused into one matrix (Q|K|V, gate|up) so a decode step is a handful of
+BLAS matrix-vector products. Activations are plain (n_tokens, n_embd) float32 arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..gguf_file import RawTensor
+from ..quants import dequantize
+from . import Backend, KVCache
+
+
+class NumpyKVCache(KVCache):
+    """Per-layer key/value arrays, grown by doubling so short sequences stay small."""
+
+    def __init__(self, config: ModelConfig, capacity: int) -> None:
+        self.capacity = capacity
+        self._shape_tail = (config.n_head_kv, config.head_dim)
+        self._n_layers = config.n_layers
+        self.k = np.zeros((config.n_layers, 0, *self._shape_tail), np.float32)  # (n_layers, allocated, n_kv, head_dim)
+        self.v = np.zeros_like(self.k)
+
+    def reserve(self, n_positions: int) -> None:
+        if n_positions <= self.k.shape[1]:
+            return
+        size = min(self.capacity, max(n_positions, 2 * self.k.shape[1], 64))
+        for name in ("k", "v"):
+            grown = np.zeros((self._n_layers, size, *self._shape_tail), np.float32)
+            old = getattr(self, name)
+            grown[:, : old.shape[1]] = old
+            setattr(self, name, grown)
+
+    def truncate(self, length: int) -> None:
+        # Positions past `length` are simply overwritten by the next step; attention never reads them.
+        pass
+
+
+class NumpyBackend(Backend):
+    """Float32 forward pass with NumPy/BLAS."""
+
+    name: ClassVar[str] = "numpy"
+
+    def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor],
+                 progress: Callable[[float], None] | None = None) -> None:
+        super().__init__(config, tensors)
+        names = list(config.expected_tensors())
+        w: dict[str, np.ndarray] = {}
+        for done, name in enumerate(names, 1):
+            w[name] = dequantize(tensors[name])
+            if progress:
+                progress(done / len(names))
+        self.token_embd = w.pop("token_embd.weight")  # (n_vocab, n_embd)
+        self.output = self.token_embd if config.tied_output else w.pop("output.weight")
+        self.output_norm = w.pop("output_norm.weight")
+        self.layers = [self._fuse_layer(w, i) for i in range(config.n_layers)]
+        self.rope_factors = w.get("rope_freqs.weight")
+        self._inv_freq = {base: self._rope_inv_freq(base) for base in {config.rope_base, config.rope_base_local}}
+
+    def _fuse_layer(self, w: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+        p = f"blk.{i}."
+        layer = {
+            "qkv": np.concatenate([w.pop(p + "attn_q.weight"), w.pop(p + "attn_k.weight"), w.pop(p + "attn_v.weight")]),
+            "gate_up": np.concatenate([w.pop(p + "ffn_gate.weight"), w.pop(p + "ffn_up.weight")]),
+        }
+        for key in ("attn_norm", "attn_output", "ffn_norm", "ffn_down", "attn_q_norm", "attn_k_norm",
+                    "post_attention_norm", "post_ffw_norm"):
+            if p + key + ".weight" in w:
+                layer[key] = w.pop(p + key + ".weight")
+        return layer
+
+    def _rope_inv_freq(self, base: float) -> np.ndarray:
+        hd = self.config.head_dim
+        inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # (head_dim/2,)
+        if self.rope_factors is not None:
+            inv = inv / self.rope_factors.astype(np.float64)
+        return inv
+
+    def new_cache(self, capacity: int) -> NumpyKVCache:
+        return NumpyKVCache(self.config, capacity)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        return self.token_embd[np.asarray(tokens, np.int64)] * np.float32(self.config.embedding_scale)
+
+    def layer(self, index: int, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
+        assert isinstance(cache, NumpyKVCache)
+        cfg, w = self.config, self.layers[index]
+        n = x.shape[0]
+        qkv = rms_norm(x, w["attn_norm"], cfg.norm_eps) @ w["qkv"].T  # (n, q_dim + 2 kv_dim)
+        q = qkv[:, : cfg.q_dim].reshape(n, cfg.n_head, cfg.head_dim)
+        k = qkv[:, cfg.q_dim : cfg.q_dim + cfg.kv_dim].reshape(n, cfg.n_head_kv, cfg.head_dim)
+        v = qkv[:, cfg.q_dim + cfg.kv_dim :].reshape(n, cfg.n_head_kv, cfg.head_dim)
+        if cfg.qk_norm:
+            q = rms_norm(q, w["attn_q_norm"], cfg.norm_eps)
+            k = rms_norm(k, w["attn_k_norm"], cfg.norm_eps)
+        angles = np.arange(pos, pos + n, dtype=np.float64)[:, None] * self._inv_freq[cfg.layer_rope_base(index)]
+        cos, sin = np.cos(angles).astype(np.float32)[:, None], np.sin(angles).astype(np.float32)[:, None]
+        q, k = rope(q, cos, sin, cfg.rope_layout), rope(k, cos, sin, cfg.rope_layout)
+        cache.reserve(pos + n)
+        cache.k[index, pos : pos + n], cache.v[index, pos : pos + n] = k, v
+        attn = attention(q, cache.k[index], cache.v[index], pos, cfg.layer_window(index), cfg.attention_scale)
+        a = attn.reshape(n, cfg.q_dim) @ w["attn_output"].T
+        if cfg.sandwich_norms:
+            a = rms_norm(a, w["post_attention_norm"], cfg.norm_eps)
+        x = x + a
+        gate_up = rms_norm(x, w["ffn_norm"], cfg.norm_eps) @ w["gate_up"].T  # (n, 2 n_ff)
+        f = (gelu_tanh if cfg.ffn_activation == "gelu" else silu)(gate_up[:, : cfg.n_ff]) * gate_up[:, cfg.n_ff :]
+        f = f @ w["ffn_down"].T
+        if cfg.sandwich_norms:
+            f = rms_norm(f, w["post_ffw_norm"], cfg.norm_eps)
+        return x + f
+
+    def logits(self, x: np.ndarray, last_only: bool = True) -> np.ndarray:
+        if last_only:
+            x = x[-1:]
+        return rms_norm(x, self.output_norm, self.config.norm_eps) @ self.output.T
+
+    def weight_bytes_per_token(self) -> int:
+        per_layer = sum(a.nbytes for layer in self.layers for a in layer.values())
+        return per_layer + self.output.nbytes
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x / rms(x) * weight over the last axis (GGUF norm weights are used as stored)."""
+    ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
+    return x * (1.0 / np.sqrt(ms + np.float32(eps))) * weight
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> np.ndarray:
+    """Rotate (n, heads, head_dim) by per-position angles; cos/sin are (n, 1, head_dim/2)."""
+    if layout == "neox":  # rotate first half against second half
+        half = x.shape[-1] // 2
+        a, b = x[..., :half], x[..., half:]
+        return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+    a, b = x[..., 0::2], x[..., 1::2]  # interleaved pairs (x[2i], x[2i+1])
+    out = np.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = a * cos - b * sin, a * sin + b * cos
+    return out
+
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, window: int,
+              scale: float) -> np.ndarray:
+    """Causal grouped-query attention of n new queries at positions pos.. over cached keys.
+
+    q: (n, n_head, head_dim); k_cache/v_cache: (allocated, n_kv, head_dim). `window` > 0 limits
+    each query at position p to keys p-window+1..p. Returns (n, n_head, head_dim).
+    """
+    n, n_head, hd = q.shape
+    n_kv = k_cache.shape[1]
+    end = pos + n
+    start = max(0, pos - window + 1) if window else 0
+    keys = k_cache[start:end].transpose(1, 2, 0)  # (n_kv, head_dim, L)
+    values = v_cache[start:end].transpose(1, 0, 2)  # (n_kv, L, head_dim)
+    qg = q.reshape(n, n_kv, n_head // n_kv, hd).transpose(1, 2, 0, 3)  # (n_kv, group, n, head_dim)
+    scores = (qg @ keys[:, None]) * np.float32(scale)  # (n_kv, group, n, L)
+    q_pos = np.arange(pos, end)[:, None]
+    k_pos = np.arange(start, end)[None, :]
+    masked = k_pos > q_pos
+    if window:
+        masked |= k_pos <= q_pos - window
+    scores = np.where(masked, -np.inf, scores)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = scores / scores.sum(axis=-1, keepdims=True)
+    out = probs @ values[:, None]  # (n_kv, group, n, head_dim)
+    return out.transpose(2, 0, 1, 3).reshape(n, n_head, hd)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)))

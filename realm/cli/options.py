@@ -1,0 +1,37 @@
+"""Options and helpers shared by every command that runs a model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from host_functions.model import BACKENDS, Model
+from realm.models import load_model, resolve_model_path
+
+stderr = Console(stderr=True)
+
+model_option = click.option(
+    "--model", "-m", "model_path", type=click.Path(dir_okay=False), default=None,
+    help="GGUF model file (default: $REALM_MODEL, else the bundled Gemma 3 270M Q4_K_M).")
+backend_option = click.option(
+    "--backend", "-b", type=click.Choice(BACKENDS), default=lambda: os.environ.get("REALM_BACKEND", "auto"),
+    show_default="auto", help="Compute backend: wgpu (WGSL on the GPU), numpy (CPU), or auto.")
+
+
+def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--model and --backend."""
+    return model_option(backend_option(func))
+
+
+def load_with_progress(model_path: str | None, backend: str) -> Model:
+    """Load (or reuse) a model, showing a progress bar on stderr while weights are prepared."""
+    path = resolve_model_path(model_path)
+    columns = (TextColumn("[bold]loading[/] {task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+        task = bar.add_task(path.name, total=1.0)
+        return load_model(path, backend, progress=lambda f: bar.update(task, completed=f))

