@@ -31,4 +31,4 @@ def main() -> None:
     """Realm: sandboxed WebAssembly tenants driving shared GGUF language models."""
 
 
-from realm.cli import model as _model  # noqa: E402  (registers its commands on `main`)
+
