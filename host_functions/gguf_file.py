@@ -135,9 +135,11 @@ def _tensor_view(data: np.memmap, qtype: int, shape: tuple[int, ...], offset: in
 
 
 def _index_cache_dir() -> Path:
-    if os.environ.get("REALM_HOME"):
-        return Path(os.environ["REALM_HOME"]) / "cache" / "gguf-index"
-    return Path.home() / ".cache" / "realm" / "gguf-index"
+    """$REALM_CACHE, else $XDG_CACHE_HOME/realm, else ~/.cache/realm (a cache, not tenant data)."""
+    if os.environ.get("REALM_CACHE"):
+        return Path(os.environ["REALM_CACHE"]) / "gguf-index"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "realm" / "gguf-index"
 
 
 def _describe(exc: Exception) -> str:

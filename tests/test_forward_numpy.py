@@ -1,0 +1,86 @@
+"""The NumPy forward pass against llama.cpp's logits on every tiny reference model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from host_functions.model import Model, SequenceError
+from oracle import DATA, assert_matches, reference_sequences, tiny_models, tolerance_for
+
+MODELS = tiny_models()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, Model]:
+    return {}
+
+
+def _load(cache: dict[str, Model], name: str) -> Model:
+    if name not in cache:
+        cache[name] = Model.load(DATA / name, backend="numpy")
+    return cache[name]
+
+
+@pytest.mark.parametrize("name,weights", MODELS, ids=[m[0] for m in MODELS])
+def test_prefill_matches_llamacpp_at_every_position(models, name, weights):
+    model = _load(models, name)
+    for tokens, expected in reference_sequences(name.replace(".gguf", ".logits.npz")):
+        assert_matches(model.logits_for(tokens.tolist()), expected, tolerance_for(weights), name)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-Q4_K.gguf", "tiny-gemma3-Q8_0.gguf"])
+def test_decode_through_kv_cache_matches_llamacpp(models, name):
+    """Prefill part of the sequence, then one token per step: the KV cache path."""
+    model = _load(models, name)
+    tokens, expected = reference_sequences(name.replace(".gguf", ".logits.npz"))[0]
+    seq = model.open_sequence(len(tokens))
+    rows = [seq.step(tokens[:10].tolist())]
+    rows += [seq.step([int(t)]) for t in tokens[10:]]
+    assert_matches(np.stack(rows), expected[9:], tolerance_for("Q4_K"), name)
+
+
+def test_sliding_window_layers_attend_only_within_window(models):
+    """tiny-gemma3 has window 8: a 48-token sequence exercises positions far past it."""
+    model = _load(models, "tiny-gemma3-F32.gguf")
+    assert model.config.layer_window(0) == 8 and model.config.layer_window(5) == 0
+    tokens, expected = reference_sequences("tiny-gemma3-F32.logits.npz")[0]
+    assert_matches(model.logits_for(tokens.tolist())[20:], expected[20:], tolerance_for("F32"))
+
+
+def test_sequence_enforces_step_order_and_capacity(models):
+    model = _load(models, "tiny-llama-F32.gguf")
+    seq = model.open_sequence(4)
+    with pytest.raises(SequenceError, match="no pending tokens"):
+        seq.forward_layer(0)
+    seq.append([1, 2])
+    with pytest.raises(SequenceError, match="expected layer 0"):
+        seq.forward_layer(1)
+    seq.forward_layer(0)
+    with pytest.raises(SequenceError, match="step incomplete"):
+        seq.finish()
+    with pytest.raises(SequenceError, match="while a step is in progress"):
+        seq.append([3])
+    seq.forward_layer(1)
+    assert seq.finish().shape == (model.config.n_vocab,)
+    with pytest.raises(SequenceError, match="capacity of 4 tokens exceeded"):
+        seq.append([1, 2, 3])
+    with pytest.raises(SequenceError, match="out of range"):
+        seq.append([10**6])
+    seq.close()
+    with pytest.raises(SequenceError, match="closed"):
+        seq.append([1])
+
+
+def test_truncate_rolls_back_to_an_earlier_state(models):
+    model = _load(models, "tiny-llama-F32.gguf")
+    seq = model.open_sequence(16)
+    first = seq.step([1, 40, 50])
+    seq.step([60, 70])
+    seq.truncate(3)
+    assert seq.tokens == [1, 40, 50]
+    again = seq.step([60])
+    fresh = model.open_sequence(16)
+    fresh.step([1, 40, 50])
+    np.testing.assert_allclose(again, fresh.step([60]), rtol=1e-5, atol=1e-5)
+    assert first.shape == again.shape
