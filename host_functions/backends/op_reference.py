@@ -1,0 +1,84 @@
+"""Float64 NumPy references for the non-matmul GPU kernels (wgpu_ops), written for clarity.
+
+Each function is the plain definition of one op, independent of the NumPy backend's optimized
+code, so a kernel test compares two separate implementations of the same formula.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis."""
+    x = x.astype(np.float64)
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def rope(x: np.ndarray, pos: int, base: float, neox: bool, factors: np.ndarray | None = None) -> np.ndarray:
+    """Rotate x (n_tokens, n_heads, head_dim); token t is at position pos + t.
+
+    Pair i (x[2i], x[2i+1]) for llama, (x[i], x[i + head_dim/2]) for NeoX, turns by
+    (pos + t) * base^(-2i/head_dim) / factors[i].
+    """
+    n, _, hd = x.shape
+    inv_freq = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    if factors is not None:
+        inv_freq = inv_freq / factors
+    theta = np.arange(pos, pos + n, dtype=np.float64)[:, None, None] * inv_freq  # (n, 1, hd/2)
+    i0 = np.arange(hd // 2) if neox else np.arange(0, hd, 2)
+    i1 = i0 + hd // 2 if neox else i0 + 1
+    x = x.astype(np.float64)
+    out = x.copy()
+    a, b = x[..., i0], x[..., i1]
+    out[..., i0] = a * np.cos(theta) - b * np.sin(theta)
+    out[..., i1] = a * np.sin(theta) + b * np.cos(theta)
+    return out
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, window: int, scale: float) -> np.ndarray:
+    """Causal GQA: q (n, n_head, hd) at positions pos.. over k, v (>= pos + n, n_kv, hd).
+
+    Query head h uses KV head h // (n_head // n_kv); position p sees keys max(0, p-window+1)..p
+    (all keys up to p when window == 0).
+    """
+    n, n_head, hd = q.shape
+    group = n_head // k.shape[1]
+    out = np.zeros((n, n_head, hd))
+    for t in range(n):
+        p = pos + t
+        lo = max(0, p - window + 1) if window else 0
+        for h in range(n_head):
+            keys, values = k[lo : p + 1, h // group].astype(np.float64), v[lo : p + 1, h // group].astype(np.float64)
+            s = keys @ q[t, h].astype(np.float64) * scale
+            w = np.exp(s - s.max())
+            out[t, h] = (w / w.sum()) @ values
+    return out
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / (1.0 + np.exp(-x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def gated(gate: np.ndarray, up: np.ndarray, activation: str) -> np.ndarray:
+    """act(gate) * up for act in {"silu", "gelu"}."""
+    return (silu if activation == "silu" else gelu_tanh)(gate) * up
+
+
+def lora(x: np.ndarray, y: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray, adapter: np.ndarray,
+         scales: np.ndarray) -> np.ndarray:
+    """y + scales[ad] * B[ad] @ (A[ad] @ x[r]) per row r, ad = adapter[r] (rows with -1 unchanged).
+
+    x (n_rows, n_in), y (n_rows, n_out), lora_a (n_adapters, rank, n_in), lora_b (n_adapters, n_out, rank).
+    """
+    out = y.astype(np.float64)
+    for r, ad in enumerate(adapter):
+        if ad >= 0:
+            out[r] += scales[ad] * (lora_b[ad].astype(np.float64) @ (lora_a[ad].astype(np.float64) @ x[r]))
+    return out

@@ -1,0 +1,126 @@
+// Rotary position embedding of attention heads, optionally preceded by a per-head RMSNorm
+// (gemma3's Q/K norms), writing f32 or packed f16 (the KV cache).
+//
+// Input rows are heads: src[src_offset + (t*n_heads + h)*head_dim + d] for token t at position
+// pos + t. For dimension pair i (0 <= i < head_dim/2):
+//   theta = (pos + t) * base^(-2i/head_dim) / factor[i]          (factor = 1 without HAS_FACTORS)
+//   llama (NEOX = false) rotates interleaved pairs (x[2i], x[2i+1]);
+//   NeoX  (NEOX = true, gemma3) rotates halves (x[i], x[i + head_dim/2]).
+// With NORM, x is first replaced by x / rms(x) * norm_w (per head, weights as stored).
+// ROTATE = false skips the rotation: a plain (optionally normalized) copy/convert, used to store
+// V rows into an f16 or f32 KV cache with the same kernel.
+//
+// Output element e of the rotated block goes to dst[dst_offset + e]: as f32 bits (OUT_F16 = false)
+// or as half of a packed f16 pair (OUT_F16 = true; dst_offset is even, counted in f16 elements).
+// One workgroup per (token, head) row; rows = wid.x + wid.y * num_workgroups.x.
+
+struct Params {
+    n_rows: u32,       // n_tokens * n_heads
+    n_heads: u32,
+    head_dim: u32,     // even, <= MAX_HEAD_DIM
+    pos: u32,          // position of token 0
+    src_offset: u32,   // in f32 elements
+    dst_offset: u32,   // in output elements (f32 or f16)
+    base: f32,         // rope frequency base of this layer
+    eps: f32,          // RMSNorm epsilon (NORM only)
+}
+
+const MAX_HEAD_DIM: u32 = 512u;
+const TAU: f32 = 6.283185307179586;
+
+override WG: u32 = 64;
+override NORM: bool = false;
+override ROTATE: bool = true;
+override NEOX: bool = false;
+override HAS_FACTORS: bool = false;
+override OUT_F16: bool = false;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> norm_w: array<f32>;   // (head_dim,), bound to anything without NORM
+@group(0) @binding(3) var<storage, read> factors: array<f32>;  // (head_dim/2,), anything without HAS_FACTORS
+@group(0) @binding(4) var<storage, read_write> dst: array<u32>;
+
+var<workgroup> row_buf: array<f32, MAX_HEAD_DIM>;
+var<workgroup> partial: array<f32, WG>;
+
+fn row_inv_rms(lid: u32, base: u32, n: u32) -> f32 {
+    var sum = 0.0;
+    for (var d = lid; d < n; d += WG) {
+        let v = src[base + d];
+        sum += v * v;
+    }
+    partial[lid] = sum;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    return inverseSqrt(partial[0] / f32(n) + params.eps);
+}
+
+// Angle of pair i at position p, reduced to [0, 2pi) because WGSL only bounds sin/cos error there.
+fn angle(p: u32, i: u32, n: u32) -> f32 {
+    let inv_freq = exp2(-f32(2u * i) / f32(n) * log2(params.base));
+    var theta = f32(p) * inv_freq;
+    if (HAS_FACTORS) {
+        theta /= factors[i];
+    }
+    return theta - TAU * floor(theta / TAU);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * groups.x;
+    if (row >= params.n_rows) {
+        return;
+    }
+    let n = params.head_dim;
+    let half = n / 2u;
+    let base = params.src_offset + row * n;
+    var scale = 1.0;
+    if (NORM) {
+        scale = row_inv_rms(lid, base, n);
+    }
+    let p = params.pos + row / params.n_heads;
+    for (var i = lid; i < half; i += WG) {
+        var i0 = 2u * i;
+        var i1 = 2u * i + 1u;
+        if (NEOX) {
+            i0 = i;
+            i1 = i + half;
+        }
+        var x0 = src[base + i0] * scale;
+        var x1 = src[base + i1] * scale;
+        if (NORM) {
+            x0 *= norm_w[i0];
+            x1 *= norm_w[i1];
+        }
+        if (ROTATE) {
+            let theta = angle(p, i, n);
+            let c = cos(theta);
+            let s = sin(theta);
+            let r0 = x0 * c - x1 * s;
+            x1 = x0 * s + x1 * c;
+            x0 = r0;
+        }
+        row_buf[i0] = x0;
+        row_buf[i1] = x1;
+    }
+    workgroupBarrier();
+    // Write adjacent pairs so f16 output packs two values per u32 without races.
+    let out_base = params.dst_offset + row * n;
+    for (var i = lid; i < half; i += WG) {
+        let a = row_buf[2u * i];
+        let b = row_buf[2u * i + 1u];
+        if (OUT_F16) {
+            dst[out_base / 2u + i] = pack2x16float(vec2<f32>(a, b));
+        } else {
+            dst[out_base + 2u * i] = bitcast<u32>(a);
+            dst[out_base + 2u * i + 1u] = bitcast<u32>(b);
+        }
+    }
+}
