@@ -54,3 +54,19 @@ fn bits4(mask: u32, b: u32) -> vec4<u32> {
 fn bytebit4(w: u32, bit: u32) -> vec4<u32> {
     return (vec4<u32>(w >> bit) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(1u);
 }
+
+// Scale and min (6 bits each) of sub-block j (0..7) from the 12 packed bytes shared by Q4_K and
+// Q5_K, given as three little-endian words s. Bit layout (ggml get_scale_min_k4):
+//   bytes 0-3:  EEAAAAAA ..  scale j<4 in the low 6 bits, top 2 bits of scale j+4
+//   bytes 4-7:  eeaaaaaa ..  min j<4 in the low 6 bits, top 2 bits of min j+4
+//   bytes 8-11: eeeeEEEE ..  low 4 bits of scale j+4 (low nibble) and min j+4 (high nibble)
+fn k4_scale_min(s: vec3<u32>, j: u32) -> vec2<f32> {
+    let sh = (j & 3u) * 8u;
+    let b_lo = (s.x >> sh) & 0xffu;   // byte j%4
+    let b_mid = (s.y >> sh) & 0xffu;  // byte j%4 + 4
+    let b_hi = (s.z >> sh) & 0xffu;   // byte j%4 + 8
+    if j < 4u {
+        return vec2<f32>(f32(b_lo & 63u), f32(b_mid & 63u));
+    }
+    return vec2<f32>(f32((b_hi & 0xfu) | ((b_lo >> 6u) << 4u)), f32((b_hi >> 4u) | ((b_mid >> 6u) << 4u)));
+}
