@@ -1,0 +1,621 @@
+"""Text <-> token ids from GGUF metadata, exact to llama.cpp (`src/llama-vocab.cpp`).
+
+Two vocabularies are supported, chosen by `tokenizer.ggml.model`:
+
+- ``llama``: SentencePiece-style (Llama 2, Gemma 3). Spaces become U+2581, then adjacent
+  symbols are merged greedily by the score of the token they form (llama.cpp's
+  ``llm_tokenizer_spm``); symbols that form no token fall back to ``<0xNN>`` byte tokens.
+- ``gpt2``: byte-level BPE (Llama 3, Qwen 2). A pre-tokenizer regex chosen by
+  ``tokenizer.ggml.pre`` splits the text into words, each word's UTF-8 bytes are mapped to
+  GPT-2's printable characters, and pairs are merged by their rank in ``tokenizer.ggml.merges``.
+
+Before either runs, special tokens are cut out of the raw text the way llama.cpp does
+(``tokenizer_st_partition``): USER_DEFINED tokens always, CONTROL and UNKNOWN tokens only
+when ``parse_special`` is set; longer tokens are cut first.
+
+Decoding follows ``llama_detokenize(..., remove_special=false, unparse_special=false)``:
+CONTROL and UNKNOWN tokens contribute nothing, USER_DEFINED tokens their text verbatim.
+"""
+
+from __future__ import annotations
+
+import codecs
+import heapq
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import regex
+
+from realm.errors import ModelFormatError, RealmError, UnsupportedError
+
+__all__ = ["Tokenizer", "StreamDecoder", "TokenType"]
+
+SPACE_MARK = "\u2581"  # SentencePiece's visible space, "▁"
+
+
+class TokenType(IntEnum):
+    """GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`)."""
+
+    UNDEFINED = 0
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+# Tokens cut out of raw text before the model's own algorithm runs; CONTROL and UNKNOWN only
+# when the caller asks to parse specials (llama.cpp's `cache_special_tokens`).
+_PARTITIONED_TYPES = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
+# Tokens that render as nothing in text output (llama.cpp: `token_to_piece(special=false)`).
+_SILENT_TYPES = frozenset((TokenType.CONTROL, TokenType.UNKNOWN))
+
+# llama.cpp recognises these by their text and forces them to CONTROL; every id listed here
+# also ends generation (`special_eog_ids`, built from the token text in llama_vocab::load).
+_EOG_TEXTS = frozenset((
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[",
+))
+# End-of-turn candidates when the file names no `eot_token_id` (checked in this order).
+_EOT_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+    "<EOT>", "_<EOT>", "[EOT]", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<end_of_utterance>",
+)
+# Fill-in-the-middle tokens llama.cpp detects by text (and forces to CONTROL) when the file
+# does not name them; pad/repo/file-separator also end generation.
+_FIM_TEXTS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "fim_pre": (("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>",
+                 "<PRE>", "\u2581<PRE>", "<|code_prefix|>", "<|prefix|>"), False),
+    "fim_suf": (("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim\u2581hole\uff5c>",
+                 "<SUF>", "\u2581<SUF>", "<|code_suffix|>", "<|suffix|>"), False),
+    "fim_mid": (("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>",
+                 "<MID>", "\u2581<MID>", "<|code_middle|>", "<|middle|>"), False),
+    "fim_pad": (("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"), True),
+    "fim_rep": (("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"), True),
+    "fim_sep": (("<|file_sep|>",), True),
+}
+# gpt-oss chat markers llama.cpp always renders as text.
+_ALWAYS_USER_DEFINED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+
+
+# ---------------------------------------------------------------------------------------------
+# SentencePiece-style (tokenizer.ggml.model == "llama")
+# ---------------------------------------------------------------------------------------------
+
+class _SpmModel:
+    """llama.cpp's `llm_tokenizer_spm`: greedy bigram merges by token score."""
+
+    clean_spaces = False
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self._tok = tok
+        self._byte_ids = [self._byte_token(tok, b) for b in range(256)]
+
+    @staticmethod
+    def _byte_token(tok: Tokenizer, b: int) -> int | None:
+        # llama_vocab::byte_to_token: the <0xNN> token, else the byte itself as a token.
+        found = tok._token_to_id.get(f"<0x{b:02X}>")
+        if found is None and b < 0x80:
+            found = tok._token_to_id.get(chr(b))
+        return found
+
+    def prepare(self, fragment: str, after_special: bool) -> str:
+        if self._tok.add_space_prefix and after_special:
+            fragment = " " + fragment
+        return fragment.replace(" ", SPACE_MARK)
+
+    def encode(self, text: str, out: list[int]) -> None:
+        to_id, scores = self._tok._token_to_id, self._tok._scores
+        n = len(text)
+        # One symbol per code point: start offset, length (0 once merged away), neighbours.
+        start = list(range(n))
+        size = [1] * n
+        prev = list(range(-1, n - 1))
+        nxt = list(range(1, n)) + [-1]
+        queue: list[tuple[float, int, int, int]] = []
+
+        def push(left: int, right: int) -> None:
+            if left < 0 or right < 0:
+                return
+            merged = text[start[left]:start[right] + size[right]]
+            tid = to_id.get(merged)
+            if tid is not None:
+                # highest score first; ties go to the leftmost pair (llm_bigram_spm::comparator)
+                heapq.heappush(queue, (-scores[tid], left, right, len(merged)))
+
+        for i in range(1, n):
+            push(i - 1, i)
+        while queue:
+            _, left, right, merged_size = heapq.heappop(queue)
+            if size[left] == 0 or size[right] == 0 or size[left] + size[right] != merged_size:
+                continue  # one side changed since this pair was queued
+            size[left] += size[right]
+            size[right] = 0
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            push(prev[left], left)
+            push(left, nxt[left])
+
+        i = 0 if n else -1
+        while i != -1:
+            piece = text[start[i]:start[i] + size[i]]
+            tid = to_id.get(piece)
+            if tid is not None:
+                out.append(tid)
+            else:
+                self._byte_fallback(piece, out)
+            i = nxt[i]
+
+    def _byte_fallback(self, piece: str, out: list[int]) -> None:
+        for b in piece.encode("utf-8"):
+            tid = self._byte_ids[b]
+            if tid is None:
+                tid = self._tok.unk_id
+            if tid is None:
+                raise UnsupportedError(f"vocabulary has no token for byte 0x{b:02X} and no unknown token")
+            out.append(tid)
+
+    def normal_bytes(self, text: str) -> bytes:
+        return text.replace(SPACE_MARK, " ").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte-level BPE (tokenizer.ggml.model == "gpt2")
+# ---------------------------------------------------------------------------------------------
+
+def _gpt2_byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from each byte to a printable character."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_BYTE_TO_UNICODE = _gpt2_byte_to_unicode()
+_UNICODE_TO_BYTE = {c: b for b, c in _BYTE_TO_UNICODE.items()}
+
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+                 r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+                r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@dataclass(frozen=True)
+class _PreTokenizer:
+    """One row of llama.cpp's pre-tokenizer table (`llm_tokenizer_bpe` and `llama_vocab::load`)."""
+
+    splits: tuple[str, ...]  # applied in turn, each one splitting the pieces of the previous
+    ignore_merges: bool = False  # a whole word that is a token is taken as is
+    add_bos: bool = False
+    clean_spaces: bool = True  # detokenize drops the space in " ?", " 's" and the like
+
+
+_DEFAULT_PRE = _PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]"))
+_LLAMA3_PRE = _PreTokenizer((_LLAMA3_SPLIT,), ignore_merges=True, add_bos=True)
+_QWEN2_PRE = _PreTokenizer((_QWEN2_SPLIT,), clean_spaces=False)
+_GPT2_PRE = _PreTokenizer((_GPT2_SPLIT,))
+
+PRE_TOKENIZERS: dict[str, _PreTokenizer] = {
+    "": _DEFAULT_PRE,  # llama.cpp warns and uses the default when the key is missing
+    "default": _DEFAULT_PRE,
+    "llama3": _LLAMA3_PRE, "llama-v3": _LLAMA3_PRE, "llama-bpe": _LLAMA3_PRE,
+    "qwen2": _QWEN2_PRE, "deepseek-r1-qwen": _QWEN2_PRE,
+    "gpt-2": _GPT2_PRE, "gpt2": _GPT2_PRE,
+}
+
+
+class _BpeModel:
+    """llama.cpp's `llm_tokenizer_bpe` with GPT-2 byte encoding."""
+
+    def __init__(self, tok: Tokenizer, pre: _PreTokenizer, merges: Sequence[str]) -> None:
+        self._tok = tok
+        self._pre = pre
+        self._splits = [regex.compile(p) for p in pre.splits]
+        self.clean_spaces = pre.clean_spaces
+        self._ranks: dict[tuple[str, str], int] = {}
+        for rank, merge in enumerate(merges):
+            cut = merge.find(" ", 1)
+            pair = (merge[:cut], merge[cut + 1:]) if cut >= 0 else ("", "")
+            self._ranks.setdefault(pair, rank)
+
+    def prepare(self, fragment: str, after_special: bool) -> str:
+        return fragment
+
+    def _words(self, text: str) -> list[str]:
+        pieces = [text]
+        for pattern in self._splits:
+            # Like unicode_regex_split: matches and the text between them both become pieces.
+            split: list[str] = []
+            for piece in pieces:
+                end = 0
+                for m in pattern.finditer(piece):
+                    if m.start() > end:
+                        split.append(piece[end:m.start()])
+                    if m.end() > m.start():
+                        split.append(m.group())
+                    end = m.end()
+                if end < len(piece):
+                    split.append(piece[end:])
+            pieces = split
+        return ["".join(_BYTE_TO_UNICODE[b] for b in p.encode("utf-8")) for p in pieces]
+
+    def encode(self, text: str, out: list[int]) -> None:
+        to_id = self._tok._token_to_id
+        for word in self._words(text):
+            if self._pre.ignore_merges and word in to_id:
+                out.append(to_id[word])
+                continue
+            for piece in self._merge(word):
+                tid = to_id.get(piece)
+                if tid is not None:
+                    out.append(tid)
+                    continue
+                # llama.cpp looks each byte up as a one-byte string: only ASCII can hit.
+                out.extend(to_id[chr(b)] for b in piece.encode("utf-8") if b < 0x80 and chr(b) in to_id)
+
+    def _merge(self, word: str) -> list[str]:
+        symbols = list(word)
+        n = len(symbols)
+        prev = list(range(-1, n - 1))
+        nxt = list(range(1, n)) + [-1]
+        queue: list[tuple[int, int, int, str]] = []
+
+        def push(left: int, right: int) -> None:
+            if left < 0 or right < 0:
+                return
+            rank = self._ranks.get((symbols[left], symbols[right]))
+            if rank is not None:
+                heapq.heappush(queue, (rank, left, right, symbols[left] + symbols[right]))
+
+        for i in range(1, n):
+            push(i - 1, i)
+        while queue:
+            _, left, right, merged = heapq.heappop(queue)
+            if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != merged:
+                continue  # outdated pair
+            symbols[left] = merged
+            symbols[right] = ""
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            push(prev[left], left)
+            push(left, nxt[left])
+        return [s for s in symbols if s]
+
+    def normal_bytes(self, text: str) -> bytes:
+        out = bytearray()
+        for ch in text:
+            b = _UNICODE_TO_BYTE.get(ch)
+            if b is not None:
+                out.append(b)
+            else:  # llama_decode_text's marker for a character outside the byte map
+                out += b"[UNK_BYTE_0x" + ch.encode("utf-8").hex().encode() + text.encode("utf-8") + b"]"
+        return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+# ---------------------------------------------------------------------------------------------
+
+class Tokenizer:
+    """A model's tokenizer: `encode` text to ids, `decode` ids to text, stream-decode tokens.
+
+    Build it with `Tokenizer.from_metadata(gguf.metadata)`.
+    """
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    eot_id: int | None
+    unk_id: int | None
+    add_bos: bool
+    add_space_prefix: bool
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> Tokenizer:
+        """Build the tokenizer a GGUF file describes (its `tokenizer.ggml.*` keys).
+
+        Raises ModelFormatError when the vocabulary is missing or inconsistent, and
+        UnsupportedError for tokenizer models or pre-tokenizers Realm does not implement.
+        """
+        kind = meta.get("tokenizer.ggml.model")
+        if kind is None:
+            raise ModelFormatError("model has no tokenizer (tokenizer.ggml.model is missing)")
+        if kind not in ("llama", "gpt2"):
+            raise UnsupportedError(f"tokenizer model {kind!r} is not supported (only 'llama' and 'gpt2')")
+        return cls(meta, kind)
+
+    def __init__(self, meta: Mapping[str, Any], kind: str) -> None:
+        tokens = meta.get("tokenizer.ggml.tokens")
+        if not isinstance(tokens, list) or not tokens:
+            raise ModelFormatError("model has no tokenizer vocabulary (tokenizer.ggml.tokens)")
+        self.vocab_size = n = len(tokens)
+        self._tokens, self._token_to_id = _index_tokens(tokens)
+        self._scores = _per_token(meta, "tokenizer.ggml.scores", n, 0.0)
+        self._types = _per_token(meta, "tokenizer.ggml.token_type", n, int(TokenType.NORMAL))
+
+        if kind == "llama":
+            self._model: _SpmModel | _BpeModel = _SpmModel(self)
+            defaults = {"bos": 1, "eos": 2, "unk": 0}
+            add_bos_default, self.add_space_prefix = True, True
+        else:
+            pre_name = meta.get("tokenizer.ggml.pre") or ""
+            pre = PRE_TOKENIZERS.get(pre_name)
+            if pre is None:
+                raise UnsupportedError(f"BPE pre-tokenizer {pre_name!r} is not supported")
+            merges = meta.get("tokenizer.ggml.merges")
+            if not isinstance(merges, list):
+                raise ModelFormatError("BPE tokenizer has no merges (tokenizer.ggml.merges)")
+            self._model = _BpeModel(self, pre, merges)
+            defaults = {"bos": 11, "eos": 11}
+            add_bos_default, self.add_space_prefix = pre.add_bos, False
+        self.add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", self.add_space_prefix))
+
+        def special(name: str) -> int | None:
+            # An id the file gives wins if it is in range; llama.cpp's defaults only if in range.
+            given = meta.get(f"tokenizer.ggml.{name}_token_id")
+            if isinstance(given, int) and 0 <= given < n:
+                return given
+            default = defaults.get(name)
+            return default if default is not None and default < n else None
+
+        self.bos_id, self.eos_id, self.unk_id = special("bos"), special("eos"), special("unk")
+        self.eot_id = special("eot")
+        eom_id = special("eom")
+        self.add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default))
+        if self.add_bos and self.bos_id is None:
+            raise ModelFormatError("tokenizer.ggml.add_bos_token is true, but the vocabulary has no BOS token")
+
+        self._eog = self._mark_special_tokens(special, eom_id)
+        self._partition_tokens = self._partition_table()
+        self._piece_cache: list[bytes | None] = [None] * n
+
+    # -- construction helpers ------------------------------------------------------------------
+
+    def _mark_special_tokens(self, special: Callable[[str], int | None], eom_id: int | None) -> set[int]:
+        """Apply llama.cpp's text-based fixes to token types; return the end-of-generation ids."""
+        control = int(TokenType.CONTROL)
+        eog: set[int] = set()
+        if self.eot_id is None:
+            self.eot_id = self._first_present(_EOT_TEXTS)
+        if eom_id is None:
+            eom_id = self._first_present(("<|eom_id|>",))
+        for name, (texts, ends_generation) in _FIM_TEXTS.items():
+            tid = special(name)
+            if tid is None:
+                tid = self._first_present(texts)
+                if tid is not None:
+                    self._types[tid] = control
+            if tid is not None and ends_generation:
+                eog.add(tid)
+        for text in _EOG_TEXTS:  # a superset of the EOT and EOM texts, so those become CONTROL too
+            tid = self._token_to_id.get(text)
+            if tid is not None:
+                eog.add(tid)
+                self._types[tid] = control
+        for text in _ALWAYS_USER_DEFINED:
+            tid = self._token_to_id.get(text)
+            if tid is not None:
+                self._types[tid] = int(TokenType.USER_DEFINED)
+        eog.update(t for t in (self.eos_id, self.eot_id, eom_id) if t is not None)
+        return eog
+
+    def _first_present(self, texts: Sequence[str]) -> int | None:
+        # llama.cpp takes whichever candidate its hash map yields first; we take the lowest id.
+        ids = [self._token_to_id[t] for t in texts if t in self._token_to_id]
+        return min(ids) if ids else None
+
+    def _partition_table(self) -> list[tuple[str, int, bool]]:
+        """(text, id, needs parse_special) for every token cut out of raw text, longest first."""
+        wanted = {int(t) for t in _PARTITIONED_TYPES}
+        table = [
+            (self._tokens[i], i, t != TokenType.USER_DEFINED)
+            for i, t in enumerate(self._types) if t in wanted
+        ]
+        table.sort(key=lambda row: -len(row[0].encode("utf-8")))  # stable: equal lengths by id
+        return table
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
+        """Token ids of `text`, as llama.cpp's `llama_tokenize` computes them.
+
+        `add_bos` None follows the model (`tokenizer.ggml.add_bos_token`). With
+        `parse_special`, the text of CONTROL tokens (e.g. "<start_of_turn>") becomes those
+        tokens; without it, it is tokenized as plain text. Raises UnsupportedError when a BOS
+        is asked for and the vocabulary has none.
+        """
+        out: list[int] = []
+        if self.add_bos if add_bos is None else add_bos:
+            if self.bos_id is None:
+                raise UnsupportedError("this vocabulary has no BOS token")
+            out.append(self.bos_id)
+        after_special = True  # SentencePiece prefixes a space at the start and after specials
+        for fragment in self._partition(text, parse_special):
+            if isinstance(fragment, int):
+                out.append(fragment)
+                after_special = True
+            else:
+                self._model.encode(self._model.prepare(fragment, after_special), out)
+                after_special = False
+        return out
+
+    def _partition(self, text: str, parse_special: bool) -> list[str | int]:
+        """Cut special tokens out of `text` (llama.cpp's tokenizer_st_partition, no strip attrs)."""
+        fragments: list[str | int] = [text] if text else []
+        for token, tid, needs_parse in self._partition_tokens:
+            if needs_parse and not parse_special:
+                continue
+            if not any(isinstance(f, str) and token in f for f in fragments):
+                continue
+            cut: list[str | int] = []
+            for fragment in fragments:
+                if isinstance(fragment, int) or token not in fragment:
+                    cut.append(fragment)
+                    continue
+                for k, part in enumerate(fragment.split(token)):
+                    if k:
+                        cut.append(tid)
+                    if part:
+                        cut.append(part)
+            fragments = cut
+        return fragments
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def _check_id(self, tid: int) -> None:
+        if not 0 <= tid < self.vocab_size:
+            raise RealmError(f"token id {tid} is out of range (vocabulary has {self.vocab_size} tokens)")
+
+    def piece(self, id: int) -> str:
+        """The vocabulary entry exactly as stored (e.g. "▁Paris", "<0x0A>", "<bos>")."""
+        self._check_id(id)
+        return self._tokens[id]
+
+    def token_bytes(self, id: int) -> bytes:
+        """The bytes token `id` contributes to output text (llama.cpp's token_to_piece, special=false)."""
+        self._check_id(id)
+        cached = self._piece_cache[id]
+        if cached is None:
+            cached = self._piece_cache[id] = self._render(id)
+        return cached
+
+    def _render(self, tid: int) -> bytes:
+        kind, text = self._types[tid], self._tokens[tid]
+        if kind in _SILENT_TYPES:
+            return b""
+        if kind == TokenType.USER_DEFINED:
+            return text.encode("utf-8")
+        if kind == TokenType.NORMAL:
+            return self._model.normal_bytes(text)
+        if kind == TokenType.BYTE:
+            return bytes((int(text[3:5], 16),))
+        return b""  # UNUSED / UNDEFINED tokens render as nothing, like llama.cpp
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids` as llama.cpp's `llama_detokenize` (no special-token text) gives it.
+
+        Like llama.cpp, a vocabulary that prefixes a space when encoding drops one leading
+        space from the first token, and BPE vocabularies with clean-up enabled drop the space
+        before ".,!?" and some contractions. Invalid UTF-8 becomes U+FFFD.
+        """
+        data = bytearray()
+        for k, tid in enumerate(ids):
+            piece = self.token_bytes(tid)
+            if k == 0 and self.add_space_prefix and piece.startswith(b" "):
+                piece = piece[1:]
+            data += piece
+        if self._model.clean_spaces:
+            data = _clean_up_spaces(data)
+        return bytes(data).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        """A decoder that turns tokens into text one at a time (see StreamDecoder)."""
+        return StreamDecoder(self)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def is_end_of_generation(self, id: int) -> bool:
+        """Whether llama.cpp stops generating at this token (EOS, EOT such as <end_of_turn>, ...)."""
+        return id in self._eog
+
+    @property
+    def end_of_generation_ids(self) -> frozenset[int]:
+        """Every id that ends generation."""
+        return frozenset(self._eog)
+
+
+class StreamDecoder:
+    """Incremental detokenizer: `push` each generated token, get the text complete so far.
+
+    A UTF-8 character split across tokens (byte-fallback tokens) is held back until its last
+    byte arrives. Every piece keeps its leading space (" Paris" yields " Paris"), as llama.cpp
+    streams with `token_to_piece`; the concatenated output equals `decode` of the same ids
+    except where `decode` drops the first token's leading space or cleans up BPE spaces.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, id: int) -> str:
+        """Add one token; return the text that is complete now (possibly "")."""
+        return self._utf8.decode(self._tokenizer.token_bytes(id))
+
+    def flush(self) -> str:
+        """End of stream: return what is still held back (an incomplete character becomes U+FFFD)."""
+        return self._utf8.decode(b"", final=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def _index_tokens(tokens: list[Any]) -> tuple[list[str], dict[str, int]]:
+    if not all(isinstance(t, str) for t in tokens):
+        raise ModelFormatError("tokenizer.ggml.tokens must be a list of strings")
+    to_id = {t: i for i, t in enumerate(tokens)}
+    if len(to_id) == len(tokens) and "" not in to_id:
+        return tokens, to_id
+    # Slow path: llama.cpp renames empty tokens and rejects duplicates.
+    tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    to_id = {}
+    for i, t in enumerate(tokens):
+        if t in to_id:
+            raise ModelFormatError(f"duplicate token in vocabulary: {t!r} has ids {to_id[t]} and {i}")
+        to_id[t] = i
+    return tokens, to_id
+
+
+def _per_token(meta: Mapping[str, Any], key: str, n: int, default: Any) -> list[Any]:
+    """A per-token metadata array (scores, types) as a fresh list of length n."""
+    values = meta.get(key)
+    if values is None:
+        return [default] * n
+    if not isinstance(values, list) or len(values) < n:
+        raise ModelFormatError(f"{key} has {len(values) if isinstance(values, list) else 0} entries, expected {n}")
+    return list(values[:n])
+
+
+def _clean_up_spaces(text: bytearray) -> bytearray:
+    """llama.cpp's `clean_spaces` passes in detokenize, byte for byte."""
+    # pass 1: " ?", " !", " .", " ," lose their space
+    out = bytearray(text[:1])
+    for i in range(1, len(text)):
+        if text[i - 1] == 0x20 and text[i] in b"?!.,":
+            out.pop()
+        out.append(text[i])
+    # pass 2: a lone apostrophe between spaces loses both spaces (" ' " -> "'")
+    text, out = out, bytearray(out[:1])
+    i = 1
+    while i < len(text):
+        x = text[i]
+        if x == 0x27 and i + 1 < len(text) and text[i - 1] == 0x20 and text[i + 1] == 0x20:
+            out.pop()
+            out.append(x)
+            text[i + 1] = 0  # llama.cpp zeroes the skipped space in place; the next check sees it
+            i += 2
+            continue
+        out.append(x)
+        i += 1
+    # pass 3: " 's", " 'm", " 're", " 've" lose their space
+    text, out = out, bytearray(out[:1])
+    for i in range(1, len(text)):
+        if text[i - 1] == 0x20 and text[i] == 0x27 and i + 1 < len(text):
+            x1 = text[i + 1]
+            x2 = text[i + 2] if i + 2 < len(text) else None
+            if x1 in b"sm" or (x2 is not None and (x1, x2) in ((0x72, 0x65), (0x76, 0x65))):
+                out.pop()
+        out.append(text[i])
+    return out
