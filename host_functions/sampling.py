@@ -132,8 +132,8 @@ class StopMatcher:
 
     `push(piece)` returns (text safe to emit now, stopped). Text that might be the start of a stop
     string is held back until the next piece decides it; on a hit, the text before the stop string
-    is emitted and the stop string itself is not. `flush()` returns the held-back text when
-    generation ends without a hit.
+    is emitted and the stop string itself is not. `flush(last_piece)` ends the stream and returns
+    what is still held back (cut at a stop string if the last piece completes one).
     """
 
     def __init__(self, stop: Sequence[str]) -> None:
@@ -157,10 +157,16 @@ class StopMatcher:
         self._held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep], False
 
-    def flush(self) -> str:
-        """The held-back text, once no more pieces will come (empty after a stop)."""
-        text, self._held = self._held, ""
-        return "" if self.stopped else text
+    def flush(self, piece: str = "") -> str:
+        """End of stream: push a last `piece`, then release whatever is still held back.
+
+        Text after a stop string is never returned; after a stop this is empty.
+        """
+        text, stopped = self.push(piece)
+        if stopped:
+            return text
+        text, self._held = text + self._held, ""
+        return text
 
     def _partial_suffix(self, text: str) -> int:
         """Length of the longest end of `text` that is a proper prefix of some stop string."""

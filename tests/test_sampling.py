@@ -244,3 +244,13 @@ def test_overlapping_prefixes_hold_back_only_what_could_still_match():
 def test_empty_stop_string_is_rejected():
     with pytest.raises(RealmError, match="non-empty"):
         StopMatcher(["ok", ""])
+
+
+def test_flush_takes_a_last_piece_and_still_honours_stop_strings():
+    matcher = StopMatcher(["</s>"])
+    assert matcher.push("end </") == ("end ", False)
+    assert matcher.flush("s> tail") == ""
+    assert matcher.stopped
+    matcher = StopMatcher(["</s>"])
+    matcher.push("end </")
+    assert matcher.flush("x") == "</x"
