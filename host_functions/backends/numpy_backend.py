@@ -3,6 +3,11 @@
 Weights are dequantized to float32 once at load and shared by every sequence; the projections that
 read the same input are fused into one matrix (Q|K|V, gate|up) so a decode step is a handful of
 BLAS matrix-vector products. Activations are plain (n_tokens, n_embd) float32 arrays.
+
+Where llama.cpp rounds on purpose we round the same way, because it is the oracle: its KV cache holds
+float16, its attention multiplies float16 queries and probabilities, and its dot products against
+F16/BF16 weights first convert the activations to that type. Each costs little and closes most of the
+gap to llama.cpp's logits on float models.
 """
 
 from __future__ import annotations
@@ -13,13 +18,19 @@ from typing import ClassVar
 import numpy as np
 
 from ..config import ModelConfig
+from gguf import GGMLQuantizationType
+
 from ..gguf_file import RawTensor
 from ..quants import dequantize
 from . import Backend, KVCache
 
 
 class NumpyKVCache(KVCache):
-    """Per-layer key/value arrays, grown by doubling so short sequences stay small."""
+    """Per-layer key/value arrays, grown by doubling so short sequences stay small.
+
+    Values are rounded to float16 (llama.cpp's default cache type) but stored as float32, so that
+    attention reads them without a conversion per step.
+    """
 
     def __init__(self, config: ModelConfig, capacity: int) -> None:
         self.capacity = capacity
@@ -52,29 +63,38 @@ class NumpyBackend(Backend):
                  progress: Callable[[float], None] | None = None) -> None:
         super().__init__(config, tensors)
         names = list(config.expected_tensors())
+        self._types = {name: tensors[name].qtype for name in names}
         w: dict[str, np.ndarray] = {}
         for done, name in enumerate(names, 1):
             w[name] = dequantize(tensors[name])
             if progress:
                 progress(done / len(names))
         self.token_embd = w.pop("token_embd.weight")  # (n_vocab, n_embd)
-        self.output = self.token_embd if config.tied_output else w.pop("output.weight")
+        output_name = "token_embd.weight" if config.tied_output else "output.weight"
+        self.output = Projection(self.token_embd if config.tied_output else w.pop("output.weight"),
+                                 _ACTIVATION_ROUNDING.get(self._types[output_name]))
         self.output_norm = w.pop("output_norm.weight")
         self.layers = [self._fuse_layer(w, i) for i in range(config.n_layers)]
         self.rope_factors = w.get("rope_freqs.weight")
         self._inv_freq = {base: self._rope_inv_freq(base) for base in {config.rope_base, config.rope_base_local}}
 
-    def _fuse_layer(self, w: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    def _fuse_layer(self, w: dict[str, np.ndarray], i: int) -> dict[str, Projection | np.ndarray]:
         p = f"blk.{i}."
-        layer = {
-            "qkv": np.concatenate([w.pop(p + "attn_q.weight"), w.pop(p + "attn_k.weight"), w.pop(p + "attn_v.weight")]),
-            "gate_up": np.concatenate([w.pop(p + "ffn_gate.weight"), w.pop(p + "ffn_up.weight")]),
+        layer: dict[str, Projection | np.ndarray] = {
+            "qkv": self._projection(w, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]),
+            "gate_up": self._projection(w, [p + "ffn_gate.weight", p + "ffn_up.weight"]),
+            "attn_output": self._projection(w, [p + "attn_output.weight"]),
+            "ffn_down": self._projection(w, [p + "ffn_down.weight"]),
         }
-        for key in ("attn_norm", "attn_output", "ffn_norm", "ffn_down", "attn_q_norm", "attn_k_norm",
-                    "post_attention_norm", "post_ffw_norm"):
+        for key in ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"):
             if p + key + ".weight" in w:
                 layer[key] = w.pop(p + key + ".weight")
         return layer
+
+    def _projection(self, w: dict[str, np.ndarray], names: list[str]) -> Projection:
+        """Rows of several weights stacked into one matrix; they share an input so one GEMM serves all."""
+        rounding = {_ACTIVATION_ROUNDING.get(self._types[n]) for n in names}
+        return Projection(np.concatenate([w.pop(n) for n in names]), rounding.pop() if len(rounding) == 1 else None)
 
     def _rope_inv_freq(self, base: float) -> np.ndarray:
         hd = self.config.head_dim
@@ -93,7 +113,7 @@ class NumpyBackend(Backend):
         assert isinstance(cache, NumpyKVCache)
         cfg, w = self.config, self.layers[index]
         n = x.shape[0]
-        qkv = rms_norm(x, w["attn_norm"], cfg.norm_eps) @ w["qkv"].T  # (n, q_dim + 2 kv_dim)
+        qkv = w["qkv"](rms_norm(x, w["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
         q = qkv[:, : cfg.q_dim].reshape(n, cfg.n_head, cfg.head_dim)
         k = qkv[:, cfg.q_dim : cfg.q_dim + cfg.kv_dim].reshape(n, cfg.n_head_kv, cfg.head_dim)
         v = qkv[:, cfg.q_dim + cfg.kv_dim :].reshape(n, cfg.n_head_kv, cfg.head_dim)
@@ -104,15 +124,15 @@ class NumpyBackend(Backend):
         cos, sin = np.cos(angles).astype(np.float32)[:, None], np.sin(angles).astype(np.float32)[:, None]
         q, k = rope(q, cos, sin, cfg.rope_layout), rope(k, cos, sin, cfg.rope_layout)
         cache.reserve(pos + n)
-        cache.k[index, pos : pos + n], cache.v[index, pos : pos + n] = k, v
+        cache.k[index, pos : pos + n], cache.v[index, pos : pos + n] = round_to_f16(k), round_to_f16(v)
         attn = attention(q, cache.k[index], cache.v[index], pos, cfg.layer_window(index), cfg.attention_scale)
-        a = attn.reshape(n, cfg.q_dim) @ w["attn_output"].T
+        a = w["attn_output"](attn.reshape(n, cfg.q_dim))
         if cfg.sandwich_norms:
             a = rms_norm(a, w["post_attention_norm"], cfg.norm_eps)
         x = x + a
-        gate_up = rms_norm(x, w["ffn_norm"], cfg.norm_eps) @ w["gate_up"].T  # (n, 2 n_ff)
+        gate_up = w["gate_up"](rms_norm(x, w["ffn_norm"], cfg.norm_eps))  # (n, 2 n_ff)
         f = (gelu_tanh if cfg.ffn_activation == "gelu" else silu)(gate_up[:, : cfg.n_ff]) * gate_up[:, cfg.n_ff :]
-        f = f @ w["ffn_down"].T
+        f = w["ffn_down"](f)
         if cfg.sandwich_norms:
             f = rms_norm(f, w["post_ffw_norm"], cfg.norm_eps)
         return x + f
@@ -120,11 +140,43 @@ class NumpyBackend(Backend):
     def logits(self, x: np.ndarray, last_only: bool = True) -> np.ndarray:
         if last_only:
             x = x[-1:]
-        return rms_norm(x, self.output_norm, self.config.norm_eps) @ self.output.T
+        return self.output(rms_norm(x, self.output_norm, self.config.norm_eps))
 
     def weight_bytes_per_token(self) -> int:
         per_layer = sum(a.nbytes for layer in self.layers for a in layer.values())
         return per_layer + self.output.nbytes
+
+
+class Projection:
+    """y = x @ W.T, with x first rounded the way llama.cpp's dot product for W's type rounds it."""
+
+    def __init__(self, weight: np.ndarray, round_input: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        self.weight = weight  # (n_out, n_in) float32
+        self.round_input = round_input
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.round_input is not None:
+            x = self.round_input(x)
+        return x @ self.weight.T
+
+
+def round_to_f16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16).astype(np.float32)
+
+
+def round_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even to bfloat16, as ggml's fp32 -> bf16 conversion does."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+    return bits.view(np.float32)
+
+
+# llama.cpp converts activations to its "vec_dot_type" before a dot product with these weight types.
+_ACTIVATION_ROUNDING = {GGMLQuantizationType.F16: round_to_f16, GGMLQuantizationType.BF16: round_to_bf16}
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -149,8 +201,9 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
               scale: float) -> np.ndarray:
     """Causal grouped-query attention of n new queries at positions pos.. over cached keys.
 
-    q: (n, n_head, head_dim); k_cache/v_cache: (allocated, n_kv, head_dim). `window` > 0 limits
-    each query at position p to keys p-window+1..p. Returns (n, n_head, head_dim).
+    q: (n, n_head, head_dim); k_cache/v_cache: (allocated, n_kv, head_dim). `window` > 0
+    limits each query at position p to keys p-window+1..p. Queries and probabilities are rounded to
+    float16 as llama.cpp's f16-cache matmuls do. Returns (n, n_head, head_dim).
     """
     n, n_head, hd = q.shape
     n_kv = k_cache.shape[1]
@@ -158,7 +211,7 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
     start = max(0, pos - window + 1) if window else 0
     keys = k_cache[start:end].transpose(1, 2, 0)  # (n_kv, head_dim, L)
     values = v_cache[start:end].transpose(1, 0, 2)  # (n_kv, L, head_dim)
-    qg = q.reshape(n, n_kv, n_head // n_kv, hd).transpose(1, 2, 0, 3)  # (n_kv, group, n, head_dim)
+    qg = round_to_f16(q).reshape(n, n_kv, n_head // n_kv, hd).transpose(1, 2, 0, 3)  # (n_kv, group, n, head_dim)
     scores = (qg @ keys[:, None]) * np.float32(scale)  # (n_kv, group, n, L)
     q_pos = np.arange(pos, end)[:, None]
     k_pos = np.arange(start, end)[None, :]
@@ -167,7 +220,7 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int,
         masked |= k_pos <= q_pos - window
     scores = np.where(masked, -np.inf, scores)
     scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    probs = scores / scores.sum(axis=-1, keepdims=True)
+    probs = round_to_f16(scores / scores.sum(axis=-1, keepdims=True))
     out = probs @ values[:, None]  # (n_kv, group, n, head_dim)
     return out.transpose(2, 0, 1, 3).reshape(n, n_head, hd)
 
