@@ -15,6 +15,16 @@ when ``parse_special`` is set; longer tokens are cut first.
 
 Decoding follows ``llama_detokenize(..., remove_special=false, unparse_special=false)``:
 CONTROL and UNKNOWN tokens contribute nothing, USER_DEFINED tokens their text verbatim.
+
+Decisions where llama.cpp is silent, nondeterministic or out of scope:
+- llama.cpp also forces the token types of well-known texts (its EOG list, FIM markers) to
+  CONTROL; we do the same, so e.g. Gemma's user-defined "</s>" is a control token that ends
+  generation, as in llama.cpp today. Where several candidates exist and llama.cpp takes the
+  first in hash-map order (EOT, FIM), we take the lowest id.
+- Special tokens of equal byte length are cut out in id order (llama.cpp's sort is unstable).
+- The per-model LSTRIP/RSTRIP attributes (phi-3, jina, modern-bert) are not applied.
+- A byte with no ``<0xNN>`` token becomes ``<unk>`` (llama.cpp aborts).
+- `tokenizer.ggml.add_eos_token` is not applied: encode never appends EOS.
 """
 
 from __future__ import annotations
@@ -436,6 +446,11 @@ class Tokenizer:
         tokens; without it, it is tokenized as plain text. Raises UnsupportedError when a BOS
         is asked for and the vocabulary has none.
         """
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RealmError("text to tokenize is not valid Unicode (it holds a lone surrogate)") from None
         out: list[int] = []
         if self.add_bos if add_bos is None else add_bos:
             if self.bos_id is None:
@@ -455,9 +470,8 @@ class Tokenizer:
         """Cut special tokens out of `text` (llama.cpp's tokenizer_st_partition, no strip attrs)."""
         fragments: list[str | int] = [text] if text else []
         for token, tid, needs_parse in self._partition_tokens:
-            if needs_parse and not parse_special:
-                continue
-            if not any(isinstance(f, str) and token in f for f in fragments):
+            # fragments are pieces of `text`: a token absent from it is absent from them all
+            if (needs_parse and not parse_special) or token not in text:
                 continue
             cut: list[str | int] = []
             for fragment in fragments:

@@ -230,8 +230,8 @@ def test_spm_unknown_characters_use_byte_tokens_then_unk() -> None:
 # ids 0..255 are the GPT-2 characters of bytes 0..255 (so a single byte's id is its value,
 # "Ġ" = 32 is the space byte), then the merged tokens below, then special tokens.
 
-MERGES = ["Ġ t", "h e", "l l", "Ġt he", "he ll", "hell o", "e l", "Ġ ,", "1 2", "3 4", "12 3"]
-MERGED = ["Ġt", "he", "ll", "Ġthe", "hell", "hello", "el", "Ġ,", "12", "34", "123", "xyz"]
+MERGES = ["Ġ t", "h e", "l l", "Ġt he", "he ll", "hell o", "e l", "Ġ ,", "1 2", "3 4", "12 3", "t '", "Ċ Ċ"]
+MERGED = ["Ġt", "he", "ll", "Ġthe", "hell", "hello", "el", "Ġ,", "12", "34", "123", "t'", "ĊĊ", "xyz"]
 SPECIAL = {"<|begin_of_text|>": TokenType.CONTROL, "<|eot_id|>": TokenType.CONTROL,
            "<|end_of_text|>": TokenType.CONTROL, "<tool>": TokenType.USER_DEFINED}
 
@@ -316,11 +316,13 @@ def test_bpe_default_pre_tokenizer_splits_punctuation_first(bpe_files: dict[str,
     assert bpe_files["default"].encode("a ,b") == [ord("a"), 32, ord(","), ord("b")]
 
 
-def test_bpe_llama3_regex_keeps_contractions_and_newlines_apart(bpe_files: dict[str, Tokenizer]) -> None:
+def test_bpe_llama3_regex_splits_words_contractions_and_newlines(bpe_files: dict[str, Tokenizer]) -> None:
     tok = bpe_files["llama-bpe"]
-    # "it's" -> "it" "'s"; "  he" -> " " + " he" (\s+(?!\S) leaves the last space to the word)
-    ids = tok.encode("  he", add_bos=False)
-    assert ids == [32, 32, bpe_id("he")]
+    # "  he" -> " " + " he": \s+(?!\S) leaves the last space to the word
+    assert tok.encode("  he", add_bos=False) == [32, 32, bpe_id("he")]
+    # "it's" -> "it" + "'s", so the merge t+' never applies; "\n\n" is one word, so Ċ+Ċ does
+    assert tok.encode("it's", add_bos=False) == [ord("i"), ord("t"), ord("'"), ord("s")]
+    assert tok.encode("a\n\nb", add_bos=False) == [ord("a"), bpe_id("ĊĊ"), ord("b")]
     assert tok.decode(tok.encode("it's\n\nhello", add_bos=False)) == "it's\n\nhello"
 
 
@@ -372,3 +374,8 @@ def test_unsupported_tokenizer_models_are_rejected() -> None:
 def test_malformed_vocabularies_raise_model_format_error(meta: dict, message: str) -> None:
     with pytest.raises(ModelFormatError, match=message):
         Tokenizer.from_metadata(meta)
+
+
+def test_text_with_lone_surrogate_is_rejected(tiny: Tokenizer) -> None:
+    with pytest.raises(RealmError, match="not valid Unicode"):
+        tiny.encode("a\ud800b")
