@@ -56,6 +56,10 @@ _STORAGE = 128 | 4 | 8  # wgpu.BufferUsage.STORAGE | COPY_SRC | COPY_DST (kept n
 _UNIFORM = 64 | 8       # UNIFORM | COPY_DST
 _UNIFORM_POOL_SIZE = 4096
 
+# WGSL text each `enables` entry adds. wgpu-native's naga (wgpu-py 0.32) rejects `enable subgroups;`
+# ("not yet supported") and allows subgroup builtins whenever the device has the feature.
+_ENABLE_DIRECTIVES = {"f16": "enable f16;\n", "subgroups": ""}
+
 Binding = Any  # GPUBuffer | tuple[GPUBuffer, int, int] | bytes
 
 
@@ -152,7 +156,9 @@ class GPUContext:
                 raise BackendError(f"{self.adapter_name} does not support WGSL f16 (shader-f16)")
             if ext == "subgroups" and not self.has_subgroups:
                 raise BackendError(f"{self.adapter_name} does not support WGSL subgroups")
-        header = "".join(f"enable {ext};\n" for ext in enables)
+            if ext not in _ENABLE_DIRECTIVES:
+                raise BackendError(f"unknown WGSL extension {ext!r}")
+        header = "".join(_ENABLE_DIRECTIVES[ext] for ext in enables)
         return header + "\n".join(self._read_shader(name) for name in (COMMON_SHADER, *shaders))
 
     def _read_shader(self, name: str) -> str:
