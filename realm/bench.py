@@ -91,3 +91,21 @@ def run_bench(load: Callable[[], Model], n_prompt: int = 128, n_decode: int = 12
         weight_bytes_per_token=weight_bytes, decode_gb_s=weight_bytes / decode_s / 1e9,
         guest_overhead_pct=overhead,
     )
+
+
+def guest_decode_seconds(model: Model, prompt: list[int], n_tokens: int) -> float:
+    """Seconds per decoded token when the reference guest drives greedy generation.
+
+    The guest's whole request is timed, and the prompt's prefill (measured directly) is taken off,
+    leaving the steps that each fed one token: the same work `measure_decode` times without a guest.
+    """
+    from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+
+    guest = compile_guest(reference_guest_path().read_bytes())
+    sandbox = TenantSandbox(model)
+    request = {"prompt": model.tokenizer.decode(prompt), "max_tokens": n_tokens + 1, "temperature": 0}
+    sandbox.run(guest, {**request, "max_tokens": 4})  # warm: instantiate once before timing
+    result = sandbox.run(guest, request)
+    decode_steps = result.trace["forward_layer"].calls // model.config.n_layers - 1  # after one prefill step
+    n_prompt = result.tokens_fed - decode_steps
+    return (result.seconds - measure_prefill(model, prompt[:n_prompt])) / max(decode_steps, 1)

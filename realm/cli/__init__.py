@@ -12,7 +12,6 @@ import click
 from realm import __version__
 from realm.errors import RealmError
 
-
 class RealmGroup(click.Group):
     """A click group that reports RealmError as a clean one-line error instead of a traceback."""
 
@@ -24,11 +23,10 @@ class RealmGroup(click.Group):
         except MemoryError:
             raise click.ClickException("out of memory") from None
 
-
 @click.group(cls=RealmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="realm")
 def main() -> None:
     """Realm: sandboxed WebAssembly tenants driving shared GGUF language models."""
 
 
-
+from realm.cli import model as _model  # noqa: E402,F401  (registers its commands on `main`)

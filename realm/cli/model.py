@@ -1,0 +1,139 @@
+"""Model commands: inspect, tokenize, logits, bench."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from host_functions.config import ModelConfig
+from host_functions.gguf_file import GGUFFile
+from host_functions.tokenizer import Tokenizer
+from realm.cli import main
+from realm.cli.options import load_with_progress, model_option, model_options
+from realm.bench import guest_decode_seconds, run_bench
+from realm.models import resolve_model_path
+
+console = Console()
+
+
+def _open(model_path: str | None) -> tuple[GGUFFile, ModelConfig]:
+    gguf = GGUFFile(resolve_model_path(model_path))
+    return gguf, ModelConfig.from_gguf(gguf)
+
+
+@main.command()
+@model_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect(model_path: str | None, as_json: bool) -> None:
+    """Show a model's architecture, dimensions, tokenizer and tensors."""
+    gguf, cfg = _open(model_path)
+    tok = Tokenizer.from_metadata(gguf.metadata)
+    by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for t in gguf.tensors.values():
+        row = by_type[t.qtype.name]
+        row[0] += 1
+        row[1] += t.n_elements
+        row[2] += t.data.nbytes
+    info = {
+        "path": str(gguf.path), "name": gguf.get("general.name", ""), "architecture": cfg.arch,
+        "n_vocab": cfg.n_vocab, "n_embd": cfg.n_embd, "n_layers": cfg.n_layers, "n_ff": cfg.n_ff,
+        "n_head": cfg.n_head, "n_head_kv": cfg.n_head_kv, "head_dim": cfg.head_dim,
+        "context_length": cfg.context_length, "rope_base": cfg.rope_base, "rope_layout": cfg.rope_layout,
+        "sliding_window": cfg.sliding_window, "tied_output": cfg.tied_output,
+        "tokenizer": {"model": gguf.get("tokenizer.ggml.model"), "vocab_size": tok.vocab_size,
+                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "add_bos": tok.add_bos},
+        "tensors": {k: {"count": v[0], "elements": v[1], "bytes": v[2]} for k, v in sorted(by_type.items())},
+    }
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    summary = Table(title=f"{gguf.path.name}", show_header=False)
+    for key, value in info.items():
+        if key not in ("tensors",):
+            summary.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    console.print(summary)
+    tensors = Table("type", "tensors", "parameters", "MiB", title="tensors by type")
+    for name, row in info["tensors"].items():
+        tensors.add_row(name, str(row["count"]), f"{row['elements']:,}", f"{row['bytes'] / 2**20:.1f}")
+    console.print(tensors)
+
+
+@main.command()
+@model_option
+@click.option("--special", is_flag=True, help="Parse special tokens such as <start_of_turn> in the text.")
+@click.option("--no-bos", is_flag=True, help="Do not add the BOS token.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"ids": [...], "pieces": [...]}.')
+@click.argument("text")
+def tokenize(model_path: str | None, special: bool, no_bos: bool, as_json: bool, text: str) -> None:
+    """Show the token ids and pieces of TEXT."""
+    gguf = GGUFFile(resolve_model_path(model_path))
+    tok = Tokenizer.from_metadata(gguf.metadata)
+    ids = tok.encode(text, add_bos=False if no_bos else None, parse_special=special)
+    pieces = [tok.piece(i) for i in ids]
+    if as_json:
+        click.echo(json.dumps({"ids": ids, "pieces": pieces}, ensure_ascii=False))
+        return
+    table = Table("#", "id", "piece")
+    for n, (i, p) in enumerate(zip(ids, pieces)):
+        table.add_row(str(n), str(i), repr(p))
+    console.print(table)
+
+
+def _parse_tokens(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise click.BadParameter("expected comma-separated integers, e.g. 2,651,6037", param_hint="--tokens") from None
+    if not ids:
+        raise click.BadParameter("no token ids given", param_hint="--tokens")
+    return ids
+
+
+@main.command()
+@model_options
+@click.option("--prompt", help="Text to tokenize (BOS added per the model).")
+@click.option("--tokens", help="Comma-separated token ids, used exactly as given (no BOS added).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .npy file.")
+def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str | None, out_path: str) -> None:
+    """Write float32 logits for every position, shape [n_tokens, vocab], to a .npy file."""
+    if (prompt is None) == (tokens is None):
+        raise click.UsageError("give exactly one of --prompt or --tokens")
+    model = load_with_progress(model_path, backend)
+    ids = _parse_tokens(tokens) if tokens is not None else model.tokenizer.encode(prompt)
+    if not ids:
+        raise click.UsageError("the prompt encodes to no tokens")
+    result = model.logits_for(ids).astype(np.float32)
+    out = Path(out_path)
+    tmp = out.with_name(out.name + ".tmp.npy")
+    np.save(tmp, result)
+    tmp.replace(out)
+    click.echo(f"wrote {out} {list(result.shape)}", err=True)
+
+
+@main.command()
+@model_options
+@click.option("--prompt-tokens", default=128, show_default=True, help="Prompt length for the prefill figure.")
+@click.option("--decode-tokens", default=128, show_default=True, help="Tokens decoded for the decode figure.")
+@click.option("--no-guest", is_flag=True, help="Skip the guest-overhead measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_tokens: int, no_guest: bool,
+          as_json: bool) -> None:
+    """Measure load time, prefill and decode speed, peak memory and guest overhead."""
+    if prompt_tokens < 1 or decode_tokens < 1:
+        raise click.BadParameter("token counts must be positive")
+    guest = None if no_guest else guest_decode_seconds
+    result = run_bench(lambda: load_with_progress(model_path, backend), prompt_tokens, decode_tokens, guest)
+    data = result.as_json()
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    table = Table("metric", "value", title="realm bench")
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    console.print(table)
