@@ -1,0 +1,273 @@
+"""The wgpu backend: the whole forward pass as WGSL compute shaders on one command encoder.
+
+Weights are uploaded once in their GGUF encoding (kernels.upload_weight; never dequantized on the
+CPU), norm weights as the F32 they are stored as. Activations and KV caches are GPU buffers:
+embed() and layer() only record dispatches into a pending encoder, logits() submits it and reads
+back nothing but the logits. Matmuls (fused dequantization) and the embedding gather are the
+kernels module's; norms, rope, attention and element-wise ops are wgpu_ops'.
+
+Per layer (see the Backend docstring for the step protocol; buffers are (n_tokens, width) f32):
+    h = rmsnorm(x) * attn_norm                          norm.wgsl
+    q_raw, k_raw, v_raw = Wq h, Wk h, Wv h              matmul
+    q = rope(qnorm(q_raw)); K[pos..] = rope(knorm(k_raw)); V[pos..] = v_raw   rope.wgsl (x3)
+    attn = attention(q, K, V)                           attention.wgsl
+    a = Wo attn;  x += a  |  x += rmsnorm(a) * post_attention_norm (gemma3)
+    h = rmsnorm(x) * ffn_norm; f = act(Wgate h) * Wup h; d = Wdown f
+    x += d  |  x += rmsnorm(d) * post_ffw_norm (gemma3)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from realm.errors import BackendError, UnsupportedError
+
+from .. import kernels
+from ..config import ModelConfig
+from ..gguf_file import RawTensor
+from . import Backend, KVCache
+from . import wgpu_ops as ops
+from .wgpu_context import GPUContext, Recorder
+
+_MIN_CACHE_POSITIONS = 16  # a fresh cache layer's first allocation (then doubling)
+
+
+@dataclass
+class GPUActivations:
+    """Hidden states of one step on the GPU: `buffer` holds (n_tokens, n_embd) float32."""
+
+    buffer: Any
+    n_tokens: int
+
+
+class WgpuKVCache(KVCache):
+    """Per-layer K and V buffers of (positions, n_head_kv, head_dim), f32 or packed f16.
+
+    Each layer's buffers grow by doubling up to `capacity` (recorded as GPU copies in the step
+    that needs the room), so short sequences stay small.
+    """
+
+    def __init__(self, ctx: GPUContext, config: ModelConfig, capacity: int, f16: bool) -> None:
+        self.capacity = capacity
+        self.f16 = f16
+        self.row_elements = config.kv_dim
+        self.row_bytes = config.kv_dim * (2 if f16 else 4)
+        if capacity * self.row_bytes > ctx.max_binding_size:
+            raise BackendError(f"a KV cache of {capacity} positions needs {capacity * self.row_bytes} bytes per "
+                               f"layer, over the GPU's binding limit of {ctx.max_binding_size}")
+        self._ctx = ctx
+        self.k: list[Any] = [None] * config.n_layers
+        self.v: list[Any] = [None] * config.n_layers
+        self.allocated = [0] * config.n_layers  # positions each layer's buffers hold
+
+    def reserve(self, rec: Recorder, layer: int, n_positions: int) -> None:
+        """Make layer `layer` hold at least n_positions, copying what it holds into larger buffers."""
+        old = self.allocated[layer]
+        if n_positions <= old:
+            return
+        if n_positions > self.capacity:
+            raise BackendError(f"KV cache capacity of {self.capacity} positions exceeded ({n_positions})")
+        size = min(self.capacity, max(n_positions, 2 * old, _MIN_CACHE_POSITIONS))
+        for store in (self.k, self.v):
+            grown = self._ctx.empty(size * self.row_bytes)
+            if old:
+                rec.copy(store[layer], grown, old * self.row_bytes)
+            store[layer] = grown
+        self.allocated[layer] = size
+
+    def truncate(self, length: int) -> None:
+        # Positions past `length` are overwritten by the next step before attention reads them.
+        pass
+
+
+@dataclass
+class _Layer:
+    """One transformer block's weights on the GPU (names mirror the GGUF tensors)."""
+
+    attn_norm: Any
+    attn_q: kernels.GPUWeight
+    attn_k: kernels.GPUWeight
+    attn_v: kernels.GPUWeight
+    attn_output: kernels.GPUWeight
+    ffn_norm: Any
+    ffn_gate: kernels.GPUWeight
+    ffn_up: kernels.GPUWeight
+    ffn_down: kernels.GPUWeight
+    attn_q_norm: Any = None
+    attn_k_norm: Any = None
+    post_attention_norm: Any = None
+    post_ffw_norm: Any = None
+
+
+class _Scratch:
+    """Per-step intermediate buffers, sized for the largest step so far and shared by all layers.
+
+    Reusing them across layers and sequences is safe: every use is recorded in order into one
+    encoder, and no value in them outlives the layer() call that produced it.
+    """
+
+    def __init__(self, ctx: GPUContext, config: ModelConfig) -> None:
+        self._ctx, self._config, self.n_tokens = ctx, config, 0
+
+    def ensure(self, n_tokens: int) -> None:
+        if n_tokens <= self.n_tokens:
+            return
+        cfg, empty = self._config, self._ctx.empty
+        self.h = empty(n_tokens * cfg.n_embd * 4)  # (n, n_embd): normed input of a projection
+        self.a = empty(n_tokens * cfg.n_embd * 4)  # (n, n_embd): attention / FFN output projection
+        self.q_raw = empty(n_tokens * cfg.q_dim * 4)  # (n, n_head, head_dim)
+        self.q = empty(n_tokens * cfg.q_dim * 4)
+        self.k_raw = empty(n_tokens * cfg.kv_dim * 4)  # (n, n_head_kv, head_dim)
+        self.v_raw = empty(n_tokens * cfg.kv_dim * 4)
+        self.attn = empty(n_tokens * cfg.q_dim * 4)  # (n, n_head, head_dim)
+        self.gate = empty(n_tokens * cfg.n_ff * 4)  # (n, n_ff)
+        self.up = empty(n_tokens * cfg.n_ff * 4)
+        self.f = empty(n_tokens * cfg.n_ff * 4)
+        self.n_tokens = n_tokens
+
+
+class WgpuBackend(Backend):
+    """Forward pass on a WebGPU device (any Vulkan/Metal/D3D12 GPU, or llvmpipe on the CPU)."""
+
+    name: ClassVar[str] = "wgpu"
+
+    def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor],
+                 progress: Callable[[float], None] | None = None, kv_f16: bool = False) -> None:
+        """Upload every weight the forward pass reads; raises BackendError without a usable GPU.
+
+        kv_f16 stores KV caches as f16 (half the memory, ~1e-3 relative rounding).
+        """
+        super().__init__(config, tensors)
+        self.ctx = GPUContext.get()
+        self.kv_f16 = kv_f16
+        if config.head_dim > ops.MAX_HEAD_DIM or config.head_dim % 2:
+            raise UnsupportedError(f"the rope and attention kernels support an even head_dim <= "
+                                   f"{ops.MAX_HEAD_DIM}, got {config.head_dim}")
+        names = list(config.expected_tensors())
+        uploaded: dict[str, Any] = {}
+        for done, name in enumerate(names, 1):
+            uploaded[name] = self._upload(tensors[name])
+            if progress:
+                progress(done / len(names))
+        self.token_embd: kernels.GPUWeight = uploaded["token_embd.weight"]
+        self.output: kernels.GPUWeight = self.token_embd if config.tied_output else uploaded["output.weight"]
+        self.output_norm = uploaded["output_norm.weight"]
+        self.rope_freqs = uploaded.get("rope_freqs.weight")
+        self.layers = [
+            _Layer(**{field: uploaded[f"blk.{i}.{field}.weight"] for field in _Layer.__dataclass_fields__
+                      if f"blk.{i}.{field}.weight" in uploaded})
+            for i in range(config.n_layers)
+        ]
+        self._scratch = _Scratch(self.ctx, config)
+        self._rec: Recorder | None = None
+        self._lock = threading.RLock()  # one encoder: concurrent callers record one at a time
+
+    def _upload(self, tensor: RawTensor) -> Any:
+        """2-D weights stay in their GGUF encoding; 1-D F32 vectors (norms) upload as they are."""
+        if len(tensor.shape) == 2:
+            return kernels.upload_weight(self.ctx, tensor)
+        if tensor.data.dtype != np.float32:
+            raise BackendError(f"tensor {tensor.name}: expected F32 for a 1-D weight, got {tensor.qtype.name}")
+        return self.ctx.upload(np.asarray(tensor.data))
+
+    def _recorder(self) -> Recorder:
+        if self._rec is None:
+            self._rec = Recorder(self.ctx)
+        return self._rec
+
+    # ---- Backend API ---------------------------------------------------------------------------
+
+    def new_cache(self, capacity: int) -> WgpuKVCache:
+        return WgpuKVCache(self.ctx, self.config, capacity, self.kv_f16)
+
+    def embed(self, tokens: np.ndarray) -> GPUActivations:
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.n_vocab):
+            raise BackendError(f"token id out of range 0..{self.config.n_vocab - 1}")
+        n = int(tokens.size)
+        with self._lock:
+            x = self.ctx.empty(max(n, 1) * self.config.n_embd * 4)
+            kernels.gather_rows(self._recorder(), self.token_embd, self.ctx.upload(tokens.astype(np.uint32)), x, n,
+                                scale=self.config.embedding_scale)
+        return GPUActivations(x, n)
+
+    def layer(self, index: int, x: GPUActivations, cache: KVCache, pos: int) -> GPUActivations:
+        assert isinstance(cache, WgpuKVCache) and isinstance(x, GPUActivations)
+        with self._lock:
+            rec = self._recorder()
+            self._scratch.ensure(x.n_tokens)
+            cache.reserve(rec, index, pos + x.n_tokens)
+            self._attention_block(rec, index, x, cache, pos)
+            self._ffn_block(rec, index, x)
+        return x
+
+    def logits(self, x: GPUActivations, last_only: bool = True) -> np.ndarray:
+        cfg = self.config
+        first = x.n_tokens - 1 if last_only else 0
+        n_rows = x.n_tokens - first
+        # Logit rows are read back in batches that fit one storage binding (262144-wide vocabularies).
+        per_batch = max(1, min(n_rows, self.ctx.max_binding_size // (cfg.n_vocab * 4)))
+        out = np.empty((n_rows, cfg.n_vocab), np.float32)
+        with self._lock:
+            normed = self.ctx.empty(per_batch * cfg.n_embd * 4)
+            logits = self.ctx.empty(per_batch * cfg.n_vocab * 4)
+            for start in range(0, n_rows, per_batch):
+                rows = min(per_batch, n_rows - start)
+                rec = self._recorder()
+                ops.rms_norm(rec, x.buffer, self.output_norm, normed, rows, cfg.n_embd, cfg.norm_eps,
+                             in_offset=(first + start) * cfg.n_embd)
+                kernels.matmul(rec, self.output, normed, logits, rows)
+                self._submit()
+                out[start : start + rows] = self.ctx.read(logits, np.float32, (rows, cfg.n_vocab))
+        return out
+
+    def weight_bytes_per_token(self) -> int:
+        matrices = [w for layer in self.layers for w in vars(layer).values() if isinstance(w, kernels.GPUWeight)]
+        return sum(w.nbytes for w in matrices) + self.output.nbytes
+
+    # ---- the two halves of a block -------------------------------------------------------------
+
+    def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, cache: WgpuKVCache, pos: int) -> None:
+        cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
+        ops.rms_norm(rec, x.buffer, w.attn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
+        kernels.matmul(rec, w.attn_q, s.h, s.q_raw, n)
+        kernels.matmul(rec, w.attn_k, s.h, s.k_raw, n)
+        kernels.matmul(rec, w.attn_v, s.h, s.v_raw, n)
+        rope = dict(pos=pos, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox",
+                    eps=cfg.norm_eps, factors=self.rope_freqs)
+        ops.rope(rec, s.q_raw, s.q, n, cfg.n_head, cfg.head_dim, norm_weight=w.attn_q_norm, **rope)
+        row = pos * cache.row_elements  # where position `pos` starts in the cache, in elements
+        ops.rope(rec, s.k_raw, cache.k[index], n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.attn_k_norm,
+                 out_f16=cache.f16, dst_offset=row, **rope)
+        ops.rope(rec, s.v_raw, cache.v[index], n, cfg.n_head_kv, cfg.head_dim, rotate=False,
+                 out_f16=cache.f16, dst_offset=row, **rope)
+        ops.attention(rec, s.q, cache.k[index], cache.v[index], s.attn, n, cfg.n_head, cfg.n_head_kv,
+                      cfg.head_dim, pos, cfg.layer_window(index), cfg.attention_scale, kv_f16=cache.f16)
+        kernels.matmul(rec, w.attn_output, s.attn, s.a, n)
+        self._residual(rec, x, s.a, w.post_attention_norm)
+
+    def _ffn_block(self, rec: Recorder, index: int, x: GPUActivations) -> None:
+        cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
+        ops.rms_norm(rec, x.buffer, w.ffn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
+        kernels.matmul(rec, w.ffn_gate, s.h, s.gate, n)
+        kernels.matmul(rec, w.ffn_up, s.h, s.up, n)
+        ops.gated(rec, s.f, s.gate, s.up, n * cfg.n_ff, cfg.ffn_activation)
+        kernels.matmul(rec, w.ffn_down, s.f, s.a, n)
+        self._residual(rec, x, s.a, w.post_ffw_norm)
+
+    def _residual(self, rec: Recorder, x: GPUActivations, a: Any, post_norm: Any) -> None:
+        """x += a, or x += rmsnorm(a) * post_norm for gemma3's sandwich norms."""
+        cfg = self.config
+        if post_norm is None:
+            ops.add(rec, x.buffer, a, x.n_tokens * cfg.n_embd)
+        else:
+            ops.rms_norm(rec, a, post_norm, x.buffer, x.n_tokens, cfg.n_embd, cfg.norm_eps, add=True)
+
+    def _submit(self) -> None:
+        rec, self._rec = self._recorder(), None
+        rec.submit()
