@@ -1,0 +1,92 @@
+"""`realm inspect|tokenize|logits|bench` as a user runs them, checked against llama.cpp's outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from oracle import DATA, assert_matches, reference_sequences, tolerance_for
+
+TOKENIZE = json.loads((DATA / "gemma3-270m.tokenize.json").read_text())
+
+
+def _texts(key: str) -> list[tuple[str, list[int]]]:
+    cases = TOKENIZE[key]
+    return [(c["text"], c["ids"]) for c in cases] if isinstance(cases, list) else list(cases.items())
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_tokenize_json_equals_llamacpp_ids(realm, special):
+    key = "add_bos_special" if special else "add_bos_no_special"
+    for text, ids in _texts(key)[:4]:
+        args = ["tokenize", "--json", *(["--special"] if special else []), text]
+        out = realm(*args)
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        assert got["ids"] == ids
+        assert len(got["pieces"]) == len(ids)
+
+
+def test_tokenize_no_bos(realm):
+    out = realm("tokenize", "--json", "--no-bos", "Hello")
+    assert json.loads(out.stdout)["ids"][0] != 2
+
+
+def test_logits_tokens_match_llamacpp(realm, tmp_path):
+    tokens, expected = reference_sequences("tiny-gemma3-Q6_K.logits.npz")[1]
+    out_file = tmp_path / "logits.npy"
+    out = realm("logits", "--model", str(DATA / "tiny-gemma3-Q6_K.gguf"), "--backend", "numpy",
+                "--tokens", ",".join(map(str, tokens)), "--out", str(out_file))
+    assert out.returncode == 0, out.stderr
+    logits = np.load(out_file)
+    assert logits.dtype == np.float32 and logits.shape == expected.shape
+    assert_matches(logits, expected, tolerance_for("Q6_K"))
+
+
+def test_inspect_json_describes_the_default_model(realm):
+    out = realm("inspect", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["architecture"] == "gemma3" and info["n_layers"] == 18 and info["n_vocab"] == 262144
+    assert set(info["tensors"]) == {"F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"}
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"not a gguf file at all" * 10, "not a valid GGUF file"),
+    (None, "no such model file"),
+])
+def test_bad_model_file_is_one_clear_error(realm, tmp_path, content, message):
+    path = tmp_path / "model.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    out = realm("inspect", "--model", str(path))
+    assert out.returncode == 1
+    assert message in out.stderr and str(path) in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_truncated_model_is_one_clear_error(realm, tmp_path):
+    data = (DATA / "tiny-llama-Q4_K.gguf").read_bytes()
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    out = realm("logits", "--model", str(path), "--tokens", "1,2", "--out", str(tmp_path / "x.npy"))
+    assert out.returncode == 1 and "truncated" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_token_ids_are_rejected(realm, tmp_path):
+    out = realm("logits", "--model", str(DATA / "tiny-llama-F32.gguf"), "--tokens", "1,99999",
+                "--out", str(tmp_path / "x.npy"))
+    assert out.returncode == 1 and "out of range" in out.stderr
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_bench_json_has_the_documented_keys(realm):
+    out = realm("bench", "--model", str(DATA / "tiny-llama-Q4_K.gguf"), "--backend", "numpy",
+                "--prompt-tokens", "16", "--decode-tokens", "8", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("model", "backend", "load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "guest_overhead_pct"):
+        assert key in result
+    assert result["backend"] == "numpy" and result["decode_tok_s"] > 0 and result["peak_rss_mb"] > 0
