@@ -1,0 +1,180 @@
+/*
+ * realm.h: the SDK header of a Realm guest (wasm32-freestanding, no libc).
+ *
+ * A guest is a WebAssembly module that imports host functions from the module "realm" and
+ * exports `memory`, `realm_alloc(size) -> ptr` and `realm_main(request_ptr, request_len) -> status`.
+ * The host writes the request (a JSON object: "prompt", "max_tokens", "stop", sampling
+ * parameters, and whatever else the client sent) into memory it got from realm_alloc, then calls
+ * realm_main. Return REALM_OK, or a negative status to fail the request.
+ *
+ * Every function returns a non-negative value on success and a negative realm_status on
+ * failure. Pointers and lengths are checked by the host; a bad one yields REALM_ERR_BAD_POINTER.
+ * Handles (sequences, samplers) are opaque positive numbers valid only within one request.
+ * The full reference is docs/abi.md; the numbers below are defined once, in
+ * host_functions/abi.py, and a test holds this header to them.
+ *
+ * One C file of a guest defines REALM_IMPLEMENTATION before including this header: that adds a
+ * bump allocator exported as realm_alloc, and the memcpy/memset/memmove/memcmp the compiler
+ * may call.
+ *
+ * Build: python -m ziglang cc --target=wasm32-freestanding -O2 -nostdlib -Wl,--no-entry ...
+ */
+#ifndef REALM_H
+#define REALM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define REALM_ABI_VERSION 1
+
+/* Status codes: host function results (negative) and realm_main's result. */
+typedef enum {
+    REALM_OK = 0,
+    REALM_ERR_INVALID_ARGUMENT = -1, /* a value out of range: token id, flag, k, JSON, empty mask */
+    REALM_ERR_BAD_POINTER = -2,      /* (pointer, length) negative, overflowing or outside memory */
+    REALM_ERR_BAD_HANDLE = -3,       /* not a live handle of this request, or the wrong kind */
+    REALM_ERR_WRONG_STATE = -4,      /* out of order: layer skipped, no logits yet, append mid-step */
+    REALM_ERR_CAPACITY = -5,         /* the sequence cannot hold that many tokens */
+    REALM_ERR_LIMIT = -6,            /* a soft limit (log volume); the request goes on */
+    REALM_ERR_INTERNAL = -7          /* the host failed */
+} realm_status;
+
+/* sample(): how bias_ptr is read. */
+typedef enum {
+    REALM_BIAS_ADD = 0,   /* realm_bias[bias_len]: add each bias to its token's logit */
+    REALM_BIAS_ALLOW = 1, /* realm_bias[bias_len]: only these tokens may be sampled (bias added) */
+    REALM_BIAS_DENSE = 2  /* float[n_vocab]: added to every logit; -INFINITY masks a token */
+} realm_bias_mode;
+
+/* tokenize() flags */
+#define REALM_TOKENIZE_ADD_SPECIAL 1   /* add BOS as the model's tokenizer asks */
+#define REALM_TOKENIZE_PARSE_SPECIAL 2 /* "<start_of_turn>" etc. become special tokens */
+
+/* text_push(): pass as token to flush the sequence's decoder at the end of its text. */
+#define REALM_TEXT_FLUSH (-1)
+
+typedef struct {
+    int32_t token;
+    float bias;
+} realm_bias;
+
+/* model_info() fills this (all int32, little-endian). */
+typedef struct {
+    int32_t abi_version;
+    int32_t n_vocab;
+    int32_t n_layers;
+    int32_t n_ctx;            /* largest sequence capacity this request may open */
+    int32_t n_embd;
+    int32_t bos_id;           /* -1 if the vocabulary has none */
+    int32_t eos_id;           /* -1 if the vocabulary has none */
+    int32_t max_sequences;    /* live sequences this request may hold */
+    int32_t max_tokens;       /* tokens this request may feed to the model in total */
+    int32_t max_output_bytes; /* bytes this request may emit */
+} realm_model_info;
+
+#define REALM_IMPORT(name) __attribute__((import_module("realm"), import_name(#name)))
+
+/* Model and tokenizer. Buffer-filling calls write at most *_cap items and return the full count. */
+REALM_IMPORT(model_info) int32_t realm_model_info_get(realm_model_info *out, int32_t out_len);
+REALM_IMPORT(tokenize) int32_t realm_tokenize(const char *text, int32_t text_len, int32_t flags,
+                                              int32_t *out, int32_t out_cap);
+REALM_IMPORT(detokenize) int32_t realm_detokenize(const int32_t *ids, int32_t n_ids, char *out, int32_t out_cap);
+REALM_IMPORT(token_piece) int32_t realm_token_piece(int32_t token, char *out, int32_t out_cap);
+REALM_IMPORT(token_is_eog) int32_t realm_token_is_eog(int32_t token);
+
+/* Sequences: one KV cache each. A step is seq_append -> forward_layer(0..n_layers-1) -> seq_finish. */
+REALM_IMPORT(seq_open) int32_t realm_seq_open(int32_t capacity); /* 0: n_ctx; returns a handle */
+REALM_IMPORT(seq_close) int32_t realm_seq_close(int32_t seq);
+REALM_IMPORT(seq_append) int32_t realm_seq_append(int32_t seq, const int32_t *ids, int32_t n_ids);
+REALM_IMPORT(forward_layer) int32_t realm_forward_layer(int32_t seq, int32_t layer);
+REALM_IMPORT(seq_finish) int32_t realm_seq_finish(int32_t seq);
+REALM_IMPORT(seq_len) int32_t realm_seq_len(int32_t seq);
+REALM_IMPORT(seq_truncate) int32_t realm_seq_truncate(int32_t seq, int32_t n);
+
+/* Logits of the last finished step (host-resident until the next append). */
+REALM_IMPORT(logits_read) int32_t realm_logits_read(int32_t seq, float *out, int32_t n);
+REALM_IMPORT(logits_topk) int32_t realm_logits_topk(int32_t seq, int32_t k, int32_t *ids, float *values);
+
+/* Host-side sampling: a sampler is made from a JSON object of sampling parameters. */
+REALM_IMPORT(sampler_new) int32_t realm_sampler_new(const char *json, int32_t json_len);
+REALM_IMPORT(sampler_free) int32_t realm_sampler_free(int32_t sampler);
+REALM_IMPORT(sample) int32_t realm_sample(int32_t seq, int32_t sampler, const void *bias, int32_t bias_len,
+                                          int32_t mode); /* returns the token; does not append it */
+
+/* Text to the client. */
+REALM_IMPORT(text_push) int32_t realm_text_push(int32_t seq, int32_t token, char *out, int32_t out_cap);
+REALM_IMPORT(emit) int32_t realm_emit(const char *text, int32_t len);
+REALM_IMPORT(log) int32_t realm_log(int32_t level, const char *text, int32_t len);
+
+/* ---- small helpers every guest wants ---- */
+
+static inline int32_t realm_strlen(const char *s) {
+    int32_t n = 0;
+    while (s[n]) n++;
+    return n;
+}
+
+/* Run one step over the sequence's pending tokens: every layer, then finish. */
+static inline int32_t realm_step(int32_t seq, int32_t n_layers) {
+    for (int32_t layer = 0; layer < n_layers; layer++) {
+        int32_t rc = realm_forward_layer(seq, layer);
+        if (rc < 0) return rc;
+    }
+    return realm_seq_finish(seq);
+}
+
+void *realm_alloc(int32_t size);
+
+#ifdef REALM_IMPLEMENTATION
+
+extern unsigned char __heap_base;
+static uintptr_t realm_heap_top;
+
+/* A bump allocator: guests serve one request and end, so nothing is ever freed. */
+__attribute__((export_name("realm_alloc"))) void *realm_alloc(int32_t size) {
+    if (size < 0) return 0;
+    if (!realm_heap_top) realm_heap_top = (uintptr_t)&__heap_base;
+    uintptr_t start = (realm_heap_top + 15) & ~(uintptr_t)15;
+    uintptr_t end = start + (uintptr_t)size;
+    uintptr_t have = __builtin_wasm_memory_size(0) * 65536u;
+    if (end > have) {
+        uintptr_t pages = (end - have + 65535u) / 65536u;
+        if (__builtin_wasm_memory_grow(0, pages) == (size_t)-1) return 0;
+    }
+    realm_heap_top = end;
+    return (void *)start;
+}
+
+void *memcpy(void *dst, const void *src, size_t n) {
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    while (n--) *d++ = *s++;
+    return dst;
+}
+
+void *memmove(void *dst, const void *src, size_t n) {
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    if (d < s) {
+        while (n--) *d++ = *s++;
+    } else {
+        while (n--) d[n] = s[n];
+    }
+    return dst;
+}
+
+void *memset(void *dst, int c, size_t n) {
+    unsigned char *d = dst;
+    while (n--) *d++ = (unsigned char)c;
+    return dst;
+}
+
+int memcmp(const void *a, const void *b, size_t n) {
+    const unsigned char *x = a, *y = b;
+    for (; n; n--, x++, y++)
+        if (*x != *y) return *x - *y;
+    return 0;
+}
+
+#endif /* REALM_IMPLEMENTATION */
+#endif /* REALM_H */

@@ -1,0 +1,320 @@
+"""The WebAssembly sandbox: one wasmtime Engine per process, guests compiled once per content hash,
+and one Store per request that holds that request's limits and nothing else.
+
+A guest gets exactly the imports of host_functions.abi (module `realm`): no WASI, so no files,
+network, clock or environment. Limits are enforced by wasmtime where it can (linear-memory cap,
+fuel for guest CPU, epoch interruption for wall-clock time) and by the host functions for the
+rest (tokens, live sequences, output bytes, and the wall clock while the host computes).
+Whatever goes wrong ends this request with a GuestError or QuotaExceeded; the engine, the model
+and every other request carry on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPORT_MODULE, MEMORY_EXPORT,
+                                AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status)
+from host_functions.model import Model
+
+from .errors import BackendError, GuestError, QuotaExceeded, RealmError
+
+MAX_MODULE_BYTES = 8 << 20  # a guest is a controller, not a model: 8 MiB is generous
+EPOCH_TICK_S = 0.01  # the engine's epoch advances this often; wall-clock deadlines are in ticks
+_MODULE_CACHE_SIZE = 64
+
+_I32 = "i32"
+_EXPORTS = {ALLOC_EXPORT: ((_I32,), (_I32,)), ENTRY_EXPORT: ((_I32, _I32), (_I32,))}
+
+_engine: wasmtime.Engine | None = None
+_engine_lock = threading.Lock()
+_modules: OrderedDict[str, GuestModule] = OrderedDict()
+_modules_lock = threading.Lock()
+
+
+def engine() -> wasmtime.Engine:
+    """The process-wide wasmtime Engine (fuel and epoch interruption on); starts its epoch ticker."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            config = wasmtime.Config()
+            config.consume_fuel = True
+            config.epoch_interruption = True
+            config.cranelift_opt_level = "speed"
+            _engine = wasmtime.Engine(config)
+            threading.Thread(target=_tick, args=(_engine,), name="realm-epoch", daemon=True).start()
+        return _engine
+
+
+def _tick(eng: wasmtime.Engine) -> None:
+    while True:
+        time.sleep(EPOCH_TICK_S)
+        eng.increment_epoch()
+
+
+def reference_guest_path(name: str = "generate") -> Path:
+    """The built guest `name`.wasm shipped with Realm: guest/ in a source tree, realm/guests/ when installed."""
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent / "guest", here / "guests"):
+        if (folder / f"{name}.wasm").is_file():
+            return folder / f"{name}.wasm"
+    raise GuestError(f"the built-in guest {name!r} is missing (run scripts/build_guests.py)")
+
+
+@dataclass(frozen=True)
+class GuestModule:
+    """A validated, compiled guest: its SHA-256 (of the binary form) and wasmtime Module."""
+
+    sha256: str
+    size: int
+    module: wasmtime.Module = field(repr=False)
+
+
+def to_wasm(data: bytes) -> bytes:
+    """The binary form of a module given as WebAssembly binary or WAT text; GuestError otherwise."""
+    if len(data) > MAX_MODULE_BYTES:
+        raise GuestError(f"module is {len(data)} bytes, over the {MAX_MODULE_BYTES} byte limit")
+    if data[:4] == b"\0asm":
+        return data
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise GuestError("not a WebAssembly module (neither binary nor WAT text)") from None
+    if not text.lstrip().startswith("("):
+        raise GuestError("not a WebAssembly module (neither binary nor WAT text)")
+    try:
+        return bytes(wasmtime.wat2wasm(text))
+    except wasmtime.WasmtimeError as exc:
+        raise GuestError(f"WAT text does not parse: {_first_line(exc)}") from None
+
+
+def compile_guest(data: bytes) -> GuestModule:
+    """Check and compile a guest (binary or WAT), cached by content hash.
+
+    Raises GuestError if it is not WebAssembly, too large, fails to compile, imports anything but
+    the `realm` host functions with their exact signatures, or lacks a required export.
+    """
+    wasm = to_wasm(data)
+    digest = hashlib.sha256(wasm).hexdigest()
+    with _modules_lock:
+        if digest in _modules:
+            _modules.move_to_end(digest)
+            return _modules[digest]
+    try:
+        module = wasmtime.Module(engine(), wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise GuestError(f"module does not compile: {_first_line(exc)}") from None
+    check_interface(module)
+    guest = GuestModule(digest, len(wasm), module)
+    with _modules_lock:
+        _modules[digest] = guest
+        while len(_modules) > _MODULE_CACHE_SIZE:
+            _modules.popitem(last=False)
+    return guest
+
+
+def check_interface(module: wasmtime.Module) -> None:
+    """GuestError unless every import is a `realm` host function with its ABI signature and the
+    module exports `memory` (32-bit, unshared), `realm_alloc` and `realm_main`."""
+    for imp in module.imports:
+        where = f"import {imp.module}.{imp.name}"
+        if imp.module != IMPORT_MODULE:
+            raise GuestError(f"{where}: guests may import only from module {IMPORT_MODULE!r} (no WASI)")
+        fn = HOST_FUNCTIONS.get(imp.name or "")
+        if fn is None:
+            raise GuestError(f"{where}: no such host function")
+        want = ((_I32,) * len(fn.params), (_I32,))
+        got = _signature(imp.type)
+        if got != want:
+            raise GuestError(f"{where}: signature {_show(got)} does not match the ABI's {_show(want)}")
+    exports = {e.name: e.type for e in module.exports}
+    memory = exports.get(MEMORY_EXPORT)
+    if not isinstance(memory, wasmtime.MemoryType) or memory.is_64 or memory.is_shared:
+        raise GuestError(f"module must export a 32-bit unshared linear memory named {MEMORY_EXPORT!r}")
+    for name, want in _EXPORTS.items():
+        got = _signature(exports.get(name))
+        if got != want:
+            raise GuestError(f"module must export function {name}{_show(want)}, found {_show(got)}")
+
+
+def _signature(ty: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    if not isinstance(ty, wasmtime.FuncType):
+        return None
+    return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
+
+
+def _show(sig: tuple[tuple[str, ...], tuple[str, ...]] | None) -> str:
+    if sig is None:
+        return "(not a function)"
+    return f"({', '.join(sig[0])}) -> ({', '.join(sig[1])})"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@dataclass
+class RunResult:
+    """What one request produced: the emitted text, the guest's status and how it got there."""
+
+    text: str
+    status: int
+    trace: dict[str, CallStats]
+    logs: list[tuple[int, str]]
+    fuel_used: int
+    seconds: float
+    tokens_fed: int
+
+
+class _Abort(Exception):
+    """Raised inside a host call to unwind the guest; the reason is in the request's Session."""
+
+
+class TenantSandbox:
+    """Runs guest requests for one tenant on a shared model, each in its own Store under `limits`."""
+
+    def __init__(self, model: Model, limits: Limits | None = None, tenant: str = "") -> None:
+        self.model = model
+        self.limits = (limits or Limits()).validate()
+        self.tenant = tenant
+
+    def run(self, guest: GuestModule, request: Mapping[str, Any],
+            on_text: Callable[[str], None] | None = None) -> RunResult:
+        """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text.
+
+        Raises QuotaExceeded when a limit ends the request and GuestError when the guest traps,
+        breaks the ABI or returns a non-zero status; either carries the partial RunResult as
+        `.result`. Nothing outside this request is affected.
+        """
+        session = Session(self.model, self.limits, on_text, self.tenant)
+        store = self._store()
+        started = time.perf_counter()
+        status = Status.INTERNAL
+        error: RealmError | None = None
+        try:
+            status = self._call(store, session, guest, json.dumps(request, ensure_ascii=False).encode())
+        except Exception as exc:  # noqa: BLE001  every failure is attributed to this request below
+            error = self._explain(session, store, exc)
+        finally:
+            session.close_all()
+            session.finish_output()
+        result = RunResult(session.text(), int(status), session.trace, session.logs,
+                           self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed)
+        if error is None and status != Status.OK:
+            hint = f" (last host error: {session.last_error})" if session.last_error else ""
+            error = GuestError(f"guest returned status {Status.describe(status)}{hint}")
+        if error is not None:
+            error.result = result  # type: ignore[attr-defined]
+            raise error
+        return result
+
+    def _store(self) -> wasmtime.Store:
+        store = wasmtime.Store(engine())
+        store.set_limits(memory_size=self.limits.memory_bytes, table_elements=100_000,
+                         instances=1, tables=4, memories=1)
+        store.set_fuel(self.limits.fuel)
+        store.set_epoch_deadline(int(self.limits.wall_seconds / EPOCH_TICK_S) + 1)
+        return store
+
+    def _call(self, store: wasmtime.Store, session: Session, guest: GuestModule, request: bytes) -> int:
+        linker = wasmtime.Linker(engine())
+        for fn in HOST_FUNCTIONS.values():
+            linker.define_func(IMPORT_MODULE, fn.name, _func_type(len(fn.params)), _bind(session, fn),
+                               access_caller=True)
+        exports = linker.instantiate(store, guest.module).exports(store)
+        session.memory = exports[MEMORY_EXPORT]
+        ptr = exports[ALLOC_EXPORT](store, len(request))
+        session.check_deadline()
+        mem = GuestMemory(session.memory, store)
+        if ptr == 0 and request:
+            raise GuestError(f"guest could not allocate {len(request)} bytes for the request")
+        try:
+            mem.write(ptr, request)
+        except AbiError:
+            raise GuestError(f"{ALLOC_EXPORT} returned a pointer outside guest memory: {ptr}") from None
+        return exports[ENTRY_EXPORT](store, ptr, len(request))
+
+    def _explain(self, session: Session, store: wasmtime.Store, exc: Exception) -> RealmError:
+        """The request's error: what a host call recorded, else what the trap or error says."""
+        if session.failure is not None:
+            return session.failure
+        if isinstance(exc, RealmError):
+            return exc
+        if isinstance(exc, wasmtime.Trap):
+            code = exc.trap_code
+            if code == wasmtime.TrapCode.OUT_OF_FUEL:
+                return QuotaExceeded(f"guest used up its CPU budget of {self.limits.fuel} fuel")
+            if code == wasmtime.TrapCode.INTERRUPT:
+                return QuotaExceeded(f"request exceeded its wall-clock limit of {self.limits.wall_seconds:g} s")
+            message = f"guest trapped: {_first_line(exc)}"
+            if _memory_full(session, store, self.limits.memory_bytes):
+                message += f" (its memory is at the {self.limits.memory_bytes} byte limit)"
+            return GuestError(message)
+        text = _first_line(exc)
+        if isinstance(exc, wasmtime.WasmtimeError) and "memory" in text and "limit" in text.lower():
+            return QuotaExceeded(f"guest needs more than its memory limit of {self.limits.memory_bytes} bytes")
+        return GuestError(f"guest failed: {text}")
+
+
+_FUNC_TYPES: dict[int, wasmtime.FuncType] = {}
+
+
+def _func_type(n_params: int) -> wasmtime.FuncType:
+    if n_params not in _FUNC_TYPES:
+        _FUNC_TYPES[n_params] = wasmtime.FuncType([wasmtime.ValType.i32()] * n_params, [wasmtime.ValType.i32()])
+    return _FUNC_TYPES[n_params]
+
+
+def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
+    """The wasm-facing wrapper of one host function for one request: deadline, errors, trace."""
+    impl, name = fn.impl, fn.name
+    stats = session.trace.setdefault(name, CallStats())
+    clock = time.perf_counter
+
+    def call(caller: wasmtime.Caller, *args: int) -> int:
+        started = clock()
+        try:
+            session.check_deadline()
+            return impl(session, GuestMemory(session.memory, caller), *args)
+        except AbiError as exc:
+            session.last_error = f"{name}: {exc}"
+            return int(exc.status)
+        except (QuotaExceeded, BackendError) as exc:
+            session.failure = exc
+        except RealmError as exc:  # the engine refused something the checks above let through
+            session.last_error = f"{name}: {exc}"
+            return int(Status.INVALID_ARGUMENT)
+        except Exception as exc:  # noqa: BLE001  a host bug must end this request, not the host
+            session.failure = GuestError(f"host function {name} failed: {type(exc).__name__}: {exc}")
+        finally:
+            stats.calls += 1
+            stats.seconds += clock() - started
+        raise _Abort(name)
+
+    return call
+
+
+def _fuel_left(store: wasmtime.Store) -> int:
+    try:
+        return store.get_fuel()
+    except wasmtime.WasmtimeError:
+        return 0
+
+
+def _memory_full(session: Session, store: wasmtime.Store, cap: int) -> bool:
+    if session.memory is None:
+        return False
+    try:
+        return session.memory.data_len(store) + 65536 > cap
+    except wasmtime.WasmtimeError:
+        return False
