@@ -30,3 +30,4 @@ def main() -> None:
 
 
 from realm.cli import model as _model  # noqa: E402,F401  (registers its commands on `main`)
+from realm.cli import kernels as _kernels  # noqa: E402,F401  (registers `realm kernels`)
