@@ -1,0 +1,229 @@
+"""The tenant registry: tenants, their deployed guest modules and limits, in SQLite under REALM_HOME.
+
+Deployment is atomic. A new module is checked and compiled first (the tenant keeps serving its old
+module meanwhile); then its bytes are written to modules/<sha256>.wasm through a temporary file,
+fsync and rename; only then does one transaction point the tenant's row at the new hash. A crash
+at any point leaves the tenant on either the old module or the new one, never on half of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from host_functions.abi import Limits
+
+from .errors import GuestError, TenantError
+from .paths import realm_home
+from .sandbox import GuestModule, compile_guest, to_wasm
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name          TEXT PRIMARY KEY,
+    created_at    REAL NOT NULL,
+    limits        TEXT NOT NULL,   -- JSON object of Limits fields
+    module_sha256 TEXT,            -- NULL until the first deployment
+    module_size   INTEGER,
+    deployed_at   REAL
+)
+"""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One tenant as registered: its limits and the module it serves (if deployed)."""
+
+    name: str
+    created_at: float
+    limits: Limits
+    module_sha256: str | None = None
+    module_size: int | None = None
+    deployed_at: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "created_at": self.created_at, "module_sha256": self.module_sha256,
+                "module_size": self.module_size, "deployed_at": self.deployed_at,
+                "limits": dataclasses.asdict(self.limits)}
+
+
+def parse_limits(overrides: Mapping[str, str], base: Limits | None = None) -> Limits:
+    """Limits with NAME=VALUE overrides applied (e.g. from the command line); TenantError on bad ones."""
+    fields = {f.name: f.type for f in dataclasses.fields(Limits)}
+    values: dict[str, Any] = {}
+    for name, text in overrides.items():
+        if name not in fields:
+            raise TenantError(f"unknown limit {name!r} (known: {', '.join(fields)})")
+        try:
+            values[name] = float(text) if fields[name] in (float, "float") else int(text)
+        except ValueError:
+            raise TenantError(f"limit {name} must be a number, got {text!r}") from None
+    try:
+        return dataclasses.replace(base or Limits(), **values).validate()
+    except GuestError as exc:
+        raise TenantError(str(exc)) from None
+
+
+class TenantRegistry:
+    """Create, deploy, list, show and delete tenants; every method raises TenantError for user errors."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or realm_home()
+        self.db_path = self.home / "realm.db"
+        self.modules = self.home / "modules"
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Tenant:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise TenantError(f"no tenant named {name!r}")
+        return _tenant(row)
+
+    def list(self) -> list[Tenant]:
+        with self._db() as db:
+            return [_tenant(r) for r in db.execute("SELECT * FROM tenants ORDER BY name")]
+
+    def guest(self, name: str) -> GuestModule:
+        """The tenant's deployed module, compiled (cached by hash); TenantError if none is deployed."""
+        tenant = self.get(name)
+        if tenant.module_sha256 is None:
+            raise TenantError(f"tenant {name!r} has no deployed module (realm tenant deploy {name} FILE)")
+        path = self.module_path(tenant.module_sha256)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise TenantError(f"module of tenant {name!r} is unreadable: {exc}") from None
+        if hashlib.sha256(data).hexdigest() != tenant.module_sha256:
+            raise TenantError(f"module file of tenant {name!r} is corrupt (hash mismatch): redeploy it")
+        return compile_guest(data)
+
+    def module_path(self, sha256: str) -> Path:
+        return self.modules / f"{sha256}.wasm"
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def create(self, name: str, limits: Limits | None = None) -> Tenant:
+        if not NAME_PATTERN.fullmatch(name):
+            raise TenantError(f"invalid tenant name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        tenant = Tenant(name, time.time(), (limits or Limits()).validate())
+        try:
+            with self._db(write=True) as db:
+                db.execute("INSERT INTO tenants (name, created_at, limits) VALUES (?, ?, ?)",
+                           (name, tenant.created_at, json.dumps(dataclasses.asdict(tenant.limits))))
+        except sqlite3.IntegrityError:
+            raise TenantError(f"tenant {name!r} already exists") from None
+        return tenant
+
+    def deploy(self, name: str, data: bytes) -> Tenant:
+        """Check, compile and store a module (binary or WAT), then switch the tenant to it atomically.
+
+        Raises GuestError if the module is rejected (the tenant keeps its old module) and
+        TenantError if the tenant does not exist.
+        """
+        tenant = self.get(name)
+        wasm = to_wasm(data)
+        guest = compile_guest(wasm)
+        _check_fits(guest, tenant.limits)
+        self._store_module(guest.sha256, wasm)
+        with self._db(write=True) as db:
+            cur = db.execute("UPDATE tenants SET module_sha256 = ?, module_size = ?, deployed_at = ? WHERE name = ?",
+                             (guest.sha256, guest.size, time.time(), name))
+            if cur.rowcount != 1:
+                raise TenantError(f"tenant {name!r} was deleted during deployment")
+        return self.get(name)
+
+    def delete(self, name: str) -> None:
+        with self._db(write=True) as db:
+            if db.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount != 1:
+                raise TenantError(f"no tenant named {name!r}")
+
+    # -- storage -------------------------------------------------------------------------------
+
+    def _store_module(self, sha256: str, wasm: bytes) -> None:
+        """Write modules/<sha256>.wasm atomically (content-addressed: an existing file is this one)."""
+        target = self.module_path(sha256)
+        if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
+            return
+        try:
+            self.modules.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.modules, prefix=".deploy-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(wasm)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            _fsync_dir(self.modules)
+        except OSError as exc:
+            raise TenantError(f"cannot store the module under {self.modules}: {exc}") from None
+
+    @contextmanager
+    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise TenantError(f"cannot open the tenant registry {self.db_path}: {exc}") from None
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise TenantError(f"tenant registry {self.db_path}: {exc}") from None
+        finally:
+            db.close()
+
+
+def _tenant(row: sqlite3.Row) -> Tenant:
+    try:
+        limits = dataclasses.replace(Limits(), **json.loads(row["limits"]))
+    except (TypeError, ValueError) as exc:
+        raise TenantError(f"tenant {row['name']!r} has unreadable limits: {exc}") from None
+    return Tenant(row["name"], row["created_at"], limits, row["module_sha256"], row["module_size"],
+                  row["deployed_at"])
+
+
+def _check_fits(guest: GuestModule, limits: Limits) -> None:
+    for export in guest.module.exports:
+        if export.name == "memory":
+            pages = export.type.limits.min
+            if pages * 65536 > limits.memory_bytes:
+                raise GuestError(f"module needs {pages * 65536} bytes of memory at start, over the tenant's "
+                                 f"limit of {limits.memory_bytes}")
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not possible (nor needed) on Windows.
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
