@@ -162,6 +162,7 @@ class GuestMemory:
 
 
 T = TypeVar("T")
+_MISSING = object()
 
 
 class HandleTable:
@@ -182,8 +183,8 @@ class HandleTable:
         return handle
 
     def get(self, handle: int, kind: type[T]) -> T:
-        obj = self._objects.get(handle)
-        if not isinstance(obj, kind):
+        obj = self._objects.get(handle, _MISSING)
+        if obj is _MISSING or not isinstance(obj, kind):
             raise AbiError(Status.BAD_HANDLE, f"{handle} is not a live {kind.__name__} handle of this request")
         return obj
 
