@@ -21,6 +21,13 @@ front of matmul.wgsl or gather.wgsl; only dequant16() differs between formats.
 
 Every format requires a row length that is a multiple of 16 (one dequant16 chunk); ggml block sizes
 (32, 256) guarantee it for quantized formats.
+
+Variants (`KernelConfig`): the portable kernel sums a row's partial products in workgroup memory and
+is the default on software adapters such as llvmpipe; `subgroups=True` sums with subgroupAdd and is
+the default on hardware GPUs that have subgroups. Both run in the test suite wherever the adapter
+has subgroups (llvmpipe does). shader-f16 is deliberately not used for arithmetic: f16 products
+would add a 2^-11 relative rounding per term, thousands of times the f32 error the oracle
+comparison allows, and f16 scale fields are decoded exactly with integer ops (common.wgsl) anyway.
 """
 
 from __future__ import annotations
