@@ -5,9 +5,14 @@
 //   out: (n_tokens, n_head, head_dim) f32
 // Query head h reads KV head h / (n_head / n_head_kv). Query position p attends to keys
 // lo..p, lo = max(0, p - window + 1) when window > 0 (sliding-window layers), else 0.
-// Softmax is computed online over chunks of WG keys (running max and sum, rescaled per chunk),
-// so it is numerically stable and needs no score buffer of context length.
-// One workgroup per (head, token): wid.x = head, wid.y = token.
+//
+// Two passes over the keys, so no score buffer of context length is needed and the softmax is
+// numerically stable: pass 1 gives each thread a running (max, sum of exp) over its keys, merged
+// across the workgroup; pass 2 recomputes each score, turns it into its final probability and
+// accumulates probability * V, WG keys at a time. With KV_F16 the kernel rounds the query and the
+// probabilities to f16 first, as llama.cpp's f16-cache matmuls (KQ and KQV) do; the oracle's logits
+// carry those roundings, so mirroring them is what matches it.
+// One workgroup per (head, token): wid.x = head, wid.y = token. Needs rounding.wgsl in front.
 
 struct Params {
     n_tokens: u32,
@@ -51,6 +56,15 @@ fn load_v(i: u32) -> f32 {
     return bitcast<f32>(v_cache[i]);
 }
 
+// (scaled) q . K[key]; k_base is the key's first element.
+fn score(k_base: u32, hd: u32) -> f32 {
+    var s = 0.0;
+    for (var d = 0u; d < hd; d++) {
+        s += q_row[d] * load_k(k_base + d);
+    }
+    return s * params.scale;
+}
+
 fn reduce_max(lid: u32, v: f32) -> f32 {
     red[lid] = v;
     workgroupBarrier();
@@ -84,9 +98,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let head = wid.x;
     let t = wid.y;
     let hd = params.head_dim;
-    let kv_head = head / (params.n_head / params.n_head_kv);
     let kv_stride = params.n_head_kv * hd;  // elements per cached position
-    let kv_base = kv_head * hd;
+    let kv_base = (head / (params.n_head / params.n_head_kv)) * hd;
     let p = params.pos + t;
     var lo = 0u;
     if (params.window > 0u && p + 1u > params.window) {
@@ -94,44 +107,50 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let q_base = (t * params.n_head + head) * hd;
     for (var d = lid; d < hd; d += WG) {
-        q_row[d] = q[q_base + d] * params.scale;
+        var v = q[q_base + d];
+        if (KV_F16) {
+            v = round_f16(v);
+        }
+        q_row[d] = v;
         acc[d] = 0.0;
     }
     workgroupBarrier();
 
-    var m = NEG_BIG;  // running max of scores
+    // Pass 1: thread lid sees keys lo + lid, lo + lid + WG, ...
+    var m = NEG_BIG;  // running max of this thread's scores
     var l = 0.0;      // running sum of exp(score - m)
+    for (var j = lo + lid; j <= p; j += WG) {
+        let s = score(j * kv_stride + kv_base, hd);
+        let m_new = max(m, s);
+        l = l * exp(m - m_new) + exp(s - m_new);
+        m = m_new;
+    }
+    let m_all = reduce_max(lid, m);
+    let inv_sum = 1.0 / reduce_sum(lid, l * exp(m - m_all));
+
+    // Pass 2: probabilities of WG keys at a time, then each thread accumulates its own dims.
     for (var start = lo; start <= p; start += WG) {
         let j = start + lid;
-        var s = NEG_BIG;
-        if (j <= p) {
-            s = 0.0;
-            let k_base = j * kv_stride + kv_base;
-            for (var d = 0u; d < hd; d++) {
-                s += q_row[d] * load_k(k_base + d);
-            }
-        }
-        let m_new = max(m, reduce_max(lid, s));
         var e = 0.0;
         if (j <= p) {
-            e = exp(s - m_new);
+            e = exp(score(j * kv_stride + kv_base, hd) - m_all) * inv_sum;
+            if (KV_F16) {
+                e = round_f16(e);
+            }
         }
         probs[lid] = e;
-        let corr = exp(m - m_new);
-        l = l * corr + reduce_sum(lid, e);  // reduce_sum's barriers also publish probs
+        workgroupBarrier();
         let n_keys = min(WG, p + 1u - start);
         for (var d = lid; d < hd; d += WG) {
-            var a = acc[d] * corr;
+            var a = acc[d];
             for (var jj = 0u; jj < n_keys; jj++) {
                 a += probs[jj] * load_v((start + jj) * kv_stride + kv_base + d);
             }
             acc[d] = a;
         }
-        m = m_new;
         workgroupBarrier();  // probs is rewritten by the next chunk
     }
-    let inv_l = 1.0 / l;
     for (var d = lid; d < hd; d += WG) {
-        out[q_base + d] = acc[d] * inv_l;
+        out[q_base + d] = acc[d];
     }
 }

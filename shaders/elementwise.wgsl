@@ -4,9 +4,11 @@
 //   OP_SCALE      dst[i] *= scale                     (gemma3 embedding scale)
 //   OP_SILU_GATE  dst[i] = silu(a[i]) * b[i]          (llama FFN: silu(gate) * up)
 //   OP_GELU_GATE  dst[i] = gelu_tanh(a[i]) * b[i]     (gemma3 FFN: gelu(gate) * up)
+//   OP_ROUND_F16  dst[i] = f16(a[i])                  (llama.cpp converts a matmul's input to
+//   OP_ROUND_BF16 dst[i] = bf16(a[i])                  F16/BF16 before dot products with such weights)
 //
 // Unused inputs may be bound to any buffer. Elements are indexed over a 2-D grid:
-// i = gid.x + gid.y * num_workgroups.x * WG.
+// i = gid.x + gid.y * num_workgroups.x * WG. Needs rounding.wgsl in front.
 
 struct Params {
     n: u32,
@@ -19,6 +21,8 @@ const OP_ADD: u32 = 0u;
 const OP_SCALE: u32 = 1u;
 const OP_SILU_GATE: u32 = 2u;
 const OP_GELU_GATE: u32 = 3u;
+const OP_ROUND_F16: u32 = 4u;
+const OP_ROUND_BF16: u32 = 5u;
 
 override WG: u32 = 64;
 override OP: u32 = OP_ADD;
@@ -58,6 +62,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
         case OP_GELU_GATE: {
             dst[i] = gelu_tanh(a[i]) * b[i];
+        }
+        case OP_ROUND_F16: {
+            dst[i] = round_f16(a[i]);
+        }
+        case OP_ROUND_BF16: {
+            dst[i] = round_bf16(a[i]);
         }
         default: {}
     }

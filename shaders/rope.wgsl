@@ -13,6 +13,7 @@
 // Output element e of the rotated block goes to dst[dst_offset + e]: as f32 bits (OUT_F16 = false)
 // or as half of a packed f16 pair (OUT_F16 = true; dst_offset is even, counted in f16 elements).
 // One workgroup per (token, head) row; rows = wid.x + wid.y * num_workgroups.x.
+// Needs rounding.wgsl in front (f16 output rounds to nearest even, as ggml's cache store does).
 
 struct Params {
     n_rows: u32,       // n_tokens * n_heads
@@ -117,7 +118,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
         let a = row_buf[2u * i];
         let b = row_buf[2u * i + 1u];
         if (OUT_F16) {
-            dst[out_base / 2u + i] = pack2x16float(vec2<f32>(a, b));
+            // round_f16 first: the values are then exact in f16 and pack2x16float cannot round differently
+            dst[out_base / 2u + i] = pack2x16float(vec2<f32>(round_f16(a), round_f16(b)));
         } else {
             dst[out_base + 2u * i] = bitcast<u32>(a);
             dst[out_base + 2u * i + 1u] = bitcast<u32>(b);

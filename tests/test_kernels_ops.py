@@ -123,7 +123,7 @@ def attention_case(ctx, n_tokens, n_head, n_head_kv, head_dim, pos, window, kv_f
     run(ctx, lambda rec: ops.attention(rec, ctx.upload(q), k_buf, v_buf, out, n_tokens, n_head, n_head_kv,
                                        head_dim, pos, window, scale, kv_f16=kv_f16))
     got = ctx.read(out, np.float32, q.shape)
-    expected = ref.attention(q, k.astype(np.float32), v.astype(np.float32), pos, window, scale)
+    expected = ref.attention(q, k.astype(np.float32), v.astype(np.float32), pos, window, scale, round_f16=kv_f16)
     return got, expected
 
 
@@ -166,6 +166,17 @@ def test_gated_activation_matches_numpy_reference(ctx, n, activation):
     out = ctx.empty(gate.nbytes)
     run(ctx, lambda rec: ops.gated(rec, out, ctx.upload(gate), ctx.upload(up), n, activation))
     np.testing.assert_allclose(ctx.read(out, np.float32, (n,)), ref.gated(gate, up, activation), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["f16", "bf16"])
+def test_rounding_to_half_precision_is_nearest_even_like_ggml(ctx, kind):
+    g = rng(8)
+    x = np.concatenate([g.standard_normal(500, np.float32) * 10.0 ** g.integers(-9, 4, 500),
+                        np.float32([0.0, -0.0, 1e-7, 3e-5, -6.1e-5, 65504.0, 1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11])])
+    x = x.astype(np.float32)
+    out = ctx.empty(x.nbytes)
+    run(ctx, lambda rec: ops.round_to(rec, out, ctx.upload(x), x.size, kind))
+    np.testing.assert_array_equal(ctx.read(out, np.float32, x.shape), ref.round_to(x, kind))
 
 
 def test_add_and_scale_touch_only_the_first_n_elements(ctx):

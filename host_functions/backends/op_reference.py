@@ -36,12 +36,16 @@ def rope(x: np.ndarray, pos: int, base: float, neox: bool, factors: np.ndarray |
     return out
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, window: int, scale: float) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, window: int, scale: float,
+              round_f16: bool = False) -> np.ndarray:
     """Causal GQA: q (n, n_head, hd) at positions pos.. over k, v (>= pos + n, n_kv, hd).
 
     Query head h uses KV head h // (n_head // n_kv); position p sees keys max(0, p-window+1)..p
-    (all keys up to p when window == 0).
+    (all keys up to p when window == 0). round_f16 rounds the query and the normalized
+    probabilities to float16 first, as llama.cpp's matmuls against an f16 KV cache do.
     """
+    if round_f16:
+        q = q.astype(np.float16)
     n, n_head, hd = q.shape
     group = n_head // k.shape[1]
     out = np.zeros((n, n_head, hd))
@@ -52,7 +56,10 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, window: int
             keys, values = k[lo : p + 1, h // group].astype(np.float64), v[lo : p + 1, h // group].astype(np.float64)
             s = keys @ q[t, h].astype(np.float64) * scale
             w = np.exp(s - s.max())
-            out[t, h] = (w / w.sum()) @ values
+            probs = w / w.sum()
+            if round_f16:
+                probs = probs.astype(np.float16).astype(np.float64)
+            out[t, h] = probs @ values
     return out
 
 
@@ -69,6 +76,15 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
 def gated(gate: np.ndarray, up: np.ndarray, activation: str) -> np.ndarray:
     """act(gate) * up for act in {"silu", "gelu"}."""
     return (silu if activation == "silu" else gelu_tanh)(gate) * up
+
+
+def round_to(x: np.ndarray, kind: str) -> np.ndarray:
+    """x rounded to float16 or bfloat16 (nearest, ties to even), back in float32."""
+    x = np.asarray(x, np.float32)
+    if kind == "f16":
+        return x.astype(np.float16).astype(np.float32)
+    mantissa, exponent = np.frexp(x.astype(np.float64))  # x = mantissa * 2^exponent, 0.5 <= |mantissa| < 1
+    return (np.rint(mantissa * 256.0) / 256.0 * np.exp2(exponent)).astype(np.float32)  # 8 significant bits
 
 
 def lora(x: np.ndarray, y: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray, adapter: np.ndarray,

@@ -6,6 +6,10 @@ embed() and layer() only record dispatches into a pending encoder, logits() subm
 back nothing but the logits. Matmuls (fused dequantization) and the embedding gather are the
 kernels module's; norms, rope, attention and element-wise ops are wgpu_ops'.
 
+llama.cpp is the oracle, so its deliberate roundings are mirrored: the KV cache is f16 by default
+(its default cache type) with the query and probabilities rounded to f16 in attention, and inputs
+of F16/BF16 weights are rounded to that type before the matmul (ggml's vec_dot_type).
+
 Per layer (see the Backend docstring for the step protocol; buffers are (n_tokens, width) f32):
     h = rmsnorm(x) * attn_norm                          norm.wgsl
     q_raw, k_raw, v_raw = Wq h, Wk h, Wv h              matmul
@@ -34,6 +38,8 @@ from . import Backend, KVCache
 from . import wgpu_ops as ops
 from .wgpu_context import GPUContext, Recorder
 
+# llama.cpp converts a matmul's input to the weight's own float type for F16/BF16 weights; so do we.
+_INPUT_ROUNDING: dict[str, ops.Rounding] = {"F16": "f16", "BF16": "bf16"}
 _MIN_CACHE_POSITIONS = 16  # a fresh cache layer's first allocation (then doubling)
 
 
@@ -128,6 +134,7 @@ class _Scratch:
         self.gate = empty(n_tokens * cfg.n_ff * 4)  # (n, n_ff)
         self.up = empty(n_tokens * cfg.n_ff * 4)
         self.f = empty(n_tokens * cfg.n_ff * 4)
+        self.rounded = empty(n_tokens * max(cfg.n_embd, cfg.q_dim, cfg.n_ff) * 4)  # a matmul input as f16/bf16
         self.n_tokens = n_tokens
 
 
@@ -137,10 +144,11 @@ class WgpuBackend(Backend):
     name: ClassVar[str] = "wgpu"
 
     def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor],
-                 progress: Callable[[float], None] | None = None, kv_f16: bool = False) -> None:
+                 progress: Callable[[float], None] | None = None, kv_f16: bool = True) -> None:
         """Upload every weight the forward pass reads; raises BackendError without a usable GPU.
 
-        kv_f16 stores KV caches as f16 (half the memory, ~1e-3 relative rounding).
+        kv_f16 (llama.cpp's default cache type) stores KV caches as f16 and rounds attention's
+        operands like llama.cpp; False keeps them f32 (twice the memory, no rounding).
         """
         super().__init__(config, tensors)
         self.ctx = GPUContext.get()
@@ -214,6 +222,7 @@ class WgpuBackend(Backend):
         per_batch = max(1, min(n_rows, self.ctx.max_binding_size // (cfg.n_vocab * 4)))
         out = np.empty((n_rows, cfg.n_vocab), np.float32)
         with self._lock:
+            self._scratch.ensure(per_batch)
             normed = self.ctx.empty(per_batch * cfg.n_embd * 4)
             logits = self.ctx.empty(per_batch * cfg.n_vocab * 4)
             for start in range(0, n_rows, per_batch):
@@ -221,7 +230,7 @@ class WgpuBackend(Backend):
                 rec = self._recorder()
                 ops.rms_norm(rec, x.buffer, self.output_norm, normed, rows, cfg.n_embd, cfg.norm_eps,
                              in_offset=(first + start) * cfg.n_embd)
-                kernels.matmul(rec, self.output, normed, logits, rows)
+                self._project(rec, normed, [(self.output, logits)], rows)
                 self._submit()
                 out[start : start + rows] = self.ctx.read(logits, np.float32, (rows, cfg.n_vocab))
         return out
@@ -235,9 +244,7 @@ class WgpuBackend(Backend):
     def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, cache: WgpuKVCache, pos: int) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
         ops.rms_norm(rec, x.buffer, w.attn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
-        kernels.matmul(rec, w.attn_q, s.h, s.q_raw, n)
-        kernels.matmul(rec, w.attn_k, s.h, s.k_raw, n)
-        kernels.matmul(rec, w.attn_v, s.h, s.v_raw, n)
+        self._project(rec, s.h, [(w.attn_q, s.q_raw), (w.attn_k, s.k_raw), (w.attn_v, s.v_raw)], n)
         rope = dict(pos=pos, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox",
                     eps=cfg.norm_eps, factors=self.rope_freqs)
         ops.rope(rec, s.q_raw, s.q, n, cfg.n_head, cfg.head_dim, norm_weight=w.attn_q_norm, **rope)
@@ -248,17 +255,26 @@ class WgpuBackend(Backend):
                  out_f16=cache.f16, dst_offset=row, **rope)
         ops.attention(rec, s.q, cache.k[index], cache.v[index], s.attn, n, cfg.n_head, cfg.n_head_kv,
                       cfg.head_dim, pos, cfg.layer_window(index), cfg.attention_scale, kv_f16=cache.f16)
-        kernels.matmul(rec, w.attn_output, s.attn, s.a, n)
+        self._project(rec, s.attn, [(w.attn_output, s.a)], n)
         self._residual(rec, x, s.a, w.post_attention_norm)
 
     def _ffn_block(self, rec: Recorder, index: int, x: GPUActivations) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
         ops.rms_norm(rec, x.buffer, w.ffn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
-        kernels.matmul(rec, w.ffn_gate, s.h, s.gate, n)
-        kernels.matmul(rec, w.ffn_up, s.h, s.up, n)
+        self._project(rec, s.h, [(w.ffn_gate, s.gate), (w.ffn_up, s.up)], n)
         ops.gated(rec, s.f, s.gate, s.up, n * cfg.n_ff, cfg.ffn_activation)
-        kernels.matmul(rec, w.ffn_down, s.f, s.a, n)
+        self._project(rec, s.f, [(w.ffn_down, s.a)], n)
         self._residual(rec, x, s.a, w.post_ffw_norm)
+
+    def _project(self, rec: Recorder, x: Any, projections: list[tuple[kernels.GPUWeight, Any]], n: int) -> None:
+        """out = W x for each (W, out) sharing the input x, which F16/BF16 weights see rounded."""
+        held = None  # the rounding scratch.rounded currently holds x in
+        for weight, out in projections:
+            kind = _INPUT_ROUNDING.get(weight.fmt.name)
+            if kind is not None and kind != held:
+                ops.round_to(rec, self._scratch.rounded, x, n * weight.n_cols, kind)
+                held = kind
+            kernels.matmul(rec, weight, x if kind is None else self._scratch.rounded, out, n)
 
     def _residual(self, rec: Recorder, x: GPUActivations, a: Any, post_norm: Any) -> None:
         """x += a, or x += rmsnorm(a) * post_norm for gemma3's sandwich norms."""

@@ -20,7 +20,8 @@ MAX_HEAD_DIM = 512  # the size of the rope/attention kernels' per-row workgroup 
 Buffer = Any  # GPUBuffer | (GPUBuffer, offset, size)
 Activation = Literal["silu", "gelu"]
 
-_ELEMENTWISE_OPS = {"add": 0, "scale": 1, "silu": 2, "gelu": 3}  # OP_* constants of elementwise.wgsl
+_ELEMENTWISE_OPS = {"add": 0, "scale": 1, "silu": 2, "gelu": 3, "f16": 4, "bf16": 5}  # OP_* of elementwise.wgsl
+Rounding = Literal["f16", "bf16"]
 
 
 def rms_norm(rec: Recorder, x: Buffer, weight: Buffer, out: Buffer, n_rows: int, n_cols: int,
@@ -45,7 +46,7 @@ def rope(rec: Recorder, src: Buffer, dst: Buffer, n_tokens: int, n_heads: int, h
     assert not out_f16 or dst_offset % 2 == 0, dst_offset
     constants = {"WG": WG, "NORM": norm_weight is not None, "ROTATE": rotate, "NEOX": neox,
                  "HAS_FACTORS": factors is not None, "OUT_F16": out_f16}
-    pipe = rec.ctx.pipeline("rope.wgsl", "main", constants)
+    pipe = rec.ctx.pipeline(("rounding.wgsl", "rope.wgsl"), "main", constants)
     n_rows = n_tokens * n_heads
     params = struct.pack("<6I2f", n_rows, n_heads, head_dim, pos, src_offset, dst_offset, base, eps)
     dummy = _dummy(rec.ctx)
@@ -60,10 +61,11 @@ def attention(rec: Recorder, q: Buffer, k_cache: Buffer, v_cache: Buffer, out: B
     """Causal GQA of q (n_tokens, n_head, head_dim) at positions pos.. over the cache's 0..pos+n-1.
 
     The caches are one layer's (capacity, n_head_kv, head_dim); window > 0 limits position p to
-    keys p-window+1..p. Writes out (n_tokens, n_head, head_dim).
+    keys p-window+1..p. Writes out (n_tokens, n_head, head_dim). With kv_f16 the caches hold packed
+    f16 and the query and probabilities are rounded to f16, as llama.cpp does with its f16 cache.
     """
     assert head_dim <= MAX_HEAD_DIM and n_head % n_head_kv == 0, (head_dim, n_head, n_head_kv)
-    pipe = rec.ctx.pipeline("attention.wgsl", "main", {"WG": WG, "KV_F16": kv_f16})
+    pipe = rec.ctx.pipeline(("rounding.wgsl", "attention.wgsl"), "main", {"WG": WG, "KV_F16": kv_f16})
     params = struct.pack("<6IfI", n_tokens, n_head, n_head_kv, head_dim, pos, window, scale, 0)
     rec.dispatch(pipe, [params, q, k_cache, v_cache, out], (n_head, n_tokens))
 
@@ -83,8 +85,13 @@ def gated(rec: Recorder, dst: Buffer, gate: Buffer, up: Buffer, n: int, activati
     _elementwise(rec, activation, dst, gate, up, n)
 
 
+def round_to(rec: Recorder, dst: Buffer, a: Buffer, n: int, kind: Rounding) -> None:
+    """dst[:n] = a[:n] rounded to f16 or bf16 (nearest even), kept as f32."""
+    _elementwise(rec, kind, dst, a, a, n)
+
+
 def _elementwise(rec: Recorder, op: str, dst: Buffer, a: Buffer, b: Buffer, n: int, factor: float = 1.0) -> None:
-    pipe = rec.ctx.pipeline("elementwise.wgsl", "main", {"WG": WG, "OP": _ELEMENTWISE_OPS[op]})
+    pipe = rec.ctx.pipeline(("rounding.wgsl", "elementwise.wgsl"), "main", {"WG": WG, "OP": _ELEMENTWISE_OPS[op]})
     rec.dispatch(pipe, [struct.pack("<If2I", n, factor, 0, 0), a, b, dst], _grid(rec.ctx, -(-n // WG)))
 
 

@@ -1,0 +1,152 @@
+"""The wgpu backend's whole forward pass against llama.cpp's logits, and how it holds weights and caches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from host_functions import quants
+from host_functions.backends.wgpu_backend import GPUActivations, WgpuBackend, WgpuKVCache
+from host_functions.config import ModelConfig
+from host_functions.gguf_file import GGUFFile
+from host_functions.kernels import GPUWeight
+from host_functions.model import Model
+from oracle import DATA, assert_matches, compare, reference_sequences, tiny_models, tolerance_for
+from realm.errors import BackendError
+
+MODELS = tiny_models()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[tuple[str, bool], Model]:
+    return {}
+
+
+def load(cache: dict, name: str, kv_f16: bool = True) -> Model:
+    """A tiny model on the wgpu backend; Model.load gives the default f16 KV cache, f32 is built here."""
+    if (name, kv_f16) not in cache:
+        model = Model.load(DATA / name, backend="wgpu")
+        if not kv_f16:
+            model.backend = WgpuBackend(model.config, GGUFFile(DATA / name).tensors, kv_f16=False)
+        cache[name, kv_f16] = model
+    return cache[name, kv_f16]
+
+
+@pytest.mark.parametrize("name,weights", MODELS, ids=[m[0] for m in MODELS])
+def test_prefill_matches_llamacpp_at_every_position(models, name, weights):
+    model = load(models, name)
+    assert model.backend.name == "wgpu"
+    for tokens, expected in reference_sequences(name.replace(".gguf", ".logits.npz")):
+        assert_matches(model.logits_for(tokens.tolist()), expected, tolerance_for(weights), name)
+
+
+@pytest.mark.parametrize("name,kv_f16", [("tiny-gemma3-Q8_0.gguf", True), ("tiny-llama-Q4_K.gguf", True),
+                                         ("tiny-gemma3-F32.gguf", False)])
+def test_decode_through_gpu_kv_cache_matches_llamacpp(models, name, kv_f16):
+    """Prefill 10 tokens, then one token per step: the cache grows (16 -> 32 -> 64 positions) on the
+    way, and gemma3's window-8 layers slide past their first positions."""
+    model = load(models, name, kv_f16)
+    tokens, expected = reference_sequences(name.replace(".gguf", ".logits.npz"))[0]
+    seq = model.open_sequence(len(tokens))
+    rows = [seq.step(tokens[:10].tolist())]
+    rows += [seq.step([int(t)]) for t in tokens[10:]]
+    assert_matches(np.stack(rows), expected[9:], tolerance_for("Q8_0"), f"{name} kv_f16={kv_f16}")
+
+
+def test_prefill_continued_at_a_later_position_matches_llamacpp(models):
+    """Prefill in three chunks (n_tokens > 1 at pos > 0), reading every position's logits."""
+    model = load(models, "tiny-llama-F16.gguf")
+    backend = model.backend
+    tokens, expected = reference_sequences("tiny-llama-F16.logits.npz")[0]
+    cache = backend.new_cache(len(tokens))
+    rows = []
+    for start, stop in [(0, 5), (5, 30), (30, 48)]:
+        x = backend.embed(tokens[start:stop].astype(np.int32))
+        for i in range(model.config.n_layers):
+            x = backend.layer(i, x, cache, start)
+        rows.append(backend.logits(x, last_only=False))
+    assert_matches(np.concatenate(rows), expected, tolerance_for("F16"))
+
+
+def test_logits_last_only_is_the_last_row_of_all_positions(models):
+    backend = load(models, "tiny-gemma3-Q4_K.gguf").backend
+    tokens = np.array([2, 100, 7, 250, 31], np.int32)
+    rows = []
+    for last_only in (False, True):
+        cache = backend.new_cache(8)
+        x = backend.embed(tokens)
+        for i in range(backend.config.n_layers):
+            x = backend.layer(i, x, cache, 0)
+        rows.append(backend.logits(x, last_only=last_only))
+    assert rows[0].shape == (5, 320) and rows[1].shape == (1, 320)
+    np.testing.assert_allclose(rows[1][0], rows[0][-1], rtol=1e-5, atol=1e-5)
+
+
+def test_truncate_rolls_back_to_an_earlier_state(models):
+    model = load(models, "tiny-llama-Q8_0.gguf")
+    tokens, expected = reference_sequences("tiny-llama-Q8_0.logits.npz")[0]
+    seq = model.open_sequence(32)
+    seq.step(tokens[:6].tolist())
+    seq.step([300, 301, 302])  # tokens that are then rolled back
+    seq.truncate(6)
+    got = [seq.step([int(t)]) for t in tokens[6:12]]
+    assert_matches(np.stack(got), expected[6:12], tolerance_for("Q8_0"))
+
+
+def test_weights_are_uploaded_as_raw_gguf_bytes_and_never_dequantized_on_the_cpu(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a weight was dequantized on the CPU")
+
+    monkeypatch.setattr(quants, "dequantize", refuse)
+    for qtype, fmt in list(quants.QUANT_FORMATS.items()):
+        monkeypatch.setitem(quants.QUANT_FORMATS, qtype, dataclasses.replace(fmt, dequantize_blocks=refuse))
+    gguf = GGUFFile(DATA / "tiny-gemma3-Q6_K.gguf")
+    config = ModelConfig.from_gguf(gguf)
+    backend = WgpuBackend(config, gguf.tensors)
+    cache = backend.new_cache(4)
+    x = backend.embed(np.array([2, 40, 41], np.int32))
+    for i in range(config.n_layers):
+        x = backend.layer(i, x, cache, 0)
+    assert np.isfinite(backend.logits(x)).all()
+
+    matrices = {"token_embd.weight": backend.token_embd, "blk.3.attn_v.weight": backend.layers[3].attn_v,
+                "blk.5.ffn_down.weight": backend.layers[5].ffn_down}
+    for name, weight in matrices.items():
+        assert isinstance(weight, GPUWeight) and weight.fmt.name == "Q6_K"
+        raw = gguf.tensors[name].raw_bytes().reshape(weight.n_rows, weight.row_bytes)
+        for part in weight.parts:
+            on_gpu = backend.ctx.read(part.buffer, np.uint8, (part.n_rows * weight.row_bytes,))
+            np.testing.assert_array_equal(on_gpu, raw[part.row_start : part.row_start + part.n_rows].reshape(-1))
+    norm = backend.ctx.read(backend.layers[0].attn_q_norm, np.float32, (config.head_dim,))
+    np.testing.assert_array_equal(norm, gguf.tensors["blk.0.attn_q_norm.weight"].data)
+
+
+def test_kv_cache_is_gpu_resident_and_bounded_by_capacity(models):
+    backend = load(models, "tiny-llama-F32.gguf").backend
+    cache = backend.new_cache(20)
+    assert isinstance(cache, WgpuKVCache)
+    x = backend.embed(np.arange(1, 19, dtype=np.int32))
+    assert isinstance(x, GPUActivations) and x.n_tokens == 18
+    x = backend.layer(0, x, cache, 0)
+    assert cache.allocated[0] == 18 and cache.allocated[1] == 0  # first allocation: what the step needs
+    assert cache.k[0].size == 18 * backend.config.kv_dim * 2  # f16
+    with pytest.raises(BackendError, match="capacity of 20 positions exceeded"):
+        backend.layer(1, backend.embed(np.arange(1, 4, dtype=np.int32)), cache, 18)
+    backend.logits(x)  # flush the recorded work so later tests start from a clean encoder
+
+
+def test_out_of_range_token_ids_are_rejected(models):
+    backend = load(models, "tiny-llama-F32.gguf").backend
+    with pytest.raises(BackendError, match="out of range"):
+        backend.embed(np.array([5, 320], np.int32))
+
+
+def test_f32_kv_cache_option_doubles_cache_memory_and_still_matches_llamacpp(models):
+    f16 = load(models, "tiny-llama-F32.gguf").backend
+    f32 = load(models, "tiny-llama-F32.gguf", kv_f16=False).backend
+    assert f16.new_cache(64).row_bytes * 2 == f32.new_cache(64).row_bytes
+    tokens, expected = reference_sequences("tiny-llama-F32.logits.npz")[1]
+    got = load(models, "tiny-llama-F32.gguf", kv_f16=False).logits_for(tokens.tolist())
+    assert compare(got, expected)["min_cosine"] >= 0.99999
