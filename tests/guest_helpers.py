@@ -73,10 +73,15 @@ def expect(value: str, wanted: str, code: int) -> str:
     return f"(if (i32.ne {value} {wanted}) (then (return (i32.const {code}))))"
 
 
+def data_bytes(raw: bytes, at: int) -> str:
+    """A data segment that stores `raw` at address `at`."""
+    escaped = "".join("\\%02x" % b for b in raw)
+    return f'(data (i32.const {at}) "{escaped}")'
+
+
 def data_i32(values: list[int] | np.ndarray, at: int) -> str:
     """A data segment that stores little-endian i32 values at address `at`."""
-    raw = np.asarray(values, "<i4").tobytes()
-    return f'(data (i32.const {at}) "{"".join(f"\\{b:02x}" for b in raw)}")'
+    return data_bytes(np.asarray(values, "<i4").tobytes(), at)
 
 
 def hex_words(text: str) -> list[int]:
