@@ -39,7 +39,7 @@ from host_functions.quants import QUANT_FORMATS
 from realm.errors import RealmError
 
 # Modules that register cases of other kernel families when imported (add yours here).
-CASE_MODULES: list[str] = []
+CASE_MODULES: list[str] = ["host_functions.backends.wgpu_op_cases"]
 
 F32_EPS = float(np.finfo(np.float32).eps)
 
