@@ -549,20 +549,22 @@ def sampling_params_from_json(data: bytes) -> SamplingParams:
 
 def _biased(logits: np.ndarray, mem: GuestMemory, ptr: int, n: int, mode: int) -> np.ndarray:
     n_vocab = len(logits)
-    if mode == BiasMode.DENSE:
+    if mode not in (BiasMode.ADD, BiasMode.ALLOW, BiasMode.DENSE):
+        raise AbiError(Status.INVALID_ARGUMENT, f"unknown bias mode {mode}")
+    dense = mode == BiasMode.DENSE
+    mem.span(ptr, n, 4 if dense else _BIAS_PAIR.itemsize)
+    if dense:
         if n != n_vocab:
             raise AbiError(Status.INVALID_ARGUMENT, f"a dense bias needs n_vocab = {n_vocab} values, got {n}")
         out = logits + mem.read_array(ptr, n, "<f4")
-    elif mode in (BiasMode.ADD, BiasMode.ALLOW):
+    else:
         pairs = mem.read_array(ptr, n, _BIAS_PAIR)
         ids = pairs["token"].astype(np.int64)
         if n == 0 or ids.min() < 0 or ids.max() >= n_vocab:
             raise AbiError(Status.INVALID_ARGUMENT, f"bias needs 1.. token ids in 0..{n_vocab - 1}")
+        # ALLOW starts from all -inf, so only the listed tokens can be drawn (repeated ids: the last wins).
         out = logits.copy() if mode == BiasMode.ADD else np.full_like(logits, -np.inf)
-        base = logits if mode == BiasMode.ALLOW else out
-        out[ids] = base[ids] + pairs["bias"]
-    else:
-        raise AbiError(Status.INVALID_ARGUMENT, f"unknown bias mode {mode}")
+        out[ids] = logits[ids] + pairs["bias"]
     if np.isnan(out).any() or not np.isfinite(out).any() or np.isposinf(out).any():
         raise AbiError(Status.INVALID_ARGUMENT, "bias leaves no finite logit to sample from (or adds NaN/+inf)")
     return out.astype(np.float32, copy=False)

@@ -163,6 +163,12 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _last_line(exc: Exception) -> str:
+    """wasmtime puts the cause last, after the backtrace ("wasm trap: call stack exhausted")."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1].strip().removeprefix("wasm trap: ") if lines else type(exc).__name__
+
+
 @dataclass
 class RunResult:
     """What one request produced: the emitted text, the guest's status and how it got there."""
@@ -256,11 +262,11 @@ class TenantSandbox:
                 return QuotaExceeded(f"guest used up its CPU budget of {self.limits.fuel} fuel")
             if code == wasmtime.TrapCode.INTERRUPT:
                 return QuotaExceeded(f"request exceeded its wall-clock limit of {self.limits.wall_seconds:g} s")
-            message = f"guest trapped: {_first_line(exc)}"
+            message = f"guest trapped: {_last_line(exc)}"
             if _memory_full(session, store, self.limits.memory_bytes):
                 message += f" (its memory is at the {self.limits.memory_bytes} byte limit)"
             return GuestError(message)
-        text = _first_line(exc)
+        text = _last_line(exc)
         if isinstance(exc, wasmtime.WasmtimeError) and "memory" in text and "limit" in text.lower():
             return QuotaExceeded(f"guest needs more than its memory limit of {self.limits.memory_bytes} bytes")
         return GuestError(f"guest failed: {text}")
