@@ -1,0 +1,172 @@
+"""The tenant registry: SQLite under REALM_HOME, content-addressed modules, atomic deployment."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from guest_helpers import TINY_LLAMA, wat_guest
+from host_functions.abi import Limits
+from host_functions.model import Model
+from realm import paths
+from realm.errors import GuestError, TenantError
+from realm.sandbox import TenantSandbox, reference_guest_path, to_wasm
+from realm.tenants import TenantRegistry, parse_limits
+
+EMITS_A = wat_guest('(drop (call $emit (i32.const 100) (i32.const 1))) (i32.const 0)', extra='(data (i32.const 100) "A")')
+EMITS_B = wat_guest('(drop (call $emit (i32.const 100) (i32.const 1))) (i32.const 0)', extra='(data (i32.const 100) "B")')
+
+
+@pytest.fixture()
+def registry(realm_home: Path) -> TenantRegistry:
+    return TenantRegistry()
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return Model.load(TINY_LLAMA, backend="numpy")
+
+
+def test_the_registry_lives_under_realm_home(registry, realm_home):
+    registry.create("acme")
+    assert registry.db_path == realm_home / "realm.db" and registry.db_path.is_file()
+    assert paths.registry_path() == registry.db_path and paths.modules_dir() == registry.modules
+
+
+def test_realm_home_defaults_to_the_users_data_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("REALM_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert paths.realm_home() == tmp_path / "realm"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert paths.realm_home() == Path.home() / ".local" / "share" / "realm"
+
+
+def test_create_list_show_and_delete(registry):
+    registry.create("beta")
+    registry.create("alpha", parse_limits({"fuel": "1000", "wall_seconds": "2.5"}))
+    assert [t.name for t in registry.list()] == ["alpha", "beta"]
+    alpha = registry.get("alpha")
+    assert (alpha.limits.fuel, alpha.limits.wall_seconds, alpha.module_sha256) == (1000, 2.5, None)
+    registry.delete("alpha")
+    assert [t.name for t in registry.list()] == ["beta"]
+    with pytest.raises(TenantError, match="no tenant named 'alpha'"):
+        registry.get("alpha")
+    with pytest.raises(TenantError, match="no tenant named 'alpha'"):
+        registry.delete("alpha")
+
+
+def test_a_tenant_name_is_unique_and_well_formed(registry):
+    registry.create("acme")
+    with pytest.raises(TenantError, match="already exists"):
+        registry.create("acme")
+    for bad in ["", "-x", "a b", "x" * 65, "../etc", "é"]:
+        with pytest.raises(TenantError, match="invalid tenant name"):
+            registry.create(bad)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"fuels": "1"}, "unknown limit"), ({"fuel": "lots"}, "must be a number"), ({"fuel": "0"}, "positive"),
+    ({"memory_bytes": str(4 << 30)}, "2 GiB")])
+def test_bad_limits_are_rejected(overrides, message):
+    with pytest.raises(TenantError, match=message):
+        parse_limits(overrides)
+
+
+def test_deploy_stores_the_module_by_content_hash_and_points_the_tenant_at_it(registry):
+    registry.create("acme")
+    data = reference_guest_path().read_bytes()
+    tenant = registry.deploy("acme", data)
+    digest = hashlib.sha256(data).hexdigest()
+    assert (tenant.module_sha256, tenant.module_size) == (digest, len(data))
+    assert registry.module_path(digest).read_bytes() == data
+    assert registry.guest("acme").sha256 == digest
+
+
+def test_wat_is_deployed_as_its_binary_form(registry):
+    registry.create("acme")
+    tenant = registry.deploy("acme", EMITS_A.encode())
+    assert registry.module_path(tenant.module_sha256).read_bytes()[:4] == b"\0asm"
+    assert tenant.module_sha256 == hashlib.sha256(to_wasm(EMITS_A.encode())).hexdigest()
+
+
+def test_redeploying_switches_the_tenant_to_the_new_module(registry, model):
+    registry.create("acme")
+    registry.deploy("acme", EMITS_A.encode())
+    assert TenantSandbox(model).run(registry.guest("acme"), {}).text == "A"
+    registry.deploy("acme", EMITS_B.encode())
+    assert TenantSandbox(model).run(registry.guest("acme"), {}).text == "B"
+
+
+def test_a_rejected_module_leaves_the_old_one_serving(registry, model):
+    registry.create("acme")
+    registry.deploy("acme", EMITS_A.encode())
+    for bad in [b"garbage", b"(module)", wat_guest("(i32.const 0)", pages=2000).encode()]:
+        with pytest.raises(GuestError):
+            registry.deploy("acme", bad)
+    assert TenantSandbox(model).run(registry.guest("acme"), {}).text == "A"
+
+
+def test_a_module_must_fit_the_tenants_memory_limit(registry):
+    registry.create("small", Limits(memory_bytes=1 << 20))
+    with pytest.raises(GuestError, match="over the tenant's limit"):
+        registry.deploy("small", wat_guest("(i32.const 0)", pages=17).encode())
+
+
+def test_deploying_to_an_unknown_tenant_writes_nothing(registry):
+    with pytest.raises(TenantError, match="no tenant named"):
+        registry.deploy("ghost", EMITS_A.encode())
+    assert not registry.modules.exists() or not any(registry.modules.iterdir())
+
+
+def test_a_crash_while_storing_the_module_leaves_the_tenant_on_its_old_module(registry, model, monkeypatch):
+    registry.create("acme")
+    old = registry.deploy("acme", EMITS_A.encode())
+
+    def crash(src, dst):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(TenantError, match="disk on fire"):
+        registry.deploy("acme", EMITS_B.encode())
+    monkeypatch.undo()
+    assert registry.get("acme").module_sha256 == old.module_sha256
+    assert [p.name for p in registry.modules.iterdir()] == [f"{old.module_sha256}.wasm"]  # no temp files left
+    assert TenantSandbox(model).run(registry.guest("acme"), {}).text == "A"
+
+
+def test_a_request_already_running_finishes_on_the_module_it_started_with(registry, model):
+    twice_a = wat_guest("""(drop (call $emit (i32.const 100) (i32.const 1)))
+      (drop (call $emit (i32.const 100) (i32.const 1))) (i32.const 0)""", extra='(data (i32.const 100) "A")')
+    registry.create("acme")
+    registry.deploy("acme", twice_a.encode())
+
+    def redeploy_midway(text: str) -> None:  # runs inside the request's first emit
+        if registry.get("acme").module_size != len(to_wasm(EMITS_B.encode())):
+            registry.deploy("acme", EMITS_B.encode())
+
+    assert TenantSandbox(model).run(registry.guest("acme"), {}, on_text=redeploy_midway).text == "AA"
+    assert TenantSandbox(model).run(registry.guest("acme"), {}).text == "B"
+
+
+def test_an_undeployed_tenant_has_no_guest(registry):
+    registry.create("acme")
+    with pytest.raises(TenantError, match="no deployed module"):
+        registry.guest("acme")
+
+
+def test_a_tampered_module_file_is_refused(registry):
+    registry.create("acme")
+    tenant = registry.deploy("acme", EMITS_A.encode())
+    registry.module_path(tenant.module_sha256).write_bytes(to_wasm(EMITS_B.encode()))
+    with pytest.raises(TenantError, match="corrupt"):
+        registry.guest("acme")
+
+
+def test_a_deleted_tenant_can_be_created_again_from_scratch(registry):
+    registry.create("acme")
+    registry.deploy("acme", EMITS_A.encode())
+    registry.delete("acme")
+    assert registry.create("acme").module_sha256 is None
