@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from host_functions.abi import Limits
+from host_functions.sampling import SamplingParams
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_options
 from realm.errors import RealmError, TenantError
@@ -59,6 +61,7 @@ def run(prompt: str | None, model_path: str | None, backend: str, stop: tuple[st
     if prompt is None:
         prompt = click.get_text_stream("stdin").read()
     request = build_request(prompt, sampling, stop, params)
+    _check_sampling(request)
     guest, limits, label = _select_guest(tenant_name, guest_file)
     model = load_with_progress(model_path, backend)
     sandbox = TenantSandbox(model, limits, tenant=tenant_name or "")
@@ -92,6 +95,16 @@ def build_request(prompt: str, sampling: dict[str, Any], stop: tuple[str, ...], 
         except json.JSONDecodeError:
             request[key] = text
     return request
+
+
+def _check_sampling(request: dict[str, Any]) -> None:
+    """Refuse bad sampling flags before loading anything (the guest's sampler would refuse them later)."""
+    names = {f.name for f in dataclasses.fields(SamplingParams)}
+    given = {k: tuple(v) if k == "stop" else v for k, v in request.items() if k in names}
+    try:
+        SamplingParams(**given).validate()
+    except TypeError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _select_guest(tenant_name: str | None, guest_file: Path | None) -> tuple[GuestModule, Limits, str]:
