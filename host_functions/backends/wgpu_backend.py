@@ -180,7 +180,7 @@ class WgpuBackend(Backend):
         if len(tensor.shape) == 2:
             return kernels.upload_weight(self.ctx, tensor)
         if tensor.data.dtype != np.float32:
-            raise BackendError(f"tensor {tensor.name}: expected F32 for a 1-D weight, got {tensor.qtype.name}")
+            raise UnsupportedError(f"tensor {tensor.name}: 1-D weights must be F32, got {tensor.qtype.name}")
         return self.ctx.upload(np.asarray(tensor.data))
 
     def _recorder(self) -> Recorder:
