@@ -256,6 +256,10 @@ class TenantSandbox:
             return session.failure
         if isinstance(exc, RealmError):
             return exc
+        if isinstance(exc, _Abort):
+            # wasmtime-py hands a host call's exception to whichever thread traps next; this one
+            # is another request's, so all that is known here is that this guest trapped.
+            return GuestError("guest trapped")
         if isinstance(exc, wasmtime.Trap):
             code = exc.trap_code
             if code == wasmtime.TrapCode.OUT_OF_FUEL:
