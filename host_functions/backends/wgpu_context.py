@@ -37,6 +37,8 @@ weights of every model are shared by all tenants, so the whole process shares on
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -73,6 +75,16 @@ class PipelineKey:
     enables: tuple[str, ...]
 
 
+def _quiet_window_system_probe() -> None:
+    """Give the Vulkan loader a private runtime dir when there is none.
+
+    Mesa's Wayland surface support prints "XDG_RUNTIME_DIR is invalid" to stderr on headless machines
+    while the adapter is enumerated; compute never uses a window, so an empty private dir silences it.
+    """
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="realm-runtime-")
+
+
 class GPUContext:
     """One wgpu adapter and device for the whole process; see the module docstring for the API."""
 
@@ -81,6 +93,7 @@ class GPUContext:
 
     def __init__(self) -> None:
         wgpu = _import_wgpu()
+        _quiet_window_system_probe()
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
         except Exception as exc:
