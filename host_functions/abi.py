@@ -88,11 +88,12 @@ class Limits:
 
     memory_bytes: int = 64 << 20  # guest linear memory
     fuel: int = 2_000_000_000  # guest instructions (wasmtime fuel): the CPU deadline
-    wall_seconds: float = 120.0  # the whole request, host calls included
+    wall_seconds: float = 300.0  # the whole request, host calls included (4096 CPU tokens fit)
+    max_host_calls: int = 1_000_000  # calls into the host: a guest spinning on cheap calls burns host CPU
     max_tokens: int = 16384  # tokens fed to the model, over all sequences (prompt included)
     max_sequences: int = 16  # live sequences (KV caches) at once
     max_context: int = 4096  # capacity of one sequence
-    max_output_bytes: int = 1 << 20  # bytes emitted to the client
+    max_output_bytes: int = 256 << 10  # bytes emitted to the client (about 60000 tokens of text)
     max_log_bytes: int = 64 << 10  # log bytes kept; beyond that `log` returns LIMIT
 
     def validate(self) -> Limits:
@@ -102,7 +103,8 @@ class Limits:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise GuestError(f"limit {f.name} must be a positive number, got {value!r}")
         # Guest pointers are i32: a memory over 2 GiB would make valid addresses look negative.
-        if self.memory_bytes > 2**31 or max(self.max_tokens, self.max_context, self.max_output_bytes) > _MAX_I32:
+        if self.memory_bytes > 2**31 or max(self.max_tokens, self.max_context, self.max_output_bytes,
+                                            self.max_sequences) > _MAX_I32:
             raise GuestError("limits must fit in a signed 32-bit integer (memory_bytes at most 2 GiB)")
         return self
 
@@ -246,9 +248,17 @@ class Session:
         self.failure: RealmError | None = None  # what ended the request from inside a host call
         self.last_error = ""  # the last AbiError message, to explain a failing status
         self.tokens_fed = 0
+        self.host_calls = 0
         self.output_bytes = 0
         self.log_bytes = 0
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def enter(self) -> None:
+        """Account for one host call: QuotaExceeded past the wall clock or the host-call budget."""
+        self.host_calls += 1
+        if self.host_calls > self.limits.max_host_calls:
+            raise QuotaExceeded(f"guest made more than its limit of {self.limits.max_host_calls} host calls")
+        self.check_deadline()
 
     def check_deadline(self) -> None:
         if time.monotonic() > self.deadline:
@@ -508,6 +518,9 @@ def text_push(s: Session, mem: GuestMemory, seq: int, token: int, out_ptr: int, 
 @host("ptr", "len")
 def emit(s: Session, mem: GuestMemory, ptr: int, n: int) -> int:
     """Stream UTF-8 bytes to the client."""
+    mem.span(ptr, n)
+    if s.output_bytes + n > s.limits.max_output_bytes:
+        raise QuotaExceeded(f"guest emitted more than its limit of {s.limits.max_output_bytes} bytes")
     s.emit_bytes(mem.read(ptr, n))
     return Status.OK
 
@@ -517,9 +530,10 @@ def log(s: Session, mem: GuestMemory, level: int, ptr: int, n: int) -> int:
     """Record a log line (level 0 debug .. 3 error) for the request; LIMIT once the log is full."""
     if not 0 <= level <= 3:
         raise AbiError(Status.INVALID_ARGUMENT, f"log level must be 0..3, got {level}")
-    data = mem.read(ptr, n)
+    mem.span(ptr, n)
     if s.log_bytes + n > s.limits.max_log_bytes:
         raise AbiError(Status.LIMIT, f"log limit of {s.limits.max_log_bytes} bytes reached")
+    data = mem.read(ptr, n)
     s.log_bytes += n
     s.logs.append((level, data.decode("utf-8", "replace")))
     return Status.OK

@@ -202,13 +202,14 @@ class TenantSandbox:
         breaks the ABI or returns a non-zero status; either carries the partial RunResult as
         `.result`. Nothing outside this request is affected.
         """
+        payload = json.dumps(request, ensure_ascii=False).encode()
         session = Session(self.model, self.limits, on_text, self.tenant)
         store = self._store()
         started = time.perf_counter()
         status = Status.INTERNAL
         error: RealmError | None = None
         try:
-            status = self._call(store, session, guest, json.dumps(request, ensure_ascii=False).encode())
+            status = self._call(store, session, guest, payload)
         except Exception as exc:  # noqa: BLE001  every failure is attributed to this request below
             error = self._explain(session, store, exc)
         finally:
@@ -294,7 +295,7 @@ def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
     def call(caller: wasmtime.Caller, *args: int) -> int:
         started = clock()
         try:
-            session.check_deadline()
+            session.enter()
             return impl(session, GuestMemory(session.memory, caller), *args)
         except AbiError as exc:
             session.last_error = f"{name}: {exc}"

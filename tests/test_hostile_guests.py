@@ -184,12 +184,15 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
             " (br_if $l (i32.lt_s (local.get $i) (i32.const 10000)))) (i32.const 0)",
             QuotaExceeded, "limit of 16 live sequences"),
         "emit without end": Hostile("(loop $l (drop (call $emit (i32.const 0) (i32.const 64))) (br $l)) (i32.const 0)",
-                                    QuotaExceeded, "emitted more than its limit of 1048576 bytes"),
+                                    QuotaExceeded, "emitted more than its limit of 262144 bytes"),
         "token flood": Hostile(
             f"""(local.set $s (call $seq_open (i32.const 0)))
             (loop $l (drop (call $seq_append (local.get $s) (i32.const 64) (global.get $n_prompt))) {layers()}
               (br $l)) (i32.const 0)""", QuotaExceeded, "fed more than its limit of 64 tokens",
             Limits(max_tokens=64), extra=ids),
+        "host-call flood": Hostile("(loop $l (drop (call $seq_len (i32.const 5))) (br $l)) (i32.const 0)",
+                                   QuotaExceeded, "more than its limit of 20000 host calls",
+                                   Limits(max_host_calls=20_000)),
         "infinite recursion": Hostile("(call $deep) (i32.const 0)", GuestError, "guest trapped",
                                       extra="(func $deep (call $deep))"),
         "infinite loop in the start function": Hostile(
@@ -201,7 +204,7 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
 HOSTILE_NAMES = ["infinite loop", "infinite loop past the wall clock", "host-call loop past the wall clock",
                  "unbounded memory.grow", "memory.grow forever", "bad pointers", "forged handles",
                  "closed handles", "trap halfway through generation", "10,000 sequences", "emit without end",
-                 "token flood", "infinite recursion", "infinite loop in the start function"]
+                 "token flood", "host-call flood", "infinite recursion", "infinite loop in the start function"]
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
