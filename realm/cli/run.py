@@ -130,7 +130,8 @@ def _finish_stream(result: RunResult) -> None:
 
 
 def _print_trace(result: RunResult, label: str, n_layers: int) -> None:
-    table = Table("host function", "calls", "total ms", "mean µs", title=f"host calls by {label}")
+    table = Table("host function", "calls", "total ms", "mean µs", title=f"host calls by {label}",
+                  caption_justify="left")
     called = [(name, s) for name, s in result.trace.items() if s.calls]
     for name, s in sorted(called, key=lambda item: -item[1].seconds):
         table.add_row(name, str(s.calls), f"{s.seconds * 1e3:.2f}", f"{s.seconds / s.calls * 1e6:.1f}")
