@@ -130,16 +130,15 @@ def _finish_stream(result: RunResult) -> None:
 
 
 def _print_trace(result: RunResult, label: str, n_layers: int) -> None:
-    table = Table("host function", "calls", "total ms", "mean µs", title=f"host calls by {label}",
-                  caption_justify="left")
+    table = Table("host function", "calls", "total ms", "mean µs", title=f"host calls by {label}")
     called = [(name, s) for name, s in result.trace.items() if s.calls]
     for name, s in sorted(called, key=lambda item: -item[1].seconds):
         table.add_row(name, str(s.calls), f"{s.seconds * 1e3:.2f}", f"{s.seconds / s.calls * 1e6:.1f}")
+    Console(file=sys.stdout).print(table)
     steps = result.trace["seq_finish"].calls if "seq_finish" in result.trace else 0
     layers = result.trace["forward_layer"].calls if "forward_layer" in result.trace else 0
-    table.caption = (f"{steps} steps x {n_layers} layers -> {layers} forward_layer calls; "
-                     f"{result.tokens_fed} tokens fed; {result.fuel_used:,} fuel; {result.seconds:.2f} s")
-    Console(file=sys.stdout).print(table)
+    click.echo(f"{steps} steps x {n_layers} layers -> {layers} forward_layer calls; {result.tokens_fed} tokens fed; "
+               f"{result.fuel_used:,} fuel; {result.seconds:.2f} s")
 
 
 def _result_json(result: RunResult, label: str) -> dict[str, Any]:
