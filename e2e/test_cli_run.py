@@ -13,17 +13,11 @@ GUESTS = Path(__file__).resolve().parent.parent / "guest"
 PARIS = "Question: What is the capital of France?\nAnswer:"
 
 
-def test_the_paris_question_is_answered_through_the_reference_guest(realm):
-    done = realm("run", PARIS, "--temperature", "0", "--max-tokens", "8")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(" Paris")
-    assert "Traceback" not in done.stderr
-
-
-def test_trace_shows_forward_layer_once_per_layer_per_step(realm):
+def test_the_paris_question_is_answered_through_the_reference_guest_one_layer_call_per_layer_per_step(realm):
     done = realm("run", PARIS, "--temperature", "0", "--max-tokens", "8", "--trace")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(" Paris")
+    assert "Traceback" not in done.stderr
     row = re.search(r"forward_layer\s*│\s*(\d+)", done.stdout)
     finish = re.search(r"seq_finish\s*│\s*(\d+)", done.stdout)
     assert row and finish, done.stdout
