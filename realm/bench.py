@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from host_functions.model import Model
+from host_functions.sampling import SamplingParams
+from realm.errors import RealmError
 
 BENCH_TEXT = (
     "The history of computing is a story of abstraction. Early machines were programmed by rewiring "
@@ -70,8 +72,8 @@ def measure_decode(model: Model, prompt: list[int], n_tokens: int) -> float:
 
 
 def run_bench(load: Callable[[], Model], n_prompt: int = 128, n_decode: int = 128,
-              guest_decode: Callable[[Model, list[int], int], float] | None = None) -> BenchResult:
-    """Load a model and measure it; `guest_decode` (seconds per token through a guest) adds overhead."""
+              with_guest: bool = True) -> BenchResult:
+    """Load a model and measure it; `with_guest` adds the reference guest's overhead."""
     start = time.perf_counter()
     model = load()
     load_s = time.perf_counter() - start
@@ -80,10 +82,7 @@ def run_bench(load: Callable[[], Model], n_prompt: int = 128, n_decode: int = 12
     prefill_s = measure_prefill(model, prompt)
     decode_s = measure_decode(model, prompt, n_decode)
     weight_bytes = model.backend.weight_bytes_per_token()
-    overhead = None
-    if guest_decode is not None:
-        guest_s = guest_decode(model, prompt, n_decode)
-        overhead = 100.0 * (guest_s - decode_s) / decode_s
+    overhead = guest_overhead_pct(model, n_decode) if with_guest else None
     return BenchResult(
         model=str(model.path.name), backend=model.backend.name, load_s=load_s,
         prefill_tok_s=len(prompt) / prefill_s, decode_tok_s=1.0 / decode_s,
@@ -93,19 +92,29 @@ def run_bench(load: Callable[[], Model], n_prompt: int = 128, n_decode: int = 12
     )
 
 
-def guest_decode_seconds(model: Model, prompt: list[int], n_tokens: int) -> float:
-    """Seconds per decoded token when the reference guest drives greedy generation.
+def guest_overhead_pct(model: Model, n_tokens: int, repeats: int = 3) -> float:
+    """Extra time, in percent, when the reference guest drives greedy decoding instead of the host.
 
-    The guest's whole request is timed, and the prompt's prefill (measured directly) is taken off,
-    leaving the steps that each fed one token: the same work `measure_decode` times without a guest.
+    Both paths run the same short prompt to the same tokens (prefill is negligible), alternating, and
+    the fastest of `repeats` runs of each is compared: on a busy machine the minimum is the run that
+    was least disturbed.
     """
+    from realm.generation import generate_tokens
     from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
 
     guest = compile_guest(reference_guest_path().read_bytes())
     sandbox = TenantSandbox(model)
-    request = {"prompt": model.tokenizer.decode(prompt), "max_tokens": n_tokens + 1, "temperature": 0}
-    sandbox.run(guest, {**request, "max_tokens": 4})  # warm: instantiate once before timing
-    result = sandbox.run(guest, request)
-    decode_steps = result.trace["forward_layer"].calls // model.config.n_layers - 1  # after one prefill step
-    n_prompt = result.tokens_fed - decode_steps
-    return (result.seconds - measure_prefill(model, prompt[:n_prompt])) / max(decode_steps, 1)
+    prompt = "Once upon a time"
+    params = SamplingParams(temperature=0, max_tokens=n_tokens)
+    request = {"prompt": prompt, "max_tokens": n_tokens, "temperature": 0}
+    direct_s, guest_s = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        produced = list(generate_tokens(model, model.tokenizer.encode(prompt), params))
+        direct_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        sandbox.run(guest, request)
+        guest_s.append(time.perf_counter() - start)
+    if not produced:
+        raise RealmError("the model ended generation at once; no decode to compare")
+    return 100.0 * (min(guest_s) - min(direct_s)) / min(direct_s)

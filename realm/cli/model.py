@@ -16,7 +16,7 @@ from host_functions.gguf_file import GGUFFile
 from host_functions.tokenizer import Tokenizer
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_option, model_options
-from realm.bench import guest_decode_seconds, run_bench
+from realm.bench import run_bench
 from realm.models import resolve_model_path
 
 console = Console()
@@ -127,8 +127,8 @@ def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_token
     """Measure load time, prefill and decode speed, peak memory and guest overhead."""
     if prompt_tokens < 1 or decode_tokens < 1:
         raise click.BadParameter("token counts must be positive")
-    guest = None if no_guest else guest_decode_seconds
-    result = run_bench(lambda: load_with_progress(model_path, backend), prompt_tokens, decode_tokens, guest)
+    result = run_bench(lambda: load_with_progress(model_path, backend), prompt_tokens, decode_tokens,
+                       with_guest=not no_guest)
     data = result.as_json()
     if as_json:
         click.echo(json.dumps(data))
