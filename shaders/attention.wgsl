@@ -40,7 +40,6 @@ override KV_F16: bool = false;
 var<workgroup> q_row: array<f32, MAX_HEAD_DIM>;
 var<workgroup> acc: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
-var<workgroup> red: array<f32, WG>;
 
 fn load_k(i: u32) -> f32 {
     if (KV_F16) {
@@ -63,34 +62,6 @@ fn score(k_base: u32, hd: u32) -> f32 {
         s += q_row[d] * load_k(k_base + d);
     }
     return s * params.scale;
-}
-
-fn reduce_max(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            red[lid] = max(red[lid], red[lid + stride]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            red[lid] += red[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
 }
 
 @compute @workgroup_size(WG)
@@ -125,8 +96,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         l = l * exp(m - m_new) + exp(s - m_new);
         m = m_new;
     }
-    let m_all = reduce_max(lid, m);
-    let inv_sum = 1.0 / reduce_sum(lid, l * exp(m - m_all));
+    let m_all = workgroup_max(lid, m);
+    let inv_sum = 1.0 / workgroup_sum(lid, l * exp(m - m_all));
 
     // Pass 2: probabilities of WG keys at a time, then each thread accumulates its own dims.
     for (var start = lo; start <= p; start += WG) {

@@ -25,7 +25,6 @@ override WG: u32 = 64;  // a power of two
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;   // shrink: t; expand: (n_rows, n_out)
 @group(0) @binding(5) var<storage, read> scale: array<f32>;     // (n_adapters,), shrink only
 
-var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn shrink(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -43,20 +42,13 @@ fn shrink(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             sum += weight[a_base + i] * x[x_base + i];
         }
     }
-    partial[lid] = sum;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, sum);
     if (lid == 0u) {
         var s = 0.0;
         if (ad >= 0) {
             s = scale[ad];
         }
-        y[r * params.rank + k] = s * partial[0];
+        y[r * params.rank + k] = s * total;
     }
 }
 

@@ -26,7 +26,6 @@ override ADD_TO_OUT: bool = false;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
@@ -42,15 +41,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
         let v = x[src + c];
         sum += v * v;
     }
-    partial[lid] = sum;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let inv_rms = inverseSqrt(partial[0] / f32(n) + params.eps);
+    let inv_rms = inverseSqrt(workgroup_sum(lid, sum) / f32(n) + params.eps);
     let dst = params.out_offset + row * n;
     for (var c = lid; c < n; c += WG) {
         let y = x[src + c] * inv_rms * w[c];

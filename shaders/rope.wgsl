@@ -43,7 +43,6 @@ override OUT_F16: bool = false;
 @group(0) @binding(4) var<storage, read_write> dst: array<u32>;
 
 var<workgroup> row_buf: array<f32, MAX_HEAD_DIM>;
-var<workgroup> partial: array<f32, WG>;
 
 fn row_inv_rms(lid: u32, base: u32, n: u32) -> f32 {
     var sum = 0.0;
@@ -51,15 +50,7 @@ fn row_inv_rms(lid: u32, base: u32, n: u32) -> f32 {
         let v = src[base + d];
         sum += v * v;
     }
-    partial[lid] = sum;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    return inverseSqrt(partial[0] / f32(n) + params.eps);
+    return inverseSqrt(workgroup_sum(lid, sum) / f32(n) + params.eps);
 }
 
 // Angle of pair i at position p, reduced to [0, 2pi) because WGSL only bounds sin/cos error there.

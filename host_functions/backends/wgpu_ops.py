@@ -27,7 +27,7 @@ Rounding = Literal["f16", "bf16"]
 def rms_norm(rec: Recorder, x: Buffer, weight: Buffer, out: Buffer, n_rows: int, n_cols: int,
              eps: float, *, add: bool = False, in_offset: int = 0, out_offset: int = 0) -> None:
     """out[r] (+)= x[r] / rms(x[r]) * weight for n_rows rows of n_cols; offsets in elements."""
-    pipe = rec.ctx.pipeline("norm.wgsl", "main", {"WG": WG, "ADD_TO_OUT": add})
+    pipe = rec.ctx.pipeline(("reduce.wgsl", "norm.wgsl"), "main", {"WG": WG, "ADD_TO_OUT": add})
     params = struct.pack("<4If3I", n_rows, n_cols, in_offset, out_offset, eps, 0, 0, 0)
     rec.dispatch(pipe, [params, x, weight, out], _grid(rec.ctx, n_rows))
 
@@ -46,7 +46,7 @@ def rope(rec: Recorder, src: Buffer, dst: Buffer, n_tokens: int, n_heads: int, h
     assert not out_f16 or dst_offset % 2 == 0, dst_offset
     constants = {"WG": WG, "NORM": norm_weight is not None, "ROTATE": rotate, "NEOX": neox,
                  "HAS_FACTORS": factors is not None, "OUT_F16": out_f16}
-    pipe = rec.ctx.pipeline(("rounding.wgsl", "rope.wgsl"), "main", constants)
+    pipe = rec.ctx.pipeline(("reduce.wgsl", "rounding.wgsl", "rope.wgsl"), "main", constants)
     n_rows = n_tokens * n_heads
     params = struct.pack("<6I2f", n_rows, n_heads, head_dim, pos, src_offset, dst_offset, base, eps)
     dummy = _dummy(rec.ctx)
@@ -65,7 +65,7 @@ def attention(rec: Recorder, q: Buffer, k_cache: Buffer, v_cache: Buffer, out: B
     f16 and the query and probabilities are rounded to f16, as llama.cpp does with its f16 cache.
     """
     assert head_dim <= MAX_HEAD_DIM and n_head % n_head_kv == 0, (head_dim, n_head, n_head_kv)
-    pipe = rec.ctx.pipeline(("rounding.wgsl", "attention.wgsl"), "main", {"WG": WG, "KV_F16": kv_f16})
+    pipe = rec.ctx.pipeline(("reduce.wgsl", "rounding.wgsl", "attention.wgsl"), "main", {"WG": WG, "KV_F16": kv_f16})
     params = struct.pack("<6IfI", n_tokens, n_head, n_head_kv, head_dim, pos, window, scale, 0)
     rec.dispatch(pipe, [params, q, k_cache, v_cache, out], (n_head, n_tokens))
 
@@ -102,7 +102,7 @@ def lora_shrink(rec: Recorder, x: Buffer, lora_a: Buffer, adapter: Buffer, scale
     lora_a is (n_adapters, rank, n_in) f32, adapter (n_rows,) int32, scales (n_adapters,) f32 holding
     user scale * alpha / rank.
     """
-    pipe = rec.ctx.pipeline("lora.wgsl", "shrink", {"WG": WG})
+    pipe = rec.ctx.pipeline(("reduce.wgsl", "lora.wgsl"), "shrink", {"WG": WG})
     params = struct.pack("<4I", n_rows, n_in, 0, rank)
     rec.dispatch(pipe, [params, adapter, x, lora_a, t, scales], (rank, n_rows))
 
@@ -110,7 +110,7 @@ def lora_shrink(rec: Recorder, x: Buffer, lora_a: Buffer, adapter: Buffer, scale
 def lora_expand(rec: Recorder, t: Buffer, lora_b: Buffer, adapter: Buffer, y: Buffer,
                 n_rows: int, n_out: int, rank: int) -> None:
     """y[r] += B[adapter[r]] @ t[r] for rows with an adapter; lora_b is (n_adapters, n_out, rank) f32."""
-    pipe = rec.ctx.pipeline("lora.wgsl", "expand", {"WG": WG})
+    pipe = rec.ctx.pipeline(("reduce.wgsl", "lora.wgsl"), "expand", {"WG": WG})
     params = struct.pack("<4I", n_rows, 0, n_out, rank)
     rec.dispatch(pipe, [params, adapter, t, lora_b, y], (-(-n_out // WG), n_rows))
 
