@@ -29,29 +29,24 @@ static choice choices[MAX_CHOICES];
 static int32_t n_choices;
 static realm_bias allowed[MAX_CHOICES + 1];
 
-static int32_t fail(int32_t rc, const char *message) {
-    realm_log(3, message, realm_strlen(message));
-    return rc < 0 ? rc : REALM_ERR_INVALID_ARGUMENT;
-}
-
 static int32_t read_choices(json_slice request) {
     json_slice array, item;
-    if (!json_get(request, "choices", &array)) return fail(REALM_ERR_INVALID_ARGUMENT, "request has no choices");
+    if (!json_get(request, "choices", &array)) return realm_fail(REALM_ERR_INVALID_ARGUMENT, "request has no choices");
     n_choices = 0;
     while (json_array_next(&array, &item)) {
-        if (n_choices == MAX_CHOICES) return fail(REALM_ERR_INVALID_ARGUMENT, "more than 64 choices");
+        if (n_choices == MAX_CHOICES) return realm_fail(REALM_ERR_INVALID_ARGUMENT, "more than 64 choices");
         char *text = realm_alloc(item.n);
         int32_t len = text ? json_string(item, text, item.n) : -1;
-        if (len <= 0) return fail(REALM_ERR_INVALID_ARGUMENT, "choices must be non-empty strings");
+        if (len <= 0) return realm_fail(REALM_ERR_INVALID_ARGUMENT, "choices must be non-empty strings");
         choice *c = &choices[n_choices++];
         c->ids = realm_alloc(MAX_CHOICE_TOKENS * 4);
         c->n = realm_tokenize(text, len, 0, c->ids, MAX_CHOICE_TOKENS);
         if (c->n < 0) return c->n;
         if (c->n == 0 || c->n > MAX_CHOICE_TOKENS)
-            return fail(REALM_ERR_INVALID_ARGUMENT, "a choice tokenizes to no tokens or too many");
+            return realm_fail(REALM_ERR_INVALID_ARGUMENT, "a choice tokenizes to no tokens or too many");
         c->alive = 1;
     }
-    return n_choices ? REALM_OK : fail(REALM_ERR_INVALID_ARGUMENT, "choices is empty");
+    return n_choices ? REALM_OK : realm_fail(REALM_ERR_INVALID_ARGUMENT, "choices is empty");
 }
 
 /* The tokens allowed at position pos; *complete is a live choice that ends here, or -1. */
@@ -79,11 +74,10 @@ static int32_t allowed_tokens(int32_t pos, int32_t eos, int32_t *complete) {
 }
 
 __attribute__((export_name("realm_main"))) int32_t realm_main(const char *request, int32_t request_len) {
-    json_slice req = {request, request_len}, value;
-    if (!json_get(req, "prompt", &value)) return fail(REALM_ERR_INVALID_ARGUMENT, "request has no prompt");
-    char *prompt = realm_alloc(value.n);
-    int32_t prompt_len = prompt ? json_string(value, prompt, value.n) : -1;
-    if (prompt_len < 0) return fail(REALM_ERR_INVALID_ARGUMENT, "prompt must be a JSON string");
+    json_slice req = {request, request_len};
+    char *prompt;
+    int32_t prompt_len = json_get_string(req, "prompt", realm_alloc, &prompt);
+    if (prompt_len < 0) return realm_fail(REALM_ERR_INVALID_ARGUMENT, "request needs a \"prompt\" string");
     int32_t rc = read_choices(req);
     if (rc < 0) return rc;
     realm_model_info info;
@@ -93,11 +87,11 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     int32_t *ids = realm_alloc(cap * 4);
     int32_t n_ids = realm_tokenize(prompt, prompt_len, REALM_TOKENIZE_ADD_SPECIAL, ids, cap);
     if (n_ids < 0) return n_ids;
-    if (n_ids == 0 || n_ids > cap) return fail(REALM_ERR_INVALID_ARGUMENT, "prompt tokenizes to nothing");
-    if (n_ids + MAX_CHOICE_TOKENS > info.n_ctx) return fail(REALM_ERR_CAPACITY, "prompt is too long");
+    if (n_ids == 0 || n_ids > cap) return realm_fail(REALM_ERR_INVALID_ARGUMENT, "prompt tokenizes to nothing");
+    if (n_ids + MAX_CHOICE_TOKENS > info.n_ctx) return realm_fail(REALM_ERR_CAPACITY, "prompt is too long");
 
     int32_t sampler = realm_sampler_new(request, request_len);
-    if (sampler < 0) return fail(sampler, "bad sampling parameters");
+    if (sampler < 0) return realm_fail(sampler, "bad sampling parameters");
     int32_t seq = realm_seq_open(n_ids + MAX_CHOICE_TOKENS);
     if (seq < 0) return seq;
     if ((rc = realm_seq_append(seq, ids, n_ids)) < 0) return rc;

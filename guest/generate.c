@@ -18,11 +18,6 @@
 #define TEXT_CAP 4096
 #define DEFAULT_MAX_TOKENS 128
 
-static int32_t fail(int32_t rc, const char *message) {
-    realm_log(3, message, realm_strlen(message));
-    return rc < 0 ? rc : REALM_ERR_INVALID_ARGUMENT;
-}
-
 /* ---- stop strings over streamed text ---- */
 
 typedef struct {
@@ -86,16 +81,16 @@ static int32_t read_stops(json_slice request, stopper *s) {
     s->count = s->longest = s->n_held = s->stopped = 0;
     if (!json_get(request, "stop", &array)) return REALM_OK;
     while (json_array_next(&array, &item)) {
-        if (s->count == MAX_STOPS) return fail(REALM_ERR_INVALID_ARGUMENT, "too many stop strings");
+        if (s->count == MAX_STOPS) return realm_fail(REALM_ERR_INVALID_ARGUMENT, "too many stop strings");
         char *text = realm_alloc(item.n);
         int32_t len = text ? json_string(item, text, item.n) : -1;
-        if (len <= 0) return fail(REALM_ERR_INVALID_ARGUMENT, "stop strings must be non-empty strings");
+        if (len <= 0) return realm_fail(REALM_ERR_INVALID_ARGUMENT, "stop strings must be non-empty strings");
         s->text[s->count] = text;
         s->len[s->count++] = len;
         if (len > s->longest) s->longest = len;
     }
     s->held = realm_alloc(s->longest + TEXT_CAP);
-    return s->held ? REALM_OK : fail(REALM_ERR_INTERNAL, "out of memory");
+    return s->held ? REALM_OK : realm_fail(REALM_ERR_INTERNAL, "out of memory");
 }
 
 /* ---- generation ---- */
@@ -139,13 +134,12 @@ static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt, int64
 
 __attribute__((export_name("realm_main"))) int32_t realm_main(const char *request, int32_t request_len) {
     json_slice req = {request, request_len}, value;
-    if (!json_get(req, "prompt", &value)) return fail(REALM_ERR_INVALID_ARGUMENT, "request has no prompt");
-    char *prompt = realm_alloc(value.n);
-    int32_t prompt_len = prompt ? json_string(value, prompt, value.n) : -1;
-    if (prompt_len < 0) return fail(REALM_ERR_INVALID_ARGUMENT, "prompt must be a JSON string");
+    char *prompt;
+    int32_t prompt_len = json_get_string(req, "prompt", realm_alloc, &prompt);
+    if (prompt_len < 0) return realm_fail(REALM_ERR_INVALID_ARGUMENT, "request needs a \"prompt\" string");
     int64_t max_tokens = DEFAULT_MAX_TOKENS;
     if (json_get(req, "max_tokens", &value) && (!json_int(value, &max_tokens) || max_tokens < 1))
-        return fail(REALM_ERR_INVALID_ARGUMENT, "max_tokens must be a positive integer");
+        return realm_fail(REALM_ERR_INVALID_ARGUMENT, "max_tokens must be a positive integer");
 
     generation g;
     int32_t rc = read_stops(req, &g.stops);
@@ -163,12 +157,12 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     }
     if (n_ids < 0) return n_ids;
     if (n_ids == 0) return REALM_OK; /* nothing to continue */
-    if (n_ids > info.n_ctx) return fail(REALM_ERR_CAPACITY, "prompt is longer than the context");
+    if (n_ids > info.n_ctx) return realm_fail(REALM_ERR_CAPACITY, "prompt is longer than the context");
 
     g.capacity = n_ids + max_tokens < info.n_ctx ? n_ids + (int32_t)max_tokens : info.n_ctx;
     g.text = realm_alloc(TEXT_CAP);
     g.sampler = realm_sampler_new(request, request_len); /* the host reads the sampling keys */
-    if (g.sampler < 0) return fail(g.sampler, "bad sampling parameters");
+    if (g.sampler < 0) return realm_fail(g.sampler, "bad sampling parameters");
     g.seq = realm_seq_open(g.capacity);
     if (g.seq < 0) return g.seq;
     rc = run(&g, ids, n_ids, max_tokens);

@@ -156,6 +156,14 @@ static inline int32_t json_string(json_slice v, char *out, int32_t cap) {
 }
 
 /* An integer value (no fraction or exponent); 1 on success. */
+/* The string at `key` of obj, decoded into a buffer from `alloc`; its length, or -1 if absent or not a string. */
+static inline int32_t json_get_string(json_slice obj, const char *key, void *(*alloc)(int32_t), char **out) {
+    json_slice value;
+    if (!json_get(obj, key, &value)) return -1;
+    *out = alloc(value.n);
+    return *out ? json_string(value, *out, value.n) : -1;
+}
+
 static inline int json_int(json_slice v, int64_t *out) {
     const char *p = v.p, *end = v.p + v.n;
     int neg = p < end && *p == '-';

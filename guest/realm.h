@@ -114,6 +114,12 @@ static inline int32_t realm_strlen(const char *s) {
     return n;
 }
 
+/* Log `message` as an error and return rc if it is a status, else REALM_ERR_INVALID_ARGUMENT. */
+static inline int32_t realm_fail(int32_t rc, const char *message) {
+    realm_log(3, message, realm_strlen(message));
+    return rc < 0 ? rc : REALM_ERR_INVALID_ARGUMENT;
+}
+
 /* Run one step over the sequence's pending tokens: every layer, then finish. */
 static inline int32_t realm_step(int32_t seq, int32_t n_layers) {
     for (int32_t layer = 0; layer < n_layers; layer++) {
