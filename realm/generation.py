@@ -29,7 +29,7 @@ def generate_tokens(model: Model, prompt_ids: Sequence[int], params: SamplingPar
                 return
             yield token
             history.append(token)
-            if produced + 1 < params.max_tokens and len(history) < capacity:
+            if produced + 1 < params.max_tokens and len(history) <= capacity:
                 logits = seq.step([token])
     finally:
         seq.close()
