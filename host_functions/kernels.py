@@ -45,7 +45,8 @@ from host_functions.quants import QuantFormat, quant_format, row_bytes
 from realm.errors import BackendError, ModelFormatError, UnsupportedError
 
 CHUNK = 16  # weights per dequant16() call
-MAX_TILE_T = 16  # tokens one invocation accumulates at once (matmul.wgsl MAX_TILE_T)
+MAX_ROWS = 8  # rows one invocation accumulates at once (matmul.wgsl MAX_ROWS)
+MAX_TILE_T = 8  # tokens one invocation accumulates at once (matmul.wgsl MAX_TILE_T)
 _SPARE = 4  # bytes after each part so an unaligned 16-byte load near the end stays in bounds
 
 
@@ -86,24 +87,41 @@ class GPUWeight:
 class KernelConfig:
     """Numeric knobs of the matmul kernel (override constants) and which WGSL features it uses.
 
-    wg: invocations per workgroup; tpr: invocations sharing one row (power of two dividing wg);
-    subgroups: reduce with subgroupAdd (then a workgroup owns one row and tpr is ignored).
+    wg: invocations per workgroup; tpr: invocations sharing one row group (power of two dividing
+    wg); rows: rows per invocation (register tile, 1..MAX_ROWS); tile_t: most tokens per
+    invocation (register tile, 1..MAX_TILE_T); subgroups: reduce with subgroupAdd (then a
+    workgroup owns one row group and tpr is ignored).
     """
 
     wg: int = 64
-    tpr: int = 16
+    tpr: int = 1
+    rows: int = 4
+    tile_t: int = MAX_TILE_T
     subgroups: bool = False
 
     def __post_init__(self) -> None:
         assert self.wg & (self.wg - 1) == 0 and self.tpr & (self.tpr - 1) == 0 and self.tpr <= self.wg, self
+        assert 1 <= self.rows <= MAX_ROWS and 1 <= self.tile_t <= MAX_TILE_T, self
+
+    @property
+    def rows_per_group(self) -> int:
+        """Weight rows one workgroup owns."""
+        return self.rows * (1 if self.subgroups else self.wg // self.tpr)
 
 
 def default_config(ctx: GPUContext) -> KernelConfig:
-    """The tested default: the portable workgroup-memory reduction on software adapters (llvmpipe),
-    subgroup reductions on hardware that has them."""
-    if ctx.has_subgroups and not ctx.is_cpu_adapter:
-        return KernelConfig(wg=64, subgroups=True)
-    return KernelConfig()
+    """The tested default per adapter kind.
+
+    CPU drivers (llvmpipe) scalarize every storage load per lane, so loads dominate: one
+    invocation per row group (tpr=1, no reduction or barriers), 4 rows x 8 tokens of registers.
+    GPUs: subgroup sums where available (a workgroup per row pair, lanes over chunks, coalesced),
+    else 16 invocations per row group with a workgroup-memory tree sum.
+    """
+    if ctx.is_cpu_adapter:
+        return KernelConfig(wg=64, tpr=1, rows=4)
+    if ctx.has_subgroups:
+        return KernelConfig(wg=64, rows=2, subgroups=True)
+    return KernelConfig(wg=64, tpr=16, rows=2)
 
 
 def upload_weight(ctx: GPUContext, tensor: RawTensor, max_part_bytes: int | None = None) -> GPUWeight:
@@ -132,21 +150,20 @@ def upload_weight(ctx: GPUContext, tensor: RawTensor, max_part_bytes: int | None
     return GPUWeight(tensor.name, fmt, (n_rows, n_cols), rb, parts)
 
 
-def token_tile(n_tokens: int) -> int:
-    """Tokens per invocation: 1 for decode, else the next power of two up to MAX_TILE_T."""
-    return min(MAX_TILE_T, 1 << max(0, int(n_tokens) - 1).bit_length())
+def token_tile(n_tokens: int, max_tile: int = MAX_TILE_T) -> int:
+    """Tokens per invocation: 1 for decode, else the next power of two up to max_tile."""
+    return min(max_tile, 1 << max(0, int(n_tokens) - 1).bit_length())
 
 
-def matmul_pipeline(ctx: GPUContext, fmt: QuantFormat, tile: int, config: KernelConfig) -> tuple[Any, int]:
-    """The (cached) matmul pipeline for one format, token tile and config, and its rows per workgroup."""
+def matmul_pipeline(ctx: GPUContext, fmt: QuantFormat, tile: int, config: KernelConfig) -> Any:
+    """The (cached) matmul pipeline for one format, token tile and config."""
     shaders = ["weights.wgsl", f"dequant_{fmt.kernel}.wgsl", "matmul.wgsl"]
-    tpr = config.wg if config.subgroups else config.tpr
     if config.subgroups:
         shaders.append("matmul_subgroup.wgsl")
-    pipe = ctx.pipeline(shaders, "main_subgroup" if config.subgroups else "main",
-                        {"WG": config.wg, "TPR": tpr, "TILE_T": tile},
+    return ctx.pipeline(shaders, "main_subgroup" if config.subgroups else "main",
+                        {"WG": config.wg, "TPR": config.wg if config.subgroups else config.tpr,
+                         "ROWS": config.rows, "TILE_T": tile},
                         enables=("subgroups",) if config.subgroups else ())
-    return pipe, config.wg // tpr
 
 
 def matmul(rec: Recorder, weight: GPUWeight, x: Any, out: Any, n_tokens: int, *,
@@ -166,11 +183,11 @@ def matmul(rec: Recorder, weight: GPUWeight, x: Any, out: Any, n_tokens: int, *,
     assert x_stride % 4 == 0, "x rows must start on vec4 boundaries"
     _check_size(x, (n_tokens - 1) * x_stride + weight.n_cols, "x")
     _check_size(out, (n_tokens - 1) * out_stride + out_col + weight.n_rows, "out")
-    tile = token_tile(n_tokens)
-    pipe, rows_per_group = matmul_pipeline(ctx, weight.fmt, tile, config)
+    tile = token_tile(n_tokens, config.tile_t)
+    pipe = matmul_pipeline(ctx, weight.fmt, tile, config)
     n_tiles = -(-n_tokens // tile)
     for part in weight.parts:
-        n_groups = -(-part.n_rows // rows_per_group)
+        n_groups = -(-part.n_rows // config.rows_per_group)
         params = struct.pack("<8I", part.n_rows, weight.row_bytes, weight.n_cols // CHUNK, n_tokens,
                              x_stride // 4, out_stride, out_col + part.row_start, n_groups)
         gx, gy = workgroup_grid(n_groups, ctx.max_workgroups_per_dim)

@@ -14,14 +14,15 @@
 
 alias Chunk = array<vec4<f32>, 4>;
 
-// The 4 bytes at byte offset b as one little-endian word.
+// The 4 bytes at byte offset b as one little-endian word. Branch-free: both words are always
+// loaded (the host's spare bytes keep w[i + 1] in bounds) and `select` drops the second one when
+// b is aligned, where a shift by 32 would be a shift by 0 in WGSL.
 fn w_u32(b: u32) -> u32 {
     let i = b >> 2u;
     let s = (b & 3u) * 8u;
-    if s == 0u {
-        return w[i];
-    }
-    return (w[i] >> s) | (w[i + 1u] << (32u - s));
+    let lo = w[i];
+    let hi = w[i + 1u];
+    return select((lo >> s) | (hi << (32u - s)), lo, s == 0u);
 }
 
 // The 2 bytes at byte offset b (little-endian), in the low half.
@@ -34,14 +35,11 @@ fn w_u8(b: u32) -> u32 {
     return (w[b >> 2u] >> ((b & 3u) * 8u)) & 0xffu;
 }
 
-// The 16 bytes at byte offset b as four little-endian words.
+// The 16 bytes at byte offset b as four little-endian words (branch-free, as w_u32).
 fn w_16bytes(b: u32) -> vec4<u32> {
     let i = b >> 2u;
     let s = (b & 3u) * 8u;
     let a = vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
-    if s == 0u {
-        return a;
-    }
     let n = vec4<u32>(a.yzw, w[i + 4u]);
-    return (a >> vec4<u32>(s)) | (n << vec4<u32>(32u - s));
+    return select((a >> vec4<u32>(s)) | (n << vec4<u32>(32u - s)), a, s == 0u);
 }

@@ -26,7 +26,8 @@ from realm.errors import BackendError, ModelFormatError, UnsupportedError
 
 DATA = Path(__file__).parent / "data"
 CTX = GPUContext.get()  # no adapter is an error here, not a skip: CI installs llvmpipe
-QUICK_CASES = harness.select_cases(quick=True, ctx=CTX)
+# Only this file's kernels: the op kernels' cases run in test_kernels_ops.py.
+QUICK_CASES = harness.select_cases(kernel_names=("matmul", "gather"), quick=True, ctx=CTX)
 TINY_LLAMA_FORMATS = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
                       "Q5_K", "Q6_K"]
 
@@ -87,12 +88,40 @@ def test_harness_fails_a_kernel_that_reads_one_wrong_byte() -> None:
     assert result.max_rel_err > 10 * harness.MATMUL_TOL
 
 
-def test_matvec_over_more_than_65535_workgroups_covers_every_row() -> None:
-    n_rows = 65535 * 4 + 9  # 4 rows per workgroup by default: the grid needs a second dimension
+# Every kernel layout the host can pick (kernels.default_config picks per adapter): the CPU default,
+# the GPU fallback with a workgroup-memory tree sum, an odd register tile, and subgroup sums.
+LAYOUTS = {
+    "cpu": kernels.KernelConfig(wg=64, tpr=1, rows=4),
+    "tree sum": kernels.KernelConfig(wg=64, tpr=16, rows=2),
+    "tree sum 3x2": kernels.KernelConfig(wg=32, tpr=4, rows=3, tile_t=2),
+    "subgroups": kernels.KernelConfig(wg=64, rows=2, subgroups=True),
+    "subgroups 1x8": kernels.KernelConfig(wg=32, rows=1, subgroups=True),
+}
+LAYOUT_CASES = [(layout, fmt, n_tokens) for layout in LAYOUTS for fmt in ("Q4_K", "Q5_0", "F16")
+                for n_tokens in (1, 5, 11)]
+
+
+@pytest.mark.parametrize(("layout", "fmt", "n_tokens"), LAYOUT_CASES)
+def test_every_kernel_layout_matches_numpy_reference(layout: str, fmt: str, n_tokens: int) -> None:
+    """Rows (29) and tokens that are not multiples of any register tile, for every layout."""
+    config = LAYOUTS[layout]
+    if config.subgroups and not CTX.has_subgroups:
+        pytest.fail("the CI adapter (llvmpipe) has subgroups; this device lacks them")
+    rng = np.random.default_rng(8)
+    tensor = harness.random_weight(fmt, 29, 768, rng)
+    x = rng.standard_normal((n_tokens, 768)).astype(np.float32)
+    got = kernels.matmul_numpy(CTX, kernels.upload_weight(CTX, tensor), x, config=config)
+    assert_matmul_close(got, harness.reference_dequantize(tensor), x)
+
+
+@pytest.mark.parametrize("config", [kernels.KernelConfig(wg=4, tpr=2, rows=1), LAYOUTS["subgroups 1x8"]],
+                         ids=["tree sum", "subgroups"])
+def test_matvec_over_more_than_65535_workgroups_covers_every_row(config: kernels.KernelConfig) -> None:
+    n_rows = 65535 * config.rows_per_group + 9  # the grid needs a second dimension
     tensor = harness.random_weight("Q8_0", n_rows, 32, np.random.default_rng(2))
     x = np.random.default_rng(3).standard_normal((1, 32)).astype(np.float32)
     w_ref = harness.reference_dequantize(tensor)
-    got = kernels.matmul_numpy(CTX, kernels.upload_weight(CTX, tensor), x)
+    got = kernels.matmul_numpy(CTX, kernels.upload_weight(CTX, tensor), x, config=config)
     assert_matmul_close(got, w_ref, x)
 
 
