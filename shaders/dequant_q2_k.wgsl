@@ -6,10 +6,10 @@ fn dequant16(row: u32, ci: u32) -> Chunk {
     let blk = row + (ci >> 4u) * 84u;
     let c = ci & 15u;
     let sc = w_u8(blk + c);
-    let dd = f16x2_to_f32(w_u32(blk + 80u));
+    let dd = f16x2_to_f32(w_word(blk + 80u));
     let dl = dd.x * f32(sc & 15u);
     let ml = dd.y * f32(sc >> 4u);
-    let q = w_16bytes(blk + 16u + (c >> 3u) * 32u + (c & 1u) * 16u);
+    let q = w_words4(blk + 16u + (c >> 3u) * 32u + (c & 1u) * 16u);
     let sh = ((c & 7u) >> 1u) * 2u;
     return Chunk(dl * vec4<f32>(crumbs4(q.x, sh)) - ml, dl * vec4<f32>(crumbs4(q.y, sh)) - ml,
                  dl * vec4<f32>(crumbs4(q.z, sh)) - ml, dl * vec4<f32>(crumbs4(q.w, sh)) - ml);

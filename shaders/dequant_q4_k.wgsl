@@ -4,11 +4,12 @@
 fn dequant16(row: u32, ci: u32) -> Chunk {
     let blk = row + (ci >> 4u) * 144u;
     let c = ci & 15u;
-    let dd = f16x2_to_f32(w_u32(blk));
-    let sm = k4_scale_min(vec3<u32>(w_u32(blk + 4u), w_u32(blk + 8u), w_u32(blk + 12u)), c >> 1u);
+    let head = w_words4(blk);  // d, dmin | scales[12]
+    let dd = f16x2_to_f32(head.x);
+    let sm = k4_scale_min(head.yzw, c >> 1u);
     let dl = dd.x * sm.x;
     let ml = dd.y * sm.y;
-    let q = w_16bytes(blk + 16u + (c >> 2u) * 32u + (c & 1u) * 16u);
+    let q = w_words4(blk + 16u + (c >> 2u) * 32u + (c & 1u) * 16u);
     let sh = ((c >> 1u) & 1u) * 4u;
     return Chunk(dl * nibbles4(q.x, sh) - ml, dl * nibbles4(q.y, sh) - ml,
                  dl * nibbles4(q.z, sh) - ml, dl * nibbles4(q.w, sh) - ml);

@@ -5,13 +5,14 @@ fn dequant16(row: u32, ci: u32) -> Chunk {
     let blk = row + (ci >> 4u) * 176u;
     let c = ci & 15u;
     let s = c >> 1u;
-    let dd = f16x2_to_f32(w_u32(blk));
-    let sm = k4_scale_min(vec3<u32>(w_u32(blk + 4u), w_u32(blk + 8u), w_u32(blk + 12u)), s);
+    let head = w_words4(blk);  // d, dmin | scales[12]
+    let dd = f16x2_to_f32(head.x);
+    let sm = k4_scale_min(head.yzw, s);
     let dl = dd.x * sm.x;
     let ml = dd.y * sm.y;
     let l0 = (c & 1u) * 16u;
-    let qh = w_16bytes(blk + 16u + l0);
-    let q = w_16bytes(blk + 48u + (c >> 2u) * 32u + l0);
+    let qh = w_words4(blk + 16u + l0);
+    let q = w_words4(blk + 48u + (c >> 2u) * 32u + l0);
     let sh = (s & 1u) * 4u;
     return Chunk(dl * (nibbles4(q.x, sh) + 16.0 * vec4<f32>(bytebit4(qh.x, s))) - ml,
                  dl * (nibbles4(q.y, sh) + 16.0 * vec4<f32>(bytebit4(qh.y, s))) - ml,

@@ -25,9 +25,10 @@ fn w_u32(b: u32) -> u32 {
     return select((lo >> s) | (hi << (32u - s)), lo, s == 0u);
 }
 
-// The 2 bytes at byte offset b (little-endian), in the low half.
+// The 2 bytes at an EVEN byte offset b (little-endian), in the low half: they never straddle a
+// word, so one load. Every f16 field of every ggml block sits at an even offset.
 fn w_u16(b: u32) -> u32 {
-    return w_u32(b) & 0xffffu;
+    return (w[b >> 2u] >> ((b & 2u) * 8u)) & 0xffffu;
 }
 
 // The byte at byte offset b.
@@ -42,4 +43,16 @@ fn w_16bytes(b: u32) -> vec4<u32> {
     let a = vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
     let n = vec4<u32>(a.yzw, w[i + 4u]);
     return select((a >> vec4<u32>(s)) | (n << vec4<u32>(32u - s)), a, s == 0u);
+}
+
+// Word-aligned loads for formats whose block size is a multiple of 4 bytes (F32, F16, BF16, Q4_1,
+// Q5_1, Q8_1, Q2_K, Q4_K, Q5_K, Q8_K): rows and every field they read then start on a word, so
+// each word is one load. Loads dominate on CPU drivers, which scalarize them per lane.
+fn w_word(b: u32) -> u32 {
+    return w[b >> 2u];
+}
+
+fn w_words4(b: u32) -> vec4<u32> {
+    let i = b >> 2u;
+    return vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
 }
