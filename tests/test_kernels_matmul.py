@@ -91,14 +91,19 @@ def test_harness_fails_a_kernel_that_reads_one_wrong_byte() -> None:
 # Every kernel layout the host can pick (kernels.default_config picks per adapter): the CPU default,
 # the GPU fallback with a workgroup-memory tree sum, an odd register tile, and subgroup sums.
 LAYOUTS = {
-    "cpu": kernels.KernelConfig(wg=64, tpr=1, rows=4),
+    "cpu": kernels.KernelConfig(wg=64, tpr=1, rows=4, tile_t=4),
+    "cpu 8x8": kernels.KernelConfig(wg=32, tpr=1, rows=8, tile_t=8),
     "tree sum": kernels.KernelConfig(wg=64, tpr=16, rows=2),
     "tree sum 3x2": kernels.KernelConfig(wg=32, tpr=4, rows=3, tile_t=2),
     "subgroups": kernels.KernelConfig(wg=64, rows=2, subgroups=True),
     "subgroups 1x8": kernels.KernelConfig(wg=32, rows=1, subgroups=True),
 }
-LAYOUT_CASES = [(layout, fmt, n_tokens) for layout in LAYOUTS for fmt in ("Q4_K", "Q5_0", "F16")
-                for n_tokens in (1, 5, 11)]
+# The reduction layout does not depend on the format (formats only supply dequant16), so each
+# layout runs with one format, rotating through block sizes 256, 32 and 16; the harness's quick
+# cases run every format in the default layout. Each distinct tile is a pipeline to compile.
+LAYOUT_FORMATS = ["Q4_K", "Q5_0", "F16", "Q6_K", "Q8_0", "BF16"]
+LAYOUT_CASES = [(layout, LAYOUT_FORMATS[i % len(LAYOUT_FORMATS)], n_tokens)
+                for i, layout in enumerate(LAYOUTS) for n_tokens in (1, 11)]
 
 
 @pytest.mark.parametrize(("layout", "fmt", "n_tokens"), LAYOUT_CASES)
