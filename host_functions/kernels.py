@@ -22,10 +22,13 @@ front of matmul.wgsl or gather.wgsl; only dequant16() differs between formats.
 Every format requires a row length that is a multiple of 16 (one dequant16 chunk); ggml block sizes
 (32, 256) guarantee it for quantized formats.
 
-Variants (`KernelConfig`): the portable kernel sums a row's partial products in workgroup memory and
-is the default on software adapters such as llvmpipe; `subgroups=True` sums with subgroupAdd and is
-the default on hardware GPUs that have subgroups. Both run in the test suite wherever the adapter
-has subgroups (llvmpipe does). shader-f16 is deliberately not used for arithmetic: f16 products
+Layouts (`KernelConfig`, chosen per adapter by `default_config`): an invocation owns a register
+tile of `rows` rows x up to `tile_t` tokens, so each weight chunk is dequantized once per token
+tile and each input read once per `rows` rows. On CPU drivers (llvmpipe), where every storage load
+is scalarized per lane, one invocation owns its rows outright (tpr=1: no reduction, no barrier);
+on GPUs `subgroups=True` sums a row group's lanes with subgroupAdd, and without subgroups tpr
+invocations per row group meet in workgroup memory. Every layout runs in the test suite wherever
+the adapter has subgroups (llvmpipe does). shader-f16 is deliberately not used for arithmetic: f16 products
 would add a 2^-11 relative rounding per term, thousands of times the f32 error the oracle
 comparison allows, and f16 scale fields are decoded exactly with integer ops (common.wgsl) anyway.
 """
