@@ -95,6 +95,7 @@ class Limits:
     max_context: int = 4096  # capacity of one sequence
     max_output_bytes: int = 256 << 10  # bytes emitted to the client (about 60000 tokens of text)
     max_log_bytes: int = 64 << 10  # log bytes kept; beyond that `log` returns LIMIT
+    max_text_bytes: int = 4 << 20  # text tokenized or detokenized: host work a guest can't be preempted in
 
     def validate(self) -> Limits:
         """Raise GuestError if a limit is not a positive number in range; return self."""
@@ -251,6 +252,7 @@ class Session:
         self.host_calls = 0
         self.output_bytes = 0
         self.log_bytes = 0
+        self.text_bytes = 0
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def enter(self) -> None:
@@ -259,6 +261,13 @@ class Session:
         if self.host_calls > self.limits.max_host_calls:
             raise QuotaExceeded(f"guest made more than its limit of {self.limits.max_host_calls} host calls")
         self.check_deadline()
+
+    def charge_text(self, n_bytes: int) -> None:
+        """Account for text the host tokenizes or detokenizes; QuotaExceeded past max_text_bytes."""
+        self.text_bytes += n_bytes
+        if self.text_bytes > self.limits.max_text_bytes:
+            raise QuotaExceeded(f"guest tokenized or detokenized more than its limit of "
+                                f"{self.limits.max_text_bytes} bytes of text")
 
     def check_deadline(self) -> None:
         if time.monotonic() > self.deadline:
@@ -333,6 +342,7 @@ def tokenize(s: Session, mem: GuestMemory, text_ptr: int, text_len: int, flags: 
     if flags & ~(TokenizeFlags.ADD_SPECIAL | TokenizeFlags.PARSE_SPECIAL):
         raise AbiError(Status.INVALID_ARGUMENT, f"unknown tokenize flags {flags:#x}")
     mem.span(out_ptr, out_cap, 4)
+    s.charge_text(max(text_len, 0))
     text = _utf8(mem.read(text_ptr, text_len))
     ids = s.tokenizer.encode(text, add_bos=None if flags & TokenizeFlags.ADD_SPECIAL else False,
                              parse_special=bool(flags & TokenizeFlags.PARSE_SPECIAL))
@@ -345,6 +355,7 @@ def detokenize(s: Session, mem: GuestMemory, ids_ptr: int, n_ids: int, out_ptr: 
     """UTF-8 text of token ids; writes the first out_cap bytes and returns the full length."""
     mem.span(out_ptr, out_cap)
     ids = _tokens(s, mem.read_array(ids_ptr, n_ids, "<i4"))
+    s.charge_text(4 * len(ids))  # a token decodes to a few bytes: bound the work before doing it
     return _write_counted(mem, out_ptr, out_cap, s.tokenizer.decode(ids).encode())
 
 

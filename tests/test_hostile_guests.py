@@ -193,6 +193,10 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
         "host-call flood": Hostile("(loop $l (drop (call $seq_len (i32.const 5))) (br $l)) (i32.const 0)",
                                    QuotaExceeded, "more than its limit of 20000 host calls",
                                    Limits(max_host_calls=20_000)),
+        "tokenizer flood": Hostile(  # 64 KiB of memory, tokenized over and over: host work, no fuel
+            "(loop $l (drop (call $tokenize (i32.const 0) (i32.const 65536) (i32.const 0) (i32.const 0)"
+            " (i32.const 0))) (br $l)) (i32.const 0)", QuotaExceeded, "more than its limit of 1048576 bytes of text",
+            Limits(max_text_bytes=1 << 20)),
         "infinite recursion": Hostile("(call $deep) (i32.const 0)", GuestError, "guest trapped",
                                       extra="(func $deep (call $deep))"),
         "infinite loop in the start function": Hostile(
@@ -204,7 +208,7 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
 HOSTILE_NAMES = ["infinite loop", "infinite loop past the wall clock", "host-call loop past the wall clock",
                  "unbounded memory.grow", "memory.grow forever", "bad pointers", "forged handles",
                  "closed handles", "trap halfway through generation", "10,000 sequences", "emit without end",
-                 "token flood", "host-call flood", "infinite recursion", "infinite loop in the start function"]
+                 "token flood", "host-call flood", "tokenizer flood", "infinite recursion", "infinite loop in the start function"]
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
