@@ -90,3 +90,9 @@ def test_bench_json_has_the_documented_keys(realm):
     for key in ("model", "backend", "load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "guest_overhead_pct"):
         assert key in result
     assert result["backend"] == "numpy" and result["decode_tok_s"] > 0 and result["peak_rss_mb"] > 0
+
+
+def test_logits_into_a_missing_directory_is_refused_before_any_work(realm, tmp_path):
+    out = realm("logits", "--model", str(DATA / "tiny-llama-F32.gguf"), "--tokens", "1,2",
+                "--out", str(tmp_path / "no" / "such" / "x.npy"))
+    assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr

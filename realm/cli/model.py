@@ -104,15 +104,21 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
     """Write float32 logits for every position, shape [n_tokens, vocab], to a .npy file."""
     if (prompt is None) == (tokens is None):
         raise click.UsageError("give exactly one of --prompt or --tokens")
+    out = Path(out_path)
+    if not out.parent.is_dir():
+        raise click.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
     model = load_with_progress(model_path, backend)
     ids = _parse_tokens(tokens) if tokens is not None else model.tokenizer.encode(prompt)
     if not ids:
         raise click.UsageError("the prompt encodes to no tokens")
     result = model.logits_for(ids).astype(np.float32)
-    out = Path(out_path)
     tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, result)
-    tmp.replace(out)
+    try:  # written beside the target and renamed, so a failure never leaves half a file
+        np.save(tmp, result)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
     click.echo(f"wrote {out} {list(result.shape)}", err=True)
 
 
