@@ -82,7 +82,7 @@ def run_bench(load: Callable[[], Model], n_prompt: int = 128, n_decode: int = 12
     prefill_s = measure_prefill(model, prompt)
     decode_s = measure_decode(model, prompt, n_decode)
     weight_bytes = model.backend.weight_bytes_per_token()
-    overhead = guest_overhead_pct(model, n_decode) if with_guest else None
+    overhead = guest_overhead_pct(model, min(n_decode, 64)) if with_guest else None
     return BenchResult(
         model=str(model.path.name), backend=model.backend.name, load_s=load_s,
         prefill_tok_s=len(prompt) / prefill_s, decode_tok_s=1.0 / decode_s,
@@ -92,7 +92,7 @@ def run_bench(load: Callable[[], Model], n_prompt: int = 128, n_decode: int = 12
     )
 
 
-def guest_overhead_pct(model: Model, n_tokens: int, repeats: int = 3) -> float:
+def guest_overhead_pct(model: Model, n_tokens: int, repeats: int = 5) -> float:
     """Extra time, in percent, when the reference guest drives greedy decoding instead of the host.
 
     Both paths run the same short prompt to the same tokens (prefill is negligible), alternating, and
