@@ -25,7 +25,7 @@ import importlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -343,7 +343,7 @@ def _register_matmul_cases() -> None:
         register_case("matmul", fmt, f"21x{k} t=20", _matmul_prepare(fmt, 21, k, 20))
         # short rows (one block) and long rows
         register_case("matmul", fmt, f"100x{short} t=2", _matmul_prepare(fmt, 100, short, 2))
-        register_case("matmul", fmt, f"19x4096 t=1", _matmul_prepare(fmt, 19, 4096, 1), quick=False)
+        register_case("matmul", fmt, "19x4096 t=1", _matmul_prepare(fmt, 19, 4096, 1), quick=False)
         for mode in ("zero", "extreme"):
             register_case("matmul", fmt, f"13x{k} t=2", _matmul_prepare(fmt, 13, k, 2, mode), variant=f"{mode} scales")
         # a weight split into several bindings, as the real model's 178 MB token_embd is

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..kernel_harness import F32_EPS, Prepared, register_case
+from ..kernel_harness import Prepared, register_case
 from . import op_reference as ref
 from . import wgpu_ops as ops
 from .wgpu_context import GPUContext, Recorder

@@ -80,7 +80,7 @@ def tokenize(model_path: str | None, special: bool, no_bos: bool, as_json: bool,
         click.echo(json.dumps({"ids": ids, "pieces": pieces}, ensure_ascii=False))
         return
     table = Table("#", "id", "piece")
-    for n, (i, p) in enumerate(zip(ids, pieces)):
+    for n, (i, p) in enumerate(zip(ids, pieces, strict=True)):
         table.add_row(str(n), str(i), repr(p))
     console.print(table)
 
