@@ -73,6 +73,20 @@ def expect(value: str, wanted: str, code: int) -> str:
     return f"(if (i32.ne {value} {wanted}) (then (return (i32.const {code}))))"
 
 
+def hex_dump(count: str, *addresses: int) -> str:
+    """WAT that emits, for i in 0..count (a WAT i32 expression), the i32 at each address + 4i as hex.
+
+    Uses the guest's local $i; the loop body runs at least once.
+    """
+    loads = "\n".join(f"(call $hex (i32.load (i32.add (i32.const {a}) (i32.shl (local.get $i) (i32.const 2)))))"
+                      for a in addresses)
+    return f"""(local.set $i (i32.const 0))
+      (loop $dump
+        {loads}
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $dump (i32.lt_s (local.get $i) {count})))"""
+
+
 def data_bytes(raw: bytes, at: int) -> str:
     """A data segment that stores `raw` at address `at`."""
     escaped = "".join("\\%02x" % b for b in raw)

@@ -42,6 +42,11 @@ def layers(seq: str = "$s") -> str:
       (drop (call $seq_finish (local.get {seq})))"""
 
 
+def expect_each(calls: list[str], status: int) -> str:
+    """WAT checking that every call returns `status`; the k-th failing check returns k + 1."""
+    return "\n".join(expect(c, f"(i32.const {status})", k + 1) for k, c in enumerate(calls))
+
+
 @dataclass(frozen=True)
 class Hostile:
     """A hostile guest, the limits it runs under, and the error that must end its request."""
@@ -84,7 +89,7 @@ def bad_pointer_body() -> str:
         "(call $sample (local.get $s) (local.get $a) (i32.const 0) (i32.const 536870912) (i32.const 2))",
         "(call $text_push (local.get $s) (i32.const 5) (i32.const 2147483647) (i32.const 1))",
     ]
-    checks = "\n".join(expect(c, f"(i32.const {BAD_POINTER})", k + 1) for k, c in enumerate(calls))
+    checks = expect_each(calls, BAD_POINTER)
     return f"""
       (local.set $s (call $seq_open (i32.const 0)))
       (drop (call $seq_append (local.get $s) (i32.const 64) (i32.const 1)))
@@ -111,7 +116,7 @@ def forged_handle_body() -> str:
         "(call $seq_len (local.get $a))",
         "(call $sample (local.get $a) (local.get $s) (i32.const 0) (i32.const 0) (i32.const 0))",
     ]
-    checks = "\n".join(expect(c, f"(i32.const {BAD_HANDLE})", k + 1) for k, c in enumerate(calls))
+    checks = expect_each(calls, BAD_HANDLE)
     return f"""
       (local.set $s (call $seq_open (i32.const 0)))
       (local.set $a (call $sampler_new (local.get $req) (local.get $len)))

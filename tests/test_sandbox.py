@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from guest_helpers import DATA, TINY_LLAMA, compile_wat, data_bytes, data_i32, expect, hex_floats, hex_words, wat_guest
+from guest_helpers import (DATA, TINY_LLAMA, compile_wat, data_bytes, data_i32, expect, hex_dump, hex_floats,
+                           hex_words, wat_guest)
 from host_functions.abi import HOST_FUNCTIONS, HostFunction, Limits, Status
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
@@ -164,11 +165,7 @@ def test_logits_read_through_the_abi_match_llamacpp(model):
         {expect("(call $seq_finish (local.get $s))", "(i32.const 0)", 2)}
         {expect(f"(call $logits_read (local.get $s) (i32.const 8192) (i32.const {n_vocab}))",
                 f"(i32.const {n_vocab})", 3)}
-        (local.set $i (i32.const 0))
-        (loop $out
-          (call $hex (i32.load (i32.add (i32.const 8192) (i32.shl (local.get $i) (i32.const 2)))))
-          (local.set $i (i32.add (local.get $i) (i32.const 1)))
-          (br_if $out (i32.lt_s (local.get $i) (i32.const {n_vocab}))))
+        {hex_dump(f"(i32.const {n_vocab})", 8192)}
         (local.set $b (local.get $a))
         (local.set $a (i32.add (local.get $a) (i32.const 1)))
         (br_if $step (i32.le_s (local.get $a) (i32.const 44))))
@@ -189,12 +186,7 @@ def test_logits_topk_are_the_largest_logits_highest_first(model):
       {expect("(call $logits_topk (local.get $s) (i32.const 5) (i32.const 2048) (i32.const 2560))", "(i32.const 5)", 1)}
       {expect(f"(call $logits_read (local.get $s) (i32.const 8192) (i32.const {model.config.n_vocab}))",
               f"(i32.const {model.config.n_vocab})", 2)}
-      (local.set $i (i32.const 0))
-      (loop $out
-        (call $hex (i32.load (i32.add (i32.const 2048) (i32.shl (local.get $i) (i32.const 2)))))
-        (call $hex (i32.load (i32.add (i32.const 2560) (i32.shl (local.get $i) (i32.const 2)))))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br_if $out (i32.lt_s (local.get $i) (i32.const 5))))
+      {hex_dump("(i32.const 5)", 2048, 2560)}
       (i32.const 0)"""
     words = hex_words(TenantSandbox(model).run(compile_wat(body, extra=data_i32(ids, 64)), {}).text)
     logits = model.logits_for(ids.tolist())[-1]
@@ -328,11 +320,7 @@ def test_tokenize_and_detokenize_round_trip_through_guest_memory(model):
       (local.set $b (call $detokenize (i32.const 1024) (local.get $a) (i32.const 2048) (i32.const 256)))
       (drop (call $emit (i32.const 2048) (local.get $b)))
       {expect("(call $detokenize (i32.const 1024) (local.get $a) (i32.const 2048) (i32.const 2))", "(local.get $b)", 1)}
-      (local.set $i (i32.const 0))
-      (loop $out
-        (call $hex (i32.load (i32.add (i32.const 1024) (i32.shl (local.get $i) (i32.const 2)))))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br_if $out (i32.lt_s (local.get $i) (local.get $a))))
+      {hex_dump("(local.get $a)", 1024)}
       (i32.const 0)"""
     sandbox = TenantSandbox(model)
     guest = compile_wat(body)
