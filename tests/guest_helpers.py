@@ -73,6 +73,15 @@ def expect(value: str, wanted: str, code: int) -> str:
     return f"(if (i32.ne {value} {wanted}) (then (return (i32.const {code}))))"
 
 
+def prefill(n_tokens: int, seq: str = "$s", n_layers: int = 2) -> str:
+    """WAT: open sequence `seq`, append n_tokens ids from address 64, run every layer and finish."""
+    layer_calls = "\n".join(f"(drop (call $forward_layer (local.get {seq}) (i32.const {i})))" for i in range(n_layers))
+    return f"""(local.set {seq} (call $seq_open (i32.const 0)))
+      (drop (call $seq_append (local.get {seq}) (i32.const 64) (i32.const {n_tokens})))
+      {layer_calls}
+      (drop (call $seq_finish (local.get {seq})))"""
+
+
 def hex_dump(count: str, *addresses: int) -> str:
     """WAT that emits, for i in 0..count (a WAT i32 expression), the i32 at each address + 4i as hex.
 

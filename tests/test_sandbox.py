@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from guest_helpers import (DATA, TINY_LLAMA, compile_wat, data_bytes, data_i32, expect, hex_dump, hex_floats,
-                           hex_words, wat_guest)
+                           hex_words, prefill, wat_guest)
 from host_functions.abi import HOST_FUNCTIONS, HostFunction, Limits, Status
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
@@ -178,11 +178,7 @@ def test_logits_read_through_the_abi_match_llamacpp(model):
 def test_logits_topk_are_the_largest_logits_highest_first(model):
     ids = tokens0(20)
     body = f"""
-      (local.set $s (call $seq_open (i32.const 0)))
-      (drop (call $seq_append (local.get $s) (i32.const 64) (i32.const 20)))
-      (drop (call $forward_layer (local.get $s) (i32.const 0)))
-      (drop (call $forward_layer (local.get $s) (i32.const 1)))
-      (drop (call $seq_finish (local.get $s)))
+      {prefill(20)}
       {expect("(call $logits_topk (local.get $s) (i32.const 5) (i32.const 2048) (i32.const 2560))", "(i32.const 5)", 1)}
       {expect(f"(call $logits_read (local.get $s) (i32.const 8192) (i32.const {model.config.n_vocab}))",
               f"(i32.const {model.config.n_vocab})", 2)}
@@ -209,11 +205,7 @@ def test_sample_follows_the_guests_mask_and_bias(model):
     dense[33] = 0.0
     extra = data_i32(tokens0(8), 64) + data_bytes(pairs.tobytes(), 256) + data_bytes(dense.tobytes(), 8192)
     body = f"""
-      (local.set $s (call $seq_open (i32.const 0)))
-      (drop (call $seq_append (local.get $s) (i32.const 64) (i32.const 8)))
-      (drop (call $forward_layer (local.get $s) (i32.const 0)))
-      (drop (call $forward_layer (local.get $s) (i32.const 1)))
-      (drop (call $seq_finish (local.get $s)))
+      {prefill(8)}
       (local.set $a (call $sampler_new (local.get $req) (local.get $len)))
       (local.set $i (i32.const 0))
       (loop $again
