@@ -11,7 +11,7 @@
  * failure. Pointers and lengths are checked by the host; a bad one yields REALM_ERR_BAD_POINTER.
  * Handles (sequences, samplers) are opaque positive numbers valid only within one request.
  * The full reference is docs/abi.md; the numbers below are defined once, in
- * host_functions/abi.py, and a test holds this header to them.
+ * host_functions/abi/, and a test holds this header to them.
  *
  * One C file of a guest defines REALM_IMPLEMENTATION before including this header: that adds a
  * bump allocator exported as realm_alloc, and the memcpy/memset/memmove/memcmp the compiler

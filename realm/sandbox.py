@@ -27,7 +27,7 @@ from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPO
                                 AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status)
 from host_functions.model import Model
 
-from .errors import BackendError, GuestError, QuotaExceeded, RealmError
+from host_functions.errors import BackendError, GuestError, QuotaExceeded, RealmError
 
 MAX_MODULE_BYTES = 8 << 20  # a guest is a controller, not a model: 8 MiB is generous
 EPOCH_TICK_S = 0.01  # the engine's epoch advances this often; wall-clock deadlines are in ticks

@@ -24,7 +24,7 @@ from typing import Any
 
 from host_functions.abi import Limits
 
-from .errors import GuestError, TenantError
+from host_functions.errors import GuestError, TenantError
 from .paths import realm_home
 from .sandbox import GuestModule, compile_guest, to_wasm
 

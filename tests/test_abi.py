@@ -1,4 +1,4 @@
-"""The ABI is defined once (host_functions/abi.py); the SDK header, the docs and the built guests follow it."""
+"""The ABI is defined once (host_functions/abi/); the SDK header, the docs and the built guests follow it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import wasmtime
 
 from host_functions.abi import (HOST_FUNCTIONS, TEXT_FLUSH, AbiError, BiasMode, GuestMemory, HandleTable, Limits,
                                 Status, TokenizeFlags, info_fields, sampling_params_from_json)
-from realm.errors import GuestError
+from host_functions.errors import GuestError
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = (ROOT / "guest" / "realm.h").read_text()

@@ -13,7 +13,7 @@ from host_functions.abi import HOST_FUNCTIONS, HostFunction, Limits, Status
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from oracle import EXACT, assert_matches
-from realm.errors import GuestError, QuotaExceeded
+from host_functions.errors import GuestError, QuotaExceeded
 from realm.generation import generate_text
 from realm.sandbox import MAX_MODULE_BYTES, TenantSandbox, compile_guest, reference_guest_path
 
