@@ -370,7 +370,7 @@ def test_modules_are_compiled_once_per_content_hash():
 
 @pytest.mark.parametrize("source, message", [
     (b"\x7fELF not wasm at all", "not a WebAssembly module"),
-    (b"\0asm\x01\0\0\0\x99garbage", "does not compile"),
+    (b"\0asm\x01\0\0\0\x99garbage", "malformed"),
     (b"(module (func $f", "does not parse"),
     (b'(module (func (export "realm_main") (param i32 i32) (result i32) (i32.const 0)))', "memory"),
     (b'(module (memory (export "memory") 1) (func (export "realm_main") (param i32 i32) (result i32) '
@@ -378,7 +378,7 @@ def test_modules_are_compiled_once_per_content_hash():
     (b'(module (memory (export "memory") 1) (func (export "realm_alloc") (param i32) (result i32) (i32.const 0))'
      b'(func (export "realm_main") (param i32) (result i32) (i32.const 0)))', "realm_main"),
     (b'(module (memory (export "memory") i64 1) (func (export "realm_alloc") (param i32) (result i32) '
-     b'(i32.const 0)) (func (export "realm_main") (param i32 i32) (result i32) (i32.const 0)))', "32-bit"),
+     b'(i32.const 0)) (func (export "realm_main") (param i32 i32) (result i32) (i32.const 0)))', "memory64 must be enabled"),
 ])
 def test_non_guests_are_rejected_with_a_reason(source, message):
     with pytest.raises(GuestError, match=message):
