@@ -47,6 +47,8 @@ SPACE_MARK = "\u2581"  # SentencePiece's visible space, "▁"
 # Long encodes call `interrupt` every this many merge steps, so a caller can cut them off at a deadline.
 INTERRUPT_EVERY = 1 << 14
 
+_FRAGMENTS_PER_INTERRUPT = 256  # text cut by many special tokens: many short merges
+
 Interrupt = Callable[[], None]
 
 
@@ -148,6 +150,8 @@ class _SpmModel:
                 heapq.heappush(queue, (-scores[tid], left, right, len(merged)))
 
         for i in range(1, n):
+            if i % INTERRUPT_EVERY == 0:
+                interrupt()
             push(i - 1, i)
         steps = 0
         while queue:
@@ -307,6 +311,8 @@ class _BpeModel:
                 heapq.heappush(queue, (rank, left, right, symbols[left] + symbols[right]))
 
         for i in range(1, n):
+            if i % INTERRUPT_EVERY == 0:
+                interrupt()
             push(i - 1, i)
         steps = 0
         while queue:
@@ -481,7 +487,9 @@ class Tokenizer:
                 raise UnsupportedError("this vocabulary has no BOS token")
             out.append(self.bos_id)
         after_special = True  # SentencePiece prefixes a space at the start and after specials
-        for fragment in self._partition_tokens.partition(text, parse_special, interrupt):
+        for k, fragment in enumerate(self._partition_tokens.partition(text, parse_special, interrupt)):
+            if k % _FRAGMENTS_PER_INTERRUPT == 0:
+                interrupt()
             if isinstance(fragment, int):
                 out.append(fragment)
                 after_special = True

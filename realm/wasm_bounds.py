@@ -22,7 +22,13 @@ MAX_NESTING = 1024  # blocks, loops and ifs open at once (a C switch of n cases 
 MAX_EXPORTS = 64  # the ABI needs three
 MAX_IMPORTS = 256  # each one a host function of module `realm`; duplicates are allowed, not without end
 
+MAX_ENTRIES = 10_000  # types, globals, element and data segments: each costs compile and instantiate work
+
 _SECTION_IMPORT, _SECTION_FUNCTION, _SECTION_EXPORT, _SECTION_CODE = 2, 3, 7, 10
+# Sections whose entries are only counted: id -> (what, limit). A guest has one memory, and tables
+# beyond the store's limit of 4 would not instantiate.
+_COUNTED = {1: ("types", MAX_ENTRIES), 4: ("tables", 4), 5: ("memories", 1), 6: ("globals", MAX_ENTRIES),
+            9: ("element segments", MAX_ENTRIES), 11: ("data segments", MAX_ENTRIES)}
 
 # Immediates of each one-byte opcode. Kinds: "block" a block type, "mem" a memarg (+ "b": a lane
 # byte), "table" br_table's vector plus default, "types" select's value types, "4"/"8"/"16" raw
@@ -121,6 +127,8 @@ def measure(wasm: bytes, import_module: str) -> ModuleShape:
             functions = _count(body, MAX_FUNCTIONS, "functions")
         elif section == _SECTION_EXPORT:
             exports = _count(body, MAX_EXPORTS, "exports")
+        elif section in _COUNTED:
+            _count(body, *_COUNTED[section][::-1])
         elif section == _SECTION_CODE:
             code_bytes = size
             if size > MAX_CODE_BYTES:
@@ -137,6 +145,7 @@ def measure(wasm: bytes, import_module: str) -> ModuleShape:
 
 
 def _count(r: _Reader, limit: int, what: str) -> int:
+    """The count that opens a vector section; GuestError if over `limit`."""
     n = r.uleb()
     if n > limit:
         raise GuestError(f"module has {n} {what}, over the limit of {limit}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import check_token, check_tokens, decode_utf8, write_counted
+from .limits import MAX_TOKENIZE_BYTES
 from .memory import GuestMemory
 from .registry import host
 from .session import Session
@@ -34,6 +35,9 @@ def tokenize(s: Session, mem: GuestMemory, text_ptr: int, text_len: int, flags: 
         raise AbiError(Status.INVALID_ARGUMENT, f"unknown tokenize flags {flags:#x}")
     mem.span(out_ptr, out_cap, 4)
     mem.span(text_ptr, text_len)
+    if text_len > MAX_TOKENIZE_BYTES:
+        raise AbiError(Status.INVALID_ARGUMENT, f"text of {text_len} bytes is over the limit of "
+                                                f"{MAX_TOKENIZE_BYTES} bytes for one tokenize call")
     s.charge_text(text_len)
     text = decode_utf8(mem.read(text_ptr, text_len))
     # A long text is host work fuel cannot see: the tokenizer checks the wall clock as it goes.
