@@ -12,6 +12,7 @@ MAX_I32 = 2**31 - 1
 # Fixed bounds on what one host call may be asked to do, checked before the host reads or converts
 # anything (the per-request budgets are in Limits).
 MAX_TOKENIZE_BYTES = 1 << 20  # one tokenize call (~250k tokens); the merge state is ~100x the text
+MAX_DETOKENIZE_IDS = 1 << 18  # one detokenize call: at most a few MiB of text even for long tokens
 MAX_JSON_BYTES = 1 << 20  # sampler_new's JSON (the reference guest passes its whole request)
 MAX_JSON_DIGITS = 32  # digits of one JSON number: longer ones are not a sampling parameter
 MAX_STOP_STRINGS = 64  # stop strings in one sampler

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import check_token, check_tokens, decode_utf8, write_counted
-from .limits import MAX_TOKENIZE_BYTES
+from .limits import MAX_DETOKENIZE_IDS, MAX_TOKENIZE_BYTES
 from .memory import GuestMemory
 from .registry import host
 from .session import Session
@@ -53,8 +53,13 @@ def detokenize(s: Session, mem: GuestMemory, ids_ptr: int, n_ids: int, out_ptr: 
     mem.span(out_ptr, out_cap)
     mem.span(ids_ptr, n_ids, 4)
     s.charge_text(4 * n_ids)  # a token decodes to a few bytes: bound the work before reading the ids
+    if n_ids > MAX_DETOKENIZE_IDS:
+        raise AbiError(Status.INVALID_ARGUMENT, f"{n_ids} ids are over the limit of {MAX_DETOKENIZE_IDS} "
+                                                "for one detokenize call")
     ids = check_tokens(s, mem.read_array(ids_ptr, n_ids, "<i4"))
-    return write_counted(mem, out_ptr, out_cap, s.tokenizer.decode(ids).encode())
+    text = s.tokenizer.decode(ids).encode()
+    s.charge_text(max(0, len(text) - 4 * n_ids))  # long tokens (whitespace runs) cost what they made
+    return write_counted(mem, out_ptr, out_cap, text)
 
 
 @host("token", "out_ptr", "out_cap")
