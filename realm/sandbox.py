@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import wasmtime
-
 import numpy as np
+import wasmtime
 import wasmtime._ffi as ffi
 from wasmtime._extern import wrap_extern
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass
 
 import pytest
 
 from guest_helpers import TINY_LLAMA, compile_wat, data_bytes, data_i32, expect, hex_words, prefill
 from host_functions.abi import Limits, Status
-from host_functions.abi.limits import LOG_LINE_BYTES, MAX_JSON_BYTES, MAX_STOP_STRINGS, MAX_TOKENIZE_BYTES
+from host_functions.abi.limits import MAX_JSON_BYTES, MAX_STOP_STRINGS, MAX_TOKENIZE_BYTES
 from host_functions.model import Model
 from host_functions.errors import GuestError, QuotaExceeded, RealmError
 from realm.sandbox import GuestModule, TenantSandbox, compile_guest, reference_guest_path
