@@ -37,6 +37,7 @@ from host_functions.model import Model
 from .guest_compiler import engine_config, load_or_compile
 
 MAX_MODULE_BYTES = 8 << 20  # a guest is a controller, not a model: 8 MiB is generous
+MAX_TABLE_ELEMENTS = 100_000  # function table entries of one instance (a C guest has tens)
 EPOCH_TICK_S = 0.01  # the engine's epoch advances this often; wall-clock deadlines are in ticks
 _MODULE_CACHE_SIZE = 64
 
@@ -232,7 +233,7 @@ class TenantSandbox:
 
     def _store(self) -> wasmtime.Store:
         store = wasmtime.Store(engine())
-        store.set_limits(memory_size=self.limits.memory_bytes, table_elements=100_000,
+        store.set_limits(memory_size=self.limits.memory_bytes, table_elements=MAX_TABLE_ELEMENTS,
                          instances=1, tables=4, memories=1)
         store.set_fuel(self.limits.fuel)
         store.set_epoch_deadline(int(self.limits.wall_seconds / EPOCH_TICK_S) + 1)
@@ -280,8 +281,11 @@ class TenantSandbox:
                 message += f" (its memory is at the {self.limits.memory_bytes} byte limit)"
             return GuestError(message)
         text = _last_line(exc)
-        if isinstance(exc, wasmtime.WasmtimeError) and "memory" in text and "limit" in text.lower():
-            return QuotaExceeded(f"guest needs more than its memory limit of {self.limits.memory_bytes} bytes")
+        if isinstance(exc, wasmtime.WasmtimeError) and "limit" in text.lower():
+            if "memory" in text:
+                return QuotaExceeded(f"guest needs more than its memory limit of {self.limits.memory_bytes} bytes")
+            if "table" in text:
+                return QuotaExceeded(f"guest needs more than the limit of {MAX_TABLE_ELEMENTS} table elements")
         return GuestError(f"guest failed: {text}")
 
 

@@ -228,6 +228,8 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
             Limits(max_text_bytes=1 << 20)),
         "infinite recursion": Hostile("(call $deep) (i32.const 0)", GuestError, "guest trapped",
                                       extra="(func $deep (call $deep))"),
+        "a table of 10M elements": Hostile("(i32.const 0)", QuotaExceeded, "limit of 100000 table elements",
+                                           extra="(table 10000000 funcref)"),
         "infinite loop in the start function": Hostile(
             "(i32.const 0)", QuotaExceeded, "CPU budget", Limits(fuel=5_000_000),
             extra="(func $spin (loop $l (br $l))) (start $spin)"),
@@ -288,7 +290,7 @@ HOSTILE_NAMES = ["infinite loop", "infinite loop past the wall clock", "host-cal
                  "unbounded memory.grow", "memory.grow forever", "bad pointers", "forged handles",
                  "closed handles", "trap halfway through generation", "10,000 sequences", "emit without end",
                  "token flood", "host-call flood", "tokenizer flood", "infinite recursion",
-                 "infinite loop in the start function", "JSON nested 100,000 deep", "JSON over its byte limit",
+                 "infinite loop in the start function", "a table of 10M elements", "JSON nested 100,000 deep", "JSON over its byte limit",
                  "JSON number of 5000 digits", "JSON NaN temperature", "a stop list of 100,000 strings",
                  "appending 4M ids to a 4096-token sequence", "appending past max_tokens in one call",
                  "detokenizing 4M ids", "tokenizing more than one call may", "a bias of more pairs than tokens",
