@@ -79,8 +79,8 @@ def load_or_compile(wasm: bytes, sha256: str, engine: wasmtime.Engine, import_mo
 
 def _compile_in_worker(wasm: bytes, import_module: str) -> bytes:
     try:
-        done = subprocess.run([sys.executable, "-m", "realm.guest_compiler", import_module], input=wasm, capture_output=True,
-                              timeout=COMPILE_WALL_SECONDS, env=_WORKER_ENV,
+        done = subprocess.run([sys.executable, "-m", "realm.guest_compiler", import_module], input=wasm,
+                              capture_output=True, timeout=COMPILE_WALL_SECONDS, env=_WORKER_ENV,
                               preexec_fn=_limit_worker if os.name == "posix" else None)
     except subprocess.TimeoutExpired:
         raise GuestError(f"module takes over {COMPILE_WALL_SECONDS} s to compile") from None

@@ -238,10 +238,13 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
             fill(ord("["), 100_000) + "(call $sampler_new (i32.const 65536) (i32.const 100000))", GuestError,
             r"INVALID_ARGUMENT.*nested too deeply", pages=pages_for(100_000)),
         "JSON over its byte limit": Hostile(
-            fill(ord(" "), MAX_JSON_BYTES + 1) + f"(call $sampler_new (i32.const 65536) (i32.const {MAX_JSON_BYTES + 1}))",
+            fill(ord(" "), MAX_JSON_BYTES + 1)
+            + f"(call $sampler_new (i32.const {BIG}) (i32.const {MAX_JSON_BYTES + 1}))",
             GuestError, "INVALID_ARGUMENT.*over the limit", pages=pages_for(MAX_JSON_BYTES + 1)),
         "JSON number of 5000 digits": json_attack(b'{"top_k": ' + b"9" * 5000 + b"}", "INVALID_ARGUMENT.*digits"),
         "JSON NaN temperature": json_attack(b'{"temperature": NaN}', "INVALID_ARGUMENT.*NaN is not a JSON number"),
+        "a stop string holding a lone surrogate": json_attack(b'{"stop": ["\\ud800"], "temperature": "hot"}',
+                                                              "INVALID_ARGUMENT.*temperature must be a finite number"),
         "a stop list of 100,000 strings": json_attack(json.dumps({"stop": ["ab"] * 100_000}).encode(),
                                                       f"INVALID_ARGUMENT.*at most {MAX_STOP_STRINGS} stop strings"),
         "appending 4M ids to a 4096-token sequence": Hostile(
@@ -277,8 +280,9 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
             Limits(wall_seconds=0.3), pages=pages_for(MAX_TOKENIZE_BYTES)),
         "special-token text tokenized with specials parsed": Hostile(
             f"""(local.set $i (i32.const {BIG}))
-            (loop $l (i32.store (local.get $i) (i32.const 0x3e733c2f)) (i32.store8 (i32.add (local.get $i) (i32.const 4))
-              (i32.const 0x3c)) (local.set $i (i32.add (local.get $i) (i32.const 5)))
+            (loop $l (i32.store (local.get $i) (i32.const 0x3e733c2f))  ;; "/<s>" then "<": "<s>" many times
+              (i32.store8 (i32.add (local.get $i) (i32.const 4)) (i32.const 0x3c))
+              (local.set $i (i32.add (local.get $i) (i32.const 5)))
               (br_if $l (i32.lt_u (local.get $i) (i32.const {BIG + 1_000_000}))))
             (drop (call $tokenize (i32.const {BIG}) (i32.const 1000000) (i32.const 2) (i32.const 0) (i32.const 0)))
             (i32.const 0)""", QuotaExceeded, "wall-clock limit of 0.3 s", Limits(wall_seconds=0.3),
@@ -290,8 +294,9 @@ HOSTILE_NAMES = ["infinite loop", "infinite loop past the wall clock", "host-cal
                  "unbounded memory.grow", "memory.grow forever", "bad pointers", "forged handles",
                  "closed handles", "trap halfway through generation", "10,000 sequences", "emit without end",
                  "token flood", "host-call flood", "tokenizer flood", "infinite recursion",
-                 "infinite loop in the start function", "a table of 10M elements", "JSON nested 100,000 deep", "JSON over its byte limit",
-                 "JSON number of 5000 digits", "JSON NaN temperature", "a stop list of 100,000 strings",
+                 "infinite loop in the start function", "a table of 10M elements", "JSON nested 100,000 deep",
+                 "JSON over its byte limit", "JSON number of 5000 digits", "JSON NaN temperature",
+                 "a stop string holding a lone surrogate", "a stop list of 100,000 strings",
                  "appending 4M ids to a 4096-token sequence", "appending past max_tokens in one call",
                  "detokenizing 4M ids", "tokenizing more than one call may", "a bias of more pairs than tokens",
                  "16 sequences holding logits", "one long tokenize past the wall clock",

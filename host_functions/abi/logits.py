@@ -98,7 +98,9 @@ def sampling_params_from_json(data: bytes) -> SamplingParams:
     kwargs = {k: v for k, v in obj.items() if k in names}
     if isinstance(kwargs.get("stop"), list):
         stop = kwargs["stop"]
-        if len(stop) > MAX_STOP_STRINGS or any(isinstance(t, str) and len(t.encode()) > MAX_STOP_BYTES for t in stop):
+        # (surrogatepass: JSON may escape a lone surrogate, which is no reason to fail the host call)
+        if len(stop) > MAX_STOP_STRINGS or any(isinstance(t, str) and len(t.encode("utf-8", "surrogatepass"))
+                                               > MAX_STOP_BYTES for t in stop):
             raise AbiError(Status.INVALID_ARGUMENT, f"at most {MAX_STOP_STRINGS} stop strings of at most "
                                                     f"{MAX_STOP_BYTES} bytes each")
         kwargs["stop"] = tuple(stop)
