@@ -133,26 +133,25 @@ class _SpmModel:
     def encode(self, text: str, out: list[int], interrupt: Interrupt = _never) -> None:
         to_id, scores = self._tok._token_to_id, self._tok._scores
         n = len(text)
-        # One symbol per code point: start offset, length (0 once merged away), neighbours.
-        start = list(range(n))
+        # One symbol per code point: symbol i starts at text[i]; its length (0 once merged away) and
+        # neighbours change as pairs merge.
         size = [1] * n
         prev = list(range(-1, n - 1))
         nxt = list(range(1, n)) + [-1]
-        queue: list[tuple[float, int, int, int]] = []
 
         def push(left: int, right: int) -> None:
             if left < 0 or right < 0:
                 return
-            merged = text[start[left]:start[right] + size[right]]
+            merged = text[left:right + size[right]]
             tid = to_id.get(merged)
             if tid is not None:
                 # highest score first; ties go to the leftmost pair (llm_bigram_spm::comparator)
                 heapq.heappush(queue, (-scores[tid], left, right, len(merged)))
 
-        for i in range(1, n):
-            if i % INTERRUPT_EVERY == 0:
-                interrupt()
-            push(i - 1, i)
+        # The first pairs in one pass and one heapify (same heap order as pushing them one by one).
+        pairs = map(to_id.get, [text[i:i + 2] for i in range(n - 1)])
+        queue = [(-scores[tid], i, i + 1, 2) for i, tid in enumerate(pairs) if tid is not None]
+        heapq.heapify(queue)
         steps = 0
         while queue:
             steps += 1
@@ -171,7 +170,7 @@ class _SpmModel:
 
         i = 0 if n else -1
         while i != -1:
-            piece = text[start[i]:start[i] + size[i]]
+            piece = text[i:i + size[i]]
             tid = to_id.get(piece)
             if tid is not None:
                 out.append(tid)
