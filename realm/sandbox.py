@@ -2,11 +2,13 @@
 and one Store per request that holds that request's limits and nothing else.
 
 A guest gets exactly the imports of host_functions.abi (module `realm`): no WASI, so no files,
-network, clock or environment. Limits are enforced by wasmtime where it can (linear-memory cap,
-fuel for guest CPU, epoch interruption for wall-clock time) and by the host functions for the
-rest (tokens, live sequences, output bytes, and the wall clock while the host computes).
-Whatever goes wrong ends this request with a GuestError or QuotaExceeded; the engine, the model
-and every other request carry on.
+network, clock or environment. Modules are measured and compiled in a limited worker, and kept
+compiled on disk (realm.guest_compiler). Limits are enforced by wasmtime where it can
+(linear-memory cap, fuel for guest CPU, epoch interruption for wall-clock time) and by the host
+functions for the rest (tokens, live sequences, output bytes, host memory, and the wall clock,
+checked when each host call starts and returns and when realm_main returns). Whatever goes wrong
+ends this request with a GuestError or QuotaExceeded; the engine, the model and every other
+request carry on.
 """
 
 from __future__ import annotations
