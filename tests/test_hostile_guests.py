@@ -276,8 +276,8 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
         "one long tokenize past the wall clock": Hostile(
             fill(ord("a"), MAX_TOKENIZE_BYTES)
             + f"(drop (call $tokenize (i32.const {BIG}) (i32.const {MAX_TOKENIZE_BYTES}) (i32.const 0) (i32.const 0)"
-              " (i32.const 0))) (i32.const 0)", QuotaExceeded, "wall-clock limit of 0.05 s",
-            Limits(wall_seconds=0.05), pages=pages_for(MAX_TOKENIZE_BYTES)),
+              " (i32.const 0))) (i32.const 0)", QuotaExceeded, "wall-clock limit of 0.02 s",
+            Limits(wall_seconds=0.02), pages=pages_for(MAX_TOKENIZE_BYTES)),
         "special-token text tokenized with specials parsed": Hostile(
             f"""(local.set $i (i32.const {BIG}))
             (loop $l (i32.store (local.get $i) (i32.const 0x3e733c2f))  ;; "/<s>" then "<": "<s>" many times

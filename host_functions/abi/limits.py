@@ -11,7 +11,7 @@ MAX_I32 = 2**31 - 1
 
 # Fixed bounds on what one host call may be asked to do, checked before the host reads or converts
 # anything (the per-request budgets are in Limits).
-MAX_TOKENIZE_BYTES = 1 << 20  # one tokenize call (~250k tokens); the merge state is ~100x the text
+MAX_TOKENIZE_BYTES = 256 << 10  # one tokenize call (~60k tokens); merging holds ~150 bytes per character
 MAX_DETOKENIZE_IDS = 1 << 18  # one detokenize call: at most a few MiB of text even for long tokens
 MAX_JSON_BYTES = 1 << 20  # sampler_new's JSON (the reference guest passes its whole request)
 MAX_JSON_DIGITS = 32  # digits of one JSON number: longer ones are not a sampling parameter
