@@ -283,10 +283,11 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
             (loop $l (i32.store (local.get $i) (i32.const 0x3e733c2f))  ;; "/<s>" then "<": "<s>" many times
               (i32.store8 (i32.add (local.get $i) (i32.const 4)) (i32.const 0x3c))
               (local.set $i (i32.add (local.get $i) (i32.const 5)))
-              (br_if $l (i32.lt_u (local.get $i) (i32.const {BIG + 1_000_000}))))
-            (drop (call $tokenize (i32.const {BIG}) (i32.const 1000000) (i32.const 2) (i32.const 0) (i32.const 0)))
-            (i32.const 0)""", QuotaExceeded, "wall-clock limit of 0.05 s", Limits(wall_seconds=0.05),
-            pages=pages_for(1_000_005)),
+              (br_if $l (i32.lt_u (local.get $i) (i32.const {BIG + MAX_TOKENIZE_BYTES}))))
+            (drop (call $tokenize (i32.const {BIG}) (i32.const {MAX_TOKENIZE_BYTES}) (i32.const 2) (i32.const 0)
+                                  (i32.const 0)))
+            (i32.const 0)""", QuotaExceeded, "wall-clock limit of 0.02 s", Limits(wall_seconds=0.02),
+            pages=pages_for(MAX_TOKENIZE_BYTES + 5)),
     }
 
 
