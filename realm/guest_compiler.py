@@ -44,7 +44,8 @@ _FEATURES_OFF = ("wasm_gc", "wasm_exceptions", "wasm_multi_memory", "wasm_thread
                  "gc_support", "shared_memory")
 _SETTINGS = {"consume_fuel": True, "epoch_interruption": True, "cranelift_opt_level": "speed",
              **{name: False for name in _FEATURES_OFF}}
-_CACHE_KEY = hashlib.sha256(repr(sorted(_SETTINGS.items())).encode()).hexdigest()[:12]
+_SETTINGS_HASH = hashlib.sha256(repr(sorted(_SETTINGS.items())).encode()).hexdigest()[:12]
+_CACHE_KEY = f"wasmtime{version('wasmtime')}-{_SETTINGS_HASH}"
 
 
 def engine_config() -> wasmtime.Config:
@@ -57,7 +58,7 @@ def engine_config() -> wasmtime.Config:
 
 def compiled_path(sha256: str) -> Path:
     """Where the compiled form of the module with this hash is kept."""
-    return realm_home() / "compiled" / f"{sha256}-wasmtime{version('wasmtime')}-{_CACHE_KEY}.cwasm"
+    return realm_home() / "compiled" / f"{sha256}-{_CACHE_KEY}.cwasm"
 
 
 def load_or_compile(wasm: bytes, sha256: str, engine: wasmtime.Engine, import_module: str) -> wasmtime.Module:
