@@ -31,3 +31,19 @@ class QuotaExceeded(GuestError):
 
 class TenantError(RealmError):
     """A tenant operation failed (unknown tenant, duplicate name, bad deployment)."""
+
+
+class SequenceError(RealmError):
+    """A sequence was used out of order or beyond its capacity, or fed a token outside the vocabulary."""
+
+
+class TokenRangeError(SequenceError):
+    """A token id is outside the vocabulary."""
+
+
+class CapacityError(SequenceError):
+    """A sequence cannot hold that many tokens."""
+
+
+class StepOrderError(SequenceError):
+    """A step's calls came out of order (layer skipped or repeated, append during a step, no pending tokens)."""
