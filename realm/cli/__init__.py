@@ -1,16 +1,24 @@
 """The `realm` command line: a click group of commands, each module one family of commands.
 
 Every RealmError a command raises becomes one line `Error: ...` on stderr and exit status 1.
+Unix manners: Ctrl-C ends a command with status 130 and no traceback (what was printed stays);
+a reader that goes away (`realm ... | head`) ends it quietly with status 141, as SIGPIPE would.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import sys
+from typing import Any, NoReturn
 
 import click
 
 from realm import __version__
 from host_functions.errors import RealmError
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+
 
 class RealmGroup(click.Group):
     """A click group that reports RealmError as a clean one-line error instead of a traceback."""
@@ -22,6 +30,24 @@ class RealmGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except MemoryError:
             raise click.ClickException("out of memory") from None
+        except KeyboardInterrupt:
+            _exit_interrupted()
+        except BrokenPipeError:
+            _exit_broken_pipe()
+
+
+def _exit_interrupted() -> NoReturn:
+    sys.stdout.flush()
+    click.echo("\nInterrupted", err=True)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+def _exit_broken_pipe() -> NoReturn:
+    # Point stdout at /dev/null so the interpreter's final flush does not fail a second time.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise SystemExit(EXIT_BROKEN_PIPE)
 
 @click.group(cls=RealmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="realm")

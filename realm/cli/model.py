@@ -8,18 +8,18 @@ from pathlib import Path
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from host_functions.config import ModelConfig
 from host_functions.gguf_file import GGUFFile
 from host_functions.tokenizer import Tokenizer
 from realm.cli import main
+from realm.cli.console import stdout_console
 from realm.cli.options import load_with_progress, model_option, model_options
 from realm.bench import run_bench
 from realm.models import resolve_model_path
 
-console = Console()
+console = stdout_console()
 
 
 def _open(model_path: str | None) -> tuple[GGUFFile, ModelConfig]:

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from host_functions.model import BACKENDS, Model
+from realm.cli.console import stderr_console
 from realm.models import load_model, resolve_model_path
 
-stderr = Console(stderr=True)
+stderr = stderr_console()
 
 model_option = click.option(
     "--model", "-m", "model_path", type=click.Path(dir_okay=False), default=None,
