@@ -180,6 +180,9 @@ class RunResult:
     fuel_used: int
     seconds: float
     tokens_fed: int
+    finish_reason: str | None = None  # as the guest reported it (result_report): "stop", "length", "context"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class _Abort(Exception):
@@ -215,8 +218,10 @@ class TenantSandbox:
         finally:
             session.close_all()
             session.finish_output()
+        report = session.report
         result = RunResult(session.text(), int(status), session.trace, session.logs,
-                           self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed)
+                           self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed,
+                           *((report.finish_reason, report.prompt_tokens, report.completion_tokens) if report else ()))
         if error is None and status != Status.OK:
             hint = f" (last host error: {session.last_error})" if session.last_error else ""
             error = GuestError(f"guest returned status {Status.describe(status)}{hint}")

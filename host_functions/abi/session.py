@@ -22,6 +22,15 @@ class CallStats:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Report:
+    """A guest's account of its result: why generation ended and the tokens on each side."""
+
+    finish_reason: str  # "stop", "length" or "context"
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class Session:
     """The host side of one guest request: model, limits, handles, output, log, trace and failure."""
 
@@ -40,6 +49,7 @@ class Session:
         self.failure: RealmError | None = None  # what ended the request from inside a host call
         self.last_error = ""  # the last AbiError message, to explain a failing status
         self.tokens_fed = 0
+        self.report: Report | None = None  # what the guest said of its result (result_report)
         self.host_calls = 0
         self.output_bytes = 0
         self.log_bytes = 0
