@@ -31,3 +31,7 @@ class QuotaExceeded(GuestError):
 
 class TenantError(RealmError):
     """A tenant operation failed (unknown tenant, duplicate name, bad deployment)."""
+
+
+class ContextLengthExceeded(RealmError):
+    """A prompt does not fit in the context it is to run in (the model's, or a smaller one asked for)."""
