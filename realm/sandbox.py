@@ -32,6 +32,8 @@ from host_functions.errors import BackendError, GuestError, QuotaExceeded, Realm
 MAX_MODULE_BYTES = 8 << 20  # a guest is a controller, not a model: 8 MiB is generous
 EPOCH_TICK_S = 0.01  # the engine's epoch advances this often; wall-clock deadlines are in ticks
 _MODULE_CACHE_SIZE = 64
+LOG_ERROR = 3  # the `log` level of an error line (realm.h: 0 debug .. 3 error)
+MAX_REASON_CHARS = 300  # of a guest's own error line quoted in the request's error
 
 _I32 = "i32"
 _EXPORTS = {ALLOC_EXPORT: ((_I32,), (_I32,)), ENTRY_EXPORT: ((_I32, _I32), (_I32,))}
@@ -223,8 +225,7 @@ class TenantSandbox:
                            self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed,
                            *((report.finish_reason, report.prompt_tokens, report.completion_tokens) if report else ()))
         if error is None and status != Status.OK:
-            hint = f" (last host error: {session.last_error})" if session.last_error else ""
-            error = GuestError(f"guest returned status {Status.describe(status)}{hint}")
+            error = GuestError(_status_message(int(status), session))
         if error is not None:
             error.result = result  # type: ignore[attr-defined]
             raise error
@@ -318,6 +319,23 @@ def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
         raise _Abort(name)
 
     return call
+
+
+def _status_message(status: int, session: Session) -> str:
+    """Why a guest returned a failing status, in its own words first: the last error it logged (as
+    realm_fail does), else the last host error it got, then the status itself."""
+    reason = next((text for level, text in reversed(session.logs) if level == LOG_ERROR and text.strip()), "")
+    if reason:
+        name = Status(status).name if status in Status._value2member_map_ else str(status)
+        return f"{_printable_line(reason)} (guest status {name})"
+    hint = f" (last host error: {session.last_error})" if session.last_error else ""
+    return f"guest returned status {Status.describe(status)}{hint}"
+
+
+def _printable_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """Guest text made fit for one line of an operator's terminal: no control characters, bounded."""
+    line = "".join(ch if ch.isprintable() else " " for ch in text[: limit + 1]).strip()
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def _fuel_left(store: wasmtime.Store) -> int:

@@ -25,3 +25,20 @@ def stderr_console() -> Console:
     """The console for progress and notices on stderr (never part of a command's result)."""
     piped = not sys.stderr.isatty() and "COLUMNS" not in os.environ
     return Console(stderr=True, width=UNBOUNDED_WIDTH if piped else None)
+
+
+class OutputClosed(BaseException):
+    """stdout's reader went away while a guest streamed text.
+
+    A BaseException, like KeyboardInterrupt, so that it unwinds through the sandbox's host-call
+    wrapper (which turns every Exception into that request's error) and ends the command quietly.
+    """
+
+
+def write_stdout(text: str) -> None:
+    """Write and flush streamed text; OutputClosed if the reader has gone (`realm run ... | head`)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed from None
