@@ -15,15 +15,14 @@ from host_functions.gguf_file import GGUFFile
 from host_functions.tokenizer import Tokenizer
 from realm.cli import main
 from realm.cli.console import stdout_console
-from realm.cli.options import load_with_progress, model_option, model_options
+from realm.cli.options import load_with_progress, model_option, model_options, model_path_with_progress
 from realm.bench import run_bench
-from realm.models import resolve_model_path
 
 console = stdout_console()
 
 
 def _open(model_path: str | None) -> tuple[GGUFFile, ModelConfig]:
-    gguf = GGUFFile(resolve_model_path(model_path))
+    gguf = GGUFFile(model_path_with_progress(model_path))
     return gguf, ModelConfig.from_gguf(gguf)
 
 
@@ -72,7 +71,7 @@ def inspect(model_path: str | None, as_json: bool) -> None:
 @click.argument("text")
 def tokenize(model_path: str | None, special: bool, no_bos: bool, as_json: bool, text: str) -> None:
     """Show the token ids and pieces of TEXT."""
-    gguf = GGUFFile(resolve_model_path(model_path))
+    gguf = GGUFFile(model_path_with_progress(model_path))
     tok = Tokenizer.from_metadata(gguf.metadata)
     ids = tok.encode(text, add_bos=False if no_bos else None, parse_special=special)
     pieces = [tok.piece(i) for i in ids]
