@@ -35,3 +35,7 @@ class TenantError(RealmError):
 
 class ContextLengthExceeded(RealmError):
     """A prompt does not fit in the context it is to run in (the model's, or a smaller one asked for)."""
+
+
+class RequestCancelled(RealmError):
+    """The caller cancelled a request (Ctrl-C, a client that went away) before it finished."""

@@ -27,7 +27,7 @@ from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPO
                                 AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status)
 from host_functions.model import Model
 
-from host_functions.errors import BackendError, GuestError, QuotaExceeded, RealmError
+from host_functions.errors import BackendError, GuestError, QuotaExceeded, RealmError, RequestCancelled
 
 MAX_MODULE_BYTES = 8 << 20  # a guest is a controller, not a model: 8 MiB is generous
 EPOCH_TICK_S = 0.01  # the engine's epoch advances this often; wall-clock deadlines are in ticks
@@ -200,12 +200,13 @@ class TenantSandbox:
         self.tenant = tenant
 
     def run(self, guest: GuestModule, request: Mapping[str, Any],
-            on_text: Callable[[str], None] | None = None) -> RunResult:
+            on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> RunResult:
         """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text.
 
-        Raises QuotaExceeded when a limit ends the request and GuestError when the guest traps,
-        breaks the ABI or returns a non-zero status; either carries the partial RunResult as
-        `.result`. Nothing outside this request is affected.
+        Raises QuotaExceeded when a limit ends the request, RequestCancelled when `cancel` is set
+        (seen at the guest's next host call), and GuestError when the guest traps, breaks the ABI
+        or returns a non-zero status; each carries the partial RunResult as `.result`. Nothing
+        outside this request is affected.
         """
         payload = json.dumps(request, ensure_ascii=False).encode()
         session = Session(self.model, self.limits, on_text, self.tenant)
@@ -214,7 +215,7 @@ class TenantSandbox:
         status = Status.INTERNAL
         error: RealmError | None = None
         try:
-            status = self._call(store, session, guest, payload)
+            status = self._call(store, session, guest, payload, cancel)
         except Exception as exc:  # noqa: BLE001  every failure is attributed to this request below
             error = self._explain(session, store, exc)
         finally:
@@ -239,10 +240,11 @@ class TenantSandbox:
         store.set_epoch_deadline(int(self.limits.wall_seconds / EPOCH_TICK_S) + 1)
         return store
 
-    def _call(self, store: wasmtime.Store, session: Session, guest: GuestModule, request: bytes) -> int:
+    def _call(self, store: wasmtime.Store, session: Session, guest: GuestModule, request: bytes,
+              cancel: threading.Event | None) -> int:
         linker = wasmtime.Linker(engine())
         for fn in HOST_FUNCTIONS.values():
-            linker.define_func(IMPORT_MODULE, fn.name, _func_type(len(fn.params)), _bind(session, fn),
+            linker.define_func(IMPORT_MODULE, fn.name, _func_type(len(fn.params)), _bind(session, fn, cancel),
                                access_caller=True)
         exports = linker.instantiate(store, guest.module).exports(store)
         session.memory = exports[MEMORY_EXPORT]
@@ -292,13 +294,16 @@ def _func_type(n_params: int) -> wasmtime.FuncType:
     return _FUNC_TYPES[n_params]
 
 
-def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
-    """The wasm-facing wrapper of one host function for one request: deadline, errors, trace."""
+def _bind(session: Session, fn: HostFunction, cancel: threading.Event | None) -> Callable[..., int]:
+    """The wasm-facing wrapper of one host function for one request: cancellation, deadline, errors, trace."""
     impl, name = fn.impl, fn.name
     stats = session.trace.setdefault(name, CallStats())
     clock = time.perf_counter
 
     def call(caller: wasmtime.Caller, *args: int) -> int:
+        if cancel is not None and cancel.is_set():
+            session.failure = RequestCancelled("request cancelled")
+            raise _Abort(name)
         started = clock()
         try:
             session.enter()

@@ -15,16 +15,23 @@ from rich.console import Console
 UNBOUNDED_WIDTH = 100_000  # wider than any row a table of ours has; rich sizes the table to its content
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit with status 1 here; the CLI's one handler ends every command alike (141).
+        self.quiet = True
+        raise OutputClosed
+
+
 def stdout_console() -> Console:
     """The console for tables and results on stdout."""
     piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(width=UNBOUNDED_WIDTH if piped else None)
+    return _Console(width=UNBOUNDED_WIDTH if piped else None)
 
 
 def stderr_console() -> Console:
     """The console for progress and notices on stderr (never part of a command's result)."""
     piped = not sys.stderr.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=True, width=UNBOUNDED_WIDTH if piped else None)
+    return _Console(stderr=True, width=UNBOUNDED_WIDTH if piped else None)
 
 
 class OutputClosed(BaseException):

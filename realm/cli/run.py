@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
 
-from host_functions.abi import Limits, Status
-from host_functions.errors import GuestError, RealmError, TenantError
+from host_functions.abi import MAX_I32, Limits, Status
+from host_functions.errors import GuestError, RealmError, RequestCancelled, TenantError
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from realm.cli import main
@@ -41,7 +45,6 @@ SAMPLING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--seed", "seed", int, "Random seed for reproducible sampling."),
     ("--max-tokens", "max_tokens", int, "Most tokens to generate. [128]"),
 )
-MAX_REQUEST_INT = 2**53  # integers in the request JSON stay exact for any reader (a guest, JavaScript)
 
 # finish_reason -> what it means for the user, and the flag that moves it.
 FINISH_REASONS = {
@@ -97,8 +100,12 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
     limits = _with_context(limits, ctx_size, model, tenant_name)
     clock = _FirstText(None if as_json else write_stdout)
     sandbox = TenantSandbox(model, limits, tenant=tenant_name or "")
+    interrupted = threading.Event()
     try:
-        result = sandbox.run(guest, request, on_text=clock)
+        with _ctrl_c_cancels(interrupted):
+            result = sandbox.run(guest, request, on_text=clock, cancel=interrupted)
+    except RequestCancelled:
+        raise KeyboardInterrupt from None  # the CLI's Ctrl-C exit: status 130, what was printed stays
     except RealmError as exc:
         partial: RunResult | None = getattr(exc, "result", None)
         if partial is not None and not as_json:
@@ -141,10 +148,8 @@ def _check_sampling(request: dict[str, Any]) -> None:
     """Refuse bad sampling flags before loading anything (the guest's sampler would refuse them later)."""
     names = {f.name for f in dataclasses.fields(SamplingParams)}
     given = {k: tuple(v) if k == "stop" else v for k, v in request.items() if k in names}
-    for key, value in given.items():
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_REQUEST_INT:
-            raise click.BadParameter(f"{value} is out of range (at most {MAX_REQUEST_INT})",
-                                     param_hint="--" + key.replace("_", "-"))
+    if isinstance(given.get("max_tokens"), int) and given["max_tokens"] > MAX_I32:
+        raise click.BadParameter(f"{given['max_tokens']} is out of range (at most {MAX_I32})", param_hint="--max-tokens")
     try:
         SamplingParams(**given).validate()
     except TypeError as exc:
@@ -188,6 +193,21 @@ def _capacity_hint(model: Model, limits: Limits, prompt: str, special: bool) -> 
     if n_ctx < model.config.context_length:
         hint += f" (--ctx-size raises it, up to the model's {model.config.context_length})"
     return hint
+
+
+@contextmanager
+def _ctrl_c_cancels(interrupted: threading.Event) -> Iterator[None]:
+    """While the guest runs, Ctrl-C cancels its request at its next host call. The default handler
+    would raise KeyboardInterrupt wherever the main thread is, which may be inside wasmtime's
+    callback glue, where the exception is lost and the guest runs on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _FirstText:
