@@ -88,7 +88,10 @@ def _limit_value(name: str, text: str) -> int | float:
         raise TenantError(f"limit {name} must be a number, got {text!r}") from None
     if not number.is_finite():
         raise TenantError(f"limit {name} must be a finite number, got {text!r}")
-    if LIMIT_RANGES[name][0] is float:
+    kind, low, high = LIMIT_RANGES[name]
+    if number.adjusted() > 30:  # out of every range, and 1e999999 would make a million-digit integer
+        raise TenantError(f"limit {name} must be in [{low:g}, {high:g}], got {text!r}")
+    if kind is float:
         return float(number)
     if number != number.to_integral_value():
         raise TenantError(f"limit {name} must be an integer, got {text!r}")

@@ -37,12 +37,17 @@ class Limits:
                 raise GuestError(f"limit {name} must be a number, got {value!r}")
             if kind is int and not isinstance(value, int):
                 raise GuestError(f"limit {name} must be an integer, got {value!r}")
-            if not math.isfinite(value):
+            if isinstance(value, float) and not math.isfinite(value):
                 raise GuestError(f"limit {name} must be a finite number, got {value!r}")
             if not low <= value <= high:
-                raise GuestError(f"limit {name} must be in [{low:g}, {high:g}], got {value!r}"
+                raise GuestError(f"limit {name} must be in [{low:g}, {high:g}], got {_short(value)}"
                                  + (" (guest pointers are i32: at most 2 GiB)" if name == "memory_bytes" else ""))
         return self
+
+
+def _short(value: int | float) -> str:
+    # repr of a huge int is slow, and past 4300 digits an error
+    return "a number of more than 24 digits" if isinstance(value, int) and abs(value) >= 10**24 else repr(value)
 
 
 def _count(high: int) -> tuple[type, int, int]:
