@@ -15,6 +15,7 @@ from host_functions.gguf_file import GGUFFile
 from host_functions.tokenizer import Tokenizer
 from realm.cli import main
 from realm.cli.console import stdout_console
+from realm.cli.prompt import text_argument
 from realm.cli.options import load_with_progress, model_option, model_options, model_path_with_progress
 from realm.bench import run_bench
 
@@ -71,6 +72,7 @@ def inspect(model_path: str | None, as_json: bool) -> None:
 @click.argument("text")
 def tokenize(model_path: str | None, special: bool, no_bos: bool, as_json: bool, text: str) -> None:
     """Show the token ids and pieces of TEXT."""
+    text = text_argument(text, "TEXT")
     gguf = GGUFFile(model_path_with_progress(model_path))
     tok = Tokenizer.from_metadata(gguf.metadata)
     ids = tok.encode(text, add_bos=False if no_bos else None, parse_special=special)
@@ -103,6 +105,8 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
     """Write float32 logits for every position, shape [n_tokens, vocab], to a .npy file."""
     if (prompt is None) == (tokens is None):
         raise click.UsageError("give exactly one of --prompt or --tokens")
+    if prompt is not None:
+        prompt = text_argument(prompt, "--prompt")
     out = Path(out_path)
     if not out.parent.is_dir():
         raise click.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")

@@ -26,12 +26,19 @@ def read_prompt(argument: str | None, file: str | None) -> str:
     if argument == STDIN:
         return _from_stdin()
     if argument is not None:
-        # On POSIX, click hands over undecodable argv bytes as surrogate escapes; os.fsencode undoes them.
-        return decode_utf8(os.fsencode(argument) if os.name == "posix" else argument.encode("utf-8", "replace"),
-                           "the prompt argument")
+        return text_argument(argument, "the prompt argument")
     if _stdin_is_terminal():
         raise click.UsageError("no prompt: give PROMPT, --file PATH, or - to read it from stdin")
     return _from_stdin()
+
+
+def text_argument(value: str, what: str) -> str:
+    """A command-line argument checked to be UTF-8 text; click.BadParameter naming the bad byte.
+
+    On POSIX, click hands over argv bytes that do not decode as surrogate escapes; os.fsencode
+    gives back the bytes the shell passed.
+    """
+    return decode_utf8(os.fsencode(value) if os.name == "posix" else value.encode("utf-8", "replace"), what)
 
 
 def decode_utf8(data: bytes, what: str) -> str:
