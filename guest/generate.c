@@ -4,8 +4,8 @@
  * Request (JSON object): "prompt" (string), "max_tokens" (int, default 128), "stop" (array of
  * strings), "special" (true: special-token text in the prompt, such as "<start_of_turn>", becomes
  * its token, as `realm run --special` asks), and the sampling parameters ("temperature",
- * "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "repeat_last_n", "seed"), which go
- * to the host's sampler unchanged.
+ * "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+ * "repeat_last_n", "seed"), which go to the host's sampler unchanged.
  *
  * When generation ends it reports why (stop, length or context) and the token counts with
  * result_report.
