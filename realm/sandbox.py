@@ -332,14 +332,14 @@ def _bind(session: Session, fn: HostFunction, cancel: threading.Event | None) ->
 
 
 def _status_message(status: int, session: Session) -> str:
-    """Why a guest returned a failing status, in its own words first: the last error it logged (as
-    realm_fail does), else the last host error it got, then the status itself."""
+    """Why a guest returned a failing status, in its own words first (the last error it logged, as
+    realm_fail does), then the status and the last host error it got, if any."""
     reason = next((text for level, text in reversed(session.logs) if level == LOG_ERROR and text.strip()), "")
+    host = f"last host error: {session.last_error}" if session.last_error else ""
     if reason:
         name = Status(status).name if status in Status._value2member_map_ else str(status)
-        return f"{_printable_line(reason)} (guest status {name})"
-    hint = f" (last host error: {session.last_error})" if session.last_error else ""
-    return f"guest returned status {Status.describe(status)}{hint}"
+        return f"{_printable_line(reason)} (guest status {name}" + (f"; {host})" if host else ")")
+    return f"guest returned status {Status.describe(status)}" + (f" ({host})" if host else "")
 
 
 def _printable_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
