@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,21 @@ def test_tables_are_not_clipped_when_piped(realm):
     digest = hashlib.sha256(GENERATE.read_bytes()).hexdigest()
     assert name in realm("tenant", "list").stdout
     assert digest in realm("tenant", "show", name).stdout
+
+
+def test_a_tenant_stored_with_an_infinite_limit_shows_as_json_runs_into_one_error_and_can_be_fixed(realm, tmp_path):
+    realm("tenant", "create", "old")
+    realm("tenant", "deploy", "old", str(GENERATE))
+    with sqlite3.connect(tmp_path / "home" / "realm.db") as db:  # as a registry from before validation holds it
+        limits = json.loads(db.execute("SELECT limits FROM tenants").fetchone()[0])
+        db.execute("UPDATE tenants SET limits = ?", (json.dumps({**limits, "wall_seconds": float("inf")}),))
+    shown = json.loads(realm("tenant", "show", "old", "--json").stdout,
+                       parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert shown["limits"]["wall_seconds"] == "inf"
+    one_error_line(realm("run", "x", "-m", TINY, "-b", "numpy", "--tenant", "old"), 1,
+                   "limit wall_seconds must be a finite number", "realm tenant set-limits old")
+    assert realm("tenant", "set-limits", "old", "wall_seconds=30").returncode == 0
+    done = realm("run", "x", "-m", TINY, "-b", "numpy", "--tenant", "old", "--max-tokens", "2", "--temperature", "0",
+                 "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["completion_tokens"] == 2

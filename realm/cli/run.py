@@ -159,7 +159,13 @@ def _check_sampling(request: dict[str, Any]) -> None:
 def _select_guest(tenant_name: str | None, guest_file: Path | None) -> tuple[GuestModule, Limits, str]:
     if tenant_name:
         registry = TenantRegistry()
-        return registry.guest(tenant_name), registry.get(tenant_name).limits, f"tenant {tenant_name}"
+        limits = registry.get(tenant_name).limits
+        try:
+            limits.validate()  # a registry written before limits were validated may hold inf or nan
+        except GuestError as exc:
+            raise TenantError(f"tenant {tenant_name!r}: {exc} (fix it: realm tenant set-limits {tenant_name} "
+                              f"NAME=VALUE)") from None
+        return registry.guest(tenant_name), limits, f"tenant {tenant_name}"
     path = guest_file or reference_guest_path()
     try:
         data = path.read_bytes()
