@@ -131,6 +131,21 @@ def test_a_prompt_is_never_awaited_silently_from_a_terminal(realm_env):
         "Error: no prompt: give PROMPT, --file PATH, or - to read it from stdin (see 'realm run --help')"]
 
 
+def test_dash_on_a_terminal_says_it_is_reading_then_reads_to_ctrl_d(realm_env):
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen([REALM, "run", "-", *TINY_RUN, "--max-tokens", "3", "--json"], stdin=terminal,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=realm_env)
+        os.write(controller, b"Once upon a time\n\x04")  # a line, then Ctrl-D: end of input
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == 0, err
+    assert err.decode() == "reading the prompt from the terminal; end it with Ctrl-D\n"
+    assert json.loads(out)["completion_tokens"] == 3
+
+
 def test_a_prompt_longer_than_the_context_says_so_with_the_sizes(realm, tmp_path):
     (tmp_path / "long.txt").write_text("the cat sat on the mat. " * 40)
     done = realm("run", "--file", str(tmp_path / "long.txt"), *TINY_RUN, "--ctx-size", "100")
