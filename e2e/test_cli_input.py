@@ -10,6 +10,7 @@ import pty
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ EMIT_THEN_SPIN = """(module
   (func (export "realm_main") (param i32 i32) (result i32)
     (drop (call $emit (i32.const 8) (i32.const 8)))
     (loop $l (drop (call $info (i32.const 64) (i32.const 40))) (br $l)) (i32.const 0)))"""
+
+# Emits "partial", then loops in pure wasm: no host call ever sees the cancel.
+EMIT_THEN_LOOP = EMIT_THEN_SPIN.replace("(loop $l (drop (call $info (i32.const 64) (i32.const 40))) (br $l))",
+                                        "(loop $l (br $l))")
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +217,18 @@ def test_ctrl_c_exits_130_without_a_traceback_keeping_what_was_printed(realm_env
     assert proc.returncode == 130
     assert first + rest == b"partial\n"
     assert stderr.decode().strip() == "Interrupted"
+
+
+def test_ctrl_c_ends_a_guest_that_never_calls_the_host_again(realm, realm_env, tmp_path):
+    guest = tmp_path / "loop.wat"
+    guest.write_text(EMIT_THEN_LOOP)
+    realm("tenant", "create", "busy", "--limit", "fuel=1e15", "--limit", "wall_seconds=600")
+    assert realm("tenant", "deploy", "busy", str(guest)).returncode == 0
+    proc = subprocess.Popen([REALM, "run", "x", "-m", TINY, "-b", "numpy", "--tenant", "busy"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=realm_env)
+    first = proc.stdout.readline()
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - started < 30  # not the 600 s wall-clock limit
+    assert first + rest == b"partial\n" and stderr.decode().strip() == "Interrupted"

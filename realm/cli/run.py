@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from host_functions.abi import MAX_I32, Limits, Status
 from host_functions.errors import GuestError, RealmError, RequestCancelled, TenantError
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
-from realm.cli import main
+from realm.cli import EXIT_INTERRUPTED, main
 from realm.cli.console import stderr_console, write_stdout
 from realm.cli.options import load_with_progress, model_options
 from realm.cli.prompt import read_prompt
@@ -45,6 +47,8 @@ SAMPLING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--seed", "seed", int, "Random seed for reproducible sampling."),
     ("--max-tokens", "max_tokens", int, "Most tokens to generate. [128]"),
 )
+
+CANCEL_GRACE_S = 2.0  # after Ctrl-C, how long a guest has to reach a host call before the process ends
 
 # finish_reason -> what it means for the user, and the flag that moves it.
 FINISH_REASONS = {
@@ -203,17 +207,46 @@ def _capacity_hint(model: Model, limits: Limits, prompt: str, special: bool) -> 
 
 @contextmanager
 def _ctrl_c_cancels(interrupted: threading.Event) -> Iterator[None]:
-    """While the guest runs, Ctrl-C cancels its request at its next host call. The default handler
-    would raise KeyboardInterrupt wherever the main thread is, which may be inside wasmtime's
-    callback glue, where the exception is lost and the guest runs on."""
+    """While the guest runs, Ctrl-C cancels its request at its next host call.
+
+    The default handler would raise KeyboardInterrupt wherever the main thread is, which may be
+    inside wasmtime's callback glue, where the exception is lost and the guest runs on. A guest
+    computing without host calls never looks at the cancel, and Python runs no signal handler
+    while wasm runs; so a watcher thread, woken through the signal wakeup fd, sets the cancel and
+    ends the process itself if the guest has not stopped CANCEL_GRACE_S later.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    finished = threading.Event()
+
+    def watch() -> None:
+        while os.read(read_fd, 1) != bytes([signal.SIGINT]):
+            if finished.is_set():
+                return
+        interrupted.set()
+        if not finished.wait(CANCEL_GRACE_S):
+            sys.stdout.flush()
+            sys.stderr.write("\nInterrupted\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)  # what was printed is flushed; nothing else is open for writing
+
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    previous_fd = signal.set_wakeup_fd(write_fd)
+    watcher = threading.Thread(target=watch, name="realm-ctrl-c", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        finished.set()
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous_handler)
+        os.write(write_fd, b"\0")
+        watcher.join()
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 class _FirstText:
