@@ -1,0 +1,98 @@
+/* A persistent thread pool: workers live as long as the library and wait for the next job.
+ *
+ * A decode step makes ~75 short matmul calls with a little Python between them, so waking sleeping
+ * threads every call (a futex round trip each) would cost more than the work. Workers spin on the job
+ * counter for a while after each job, then sleep on a condition variable. The caller runs share 0 of
+ * every job itself. One job at a time: concurrent callers (several Python threads) take turns.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "realm_native.h"
+
+#define MAX_THREADS 256
+#define SPIN_ROUNDS (1 << 17)
+
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time */
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static pthread_t workers[MAX_THREADS];
+static int n_threads = 1;
+static atomic_uint generation;  /* bumped once per job (and once to stop) */
+static atomic_int unfinished;   /* workers still running the current job */
+static atomic_int stopping;
+static pool_fn job_fn;
+static void *job_arg;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *worker_main(void *arg) {
+    const int ith = (int)(intptr_t)arg;
+    unsigned seen = atomic_load(&generation);
+    for (;;) {
+        for (int spin = 0; spin < SPIN_ROUNDS && atomic_load_explicit(&generation, memory_order_acquire) == seen; spin++)
+            cpu_relax();
+        if (atomic_load_explicit(&generation, memory_order_acquire) == seen) {
+            pthread_mutex_lock(&wake_lock);
+            while (atomic_load(&generation) == seen) pthread_cond_wait(&wake, &wake_lock);
+            pthread_mutex_unlock(&wake_lock);
+        }
+        seen = atomic_load(&generation);
+        if (atomic_load(&stopping)) return NULL;
+        job_fn(job_arg, ith, n_threads);
+        atomic_fetch_sub_explicit(&unfinished, 1, memory_order_release);
+    }
+}
+
+static void bump_generation(void) {
+    pthread_mutex_lock(&wake_lock);
+    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&wake_lock);
+}
+
+static void stop_workers(void) {
+    atomic_store(&stopping, 1);
+    bump_generation();
+    for (int i = 1; i < n_threads; i++) pthread_join(workers[i], NULL);
+    atomic_store(&stopping, 0);
+    n_threads = 1;
+}
+
+/* Returns the thread count in effect (n clamped to 1..MAX_THREADS; fewer if threads cannot start). */
+EXPORT int realm_set_threads(int n) {
+    n = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
+    pthread_mutex_lock(&call_lock);
+    if (n != n_threads) {
+        stop_workers();
+        for (int i = 1; i < n; i++) {
+            if (pthread_create(&workers[i], NULL, worker_main, (void *)(intptr_t)i) != 0) break;
+            n_threads = i + 1;
+        }
+    }
+    n = n_threads;
+    pthread_mutex_unlock(&call_lock);
+    return n;
+}
+
+EXPORT int realm_threads(void) { return n_threads; }
+
+HIDDEN int pool_threads(void) { return n_threads; }
+
+HIDDEN void pool_run(pool_fn fn, void *arg) {
+    pthread_mutex_lock(&call_lock);
+    const int nth = n_threads;
+    if (nth > 1) {
+        job_fn = fn, job_arg = arg;
+        atomic_store(&unfinished, nth - 1);
+        bump_generation();
+    }
+    fn(arg, 0, nth);
+    while (atomic_load_explicit(&unfinished, memory_order_acquire) > 0) cpu_relax();
+    pthread_mutex_unlock(&call_lock);
+}
