@@ -241,8 +241,24 @@ _loaded: dict[str, Kernels] = {}
 _load_lock = threading.Lock()
 
 
+_default_threads: int | None = None
+
+
+def set_default_threads(n: int) -> None:
+    """Make n the thread count of every later load() without an explicit count (the --threads option),
+    and of the already loaded libraries."""
+    global _default_threads
+    _default_threads = n
+    with _load_lock:
+        for kernels in _loaded.values():
+            kernels.set_threads(n)
+
+
 def default_threads() -> int:
-    """REALM_THREADS if set (a positive integer), else the number of CPUs this process may use."""
+    """set_default_threads()'s count, else REALM_THREADS if set (a positive integer), else the number
+    of CPUs this process may use. Raises BackendError for a malformed REALM_THREADS."""
+    if _default_threads is not None:
+        return _default_threads
     value = os.environ.get(THREADS_ENV, "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:

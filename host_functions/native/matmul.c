@@ -7,6 +7,7 @@
  * reused from cache for all activation rows. Outputs never depend on the split or on the number of
  * activation rows (see tile_fn).
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "realm_native.h"
@@ -85,6 +86,8 @@ typedef struct {
     int64_t n_tiles, n_cols, n_tok;
     float *y;
     int64_t y_stride;
+    int64_t chunk_tiles;       /* row tiles per claim */
+    _Atomic int64_t next;      /* the next unclaimed chunk */
 } matmul_job;
 
 static void run_tile(const matmul_job *j, const segment_job *s, int64_t tile) {
@@ -97,12 +100,24 @@ static void run_tile(const matmul_job *j, const segment_job *s, int64_t tile) {
     }
 }
 
-/* Thread ith of nth takes an equal share of all row tiles of all segments, in order. */
+/* Every thread claims chunks of row tiles (numbered across all segments) until none are left. */
 static void matmul_share(void *arg, int ith, int nth) {
-    const matmul_job *j = arg;
-    int64_t tile = j->n_tiles * ith / nth, last = j->n_tiles * (ith + 1) / nth, base = 0;
-    for (int s = 0; s < j->n_seg && tile < last; base += j->seg[s].n_tiles, s++)
-        for (; tile < last && tile - base < j->seg[s].n_tiles; tile++) run_tile(j, &j->seg[s], tile - base);
+    (void)ith, (void)nth;
+    matmul_job *j = arg;
+    for (;;) {
+        int64_t tile = atomic_fetch_add(&j->next, 1) * j->chunk_tiles, base = 0;
+        const int64_t last = tile + j->chunk_tiles < j->n_tiles ? tile + j->chunk_tiles : j->n_tiles;
+        if (tile >= last) return;
+        for (int s = 0; s < j->n_seg && tile < last; base += j->seg[s].n_tiles, s++)
+            for (; tile < last && tile - base < j->seg[s].n_tiles; tile++) run_tile(j, &j->seg[s], tile - base);
+    }
+}
+
+/* Chunks: about 8 per thread (so a slow thread's last chunk is a small delay), and at least ~16 KiB of
+ * weights each so that claiming costs nothing next to the work. */
+static int64_t chunk_tiles(const matmul_job *j) {
+    const int64_t per_thread = j->n_tiles / (8 * (int64_t)pool_threads()) + 1;
+    return per_thread < 8 ? (j->n_tiles < 8 ? 1 : 8) : per_thread;
 }
 
 /* y[t * y_stride + c] for n_tok float32 activation rows x (n_cols apart) against the rows of every
@@ -132,6 +147,7 @@ EXPORT int realm_matmul(const realm_segment *segs, int n_seg, int64_t n_cols, co
         column += segs[i].n_rows;
     }
     if (status == 0 && y_stride < column) status = E_SHAPE;
+    job.chunk_tiles = chunk_tiles(&job);
     if (status == 0 && n_tok > 0 && job.n_tiles > 0) pool_run(matmul_share, &job);
     for (int a = 0; a <= ACT_Q8_K; a++) free(act[a]);
     return status;

@@ -2,8 +2,13 @@
  *
  * A decode step makes ~75 short matmul calls with a little Python between them, so waking sleeping
  * threads every call (a futex round trip each) would cost more than the work. Workers spin on the job
- * counter for a while after each job, then sleep on a condition variable. The caller runs share 0 of
- * every job itself. One job at a time: concurrent callers (several Python threads) take turns.
+ * counter for a short while after each job, then sleep on a condition variable.
+ *
+ * Jobs share their work out dynamically (the job function claims chunks from an atomic counter), and
+ * the caller works on every job itself, so a worker the OS has not scheduled yet delays nothing: the
+ * caller does its part. A worker joins a job only while it is open; the caller closes it when its own
+ * claims run dry and then waits only for the workers inside. One job at a time: concurrent callers
+ * (several Python threads) take turns.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -12,7 +17,7 @@
 #include "realm_native.h"
 
 #define MAX_THREADS 256
-#define SPIN_ROUNDS (1 << 17)
+#define SPIN_ROUNDS (1 << 14)
 
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -20,7 +25,8 @@ static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static pthread_t workers[MAX_THREADS];
 static int n_threads = 1;
 static atomic_uint generation;  /* bumped once per job (and once to stop) */
-static atomic_int unfinished;   /* workers still running the current job */
+static atomic_int inside;       /* workers that joined the current job and have not left it */
+static atomic_int closed = 1;   /* the current job takes no more workers */
 static atomic_int stopping;
 static pool_fn job_fn;
 static void *job_arg;
@@ -44,8 +50,9 @@ static void *worker_main(void *arg) {
         }
         seen = atomic_load(&generation);
         if (atomic_load(&stopping)) return NULL;
-        job_fn(job_arg, ith, n_threads);
-        atomic_fetch_sub_explicit(&unfinished, 1, memory_order_release);
+        atomic_fetch_add(&inside, 1);
+        if (!atomic_load(&closed)) job_fn(job_arg, ith, n_threads);  /* a late wake-up finds it closed */
+        atomic_fetch_sub(&inside, 1);
     }
 }
 
@@ -87,12 +94,11 @@ HIDDEN int pool_threads(void) { return n_threads; }
 HIDDEN void pool_run(pool_fn fn, void *arg) {
     pthread_mutex_lock(&call_lock);
     const int nth = n_threads;
-    if (nth > 1) {
-        job_fn = fn, job_arg = arg;
-        atomic_store(&unfinished, nth - 1);
-        bump_generation();
-    }
+    job_fn = fn, job_arg = arg;
+    atomic_store(&closed, 0);  /* publishes job_fn and job_arg to the workers that see it open */
+    if (nth > 1) bump_generation();
     fn(arg, 0, nth);
-    while (atomic_load_explicit(&unfinished, memory_order_acquire) > 0) cpu_relax();
+    atomic_store(&closed, 1);
+    while (atomic_load(&inside) > 0) cpu_relax();
     pthread_mutex_unlock(&call_lock);
 }
