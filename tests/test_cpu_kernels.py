@@ -97,7 +97,8 @@ def test_fused_call_equals_separate_calls_over_mixed_formats() -> None:
 
 
 def test_one_wrong_quant_fails_the_tolerance() -> None:
-    """The check can fail: one Q4_K quant off by one moves its outputs far beyond MATMUL_TOL."""
+    """The check can fail: two wrong quants per Q4_K super-block of one row move its outputs far beyond
+    MATMUL_TOL."""
     rng = np.random.default_rng(4)
     tensor, blocks, x = _weight_and_x("Q4_K", rng, n_rows=8, n_tok=2)
     w_ref = harness.reference_dequantize(tensor)
@@ -106,7 +107,7 @@ def test_one_wrong_quant_fails_the_tolerance() -> None:
     scale = matmul_scale("Q4_K", blocks, w_ref, decode_activations("Q4_K", encode_activations("Q4_K", x), 512))
     assert np.all(np.abs(got - ref) <= MATMUL_TOL * scale)
     broken = blocks.copy()
-    broken[3, 20] ^= 0x01  # row 3: one low nibble of the first super-block's quants
+    broken[3, 20::144] ^= 0x88  # row 3: in each super-block, one byte of quants (two weights, off by 8)
     got = BEST.matmul([(int(tensor.qtype), broken)], 512, x)
     assert np.any(np.abs(got - ref)[:, 3] > 10 * MATMUL_TOL * scale[:, 3])
 

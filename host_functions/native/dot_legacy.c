@@ -67,38 +67,126 @@ static inline const int8_t *unpack_q8_1(const block_q8_1 *b, int8_t *q, float *d
 
 /* The min formats add m_w * s_x (Q8_1's s) per block; the others have no min term. */
 #define ADD_MIN(sum, m, xb) ((sum) += (m) * f16_to_f32((xb)->s))
-#define NO_MIN(sum, m, xb) ((void)(m))
+#define NO_MIN(sum, m, xb) ((void)(m), (void)(xb))
 
-/* One tile function per format: UNPACK decodes a weight block, XBLOCK is the activation block type,
- * DOT the signed or unsigned lane product, MIN_TERM ADD_MIN or NO_MIN. */
-#define LEGACY_TILE(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                             \
+/* The arithmetic every variant shares: block b's 8 float lanes accumulate into acc[b % 2] (two chains
+ * of additions, so consecutive blocks do not wait for each other), and the result is
+ * f32x8_sum(acc[0] + acc[1]) + the min terms in block order. AVX-512 runs a block pair per 512-bit op:
+ * even block in the low half, odd block in the high half, which is the same thing. */
+
+#define STEP(ACC, IB, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                                                                     \
+    for (int r = 0; r < nr; r++) {                                                                           \
+        _Alignas(32) int8_t buf[QK];                                                                         \
+        float d, m;                                                                                          \
+        const int8_t *q = UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + (IB), buf, &d, &m);             \
+        for (int t = 0; t < nt; t++) {                                                                       \
+            const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + (IB);                            \
+            acc[r][t][ACC] = f32x8_mul_add(acc[r][t][ACC], DOT(q, xb->qs), d * f16_to_f32(xb->d));          \
+            MIN_TERM(mins[r][t], m, xb);                                                                     \
+        }                                                                                                    \
+    }
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+
+/* Signed weights: vpdpbusd multiplies unsigned by signed bytes, so the weights are flipped to w + 128
+ * (xor 0x80) and the accumulator starts at -128 * (sum of each lane's 4 activations): exact. */
+#define PAIR_PREP_SIGNED(xv) _mm512_sub_epi32(_mm512_setzero_si512(),                                      \
+                                              _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), xv))
+#define PAIR_PREP_UNSIGNED(xv) _mm512_setzero_si512()
+#define PAIR_W_SIGNED(wv) _mm512_xor_si512(wv, _mm512_set1_epi8(-128))
+#define PAIR_W_UNSIGNED(wv) (wv)
+
+static inline __m512i load_pair(const int8_t *a, const int8_t *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                              _mm256_loadu_si256((const __m256i *)b), 1);
+}
+
+#define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
     static inline __attribute__((always_inline)) void body_##NAME(                                          \
         const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
         int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
-        f32x8 acc[TILE_ROWS][TILE_TOKENS];                                                                   \
+        const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);           \
+        __m512 acc[TILE_ROWS][TILE_TOKENS];                                                                  \
         float mins[TILE_ROWS][TILE_TOKENS];                                                                  \
         for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++) acc[r][t] = f32x8_zero(), mins[r][t] = 0.0f;                        \
-        for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
+            for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps(), mins[r][t] = 0.0f;                 \
+        int64_t ib = 0;                                                                                      \
+        for (; ib + 1 < n_blocks; ib += 2) {                                                                 \
+            __m512i xv[TILE_TOKENS], init[TILE_TOKENS];                                                      \
+            __m128 dx[TILE_TOKENS];                                                                          \
+            for (int t = 0; t < nt; t++) {                                                                   \
+                const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                          \
+                xv[t] = load_pair(xb[0].qs, xb[1].qs);                                                       \
+                init[t] = PAIR_PREP_##KIND(xv[t]);                                                           \
+                dx[t] = _mm_setr_ps(f16_to_f32(xb[0].d), f16_to_f32(xb[1].d), 0.0f, 0.0f);                   \
+            }                                                                                                \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                _Alignas(32) int8_t buf0[QK], buf1[QK];                                                      \
+                float d0, m0, d1, m1;                                                                        \
+                const BLOCK *b = (const BLOCK *)(w + (size_t)r * w_stride) + ib;                             \
+                const int8_t *q0 = UNPACK(b, buf0, &d0, &m0), *q1 = UNPACK(b + 1, buf1, &d1, &m1);           \
+                const __m512i wv = PAIR_W_##KIND(load_pair(q0, q1));                                          \
+                const __m128 dw = _mm_setr_ps(d0, d1, 0.0f, 0.0f);                                           \
+                for (int t = 0; t < nt; t++) {                                                               \
+                    const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                      \
+                    const __m512 scale = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_mul_ps(dw, dx[t]))); \
+                    const __m512 lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init[t], wv, xv[t]));        \
+                    acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_mul_ps(lanes, scale));                       \
+                    MIN_TERM(mins[r][t], m0, xb);                                                            \
+                    MIN_TERM(mins[r][t], m1, xb + 1);                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (; ib < n_blocks; ib++) /* a last, even block: low half only */                                  \
             for (int r = 0; r < nr; r++) {                                                                   \
                 _Alignas(32) int8_t buf[QK];                                                                 \
                 float d, m;                                                                                  \
                 const int8_t *q = UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + ib, buf, &d, &m);       \
                 for (int t = 0; t < nt; t++) {                                                               \
                     const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                      \
-                    acc[r][t] = f32x8_mul_add(acc[r][t], DOT(q, xb->qs), d * f16_to_f32(xb->d));            \
+                    const __m512 prod = _mm512_castps256_ps512(                                              \
+                        _mm256_mul_ps(_mm256_cvtepi32_ps(DOT(q, xb->qs)), _mm256_set1_ps(d * f16_to_f32(xb->d)))); \
+                    acc[r][t] = _mm512_mask_add_ps(acc[r][t], 0x00ff, acc[r][t], prod);                      \
                     MIN_TERM(mins[r][t], m, xb);                                                             \
                 }                                                                                            \
             }                                                                                                \
-        }                                                                                                    \
         for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++) y[t * y_stride + r] = f32x8_sum(acc[r][t]) + mins[r][t];            \
-    }                                                                                                        \
+            for (int t = 0; t < nt; t++)                                                                     \
+                y[t * y_stride + r] = f32x8_sum(_mm256_add_ps(_mm512_castps512_ps256(acc[r][t]),             \
+                                                              _mm512_extractf32x8_ps(acc[r][t], 1))) + mins[r][t]; \
+    }
+
+#else
+
+#define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
+    static inline __attribute__((always_inline)) void body_##NAME(                                          \
+        const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
+        int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
+        f32x8 acc[TILE_ROWS][TILE_TOKENS][2];                                                                \
+        float mins[TILE_ROWS][TILE_TOKENS];                                                                  \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int t = 0; t < nt; t++) acc[r][t][0] = acc[r][t][1] = f32x8_zero(), mins[r][t] = 0.0f;      \
+        int64_t ib = 0;                                                                                      \
+        for (; ib + 1 < n_blocks; ib += 2) {                                                                 \
+            STEP(0, ib, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                               \
+            STEP(1, ib + 1, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                           \
+        }                                                                                                    \
+        if (ib < n_blocks) STEP(0, ib, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int t = 0; t < nt; t++) y[t * y_stride + r] = f32x8_sum(f32x8_add(acc[r][t][0], acc[r][t][1])) + mins[r][t]; \
+    }
+
+#endif
+
+/* One tile function per format: UNPACK decodes a weight block, XBLOCK is the activation block type,
+ * DOT the signed or unsigned lane product (KIND names which), MIN_TERM ADD_MIN or NO_MIN. */
+#define LEGACY_TILE(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
+    LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                           \
     DISPATCH_TILE(NAME)
 
-LEGACY_TILE(q4_0, block_q4_0, block_q8_0, unpack_q4_0, SIGNED_DOT, NO_MIN)
-LEGACY_TILE(q4_1, block_q4_1, block_q8_1, unpack_q4_1, UNSIGNED_DOT, ADD_MIN)
-LEGACY_TILE(q5_0, block_q5_0, block_q8_0, unpack_q5_0, SIGNED_DOT, NO_MIN)
-LEGACY_TILE(q5_1, block_q5_1, block_q8_1, unpack_q5_1, UNSIGNED_DOT, ADD_MIN)
-LEGACY_TILE(q8_0, block_q8_0, block_q8_0, unpack_q8_0, SIGNED_DOT, NO_MIN)
-LEGACY_TILE(q8_1, block_q8_1, block_q8_1, unpack_q8_1, SIGNED_DOT, NO_MIN)
+LEGACY_TILE(q4_0, block_q4_0, block_q8_0, unpack_q4_0, SIGNED_DOT, NO_MIN, SIGNED)
+LEGACY_TILE(q4_1, block_q4_1, block_q8_1, unpack_q4_1, UNSIGNED_DOT, ADD_MIN, UNSIGNED)
+LEGACY_TILE(q5_0, block_q5_0, block_q8_0, unpack_q5_0, SIGNED_DOT, NO_MIN, SIGNED)
+LEGACY_TILE(q5_1, block_q5_1, block_q8_1, unpack_q5_1, UNSIGNED_DOT, ADD_MIN, UNSIGNED)
+LEGACY_TILE(q8_0, block_q8_0, block_q8_0, unpack_q8_0, SIGNED_DOT, NO_MIN, SIGNED)
+LEGACY_TILE(q8_1, block_q8_1, block_q8_1, unpack_q8_1, SIGNED_DOT, NO_MIN, SIGNED)

@@ -48,6 +48,7 @@ static inline int i32x8_sum(i32x8 a) {
     return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
 }
 static inline f32x8 f32x8_zero(void) { return _mm256_setzero_ps(); }
+static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { return _mm256_add_ps(a, b); }
 /* acc + float(lanes) * s, as a multiply then an add (no fused rounding) */
 static inline f32x8 f32x8_mul_add(f32x8 acc, i32x8 lanes, float s) {
     return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(s)));
@@ -90,6 +91,7 @@ static inline i32x8 i32x8_scale2(i32x8 a, int s0, int s1) {
 }
 static inline int i32x8_sum(i32x8 a) { int s = 0; for (int i = 0; i < 8; i++) s += a.v[i]; return s; }
 static inline f32x8 f32x8_zero(void) { f32x8 r = {{0}}; return r; }
+static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { for (int i = 0; i < 8; i++) a.v[i] += b.v[i]; return a; }
 static inline f32x8 f32x8_mul_add(f32x8 acc, i32x8 lanes, float s) {
     for (int i = 0; i < 8; i++) acc.v[i] = acc.v[i] + (float)lanes.v[i] * s;
     return acc;

@@ -28,6 +28,7 @@ static atomic_uint generation;  /* bumped once per job (and once to stop) */
 static atomic_int inside;       /* workers that joined the current job and have not left it */
 static atomic_int closed = 1;   /* the current job takes no more workers */
 static atomic_int stopping;
+static unsigned start_generation;  /* the generation workers are created in (a late starter waits from it) */
 static pool_fn job_fn;
 static void *job_arg;
 
@@ -39,7 +40,9 @@ static inline void cpu_relax(void) {
 
 static void *worker_main(void *arg) {
     const int ith = (int)(intptr_t)arg;
-    unsigned seen = atomic_load(&generation);
+    /* Not the current generation: a worker that starts running only after the pool began stopping it
+     * must see that change, or its join would wait forever. */
+    unsigned seen = start_generation;
     for (;;) {
         for (int spin = 0; spin < SPIN_ROUNDS && atomic_load_explicit(&generation, memory_order_acquire) == seen; spin++)
             cpu_relax();
@@ -77,6 +80,7 @@ EXPORT int realm_set_threads(int n) {
     pthread_mutex_lock(&call_lock);
     if (n != n_threads) {
         stop_workers();
+        start_generation = atomic_load(&generation);
         for (int i = 1; i < n; i++) {
             if (pthread_create(&workers[i], NULL, worker_main, (void *)(intptr_t)i) != 0) break;
             n_threads = i + 1;
