@@ -34,3 +34,6 @@ if [ $want_test -eq 1 ]; then
 else
     .venv/bin/python -m pip install -q -e .
 fi
+# Build the cpu backend's native kernels now (ziglang's clang, ~15 s once) rather than on the first run.
+.venv/bin/python -c 'from host_functions import native; native.load(1)' ||
+    echo "setup: the cpu kernels could not be built; the cpu backend will retry on first use" >&2
