@@ -101,6 +101,39 @@ static inline __m512i load_pair(const int8_t *a, const int8_t *b) {
                               _mm256_loadu_si256((const __m256i *)b), 1);
 }
 
+/* Vector unpackers: the same 32 quants as the scalar ones above, in one register. */
+static inline __m256i nibbles_v(const uint8_t *qs) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)qs), low4 = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), low4), _mm_and_si128(b, low4));
+}
+static inline __m256i fifth_bits_v(const uint8_t *qh) {  /* 16 where bit j of qh is set, in byte j */
+    return _mm256_maskz_mov_epi8(load_u32(qh), _mm256_set1_epi8(16));
+}
+static inline __m256i vunpack_q4_0(const block_q4_0 *b, float *d, float *m) {
+    *d = f16_to_f32(b->d), *m = 0.0f;
+    return _mm256_sub_epi8(nibbles_v(b->qs), _mm256_set1_epi8(8));
+}
+static inline __m256i vunpack_q4_1(const block_q4_1 *b, float *d, float *m) {
+    *d = f16_to_f32(b->d), *m = f16_to_f32(b->m);
+    return nibbles_v(b->qs);
+}
+static inline __m256i vunpack_q5_0(const block_q5_0 *b, float *d, float *m) {
+    *d = f16_to_f32(b->d), *m = 0.0f;
+    return _mm256_sub_epi8(_mm256_or_si256(nibbles_v(b->qs), fifth_bits_v(b->qh)), _mm256_set1_epi8(16));
+}
+static inline __m256i vunpack_q5_1(const block_q5_1 *b, float *d, float *m) {
+    *d = f16_to_f32(b->d), *m = f16_to_f32(b->m);
+    return _mm256_or_si256(nibbles_v(b->qs), fifth_bits_v(b->qh));
+}
+static inline __m256i vunpack_q8_0(const block_q8_0 *b, float *d, float *m) {
+    *d = f16_to_f32(b->d), *m = 0.0f;
+    return _mm256_loadu_si256((const __m256i *)b->qs);
+}
+static inline __m256i vunpack_q8_1(const block_q8_1 *b, float *d, float *m) {
+    *d = f16_to_f32(b->d), *m = 0.0f;
+    return _mm256_loadu_si256((const __m256i *)b->qs);
+}
+
 #define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
     static inline __attribute__((always_inline)) void body_##NAME(                                          \
         const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
@@ -121,11 +154,10 @@ static inline __m512i load_pair(const int8_t *a, const int8_t *b) {
                 dx[t] = _mm_setr_ps(f16_to_f32(xb[0].d), f16_to_f32(xb[1].d), 0.0f, 0.0f);                   \
             }                                                                                                \
             for (int r = 0; r < nr; r++) {                                                                   \
-                _Alignas(32) int8_t buf0[QK], buf1[QK];                                                      \
                 float d0, m0, d1, m1;                                                                        \
                 const BLOCK *b = (const BLOCK *)(w + (size_t)r * w_stride) + ib;                             \
-                const int8_t *q0 = UNPACK(b, buf0, &d0, &m0), *q1 = UNPACK(b + 1, buf1, &d1, &m1);           \
-                const __m512i wv = PAIR_W_##KIND(load_pair(q0, q1));                                          \
+                const __m256i q0 = v##UNPACK(b, &d0, &m0), q1 = v##UNPACK(b + 1, &d1, &m1);                  \
+                const __m512i wv = PAIR_W_##KIND(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1));    \
                 const __m128 dw = _mm_setr_ps(d0, d1, 0.0f, 0.0f);                                           \
                 for (int t = 0; t < nt; t++) {                                                               \
                     const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                      \
