@@ -88,8 +88,8 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
     k->d = b->d, k->dmin = 0.0f;
 }
 
-#define SIGNED_DOT(q, x) dot32((q), (x))
-#define UNSIGNED_DOT(q, x) udot32((const uint8_t *)(q), (x))
+#define SIGNED_DOT(q, x, s0, s1) dot32_scaled((q), (x), (s0), (s1))
+#define UNSIGNED_DOT(q, x, s0, s1) udot32_scaled((const uint8_t *)(q), (x), (s0), (s1))
 
 #define KQUANT_TILE(NAME, BLOCK, UNPACK, DOT, HAS_MIN)                                                      \
     static inline __attribute__((always_inline)) void body_##NAME(                                          \
@@ -104,8 +104,7 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
                     const block_q8_K *xb = (const block_q8_K *)(x + (size_t)t * x_stride) + ib;              \
                     i32x8 acc = i32x8_zero();                                                                \
                     for (int c = 0; c < 8; c++)                                                              \
-                        acc = i32x8_add(acc, i32x8_scale2(DOT(k.q + 32 * c, xb->qs + 32 * c), k.sc[2 * c],     \
-                                                          k.sc[2 * c + 1]));                                 \
+                        acc = i32x8_add(acc, DOT(k.q + 32 * c, xb->qs + 32 * c, k.sc[2 * c], k.sc[2 * c + 1])); \
                     sum[r][t] += (xb->d * k.d) * (float)i32x8_sum(acc);                                      \
                     if (HAS_MIN) {                                                                           \
                         int summs = 0;                                                                       \

@@ -36,6 +36,18 @@ static inline i32x8 dot32(const int8_t *w, const int8_t *x) {
 static inline i32x8 udot32(const uint8_t *w, const int8_t *x) {
     return u8_times_s8(_mm256_loadu_si256((const __m256i *)w), _mm256_loadu_si256((const __m256i *)x));
 }
+/* i32x8_scale2(dot32(w, x), s0, s1) in two instructions: vpmaddubsw's 16-bit pair sums (at most
+ * 2 * 128 * 127, no saturation) times the scales by vpmaddwd, which also adds the pairs into lanes. */
+static inline i32x8 dot32_scaled(const int8_t *w, const int8_t *x, int s0, int s1) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)w), b = _mm256_loadu_si256((const __m256i *)x);
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+    return _mm256_madd_epi16(pairs, _mm256_setr_m128i(_mm_set1_epi16((short)s0), _mm_set1_epi16((short)s1)));
+}
+static inline i32x8 udot32_scaled(const uint8_t *w, const int8_t *x, int s0, int s1) {  /* w <= 127 */
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)w),
+                                               _mm256_loadu_si256((const __m256i *)x));
+    return _mm256_madd_epi16(pairs, _mm256_setr_m128i(_mm_set1_epi16((short)s0), _mm_set1_epi16((short)s1)));
+}
 static inline i32x8 i32x8_zero(void) { return _mm256_setzero_si256(); }
 static inline i32x8 i32x8_add(i32x8 a, i32x8 b) { return _mm256_add_epi32(a, b); }
 /* a * s, lanes 0-3 scaled by s0 and lanes 4-7 by s1 (the two 16-weight halves of a 32-weight chunk) */
@@ -88,6 +100,12 @@ static inline i32x8 i32x8_add(i32x8 a, i32x8 b) { for (int i = 0; i < 8; i++) a.
 static inline i32x8 i32x8_scale2(i32x8 a, int s0, int s1) {
     for (int i = 0; i < 8; i++) a.v[i] *= i < 4 ? s0 : s1;
     return a;
+}
+static inline i32x8 dot32_scaled(const int8_t *w, const int8_t *x, int s0, int s1) {
+    return i32x8_scale2(dot32(w, x), s0, s1);
+}
+static inline i32x8 udot32_scaled(const uint8_t *w, const int8_t *x, int s0, int s1) {
+    return i32x8_scale2(udot32(w, x), s0, s1);
 }
 static inline int i32x8_sum(i32x8 a) { int s = 0; for (int i = 0; i < 8; i++) s += a.v[i]; return s; }
 static inline f32x8 f32x8_zero(void) { f32x8 r = {{0}}; return r; }
