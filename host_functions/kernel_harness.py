@@ -39,7 +39,8 @@ from host_functions.quants import QUANT_FORMATS
 from .errors import RealmError
 
 # Modules that register cases of other kernel families when imported (add yours here).
-CASE_MODULES: list[str] = ["host_functions.backends.wgpu_op_cases"]
+CASE_MODULES: list[str] = ["host_functions.backends.wgpu_op_cases", "host_functions.backends.cpu_kernel_cases"]
+BACKENDS = ("wgpu", "cpu")  # which kernels a case runs: the WGSL ones, or the native CPU library
 
 F32_EPS = float(np.finfo(np.float32).eps)
 
@@ -67,6 +68,7 @@ class KernelCase:
     variant: str = "default"
     quick: bool = True  # part of the quick suite (pytest); long cases only run from the CLI
     requires: tuple[str, ...] = ()  # device features: "subgroups", "f16"
+    backend: str = "wgpu"  # one of BACKENDS; a cpu case's prepare() gets a CpuKernelContext
 
     @property
     def name(self) -> str:
@@ -103,14 +105,16 @@ _imported_modules = False
 
 
 def register_case(kernel: str, fmt: str, shape: str,
-                  prepare: Callable[[GPUContext, np.random.Generator], Prepared],
-                  variant: str = "default", quick: bool = True, requires: Sequence[str] = ()) -> KernelCase:
+                  prepare: Callable[[Any, np.random.Generator], Prepared],
+                  variant: str = "default", quick: bool = True, requires: Sequence[str] = (),
+                  backend: str = "wgpu") -> KernelCase:
     """Add a case to the registry (call at import time of a module listed in CASE_MODULES).
 
     `quick=False` keeps a slow case out of the pytest suite; `requires` names device features
-    ("subgroups", "f16") without which the case does not apply.
+    ("subgroups", "f16") without which the case does not apply; `backend` says whose kernels it runs.
     """
-    case = KernelCase(kernel, fmt, shape, prepare, variant, quick, tuple(requires))
+    assert backend in BACKENDS, backend
+    case = KernelCase(kernel, fmt, shape, prepare, variant, quick, tuple(requires), backend)
     _CASES.append(case)
     return case
 
@@ -126,17 +130,17 @@ def all_cases() -> list[KernelCase]:
 
 
 def select_cases(formats: Sequence[str] = (), kernel_names: Sequence[str] = (), quick: bool = False,
-                 ctx: GPUContext | None = None) -> list[KernelCase]:
-    """Cases filtered by format and kernel names (case-insensitive; empty means all), by the quick
-    suite, and by what `ctx`'s device supports (when given)."""
+                 ctx: Any = None, backend: str = "wgpu") -> list[KernelCase]:
+    """Cases of `backend` filtered by format and kernel names (case-insensitive; empty means all), by
+    the quick suite, and by what `ctx`'s device supports (when given)."""
     fmts = {f.upper() for f in formats}
     names = {k.lower() for k in kernel_names}
     return [c for c in all_cases()
-            if (not fmts or c.fmt.upper() in fmts) and (not names or c.kernel.lower() in names)
+            if c.backend == backend and (not fmts or c.fmt.upper() in fmts) and (not names or c.kernel.lower() in names)
             and (c.quick or not quick) and (ctx is None or c.supported(ctx))]
 
 
-def run_case(ctx: GPUContext, case: KernelCase, reps: int = 3, seed: int = 0) -> CaseResult:
+def run_case(ctx: Any, case: KernelCase, reps: int = 3, seed: int = 0) -> CaseResult:
     """Run one case: check it against its reference, then time `reps` runs in one submit (0: no timing)."""
     result = CaseResult(case.kernel, case.fmt, case.shape, case.variant, passed=False)
     try:
@@ -155,7 +159,8 @@ def run_case(ctx: GPUContext, case: KernelCase, reps: int = 3, seed: int = 0) ->
 
 def run_cases(cases: Iterable[KernelCase], reps: int = 3, ctx: GPUContext | None = None,
               on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
-    """Run cases in order on the process's GPU context; BackendError if there is no GPU at all."""
+    """Run cases in order on `ctx` (default: the process's GPU context; a CpuKernelContext for cpu
+    cases). BackendError if there is no GPU at all."""
     ctx = ctx or GPUContext.get()
     results = []
     for case in cases:
@@ -185,7 +190,7 @@ def _compare(result: CaseResult, got: np.ndarray, prep: Prepared) -> None:
     result.passed = result.max_rel_err <= prep.tol
 
 
-def _time(ctx: GPUContext, result: CaseResult, prep: Prepared, reps: int) -> None:
+def _time(ctx: Any, result: CaseResult, prep: Prepared, reps: int) -> None:
     sync = lambda: prep.read()  # noqa: E731  - a read-back waits for every submitted dispatch
     sync()
     start = time.perf_counter()

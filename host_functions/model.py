@@ -21,21 +21,29 @@ from .gguf_file import GGUFFile
 from .sequence_checks import check_appendable, check_next_layer, check_room, check_step_complete, check_token_ids
 from .tokenizer import Tokenizer
 
-BACKENDS = ("auto", "numpy", "wgpu")
+BACKENDS = ("auto", "cpu", "numpy", "wgpu")
 DEFAULT_SEQUENCE_CAPACITY = 4096
 
 
 def create_backend(name: str, config: ModelConfig, gguf: GGUFFile,
                    progress: Callable[[float], None] | None = None) -> Backend:
-    """Instantiate a backend by name; "auto" picks wgpu on a real GPU adapter, else NumPy."""
+    """Instantiate a backend by name; "auto" picks wgpu on a real GPU adapter, else cpu.
+
+    numpy is the float32 reference, only ever chosen by name. Raises BackendError for an unknown name
+    or a backend that cannot start here.
+    """
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
     if name == "auto":
-        name = "wgpu" if _real_gpu_available() else "numpy"
+        name = "wgpu" if _real_gpu_available() else "cpu"
     if name == "wgpu":
         from .backends.wgpu_backend import WgpuBackend
 
         return WgpuBackend(config, gguf.tensors, progress=progress)
+    if name == "cpu":
+        from .backends.cpu_backend import CpuBackend
+
+        return CpuBackend(config, gguf.tensors, progress=progress)
     from .backends.numpy_backend import NumpyBackend
 
     return NumpyBackend(config, gguf.tensors, progress=progress)

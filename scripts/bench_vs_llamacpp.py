@@ -39,9 +39,10 @@ def llama_cpp(python: str, model: str, n_prompt: int, n_decode: int, threads: in
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def realm(model: str, backend: str, n_prompt: int, n_decode: int) -> dict[str, float]:
-    cmd = [str(Path(sys.executable).with_name("realm")), "bench", "--json", "--model", model, "--backend", backend,
-           "--prompt-tokens", str(n_prompt), "--decode-tokens", str(n_decode)]
+def realm(model: str, backend: str, n_prompt: int, n_decode: int, threads: int) -> dict[str, float]:
+    cmd = [str(Path(sys.executable).with_name("realm")), "bench", "--json", "--no-guest", "--model", model,
+           "--backend", backend, "--threads", str(threads), "--prompt-tokens", str(n_prompt),
+           "--decode-tokens", str(n_decode)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -50,7 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama-python", required=True, help="a Python that can import llama_cpp")
     parser.add_argument("--model", help="GGUF file (default: the bundled Gemma 3 270M)")
-    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--backend", default="cpu")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
@@ -62,7 +63,7 @@ def main() -> int:
     ours, theirs = [], []
     for _ in range(args.repeats):
         theirs.append(llama_cpp(args.llama_python, model, args.prompt_tokens, args.decode_tokens, args.threads))
-        ours.append(realm(model, args.backend, args.prompt_tokens, args.decode_tokens))
+        ours.append(realm(model, args.backend, args.prompt_tokens, args.decode_tokens, args.threads))
     best = {k: max(r[k] for r in ours) for k in ("prefill_tok_s", "decode_tok_s")}
     best_ll = {k: max(r[k] for r in theirs) for k in ("prefill_tok_s", "decode_tok_s")}
     print(json.dumps({

@@ -54,5 +54,8 @@ if { [ "$have" = "$hash $extras" ] || [ "$have" = "$hash .[test]" ]; } && .venv/
     exit 0
 fi
 pip_install -e "$extras"
-echo "$hash $extras" >"$STAMP"
 echo "setup: installed realm into .venv ($extras)" >&2
+# Build the cpu backend's native kernels now (ziglang's clang, ~15 s once) rather than on the first run.
+.venv/bin/python -c 'from host_functions import native; native.load(1)' ||
+    echo "setup: the cpu kernels could not be built; the cpu backend will retry on first use" >&2
+echo "$hash $extras" >"$STAMP"

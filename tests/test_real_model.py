@@ -1,4 +1,5 @@
-"""The default model (real Gemma 3 270M Q4_K_M) against llama.cpp's reference prompts."""
+"""The default model (real Gemma 3 270M Q4_K_M) against llama.cpp's reference prompts, on the NumPy
+reference and on the cpu backend."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from realm.models import load_model
 PROMPTS = json.loads((DATA / "gemma3-270m.prompts.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_model(backend="numpy")
+@pytest.fixture(scope="module", params=["numpy", "cpu"])
+def model(request):
+    return load_model(backend=request.param)
 
 
 @pytest.mark.parametrize("index", range(len(PROMPTS)))

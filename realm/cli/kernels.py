@@ -1,4 +1,4 @@
-"""Kernel commands: `realm kernels test` runs every GPU kernel against its float64 NumPy reference."""
+"""Kernel commands: `realm kernels test` runs every GPU or CPU kernel against its float64 NumPy reference."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from host_functions import kernel_harness
+from host_functions.backends.cpu_kernel_cases import CpuKernelContext
 from host_functions.backends.wgpu_context import GPUContext
 from realm.cli import main
 from realm.cli.console import stdout_console
@@ -17,12 +18,13 @@ console = stdout_console()
 
 @main.group()
 def kernels() -> None:
-    """GPU kernels: check them against NumPy references."""
+    """GPU (WGSL) and CPU (native) kernels: check them against NumPy references."""
 
 
 @kernels.command("test")
-@click.option("--backend", "-b", type=click.Choice(["wgpu"]), default="wgpu", show_default=True,
-              help="Kernel backend to test (the WGSL kernels through wgpu).")
+@click.option("--backend", "-b", type=click.Choice(kernel_harness.BACKENDS), default="wgpu", show_default=True,
+              help="Kernels to test: wgpu (the WGSL kernels) or cpu (the native library; REALM_CPU_KERNELS "
+                   "picks its variant).")
 @click.option("--format", "-f", "formats", multiple=True, metavar="FMT",
               help="Only cases of this weight format (Q4_K, F16, ...); repeatable.")
 @click.option("--kernel", "-k", "kernel_names", multiple=True, metavar="NAME",
@@ -34,8 +36,8 @@ def kernels() -> None:
 def test(backend: str, formats: tuple[str, ...], kernel_names: tuple[str, ...], quick: bool, reps: int,
          as_json: bool) -> None:
     """Run kernel cases on random data; exit status 1 if any case fails."""
-    ctx = GPUContext.get()
-    cases = kernel_harness.select_cases(formats, kernel_names, quick=quick, ctx=ctx)
+    ctx = CpuKernelContext.create() if backend == "cpu" else GPUContext.get()
+    cases = kernel_harness.select_cases(formats, kernel_names, quick=quick, ctx=ctx, backend=backend)
     if not cases:
         raise click.ClickException("no kernel cases match the given --format/--kernel")
     with console.status("running kernel cases", spinner="dots") if not as_json else _nothing():
@@ -51,7 +53,7 @@ def test(backend: str, formats: tuple[str, ...], kernel_names: tuple[str, ...], 
         raise SystemExit(1)
 
 
-def _table(results: list[kernel_harness.CaseResult], ctx: GPUContext) -> Table:
+def _table(results: list[kernel_harness.CaseResult], ctx: GPUContext | CpuKernelContext) -> Table:
     table = Table(title=f"kernels on {ctx.adapter_name}")
     for column in ("kernel", "format", "shape", "variant"):
         table.add_column(column)

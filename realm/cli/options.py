@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from host_functions import native
 from host_functions.model import BACKENDS, Model
 from realm.cli.console import stderr_console
 from realm.models import load_model, resolve_model_path
@@ -21,12 +22,24 @@ model_option = click.option(
     help="GGUF model file (default: $REALM_MODEL, else the bundled Gemma 3 270M Q4_K_M).")
 backend_option = click.option(
     "--backend", "-b", type=click.Choice(BACKENDS), default=lambda: os.environ.get("REALM_BACKEND", "auto"),
-    show_default="auto", help="Compute backend: wgpu (WGSL on the GPU), numpy (CPU), or auto.")
+    show_default="auto",
+    help="Compute backend: wgpu (WGSL on the GPU), cpu (native quantized kernels), numpy (float32 reference), "
+         "or auto (wgpu on a real GPU, else cpu).")
+
+
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        native.set_default_threads(value)
+
+
+threads_option = click.option(
+    "--threads", "-t", type=click.IntRange(1, 256), default=None, expose_value=False, callback=_set_threads,
+    help="Threads of the cpu backend's kernels (default: $REALM_THREADS, else every CPU).")
 
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--model and --backend."""
-    return model_option(backend_option(func))
+    """--model, --backend and --threads."""
+    return model_option(backend_option(threads_option(func)))
 
 
 def model_path_with_progress(model_path: str | None) -> Path:

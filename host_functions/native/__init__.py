@@ -1,0 +1,288 @@
+"""The native CPU kernels: C sources in this folder, compiled on the user's machine and called via ctypes.
+
+The sources are built with the `ziglang` package's clang (`python -m ziglang cc`) the first time they
+are needed, once per variant, into ~/.cache/realm/native/ (or $REALM_CACHE_DIR/native), named by a
+hash of the sources, the flags and the compiler version, so an edited source or a new compiler
+rebuilds and nothing stale is ever loaded. Binaries are never shipped.
+
+Variants are compiled for explicit targets, never -mcpu=native (these machines report AMX in cpuid and
+trap on tile instructions; a native build would pick up whatever the compiler believes):
+
+    portable     baseline x86-64 / aarch64, plain C
+    avx2         x86-64-v3 (AVX2, FMA, F16C)
+    avxvnni      x86-64-v3 + AVX-VNNI (256-bit vpdpbusd)
+    avx512vnni   x86-64-v4 + AVX512-VNNI
+
+`select_variant()` takes the best one the CPU reports in /proc/cpuinfo (the kernel clears flags whose
+register state the OS does not save), or REALM_CPU_KERNELS when set. Every variant computes the same
+bits (see lanes.h), so the choice changes speed only.
+
+ctypes releases the GIL for the duration of each call; the thread pool lives inside the library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError
+
+SOURCE_DIR = Path(__file__).parent
+VARIANT_ENV = "REALM_CPU_KERNELS"
+THREADS_ENV = "REALM_THREADS"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to build the library: its compiler target and the CPU flags it needs."""
+
+    name: str
+    target: str  # zig target triple
+    mcpu: str  # zig/clang CPU model plus features
+    needs: frozenset[str]  # /proc/cpuinfo flags the CPU must report
+
+
+def _v(name: str, target: str, mcpu: str, *needs: str) -> Variant:
+    return Variant(name, target, mcpu, frozenset(needs))
+
+
+_X86 = "x86_64-linux-gnu"
+_V3_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi2")
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    _v("avx512vnni", _X86, "x86_64_v4+avx512vnni", *_V3_FLAGS, "avx512f", "avx512bw", "avx512vl", "avx512dq",
+       "avx512cd", "avx512_vnni"),
+    _v("avxvnni", _X86, "x86_64_v3+avxvnni", *_V3_FLAGS, "avx_vnni"),
+    _v("avx2", _X86, "x86_64_v3", *_V3_FLAGS),
+    _v("portable", _X86, "x86_64"),
+)}
+_PORTABLE_ARM = _v("portable", "aarch64-linux-gnu", "generic")
+
+CFLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-Wall", "-Wextra",
+          "-Werror")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty where /proc/cpuinfo is missing or unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def select_variant() -> Variant:
+    """The variant to use: REALM_CPU_KERNELS if set, else the fastest one this CPU supports.
+
+    Raises BackendError for an unknown name or a variant this CPU lacks the features for.
+    """
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        candidates = {"portable": _PORTABLE_ARM}
+    elif machine in ("x86_64", "amd64") and sys.platform.startswith("linux"):
+        candidates = VARIANTS
+    else:
+        raise BackendError(f"the cpu backend supports Linux on x86-64 and aarch64, not {sys.platform}/{machine}")
+    flags = cpu_flags()
+    forced = os.environ.get(VARIANT_ENV, "").strip().lower()
+    if forced:
+        if forced not in candidates:
+            raise BackendError(f"{VARIANT_ENV}={forced!r}: choose from {', '.join(candidates)}")
+        variant = candidates[forced]
+        if not variant.needs <= flags:
+            missing = ", ".join(sorted(variant.needs - flags))
+            raise BackendError(f"{VARIANT_ENV}={forced}: this CPU lacks {missing}")
+        return variant
+    return next(v for v in candidates.values() if v.needs <= flags)
+
+
+def _sources() -> list[Path]:
+    return sorted(SOURCE_DIR.glob("*.c")) + sorted(SOURCE_DIR.glob("*.h"))
+
+
+def _zig_version() -> str:
+    import ziglang  # the package is a runtime dependency; its version names the compiler
+
+    return getattr(ziglang, "__version__", "") or _zig(["version"]).strip()
+
+
+def _zig(args: list[str]) -> str:
+    try:
+        out = subprocess.run([sys.executable, "-m", "ziglang", *args], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"cannot run the ziglang compiler: {exc}") from exc
+    if out.returncode != 0:
+        first = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()[0]
+        raise BackendError(f"compiling the cpu kernels failed: {first}")
+    return out.stdout
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("REALM_CACHE_DIR")
+    return (Path(base) if base else Path.home() / ".cache" / "realm") / "native"
+
+
+def library_path(variant: Variant) -> Path:
+    """Where the built library for `variant` lives: named by a hash of everything that shapes it."""
+    digest = hashlib.sha256()
+    for path in _sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(" ".join((variant.target, variant.mcpu, *CFLAGS, _zig_version())).encode())
+    return cache_dir() / f"realm-kernels-{variant.name}-{digest.hexdigest()[:16]}.so"
+
+
+def build(variant: Variant) -> Path:
+    """Compile `variant` unless the cache has it; returns the library's path. BackendError on failure."""
+    path = library_path(variant)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    c_files = [str(p) for p in _sources() if p.suffix == ".c"]
+    try:
+        _zig(["cc", "-target", variant.target, f"-mcpu={variant.mcpu}", *CFLAGS, "-o", str(tmp), *c_files,
+              "-lpthread"])
+        os.replace(tmp, path)  # atomic: a concurrent build of the same hash writes the same bytes
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+_PTR = ctypes.c_void_p
+_I64 = ctypes.c_int64
+MAX_SEGMENTS = 8  # matmul.c's limit on the weights of one fused call
+
+
+class _Segment(ctypes.Structure):
+    """matmul.c's realm_segment: one weight of a fused projection."""
+
+    _fields_ = [("type", ctypes.c_int32), ("reserved", ctypes.c_int32), ("w", ctypes.c_void_p),
+                ("w_stride", ctypes.c_int64), ("n_rows", ctypes.c_int64)]
+
+
+class Kernels:
+    """The loaded library: quantized matmuls on a persistent thread pool."""
+
+    def __init__(self, variant: Variant, path: Path) -> None:
+        self.variant = variant
+        self.path = path
+        lib = ctypes.CDLL(str(path))
+        if lib.realm_native_abi() != 1:
+            raise BackendError(f"{path}: unexpected kernel library ABI")
+        lib.realm_matmul.argtypes = [ctypes.POINTER(_Segment), ctypes.c_int, _I64, _PTR, _I64, _PTR, _I64]
+        lib.realm_matmul.restype = ctypes.c_int
+        lib.realm_quantize_act.argtypes = [ctypes.c_int, _PTR, _I64, _I64, _PTR]
+        lib.realm_quantize_act.restype = ctypes.c_int
+        lib.realm_act_row_bytes.argtypes = [ctypes.c_int, _I64]
+        lib.realm_act_row_bytes.restype = _I64
+        lib.realm_set_threads.argtypes = [ctypes.c_int]
+        lib.realm_set_threads.restype = ctypes.c_int
+        lib.realm_threads.restype = ctypes.c_int
+        self._lib = lib
+
+    @property
+    def threads(self) -> int:
+        return int(self._lib.realm_threads())
+
+    def set_threads(self, n: int) -> int:
+        """Use n threads (the caller plus n - 1 workers) for every following call; returns the count."""
+        return int(self._lib.realm_set_threads(int(n)))
+
+    def matmul(self, weights: Sequence[tuple[int, np.ndarray]], n_cols: int, x: np.ndarray) -> np.ndarray:
+        """x @ W.T for W the rows of several weights stacked (a fused projection), in one call.
+
+        weights: (GGML type, (n_rows, row_bytes) uint8 raw GGUF rows) pairs; x: (n_tokens, n_cols)
+        float32. Returns (n_tokens, total rows) float32. Raises BackendError for an unsupported type,
+        mismatched shapes or more than MAX_SEGMENTS weights.
+        """
+        x = np.ascontiguousarray(x, np.float32)
+        if x.ndim != 2 or x.shape[1] != n_cols or not 0 < len(weights) <= MAX_SEGMENTS:
+            raise BackendError(f"matmul: x {x.shape} and {len(weights)} weights do not fit {n_cols} columns")
+        segments = (_Segment * len(weights))()
+        for seg, (qtype, rows) in zip(segments, weights, strict=True):
+            if rows.ndim != 2 or rows.dtype != np.uint8 or rows.strides[1] != 1:
+                raise BackendError(f"matmul: weight rows must be a 2-D uint8 array, got {rows.shape}/{rows.dtype}")
+            seg.type, seg.w, seg.w_stride, seg.n_rows = int(qtype), rows.ctypes.data, rows.strides[0], rows.shape[0]
+        out = np.empty((x.shape[0], sum(rows.shape[0] for _, rows in weights)), np.float32)
+        status = self._lib.realm_matmul(segments, len(weights), n_cols, x.ctypes.data, x.shape[0], out.ctypes.data,
+                                        out.shape[1])
+        if status != 0:
+            types = ", ".join(str(int(t)) for t, _ in weights)
+            raise BackendError(f"matmul: the kernel library refused types {types} with {n_cols} columns "
+                               f"(status {status})")
+        return out
+
+    def quantize_activations(self, qtype: int, x: np.ndarray) -> np.ndarray:
+        """x (n_tokens, n_cols) encoded as the activation type paired with weight type `qtype`:
+        (n_tokens, row_bytes) uint8. Raises BackendError for an unsupported type or width."""
+        x = np.ascontiguousarray(x, np.float32)
+        row_bytes = int(self._lib.realm_act_row_bytes(int(qtype), x.shape[1]))
+        if row_bytes < 0:
+            raise BackendError(f"no activation encoding for type {int(qtype)} with {x.shape[1]} columns")
+        out = np.empty((x.shape[0], row_bytes), np.uint8)
+        self._lib.realm_quantize_act(int(qtype), x.ctypes.data, x.shape[0], x.shape[1], out.ctypes.data)
+        return out
+
+
+_loaded: dict[str, Kernels] = {}
+_load_lock = threading.Lock()
+
+
+_default_threads: int | None = None
+
+
+def set_default_threads(n: int) -> None:
+    """Make n the thread count of every later load() without an explicit count (the --threads option),
+    and of the already loaded libraries."""
+    global _default_threads
+    _default_threads = n
+    with _load_lock:
+        for kernels in _loaded.values():
+            kernels.set_threads(n)
+
+
+def default_threads() -> int:
+    """set_default_threads()'s count, else REALM_THREADS if set (a positive integer), else the number
+    of CPUs this process may use. Raises BackendError for a malformed REALM_THREADS."""
+    if _default_threads is not None:
+        return _default_threads
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise BackendError(f"{THREADS_ENV}={value!r}: expected a positive integer")
+        return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load(threads: int | None = None) -> Kernels:
+    """The process's kernel library (built on first use), running on `threads` threads (default:
+    default_threads()). Raises BackendError when it cannot be selected, built or loaded."""
+    variant = select_variant()
+    with _load_lock:
+        kernels = _loaded.get(variant.name)
+        if kernels is None:
+            try:
+                kernels = Kernels(variant, build(variant))
+            except OSError as exc:
+                raise BackendError(f"cannot load the cpu kernels: {exc}") from exc
+            _loaded[variant.name] = kernels
+    want = threads if threads is not None else default_threads()
+    if kernels.threads != want:
+        kernels.set_threads(want)
+    return kernels

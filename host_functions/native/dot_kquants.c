@@ -1,0 +1,127 @@
+/* Dot products of the K-quants (and Q8_K weights) against Q8_K activations, llama.cpp's pairing.
+ *
+ * Per 256-weight super-block: sumi = sum over 16-weight sub-blocks of scale_j * (q . x)_j, exact in
+ * int32, and for the formats with mins summs = sum_j min_j * bsums_j (Q8_K's per-16 sums); then, as
+ * ggml does, sumf += (d_x * d_w) * sumi and sumf -= (d_x * dmin_w) * summs. Every weight super-block is
+ * unpacked once per tile: 256 quants (0..7 / 0..31 unsigned for Q2_K, Q4_K, Q5_K; signed for Q3_K,
+ * Q6_K, Q8_K) and 16 scales and mins, one per 16 weights (formats with 32-weight sub-blocks repeat them).
+ */
+#include "lanes.h"
+
+typedef struct {
+    _Alignas(32) int8_t q[QK_K];
+    int32_t sc[16], mn[16];
+    float d, dmin;
+} kblock;
+
+static inline void unpack_crumbs(const uint8_t *qs, int8_t *q) {
+    /* bits 2k..2k+1 of byte l of 32-byte half h are weight 128h + 32k + l */
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++) q[128 * h + 32 * k + l] = (int8_t)((qs[32 * h + l] >> (2 * k)) & 3);
+}
+
+static inline void unpack_q2_k(const block_q2_K *b, kblock *k) {
+    unpack_crumbs(b->qs, k->q);
+    for (int j = 0; j < 16; j++) k->sc[j] = b->scales[j] & 0x0f, k->mn[j] = b->scales[j] >> 4;
+    k->d = f16_to_f32(b->d), k->dmin = f16_to_f32(b->dmin);
+}
+
+static inline void unpack_q3_k(const block_q3_K *b, kblock *k) {
+    unpack_crumbs(b->qs, k->q);
+    for (int s = 0; s < 8; s++)  /* bit s of hmask[l] is the third bit of weight 32s + l; clear means -4 */
+        for (int l = 0; l < 32; l++) k->q[32 * s + l] = (int8_t)(k->q[32 * s + l] + 4 * ((b->hmask[l] >> s) & 1) - 4);
+    for (int j = 0; j < 16; j++) {
+        const int low = j < 8 ? b->scales[j] & 0x0f : b->scales[j - 8] >> 4;
+        const int high = (b->scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+        k->sc[j] = (low | (high << 4)) - 32, k->mn[j] = 0;
+    }
+    k->d = f16_to_f32(b->d), k->dmin = 0.0f;
+}
+
+/* Q4_K / Q5_K 6-bit scales and mins of the eight 32-weight sub-blocks, spread over 16 entries. */
+static inline void unpack_k4_scales(const uint8_t *s, kblock *k) {
+    for (int j = 0; j < 8; j++) {
+        const int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+        const int mn = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        k->sc[2 * j] = k->sc[2 * j + 1] = sc, k->mn[2 * j] = k->mn[2 * j + 1] = mn;
+    }
+}
+
+static inline void unpack_nibbles32(const uint8_t *qs, int8_t *q) {
+    /* group g of 32 bytes: low nibbles are weights 64g + l, high nibbles 64g + 32 + l */
+    for (int g = 0; g < 4; g++)
+        for (int l = 0; l < 32; l++) {
+            q[64 * g + l] = (int8_t)(qs[32 * g + l] & 0x0f);
+            q[64 * g + 32 + l] = (int8_t)(qs[32 * g + l] >> 4);
+        }
+}
+
+static inline void unpack_q4_k(const block_q4_K *b, kblock *k) {
+    unpack_nibbles32(b->qs, k->q);
+    unpack_k4_scales(b->scales, k);
+    k->d = f16_to_f32(b->d), k->dmin = f16_to_f32(b->dmin);
+}
+
+static inline void unpack_q5_k(const block_q5_K *b, kblock *k) {
+    unpack_nibbles32(b->qs, k->q);
+    for (int s = 0; s < 8; s++)  /* bit s of qh[l] is the fifth bit of weight 32s + l */
+        for (int l = 0; l < 32; l++) k->q[32 * s + l] = (int8_t)(k->q[32 * s + l] | (((b->qh[l] >> s) & 1) << 4));
+    unpack_k4_scales(b->scales, k);
+    k->d = f16_to_f32(b->d), k->dmin = f16_to_f32(b->dmin);
+}
+
+static inline void unpack_q6_k(const block_q6_K *b, kblock *k) {
+    for (int h = 0; h < 2; h++)
+        for (int c = 0; c < 4; c++)  /* weights 128h + 32c + l: nibble of ql[64h + 32(c % 2) + l], crumb c of qh */
+            for (int l = 0; l < 32; l++) {
+                const int ql = b->ql[64 * h + 32 * (c & 1) + l], low = c < 2 ? ql & 0x0f : ql >> 4;
+                k->q[128 * h + 32 * c + l] = (int8_t)((low | (((b->qh[32 * h + l] >> (2 * c)) & 3) << 4)) - 32);
+            }
+    for (int j = 0; j < 16; j++) k->sc[j] = b->scales[j], k->mn[j] = 0;
+    k->d = f16_to_f32(b->d), k->dmin = 0.0f;
+}
+
+static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
+    memcpy(k->q, b->qs, QK_K);
+    for (int j = 0; j < 16; j++) k->sc[j] = 1, k->mn[j] = 0;
+    k->d = b->d, k->dmin = 0.0f;
+}
+
+#define SIGNED_DOT(q, x, s0, s1) dot32_scaled((q), (x), (s0), (s1))
+#define UNSIGNED_DOT(q, x, s0, s1) udot32_scaled((const uint8_t *)(q), (x), (s0), (s1))
+
+#define KQUANT_TILE(NAME, BLOCK, UNPACK, DOT, HAS_MIN)                                                      \
+    static inline __attribute__((always_inline)) void body_##NAME(                                          \
+        const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
+        int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
+        float sum[TILE_ROWS][TILE_TOKENS] = {{0}};                                                           \
+        kblock k;                                                                                            \
+        for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + ib, &k);                                  \
+                for (int t = 0; t < nt; t++) {                                                               \
+                    const block_q8_K *xb = (const block_q8_K *)(x + (size_t)t * x_stride) + ib;              \
+                    i32x8 acc = i32x8_zero();                                                                \
+                    for (int c = 0; c < 8; c++)                                                              \
+                        acc = i32x8_add(acc, DOT(k.q + 32 * c, xb->qs + 32 * c, k.sc[2 * c], k.sc[2 * c + 1])); \
+                    sum[r][t] += (xb->d * k.d) * (float)i32x8_sum(acc);                                      \
+                    if (HAS_MIN) {                                                                           \
+                        int summs = 0;                                                                       \
+                        for (int j = 0; j < 16; j++) summs += xb->bsums[j] * k.mn[j];                        \
+                        sum[r][t] -= (xb->d * k.dmin) * (float)summs;                                        \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int t = 0; t < nt; t++) y[t * y_stride + r] = sum[r][t];                                    \
+    }                                                                                                        \
+    DISPATCH_TILE(NAME)
+
+KQUANT_TILE(q2_k, block_q2_K, unpack_q2_k, UNSIGNED_DOT, 1)
+KQUANT_TILE(q3_k, block_q3_K, unpack_q3_k, SIGNED_DOT, 0)
+KQUANT_TILE(q4_k, block_q4_K, unpack_q4_k, UNSIGNED_DOT, 1)
+KQUANT_TILE(q5_k, block_q5_K, unpack_q5_k, UNSIGNED_DOT, 1)
+KQUANT_TILE(q6_k, block_q6_K, unpack_q6_k, SIGNED_DOT, 0)
+KQUANT_TILE(q8_k, block_q8_K, unpack_q8_k, SIGNED_DOT, 0)

@@ -1,0 +1,121 @@
+/* The one arithmetic primitive of the integer formats, in 8 lanes, and the float lanes it feeds.
+ *
+ * dot32(w, x): 32 int8 weights times 32 int8 activations as 8 int32 lanes, lane i holding the sum of
+ * products 4i..4i+3. Integer sums are exact, so every variant gets the same lanes: VNNI's vpdpbusd,
+ * AVX2's vpmaddubsw + vpmaddwd, or plain C. The float side (lanes times a block scale, added to an
+ * accumulator, then a fixed pairwise sum) is written out op by op in the same order everywhere, and
+ * the library is built with -ffp-contract=off, so all variants produce the same bits.
+ *
+ * Signed weights use the sign trick (|w| unsigned times x with w's sign), as llama.cpp does on x86;
+ * udot32 is for weights known to be 0..63, where vpmaddubsw cannot saturate.
+ */
+#pragma once
+
+#include "realm_native.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+typedef __m256i i32x8;
+typedef __m256 f32x8;
+
+static inline __m256i u8_times_s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+static inline i32x8 dot32(const int8_t *w, const int8_t *x) {
+    __m256i a = _mm256_loadu_si256((const __m256i *)w), b = _mm256_loadu_si256((const __m256i *)x);
+    return u8_times_s8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+}
+static inline i32x8 udot32(const uint8_t *w, const int8_t *x) {
+    return u8_times_s8(_mm256_loadu_si256((const __m256i *)w), _mm256_loadu_si256((const __m256i *)x));
+}
+/* i32x8_scale2(dot32(w, x), s0, s1) in two instructions: vpmaddubsw's 16-bit pair sums (at most
+ * 2 * 128 * 127, no saturation) times the scales by vpmaddwd, which also adds the pairs into lanes. */
+static inline i32x8 dot32_scaled(const int8_t *w, const int8_t *x, int s0, int s1) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)w), b = _mm256_loadu_si256((const __m256i *)x);
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+    return _mm256_madd_epi16(pairs, _mm256_setr_m128i(_mm_set1_epi16((short)s0), _mm_set1_epi16((short)s1)));
+}
+static inline i32x8 udot32_scaled(const uint8_t *w, const int8_t *x, int s0, int s1) {  /* w <= 127 */
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)w),
+                                               _mm256_loadu_si256((const __m256i *)x));
+    return _mm256_madd_epi16(pairs, _mm256_setr_m128i(_mm_set1_epi16((short)s0), _mm_set1_epi16((short)s1)));
+}
+static inline i32x8 i32x8_zero(void) { return _mm256_setzero_si256(); }
+static inline i32x8 i32x8_add(i32x8 a, i32x8 b) { return _mm256_add_epi32(a, b); }
+/* a * s, lanes 0-3 scaled by s0 and lanes 4-7 by s1 (the two 16-weight halves of a 32-weight chunk) */
+static inline i32x8 i32x8_scale2(i32x8 a, int s0, int s1) {
+    return _mm256_mullo_epi32(a, _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1));
+}
+static inline int i32x8_sum(i32x8 a) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+}
+static inline f32x8 f32x8_zero(void) { return _mm256_setzero_ps(); }
+static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { return _mm256_add_ps(a, b); }
+/* acc + float(lanes) * s, as a multiply then an add (no fused rounding) */
+static inline f32x8 f32x8_mul_add(f32x8 acc, i32x8 lanes, float s) {
+    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(s)));
+}
+/* ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) */
+static inline float f32x8_sum(f32x8 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+#else /* portable C, the same lanes */
+
+typedef struct { int32_t v[8]; } i32x8;
+typedef struct { float v[8]; } f32x8;
+
+static inline i32x8 dot32(const int8_t *w, const int8_t *x) {
+    i32x8 r;
+    for (int i = 0; i < 8; i++) {
+        int32_t s = 0;
+        for (int j = 4 * i; j < 4 * i + 4; j++) s += (int32_t)w[j] * x[j];
+        r.v[i] = s;
+    }
+    return r;
+}
+static inline i32x8 udot32(const uint8_t *w, const int8_t *x) {
+    i32x8 r;
+    for (int i = 0; i < 8; i++) {
+        int32_t s = 0;
+        for (int j = 4 * i; j < 4 * i + 4; j++) s += (int32_t)w[j] * x[j];
+        r.v[i] = s;
+    }
+    return r;
+}
+static inline i32x8 i32x8_zero(void) { i32x8 r = {{0}}; return r; }
+static inline i32x8 i32x8_add(i32x8 a, i32x8 b) { for (int i = 0; i < 8; i++) a.v[i] += b.v[i]; return a; }
+static inline i32x8 i32x8_scale2(i32x8 a, int s0, int s1) {
+    for (int i = 0; i < 8; i++) a.v[i] *= i < 4 ? s0 : s1;
+    return a;
+}
+static inline i32x8 dot32_scaled(const int8_t *w, const int8_t *x, int s0, int s1) {
+    return i32x8_scale2(dot32(w, x), s0, s1);
+}
+static inline i32x8 udot32_scaled(const uint8_t *w, const int8_t *x, int s0, int s1) {
+    return i32x8_scale2(udot32(w, x), s0, s1);
+}
+static inline int i32x8_sum(i32x8 a) { int s = 0; for (int i = 0; i < 8; i++) s += a.v[i]; return s; }
+static inline f32x8 f32x8_zero(void) { f32x8 r = {{0}}; return r; }
+static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { for (int i = 0; i < 8; i++) a.v[i] += b.v[i]; return a; }
+static inline f32x8 f32x8_mul_add(f32x8 acc, i32x8 lanes, float s) {
+    for (int i = 0; i < 8; i++) acc.v[i] = acc.v[i] + (float)lanes.v[i] * s;
+    return acc;
+}
+static inline float f32x8_sum(f32x8 a) {
+    const float *l = a.v;
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+#endif

@@ -1,0 +1,131 @@
+/* Shared definitions of the native CPU kernels: ggml's block layouts, f16/bf16 conversions, the
+ * activation types each weight format is paired with, and the tile signature every format implements.
+ *
+ * Layouts are ggml's (ggml-common.h); the byte diagrams live next to the NumPy dequantizers in
+ * host_functions/quants.py. Blocks are packed because weight rows come straight from the memory-mapped
+ * GGUF file, where an 18-byte Q4_0 block has no alignment to speak of.
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define QK 32     /* weights per legacy block */
+#define QK_K 256  /* weights per K-quant super-block */
+
+#define PACKED __attribute__((packed, aligned(1)))
+#define HIDDEN __attribute__((visibility("hidden")))
+#define EXPORT __attribute__((visibility("default")))
+
+/* GGML type numbers (ggml.h's enum ggml_type) for the formats of the quant table. */
+enum {
+    T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q8_1 = 9,
+    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_Q8_K = 15, T_BF16 = 30,
+};
+
+typedef struct PACKED { uint16_t d; uint8_t qs[16]; } block_q4_0;
+typedef struct PACKED { uint16_t d, m; uint8_t qs[16]; } block_q4_1;
+typedef struct PACKED { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0;
+typedef struct PACKED { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } block_q5_1;
+typedef struct PACKED { uint16_t d; int8_t qs[32]; } block_q8_0;
+typedef struct PACKED { uint16_t d, s; int8_t qs[32]; } block_q8_1;
+typedef struct PACKED { uint8_t scales[16]; uint8_t qs[64]; uint16_t d, dmin; } block_q2_K;
+typedef struct PACKED { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint16_t d; } block_q3_K;
+typedef struct PACKED { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } block_q4_K;
+typedef struct PACKED { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } block_q5_K;
+typedef struct PACKED { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } block_q6_K;
+typedef struct PACKED { float d; int8_t qs[256]; int16_t bsums[16]; } block_q8_K;
+
+_Static_assert(sizeof(block_q4_0) == 18 && sizeof(block_q4_1) == 20 && sizeof(block_q5_0) == 22 &&
+               sizeof(block_q5_1) == 24 && sizeof(block_q8_0) == 34 && sizeof(block_q8_1) == 36 &&
+               sizeof(block_q2_K) == 84 && sizeof(block_q3_K) == 110 && sizeof(block_q4_K) == 144 &&
+               sizeof(block_q5_K) == 176 && sizeof(block_q6_K) == 210 && sizeof(block_q8_K) == 292,
+               "ggml block sizes");
+
+/* ---- float conversions (every variant rounds alike: round to nearest even) ---------------------- */
+
+static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+#if defined(__F16C__)
+#include <immintrin.h>
+static inline float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+static inline uint16_t f32_to_f16(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#else
+static inline float f16_to_f32(uint16_t h) {
+    /* Exponent rebias by a multiply (handles subnormals exactly); inf/NaN by their own branch. */
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, rest = h & 0x7fff;
+    if (rest >= 0x7c00) return bits_f32(sign | 0x7f800000 | ((uint32_t)(rest & 0x3ff) << 13));
+    return bits_f32(sign | f32_bits(bits_f32(rest << 13) * 0x1.0p+112f));
+}
+static inline uint16_t f32_to_f16(float f) {
+    /* The classic scale-and-add rounding: adding a power of two aligns the mantissa so that the
+     * float adder itself rounds to nearest even at f16 precision. */
+    float base = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    uint32_t w = f32_bits(f), shl1 = w + w, sign = w & 0x80000000u, bias = shl1 & 0xff000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    base = bits_f32((bias >> 1) + 0x07800000u) + base;
+    uint32_t bits = f32_bits(base), nonsign = ((bits >> 13) & 0x7c00u) + (bits & 0x0fffu);
+    return (uint16_t)((sign >> 16) | (shl1 > 0xff000000u ? 0x7e00u : nonsign));
+}
+#endif
+
+static inline float bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 64); /* quiet NaN, as ggml */
+    return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+}
+
+/* ---- activation types: what a weight format's dot product multiplies against -------------------- */
+
+enum { ACT_F32, ACT_F16, ACT_BF16, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
+
+/* One tile of outputs: y[t * y_stride + r] = dot(weight row r, activation row t) for r < nr <= TILE_ROWS,
+ * t < nt <= TILE_TOKENS; rows hold n_blocks blocks. Every output goes through the same arithmetic
+ * whatever nr and nt are, which is what makes results independent of batch size and thread split. */
+#define TILE_ROWS 4
+#define TILE_TOKENS 4
+typedef void (*tile_fn)(const uint8_t *w, size_t w_stride, int nr, const uint8_t *x, size_t x_stride, int nt,
+                        int64_t n_blocks, float *y, int64_t y_stride);
+
+/* tile_NAME calls body_NAME with nr and nt as constants, so that each of the 16 shapes compiles to its
+ * own fully unrolled loop with the accumulators in registers (the arithmetic per output is the same). */
+#define TILE_CASE(NAME, R, T) \
+    case (R) * 8 + (T): body_##NAME(w, w_stride, R, x, x_stride, T, n_blocks, y, y_stride); break;
+#define TILE_CASES_R(NAME, R) TILE_CASE(NAME, R, 1) TILE_CASE(NAME, R, 2) TILE_CASE(NAME, R, 3) TILE_CASE(NAME, R, 4)
+#define DISPATCH_TILE(NAME)                                                                                  \
+    HIDDEN void tile_##NAME(const uint8_t *w, size_t w_stride, int nr, const uint8_t *x, size_t x_stride,    \
+                            int nt, int64_t n_blocks, float *y, int64_t y_stride) {                         \
+        switch (nr * 8 + nt) {                                                                               \
+            TILE_CASES_R(NAME, 1) TILE_CASES_R(NAME, 2) TILE_CASES_R(NAME, 3) TILE_CASES_R(NAME, 4)          \
+        default: break;                                                                                      \
+        }                                                                                                    \
+    }
+
+/* Activation quantizers (quantize.c): one row of k values into the row's activation encoding. */
+HIDDEN void quantize_row_act(int act, const float *x, uint8_t *out, int64_t k);
+HIDDEN int64_t act_row_bytes(int act, int64_t k);
+
+/* Tiles, one per weight format (dot_legacy.c, dot_kquants.c, dot_float.c). */
+HIDDEN void tile_q4_0(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q4_1(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q5_0(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q5_1(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q8_0(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q8_1(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q2_k(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q3_k(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q4_k(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q5_k(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q6_k(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_q8_k(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_f32(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_f16(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+HIDDEN void tile_bf16(const uint8_t *, size_t, int, const uint8_t *, size_t, int, int64_t, float *, int64_t);
+
+/* Thread pool (pool.c): run fn(arg, i, n) on threads i = 0..n-1 (0 is the caller) and wait for all. */
+typedef void (*pool_fn)(void *arg, int ith, int nth);
+HIDDEN void pool_run(pool_fn fn, void *arg);
+HIDDEN int pool_threads(void);

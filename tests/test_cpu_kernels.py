@@ -1,0 +1,155 @@
+"""The native CPU kernels against their NumPy references, on the CPU's best variant and on plain C.
+
+The parametrized cases are the kernel harness's quick cpu suite (`realm kernels test --backend cpu
+--quick` runs the same ones): every weight format, 1..20 activation rows, rows that are not a multiple
+of the tile or the thread split, short and long rows, zero and extreme scales, and the activation
+encoders byte for byte. Then what the scheduler relies on: every output row is the same bits whatever
+the number of rows in the call and the number of threads, and every variant computes the same bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from gguf import GGMLQuantizationType
+
+from host_functions import kernel_harness as harness
+from host_functions import native
+from host_functions.backends.cpu_kernel_cases import (MATMUL_TOL, CpuKernelContext, decode_activations,
+                                                      encode_activations, matmul_scale, reference_matmul)
+from host_functions.errors import BackendError
+from realm.cli import main
+
+BEST = native.load()
+CASES = harness.select_cases(quick=True, backend="cpu")
+
+
+@pytest.fixture(scope="module")
+def portable() -> native.Kernels:
+    """The plain C variant, loaded as REALM_CPU_KERNELS=portable makes every load() do."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(native.VARIANT_ENV, "portable")
+        kernels = native.load()
+    assert kernels.variant.name == "portable"
+    return kernels
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_cpu_kernel_case_matches_numpy_reference(case: harness.KernelCase) -> None:
+    result = harness.run_case(CpuKernelContext(BEST), case, reps=0)
+    assert result.error is None, result.error
+    assert result.passed, f"max rel err {result.max_rel_err:.3g} > tol {result.tol:.3g}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_portable_kernel_case_matches_numpy_reference(portable: native.Kernels, case: harness.KernelCase) -> None:
+    result = harness.run_case(CpuKernelContext(portable), case, reps=0)
+    assert result.passed, result.error or f"max rel err {result.max_rel_err:.3g} > tol {result.tol:.3g}"
+
+
+def test_quick_suite_covers_every_format_and_activation_type() -> None:
+    covered = {(c.kernel, c.fmt) for c in CASES}
+    assert {("matmul", fmt) for fmt in harness.MATMUL_FORMATS} <= covered
+    assert {("quantize", act) for act in ("Q8_0", "Q8_1", "Q8_K", "F32", "F16", "BF16")} <= covered
+
+
+def _weight_and_x(fmt: str, rng: np.random.Generator, n_rows: int = 37, n_tok: int = 16):
+    k = 512
+    tensor = harness.random_weight(fmt, n_rows, k, rng)
+    return tensor, tensor.raw_bytes().reshape(n_rows, -1), rng.standard_normal((n_tok, k)).astype(np.float32) * 3
+
+
+@pytest.mark.parametrize("fmt", harness.MATMUL_FORMATS)
+def test_rows_are_identical_whatever_the_batch_and_thread_count(fmt: str) -> None:
+    """Batch invariance: row t of a 16-row call equals the 1-row call on row t, bit for bit, with 1,
+    2 and 3 threads (fixed reduction order per output)."""
+    tensor, blocks, x = _weight_and_x(fmt, np.random.default_rng(1))
+    weights = [(int(tensor.qtype), blocks)]
+    kernels = native.load()
+    try:
+        singles = np.concatenate([kernels.matmul(weights, 512, x[t:t + 1]) for t in range(len(x))])
+        for threads in (1, 2, 3):
+            kernels.set_threads(threads)
+            assert np.array_equal(kernels.matmul(weights, 512, x), singles), f"{threads} threads"
+            assert np.array_equal(kernels.matmul(weights, 512, x[5:12]), singles[5:12])
+    finally:
+        kernels.set_threads(native.default_threads())
+
+
+@pytest.mark.parametrize("fmt", harness.MATMUL_FORMATS)
+def test_every_variant_computes_the_same_bits(portable: native.Kernels, fmt: str) -> None:
+    tensor, blocks, x = _weight_and_x(fmt, np.random.default_rng(2))
+    weights = [(int(tensor.qtype), blocks)]
+    assert np.array_equal(BEST.matmul(weights, 512, x), portable.matmul(weights, 512, x))
+    assert np.array_equal(BEST.quantize_activations(int(tensor.qtype), x),
+                          portable.quantize_activations(int(tensor.qtype), x))
+
+
+def test_fused_call_equals_separate_calls_over_mixed_formats() -> None:
+    """Q|K|V with V in another format (as the default model stores it): one call, same bits."""
+    rng = np.random.default_rng(3)
+    parts = [harness.random_weight(fmt, rows, 640, rng) for fmt, rows in (("Q5_0", 40), ("Q5_0", 9), ("Q8_0", 9))]
+    weights = [(int(t.qtype), t.raw_bytes().reshape(t.shape[0], -1)) for t in parts]
+    x = rng.standard_normal((3, 640)).astype(np.float32)
+    separate = np.concatenate([BEST.matmul([w], 640, x) for w in weights], axis=1)
+    assert np.array_equal(BEST.matmul(weights, 640, x), separate)
+
+
+def test_one_wrong_quant_fails_the_tolerance() -> None:
+    """The check can fail: two wrong quants per Q4_K super-block of one row move its outputs far beyond
+    MATMUL_TOL."""
+    rng = np.random.default_rng(4)
+    tensor, blocks, x = _weight_and_x("Q4_K", rng, n_rows=8, n_tok=2)
+    w_ref = harness.reference_dequantize(tensor)
+    got = BEST.matmul([(int(tensor.qtype), blocks)], 512, x)
+    ref = reference_matmul("Q4_K", w_ref, blocks, x)
+    scale = matmul_scale("Q4_K", blocks, w_ref, decode_activations("Q4_K", encode_activations("Q4_K", x), 512))
+    assert np.all(np.abs(got - ref) <= MATMUL_TOL * scale)
+    broken = blocks.copy()
+    broken[3, 20::144] ^= 0x88  # row 3: in each super-block, one byte of quants (two weights, off by 8)
+    got = BEST.matmul([(int(tensor.qtype), broken)], 512, x)
+    assert np.any(np.abs(got - ref)[:, 3] > 10 * MATMUL_TOL * scale[:, 3])
+
+
+def test_bad_calls_are_errors_not_crashes() -> None:
+    rows = np.zeros((4, 34), np.uint8)
+    with pytest.raises(BackendError, match="do not fit"):
+        BEST.matmul([(int(GGMLQuantizationType.Q8_0), rows)], 64, np.zeros((1, 32), np.float32))
+    with pytest.raises(BackendError, match="refused"):  # 34-byte rows are too short for 64 Q8_0 weights
+        BEST.matmul([(int(GGMLQuantizationType.Q8_0), rows)], 64, np.zeros((1, 64), np.float32))
+    with pytest.raises(BackendError, match="refused"):  # IQ2_XXS: not in the quant table
+        BEST.matmul([(16, rows)], 32, np.zeros((1, 32), np.float32))
+
+
+def test_variant_selection_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.VARIANT_ENV, "portable")
+    assert native.select_variant().name == "portable"
+    monkeypatch.setenv(native.VARIANT_ENV, "sse9")
+    with pytest.raises(BackendError, match="choose from"):
+        native.select_variant()
+    monkeypatch.delenv(native.VARIANT_ENV)
+    flags = native.cpu_flags()
+    best = native.select_variant()
+    assert best.needs <= flags and "amx" not in best.mcpu  # AMX traps here: never compiled in
+
+
+def test_threads_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.THREADS_ENV, "two")
+    with pytest.raises(BackendError, match="positive integer"):
+        native.default_threads()
+    monkeypatch.setenv(native.THREADS_ENV, "3")
+    assert native.default_threads() == 3
+
+
+def test_library_is_cached_by_source_hash() -> None:
+    path = native.library_path(BEST.variant)
+    assert path == BEST.path and path.exists() and BEST.variant.name in path.name
+
+
+def test_cli_runs_the_cpu_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.VARIANT_ENV, "portable")
+    result = CliRunner().invoke(main, ["kernels", "test", "--backend", "cpu", "--format", "Q6_K", "--quick",
+                                       "--reps", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"passed": true' in result.output and '"passed": false' not in result.output
