@@ -2,9 +2,12 @@
  * generate.c: Realm's reference guest, standard text generation.
  *
  * Request (JSON object): "prompt" (string), "max_tokens" (int, default 128), "stop" (array of
- * strings), and the sampling parameters ("temperature", "top_k", "top_p", "min_p",
- * "repeat_penalty", "presence_penalty", "frequency_penalty", "repeat_last_n", "seed"), which go
- * to the host's sampler unchanged.
+ * strings), "special" (true: special-token text in the prompt, such as a rendered chat
+ * template's "<start_of_turn>", becomes special tokens), "logprobs" (int 0..20: report every
+ * generated token's log-probability with that many alternatives), and the sampling parameters
+ * ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty",
+ * "frequency_penalty", "repeat_last_n", "seed", "logit_bias"), which go to the host's sampler
+ * unchanged.
  *
  * Per token the guest makes n_layers + 6 host calls: sample, token_is_eog, text_push,
  * seq_append, forward_layer for every layer, seq_finish, and emit. The 262144 logits of a large
@@ -97,6 +100,7 @@ static int32_t read_stops(json_slice request, stopper *s) {
 
 typedef struct {
     int32_t seq, sampler, n_layers, capacity;
+    int32_t top_logprobs; /* -1: the client wants no logprobs */
     char *text;
     stopper stops;
 } generation;
@@ -122,6 +126,7 @@ static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt, int64
         int32_t token = realm_sample(g->seq, g->sampler, 0, 0, REALM_BIAS_ADD);
         if (token < 0) return token;
         if (realm_token_is_eog(token)) break;
+        if (g->top_logprobs >= 0 && (rc = realm_token_logprobs(g->seq, token, g->top_logprobs)) < 0) return rc;
         if ((rc = push_text(g, token)) < 0) return rc;
         if (g->stops.stopped || produced + 1 == max_tokens || length == g->capacity) break;
         if ((rc = realm_seq_append(g->seq, &token, 1)) < 0) return rc;
@@ -140,8 +145,14 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     int64_t max_tokens = DEFAULT_MAX_TOKENS;
     if (json_get(req, "max_tokens", &value) && (!json_int(value, &max_tokens) || max_tokens < 1))
         return realm_fail(REALM_ERR_INVALID_ARGUMENT, "max_tokens must be a positive integer");
+    int32_t flags = REALM_TOKENIZE_ADD_SPECIAL;
+    if (json_get(req, "special", &value) && json_is_true(value)) flags |= REALM_TOKENIZE_PARSE_SPECIAL;
+    int64_t top_logprobs = -1;
+    if (json_get(req, "logprobs", &value) && (!json_int(value, &top_logprobs) || top_logprobs < 0 || top_logprobs > 20))
+        return realm_fail(REALM_ERR_INVALID_ARGUMENT, "logprobs must be an integer 0..20");
 
     generation g;
+    g.top_logprobs = (int32_t)top_logprobs;
     int32_t rc = read_stops(req, &g.stops);
     if (rc < 0) return rc;
     realm_model_info info;
@@ -150,10 +161,10 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
 
     int32_t cap = prompt_len + 8;
     int32_t *ids = realm_alloc(cap * 4);
-    int32_t n_ids = realm_tokenize(prompt, prompt_len, REALM_TOKENIZE_ADD_SPECIAL, ids, cap);
+    int32_t n_ids = realm_tokenize(prompt, prompt_len, flags, ids, cap);
     if (n_ids > cap) { /* never for real tokenizers, but the ABI allows it */
         ids = realm_alloc(n_ids * 4);
-        n_ids = realm_tokenize(prompt, prompt_len, REALM_TOKENIZE_ADD_SPECIAL, ids, n_ids);
+        n_ids = realm_tokenize(prompt, prompt_len, flags, ids, n_ids);
     }
     if (n_ids < 0) return n_ids;
     if (n_ids == 0) return REALM_OK; /* nothing to continue */

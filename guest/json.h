@@ -178,6 +178,10 @@ static inline int json_int(json_slice v, int64_t *out) {
     return 1;
 }
 
+static inline int json_is_true(json_slice v) {
+    return v.n == 4 && v.p[0] == 't' && v.p[1] == 'r' && v.p[2] == 'u' && v.p[3] == 'e';
+}
+
 /* Iterate an array: start with *cursor = the array's slice; each call yields the next item. */
 static inline int json_array_next(json_slice *cursor, json_slice *item) {
     const char *p = cursor->p, *end = cursor->p + cursor->n;

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from realm.errors import GuestError, QuotaExceeded, RealmError
+from realm.errors import Cancelled, GuestError, QuotaExceeded, RealmError
 
 from .model import Model, Sequence
 from .sampling import Sampler, SamplingParams
@@ -38,6 +38,7 @@ ALLOC_EXPORT = "realm_alloc"  # (size: i32) -> i32 pointer, 0 on failure
 MEMORY_EXPORT = "memory"
 
 MAX_SAMPLERS = 64  # live samplers per request; a sampler is small, so this only stops runaway loops
+MAX_TOP_LOGPROBS = 20  # alternatives per reported token (OpenAI's top_logprobs maximum)
 _MAX_I32 = 2**31 - 1
 
 
@@ -223,6 +224,15 @@ class SamplerState:
     sampler: Sampler
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and its most likely alternatives, as the guest reported it."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token, logprob), most likely first
+
+
 @dataclass
 class CallStats:
     """How often the guest called one host function and the seconds spent in it."""
@@ -235,7 +245,7 @@ class Session:
     """The host side of one guest request: model, limits, handles, output, log, trace and failure."""
 
     def __init__(self, model: Model, limits: Limits, on_text: Callable[[str], None] | None = None,
-                 tenant: str = "") -> None:
+                 tenant: str = "", cancelled: Callable[[], bool] | None = None) -> None:
         self.model, self.limits, self.tenant = model, limits, tenant
         self.config, self.tokenizer = model.config, model.tokenizer
         self.n_ctx = min(model.config.context_length, limits.max_context)
@@ -253,10 +263,15 @@ class Session:
         self.output_bytes = 0
         self.log_bytes = 0
         self.text_bytes = 0
+        self.logprobs: list[TokenLogprob] = []  # what the guest reported with token_logprobs
+        self.cancelled = cancelled  # the client went away: end the request at its next host call
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def enter(self) -> None:
-        """Account for one host call: QuotaExceeded past the wall clock or the host-call budget."""
+        """Account for one host call: QuotaExceeded past the wall clock or the host-call budget,
+        Cancelled once the request's client has gone."""
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled("the client cancelled the request")
         self.host_calls += 1
         if self.host_calls > self.limits.max_host_calls:
             raise QuotaExceeded(f"guest made more than its limit of {self.limits.max_host_calls} host calls")
@@ -507,6 +522,24 @@ def sample(s: Session, mem: GuestMemory, seq: int, sampler: int, bias_ptr: int, 
     return int(smp.sampler.sample(logits, state.seq.tokens))
 
 
+@host("seq", "token", "top_k")
+def token_logprobs(s: Session, mem: GuestMemory, seq: int, token: int, top_k: int) -> int:
+    """Report `token`'s log-probability under the last step's logits (before any sampler change),
+    with the top_k (0..20) most likely tokens, to the client (OpenAI `logprobs`)."""
+    logits = s.handles.get(seq, SeqState).require_logits()
+    _token(s, token)
+    if not 0 <= top_k <= MAX_TOP_LOGPROBS:
+        raise AbiError(Status.INVALID_ARGUMENT, f"top_k must be 0..{MAX_TOP_LOGPROBS}, got {top_k}")
+    if len(s.logprobs) >= s.limits.max_tokens:
+        raise AbiError(Status.LIMIT, f"more than {s.limits.max_tokens} tokens' logprobs reported")
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    logp = shifted - np.log(np.exp(shifted).sum())
+    top = np.argpartition(-logp, top_k)[:top_k] if top_k else np.zeros(0, np.int64)
+    top = top[np.argsort(-logp[top], kind="stable")]
+    s.logprobs.append(TokenLogprob(token, float(logp[token]), tuple((int(i), float(logp[i])) for i in top)))
+    return Status.OK
+
+
 # --- text out ------------------------------------------------------------------------------------
 
 @host("seq", "token", "out_ptr", "out_cap")
@@ -564,12 +597,26 @@ def sampling_params_from_json(data: bytes) -> SamplingParams:
     kwargs = {k: v for k, v in obj.items() if k in names}
     if isinstance(kwargs.get("stop"), list):
         kwargs["stop"] = tuple(kwargs["stop"])
+    if "logit_bias" in kwargs:
+        kwargs["logit_bias"] = _logit_bias(kwargs["logit_bias"])
     try:
         params = SamplingParams(**kwargs)
         params.validate()
     except (RealmError, TypeError, ValueError) as exc:
         raise AbiError(Status.INVALID_ARGUMENT, f"bad sampling parameters: {exc}") from None
     return params
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias` ({"token id": bias}) as (token, bias) pairs; INVALID_ARGUMENT if malformed."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise AbiError(Status.INVALID_ARGUMENT, "logit_bias must be an object of token id -> bias")
+    try:
+        return tuple((int(k), v) for k, v in value.items())
+    except ValueError:
+        raise AbiError(Status.INVALID_ARGUMENT, "logit_bias keys must be token ids and values numbers") from None
 
 
 def _biased(logits: np.ndarray, mem: GuestMemory, ptr: int, n: int, mode: int) -> np.ndarray:

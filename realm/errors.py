@@ -31,3 +31,11 @@ class QuotaExceeded(GuestError):
 
 class TenantError(RealmError):
     """A tenant operation failed (unknown tenant, duplicate name, bad deployment)."""
+
+
+class Cancelled(RealmError):
+    """A request was ended because its client went away (or the server is shutting it down)."""
+
+
+class AuthError(RealmError):
+    """A request carries no API key, or one that is unknown or revoked."""

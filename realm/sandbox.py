@@ -24,10 +24,11 @@ from typing import Any
 import wasmtime
 
 from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPORT_MODULE, MEMORY_EXPORT,
-                                AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status)
+                                AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status,
+                                TokenLogprob)
 from host_functions.model import Model
 
-from .errors import BackendError, GuestError, QuotaExceeded, RealmError
+from .errors import BackendError, Cancelled, GuestError, QuotaExceeded, RealmError
 
 MAX_MODULE_BYTES = 8 << 20  # a guest is a controller, not a model: 8 MiB is generous
 EPOCH_TICK_S = 0.01  # the engine's epoch advances this often; wall-clock deadlines are in ticks
@@ -180,6 +181,7 @@ class RunResult:
     fuel_used: int
     seconds: float
     tokens_fed: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # reported by the guest (token_logprobs)
 
 
 class _Abort(Exception):
@@ -195,15 +197,19 @@ class TenantSandbox:
         self.tenant = tenant
 
     def run(self, guest: GuestModule, request: Mapping[str, Any],
-            on_text: Callable[[str], None] | None = None) -> RunResult:
+            on_text: Callable[[str], None] | None = None,
+            cancelled: Callable[[], bool] | None = None) -> RunResult:
         """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text.
 
-        Raises QuotaExceeded when a limit ends the request and GuestError when the guest traps,
-        breaks the ABI or returns a non-zero status; either carries the partial RunResult as
-        `.result`. Nothing outside this request is affected.
+        `cancelled` is polled at every host call; once it returns True the request ends with
+        Cancelled and its sequences are freed.
+
+        Raises QuotaExceeded when a limit ends the request, GuestError when the guest traps,
+        breaks the ABI or returns a non-zero status, and Cancelled as above; each carries the
+        partial RunResult as `.result`. Nothing outside this request is affected.
         """
         payload = json.dumps(request, ensure_ascii=False).encode()
-        session = Session(self.model, self.limits, on_text, self.tenant)
+        session = Session(self.model, self.limits, on_text, self.tenant, cancelled)
         store = self._store()
         started = time.perf_counter()
         status = Status.INTERNAL
@@ -216,7 +222,8 @@ class TenantSandbox:
             session.close_all()
             session.finish_output()
         result = RunResult(session.text(), int(status), session.trace, session.logs,
-                           self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed)
+                           self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed,
+                           session.logprobs)
         if error is None and status != Status.OK:
             hint = f" (last host error: {session.last_error})" if session.last_error else ""
             error = GuestError(f"guest returned status {Status.describe(status)}{hint}")
@@ -300,7 +307,7 @@ def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
         except AbiError as exc:
             session.last_error = f"{name}: {exc}"
             return int(exc.status)
-        except (QuotaExceeded, BackendError) as exc:
+        except (QuotaExceeded, BackendError, Cancelled) as exc:
             session.failure = exc
         except RealmError as exc:  # the engine refused something the checks above let through
             session.last_error = f"{name}: {exc}"

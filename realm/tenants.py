@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import sqlite3
 import tempfile
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 from host_functions.abi import Limits
 
-from .errors import GuestError, TenantError
+from .errors import AuthError, GuestError, TenantError
 from .paths import realm_home
 from .sandbox import GuestModule, compile_guest, to_wasm
 
@@ -40,6 +41,19 @@ CREATE TABLE IF NOT EXISTS tenants (
     deployed_at   REAL
 )
 """
+
+# API keys: only the SHA-256 of a key is stored (keys are 256 random bits, so a plain hash is
+# enough: there is nothing to brute-force). key_id is the key's public prefix, for list/revoke.
+_KEYS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id     TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    sha256     TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+)
+"""
+KEY_PREFIX = "rk-"
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,23 @@ class Tenant:
         return {"name": self.name, "created_at": self.created_at, "module_sha256": self.module_sha256,
                 "module_size": self.module_size, "deployed_at": self.deployed_at,
                 "limits": dataclasses.asdict(self.limits)}
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A tenant's API key as stored: its public id and dates, never the key itself."""
+
+    key_id: str
+    tenant: str
+    created_at: float
+    revoked_at: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_limits(overrides: Mapping[str, str], base: Limits | None = None) -> Limits:
@@ -150,6 +181,57 @@ class TenantRegistry:
         with self._db(write=True) as db:
             if db.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount != 1:
                 raise TenantError(f"no tenant named {name!r}")
+            # A tenant created later under the same name must not inherit these keys.
+            db.execute("DELETE FROM api_keys WHERE tenant = ?", (name,))
+
+    # -- API keys ------------------------------------------------------------------------------
+
+    def create_key(self, name: str) -> tuple[ApiKey, str]:
+        """A new random key for tenant `name`: (its record, the key). The key is not stored, only
+        its hash, so this is the one time it can be shown. TenantError if there is no such tenant."""
+        self.get(name)
+        key_id = secrets.token_hex(4)
+        key = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+        record = ApiKey(key_id, name, time.time())
+        with self._db(write=True) as db:
+            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is None:
+                raise TenantError(f"no tenant named {name!r}")
+            db.execute("INSERT INTO api_keys (key_id, tenant, sha256, created_at) VALUES (?, ?, ?, ?)",
+                       (key_id, name, hash_key(key), record.created_at))
+        return record, key
+
+    def list_keys(self, name: str) -> list[ApiKey]:
+        """Tenant `name`'s keys, revoked ones included; TenantError if there is no such tenant."""
+        self.get(name)
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM api_keys WHERE tenant = ? ORDER BY created_at", (name,)).fetchall()
+        return [_api_key(r) for r in rows]
+
+    def revoke_key(self, name: str, key_id: str) -> ApiKey:
+        """Revoke tenant `name`'s key `key_id` (the id `list_keys` shows, or the whole key) at once."""
+        key_id = key_id.removeprefix(KEY_PREFIX).split("-", 1)[0]
+        with self._db(write=True) as db:
+            cur = db.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND tenant = ? "
+                             "AND revoked_at IS NULL", (time.time(), key_id, name))
+            row = db.execute("SELECT * FROM api_keys WHERE key_id = ? AND tenant = ?", (key_id, name)).fetchone()
+        if row is None:
+            raise TenantError(f"tenant {name!r} has no key {key_id!r}")
+        if cur.rowcount != 1:
+            raise TenantError(f"key {key_id} of tenant {name!r} is already revoked")
+        return _api_key(row)
+
+    def tenant_for_key(self, key: str) -> Tenant:
+        """The tenant a key belongs to; AuthError if the key is unknown or revoked, or its tenant gone."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM api_keys WHERE sha256 = ?", (hash_key(key),)).fetchone()
+        if row is None:
+            raise AuthError("invalid API key")
+        if row["revoked_at"] is not None:
+            raise AuthError("this API key has been revoked")
+        try:
+            return self.get(row["tenant"])
+        except TenantError:
+            raise AuthError("the tenant of this API key no longer exists") from None
 
     # -- storage -------------------------------------------------------------------------------
 
@@ -185,6 +267,7 @@ class TenantRegistry:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(_SCHEMA)
+            db.execute(_KEYS_SCHEMA)
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield db
@@ -207,6 +290,10 @@ def _tenant(row: sqlite3.Row) -> Tenant:
         raise TenantError(f"tenant {row['name']!r} has unreadable limits: {exc}") from None
     return Tenant(row["name"], row["created_at"], limits, row["module_sha256"], row["module_size"],
                   row["deployed_at"])
+
+
+def _api_key(row: sqlite3.Row) -> ApiKey:
+    return ApiKey(row["key_id"], row["tenant"], row["created_at"], row["revoked_at"])
 
 
 def _check_fits(guest: GuestModule, limits: Limits) -> None:

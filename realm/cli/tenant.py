@@ -13,7 +13,7 @@ from rich.table import Table
 
 from realm.cli import main
 from realm.errors import TenantError
-from realm.tenants import Tenant, TenantRegistry, parse_limits
+from realm.tenants import ApiKey, Tenant, TenantRegistry, parse_limits
 
 console = Console()
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -80,6 +80,48 @@ def delete(name: str) -> None:
     """Delete tenant NAME."""
     TenantRegistry().delete(name)
     click.echo(f"deleted tenant {name}")
+
+
+@tenant.group()
+def key() -> None:
+    """Manage a tenant's API keys (for `realm serve`)."""
+
+
+@key.command("create")
+@click.argument("name")
+@json_option
+def key_create(name: str, as_json: bool) -> None:
+    """Make a new API key for tenant NAME and print it: it is shown only this once."""
+    record, secret = TenantRegistry().create_key(name)
+    if as_json:
+        click.echo(json.dumps({**record.as_json(), "key": secret}))
+        return
+    click.echo(secret)
+    click.echo(f"key {record.key_id} for tenant {name}: store it now, it cannot be shown again", err=True)
+
+
+@key.command("list")
+@click.argument("name")
+@json_option
+def key_list(name: str, as_json: bool) -> None:
+    """List tenant NAME's keys (ids and dates; the keys themselves are not stored)."""
+    keys = TenantRegistry().list_keys(name)
+    if as_json:
+        click.echo(json.dumps([k.as_json() for k in keys]))
+        return
+    table = Table("key id", "created", "revoked", title=f"keys of {name}")
+    for k in keys:
+        table.add_row(k.key_id, _when(k.created_at), _when(k.revoked_at))
+    console.print(table)
+
+
+@key.command("revoke")
+@click.argument("name")
+@click.argument("key_id")
+def key_revoke(name: str, key_id: str) -> None:
+    """Revoke tenant NAME's key KEY_ID; a running server refuses it from its next request."""
+    revoked: ApiKey = TenantRegistry().revoke_key(name, key_id)
+    click.echo(f"revoked key {revoked.key_id} of tenant {name}")
 
 
 def _detail(t: Tenant) -> Table:
