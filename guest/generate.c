@@ -9,6 +9,9 @@
  * "frequency_penalty", "repeat_last_n", "seed", "logit_bias"), which go to the host's sampler
  * unchanged.
  *
+ * When generation ends it reports why (stop, length or context) and the token counts with
+ * result_report.
+ *
  * Per token the guest makes n_layers + 6 host calls: sample, token_is_eog, text_push,
  * seq_append, forward_layer for every layer, seq_finish, and emit. The 262144 logits of a large
  * vocabulary never cross into guest memory: the host samples.
@@ -100,7 +103,8 @@ static int32_t read_stops(json_slice request, stopper *s) {
 
 typedef struct {
     int32_t seq, sampler, n_layers, capacity;
-    int32_t top_logprobs; /* -1: the client wants no logprobs */
+    int32_t context_bound; /* the capacity is the context, not prompt + max_tokens */
+    int32_t top_logprobs;  /* -1: the client wants no logprobs */
     char *text;
     stopper stops;
 } generation;
@@ -121,20 +125,33 @@ static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt, int64
     int32_t rc = realm_seq_append(g->seq, prompt, n_prompt);
     if (rc < 0) return rc;
     if ((rc = realm_step(g->seq, g->n_layers)) < 0) return rc;
-    int32_t length = n_prompt;
-    for (int64_t produced = 0; produced < max_tokens; produced++) {
+    int32_t length = n_prompt, produced = 0, reason = REALM_FINISH_LENGTH;
+    while (produced < max_tokens) {
         int32_t token = realm_sample(g->seq, g->sampler, 0, 0, REALM_BIAS_ADD);
         if (token < 0) return token;
-        if (realm_token_is_eog(token)) break;
+        if (realm_token_is_eog(token)) {
+            reason = REALM_FINISH_STOP;
+            break;
+        }
         if (g->top_logprobs >= 0 && (rc = realm_token_logprobs(g->seq, token, g->top_logprobs)) < 0) return rc;
+        produced++;
         if ((rc = push_text(g, token)) < 0) return rc;
-        if (g->stops.stopped || produced + 1 == max_tokens || length == g->capacity) break;
+        if (g->stops.stopped) {
+            reason = REALM_FINISH_STOP;
+            break;
+        }
+        if (produced == max_tokens) break;
+        if (length == g->capacity) {
+            reason = g->context_bound ? REALM_FINISH_CONTEXT : REALM_FINISH_LENGTH;
+            break;
+        }
         if ((rc = realm_seq_append(g->seq, &token, 1)) < 0) return rc;
         if ((rc = realm_step(g->seq, g->n_layers)) < 0) return rc;
         length++;
     }
     if ((rc = push_text(g, REALM_TEXT_FLUSH)) < 0) return rc;
-    return g->stops.stopped ? REALM_OK : emit(g->stops.held, g->stops.n_held);
+    if (!g->stops.stopped && (rc = emit(g->stops.held, g->stops.n_held)) < 0) return rc;
+    return realm_result_report(reason, n_prompt, produced);
 }
 
 __attribute__((export_name("realm_main"))) int32_t realm_main(const char *request, int32_t request_len) {
@@ -170,7 +187,8 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     if (n_ids == 0) return REALM_OK; /* nothing to continue */
     if (n_ids > info.n_ctx) return realm_fail(REALM_ERR_CAPACITY, "prompt is longer than the context");
 
-    g.capacity = n_ids + max_tokens < info.n_ctx ? n_ids + (int32_t)max_tokens : info.n_ctx;
+    g.context_bound = n_ids + max_tokens > info.n_ctx;
+    g.capacity = g.context_bound ? info.n_ctx : n_ids + (int32_t)max_tokens;
     g.text = realm_alloc(TEXT_CAP);
     g.sampler = realm_sampler_new(request, request_len); /* the host reads the sampling keys */
     if (g.sampler < 0) return realm_fail(g.sampler, "bad sampling parameters");

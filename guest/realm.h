@@ -11,7 +11,7 @@
  * failure. Pointers and lengths are checked by the host; a bad one yields REALM_ERR_BAD_POINTER.
  * Handles (sequences, samplers) are opaque positive numbers valid only within one request.
  * The full reference is docs/abi.md; the numbers below are defined once, in
- * host_functions/abi.py, and a test holds this header to them.
+ * host_functions/abi/, and a test holds this header to them.
  *
  * One C file of a guest defines REALM_IMPLEMENTATION before including this header: that adds a
  * bump allocator exported as realm_alloc, and the memcpy/memset/memmove/memcmp the compiler
@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define REALM_ABI_VERSION 1
+#define REALM_ABI_VERSION 2
 
 /* Status codes: host function results (negative) and realm_main's result. */
 typedef enum {
@@ -45,6 +45,13 @@ typedef enum {
     REALM_BIAS_ALLOW = 1, /* realm_bias[bias_len]: only these tokens may be sampled (bias added) */
     REALM_BIAS_DENSE = 2  /* float[n_vocab]: added to every logit; -INFINITY masks a token */
 } realm_bias_mode;
+
+/* result_report(): why generation ended. */
+typedef enum {
+    REALM_FINISH_STOP = 1,    /* an end-of-generation token or a stop string */
+    REALM_FINISH_LENGTH = 2,  /* the request's max_tokens */
+    REALM_FINISH_CONTEXT = 3  /* the sequence's capacity (the context) was full */
+} realm_finish_reason;
 
 /* tokenize() flags */
 #define REALM_TOKENIZE_ADD_SPECIAL 1   /* add BOS as the model's tokenizer asks */
@@ -107,6 +114,8 @@ REALM_IMPORT(token_logprobs) int32_t realm_token_logprobs(int32_t seq, int32_t t
 REALM_IMPORT(text_push) int32_t realm_text_push(int32_t seq, int32_t token, char *out, int32_t out_cap);
 REALM_IMPORT(emit) int32_t realm_emit(const char *text, int32_t len);
 REALM_IMPORT(log) int32_t realm_log(int32_t level, const char *text, int32_t len);
+REALM_IMPORT(result_report) int32_t realm_result_report(int32_t finish_reason, int32_t prompt_tokens,
+                                                        int32_t completion_tokens); /* ABI 2 */
 
 /* ---- small helpers every guest wants ---- */
 

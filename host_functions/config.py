@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from realm.errors import ModelFormatError, UnsupportedError
+from .errors import ModelFormatError, UnsupportedError
 
 from .gguf_file import GGUFFile
 

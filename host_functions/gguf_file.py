@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 
-from realm.errors import ModelFormatError
+from .errors import ModelFormatError
 
 
 @dataclass(frozen=True)

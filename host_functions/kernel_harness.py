@@ -36,7 +36,7 @@ from host_functions import kernels
 from host_functions.backends.wgpu_context import GPUContext, Recorder
 from host_functions.gguf_file import RawTensor
 from host_functions.quants import QUANT_FORMATS
-from realm.errors import RealmError
+from .errors import RealmError
 
 # Modules that register cases of other kernel families when imported (add yours here).
 CASE_MODULES: list[str] = ["host_functions.backends.wgpu_op_cases"]

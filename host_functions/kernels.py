@@ -45,7 +45,7 @@ import numpy as np
 from host_functions.backends.wgpu_context import GPUContext, Recorder, workgroup_grid
 from host_functions.gguf_file import RawTensor
 from host_functions.quants import QuantFormat, quant_format, row_bytes
-from realm.errors import BackendError, ModelFormatError, UnsupportedError
+from .errors import BackendError, ModelFormatError, UnsupportedError
 
 CHUNK = 16  # weights per dequant16() call
 MAX_ROWS = 8  # rows one invocation accumulates at once (matmul.wgsl MAX_ROWS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realm.errors import BackendError, RealmError
+from .errors import BackendError, RealmError
 
 from .backends import Activations, Backend, KVCache
 from .config import ModelConfig

@@ -16,7 +16,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from host_functions.gguf_file import RawTensor
-from realm.errors import ModelFormatError, UnsupportedError
+from .errors import ModelFormatError, UnsupportedError
 
 QK_K = 256  # weights per K-quant super-block
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from realm.errors import RealmError
+from .errors import RealmError
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import Any
 
 import regex
 
-from realm.errors import ModelFormatError, RealmError, UnsupportedError
+from .errors import ModelFormatError, RealmError, UnsupportedError
 
 __all__ = ["Tokenizer", "StreamDecoder", "TokenType"]
 

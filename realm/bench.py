@@ -14,7 +14,7 @@ import numpy as np
 
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
-from realm.errors import RealmError
+from host_functions.errors import RealmError
 
 BENCH_TEXT = (
     "The history of computing is a story of abstraction. Early machines were programmed by rewiring "

@@ -26,7 +26,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from host_functions.tokenizer import Tokenizer
 
-from .errors import RealmError
+from host_functions.errors import RealmError
 
 ROLES = ("system", "user", "assistant")
 

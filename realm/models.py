@@ -13,7 +13,7 @@ from pathlib import Path
 
 from host_functions.model import Model
 
-from .errors import ModelFormatError
+from host_functions.errors import ModelFormatError
 
 _cache: dict[tuple[Path, str], Model] = {}
 _lock = threading.Lock()

@@ -28,7 +28,7 @@ from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPO
                                 TokenLogprob)
 from host_functions.model import Model
 
-from .errors import BackendError, Cancelled, GuestError, QuotaExceeded, RealmError
+from host_functions.errors import BackendError, Cancelled, GuestError, QuotaExceeded, RealmError
 
 MAX_MODULE_BYTES = 8 << 20  # a guest is a controller, not a model: 8 MiB is generous
 EPOCH_TICK_S = 0.01  # the engine's epoch advances this often; wall-clock deadlines are in ticks
@@ -181,6 +181,9 @@ class RunResult:
     fuel_used: int
     seconds: float
     tokens_fed: int
+    finish_reason: str | None = None  # as the guest reported it (result_report): "stop", "length", "context"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # reported by the guest (token_logprobs)
 
 
@@ -221,9 +224,11 @@ class TenantSandbox:
         finally:
             session.close_all()
             session.finish_output()
+        report = session.report
         result = RunResult(session.text(), int(status), session.trace, session.logs,
                            self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed,
-                           session.logprobs)
+                           *((report.finish_reason, report.prompt_tokens, report.completion_tokens) if report
+                             else (None, None, None)), session.logprobs)
         if error is None and status != Status.OK:
             hint = f" (last host error: {session.last_error})" if session.last_error else ""
             error = GuestError(f"guest returned status {Status.describe(status)}{hint}")

@@ -25,7 +25,8 @@ from typing import Any
 
 from host_functions.abi import Limits
 
-from .errors import AuthError, GuestError, TenantError
+from host_functions.errors import AuthError, GuestError, TenantError
+
 from .paths import realm_home
 from .sandbox import GuestModule, compile_guest, to_wasm
 

@@ -11,7 +11,7 @@ import pytest
 from guest_helpers import TINY_LLAMA, compile_wat, data_i32, expect, hex_words
 from host_functions.abi import Limits, Status
 from host_functions.model import Model
-from realm.errors import GuestError, QuotaExceeded, RealmError
+from host_functions.errors import GuestError, QuotaExceeded, RealmError
 from realm.sandbox import GuestModule, TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
 

@@ -22,7 +22,7 @@ from host_functions import kernels
 from host_functions.backends.wgpu_context import GPUContext
 from host_functions.gguf_file import GGUFFile, RawTensor
 from realm.cli import main
-from realm.errors import BackendError, ModelFormatError, UnsupportedError
+from host_functions.errors import BackendError, ModelFormatError, UnsupportedError
 
 DATA = Path(__file__).parent / "data"
 CTX = GPUContext.get()  # no adapter is an error here, not a skip: CI installs llvmpipe

@@ -12,7 +12,7 @@ from host_functions.config import ModelConfig
 from host_functions.gguf_file import GGUFFile
 from host_functions.model import Model
 from oracle import DATA, tiny_models
-from realm.errors import ModelFormatError, UnsupportedError
+from host_functions.errors import ModelFormatError, UnsupportedError
 
 
 def _copy_model(src: Path, dst: Path, *, arch: str | None = None, drop: str | None = None,

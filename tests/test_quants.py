@@ -11,7 +11,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from host_functions.gguf_file import GGUFFile, RawTensor
 from host_functions.quants import QUANT_FORMATS, dequantize, quant_format, row_bytes
-from realm.errors import ModelFormatError, UnsupportedError
+from host_functions.errors import ModelFormatError, UnsupportedError
 
 DATA = Path(__file__).parent / "data"
 

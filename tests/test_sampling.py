@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from host_functions.sampling import Sampler, SamplingParams, StopMatcher
-from realm.errors import RealmError
+from host_functions.errors import RealmError
 
 # Only the filter under test is on: everything else passes all tokens through.
 OPEN = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)

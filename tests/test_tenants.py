@@ -12,7 +12,7 @@ from guest_helpers import TINY_LLAMA, wat_guest
 from host_functions.abi import Limits
 from host_functions.model import Model
 from realm import paths
-from realm.errors import GuestError, TenantError
+from host_functions.errors import GuestError, TenantError
 from realm.sandbox import TenantSandbox, reference_guest_path, to_wasm
 from realm.tenants import TenantRegistry, parse_limits
 

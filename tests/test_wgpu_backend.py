@@ -17,7 +17,7 @@ from host_functions.gguf_file import GGUFFile
 from host_functions.kernels import GPUWeight
 from host_functions.model import Model
 from oracle import DATA, assert_matches, compare, reference_sequences, tolerance_for
-from realm.errors import BackendError
+from host_functions.errors import BackendError
 
 
 @pytest.fixture(scope="module")

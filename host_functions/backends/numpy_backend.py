@@ -62,39 +62,56 @@ class NumpyBackend(Backend):
     def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor],
                  progress: Callable[[float], None] | None = None) -> None:
         super().__init__(config, tensors)
-        names = list(config.expected_tensors())
-        self._types = {name: tensors[name].qtype for name in names}
-        w: dict[str, np.ndarray] = {}
-        for done, name in enumerate(names, 1):
-            w[name] = dequantize(tensors[name])
-            if progress:
-                progress(done / len(names))
-        self.token_embd = w.pop("token_embd.weight")  # (n_vocab, n_embd)
-        output_name = "token_embd.weight" if config.tied_output else "output.weight"
-        self.output = Projection(self.token_embd if config.tied_output else w.pop("output.weight"),
-                                 _ACTIVATION_ROUNDING.get(self._types[output_name]))
-        self.output_norm = w.pop("output_norm.weight")
-        self.layers = [self._fuse_layer(w, i) for i in range(config.n_layers)]
-        self.rope_factors = w.get("rope_freqs.weight")
+        self._raw = tensors
+        self._float: dict[str, np.ndarray] = {}  # dequantized weights, so a tied matrix is expanded once
+        self._n_loaded, self._n_total, self._progress = 0, len(list(config.expected_tensors())), progress
+        self.embedding = self._make_embedding(tensors["token_embd.weight"])
+        self.output = self._make_projection([tensors["token_embd.weight" if config.tied_output else "output.weight"]])
+        self.output_norm = self._vector("output_norm.weight")
+        self.layers = [self._fuse_layer(i) for i in range(config.n_layers)]
+        self.rope_factors = self._vector("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
         self._inv_freq = {base: self._rope_inv_freq(base) for base in {config.rope_base, config.rope_base_local}}
+        self._float.clear()
 
-    def _fuse_layer(self, w: dict[str, np.ndarray], i: int) -> dict[str, Projection | np.ndarray]:
-        p = f"blk.{i}."
+    # --- weight loading: the hooks a backend with another weight form (cpu: quantized) overrides ---
+
+    def _make_projection(self, raws: list[RawTensor]) -> Projection:
+        """One matrix y = x @ W.T over the rows of several weights that share an input (Q|K|V, gate|up)."""
+        rounding = {_ACTIVATION_ROUNDING.get(raw.qtype) for raw in raws}
+        weight = np.concatenate([self._dequantized(raw) for raw in raws]) if len(raws) > 1 else self._dequantized(raws[0])
+        return Projection(weight, rounding.pop() if len(rounding) == 1 else None)
+
+    def _make_embedding(self, raw: RawTensor) -> Embedding:
+        """The token embedding table, read a row per token."""
+        return Embedding(self._dequantized(raw))
+
+    def _dequantized(self, raw: RawTensor) -> np.ndarray:
+        if raw.name not in self._float:
+            self._float[raw.name] = dequantize(raw)
+            self._loaded()
+        return self._float[raw.name]
+
+    def _vector(self, name: str) -> np.ndarray:
+        """A norm or rope-factor vector: always float32, whatever the backend keeps weights as."""
+        return self._dequantized(self._raw[name])
+
+    def _loaded(self) -> None:
+        self._n_loaded += 1
+        if self._progress:
+            self._progress(min(1.0, self._n_loaded / self._n_total))
+
+    def _fuse_layer(self, i: int) -> dict[str, Projection | np.ndarray]:
+        p, raw = f"blk.{i}.", self._raw
         layer: dict[str, Projection | np.ndarray] = {
-            "qkv": self._projection(w, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]),
-            "gate_up": self._projection(w, [p + "ffn_gate.weight", p + "ffn_up.weight"]),
-            "attn_output": self._projection(w, [p + "attn_output.weight"]),
-            "ffn_down": self._projection(w, [p + "ffn_down.weight"]),
+            "qkv": self._make_projection([raw[p + "attn_q.weight"], raw[p + "attn_k.weight"], raw[p + "attn_v.weight"]]),
+            "gate_up": self._make_projection([raw[p + "ffn_gate.weight"], raw[p + "ffn_up.weight"]]),
+            "attn_output": self._make_projection([raw[p + "attn_output.weight"]]),
+            "ffn_down": self._make_projection([raw[p + "ffn_down.weight"]]),
         }
         for key in ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"):
-            if p + key + ".weight" in w:
-                layer[key] = w.pop(p + key + ".weight")
+            if p + key + ".weight" in raw:
+                layer[key] = self._vector(p + key + ".weight")
         return layer
-
-    def _projection(self, w: dict[str, np.ndarray], names: list[str]) -> Projection:
-        """Rows of several weights stacked into one matrix; they share an input so one GEMM serves all."""
-        rounding = {_ACTIVATION_ROUNDING.get(self._types[n]) for n in names}
-        return Projection(np.concatenate([w.pop(n) for n in names]), rounding.pop() if len(rounding) == 1 else None)
 
     def _rope_inv_freq(self, base: float) -> np.ndarray:
         hd = self.config.head_dim
@@ -107,7 +124,7 @@ class NumpyBackend(Backend):
         return NumpyKVCache(self.config, capacity)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
-        return self.token_embd[np.asarray(tokens, np.int64)] * np.float32(self.config.embedding_scale)
+        return self.embedding(np.asarray(tokens, np.int64)) * np.float32(self.config.embedding_scale)
 
     def layer(self, index: int, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         assert isinstance(cache, NumpyKVCache)
@@ -145,6 +162,17 @@ class NumpyBackend(Backend):
     def weight_bytes_per_token(self) -> int:
         per_layer = sum(a.nbytes for layer in self.layers for a in layer.values())
         return per_layer + self.output.nbytes
+
+
+class Embedding:
+    """Token embedding rows from a float32 (n_vocab, n_embd) table."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        """(n,) int64 ids -> (n, n_embd) float32 rows (unscaled)."""
+        return self.table[tokens]
 
 
 class Projection:

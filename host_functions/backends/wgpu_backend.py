@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from realm.errors import BackendError, UnsupportedError
+from ..errors import BackendError, UnsupportedError
 
 from .. import kernels
 from ..config import ModelConfig

@@ -1,7 +1,7 @@
 """The process-wide WebGPU context: one adapter, one device, cached pipelines and buffer helpers.
 
 Every WGSL kernel in Realm runs through `GPUContext`. Its API (all methods raise
-`realm.errors.BackendError` on failure, never a raw wgpu exception):
+`host_functions.errors.BackendError` on failure, never a raw wgpu exception):
 
     ctx = GPUContext.get()                  # singleton; BackendError if no adapter/device
     ctx.device, ctx.adapter_info            # the wgpu objects / info dict
@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from realm.errors import BackendError
+from ..errors import BackendError
 
 SHADER_DIR = Path(__file__).resolve().parents[2] / "shaders"
 COMMON_SHADER = "common.wgsl"

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from realm import __version__
-from realm.errors import RealmError
+from host_functions.errors import RealmError
 
 class RealmGroup(click.Group):
     """A click group that reports RealmError as a clean one-line error instead of a traceback."""

@@ -11,7 +11,7 @@ from realm.chat import load_chat_template
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_options
 from realm.cli.run import build_request, sampling_options
-from realm.errors import RealmError
+from host_functions.errors import RealmError
 from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
 

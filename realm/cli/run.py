@@ -16,7 +16,7 @@ from host_functions.abi import Limits
 from host_functions.sampling import SamplingParams
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_options
-from realm.errors import RealmError, TenantError
+from host_functions.errors import RealmError, TenantError
 from realm.sandbox import GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
 

@@ -11,7 +11,7 @@ import uvicorn
 from realm.chat import load_chat_template
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_options
-from realm.errors import RealmError
+from host_functions.errors import RealmError
 from realm.server import Server, ServerConfig, create_app
 
 ADMIN_KEY_ENV = "REALM_ADMIN_KEY"

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from realm.cli import main
-from realm.errors import TenantError
+from host_functions.errors import TenantError
 from realm.tenants import ApiKey, Tenant, TenantRegistry, parse_limits
 
 console = Console()

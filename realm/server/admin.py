@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import GuestError, TenantError
+from host_functions.errors import GuestError, TenantError
 from ..sandbox import MAX_MODULE_BYTES
 from ..tenants import parse_limits
 from .bodies import read_body, read_json

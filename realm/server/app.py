@@ -26,7 +26,7 @@ from starlette.routing import Route
 from host_functions.model import Model
 
 from ..chat import ChatTemplate
-from ..errors import AuthError, Cancelled, QuotaExceeded, RealmError
+from host_functions.errors import AuthError, Cancelled, QuotaExceeded, RealmError
 from ..sandbox import GuestModule, RunResult, compile_guest, reference_guest_path
 from ..tenants import Tenant, TenantRegistry
 from . import protocol

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from ..errors import AuthError
+from host_functions.errors import AuthError
 from .protocol import ApiError
 
 

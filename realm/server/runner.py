@@ -17,7 +17,7 @@ from typing import Any
 
 from host_functions.model import Model
 
-from ..errors import Cancelled
+from host_functions.errors import Cancelled
 from ..sandbox import GuestModule, RunResult, TenantSandbox
 from ..tenants import Tenant
 

@@ -1,4 +1,4 @@
-"""One error taxonomy for Realm.
+"""One error taxonomy for Realm, at the bottom layer so the engine, the ABI, the runtime and the CLI share it.
 
 Every error a user or tenant can cause is a `RealmError`; the CLI prints its message on one line and
 exits with status 1. Asserts are kept for internal invariants only.

@@ -1,0 +1,154 @@
+"""Host functions over a step's logits: read them, top-k, samplers and sampling with a bias or mask."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from ..errors import QuotaExceeded, RealmError
+from ..sampling import Sampler, SamplingParams
+from .handles import SamplerState, SeqState
+from .memory import GuestMemory
+from .registry import host
+from .checks import check_token
+from .session import Session, TokenLogprob
+from .status import AbiError, BiasMode, Status
+
+MAX_SAMPLERS = 64  # live samplers per request; a sampler is small, so this only stops runaway loops
+MAX_TOP_LOGPROBS = 20  # alternatives per reported token (OpenAI's top_logprobs maximum)
+
+_BIAS_PAIR = np.dtype([("token", "<i4"), ("bias", "<f4")])
+
+
+
+@host("seq", "out_ptr", "n")
+def logits_read(s: Session, mem: GuestMemory, seq: int, out_ptr: int, n: int) -> int:
+    """Copy the first n f32 logits of the last step into guest memory; returns n_vocab."""
+    logits = s.handles.get(seq, SeqState).require_logits()
+    mem.span(out_ptr, n, 4)
+    mem.write(out_ptr, logits[:n].astype("<f4", copy=False))
+    return len(logits)
+
+
+@host("seq", "k", "ids_ptr", "values_ptr")
+def logits_topk(s: Session, mem: GuestMemory, seq: int, k: int, ids_ptr: int, values_ptr: int) -> int:
+    """The k largest logits, highest first: ids (i32) and values (f32); returns how many were written."""
+    logits = s.handles.get(seq, SeqState).require_logits()
+    if k <= 0:
+        raise AbiError(Status.INVALID_ARGUMENT, f"k must be positive, got {k}")
+    k = min(k, len(logits))
+    mem.span(ids_ptr, k, 4)
+    mem.span(values_ptr, k, 4)
+    top = np.argpartition(-logits, k - 1)[:k]
+    top = top[np.argsort(-logits[top], kind="stable")]
+    mem.write(ids_ptr, top.astype("<i4"))
+    mem.write(values_ptr, logits[top].astype("<f4"))
+    return k
+
+
+@host("json_ptr", "json_len")
+def sampler_new(s: Session, mem: GuestMemory, json_ptr: int, json_len: int) -> int:
+    """A sampler from a JSON object of sampling parameters (unknown keys ignored); returns its handle."""
+    params = sampling_params_from_json(mem.read(json_ptr, json_len))
+    if s.handles.count(SamplerState) >= MAX_SAMPLERS:
+        raise QuotaExceeded(f"guest exceeded the limit of {MAX_SAMPLERS} live samplers")
+    return s.handles.add(SamplerState(Sampler(params)))
+
+
+@host("sampler")
+def sampler_free(s: Session, mem: GuestMemory, sampler: int) -> int:
+    """Free a sampler."""
+    s.handles.remove(sampler, SamplerState)
+    return Status.OK
+
+
+@host("seq", "sampler", "bias_ptr", "bias_len", "mode")
+def sample(s: Session, mem: GuestMemory, seq: int, sampler: int, bias_ptr: int, bias_len: int, mode: int) -> int:
+    """Sample the next token from the last step's logits, biased or masked by the guest; returns the token.
+
+    The sampler's penalties look at the sequence's cached tokens. The token is not appended: the
+    guest decides what to feed next.
+    """
+    state = s.handles.get(seq, SeqState)
+    smp = s.handles.get(sampler, SamplerState)
+    logits = state.require_logits()
+    if bias_len or mode == BiasMode.ALLOW:
+        logits = _biased(logits, mem, bias_ptr, bias_len, mode)
+    return int(smp.sampler.sample(logits, state.seq.tokens))
+
+
+@host("seq", "token", "top_k")
+def token_logprobs(s: Session, mem: GuestMemory, seq: int, token: int, top_k: int) -> int:
+    """Report `token`'s log-probability under the last step's logits (before any sampler change),
+    with the top_k (0..20) most likely tokens, to the client (OpenAI `logprobs`)."""
+    logits = s.handles.get(seq, SeqState).require_logits()
+    check_token(s, token)
+    if not 0 <= top_k <= MAX_TOP_LOGPROBS:
+        raise AbiError(Status.INVALID_ARGUMENT, f"top_k must be 0..{MAX_TOP_LOGPROBS}, got {top_k}")
+    if len(s.logprobs) >= s.limits.max_tokens:
+        raise AbiError(Status.LIMIT, f"more than {s.limits.max_tokens} tokens' logprobs reported")
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    logp = shifted - np.log(np.exp(shifted).sum())
+    top = np.argpartition(-logp, top_k)[:top_k] if top_k else np.zeros(0, np.int64)
+    top = top[np.argsort(-logp[top], kind="stable")]
+    s.logprobs.append(TokenLogprob(token, float(logp[token]), tuple((int(i), float(logp[i])) for i in top)))
+    return Status.OK
+
+
+def sampling_params_from_json(data: bytes) -> SamplingParams:
+    """SamplingParams from the known keys of a JSON object; INVALID_ARGUMENT on bad JSON or values."""
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AbiError(Status.INVALID_ARGUMENT, f"sampling parameters are not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise AbiError(Status.INVALID_ARGUMENT, "sampling parameters must be a JSON object")
+    names = {f.name for f in dataclasses.fields(SamplingParams)}
+    kwargs = {k: v for k, v in obj.items() if k in names}
+    if isinstance(kwargs.get("stop"), list):
+        kwargs["stop"] = tuple(kwargs["stop"])
+    if "logit_bias" in kwargs:
+        kwargs["logit_bias"] = _logit_bias(kwargs["logit_bias"])
+    try:
+        params = SamplingParams(**kwargs)
+        params.validate()
+    except (RealmError, TypeError, ValueError) as exc:
+        raise AbiError(Status.INVALID_ARGUMENT, f"bad sampling parameters: {exc}") from None
+    return params
+
+
+def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias` ({"token id": bias}) as (token, bias) pairs; INVALID_ARGUMENT if malformed."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise AbiError(Status.INVALID_ARGUMENT, "logit_bias must be an object of token id -> bias")
+    try:
+        return tuple((int(k), v) for k, v in value.items())
+    except ValueError:
+        raise AbiError(Status.INVALID_ARGUMENT, "logit_bias keys must be token ids") from None
+
+
+def _biased(logits: np.ndarray, mem: GuestMemory, ptr: int, n: int, mode: int) -> np.ndarray:
+    n_vocab = len(logits)
+    if mode not in (BiasMode.ADD, BiasMode.ALLOW, BiasMode.DENSE):
+        raise AbiError(Status.INVALID_ARGUMENT, f"unknown bias mode {mode}")
+    dense = mode == BiasMode.DENSE
+    mem.span(ptr, n, 4 if dense else _BIAS_PAIR.itemsize)
+    if dense:
+        if n != n_vocab:
+            raise AbiError(Status.INVALID_ARGUMENT, f"a dense bias needs n_vocab = {n_vocab} values, got {n}")
+        out = logits + mem.read_array(ptr, n, "<f4")
+    else:
+        pairs = mem.read_array(ptr, n, _BIAS_PAIR)
+        ids = pairs["token"].astype(np.int64)
+        if n == 0 or ids.min() < 0 or ids.max() >= n_vocab:
+            raise AbiError(Status.INVALID_ARGUMENT, f"bias needs 1.. token ids in 0..{n_vocab - 1}")
+        # ALLOW starts from all -inf, so only the listed tokens can be drawn (repeated ids: the last wins).
+        out = logits.copy() if mode == BiasMode.ADD else np.full_like(logits, -np.inf)
+        out[ids] = logits[ids] + pairs["bias"]
+    if np.isnan(out).any() or not np.isfinite(out).any() or np.isposinf(out).any():
+        raise AbiError(Status.INVALID_ARGUMENT, "bias leaves no finite logit to sample from (or adds NaN/+inf)")
+    return out.astype(np.float32, copy=False)

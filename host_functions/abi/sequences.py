@@ -1,0 +1,86 @@
+"""Host functions over sequences: open, append, run layers, finish a step, truncate, close."""
+
+from __future__ import annotations
+
+from ..errors import QuotaExceeded
+from .checks import check_tokens
+from .handles import SeqState
+from .memory import GuestMemory
+from .registry import host
+from .session import Session
+from .status import AbiError, Status
+
+
+@host("capacity")
+def seq_open(s: Session, mem: GuestMemory, capacity: int) -> int:
+    """Open a sequence (a KV cache) of `capacity` tokens, 0 for n_ctx; returns its handle."""
+    if capacity < 0 or capacity > s.n_ctx:
+        raise AbiError(Status.CAPACITY, f"sequence capacity must be 0..{s.n_ctx}, got {capacity}")
+    if s.handles.count(SeqState) >= s.limits.max_sequences:
+        raise QuotaExceeded(f"guest exceeded its limit of {s.limits.max_sequences} live sequences")
+    return s.handles.add(SeqState(s.model.open_sequence(capacity or s.n_ctx)))
+
+
+@host("seq")
+def seq_close(s: Session, mem: GuestMemory, seq: int) -> int:
+    """Free a sequence; its handle is dead from now on."""
+    s.handles.remove(seq, SeqState).seq.close()
+    return Status.OK
+
+
+@host("seq", "ids_ptr", "n_ids")
+def seq_append(s: Session, mem: GuestMemory, seq: int, ids_ptr: int, n_ids: int) -> int:
+    """Queue tokens for the sequence's next step (prompt, sampled or forced tokens)."""
+    state = s.handles.get(seq, SeqState)
+    ids = check_tokens(s, mem.read_array(ids_ptr, n_ids, "<i4"))
+    sq = state.seq
+    if sq.layers_done:
+        raise AbiError(Status.WRONG_STATE, "cannot append while a step is in progress")
+    if len(sq.tokens) + len(sq.pending) + len(ids) > sq.capacity:
+        raise AbiError(Status.CAPACITY, f"sequence capacity of {sq.capacity} tokens exceeded")
+    s.tokens_fed += len(ids)
+    if s.tokens_fed > s.limits.max_tokens:
+        raise QuotaExceeded(f"guest fed more than its limit of {s.limits.max_tokens} tokens to the model")
+    sq.append(ids)
+    state.logits = None
+    return Status.OK
+
+
+@host("seq", "layer")
+def forward_layer(s: Session, mem: GuestMemory, seq: int, layer: int) -> int:
+    """Run one transformer layer over the pending tokens; activations stay on the host."""
+    sq = s.handles.get(seq, SeqState).seq
+    if not sq.pending:
+        raise AbiError(Status.WRONG_STATE, "no pending tokens: seq_append first")
+    if layer != sq.layers_done:
+        raise AbiError(Status.WRONG_STATE, f"expected layer {sq.layers_done}, got {layer}")
+    sq.forward_layer(layer)
+    return Status.OK
+
+
+@host("seq")
+def seq_finish(s: Session, mem: GuestMemory, seq: int) -> int:
+    """Complete the step after the last layer: commit the pending tokens, keep their last logits host-side."""
+    state = s.handles.get(seq, SeqState)
+    sq = state.seq
+    if not sq.pending or sq.layers_done != s.config.n_layers:
+        raise AbiError(Status.WRONG_STATE, f"step incomplete: {sq.layers_done} of {s.config.n_layers} layers run")
+    state.logits = sq.finish()
+    return Status.OK
+
+
+@host("seq")
+def seq_len(s: Session, mem: GuestMemory, seq: int) -> int:
+    """Number of tokens in the sequence's KV cache."""
+    return len(s.handles.get(seq, SeqState).seq.tokens)
+
+
+@host("seq", "n")
+def seq_truncate(s: Session, mem: GuestMemory, seq: int, n: int) -> int:
+    """Keep the first n cached tokens (backtracking); drops a step in progress and the logits."""
+    state = s.handles.get(seq, SeqState)
+    if not 0 <= n <= len(state.seq.tokens):
+        raise AbiError(Status.INVALID_ARGUMENT, f"cannot truncate {len(state.seq.tokens)} tokens to {n}")
+    state.seq.truncate(n)
+    state.logits = None
+    return Status.OK

@@ -1,0 +1,113 @@
+"""The host side of one guest request: its model, limits, handles, output, log and accounting."""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import Cancelled, QuotaExceeded, RealmError
+from ..model import Model
+from .handles import HandleTable, SeqState
+from .limits import Limits
+
+
+@dataclass
+class CallStats:
+    """How often the guest called one host function and the seconds spent in it."""
+
+    calls: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    """A guest's account of its result: why generation ended and the tokens on each side."""
+
+    finish_reason: str  # "stop", "length" or "context"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and its most likely alternatives, as the guest reported it."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token, logprob), most likely first
+
+
+class Session:
+    """The host side of one guest request: model, limits, handles, output, log, trace and failure."""
+
+    def __init__(self, model: Model, limits: Limits, on_text: Callable[[str], None] | None = None,
+                 tenant: str = "", cancelled: Callable[[], bool] | None = None) -> None:
+        self.model, self.limits, self.tenant = model, limits, tenant
+        self.config, self.tokenizer = model.config, model.tokenizer
+        self.n_ctx = min(model.config.context_length, limits.max_context)
+        self.handles = HandleTable()
+        self.on_text = on_text
+        self.output: list[str] = []
+        self.logs: list[tuple[int, str]] = []
+        self.trace: dict[str, CallStats] = {}
+        self.memory: Any = None  # the instance's exported memory, once instantiated
+        self.deadline = time.monotonic() + limits.wall_seconds
+        self.failure: RealmError | None = None  # what ended the request from inside a host call
+        self.last_error = ""  # the last AbiError message, to explain a failing status
+        self.tokens_fed = 0
+        self.report: Report | None = None  # what the guest said of its result (result_report)
+        self.logprobs: list[TokenLogprob] = []  # what the guest reported with token_logprobs
+        self.cancelled = cancelled  # polled at every host call: the client has gone away
+        self.host_calls = 0
+        self.output_bytes = 0
+        self.log_bytes = 0
+        self.text_bytes = 0
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def enter(self) -> None:
+        """Account for one host call: QuotaExceeded past the wall clock or the host-call budget,
+        Cancelled once the request's client has gone."""
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled("the client cancelled the request")
+        self.host_calls += 1
+        if self.host_calls > self.limits.max_host_calls:
+            raise QuotaExceeded(f"guest made more than its limit of {self.limits.max_host_calls} host calls")
+        self.check_deadline()
+
+    def charge_text(self, n_bytes: int) -> None:
+        """Account for text the host tokenizes or detokenizes; QuotaExceeded past max_text_bytes."""
+        self.text_bytes += n_bytes
+        if self.text_bytes > self.limits.max_text_bytes:
+            raise QuotaExceeded(f"guest tokenized or detokenized more than its limit of "
+                                f"{self.limits.max_text_bytes} bytes of text")
+
+    def check_deadline(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise QuotaExceeded(f"request exceeded its wall-clock limit of {self.limits.wall_seconds:g} s")
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def finish_output(self) -> None:
+        """Flush a trailing incomplete UTF-8 sequence the guest emitted (as U+FFFD)."""
+        self._deliver(self._utf8.decode(b"", final=True))
+
+    def close_all(self) -> None:
+        """Free every sequence the guest left open."""
+        for state in self.handles.objects(SeqState):
+            state.seq.close()
+
+    def emit_bytes(self, data: bytes) -> None:
+        self.output_bytes += len(data)
+        if self.output_bytes > self.limits.max_output_bytes:
+            raise QuotaExceeded(f"guest emitted more than its limit of {self.limits.max_output_bytes} bytes")
+        self._deliver(self._utf8.decode(data))
+
+    def _deliver(self, text: str) -> None:
+        if text:
+            self.output.append(text)
+            if self.on_text is not None:
+                self.on_text(text)

@@ -1,0 +1,72 @@
+"""Host functions about the model and its tokenizer: model_info, tokenize, detokenize, token pieces."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .checks import check_token, check_tokens, decode_utf8, write_counted
+from .memory import GuestMemory
+from .registry import host
+from .session import Session
+from .status import ABI_VERSION, AbiError, Status, TokenizeFlags
+
+_INFO_FIELDS = ("abi_version", "n_vocab", "n_layers", "n_ctx", "n_embd", "bos_id", "eos_id",
+                "max_sequences", "max_tokens", "max_output_bytes")
+
+
+@host("out_ptr", "out_len")
+def model_info(s: Session, mem: GuestMemory, out_ptr: int, out_len: int) -> int:
+    """Write the realm_model_info struct (as much of it as fits); returns its full size in bytes."""
+    c, tok = s.config, s.tokenizer
+    values = (ABI_VERSION, c.n_vocab, c.n_layers, s.n_ctx, c.n_embd, _id_or_none(tok.bos_id),
+              _id_or_none(tok.eos_id), s.limits.max_sequences, s.limits.max_tokens, s.limits.max_output_bytes)
+    data = np.asarray(values, "<i4").tobytes()
+    mem.span(out_ptr, out_len)
+    mem.write(out_ptr, data, cap=out_len)
+    return len(data)
+
+
+@host("text_ptr", "text_len", "flags", "out_ptr", "out_cap")
+def tokenize(s: Session, mem: GuestMemory, text_ptr: int, text_len: int, flags: int, out_ptr: int,
+             out_cap: int) -> int:
+    """Token ids of UTF-8 text; writes the first out_cap of them and returns how many there are."""
+    if flags & ~(TokenizeFlags.ADD_SPECIAL | TokenizeFlags.PARSE_SPECIAL):
+        raise AbiError(Status.INVALID_ARGUMENT, f"unknown tokenize flags {flags:#x}")
+    mem.span(out_ptr, out_cap, 4)
+    s.charge_text(max(text_len, 0))
+    text = decode_utf8(mem.read(text_ptr, text_len))
+    ids = s.tokenizer.encode(text, add_bos=None if flags & TokenizeFlags.ADD_SPECIAL else False,
+                             parse_special=bool(flags & TokenizeFlags.PARSE_SPECIAL))
+    mem.write(out_ptr, np.asarray(ids[:out_cap], "<i4"))
+    return len(ids)
+
+
+@host("ids_ptr", "n_ids", "out_ptr", "out_cap")
+def detokenize(s: Session, mem: GuestMemory, ids_ptr: int, n_ids: int, out_ptr: int, out_cap: int) -> int:
+    """UTF-8 text of token ids; writes the first out_cap bytes and returns the full length."""
+    mem.span(out_ptr, out_cap)
+    ids = check_tokens(s, mem.read_array(ids_ptr, n_ids, "<i4"))
+    s.charge_text(4 * len(ids))  # a token decodes to a few bytes: bound the work before doing it
+    return write_counted(mem, out_ptr, out_cap, s.tokenizer.decode(ids).encode())
+
+
+@host("token", "out_ptr", "out_cap")
+def token_piece(s: Session, mem: GuestMemory, token: int, out_ptr: int, out_cap: int) -> int:
+    """The raw bytes of one token (possibly part of a UTF-8 character); returns their full length."""
+    mem.span(out_ptr, out_cap)
+    return write_counted(mem, out_ptr, out_cap, s.tokenizer.token_bytes(check_token(s, token)))
+
+
+@host("token")
+def token_is_eog(s: Session, mem: GuestMemory, token: int) -> int:
+    """1 if the token ends generation (EOS, end of turn...), else 0."""
+    return int(bool(s.tokenizer.is_end_of_generation(check_token(s, token))))
+
+
+def _id_or_none(token: int | None) -> int:
+    return -1 if token is None or token < 0 else int(token)
+
+
+def info_fields() -> tuple[str, ...]:
+    """The i32 fields of realm_model_info, in order (the struct in guest/realm.h)."""
+    return _INFO_FIELDS
