@@ -150,13 +150,18 @@ class _Call:
         server.metrics.in_flight.labels(tenant).inc()
 
     def choice(self, index: int, result: RunResult) -> ChoiceResult:
-        prompt_tokens = self.spec.prompt_tokens[index // self.spec.n]
-        completion = result.completion_tokens
-        return ChoiceResult(index, result.text, result.finish_reason or "stop", prompt_tokens, completion,
-                            result.logprobs)
+        """A finished run as a choice: the guest's own report of its tokens and finish reason, or,
+        for a guest that reports none, the host's count of prompt and text."""
+        tokenizer = self.server.model.tokenizer
+        prompt = result.prompt_tokens if result.prompt_tokens is not None else self.spec.prompt_tokens[index // self.spec.n]
+        completion = (result.completion_tokens if result.completion_tokens is not None
+                      else len(tokenizer.encode(result.text, add_bos=False)))
+        # OpenAI knows "stop" and "length"; running out of context is "length" there.
+        reason = "stop" if result.finish_reason in (None, "stop") else "length"
+        return ChoiceResult(index, result.text, reason, prompt, completion, result.logprobs)
 
     def prompt_tokens(self) -> int:
-        return sum(self.spec.prompt_tokens) if self.results else 0
+        return protocol.usage(self.spec, self.results)["prompt_tokens"]
 
     def text_arrived(self) -> None:
         if self.first_text is None:

@@ -260,10 +260,10 @@ def new_id(kind: str) -> str:
     return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
 
 
-def usage(choices: Sequence[ChoiceResult], prompt_tokens: Sequence[int]) -> dict[str, int]:
-    """OpenAI usage: each prompt counted once, every choice's completion tokens."""
+def usage(spec: GenerationSpec, choices: Sequence[ChoiceResult]) -> dict[str, int]:
+    """OpenAI usage: each prompt counted once (by its first choice), every choice's completion tokens."""
     completion = sum(c.completion_tokens for c in choices)
-    prompt = sum(prompt_tokens)
+    prompt = sum(c.prompt_tokens for c in choices if c.index % spec.n == 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -273,7 +273,7 @@ def response(spec: GenerationSpec, rid: str, created: int, choices: Sequence[Cho
     return {"id": rid, "object": "chat.completion" if spec.kind == "chat" else "text_completion",
             "created": created, "model": spec.model,
             "choices": [_choice(spec, c, tokenizer) for c in sorted(choices, key=lambda c: c.index)],
-            "usage": usage(choices, spec.prompt_tokens), "system_fingerprint": None}
+            "usage": usage(spec, choices), "system_fingerprint": None}
 
 
 def _choice(spec: GenerationSpec, c: ChoiceResult, tokenizer: Tokenizer) -> dict[str, Any]:
@@ -303,7 +303,7 @@ def usage_chunk(spec: GenerationSpec, rid: str, created: int, choices: Sequence[
     """The last chunk when stream_options.include_usage is set: no choices, only usage."""
     kind = "chat.completion.chunk" if spec.kind == "chat" else "text_completion"
     return {"id": rid, "object": kind, "created": created, "model": spec.model, "choices": [],
-            "usage": usage(choices, spec.prompt_tokens)}
+            "usage": usage(spec, choices)}
 
 
 def format_logprobs(spec: GenerationSpec, entries: Sequence[TokenLogprob], tokenizer: Tokenizer) -> dict[str, Any]:
