@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS api_keys (
 """
 KEY_PREFIX = "rk-"
 
+# Per-tenant HTTP rate limits for `realm serve`; NULL (or no row) means the server's default.
+_RATES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rate_limits (
+    tenant              TEXT PRIMARY KEY,
+    requests_per_minute INTEGER,
+    tokens_per_minute   INTEGER
+)
+"""
+
 
 @dataclass(frozen=True)
 class Tenant:
@@ -82,6 +91,17 @@ class ApiKey:
     tenant: str
     created_at: float
     revoked_at: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """A tenant's rate limits for the HTTP server; None: the server's default, 0: unlimited."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,6 +204,7 @@ class TenantRegistry:
                 raise TenantError(f"no tenant named {name!r}")
             # A tenant created later under the same name must not inherit these keys.
             db.execute("DELETE FROM api_keys WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM rate_limits WHERE tenant = ?", (name,))
 
     # -- API keys ------------------------------------------------------------------------------
 
@@ -234,6 +255,26 @@ class TenantRegistry:
         except TenantError:
             raise AuthError("the tenant of this API key no longer exists") from None
 
+    # -- rate limits ---------------------------------------------------------------------------
+
+    def rate_limits(self, name: str) -> RateLimits:
+        """Tenant `name`'s rate limits (None fields: the server's defaults)."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM rate_limits WHERE tenant = ?", (name,)).fetchone()
+        return RateLimits(row["requests_per_minute"], row["tokens_per_minute"]) if row else RateLimits()
+
+    def set_rate_limits(self, name: str, limits: RateLimits) -> RateLimits:
+        """Replace tenant `name`'s rate limits; TenantError for an unknown tenant or a negative limit."""
+        for value in (limits.requests_per_minute, limits.tokens_per_minute):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise TenantError(f"rate limits must be integers >= 0 (0: unlimited), got {value!r}")
+        with self._db(write=True) as db:
+            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is None:
+                raise TenantError(f"no tenant named {name!r}")
+            db.execute("INSERT OR REPLACE INTO rate_limits VALUES (?, ?, ?)",
+                       (name, limits.requests_per_minute, limits.tokens_per_minute))
+        return limits
+
     # -- storage -------------------------------------------------------------------------------
 
     def _store_module(self, sha256: str, wasm: bytes) -> None:
@@ -269,6 +310,7 @@ class TenantRegistry:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(_SCHEMA)
             db.execute(_KEYS_SCHEMA)
+            db.execute(_RATES_SCHEMA)
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield db

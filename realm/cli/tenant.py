@@ -13,7 +13,7 @@ from rich.table import Table
 
 from realm.cli import main
 from host_functions.errors import TenantError
-from realm.tenants import ApiKey, Tenant, TenantRegistry, parse_limits
+from realm.tenants import ApiKey, RateLimits, Tenant, TenantRegistry, parse_limits
 
 console = Console()
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -80,6 +80,31 @@ def delete(name: str) -> None:
     """Delete tenant NAME."""
     TenantRegistry().delete(name)
     click.echo(f"deleted tenant {name}")
+
+
+@tenant.command("rate-limit")
+@click.argument("name")
+@click.option("--requests-per-minute", type=click.IntRange(0), help="Requests a minute; 0 is unlimited.")
+@click.option("--tokens-per-minute", type=click.IntRange(0), help="Prompt + completion tokens a minute; 0 is unlimited.")
+@click.option("--default", "use_default", is_flag=True, help="Go back to the server's defaults.")
+@json_option
+def rate_limit(name: str, requests_per_minute: int | None, tokens_per_minute: int | None, use_default: bool,
+               as_json: bool) -> None:
+    """Show or set tenant NAME's HTTP rate limits (unset ones follow `realm serve`'s defaults)."""
+    registry = TenantRegistry()
+    registry.get(name)
+    limits = registry.rate_limits(name)
+    if use_default or requests_per_minute is not None or tokens_per_minute is not None:
+        limits = RateLimits() if use_default else RateLimits(
+            requests_per_minute if requests_per_minute is not None else limits.requests_per_minute,
+            tokens_per_minute if tokens_per_minute is not None else limits.tokens_per_minute)
+        registry.set_rate_limits(name, limits)
+    if as_json:
+        click.echo(json.dumps(limits.as_json()))
+        return
+    show = {k: "server default" if v is None else ("unlimited" if v == 0 else str(v))
+            for k, v in limits.as_json().items()}
+    click.echo(f"{name}: {show['requests_per_minute']} requests/min, {show['tokens_per_minute']} tokens/min")
 
 
 @tenant.group()

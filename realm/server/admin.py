@@ -9,6 +9,8 @@ the admin key (`Authorization: Bearer <admin key>`).
     POST   /admin/tenants/{name}/keys           key create (the key is in the answer, only there)
     GET    /admin/tenants/{name}/keys           key list
     DELETE /admin/tenants/{name}/keys/{key_id}  key revoke
+    GET    /admin/tenants/{name}/rate-limits    rate-limit (show)
+    PUT    /admin/tenants/{name}/rate-limits    rate-limit {"requests_per_minute": .., "tokens_per_minute": ..}
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from starlette.routing import Route
 
 from host_functions.errors import GuestError, TenantError
 from ..sandbox import MAX_MODULE_BYTES
-from ..tenants import parse_limits
+from ..tenants import RateLimits, parse_limits
 from .bodies import read_body, read_json
 from .protocol import ApiError
 
@@ -80,6 +82,17 @@ def admin_routes(server: Server) -> list[Route]:
     async def revoke_key(request: Request) -> Any:
         return registry.revoke_key(request.path_params["name"], request.path_params["key_id"]).as_json()
 
+    async def show_rates(request: Request) -> Any:
+        registry.get(request.path_params["name"])
+        return registry.rate_limits(request.path_params["name"]).as_json()
+
+    async def set_rates(request: Request) -> Any:
+        body = await read_json(request, server.config.max_body_bytes)
+        names = set(RateLimits().as_json())
+        if not isinstance(body, dict) or not set(body) <= names:
+            raise ApiError(400, f"the body must be an object with {' and/or '.join(sorted(names))}")
+        return registry.set_rate_limits(request.path_params["name"], RateLimits(**body)).as_json()
+
     return [
         Route("/admin/tenants", admin(list_tenants), methods=["GET"]),
         Route("/admin/tenants", admin(create_tenant, 201), methods=["POST"]),
@@ -89,6 +102,8 @@ def admin_routes(server: Server) -> list[Route]:
         Route("/admin/tenants/{name}/keys", admin(create_key, 201), methods=["POST"]),
         Route("/admin/tenants/{name}/keys", admin(list_keys), methods=["GET"]),
         Route("/admin/tenants/{name}/keys/{key_id}", admin(revoke_key), methods=["DELETE"]),
+        Route("/admin/tenants/{name}/rate-limits", admin(show_rates), methods=["GET"]),
+        Route("/admin/tenants/{name}/rate-limits", admin(set_rates), methods=["PUT"]),
     ]
 
 

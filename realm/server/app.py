@@ -50,8 +50,8 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: int = 0  # 0: the context length
     default_max_tokens: int = 256  # chat requests that set no max_tokens
-    requests_per_minute: int = 600  # per tenant; 0 is off
-    tokens_per_minute: int = 0  # per tenant (prompt + completion); 0 is off
+    requests_per_minute: int = 600  # per tenant, unless its registry entry says otherwise; 0 is off
+    tokens_per_minute: int = 0  # per tenant (prompt + completion), likewise; 0 is off
     admin_key: str | None = None  # admin endpoints and /metrics; None: they are disabled
 
 
@@ -64,7 +64,7 @@ class Server:
         self.registry = registry or TenantRegistry()
         self.model_id = model.path.stem
         self.runner = Runner(model, config.workers)
-        self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+        self.limiter = RateLimiter()
         self.metrics = ServerMetrics()
         self.created = protocol.now()
         self.reference_guest = compile_guest(reference_guest_path().read_bytes())
@@ -117,7 +117,11 @@ class Server:
         return await call.complete(request)
 
     def _admit(self, tenant: Tenant, n_runs: int) -> None:
-        refused = self.limiter.admit(tenant.name)
+        rates = self.registry.rate_limits(tenant.name)
+        refused = self.limiter.admit(
+            tenant.name,
+            self.config.requests_per_minute if rates.requests_per_minute is None else rates.requests_per_minute,
+            self.config.tokens_per_minute if rates.tokens_per_minute is None else rates.tokens_per_minute)
         if refused is not None:
             which, wait = refused
             raise ApiError(429, f"tenant {tenant.name!r} is over its {which}-per-minute limit; retry in {wait} s",

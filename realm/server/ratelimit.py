@@ -30,22 +30,21 @@ class _Window:
 
 
 class RateLimiter:
-    """Sliding-window limits per tenant; 0 switches a limit off. Used from the event loop only."""
+    """Sliding-window limits per tenant; a limit of 0 is off. Used from the event loop only."""
 
-    def __init__(self, requests_per_minute: int, tokens_per_minute: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.requests_per_minute, self.tokens_per_minute = requests_per_minute, tokens_per_minute
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._windows: dict[str, _Window] = {}
 
-    def admit(self, tenant: str) -> tuple[str, int] | None:
-        """Count a request for `tenant`, or return (which limit, seconds to wait) without counting it."""
+    def admit(self, tenant: str, requests_per_minute: int, tokens_per_minute: int) -> tuple[str, int] | None:
+        """Count a request for `tenant` under these limits, or return (which limit, seconds to wait)
+        without counting it."""
         now = self._clock()
         window = self._windows.setdefault(tenant, _Window())
         window.expire(now)
-        if self.requests_per_minute and len(window.requests) >= self.requests_per_minute:
+        if requests_per_minute and len(window.requests) >= requests_per_minute:
             return "requests", _wait(window.requests[0], now)
-        if self.tokens_per_minute and window.token_sum >= self.tokens_per_minute:
+        if tokens_per_minute and window.token_sum >= tokens_per_minute:
             return "tokens", _wait(window.tokens[0][0], now)
         window.requests.append(now)
         return None
