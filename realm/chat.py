@@ -143,6 +143,8 @@ def template_family(tokenizer: Tokenizer, arch: str) -> str:
     for family, marker in _FAMILY_MARKERS:
         if tokenizer.token_id(marker) is not None:
             return family
+    if arch.startswith("gemma"):
+        return "gemma"
     return "llama2" if arch == "llama" and tokenizer.kind == "llama" else "chatml"
 
 
