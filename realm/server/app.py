@@ -101,14 +101,20 @@ class Server:
 
     async def generate(self, request: Request, kind: str) -> Response:
         started = time.perf_counter()
-        tenant = self.tenant(request)
-        body = await read_json(request, self.config.max_body_bytes)
-        limits = self.request_limits(tenant)
-        tok = self.model.tokenizer
-        spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
-                else protocol.parse_completion(body, self.model_id, tok, limits))
-        self._admit(tenant, len(spec.prompts) * spec.n)
-        guest = self.guest_of(tenant)
+        tenant_name = ""
+        try:
+            tenant = self.tenant(request)
+            tenant_name = tenant.name
+            body = await read_json(request, self.config.max_body_bytes)
+            limits = self.request_limits(tenant)
+            tok = self.model.tokenizer
+            spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
+                    else protocol.parse_completion(body, self.model_id, tok, limits))
+            self._admit(tenant, len(spec.prompts) * spec.n)
+            guest = self.guest_of(tenant)
+        except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
+            self.finished(tenant_name, kind, exc.status, started)
+            raise
         runs = [(index, self.runner.start(tenant, guest, req)) for index, req in spec.guest_requests()]
         call = _Call(self, tenant.name, kind, spec, runs, started)
         if spec.stream:
