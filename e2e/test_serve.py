@@ -213,6 +213,8 @@ def test_a_revoked_key_is_refused_at_once(served):
 def test_a_tenant_over_its_request_rate_gets_429_with_retry_after(served):
     key = served.tenant("limited")
     assert served.cli("tenant", "rate-limit", "limited", "--requests-per-minute", "2").returncode == 0
+    shown = served.admin("GET", "/admin/tenants/limited/rate-limits").json()
+    assert shown == {"requests_per_minute": 2, "tokens_per_minute": None}
     body = {"model": MODEL, "prompt": "Hi", "max_tokens": 1}
     headers = {"Authorization": f"Bearer {key}"}
     codes = [httpx.post(served.url + "/v1/completions", json=body, headers=headers, timeout=60) for _ in range(3)]
@@ -290,6 +292,9 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_generation(served, key
 
 def test_metrics_count_requests_and_tokens_per_tenant_for_the_admin(served, key):
     assert httpx.get(served.url + "/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert httpx.post(served.url + "/admin/tenants", json={"name": "x"}).status_code == 401
+    assert httpx.get(served.url + "/admin/tenants", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert served.admin("GET", "/admin/tenants/nobody").status_code == 404
     text = served.admin("GET", "/metrics").text
     assert 'realm_requests_total{endpoint="completion",status="200",tenant="main"}' in text
     assert 'realm_tokens_total{kind="completion",tenant="main"}' in text

@@ -79,6 +79,7 @@ class Server:
             raise ApiError(401, str(exc), code="invalid_api_key") from None
 
     def require_admin(self, request: Request) -> None:
+        """ApiError 403 when the server has no admin key, 401 unless the request carries it."""
         if self.config.admin_key is None:
             raise ApiError(403, "admin endpoints are disabled: start the server with --admin-key-file "
                                 "or REALM_ADMIN_KEY", type="permission_error")
@@ -90,6 +91,7 @@ class Server:
             raise ApiError(401, "invalid admin key", code="invalid_api_key")
 
     def guest_of(self, tenant: Tenant) -> GuestModule:
+        """The tenant's deployed guest, or the reference guest if it deployed none."""
         return self.registry.guest(tenant.name) if tenant.module_sha256 else self.reference_guest
 
     def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
@@ -100,6 +102,7 @@ class Server:
     # -- generation ----------------------------------------------------------------------------
 
     async def generate(self, request: Request, kind: str) -> Response:
+        """Serve one completion ("completion") or chat ("chat") request; ApiError for refusals."""
         started = time.perf_counter()
         tenant_name = ""
         try:
@@ -123,6 +126,10 @@ class Server:
         return await call.complete(request)
 
     def _admit(self, tenant: Tenant, n_runs: int) -> None:
+        """ApiError 503 when the queue is full, 429 when the tenant is over its rate; else count it."""
+        if self.runner.live + n_runs > self.config.workers + self.config.max_queue:
+            raise ApiError(503, "the server is at capacity; retry shortly", type="server_error",
+                           code="overloaded", headers={"Retry-After": "1"})
         rates = self.registry.rate_limits(tenant.name)
         refused = self.limiter.admit(
             tenant.name,
@@ -132,9 +139,6 @@ class Server:
             which, wait = refused
             raise ApiError(429, f"tenant {tenant.name!r} is over its {which}-per-minute limit; retry in {wait} s",
                            type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
-        if self.runner.live + n_runs > self.config.workers + self.config.max_queue:
-            raise ApiError(503, "the server is at capacity; retry shortly", type="server_error",
-                           code="overloaded", headers={"Retry-After": "1"})
 
     def finished(self, tenant: str, kind: str, status: int, started: float,
                  choices: Sequence[ChoiceResult] = (), prompt_tokens: int = 0) -> None:
@@ -332,8 +336,11 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def _realm_error(request: Request, exc: RealmError) -> Response:
-    error = ApiError(400, str(exc))  # registry and template errors: the request named something wrong
-    return JSONResponse(error.body(), status_code=400)
+    # What the checks above did not turn into an ApiError is ours (an unreadable registry or
+    # module file), not the client's: a server error with its one-line message.
+    log.error("request failed: %s", exc)
+    error = ApiError(500, str(exc), type="server_error")
+    return JSONResponse(error.body(), status_code=500)
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
