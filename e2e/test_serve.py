@@ -290,6 +290,16 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_generation(served, key
     assert served.in_flight() == 0
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_cancels_it_too(served, key):
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3000, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(served.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=3)
+    deadline = time.monotonic() + 10
+    while served.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert served.in_flight() == 0
+
+
 def test_metrics_count_requests_and_tokens_per_tenant_for_the_admin(served, key):
     assert httpx.get(served.url + "/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 401
     assert httpx.post(served.url + "/admin/tenants", json={"name": "x"}).status_code == 401
