@@ -11,8 +11,8 @@ after --duration seconds or once --max-requests have started, and each has a tim
 
 Reports requests, errors, throughput (requests/s and completion tokens/s), latency p50/p99 and
 time to first token p50/p99 (streamed requests). `--baseline` then runs the same workload in this
-process straight through the sandbox (the reference guest on the same threads, no HTTP) for the
-same time, and reports the server's tok/s as a ratio to it.
+process straight through the sandbox (the reference guest on as many threads as the server had
+workers, no HTTP) for the same time, and reports the server's tok/s as a ratio to it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ from urllib.parse import urlparse
 
 import httpx
 import openai
+
+from host_functions.errors import RealmError
+from realm.models import load_model
+from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
 
 REALM = str(Path(sys.executable).with_name("realm"))
 PROMPTS = ("Once upon a time", "The capital of France is", "Here is a list of fruits:", "def fibonacci(n):",
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=2000)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=300.0, help="per request")
+    parser.add_argument("--server-workers", type=int, default=0,
+                        help="the server's --workers (guest runs at once; the rest queue); default --clients")
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--model", default=None)
     parser.add_argument("--url", help="a running server (loopback only); needs --keys")
@@ -100,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         report["baseline"] = run_baseline(args, Workload(args.clients, args.duration, args.max_requests,
                                                           args.max_tokens))
-        report["server_vs_direct_tok_s"] = round(report["completion_tok_s"] / report["baseline"]["completion_tok_s"], 3)
+        direct = report["baseline"]["completion_tok_s"]
+        report["server_vs_direct_tok_s"] = round(report["completion_tok_s"] / direct, 3) if direct else None
     print(json.dumps(report, indent=None if args.json else 2))
     return 0 if report["errors"] == 0 else 1
 
@@ -120,7 +127,7 @@ class OwnServer:
         port = _free_port()
         env = {**os.environ, "REALM_HOME": self.home.name, "REALM_ADMIN_KEY": self.admin}
         cmd = [REALM, "serve", "--port", str(port), "--backend", self.args.backend,
-               "--workers", str(self.args.clients), "--requests-per-minute", "0"]
+               "--workers", str(self.args.server_workers or self.args.clients), "--requests-per-minute", "0"]
         if self.args.model:
             cmd += ["--model", self.args.model]
         self.log = open(Path(self.home.name) / "server.log", "w")
@@ -248,10 +255,7 @@ def _pct(values: list[float], q: float) -> float | None:
 # --- the same work without the server --------------------------------------------------------
 
 def run_baseline(args: argparse.Namespace, work: Workload) -> dict:
-    """The workload straight through the sandbox on `clients` threads: what the server adds to."""
-    from realm.models import load_model
-    from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
-
+    """The workload straight through the sandbox, on as many threads as the server had workers."""
     model = load_model(args.model, args.backend)
     guest = compile_guest(reference_guest_path().read_bytes())
     samples: list[Sample] = []
@@ -261,13 +265,17 @@ def run_baseline(args: argparse.Namespace, work: Workload) -> dict:
         sandbox = TenantSandbox(model, tenant=f"tenant{i % args.tenants}")
         while (n := work.take(deadline)) is not None:
             t0 = time.perf_counter()
-            result = sandbox.run(guest, {"prompt": PROMPTS[n % len(PROMPTS)], "max_tokens": work.max_tokens,
-                                         "temperature": 0.8, "seed": n})
+            try:
+                result = sandbox.run(guest, {"prompt": PROMPTS[n % len(PROMPTS)], "max_tokens": work.max_tokens,
+                                             "temperature": 0.8, "seed": n})
+            except RealmError as exc:
+                samples.append(Sample(sandbox.tenant, False, False, time.perf_counter() - t0, error=str(exc)))
+                continue
             samples.append(Sample(sandbox.tenant, False, True, time.perf_counter() - t0, None,
                                   result.completion_tokens or 0))
 
     started = time.monotonic()
-    _run_threads(work.clients, client)
+    _run_threads(args.server_workers or args.clients, client)
     return summarize(samples, time.monotonic() - started)
 
 
