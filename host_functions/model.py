@@ -7,6 +7,7 @@ guest can drive a model layer by layer while the activations never leave the bac
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence as Seq
 from pathlib import Path
 
@@ -69,6 +70,14 @@ class Model:
         config = ModelConfig.from_gguf(gguf)
         tokenizer = Tokenizer.from_metadata(gguf.metadata)
         return cls(gguf.path, config, tokenizer, create_backend(backend, config, gguf, progress))
+
+    def first_layers(self, n_layers: int) -> Model:
+        """The same model cut after its first n_layers, straight into the output head (self-speculation's
+        draft): it shares the weights and the backend, and its sequences run n_layers per step."""
+        if not 1 <= n_layers < self.config.n_layers:
+            raise SequenceError(f"a model of {self.config.n_layers} layers can be cut after 1..{self.config.n_layers - 1}"
+                                f" layers, not {n_layers}")
+        return Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend)
 
     def open_sequence(self, capacity: int | None = None) -> Sequence:
         """A new empty sequence with its own KV cache of at most `capacity` tokens."""

@@ -25,7 +25,7 @@ import wasmtime
 
 from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPORT_MODULE, MEMORY_EXPORT,
                                 AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status,
-                                TokenLogprob)
+                                StepStats, TokenLogprob)
 from host_functions.model import Model
 
 from host_functions.errors import BackendError, Cancelled, GuestError, QuotaExceeded, RealmError
@@ -181,6 +181,7 @@ class RunResult:
     fuel_used: int
     seconds: float
     tokens_fed: int
+    steps: StepStats = field(default_factory=StepStats)  # target steps, speculation's drafts and acceptances
     finish_reason: str | None = None  # as the guest reported it (result_report): "stop", "length", "context"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -201,18 +202,20 @@ class TenantSandbox:
 
     def run(self, guest: GuestModule, request: Mapping[str, Any],
             on_text: Callable[[str], None] | None = None,
+            open_draft: Callable[[str], Model | None] | None = None,
             cancelled: Callable[[], bool] | None = None) -> RunResult:
         """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text.
 
-        `cancelled` is polled at every host call; once it returns True the request ends with
-        Cancelled and its sequences are freed.
+        `open_draft` resolves the draft models the request may open (speculative decoding); by
+        default none. `cancelled` is polled at every host call; once it returns True the request
+        ends with Cancelled and its sequences are freed.
 
         Raises QuotaExceeded when a limit ends the request, GuestError when the guest traps,
         breaks the ABI or returns a non-zero status, and Cancelled as above; each carries the
         partial RunResult as `.result`. Nothing outside this request is affected.
         """
         payload = json.dumps(request, ensure_ascii=False).encode()
-        session = Session(self.model, self.limits, on_text, self.tenant, cancelled)
+        session = Session(self.model, self.limits, on_text, self.tenant, open_draft, cancelled)
         store = self._store()
         started = time.perf_counter()
         status = Status.INTERNAL
@@ -227,8 +230,8 @@ class TenantSandbox:
         report = session.report
         result = RunResult(session.text(), int(status), session.trace, session.logs,
                            self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed,
-                           *((report.finish_reason, report.prompt_tokens, report.completion_tokens) if report
-                             else (None, None, None)), session.logprobs)
+                           session.steps, *((report.finish_reason, report.prompt_tokens, report.completion_tokens)
+                                            if report else (None, None, None)), session.logprobs)
         if error is None and status != Status.OK:
             hint = f" (last host error: {session.last_error})" if session.last_error else ""
             error = GuestError(f"guest returned status {Status.describe(status)}{hint}")
