@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         with OwnServer(args) as (url, keys):
             report = run_load(url, keys, work, args.timeout, _model_id(url, keys[0]))
     if args.baseline:
+        print(f"loadtest: server phase done: {json.dumps(report)}", file=sys.stderr, flush=True)
         report["baseline"] = run_baseline(args, Workload(args.clients, args.duration, args.max_requests,
                                                           args.max_tokens))
         direct = report["baseline"]["completion_tok_s"]
