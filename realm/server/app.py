@@ -167,7 +167,8 @@ class _Call:
         """A finished run as a choice: the guest's own report of its tokens and finish reason, or,
         for a guest that reports none, the host's count of prompt and text."""
         tokenizer = self.server.model.tokenizer
-        prompt = result.prompt_tokens if result.prompt_tokens is not None else self.spec.prompt_tokens[index // self.spec.n]
+        counted = self.spec.prompt_tokens[index // self.spec.n]
+        prompt = result.prompt_tokens if result.prompt_tokens is not None else counted
         completion = (result.completion_tokens if result.completion_tokens is not None
                       else len(tokenizer.encode(result.text, add_bos=False)))
         # OpenAI knows "stop" and "length"; running out of context is "length" there.
