@@ -25,6 +25,7 @@ from .status import (ABI_VERSION, ALLOC_EXPORT, ENTRY_EXPORT, IMPORT_MODULE, MEM
 from .tokens import info_fields
 
 __all__ = ["ABI_VERSION", "ALLOC_EXPORT", "ENTRY_EXPORT", "HOST_FUNCTIONS", "IMPORT_MODULE", "MAX_I32",
-           "MAX_SAMPLERS", "MAX_TOP_LOGPROBS", "MEMORY_EXPORT", "TEXT_FLUSH", "AbiError", "BiasMode", "CallStats", "FinishReason",
+           "MAX_SAMPLERS", "MAX_TOP_LOGPROBS", "MEMORY_EXPORT", "TEXT_FLUSH", "AbiError", "BiasMode", "CallStats",
+           "FinishReason",
            "GuestMemory", "HandleTable", "HostFunction", "Limits", "Report", "SamplerState", "SeqState", "Session",
            "Status", "StepStats", "TokenLogprob", "TokenizeFlags", "host", "info_fields", "sampling_params_from_json"]

@@ -85,7 +85,8 @@ def delete(name: str) -> None:
 @tenant.command("rate-limit")
 @click.argument("name")
 @click.option("--requests-per-minute", type=click.IntRange(0), help="Requests a minute; 0 is unlimited.")
-@click.option("--tokens-per-minute", type=click.IntRange(0), help="Prompt + completion tokens a minute; 0 is unlimited.")
+@click.option("--tokens-per-minute", type=click.IntRange(0),
+              help="Prompt + completion tokens a minute; 0 is unlimited.")
 @click.option("--default", "use_default", is_flag=True, help="Go back to the server's defaults.")
 @json_option
 def rate_limit(name: str, requests_per_minute: int | None, tokens_per_minute: int | None, use_default: bool,

@@ -37,7 +37,8 @@ def admin_routes(server: Server) -> list[Route]:
     """The admin routes of `server`."""
     registry = server.registry
 
-    def admin(handler: Callable[[Request], Awaitable[Any]], status: int = 200) -> Callable[[Request], Awaitable[Response]]:
+    def admin(handler: Callable[[Request], Awaitable[Any]],
+              status: int = 200) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             server.require_admin(request)
             try:
