@@ -33,6 +33,22 @@ class TenantError(RealmError):
     """A tenant operation failed (unknown tenant, duplicate name, bad deployment)."""
 
 
+class SequenceError(RealmError):
+    """A sequence was used out of order or beyond its capacity, or fed a token outside the vocabulary."""
+
+
+class TokenRangeError(SequenceError):
+    """A token id is outside the vocabulary."""
+
+
+class CapacityError(SequenceError):
+    """A sequence cannot hold that many tokens."""
+
+
+class StepOrderError(SequenceError):
+    """A step's calls came out of order (layer skipped or repeated, append during a step, no pending tokens)."""
+
+
 class Cancelled(RealmError):
     """A request was ended because its client went away (or the server is shutting it down)."""
 

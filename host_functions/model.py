@@ -13,19 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendError, RealmError
+from .errors import BackendError, SequenceError
 
 from .backends import Activations, Backend, KVCache
 from .config import ModelConfig
 from .gguf_file import GGUFFile
+from .sequence_checks import check_appendable, check_next_layer, check_room, check_step_complete, check_token_ids
 from .tokenizer import Tokenizer
 
 BACKENDS = ("auto", "numpy", "wgpu")
 DEFAULT_SEQUENCE_CAPACITY = 4096
-
-
-class SequenceError(RealmError):
-    """A sequence was used out of order or beyond its capacity."""
 
 
 def create_backend(name: str, config: ModelConfig, gguf: GGUFFile,
@@ -114,23 +111,15 @@ class Sequence:
     def append(self, ids: Seq[int]) -> None:
         """Queue tokens for the next step."""
         self._check_open()
-        if self.layers_done:
-            raise SequenceError("cannot append tokens while a step is in progress")
-        vocab = self.model.config.n_vocab
-        bad = [t for t in ids if not 0 <= int(t) < vocab]
-        if bad:
-            raise SequenceError(f"token id {bad[0]} out of range 0..{vocab - 1}")
-        if len(self.tokens) + len(self.pending) + len(ids) > self.capacity:
-            raise SequenceError(f"sequence capacity of {self.capacity} tokens exceeded")
+        check_appendable(self)
+        check_room(self, len(ids))
+        check_token_ids(np.asarray(ids, np.int64), self.model.config.n_vocab)
         self.pending.extend(int(t) for t in ids)
 
     def forward_layer(self, layer: int) -> None:
         """Run layer `layer` (they must come in order 0, 1, ...) over the pending tokens."""
         self._check_open()
-        if not self.pending:
-            raise SequenceError("no pending tokens to run")
-        if layer != self.layers_done or layer >= self.model.config.n_layers:
-            raise SequenceError(f"expected layer {self.layers_done}, got {layer}")
+        check_next_layer(self, layer, self.model.config.n_layers)
         backend = self.model.backend
         if layer == 0:
             self._x = backend.embed(np.asarray(self.pending, np.int32))
@@ -140,8 +129,7 @@ class Sequence:
     def finish(self, all_positions: bool = False) -> np.ndarray:
         """Complete the step: logits of the last pending token (n_vocab,), or of all of them."""
         self._check_open()
-        if self.layers_done != self.model.config.n_layers:
-            raise SequenceError(f"step incomplete: {self.layers_done} of {self.model.config.n_layers} layers run")
+        check_step_complete(self, self.model.config.n_layers)
         logits = self.model.backend.logits(self._x, last_only=not all_positions)
         self.tokens.extend(self.pending)
         self.pending, self.layers_done, self._x = [], 0, None

@@ -116,6 +116,18 @@ def test_handles_are_unique_positive_and_dead_once_removed():
     assert table.add(object()) not in handles  # a closed handle is never issued again
 
 
+def test_handles_churned_in_a_loop_never_repeat_and_differ_between_requests():
+    """Open/free 200k objects (a sampler_new/sampler_free loop): every handle is new, none is kept."""
+    table, other = HandleTable(), HandleTable()
+    seen = []
+    for _ in range(200_000):
+        seen.append(table.add(object()))
+        table.remove(seen[-1], object)
+    assert len(set(seen)) == len(seen) and all(0 < h < 2**31 for h in seen)
+    assert table.count(object) == 0
+    assert [other.add(object()) for _ in range(5)] != seen[:5]  # each request has its own key
+
+
 def test_a_handle_of_one_kind_is_not_a_handle_of_another():
     table = HandleTable()
     handle = table.add("a string, not a list")

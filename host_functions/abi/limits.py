@@ -9,6 +9,16 @@ from ..errors import GuestError
 
 MAX_I32 = 2**31 - 1
 
+# Fixed bounds on what one host call may be asked to do, checked before the host reads or converts
+# anything (the per-request budgets are in Limits).
+MAX_TOKENIZE_BYTES = 256 << 10  # one tokenize call (~60k tokens); merging holds ~150 bytes per character
+MAX_DETOKENIZE_IDS = 1 << 18  # one detokenize call: at most a few MiB of text even for long tokens
+MAX_JSON_BYTES = 1 << 20  # sampler_new's JSON (the reference guest passes its whole request)
+MAX_JSON_DIGITS = 32  # digits of one JSON number: longer ones are not a sampling parameter
+MAX_STOP_STRINGS = 64  # stop strings in one sampler
+MAX_STOP_BYTES = 1024  # bytes of one stop string
+LOG_LINE_BYTES = 64  # what one log line costs beyond its text, so empty lines are not free
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -24,6 +34,7 @@ class Limits:
     max_output_bytes: int = 256 << 10  # bytes emitted to the client (about 60000 tokens of text)
     max_log_bytes: int = 64 << 10  # log bytes kept; beyond that `log` returns LIMIT
     max_text_bytes: int = 4 << 20  # text tokenized or detokenized: host work a guest can't be preempted in
+    max_host_bytes: int = 64 << 20  # what the request keeps on the host: sequences, logits, samplers, logs
 
     def validate(self) -> Limits:
         """Raise GuestError if a limit is not a positive number in range; return self."""
@@ -33,6 +44,6 @@ class Limits:
                 raise GuestError(f"limit {f.name} must be a positive number, got {value!r}")
         # Guest pointers are i32: a memory over 2 GiB would make valid addresses look negative.
         if self.memory_bytes > 2**31 or max(self.max_tokens, self.max_context, self.max_output_bytes,
-                                            self.max_sequences) > MAX_I32:
+                                            self.max_sequences, self.max_host_bytes) > MAX_I32:
             raise GuestError("limits must fit in a signed 32-bit integer (memory_bytes at most 2 GiB)")
         return self
