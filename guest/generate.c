@@ -2,13 +2,13 @@
  * generate.c: Realm's reference guest, standard text generation.
  *
  * Request (JSON object): "prompt" (string), "max_tokens" (int, default 128), "stop" (array of
- * strings), "special" (true: special-token text in the prompt, such as a rendered chat
- * template's "<start_of_turn>", becomes special tokens), "logprobs" (int 0..20: report every
- * generated token's log-probability with that many alternatives; decoding is then plain, not
- * speculative, so each token's own step logits are what is reported), and the sampling
- * parameters ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty",
- * "frequency_penalty", "repeat_last_n", "seed", "logit_bias"), which go to the host's sampler
- * unchanged.
+ * strings), "special" (true: special-token text in the prompt, such as "<start_of_turn>", becomes
+ * its token, as `realm run --special` and a rendered chat template ask), "logprobs" (int 0..20:
+ * report every generated token's log-probability with that many alternatives; decoding is then
+ * plain, not speculative, so each token's own step logits are what is reported), and the
+ * sampling parameters ("temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+ * "presence_penalty", "frequency_penalty", "repeat_last_n", "seed", "logit_bias"), which go to
+ * the host's sampler unchanged.
  *
  * When generation ends it reports why (stop, length or context) and the token counts with
  * result_report.
@@ -304,20 +304,22 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     int64_t max_tokens = DEFAULT_MAX_TOKENS;
     if (json_get(req, "max_tokens", &value) && (!json_int(value, &max_tokens) || max_tokens < 1))
         return realm_fail(REALM_ERR_INVALID_ARGUMENT, "max_tokens must be a positive integer");
-    int32_t flags = REALM_TOKENIZE_ADD_SPECIAL;
-    if (json_get(req, "special", &value) && json_is_true(value)) flags |= REALM_TOKENIZE_PARSE_SPECIAL;
-    int64_t top_logprobs = -1;
-    if (json_get(req, "logprobs", &value) && (!json_int(value, &top_logprobs) || top_logprobs < 0 || top_logprobs > 20))
-        return realm_fail(REALM_ERR_INVALID_ARGUMENT, "logprobs must be an integer 0..20");
 
     generation g;
-    g.top_logprobs = (int32_t)top_logprobs;
     int32_t rc = read_stops(req, &g.stops);
     if (rc < 0) return rc;
     realm_model_info info;
     if ((rc = realm_model_info_get(&info, sizeof info)) < 0) return rc;
     g.n_layers = info.n_layers;
 
+    int special = 0;
+    if (json_get(req, "special", &value) && !json_bool(value, &special))
+        return realm_fail(REALM_ERR_INVALID_ARGUMENT, "special must be true or false");
+    int32_t flags = REALM_TOKENIZE_ADD_SPECIAL | (special ? REALM_TOKENIZE_PARSE_SPECIAL : 0);
+    int64_t top_logprobs = -1;
+    if (json_get(req, "logprobs", &value) && (!json_int(value, &top_logprobs) || top_logprobs < 0 || top_logprobs > 20))
+        return realm_fail(REALM_ERR_INVALID_ARGUMENT, "logprobs must be an integer 0..20");
+    g.top_logprobs = (int32_t)top_logprobs;
     int32_t cap = prompt_len + 8;
     int32_t *ids = realm_alloc(cap * 4);
     int32_t n_ids = realm_tokenize(prompt, prompt_len, flags, ids, cap);

@@ -49,8 +49,12 @@ class StepOrderError(SequenceError):
     """A step's calls came out of order (layer skipped or repeated, append during a step, no pending tokens)."""
 
 
-class Cancelled(RealmError):
-    """A request was ended because its client went away (or the server is shutting it down)."""
+class ContextLengthExceeded(RealmError):
+    """A prompt does not fit in the context it is to run in (the model's, or a smaller one asked for)."""
+
+
+class RequestCancelled(RealmError):
+    """The caller cancelled a request (Ctrl-C, a client that went away) before it finished."""
 
 
 class AuthError(RealmError):

@@ -34,7 +34,7 @@ from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPO
                                 AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status,
                                 StepStats, TokenLogprob)
 from host_functions.abi.status import status_of
-from host_functions.errors import BackendError, Cancelled, GuestError, QuotaExceeded, RealmError
+from host_functions.errors import BackendError, GuestError, QuotaExceeded, RealmError, RequestCancelled
 from host_functions.model import Model
 
 from .guest_compiler import engine_config, load_or_compile
@@ -43,6 +43,8 @@ MAX_MODULE_BYTES = 8 << 20  # a guest is a controller, not a model: 8 MiB is gen
 MAX_TABLE_ELEMENTS = 100_000  # function table entries of one instance (a C guest has tens)
 EPOCH_TICK_S = 0.01  # the engine's epoch advances this often; wall-clock deadlines are in ticks
 _MODULE_CACHE_SIZE = 64
+LOG_ERROR = 3  # the `log` level of an error line (realm.h: 0 debug .. 3 error)
+MAX_REASON_CHARS = 300  # of a guest's own error line quoted in the request's error
 
 _I32 = "i32"
 _EXPORTS = {ALLOC_EXPORT: ((_I32,), (_I32,)), ENTRY_EXPORT: ((_I32, _I32), (_I32,))}
@@ -211,25 +213,23 @@ class TenantSandbox:
     def run(self, guest: GuestModule, request: Mapping[str, Any],
             on_text: Callable[[str], None] | None = None,
             open_draft: Callable[[str], Model | None] | None = None,
-            cancelled: Callable[[], bool] | None = None) -> RunResult:
+            cancel: threading.Event | None = None) -> RunResult:
         """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text.
 
-        `open_draft` resolves the draft models the request may open (speculative decoding); by
-        default none. `cancelled` is polled at every host call; once it returns True the request
-        ends with Cancelled and its sequences are freed.
-
-        Raises QuotaExceeded when a limit ends the request, GuestError when the guest traps,
-        breaks the ABI or returns a non-zero status, and Cancelled as above; each carries the
-        partial RunResult as `.result`. Nothing outside this request is affected.
+        Raises QuotaExceeded when a limit ends the request, RequestCancelled when `cancel` is set
+        (seen at the guest's next host call), and GuestError when the guest traps, breaks the ABI
+        or returns a non-zero status; each carries the partial RunResult as `.result`. Nothing
+        outside this request is affected. `open_draft` resolves the draft models the request may
+        open (speculative decoding); by default none.
         """
         payload = json.dumps(request, ensure_ascii=False).encode()
-        session = Session(self.model, self.limits, on_text, self.tenant, open_draft, cancelled)
+        session = Session(self.model, self.limits, on_text, self.tenant, open_draft)
         store = self._store()
         started = time.perf_counter()
         status = Status.INTERNAL
         error: RealmError | None = None
         try:
-            status = self._call(store, session, guest, payload)
+            status = self._call(store, session, guest, payload, cancel)
         except Exception as exc:  # noqa: BLE001  every failure is attributed to this request below
             error = self._explain(session, store, exc)
         finally:
@@ -241,8 +241,7 @@ class TenantSandbox:
                            session.steps, *((report.finish_reason, report.prompt_tokens, report.completion_tokens)
                                             if report else (None, None, None)), session.logprobs)
         if error is None and status != Status.OK:
-            hint = f" (last host error: {session.last_error})" if session.last_error else ""
-            error = GuestError(f"guest returned status {Status.describe(status)}{hint}")
+            error = GuestError(_status_message(int(status), session))
         if error is not None:
             error.result = result  # type: ignore[attr-defined]
             raise error
@@ -256,10 +255,11 @@ class TenantSandbox:
         store.set_epoch_deadline(int(self.limits.wall_seconds / EPOCH_TICK_S) + 1)
         return store
 
-    def _call(self, store: wasmtime.Store, session: Session, guest: GuestModule, request: bytes) -> int:
+    def _call(self, store: wasmtime.Store, session: Session, guest: GuestModule, request: bytes,
+              cancel: threading.Event | None) -> int:
         linker = wasmtime.Linker(engine())
         for fn in HOST_FUNCTIONS.values():
-            linker.define_func(IMPORT_MODULE, fn.name, _func_type(len(fn.params)), _bind(session, fn),
+            linker.define_func(IMPORT_MODULE, fn.name, _func_type(len(fn.params)), _bind(session, fn, cancel),
                                access_caller=True)
         instance = linker.instantiate(store, guest.module)
         session.check_deadline()  # the start function ran
@@ -325,8 +325,8 @@ def _func_type(n_params: int) -> wasmtime.FuncType:
     return _FUNC_TYPES[n_params]
 
 
-def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
-    """The wasm-facing wrapper of one host function for one request: deadline, errors, trace."""
+def _bind(session: Session, fn: HostFunction, cancel: threading.Event | None) -> Callable[..., int]:
+    """The wasm-facing wrapper of one host function for one request: cancellation, deadline, errors, trace."""
     impl, name = fn.impl, fn.name
     stats = session.trace.setdefault(name, CallStats())
     clock = time.perf_counter
@@ -334,6 +334,9 @@ def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
     grows = fn.grows
 
     def call(caller: wasmtime.Caller, *args: int) -> int:
+        if cancel is not None and cancel.is_set():
+            session.failure = RequestCancelled("request cancelled")
+            raise _Abort(name)
         started = clock()
         try:
             session.enter()
@@ -346,7 +349,7 @@ def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
         except AbiError as exc:
             session.last_error = f"{name}: {exc}"
             return int(exc.status)
-        except (QuotaExceeded, BackendError, Cancelled) as exc:
+        except (QuotaExceeded, BackendError) as exc:
             session.failure = exc
         except RealmError as exc:  # the engine refused the call: its error class says which status
             session.last_error = f"{name}: {exc}"
@@ -359,6 +362,23 @@ def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
         raise _Abort(name)
 
     return call
+
+
+def _status_message(status: int, session: Session) -> str:
+    """Why a guest returned a failing status, in its own words first (the last error it logged, as
+    realm_fail does), then the status and the last host error it got, if any."""
+    reason = next((text for level, text in reversed(session.logs) if level == LOG_ERROR and text.strip()), "")
+    host = f"last host error: {session.last_error}" if session.last_error else ""
+    if reason:
+        name = Status(status).name if status in Status._value2member_map_ else str(status)
+        return f"{_printable_line(reason)} (guest status {name}" + (f"; {host})" if host else ")")
+    return f"guest returned status {Status.describe(status)}" + (f" ({host})" if host else "")
+
+
+def _printable_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """Guest text made fit for one line of an operator's terminal: no control characters, bounded."""
+    line = "".join(ch if ch.isprintable() else " " for ch in text[: limit + 1]).strip()
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def _fuel_left(store: wasmtime.Store) -> int:

@@ -155,6 +155,16 @@ def test_limits_must_be_positive(field):
         Limits(**{field: 0}).validate()
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("wall_seconds", float("inf"), "finite"), ("wall_seconds", float("nan"), "finite"),
+    ("max_tokens", 1.5, "integer"), ("fuel", 1e9, "integer"), ("max_sequences", True, "number"),
+    ("fuel", 2**63, "in \\[1, "), ("max_context", 2**31, "in \\[1, "), ("wall_seconds", 10**7, "604800"),
+    ("fuel", 10**30, "more than 24 digits")])
+def test_limits_are_finite_in_range_and_integers_where_they_count(field, value, message):
+    with pytest.raises(GuestError, match=f"limit {field} must be .*{message}"):
+        Limits(**{field: value}).validate()
+
+
 def test_memory_limit_cannot_exceed_what_i32_pointers_address():
     with pytest.raises(GuestError, match="2 GiB"):
         Limits(memory_bytes=2**31 + 65536).validate()

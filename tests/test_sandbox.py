@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from host_functions.abi.limits import LOG_LINE_BYTES
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from oracle import EXACT, assert_matches
-from host_functions.errors import GuestError, QuotaExceeded
+from host_functions.errors import GuestError, QuotaExceeded, RequestCancelled
 from realm.generation import generate_text, generate_tokens
 from realm.sandbox import MAX_MODULE_BYTES, TenantSandbox, compile_guest, reference_guest_path
 
@@ -174,6 +175,25 @@ def test_choice_guest_follows_the_model_when_greedy(model, choice):
 def test_choice_guest_rejects_a_request_without_choices(model, choice):
     with pytest.raises(GuestError, match="INVALID_ARGUMENT"):
         TenantSandbox(model).run(choice, {"prompt": PROMPT})
+
+
+def test_a_failing_status_is_reported_in_the_guests_own_words_on_one_printable_line(model):
+    reason = "prompt too long\n\x1b[31mfor me" + "!" * 400
+    body = f"""(drop (call $log (i32.const 3) (i32.const 256) (i32.const {len(reason.encode())})))
+               (i32.const {int(Status.CAPACITY)})"""
+    with pytest.raises(GuestError) as err:
+        TenantSandbox(model).run(compile_wat(body, extra=data_bytes(reason.encode(), 256)), {})
+    message = str(err.value)
+    assert message.startswith("prompt too long  [31mfor me!!!") and message.endswith("... (guest status CAPACITY)")
+    assert message.isprintable() and len(message) < 340
+
+
+def test_a_cancelled_request_ends_at_the_guests_next_host_call(model):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RequestCancelled):
+        TenantSandbox(model).run(compile_wat("(loop $l (drop (call $token_is_eog (i32.const 1))) (br $l)) (i32.const 0)"),
+                                 {}, cancel=cancel)
 
 
 # --- the ABI through small WAT guests ----------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from guest_helpers import TINY_LLAMA, compile_wat, data_i32, expect, prefill
 from host_functions.abi import Limits, TokenLogprob
-from host_functions.errors import Cancelled
+from host_functions.errors import RequestCancelled
 from host_functions.model import Model
 from host_functions.sampling import Sampler, SamplingParams
 from oracle import reference_sequences
@@ -187,7 +187,7 @@ def test_a_cancelled_request_ends_at_its_next_host_call_and_frees_its_sequences(
         emitted.append(text)
         flag.set()  # the client goes away after the first piece
 
-    with pytest.raises(Cancelled) as caught:
+    with pytest.raises(RequestCancelled) as caught:
         TenantSandbox(model, Limits()).run(guest, {"prompt": "Once upon a time", "max_tokens": 200,
-                                                   "temperature": 0}, on_text=on_text, cancelled=flag.is_set)
+                                                   "temperature": 0}, on_text=on_text, cancel=flag)
     assert len(emitted) == 1 and caught.value.result.tokens_fed < 20

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Cancelled, QuotaExceeded, RealmError
+from ..errors import QuotaExceeded, RealmError
 from ..model import Model, Sequence
 from .handles import HandleTable, SeqState
 from .limits import Limits
@@ -54,8 +54,7 @@ class Session:
     """The host side of one guest request: model, limits, handles, output, log, trace and failure."""
 
     def __init__(self, model: Model, limits: Limits, on_text: Callable[[str], None] | None = None,
-                 tenant: str = "", open_draft: Callable[[str], Model | None] | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> None:
+                 tenant: str = "", open_draft: Callable[[str], Model | None] | None = None) -> None:
         self.model, self.limits, self.tenant = model, limits, tenant
         self.config, self.tokenizer = model.config, model.tokenizer
         self.n_ctx = min(model.config.context_length, limits.max_context)
@@ -74,7 +73,6 @@ class Session:
         self.report: Report | None = None  # what the guest said of its result (result_report)
         self.logprobs: list[TokenLogprob] = []  # what the guest reported with token_logprobs
         self.logprob_bytes = 0  # their size on the host, counted in host_bytes
-        self.cancelled = cancelled  # polled at every host call: the client has gone away
         self.host_calls = 0
         self.output_bytes = 0
         self.log_bytes = 0
@@ -82,10 +80,7 @@ class Session:
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def enter(self) -> None:
-        """Account for one host call: QuotaExceeded past the wall clock or the host-call budget,
-        Cancelled once the request's client has gone."""
-        if self.cancelled is not None and self.cancelled():
-            raise Cancelled("the client cancelled the request")
+        """Account for one host call: QuotaExceeded past the wall clock or the host-call budget."""
         self.host_calls += 1
         if self.host_calls > self.limits.max_host_calls:
             raise QuotaExceeded(f"guest made more than its limit of {self.limits.max_host_calls} host calls")

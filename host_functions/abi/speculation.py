@@ -35,6 +35,7 @@ from .status import AbiError, Status
 
 MAX_LOGIT_ROWS = 17  # rows seq_finish_all keeps: 16 drafts and the token before them (a row is n_vocab f32)
 MAX_DRAFT_NAME = 4096
+DRAFT_BYTES = 1 << 10  # a DraftState: a reference to a shared model
 
 
 @dataclass(eq=False)
@@ -42,6 +43,9 @@ class DraftState:
     """A draft model this request opened."""
 
     model: Model
+
+    def host_bytes(self) -> int:
+        return DRAFT_BYTES  # the draft model itself is shared, like the target (one copy per process)
 
 
 @host("seq", grows=True)

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from host_functions.model import Model
 
 from ..chat import ChatTemplate
-from host_functions.errors import AuthError, Cancelled, QuotaExceeded, RealmError
+from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
 from ..sandbox import GuestModule, RunResult, compile_guest, reference_guest_path
 from ..tenants import Tenant, TenantRegistry
 from . import protocol
@@ -202,7 +202,7 @@ class _Call:
         except ApiError as exc:
             status = exc.status
             raise
-        except Cancelled:
+        except RequestCancelled:
             status = 499  # nginx's "client closed request": nobody is left to answer
             return Response(status_code=499)
         finally:
@@ -218,7 +218,7 @@ class _Call:
                 except RealmError as exc:
                     raise guest_failure(exc) from None
             if await request.is_disconnected():
-                raise Cancelled("the client disconnected")
+                raise RequestCancelled("the client disconnected")
 
     async def events(self) -> AsyncIterator[str]:
         """The SSE stream: every choice's text as it comes, a final chunk per choice, [DONE]."""
@@ -282,7 +282,7 @@ def guest_failure(exc: RealmError) -> ApiError:
         message += f" (guest log: {logs[-1]})"
     if isinstance(exc, QuotaExceeded):
         return ApiError(400, message, type="limit_exceeded", code="tenant_limit")
-    if isinstance(exc, Cancelled):
+    if isinstance(exc, RequestCancelled):
         return ApiError(503, message, type="server_error", code="cancelled")
     return ApiError(500, message, type="guest_error", code="guest_failed")
 

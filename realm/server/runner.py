@@ -17,7 +17,7 @@ from typing import Any
 
 from host_functions.model import Model
 
-from host_functions.errors import Cancelled
+from host_functions.errors import RequestCancelled
 from ..sandbox import GuestModule, RunResult, TenantSandbox
 from ..tenants import Tenant
 
@@ -47,7 +47,7 @@ class GuestRun:
             return
 
     async def result(self) -> RunResult:
-        """The run's RunResult; raises what the sandbox raised (GuestError, QuotaExceeded, Cancelled)."""
+        """The run's RunResult; raises what the sandbox raised (GuestError, QuotaExceeded, RequestCancelled)."""
         assert self.outcome is not None
         return await asyncio.shield(self.outcome)
 
@@ -77,8 +77,8 @@ class Runner:
 
         def work() -> RunResult:
             if run.cancel.is_set():  # the client left while the run waited for a thread
-                raise Cancelled("the client cancelled the request")
-            return sandbox.run(guest, request, on_text=on_text, cancelled=run.cancel.is_set)
+                raise RequestCancelled("the client cancelled the request")
+            return sandbox.run(guest, request, on_text=on_text, cancel=run.cancel)
 
         def finished(outcome: asyncio.Future[RunResult]) -> None:
             self._live.discard(run)
