@@ -3,9 +3,12 @@
  *
  * Request (JSON object): "prompt" (string), "max_tokens" (int, default 128), "stop" (array of
  * strings), "special" (true: special-token text in the prompt, such as "<start_of_turn>", becomes
- * its token, as `realm run --special` asks), and the sampling parameters ("temperature",
- * "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
- * "repeat_last_n", "seed"), which go to the host's sampler unchanged.
+ * its token, as `realm run --special` and a rendered chat template ask), "logprobs" (int 0..20:
+ * report every generated token's log-probability with that many alternatives; decoding is then
+ * plain, not speculative, so each token's own step logits are what is reported), and the
+ * sampling parameters ("temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+ * "presence_penalty", "frequency_penalty", "repeat_last_n", "seed", "logit_bias"), which go to
+ * the host's sampler unchanged.
  *
  * When generation ends it reports why (stop, length or context) and the token counts with
  * result_report.
@@ -120,6 +123,7 @@ typedef struct {
     int32_t n_history;
     int32_t speculate;     /* 0: plain decoding; 1: prompt lookup; 2: a draft sequence */
     int32_t draft_seq, draft_sampler, draft_layers, draft_len, n_draft;
+    int32_t top_logprobs;  /* -1: the client wants no logprobs */
     char *text;
     stopper stops;
 } generation;
@@ -144,8 +148,11 @@ static int32_t take(generation *g, int32_t token, int cached) {
         g->reason = REALM_FINISH_STOP;
         return 0;
     }
+    int32_t rc;
+    /* Only in plain decoding (see realm_main), where the last step's logits are this token's. */
+    if (g->top_logprobs >= 0 && (rc = realm_token_logprobs(g->seq, token, g->top_logprobs)) < 0) return rc;
     g->produced++;
-    int32_t rc = push_text(g, token);
+    rc = push_text(g, token);
     if (rc < 0) return rc;
     g->history[g->n_history++] = token;
     if (g->stops.stopped) {
@@ -309,6 +316,10 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     if (json_get(req, "special", &value) && !json_bool(value, &special))
         return realm_fail(REALM_ERR_INVALID_ARGUMENT, "special must be true or false");
     int32_t flags = REALM_TOKENIZE_ADD_SPECIAL | (special ? REALM_TOKENIZE_PARSE_SPECIAL : 0);
+    int64_t top_logprobs = -1;
+    if (json_get(req, "logprobs", &value) && (!json_int(value, &top_logprobs) || top_logprobs < 0 || top_logprobs > 20))
+        return realm_fail(REALM_ERR_INVALID_ARGUMENT, "logprobs must be an integer 0..20");
+    g.top_logprobs = (int32_t)top_logprobs;
     int32_t cap = prompt_len + 8;
     int32_t *ids = realm_alloc(cap * 4);
     int32_t n_ids = realm_tokenize(prompt, prompt_len, flags, ids, cap);
@@ -332,7 +343,8 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     if (g.sampler < 0) return realm_fail(g.sampler, "bad sampling parameters");
     g.seq = realm_seq_open(g.capacity);
     if (g.seq < 0) return g.seq;
-    if ((rc = open_speculation(&g, req, request, request_len)) < 0) return rc;
+    g.speculate = 0;
+    if (g.top_logprobs < 0 && (rc = open_speculation(&g, req, request, request_len)) < 0) return rc;
     rc = run(&g, ids, n_ids);
     realm_seq_close(g.seq);
     realm_sampler_free(g.sampler);

@@ -107,6 +107,8 @@ REALM_IMPORT(sampler_new) int32_t realm_sampler_new(const char *json, int32_t js
 REALM_IMPORT(sampler_free) int32_t realm_sampler_free(int32_t sampler);
 REALM_IMPORT(sample) int32_t realm_sample(int32_t seq, int32_t sampler, const void *bias, int32_t bias_len,
                                           int32_t mode); /* returns the token; does not append it */
+/* Report a generated token's log-probability and its top_k (0..20) alternatives to the client. */
+REALM_IMPORT(token_logprobs) int32_t realm_token_logprobs(int32_t seq, int32_t token, int32_t top_k);
 
 /* Text to the client. */
 REALM_IMPORT(text_push) int32_t realm_text_push(int32_t seq, int32_t token, char *out, int32_t out_cap);

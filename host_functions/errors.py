@@ -55,3 +55,7 @@ class ContextLengthExceeded(RealmError):
 
 class RequestCancelled(RealmError):
     """The caller cancelled a request (Ctrl-C, a client that went away) before it finished."""
+
+
+class AuthError(RealmError):
+    """A request carries no API key, or one that is unknown or revoked."""

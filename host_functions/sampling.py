@@ -34,6 +34,7 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 128
     stop: tuple[str, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token, bias) added to the logits first (OpenAI)
 
     def validate(self) -> None:
         """Raise RealmError naming the first parameter whose value is unusable."""
@@ -54,6 +55,9 @@ class SamplingParams:
                f"seed must be null or an integer in [0, 2**64), got {self.seed!r}")
         _check(isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop),
                f"stop must be a list of non-empty strings, got {self.stop!r}")
+        for token, bias in self.logit_bias:
+            _check(_is_int(token) and token >= 0, f"logit_bias token ids must be integers >= 0, got {token!r}")
+            _check(_is_number(bias) and math.isfinite(bias), f"logit_bias values must be finite numbers, got {bias!r}")
 
 
 class Sampler:
@@ -107,11 +111,19 @@ class Sampler:
         logits = np.array(logits, dtype=np.float32)
         if logits.ndim != 1 or logits.size == 0:
             raise RealmError(f"logits must be a non-empty vector, got shape {logits.shape}")
+        self._apply_bias(logits)
         self._apply_penalties(logits, history)
         top = float(logits.max())
         if not math.isfinite(top):
             raise RealmError("logits have no finite maximum to sample from (all -inf, NaN or +inf)")
         return logits, top
+
+    def _apply_bias(self, logits: np.ndarray) -> None:
+        """Add logit_bias in place (llama.cpp applies it first in the chain)."""
+        for token, bias in self.params.logit_bias:
+            if token >= logits.size:
+                raise RealmError(f"logit_bias token id {token} is out of range 0..{logits.size - 1}")
+            logits[token] += bias
 
     def _apply_penalties(self, logits: np.ndarray, history: Sequence[int]) -> None:
         """llama.cpp's penalties over the last repeat_last_n tokens, in place."""

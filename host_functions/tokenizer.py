@@ -358,6 +358,8 @@ class Tokenizer:
     unk_id: int | None
     add_bos: bool
     add_space_prefix: bool
+    kind: str
+    chat_template: str | None  # the model's Jinja chat template (tokenizer.chat_template), if it has one
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any]) -> Tokenizer:
@@ -378,6 +380,7 @@ class Tokenizer:
         if not isinstance(tokens, list) or not tokens:
             raise ModelFormatError("model has no tokenizer vocabulary (tokenizer.ggml.tokens)")
         self.vocab_size = n = len(tokens)
+        self.kind = kind  # "llama" (SentencePiece) or "gpt2" (byte-level BPE), as tokenizer.ggml.model says
         self._tokens, self._token_to_id = _index_tokens(tokens)
         self._scores = _per_token(meta, "tokenizer.ggml.scores", n, 0.0)
         self._types = _per_token(meta, "tokenizer.ggml.token_type", n, int(TokenType.NORMAL))
@@ -413,6 +416,9 @@ class Tokenizer:
         self.add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default))
         if self.add_bos and self.bos_id is None:
             raise ModelFormatError("tokenizer.ggml.add_bos_token is true, but the vocabulary has no BOS token")
+
+        template = meta.get("tokenizer.chat_template")
+        self.chat_template: str | None = template if isinstance(template, str) and template.strip() else None
 
         self._eog = self._mark_special_tokens(special, eom_id)
         self._partition_tokens = self._partition_table()
@@ -502,6 +508,10 @@ class Tokenizer:
     def _check_id(self, tid: int) -> None:
         if not 0 <= tid < self.vocab_size:
             raise RealmError(f"token id {tid} is out of range (vocabulary has {self.vocab_size} tokens)")
+
+    def token_id(self, text: str) -> int | None:
+        """The id of the vocabulary entry spelled exactly `text`, or None."""
+        return self._token_to_id.get(text)
 
     def piece(self, id: int) -> str:
         """The vocabulary entry exactly as stored (e.g. "▁Paris", "<0x0A>", "<bos>")."""

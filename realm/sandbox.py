@@ -32,7 +32,7 @@ from wasmtime._extern import wrap_extern
 
 from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPORT_MODULE, MEMORY_EXPORT,
                                 AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status,
-                                StepStats)
+                                StepStats, TokenLogprob)
 from host_functions.abi.status import status_of
 from host_functions.errors import BackendError, GuestError, QuotaExceeded, RealmError, RequestCancelled
 from host_functions.model import Model
@@ -195,6 +195,7 @@ class RunResult:
     finish_reason: str | None = None  # as the guest reported it (result_report): "stop", "length", "context"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # reported by the guest (token_logprobs)
 
 
 class _Abort(Exception):
@@ -237,7 +238,8 @@ class TenantSandbox:
         report = session.report
         result = RunResult(session.text(), int(status), session.trace, session.logs,
                            self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed,
-                           session.steps, *((report.finish_reason, report.prompt_tokens, report.completion_tokens) if report else ()))
+                           session.steps, *((report.finish_reason, report.prompt_tokens, report.completion_tokens)
+                                            if report else (None, None, None)), session.logprobs)
         if error is None and status != Status.OK:
             error = GuestError(_status_message(int(status), session))
         if error is not None:

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import secrets
 import sqlite3
 import tempfile
 import time
@@ -27,7 +28,8 @@ from typing import Any
 from host_functions.abi import Limits
 from host_functions.abi.limits import LIMIT_RANGES
 
-from host_functions.errors import GuestError, TenantError
+from host_functions.errors import AuthError, GuestError, TenantError
+
 from .paths import realm_home
 from .sandbox import GuestModule, compile_guest, to_wasm
 
@@ -42,6 +44,28 @@ CREATE TABLE IF NOT EXISTS tenants (
     module_sha256 TEXT,            -- NULL until the first deployment
     module_size   INTEGER,
     deployed_at   REAL
+)
+"""
+
+# API keys: only the SHA-256 of a key is stored (keys are 256 random bits, so a plain hash is
+# enough: there is nothing to brute-force). key_id is the key's public prefix, for list/revoke.
+_KEYS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id     TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    sha256     TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+)
+"""
+KEY_PREFIX = "rk-"
+
+# Per-tenant HTTP rate limits for `realm serve`; NULL (or no row) means the server's default.
+_RATES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rate_limits (
+    tenant              TEXT PRIMARY KEY,
+    requests_per_minute INTEGER,
+    tokens_per_minute   INTEGER
 )
 """
 
@@ -61,6 +85,34 @@ class Tenant:
         return {"name": self.name, "created_at": self.created_at, "module_sha256": self.module_sha256,
                 "module_size": self.module_size, "deployed_at": self.deployed_at,
                 "limits": {k: _json_number(v) for k, v in dataclasses.asdict(self.limits).items()}}
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A tenant's API key as stored: its public id and dates, never the key itself."""
+
+    key_id: str
+    tenant: str
+    created_at: float
+    revoked_at: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """A tenant's rate limits for the HTTP server; None: the server's default, 0: unlimited."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_limits(overrides: Mapping[str, str], base: Limits | None = None) -> Limits:
@@ -189,7 +241,79 @@ class TenantRegistry:
         with self._db(write=True) as db:
             sha256 = self._row(db, name)["module_sha256"]
             db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+            # A tenant created later under the same name must not inherit these keys or limits.
+            db.execute("DELETE FROM api_keys WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM rate_limits WHERE tenant = ?", (name,))
             self._collect(db, sha256)
+
+    # -- API keys ------------------------------------------------------------------------------
+
+    def create_key(self, name: str) -> tuple[ApiKey, str]:
+        """A new random key for tenant `name`: (its record, the key). The key is not stored, only
+        its hash, so this is the one time it can be shown. TenantError if there is no such tenant."""
+        self.get(name)
+        key_id = secrets.token_hex(4)
+        key = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+        record = ApiKey(key_id, name, time.time())
+        with self._db(write=True) as db:
+            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is None:
+                raise TenantError(f"no tenant named {name!r}")
+            db.execute("INSERT INTO api_keys (key_id, tenant, sha256, created_at) VALUES (?, ?, ?, ?)",
+                       (key_id, name, hash_key(key), record.created_at))
+        return record, key
+
+    def list_keys(self, name: str) -> list[ApiKey]:
+        """Tenant `name`'s keys, revoked ones included; TenantError if there is no such tenant."""
+        self.get(name)
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM api_keys WHERE tenant = ? ORDER BY created_at", (name,)).fetchall()
+        return [_api_key(r) for r in rows]
+
+    def revoke_key(self, name: str, key_id: str) -> ApiKey:
+        """Revoke tenant `name`'s key `key_id` (the id `list_keys` shows, or the whole key) at once."""
+        key_id = key_id.removeprefix(KEY_PREFIX).split("-", 1)[0]
+        with self._db(write=True) as db:
+            cur = db.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND tenant = ? "
+                             "AND revoked_at IS NULL", (time.time(), key_id, name))
+            row = db.execute("SELECT * FROM api_keys WHERE key_id = ? AND tenant = ?", (key_id, name)).fetchone()
+        if row is None:
+            raise TenantError(f"tenant {name!r} has no key {key_id!r}")
+        if cur.rowcount != 1:
+            raise TenantError(f"key {key_id} of tenant {name!r} is already revoked")
+        return _api_key(row)
+
+    def tenant_for_key(self, key: str) -> Tenant:
+        """The tenant a key belongs to; AuthError if the key is unknown or revoked, or its tenant gone."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM api_keys WHERE sha256 = ?", (hash_key(key),)).fetchone()
+        if row is None:
+            raise AuthError("invalid API key")
+        if row["revoked_at"] is not None:
+            raise AuthError("this API key has been revoked")
+        try:
+            return self.get(row["tenant"])
+        except TenantError:
+            raise AuthError("the tenant of this API key no longer exists") from None
+
+    # -- rate limits ---------------------------------------------------------------------------
+
+    def rate_limits(self, name: str) -> RateLimits:
+        """Tenant `name`'s rate limits (None fields: the server's defaults)."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM rate_limits WHERE tenant = ?", (name,)).fetchone()
+        return RateLimits(row["requests_per_minute"], row["tokens_per_minute"]) if row else RateLimits()
+
+    def set_rate_limits(self, name: str, limits: RateLimits) -> RateLimits:
+        """Replace tenant `name`'s rate limits; TenantError for an unknown tenant or a negative limit."""
+        for value in (limits.requests_per_minute, limits.tokens_per_minute):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise TenantError(f"rate limits must be integers >= 0 (0: unlimited), got {value!r}")
+        with self._db(write=True) as db:
+            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is None:
+                raise TenantError(f"no tenant named {name!r}")
+            db.execute("INSERT OR REPLACE INTO rate_limits VALUES (?, ?, ?)",
+                       (name, limits.requests_per_minute, limits.tokens_per_minute))
+        return limits
 
     # -- storage -------------------------------------------------------------------------------
 
@@ -242,6 +366,8 @@ class TenantRegistry:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(_SCHEMA)
+            db.execute(_KEYS_SCHEMA)
+            db.execute(_RATES_SCHEMA)
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield db
@@ -264,6 +390,10 @@ def _tenant(row: sqlite3.Row) -> Tenant:
         raise TenantError(f"tenant {row['name']!r} has unreadable limits: {exc}") from None
     return Tenant(row["name"], row["created_at"], limits, row["module_sha256"], row["module_size"],
                   row["deployed_at"])
+
+
+def _api_key(row: sqlite3.Row) -> ApiKey:
+    return ApiKey(row["key_id"], row["tenant"], row["created_at"], row["revoked_at"])
 
 
 def _json_number(value: int | float) -> int | float | str:

@@ -16,15 +16,16 @@ functions by subject: `tokens`, `sequences`, `logits`, `output`.
 from . import logits, output, sequences, speculation, tokens  # noqa: F401  importing registers the host functions
 from .handles import HandleTable, SamplerState, SeqState
 from .limits import MAX_I32, Limits
-from .logits import MAX_SAMPLERS, sampling_params_from_json
+from .logits import MAX_SAMPLERS, MAX_TOP_LOGPROBS, sampling_params_from_json
 from .memory import GuestMemory
 from .registry import HOST_FUNCTIONS, HostFunction, host
-from .session import CallStats, Report, Session, StepStats
+from .session import CallStats, Report, Session, StepStats, TokenLogprob
 from .status import (ABI_VERSION, ALLOC_EXPORT, ENTRY_EXPORT, IMPORT_MODULE, MEMORY_EXPORT, TEXT_FLUSH, AbiError,
                      BiasMode, FinishReason, Status, TokenizeFlags)
 from .tokens import info_fields
 
 __all__ = ["ABI_VERSION", "ALLOC_EXPORT", "ENTRY_EXPORT", "HOST_FUNCTIONS", "IMPORT_MODULE", "MAX_I32",
-           "MAX_SAMPLERS", "MEMORY_EXPORT", "TEXT_FLUSH", "AbiError", "BiasMode", "CallStats", "FinishReason",
+           "MAX_SAMPLERS", "MAX_TOP_LOGPROBS", "MEMORY_EXPORT", "TEXT_FLUSH", "AbiError", "BiasMode", "CallStats",
+           "FinishReason",
            "GuestMemory", "HandleTable", "HostFunction", "Limits", "Report", "SamplerState", "SeqState", "Session",
-           "Status", "StepStats", "TokenizeFlags", "host", "info_fields", "sampling_params_from_json"]
+           "Status", "StepStats", "TokenLogprob", "TokenizeFlags", "host", "info_fields", "sampling_params_from_json"]

@@ -13,11 +13,14 @@ from .handles import SamplerState, SeqState
 from .limits import MAX_JSON_BYTES, MAX_JSON_DIGITS, MAX_STOP_BYTES, MAX_STOP_STRINGS
 from .memory import GuestMemory
 from .registry import host
-from .session import Session
+from .checks import check_token
+from .session import Session, TokenLogprob
 from .status import AbiError, BiasMode, Status
 
 MAX_SAMPLERS = 64  # live samplers per request; a sampler is small, so this only stops runaway loops
 MAX_DRAFT_SAMPLES = 16  # draft samples whose distributions a draft sequence keeps for spec_verify
+MAX_TOP_LOGPROBS = 20  # alternatives per reported token (OpenAI's top_logprobs maximum)
+LOGPROB_BYTES = 128  # host memory of one reported token or alternative (a tuple, an int and a float)
 
 _BIAS_PAIR = np.dtype([("token", "<i4"), ("bias", "<f4")])
 
@@ -89,6 +92,25 @@ def sample(s: Session, mem: GuestMemory, seq: int, sampler: int, bias_ptr: int, 
     return token
 
 
+@host("seq", "token", "top_k", grows=True)
+def token_logprobs(s: Session, mem: GuestMemory, seq: int, token: int, top_k: int) -> int:
+    """Report `token`'s log-probability under the last step's logits (before any sampler change),
+    with the top_k (0..20) most likely tokens, to the client (OpenAI `logprobs`)."""
+    logits = s.handles.get(seq, SeqState).require_logits()
+    check_token(s, token)
+    if not 0 <= top_k <= MAX_TOP_LOGPROBS:
+        raise AbiError(Status.INVALID_ARGUMENT, f"top_k must be 0..{MAX_TOP_LOGPROBS}, got {top_k}")
+    if len(s.logprobs) >= s.limits.max_tokens:
+        raise AbiError(Status.LIMIT, f"more than {s.limits.max_tokens} tokens' logprobs reported")
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    logp = shifted - np.log(np.exp(shifted).sum())
+    top = np.argpartition(-logp, top_k)[:top_k] if top_k else np.zeros(0, np.int64)
+    top = top[np.argsort(-logp[top], kind="stable")]
+    s.logprobs.append(TokenLogprob(token, float(logp[token]), tuple((int(i), float(logp[i])) for i in top)))
+    s.logprob_bytes += LOGPROB_BYTES + LOGPROB_BYTES * top_k  # an entry and each alternative, as Python keeps them
+    return Status.OK
+
+
 def sampling_params_from_json(data: bytes) -> SamplingParams:
     """SamplingParams from the known keys of a JSON object; INVALID_ARGUMENT on bad JSON or values,
     JSON nested too deeply, numbers of more than MAX_JSON_DIGITS digits, NaN/Infinity, or more or
@@ -111,12 +133,26 @@ def sampling_params_from_json(data: bytes) -> SamplingParams:
             raise AbiError(Status.INVALID_ARGUMENT, f"at most {MAX_STOP_STRINGS} stop strings of at most "
                                                     f"{MAX_STOP_BYTES} bytes each")
         kwargs["stop"] = tuple(stop)
+    if "logit_bias" in kwargs:
+        kwargs["logit_bias"] = _logit_bias(kwargs["logit_bias"])
     try:
         params = SamplingParams(**kwargs)
         params.validate()
     except (RealmError, TypeError, ValueError) as exc:
         raise AbiError(Status.INVALID_ARGUMENT, f"bad sampling parameters: {exc}") from None
     return params
+
+
+def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias` ({"token id": bias}) as (token, bias) pairs; INVALID_ARGUMENT if malformed."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise AbiError(Status.INVALID_ARGUMENT, "logit_bias must be an object of token id -> bias")
+    try:
+        return tuple((int(k), v) for k, v in value.items())
+    except ValueError:
+        raise AbiError(Status.INVALID_ARGUMENT, "logit_bias keys must be token ids") from None
 
 
 def _json_int(text: str) -> int:

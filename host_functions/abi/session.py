@@ -41,6 +41,15 @@ class Report:
     completion_tokens: int
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and its most likely alternatives, as the guest reported it."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token, logprob), most likely first
+
+
 class Session:
     """The host side of one guest request: model, limits, handles, output, log, trace and failure."""
 
@@ -62,6 +71,8 @@ class Session:
         self.tokens_fed = 0
         self.steps = StepStats()
         self.report: Report | None = None  # what the guest said of its result (result_report)
+        self.logprobs: list[TokenLogprob] = []  # what the guest reported with token_logprobs
+        self.logprob_bytes = 0  # their size on the host, counted in host_bytes
         self.host_calls = 0
         self.output_bytes = 0
         self.log_bytes = 0
@@ -96,7 +107,7 @@ class Session:
         """What this request keeps on the host: its sequences (tokens, kept logits, undelivered text),
         samplers and log (LOG_LINE_BYTES a line besides the text). KV caches are bounded apart, by
         max_sequences x max_context."""
-        return self.handles.host_bytes() + self.log_bytes
+        return self.handles.host_bytes() + self.log_bytes + self.logprob_bytes
 
     def check_host_memory(self) -> None:
         """QuotaExceeded once what the request keeps on the host is over max_host_bytes."""

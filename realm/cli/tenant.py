@@ -13,7 +13,7 @@ from rich.table import Table
 from realm.cli import main
 from host_functions.errors import TenantError
 from realm.cli.console import stdout_console
-from realm.tenants import NAME_RULE, Tenant, TenantRegistry, parse_limits
+from realm.tenants import NAME_RULE, ApiKey, RateLimits, Tenant, TenantRegistry, parse_limits
 
 console = stdout_console()
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -91,6 +91,74 @@ def delete(name: str) -> None:
     """Delete tenant NAME, and its module file unless another tenant serves the same module."""
     TenantRegistry().delete(name)
     click.echo(f"deleted tenant {name}")
+
+
+@tenant.command("rate-limit")
+@click.argument("name")
+@click.option("--requests-per-minute", type=click.IntRange(0), help="Requests a minute; 0 is unlimited.")
+@click.option("--tokens-per-minute", type=click.IntRange(0),
+              help="Prompt + completion tokens a minute; 0 is unlimited.")
+@click.option("--default", "use_default", is_flag=True, help="Go back to the server's defaults.")
+@json_option
+def rate_limit(name: str, requests_per_minute: int | None, tokens_per_minute: int | None, use_default: bool,
+               as_json: bool) -> None:
+    """Show or set tenant NAME's HTTP rate limits (unset ones follow `realm serve`'s defaults)."""
+    registry = TenantRegistry()
+    registry.get(name)
+    limits = registry.rate_limits(name)
+    if use_default or requests_per_minute is not None or tokens_per_minute is not None:
+        limits = RateLimits() if use_default else RateLimits(
+            requests_per_minute if requests_per_minute is not None else limits.requests_per_minute,
+            tokens_per_minute if tokens_per_minute is not None else limits.tokens_per_minute)
+        registry.set_rate_limits(name, limits)
+    if as_json:
+        click.echo(json.dumps(limits.as_json()))
+        return
+    show = {k: "server default" if v is None else ("unlimited" if v == 0 else str(v))
+            for k, v in limits.as_json().items()}
+    click.echo(f"{name}: {show['requests_per_minute']} requests/min, {show['tokens_per_minute']} tokens/min")
+
+
+@tenant.group()
+def key() -> None:
+    """Manage a tenant's API keys (for `realm serve`)."""
+
+
+@key.command("create")
+@click.argument("name")
+@json_option
+def key_create(name: str, as_json: bool) -> None:
+    """Make a new API key for tenant NAME and print it: it is shown only this once."""
+    record, secret = TenantRegistry().create_key(name)
+    if as_json:
+        click.echo(json.dumps({**record.as_json(), "key": secret}))
+        return
+    click.echo(secret)
+    click.echo(f"key {record.key_id} for tenant {name}: store it now, it cannot be shown again", err=True)
+
+
+@key.command("list")
+@click.argument("name")
+@json_option
+def key_list(name: str, as_json: bool) -> None:
+    """List tenant NAME's keys (ids and dates; the keys themselves are not stored)."""
+    keys = TenantRegistry().list_keys(name)
+    if as_json:
+        click.echo(json.dumps([k.as_json() for k in keys]))
+        return
+    table = Table("key id", "created", "revoked", title=f"keys of {name}")
+    for k in keys:
+        table.add_row(k.key_id, _when(k.created_at), _when(k.revoked_at))
+    console.print(table)
+
+
+@key.command("revoke")
+@click.argument("name")
+@click.argument("key_id")
+def key_revoke(name: str, key_id: str) -> None:
+    """Revoke tenant NAME's key KEY_ID; a running server refuses it from its next request."""
+    revoked: ApiKey = TenantRegistry().revoke_key(name, key_id)
+    click.echo(f"revoked key {revoked.key_id} of tenant {name}")
 
 
 def _detail(t: Tenant) -> Table:

@@ -1,0 +1,78 @@
+"""`realm serve`: the OpenAI-compatible HTTP server for every tenant (docs/serve.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import uvicorn
+
+from realm.chat import load_chat_template
+from realm.cli import main
+from realm.cli.options import load_with_progress, model_options
+from host_functions.errors import RealmError
+from realm.server import Server, ServerConfig, create_app
+
+ADMIN_KEY_ENV = "REALM_ADMIN_KEY"
+_DEFAULTS = ServerConfig()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@model_options
+@click.option("--chat-template", "chat_template", metavar="NAME|FILE",
+              help="Chat template: gemma, llama2, llama3, chatml or a Jinja file (default: the model's, "
+                   "else its family's built-in).")
+@click.option("--workers", default=_DEFAULTS.workers, show_default=True, type=click.IntRange(1, 256),
+              help="Guest runs at once (their steps are batched together).")
+@click.option("--max-queue", default=_DEFAULTS.max_queue, show_default=True, type=click.IntRange(0),
+              help="Runs that may wait for a worker; beyond that requests get 503.")
+@click.option("--max-body-bytes", default=_DEFAULTS.max_body_bytes, show_default=True, type=click.IntRange(1),
+              help="Largest request body.")
+@click.option("--max-prompt-tokens", default=0, type=click.IntRange(0),
+              help="Longest prompt in tokens. [default: the context length]")
+@click.option("--default-max-tokens", default=_DEFAULTS.default_max_tokens, show_default=True,
+              type=click.IntRange(1), help="max_tokens of a chat request that sets none.")
+@click.option("--requests-per-minute", default=_DEFAULTS.requests_per_minute, show_default=True,
+              type=click.IntRange(0), help="Per-tenant request rate limit; 0 is off.")
+@click.option("--tokens-per-minute", default=_DEFAULTS.tokens_per_minute, show_default=True,
+              type=click.IntRange(0), help="Per-tenant token rate limit (prompt + completion); 0 is off.")
+@click.option("--admin-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"File holding the admin key (else ${ADMIN_KEY_ENV}); without one, admin endpoints "
+                   "and /metrics are off.")
+@click.option("--drain-timeout", default=60, show_default=True, type=click.IntRange(0),
+              help="Seconds SIGTERM waits for in-flight requests before cancelling them.")
+def serve(host: str, port: int, model_path: str | None, backend: str, chat_template: str | None, workers: int,
+          max_queue: int, max_body_bytes: int, max_prompt_tokens: int, default_max_tokens: int,
+          requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int) -> None:
+    """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
+    config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, default_max_tokens,
+                          requests_per_minute, tokens_per_minute, _admin_key(admin_key_file))
+    model = load_with_progress(model_path, backend)
+    template = load_chat_template(model.tokenizer, model.config.arch, chat_template)
+    server = Server(model, template, config)
+    click.echo(f"realm: starting on http://{host}:{port} with {server.model_id} ({model.backend.name}, "
+               f"chat template {template.source})", err=True)
+    uv = uvicorn.Server(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
+                                       timeout_graceful_shutdown=drain_timeout, log_level="info"))
+    try:
+        # Returns after SIGINT/SIGTERM once in-flight requests drained (or the timeout passed);
+        # a port it cannot bind is one uvicorn error line and exit status 3.
+        uv.run()
+    finally:
+        server.runner.close()
+
+
+def _admin_key(path: Path | None) -> str | None:
+    """The admin key from --admin-key-file or the environment; never printed or logged."""
+    if path is not None:
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RealmError(f"cannot read the admin key file {path}: {exc}") from None
+        if not key:
+            raise RealmError(f"the admin key file {path} is empty")
+        return key
+    return os.environ.get(ADMIN_KEY_ENV, "").strip() or None

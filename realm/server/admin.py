@@ -1,0 +1,113 @@
+"""Admin endpoints: the tenant registry over HTTP, mirroring `realm tenant ...`; every one needs
+the admin key (`Authorization: Bearer <admin key>`).
+
+    GET    /admin/tenants                       list
+    POST   /admin/tenants                       create   {"name": ..., "limits": {...}}
+    GET    /admin/tenants/{name}                show
+    DELETE /admin/tenants/{name}                delete
+    PUT    /admin/tenants/{name}/guest          deploy   (body: the .wasm or .wat module)
+    POST   /admin/tenants/{name}/keys           key create (the key is in the answer, only there)
+    GET    /admin/tenants/{name}/keys           key list
+    DELETE /admin/tenants/{name}/keys/{key_id}  key revoke
+    GET    /admin/tenants/{name}/rate-limits    rate-limit (show)
+    PUT    /admin/tenants/{name}/rate-limits    rate-limit {"requests_per_minute": .., "tokens_per_minute": ..}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from host_functions.errors import GuestError, TenantError
+from ..sandbox import MAX_MODULE_BYTES
+from ..tenants import RateLimits, parse_limits
+from .bodies import read_body, read_json
+from .protocol import ApiError
+
+if TYPE_CHECKING:
+    from .app import Server
+
+
+def admin_routes(server: Server) -> list[Route]:
+    """The admin routes of `server`."""
+    registry = server.registry
+
+    def admin(handler: Callable[[Request], Awaitable[Any]],
+              status: int = 200) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            server.require_admin(request)
+            try:
+                return JSONResponse(await handler(request), status_code=status)
+            except TenantError as exc:
+                raise ApiError(_status_of(request), str(exc)) from None
+            except GuestError as exc:
+                raise ApiError(400, str(exc), code="invalid_module") from None
+        return endpoint
+
+    async def list_tenants(request: Request) -> Any:
+        return {"data": [t.as_json() for t in registry.list()]}
+
+    async def create_tenant(request: Request) -> Any:
+        body = await read_json(request, server.config.max_body_bytes)
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise ApiError(400, 'the body must be {"name": ..., "limits": {...}}')
+        limits = body.get("limits") or {}
+        if not isinstance(limits, dict):
+            raise ApiError(400, "limits must be an object of limit name -> number")
+        return registry.create(body["name"], parse_limits({k: str(v) for k, v in limits.items()})).as_json()
+
+    async def show_tenant(request: Request) -> Any:
+        return registry.get(request.path_params["name"]).as_json()
+
+    async def delete_tenant(request: Request) -> Any:
+        registry.delete(request.path_params["name"])
+        return {"deleted": request.path_params["name"]}
+
+    async def deploy(request: Request) -> Any:
+        data = await read_body(request, MAX_MODULE_BYTES)
+        # Compiling a module takes a while: off the event loop.
+        return (await run_in_threadpool(registry.deploy, request.path_params["name"], data)).as_json()
+
+    async def create_key(request: Request) -> Any:
+        record, key = registry.create_key(request.path_params["name"])
+        return {**record.as_json(), "key": key}
+
+    async def list_keys(request: Request) -> Any:
+        return {"data": [k.as_json() for k in registry.list_keys(request.path_params["name"])]}
+
+    async def revoke_key(request: Request) -> Any:
+        return registry.revoke_key(request.path_params["name"], request.path_params["key_id"]).as_json()
+
+    async def show_rates(request: Request) -> Any:
+        registry.get(request.path_params["name"])
+        return registry.rate_limits(request.path_params["name"]).as_json()
+
+    async def set_rates(request: Request) -> Any:
+        body = await read_json(request, server.config.max_body_bytes)
+        names = set(RateLimits().as_json())
+        if not isinstance(body, dict) or not set(body) <= names:
+            raise ApiError(400, f"the body must be an object with {' and/or '.join(sorted(names))}")
+        return registry.set_rate_limits(request.path_params["name"], RateLimits(**body)).as_json()
+
+    return [
+        Route("/admin/tenants", admin(list_tenants), methods=["GET"]),
+        Route("/admin/tenants", admin(create_tenant, 201), methods=["POST"]),
+        Route("/admin/tenants/{name}", admin(show_tenant), methods=["GET"]),
+        Route("/admin/tenants/{name}", admin(delete_tenant), methods=["DELETE"]),
+        Route("/admin/tenants/{name}/guest", admin(deploy), methods=["PUT"]),
+        Route("/admin/tenants/{name}/keys", admin(create_key, 201), methods=["POST"]),
+        Route("/admin/tenants/{name}/keys", admin(list_keys), methods=["GET"]),
+        Route("/admin/tenants/{name}/keys/{key_id}", admin(revoke_key), methods=["DELETE"]),
+        Route("/admin/tenants/{name}/rate-limits", admin(show_rates), methods=["GET"]),
+        Route("/admin/tenants/{name}/rate-limits", admin(set_rates), methods=["PUT"]),
+    ]
+
+
+def _status_of(request: Request) -> int:
+    """404 when the path names a tenant (or key) that is not there, else 400 (e.g. a duplicate name)."""
+    return 404 if "name" in request.path_params else 400

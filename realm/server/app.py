@@ -1,0 +1,349 @@
+"""The HTTP server: an OpenAI-compatible API (Starlette on uvicorn) over tenants' guests.
+
+Every request names its tenant by its API key (`Authorization: Bearer <key>`); it runs in that
+tenant's guest (the reference guest if none is deployed) under that tenant's limits, on a worker
+thread, and its text streams back as the guest emits it. Errors are OpenAI's JSON error objects;
+a guest that traps or hits a limit fails only its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from host_functions.model import Model
+
+from ..chat import ChatTemplate
+from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
+from ..sandbox import GuestModule, RunResult, compile_guest, reference_guest_path
+from ..tenants import Tenant, TenantRegistry
+from . import protocol
+from .admin import admin_routes
+from .bodies import bearer_key, read_json
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .protocol import ApiError, ChoiceResult, GenerationSpec
+from .ratelimit import RateLimiter
+from .runner import GuestRun, Runner
+
+log = logging.getLogger("realm.server")
+_DISCONNECT_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What `realm serve` was told (see docs/serve.md for each)."""
+
+    workers: int = 16  # guest runs at once; the scheduler batches their steps
+    max_queue: int = 64  # runs waiting for a worker before new requests get 503
+    max_body_bytes: int = 1 << 20
+    max_prompt_tokens: int = 0  # 0: the context length
+    default_max_tokens: int = 256  # chat requests that set no max_tokens
+    requests_per_minute: int = 600  # per tenant, unless its registry entry says otherwise; 0 is off
+    tokens_per_minute: int = 0  # per tenant (prompt + completion), likewise; 0 is off
+    admin_key: str | None = None  # admin endpoints and /metrics; None: they are disabled
+
+
+class Server:
+    """The state every request shares: model, registry, runner, limits, metrics."""
+
+    def __init__(self, model: Model, template: ChatTemplate, config: ServerConfig,
+                 registry: TenantRegistry | None = None) -> None:
+        self.model, self.template, self.config = model, template, config
+        self.registry = registry or TenantRegistry()
+        self.model_id = model.path.stem
+        self.runner = Runner(model, config.workers)
+        self.limiter = RateLimiter()
+        self.metrics = ServerMetrics()
+        self.created = protocol.now()
+        self.reference_guest = compile_guest(reference_guest_path().read_bytes())
+
+    # -- auth ----------------------------------------------------------------------------------
+
+    def tenant(self, request: Request) -> Tenant:
+        """The tenant whose key the request carries; ApiError 401 otherwise."""
+        try:
+            return self.registry.tenant_for_key(bearer_key(request))
+        except AuthError as exc:
+            raise ApiError(401, str(exc), code="invalid_api_key") from None
+
+    def require_admin(self, request: Request) -> None:
+        """ApiError 403 when the server has no admin key, 401 unless the request carries it."""
+        if self.config.admin_key is None:
+            raise ApiError(403, "admin endpoints are disabled: start the server with --admin-key-file "
+                                "or REALM_ADMIN_KEY", type="permission_error")
+        try:
+            given = bearer_key(request)
+        except AuthError as exc:
+            raise ApiError(401, str(exc), code="invalid_api_key") from None
+        if not hmac.compare_digest(given.encode(), self.config.admin_key.encode()):
+            raise ApiError(401, "invalid admin key", code="invalid_api_key")
+
+    def guest_of(self, tenant: Tenant) -> GuestModule:
+        """The tenant's deployed guest, or the reference guest if it deployed none."""
+        return self.registry.guest(tenant.name) if tenant.module_sha256 else self.reference_guest
+
+    def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
+        n_ctx = min(self.model.config.context_length, tenant.limits.max_context)
+        return protocol.RequestLimits(n_ctx, tenant.limits.max_tokens, self.config.default_max_tokens,
+                                      self.config.max_prompt_tokens or n_ctx)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    async def generate(self, request: Request, kind: str) -> Response:
+        """Serve one completion ("completion") or chat ("chat") request; ApiError for refusals."""
+        started = time.perf_counter()
+        tenant_name = ""
+        try:
+            tenant = self.tenant(request)
+            tenant_name = tenant.name
+            body = await read_json(request, self.config.max_body_bytes)
+            limits = self.request_limits(tenant)
+            tok = self.model.tokenizer
+            spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
+                    else protocol.parse_completion(body, self.model_id, tok, limits))
+            self._admit(tenant, len(spec.prompts) * spec.n)
+            guest = self.guest_of(tenant)
+        except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
+            self.finished(tenant_name, kind, exc.status, started)
+            raise
+        runs = [(index, self.runner.start(tenant, guest, req)) for index, req in spec.guest_requests()]
+        call = _Call(self, tenant.name, kind, spec, runs, started)
+        if spec.stream:
+            return StreamingResponse(call.events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await call.complete(request)
+
+    def _admit(self, tenant: Tenant, n_runs: int) -> None:
+        """ApiError 503 when the queue is full, 429 when the tenant is over its rate; else count it."""
+        if self.runner.live + n_runs > self.config.workers + self.config.max_queue:
+            raise ApiError(503, "the server is at capacity; retry shortly", type="server_error",
+                           code="overloaded", headers={"Retry-After": "1"})
+        rates = self.registry.rate_limits(tenant.name)
+        refused = self.limiter.admit(
+            tenant.name,
+            self.config.requests_per_minute if rates.requests_per_minute is None else rates.requests_per_minute,
+            self.config.tokens_per_minute if rates.tokens_per_minute is None else rates.tokens_per_minute)
+        if refused is not None:
+            which, wait = refused
+            raise ApiError(429, f"tenant {tenant.name!r} is over its {which}-per-minute limit; retry in {wait} s",
+                           type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
+
+    def finished(self, tenant: str, kind: str, status: int, started: float,
+                 choices: Sequence[ChoiceResult] = (), prompt_tokens: int = 0) -> None:
+        """Account one request: metrics and the tenant's token window."""
+        completion = sum(c.completion_tokens for c in choices)
+        self.metrics.requests.labels(tenant, kind, str(status)).inc()
+        self.metrics.latency.labels(tenant, kind).observe(time.perf_counter() - started)
+        self.metrics.tokens.labels(tenant, "prompt").inc(prompt_tokens)
+        self.metrics.tokens.labels(tenant, "completion").inc(completion)
+        self.limiter.spend(tenant, prompt_tokens + completion)
+
+
+class _Call:
+    """One generation request in flight: its runs and how their outcomes become the response."""
+
+    def __init__(self, server: Server, tenant: str, kind: str, spec: GenerationSpec,
+                 runs: list[tuple[int, GuestRun]], started: float) -> None:
+        self.server, self.tenant, self.kind, self.spec, self.runs = server, tenant, kind, spec, runs
+        self.started = started
+        self.rid, self.created = protocol.new_id(spec.kind), protocol.now()
+        self.first_text: float | None = None
+        self.results: list[ChoiceResult] = []
+        server.metrics.in_flight.labels(tenant).inc()
+
+    def choice(self, index: int, result: RunResult) -> ChoiceResult:
+        """A finished run as a choice: the guest's own report of its tokens and finish reason, or,
+        for a guest that reports none, the host's count of prompt and text."""
+        tokenizer = self.server.model.tokenizer
+        counted = self.spec.prompt_tokens[index // self.spec.n]
+        prompt = result.prompt_tokens if result.prompt_tokens is not None else counted
+        completion = (result.completion_tokens if result.completion_tokens is not None
+                      else len(tokenizer.encode(result.text, add_bos=False)))
+        # OpenAI knows "stop" and "length"; running out of context is "length" there.
+        reason = "stop" if result.finish_reason in (None, "stop") else "length"
+        return ChoiceResult(index, result.text, reason, prompt, completion, result.logprobs)
+
+    def prompt_tokens(self) -> int:
+        return protocol.usage(self.spec, self.results)["prompt_tokens"]
+
+    def text_arrived(self) -> None:
+        if self.first_text is None:
+            self.first_text = time.perf_counter()
+            self.server.metrics.ttft.labels(self.tenant, self.kind).observe(self.first_text - self.started)
+
+    def close(self, status: int) -> None:
+        for _, run in self.runs:
+            run.cancel.set()  # no-op for finished runs; ends abandoned ones at their next host call
+        self.server.metrics.in_flight.labels(self.tenant).dec()
+        self.server.finished(self.tenant, self.kind, status, self.started, self.results, self.prompt_tokens())
+
+    async def complete(self, request: Request) -> Response:
+        """Wait for every choice (cancelling them if the client leaves) and answer in one object."""
+        status = 500
+        try:
+            for index, run in self.runs:
+                self.results.append(self.choice(index, await self._result(request, run)))
+            self.text_arrived()
+            status = 200
+            return JSONResponse(protocol.response(self.spec, self.rid, self.created, self.results,
+                                                  self.server.model.tokenizer))
+        except ApiError as exc:
+            status = exc.status
+            raise
+        except RequestCancelled:
+            status = 499  # nginx's "client closed request": nobody is left to answer
+            return Response(status_code=499)
+        finally:
+            self.close(status)
+
+    async def _result(self, request: Request, run: GuestRun) -> RunResult:
+        waiting = asyncio.ensure_future(run.result())
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                try:
+                    return waiting.result()
+                except RealmError as exc:
+                    raise guest_failure(exc) from None
+            if await request.is_disconnected():
+                raise RequestCancelled("the client disconnected")
+
+    async def events(self) -> AsyncIterator[str]:
+        """The SSE stream: every choice's text as it comes, a final chunk per choice, [DONE]."""
+        spec, tokenizer = self.spec, self.server.model.tokenizer
+        queue: asyncio.Queue[tuple[int, str | None, RunResult | Exception | None]] = asyncio.Queue()
+        pumps = [asyncio.ensure_future(_pump(index, run, queue)) for index, run in self.runs]
+        status, pending = 200, len(self.runs)
+        try:
+            for index, _ in self.runs:
+                yield _sse(protocol.chunk(spec, self.rid, self.created, index, first=True))
+            while pending:
+                index, text, outcome = await queue.get()
+                if text is not None:
+                    self.text_arrived()
+                    yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=text))
+                    continue
+                pending -= 1
+                if isinstance(outcome, Exception):
+                    error = guest_failure(outcome) if isinstance(outcome, RealmError) else _internal(outcome)
+                    status = error.status
+                    yield _sse(error.body())
+                    return
+                choice = self.choice(index, outcome)
+                self.results.append(choice)
+                logprobs = (protocol.format_logprobs(spec, choice.logprobs, tokenizer)
+                            if spec.top_logprobs is not None else None)
+                yield _sse(protocol.chunk(spec, self.rid, self.created, index,
+                                          finish_reason=choice.finish_reason, logprobs=logprobs))
+            if spec.include_usage:
+                yield _sse(protocol.usage_chunk(spec, self.rid, self.created, self.results))
+            yield "data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            status = 499  # the client disconnected: close() below cancels the runs
+            raise
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            self.close(status)
+
+
+async def _pump(index: int, run: GuestRun, queue: asyncio.Queue) -> None:
+    """Move one run's text and then its outcome onto the request's shared queue."""
+    async for text in run.stream():
+        queue.put_nowait((index, text, None))
+    try:
+        outcome: RunResult | Exception = await run.result()
+    except Exception as exc:  # noqa: BLE001  the outcome is reported to the client by events()
+        outcome = exc
+    queue.put_nowait((index, None, outcome))
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def guest_failure(exc: RealmError) -> ApiError:
+    """The client's error for a run that failed: its limit, its guest's trap or status, or ours."""
+    message = str(exc)
+    logs = [text for level, text in getattr(getattr(exc, "result", None), "logs", ()) if level >= 3]
+    if logs:
+        message += f" (guest log: {logs[-1]})"
+    if isinstance(exc, QuotaExceeded):
+        return ApiError(400, message, type="limit_exceeded", code="tenant_limit")
+    if isinstance(exc, RequestCancelled):
+        return ApiError(503, message, type="server_error", code="cancelled")
+    return ApiError(500, message, type="guest_error", code="guest_failed")
+
+
+def _internal(exc: Exception) -> ApiError:
+    log.error("request failed: %s: %s", type(exc).__name__, exc)
+    return ApiError(500, "internal server error", type="server_error")
+
+
+# -- the application ------------------------------------------------------------------------------
+
+def create_app(server: Server) -> Starlette:
+    """The Starlette application serving `server`."""
+
+    async def completions(request: Request) -> Response:
+        return await server.generate(request, "completion")
+
+    async def chat_completions(request: Request) -> Response:
+        return await server.generate(request, "chat")
+
+    async def models(request: Request) -> Response:
+        server.tenant(request)
+        return JSONResponse({"object": "list", "data": [
+            {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "realm"}]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": server.model_id, "in_flight": server.runner.live})
+
+    async def metrics(request: Request) -> Response:
+        server.require_admin(request)
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE)
+
+    routes = [
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        *admin_routes(server),
+    ]
+    handlers = {ApiError: _api_error, HTTPException: _http_error, RealmError: _realm_error, Exception: _crash}
+    return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+
+
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    error = ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _realm_error(request: Request, exc: RealmError) -> Response:
+    # What the checks above did not turn into an ApiError is ours (an unreadable registry or
+    # module file), not the client's: a server error with its one-line message.
+    log.error("request failed: %s", exc)
+    error = ApiError(500, str(exc), type="server_error")
+    return JSONResponse(error.body(), status_code=500)
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    error = _internal(exc)
+    return JSONResponse(error.body(), status_code=500)

@@ -1,0 +1,63 @@
+"""The server's Prometheus metrics (prometheus_client), per tenant, in a registry of its own.
+
+Requests by endpoint and status, prompt and completion tokens, request latency and time to first
+token, runs in flight. The engine's figures (batch sizes per scheduler step, KV blocks in use)
+come in through two hooks, so the scheduler reports them without importing the server:
+`observe_batch(size)` per step and `watch_engine(stats)`, polled at every scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class ServerMetrics:
+    """Every metric of one server."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("realm_requests", "Requests answered, by tenant, endpoint and HTTP status",
+                                ["tenant", "endpoint", "status"], registry=r)
+        self.tokens = Counter("realm_tokens", "Tokens processed, by tenant and kind (prompt, completion)",
+                              ["tenant", "kind"], registry=r)
+        self.latency = Histogram("realm_request_seconds", "Request latency, first byte in to last byte out",
+                                 ["tenant", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("realm_time_to_first_token_seconds", "Time from request to its first text",
+                              ["tenant", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("realm_requests_in_flight", "Requests being generated", ["tenant"], registry=r)
+        self.batch_size = Histogram("realm_batch_size", "Sequences per batched forward step (from the scheduler)",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self._engine = _EngineCollector()
+        r.register(self._engine)
+
+    def observe_batch(self, size: int) -> None:
+        """Hook for the scheduler: one batched step ran `size` sequences."""
+        self.batch_size.observe(size)
+
+    def watch_engine(self, stats: Callable[[], Mapping[str, float]]) -> None:
+        """Hook for the engine: `stats()` returns gauges such as {"kv_blocks_used": ..,
+        "kv_blocks_total": ..}, exported as realm_engine_<name> at every scrape."""
+        self._engine.stats = stats
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _EngineCollector(Collector):
+    def __init__(self) -> None:
+        self.stats: Callable[[], Mapping[str, float]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.stats is None:
+            return
+        for name, value in self.stats().items():
+            yield GaugeMetricFamily(f"realm_engine_{name}", f"engine statistic {name}", value=float(value))

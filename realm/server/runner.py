@@ -1,0 +1,101 @@
+"""Guest runs for the server: each on a worker thread of a bounded pool, its text streamed back to
+the event loop as the guest emits it, and a cancellation flag the sandbox checks at every host call.
+
+A request's steps are batched with every other live request's by the model's scheduler (each run
+is an ordinary sandbox run on its own thread); this module only moves text and outcomes between
+threads and keeps the set of live runs, so shutdown can wait for them or end them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from host_functions.model import Model
+
+from host_functions.errors import RequestCancelled
+from ..sandbox import GuestModule, RunResult, TenantSandbox
+from ..tenants import Tenant
+
+
+@dataclass(eq=False)
+class GuestRun:
+    """One guest run in flight: the text it emitted so far (a queue), its outcome and its cancel flag."""
+
+    tenant: str
+    pieces: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    outcome: asyncio.Future[RunResult] | None = None
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Every piece of text in order, as it arrives, until the run ends (its outcome is then set)."""
+        assert self.outcome is not None
+        while True:
+            getter = asyncio.ensure_future(self.pieces.get())
+            done, _ = await asyncio.wait({getter, self.outcome}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            # The worker queued its last pieces before it finished, so they are here already.
+            while not self.pieces.empty():
+                yield self.pieces.get_nowait()
+            return
+
+    async def result(self) -> RunResult:
+        """The run's RunResult; raises what the sandbox raised (GuestError, QuotaExceeded, RequestCancelled)."""
+        assert self.outcome is not None
+        return await asyncio.shield(self.outcome)
+
+
+class Runner:
+    """Runs tenants' guests on `workers` threads against one shared model."""
+
+    def __init__(self, model: Model, workers: int) -> None:
+        self.model = model
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="realm-request")
+        self._live: set[GuestRun] = set()
+
+    @property
+    def live(self) -> int:
+        """Runs started and not finished (running or waiting for a thread)."""
+        return len(self._live)
+
+    def start(self, tenant: Tenant, guest: GuestModule, request: dict[str, Any]) -> GuestRun:
+        """Queue one run; call from the event loop. Its text arrives on `.stream()`."""
+        loop = asyncio.get_running_loop()
+        run = GuestRun(tenant.name)
+        sandbox = TenantSandbox(self.model, tenant.limits, tenant.name)
+
+        def on_text(text: str) -> None:
+            loop.call_soon_threadsafe(run.pieces.put_nowait, text)
+
+        def work() -> RunResult:
+            if run.cancel.is_set():  # the client left while the run waited for a thread
+                raise RequestCancelled("the client cancelled the request")
+            return sandbox.run(guest, request, on_text=on_text, cancel=run.cancel)
+
+        def finished(outcome: asyncio.Future[RunResult]) -> None:
+            self._live.discard(run)
+            if not outcome.cancelled():
+                outcome.exception()  # a run whose client left is never awaited: its error is expected
+
+        run.outcome = asyncio.wrap_future(self._pool.submit(work))
+        self._live.add(run)
+        run.outcome.add_done_callback(finished)
+        return run
+
+    def cancel_all(self) -> None:
+        """End every live run at its next host call (shutdown after the drain timeout)."""
+        for run in list(self._live):
+            run.cancel.set()
+
+    def close(self) -> None:
+        """Cancel what is left and wait for the worker threads."""
+        self.cancel_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)

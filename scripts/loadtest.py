@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Load-test `realm serve` on loopback: concurrent openai clients across tenants, streaming and not.
+
+    python scripts/loadtest.py                       # 16 clients, 4 tenants, 60 s, its own server
+    python scripts/loadtest.py --duration 20 --max-requests 64 --baseline --json
+
+By default it starts its own `realm serve` (a temporary REALM_HOME, one tenant and key per
+tenant made through the admin API) on a free loopback port, and stops it at the end; `--url` with
+`--keys` targets a running server instead, which must be on loopback. Bounded: no request starts
+after --duration seconds or once --max-requests have started, and each has a timeout.
+
+Reports requests, errors, throughput (requests/s and completion tokens/s), latency p50/p99 and
+time to first token p50/p99 (streamed requests). `--baseline` then runs the same workload in this
+process straight through the sandbox (the reference guest on as many threads as the server had
+workers, no HTTP) for the same time, and reports the server's tok/s as a ratio to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import openai
+
+from host_functions.errors import RealmError
+from realm.models import load_model
+from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+
+REALM = str(Path(sys.executable).with_name("realm"))
+PROMPTS = ("Once upon a time", "The capital of France is", "Here is a list of fruits:", "def fibonacci(n):",
+           "The weather today", "In 1492, Columbus")
+
+
+@dataclass
+class Sample:
+    tenant: str
+    stream: bool
+    ok: bool
+    seconds: float
+    ttft: float | None = None
+    tokens: int = 0
+    error: str = ""
+
+
+@dataclass
+class Workload:
+    clients: int
+    duration: float
+    max_requests: int
+    max_tokens: int
+    started: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, deadline: float) -> int | None:
+        """The number of the next request, or None once the time or the request budget is spent."""
+        with self.lock:
+            if time.monotonic() >= deadline or self.started >= self.max_requests:
+                return None
+            self.started += 1
+            return self.started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--tenants", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds during which requests start")
+    parser.add_argument("--max-requests", type=int, default=2000)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=300.0, help="per request")
+    parser.add_argument("--server-workers", type=int, default=0,
+                        help="the server's --workers (guest runs at once; the rest queue); default --clients")
+    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--url", help="a running server (loopback only); needs --keys")
+    parser.add_argument("--keys", help="comma-separated tenant keys for --url")
+    parser.add_argument("--baseline", action="store_true", help="also run the workload in-process, no HTTP")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not 1 <= args.clients <= 256 or not 1 <= args.tenants <= args.clients:
+        parser.error("need 1 <= --tenants <= --clients <= 256")
+    work = Workload(args.clients, args.duration, args.max_requests, args.max_tokens)
+
+    if args.url:
+        if not args.keys:
+            parser.error("--url needs --keys")
+        _require_loopback(args.url)
+        report = run_load(args.url, args.keys.split(","), work, args.timeout, _model_id(args.url, args.keys))
+    else:
+        with OwnServer(args) as (url, keys):
+            report = run_load(url, keys, work, args.timeout, _model_id(url, keys[0]))
+    if args.baseline:
+        print(f"loadtest: server phase done: {json.dumps(report)}", file=sys.stderr, flush=True)
+        report["baseline"] = run_baseline(args, Workload(args.clients, args.duration, args.max_requests,
+                                                          args.max_tokens))
+        direct = report["baseline"]["completion_tok_s"]
+        report["server_vs_direct_tok_s"] = round(report["completion_tok_s"] / direct, 3) if direct else None
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0 if report["errors"] == 0 else 1
+
+
+# --- the server ------------------------------------------------------------------------------
+
+class OwnServer:
+    """A `realm serve` subprocess with `tenants` tenants and keys, on a free loopback port."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.home = tempfile.TemporaryDirectory(prefix="realm-loadtest-")
+        self.admin = secrets.token_urlsafe(24)
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> tuple[str, list[str]]:
+        port = _free_port()
+        env = {**os.environ, "REALM_HOME": self.home.name, "REALM_ADMIN_KEY": self.admin}
+        cmd = [REALM, "serve", "--port", str(port), "--backend", self.args.backend,
+               "--workers", str(self.args.server_workers or self.args.clients), "--requests-per-minute", "0"]
+        if self.args.model:
+            cmd += ["--model", self.args.model]
+        self.log = open(Path(self.home.name) / "server.log", "w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        _wait_up(url, self.proc)
+        headers = {"Authorization": f"Bearer {self.admin}"}
+        keys = []
+        for i in range(self.args.tenants):
+            httpx.post(f"{url}/admin/tenants", json={"name": f"load{i}"}, headers=headers).raise_for_status()
+            made = httpx.post(f"{url}/admin/tenants/load{i}/keys", headers=headers)
+            made.raise_for_status()
+            keys.append(made.json()["key"])
+        return url, keys
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=120)
+        self.log.close()
+        self.home.cleanup()
+
+
+def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"loadtest: realm serve exited with status {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise SystemExit("loadtest: realm serve did not come up")
+
+
+def _require_loopback(url: str) -> None:
+    host = urlparse(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SystemExit(f"loadtest: {url} is not a loopback address; this tool only loads local servers")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model_id(url: str, key: str) -> str:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key.split(",")[0]).models.list().data[0].id
+
+
+# --- the load --------------------------------------------------------------------------------
+
+def run_load(url: str, keys: list[str], work: Workload, timeout: float, model: str) -> dict:
+    """`work.clients` threads, client i on tenant i % len(keys), alternating streamed and plain."""
+    samples: list[Sample] = []
+    deadline = time.monotonic() + work.duration
+
+    def client(i: int) -> None:
+        api = openai.OpenAI(base_url=url + "/v1", api_key=keys[i % len(keys)], max_retries=0, timeout=timeout)
+        tenant = f"tenant{i % len(keys)}"
+        while (n := work.take(deadline)) is not None:
+            samples.append(_one(api, model, tenant, n, stream=(n + i) % 2 == 0, max_tokens=work.max_tokens))
+
+    started = time.monotonic()
+    _run_threads(work.clients, client)
+    return summarize(samples, time.monotonic() - started)
+
+
+def _one(api: openai.OpenAI, model: str, tenant: str, n: int, stream: bool, max_tokens: int) -> Sample:
+    prompt = PROMPTS[n % len(PROMPTS)]
+    t0 = time.perf_counter()
+    try:
+        if not stream:
+            done = api.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.8, seed=n)
+            return Sample(tenant, False, True, time.perf_counter() - t0, None, done.usage.completion_tokens)
+        ttft, tokens = None, 0
+        for chunk in api.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.8,
+                                            seed=n, stream=True, stream_options={"include_usage": True}):
+            if chunk.choices and chunk.choices[0].text and ttft is None:
+                ttft = time.perf_counter() - t0
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return Sample(tenant, True, True, time.perf_counter() - t0, ttft, tokens)
+    except openai.APIError as exc:
+        return Sample(tenant, stream, False, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
+
+
+def _run_threads(n: int, target: Callable[[int], None]) -> None:
+    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def summarize(samples: list[Sample], seconds: float) -> dict:
+    ok = [s for s in samples if s.ok]
+    tokens = sum(s.tokens for s in ok)
+    ttfts = [s.ttft for s in ok if s.ttft is not None]
+    return {
+        "requests": len(samples), "ok": len(ok), "errors": len(samples) - len(ok),
+        "error_examples": sorted({s.error for s in samples if not s.ok})[:3],
+        "streamed": sum(s.stream for s in ok), "seconds": round(seconds, 2),
+        "requests_per_s": round(len(ok) / seconds, 3), "completion_tokens": tokens,
+        "completion_tok_s": round(tokens / seconds, 2),
+        "latency_p50_s": _pct([s.seconds for s in ok], 50), "latency_p99_s": _pct([s.seconds for s in ok], 99),
+        "ttft_p50_s": _pct(ttfts, 50), "ttft_p99_s": _pct(ttfts, 99),
+        "per_tenant_ok": {t: sum(1 for s in ok if s.tenant == t) for t in sorted({s.tenant for s in samples})},
+    }
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 3)
+
+
+# --- the same work without the server --------------------------------------------------------
+
+def run_baseline(args: argparse.Namespace, work: Workload) -> dict:
+    """The workload straight through the sandbox, on as many threads as the server had workers."""
+    model = load_model(args.model, args.backend)
+    guest = compile_guest(reference_guest_path().read_bytes())
+    samples: list[Sample] = []
+    deadline = time.monotonic() + work.duration
+
+    def client(i: int) -> None:
+        sandbox = TenantSandbox(model, tenant=f"tenant{i % args.tenants}")
+        while (n := work.take(deadline)) is not None:
+            t0 = time.perf_counter()
+            try:
+                result = sandbox.run(guest, {"prompt": PROMPTS[n % len(PROMPTS)], "max_tokens": work.max_tokens,
+                                             "temperature": 0.8, "seed": n})
+            except RealmError as exc:
+                samples.append(Sample(sandbox.tenant, False, False, time.perf_counter() - t0, error=str(exc)))
+                continue
+            samples.append(Sample(sandbox.tenant, False, True, time.perf_counter() - t0, None,
+                                  result.completion_tokens or 0))
+
+    started = time.monotonic()
+    _run_threads(args.server_workers or args.clients, client)
+    return summarize(samples, time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

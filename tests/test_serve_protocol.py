@@ -1,0 +1,193 @@
+"""The server's rules without a server: OpenAI request checks, guest requests, rate windows, and the
+ABI pieces serving added (logit_bias, token_logprobs, cancellation) on the tiny model."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from guest_helpers import TINY_LLAMA, compile_wat, data_i32, expect, prefill
+from host_functions.abi import Limits, TokenLogprob
+from host_functions.errors import RequestCancelled
+from host_functions.model import Model
+from host_functions.sampling import Sampler, SamplingParams
+from oracle import reference_sequences
+from realm.chat import load_chat_template
+from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+from realm.server import protocol
+from realm.server.protocol import ApiError, RequestLimits
+from realm.server.ratelimit import RateLimiter
+
+MODEL_ID = "tiny"
+LIMITS = RequestLimits(n_ctx=256, max_request_tokens=200, default_max_tokens=16, max_prompt_tokens=100)
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return Model.load(TINY_LLAMA, backend="numpy")
+
+
+def completion(model, **body):
+    return protocol.parse_completion({"model": MODEL_ID, "prompt": "Once upon a time", **body}, MODEL_ID,
+                                     model.tokenizer, LIMITS)
+
+
+def refused(status: int, match: str, call, *args, **kwargs) -> ApiError:
+    with pytest.raises(ApiError, match=match) as caught:
+        call(*args, **kwargs)
+    assert caught.value.status == status
+    return caught.value
+
+
+# --- request checks --------------------------------------------------------------------------
+
+def test_a_completion_becomes_one_guest_request_per_choice_with_spread_seeds(model):
+    spec = completion(model, max_tokens=5, temperature=0.7, seed=3, n=2, stop="\n", top_k=10, my_field=[1])
+    requests = spec.guest_requests()
+    assert [i for i, _ in requests] == [0, 1]
+    assert requests[0][1] == {"prompt": "Once upon a time", "max_tokens": 5, "temperature": 0.7, "seed": 3,
+                              "stop": ["\n"], "top_k": 10, "my_field": [1]}
+    assert requests[1][1]["seed"] == 4  # the choices of one seeded request differ, reproducibly
+    assert spec.prompt_tokens == (len(model.tokenizer.encode("Once upon a time")),)
+
+
+def test_openai_defaults_and_server_fields_stay_out_of_the_guest_request(model):
+    spec = completion(model, stream=True, user="me", n=None, logprobs=None)
+    (index, request), = spec.guest_requests()
+    assert request == {"prompt": "Once upon a time", "max_tokens": 16} and spec.stream
+    assert "logprobs" not in request and spec.top_logprobs is None
+
+
+@pytest.mark.parametrize("body, match", [
+    ({"max_tokens": 0}, "max_tokens must be a positive"),
+    ({"max_tokens": 190}, "maximum context length"),
+    ({"temperature": 3}, "temperature"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"n": 9}, "n must be"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop must be"),
+    ({"stop": [""]}, "stop must be"),
+    ({"logprobs": 6}, "logprobs must be"),
+    ({"logit_bias": {"5": 101}}, "logit_bias"),
+    ({"logit_bias": {"x": 1}}, "logit_bias keys"),
+    ({"seed": 1.5}, "seed must be"),
+    ({"echo": True}, "echo is not supported"),
+    ({"prompt": [1, 2, 3]}, "token-id prompts"),
+    ({"prompt": []}, "prompt must be a string"),
+    ({"prompt": "word " * 100}, "over this server's limit"),
+])
+def test_bad_fields_are_400_before_any_guest_runs(model, body, match):
+    error = refused(400, match, completion, model, **body)
+    assert error.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_an_unknown_or_missing_model_is_404_or_400(model):
+    assert refused(404, "does not exist", protocol.parse_completion, {"model": "x", "prompt": "a"}, MODEL_ID,
+                   model.tokenizer, LIMITS).code == "model_not_found"
+    refused(400, "model is required", protocol.parse_completion, {"prompt": "a"}, MODEL_ID, model.tokenizer, LIMITS)
+    refused(400, "JSON object", protocol.parse_completion, ["a"], MODEL_ID, model.tokenizer, LIMITS)
+
+
+def test_a_chat_is_rendered_parsed_as_special_and_asks_for_logprobs(model):
+    template = load_chat_template(model.tokenizer, "llama", "chatml")
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+            "logprobs": True, "top_logprobs": 2, "max_completion_tokens": 3}
+    spec = protocol.parse_chat(body, MODEL_ID, model.tokenizer, template, LIMITS)
+    (_, request), = spec.guest_requests()
+    assert request == {"prompt": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "max_tokens": 3,
+                       "special": True, "logprobs": 2}
+    refused(400, "role must be", protocol.parse_chat, {**body, "messages": [{"role": "x", "content": "a"}]},
+            MODEL_ID, model.tokenizer, template, LIMITS)
+    refused(400, "only text parts", protocol.parse_chat,
+            {**body, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            MODEL_ID, model.tokenizer, template, LIMITS)
+    refused(400, "top_logprobs needs", protocol.parse_chat, {**body, "logprobs": False}, MODEL_ID,
+            model.tokenizer, template, LIMITS)
+
+
+def test_logprobs_take_openais_two_shapes(model):
+    entries = [TokenLogprob(300, -0.5, ((300, -0.5), (301, -1.5)))]
+    tok = model.tokenizer
+    chat = protocol.format_logprobs(protocol.parse_chat(
+        {"model": MODEL_ID, "messages": [{"role": "user", "content": "a"}], "logprobs": True},
+        MODEL_ID, tok, load_chat_template(tok, "llama", "chatml"), LIMITS), entries, tok)
+    piece = tok.token_bytes(300)
+    assert chat["content"][0] == {"token": piece.decode(), "logprob": -0.5, "bytes": list(piece),
+                                  "top_logprobs": [{"token": piece.decode(), "logprob": -0.5, "bytes": list(piece)},
+                                                   {"token": tok.token_bytes(301).decode(), "logprob": -1.5,
+                                                    "bytes": list(tok.token_bytes(301))}]}
+    plain = protocol.format_logprobs(completion(model, logprobs=2), entries, tok)
+    assert plain["tokens"] == [piece.decode()] and plain["token_logprobs"] == [-0.5] and plain["text_offset"] == [0]
+
+
+# --- rate limits -----------------------------------------------------------------------------
+
+def test_request_and_token_windows_are_per_tenant_and_slide():
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    assert limiter.admit("a", 2, 0) is None and limiter.admit("a", 2, 0) is None
+    assert limiter.admit("a", 2, 0) == ("requests", 60)
+    assert limiter.admit("b", 2, 0) is None  # another tenant's window
+    now[0] = 45.0
+    assert limiter.admit("a", 2, 0) == ("requests", 15)
+    now[0] = 60.0
+    assert limiter.admit("a", 2, 0) is None
+    limiter.spend("c", 100)
+    assert limiter.admit("c", 0, 100) == ("tokens", 60)
+    assert limiter.admit("c", 0, 0) is None  # 0 is unlimited
+
+
+# --- the ABI pieces serving needs ------------------------------------------------------------
+
+def test_logit_bias_is_added_before_the_chain():
+    logits = np.array([0.0, 1.0, 5.0, 2.0], np.float32)
+    assert Sampler(SamplingParams(temperature=0)).sample(logits, []) == 2
+    assert Sampler(SamplingParams(temperature=0, logit_bias=((2, -100.0),))).sample(logits, []) == 3
+    assert Sampler(SamplingParams(temperature=0, logit_bias=((0, 10.0),))).sample(logits, []) == 0
+
+
+def test_token_logprobs_reports_llama_cpps_next_token_distribution(model):
+    # Feed llama.cpp's reference tokens, then report the argmax token with its 4 best alternatives.
+    tokens, theirs = reference_sequences("tiny-llama-F32.logits.npz")[0]
+    expected = theirs[-1].astype(np.float64) - np.log(np.exp(theirs[-1].astype(np.float64)).sum())
+    best = int(np.argmax(expected))
+    body = prefill(len(tokens)) + expect(f"(call $token_logprobs (local.get $s) (i32.const {best}) (i32.const 4))",
+                                         "(i32.const 0)", 10) + "(i32.const 0)"
+    result = TenantSandbox(model).run(compile_wat(body, extra=data_i32(tokens, 64)), {})
+    (entry,) = result.logprobs
+    assert entry.token == best and [t for t, _ in entry.top] == list(np.argsort(-expected)[:4])
+    assert abs(entry.logprob - expected[best]) < 1e-3
+    assert all(abs(lp - expected[t]) < 1e-3 for t, lp in entry.top)
+
+
+def test_token_logprobs_checks_its_arguments(model):
+    def logprobs(seq: str, token: int, k: int) -> str:
+        return f"(call $token_logprobs {seq} (i32.const {token}) (i32.const {k}))"
+
+    seq = "(local.get $s)"
+    guest = compile_wat("\n".join([
+        prefill(2),
+        expect(logprobs(seq, 1, 21), "(i32.const -1)", 11),  # more alternatives than OpenAI allows
+        expect(logprobs(seq, 320, 1), "(i32.const -1)", 12),  # outside the vocabulary
+        expect(logprobs("(i32.const 12345)", 1, 1), "(i32.const -3)", 13),  # not a handle
+        expect(logprobs(seq, 1, 2), "(i32.const 0)", 14),
+        "(i32.const 0)"]))
+    result = TenantSandbox(model).run(guest, {"prompt": "x"})
+    assert [(e.token, len(e.top)) for e in result.logprobs] == [(1, 2)]
+
+
+def test_a_cancelled_request_ends_at_its_next_host_call_and_frees_its_sequences(model):
+    guest = compile_guest(reference_guest_path().read_bytes())
+    flag = threading.Event()
+    emitted: list[str] = []
+
+    def on_text(text: str) -> None:
+        emitted.append(text)
+        flag.set()  # the client goes away after the first piece
+
+    with pytest.raises(RequestCancelled) as caught:
+        TenantSandbox(model, Limits()).run(guest, {"prompt": "Once upon a time", "max_tokens": 200,
+                                                   "temperature": 0}, on_text=on_text, cancel=flag)
+    assert len(emitted) == 1 and caught.value.result.tokens_fed < 20
