@@ -1,4 +1,5 @@
-"""The NumPy forward pass against llama.cpp's logits on every tiny reference model."""
+"""The CPU forward passes against llama.cpp's logits on every tiny reference model: the NumPy reference
+and the cpu backend (quantized GGUF blocks, native kernels) are held to the same fixtures and tolerances."""
 
 from __future__ import annotations
 
@@ -11,28 +12,34 @@ from oracle import DATA, assert_matches, reference_sequences, tiny_models, toler
 MODELS = tiny_models()
 
 
+BACKENDS = ("numpy", "cpu")
+
+
 @pytest.fixture(scope="module")
-def models() -> dict[str, Model]:
+def models() -> dict[tuple[str, str], Model]:
     return {}
 
 
-def _load(cache: dict[str, Model], name: str) -> Model:
-    if name not in cache:
-        cache[name] = Model.load(DATA / name, backend="numpy")
-    return cache[name]
+def _load(cache: dict[tuple[str, str], Model], name: str, backend: str = "numpy") -> Model:
+    if (name, backend) not in cache:
+        cache[(name, backend)] = Model.load(DATA / name, backend=backend)
+    return cache[(name, backend)]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,weights", MODELS, ids=[m[0] for m in MODELS])
-def test_prefill_matches_llamacpp_at_every_position(models, name, weights):
-    model = _load(models, name)
+def test_prefill_matches_llamacpp_at_every_position(models, name, weights, backend):
+    model = _load(models, name, backend)
+    assert model.backend.name == backend
     for tokens, expected in reference_sequences(name.replace(".gguf", ".logits.npz")):
         assert_matches(model.logits_for(tokens.tolist()), expected, tolerance_for(weights), name)
 
 
-@pytest.mark.parametrize("name", ["tiny-llama-Q4_K.gguf", "tiny-gemma3-Q8_0.gguf"])
-def test_decode_through_kv_cache_matches_llamacpp(models, name):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["tiny-llama-Q4_K.gguf", "tiny-gemma3-Q8_0.gguf", "tiny-llama-Q5_1.gguf"])
+def test_decode_through_kv_cache_matches_llamacpp(models, name, backend):
     """Prefill part of the sequence, then one token per step: the KV cache path."""
-    model = _load(models, name)
+    model = _load(models, name, backend)
     tokens, expected = reference_sequences(name.replace(".gguf", ".logits.npz"))[0]
     seq = model.open_sequence(len(tokens))
     rows = [seq.step(tokens[:10].tolist())]
@@ -40,9 +47,10 @@ def test_decode_through_kv_cache_matches_llamacpp(models, name):
     assert_matches(np.stack(rows), expected[9:], tolerance_for(weights_of(name)), name)
 
 
-def test_sliding_window_layers_attend_only_within_window(models):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sliding_window_layers_attend_only_within_window(models, backend):
     """tiny-gemma3 has window 8: a 48-token sequence exercises positions far past it."""
-    model = _load(models, "tiny-gemma3-F32.gguf")
+    model = _load(models, "tiny-gemma3-F32.gguf", backend)
     assert model.config.layer_window(0) == 8 and model.config.layer_window(5) == 0
     tokens, expected = reference_sequences("tiny-gemma3-F32.logits.npz")[0]
     assert_matches(model.logits_for(tokens.tolist())[20:], expected[20:], tolerance_for("F32"))
@@ -72,9 +80,10 @@ def test_sequence_enforces_step_order_and_capacity(models):
         seq.append([1])
 
 
-def test_truncate_rolls_back_to_an_earlier_state(models):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_truncate_rolls_back_to_an_earlier_state(models, backend):
     """Tokens fed and then truncated away leave no trace: the following steps give llama.cpp's logits."""
-    model = _load(models, "tiny-llama-F32.gguf")
+    model = _load(models, "tiny-llama-F32.gguf", backend)
     tokens, expected = reference_sequences("tiny-llama-F32.logits.npz")[0]
     seq = model.open_sequence(32)
     seq.step(tokens[:6].tolist())
@@ -83,3 +92,12 @@ def test_truncate_rolls_back_to_an_earlier_state(models):
     assert seq.tokens == tokens[:6].tolist()
     got = [seq.step([int(t)]) for t in tokens[6:12]]
     assert_matches(np.stack(got), expected[6:12], tolerance_for("F32"))
+
+def test_the_cpu_backend_keeps_weights_quantized(models):
+    """Resident weights are the file's blocks: the bytes a step reads are the quantized tensors'."""
+    def weight_bytes(model: Model) -> int:
+        return sum(layer[key].nbytes for layer in model.backend.layers
+                   for key in ("qkv", "gate_up", "attn_output", "ffn_down"))
+
+    quantized = weight_bytes(_load(models, "tiny-llama-Q4_K.gguf", "cpu"))
+    assert quantized * 6 < weight_bytes(_load(models, "tiny-llama-Q4_K.gguf", "numpy"))  # 4.5 bits a weight vs 32
