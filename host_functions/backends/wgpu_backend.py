@@ -3,7 +3,11 @@
 Weights are uploaded once in their GGUF encoding (kernels.upload_weight; never dequantized on the
 CPU), norm weights as the F32 they are stored as. Activations and KV caches are GPU buffers:
 embed() and layer() only record dispatches into a pending encoder, logits() submits it and reads
-back nothing but the logits. Matmuls (fused dequantization) and the embedding gather are the
+back nothing but the logits. A step (`step`) records every item's layers and one output projection
+over all the logit rows any item wants into one encoder, submits it once and reads back once; a
+sequence's work is recorded only inside the step that runs it, so nothing one sequence records can
+run (or be paid for) in another's step. KV blocks are accounted in the model's pool (budget, peak,
+waiting); the storage is still one growing buffer pair per layer and sequence. Matmuls (fused dequantization) and the embedding gather are the
 kernels module's; norms, rope, attention and element-wise ops are wgpu_ops'.
 
 llama.cpp is the oracle, so its deliberate roundings are mirrored: the KV cache is f16 by default
@@ -25,6 +29,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,7 +39,8 @@ from ..errors import BackendError, UnsupportedError
 from .. import kernels
 from ..config import ModelConfig
 from ..gguf_file import RawTensor
-from . import Backend, KVCache
+from ..kv_pool import KVPool
+from . import Backend, KVCache, StepItem
 from . import wgpu_ops as ops
 from .wgpu_context import GPUContext, Recorder
 
@@ -58,8 +64,8 @@ class WgpuKVCache(KVCache):
     that needs the room), so short sequences stay small.
     """
 
-    def __init__(self, ctx: GPUContext, config: ModelConfig, capacity: int, f16: bool) -> None:
-        self.capacity = capacity
+    def __init__(self, pool: KVPool, ctx: GPUContext, config: ModelConfig, capacity: int, f16: bool) -> None:
+        super().__init__(pool, capacity)
         self.f16 = f16
         self.row_elements = config.kv_dim
         self.row_bytes = config.kv_dim * (2 if f16 else 4)
@@ -71,13 +77,12 @@ class WgpuKVCache(KVCache):
         self.v: list[Any] = [None] * config.n_layers
         self.allocated = [0] * config.n_layers  # positions each layer's buffers hold
 
-    def reserve(self, rec: Recorder, layer: int, n_positions: int) -> None:
+    def grow(self, rec: Recorder, layer: int, n_positions: int) -> None:
         """Make layer `layer` hold at least n_positions, copying what it holds into larger buffers."""
+        self.reserve(n_positions)  # the pool's blocks first: capacity and budget are checked there
         old = self.allocated[layer]
         if n_positions <= old:
             return
-        if n_positions > self.capacity:
-            raise BackendError(f"KV cache capacity of {self.capacity} positions exceeded ({n_positions})")
         size = min(self.capacity, max(n_positions, 2 * old, _MIN_CACHE_POSITIONS))
         for store in (self.k, self.v):
             grown = self._ctx.empty(size * self.row_bytes)
@@ -85,10 +90,6 @@ class WgpuKVCache(KVCache):
                 rec.copy(store[layer], grown, old * self.row_bytes)
             store[layer] = grown
         self.allocated[layer] = size
-
-    def truncate(self, length: int) -> None:
-        # Positions past `length` are overwritten by the next step before attention reads them.
-        pass
 
 
 @dataclass
@@ -190,8 +191,35 @@ class WgpuBackend(Backend):
 
     # ---- Backend API ---------------------------------------------------------------------------
 
+    def kv_element_bytes(self) -> int:
+        return 2 if self.kv_f16 else 4
+
     def new_cache(self, capacity: int) -> WgpuKVCache:
-        return WgpuKVCache(self.ctx, self.config, capacity, self.kv_f16)
+        # Positions past a truncation are overwritten by the next step before attention reads them.
+        return WgpuKVCache(self.kv_pool or self.configure_kv(), self.ctx, self.config, capacity, self.kv_f16)
+
+    def step(self, items: Sequence[StepItem]) -> list[np.ndarray | None]:
+        with self._lock:
+            if self._rec is not None:  # a caller of the per-sequence API left work pending: not this step's
+                self._submit()
+            states = []
+            for item in items:
+                x = self.embed(item.tokens)
+                for i in range(self.config.n_layers):
+                    x = self.layer(i, x, item.cache, item.pos)
+                states.append(x)
+            sources = [(x, row) for item, x in zip(items, states, strict=True) if item.wants != "none"
+                       for row in (range(x.n_tokens - 1, x.n_tokens) if item.wants == "last" else range(x.n_tokens))]
+            rows = self._logit_rows(sources)
+            if self._rec is not None:
+                self._submit()
+        out: list[np.ndarray | None] = []
+        at = 0
+        for item, x in zip(items, states, strict=True):
+            n = 0 if item.wants == "none" else 1 if item.wants == "last" else x.n_tokens
+            out.append(None if n == 0 else rows[at] if item.wants == "last" else rows[at : at + n])
+            at += n
+        return out
 
     def embed(self, tokens: np.ndarray) -> GPUActivations:
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -209,30 +237,37 @@ class WgpuBackend(Backend):
         with self._lock:
             rec = self._recorder()
             self._scratch.ensure(x.n_tokens)
-            cache.reserve(rec, index, pos + x.n_tokens)
+            cache.grow(rec, index, pos + x.n_tokens)
             self._attention_block(rec, index, x, cache, pos)
             self._ffn_block(rec, index, x)
         return x
 
     def logits(self, x: GPUActivations, last_only: bool = True) -> np.ndarray:
-        cfg = self.config
         first = x.n_tokens - 1 if last_only else 0
-        n_rows = x.n_tokens - first
-        # Logit rows are read back in batches that fit one storage binding (262144-wide vocabularies).
-        per_batch = max(1, min(n_rows, self.ctx.max_binding_size // (cfg.n_vocab * 4)))
-        out = np.empty((n_rows, cfg.n_vocab), np.float32)
         with self._lock:
-            self._scratch.ensure(per_batch)
-            normed = self.ctx.empty(per_batch * cfg.n_embd * 4)
-            logits = self.ctx.empty(per_batch * cfg.n_vocab * 4)
-            for start in range(0, n_rows, per_batch):
-                rows = min(per_batch, n_rows - start)
-                rec = self._recorder()
-                ops.rms_norm(rec, x.buffer, self.output_norm, normed, rows, cfg.n_embd, cfg.norm_eps,
-                             in_offset=(first + start) * cfg.n_embd)
-                self._project(rec, normed, [(self.output, logits)], rows)
-                self._submit()
-                out[start : start + rows] = self.ctx.read(logits, np.float32, (rows, cfg.n_vocab))
+            return self._logit_rows([(x, row) for row in range(first, x.n_tokens)])
+
+    def _logit_rows(self, sources: list[tuple[GPUActivations, int]]) -> np.ndarray:
+        """Final norm + output projection of the given (activations, row) rows, recorded after the
+        pending work; one submit and one read-back per batch of rows that fits a storage binding."""
+        cfg = self.config
+        out = np.empty((len(sources), cfg.n_vocab), np.float32)
+        if not sources:
+            return out
+        # Logit rows are read back in batches that fit one storage binding (262144-wide vocabularies).
+        per_batch = max(1, min(len(sources), self.ctx.max_binding_size // (cfg.n_vocab * 4)))
+        self._scratch.ensure(per_batch)
+        normed = self.ctx.empty(per_batch * cfg.n_embd * 4)
+        logits = self.ctx.empty(per_batch * cfg.n_vocab * 4)
+        for start in range(0, len(sources), per_batch):
+            batch = sources[start : start + per_batch]
+            rec = self._recorder()
+            for i, (x, row) in enumerate(batch):
+                ops.rms_norm(rec, x.buffer, self.output_norm, normed, 1, cfg.n_embd, cfg.norm_eps,
+                             in_offset=row * cfg.n_embd, out_offset=i * cfg.n_embd)
+            self._project(rec, normed, [(self.output, logits)], len(batch))
+            self._submit()
+            out[start : start + len(batch)] = self.ctx.read(logits, np.float32, (len(batch), cfg.n_vocab))
         return out
 
     def weight_bytes_per_token(self) -> int:
