@@ -31,3 +31,8 @@ class QuotaExceeded(GuestError):
 
 class TenantError(RealmError):
     """A tenant operation failed (unknown tenant, duplicate name, bad deployment)."""
+
+
+class RequestCancelled(QuotaExceeded):
+    """The request was cancelled from outside (its client left, the server stops); it ends the way a
+    limit ends it: this request fails alone."""

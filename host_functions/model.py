@@ -87,7 +87,7 @@ class Model:
         self.config = config
         self.tokenizer = tokenizer
         self.backend = backend
-        self._step_lock = threading.Lock()
+        self.step_lock = threading.Lock()  # one step at a time on the backend, whoever runs it
         self.step_runner: StepRunner = self.run_step  # realm.scheduler replaces it to batch steps
 
     @classmethod
@@ -114,7 +114,7 @@ class Model:
 
         Raises KVPoolFull (naming the budget) when the pool has no room: nothing waits here.
         """
-        with self._step_lock:
+        with self.step_lock:
             item.cache.reserve(item.pos + len(item.tokens))
             return self.backend.step([item])[0]
 

@@ -48,7 +48,7 @@ def seq_append(s: Session, mem: GuestMemory, seq: int, ids_ptr: int, n_ids: int)
 
 @host("seq", "layer")
 def forward_layer(s: Session, mem: GuestMemory, seq: int, layer: int) -> int:
-    """Run one transformer layer over the pending tokens; activations stay on the host."""
+    """Ask for the next transformer layer of the step; the whole step runs at seq_finish."""
     sq = s.handles.get(seq, SeqState).seq
     if not sq.pending:
         raise AbiError(Status.WRONG_STATE, "no pending tokens: seq_append first")
@@ -60,12 +60,13 @@ def forward_layer(s: Session, mem: GuestMemory, seq: int, layer: int) -> int:
 
 @host("seq")
 def seq_finish(s: Session, mem: GuestMemory, seq: int) -> int:
-    """Complete the step after the last layer: commit the pending tokens, keep their last logits host-side."""
+    """Run the step (batched with other sequences' steps by the model's scheduler, waiting for it
+    within the request's deadline): commit the pending tokens, keep their last logits host-side."""
     state = s.handles.get(seq, SeqState)
     sq = state.seq
     if not sq.pending or sq.layers_done != s.config.n_layers:
         raise AbiError(Status.WRONG_STATE, f"step incomplete: {sq.layers_done} of {s.config.n_layers} layers run")
-    state.logits = sq.finish()
+    state.logits = sq.finish(owner=s.step_owner())
     return Status.OK
 
 

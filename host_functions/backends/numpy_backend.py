@@ -7,11 +7,11 @@ BLAS matrix products. Activations are plain (n_tokens, n_embd) float32 arrays.
 A step batches every item's rows through each projection (one GEMM over all rows), applies rope
 with each row's own position, writes each row's K/V into its sequence's blocks of the model's KV
 pool and attends per item over that sequence's keys only. Batch invariance: a row's logits are
-bit-identical whatever else is in the step. OpenBLAS's GEMM gives a row the same bits for any
-row count >= 2 and any place in the batch, but a single row goes through GEMV, which sums in
-another order; so a one-row projection is run as a two-row GEMM (the row twice). That costs a
-lone decode step its GEMV speed (docs/scheduler.md has the figures); attention and the
-element-wise ops are per row or per sequence already. Prefill is chunked by the sequence alone
+bit-identical whatever else is in the step: every projection runs as GEMMs over tiles of exactly
+ROW_TILE rows (`tiled_matmul`), because OpenBLAS's result for a row changes with the row count
+(GEMV for one row, other kernels and blockings for small counts). That costs a lone decode step its
+GEMV speed (docs/scheduler.md has the figures); attention and the element-wise ops are per row or
+per sequence already. Prefill is chunked by the sequence alone
 (host_functions.model.PREFILL_CHUNK), so attention sees the same query blocks in any company.
 
 Where llama.cpp rounds on purpose we round the same way, because it is the oracle: its KV cache holds
@@ -223,9 +223,28 @@ class Projection:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.round_input is not None:
             x = self.round_input(x)
-        if x.shape[0] == 1:  # GEMV sums in another order than GEMM: keep one row's bits batch-invariant
-            return (np.concatenate([x, x]) @ self.weight.T)[:1]
-        return np.ascontiguousarray(x) @ self.weight.T
+        return tiled_matmul(x, self.weight)
+
+
+ROW_TILE = 16  # rows per GEMM: every row of every step goes through the same (16, n_in) x (n_in, n_out) call
+
+
+def tiled_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight.T as GEMMs over tiles of exactly ROW_TILE rows (the last one zero-padded).
+
+    OpenBLAS picks its kernel, blocking and threading by the row count (a single row even goes
+    through GEMV), and a row's bits change with them; with one fixed shape a row's result depends
+    only on the row, never on its neighbours or its place in the batch (tests/test_batching_numpy).
+    """
+    n = x.shape[0]
+    padded = -(-n // ROW_TILE) * ROW_TILE
+    if padded != n or not x.flags.c_contiguous:
+        x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
+    out = np.empty((padded, weight.shape[0]), np.float32)
+    wt = weight.T
+    for start in range(0, padded, ROW_TILE):
+        np.matmul(x[start : start + ROW_TILE], wt, out=out[start : start + ROW_TILE])
+    return out[:n]
 
 
 def round_to_f16(x: np.ndarray) -> np.ndarray:
