@@ -81,7 +81,7 @@ class Scheduler:
         self._deficit: dict[str, int] = {}
         self._order: deque[str] = deque()  # tenants in round-robin order
         self._thread: threading.Thread | None = None
-        self._expected = 0  # items of the last step, whose next steps are likely on their way
+        self._awaited: set[int] = set()  # caches of the last step's items whose next steps may be on their way
         self._gather_until = 0.0
 
     # ---- the request side ------------------------------------------------------------------------
@@ -101,6 +101,7 @@ class Scheduler:
                 self._deficit[tenant] = 0
                 self._order.append(tenant)
             self._queues[tenant].append(ticket)
+            self._awaited.discard(id(item.cache))
             self._cond.notify_all()
         while not ticket.done.wait(POLL_S):
             reason = self._why_leave(ticket)
@@ -144,7 +145,7 @@ class Scheduler:
             self._execute(batch)
             elapsed = time.perf_counter() - started
             with self._cond:
-                self._expected = len(batch)
+                self._awaited = {id(t.item.cache) for t in batch}
                 self._gather_until = time.monotonic() + GATHER_FRACTION * elapsed
 
     def _next_batch(self) -> list[_Ticket]:
@@ -154,10 +155,10 @@ class Scheduler:
             if not queued:
                 self._cond.wait()
                 continue
-            if queued < self._expected and time.monotonic() < self._gather_until:
+            if self._awaited and time.monotonic() < self._gather_until:
                 self._cond.wait(max(0.0, self._gather_until - time.monotonic()))
                 continue
-            self._expected = 0
+            self._awaited.clear()
             batch = self._select()
             if batch:
                 return batch
