@@ -6,6 +6,15 @@
  * "repeat_penalty", "presence_penalty", "frequency_penalty", "repeat_last_n", "seed"), which go
  * to the host's sampler unchanged.
  *
+ * When generation ends it reports why (stop, length or context) and the token counts with
+ * result_report.
+ *
+ * "speculative" (optional) speeds decoding without changing what is generated: "ngram" drafts the
+ * tokens that followed the latest earlier occurrence of the text's last few tokens (prompt lookup,
+ * no model); "draft:PATH" drafts with a draft model the operator allowed; "self:N" with this
+ * model's first N layers. The drafts are verified in one target step (spec_verify) and the
+ * rejected tail is truncated; the number drafted adapts to how many get accepted.
+ *
  * Per token the guest makes n_layers + 6 host calls: sample, token_is_eog, text_push,
  * seq_append, forward_layer for every layer, seq_finish, and emit. The 262144 logits of a large
  * vocabulary never cross into guest memory: the host samples.
@@ -95,8 +104,21 @@ static int32_t read_stops(json_slice request, stopper *s) {
 
 /* ---- generation ---- */
 
+#define NGRAM_MAX 4    /* prompt lookup matches the last 4..NGRAM_MIN tokens */
+#define NGRAM_MIN 2
+#define DRAFT_START 4  /* drafts per step at first; grows on full acceptance, shrinks on rejection */
+#define DRAFT_MAX 16   /* the host keeps at most 17 rows of logits: the token and 16 drafts */
+
 typedef struct {
     int32_t seq, sampler, n_layers, capacity;
+    int32_t context_bound; /* the capacity is the context, not prompt + max_tokens */
+    int64_t max_tokens;
+    int32_t length;        /* tokens in the target sequence's cache */
+    int32_t produced, reason;
+    int32_t *history;      /* prompt and generated tokens, for prompt lookup and the draft model */
+    int32_t n_history;
+    int32_t speculate;     /* 0: plain decoding; 1: prompt lookup; 2: a draft sequence */
+    int32_t draft_seq, draft_sampler, draft_layers, draft_len, n_draft;
     char *text;
     stopper stops;
 } generation;
@@ -113,23 +135,157 @@ static int32_t push_text(generation *g, int32_t token) {
     return REALM_OK;
 }
 
-static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt, int64_t max_tokens) {
+/* Take `token` as the next generated one: 1 to go on, 0 when generation ends (g->reason), or a
+ * status. `cached`: the token is already in the target's cache (an accepted draft), so the
+ * context cannot be full before it. */
+static int32_t take(generation *g, int32_t token, int cached) {
+    if (realm_token_is_eog(token)) {
+        g->reason = REALM_FINISH_STOP;
+        return 0;
+    }
+    g->produced++;
+    int32_t rc = push_text(g, token);
+    if (rc < 0) return rc;
+    g->history[g->n_history++] = token;
+    if (g->stops.stopped) {
+        g->reason = REALM_FINISH_STOP;
+        return 0;
+    }
+    if (g->produced == g->max_tokens) {
+        g->reason = REALM_FINISH_LENGTH;
+        return 0;
+    }
+    if (!cached && g->length == g->capacity) {
+        g->reason = g->context_bound ? REALM_FINISH_CONTEXT : REALM_FINISH_LENGTH;
+        return 0;
+    }
+    return 1;
+}
+
+/* Prompt lookup: the tokens after the latest earlier occurrence of the history's last n tokens. */
+static int32_t ngram_draft(const generation *g, int32_t *out, int32_t k) {
+    const int32_t *h = g->history;
+    int32_t n_h = g->n_history;
+    for (int32_t n = NGRAM_MAX; n >= NGRAM_MIN; n--) {
+        if (n_h <= n) continue;
+        for (int32_t at = n_h - n - 1; at >= 0; at--) { /* the match is h[at .. at+n-1] */
+            int32_t j = 0;
+            while (j < n && h[at + j] == h[n_h - n + j]) j++;
+            if (j < n) continue;
+            int32_t count = 0;
+            while (count < k && at + n + count < n_h) {
+                out[count] = h[at + n + count];
+                count++;
+            }
+            return count;
+        }
+    }
+    return 0;
+}
+
+/* Draft k tokens with the draft sequence: catch it up with the history, then sample one at a time. */
+static int32_t model_draft(generation *g, int32_t *out, int32_t k) {
+    int32_t rc;
+    if (g->draft_len < g->n_history) {
+        rc = realm_seq_append(g->draft_seq, g->history + g->draft_len, g->n_history - g->draft_len);
+        if (rc < 0 || (rc = realm_step(g->draft_seq, g->draft_layers)) < 0) return rc;
+        g->draft_len = g->n_history;
+    }
+    for (int32_t i = 0; i < k; i++) {
+        if (i > 0) {
+            if ((rc = realm_seq_append(g->draft_seq, &out[i - 1], 1)) < 0) return rc;
+            if ((rc = realm_step(g->draft_seq, g->draft_layers)) < 0) return rc;
+            g->draft_len++;
+        }
+        out[i] = realm_sample(g->draft_seq, g->draft_sampler, 0, 0, REALM_BIAS_ADD);
+        if (out[i] < 0) return out[i];
+    }
+    return k;
+}
+
+/* One target step over `token` and up to n_draft drafts; the next token lands in *next. Returns 1
+ * to go on, 0 when generation ended, or a status. */
+static int32_t speculative_step(generation *g, int32_t token, int32_t *next) {
+    int32_t batch[DRAFT_MAX + 1];
+    int32_t *drafts = batch + 1;
+    int32_t room = g->capacity - g->length - 1, left = (int32_t)(g->max_tokens - g->produced);
+    int32_t k = g->n_draft < room ? g->n_draft : room;
+    if (left < k) k = left;
+    int32_t n = k <= 0 ? 0 : g->speculate == 1 ? ngram_draft(g, drafts, k) : model_draft(g, drafts, k);
+    if (n < 0) return n;
+    batch[0] = token;
+    int32_t rc = realm_seq_append(g->seq, batch, n + 1);
+    if (rc < 0) return rc;
+    if (n == 0) { /* nothing to draft: a plain step */
+        if ((rc = realm_step(g->seq, g->n_layers)) < 0) return rc;
+        g->length++;
+        *next = realm_sample(g->seq, g->sampler, 0, 0, REALM_BIAS_ADD);
+        return *next < 0 ? *next : 1;
+    }
+    if ((rc = realm_step_all(g->seq, g->n_layers)) < 0) return rc;
+    int32_t accepted = realm_spec_verify(g->seq, g->sampler, g->speculate == 2 ? g->draft_seq : 0, next);
+    if (accepted < 0) return accepted;
+    g->length += 1 + accepted;
+    if (accepted < n && (rc = realm_seq_truncate(g->seq, g->length)) < 0) return rc;
+    if (g->speculate == 2) { /* the draft keeps the accepted drafts it has already run */
+        int32_t keep = g->n_history + (accepted < n - 1 ? accepted : n - 1);
+        if ((rc = realm_seq_truncate(g->draft_seq, keep)) < 0) return rc;
+        g->draft_len = keep;
+    }
+    g->n_draft = accepted == n ? (n + 2 < DRAFT_MAX ? n + 2 : DRAFT_MAX) : accepted + 1;
+    for (int32_t i = 0; i < accepted; i++)
+        if ((rc = take(g, drafts[i], 1)) <= 0) return rc;
+    return 1;
+}
+
+static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt) {
     int32_t rc = realm_seq_append(g->seq, prompt, n_prompt);
     if (rc < 0) return rc;
     if ((rc = realm_step(g->seq, g->n_layers)) < 0) return rc;
-    int32_t length = n_prompt;
-    for (int64_t produced = 0; produced < max_tokens; produced++) {
-        int32_t token = realm_sample(g->seq, g->sampler, 0, 0, REALM_BIAS_ADD);
-        if (token < 0) return token;
-        if (realm_token_is_eog(token)) break;
-        if ((rc = push_text(g, token)) < 0) return rc;
-        if (g->stops.stopped || produced + 1 == max_tokens || length == g->capacity) break;
+    g->length = n_prompt;
+    g->reason = REALM_FINISH_LENGTH;
+    int32_t token = realm_sample(g->seq, g->sampler, 0, 0, REALM_BIAS_ADD);
+    while (token >= 0 && (rc = take(g, token, 0)) > 0) {
+        if (g->speculate) {
+            if ((rc = speculative_step(g, token, &token)) <= 0) break;
+            continue;
+        }
         if ((rc = realm_seq_append(g->seq, &token, 1)) < 0) return rc;
         if ((rc = realm_step(g->seq, g->n_layers)) < 0) return rc;
-        length++;
+        g->length++;
+        token = realm_sample(g->seq, g->sampler, 0, 0, REALM_BIAS_ADD);
     }
+    if (token < 0) return token;
+    if (rc < 0) return rc;
     if ((rc = push_text(g, REALM_TEXT_FLUSH)) < 0) return rc;
-    return g->stops.stopped ? REALM_OK : emit(g->stops.held, g->stops.n_held);
+    if (!g->stops.stopped && (rc = emit(g->stops.held, g->stops.n_held)) < 0) return rc;
+    return realm_result_report(g->reason, n_prompt, g->produced);
+}
+
+/* Set up the request's "speculative" mode; a draft model is opened by its name. */
+static int32_t open_speculation(generation *g, json_slice req, const char *request, int32_t request_len) {
+    char *mode;
+    int32_t n = json_get_string(req, "speculative", realm_alloc, &mode);
+    g->speculate = g->draft_seq = 0;
+    g->n_draft = DRAFT_START;
+    json_slice value;
+    if (!json_get(req, "speculative", &value)) return REALM_OK;
+    if (n == 5 && memcmp(mode, "ngram", 5) == 0) {
+        g->speculate = 1;
+        return REALM_OK;
+    }
+    if (n < 0 || !((n > 5 && memcmp(mode, "self:", 5) == 0) || (n > 6 && memcmp(mode, "draft:", 6) == 0)))
+        return realm_fail(REALM_ERR_INVALID_ARGUMENT, "speculative must be \"ngram\", \"draft:PATH\" or \"self:N\"");
+    int32_t draft = realm_draft_open(mode, n);
+    if (draft < 0) return realm_fail(draft, "cannot open the speculative draft");
+    g->draft_seq = realm_draft_seq_open(draft, g->capacity);
+    if (g->draft_seq < 0) return g->draft_seq;
+    g->draft_layers = realm_seq_layers(g->draft_seq);
+    g->draft_sampler = realm_sampler_new(request, request_len);
+    if (g->draft_sampler < 0) return g->draft_sampler;
+    g->draft_len = 0;
+    g->speculate = 2;
+    return REALM_OK;
 }
 
 __attribute__((export_name("realm_main"))) int32_t realm_main(const char *request, int32_t request_len) {
@@ -159,13 +315,20 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     if (n_ids == 0) return REALM_OK; /* nothing to continue */
     if (n_ids > info.n_ctx) return realm_fail(REALM_ERR_CAPACITY, "prompt is longer than the context");
 
-    g.capacity = n_ids + max_tokens < info.n_ctx ? n_ids + (int32_t)max_tokens : info.n_ctx;
+    g.context_bound = n_ids + max_tokens > info.n_ctx;
+    g.capacity = g.context_bound ? info.n_ctx : n_ids + (int32_t)max_tokens;
+    g.max_tokens = max_tokens;
+    g.produced = g.n_history = 0;
+    g.history = realm_alloc((g.capacity + DRAFT_MAX + 1) * 4);
     g.text = realm_alloc(TEXT_CAP);
+    if (!g.history || !g.text) return realm_fail(REALM_ERR_INTERNAL, "out of memory");
+    for (int32_t i = 0; i < n_ids; i++) g.history[g.n_history++] = ids[i];
     g.sampler = realm_sampler_new(request, request_len); /* the host reads the sampling keys */
     if (g.sampler < 0) return realm_fail(g.sampler, "bad sampling parameters");
     g.seq = realm_seq_open(g.capacity);
     if (g.seq < 0) return g.seq;
-    rc = run(&g, ids, n_ids, max_tokens);
+    if ((rc = open_speculation(&g, req, request, request_len)) < 0) return rc;
+    rc = run(&g, ids, n_ids);
     realm_seq_close(g.seq);
     realm_sampler_free(g.sampler);
     return rc;

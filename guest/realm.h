@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define REALM_ABI_VERSION 1
+#define REALM_ABI_VERSION 3
 
 /* Status codes: host function results (negative) and realm_main's result. */
 typedef enum {
@@ -45,6 +45,13 @@ typedef enum {
     REALM_BIAS_ALLOW = 1, /* realm_bias[bias_len]: only these tokens may be sampled (bias added) */
     REALM_BIAS_DENSE = 2  /* float[n_vocab]: added to every logit; -INFINITY masks a token */
 } realm_bias_mode;
+
+/* result_report(): why generation ended. */
+typedef enum {
+    REALM_FINISH_STOP = 1,    /* an end-of-generation token or a stop string */
+    REALM_FINISH_LENGTH = 2,  /* the request's max_tokens */
+    REALM_FINISH_CONTEXT = 3  /* the sequence's capacity (the context) was full */
+} realm_finish_reason;
 
 /* tokenize() flags */
 #define REALM_TOKENIZE_ADD_SPECIAL 1   /* add BOS as the model's tokenizer asks */
@@ -105,6 +112,16 @@ REALM_IMPORT(sample) int32_t realm_sample(int32_t seq, int32_t sampler, const vo
 REALM_IMPORT(text_push) int32_t realm_text_push(int32_t seq, int32_t token, char *out, int32_t out_cap);
 REALM_IMPORT(emit) int32_t realm_emit(const char *text, int32_t len);
 REALM_IMPORT(log) int32_t realm_log(int32_t level, const char *text, int32_t len);
+REALM_IMPORT(result_report) int32_t realm_result_report(int32_t finish_reason, int32_t prompt_tokens,
+                                                        int32_t completion_tokens); /* ABI 2 */
+
+/* Speculative decoding (ABI 3): every row's logits, verification of drafts, draft models. */
+REALM_IMPORT(seq_finish_all) int32_t realm_seq_finish_all(int32_t seq); /* returns the rows kept */
+REALM_IMPORT(logits_row) int32_t realm_logits_row(int32_t seq, int32_t row);
+REALM_IMPORT(spec_verify) int32_t realm_spec_verify(int32_t seq, int32_t sampler, int32_t draft_seq, int32_t *next);
+REALM_IMPORT(draft_open) int32_t realm_draft_open(const char *name, int32_t name_len); /* "self:N", "draft:PATH" */
+REALM_IMPORT(draft_seq_open) int32_t realm_draft_seq_open(int32_t draft, int32_t capacity);
+REALM_IMPORT(seq_layers) int32_t realm_seq_layers(int32_t seq);
 
 /* ---- small helpers every guest wants ---- */
 
@@ -127,6 +144,15 @@ static inline int32_t realm_step(int32_t seq, int32_t n_layers) {
         if (rc < 0) return rc;
     }
     return realm_seq_finish(seq);
+}
+
+/* The same, keeping the logits of every pending token (to verify drafts); returns the rows kept. */
+static inline int32_t realm_step_all(int32_t seq, int32_t n_layers) {
+    for (int32_t layer = 0; layer < n_layers; layer++) {
+        int32_t rc = realm_forward_layer(seq, layer);
+        if (rc < 0) return rc;
+    }
+    return realm_seq_finish_all(seq);
 }
 
 void *realm_alloc(int32_t size);

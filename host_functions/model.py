@@ -10,6 +10,7 @@ steps of every live sequence. One hand-off per step (per prefill chunk), never p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Callable, Sequence as Seq
@@ -118,6 +119,17 @@ class Model:
             item.cache.reserve(item.pos + len(item.tokens))
             return self.backend.step([item])[0]
 
+    def first_layers(self, n_layers: int) -> Model:
+        """The same model cut after its first n_layers, straight into the output head (self-speculation's
+        draft): it shares the weights and the backend, and its sequences run n_layers per step."""
+        if not 1 <= n_layers < self.config.n_layers:
+            raise SequenceError(f"a model of {self.config.n_layers} layers can be cut after 1..{self.config.n_layers - 1}"
+                                f" layers, not {n_layers}")
+        draft = Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend)
+        draft.step_lock = self.step_lock  # one backend: its steps and ours never overlap
+        draft.step_runner = lambda item, owner: self.step_runner(item, owner)  # batched with ours, if we batch
+        return draft
+
     def open_sequence(self, capacity: int | None = None) -> Sequence:
         """A new empty sequence with its own KV cache of at most `capacity` tokens."""
         limit = min(self.config.context_length, DEFAULT_SEQUENCE_CAPACITY) if capacity is None else capacity
@@ -198,7 +210,8 @@ class Sequence:
                 chunk = pending[start : start + PREFILL_CHUNK]
                 last = start + PREFILL_CHUNK >= len(pending)
                 wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
-                item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), self._cache, wants)
+                item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), self._cache, wants,
+                                self.model.config.n_layers)
                 logits = self.model.step_runner(item, owner)
                 self.tokens.extend(chunk)
                 if logits is not None:

@@ -75,6 +75,33 @@ class Sampler:
         -inf logits are never chosen. Raises RealmError when logits are not a non-empty vector or
         contain no finite maximum (all -inf, NaN or +inf).
         """
+        logits, top = self._prepared(logits, history)
+        if self.params.temperature <= 0.0:
+            return int(np.argmax(logits))
+        ids = self._filter(logits, top)
+        # Shift before dividing: a tiny temperature then sends logits to -inf, never to inf - inf.
+        return self.draw(ids, np.exp((logits[ids].astype(np.float64) - top) / self.params.temperature))
+
+    def distribution(self, logits: np.ndarray, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, probabilities) that `sample` draws from: the argmax with probability 1 when greedy.
+
+        Speculative verification compares these with a draft's. Raises RealmError as `sample` does.
+        """
+        logits, top = self._prepared(logits, history)
+        if self.params.temperature <= 0.0:
+            return np.array([int(np.argmax(logits))]), np.ones(1)
+        ids = self._filter(logits, top)
+        weights = np.exp((logits[ids].astype(np.float64) - top) / self.params.temperature)
+        return ids, weights / weights.sum()
+
+    def draw(self, ids: np.ndarray, probabilities: np.ndarray) -> int:
+        """One of `ids` drawn with the given (normalized or not) probabilities, from this sampler's rng."""
+        cumulative = np.cumsum(probabilities)
+        r = self.rng.random() * cumulative[-1]
+        return int(ids[min(int(np.searchsorted(cumulative, r, side="right")), ids.size - 1)])
+
+    def _prepared(self, logits: np.ndarray, history: Sequence[int]) -> tuple[np.ndarray, float]:
+        """A penalized float32 copy of the logits and its finite maximum."""
         # A float32 copy: the penalties edit it, and float32 (llama.cpp's precision) partitions 4x faster.
         logits = np.array(logits, dtype=np.float32)
         if logits.ndim != 1 or logits.size == 0:
@@ -83,11 +110,7 @@ class Sampler:
         top = float(logits.max())
         if not math.isfinite(top):
             raise RealmError("logits have no finite maximum to sample from (all -inf, NaN or +inf)")
-        if self.params.temperature <= 0.0:
-            return int(np.argmax(logits))
-        ids = self._filter(logits, top)
-        # Shift before dividing: a tiny temperature then sends logits to -inf, never to inf - inf.
-        return int(ids[self._draw((logits[ids].astype(np.float64) - top) / self.params.temperature)])
+        return logits, top
 
     def _apply_penalties(self, logits: np.ndarray, history: Sequence[int]) -> None:
         """llama.cpp's penalties over the last repeat_last_n tokens, in place."""
@@ -119,12 +142,6 @@ class Sampler:
             cumulative = np.cumsum(np.exp(logits[ids] - log_z))
             ids = ids[:int(np.searchsorted(cumulative, p.top_p, side="left")) + 1]
         return ids
-
-    def _draw(self, scaled: np.ndarray) -> int:
-        """Index drawn from softmax(scaled); `scaled` is <= 0 with its maximum at 0."""
-        cumulative = np.cumsum(np.exp(scaled))
-        r = self.rng.random() * cumulative[-1]
-        return min(int(np.searchsorted(cumulative, r, side="right")), scaled.size - 1)
 
 
 class StopMatcher:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from host_functions.model import Model
 from realm import scheduler
 
-from host_functions.errors import ModelFormatError
+from host_functions.errors import ModelFormatError, RealmError
 
 _cache: dict[tuple[Path, str], Model] = {}
 _lock = threading.Lock()
@@ -50,3 +50,26 @@ def load_model(path: str | Path | None = None, backend: str = "auto",
         elif kv_memory is not None:
             _cache[key].set_kv_memory(kv_memory)
         return _cache[key]
+
+
+def draft_opener(target: Model, backend: str, draft_files: Sequence[str | Path] = ()) -> Callable[[str], Model | None]:
+    """What a request's guest may open as a speculative draft (the ABI's draft_open).
+
+    "self:N" is always allowed: the target's first N layers and its output head. "draft:PATH"
+    resolves only for the files the operator named (draft_files), so a guest never makes the host
+    open a path of its choosing. Anything else is None (not allowed); a malformed self:N raises
+    RealmError.
+    """
+    allowed = {resolve_model_path(p).resolve() for p in draft_files}
+
+    def open_draft(name: str) -> Model | None:
+        kind, _, arg = name.partition(":")
+        if kind == "self":
+            if not arg.isdigit():
+                raise RealmError(f"self-speculation is self:N with N a number of layers, got {name!r}")
+            return target.first_layers(int(arg))
+        if kind == "draft" and arg and Path(arg).expanduser().resolve() in allowed:
+            return load_model(arg, backend)
+        return None
+
+    return open_draft

@@ -24,7 +24,8 @@ from typing import Any
 import wasmtime
 
 from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPORT_MODULE, MEMORY_EXPORT,
-                                AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status)
+                                AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status,
+                                StepStats)
 from host_functions.model import Model
 
 from host_functions.errors import BackendError, GuestError, QuotaExceeded, RealmError
@@ -180,6 +181,10 @@ class RunResult:
     fuel_used: int
     seconds: float
     tokens_fed: int
+    steps: StepStats = field(default_factory=StepStats)  # target steps, speculation's drafts and acceptances
+    finish_reason: str | None = None  # as the guest reported it (result_report): "stop", "length", "context"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class _Abort(Exception):
@@ -195,15 +200,17 @@ class TenantSandbox:
         self.tenant = tenant
 
     def run(self, guest: GuestModule, request: Mapping[str, Any],
-            on_text: Callable[[str], None] | None = None) -> RunResult:
+            on_text: Callable[[str], None] | None = None,
+            open_draft: Callable[[str], Model | None] | None = None) -> RunResult:
         """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text.
 
         Raises QuotaExceeded when a limit ends the request and GuestError when the guest traps,
         breaks the ABI or returns a non-zero status; either carries the partial RunResult as
-        `.result`. Nothing outside this request is affected.
+        `.result`. Nothing outside this request is affected. `open_draft` resolves the draft models
+        the request may open (speculative decoding); by default none.
         """
         payload = json.dumps(request, ensure_ascii=False).encode()
-        session = Session(self.model, self.limits, on_text, self.tenant)
+        session = Session(self.model, self.limits, on_text, self.tenant, open_draft)
         store = self._store()
         started = time.perf_counter()
         status = Status.INTERNAL
@@ -215,8 +222,10 @@ class TenantSandbox:
         finally:
             session.close_all()
             session.finish_output()
+        report = session.report
         result = RunResult(session.text(), int(status), session.trace, session.logs,
-                           self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed)
+                           self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed,
+                           session.steps, *((report.finish_reason, report.prompt_tokens, report.completion_tokens) if report else ()))
         if error is None and status != Status.OK:
             hint = f" (last host error: {session.last_error})" if session.last_error else ""
             error = GuestError(f"guest returned status {Status.describe(status)}{hint}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import wasmtime
 
-from host_functions.abi import (HOST_FUNCTIONS, TEXT_FLUSH, AbiError, BiasMode, GuestMemory, HandleTable, Limits,
+from host_functions.abi import (ABI_VERSION, HOST_FUNCTIONS, FinishReason, TEXT_FLUSH, AbiError, BiasMode, GuestMemory, HandleTable, Limits,
                                 Status, TokenizeFlags, info_fields, sampling_params_from_json)
 from host_functions.errors import GuestError
 
@@ -41,7 +41,8 @@ def test_header_modes_flags_and_constants_equal_the_python_ones():
     assert {m: consts[f"REALM_BIAS_{m.name}"] for m in BiasMode} == {m: m.value for m in BiasMode}
     assert {f: consts[f"REALM_TOKENIZE_{f.name}"] for f in TokenizeFlags} == {f: f.value for f in TokenizeFlags}
     assert consts["REALM_TEXT_FLUSH"] == TEXT_FLUSH
-    assert consts["REALM_ABI_VERSION"] == 1
+    assert {r: consts[f"REALM_FINISH_{r.name}"] for r in FinishReason} == {r: r.value for r in FinishReason}
+    assert consts["REALM_ABI_VERSION"] == ABI_VERSION
 
 
 def test_header_declares_every_host_function_with_its_arity():

@@ -14,7 +14,7 @@ from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from oracle import EXACT, assert_matches
 from host_functions.errors import GuestError, QuotaExceeded
-from realm.generation import generate_text
+from realm.generation import generate_text, generate_tokens
 from realm.sandbox import MAX_MODULE_BYTES, TenantSandbox, compile_guest, reference_guest_path
 
 PROMPT = "Once upon a time"
@@ -92,6 +92,42 @@ def test_reference_guest_generates_at_most_max_tokens_and_runs_every_layer_once_
     assert result.trace["forward_layer"].calls == steps * model.config.n_layers
     assert result.trace["sample"].calls == max_tokens
     assert result.tokens_fed == len(prompt_ids) + max_tokens - 1
+
+
+def test_reference_guest_reports_why_generation_ended_and_the_token_counts(model, generate):
+    n_prompt = len(model.tokenizer.encode(PROMPT))
+    greedy = list(generate_tokens(model, model.tokenizer.encode(PROMPT), SamplingParams(temperature=0, max_tokens=40)))
+    assert len(greedy) == 40  # the tiny model does not end early on this prompt, so every reason can be reached
+
+    length = TenantSandbox(model).run(generate, {"prompt": PROMPT, "max_tokens": 7, "temperature": 0})
+    assert (length.finish_reason, length.prompt_tokens, length.completion_tokens) == ("length", n_prompt, 7)
+
+    # A stop string: the tokens up to the one that completed it count, its text is held back.
+    stop = model.tokenizer.decode(greedy[3:5])
+    stopped = TenantSandbox(model).run(generate, {"prompt": PROMPT, "max_tokens": 40, "temperature": 0,
+                                                  "stop": [stop]})
+    assert stopped.finish_reason == "stop" and stopped.completion_tokens <= 5
+    assert stop not in stopped.text
+
+    # The context: n_ctx - n_prompt + 1 tokens (the last is sampled from the full sequence's logits).
+    limits = Limits(max_context=n_prompt + 3)
+    full = TenantSandbox(model, limits).run(generate, {"prompt": PROMPT, "max_tokens": 40, "temperature": 0})
+    assert (full.finish_reason, full.completion_tokens) == ("context", 4)
+    assert full.text == model.tokenizer.decode(greedy[:4])
+
+
+def test_result_report_rejects_unknown_reasons_and_negative_counts(model):
+    from host_functions.abi import AbiError, Session
+
+    report = HOST_FUNCTIONS["result_report"].impl
+    session = Session(model, Limits())
+    for args in [(0, 1, 1), (4, 1, 1), (1, -1, 0), (2, 0, -5)]:
+        with pytest.raises(AbiError) as err:
+            report(session, None, *args)
+        assert err.value.status == Status.INVALID_ARGUMENT
+    assert report(session, None, 3, 10, 2) == Status.OK
+    assert (session.report.finish_reason, session.report.prompt_tokens, session.report.completion_tokens) == (
+        "context", 10, 2)
 
 
 def test_reference_guest_greedy_on_the_real_model_continues_like_llamacpp(generate):

@@ -13,18 +13,18 @@ host-side state), `registry` (the @host table), `checks` (shared argument checks
 functions by subject: `tokens`, `sequences`, `logits`, `output`.
 """
 
-from . import logits, output, sequences, tokens  # noqa: F401  importing registers the host functions
+from . import logits, output, sequences, speculation, tokens  # noqa: F401  importing registers the host functions
 from .handles import HandleTable, SamplerState, SeqState
 from .limits import MAX_I32, Limits
 from .logits import MAX_SAMPLERS, sampling_params_from_json
 from .memory import GuestMemory
 from .registry import HOST_FUNCTIONS, HostFunction, host
-from .session import CallStats, Session
+from .session import CallStats, Report, Session, StepStats
 from .status import (ABI_VERSION, ALLOC_EXPORT, ENTRY_EXPORT, IMPORT_MODULE, MEMORY_EXPORT, TEXT_FLUSH, AbiError,
-                     BiasMode, Status, TokenizeFlags)
+                     BiasMode, FinishReason, Status, TokenizeFlags)
 from .tokens import info_fields
 
 __all__ = ["ABI_VERSION", "ALLOC_EXPORT", "ENTRY_EXPORT", "HOST_FUNCTIONS", "IMPORT_MODULE", "MAX_I32",
-           "MAX_SAMPLERS", "MEMORY_EXPORT", "TEXT_FLUSH", "AbiError", "BiasMode", "CallStats", "GuestMemory",
-           "HandleTable", "HostFunction", "Limits", "SamplerState", "SeqState", "Session", "Status",
-           "TokenizeFlags", "host", "info_fields", "sampling_params_from_json"]
+           "MAX_SAMPLERS", "MEMORY_EXPORT", "TEXT_FLUSH", "AbiError", "BiasMode", "CallStats", "FinishReason",
+           "GuestMemory", "HandleTable", "HostFunction", "Limits", "Report", "SamplerState", "SeqState", "Session",
+           "Status", "StepStats", "TokenizeFlags", "host", "info_fields", "sampling_params_from_json"]

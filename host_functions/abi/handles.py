@@ -54,10 +54,13 @@ class HandleTable:
 
 @dataclass(eq=False)
 class SeqState:
-    """A guest's sequence: the engine's Sequence plus the logits of its last step and its text decoder."""
+    """A guest's sequence: the engine's Sequence, the logits of its last step and its text decoder."""
 
     seq: Sequence
-    logits: np.ndarray | None = None  # (n_vocab,) float32 after seq_finish, until the next append
+    logits: np.ndarray | None = None  # (n_vocab,) float32 the logit functions use, until the next append
+    rows: np.ndarray | None = None  # (n, n_vocab) every row of the last seq_finish_all step
+    records_samples: bool = False  # a draft sequence: keep what each sample was drawn from
+    sampled: list[tuple[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=list)  # (token, (ids, p))
     decoder: Any = None  # the tokenizer's StreamDecoder, created on the first text_push
     text: bytearray = field(default_factory=bytearray)  # decoded, not yet copied to the guest
 
@@ -65,6 +68,18 @@ class SeqState:
         if self.logits is None:
             raise AbiError(Status.WRONG_STATE, "no logits: call seq_finish after the last layer first")
         return self.logits
+
+    def set_logits(self, logits: np.ndarray | None) -> None:
+        """The last step's logits (None: no step since the last append or truncate)."""
+        self.logits, self.rows = logits, None
+
+    def set_rows(self, rows: np.ndarray) -> None:
+        """Every row of a step's logits; the last one is selected."""
+        self.rows, self.logits = rows, rows[-1]
+
+    def record_sample(self, token: int, distribution: tuple[np.ndarray, np.ndarray], keep: int) -> None:
+        self.sampled.append((token, distribution))
+        del self.sampled[:-keep]
 
 
 @dataclass(eq=False)

@@ -16,6 +16,7 @@ from .session import Session
 from .status import AbiError, BiasMode, Status
 
 MAX_SAMPLERS = 64  # live samplers per request; a sampler is small, so this only stops runaway loops
+MAX_DRAFT_SAMPLES = 16  # draft samples whose distributions a draft sequence keeps for spec_verify
 
 _BIAS_PAIR = np.dtype([("token", "<i4"), ("bias", "<f4")])
 
@@ -74,7 +75,13 @@ def sample(s: Session, mem: GuestMemory, seq: int, sampler: int, bias_ptr: int, 
     logits = state.require_logits()
     if bias_len or mode == BiasMode.ALLOW:
         logits = _biased(logits, mem, bias_ptr, bias_len, mode)
-    return int(smp.sampler.sample(logits, state.seq.tokens))
+    if not state.records_samples:
+        return int(smp.sampler.sample(logits, state.seq.tokens))
+    # A draft sequence: verification needs the distribution the draft was drawn from.
+    distribution = smp.sampler.distribution(logits, state.seq.tokens)
+    token = smp.sampler.draw(*distribution)
+    state.record_sample(token, distribution, MAX_DRAFT_SAMPLES)
+    return token
 
 
 def sampling_params_from_json(data: bytes) -> SamplingParams:

@@ -1,4 +1,4 @@
-"""Host functions that carry text out: the streaming detokenizer, emit to the client, the request log."""
+"""Host functions that carry results out: the streaming detokenizer, emit, the request log, the result report."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from .checks import check_token
 from .handles import SeqState
 from .memory import GuestMemory
 from .registry import host
-from .session import Session
-from .status import TEXT_FLUSH, AbiError, Status
+from .session import Report, Session
+from .status import TEXT_FLUSH, AbiError, FinishReason, Status
 
 
 @host("seq", "token", "out_ptr", "out_cap")
@@ -49,4 +49,17 @@ def log(s: Session, mem: GuestMemory, level: int, ptr: int, n: int) -> int:
     data = mem.read(ptr, n)
     s.log_bytes += n
     s.logs.append((level, data.decode("utf-8", "replace")))
+    return Status.OK
+
+
+@host("finish_reason", "prompt_tokens", "completion_tokens")
+def result_report(s: Session, mem: GuestMemory, finish_reason: int, prompt_tokens: int, completion_tokens: int) -> int:
+    """Tell the host why generation ended (a FinishReason) and the token counts; the last report wins."""
+    try:
+        reason = FinishReason(finish_reason)
+    except ValueError:
+        raise AbiError(Status.INVALID_ARGUMENT, f"unknown finish reason {finish_reason}") from None
+    if prompt_tokens < 0 or completion_tokens < 0:
+        raise AbiError(Status.INVALID_ARGUMENT, "token counts must not be negative")
+    s.report = Report(reason.label, prompt_tokens, completion_tokens)
     return Status.OK

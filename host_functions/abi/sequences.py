@@ -42,7 +42,7 @@ def seq_append(s: Session, mem: GuestMemory, seq: int, ids_ptr: int, n_ids: int)
     if s.tokens_fed > s.limits.max_tokens:
         raise QuotaExceeded(f"guest fed more than its limit of {s.limits.max_tokens} tokens to the model")
     sq.append(ids)
-    state.logits = None
+    state.set_logits(None)
     return Status.OK
 
 
@@ -64,9 +64,10 @@ def seq_finish(s: Session, mem: GuestMemory, seq: int) -> int:
     within the request's deadline): commit the pending tokens, keep their last logits host-side."""
     state = s.handles.get(seq, SeqState)
     sq = state.seq
-    if not sq.pending or sq.layers_done != s.config.n_layers:
-        raise AbiError(Status.WRONG_STATE, f"step incomplete: {sq.layers_done} of {s.config.n_layers} layers run")
-    state.logits = sq.finish(owner=s.step_owner())
+    if not sq.pending or sq.layers_done != sq.model.config.n_layers:
+        raise AbiError(Status.WRONG_STATE, f"step incomplete: {sq.layers_done} of {sq.model.config.n_layers} layers run")
+    state.set_logits(sq.finish(owner=s.step_owner()))
+    s.count_step(sq)
     return Status.OK
 
 
@@ -83,5 +84,5 @@ def seq_truncate(s: Session, mem: GuestMemory, seq: int, n: int) -> int:
     if not 0 <= n <= len(state.seq.tokens):
         raise AbiError(Status.INVALID_ARGUMENT, f"cannot truncate {len(state.seq.tokens)} tokens to {n}")
     state.seq.truncate(n)
-    state.logits = None
+    state.set_logits(None)
     return Status.OK

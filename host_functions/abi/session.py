@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import QuotaExceeded, RealmError
-from ..model import Model, StepOwner
+from ..model import Model, Sequence, StepOwner
 from .handles import HandleTable, SeqState
 from .limits import Limits
 
@@ -23,15 +23,35 @@ class CallStats:
     seconds: float = 0.0
 
 
+@dataclass
+class StepStats:
+    """Steps of the request's target model and what speculation drafted and got accepted."""
+
+    target_steps: int = 0  # seq_finish / seq_finish_all on the request's own model
+    verified_steps: int = 0  # spec_verify calls
+    drafted: int = 0
+    accepted: int = 0
+
+
+@dataclass(frozen=True)
+class Report:
+    """A guest's account of its result: why generation ended and the tokens on each side."""
+
+    finish_reason: str  # "stop", "length" or "context"
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class Session:
     """The host side of one guest request: model, limits, handles, output, log, trace and failure."""
 
     def __init__(self, model: Model, limits: Limits, on_text: Callable[[str], None] | None = None,
-                 tenant: str = "") -> None:
+                 tenant: str = "", open_draft: Callable[[str], Model | None] | None = None) -> None:
         self.model, self.limits, self.tenant = model, limits, tenant
         self.config, self.tokenizer = model.config, model.tokenizer
         self.n_ctx = min(model.config.context_length, limits.max_context)
         self.handles = HandleTable()
+        self.open_draft = open_draft or (lambda name: None)  # draft models this request may open
         self.on_text = on_text
         self.output: list[str] = []
         self.logs: list[tuple[int, str]] = []
@@ -41,6 +61,8 @@ class Session:
         self.failure: RealmError | None = None  # what ended the request from inside a host call
         self.last_error = ""  # the last AbiError message, to explain a failing status
         self.tokens_fed = 0
+        self.steps = StepStats()
+        self.report: Report | None = None  # what the guest said of its result (result_report)
         self.host_calls = 0
         self.output_bytes = 0
         self.log_bytes = 0
@@ -62,6 +84,11 @@ class Session:
         if self.host_calls > self.limits.max_host_calls:
             raise QuotaExceeded(f"guest made more than its limit of {self.limits.max_host_calls} host calls")
         self.check_deadline()
+
+    def count_step(self, seq: Sequence) -> None:
+        """A step completed on one of the request's sequences (draft models' steps are not the target's)."""
+        if seq.model is self.model:
+            self.steps.target_steps += 1
 
     def charge_text(self, n_bytes: int) -> None:
         """Account for text the host tokenizes or detokenizes; QuotaExceeded past max_text_bytes."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-ABI_VERSION = 1
+ABI_VERSION = 3  # 2: result_report; 3: speculative decoding
 IMPORT_MODULE = "realm"
 ENTRY_EXPORT = "realm_main"  # (request_ptr: i32, request_len: i32) -> i32 status
 ALLOC_EXPORT = "realm_alloc"  # (size: i32) -> i32 pointer, 0 on failure
@@ -43,6 +43,19 @@ class BiasMode(IntEnum):
 class TokenizeFlags(IntEnum):
     ADD_SPECIAL = 1  # add BOS (etc.) as the model's tokenizer metadata asks
     PARSE_SPECIAL = 2  # turn special-token text such as "<start_of_turn>" into its token
+
+
+class FinishReason(IntEnum):
+    """Why a guest's generation ended, as it tells the host with `result_report`; mirrored in guest/realm.h."""
+
+    STOP = 1  # an end-of-generation token or a stop string
+    LENGTH = 2  # the request's max_tokens
+    CONTEXT = 3  # the sequence's capacity (the context) was full
+
+    @property
+    def label(self) -> str:
+        """The OpenAI-style name: "stop", "length" or "context"."""
+        return self.name.lower()
 
 
 TEXT_FLUSH = -1  # `text_push` token value: flush the sequence's decoder (end of its text)

@@ -79,6 +79,10 @@ class StepItem:
     pos: int  # position of tokens[0] in the sequence
     cache: KVCache
     wants: LogitsWanted = "last"
+    n_layers: int | None = None  # run only the first n_layers, then the head (self-speculation's draft)
+
+    def layers(self, config: ModelConfig) -> int:
+        return config.n_layers if self.n_layers is None else self.n_layers
 
 
 class Backend(ABC):
@@ -117,7 +121,7 @@ class Backend(ABC):
         out: list[np.ndarray | None] = []
         for item in items:
             x = self.embed(item.tokens)
-            for i in range(self.config.n_layers):
+            for i in range(item.layers(self.config)):
                 x = self.layer(i, x, item.cache, item.pos)
             out.append(None if item.wants == "none" else _shaped(self.logits(x, last_only=item.wants == "last"), item))
         return out

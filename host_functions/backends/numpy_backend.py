@@ -124,13 +124,20 @@ class NumpyBackend(Backend):
         return self.embedding(np.asarray(tokens, np.int64)) * np.float32(self.config.embedding_scale)
 
     def step(self, items: Sequence[StepItem]) -> list[np.ndarray | None]:
+        depths = {item.layers(self.config) for item in items}
+        if len(depths) > 1:  # drafts cut after fewer layers: one batched step per depth
+            out: dict[int, np.ndarray | None] = {}
+            for depth in depths:
+                group = [i for i, item in enumerate(items) if item.layers(self.config) == depth]
+                out.update(zip(group, self.step([items[i] for i in group]), strict=True))
+            return [out[i] for i in range(len(items))]
         x = self.embed(np.concatenate([item.tokens for item in items]))
         spans, start = [], 0
         for item in items:
             n = len(item.tokens)
             spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n)))
             start += n
-        for index in range(self.config.n_layers):
+        for index in range(depths.pop()):
             x = self._layer(index, x, spans)
         wanted = [np.arange(sp.rows.start, sp.rows.stop)[-1:] if it.wants == "last" else np.arange(sp.rows.start, sp.rows.stop)
                   for it, sp in zip(items, spans, strict=True) if it.wants != "none"]

@@ -205,7 +205,7 @@ class WgpuBackend(Backend):
             states = []
             for item in items:
                 x = self.embed(item.tokens)
-                for i in range(self.config.n_layers):
+                for i in range(item.layers(self.config)):
                     x = self.layer(i, x, item.cache, item.pos)
                 states.append(x)
             sources = [(x, row) for item, x in zip(items, states, strict=True) if item.wants != "none"
