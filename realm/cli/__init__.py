@@ -32,3 +32,4 @@ def main() -> None:
 from realm.cli import model as _model  # noqa: E402,F401  (registers its commands on `main`)
 from realm.cli import kernels as _kernels  # noqa: E402,F401  (registers `realm kernels`)
 from realm.cli import run as _run, tenant as _tenant  # noqa: E402,F401  (the sandbox commands)
+from realm.cli import batch as _batch  # noqa: E402,F401  (`realm batch`)

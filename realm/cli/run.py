@@ -15,7 +15,7 @@ from rich.table import Table
 from host_functions.abi import Limits
 from host_functions.sampling import SamplingParams
 from realm.cli import main
-from realm.cli.options import load_with_progress, model_options
+from realm.cli.options import kv_memory_option, load_with_progress, model_options
 from host_functions.errors import RealmError, TenantError
 from realm.sandbox import GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
@@ -45,6 +45,7 @@ def sampling_options(func: Any) -> Any:
 @main.command()
 @click.argument("prompt", required=False)
 @model_options
+@kv_memory_option
 @sampling_options
 @click.option("--tenant", "tenant_name", metavar="NAME", help="Run tenant NAME's deployed guest, with its limits.")
 @click.option("--guest", "guest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -53,8 +54,8 @@ def sampling_options(func: Any) -> Any:
               help='Extra request field for the guest, VALUE as JSON if it parses (e.g. choices=\'["a","b"]\').')
 @click.option("--trace", is_flag=True, help="After the run, show every host function the guest called.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
-def run(prompt: str | None, model_path: str | None, backend: str, stop: tuple[str, ...], tenant_name: str | None,
-        guest_file: Path | None, params: tuple[str, ...], trace: bool, as_json: bool, **sampling: Any) -> None:
+def run(prompt: str | None, model_path: str | None, backend: str, kv_memory: int | None, stop: tuple[str, ...],
+        tenant_name: str | None, guest_file: Path | None, params: tuple[str, ...], trace: bool, as_json: bool, **sampling: Any) -> None:
     """Generate a continuation of PROMPT (or stdin) through a WebAssembly guest, streaming its text."""
     if tenant_name and guest_file:
         raise click.UsageError("--tenant and --guest are alternatives: give one")
@@ -63,7 +64,7 @@ def run(prompt: str | None, model_path: str | None, backend: str, stop: tuple[st
     request = build_request(prompt, sampling, stop, params)
     _check_sampling(request)
     guest, limits, label = _select_guest(tenant_name, guest_file)
-    model = load_with_progress(model_path, backend)
+    model = load_with_progress(model_path, backend, kv_memory)
     sandbox = TenantSandbox(model, limits, tenant=tenant_name or "")
     try:
         result = sandbox.run(guest, request, on_text=None if as_json else _stream)
