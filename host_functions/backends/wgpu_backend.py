@@ -174,6 +174,7 @@ class WgpuBackend(Backend):
         ]
         self._scratch = _Scratch(self.ctx, config)
         self._rec: Recorder | None = None
+        self.dispatches_submitted = 0  # every dispatch ever submitted (what a step cost, for tests and traces)
         self._lock = threading.RLock()  # one encoder: concurrent callers record one at a time
 
     def _upload(self, tensor: RawTensor) -> Any:
@@ -321,4 +322,5 @@ class WgpuBackend(Backend):
 
     def _submit(self) -> None:
         rec, self._rec = self._recorder(), None
+        self.dispatches_submitted += rec.n_dispatches
         rec.submit()
