@@ -192,6 +192,11 @@ class Scheduler:
                         ticket.kv_wait = exc
                         blocked.add(tenant)
                         break
+                    except Exception as exc:  # noqa: BLE001  (e.g. past its capacity) that step fails alone
+                        queue.popleft()
+                        ticket.error, ticket.state = exc, "done"
+                        ticket.done.set()
+                        continue
                     queue.popleft()
                     ticket.state = "running"
                     batch.append(ticket)

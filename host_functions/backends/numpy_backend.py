@@ -46,6 +46,12 @@ class _Span:
     key_slots: np.ndarray  # (pos + n,) pool slot of every position 0..pos+n-1
 
 
+def _wanted_rows(item: StepItem, span: _Span) -> np.ndarray:
+    """The step rows whose logits the item wants: its last, all of its own, or none."""
+    rows = np.arange(span.rows.start, span.rows.stop)
+    return rows[-1:] if item.wants == "last" else rows if item.wants == "all" else rows[:0]
+
+
 class NumpyBackend(Backend):
     """Float32 forward pass with NumPy/BLAS."""
 
@@ -126,11 +132,11 @@ class NumpyBackend(Backend):
     def step(self, items: Sequence[StepItem]) -> list[np.ndarray | None]:
         depths = {item.layers(self.config) for item in items}
         if len(depths) > 1:  # drafts cut after fewer layers: one batched step per depth
-            out: dict[int, np.ndarray | None] = {}
+            by_index: dict[int, np.ndarray | None] = {}
             for depth in depths:
                 group = [i for i, item in enumerate(items) if item.layers(self.config) == depth]
-                out.update(zip(group, self.step([items[i] for i in group]), strict=True))
-            return [out[i] for i in range(len(items))]
+                by_index.update(zip(group, self.step([items[i] for i in group]), strict=True))
+            return [by_index[i] for i in range(len(items))]
         x = self.embed(np.concatenate([item.tokens for item in items]))
         spans, start = [], 0
         for item in items:
@@ -139,19 +145,15 @@ class NumpyBackend(Backend):
             start += n
         for index in range(depths.pop()):
             x = self._layer(index, x, spans)
-        wanted = [np.arange(sp.rows.start, sp.rows.stop)[-1:] if it.wants == "last" else np.arange(sp.rows.start, sp.rows.stop)
-                  for it, sp in zip(items, spans, strict=True) if it.wants != "none"]
-        if not wanted:
-            return [None] * len(items)
-        logits = self.logits(x[np.concatenate(wanted)], last_only=False)
-        out, row = [], 0
-        for item in items:
-            if item.wants == "none":
-                out.append(None)
-                continue
-            n = 1 if item.wants == "last" else len(item.tokens)
-            out.append(logits[row] if item.wants == "last" else logits[row : row + n])
-            row += n
+        picks = [_wanted_rows(item, sp) for item, sp in zip(items, spans, strict=True)]
+        rows = np.concatenate(picks)
+        logits = self.logits(x[rows], last_only=False) if rows.size else None  # only the rows wanted
+        out: list[np.ndarray | None] = []
+        at = 0
+        for item, pick in zip(items, picks, strict=True):
+            part = None if logits is None or item.wants == "none" else logits[at : at + len(pick)]
+            out.append(part[0] if part is not None and item.wants == "last" else part)
+            at += len(pick)
         return out
 
     def layer(self, index: int, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
