@@ -159,6 +159,7 @@ def test_a_truncated_or_closed_sequence_leaves_no_gpu_work_for_anothers_step(mod
         return backend.dispatches_submitted - before, logits
 
     clean, expected = other_step_dispatches()
+    held = backend.kv_pool.stats().blocks_used  # caches other tests of this module left open
     for round_ in range(50):
         seq = model.open_sequence(16)
         seq.step([4, 5])
@@ -171,7 +172,7 @@ def test_a_truncated_or_closed_sequence_leaves_no_gpu_work_for_anothers_step(mod
     after, logits = other_step_dispatches()
     assert after == clean  # not one leftover dispatch of the 50 abandoned steps
     assert np.array_equal(logits, expected)
-    assert backend.kv_pool.stats().blocks_used == 0
+    assert backend.kv_pool.stats().blocks_used == held
 
 
 @pytest.mark.parametrize("name,weights", [("tiny-gemma3-Q4_K.gguf", "Q4_K"), ("tiny-llama-F32.gguf", "F32")])

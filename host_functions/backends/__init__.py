@@ -118,10 +118,21 @@ class Backend(ABC):
     def step(self, items: Sequence[StepItem]) -> list[np.ndarray | None]:
         """Run every item's tokens through the model; per item the logits it wants, float32
         (n_vocab,) for "last", (n, n_vocab) for "all", None for "none"."""
+        depths = {item.layers(self.config) for item in items}
+        if len(depths) == 1:
+            return self._step(items, depths.pop())
+        by_index: dict[int, np.ndarray | None] = {}  # drafts cut after fewer layers: one step per depth
+        for depth in depths:
+            group = [i for i, item in enumerate(items) if item.layers(self.config) == depth]
+            by_index.update(zip(group, self._step([items[i] for i in group], depth), strict=True))
+        return [by_index[i] for i in range(len(items))]
+
+    def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
+        """A step whose items all run n_layers; by default one item after another (backends batch)."""
         out: list[np.ndarray | None] = []
         for item in items:
             x = self.embed(item.tokens)
-            for i in range(item.layers(self.config)):
+            for i in range(n_layers):
                 x = self.layer(i, x, item.cache, item.pos)
             out.append(None if item.wants == "none" else _shaped(self.logits(x, last_only=item.wants == "last"), item))
         return out
@@ -145,6 +156,23 @@ class Backend(ABC):
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights a decode step reads (for bandwidth figures)."""
         return 0
+
+
+def wanted_rows(item: StepItem, first_row: int) -> np.ndarray:
+    """The step rows (int64) whose logits an item starting at first_row wants: its last, all, or none."""
+    rows = np.arange(first_row, first_row + len(item.tokens))
+    return rows[-1:] if item.wants == "last" else rows if item.wants == "all" else rows[:0]
+
+
+def split_logits(items: Sequence[StepItem], picks: Sequence[np.ndarray], logits: np.ndarray) -> list[np.ndarray | None]:
+    """Hand each item its rows of `logits` (the rows of `picks`, concatenated), shaped as it wants."""
+    out: list[np.ndarray | None] = []
+    at = 0
+    for item, pick in zip(items, picks, strict=True):
+        part = logits[at : at + len(pick)]
+        out.append(None if item.wants == "none" else _shaped(part, item))
+        at += len(pick)
+    return out
 
 
 def _shaped(logits: np.ndarray, item: StepItem) -> np.ndarray:

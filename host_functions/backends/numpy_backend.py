@@ -34,7 +34,7 @@ from gguf import GGMLQuantizationType
 from ..gguf_file import RawTensor
 from ..quants import dequantize
 from ..kv_pool import KVPool
-from . import Backend, KVCache, StepItem
+from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 
 
 @dataclass
@@ -44,12 +44,6 @@ class _Span:
     rows: slice  # its rows in the step's (n_rows, n_embd) activations
     pos: int  # position of its first new token
     key_slots: np.ndarray  # (pos + n,) pool slot of every position 0..pos+n-1
-
-
-def _wanted_rows(item: StepItem, span: _Span) -> np.ndarray:
-    """The step rows whose logits the item wants: its last, all of its own, or none."""
-    rows = np.arange(span.rows.start, span.rows.stop)
-    return rows[-1:] if item.wants == "last" else rows if item.wants == "all" else rows[:0]
 
 
 class NumpyBackend(Backend):
@@ -129,32 +123,19 @@ class NumpyBackend(Backend):
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         return self.embedding(np.asarray(tokens, np.int64)) * np.float32(self.config.embedding_scale)
 
-    def step(self, items: Sequence[StepItem]) -> list[np.ndarray | None]:
-        depths = {item.layers(self.config) for item in items}
-        if len(depths) > 1:  # drafts cut after fewer layers: one batched step per depth
-            by_index: dict[int, np.ndarray | None] = {}
-            for depth in depths:
-                group = [i for i, item in enumerate(items) if item.layers(self.config) == depth]
-                by_index.update(zip(group, self.step([items[i] for i in group]), strict=True))
-            return [by_index[i] for i in range(len(items))]
+    def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
         x = self.embed(np.concatenate([item.tokens for item in items]))
         spans, start = [], 0
         for item in items:
             n = len(item.tokens)
             spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n)))
             start += n
-        for index in range(depths.pop()):
+        for index in range(n_layers):
             x = self._layer(index, x, spans)
-        picks = [_wanted_rows(item, sp) for item, sp in zip(items, spans, strict=True)]
+        picks = [wanted_rows(item, sp.rows.start) for item, sp in zip(items, spans, strict=True)]
         rows = np.concatenate(picks)
-        logits = self.logits(x[rows], last_only=False) if rows.size else None  # only the rows wanted
-        out: list[np.ndarray | None] = []
-        at = 0
-        for item, pick in zip(items, picks, strict=True):
-            part = None if logits is None or item.wants == "none" else logits[at : at + len(pick)]
-            out.append(part[0] if part is not None and item.wants == "last" else part)
-            at += len(pick)
-        return out
+        logits = self.logits(x[rows], last_only=False) if rows.size else np.zeros((0, self.config.n_vocab), np.float32)
+        return split_logits(items, picks, logits)
 
     def layer(self, index: int, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         cache.reserve(pos + x.shape[0])

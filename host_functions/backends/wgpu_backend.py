@@ -3,10 +3,11 @@
 Weights are uploaded once in their GGUF encoding (kernels.upload_weight; never dequantized on the
 CPU), norm weights as the F32 they are stored as. Activations and KV caches are GPU buffers:
 embed() and layer() only record dispatches into a pending encoder, logits() submits it and reads
-back nothing but the logits. A step (`step`) records every item's layers and one output projection
-over all the logit rows any item wants into one encoder, submits it once and reads back once; a
-sequence's work is recorded only inside the step that runs it, so nothing one sequence records can
-run (or be paid for) in another's step. KV blocks are accounted in the model's pool (budget, peak,
+back nothing but the logits. A step (`step`) puts the rows of all its items in one activation
+buffer: norms, matmuls and the FFN run once over every row, rope and attention per item over its
+own cache (bound at the item's row offset), then one output projection over the logit rows any
+item wants; one encoder, one submit, one read-back. A sequence's work is recorded only inside the
+step that runs it, so nothing one sequence records can run (or be paid for) in another's step. KV blocks are accounted in the model's pool (budget, peak,
 waiting); the storage is still one growing buffer pair per layer and sequence. Matmuls (fused dequantization) and the embedding gather are the
 kernels module's; norms, rope, attention and element-wise ops are wgpu_ops'.
 
@@ -40,7 +41,7 @@ from .. import kernels
 from ..config import ModelConfig
 from ..gguf_file import RawTensor
 from ..kv_pool import KVPool
-from . import Backend, KVCache, StepItem
+from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 from . import wgpu_ops as ops
 from .wgpu_context import GPUContext, Recorder
 
@@ -90,6 +91,16 @@ class WgpuKVCache(KVCache):
                 rec.copy(store[layer], grown, old * self.row_bytes)
             store[layer] = grown
         self.allocated[layer] = size
+
+
+@dataclass
+class _Segment:
+    """One sequence's rows in a step's activations: its cache, position, first row, row count."""
+
+    cache: WgpuKVCache
+    pos: int
+    first: int
+    n: int
 
 
 @dataclass
@@ -199,28 +210,24 @@ class WgpuBackend(Backend):
         # Positions past a truncation are overwritten by the next step before attention reads them.
         return WgpuKVCache(self.kv_pool or self.configure_kv(), self.ctx, self.config, capacity, self.kv_f16)
 
-    def step(self, items: Sequence[StepItem]) -> list[np.ndarray | None]:
+    def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
+        """All items' rows in one activation buffer: norms, matmuls and the FFN over every row at once,
+        rope and attention per item over its own cache; one encoder, one submit, one read-back."""
+        cfg = self.config
         with self._lock:
             if self._rec is not None:  # a caller of the per-sequence API left work pending: not this step's
                 self._submit()
-            states = []
+            x = self.embed(np.concatenate([item.tokens for item in items]))
+            segments, first = [], 0
             for item in items:
-                x = self.embed(item.tokens)
-                for i in range(item.layers(self.config)):
-                    x = self.layer(i, x, item.cache, item.pos)
-                states.append(x)
-            sources = [(x, row) for item, x in zip(items, states, strict=True) if item.wants != "none"
-                       for row in (range(x.n_tokens - 1, x.n_tokens) if item.wants == "last" else range(x.n_tokens))]
-            rows = self._logit_rows(sources)
-            if self._rec is not None:
-                self._submit()
-        out: list[np.ndarray | None] = []
-        at = 0
-        for item, x in zip(items, states, strict=True):
-            n = 0 if item.wants == "none" else 1 if item.wants == "last" else x.n_tokens
-            out.append(None if n == 0 else rows[at] if item.wants == "last" else rows[at : at + n])
-            at += n
-        return out
+                segments.append(_Segment(item.cache, item.pos, first, len(item.tokens)))
+                first += len(item.tokens)
+            for index in range(n_layers):
+                self._block(index, x, segments)
+            picks = [wanted_rows(item, seg.first) for item, seg in zip(items, segments, strict=True)]
+            logits = self._logit_rows([(x, int(row)) for pick in picks for row in pick])
+        assert logits.shape[1] == cfg.n_vocab
+        return split_logits(items, picks, logits)
 
     def embed(self, tokens: np.ndarray) -> GPUActivations:
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -235,13 +242,17 @@ class WgpuBackend(Backend):
 
     def layer(self, index: int, x: GPUActivations, cache: KVCache, pos: int) -> GPUActivations:
         assert isinstance(cache, WgpuKVCache) and isinstance(x, GPUActivations)
+        self._block(index, x, [_Segment(cache, pos, 0, x.n_tokens)])
+        return x
+
+    def _block(self, index: int, x: GPUActivations, segments: list[_Segment]) -> None:
         with self._lock:
             rec = self._recorder()
             self._scratch.ensure(x.n_tokens)
-            cache.grow(rec, index, pos + x.n_tokens)
-            self._attention_block(rec, index, x, cache, pos)
+            for seg in segments:
+                seg.cache.grow(rec, index, seg.pos + seg.n)
+            self._attention_block(rec, index, x, segments)
             self._ffn_block(rec, index, x)
-        return x
 
     def logits(self, x: GPUActivations, last_only: bool = True) -> np.ndarray:
         first = x.n_tokens - 1 if last_only else 0
@@ -277,22 +288,36 @@ class WgpuBackend(Backend):
 
     # ---- the two halves of a block -------------------------------------------------------------
 
-    def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, cache: WgpuKVCache, pos: int) -> None:
+    def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, segments: list[_Segment]) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
         ops.rms_norm(rec, x.buffer, w.attn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
         self._project(rec, s.h, [(w.attn_q, s.q_raw), (w.attn_k, s.k_raw), (w.attn_v, s.v_raw)], n)
-        rope = dict(pos=pos, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox",
-                    eps=cfg.norm_eps, factors=self.rope_freqs)
-        ops.rope(rec, s.q_raw, s.q, n, cfg.n_head, cfg.head_dim, norm_weight=w.attn_q_norm, **rope)
-        row = pos * cache.row_elements  # where position `pos` starts in the cache, in elements
-        ops.rope(rec, s.k_raw, cache.k[index], n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.attn_k_norm,
-                 out_f16=cache.f16, dst_offset=row, **rope)
-        ops.rope(rec, s.v_raw, cache.v[index], n, cfg.n_head_kv, cfg.head_dim, rotate=False,
-                 out_f16=cache.f16, dst_offset=row, **rope)
-        ops.attention(rec, s.q, cache.k[index], cache.v[index], s.attn, n, cfg.n_head, cfg.n_head_kv,
-                      cfg.head_dim, pos, cfg.layer_window(index), cfg.attention_scale, kv_f16=cache.f16)
+        for seg in segments:  # rope and attention per sequence: its positions, its cache
+            cache = seg.cache
+            rope = dict(pos=seg.pos, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox",
+                        eps=cfg.norm_eps, factors=self.rope_freqs)
+            q_at, kv_at = seg.first * cfg.q_dim, seg.first * cfg.kv_dim  # the segment's rows, in elements
+            ops.rope(rec, s.q_raw, s.q, seg.n, cfg.n_head, cfg.head_dim, norm_weight=w.attn_q_norm,
+                     src_offset=q_at, dst_offset=q_at, **rope)
+            row = seg.pos * cache.row_elements  # where position `pos` starts in the cache, in elements
+            ops.rope(rec, s.k_raw, cache.k[index], seg.n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.attn_k_norm,
+                     out_f16=cache.f16, src_offset=kv_at, dst_offset=row, **rope)
+            ops.rope(rec, s.v_raw, cache.v[index], seg.n, cfg.n_head_kv, cfg.head_dim, rotate=False,
+                     out_f16=cache.f16, src_offset=kv_at, dst_offset=row, **rope)
+            ops.attention(rec, self._rows(rec, s.q, seg, cfg.q_dim), cache.k[index], cache.v[index],
+                          self._rows(rec, s.attn, seg, cfg.q_dim), seg.n, cfg.n_head, cfg.n_head_kv,
+                          cfg.head_dim, seg.pos, cfg.layer_window(index), cfg.attention_scale, kv_f16=cache.f16)
         self._project(rec, s.attn, [(w.attn_output, s.a)], n)
         self._residual(rec, x, s.a, w.post_attention_norm)
+
+    def _rows(self, rec: Recorder, buffer: Any, seg: _Segment, width: int) -> Any:
+        """A binding of the segment's rows of a (rows, width) f32 buffer (the whole buffer for row 0)."""
+        if seg.first == 0:
+            return buffer
+        offset = seg.first * width * 4
+        if offset % self.ctx.storage_offset_alignment:
+            raise UnsupportedError(f"a row width of {width} floats cannot be bound at row offsets on this GPU")
+        return (buffer, offset, seg.n * width * 4)
 
     def _ffn_block(self, rec: Recorder, index: int, x: GPUActivations) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
