@@ -126,3 +126,14 @@ def test_bad_lines_are_reported_by_number_and_do_not_stop_the_others(realm, tmp_
     assert "top_p must be in [0, 1]" in rows[4]["error"]
     assert rows[5]["error"] == "line 7: no tenant named 'ghost'"
     assert done.stderr.strip().splitlines()[-1] == "5 of 6 requests failed"
+
+
+def test_kv_memory_budget_is_one_clear_error_when_too_small(realm):
+    for size, message in (("1K", "holds no block"), ("lots", "expected a size such as 512M or 2G")):
+        done = realm("run", "hello", "-m", TINY, "-b", "numpy", "--kv-memory", size)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert message in done.stderr.strip().splitlines()[-1], done.stderr
+    full = realm("run", "a b c d e f g h i j k l m n o p q r s t", "-m", TINY, "-b", "numpy", "--kv-memory", "40K",
+                 "--max-tokens", "200", "--temperature", "0")
+    assert full.returncode == 1 and "Traceback" not in full.stderr
+    assert "KV cache memory too small" in full.stderr and "--kv-memory" in full.stderr, full.stderr

@@ -25,6 +25,10 @@ class KVPoolFull(QuotaExceeded):
     """The model's KV pool has no free block for a sequence's new tokens."""
 
 
+class KVPoolTooSmall(KVPoolFull):
+    """A sequence needs more blocks than the whole pool holds: waiting cannot help."""
+
+
 @dataclass(frozen=True)
 class PoolStats:
     """Blocks in use now, at most so far, and in all; BLOCK_TOKENS positions each."""

@@ -11,8 +11,8 @@ Choosing a batch (docs/scheduler.md has the reasoning):
 - deficit round robin by tenant: each round gives every tenant with queued work a quantum of
   token_budget / n_tenants tokens, carried over (capped) between steps, and the starting tenant
   rotates; so a tenant flooding the model with requests or a long prompt gets its share, never all;
-- an item whose KV blocks the pool cannot supply stays queued (it waits for blocks, within its
-  request's deadline); nothing is evicted;
+- an item whose KV blocks the pool cannot supply now stays queued (it waits for blocks, within its
+  request's deadline; one that needs more than the whole pool fails at once); nothing is evicted;
 - after a step the loop waits a little (at most GATHER_FRACTION of the last step's time, less when
   every item of the last step is back) so lockstep decoders share the next step, but it never waits
   longer than that for a guest that is busy in its own code.
@@ -33,7 +33,7 @@ import numpy as np
 
 from host_functions.backends import StepItem
 from host_functions.errors import QuotaExceeded, RequestCancelled
-from host_functions.kv_pool import KVPoolFull
+from host_functions.kv_pool import KVPoolFull, KVPoolTooSmall
 from host_functions.model import Model, StepOwner
 
 DEFAULT_TOKEN_BUDGET = 256
@@ -188,6 +188,11 @@ class Scheduler:
                         break
                     try:
                         ticket.item.cache.reserve(ticket.item.pos + cost)
+                    except KVPoolTooSmall as exc:  # waiting cannot help: fail it now
+                        queue.popleft()
+                        ticket.error, ticket.state = exc, "done"
+                        ticket.done.set()
+                        continue
                     except KVPoolFull as exc:
                         ticket.kv_wait = exc
                         blocked.add(tenant)

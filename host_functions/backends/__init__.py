@@ -29,7 +29,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import BackendError
 from ..gguf_file import RawTensor
-from ..kv_pool import BLOCK_TOKENS, KVPool, default_budget
+from ..kv_pool import BLOCK_TOKENS, KVPool, KVPoolTooSmall, default_budget, describe_bytes
 
 Activations = Any  # backend-specific handle to hidden states of shape (n_tokens, n_embd)
 LogitsWanted = Literal["none", "last", "all"]
@@ -47,12 +47,17 @@ class KVCache:
         self.blocks: list[int] = []  # pool block of positions [i*block_tokens, (i+1)*block_tokens)
 
     def reserve(self, n_positions: int) -> None:
-        """Hold blocks for positions 0..n_positions-1; KVPoolFull (nothing taken) if the pool is short."""
+        """Hold blocks for positions 0..n_positions-1; KVPoolFull (nothing taken) if the pool is short,
+        KVPoolTooSmall if even the whole pool could not hold them."""
         if n_positions > self.capacity:
             raise BackendError(f"KV cache capacity of {self.capacity} positions exceeded ({n_positions})")
-        missing = self.pool.blocks_for(n_positions) - len(self.blocks)
-        if missing > 0:
-            self.blocks += self.pool.allocate(missing)
+        needed = self.pool.blocks_for(n_positions)
+        if needed > self.pool.n_blocks:
+            raise KVPoolTooSmall(f"KV cache memory too small: {n_positions} positions need {needed} blocks, the "
+                                 f"whole pool holds {self.pool.n_blocks} (budget {describe_bytes(self.pool.budget_bytes)}, "
+                                 f"--kv-memory)")
+        if needed > len(self.blocks):
+            self.blocks += self.pool.allocate(needed - len(self.blocks))
 
     def truncate(self, length: int) -> None:
         """Forget positions >= length, giving back the blocks no kept position uses."""
