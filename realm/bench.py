@@ -122,6 +122,9 @@ def guest_overhead_pct(model: Model, n_tokens: int, repeats: int = 5) -> float:
     return 100.0 * (min(guest_s) - min(direct_s)) / min(direct_s)
 
 
+OVERHEAD_REPEATS = 3
+
+
 @dataclass
 class ConcurrencyResult:
     """Requests run `concurrency` at a time through the reference guest on the model's scheduler."""
@@ -134,7 +137,7 @@ class ConcurrencyResult:
     mean_batch: float  # items per scheduler step
     kv_peak_tokens: int  # the KV pool's peak use, in positions (blocks x block size)
     direct_tok_s: float | None = None  # concurrency 1 only: the same requests with steps run directly
-    scheduler_overhead_pct: float | None = None
+    scheduler_overhead_pct: float | None = None  # fastest of OVERHEAD_REPEATS alternating runs of each
 
     def as_json(self) -> dict[str, object]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
@@ -143,7 +146,8 @@ class ConcurrencyResult:
 def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> list[ConcurrencyResult]:
     """Aggregate decode speed, latency and TTFT at each concurrency level (greedy, n_decode tokens each).
 
-    Level 1 is also run with the model's direct step runner, which gives the scheduler's cost.
+    Level 1 also alternates with the model's direct step runner, which gives the scheduler's cost;
+    its figures are the fastest run of each (on a busy machine the least disturbed one).
     """
     from realm import scheduler as scheduling
     from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
@@ -188,13 +192,16 @@ def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> lis
             concurrency=n, aggregate_tok_s=tok_s, p50_ms=float(np.percentile(latencies, 50) * 1e3),
             p95_ms=float(np.percentile(latencies, 95) * 1e3), ttft_ms=float(np.median(firsts) * 1e3),
             mean_batch=(sched.stats.items - before_items) / steps if steps else 0.0, kv_peak_tokens=kv_peak))
-    if 1 in levels:
-        model.step_runner = model.run_step  # nothing else runs during a bench
-        try:
-            direct = level(1)[0]
-        finally:
-            model.step_runner = sched
+    if 1 in levels:  # the scheduler's cost: alternate the two runners, keep each one's fastest run
         single = next(r for r in results if r.concurrency == 1)
-        single.direct_tok_s = direct
-        single.scheduler_overhead_pct = 100.0 * (direct - single.aggregate_tok_s) / direct
+        scheduled, direct = [single.aggregate_tok_s], []
+        for _ in range(OVERHEAD_REPEATS):
+            scheduled.append(level(1)[0])
+            model.step_runner = model.run_step  # nothing else runs during a bench
+            try:
+                direct.append(level(1)[0])
+            finally:
+                model.step_runner = sched
+        single.aggregate_tok_s, single.direct_tok_s = max(scheduled), max(direct)
+        single.scheduler_overhead_pct = 100.0 * (max(direct) - max(scheduled)) / max(direct)
     return results

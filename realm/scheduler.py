@@ -110,9 +110,8 @@ class Scheduler:
                     if ticket.state == "queued":
                         self._queues[owner.tenant].remove(ticket)
                         ticket.state = "withdrawn"
-                if ticket.state == "withdrawn":
-                    raise reason
-                ticket.done.wait()  # already in a running step: it ends soon, and owns its blocks until then
+                if ticket.state != "withdrawn":
+                    ticket.done.wait()  # already in a running step: it ends soon, and owns its blocks until then
                 raise reason
         if ticket.error is not None:
             raise ticket.error
@@ -188,19 +187,12 @@ class Scheduler:
                         break
                     try:
                         ticket.item.cache.reserve(ticket.item.pos + cost)
-                    except KVPoolTooSmall as exc:  # waiting cannot help: fail it now
-                        queue.popleft()
-                        ticket.error, ticket.state = exc, "done"
-                        ticket.done.set()
-                        continue
-                    except KVPoolFull as exc:
-                        ticket.kv_wait = exc
-                        blocked.add(tenant)
-                        break
-                    except Exception as exc:  # noqa: BLE001  (e.g. past its capacity) that step fails alone
-                        queue.popleft()
-                        ticket.error, ticket.state = exc, "done"
-                        ticket.done.set()
+                    except Exception as exc:  # noqa: BLE001  a step that cannot be placed
+                        if isinstance(exc, KVPoolFull) and not isinstance(exc, KVPoolTooSmall):
+                            ticket.kv_wait = exc  # it waits for blocks, and its tenant for it
+                            blocked.add(tenant)
+                            break
+                        _finish(queue.popleft(), None, exc)  # it can never run (larger than the pool, ...)
                         continue
                     queue.popleft()
                     ticket.state = "running"
@@ -233,20 +225,20 @@ class Scheduler:
         stats.max_batch = max(stats.max_batch, len(batch))
         stats.batch_sizes[len(batch)] = stats.batch_sizes.get(len(batch), 0) + 1
         for ticket, result in zip(batch, results, strict=True):
-            ticket.result, ticket.error, ticket.state = result, error, "done"
-            ticket.done.set()
+            _finish(ticket, result, error)
 
 
-_installed: dict[int, Scheduler] = {}
+def _finish(ticket: _Ticket, result: np.ndarray | None, error: BaseException | None) -> None:
+    ticket.result, ticket.error, ticket.state = result, error, "done"
+    ticket.done.set()
+
+
 _install_lock = threading.Lock()
 
 
 def install(model: Model) -> Scheduler:
     """The model's scheduler, made its step runner on first use (one per loaded model)."""
     with _install_lock:
-        scheduler = _installed.get(id(model))
-        if scheduler is None or scheduler.model is not model:
-            scheduler = Scheduler(model)
-            _installed[id(model)] = scheduler
-            model.step_runner = scheduler
-        return scheduler
+        if not isinstance(model.step_runner, Scheduler):
+            model.step_runner = Scheduler(model)
+        return model.step_runner
