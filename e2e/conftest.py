@@ -16,12 +16,22 @@ REALM = shutil.which("realm", path=str(Path(sys.executable).parent)) or "realm"
 
 
 @pytest.fixture
-def realm(tmp_path: Path):
-    """Run `realm ARGS...` with its own REALM_HOME; returns the CompletedProcess."""
-    env = {**os.environ, "REALM_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+def realm_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a `realm` subprocess: its own REALM_HOME, unbuffered output."""
+    return {**os.environ, "REALM_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
 
-    def run(*args: str, input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([REALM, *args], capture_output=True, text=True, env=env, input=input,
+
+@pytest.fixture
+def realm(realm_env: dict[str, str]):
+    """Run `realm ARGS...`; returns the CompletedProcess (text; stdin `input` may be bytes)."""
+
+    def run(*args: str, input: str | bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        if isinstance(input, bytes):
+            done = subprocess.run([REALM, *args], capture_output=True, env=realm_env, input=input, timeout=timeout)
+            return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode("utf-8", "replace"),
+                                               done.stderr.decode("utf-8", "replace"))
+        return subprocess.run([REALM, *args], capture_output=True, text=True, env=realm_env, input=input,
                               timeout=timeout)
 
     return run
+

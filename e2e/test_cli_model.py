@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
+from cli_helpers import one_error_line
 from oracle import DATA, assert_matches, reference_sequences, tolerance_for
 
 TOKENIZE = json.loads((DATA / "gemma3-270m.tokenize.json").read_text())
@@ -96,3 +98,10 @@ def test_logits_into_a_missing_directory_is_refused_before_any_work(realm, tmp_p
     out = realm("logits", "--model", str(DATA / "tiny-llama-F32.gguf"), "--tokens", "1,2",
                 "--out", str(tmp_path / "no" / "such" / "x.npy"))
     assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args", [["tokenize", "-m", str(DATA / "tiny-llama-F32.gguf"), os.fsdecode(b"a\xff")],
+                                  ["logits", "-m", str(DATA / "tiny-llama-F32.gguf"), "--prompt", os.fsdecode(b"a\xff"),
+                                   "--out", "x.npy"]])
+def test_text_that_is_not_utf8_is_one_error_line(realm, args):
+    one_error_line(realm(*args), 2, "is not valid UTF-8 text (byte 0xff at offset 1)")

@@ -18,11 +18,12 @@ def test_the_paris_question_is_answered_through_the_reference_guest_one_layer_ca
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(" Paris")
     assert "Traceback" not in done.stderr
-    row = re.search(r"forward_layer\s*│\s*(\d+)", done.stdout)
-    finish = re.search(r"seq_finish\s*│\s*(\d+)", done.stdout)
-    assert row and finish, done.stdout
+    assert "forward_layer" not in done.stdout, "stdout is the text alone; the trace is on stderr"
+    row = re.search(r"forward_layer\s*│\s*(\d+)", done.stderr)
+    finish = re.search(r"seq_finish\s*│\s*(\d+)", done.stderr)
+    assert row and finish, done.stderr
     assert int(finish[1]) == 8 and int(row[1]) == 8 * 18  # Gemma 3 270M has 18 layers
-    assert "8 steps x 18 layers -> 144 forward_layer calls" in done.stdout
+    assert "8 steps x 18 layers -> 144 forward_layer calls" in done.stderr
 
 
 def test_prompt_from_stdin_and_json_output(realm):
@@ -51,7 +52,7 @@ def test_a_wat_guest_file_runs_and_its_trap_is_one_clear_error_line(realm, tmp_p
         (drop (call $emit (i32.const 8) (i32.const 7))) unreachable))""")
     done = realm("run", "x", "-m", TINY, "-b", "numpy", "--guest", str(wat), "--trace")
     assert done.returncode == 1
-    assert done.stdout.startswith("partial") and "emit" in done.stdout  # the output so far, then the trace
+    assert done.stdout == "partial\n" and "emit" in done.stderr  # the output so far; the trace on stderr
     assert done.stderr.strip().splitlines()[-1] == "Error: guest trapped: wasm `unreachable` instruction executed"
     assert "Traceback" not in done.stderr
 

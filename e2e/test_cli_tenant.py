@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
+import pytest
+
+from cli_helpers import one_error_line
 from oracle import DATA
 
 TINY = str(DATA / "tiny-llama-F32.gguf")
@@ -68,3 +72,104 @@ def test_tenant_errors_are_one_line(realm):
         done = realm("tenant", *args)
         assert done.returncode == 1 and done.stderr.startswith(message), (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("limit,message", [
+    ("wall_seconds=inf", "limit wall_seconds must be a finite number, got 'inf'"),
+    ("wall_seconds=nan", "limit wall_seconds must be a finite number, got 'nan'"),
+    ("fuel=-Infinity", "limit fuel must be a finite number"),
+    ("max_tokens=1.5", "limit max_tokens must be an integer, got '1.5'"),
+    ("max_tokens=ten", "limit max_tokens must be a number, got 'ten'"),
+    ("max_tokens=0", "limit max_tokens must be in [1, 2.14748e+09], got 0"),
+    ("memory_bytes=1e400", "limit memory_bytes must be in [1, 2.14748e+09], got '1e400'"),
+    ("fuel=1e999999999", "limit fuel must be in"),
+    ("wall_seconds=1e9", "limit wall_seconds must be in [0.001, 604800]"),
+    ("max_sequences=", "limit max_sequences must be a number, got ''"),
+])
+def test_limits_are_validated_at_create(realm, limit, message):
+    one_error_line(realm("tenant", "create", "acme", "--limit", limit), 1, message)
+    assert json.loads(realm("tenant", "list", "--json").stdout) == []
+
+
+def test_integral_limits_may_be_written_in_any_exact_notation(realm):
+    assert realm("tenant", "create", "acme", "--limit", "fuel=1e9", "--limit", "max_tokens=4_096").returncode == 0
+    limits = json.loads(realm("tenant", "show", "acme", "--json").stdout)["limits"]
+    assert limits["fuel"] == 1_000_000_000 and limits["max_tokens"] == 4096
+
+
+def test_set_limits_changes_only_the_limits_named_and_show_json_stays_valid(realm):
+    realm("tenant", "create", "acme", "--limit", "fuel=1000000")
+    done = realm("tenant", "set-limits", "acme", "wall_seconds=60", "max_context=2048")
+    assert done.returncode == 0, done.stderr
+    shown = realm("tenant", "show", "acme", "--json").stdout
+    limits = json.loads(shown, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))["limits"]
+    assert (limits["wall_seconds"], limits["max_context"], limits["fuel"]) == (60.0, 2048, 1000000)
+    one_error_line(realm("tenant", "set-limits", "acme", "wall_seconds=inf"), 1, "must be a finite number")
+    one_error_line(realm("tenant", "set-limits", "ghost", "fuel=1"), 1, "no tenant named 'ghost'")
+    one_error_line(realm("tenant", "set-limits", "acme", "fuel"), 2, "expected NAME=VALUE")
+    assert json.loads(realm("tenant", "show", "acme", "--json").stdout)["limits"]["wall_seconds"] == 60.0
+
+
+def test_set_limits_refuses_a_memory_limit_the_deployed_module_does_not_fit(realm):
+    realm("tenant", "create", "acme")
+    realm("tenant", "deploy", "acme", str(GENERATE))
+    one_error_line(realm("tenant", "set-limits", "acme", "memory_bytes=65536"), 1, "module needs")
+
+
+def test_delete_removes_the_module_file_once_no_tenant_serves_it(realm, tmp_path):
+    modules = tmp_path / "home" / "modules"
+    spin = tmp_path / "spin.wat"
+    spin.write_text(SPIN)
+    for name in ("a", "b"):
+        realm("tenant", "create", name)
+        assert realm("tenant", "deploy", name, str(GENERATE)).returncode == 0
+    shared = modules / f"{hashlib.sha256(GENERATE.read_bytes()).hexdigest()}.wasm"
+    assert [p.name for p in modules.glob("*.wasm")] == [shared.name]
+    assert realm("tenant", "delete", "a").returncode == 0
+    assert shared.is_file()  # b still serves it
+    assert realm("tenant", "deploy", "b", str(spin)).returncode == 0  # b moves on: nothing serves it now
+    assert not shared.exists() and len(list(modules.glob("*.wasm"))) == 1
+    assert realm("tenant", "delete", "b").returncode == 0
+    assert list(modules.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,valid", [
+    ("a", True), ("acme.prod_2-x", True), ("x" * 64, True),
+    ("x" * 65, False), ("-acme", False), (".acme", False), ("_acme", False), ("ac me", False),
+    ("acmé", False), ("acme\n", False), ("", False), ("a/b", False),
+])
+def test_names_follow_the_rule_the_help_states(realm, name, valid):
+    rule = "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+    assert rule in " ".join(realm("tenant", "create", "--help").stdout.split())
+    done = realm("tenant", "create", "--", name)
+    if valid:
+        assert done.returncode == 0 and json.loads(realm("tenant", "show", name, "--json").stdout)["name"] == name
+    else:
+        one_error_line(done, 1, f"invalid tenant name {name!r}: use {rule}")
+
+
+def test_tables_are_not_clipped_when_piped(realm):
+    name = "a-tenant-with-a-long-name-" + "x" * 38
+    realm("tenant", "create", name)
+    realm("tenant", "deploy", name, str(GENERATE))
+    digest = hashlib.sha256(GENERATE.read_bytes()).hexdigest()
+    assert name in realm("tenant", "list").stdout
+    assert digest in realm("tenant", "show", name).stdout
+
+
+def test_a_tenant_stored_with_an_infinite_limit_shows_as_json_runs_into_one_error_and_can_be_fixed(realm, tmp_path):
+    realm("tenant", "create", "old")
+    realm("tenant", "deploy", "old", str(GENERATE))
+    with sqlite3.connect(tmp_path / "home" / "realm.db") as db:  # as a registry from before validation holds it
+        limits = json.loads(db.execute("SELECT limits FROM tenants").fetchone()[0])
+        db.execute("UPDATE tenants SET limits = ?", (json.dumps({**limits, "wall_seconds": float("inf")}),))
+    shown = json.loads(realm("tenant", "show", "old", "--json").stdout,
+                       parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert shown["limits"]["wall_seconds"] == "inf"
+    one_error_line(realm("run", "x", "-m", TINY, "-b", "numpy", "--tenant", "old"), 1,
+                   "limit wall_seconds must be a finite number", "realm tenant set-limits old")
+    assert realm("tenant", "set-limits", "old", "wall_seconds=30").returncode == 0
+    done = realm("run", "x", "-m", TINY, "-b", "numpy", "--tenant", "old", "--max-tokens", "2", "--temperature", "0",
+                 "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["completion_tokens"] == 2

@@ -2,9 +2,10 @@
  * generate.c: Realm's reference guest, standard text generation.
  *
  * Request (JSON object): "prompt" (string), "max_tokens" (int, default 128), "stop" (array of
- * strings), and the sampling parameters ("temperature", "top_k", "top_p", "min_p",
- * "repeat_penalty", "presence_penalty", "frequency_penalty", "repeat_last_n", "seed"), which go
- * to the host's sampler unchanged.
+ * strings), "special" (true: special-token text in the prompt, such as "<start_of_turn>", becomes
+ * its token, as `realm run --special` asks), and the sampling parameters ("temperature",
+ * "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+ * "repeat_last_n", "seed"), which go to the host's sampler unchanged.
  *
  * When generation ends it reports why (stop, length or context) and the token counts with
  * result_report.
@@ -304,12 +305,16 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     if ((rc = realm_model_info_get(&info, sizeof info)) < 0) return rc;
     g.n_layers = info.n_layers;
 
+    int special = 0;
+    if (json_get(req, "special", &value) && !json_bool(value, &special))
+        return realm_fail(REALM_ERR_INVALID_ARGUMENT, "special must be true or false");
+    int32_t flags = REALM_TOKENIZE_ADD_SPECIAL | (special ? REALM_TOKENIZE_PARSE_SPECIAL : 0);
     int32_t cap = prompt_len + 8;
     int32_t *ids = realm_alloc(cap * 4);
-    int32_t n_ids = realm_tokenize(prompt, prompt_len, REALM_TOKENIZE_ADD_SPECIAL, ids, cap);
+    int32_t n_ids = realm_tokenize(prompt, prompt_len, flags, ids, cap);
     if (n_ids > cap) { /* never for real tokenizers, but the ABI allows it */
         ids = realm_alloc(n_ids * 4);
-        n_ids = realm_tokenize(prompt, prompt_len, REALM_TOKENIZE_ADD_SPECIAL, ids, n_ids);
+        n_ids = realm_tokenize(prompt, prompt_len, flags, ids, n_ids);
     }
     if (n_ids < 0) return n_ids;
     if (n_ids == 0) return REALM_OK; /* nothing to continue */

@@ -2,7 +2,7 @@
  * json.h: just enough JSON for a guest to read its request, with no libc.
  *
  * The request is one JSON object. json_get finds a top-level key and returns its raw value as a
- * slice; json_string / json_int / json_array_next turn values into C data. Every function checks
+ * slice; json_string / json_int / json_bool / json_array_next turn values into C data. Every function checks
  * bounds against the slice it is given and reports malformed input by returning 0 or -1.
  */
 #ifndef REALM_JSON_H
@@ -175,6 +175,19 @@ static inline int json_int(json_slice v, int64_t *out) {
         x = x * 10 + (*p - '0');
     }
     *out = neg ? -x : x;
+    return 1;
+}
+
+/* true or false; 0 for any other value. */
+static inline int json_bool(json_slice v, int *out) {
+    static const char t[] = "true", f[] = "false";
+    int is_true = v.n == 4, is_false = v.n == 5;
+    for (int32_t i = 0; i < v.n; i++) {
+        is_true = is_true && v.p[i] == t[i];
+        is_false = is_false && v.p[i] == f[i];
+    }
+    if (!is_true && !is_false) return 0;
+    *out = is_true;
     return 1;
 }
 

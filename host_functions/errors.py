@@ -33,6 +33,25 @@ class TenantError(RealmError):
     """A tenant operation failed (unknown tenant, duplicate name, bad deployment)."""
 
 
-class RequestCancelled(QuotaExceeded):
-    """The request was cancelled from outside (its client left, the server stops); it ends the way a
-    limit ends it: this request fails alone."""
+class SequenceError(RealmError):
+    """A sequence was used out of order or beyond its capacity, or fed a token outside the vocabulary."""
+
+
+class TokenRangeError(SequenceError):
+    """A token id is outside the vocabulary."""
+
+
+class CapacityError(SequenceError):
+    """A sequence cannot hold that many tokens."""
+
+
+class StepOrderError(SequenceError):
+    """A step's calls came out of order (layer skipped or repeated, append during a step, no pending tokens)."""
+
+
+class ContextLengthExceeded(RealmError):
+    """A prompt does not fit in the context it is to run in (the model's, or a smaller one asked for)."""
+
+
+class RequestCancelled(RealmError):
+    """The caller cancelled a request (Ctrl-C, a client that went away) before it finished."""

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendError, RealmError
+from .errors import BackendError, SequenceError
 
 from .backends import Backend, KVCache, LogitsWanted, StepItem
 from .config import ModelConfig
 from .gguf_file import GGUFFile
+from .sequence_checks import check_appendable, check_next_layer, check_room, check_step_complete, check_token_ids
 from .tokenizer import Tokenizer
 
 BACKENDS = ("auto", "numpy", "wgpu")
@@ -32,10 +33,6 @@ DEFAULT_SEQUENCE_CAPACITY = 4096
 # in the batch), so attention sees the same query blocks in any company (batch invariance) and a
 # long prompt shares the scheduler's per-step token budget with other tenants.
 PREFILL_CHUNK = 128
-
-
-class SequenceError(RealmError):
-    """A sequence was used out of order or beyond its capacity."""
 
 
 def create_backend(name: str, config: ModelConfig, gguf: GGUFFile,
@@ -172,23 +169,15 @@ class Sequence:
     def append(self, ids: Seq[int]) -> None:
         """Queue tokens for the next step."""
         self._check_open()
-        if self.layers_done:
-            raise SequenceError("cannot append tokens while a step is in progress")
-        vocab = self.model.config.n_vocab
-        bad = [t for t in ids if not 0 <= int(t) < vocab]
-        if bad:
-            raise SequenceError(f"token id {bad[0]} out of range 0..{vocab - 1}")
-        if len(self.tokens) + len(self.pending) + len(ids) > self.capacity:
-            raise SequenceError(f"sequence capacity of {self.capacity} tokens exceeded")
+        check_appendable(self)
+        check_room(self, len(ids))
+        check_token_ids(np.asarray(ids, np.int64), self.model.config.n_vocab)
         self.pending.extend(int(t) for t in ids)
 
     def forward_layer(self, layer: int) -> None:
         """Record that layer `layer` (they must come in order 0, 1, ...) is wanted; it runs at finish."""
         self._check_open()
-        if not self.pending:
-            raise SequenceError("no pending tokens to run")
-        if layer != self.layers_done or layer >= self.model.config.n_layers:
-            raise SequenceError(f"expected layer {self.layers_done}, got {layer}")
+        check_next_layer(self, layer, self.model.config.n_layers)
         self.layers_done += 1
 
     def finish(self, all_positions: bool = False, owner: StepOwner | None = None) -> np.ndarray:
@@ -200,8 +189,7 @@ class Sequence:
         are dropped and their KV blocks given back, so the sequence stays usable.
         """
         self._check_open()
-        if self.layers_done != self.model.config.n_layers:
-            raise SequenceError(f"step incomplete: {self.layers_done} of {self.model.config.n_layers} layers run")
+        check_step_complete(self, self.model.config.n_layers)
         pending, owner = self.pending, owner or StepOwner()
         self.pending, self.layers_done = [], 0
         rows: list[np.ndarray] = []

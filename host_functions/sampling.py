@@ -69,6 +69,7 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
+    @np.errstate(all="ignore")  # extreme values overflow to +-inf on purpose; the result is checked, not warned
     def sample(self, logits: np.ndarray, history: Sequence[int]) -> int:
         """The next token id for `logits` (n_vocab,), given the tokens generated or fed so far.
 

@@ -8,21 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from host_functions.errors import ContextLengthExceeded
 from host_functions.model import Model
 from host_functions.sampling import Sampler, SamplingParams, StopMatcher
 
 
-def generate_tokens(model: Model, prompt_ids: Sequence[int], params: SamplingParams) -> Iterator[int]:
-    """Sample up to params.max_tokens tokens after the prompt; stops before an end-of-generation token."""
+def generate_tokens(model: Model, prompt_ids: Sequence[int], params: SamplingParams,
+                    n_ctx: int | None = None) -> Iterator[int]:
+    """Sample up to params.max_tokens tokens after the prompt.
+
+    Stops before an end-of-generation token, or when the context (n_ctx tokens, at most and by
+    default the model's) is full. Raises ContextLengthExceeded, at the first token, if the prompt
+    alone does not fit: a prompt is never cut to fit.
+    """
     params.validate()
     if not prompt_ids:
         return
+    context = model.config.context_length if n_ctx is None else min(n_ctx, model.config.context_length)
+    if len(prompt_ids) > context:
+        raise ContextLengthExceeded(f"the prompt is {len(prompt_ids)} tokens, longer than the context of {context}")
     sampler = Sampler(params)
-    capacity = min(model.config.context_length, len(prompt_ids) + params.max_tokens)
+    capacity = min(context, len(prompt_ids) + params.max_tokens)
     seq = model.open_sequence(capacity)
     history = list(prompt_ids)
     try:
-        logits = seq.step(history[: capacity])
+        logits = seq.step(history)
         for produced in range(min(params.max_tokens, capacity - len(history) + 1)):
             token = sampler.sample(logits, history)
             if model.tokenizer.is_end_of_generation(token):
@@ -35,11 +45,14 @@ def generate_tokens(model: Model, prompt_ids: Sequence[int], params: SamplingPar
         seq.close()
 
 
-def generate_text(model: Model, prompt: str, params: SamplingParams) -> Iterator[str]:
-    """Stream the completion of `prompt` as text pieces, stopping at any of params.stop."""
+def generate_text(model: Model, prompt: str, params: SamplingParams, n_ctx: int | None = None) -> Iterator[str]:
+    """Stream the completion of `prompt` as text pieces, stopping at any of params.stop.
+
+    Raises ContextLengthExceeded as generate_tokens does.
+    """
     decoder = model.tokenizer.stream_decoder()
     stops = StopMatcher(params.stop)
-    for token in generate_tokens(model, model.tokenizer.encode(prompt), params):
+    for token in generate_tokens(model, model.tokenizer.encode(prompt), params, n_ctx):
         text, hit = stops.push(decoder.push(token))
         if text:
             yield text

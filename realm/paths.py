@@ -3,6 +3,7 @@
 Layout under the home directory:
     realm.db     the tenant registry (SQLite)
     modules/     deployed guest modules, named by the SHA-256 of their bytes
+    compiled/    their compiled forms (Module.serialize), by SHA-256, wasmtime version and engine settings
 """
 
 from __future__ import annotations

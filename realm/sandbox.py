@@ -2,17 +2,21 @@
 and one Store per request that holds that request's limits and nothing else.
 
 A guest gets exactly the imports of host_functions.abi (module `realm`): no WASI, so no files,
-network, clock or environment. Limits are enforced by wasmtime where it can (linear-memory cap,
-fuel for guest CPU, epoch interruption for wall-clock time) and by the host functions for the
-rest (tokens, live sequences, output bytes, and the wall clock while the host computes).
-Whatever goes wrong ends this request with a GuestError or QuotaExceeded; the engine, the model
-and every other request carry on.
+network, clock or environment. Modules are measured and compiled in a limited worker, and kept
+compiled on disk (realm.guest_compiler). Limits are enforced by wasmtime where it can
+(linear-memory cap, fuel for guest CPU, epoch interruption for wall-clock time) and by the host
+functions for the rest (tokens, live sequences, output bytes, host memory, and the wall clock,
+checked when each host call starts and returns and when realm_main returns). Whatever goes wrong
+ends this request with a GuestError or QuotaExceeded; the engine, the model and every other
+request carry on.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -21,18 +25,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import wasmtime
+import wasmtime._ffi as ffi
+from wasmtime._extern import wrap_extern
 
 from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPORT_MODULE, MEMORY_EXPORT,
                                 AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status,
                                 StepStats)
+from host_functions.abi.status import status_of
+from host_functions.errors import BackendError, GuestError, QuotaExceeded, RealmError, RequestCancelled
 from host_functions.model import Model
 
-from host_functions.errors import BackendError, GuestError, QuotaExceeded, RealmError
+from .guest_compiler import engine_config, load_or_compile
 
 MAX_MODULE_BYTES = 8 << 20  # a guest is a controller, not a model: 8 MiB is generous
+MAX_TABLE_ELEMENTS = 100_000  # function table entries of one instance (a C guest has tens)
 EPOCH_TICK_S = 0.01  # the engine's epoch advances this often; wall-clock deadlines are in ticks
 _MODULE_CACHE_SIZE = 64
+LOG_ERROR = 3  # the `log` level of an error line (realm.h: 0 debug .. 3 error)
+MAX_REASON_CHARS = 300  # of a guest's own error line quoted in the request's error
 
 _I32 = "i32"
 _EXPORTS = {ALLOC_EXPORT: ((_I32,), (_I32,)), ENTRY_EXPORT: ((_I32, _I32), (_I32,))}
@@ -44,15 +56,11 @@ _modules_lock = threading.Lock()
 
 
 def engine() -> wasmtime.Engine:
-    """The process-wide wasmtime Engine (fuel and epoch interruption on); starts its epoch ticker."""
+    """The process-wide wasmtime Engine (guest_compiler.engine_config); starts its epoch ticker."""
     global _engine
     with _engine_lock:
         if _engine is None:
-            config = wasmtime.Config()
-            config.consume_fuel = True
-            config.epoch_interruption = True
-            config.cranelift_opt_level = "speed"
-            _engine = wasmtime.Engine(config)
+            _engine = wasmtime.Engine(engine_config())
             threading.Thread(target=_tick, args=(_engine,), name="realm-epoch", daemon=True).start()
         return _engine
 
@@ -91,8 +99,8 @@ def to_wasm(data: bytes) -> bytes:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise GuestError("not a WebAssembly module (neither binary nor WAT text)") from None
-    if not text.lstrip().startswith("("):
-        raise GuestError("not a WebAssembly module (neither binary nor WAT text)")
+    if not _WAT_START.match(text):
+        raise GuestError("not a WebAssembly module (neither binary nor WAT text starting with '(')")
     try:
         return bytes(wasmtime.wat2wasm(text))
     except wasmtime.WasmtimeError as exc:
@@ -100,10 +108,12 @@ def to_wasm(data: bytes) -> bytes:
 
 
 def compile_guest(data: bytes) -> GuestModule:
-    """Check and compile a guest (binary or WAT), cached by content hash.
+    """Check and compile a guest (binary or WAT), cached by content hash in memory and on disk.
 
-    Raises GuestError if it is not WebAssembly, too large, fails to compile, imports anything but
-    the `realm` host functions with their exact signatures, or lacks a required export.
+    Raises GuestError if it is not WebAssembly, too large, exceeds a bound of realm.wasm_bounds
+    (functions, code size, locals, nesting, exports), fails to compile or needs more than the
+    compile worker's budget, imports anything but the `realm` host functions with their exact
+    signatures, or lacks a required export.
     """
     wasm = to_wasm(data)
     digest = hashlib.sha256(wasm).hexdigest()
@@ -111,10 +121,7 @@ def compile_guest(data: bytes) -> GuestModule:
         if digest in _modules:
             _modules.move_to_end(digest)
             return _modules[digest]
-    try:
-        module = wasmtime.Module(engine(), wasm)
-    except wasmtime.WasmtimeError as exc:
-        raise GuestError(f"module does not compile: {_first_line(exc)}") from None
+    module = load_or_compile(wasm, digest, engine(), IMPORT_MODULE)
     check_interface(module)
     guest = GuestModule(digest, len(wasm), module)
     with _modules_lock:
@@ -125,12 +132,11 @@ def compile_guest(data: bytes) -> GuestModule:
 
 
 def check_interface(module: wasmtime.Module) -> None:
-    """GuestError unless every import is a `realm` host function with its ABI signature and the
-    module exports `memory` (32-bit, unshared), `realm_alloc` and `realm_main`."""
+    """GuestError unless every import is a host function with its ABI signature and the module exports
+    `memory` (32-bit, unshared), `realm_alloc` and `realm_main`. (That imports come only from module
+    `realm` is checked before compiling, by realm.wasm_bounds.)"""
     for imp in module.imports:
         where = f"import {imp.module}.{imp.name}"
-        if imp.module != IMPORT_MODULE:
-            raise GuestError(f"{where}: guests may import only from module {IMPORT_MODULE!r} (no WASI)")
         fn = HOST_FUNCTIONS.get(imp.name or "")
         if fn is None:
             raise GuestError(f"{where}: no such host function")
@@ -146,6 +152,10 @@ def check_interface(module: wasmtime.Module) -> None:
         got = _signature(exports.get(name))
         if got != want:
             raise GuestError(f"module must export function {name}{_show(want)}, found {_show(got)}")
+
+
+# WAT text may open with whitespace and comments (`;; line`, `(; block ;)`) before the module.
+_WAT_START = re.compile(r"(?:\s|;;[^\n]*(?:\n|$)|\(;(?:[^;]|;(?!\)))*;\))*\(")
 
 
 def _signature(ty: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
@@ -201,22 +211,26 @@ class TenantSandbox:
 
     def run(self, guest: GuestModule, request: Mapping[str, Any],
             on_text: Callable[[str], None] | None = None,
-            open_draft: Callable[[str], Model | None] | None = None) -> RunResult:
+            open_draft: Callable[[str], Model | None] | None = None,
+            cancel: threading.Event | None = None) -> RunResult:
         """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text.
 
-        Raises QuotaExceeded when a limit ends the request and GuestError when the guest traps,
-        breaks the ABI or returns a non-zero status; either carries the partial RunResult as
-        `.result`. Nothing outside this request is affected. `open_draft` resolves the draft models
-        the request may open (speculative decoding); by default none.
+        Raises QuotaExceeded when a limit ends the request, RequestCancelled when `cancel` is set
+        (seen at the guest's next host call), and GuestError when the guest traps, breaks the ABI
+        or returns a non-zero status; each carries the partial RunResult as `.result`. Nothing
+        outside this request is affected. `open_draft` resolves the draft models the request may
+        open (speculative decoding); by default none.
         """
         payload = json.dumps(request, ensure_ascii=False).encode()
         session = Session(self.model, self.limits, on_text, self.tenant, open_draft)
+        if cancel is not None:
+            session.cancelled = cancel  # a step the request waits for in the scheduler is withdrawn too
         store = self._store()
         started = time.perf_counter()
         status = Status.INTERNAL
         error: RealmError | None = None
         try:
-            status = self._call(store, session, guest, payload)
+            status = self._call(store, session, guest, payload, cancel)
         except Exception as exc:  # noqa: BLE001  every failure is attributed to this request below
             error = self._explain(session, store, exc)
         finally:
@@ -227,8 +241,7 @@ class TenantSandbox:
                            self.limits.fuel - _fuel_left(store), time.perf_counter() - started, session.tokens_fed,
                            session.steps, *((report.finish_reason, report.prompt_tokens, report.completion_tokens) if report else ()))
         if error is None and status != Status.OK:
-            hint = f" (last host error: {session.last_error})" if session.last_error else ""
-            error = GuestError(f"guest returned status {Status.describe(status)}{hint}")
+            error = GuestError(_status_message(int(status), session))
         if error is not None:
             error.result = result  # type: ignore[attr-defined]
             raise error
@@ -236,20 +249,22 @@ class TenantSandbox:
 
     def _store(self) -> wasmtime.Store:
         store = wasmtime.Store(engine())
-        store.set_limits(memory_size=self.limits.memory_bytes, table_elements=100_000,
+        store.set_limits(memory_size=self.limits.memory_bytes, table_elements=MAX_TABLE_ELEMENTS,
                          instances=1, tables=4, memories=1)
         store.set_fuel(self.limits.fuel)
         store.set_epoch_deadline(int(self.limits.wall_seconds / EPOCH_TICK_S) + 1)
         return store
 
-    def _call(self, store: wasmtime.Store, session: Session, guest: GuestModule, request: bytes) -> int:
+    def _call(self, store: wasmtime.Store, session: Session, guest: GuestModule, request: bytes,
+              cancel: threading.Event | None) -> int:
         linker = wasmtime.Linker(engine())
         for fn in HOST_FUNCTIONS.values():
-            linker.define_func(IMPORT_MODULE, fn.name, _func_type(len(fn.params)), _bind(session, fn),
+            linker.define_func(IMPORT_MODULE, fn.name, _func_type(len(fn.params)), _bind(session, fn, cancel),
                                access_caller=True)
-        exports = linker.instantiate(store, guest.module).exports(store)
-        session.memory = exports[MEMORY_EXPORT]
-        ptr = exports[ALLOC_EXPORT](store, len(request))
+        instance = linker.instantiate(store, guest.module)
+        session.check_deadline()  # the start function ran
+        session.memory = _export(store, instance, MEMORY_EXPORT)
+        ptr = _export(store, instance, ALLOC_EXPORT)(store, len(request))
         session.check_deadline()
         mem = GuestMemory(session.memory, store)
         if ptr == 0 and request:
@@ -258,7 +273,9 @@ class TenantSandbox:
             mem.write(ptr, request)
         except AbiError:
             raise GuestError(f"{ALLOC_EXPORT} returned a pointer outside guest memory: {ptr}") from None
-        return exports[ENTRY_EXPORT](store, ptr, len(request))
+        status = _export(store, instance, ENTRY_EXPORT)(store, ptr, len(request))
+        session.check_deadline()  # a request over its wall clock never reports success
+        return status
 
     def _explain(self, session: Session, store: wasmtime.Store, exc: Exception) -> RealmError:
         """The request's error: what a host call recorded, else what the trap or error says."""
@@ -281,9 +298,22 @@ class TenantSandbox:
                 message += f" (its memory is at the {self.limits.memory_bytes} byte limit)"
             return GuestError(message)
         text = _last_line(exc)
-        if isinstance(exc, wasmtime.WasmtimeError) and "memory" in text and "limit" in text.lower():
-            return QuotaExceeded(f"guest needs more than its memory limit of {self.limits.memory_bytes} bytes")
+        if isinstance(exc, wasmtime.WasmtimeError) and "limit" in text.lower():
+            if "memory" in text:
+                return QuotaExceeded(f"guest needs more than its memory limit of {self.limits.memory_bytes} bytes")
+            if "table" in text:
+                return QuotaExceeded(f"guest needs more than the limit of {MAX_TABLE_ELEMENTS} table elements")
         return GuestError(f"guest failed: {text}")
+
+
+def _export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> Any:
+    """One export by name. Instance.exports() would wrap every export of the module first."""
+    raw = name.encode()
+    item = ffi.wasmtime_extern_t()
+    if not ffi.wasmtime_instance_export_get(store._context(), ctypes.byref(instance._instance), raw, len(raw),
+                                            ctypes.byref(item)):
+        raise GuestError(f"module has no export {name!r}")
+    return wrap_extern(item)
 
 
 _FUNC_TYPES: dict[int, wasmtime.FuncType] = {}
@@ -295,25 +325,35 @@ def _func_type(n_params: int) -> wasmtime.FuncType:
     return _FUNC_TYPES[n_params]
 
 
-def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
-    """The wasm-facing wrapper of one host function for one request: deadline, errors, trace."""
+def _bind(session: Session, fn: HostFunction, cancel: threading.Event | None) -> Callable[..., int]:
+    """The wasm-facing wrapper of one host function for one request: cancellation, deadline, errors, trace."""
     impl, name = fn.impl, fn.name
     stats = session.trace.setdefault(name, CallStats())
     clock = time.perf_counter
 
+    grows = fn.grows
+
     def call(caller: wasmtime.Caller, *args: int) -> int:
+        if cancel is not None and cancel.is_set():
+            session.failure = RequestCancelled("request cancelled")
+            raise _Abort(name)
         started = clock()
         try:
             session.enter()
-            return impl(session, GuestMemory(session.memory, caller), *args)
+            with np.errstate(all="ignore"):  # guest-chosen values overflow; results are checked, not warned
+                result = impl(session, GuestMemory(session.memory, caller), *args)
+            if grows:
+                session.check_host_memory()
+            session.check_deadline()  # a call that ran past the deadline ends the request here
+            return result
         except AbiError as exc:
             session.last_error = f"{name}: {exc}"
             return int(exc.status)
-        except (QuotaExceeded, BackendError) as exc:
+        except (QuotaExceeded, BackendError, RequestCancelled) as exc:
             session.failure = exc
-        except RealmError as exc:  # the engine refused something the checks above let through
+        except RealmError as exc:  # the engine refused the call: its error class says which status
             session.last_error = f"{name}: {exc}"
-            return int(Status.INVALID_ARGUMENT)
+            return int(status_of(exc))
         except Exception as exc:  # noqa: BLE001  a host bug must end this request, not the host
             session.failure = GuestError(f"host function {name} failed: {type(exc).__name__}: {exc}")
         finally:
@@ -322,6 +362,23 @@ def _bind(session: Session, fn: HostFunction) -> Callable[..., int]:
         raise _Abort(name)
 
     return call
+
+
+def _status_message(status: int, session: Session) -> str:
+    """Why a guest returned a failing status, in its own words first (the last error it logged, as
+    realm_fail does), then the status and the last host error it got, if any."""
+    reason = next((text for level, text in reversed(session.logs) if level == LOG_ERROR and text.strip()), "")
+    host = f"last host error: {session.last_error}" if session.last_error else ""
+    if reason:
+        name = Status(status).name if status in Status._value2member_map_ else str(status)
+        return f"{_printable_line(reason)} (guest status {name}" + (f"; {host})" if host else ")")
+    return f"guest returned status {Status.describe(status)}" + (f" ({host})" if host else "")
+
+
+def _printable_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """Guest text made fit for one line of an operator's terminal: no control characters, bounded."""
+    line = "".join(ch if ch.isprintable() else " " for ch in text[: limit + 1]).strip()
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def _fuel_left(store: wasmtime.Store) -> int:

@@ -9,8 +9,10 @@ at any point leaves the tenant on either the old module or the new one, never on
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import hashlib
 import json
+import math
 import os
 import re
 import sqlite3
@@ -23,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from host_functions.abi import Limits
+from host_functions.abi.limits import LIMIT_RANGES
 
 from host_functions.errors import GuestError, TenantError
 from .paths import realm_home
 from .sandbox import GuestModule, compile_guest, to_wasm
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
+NAME_RULE = "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -56,24 +60,42 @@ class Tenant:
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "created_at": self.created_at, "module_sha256": self.module_sha256,
                 "module_size": self.module_size, "deployed_at": self.deployed_at,
-                "limits": dataclasses.asdict(self.limits)}
+                "limits": {k: _json_number(v) for k, v in dataclasses.asdict(self.limits).items()}}
 
 
 def parse_limits(overrides: Mapping[str, str], base: Limits | None = None) -> Limits:
-    """Limits with NAME=VALUE overrides applied (e.g. from the command line); TenantError on bad ones."""
-    fields = {f.name: f.type for f in dataclasses.fields(Limits)}
+    """Limits with NAME=VALUE overrides applied (e.g. from the command line).
+
+    Raises TenantError for an unknown name, a value that is not a number (or not an integer where
+    the limit counts something), and a value out of the limit's range.
+    """
     values: dict[str, Any] = {}
     for name, text in overrides.items():
-        if name not in fields:
-            raise TenantError(f"unknown limit {name!r} (known: {', '.join(fields)})")
-        try:
-            values[name] = float(text) if fields[name] in (float, "float") else int(text)
-        except ValueError:
-            raise TenantError(f"limit {name} must be a number, got {text!r}") from None
+        if name not in LIMIT_RANGES:
+            raise TenantError(f"unknown limit {name!r} (known: {', '.join(LIMIT_RANGES)})")
+        values[name] = _limit_value(name, text)
     try:
         return dataclasses.replace(base or Limits(), **values).validate()
     except GuestError as exc:
         raise TenantError(str(exc)) from None
+
+
+def _limit_value(name: str, text: str) -> int | float:
+    """The number NAME=TEXT means: a float for a time, an integer for a count ("1e9" is one)."""
+    try:
+        number = decimal.Decimal(text.strip().replace("_", ""))
+    except decimal.InvalidOperation:
+        raise TenantError(f"limit {name} must be a number, got {text!r}") from None
+    if not number.is_finite():
+        raise TenantError(f"limit {name} must be a finite number, got {text!r}")
+    kind, low, high = LIMIT_RANGES[name]
+    if number.adjusted() > 30:  # out of every range, and 1e999999 would make a million-digit integer
+        raise TenantError(f"limit {name} must be in [{low:g}, {high:g}], got {text!r}")
+    if kind is float:
+        return float(number)
+    if number != number.to_integral_value():
+        raise TenantError(f"limit {name} must be an integer, got {text!r}")
+    return int(number)
 
 
 class TenantRegistry:
@@ -88,10 +110,7 @@ class TenantRegistry:
 
     def get(self, name: str) -> Tenant:
         with self._db() as db:
-            row = db.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise TenantError(f"no tenant named {name!r}")
-        return _tenant(row)
+            return _tenant(self._row(db, name))
 
     def list(self) -> list[Tenant]:
         with self._db() as db:
@@ -118,7 +137,7 @@ class TenantRegistry:
 
     def create(self, name: str, limits: Limits | None = None) -> Tenant:
         if not NAME_PATTERN.fullmatch(name):
-            raise TenantError(f"invalid tenant name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+            raise TenantError(f"invalid tenant name {name!r}: use {NAME_RULE}")
         tenant = Tenant(name, time.time(), (limits or Limits()).validate())
         try:
             with self._db(write=True) as db:
@@ -138,20 +157,58 @@ class TenantRegistry:
         wasm = to_wasm(data)
         guest = compile_guest(wasm)
         _check_fits(guest, tenant.limits)
-        self._store_module(guest.sha256, wasm)
-        with self._db(write=True) as db:
+        with self._db(write=True) as db:  # the write lock orders this against a delete collecting files
+            self._store_module(guest.sha256, wasm)
             cur = db.execute("UPDATE tenants SET module_sha256 = ?, module_size = ?, deployed_at = ? WHERE name = ?",
                              (guest.sha256, guest.size, time.time(), name))
             if cur.rowcount != 1:
                 raise TenantError(f"tenant {name!r} was deleted during deployment")
+            self._collect(db, tenant.module_sha256)
         return self.get(name)
 
-    def delete(self, name: str) -> None:
+    def set_limits(self, name: str, overrides: Mapping[str, str]) -> Tenant:
+        """Change some of a tenant's limits (NAME=VALUE text, as parse_limits reads it); the others stay.
+
+        Raises TenantError for an unknown tenant or a bad limit, and GuestError if the deployed
+        module no longer fits (its initial memory over a lowered memory_bytes).
+        """
         with self._db(write=True) as db:
-            if db.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount != 1:
-                raise TenantError(f"no tenant named {name!r}")
+            tenant = _tenant(self._row(db, name))
+            limits = parse_limits(overrides, tenant.limits)
+            if tenant.module_sha256 is not None and limits.memory_bytes < tenant.limits.memory_bytes:
+                _check_fits(self.guest(name), limits)
+            db.execute("UPDATE tenants SET limits = ? WHERE name = ?",
+                       (json.dumps(dataclasses.asdict(limits)), name))
+        return dataclasses.replace(tenant, limits=limits)
+
+    def delete(self, name: str) -> None:
+        """Delete a tenant, and its module file unless another tenant serves the same module.
+
+        Raises TenantError if there is no such tenant.
+        """
+        with self._db(write=True) as db:
+            sha256 = self._row(db, name)["module_sha256"]
+            db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+            self._collect(db, sha256)
 
     # -- storage -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, name: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise TenantError(f"no tenant named {name!r}")
+        return row
+
+    def _collect(self, db: sqlite3.Connection, sha256: str | None) -> None:
+        """Remove modules/<sha256>.wasm if no tenant serves it any more (inside the write transaction,
+        so a deploy of the same module waits for it and then writes the file again)."""
+        if sha256 is None or db.execute("SELECT 1 FROM tenants WHERE module_sha256 = ?", (sha256,)).fetchone():
+            return
+        try:
+            self.module_path(sha256).unlink(missing_ok=True)
+        except OSError as exc:
+            raise TenantError(f"cannot remove the unused module {self.module_path(sha256)}: {exc}") from None
 
     def _store_module(self, sha256: str, wasm: bytes) -> None:
         """Write modules/<sha256>.wasm atomically (content-addressed: an existing file is this one)."""
@@ -207,6 +264,11 @@ def _tenant(row: sqlite3.Row) -> Tenant:
         raise TenantError(f"tenant {row['name']!r} has unreadable limits: {exc}") from None
     return Tenant(row["name"], row["created_at"], limits, row["module_sha256"], row["module_size"],
                   row["deployed_at"])
+
+
+def _json_number(value: int | float) -> int | float | str:
+    # A limit stored before limits were validated may be inf or nan, which JSON cannot carry.
+    return value if math.isfinite(value) else str(value)
 
 
 def _check_fits(guest: GuestModule, limits: Limits) -> None:

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Set up Realm in ./.venv (idempotent). With --test, also the test tools and the Vulkan software
-# driver (llvmpipe) that the WGSL kernel tests run on.
+# Set up Realm in ./.venv. With --test, also the test tools and the Vulkan software driver (llvmpipe)
+# that the WGSL kernel tests run on.
+#
+# Quiet and idempotent: what is already installed is not installed again. The project is
+# reinstalled only when pyproject.toml (or the --test choice) changed since the last successful
+# run, which .venv/.realm-setup records; pip's output goes to .venv/setup.log and is shown only
+# if pip fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 PYTHON=${PYTHON:-python3}
+STAMP=.venv/.realm-setup
+LOG=.venv/setup.log
 
 apt_install() {  # install Debian packages that are missing (needs root and apt-get)
     local missing=()
@@ -16,8 +23,17 @@ apt_install() {  # install Debian packages that are missing (needs root and apt-
         echo "setup: please install: ${missing[*]}" >&2
         return 1
     fi
+    echo "setup: installing ${missing[*]}" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+pip_install() {  # pip install quietly into .venv; its log is shown only on failure
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$LOG" 2>&1; then
+        grep -v '^WARNING: Location' "$LOG" | tail -n 20 >&2
+        echo "setup: pip install $* failed (full log: $LOG)" >&2
+        exit 1
+    fi
 }
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -27,10 +43,16 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv 2>/dev/null || { apt_install python3-venv && rm -rf .venv && "$PYTHON" -m venv .venv; }
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-if [ $want_test -eq 1 ]; then
-    apt_install mesa-vulkan-drivers libvulkan1
-    .venv/bin/python -m pip install -q -e '.[test]'
-else
-    .venv/bin/python -m pip install -q -e .
+[ $want_test -eq 1 ] && apt_install mesa-vulkan-drivers libvulkan1
+
+extras=$([ $want_test -eq 1 ] && echo '.[test]' || echo '.')
+hash=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
+have=$(cat "$STAMP" 2>/dev/null || true)
+# Current: installed from this pyproject.toml with these extras (a test set-up includes the plain
+# one), and still importable.
+if { [ "$have" = "$hash $extras" ] || [ "$have" = "$hash .[test]" ]; } && .venv/bin/python -c 'import realm' 2>/dev/null; then
+    exit 0
 fi
+pip_install -e "$extras"
+echo "$hash $extras" >"$STAMP"
+echo "setup: installed realm into .venv ($extras)" >&2

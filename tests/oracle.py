@@ -43,6 +43,11 @@ def tiny_models() -> list[tuple[str, str]]:
     return [(name, m["weights"]) for name, m in manifest.items() if "weights" in m]
 
 
+def weights_of(gguf_name: str) -> str:
+    """The weight format of a tiny reference model, as its MANIFEST entry says."""
+    return dict(tiny_models())[gguf_name]
+
+
 def lora_cases() -> list[tuple[str, str, str, float]]:
     """(logits file, base gguf, adapter gguf, scale) for every LoRA reference."""
     manifest = json.loads((DATA / "MANIFEST.json").read_text())["models"]

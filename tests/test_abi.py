@@ -116,6 +116,18 @@ def test_handles_are_unique_positive_and_dead_once_removed():
     assert table.add(object()) not in handles  # a closed handle is never issued again
 
 
+def test_handles_churned_in_a_loop_never_repeat_and_differ_between_requests():
+    """Open/free 200k objects (a sampler_new/sampler_free loop): every handle is new, none is kept."""
+    table, other = HandleTable(), HandleTable()
+    seen = []
+    for _ in range(200_000):
+        seen.append(table.add(object()))
+        table.remove(seen[-1], object)
+    assert len(set(seen)) == len(seen) and all(0 < h < 2**31 for h in seen)
+    assert table.count(object) == 0
+    assert [other.add(object()) for _ in range(5)] != seen[:5]  # each request has its own key
+
+
 def test_a_handle_of_one_kind_is_not_a_handle_of_another():
     table = HandleTable()
     handle = table.add("a string, not a list")
@@ -141,6 +153,16 @@ def test_bad_sampling_params_are_invalid_argument(text):
 def test_limits_must_be_positive(field):
     with pytest.raises(GuestError, match=field):
         Limits(**{field: 0}).validate()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("wall_seconds", float("inf"), "finite"), ("wall_seconds", float("nan"), "finite"),
+    ("max_tokens", 1.5, "integer"), ("fuel", 1e9, "integer"), ("max_sequences", True, "number"),
+    ("fuel", 2**63, "in \\[1, "), ("max_context", 2**31, "in \\[1, "), ("wall_seconds", 10**7, "604800"),
+    ("fuel", 10**30, "more than 24 digits")])
+def test_limits_are_finite_in_range_and_integers_where_they_count(field, value, message):
+    with pytest.raises(GuestError, match=f"limit {field} must be .*{message}"):
+        Limits(**{field: value}).validate()
 
 
 def test_memory_limit_cannot_exceed_what_i32_pointers_address():

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from host_functions.errors import ContextLengthExceeded
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from oracle import DATA
@@ -36,9 +37,25 @@ def test_same_seed_same_text_different_seed_different_text():
 
 
 def test_max_tokens_is_exact_when_no_end_token(tiny):
+    longer = list(generate_tokens(tiny, [1, 40], SamplingParams(temperature=0, max_tokens=12)))
+    assert len(longer) == 12, "precondition: greedy decoding from [1, 40] meets no end token in 12 tokens"
     produced = list(generate_tokens(tiny, [1, 40], SamplingParams(temperature=0, max_tokens=5)))
-    assert len(produced) <= 5
+    assert produced == longer[:5]
+
+
+def test_generation_fills_the_context_and_stops_there(tiny):
+    prompt = [1] + list(range(40, 47))  # 8 tokens in a context of 10: the logits after 10 give one more
+    produced = list(generate_tokens(tiny, prompt, SamplingParams(temperature=0, max_tokens=50), n_ctx=10))
     assert not any(tiny.tokenizer.is_end_of_generation(t) for t in produced)
+    assert len(produced) == 10 - len(prompt) + 1
+
+
+def test_a_prompt_longer_than_the_context_is_refused_not_cut(tiny):
+    with pytest.raises(ContextLengthExceeded, match="the prompt is 12 tokens, longer than the context of 10"):
+        list(generate_tokens(tiny, [1] * 12, SamplingParams(temperature=0), n_ctx=10))
+    too_long = [1] * (tiny.config.context_length + 1)
+    with pytest.raises(ContextLengthExceeded, match=f"context of {tiny.config.context_length}"):
+        list(generate_tokens(tiny, too_long, SamplingParams(temperature=0)))
 
 
 def test_stop_string_ends_the_text_before_it(tiny):

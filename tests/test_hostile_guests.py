@@ -3,13 +3,15 @@ tenant running at the same time gets exactly the output it gets alone."""
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 
 import pytest
 
-from guest_helpers import TINY_LLAMA, compile_wat, data_i32, expect, hex_words
+from guest_helpers import TINY_LLAMA, compile_wat, data_bytes, data_i32, expect, hex_words, prefill
 from host_functions.abi import Limits, Status
+from host_functions.abi.limits import MAX_JSON_BYTES, MAX_STOP_STRINGS, MAX_TOKENIZE_BYTES
 from host_functions.model import Model
 from host_functions.errors import GuestError, QuotaExceeded, RealmError
 from realm.sandbox import GuestModule, TenantSandbox, compile_guest, reference_guest_path
@@ -17,6 +19,10 @@ from realm.tenants import TenantRegistry
 
 PROMPT = "Once upon a time"
 GOOD_REQUEST = {"prompt": PROMPT, "max_tokens": 24, "temperature": 0.9, "seed": 7}
+# The well-behaved tenant's own deadline: generous for a loaded 2-core machine, but a stalled host misses it.
+GOOD_LIMITS = Limits(wall_seconds=30)
+SLACK_S = 2.0
+BIG = 65536  # attacks build their large inputs from the second page of memory up
 BAD_POINTER, BAD_HANDLE = int(Status.BAD_POINTER), int(Status.BAD_HANDLE)
 
 
@@ -37,6 +43,7 @@ def alone(model, good) -> str:
 
 
 def layers(seq: str = "$s") -> str:
+    """WAT: run both layers of the tiny model over the pending tokens and finish the step."""
     return f"""(drop (call $forward_layer (local.get {seq}) (i32.const 0)))
       (drop (call $forward_layer (local.get {seq}) (i32.const 1)))
       (drop (call $seq_finish (local.get {seq})))"""
@@ -60,8 +67,10 @@ class Hostile:
 
     def run(self, model: Model) -> None:
         guest = compile_wat(self.body, extra=self.extra, pages=self.pages)
-        with pytest.raises(self.error, match=self.match):
+        with pytest.raises(self.error, match=self.match) as err:
             TenantSandbox(model, self.limits, tenant="hostile").run(guest, {"prompt": PROMPT})
+        # ended within its wall clock, give or take one host call's check interval on a loaded machine
+        assert err.value.result.seconds < self.limits.wall_seconds + SLACK_S  # type: ignore[attr-defined]
 
 
 def bad_pointer_body() -> str:
@@ -159,6 +168,21 @@ def generate_then_trap_body(n_tokens: int) -> str:
       unreachable"""
 
 
+def fill(byte: int, n: int, at: int = BIG) -> str:
+    """WAT: n bytes of `byte` at `at`."""
+    return f"(memory.fill (i32.const {at}) (i32.const {byte}) (i32.const {n}))"
+
+
+def pages_for(n_bytes: int) -> int:
+    return (BIG + n_bytes) // 65536 + 1
+
+
+def json_attack(data: bytes, match: str) -> Hostile:
+    """A guest that passes `data` to sampler_new and returns what it says as its status."""
+    return Hostile(f"(call $sampler_new (i32.const {BIG}) (i32.const {len(data)}))", GuestError, match,
+                   extra=data_bytes(data, BIG), pages=pages_for(len(data)))
+
+
 def prompt_data(model: Model) -> str:
     ids = model.tokenizer.encode(PROMPT)
     return data_i32(ids, 64) + f"(global $n_prompt i32 (i32.const {len(ids)}))"
@@ -204,16 +228,80 @@ def hostile_cases(model: Model) -> dict[str, Hostile]:
             Limits(max_text_bytes=1 << 20)),
         "infinite recursion": Hostile("(call $deep) (i32.const 0)", GuestError, "guest trapped",
                                       extra="(func $deep (call $deep))"),
+        "a table of 10M elements": Hostile("(i32.const 0)", QuotaExceeded, "limit of 100000 table elements",
+                                           extra="(table 10000000 funcref)"),
         "infinite loop in the start function": Hostile(
             "(i32.const 0)", QuotaExceeded, "CPU budget", Limits(fuel=5_000_000),
             extra="(func $spin (loop $l (br $l))) (start $spin)"),
+        # Sizes the guest passes are checked before the host parses, converts or allocates for them.
+        "JSON nested 100,000 deep": Hostile(
+            fill(ord("["), 100_000) + "(call $sampler_new (i32.const 65536) (i32.const 100000))", GuestError,
+            r"INVALID_ARGUMENT.*nested too deeply", pages=pages_for(100_000)),
+        "JSON over its byte limit": Hostile(
+            fill(ord(" "), MAX_JSON_BYTES + 1)
+            + f"(call $sampler_new (i32.const {BIG}) (i32.const {MAX_JSON_BYTES + 1}))",
+            GuestError, "INVALID_ARGUMENT.*over the limit", pages=pages_for(MAX_JSON_BYTES + 1)),
+        "JSON number of 5000 digits": json_attack(b'{"top_k": ' + b"9" * 5000 + b"}", "INVALID_ARGUMENT.*digits"),
+        "JSON NaN temperature": json_attack(b'{"temperature": NaN}', "INVALID_ARGUMENT.*NaN is not a JSON number"),
+        "a stop string holding a lone surrogate": json_attack(b'{"stop": ["\\ud800"], "temperature": "hot"}',
+                                                              "INVALID_ARGUMENT.*temperature must be a finite number"),
+        "a stop list of 100,000 strings": json_attack(json.dumps({"stop": ["ab"] * 100_000}).encode(),
+                                                      f"INVALID_ARGUMENT.*at most {MAX_STOP_STRINGS} stop strings"),
+        "appending 4M ids to a 4096-token sequence": Hostile(
+            "(local.set $s (call $seq_open (i32.const 0)))"
+            f"(call $seq_append (local.get $s) (i32.const {BIG}) (i32.const 4000000))", GuestError,
+            r"CAPACITY.*4000000 more asked", pages=pages_for(16_000_000)),
+        "appending past max_tokens in one call": Hostile(
+            "(local.set $s (call $seq_open (i32.const 0)))"
+            f"(call $seq_append (local.get $s) (i32.const {BIG}) (i32.const 100))", QuotaExceeded,
+            "fed more than its limit of 64 tokens", Limits(max_tokens=64), pages=2),
+        "detokenizing 4M ids": Hostile(
+            f"(call $detokenize (i32.const {BIG}) (i32.const 4000000) (i32.const 0) (i32.const 0))", QuotaExceeded,
+            "more than its limit of 4194304 bytes of text", pages=pages_for(16_000_000)),
+        "tokenizing more than one call may": Hostile(
+            fill(ord("a"), MAX_TOKENIZE_BYTES + 1)
+            + f"(call $tokenize (i32.const {BIG}) (i32.const {MAX_TOKENIZE_BYTES + 1}) (i32.const 0) (i32.const 0)"
+              " (i32.const 0))", GuestError, "INVALID_ARGUMENT.*for one tokenize call",
+            pages=pages_for(MAX_TOKENIZE_BYTES + 1)),
+        "a bias of more pairs than tokens": Hostile(
+            f"""{prefill(1)} (local.set $a (call $sampler_new (local.get $req) (local.get $len)))
+            (call $sample (local.get $s) (local.get $a) (i32.const {BIG}) (i32.const 4000000) (i32.const 0))""",
+            GuestError, "INVALID_ARGUMENT.*at most n_vocab", extra=data_i32([5], 64), pages=pages_for(32_000_000)),
+        # What a request keeps on the host is budgeted: 16 sequences with their logits are over 64 KiB.
+        "16 sequences holding logits": Hostile(
+            f"""(loop $l {prefill(1)} (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $l (i32.lt_s (local.get $i) (i32.const 16)))) (i32.const 0)""", QuotaExceeded,
+            "host state .* over its limit of 65536", Limits(max_host_bytes=64 << 10), extra=data_i32([5], 64)),
+        # Long host work is cut off at the deadline, inside the call.
+        "one long tokenize past the wall clock": Hostile(
+            fill(ord("a"), MAX_TOKENIZE_BYTES)
+            + f"(drop (call $tokenize (i32.const {BIG}) (i32.const {MAX_TOKENIZE_BYTES}) (i32.const 0) (i32.const 0)"
+              " (i32.const 0))) (i32.const 0)", QuotaExceeded, "wall-clock limit of 0.02 s",
+            Limits(wall_seconds=0.02), pages=pages_for(MAX_TOKENIZE_BYTES)),
+        "special-token text tokenized with specials parsed": Hostile(
+            f"""(local.set $i (i32.const {BIG}))
+            (loop $l (i32.store (local.get $i) (i32.const 0x3e733c2f))  ;; "/<s>" then "<": "<s>" many times
+              (i32.store8 (i32.add (local.get $i) (i32.const 4)) (i32.const 0x3c))
+              (local.set $i (i32.add (local.get $i) (i32.const 5)))
+              (br_if $l (i32.lt_u (local.get $i) (i32.const {BIG + MAX_TOKENIZE_BYTES}))))
+            (drop (call $tokenize (i32.const {BIG}) (i32.const {MAX_TOKENIZE_BYTES}) (i32.const 2) (i32.const 0)
+                                  (i32.const 0)))
+            (i32.const 0)""", QuotaExceeded, "wall-clock limit of 0.02 s", Limits(wall_seconds=0.02),
+            pages=pages_for(MAX_TOKENIZE_BYTES + 5)),
     }
 
 
 HOSTILE_NAMES = ["infinite loop", "infinite loop past the wall clock", "host-call loop past the wall clock",
                  "unbounded memory.grow", "memory.grow forever", "bad pointers", "forged handles",
                  "closed handles", "trap halfway through generation", "10,000 sequences", "emit without end",
-                 "token flood", "host-call flood", "tokenizer flood", "infinite recursion", "infinite loop in the start function"]
+                 "token flood", "host-call flood", "tokenizer flood", "infinite recursion",
+                 "infinite loop in the start function", "a table of 10M elements", "JSON nested 100,000 deep",
+                 "JSON over its byte limit", "JSON number of 5000 digits", "JSON NaN temperature",
+                 "a stop string holding a lone surrogate", "a stop list of 100,000 strings",
+                 "appending 4M ids to a 4096-token sequence", "appending past max_tokens in one call",
+                 "detokenizing 4M ids", "tokenizing more than one call may", "a bias of more pairs than tokens",
+                 "16 sequences holding logits", "one long tokenize past the wall clock",
+                 "special-token text tokenized with specials parsed"]
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
@@ -239,7 +327,7 @@ def test_a_tenant_running_beside_a_hostile_guest_gets_exactly_its_solo_output(mo
     thread.start()
     outputs = []
     while not done.is_set() or not outputs:  # keep the good tenant busy for the whole attack
-        outputs.append(TenantSandbox(model, tenant="good").run(good, GOOD_REQUEST).text)
+        outputs.append(TenantSandbox(model, GOOD_LIMITS, tenant="good").run(good, GOOD_REQUEST).text)
     thread.join()
     assert not failures, failures
     assert set(outputs) == {alone}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -10,10 +11,11 @@ import pytest
 from guest_helpers import (DATA, TINY_LLAMA, compile_wat, data_bytes, data_i32, expect, hex_dump, hex_floats,
                            hex_words, prefill, wat_guest)
 from host_functions.abi import HOST_FUNCTIONS, HostFunction, Limits, Status
+from host_functions.abi.limits import LOG_LINE_BYTES
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from oracle import EXACT, assert_matches
-from host_functions.errors import GuestError, QuotaExceeded
+from host_functions.errors import GuestError, QuotaExceeded, RequestCancelled
 from realm.generation import generate_text, generate_tokens
 from realm.sandbox import MAX_MODULE_BYTES, TenantSandbox, compile_guest, reference_guest_path
 
@@ -173,6 +175,25 @@ def test_choice_guest_follows_the_model_when_greedy(model, choice):
 def test_choice_guest_rejects_a_request_without_choices(model, choice):
     with pytest.raises(GuestError, match="INVALID_ARGUMENT"):
         TenantSandbox(model).run(choice, {"prompt": PROMPT})
+
+
+def test_a_failing_status_is_reported_in_the_guests_own_words_on_one_printable_line(model):
+    reason = "prompt too long\n\x1b[31mfor me" + "!" * 400
+    body = f"""(drop (call $log (i32.const 3) (i32.const 256) (i32.const {len(reason.encode())})))
+               (i32.const {int(Status.CAPACITY)})"""
+    with pytest.raises(GuestError) as err:
+        TenantSandbox(model).run(compile_wat(body, extra=data_bytes(reason.encode(), 256)), {})
+    message = str(err.value)
+    assert message.startswith("prompt too long  [31mfor me!!!") and message.endswith("... (guest status CAPACITY)")
+    assert message.isprintable() and len(message) < 340
+
+
+def test_a_cancelled_request_ends_at_the_guests_next_host_call(model):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RequestCancelled):
+        TenantSandbox(model).run(compile_wat("(loop $l (drop (call $token_is_eog (i32.const 1))) (br $l)) (i32.const 0)"),
+                                 {}, cancel=cancel)
 
 
 # --- the ABI through small WAT guests ----------------------------------------------------------
@@ -406,7 +427,7 @@ def test_modules_are_compiled_once_per_content_hash():
 
 @pytest.mark.parametrize("source, message", [
     (b"\x7fELF not wasm at all", "not a WebAssembly module"),
-    (b"\0asm\x01\0\0\0\x99garbage", "does not compile"),
+    (b"\0asm\x01\0\0\0\x99garbage", "malformed"),
     (b"(module (func $f", "does not parse"),
     (b'(module (func (export "realm_main") (param i32 i32) (result i32) (i32.const 0)))', "memory"),
     (b'(module (memory (export "memory") 1) (func (export "realm_main") (param i32 i32) (result i32) '
@@ -414,7 +435,7 @@ def test_modules_are_compiled_once_per_content_hash():
     (b'(module (memory (export "memory") 1) (func (export "realm_alloc") (param i32) (result i32) (i32.const 0))'
      b'(func (export "realm_main") (param i32) (result i32) (i32.const 0)))', "realm_main"),
     (b'(module (memory (export "memory") i64 1) (func (export "realm_alloc") (param i32) (result i32) '
-     b'(i32.const 0)) (func (export "realm_main") (param i32 i32) (result i32) (i32.const 0)))', "32-bit"),
+     b'(i32.const 0)) (func (export "realm_main") (param i32 i32) (result i32) (i32.const 0)))', "memory64 must be enabled"),
 ])
 def test_non_guests_are_rejected_with_a_reason(source, message):
     with pytest.raises(GuestError, match=message):
@@ -432,3 +453,28 @@ def test_guests_get_no_wasi():
       (func (export "realm_main") (param i32 i32) (result i32) (i32.const 0)))"""
     with pytest.raises(GuestError, match="only from module 'realm'"):
         compile_guest(wasi)
+
+
+def test_numpy_warnings_from_guest_chosen_values_never_reach_stderr(model, capfd, recwarn):
+    """A dense bias spanning the float32 range overflows inside the sampler: the result is checked and
+    returned, and the operator's stderr stays clean."""
+    n_vocab = model.config.n_vocab
+    bias = np.linspace(-3e38, 3e38, n_vocab).astype("<f4")
+    params = b'{"temperature": 1e-30, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 1}'
+    body = f"""{prefill(1)}
+      (local.set $a (call $sampler_new (i32.const 512) (i32.const {len(params)})))
+      (call $hex (call $sample (local.get $s) (local.get $a) (i32.const 65536) (i32.const {n_vocab}) (i32.const 2)))
+      (i32.const 0)"""
+    extra = data_i32([5], 64) + data_bytes(params, 512) + data_bytes(bias.tobytes(), 65536)
+    result = TenantSandbox(model).run(compile_wat(body, extra=extra, pages=1 + (4 * n_vocab) // 65536 + 1), {})
+    assert hex_words(result.text) == [n_vocab - 1]  # the largest bias wins at a near-zero temperature
+    assert capfd.readouterr().err == ""
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_log_lines_cost_a_fixed_overhead_so_empty_lines_are_bounded_too(model):
+    body = f"""(loop $l (br_if $l (i32.eq (call $log (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 0))))
+      {expect("(call $log (i32.const 0) (i32.const 0) (i32.const 0))", f"(i32.const {Status.LIMIT})", 1)}
+      (i32.const 0)"""
+    result = TenantSandbox(model, Limits(max_log_bytes=64 << 10)).run(compile_wat(body), {})
+    assert len(result.logs) == (64 << 10) // LOG_LINE_BYTES

@@ -17,7 +17,7 @@ from host_functions.config import ModelConfig
 from host_functions.gguf_file import GGUFFile
 from host_functions.kernels import GPUWeight
 from host_functions.model import Model
-from oracle import DATA, assert_matches, compare, reference_sequences, tolerance_for
+from oracle import DATA, assert_matches, compare, reference_sequences, tolerance_for, weights_of
 from host_functions.errors import BackendError
 
 
@@ -45,7 +45,7 @@ def test_decode_through_gpu_kv_cache_matches_llamacpp(models, name, kv_f16):
     seq = model.open_sequence(len(tokens))
     rows = [seq.step(tokens[:10].tolist())]
     rows += [seq.step([int(t)]) for t in tokens[10:]]
-    assert_matches(np.stack(rows), expected[9:], tolerance_for("Q8_0"), f"{name} kv_f16={kv_f16}")
+    assert_matches(np.stack(rows), expected[9:], tolerance_for(weights_of(name)), f"{name} kv_f16={kv_f16}")
 
 
 def test_prefill_continued_at_a_later_position_matches_llamacpp(models):

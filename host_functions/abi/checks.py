@@ -1,9 +1,11 @@
-"""Argument checks shared by the host functions: token ranges, counted writes, UTF-8."""
+"""Argument checks shared by the host functions: token ranges (the engine's rule, for this request's
+vocabulary), counted writes, UTF-8."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..sequence_checks import check_token_id, check_token_ids
 from .limits import MAX_I32
 from .memory import GuestMemory
 from .session import Session
@@ -11,14 +13,14 @@ from .status import AbiError, Status
 
 
 def check_token(s: Session, token: int) -> int:
-    if not 0 <= token < s.config.n_vocab:
-        raise AbiError(Status.INVALID_ARGUMENT, f"token id {token} out of range 0..{s.config.n_vocab - 1}")
-    return token
+    """`token` if it is in the model's vocabulary; TokenRangeError (INVALID_ARGUMENT) otherwise."""
+    return check_token_id(token, s.config.n_vocab)
 
 
 def check_tokens(s: Session, ids: np.ndarray) -> list[int]:
-    if len(ids) and (ids.min() < 0 or ids.max() >= s.config.n_vocab):
-        raise AbiError(Status.INVALID_ARGUMENT, f"token ids must be in 0..{s.config.n_vocab - 1}")
+    """The ids as a list if all are in the vocabulary; TokenRangeError (INVALID_ARGUMENT) otherwise.
+    Callers bound len(ids) first: the list is built only after that."""
+    check_token_ids(ids, s.config.n_vocab)
     return ids.tolist()
 
 

@@ -18,19 +18,26 @@ _MISSING = object()
 
 
 class HandleTable:
-    """The host objects one request may name. Handles are random positive i32 and never reused,
-    so a closed handle or a number seen in another request is (almost surely) not in the table,
-    and even when it is, it names this request's own object."""
+    """The host objects one request may name.
+
+    Handles are positive i32 that look random and are never reused within a request: the n-th
+    handle is (a * n + b) mod (2**31 - 1) + 1 for a random key (a, b), a permutation of the
+    counter, so a closed handle or a number seen in another request is (almost surely) not in
+    the table, and even when it is, it names this request's own object. Nothing is kept per
+    handle ever issued, so a guest that opens and frees objects in a loop costs no memory.
+    """
 
     def __init__(self) -> None:
         self._objects: dict[int, object] = {}
-        self._issued: set[int] = set()
-        self._rng = random.Random()  # seeded from os.urandom
+        rng = random.SystemRandom()
+        self._a, self._b = rng.randrange(1, MAX_I32), rng.randrange(MAX_I32)
+        self._issued = 0
 
     def add(self, obj: object) -> int:
-        while (handle := self._rng.randint(1, MAX_I32)) in self._issued:
-            pass
-        self._issued.add(handle)
+        if self._issued >= MAX_I32:  # the permutation would repeat; no request lives that long
+            raise AbiError(Status.INVALID_ARGUMENT, "this request has used up its handles")
+        handle = (self._a * self._issued + self._b) % MAX_I32 + 1
+        self._issued += 1
         self._objects[handle] = obj
         return handle
 
@@ -50,6 +57,18 @@ class HandleTable:
 
     def objects(self, kind: type[T]) -> list[T]:
         return [o for o in self._objects.values() if isinstance(o, kind)]
+
+    def host_bytes(self) -> int:
+        """What the live objects keep on the host (each object's own estimate)."""
+        return sum(o.host_bytes() for o in self._objects.values())  # type: ignore[attr-defined]
+
+
+# Estimates of what host objects cost, for the request's host-memory budget (Limits.max_host_bytes):
+# generous round numbers for the Python objects, exact sizes for the arrays and buffers.
+SEQUENCE_BYTES = 8 << 10  # a Sequence, its state and decoder, the backend's per-sequence bookkeeping
+TOKEN_BYTES = 40  # one token id held in a Python list (slot + int object)
+SAMPLER_BYTES = 8 << 10  # a Sampler, its parameters and NumPy Generator
+STOP_STRING_BYTES = 64  # one stop string's object, beyond its text
 
 
 @dataclass(eq=False)
@@ -81,7 +100,17 @@ class SeqState:
         self.sampled.append((token, distribution))
         del self.sampled[:-keep]
 
+    def host_bytes(self) -> int:
+        """Host memory held for this sequence, besides its KV cache (bounded by max_context)."""
+        kept = (self.logits.nbytes if self.logits is not None else 0) + (self.rows.nbytes if self.rows is not None else 0)
+        kept += sum(ids.nbytes + p.nbytes for _, (ids, p) in self.sampled)
+        return SEQUENCE_BYTES + TOKEN_BYTES * (len(self.seq.tokens) + len(self.seq.pending)) + kept + len(self.text)
+
 
 @dataclass(eq=False)
 class SamplerState:
     sampler: Sampler
+
+    def host_bytes(self) -> int:
+        stop = self.sampler.params.stop
+        return SAMPLER_BYTES + sum(STOP_STRING_BYTES + len(s) * 4 for s in stop)  # up to 4 bytes a character

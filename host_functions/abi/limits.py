@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from ..errors import GuestError
 
 MAX_I32 = 2**31 - 1
+MAX_I64 = 2**63 - 1
+MAX_WALL_SECONDS = 7 * 24 * 3600.0  # a week: beyond that a "limit" is no limit
+
+# Fixed bounds on what one host call may be asked to do, checked before the host reads or converts
+# anything (the per-request budgets are in Limits).
+MAX_TOKENIZE_BYTES = 256 << 10  # one tokenize call (~60k tokens); merging holds ~150 bytes per character
+MAX_DETOKENIZE_IDS = 1 << 18  # one detokenize call: at most a few MiB of text even for long tokens
+MAX_JSON_BYTES = 1 << 20  # sampler_new's JSON (the reference guest passes its whole request)
+MAX_JSON_DIGITS = 32  # digits of one JSON number: longer ones are not a sampling parameter
+MAX_STOP_STRINGS = 64  # stop strings in one sampler
+MAX_STOP_BYTES = 1024  # bytes of one stop string
+LOG_LINE_BYTES = 64  # what one log line costs beyond its text, so empty lines are not free
 
 
 @dataclass(frozen=True)
@@ -24,15 +37,47 @@ class Limits:
     max_output_bytes: int = 256 << 10  # bytes emitted to the client (about 60000 tokens of text)
     max_log_bytes: int = 64 << 10  # log bytes kept; beyond that `log` returns LIMIT
     max_text_bytes: int = 4 << 20  # text tokenized or detokenized: host work a guest can't be preempted in
+    max_host_bytes: int = 64 << 20  # what the request keeps on the host: sequences, logits, samplers, logs
 
     def validate(self) -> Limits:
-        """Raise GuestError if a limit is not a positive number in range; return self."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise GuestError(f"limit {f.name} must be a positive number, got {value!r}")
-        # Guest pointers are i32: a memory over 2 GiB would make valid addresses look negative.
-        if self.memory_bytes > 2**31 or max(self.max_tokens, self.max_context, self.max_output_bytes,
-                                            self.max_sequences) > MAX_I32:
-            raise GuestError("limits must fit in a signed 32-bit integer (memory_bytes at most 2 GiB)")
+        """Return self; raise GuestError naming the first limit that is not a finite number in its range
+        (LIMIT_RANGES) or not an integer where the limit counts something."""
+        for name, (kind, low, high) in LIMIT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise GuestError(f"limit {name} must be a number, got {value!r}")
+            if kind is int and not isinstance(value, int):
+                raise GuestError(f"limit {name} must be an integer, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise GuestError(f"limit {name} must be a finite number, got {value!r}")
+            if not low <= value <= high:
+                raise GuestError(f"limit {name} must be in [{low:g}, {high:g}], got {_short(value)}"
+                                 + (" (guest pointers are i32: at most 2 GiB)" if name == "memory_bytes" else ""))
         return self
+
+
+def _short(value: int | float) -> str:
+    # repr of a huge int is slow, and past 4300 digits an error
+    return "a number of more than 24 digits" if isinstance(value, int) and abs(value) >= 10**24 else repr(value)
+
+
+def _count(high: int) -> tuple[type, int, int]:
+    return int, 1, high
+
+
+# name -> (type, smallest, largest). Guest pointers are i32, so memory over 2 GiB would make valid
+# addresses look negative; counts a guest reads from model_info are i32; fuel is wasmtime's u64.
+LIMIT_RANGES: dict[str, tuple[type, float, float]] = {
+    "memory_bytes": _count(2**31),
+    "fuel": _count(MAX_I64),
+    "wall_seconds": (float, 0.001, MAX_WALL_SECONDS),
+    "max_host_calls": _count(MAX_I64),
+    "max_tokens": _count(MAX_I32),
+    "max_sequences": _count(MAX_I32),
+    "max_context": _count(MAX_I32),
+    "max_output_bytes": _count(MAX_I32),
+    "max_log_bytes": _count(MAX_I32),
+    "max_text_bytes": _count(MAX_I32),
+    "max_host_bytes": _count(MAX_I64),
+}
+assert set(LIMIT_RANGES) == {f.name for f in dataclasses.fields(Limits)}, "every limit has a range"

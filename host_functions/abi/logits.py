@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import QuotaExceeded, RealmError
 from ..sampling import Sampler, SamplingParams
 from .handles import SamplerState, SeqState
+from .limits import MAX_JSON_BYTES, MAX_JSON_DIGITS, MAX_STOP_BYTES, MAX_STOP_STRINGS
 from .memory import GuestMemory
 from .registry import host
 from .session import Session
@@ -19,7 +20,6 @@ MAX_SAMPLERS = 64  # live samplers per request; a sampler is small, so this only
 MAX_DRAFT_SAMPLES = 16  # draft samples whose distributions a draft sequence keeps for spec_verify
 
 _BIAS_PAIR = np.dtype([("token", "<i4"), ("bias", "<f4")])
-
 
 
 @host("seq", "out_ptr", "n")
@@ -47,12 +47,17 @@ def logits_topk(s: Session, mem: GuestMemory, seq: int, k: int, ids_ptr: int, va
     return k
 
 
-@host("json_ptr", "json_len")
+@host("json_ptr", "json_len", grows=True)
 def sampler_new(s: Session, mem: GuestMemory, json_ptr: int, json_len: int) -> int:
     """A sampler from a JSON object of sampling parameters (unknown keys ignored); returns its handle."""
-    params = sampling_params_from_json(mem.read(json_ptr, json_len))
+    mem.span(json_ptr, json_len)
     if s.handles.count(SamplerState) >= MAX_SAMPLERS:
         raise QuotaExceeded(f"guest exceeded the limit of {MAX_SAMPLERS} live samplers")
+    if json_len > MAX_JSON_BYTES:
+        raise AbiError(Status.INVALID_ARGUMENT, f"sampling parameters are {json_len} bytes of JSON, over the "
+                                                f"limit of {MAX_JSON_BYTES}")
+    s.charge_text(json_len)  # parsing is host work too
+    params = sampling_params_from_json(mem.read(json_ptr, json_len))
     return s.handles.add(SamplerState(Sampler(params)))
 
 
@@ -63,7 +68,7 @@ def sampler_free(s: Session, mem: GuestMemory, sampler: int) -> int:
     return Status.OK
 
 
-@host("seq", "sampler", "bias_ptr", "bias_len", "mode")
+@host("seq", "sampler", "bias_ptr", "bias_len", "mode", grows=True)
 def sample(s: Session, mem: GuestMemory, seq: int, sampler: int, bias_ptr: int, bias_len: int, mode: int) -> int:
     """Sample the next token from the last step's logits, biased or masked by the guest; returns the token.
 
@@ -85,17 +90,27 @@ def sample(s: Session, mem: GuestMemory, seq: int, sampler: int, bias_ptr: int, 
 
 
 def sampling_params_from_json(data: bytes) -> SamplingParams:
-    """SamplingParams from the known keys of a JSON object; INVALID_ARGUMENT on bad JSON or values."""
+    """SamplingParams from the known keys of a JSON object; INVALID_ARGUMENT on bad JSON or values,
+    JSON nested too deeply, numbers of more than MAX_JSON_DIGITS digits, NaN/Infinity, or more or
+    longer stop strings than MAX_STOP_STRINGS / MAX_STOP_BYTES."""
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = json.loads(data, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+    except RecursionError:
+        raise AbiError(Status.INVALID_ARGUMENT, "sampling parameters are JSON nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise AbiError(Status.INVALID_ARGUMENT, f"sampling parameters are not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise AbiError(Status.INVALID_ARGUMENT, "sampling parameters must be a JSON object")
     names = {f.name for f in dataclasses.fields(SamplingParams)}
     kwargs = {k: v for k, v in obj.items() if k in names}
     if isinstance(kwargs.get("stop"), list):
-        kwargs["stop"] = tuple(kwargs["stop"])
+        stop = kwargs["stop"]
+        # (surrogatepass: JSON may escape a lone surrogate, which is no reason to fail the host call)
+        if len(stop) > MAX_STOP_STRINGS or any(isinstance(t, str) and len(t.encode("utf-8", "surrogatepass"))
+                                               > MAX_STOP_BYTES for t in stop):
+            raise AbiError(Status.INVALID_ARGUMENT, f"at most {MAX_STOP_STRINGS} stop strings of at most "
+                                                    f"{MAX_STOP_BYTES} bytes each")
+        kwargs["stop"] = tuple(stop)
     try:
         params = SamplingParams(**kwargs)
         params.validate()
@@ -104,12 +119,31 @@ def sampling_params_from_json(data: bytes) -> SamplingParams:
     return params
 
 
+def _json_int(text: str) -> int:
+    # Python's int() is quadratic in the digits: refuse long numbers before converting them.
+    if len(text) > MAX_JSON_DIGITS:
+        raise ValueError(f"number of {len(text)} digits (at most {MAX_JSON_DIGITS})")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    if len(text) > MAX_JSON_DIGITS:
+        raise ValueError(f"number of {len(text)} characters (at most {MAX_JSON_DIGITS})")
+    return float(text)
+
+
+def _json_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _biased(logits: np.ndarray, mem: GuestMemory, ptr: int, n: int, mode: int) -> np.ndarray:
     n_vocab = len(logits)
     if mode not in (BiasMode.ADD, BiasMode.ALLOW, BiasMode.DENSE):
         raise AbiError(Status.INVALID_ARGUMENT, f"unknown bias mode {mode}")
     dense = mode == BiasMode.DENSE
     mem.span(ptr, n, 4 if dense else _BIAS_PAIR.itemsize)
+    if not dense and n > n_vocab:  # more pairs than tokens only repeats ids: refuse before reading them
+        raise AbiError(Status.INVALID_ARGUMENT, f"a bias lists at most n_vocab = {n_vocab} tokens, got {n}")
     if dense:
         if n != n_vocab:
             raise AbiError(Status.INVALID_ARGUMENT, f"a dense bias needs n_vocab = {n_vocab} values, got {n}")

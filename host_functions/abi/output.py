@@ -5,13 +5,14 @@ from __future__ import annotations
 from ..errors import QuotaExceeded
 from .checks import check_token
 from .handles import SeqState
+from .limits import LOG_LINE_BYTES
 from .memory import GuestMemory
 from .registry import host
 from .session import Report, Session
 from .status import TEXT_FLUSH, AbiError, FinishReason, Status
 
 
-@host("seq", "token", "out_ptr", "out_cap")
+@host("seq", "token", "out_ptr", "out_cap", grows=True)
 def text_push(s: Session, mem: GuestMemory, seq: int, token: int, out_ptr: int, out_cap: int) -> int:
     """Push a token (or TEXT_FLUSH) through the sequence's streaming decoder; write up to out_cap bytes
     of the completed text. Text that does not fit waits for the next call; returns the bytes written."""
@@ -38,16 +39,18 @@ def emit(s: Session, mem: GuestMemory, ptr: int, n: int) -> int:
     return Status.OK
 
 
-@host("level", "ptr", "len")
+@host("level", "ptr", "len", grows=True)
 def log(s: Session, mem: GuestMemory, level: int, ptr: int, n: int) -> int:
     """Record a log line (level 0 debug .. 3 error) for the request; LIMIT once the log is full."""
     if not 0 <= level <= 3:
         raise AbiError(Status.INVALID_ARGUMENT, f"log level must be 0..3, got {level}")
     mem.span(ptr, n)
-    if s.log_bytes + n > s.limits.max_log_bytes:
-        raise AbiError(Status.LIMIT, f"log limit of {s.limits.max_log_bytes} bytes reached")
+    cost = LOG_LINE_BYTES + n  # an empty line still costs a list entry
+    if s.log_bytes + cost > s.limits.max_log_bytes:
+        raise AbiError(Status.LIMIT, f"log limit of {s.limits.max_log_bytes} bytes reached "
+                                     f"(a line costs {LOG_LINE_BYTES} bytes besides its text)")
     data = mem.read(ptr, n)
-    s.log_bytes += n
+    s.log_bytes += cost
     s.logs.append((level, data.decode("utf-8", "replace")))
     return Status.OK
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import QuotaExceeded
+from ..sequence_checks import check_appendable, check_next_layer, check_room, check_step_complete
 from .checks import check_tokens
 from .handles import SeqState
 from .memory import GuestMemory
@@ -11,7 +12,7 @@ from .session import Session
 from .status import AbiError, Status
 
 
-@host("capacity")
+@host("capacity", grows=True)
 def seq_open(s: Session, mem: GuestMemory, capacity: int) -> int:
     """Open a sequence (a KV cache) of `capacity` tokens, 0 for n_ctx; returns its handle."""
     if capacity < 0 or capacity > s.n_ctx:
@@ -28,19 +29,19 @@ def seq_close(s: Session, mem: GuestMemory, seq: int) -> int:
     return Status.OK
 
 
-@host("seq", "ids_ptr", "n_ids")
+@host("seq", "ids_ptr", "n_ids", grows=True)
 def seq_append(s: Session, mem: GuestMemory, seq: int, ids_ptr: int, n_ids: int) -> int:
     """Queue tokens for the sequence's next step (prompt, sampled or forced tokens)."""
     state = s.handles.get(seq, SeqState)
-    ids = check_tokens(s, mem.read_array(ids_ptr, n_ids, "<i4"))
     sq = state.seq
-    if sq.layers_done:
-        raise AbiError(Status.WRONG_STATE, "cannot append while a step is in progress")
-    if len(sq.tokens) + len(sq.pending) + len(ids) > sq.capacity:
-        raise AbiError(Status.CAPACITY, f"sequence capacity of {sq.capacity} tokens exceeded")
-    s.tokens_fed += len(ids)
-    if s.tokens_fed > s.limits.max_tokens:
+    # Every count is checked before a single id is read or converted.
+    mem.span(ids_ptr, n_ids, 4)
+    check_appendable(sq)
+    check_room(sq, n_ids)
+    if s.tokens_fed + n_ids > s.limits.max_tokens:
         raise QuotaExceeded(f"guest fed more than its limit of {s.limits.max_tokens} tokens to the model")
+    ids = check_tokens(s, mem.read_array(ids_ptr, n_ids, "<i4"))
+    s.tokens_fed += len(ids)
     sq.append(ids)
     state.set_logits(None)
     return Status.OK
@@ -50,22 +51,18 @@ def seq_append(s: Session, mem: GuestMemory, seq: int, ids_ptr: int, n_ids: int)
 def forward_layer(s: Session, mem: GuestMemory, seq: int, layer: int) -> int:
     """Ask for the next transformer layer of the step; the whole step runs at seq_finish."""
     sq = s.handles.get(seq, SeqState).seq
-    if not sq.pending:
-        raise AbiError(Status.WRONG_STATE, "no pending tokens: seq_append first")
-    if layer != sq.layers_done:
-        raise AbiError(Status.WRONG_STATE, f"expected layer {sq.layers_done}, got {layer}")
+    check_next_layer(sq, layer, sq.model.config.n_layers)
     sq.forward_layer(layer)
     return Status.OK
 
 
-@host("seq")
+@host("seq", grows=True)
 def seq_finish(s: Session, mem: GuestMemory, seq: int) -> int:
     """Run the step (batched with other sequences' steps by the model's scheduler, waiting for it
     within the request's deadline): commit the pending tokens, keep their last logits host-side."""
     state = s.handles.get(seq, SeqState)
     sq = state.seq
-    if not sq.pending or sq.layers_done != sq.model.config.n_layers:
-        raise AbiError(Status.WRONG_STATE, f"step incomplete: {sq.layers_done} of {sq.model.config.n_layers} layers run")
+    check_step_complete(sq, sq.model.config.n_layers)
     state.set_logits(sq.finish(owner=s.step_owner()))
     s.count_step(sq)
     return Status.OK

@@ -98,8 +98,22 @@ class Session:
                                 f"{self.limits.max_text_bytes} bytes of text")
 
     def check_deadline(self) -> None:
+        """QuotaExceeded once the request is past its wall clock (also the tokenizer's interrupt)."""
         if time.monotonic() > self.deadline:
             raise QuotaExceeded(f"request exceeded its wall-clock limit of {self.limits.wall_seconds:g} s")
+
+    def host_bytes(self) -> int:
+        """What this request keeps on the host: its sequences (tokens, kept logits, undelivered text),
+        samplers and log (LOG_LINE_BYTES a line besides the text). KV caches are bounded apart, by
+        max_sequences x max_context."""
+        return self.handles.host_bytes() + self.log_bytes
+
+    def check_host_memory(self) -> None:
+        """QuotaExceeded once what the request keeps on the host is over max_host_bytes."""
+        used = self.host_bytes()
+        if used > self.limits.max_host_bytes:
+            raise QuotaExceeded(f"guest keeps {used} bytes of host state (sequences, logits, samplers, log), "
+                                f"over its limit of {self.limits.max_host_bytes}")
 
     def text(self) -> str:
         return "".join(self.output)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import QuotaExceeded
 from ..model import Model
+from ..sequence_checks import check_step_complete
 from ..speculative import verify
 from .checks import decode_utf8
 from .handles import SamplerState, SeqState
@@ -34,6 +35,7 @@ from .status import AbiError, Status
 
 MAX_LOGIT_ROWS = 17  # rows seq_finish_all keeps: 16 drafts and the token before them (a row is n_vocab f32)
 MAX_DRAFT_NAME = 4096
+DRAFT_BYTES = 1 << 10  # a DraftState: a reference to a shared model
 
 
 @dataclass(eq=False)
@@ -42,8 +44,11 @@ class DraftState:
 
     model: Model
 
+    def host_bytes(self) -> int:
+        return DRAFT_BYTES  # the draft model itself is shared, like the target (one copy per process)
 
-@host("seq")
+
+@host("seq", grows=True)
 def seq_finish_all(s: Session, mem: GuestMemory, seq: int) -> int:
     """Complete the step like seq_finish, keeping the logits of every pending token; returns their number.
 
@@ -51,9 +56,7 @@ def seq_finish_all(s: Session, mem: GuestMemory, seq: int) -> int:
     """
     state = s.handles.get(seq, SeqState)
     sq = state.seq
-    if not sq.pending or sq.layers_done != sq.model.config.n_layers:
-        raise AbiError(Status.WRONG_STATE,
-                       f"step incomplete: {sq.layers_done} of {sq.model.config.n_layers} layers run")
+    check_step_complete(sq, sq.model.config.n_layers)
     if len(sq.pending) > MAX_LOGIT_ROWS:
         raise AbiError(Status.INVALID_ARGUMENT, f"seq_finish_all keeps at most {MAX_LOGIT_ROWS} rows of logits, "
                                                 f"the step has {len(sq.pending)} tokens (use seq_finish)")
@@ -118,7 +121,7 @@ def draft_open(s: Session, mem: GuestMemory, name_ptr: int, name_len: int) -> in
     return s.handles.add(DraftState(model))
 
 
-@host("draft", "capacity")
+@host("draft", "capacity", grows=True)
 def draft_seq_open(s: Session, mem: GuestMemory, draft: int, capacity: int) -> int:
     """Open a sequence on a draft model (0 capacity: n_ctx); it counts against max_sequences."""
     model = s.handles.get(draft, DraftState).model

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from ..errors import CapacityError, RealmError, StepOrderError, TokenRangeError
+
 ABI_VERSION = 3  # 2: result_report; 3: speculative decoding
 IMPORT_MODULE = "realm"
 ENTRY_EXPORT = "realm_main"  # (request_ptr: i32, request_len: i32) -> i32 status
@@ -67,3 +69,19 @@ class AbiError(Exception):
     def __init__(self, status: Status, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+# The status a guest sees when the engine refuses a call (a RealmError that is not a quota or host failure).
+_ERROR_STATUS: tuple[tuple[type[RealmError], Status], ...] = (
+    (TokenRangeError, Status.INVALID_ARGUMENT),
+    (CapacityError, Status.CAPACITY),
+    (StepOrderError, Status.WRONG_STATE),
+)
+
+
+def status_of(exc: RealmError) -> Status:
+    """The status for an engine error: its class's row in the table, INVALID_ARGUMENT otherwise."""
+    for kind, status in _ERROR_STATUS:
+        if isinstance(exc, kind):
+            return status
+    return Status.INVALID_ARGUMENT

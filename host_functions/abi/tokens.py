@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import check_token, check_tokens, decode_utf8, write_counted
+from .limits import MAX_DETOKENIZE_IDS, MAX_TOKENIZE_BYTES
 from .memory import GuestMemory
 from .registry import host
 from .session import Session
@@ -33,10 +34,15 @@ def tokenize(s: Session, mem: GuestMemory, text_ptr: int, text_len: int, flags: 
     if flags & ~(TokenizeFlags.ADD_SPECIAL | TokenizeFlags.PARSE_SPECIAL):
         raise AbiError(Status.INVALID_ARGUMENT, f"unknown tokenize flags {flags:#x}")
     mem.span(out_ptr, out_cap, 4)
-    s.charge_text(max(text_len, 0))
+    mem.span(text_ptr, text_len)
+    if text_len > MAX_TOKENIZE_BYTES:
+        raise AbiError(Status.INVALID_ARGUMENT, f"text of {text_len} bytes is over the limit of "
+                                                f"{MAX_TOKENIZE_BYTES} bytes for one tokenize call")
+    s.charge_text(text_len)
     text = decode_utf8(mem.read(text_ptr, text_len))
+    # A long text is host work fuel cannot see: the tokenizer checks the wall clock as it goes.
     ids = s.tokenizer.encode(text, add_bos=None if flags & TokenizeFlags.ADD_SPECIAL else False,
-                             parse_special=bool(flags & TokenizeFlags.PARSE_SPECIAL))
+                             parse_special=bool(flags & TokenizeFlags.PARSE_SPECIAL), interrupt=s.check_deadline)
     mem.write(out_ptr, np.asarray(ids[:out_cap], "<i4"))
     return len(ids)
 
@@ -45,9 +51,15 @@ def tokenize(s: Session, mem: GuestMemory, text_ptr: int, text_len: int, flags: 
 def detokenize(s: Session, mem: GuestMemory, ids_ptr: int, n_ids: int, out_ptr: int, out_cap: int) -> int:
     """UTF-8 text of token ids; writes the first out_cap bytes and returns the full length."""
     mem.span(out_ptr, out_cap)
+    mem.span(ids_ptr, n_ids, 4)
+    s.charge_text(4 * n_ids)  # a token decodes to a few bytes: bound the work before reading the ids
+    if n_ids > MAX_DETOKENIZE_IDS:
+        raise AbiError(Status.INVALID_ARGUMENT, f"{n_ids} ids are over the limit of {MAX_DETOKENIZE_IDS} "
+                                                "for one detokenize call")
     ids = check_tokens(s, mem.read_array(ids_ptr, n_ids, "<i4"))
-    s.charge_text(4 * len(ids))  # a token decodes to a few bytes: bound the work before doing it
-    return write_counted(mem, out_ptr, out_cap, s.tokenizer.decode(ids).encode())
+    text = s.tokenizer.decode(ids).encode()
+    s.charge_text(max(0, len(text) - 4 * n_ids))  # long tokens (whitespace runs) cost what they made
+    return write_counted(mem, out_ptr, out_cap, text)
 
 
 @host("token", "out_ptr", "out_cap")

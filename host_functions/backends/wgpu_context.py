@@ -51,7 +51,16 @@ import numpy as np
 
 from ..errors import BackendError
 
-SHADER_DIR = Path(__file__).resolve().parents[2] / "shaders"
+
+def _shader_dir() -> Path:
+    # Installed, the WGSL files are package data in host_functions/shaders/ (pyproject maps them there);
+    # in a source tree they are shaders/ at the top, beside host_functions/.
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "shaders"
+    return installed if installed.is_dir() else package.parent / "shaders"
+
+
+SHADER_DIR = _shader_dir()
 COMMON_SHADER = "common.wgsl"
 
 _STORAGE = 128 | 4 | 8  # wgpu.BufferUsage.STORAGE | COPY_SRC | COPY_DST (kept numeric: no import cost here)

@@ -1,19 +1,47 @@
 """The `realm` command line: a click group of commands, each module one family of commands.
 
-Every RealmError a command raises becomes one line `Error: ...` on stderr and exit status 1.
+Every error is one line `Error: ...` on stderr: a RealmError (or any ClickException) exits with
+status 1, a usage error (a bad flag, argument or prompt) with status 2. Unix manners: Ctrl-C ends
+a command with status 130 and no traceback (what was printed stays); a reader that goes away
+(`realm ... | head`) ends it quietly with status 141, as SIGPIPE would.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import sys
+from typing import Any, NoReturn
 
 import click
 
 from realm import __version__
 from host_functions.errors import RealmError
+from realm.cli.console import OutputClosed
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+
 
 class RealmGroup(click.Group):
-    """A click group that reports RealmError as a clean one-line error instead of a traceback."""
+    """A click group whose errors are one line each, never a traceback, with Unix exit statuses."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the command line; in standalone mode every error is one line (click's usage errors
+        would print the usage and a hint on lines of their own)."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            status = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:  # Ctrl-C or end of input at one of click's own prompts
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -22,6 +50,31 @@ class RealmGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except MemoryError:
             raise click.ClickException("out of memory") from None
+        except KeyboardInterrupt:
+            _exit_interrupted()
+        except (BrokenPipeError, OutputClosed):
+            _exit_broken_pipe()
+
+
+def _exit_interrupted() -> NoReturn:
+    try:
+        sys.stdout.flush()  # what was printed stays printed
+    except OSError:
+        pass
+    click.echo("\nInterrupted", err=True)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+def _exit_broken_pipe() -> NoReturn:
+    # Point stdout at /dev/null so the interpreter's final flush does not fail a second time.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in a test)
+        pass
+    raise SystemExit(EXIT_BROKEN_PIPE)
+
 
 @click.group(cls=RealmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="realm")

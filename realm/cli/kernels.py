@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from host_functions import kernel_harness
 from host_functions.backends.wgpu_context import GPUContext
 from realm.cli import main
+from realm.cli.console import stdout_console
 
-console = Console()
+console = stdout_console()
 
 
 @main.group()

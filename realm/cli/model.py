@@ -8,22 +8,22 @@ from pathlib import Path
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from host_functions.config import ModelConfig
 from host_functions.gguf_file import GGUFFile
 from host_functions.tokenizer import Tokenizer
 from realm.cli import main
-from realm.cli.options import load_with_progress, model_option, model_options
+from realm.cli.console import stdout_console
+from realm.cli.prompt import text_argument
+from realm.cli.options import load_with_progress, model_option, model_options, model_path_with_progress
 from realm.bench import run_bench, run_concurrency_bench
-from realm.models import resolve_model_path
 
-console = Console()
+console = stdout_console()
 
 
 def _open(model_path: str | None) -> tuple[GGUFFile, ModelConfig]:
-    gguf = GGUFFile(resolve_model_path(model_path))
+    gguf = GGUFFile(model_path_with_progress(model_path))
     return gguf, ModelConfig.from_gguf(gguf)
 
 
@@ -72,7 +72,8 @@ def inspect(model_path: str | None, as_json: bool) -> None:
 @click.argument("text")
 def tokenize(model_path: str | None, special: bool, no_bos: bool, as_json: bool, text: str) -> None:
     """Show the token ids and pieces of TEXT."""
-    gguf = GGUFFile(resolve_model_path(model_path))
+    text = text_argument(text, "TEXT")
+    gguf = GGUFFile(model_path_with_progress(model_path))
     tok = Tokenizer.from_metadata(gguf.metadata)
     ids = tok.encode(text, add_bos=False if no_bos else None, parse_special=special)
     pieces = [tok.piece(i) for i in ids]
@@ -104,6 +105,8 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
     """Write float32 logits for every position, shape [n_tokens, vocab], to a .npy file."""
     if (prompt is None) == (tokens is None):
         raise click.UsageError("give exactly one of --prompt or --tokens")
+    if prompt is not None:
+        prompt = text_argument(prompt, "--prompt")
     out = Path(out_path)
     if not out.parent.is_dir():
         raise click.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")

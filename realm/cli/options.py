@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from host_functions.kv_pool import parse_bytes
 from host_functions.model import BACKENDS, Model
+from realm.cli.console import stderr_console
 from realm.models import load_model, resolve_model_path
 
-stderr = Console(stderr=True)
+stderr = stderr_console()
 
 model_option = click.option(
     "--model", "-m", "model_path", type=click.Path(dir_okay=False), default=None,
@@ -43,9 +44,26 @@ kv_memory_option = click.option(
     help="KV cache memory of the model, shared by all its sequences (e.g. 512M, 2G). [a quarter of free memory]")
 
 
+def model_path_with_progress(model_path: str | None) -> Path:
+    """The model file to use; assembling the default model (first run, or a damaged cached copy) is
+    shown on stderr: a progress bar on a terminal, one line otherwise."""
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def show(what: str, fraction: float) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=1.0)
+                if not stderr.is_terminal:
+                    stderr.print(f"{what} ...", highlight=False, soft_wrap=True)
+            bar.update(tasks[what], completed=fraction)
+
+        return resolve_model_path(model_path, progress=show)
+
+
 def load_with_progress(model_path: str | None, backend: str, kv_memory: int | None = None) -> Model:
     """Load (or reuse) a model, showing a progress bar on stderr while weights are prepared."""
-    path = resolve_model_path(model_path)
+    path = model_path_with_progress(model_path)
     columns = (TextColumn("[bold]loading[/] {task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task(path.name, total=1.0)

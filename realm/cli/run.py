@@ -1,22 +1,36 @@
-"""`realm run [PROMPT]`: generate text through a guest (the reference guest unless told otherwise)."""
+"""`realm run [PROMPT]`: generate text through a guest (the reference guest unless told otherwise).
+
+Text streams to stdout as the guest emits it; when generation ends, one notice on stderr says why
+(`finish_reason`: stop, length or context) with the token counts and time. `--json` prints one
+object instead, with the same fields and timings. `--trace` (the host calls the guest made) goes
+to stderr, so stdout is only ever the generated text or the JSON.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from host_functions.abi import Limits
+from host_functions.abi import MAX_I32, Limits, Status
+from host_functions.errors import GuestError, RealmError, RequestCancelled, TenantError
+from host_functions.model import Model
 from host_functions.sampling import SamplingParams
-from realm.cli import main
+from realm.cli import EXIT_INTERRUPTED, main
+from realm.cli.console import stderr_console, write_stdout
 from realm.cli.options import kv_memory_option, load_with_progress, model_options
-from host_functions.errors import RealmError, TenantError
+from realm.cli.prompt import read_prompt
 from realm.sandbox import GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
 
@@ -34,6 +48,15 @@ SAMPLING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-tokens", "max_tokens", int, "Most tokens to generate. [128]"),
 )
 
+CANCEL_GRACE_S = 2.0  # after Ctrl-C, how long a guest has to reach a host call before the process ends
+
+# finish_reason -> what it means for the user, and the flag that moves it.
+FINISH_REASONS = {
+    "stop": "an end-of-text token or a stop string",
+    "length": "--max-tokens reached",
+    "context": "the context is full (--ctx-size)",
+}
+
 
 def sampling_options(func: Any) -> Any:
     """Add every sampling flag (default: absent, so the guest and host defaults apply) and --stop."""
@@ -44,41 +67,70 @@ def sampling_options(func: Any) -> Any:
 
 @main.command()
 @click.argument("prompt", required=False)
+@click.option("--file", "-f", "prompt_file", metavar="PATH", help="Read the prompt from PATH (- for stdin).")
 @model_options
 @kv_memory_option
 @sampling_options
+@click.option("--ctx-size", "-c", type=click.IntRange(0), default=None,
+              help="Context in tokens (prompt + completion); 0 is the model's whole context. "
+                   "[4096, or the tenant's max_context]")
+@click.option("--special", is_flag=True, help="Parse special tokens such as <start_of_turn> in the prompt.")
 @click.option("--tenant", "tenant_name", metavar="NAME", help="Run tenant NAME's deployed guest, with its limits.")
 @click.option("--guest", "guest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run this guest module (.wasm or .wat) instead of the reference guest.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help='Extra request field for the guest, VALUE as JSON if it parses (e.g. choices=\'["a","b"]\').')
-@click.option("--trace", is_flag=True, help="After the run, show every host function the guest called.")
+@click.option("--trace", is_flag=True, help="After the run, show on stderr every host function the guest called.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
-def run(prompt: str | None, model_path: str | None, backend: str, kv_memory: int | None, stop: tuple[str, ...],
-        tenant_name: str | None, guest_file: Path | None, params: tuple[str, ...], trace: bool, as_json: bool, **sampling: Any) -> None:
-    """Generate a continuation of PROMPT (or stdin) through a WebAssembly guest, streaming its text."""
+@click.option("--quiet", "-q", is_flag=True, help="No finish notice on stderr.")
+def run(prompt: str | None, prompt_file: str | None, model_path: str | None, backend: str,
+        kv_memory: int | None, stop: tuple[str, ...],
+        ctx_size: int | None, special: bool, tenant_name: str | None, guest_file: Path | None,
+        params: tuple[str, ...], trace: bool, as_json: bool, quiet: bool, **sampling: Any) -> None:
+    """Generate a continuation of PROMPT through a WebAssembly guest, streaming its text.
+
+    The prompt is PROMPT, the file given with --file, or stdin (PROMPT `-`, or a pipe); it must be
+    UTF-8 text.
+    """
     if tenant_name and guest_file:
         raise click.UsageError("--tenant and --guest are alternatives: give one")
-    if prompt is None:
-        prompt = click.get_text_stream("stdin").read()
-    request = build_request(prompt, sampling, stop, params)
+    text = read_prompt(prompt, prompt_file)
+    request = build_request(text, sampling, stop, params)
+    if special:
+        request["special"] = True
     _check_sampling(request)
     guest, limits, label = _select_guest(tenant_name, guest_file)
+    started = time.perf_counter()
     model = load_with_progress(model_path, backend, kv_memory)
+    loaded = time.perf_counter()
+    limits = _with_context(limits, ctx_size, model, tenant_name)
+    clock = _FirstText(None if as_json else write_stdout)
     sandbox = TenantSandbox(model, limits, tenant=tenant_name or "")
+    interrupted = threading.Event()
     try:
-        result = sandbox.run(guest, request, on_text=None if as_json else _stream)
+        with _ctrl_c_cancels(interrupted):
+            result = sandbox.run(guest, request, on_text=clock, cancel=interrupted)
+    except RequestCancelled:
+        raise KeyboardInterrupt from None  # the CLI's Ctrl-C exit: status 130, what was printed stays
     except RealmError as exc:
-        if trace and getattr(exc, "result", None) is not None:
-            _finish_stream(exc.result)  # type: ignore[attr-defined]
-            _print_trace(exc.result, label, model.config.n_layers)  # type: ignore[attr-defined]
+        partial: RunResult | None = getattr(exc, "result", None)
+        if partial is not None and not as_json:
+            _finish_stream(partial)
+            if trace:
+                _print_trace(partial, label, model.config.n_layers)
+        if partial is not None and partial.status == Status.CAPACITY:
+            raise GuestError(f"{exc}; {_capacity_hint(model, limits, text, special)}") from None
         raise
+    timings = {"load_s": loaded - started, "run_s": result.seconds,
+               "first_text_s": None if clock.first is None else clock.first - loaded}
     if as_json:
-        click.echo(json.dumps(_result_json(result, label)))
+        click.echo(json.dumps(_result_json(result, label, timings)))
         return
     _finish_stream(result)
     if trace:
         _print_trace(result, label, model.config.n_layers)
+    if not quiet:
+        click.echo(finish_notice(result), err=True)
 
 
 def build_request(prompt: str, sampling: dict[str, Any], stop: tuple[str, ...], params: tuple[str, ...]) -> dict:
@@ -93,7 +145,7 @@ def build_request(prompt: str, sampling: dict[str, Any], stop: tuple[str, ...], 
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--param")
         try:
             request[key] = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             request[key] = text
     return request
 
@@ -102,6 +154,8 @@ def _check_sampling(request: dict[str, Any]) -> None:
     """Refuse bad sampling flags before loading anything (the guest's sampler would refuse them later)."""
     names = {f.name for f in dataclasses.fields(SamplingParams)}
     given = {k: tuple(v) if k == "stop" else v for k, v in request.items() if k in names}
+    if isinstance(given.get("max_tokens"), int) and given["max_tokens"] > MAX_I32:
+        raise click.BadParameter(f"{given['max_tokens']} is out of range (at most {MAX_I32})", param_hint="--max-tokens")
     try:
         SamplingParams(**given).validate()
     except TypeError as exc:
@@ -111,7 +165,13 @@ def _check_sampling(request: dict[str, Any]) -> None:
 def _select_guest(tenant_name: str | None, guest_file: Path | None) -> tuple[GuestModule, Limits, str]:
     if tenant_name:
         registry = TenantRegistry()
-        return registry.guest(tenant_name), registry.get(tenant_name).limits, f"tenant {tenant_name}"
+        limits = registry.get(tenant_name).limits
+        try:
+            limits.validate()  # a registry written before limits were validated may hold inf or nan
+        except GuestError as exc:
+            raise TenantError(f"tenant {tenant_name!r}: {exc} (fix it: realm tenant set-limits {tenant_name} "
+                              f"NAME=VALUE)") from None
+        return registry.guest(tenant_name), limits, f"tenant {tenant_name}"
     path = guest_file or reference_guest_path()
     try:
         data = path.read_bytes()
@@ -120,14 +180,104 @@ def _select_guest(tenant_name: str | None, guest_file: Path | None) -> tuple[Gue
     return compile_guest(data), Limits(), path.name
 
 
-def _stream(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+def _with_context(limits: Limits, ctx_size: int | None, model: Model, tenant_name: str | None) -> Limits:
+    """The limits with --ctx-size applied: up to the model's context, and for a tenant up to its limit."""
+    if ctx_size is None:
+        return limits
+    model_ctx = model.config.context_length
+    n_ctx = model_ctx if ctx_size == 0 else ctx_size
+    if n_ctx > model_ctx:
+        raise click.BadParameter(f"{n_ctx} is over the model's context of {model_ctx} tokens", param_hint="--ctx-size")
+    if tenant_name:
+        if n_ctx > limits.max_context:
+            raise click.BadParameter(f"{n_ctx} is over tenant {tenant_name}'s max_context limit of "
+                                     f"{limits.max_context} (realm tenant set-limits {tenant_name} max_context=N)",
+                                     param_hint="--ctx-size")
+        return dataclasses.replace(limits, max_context=n_ctx)
+    # An ad-hoc run is the operator's own: the token budget grows with the context asked for.
+    return dataclasses.replace(limits, max_context=n_ctx, max_tokens=max(limits.max_tokens, n_ctx))
+
+
+def _capacity_hint(model: Model, limits: Limits, prompt: str, special: bool) -> str:
+    n_prompt = len(model.tokenizer.encode(prompt, parse_special=special))
+    n_ctx = min(model.config.context_length, limits.max_context)
+    hint = f"the prompt is {n_prompt} tokens, the context {n_ctx}"
+    if n_ctx < model.config.context_length:
+        hint += f" (--ctx-size raises it, up to the model's {model.config.context_length})"
+    return hint
+
+
+@contextmanager
+def _ctrl_c_cancels(interrupted: threading.Event) -> Iterator[None]:
+    """While the guest runs, Ctrl-C cancels its request at its next host call.
+
+    The default handler would raise KeyboardInterrupt wherever the main thread is, which may be
+    inside wasmtime's callback glue, where the exception is lost and the guest runs on. A guest
+    computing without host calls never looks at the cancel, and Python runs no signal handler
+    while wasm runs; so a watcher thread, woken through the signal wakeup fd, sets the cancel and
+    ends the process itself if the guest has not stopped CANCEL_GRACE_S later.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    finished = threading.Event()
+
+    def watch() -> None:
+        while os.read(read_fd, 1) != bytes([signal.SIGINT]):
+            if finished.is_set():
+                return
+        interrupted.set()
+        if not finished.wait(CANCEL_GRACE_S):
+            sys.stdout.flush()
+            sys.stderr.write("\nInterrupted\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)  # what was printed is flushed; nothing else is open for writing
+
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    previous_fd = signal.set_wakeup_fd(write_fd)
+    watcher = threading.Thread(target=watch, name="realm-ctrl-c", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous_handler)
+        os.write(write_fd, b"\0")
+        watcher.join()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+class _FirstText:
+    """The on_text callback: passes text on and notes when the first piece arrived."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink, self.first = sink, None
+
+    def __call__(self, text: str) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+        if self.sink is not None:
+            self.sink(text)
 
 
 def _finish_stream(result: RunResult) -> None:
     if result.text and not result.text.endswith("\n"):
-        _stream("\n")
+        write_stdout("\n")
+
+
+def finish_notice(result: RunResult) -> str:
+    """The one line on stderr after a run: why it ended, the token counts, the time."""
+    if result.finish_reason is None:
+        return f"done in {result.seconds:.2f} s (the guest reported no finish reason)"
+    counts = f"{result.prompt_tokens} prompt + {result.completion_tokens} completion tokens"
+    rate = f", {result.completion_tokens / result.seconds:.1f} tok/s" if result.seconds > 0 else ""
+    meaning = FINISH_REASONS.get(result.finish_reason, "")
+    return (f"finish_reason: {result.finish_reason}" + (f" ({meaning})" if meaning else "")
+            + f"; {counts} in {result.seconds:.2f} s{rate}")
 
 
 def _print_trace(result: RunResult, label: str, n_layers: int) -> None:
@@ -135,14 +285,17 @@ def _print_trace(result: RunResult, label: str, n_layers: int) -> None:
     called = [(name, s) for name, s in result.trace.items() if s.calls]
     for name, s in sorted(called, key=lambda item: -item[1].seconds):
         table.add_row(name, str(s.calls), f"{s.seconds * 1e3:.2f}", f"{s.seconds / s.calls * 1e6:.1f}")
-    Console(file=sys.stdout).print(table)
+    stderr = stderr_console()
+    stderr.print(table)
     steps = result.trace["seq_finish"].calls if "seq_finish" in result.trace else 0
     layers = result.trace["forward_layer"].calls if "forward_layer" in result.trace else 0
-    click.echo(f"{steps} steps x {n_layers} layers -> {layers} forward_layer calls; {result.tokens_fed} tokens fed; "
-               f"{result.fuel_used:,} fuel; {result.seconds:.2f} s")
+    stderr.print(f"{steps} steps x {n_layers} layers -> {layers} forward_layer calls; {result.tokens_fed} tokens fed; "
+                 f"{result.fuel_used:,} fuel; {result.seconds:.2f} s", highlight=False, soft_wrap=True)
 
 
-def _result_json(result: RunResult, label: str) -> dict[str, Any]:
-    return {"guest": label, "text": result.text, "status": result.status, "seconds": result.seconds,
-            "fuel_used": result.fuel_used, "tokens_fed": result.tokens_fed, "logs": result.logs,
+def _result_json(result: RunResult, label: str, timings: dict[str, float | None]) -> dict[str, Any]:
+    return {"guest": label, "text": result.text, "status": result.status, "finish_reason": result.finish_reason,
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "timings": timings, "seconds": result.seconds, "fuel_used": result.fuel_used,
+            "tokens_fed": result.tokens_fed, "logs": result.logs,
             "trace": {name: {"calls": s.calls, "seconds": s.seconds} for name, s in result.trace.items() if s.calls}}

@@ -1,4 +1,4 @@
-"""`realm tenant create|deploy|list|show|delete`: the tenant registry from the command line."""
+"""`realm tenant create|deploy|list|show|set-limits|delete`: the tenant registry from the command line."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from realm.cli import main
 from host_functions.errors import TenantError
-from realm.tenants import Tenant, TenantRegistry, parse_limits
+from realm.cli.console import stdout_console
+from realm.tenants import NAME_RULE, Tenant, TenantRegistry, parse_limits
 
-console = Console()
+console = stdout_console()
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -24,12 +24,12 @@ def tenant() -> None:
     """Manage tenants and the guest modules they run."""
 
 
-@tenant.command()
+@tenant.command(help=f"Register a new tenant NAME: {NAME_RULE}.")
 @click.argument("name")
 @click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
               help="Override a limit, e.g. --limit fuel=500000000 (repeatable; see `realm tenant show`).")
 def create(name: str, limits: tuple[str, ...]) -> None:
-    """Register a new tenant NAME."""
+    """Register a tenant (the help text, from NAME_RULE, says which names are allowed)."""
     created = TenantRegistry().create(name, parse_limits(_pairs(limits)))
     click.echo(f"created tenant {created.name}")
 
@@ -74,10 +74,21 @@ def show(name: str, as_json: bool) -> None:
     console.print(_detail(t))
 
 
+@tenant.command("set-limits")
+@click.argument("name")
+@click.argument("pairs", nargs=-1, required=True, metavar="LIMIT=VALUE...")
+def set_limits(name: str, pairs: tuple[str, ...]) -> None:
+    """Change some of tenant NAME's limits, e.g. `realm tenant set-limits acme wall_seconds=60`."""
+    overrides = _pairs(pairs, "LIMIT=VALUE")
+    changed = TenantRegistry().set_limits(name, overrides)
+    shown = ", ".join(f"{key}={getattr(changed.limits, key)}" for key in overrides)
+    click.echo(f"tenant {changed.name}: {shown}")
+
+
 @tenant.command()
 @click.argument("name")
 def delete(name: str) -> None:
-    """Delete tenant NAME."""
+    """Delete tenant NAME, and its module file unless another tenant serves the same module."""
     TenantRegistry().delete(name)
     click.echo(f"deleted tenant {name}")
 
@@ -93,12 +104,12 @@ def _detail(t: Tenant) -> Table:
     return table
 
 
-def _pairs(items: tuple[str, ...]) -> dict[str, str]:
+def _pairs(items: tuple[str, ...], where: str = "--limit") -> dict[str, str]:
     pairs = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--limit")
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint=where)
         pairs[name.strip()] = value.strip()
     return pairs
 
