@@ -173,3 +173,29 @@ def test_a_sequence_that_stops_calling_never_holds_the_batch_back():
     release.set()
     thread.join(10)
     assert finished
+
+
+def test_a_guest_waiting_in_seq_finish_is_cancelled_by_the_sandboxs_cancel_event():
+    from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+
+    model, _ = _model(kv_blocks=4)
+    holder = model.open_sequence(128)
+    holder.step(list(range(1, 4 * BLOCK_TOKENS)))  # the whole pool: the guest's prefill must wait
+    cancel = threading.Event()
+    outcome: list[BaseException] = []
+
+    def request():
+        try:
+            TenantSandbox(model).run(compile_guest(reference_guest_path().read_bytes()),
+                                     {"prompt": "hello there", "max_tokens": 4}, cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001  the test looks at what ended it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    time.sleep(0.5)
+    assert not outcome  # waiting for blocks, within its (300 s) deadline
+    cancel.set()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], RequestCancelled), outcome
+    assert model.backend.kv_pool.stats().blocks_used == 4  # the holder's; the guest left nothing
