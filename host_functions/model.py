@@ -1,21 +1,27 @@
 """A loaded model (shared weights, tokenizer, backend) and the sequences that run on it.
 
-`Model` is what every tenant shares; `Sequence` is one KV cache plus the step in progress. A step is
-append -> forward_layer(0..n_layers-1) -> finish, which is exactly what the guest ABI exposes, so a
-guest can drive a model layer by layer while the activations never leave the backend.
+`Model` is what every tenant shares; `Sequence` is one KV cache (a block table in the model's KV
+pool) plus the step in progress. A step is append -> forward_layer(0..n_layers-1) -> finish, which
+is exactly what the guest ABI exposes. No activation is visible between layers, so `forward_layer`
+only checks the order and `finish` hands the whole step to the model's step runner: by default it
+runs at once on the backend (`Model.run_step`); realm.scheduler installs a runner that batches the
+steps of every live sequence. One hand-off per step (per prefill chunk), never per layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import threading
 from collections.abc import Callable, Sequence as Seq
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BackendError, SequenceError
 
-from .backends import Activations, Backend, KVCache
+from .backends import Backend, KVCache, LogitsWanted, StepItem
 from .config import ModelConfig
 from .gguf_file import GGUFFile
 from .sequence_checks import check_appendable, check_next_layer, check_room, check_step_complete, check_token_ids
@@ -23,6 +29,10 @@ from .tokenizer import Tokenizer
 
 BACKENDS = ("auto", "cpu", "numpy", "wgpu")
 DEFAULT_SEQUENCE_CAPACITY = 4096
+# A step of more tokens runs as chunks of this many, cut by the sequence alone (never by what else is
+# in the batch), so attention sees the same query blocks in any company (batch invariance) and a
+# long prompt shares the scheduler's per-step token budget with other tenants.
+PREFILL_CHUNK = 128
 
 
 def create_backend(name: str, config: ModelConfig, gguf: GGUFFile,
@@ -58,23 +68,61 @@ def _real_gpu_available() -> bool:
         return False
 
 
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class StepOwner:
+    """Who a step is for: the scheduler's fair share is per tenant, and it stops waiting for the
+    step at the deadline (time.monotonic()) or once should_stop() is true."""
+
+    tenant: str = ""
+    deadline: float = math.inf
+    should_stop: Callable[[], bool] = field(default=_never, compare=False)
+
+
+StepRunner = Callable[[StepItem, StepOwner], "np.ndarray | None"]
+
+
 class Model:
-    """One GGUF model loaded for inference: config, tokenizer and a compute backend."""
+    """One GGUF model loaded for inference: config, tokenizer, a compute backend and its KV pool."""
 
     def __init__(self, path: Path, config: ModelConfig, tokenizer: Tokenizer, backend: Backend) -> None:
         self.path = path
         self.config = config
         self.tokenizer = tokenizer
         self.backend = backend
+        self.step_lock = threading.Lock()  # one step at a time on the backend, whoever runs it
+        self.step_runner: StepRunner = self.run_step  # realm.scheduler replaces it to batch steps
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "numpy",
-             progress: Callable[[float], None] | None = None) -> Model:
-        """Read, validate and prepare a GGUF model; raises RealmError subclasses on bad files."""
+             progress: Callable[[float], None] | None = None, kv_memory: int | None = None) -> Model:
+        """Read, validate and prepare a GGUF model with a KV pool of kv_memory bytes (default: from
+        free memory); raises RealmError subclasses on bad files or a budget too small for one block."""
         gguf = GGUFFile(path)
         config = ModelConfig.from_gguf(gguf)
         tokenizer = Tokenizer.from_metadata(gguf.metadata)
-        return cls(gguf.path, config, tokenizer, create_backend(backend, config, gguf, progress))
+        model = cls(gguf.path, config, tokenizer, create_backend(backend, config, gguf, progress))
+        model.backend.configure_kv(kv_memory)
+        return model
+
+    def set_kv_memory(self, budget_bytes: int) -> None:
+        """Replace the KV pool by one of budget_bytes; only while no sequence holds blocks."""
+        pool = self.backend.kv_pool
+        if pool is not None and pool.stats().blocks_used:
+            raise SequenceError("cannot resize the KV pool while sequences hold blocks")
+        self.backend.configure_kv(budget_bytes)
+
+    def run_step(self, item: StepItem, owner: StepOwner | None = None) -> np.ndarray | None:
+        """The direct step runner: reserve the item's KV blocks and run it alone, now.
+
+        Raises KVPoolFull (naming the budget) when the pool has no room: nothing waits here.
+        """
+        with self.step_lock:
+            item.cache.reserve(item.pos + len(item.tokens))
+            return self.backend.step([item])[0]
 
     def first_layers(self, n_layers: int) -> Model:
         """The same model cut after its first n_layers, straight into the output head (self-speculation's
@@ -82,7 +130,10 @@ class Model:
         if not 1 <= n_layers < self.config.n_layers:
             raise SequenceError(f"a model of {self.config.n_layers} layers can be cut after 1..{self.config.n_layers - 1}"
                                 f" layers, not {n_layers}")
-        return Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend)
+        draft = Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend)
+        draft.step_lock = self.step_lock  # one backend: its steps and ours never overlap
+        draft.step_runner = lambda item, owner: self.step_runner(item, owner)  # batched with ours, if we batch
+        return draft
 
     def open_sequence(self, capacity: int | None = None) -> Sequence:
         """A new empty sequence with its own KV cache of at most `capacity` tokens."""
@@ -94,10 +145,13 @@ class Model:
     def logits_for(self, tokens: Seq[int]) -> np.ndarray:
         """Logits at every position of `tokens` (one prefill pass): float32 (n_tokens, n_vocab)."""
         seq = self.open_sequence(max(len(tokens), 1))
-        seq.append(tokens)
-        for layer in range(self.config.n_layers):
-            seq.forward_layer(layer)
-        return seq.finish(all_positions=True)
+        try:
+            seq.append(tokens)
+            for layer in range(self.config.n_layers):
+                seq.forward_layer(layer)
+            return seq.finish(all_positions=True)
+        finally:
+            seq.close()
 
 
 class Sequence:
@@ -108,13 +162,17 @@ class Sequence:
         self.capacity = capacity
         self.tokens: list[int] = []  # in the KV cache
         self.pending: list[int] = []  # appended, not yet run through the layers
-        self.layers_done = 0
+        self.layers_done = 0  # layer calls of the step in progress (order only: the step runs at finish)
         self._cache: KVCache | None = model.backend.new_cache(capacity)
-        self._x: Activations | None = None
 
     @property
     def closed(self) -> bool:
         return self._cache is None
+
+    @property
+    def kv_blocks(self) -> int:
+        """Pool blocks this sequence holds now."""
+        return 0 if self._cache is None else len(self._cache.blocks)
 
     def append(self, ids: Seq[int]) -> None:
         """Queue tokens for the next step."""
@@ -125,43 +183,62 @@ class Sequence:
         self.pending.extend(int(t) for t in ids)
 
     def forward_layer(self, layer: int) -> None:
-        """Run layer `layer` (they must come in order 0, 1, ...) over the pending tokens."""
+        """Record that layer `layer` (they must come in order 0, 1, ...) is wanted; it runs at finish."""
         self._check_open()
         check_next_layer(self, layer, self.model.config.n_layers)
-        backend = self.model.backend
-        if layer == 0:
-            self._x = backend.embed(np.asarray(self.pending, np.int32))
-        self._x = backend.layer(layer, self._x, self._cache, len(self.tokens))
         self.layers_done += 1
 
-    def finish(self, all_positions: bool = False) -> np.ndarray:
-        """Complete the step: logits of the last pending token (n_vocab,), or of all of them."""
+    def finish(self, all_positions: bool = False, owner: StepOwner | None = None) -> np.ndarray:
+        """Run the step through the model's step runner: logits of the last pending token (n_vocab,),
+        or (n_pending, n_vocab) of all of them.
+
+        The pending tokens go in chunks of PREFILL_CHUNK, each committed once it has run. Whatever the
+        runner raises (KVPoolFull, a deadline, a cancellation) propagates; the tokens not committed
+        are dropped and their KV blocks given back, so the sequence stays usable.
+        """
         self._check_open()
         check_step_complete(self, self.model.config.n_layers)
-        logits = self.model.backend.logits(self._x, last_only=not all_positions)
-        self.tokens.extend(self.pending)
-        self.pending, self.layers_done, self._x = [], 0, None
-        return logits if all_positions else logits[-1]
+        pending, owner = self.pending, owner or StepOwner()
+        self.pending, self.layers_done = [], 0
+        rows: list[np.ndarray] = []
+        try:
+            for start in range(0, len(pending), PREFILL_CHUNK):
+                chunk = pending[start : start + PREFILL_CHUNK]
+                last = start + PREFILL_CHUNK >= len(pending)
+                wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
+                item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), self._cache, wants,
+                                self.model.config.n_layers)
+                logits = self.model.step_runner(item, owner)
+                self.tokens.extend(chunk)
+                if logits is not None:
+                    rows.append(logits)
+        except BaseException:
+            if self._cache is not None:
+                self._cache.truncate(len(self.tokens))
+            raise
+        return np.concatenate(rows) if all_positions else rows[-1]
 
-    def step(self, ids: Seq[int]) -> np.ndarray:
+    def step(self, ids: Seq[int], owner: StepOwner | None = None) -> np.ndarray:
         """append + every layer + finish: the logits after the last of `ids`."""
         self.append(ids)
         for layer in range(self.model.config.n_layers):
             self.forward_layer(layer)
-        return self.finish()
+        return self.finish(owner=owner)
 
     def truncate(self, n: int) -> None:
-        """Keep only the first n committed tokens (drops any step in progress)."""
+        """Keep only the first n committed tokens (drops any step in progress), freeing their blocks."""
         self._check_open()
         if not 0 <= n <= len(self.tokens):
             raise SequenceError(f"cannot truncate a {len(self.tokens)}-token sequence to {n}")
         del self.tokens[n:]
-        self.pending, self.layers_done, self._x = [], 0, None
+        self.pending, self.layers_done = [], 0
         self._cache.truncate(n)
 
     def close(self) -> None:
-        """Free the KV cache; further use raises SequenceError."""
-        self._cache, self._x = None, None
+        """Give the KV blocks back; further use raises SequenceError."""
+        if self._cache is not None:
+            self._cache.free()
+        self._cache = None
 
     def _check_open(self) -> None:
         if self._cache is None:

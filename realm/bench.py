@@ -1,4 +1,5 @@
-"""`realm bench`: load time, prefill and decode speed, memory, and the cost of the guest boundary.
+"""`realm bench`: load time, prefill and decode speed, memory, and the cost of the guest boundary;
+with --concurrency, aggregate speed, latency and KV use of concurrent requests on the scheduler.
 
 Figures are wall-clock on this machine; compare them only with a baseline measured in the same run.
 """
@@ -6,6 +7,7 @@ Figures are wall-clock on this machine; compare them only with a baseline measur
 from __future__ import annotations
 
 import resource
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -118,3 +120,88 @@ def guest_overhead_pct(model: Model, n_tokens: int, repeats: int = 5) -> float:
     if not produced:
         raise RealmError("the model ended generation at once; no decode to compare")
     return 100.0 * (min(guest_s) - min(direct_s)) / min(direct_s)
+
+
+OVERHEAD_REPEATS = 3
+
+
+@dataclass
+class ConcurrencyResult:
+    """Requests run `concurrency` at a time through the reference guest on the model's scheduler."""
+
+    concurrency: int
+    aggregate_tok_s: float  # generated tokens of all requests / wall time of the level
+    p50_ms: float  # per-request latency, start to end
+    p95_ms: float
+    ttft_ms: float  # median time to the first emitted text
+    mean_batch: float  # items per scheduler step
+    kv_peak_tokens: int  # the KV pool's peak use, in positions (blocks x block size)
+    direct_tok_s: float | None = None  # concurrency 1 only: the same requests with steps run directly
+    scheduler_overhead_pct: float | None = None  # fastest of OVERHEAD_REPEATS alternating runs of each
+
+    def as_json(self) -> dict[str, object]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
+
+
+def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> list[ConcurrencyResult]:
+    """Aggregate decode speed, latency and TTFT at each concurrency level (greedy, n_decode tokens each).
+
+    Level 1 also alternates with the model's direct step runner, which gives the scheduler's cost;
+    its figures are the fastest run of each (on a busy machine the least disturbed one).
+    """
+    from realm import scheduler as scheduling
+    from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+
+    guest = compile_guest(reference_guest_path().read_bytes())
+    sched = scheduling.install(model)
+    request = {"prompt": BENCH_TEXT[:60], "max_tokens": n_decode, "temperature": 0}
+
+    def level(n: int) -> tuple[float, list[float], list[float], int]:
+        latencies: list[float] = []
+        firsts: list[float] = []
+        tokens = [0]
+        lock = threading.Lock()
+
+        def one() -> None:
+            started = time.perf_counter()
+            first: list[float] = []
+            result = TenantSandbox(model, tenant="bench").run(
+                guest, request, on_text=lambda _: first or first.append(time.perf_counter()))
+            with lock:
+                latencies.append(time.perf_counter() - started)
+                firsts.append((first[0] if first else time.perf_counter()) - started)
+                tokens[0] += result.completion_tokens or 0
+
+        model.backend.kv_pool.reset_peak()
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        pool = model.backend.kv_pool.stats()
+        return tokens[0] / (time.perf_counter() - started), latencies, firsts, pool.blocks_peak * pool.block_tokens
+
+    TenantSandbox(model).run(guest, {**request, "max_tokens": 4})  # warm up
+    results = []
+    for n in levels:
+        before_steps, before_items = sched.stats.steps, sched.stats.items
+        tok_s, latencies, firsts, kv_peak = level(n)
+        steps = sched.stats.steps - before_steps
+        results.append(ConcurrencyResult(
+            concurrency=n, aggregate_tok_s=tok_s, p50_ms=float(np.percentile(latencies, 50) * 1e3),
+            p95_ms=float(np.percentile(latencies, 95) * 1e3), ttft_ms=float(np.median(firsts) * 1e3),
+            mean_batch=(sched.stats.items - before_items) / steps if steps else 0.0, kv_peak_tokens=kv_peak))
+    if 1 in levels:  # the scheduler's cost: alternate the two runners, keep each one's fastest run
+        single = next(r for r in results if r.concurrency == 1)
+        scheduled, direct = [single.aggregate_tok_s], []
+        for _ in range(OVERHEAD_REPEATS):
+            scheduled.append(level(1)[0])
+            model.step_runner = model.run_step  # nothing else runs during a bench
+            try:
+                direct.append(level(1)[0])
+            finally:
+                model.step_runner = sched
+        single.aggregate_tok_s, single.direct_tok_s = max(scheduled), max(direct)
+        single.scheduler_overhead_pct = 100.0 * (max(direct) - max(scheduled)) / max(direct)
+    return results

@@ -24,6 +24,7 @@ from types import ModuleType
 
 from host_functions.errors import ModelFormatError, RealmError
 from host_functions.model import Model
+from realm import scheduler
 
 # progress(what, fraction done): what the assembly is doing ("assembling ...", "rebuilding ...").
 AssemblyProgress = Callable[[str, float], None]
@@ -62,12 +63,17 @@ def resolve_model_path(path: str | Path | None, progress: AssemblyProgress | Non
 
 
 def load_model(path: str | Path | None = None, backend: str = "auto",
-               progress: Callable[[float], None] | None = None) -> Model:
-    """The process-wide shared Model for (path, backend), loading it on first use."""
+               progress: Callable[[float], None] | None = None, kv_memory: int | None = None) -> Model:
+    """The process-wide shared Model for (path, backend), loading it on first use, with its
+    scheduler (realm.scheduler) as step runner and a KV pool of kv_memory bytes if given."""
     key = (resolve_model_path(path).resolve(), backend)
     with _lock:
         if key not in _cache:
-            _cache[key] = Model.load(key[0], backend=backend, progress=progress)
+            model = Model.load(key[0], backend=backend, progress=progress, kv_memory=kv_memory)
+            scheduler.install(model)
+            _cache[key] = model
+        elif kv_memory is not None:
+            _cache[key].set_kv_memory(kv_memory)
         return _cache[key]
 
 

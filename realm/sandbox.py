@@ -224,6 +224,8 @@ class TenantSandbox:
         """
         payload = json.dumps(request, ensure_ascii=False).encode()
         session = Session(self.model, self.limits, on_text, self.tenant, open_draft)
+        if cancel is not None:
+            session.cancelled = cancel  # a step the request waits for in the scheduler is withdrawn too
         store = self._store()
         started = time.perf_counter()
         status = Status.INTERNAL
@@ -349,7 +351,7 @@ def _bind(session: Session, fn: HostFunction, cancel: threading.Event | None) ->
         except AbiError as exc:
             session.last_error = f"{name}: {exc}"
             return int(exc.status)
-        except (QuotaExceeded, BackendError) as exc:
+        except (QuotaExceeded, BackendError, RequestCancelled) as exc:
             session.failure = exc
         except RealmError as exc:  # the engine refused the call: its error class says which status
             session.last_error = f"{name}: {exc}"

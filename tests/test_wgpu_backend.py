@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from host_functions import quants
+from host_functions.backends import StepItem
 from host_functions.backends.wgpu_backend import GPUActivations, WgpuBackend, WgpuKVCache
 from host_functions.config import ModelConfig
 from host_functions.gguf_file import GGUFFile
@@ -142,3 +143,54 @@ def test_f32_kv_cache_option_doubles_cache_memory_and_still_matches_llamacpp(mod
     tokens, expected = reference_sequences("tiny-llama-F32.logits.npz")[1]
     got = load(models, "tiny-llama-F32.gguf", kv_f16=False).logits_for(tokens.tolist())
     assert compare(got, expected)["min_cosine"] >= 0.99999
+
+
+def test_a_truncated_or_closed_sequence_leaves_no_gpu_work_for_anothers_step(models):
+    """Issue 7, item 8: layers run inside the step that finishes them, so a sequence that appends,
+    runs two layers and is truncated (or closed) has recorded nothing that another step would run."""
+    model = load(models, "tiny-llama-F32.gguf")
+    backend = model.backend
+
+    def other_step_dispatches() -> tuple[int, np.ndarray]:
+        seq = model.open_sequence(16)
+        before = backend.dispatches_submitted
+        logits = seq.step([1, 2, 3])
+        seq.close()
+        return backend.dispatches_submitted - before, logits
+
+    clean, expected = other_step_dispatches()
+    held = backend.kv_pool.stats().blocks_used  # caches other tests of this module left open
+    for round_ in range(50):
+        seq = model.open_sequence(16)
+        seq.step([4, 5])
+        seq.append([6, 7])
+        seq.forward_layer(0)
+        seq.forward_layer(1)
+        if round_ % 2:
+            seq.truncate(1)
+        seq.close()
+    after, logits = other_step_dispatches()
+    assert after == clean  # not one leftover dispatch of the 50 abandoned steps
+    assert np.array_equal(logits, expected)
+    assert backend.kv_pool.stats().blocks_used == held
+
+
+@pytest.mark.parametrize("name,weights", [("tiny-gemma3-Q4_K.gguf", "Q4_K"), ("tiny-llama-F32.gguf", "F32")])
+def test_one_batched_step_of_ragged_sequences_matches_llamacpp(models, name, weights):
+    """Both reference sequences and a decode row of a third in one step: one encoder, one read-back."""
+    model = load(models, name)
+    refs = reference_sequences(name.replace(".gguf", ".logits.npz"))
+    seqs = [model.open_sequence(len(tokens)) for tokens, _ in refs]
+    decoder = model.open_sequence(8)
+    alone = decoder.step([3, 4, 5])
+    decoder.truncate(2)
+    items = [StepItem(tokens.astype(np.int32), 0, s._cache, "all") for (tokens, _), s in zip(refs, seqs, strict=True)]
+    items.append(StepItem(np.array([5], np.int32), 2, decoder._cache, "last"))
+    for item in items:
+        item.cache.reserve(item.pos + len(item.tokens))
+    *prefills, last = model.backend.step(items)
+    for logits, (_, expected) in zip(prefills, refs, strict=True):
+        assert_matches(logits, expected, tolerance_for(weights), name)
+    assert np.array_equal(last, alone)  # the row in company equals the row alone, bit for bit
+    for s in (*seqs, decoder):
+        s.close()

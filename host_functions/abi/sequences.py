@@ -49,7 +49,7 @@ def seq_append(s: Session, mem: GuestMemory, seq: int, ids_ptr: int, n_ids: int)
 
 @host("seq", "layer")
 def forward_layer(s: Session, mem: GuestMemory, seq: int, layer: int) -> int:
-    """Run one transformer layer over the pending tokens; activations stay on the host."""
+    """Ask for the next transformer layer of the step; the whole step runs at seq_finish."""
     sq = s.handles.get(seq, SeqState).seq
     check_next_layer(sq, layer, sq.model.config.n_layers)
     sq.forward_layer(layer)
@@ -58,11 +58,12 @@ def forward_layer(s: Session, mem: GuestMemory, seq: int, layer: int) -> int:
 
 @host("seq", grows=True)
 def seq_finish(s: Session, mem: GuestMemory, seq: int) -> int:
-    """Complete the step after the last layer: commit the pending tokens, keep their last logits host-side."""
+    """Run the step (batched with other sequences' steps by the model's scheduler, waiting for it
+    within the request's deadline): commit the pending tokens, keep their last logits host-side."""
     state = s.handles.get(seq, SeqState)
     sq = state.seq
     check_step_complete(sq, sq.model.config.n_layers)
-    state.set_logits(sq.finish())
+    state.set_logits(sq.finish(owner=s.step_owner()))
     s.count_step(sq)
     return Status.OK
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import codecs
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import QuotaExceeded, RealmError
-from ..model import Model, Sequence
+from ..model import Model, Sequence, StepOwner
 from .handles import HandleTable, SeqState
 from .limits import Limits
 
@@ -78,6 +79,15 @@ class Session:
         self.log_bytes = 0
         self.text_bytes = 0
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self.cancelled = threading.Event()  # set from another thread (a server) to end the request
+
+    def should_stop(self) -> bool:
+        """True once the request is cancelled: a step it waits for is withdrawn."""
+        return self.cancelled.is_set()
+
+    def step_owner(self) -> StepOwner:
+        """Who this request's steps are for: the scheduler's tenant, deadline and cancellation."""
+        return StepOwner(self.tenant, self.deadline, self.should_stop)
 
     def enter(self) -> None:
         """Account for one host call: QuotaExceeded past the wall clock or the host-call budget."""

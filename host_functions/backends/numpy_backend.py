@@ -2,7 +2,17 @@
 
 Weights are dequantized to float32 once at load and shared by every sequence; the projections that
 read the same input are fused into one matrix (Q|K|V, gate|up) so a decode step is a handful of
-BLAS matrix-vector products. Activations are plain (n_tokens, n_embd) float32 arrays.
+BLAS matrix products. Activations are plain (n_tokens, n_embd) float32 arrays.
+
+A step batches every item's rows through each projection (one GEMM over all rows), applies rope
+with each row's own position, writes each row's K/V into its sequence's blocks of the model's KV
+pool and attends per item over that sequence's keys only. Batch invariance: a row's logits are
+bit-identical whatever else is in the step: every projection runs as GEMMs over tiles of exactly
+ROW_TILE rows (`tiled_matmul`), because OpenBLAS's result for a row changes with the row count
+(GEMV for one row, other kernels and blockings for small counts). That costs a lone decode step its
+GEMV speed (docs/scheduler.md has the figures); attention and the element-wise ops are per row or
+per sequence already. Prefill is chunked by the sequence alone
+(host_functions.model.PREFILL_CHUNK), so attention sees the same query blocks in any company.
 
 Where llama.cpp rounds on purpose we round the same way, because it is the oracle: its KV cache holds
 float16, its attention multiplies float16 queries and probabilities, and its dot products against
@@ -12,7 +22,8 @@ gap to llama.cpp's logits on float models.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -22,36 +33,17 @@ from gguf import GGMLQuantizationType
 
 from ..gguf_file import RawTensor
 from ..quants import dequantize
-from . import Backend, KVCache
+from ..kv_pool import KVPool
+from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 
 
-class NumpyKVCache(KVCache):
-    """Per-layer key/value arrays, grown by doubling so short sequences stay small.
+@dataclass
+class _Span:
+    """One step item's rows in the step's activations and the pool slots of its sequence's keys."""
 
-    Values are rounded to float16 (llama.cpp's default cache type) but stored as float32, so that
-    attention reads them without a conversion per step.
-    """
-
-    def __init__(self, config: ModelConfig, capacity: int) -> None:
-        self.capacity = capacity
-        self._shape_tail = (config.n_head_kv, config.head_dim)
-        self._n_layers = config.n_layers
-        self.k = np.zeros((config.n_layers, 0, *self._shape_tail), np.float32)  # (n_layers, allocated, n_kv, head_dim)
-        self.v = np.zeros_like(self.k)
-
-    def reserve(self, n_positions: int) -> None:
-        if n_positions <= self.k.shape[1]:
-            return
-        size = min(self.capacity, max(n_positions, 2 * self.k.shape[1], 64))
-        for name in ("k", "v"):
-            grown = np.zeros((self._n_layers, size, *self._shape_tail), np.float32)
-            old = getattr(self, name)
-            grown[:, : old.shape[1]] = old
-            setattr(self, name, grown)
-
-    def truncate(self, length: int) -> None:
-        # Positions past `length` are simply overwritten by the next step; attention never reads them.
-        pass
+    rows: slice  # its rows in the step's (n_rows, n_embd) activations
+    pos: int  # position of its first new token
+    key_slots: np.ndarray  # (pos + n,) pool slot of every position 0..pos+n-1
 
 
 class NumpyBackend(Backend):
@@ -72,6 +64,7 @@ class NumpyBackend(Backend):
         self.rope_factors = self._vector("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
         self._inv_freq = {base: self._rope_inv_freq(base) for base in {config.rope_base, config.rope_base_local}}
         self._float.clear()
+        self.kv_k = self.kv_v = np.zeros((config.n_layers, 0, config.n_head_kv, config.head_dim), np.float32)
 
     # --- weight loading: the hooks a backend with another weight form (cpu: quantized) overrides ---
 
@@ -120,14 +113,36 @@ class NumpyBackend(Backend):
             inv = inv / self.rope_factors.astype(np.float64)
         return inv
 
-    def new_cache(self, capacity: int) -> NumpyKVCache:
-        return NumpyKVCache(self.config, capacity)
+    def _allocate_kv(self, pool: KVPool) -> None:
+        # np.zeros maps untouched pages lazily: a large budget costs memory only as blocks are used.
+        cfg = self.config
+        shape = (cfg.n_layers, pool.n_blocks * pool.block_tokens, cfg.n_head_kv, cfg.head_dim)
+        self.kv_k = np.zeros(shape, np.float32)  # (n_layers, pool slots, n_kv, head_dim), f16-rounded values
+        self.kv_v = np.zeros(shape, np.float32)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         return self.embedding(np.asarray(tokens, np.int64)) * np.float32(self.config.embedding_scale)
 
+    def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
+        x = self.embed(np.concatenate([item.tokens for item in items]))
+        spans, start = [], 0
+        for item in items:
+            n = len(item.tokens)
+            spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n)))
+            start += n
+        for index in range(n_layers):
+            x = self._layer(index, x, spans)
+        picks = [wanted_rows(item, sp.rows.start) for item, sp in zip(items, spans, strict=True)]
+        rows = np.concatenate(picks)
+        logits = self.logits(x[rows], last_only=False) if rows.size else np.zeros((0, self.config.n_vocab), np.float32)
+        return split_logits(items, picks, logits)
+
     def layer(self, index: int, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
-        assert isinstance(cache, NumpyKVCache)
+        cache.reserve(pos + x.shape[0])
+        return self._layer(index, x, [_Span(slice(0, x.shape[0]), pos, cache.slots(0, pos + x.shape[0]))])
+
+    def _layer(self, index: int, x: np.ndarray, spans: list[_Span]) -> np.ndarray:
+        """Block `index` over the rows of every span; each span attends over its own sequence."""
         cfg, w = self.config, self.layers[index]
         n = x.shape[0]
         qkv = w["qkv"](rms_norm(x, w["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
@@ -137,12 +152,21 @@ class NumpyBackend(Backend):
         if cfg.qk_norm:
             q = rms_norm(q, w["attn_q_norm"], cfg.norm_eps)
             k = rms_norm(k, w["attn_k_norm"], cfg.norm_eps)
-        angles = np.arange(pos, pos + n, dtype=np.float64)[:, None] * self._inv_freq[cfg.layer_rope_base(index)]
+        positions = np.concatenate([np.arange(sp.pos, sp.pos + sp.rows.stop - sp.rows.start) for sp in spans])
+        angles = positions.astype(np.float64)[:, None] * self._inv_freq[cfg.layer_rope_base(index)]
         cos, sin = np.cos(angles).astype(np.float32)[:, None], np.sin(angles).astype(np.float32)[:, None]
         q, k = rope(q, cos, sin, cfg.rope_layout), rope(k, cos, sin, cfg.rope_layout)
-        cache.reserve(pos + n)
-        cache.k[index, pos : pos + n], cache.v[index, pos : pos + n] = round_to_f16(k), round_to_f16(v)
-        attn = attention(q, cache.k[index], cache.v[index], pos, cfg.layer_window(index), cfg.attention_scale)
+        new_slots = np.concatenate([sp.key_slots[sp.pos :] for sp in spans])
+        k_pool, v_pool = self.kv_k[index], self.kv_v[index]
+        k_pool[new_slots], v_pool[new_slots] = round_to_f16(k), round_to_f16(v)
+        window = cfg.layer_window(index)
+        attn = np.empty_like(q)
+        for sp in spans:
+            end = sp.key_slots.shape[0]
+            first = max(0, sp.pos - window + 1) if window else 0
+            slots = sp.key_slots[first:end]
+            attn[sp.rows] = attention(q[sp.rows], k_pool[slots], v_pool[slots], sp.pos, first, window,
+                                      cfg.attention_scale)
         a = w["attn_output"](attn.reshape(n, cfg.q_dim))
         if cfg.sandwich_norms:
             a = rms_norm(a, w["post_attention_norm"], cfg.norm_eps)
@@ -189,7 +213,28 @@ class Projection:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.round_input is not None:
             x = self.round_input(x)
-        return x @ self.weight.T
+        return tiled_matmul(x, self.weight)
+
+
+ROW_TILE = 16  # rows per GEMM: every row of every step goes through the same (16, n_in) x (n_in, n_out) call
+
+
+def tiled_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight.T as GEMMs over tiles of exactly ROW_TILE rows (the last one zero-padded).
+
+    OpenBLAS picks its kernel, blocking and threading by the row count (a single row even goes
+    through GEMV), and a row's bits change with them; with one fixed shape a row's result depends
+    only on the row, never on its neighbours or its place in the batch (tests/test_batching_numpy).
+    """
+    n = x.shape[0]
+    padded = -(-n // ROW_TILE) * ROW_TILE
+    if padded != n or not x.flags.c_contiguous:
+        x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
+    out = np.empty((padded, weight.shape[0]), np.float32)
+    wt = weight.T
+    for start in range(0, padded, ROW_TILE):
+        np.matmul(x[start : start + ROW_TILE], wt, out=out[start : start + ROW_TILE])
+    return out[:n]
 
 
 def round_to_f16(x: np.ndarray) -> np.ndarray:
@@ -225,20 +270,19 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> np.nda
     return out
 
 
-def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos: int, window: int,
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
               scale: float) -> np.ndarray:
-    """Causal grouped-query attention of n new queries at positions pos.. over cached keys.
+    """Causal grouped-query attention of n new queries at positions pos.. over one sequence's keys.
 
-    q: (n, n_head, head_dim); k_cache/v_cache: (allocated, n_kv, head_dim). `window` > 0
-    limits each query at position p to keys p-window+1..p. Queries and probabilities are rounded to
-    float16 as llama.cpp's f16-cache matmuls do. Returns (n, n_head, head_dim).
+    q: (n, n_head, head_dim); keys/values: (L, n_kv, head_dim) of positions start..pos+n-1.
+    `window` > 0 limits each query at position p to keys p-window+1..p. Queries and probabilities
+    are rounded to float16 as llama.cpp's f16-cache matmuls do. Returns (n, n_head, head_dim).
     """
     n, n_head, hd = q.shape
-    n_kv = k_cache.shape[1]
+    n_kv = keys.shape[1]
     end = pos + n
-    start = max(0, pos - window + 1) if window else 0
-    keys = k_cache[start:end].transpose(1, 2, 0)  # (n_kv, head_dim, L)
-    values = v_cache[start:end].transpose(1, 0, 2)  # (n_kv, L, head_dim)
+    keys = keys.transpose(1, 2, 0)  # (n_kv, head_dim, L)
+    values = values.transpose(1, 0, 2)  # (n_kv, L, head_dim)
     qg = round_to_f16(q).reshape(n, n_kv, n_head // n_kv, hd).transpose(1, 2, 0, 3)  # (n_kv, group, n, head_dim)
     scores = (qg @ keys[:, None]) * np.float32(scale)  # (n_kv, group, n, L)
     q_pos = np.arange(pos, end)[:, None]

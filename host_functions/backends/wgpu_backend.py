@@ -3,7 +3,12 @@
 Weights are uploaded once in their GGUF encoding (kernels.upload_weight; never dequantized on the
 CPU), norm weights as the F32 they are stored as. Activations and KV caches are GPU buffers:
 embed() and layer() only record dispatches into a pending encoder, logits() submits it and reads
-back nothing but the logits. Matmuls (fused dequantization) and the embedding gather are the
+back nothing but the logits. A step (`step`) puts the rows of all its items in one activation
+buffer: norms, matmuls and the FFN run once over every row, rope and attention per item over its
+own cache (bound at the item's row offset), then one output projection over the logit rows any
+item wants; one encoder, one submit, one read-back. A sequence's work is recorded only inside the
+step that runs it, so nothing one sequence records can run (or be paid for) in another's step. KV blocks are accounted in the model's pool (budget, peak,
+waiting); the storage is still one growing buffer pair per layer and sequence. Matmuls (fused dequantization) and the embedding gather are the
 kernels module's; norms, rope, attention and element-wise ops are wgpu_ops'.
 
 llama.cpp is the oracle, so its deliberate roundings are mirrored: the KV cache is f16 by default
@@ -25,6 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,7 +40,8 @@ from ..errors import BackendError, UnsupportedError
 from .. import kernels
 from ..config import ModelConfig
 from ..gguf_file import RawTensor
-from . import Backend, KVCache
+from ..kv_pool import KVPool
+from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 from . import wgpu_ops as ops
 from .wgpu_context import GPUContext, Recorder
 
@@ -58,8 +65,8 @@ class WgpuKVCache(KVCache):
     that needs the room), so short sequences stay small.
     """
 
-    def __init__(self, ctx: GPUContext, config: ModelConfig, capacity: int, f16: bool) -> None:
-        self.capacity = capacity
+    def __init__(self, pool: KVPool, ctx: GPUContext, config: ModelConfig, capacity: int, f16: bool) -> None:
+        super().__init__(pool, capacity)
         self.f16 = f16
         self.row_elements = config.kv_dim
         self.row_bytes = config.kv_dim * (2 if f16 else 4)
@@ -71,13 +78,12 @@ class WgpuKVCache(KVCache):
         self.v: list[Any] = [None] * config.n_layers
         self.allocated = [0] * config.n_layers  # positions each layer's buffers hold
 
-    def reserve(self, rec: Recorder, layer: int, n_positions: int) -> None:
+    def grow(self, rec: Recorder, layer: int, n_positions: int) -> None:
         """Make layer `layer` hold at least n_positions, copying what it holds into larger buffers."""
+        self.reserve(n_positions)  # the pool's blocks first: capacity and budget are checked there
         old = self.allocated[layer]
         if n_positions <= old:
             return
-        if n_positions > self.capacity:
-            raise BackendError(f"KV cache capacity of {self.capacity} positions exceeded ({n_positions})")
         size = min(self.capacity, max(n_positions, 2 * old, _MIN_CACHE_POSITIONS))
         for store in (self.k, self.v):
             grown = self._ctx.empty(size * self.row_bytes)
@@ -86,9 +92,15 @@ class WgpuKVCache(KVCache):
             store[layer] = grown
         self.allocated[layer] = size
 
-    def truncate(self, length: int) -> None:
-        # Positions past `length` are overwritten by the next step before attention reads them.
-        pass
+
+@dataclass
+class _Segment:
+    """One sequence's rows in a step's activations: its cache, position, first row, row count."""
+
+    cache: WgpuKVCache
+    pos: int
+    first: int
+    n: int
 
 
 @dataclass
@@ -173,6 +185,7 @@ class WgpuBackend(Backend):
         ]
         self._scratch = _Scratch(self.ctx, config)
         self._rec: Recorder | None = None
+        self.dispatches_submitted = 0  # every dispatch ever submitted (what a step cost, for tests and traces)
         self._lock = threading.RLock()  # one encoder: concurrent callers record one at a time
 
     def _upload(self, tensor: RawTensor) -> Any:
@@ -190,8 +203,31 @@ class WgpuBackend(Backend):
 
     # ---- Backend API ---------------------------------------------------------------------------
 
+    def kv_element_bytes(self) -> int:
+        return 2 if self.kv_f16 else 4
+
     def new_cache(self, capacity: int) -> WgpuKVCache:
-        return WgpuKVCache(self.ctx, self.config, capacity, self.kv_f16)
+        # Positions past a truncation are overwritten by the next step before attention reads them.
+        return WgpuKVCache(self.kv_pool or self.configure_kv(), self.ctx, self.config, capacity, self.kv_f16)
+
+    def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
+        """All items' rows in one activation buffer: norms, matmuls and the FFN over every row at once,
+        rope and attention per item over its own cache; one encoder, one submit, one read-back."""
+        cfg = self.config
+        with self._lock:
+            if self._rec is not None:  # a caller of the per-sequence API left work pending: not this step's
+                self._submit()
+            x = self.embed(np.concatenate([item.tokens for item in items]))
+            segments, first = [], 0
+            for item in items:
+                segments.append(_Segment(item.cache, item.pos, first, len(item.tokens)))
+                first += len(item.tokens)
+            for index in range(n_layers):
+                self._block(index, x, segments)
+            picks = [wanted_rows(item, seg.first) for item, seg in zip(items, segments, strict=True)]
+            logits = self._logit_rows([(x, int(row)) for pick in picks for row in pick])
+        assert logits.shape[1] == cfg.n_vocab
+        return split_logits(items, picks, logits)
 
     def embed(self, tokens: np.ndarray) -> GPUActivations:
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -206,33 +242,44 @@ class WgpuBackend(Backend):
 
     def layer(self, index: int, x: GPUActivations, cache: KVCache, pos: int) -> GPUActivations:
         assert isinstance(cache, WgpuKVCache) and isinstance(x, GPUActivations)
+        self._block(index, x, [_Segment(cache, pos, 0, x.n_tokens)])
+        return x
+
+    def _block(self, index: int, x: GPUActivations, segments: list[_Segment]) -> None:
         with self._lock:
             rec = self._recorder()
             self._scratch.ensure(x.n_tokens)
-            cache.reserve(rec, index, pos + x.n_tokens)
-            self._attention_block(rec, index, x, cache, pos)
+            for seg in segments:
+                seg.cache.grow(rec, index, seg.pos + seg.n)
+            self._attention_block(rec, index, x, segments)
             self._ffn_block(rec, index, x)
-        return x
 
     def logits(self, x: GPUActivations, last_only: bool = True) -> np.ndarray:
-        cfg = self.config
         first = x.n_tokens - 1 if last_only else 0
-        n_rows = x.n_tokens - first
-        # Logit rows are read back in batches that fit one storage binding (262144-wide vocabularies).
-        per_batch = max(1, min(n_rows, self.ctx.max_binding_size // (cfg.n_vocab * 4)))
-        out = np.empty((n_rows, cfg.n_vocab), np.float32)
         with self._lock:
-            self._scratch.ensure(per_batch)
-            normed = self.ctx.empty(per_batch * cfg.n_embd * 4)
-            logits = self.ctx.empty(per_batch * cfg.n_vocab * 4)
-            for start in range(0, n_rows, per_batch):
-                rows = min(per_batch, n_rows - start)
-                rec = self._recorder()
-                ops.rms_norm(rec, x.buffer, self.output_norm, normed, rows, cfg.n_embd, cfg.norm_eps,
-                             in_offset=(first + start) * cfg.n_embd)
-                self._project(rec, normed, [(self.output, logits)], rows)
-                self._submit()
-                out[start : start + rows] = self.ctx.read(logits, np.float32, (rows, cfg.n_vocab))
+            return self._logit_rows([(x, row) for row in range(first, x.n_tokens)])
+
+    def _logit_rows(self, sources: list[tuple[GPUActivations, int]]) -> np.ndarray:
+        """Final norm + output projection of the given (activations, row) rows, recorded after the
+        pending work; one submit and one read-back per batch of rows that fits a storage binding."""
+        cfg = self.config
+        out = np.empty((len(sources), cfg.n_vocab), np.float32)
+        if not sources:
+            return out
+        # Logit rows are read back in batches that fit one storage binding (262144-wide vocabularies).
+        per_batch = max(1, min(len(sources), self.ctx.max_binding_size // (cfg.n_vocab * 4)))
+        self._scratch.ensure(per_batch)
+        normed = self.ctx.empty(per_batch * cfg.n_embd * 4)
+        logits = self.ctx.empty(per_batch * cfg.n_vocab * 4)
+        for start in range(0, len(sources), per_batch):
+            batch = sources[start : start + per_batch]
+            rec = self._recorder()
+            for i, (x, row) in enumerate(batch):
+                ops.rms_norm(rec, x.buffer, self.output_norm, normed, 1, cfg.n_embd, cfg.norm_eps,
+                             in_offset=row * cfg.n_embd, out_offset=i * cfg.n_embd)
+            self._project(rec, normed, [(self.output, logits)], len(batch))
+            self._submit()
+            out[start : start + len(batch)] = self.ctx.read(logits, np.float32, (len(batch), cfg.n_vocab))
         return out
 
     def weight_bytes_per_token(self) -> int:
@@ -241,22 +288,36 @@ class WgpuBackend(Backend):
 
     # ---- the two halves of a block -------------------------------------------------------------
 
-    def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, cache: WgpuKVCache, pos: int) -> None:
+    def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, segments: list[_Segment]) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
         ops.rms_norm(rec, x.buffer, w.attn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
         self._project(rec, s.h, [(w.attn_q, s.q_raw), (w.attn_k, s.k_raw), (w.attn_v, s.v_raw)], n)
-        rope = dict(pos=pos, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox",
-                    eps=cfg.norm_eps, factors=self.rope_freqs)
-        ops.rope(rec, s.q_raw, s.q, n, cfg.n_head, cfg.head_dim, norm_weight=w.attn_q_norm, **rope)
-        row = pos * cache.row_elements  # where position `pos` starts in the cache, in elements
-        ops.rope(rec, s.k_raw, cache.k[index], n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.attn_k_norm,
-                 out_f16=cache.f16, dst_offset=row, **rope)
-        ops.rope(rec, s.v_raw, cache.v[index], n, cfg.n_head_kv, cfg.head_dim, rotate=False,
-                 out_f16=cache.f16, dst_offset=row, **rope)
-        ops.attention(rec, s.q, cache.k[index], cache.v[index], s.attn, n, cfg.n_head, cfg.n_head_kv,
-                      cfg.head_dim, pos, cfg.layer_window(index), cfg.attention_scale, kv_f16=cache.f16)
+        for seg in segments:  # rope and attention per sequence: its positions, its cache
+            cache = seg.cache
+            rope = dict(pos=seg.pos, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox",
+                        eps=cfg.norm_eps, factors=self.rope_freqs)
+            q_at, kv_at = seg.first * cfg.q_dim, seg.first * cfg.kv_dim  # the segment's rows, in elements
+            ops.rope(rec, s.q_raw, s.q, seg.n, cfg.n_head, cfg.head_dim, norm_weight=w.attn_q_norm,
+                     src_offset=q_at, dst_offset=q_at, **rope)
+            row = seg.pos * cache.row_elements  # where position `pos` starts in the cache, in elements
+            ops.rope(rec, s.k_raw, cache.k[index], seg.n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.attn_k_norm,
+                     out_f16=cache.f16, src_offset=kv_at, dst_offset=row, **rope)
+            ops.rope(rec, s.v_raw, cache.v[index], seg.n, cfg.n_head_kv, cfg.head_dim, rotate=False,
+                     out_f16=cache.f16, src_offset=kv_at, dst_offset=row, **rope)
+            ops.attention(rec, self._rows(rec, s.q, seg, cfg.q_dim), cache.k[index], cache.v[index],
+                          self._rows(rec, s.attn, seg, cfg.q_dim), seg.n, cfg.n_head, cfg.n_head_kv,
+                          cfg.head_dim, seg.pos, cfg.layer_window(index), cfg.attention_scale, kv_f16=cache.f16)
         self._project(rec, s.attn, [(w.attn_output, s.a)], n)
         self._residual(rec, x, s.a, w.post_attention_norm)
+
+    def _rows(self, rec: Recorder, buffer: Any, seg: _Segment, width: int) -> Any:
+        """A binding of the segment's rows of a (rows, width) f32 buffer (the whole buffer for row 0)."""
+        if seg.first == 0:
+            return buffer
+        offset = seg.first * width * 4
+        if offset % self.ctx.storage_offset_alignment:
+            raise UnsupportedError(f"a row width of {width} floats cannot be bound at row offsets on this GPU")
+        return (buffer, offset, seg.n * width * 4)
 
     def _ffn_block(self, rec: Recorder, index: int, x: GPUActivations) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
@@ -286,4 +347,5 @@ class WgpuBackend(Backend):
 
     def _submit(self) -> None:
         rec, self._rec = self._recorder(), None
+        self.dispatches_submitted += rec.n_dispatches
         rec.submit()

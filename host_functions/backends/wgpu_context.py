@@ -131,6 +131,7 @@ class GPUContext:
         self.has_subgroups = "subgroup" in wanted
         self.max_binding_size = int(self.device.limits["max-storage-buffer-binding-size"])
         self.max_workgroups_per_dim = int(self.device.limits["max-compute-workgroups-per-dimension"])
+        self.storage_offset_alignment = int(self.device.limits["min-storage-buffer-offset-alignment"])
         self._pipelines: dict[PipelineKey, Any] = {}
         self._uniforms: OrderedDict[bytes, Any] = OrderedDict()
         self._sources: dict[str, str] = {}

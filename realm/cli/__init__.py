@@ -86,3 +86,4 @@ from realm.cli import model as _model  # noqa: E402,F401  (registers its command
 from realm.cli import kernels as _kernels  # noqa: E402,F401  (registers `realm kernels`)
 from realm.cli import run as _run, tenant as _tenant  # noqa: E402,F401  (the sandbox commands)
 from realm.cli import chat as _chat, serve as _serve  # noqa: E402,F401  (serving)
+from realm.cli import batch as _batch  # noqa: E402,F401  (`realm batch`)

@@ -17,7 +17,7 @@ from realm.cli import main
 from realm.cli.console import stdout_console
 from realm.cli.prompt import text_argument
 from realm.cli.options import load_with_progress, model_option, model_options, model_path_with_progress
-from realm.bench import run_bench
+from realm.bench import run_bench, run_concurrency_bench
 
 console = stdout_console()
 
@@ -130,12 +130,18 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
 @click.option("--prompt-tokens", default=128, show_default=True, help="Prompt length for the prefill figure.")
 @click.option("--decode-tokens", default=128, show_default=True, help="Tokens decoded for the decode figure.")
 @click.option("--no-guest", is_flag=True, help="Skip the guest-overhead measurement.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--concurrency", "levels", metavar="N,N,...", default=None,
+              help="Instead: requests at once through the reference guest, e.g. 1,4,16 (aggregate tok/s, "
+                   "p50/p95 latency, TTFT, KV peak; level 1 also against direct steps).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency).")
 def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_tokens: int, no_guest: bool,
-          as_json: bool) -> None:
+          levels: str | None, as_json: bool) -> None:
     """Measure load time, prefill and decode speed, peak memory and guest overhead."""
     if prompt_tokens < 1 or decode_tokens < 1:
         raise click.BadParameter("token counts must be positive")
+    if levels is not None:
+        _bench_concurrency(model_path, backend, _levels(levels), decode_tokens, as_json)
+        return
     result = run_bench(lambda: load_with_progress(model_path, backend), prompt_tokens, decode_tokens,
                        with_guest=not no_guest)
     data = result.as_json()
@@ -145,4 +151,27 @@ def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_token
     table = Table("metric", "value", title="realm bench")
     for key, value in data.items():
         table.add_row(key, str(value))
+    console.print(table)
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1 or max(levels) > 256:
+        raise click.BadParameter(f"expected comma-separated counts 1..256, got {text!r}", param_hint="--concurrency")
+    return levels
+
+
+def _bench_concurrency(model_path: str | None, backend: str, levels: list[int], decode_tokens: int,
+                       as_json: bool) -> None:
+    results = [r.as_json() for r in run_concurrency_bench(load_with_progress(model_path, backend), levels, decode_tokens)]
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    keys = list(dict.fromkeys(k for r in results for k in r))
+    table = Table(*keys, title="realm bench --concurrency")
+    for r in results:
+        table.add_row(*(str(r.get(k, "")) for k in keys))
     console.print(table)

@@ -11,6 +11,7 @@ import click
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from host_functions import native
+from host_functions.kv_pool import parse_bytes
 from host_functions.model import BACKENDS, Model
 from realm.cli.console import stderr_console
 from realm.models import load_model, resolve_model_path
@@ -42,6 +43,20 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return model_option(backend_option(threads_option(func)))
 
 
+def _parse_kv_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_bytes(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a size such as 512M or 2G, got {value!r}") from None
+
+
+kv_memory_option = click.option(
+    "--kv-memory", "kv_memory", metavar="SIZE", default=None, callback=_parse_kv_memory,
+    help="KV cache memory of the model, shared by all its sequences (e.g. 512M, 2G). [a quarter of free memory]")
+
+
 def model_path_with_progress(model_path: str | None) -> Path:
     """The model file to use; assembling the default model (first run, or a damaged cached copy) is
     shown on stderr: a progress bar on a terminal, one line otherwise."""
@@ -59,10 +74,10 @@ def model_path_with_progress(model_path: str | None) -> Path:
         return resolve_model_path(model_path, progress=show)
 
 
-def load_with_progress(model_path: str | None, backend: str) -> Model:
+def load_with_progress(model_path: str | None, backend: str, kv_memory: int | None = None) -> Model:
     """Load (or reuse) a model, showing a progress bar on stderr while weights are prepared."""
     path = model_path_with_progress(model_path)
     columns = (TextColumn("[bold]loading[/] {task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task(path.name, total=1.0)
-        return load_model(path, backend, progress=lambda f: bar.update(task, completed=f))
+        return load_model(path, backend, progress=lambda f: bar.update(task, completed=f), kv_memory=kv_memory)

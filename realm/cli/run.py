@@ -29,7 +29,7 @@ from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from realm.cli import EXIT_INTERRUPTED, main
 from realm.cli.console import stderr_console, write_stdout
-from realm.cli.options import load_with_progress, model_options
+from realm.cli.options import kv_memory_option, load_with_progress, model_options
 from realm.cli.prompt import read_prompt
 from realm.sandbox import GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
@@ -69,6 +69,7 @@ def sampling_options(func: Any) -> Any:
 @click.argument("prompt", required=False)
 @click.option("--file", "-f", "prompt_file", metavar="PATH", help="Read the prompt from PATH (- for stdin).")
 @model_options
+@kv_memory_option
 @sampling_options
 @click.option("--ctx-size", "-c", type=click.IntRange(0), default=None,
               help="Context in tokens (prompt + completion); 0 is the model's whole context. "
@@ -82,7 +83,8 @@ def sampling_options(func: Any) -> Any:
 @click.option("--trace", is_flag=True, help="After the run, show on stderr every host function the guest called.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @click.option("--quiet", "-q", is_flag=True, help="No finish notice on stderr.")
-def run(prompt: str | None, prompt_file: str | None, model_path: str | None, backend: str, stop: tuple[str, ...],
+def run(prompt: str | None, prompt_file: str | None, model_path: str | None, backend: str,
+        kv_memory: int | None, stop: tuple[str, ...],
         ctx_size: int | None, special: bool, tenant_name: str | None, guest_file: Path | None,
         params: tuple[str, ...], trace: bool, as_json: bool, quiet: bool, **sampling: Any) -> None:
     """Generate a continuation of PROMPT through a WebAssembly guest, streaming its text.
@@ -99,7 +101,7 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
     _check_sampling(request)
     guest, limits, label = _select_guest(tenant_name, guest_file)
     started = time.perf_counter()
-    model = load_with_progress(model_path, backend)
+    model = load_with_progress(model_path, backend, kv_memory)
     loaded = time.perf_counter()
     limits = _with_context(limits, ctx_size, model, tenant_name)
     clock = _FirstText(None if as_json else write_stdout)

@@ -1,0 +1,76 @@
+"""Batch invariance on the NumPy backend: a sequence's logits are bit-identical whether its step
+runs alone or batched with any number of other sequences (ragged lengths, decode and prefill rows
+mixed, sliding-window layers), and a batched step still matches llama.cpp."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from host_functions.backends import StepItem
+from host_functions.model import Model
+from oracle import DATA, assert_matches, reference_sequences, tolerance_for
+
+# tiny-gemma3: 5 sliding-window layers (window 8) and one global; tiny-llama: all global, Q4_K weights.
+MODELS = ["tiny-gemma3-F32.gguf", "tiny-llama-Q4_K.gguf"]
+
+
+def _case(rng: np.random.Generator, n_vocab: int) -> tuple[list[int], list[int]]:
+    """(prefix already in the cache, new tokens of the step): ragged, past the sliding window."""
+    prefix = rng.integers(1, n_vocab, size=int(rng.integers(0, 40))).tolist()
+    new = rng.integers(1, n_vocab, size=1 if rng.random() < 0.7 else int(rng.integers(2, 9))).tolist()
+    return prefix, new
+
+
+def _prepared(model: Model, prefix: list[int]):
+    seq = model.open_sequence(128)
+    if prefix:
+        seq.step(prefix)
+    return seq
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batched_logits_are_bit_identical_to_solo_for_batch_sizes_1_to_32(name):
+    model = Model.load(DATA / name, kv_memory=64 << 20)
+    rng = np.random.default_rng(7)
+    cases = [_case(rng, model.config.n_vocab) for _ in range(32)]
+    seqs = [_prepared(model, prefix) for prefix, _ in cases]
+    # A step rewrites its positions pos.. with the same values each time, so one prepared cache per
+    # case serves the solo run and every batch (the sequence's committed tokens never change here).
+    items = [StepItem(np.asarray(new, np.int32), len(prefix), seq._cache, "all")
+             for (prefix, new), seq in zip(cases, seqs, strict=True)]
+    for item in items:
+        item.cache.reserve(item.pos + len(item.tokens))
+    solo = [model.backend.step([item])[0] for item in items]
+    for batch_size in range(1, 33):
+        picked = rng.permutation(32)[:batch_size]  # different companions and places each time
+        for i, logits in zip(picked, model.backend.step([items[i] for i in picked]), strict=True):
+            assert np.array_equal(logits, solo[i]), f"case {i} differs in a batch of {batch_size}"
+    for seq in seqs:
+        seq.close()
+    assert model.backend.kv_pool.stats().blocks_used == 0
+
+
+def test_only_wanted_logits_come_back():
+    model = Model.load(DATA / MODELS[0])
+    seqs = [model.open_sequence(64) for _ in range(3)]
+    items = [StepItem(np.arange(1, 6, dtype=np.int32), 0, s._cache, wants)
+             for s, wants in zip(seqs, ("none", "last", "all"), strict=True)]
+    for item in items:
+        item.cache.reserve(5)
+    none, last, every = model.backend.step(items)
+    assert none is None and last.shape == (model.config.n_vocab,) and every.shape == (5, model.config.n_vocab)
+    assert np.array_equal(last, every[-1])
+
+
+@pytest.mark.parametrize("name,weights", [("tiny-gemma3-F32.gguf", "F32"), ("tiny-llama-Q4_K.gguf", "Q4_K")])
+def test_batched_prefill_matches_llamacpp(name, weights):
+    model = Model.load(DATA / name)
+    refs = reference_sequences(name.replace(".gguf", ".logits.npz"))
+    seqs = [model.open_sequence(len(tokens)) for tokens, _ in refs]
+    items = [StepItem(tokens.astype(np.int32), 0, s._cache, "all") for (tokens, _), s in zip(refs, seqs, strict=True)]
+    for item in items:
+        item.cache.reserve(len(item.tokens))
+    for logits, (_, expected) in zip(model.backend.step(items), refs, strict=True):
+        assert_matches(logits, expected, tolerance_for(weights), name)
+
