@@ -13,6 +13,8 @@
  * When generation ends it reports why (stop, length or context) and the token counts with
  * result_report.
  *
+ * "lora" (optional) names one of the tenant's LoRA adapters by alias; it applies at its bound scale.
+ *
  * "speculative" (optional) speeds decoding without changing what is generated: "ngram" drafts the
  * tokens that followed the latest earlier occurrence of the text's last few tokens (prompt lookup,
  * no model); "draft:PATH" drafts with a draft model the operator allowed; "self:N" with this
@@ -270,6 +272,18 @@ static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt) {
     return realm_result_report(g->reason, n_prompt, g->produced);
 }
 
+/* "lora": the alias of one of the tenant's adapters, applied at its bound scale. */
+static int32_t attach_lora(int32_t seq, json_slice req) {
+    char *alias;
+    json_slice value;
+    if (!json_get(req, "lora", &value)) return REALM_OK;
+    int32_t n = json_get_string(req, "lora", realm_alloc, &alias);
+    if (n <= 0) return realm_fail(REALM_ERR_INVALID_ARGUMENT, "lora must be the alias of a bound adapter");
+    int32_t adapter = realm_adapter_find(alias, n);
+    if (adapter < 0) return realm_fail(adapter, "no such LoRA adapter for this tenant");
+    return realm_seq_set_adapter(seq, adapter, 0);
+}
+
 /* Set up the request's "speculative" mode; a draft model is opened by its name. */
 static int32_t open_speculation(generation *g, json_slice req, const char *request, int32_t request_len) {
     char *mode;
@@ -343,6 +357,7 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     if (g.sampler < 0) return realm_fail(g.sampler, "bad sampling parameters");
     g.seq = realm_seq_open(g.capacity);
     if (g.seq < 0) return g.seq;
+    if ((rc = attach_lora(g.seq, req)) < 0) return rc;
     g.speculate = 0;
     if (g.top_logprobs < 0 && (rc = open_speculation(&g, req, request, request_len)) < 0) return rc;
     rc = run(&g, ids, n_ids);

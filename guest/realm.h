@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define REALM_ABI_VERSION 3
+#define REALM_ABI_VERSION 4
 
 /* Status codes: host function results (negative) and realm_main's result. */
 typedef enum {
@@ -125,6 +125,10 @@ REALM_IMPORT(draft_open) int32_t realm_draft_open(const char *name, int32_t name
 REALM_IMPORT(draft_seq_open) int32_t realm_draft_seq_open(int32_t draft, int32_t capacity);
 REALM_IMPORT(seq_layers) int32_t realm_seq_layers(int32_t seq);
 
+/* LoRA (ABI 4): the tenant's own adapters, by alias; scale_bits is a float32's bits, 0 = the binding's scale. */
+REALM_IMPORT(adapter_find) int32_t realm_adapter_find(const char *alias, int32_t alias_len);
+REALM_IMPORT(seq_set_adapter) int32_t realm_seq_set_adapter(int32_t seq, int32_t adapter, int32_t scale_bits);
+
 /* ---- small helpers every guest wants ---- */
 
 static inline int32_t realm_strlen(const char *s) {
@@ -155,6 +159,12 @@ static inline int32_t realm_step_all(int32_t seq, int32_t n_layers) {
         if (rc < 0) return rc;
     }
     return realm_seq_finish_all(seq);
+}
+
+/* A float32's bits, for seq_set_adapter's scale. */
+static inline int32_t realm_f32_bits(float value) {
+    union { float f; int32_t i; } u = {value};
+    return u.i;
 }
 
 void *realm_alloc(int32_t size);

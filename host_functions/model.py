@@ -23,7 +23,9 @@ from .errors import BackendError, SequenceError
 
 from .backends import Backend, KVCache, LogitsWanted, StepItem
 from .config import ModelConfig
+from .adapter_pool import AdapterPool
 from .gguf_file import GGUFFile
+from .lora import LoraAdapter
 from .sequence_checks import check_appendable, check_next_layer, check_room, check_step_complete, check_token_ids
 from .tokenizer import Tokenizer
 
@@ -95,6 +97,7 @@ class Model:
         self.backend = backend
         self.step_lock = threading.Lock()  # one step at a time on the backend, whoever runs it
         self.step_runner: StepRunner = self.run_step  # realm.scheduler replaces it to batch steps
+        self.adapters = AdapterPool(config)  # LoRA adapters loaded for this model, shared by every tenant
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "numpy",
@@ -132,6 +135,7 @@ class Model:
                                 f" layers, not {n_layers}")
         draft = Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend)
         draft.step_lock = self.step_lock  # one backend: its steps and ours never overlap
+        draft.adapters = self.adapters
         draft.step_runner = lambda item, owner: self.step_runner(item, owner)  # batched with ours, if we batch
         return draft
 
@@ -142,10 +146,13 @@ class Model:
             raise SequenceError(f"sequence capacity must be 1..{self.config.context_length}, got {limit}")
         return Sequence(self, limit)
 
-    def logits_for(self, tokens: Seq[int]) -> np.ndarray:
-        """Logits at every position of `tokens` (one prefill pass): float32 (n_tokens, n_vocab)."""
+    def logits_for(self, tokens: Seq[int], lora: tuple[LoraAdapter, float] | None = None) -> np.ndarray:
+        """Logits at every position of `tokens` (one prefill pass), with an optional (adapter, scale):
+        float32 (n_tokens, n_vocab)."""
         seq = self.open_sequence(max(len(tokens), 1))
         try:
+            if lora is not None:
+                seq.set_adapter(*lora)
             seq.append(tokens)
             for layer in range(self.config.n_layers):
                 seq.forward_layer(layer)
@@ -164,6 +171,7 @@ class Sequence:
         self.pending: list[int] = []  # appended, not yet run through the layers
         self.layers_done = 0  # layer calls of the step in progress (order only: the step runs at finish)
         self._cache: KVCache | None = model.backend.new_cache(capacity)
+        self.adapter: tuple[LoraAdapter, float] | None = None  # applied to every step from now on
 
     @property
     def closed(self) -> bool:
@@ -181,6 +189,11 @@ class Sequence:
         check_room(self, len(ids))
         check_token_ids(np.asarray(ids, np.int64), self.model.config.n_vocab)
         self.pending.extend(int(t) for t in ids)
+
+    def set_adapter(self, adapter: LoraAdapter | None, scale: float = 1.0) -> None:
+        """Apply `adapter` at `scale` (None: no adapter) to the steps from now on; the base weights stay as they are."""
+        self._check_open()
+        self.adapter = None if adapter is None else (adapter, float(scale))
 
     def forward_layer(self, layer: int) -> None:
         """Record that layer `layer` (they must come in order 0, 1, ...) is wanted; it runs at finish."""
@@ -207,7 +220,7 @@ class Sequence:
                 last = start + PREFILL_CHUNK >= len(pending)
                 wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
                 item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), self._cache, wants,
-                                self.model.config.n_layers)
+                                self.model.config.n_layers, self.adapter)
                 logits = self.model.step_runner(item, owner)
                 self.tokens.extend(chunk)
                 if logits is not None:

@@ -30,7 +30,7 @@ import wasmtime
 import wasmtime._ffi as ffi
 from wasmtime._extern import wrap_extern
 
-from host_functions.abi import (ALLOC_EXPORT, ENTRY_EXPORT, HOST_FUNCTIONS, IMPORT_MODULE, MEMORY_EXPORT,
+from host_functions.abi import (ALLOC_EXPORT, AdapterBinding, ENTRY_EXPORT, HOST_FUNCTIONS, IMPORT_MODULE, MEMORY_EXPORT,
                                 AbiError, CallStats, GuestMemory, HostFunction, Limits, Session, Status,
                                 StepStats, TokenLogprob)
 from host_functions.abi.status import status_of
@@ -213,6 +213,7 @@ class TenantSandbox:
     def run(self, guest: GuestModule, request: Mapping[str, Any],
             on_text: Callable[[str], None] | None = None,
             open_draft: Callable[[str], Model | None] | None = None,
+            adapters: Mapping[str, AdapterBinding] | None = None,
             cancel: threading.Event | None = None) -> RunResult:
         """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text.
 
@@ -220,10 +221,11 @@ class TenantSandbox:
         (seen at the guest's next host call), and GuestError when the guest traps, breaks the ABI
         or returns a non-zero status; each carries the partial RunResult as `.result`. Nothing
         outside this request is affected. `open_draft` resolves the draft models the request may
-        open (speculative decoding); by default none.
+        open (speculative decoding); by default none. `adapters` are the LoRA adapters its guest
+        may find by alias (the tenant's bindings, or an ad-hoc run's --lora).
         """
         payload = json.dumps(request, ensure_ascii=False).encode()
-        session = Session(self.model, self.limits, on_text, self.tenant, open_draft)
+        session = Session(self.model, self.limits, on_text, self.tenant, open_draft, adapters)
         if cancel is not None:
             session.cancelled = cancel  # a step the request waits for in the scheduler is withdrawn too
         store = self._store()

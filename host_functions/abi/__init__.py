@@ -13,7 +13,8 @@ host-side state), `registry` (the @host table), `checks` (shared argument checks
 functions by subject: `tokens`, `sequences`, `logits`, `output`.
 """
 
-from . import logits, output, sequences, speculation, tokens  # noqa: F401  importing registers the host functions
+from . import adapters, logits, output, sequences, speculation, tokens  # noqa: F401  importing registers the host functions
+from .adapters import AdapterBinding
 from .handles import HandleTable, SamplerState, SeqState
 from .limits import MAX_I32, Limits
 from .logits import MAX_SAMPLERS, MAX_TOP_LOGPROBS, sampling_params_from_json
@@ -24,7 +25,7 @@ from .status import (ABI_VERSION, ALLOC_EXPORT, ENTRY_EXPORT, IMPORT_MODULE, MEM
                      BiasMode, FinishReason, Status, TokenizeFlags)
 from .tokens import info_fields
 
-__all__ = ["ABI_VERSION", "ALLOC_EXPORT", "ENTRY_EXPORT", "HOST_FUNCTIONS", "IMPORT_MODULE", "MAX_I32",
+__all__ = ["ABI_VERSION", "ALLOC_EXPORT", "AdapterBinding", "ENTRY_EXPORT", "HOST_FUNCTIONS", "IMPORT_MODULE", "MAX_I32",
            "MAX_SAMPLERS", "MAX_TOP_LOGPROBS", "MEMORY_EXPORT", "TEXT_FLUSH", "AbiError", "BiasMode", "CallStats",
            "FinishReason",
            "GuestMemory", "HandleTable", "HostFunction", "Limits", "Report", "SamplerState", "SeqState", "Session",

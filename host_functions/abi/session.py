@@ -5,14 +5,18 @@ from __future__ import annotations
 import codecs
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import QuotaExceeded, RealmError
+from ..lora import LoraAdapter
 from ..model import Model, Sequence, StepOwner
 from .handles import HandleTable, SeqState
 from .limits import Limits
+
+if TYPE_CHECKING:
+    from .adapters import AdapterBinding
 
 
 @dataclass
@@ -55,12 +59,15 @@ class Session:
     """The host side of one guest request: model, limits, handles, output, log, trace and failure."""
 
     def __init__(self, model: Model, limits: Limits, on_text: Callable[[str], None] | None = None,
-                 tenant: str = "", open_draft: Callable[[str], Model | None] | None = None) -> None:
+                 tenant: str = "", open_draft: Callable[[str], Model | None] | None = None,
+                 adapters: Mapping[str, AdapterBinding] | None = None) -> None:
         self.model, self.limits, self.tenant = model, limits, tenant
         self.config, self.tokenizer = model.config, model.tokenizer
         self.n_ctx = min(model.config.context_length, limits.max_context)
         self.handles = HandleTable()
         self.open_draft = open_draft or (lambda name: None)  # draft models this request may open
+        self.adapter_bindings: Mapping[str, AdapterBinding] = dict(adapters or {})  # a snapshot: rebinding
+        self.held_adapters: list[LoraAdapter] = []  # never changes a running request
         self.on_text = on_text
         self.output: list[str] = []
         self.logs: list[tuple[int, str]] = []
@@ -137,6 +144,9 @@ class Session:
         """Free every sequence the guest left open."""
         for state in self.handles.objects(SeqState):
             state.seq.close()
+        for adapter in self.held_adapters:
+            self.model.adapters.release(adapter)
+        self.held_adapters.clear()
 
     def emit_bytes(self, data: bytes) -> None:
         self.output_bytes += len(data)

@@ -29,6 +29,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import BackendError
 from ..gguf_file import RawTensor
+from ..lora import LoraAdapter
 from ..kv_pool import BLOCK_TOKENS, KVPool, KVPoolTooSmall, default_budget, describe_bytes
 
 Activations = Any  # backend-specific handle to hidden states of shape (n_tokens, n_embd)
@@ -85,6 +86,7 @@ class StepItem:
     cache: KVCache
     wants: LogitsWanted = "last"
     n_layers: int | None = None  # run only the first n_layers, then the head (self-speculation's draft)
+    lora: tuple[LoraAdapter, float] | None = None  # the sequence's adapter and its scale, applied unmerged
 
     def layers(self, config: ModelConfig) -> int:
         return config.n_layers if self.n_layers is None else self.n_layers

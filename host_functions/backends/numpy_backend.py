@@ -32,8 +32,10 @@ from ..config import ModelConfig
 from gguf import GGMLQuantizationType
 
 from ..gguf_file import RawTensor
+from ..lora import LoraAdapter
 from ..quants import dequantize
 from ..kv_pool import KVPool
+from .numpy_lora import RowAdapter, apply_lora
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 
 
@@ -44,6 +46,7 @@ class _Span:
     rows: slice  # its rows in the step's (n_rows, n_embd) activations
     pos: int  # position of its first new token
     key_slots: np.ndarray  # (pos + n,) pool slot of every position 0..pos+n-1
+    lora: tuple[LoraAdapter, float] | None = None  # its sequence's adapter and scale
 
 
 class NumpyBackend(Backend):
@@ -128,7 +131,7 @@ class NumpyBackend(Backend):
         spans, start = [], 0
         for item in items:
             n = len(item.tokens)
-            spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n)))
+            spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n), item.lora))
             start += n
         for index in range(n_layers):
             x = self._layer(index, x, spans)
@@ -145,7 +148,13 @@ class NumpyBackend(Backend):
         """Block `index` over the rows of every span; each span attends over its own sequence."""
         cfg, w = self.config, self.layers[index]
         n = x.shape[0]
-        qkv = w["qkv"](rms_norm(x, w["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
+        runs = [RowAdapter(sp.rows.start, sp.rows.stop, *sp.lora) for sp in spans if sp.lora is not None]
+
+        def project(key: str, h: np.ndarray) -> np.ndarray:
+            y = w[key](h)
+            return apply_lora(y, h, index, key, runs, cfg, tiled_matmul) if runs else y
+
+        qkv = project("qkv", rms_norm(x, w["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
         q = qkv[:, : cfg.q_dim].reshape(n, cfg.n_head, cfg.head_dim)
         k = qkv[:, cfg.q_dim : cfg.q_dim + cfg.kv_dim].reshape(n, cfg.n_head_kv, cfg.head_dim)
         v = qkv[:, cfg.q_dim + cfg.kv_dim :].reshape(n, cfg.n_head_kv, cfg.head_dim)
@@ -167,13 +176,13 @@ class NumpyBackend(Backend):
             slots = sp.key_slots[first:end]
             attn[sp.rows] = attention(q[sp.rows], k_pool[slots], v_pool[slots], sp.pos, first, window,
                                       cfg.attention_scale)
-        a = w["attn_output"](attn.reshape(n, cfg.q_dim))
+        a = project("attn_output", attn.reshape(n, cfg.q_dim))
         if cfg.sandwich_norms:
             a = rms_norm(a, w["post_attention_norm"], cfg.norm_eps)
         x = x + a
-        gate_up = w["gate_up"](rms_norm(x, w["ffn_norm"], cfg.norm_eps))  # (n, 2 n_ff)
+        gate_up = project("gate_up", rms_norm(x, w["ffn_norm"], cfg.norm_eps))  # (n, 2 n_ff)
         f = (gelu_tanh if cfg.ffn_activation == "gelu" else silu)(gate_up[:, : cfg.n_ff]) * gate_up[:, cfg.n_ff :]
-        f = w["ffn_down"](f)
+        f = project("ffn_down", f)
         if cfg.sandwich_norms:
             f = rms_norm(f, w["post_ffw_norm"], cfg.norm_eps)
         return x + f

@@ -214,6 +214,8 @@ class WgpuBackend(Backend):
         """All items' rows in one activation buffer: norms, matmuls and the FFN over every row at once,
         rope and attention per item over its own cache; one encoder, one submit, one read-back."""
         cfg = self.config
+        if any(item.lora is not None for item in items):
+            raise BackendError("LoRA adapters are not applied on the wgpu backend yet: use --backend cpu or numpy")
         with self._lock:
             if self._rec is not None:  # a caller of the per-sequence API left work pending: not this step's
                 self._submit()
