@@ -102,7 +102,23 @@ def load_adapter(path: str | Path, config: ModelConfig) -> LoraAdapter:
     return LoraAdapter(name, digest, pairs)
 
 
-def _read_gguf(path: Path, config: ModelConfig) -> tuple[str, dict[str, LoraPair]]:
+def check_adapter_source(path: str | Path) -> Path:
+    """The resolved path if it looks like a LoRA adapter (a GGUF adapter file, or a PEFT folder with its
+    two files), without loading its tensors; AdapterError otherwise. Shapes are checked when a model
+    loads it."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        for needed in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (path / needed).is_file():
+                raise AdapterError(f"LoRA adapter {path.name}: a PEFT folder needs {needed}")
+        return path
+    if not path.is_file():
+        raise AdapterError(f"LoRA adapter {path}: no such file or folder")
+    _open_gguf_adapter(path)
+    return path
+
+
+def _open_gguf_adapter(path: Path) -> GGUFFile:
     try:
         gguf = GGUFFile(path)
     except ModelFormatError as exc:
@@ -111,6 +127,11 @@ def _read_gguf(path: Path, config: ModelConfig) -> tuple[str, dict[str, LoraPair
     if kind != "adapter" or adapter_type != "lora":
         raise AdapterError(f"LoRA adapter {path.name}: not a LoRA adapter (general.type={kind!r}, "
                            f"adapter.type={adapter_type!r})")
+    return gguf
+
+
+def _read_gguf(path: Path, config: ModelConfig) -> tuple[str, dict[str, LoraPair]]:
+    gguf = _open_gguf_adapter(path)
     _check_arch(path.name, gguf.get("general.architecture"), config)
     alpha = _alpha(path.name, gguf.get("adapter.lora.alpha", 0.0))
     halves: dict[str, dict[str, np.ndarray]] = {}

@@ -198,6 +198,26 @@ class RunResult:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # reported by the guest (token_logprobs)
 
 
+def speculation_figures(result: RunResult, decode_seconds: float | None = None) -> dict[str, float | int] | None:
+    """What speculation did in a run: drafts made and accepted, acceptance_rate, and completion tokens per
+    decode step of the target (plain decoding gives about 1); decode_tok_s when the decode time is
+    known. None if nothing was verified."""
+    steps = result.steps
+    if not steps.verified_steps:
+        return None
+    produced = result.completion_tokens or 0
+    figures: dict[str, float | int] = {
+        "drafted": steps.drafted, "accepted": steps.accepted,
+        "acceptance_rate": round(steps.accepted / steps.drafted, 4) if steps.drafted else 0.0,
+        "target_steps": steps.target_steps,
+        # the prompt's step makes the first token; every later target step is a decode step
+        "tokens_per_target_step": round(produced / max(1, steps.target_steps - 1), 3),
+    }
+    if decode_seconds:
+        figures["decode_tok_s"] = round(max(produced - 1, 0) / decode_seconds, 2)
+    return figures
+
+
 class _Abort(Exception):
     """Raised inside a host call to unwind the guest; the reason is in the request's Session."""
 

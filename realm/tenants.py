@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host_functions.abi import Limits
+from host_functions.abi import AdapterBinding, Limits
+from host_functions.abi.adapters import MAX_SCALE as MAX_ADAPTER_SCALE
+from host_functions.lora import AdapterError, check_adapter_source
 from host_functions.abi.limits import LIMIT_RANGES
 
 from host_functions.errors import AuthError, GuestError, TenantError
@@ -66,6 +68,16 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     tenant              TEXT PRIMARY KEY,
     requests_per_minute INTEGER,
     tokens_per_minute   INTEGER
+)
+"""
+# A tenant's LoRA adapters by alias (`realm tenant set-lora`): the file or folder and its default scale.
+_LORA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS lora_bindings (
+    tenant TEXT NOT NULL,
+    alias  TEXT NOT NULL,
+    path   TEXT NOT NULL,
+    scale  REAL NOT NULL,
+    PRIMARY KEY (tenant, alias)
 )
 """
 
@@ -244,6 +256,7 @@ class TenantRegistry:
             # A tenant created later under the same name must not inherit these keys or limits.
             db.execute("DELETE FROM api_keys WHERE tenant = ?", (name,))
             db.execute("DELETE FROM rate_limits WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM lora_bindings WHERE tenant = ?", (name,))
             self._collect(db, sha256)
 
     # -- API keys ------------------------------------------------------------------------------
@@ -315,6 +328,45 @@ class TenantRegistry:
                        (name, limits.requests_per_minute, limits.tokens_per_minute))
         return limits
 
+    # -- LoRA adapters -------------------------------------------------------------------------
+
+    def adapters(self, name: str) -> dict[str, AdapterBinding]:
+        """Tenant `name`'s LoRA adapters by alias; TenantError for an unknown tenant."""
+        with self._db() as db:
+            self._row(db, name)
+            rows = db.execute("SELECT alias, path, scale FROM lora_bindings WHERE tenant = ? ORDER BY alias",
+                              (name,)).fetchall()
+        return {row["alias"]: AdapterBinding(row["path"], row["scale"]) for row in rows}
+
+    def set_lora(self, name: str, path: str | Path, scale: float = 1.0, alias: str = "default") -> AdapterBinding:
+        """Bind a LoRA adapter (GGUF file or PEFT folder) to tenant `name` as `alias`, replacing one bound
+        there before; requests already running keep what they started with. TenantError for an unknown
+        tenant, a bad alias or scale, or a file that is not a LoRA adapter."""
+        if not NAME_PATTERN.fullmatch(alias):
+            raise TenantError(f"invalid adapter alias {alias!r}: {NAME_RULE}")
+        if not math.isfinite(scale) or abs(scale) > MAX_ADAPTER_SCALE:
+            raise TenantError(f"the adapter scale must be finite and within +-{MAX_ADAPTER_SCALE:g}, got {scale}")
+        try:
+            resolved = check_adapter_source(path)
+        except AdapterError as exc:
+            raise TenantError(str(exc)) from None
+        with self._db(write=True) as db:
+            self._row(db, name)
+            db.execute("INSERT OR REPLACE INTO lora_bindings VALUES (?, ?, ?, ?)", (name, alias, str(resolved), scale))
+        return AdapterBinding(str(resolved), scale)
+
+    def unset_lora(self, name: str, alias: str | None = None) -> list[str]:
+        """Unbind tenant `name`'s adapter `alias` (all of them if None); returns the aliases removed.
+        TenantError for an unknown tenant or alias."""
+        with self._db(write=True) as db:
+            self._row(db, name)
+            where, args = ("tenant = ?", (name,)) if alias is None else ("tenant = ? AND alias = ?", (name, alias))
+            removed = [r["alias"] for r in db.execute(f"SELECT alias FROM lora_bindings WHERE {where}", args)]
+            if alias is not None and not removed:
+                raise TenantError(f"tenant {name!r} has no adapter bound as {alias!r}")
+            db.execute(f"DELETE FROM lora_bindings WHERE {where}", args)
+        return removed
+
     # -- storage -------------------------------------------------------------------------------
 
     @staticmethod
@@ -368,6 +420,7 @@ class TenantRegistry:
             db.execute(_SCHEMA)
             db.execute(_KEYS_SCHEMA)
             db.execute(_RATES_SCHEMA)
+            db.execute(_LORA_SCHEMA)
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield db

@@ -22,13 +22,14 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from host_functions.abi import Limits
+from host_functions.abi import AdapterBinding, Limits
 from host_functions.errors import RealmError
 from host_functions.model import Model
 from realm import scheduler
 from realm.cli import main
 from realm.cli.options import kv_memory_option, load_with_progress, model_options, stderr
-from realm.cli.run import _check_sampling
+from realm.cli.run import _check_sampling, adapter_bindings, speculation_request
+from realm.models import draft_opener
 from realm.sandbox import GuestModule, TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
 
@@ -42,6 +43,8 @@ class _Job:
     request: dict[str, Any]
     guest: GuestModule
     limits: Limits
+    adapters: dict[str, AdapterBinding]
+    draft_files: list[str]
 
 
 @main.command()
@@ -115,12 +118,32 @@ def _parse(number: int, text: str) -> _Job:
     if isinstance(request.get("stop"), str):
         request["stop"] = [request["stop"]]
     _check_sampling(request)
-    if tenant is None:
-        return _Job(number, "", request, compile_guest(reference_guest_path().read_bytes()), Limits())
-    if not isinstance(tenant, str):
+    draft_files = speculation_request(request, request.pop("speculative", None))
+    if tenant is not None and not isinstance(tenant, str):
         raise RealmError("\"tenant\" must be a tenant name")
+    adapters = _line_adapters(request, tenant)
+    if tenant is None:
+        return _Job(number, "", request, compile_guest(reference_guest_path().read_bytes()), Limits(), adapters,
+                    draft_files)
     registry = TenantRegistry()
-    return _Job(number, tenant, request, registry.guest(tenant), registry.get(tenant).limits)
+    return _Job(number, tenant, request, registry.guest(tenant), registry.get(tenant).limits, adapters, draft_files)
+
+
+def _line_adapters(request: dict[str, Any], tenant: str | None) -> dict[str, AdapterBinding]:
+    """A line's "lora": one of its tenant's aliases, or an adapter file applied at "lora_scale"."""
+    scale = request.pop("lora_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise RealmError("\"lora_scale\" must be a number")
+    lora = request.pop("lora", None)
+    bindings = TenantRegistry().adapters(tenant) if tenant else {}
+    if lora is None:
+        return bindings
+    if not isinstance(lora, str) or not lora:
+        raise RealmError("\"lora\" must be an adapter file or one of the tenant's adapter aliases")
+    if lora in bindings:
+        request["lora"] = lora
+        return bindings
+    return adapter_bindings(request, tenant, lora, float(scale))
 
 
 def _run(model: Model, job: _Job) -> dict[str, Any]:
@@ -135,7 +158,9 @@ def _run(model: Model, job: _Job) -> dict[str, Any]:
     if job.tenant:
         out["tenant"] = job.tenant
     try:
-        result = TenantSandbox(model, job.limits, tenant=job.tenant).run(job.guest, job.request, on_text=on_text)
+        result = TenantSandbox(model, job.limits, tenant=job.tenant).run(
+            job.guest, job.request, on_text=on_text, adapters=job.adapters,
+            open_draft=draft_opener(model, model.backend.name, job.draft_files))
     except RealmError as exc:
         out["error"] = _message(exc)
         return out

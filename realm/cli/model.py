@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -101,7 +102,11 @@ def _parse_tokens(text: str) -> list[int]:
 @click.option("--prompt", help="Text to tokenize (BOS added per the model).")
 @click.option("--tokens", help="Comma-separated token ids, used exactly as given (no BOS added).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .npy file.")
-def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str | None, out_path: str) -> None:
+@click.option("--lora", "lora_file", metavar="FILE", default=None,
+              help="Apply this LoRA adapter (llama.cpp GGUF adapter, or a PEFT folder), unmerged.")
+@click.option("--lora-scale", type=float, default=1.0, show_default=True, help="The adapter's scale.")
+def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str | None, out_path: str,
+           lora_file: str | None, lora_scale: float) -> None:
     """Write float32 logits for every position, shape [n_tokens, vocab], to a .npy file."""
     if (prompt is None) == (tokens is None):
         raise click.UsageError("give exactly one of --prompt or --tokens")
@@ -114,7 +119,12 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
     ids = _parse_tokens(tokens) if tokens is not None else model.tokenizer.encode(prompt)
     if not ids:
         raise click.UsageError("the prompt encodes to no tokens")
-    result = model.logits_for(ids).astype(np.float32)
+    lora = None
+    if lora_file is not None:
+        if not math.isfinite(lora_scale):
+            raise click.BadParameter(f"must be a finite number, got {lora_scale}", param_hint="--lora-scale")
+        lora = (model.adapters.acquire(lora_file), lora_scale)  # AdapterError: one line naming the tensor
+    result = model.logits_for(ids, lora=lora).astype(np.float32)
     tmp = out.with_name(out.name + ".tmp.npy")
     try:  # written beside the target and renamed, so a failure never leaves half a file
         np.save(tmp, result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from host_functions.abi import MAX_I32, Limits, Status
+from host_functions.abi import MAX_I32, AdapterBinding, Limits, Status
 from host_functions.errors import GuestError, RealmError, RequestCancelled, TenantError
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
@@ -31,7 +32,9 @@ from realm.cli import EXIT_INTERRUPTED, main
 from realm.cli.console import stderr_console, write_stdout
 from realm.cli.options import kv_memory_option, load_with_progress, model_options
 from realm.cli.prompt import read_prompt
-from realm.sandbox import GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path
+from realm.models import draft_opener
+from realm.sandbox import (GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path,
+                           speculation_figures)
 from realm.tenants import TenantRegistry
 
 # (flag, request key, type, help): every sampling parameter the request can carry.
@@ -80,13 +83,20 @@ def sampling_options(func: Any) -> Any:
               help="Run this guest module (.wasm or .wat) instead of the reference guest.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help='Extra request field for the guest, VALUE as JSON if it parses (e.g. choices=\'["a","b"]\').')
+@click.option("--speculative", metavar="ngram|draft:FILE|self:N", default=None,
+              help="Speculative decoding: prompt lookup, a draft model FILE (same vocabulary), or the model's first "
+                   "N layers. The output is the same; only the speed changes.")
+@click.option("--lora", "lora_file", metavar="FILE", default=None,
+              help="Apply this LoRA adapter (llama.cpp GGUF adapter, or a PEFT folder), unmerged.")
+@click.option("--lora-scale", type=float, default=1.0, show_default=True, help="The adapter's scale.")
 @click.option("--trace", is_flag=True, help="After the run, show on stderr every host function the guest called.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @click.option("--quiet", "-q", is_flag=True, help="No finish notice on stderr.")
 def run(prompt: str | None, prompt_file: str | None, model_path: str | None, backend: str,
         kv_memory: int | None, stop: tuple[str, ...],
         ctx_size: int | None, special: bool, tenant_name: str | None, guest_file: Path | None,
-        params: tuple[str, ...], trace: bool, as_json: bool, quiet: bool, **sampling: Any) -> None:
+        params: tuple[str, ...], speculative: str | None, lora_file: str | None, lora_scale: float,
+        trace: bool, as_json: bool, quiet: bool, **sampling: Any) -> None:
     """Generate a continuation of PROMPT through a WebAssembly guest, streaming its text.
 
     The prompt is PROMPT, the file given with --file, or stdin (PROMPT `-`, or a pipe); it must be
@@ -99,6 +109,8 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
     if special:
         request["special"] = True
     _check_sampling(request)
+    draft_files = speculation_request(request, speculative)
+    adapters = adapter_bindings(request, tenant_name, lora_file, lora_scale)
     guest, limits, label = _select_guest(tenant_name, guest_file)
     started = time.perf_counter()
     model = load_with_progress(model_path, backend, kv_memory)
@@ -107,9 +119,11 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
     clock = _FirstText(None if as_json else write_stdout)
     sandbox = TenantSandbox(model, limits, tenant=tenant_name or "")
     interrupted = threading.Event()
+    run_started = time.perf_counter()
     try:
         with _ctrl_c_cancels(interrupted):
-            result = sandbox.run(guest, request, on_text=clock, cancel=interrupted)
+            result = sandbox.run(guest, request, on_text=clock, cancel=interrupted, adapters=adapters,
+                                 open_draft=draft_opener(model, backend, draft_files))
     except RequestCancelled:
         raise KeyboardInterrupt from None  # the CLI's Ctrl-C exit: status 130, what was printed stays
     except RealmError as exc:
@@ -123,14 +137,45 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
         raise
     timings = {"load_s": loaded - started, "run_s": result.seconds,
                "first_text_s": None if clock.first is None else clock.first - loaded}
+    decode_s = None if clock.first is None else run_started + result.seconds - clock.first
     if as_json:
-        click.echo(json.dumps(_result_json(result, label, timings)))
+        click.echo(json.dumps(_result_json(result, label, timings, decode_s)))
         return
     _finish_stream(result)
     if trace:
-        _print_trace(result, label, model.config.n_layers)
+        _print_trace(result, label, model.config.n_layers, decode_s)
     if not quiet:
         click.echo(finish_notice(result), err=True)
+
+
+def speculation_request(request: dict[str, Any], speculative: str | None) -> list[str]:
+    """Put --speculative into the request; returns the draft files the guest may open (a usage error
+    for a malformed mode or a missing draft file)."""
+    if speculative is None:
+        return []
+    kind, _, arg = speculative.partition(":")
+    if not (speculative == "ngram" or (kind == "self" and arg.isdigit()) or (kind == "draft" and arg)):
+        raise click.BadParameter(f"expected ngram, draft:FILE or self:N, got {speculative!r}",
+                                 param_hint="--speculative")
+    if kind == "draft" and not Path(arg).expanduser().is_file():
+        raise click.BadParameter(f"no such draft model file: {arg}", param_hint="--speculative")
+    request["speculative"] = speculative
+    return [arg] if kind == "draft" else []
+
+
+def adapter_bindings(request: dict[str, Any], tenant_name: str | None, lora_file: str | None,
+                     lora_scale: float) -> dict[str, AdapterBinding]:
+    """The adapters the guest may find: a tenant's bindings, and --lora as "default" (which the
+    reference guest is then asked to apply)."""
+    bindings = TenantRegistry().adapters(tenant_name) if tenant_name else {}
+    if lora_file is not None:
+        if not Path(lora_file).expanduser().exists():
+            raise click.BadParameter(f"no such adapter file or folder: {lora_file}", param_hint="--lora")
+        if not math.isfinite(lora_scale):
+            raise click.BadParameter(f"must be a finite number, got {lora_scale}", param_hint="--lora-scale")
+        bindings["default"] = AdapterBinding(str(Path(lora_file).expanduser().resolve()), lora_scale)
+        request["lora"] = "default"
+    return bindings
 
 
 def build_request(prompt: str, sampling: dict[str, Any], stop: tuple[str, ...], params: tuple[str, ...]) -> dict:
@@ -280,7 +325,7 @@ def finish_notice(result: RunResult) -> str:
             + f"; {counts} in {result.seconds:.2f} s{rate}")
 
 
-def _print_trace(result: RunResult, label: str, n_layers: int) -> None:
+def _print_trace(result: RunResult, label: str, n_layers: int, decode_s: float | None = None) -> None:
     table = Table("host function", "calls", "total ms", "mean µs", title=f"host calls by {label}")
     called = [(name, s) for name, s in result.trace.items() if s.calls]
     for name, s in sorted(called, key=lambda item: -item[1].seconds):
@@ -291,10 +336,15 @@ def _print_trace(result: RunResult, label: str, n_layers: int) -> None:
     layers = result.trace["forward_layer"].calls if "forward_layer" in result.trace else 0
     stderr.print(f"{steps} steps x {n_layers} layers -> {layers} forward_layer calls; {result.tokens_fed} tokens fed; "
                  f"{result.fuel_used:,} fuel; {result.seconds:.2f} s", highlight=False, soft_wrap=True)
+    figures = speculation_figures(result, decode_s)
+    if figures:
+        stderr.print("speculation: " + ", ".join(f"{k} {v}" for k, v in figures.items()), highlight=False,
+                     soft_wrap=True)
 
 
-def _result_json(result: RunResult, label: str, timings: dict[str, float | None]) -> dict[str, Any]:
-    return {"guest": label, "text": result.text, "status": result.status, "finish_reason": result.finish_reason,
+def _result_json(result: RunResult, label: str, timings: dict[str, float | None],
+                 decode_s: float | None = None) -> dict[str, Any]:
+    return {"speculation": speculation_figures(result, decode_s),"guest": label, "text": result.text, "status": result.status, "finish_reason": result.finish_reason,
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "timings": timings, "seconds": result.seconds, "fuel_used": result.fuel_used,
             "tokens_fed": result.tokens_fed, "logs": result.logs,

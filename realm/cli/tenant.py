@@ -67,11 +67,15 @@ def list_tenants(as_json: bool) -> None:
 @json_option
 def show(name: str, as_json: bool) -> None:
     """Show tenant NAME: its module and limits."""
-    t = TenantRegistry().get(name)
+    registry = TenantRegistry()
+    t, adapters = registry.get(name), registry.adapters(name)
     if as_json:
-        click.echo(json.dumps(t.as_json()))
+        click.echo(json.dumps({**t.as_json(), "adapters": {a: dataclasses.asdict(b) for a, b in adapters.items()}}))
         return
-    console.print(_detail(t))
+    table = _detail(t)
+    for alias, binding in adapters.items():
+        table.add_row(f"adapter {alias}", f"{binding.path} (scale {binding.scale:g})")
+    console.print(table)
 
 
 @tenant.command("set-limits")
@@ -91,6 +95,27 @@ def delete(name: str) -> None:
     """Delete tenant NAME, and its module file unless another tenant serves the same module."""
     TenantRegistry().delete(name)
     click.echo(f"deleted tenant {name}")
+
+
+@tenant.command("set-lora")
+@click.argument("name")
+@click.argument("file", metavar="FILE")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="The adapter's default scale.")
+@click.option("--as", "alias", default="default", show_default=True, metavar="ALIAS",
+              help="The name the tenant's guest finds it by (the reference guest: the request's \"lora\").")
+def set_lora(name: str, file: str, scale: float, alias: str) -> None:
+    """Bind a LoRA adapter FILE (llama.cpp GGUF adapter, or a PEFT folder) to tenant NAME as ALIAS."""
+    binding = TenantRegistry().set_lora(name, file, scale, alias)
+    click.echo(f"tenant {name}: adapter {alias} = {binding.path} at scale {binding.scale:g}")
+
+
+@tenant.command("unset-lora")
+@click.argument("name")
+@click.argument("alias", required=False)
+def unset_lora(name: str, alias: str | None) -> None:
+    """Unbind tenant NAME's adapter ALIAS (every adapter if ALIAS is not given)."""
+    removed = TenantRegistry().unset_lora(name, alias)
+    click.echo(f"tenant {name}: unbound {', '.join(removed) if removed else 'nothing'}")
 
 
 @tenant.command("rate-limit")

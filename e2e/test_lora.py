@@ -1,0 +1,90 @@
+"""LoRA as a user runs it: `realm logits --lora` gives llama.cpp's logits, and two tenants on one model,
+one with an adapter, run at the same time with each output equal to its solo run and the adapter
+never reaching the other tenant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oracle import DATA, assert_matches, reference_sequences, tolerance_for
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE, ADAPTER = DATA / "tiny-llama-F32.gguf", DATA / "tiny-llama-lora-r8.gguf"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("base, adapter, scale", [
+    ("tiny-llama-Q4_K.gguf", "tiny-llama-lora-r8.gguf", 0.5),
+    ("tiny-gemma3-F32.gguf", "tiny-gemma3-lora-r8.gguf", 1.0),
+])
+def test_realm_logits_with_an_adapter_gives_llamacpps_logits(realm, tmp_path, backend, base, adapter, scale):
+    tokens, ref = reference_sequences(f"{base.removesuffix('.gguf')}+lora-r8@{scale}.logits.npz")[0]
+    out = tmp_path / "logits.npy"
+    done = realm("logits", "--model", str(DATA / base), "--backend", backend, "--tokens", ",".join(map(str, tokens)),
+                 "--lora", str(DATA / adapter), "--lora-scale", str(scale), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    weights = base.removesuffix(".gguf").rsplit("-", 1)[1]
+    assert_matches(np.load(out), ref, tolerance_for(weights, lora=True), base)
+
+
+def test_an_adapter_for_another_model_is_one_error_line(realm, tmp_path):
+    done = realm("logits", "--model", str(BASE), "--tokens", "1,2", "--lora", str(DATA / "tiny-gemma3-lora-r8.gguf"),
+                 "--out", str(tmp_path / "x.npy"))
+    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
+    assert "made for architecture 'gemma3'" in done.stderr
+
+
+def _setup_tenants(realm) -> None:
+    for tenant in ("acme", "globex"):
+        assert realm("tenant", "create", tenant).returncode == 0
+        assert realm("tenant", "deploy", tenant, str(ROOT / "guest" / "generate.wasm")).returncode == 0
+    bound = realm("tenant", "set-lora", "acme", str(ADAPTER), "--scale", "0.5", "--as", "style")
+    assert bound.returncode == 0, bound.stderr
+
+
+def _solo(realm, tenant: str, prompt: str, *extra: str) -> str:
+    done = realm("run", prompt, "--model", str(BASE), "--tenant", tenant, "--temperature", "0", "--max-tokens", "10",
+                 "--json", *extra)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["text"]
+
+
+def test_two_tenants_at_once_one_with_an_adapter_each_get_their_solo_output(realm, tmp_path):
+    _setup_tenants(realm)
+    prompts = ["Once upon a time", "The quick brown fox", "In the beginning"]
+    lines = []
+    for prompt in prompts:
+        lines.append({"tenant": "acme", "prompt": prompt, "lora": "style", "temperature": 0, "max_tokens": 10})
+        lines.append({"tenant": "globex", "prompt": prompt, "temperature": 0, "max_tokens": 10})
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = realm("batch", str(requests), "--model", str(BASE), "--concurrency", "6")
+    assert done.returncode == 0, done.stderr
+    together = [json.loads(line)["text"] for line in done.stdout.splitlines()]
+    for i, prompt in enumerate(prompts):
+        adapted, plain = _solo(realm, "acme", prompt, "--param", "lora=style"), _solo(realm, "globex", prompt)
+        assert together[2 * i] == adapted and together[2 * i + 1] == plain
+        assert adapted != plain  # the adapter does something, and only for acme
+        assert plain == _solo(realm, "acme", prompt)  # acme without naming it: the base model
+
+
+def test_a_tenant_cannot_name_another_tenants_adapter(realm):
+    _setup_tenants(realm)
+    done = realm("run", "hi", "--model", str(BASE), "--tenant", "globex", "--param", "lora=style", "--max-tokens", "4")
+    assert done.returncode == 1 and "no such LoRA adapter" in done.stderr, done.stderr
+    shown = json.loads(realm("tenant", "show", "globex", "--json").stdout)
+    assert shown["adapters"] == {}
+    assert json.loads(realm("tenant", "show", "acme", "--json").stdout)["adapters"]["style"]["scale"] == 0.5
+
+
+def test_set_lora_refuses_what_is_not_an_adapter_and_unset_lora_unbinds(realm):
+    _setup_tenants(realm)
+    bad = realm("tenant", "set-lora", "acme", str(BASE))
+    assert bad.returncode == 1 and "not a LoRA adapter" in bad.stderr
+    assert realm("tenant", "unset-lora", "acme", "style").returncode == 0
+    again = realm("tenant", "unset-lora", "acme", "style")
+    assert again.returncode == 1 and "no adapter bound as 'style'" in again.stderr
