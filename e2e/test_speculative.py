@@ -30,7 +30,7 @@ def cases() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(None, "numpy")
+    return load_model(None, "cpu")  # the default CPU path; its rows are batch-invariant by construction
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def plain_texts(model, guest) -> dict[str, object]:
 @pytest.mark.parametrize("prompt, source", cases())
 def test_every_draft_source_generates_the_plain_greedy_text_on_the_default_model(model, guest, plain_texts,
                                                                                     prompt, source):
-    opener = draft_opener(model, "numpy", [default_model_path()])
+    opener = draft_opener(model, "cpu", [default_model_path()])
     request = {"prompt": prompt, "temperature": 0, "max_tokens": 20, "speculative": source}
     fast, plain = TenantSandbox(model).run(guest, request, open_draft=opener), plain_texts[prompt]
     assert fast.text == plain.text
@@ -55,15 +55,15 @@ def test_every_draft_source_generates_the_plain_greedy_text_on_the_default_model
 
 def test_realm_run_speculative_prints_the_plain_text_and_its_acceptance(realm):
     prompt = PROMPTS[0]
-    plain = realm("run", prompt, "--temperature", "0", "--max-tokens", "24", "--json", "--backend", "numpy")
-    fast = realm("run", prompt, "--temperature", "0", "--max-tokens", "24", "--json", "--backend", "numpy",
+    plain = realm("run", prompt, "--temperature", "0", "--max-tokens", "24", "--json", "--backend", "cpu")
+    fast = realm("run", prompt, "--temperature", "0", "--max-tokens", "24", "--json", "--backend", "cpu",
                  "--speculative", "ngram")
     assert plain.returncode == 0 and fast.returncode == 0, plain.stderr + fast.stderr
     plain_out, fast_out = json.loads(plain.stdout), json.loads(fast.stdout)
     assert fast_out["text"] == plain_out["text"]
     spec = fast_out["speculation"]
     assert spec["drafted"] > 0 and 0 < spec["acceptance_rate"] <= 1 and spec["tokens_per_target_step"] > 1
-    traced = realm("run", prompt, "--temperature", "0", "--max-tokens", "12", "--backend", "numpy",
+    traced = realm("run", prompt, "--temperature", "0", "--max-tokens", "12", "--backend", "cpu",
                    "--speculative", "ngram", "--trace")
     assert traced.returncode == 0 and "acceptance_rate" in traced.stderr and "tokens_per_target_step" in traced.stderr
 

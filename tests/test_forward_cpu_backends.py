@@ -101,3 +101,22 @@ def test_the_cpu_backend_keeps_weights_quantized(models):
 
     quantized = weight_bytes(_load(models, "tiny-llama-Q4_K.gguf", "cpu"))
     assert quantized * 6 < weight_bytes(_load(models, "tiny-llama-Q4_K.gguf", "numpy"))  # 4.5 bits a weight vs 32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["tiny-gemma3-Q8_0.gguf", "tiny-llama-Q4_K.gguf"])
+def test_a_tokens_logits_do_not_depend_on_how_its_sequence_was_cut_into_steps(models, name, backend):
+    """One 40-token step, or steps of 1..9 tokens (a speculative verification is such a step): the same
+    bits for every token, sliding windows included. Speculation's exactness rests on this."""
+    model = _load(models, name, backend)
+    tokens = reference_sequences(name.replace(".gguf", ".logits.npz"))[0][0][:40].tolist()
+    whole = model.logits_for(tokens)
+    seq, rows, at = model.open_sequence(len(tokens)), [], 0
+    for size in [3, 1, 9, 2, 5, 1, 1, 8, 4, 6]:
+        seq.append(tokens[at : at + size])
+        for layer in range(model.config.n_layers):
+            seq.forward_layer(layer)
+        rows.append(seq.finish(all_positions=True))
+        at += size
+    seq.close()
+    np.testing.assert_array_equal(np.concatenate(rows), whole)

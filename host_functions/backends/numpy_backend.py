@@ -286,24 +286,30 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, sta
     q: (n, n_head, head_dim); keys/values: (L, n_kv, head_dim) of positions start..pos+n-1.
     `window` > 0 limits each query at position p to keys p-window+1..p. Queries and probabilities
     are rounded to float16 as llama.cpp's f16-cache matmuls do. Returns (n, n_head, head_dim).
+
+    Each query attends on its own, over exactly the keys it sees, as a one-token decode step would:
+    BLAS gives other bits for an (n, d) x (d, L) product than for n products of one row, and the sums
+    over a longer, masked row associate differently. So a token's result never depends on how its
+    sequence was cut into steps (a prompt in one chunk or token by token, a speculative verification
+    of k drafts), which keeps speculation exact. It costs a Python loop over a prefill chunk's queries.
     """
-    n, n_head, hd = q.shape
+    out = np.empty_like(q)
+    for i in range(q.shape[0]):
+        p = pos + i
+        first = max(0, p - window + 1) if window else 0
+        out[i] = _attend(q[i], keys[first - start : p - start + 1], values[first - start : p - start + 1], scale)
+    return out
+
+
+def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: float) -> np.ndarray:
+    """One query (n_head, head_dim) over keys/values (L, n_kv, head_dim) it may all see."""
+    n_head, hd = q.shape
     n_kv = keys.shape[1]
-    end = pos + n
-    keys = keys.transpose(1, 2, 0)  # (n_kv, head_dim, L)
-    values = values.transpose(1, 0, 2)  # (n_kv, L, head_dim)
-    qg = round_to_f16(q).reshape(n, n_kv, n_head // n_kv, hd).transpose(1, 2, 0, 3)  # (n_kv, group, n, head_dim)
-    scores = (qg @ keys[:, None]) * np.float32(scale)  # (n_kv, group, n, L)
-    q_pos = np.arange(pos, end)[:, None]
-    k_pos = np.arange(start, end)[None, :]
-    masked = k_pos > q_pos
-    if window:
-        masked |= k_pos <= q_pos - window
-    scores = np.where(masked, -np.inf, scores)
+    qg = round_to_f16(q).reshape(n_kv, n_head // n_kv, 1, hd)  # (n_kv, group, 1, head_dim)
+    scores = (qg @ keys.transpose(1, 2, 0)[:, None]) * np.float32(scale)  # (n_kv, group, 1, L)
     scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probs = round_to_f16(scores / scores.sum(axis=-1, keepdims=True))
-    out = probs @ values[:, None]  # (n_kv, group, n, head_dim)
-    return out.transpose(2, 0, 1, 3).reshape(n, n_head, hd)
+    return (probs @ values.transpose(1, 0, 2)[:, None]).reshape(n_head, hd)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
