@@ -94,6 +94,23 @@ def admin_routes(server: Server) -> list[Route]:
             raise ApiError(400, f"the body must be an object with {' and/or '.join(sorted(names))}")
         return registry.set_rate_limits(request.path_params["name"], RateLimits(**body)).as_json()
 
+    async def list_adapters(request: Request) -> Any:
+        bound = registry.adapters(request.path_params["name"])
+        return {"data": [{"alias": alias, "path": b.path, "scale": b.scale} for alias, b in bound.items()]}
+
+    async def bind_adapter(request: Request) -> Any:
+        body = await read_json(request, server.config.max_body_bytes)
+        scale = body.get("scale", 1.0) if isinstance(body, dict) else None
+        if (not isinstance(body, dict) or not isinstance(body.get("path"), str) or isinstance(scale, bool)
+                or not isinstance(scale, (int, float))):
+            raise ApiError(400, 'the body must be {"path": FILE, "scale": number}')
+        binding = registry.set_lora(request.path_params["name"], body["path"], float(scale),
+                                    request.path_params["alias"])
+        return {"alias": request.path_params["alias"], "path": binding.path, "scale": binding.scale}
+
+    async def unbind_adapter(request: Request) -> Any:
+        return {"unbound": registry.unset_lora(request.path_params["name"], request.path_params["alias"])}
+
     return [
         Route("/admin/tenants", admin(list_tenants), methods=["GET"]),
         Route("/admin/tenants", admin(create_tenant, 201), methods=["POST"]),
@@ -105,6 +122,9 @@ def admin_routes(server: Server) -> list[Route]:
         Route("/admin/tenants/{name}/keys/{key_id}", admin(revoke_key), methods=["DELETE"]),
         Route("/admin/tenants/{name}/rate-limits", admin(show_rates), methods=["GET"]),
         Route("/admin/tenants/{name}/rate-limits", admin(set_rates), methods=["PUT"]),
+        Route("/admin/tenants/{name}/adapters", admin(list_adapters), methods=["GET"]),
+        Route("/admin/tenants/{name}/adapters/{alias}", admin(bind_adapter), methods=["PUT"]),
+        Route("/admin/tenants/{name}/adapters/{alias}", admin(unbind_adapter), methods=["DELETE"]),
     ]
 
 

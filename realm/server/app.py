@@ -118,7 +118,8 @@ class Server:
         except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
             self.finished(tenant_name, kind, exc.status, started)
             raise
-        runs = [(index, self.runner.start(tenant, guest, req)) for index, req in spec.guest_requests()]
+        adapters = self.registry.adapters(tenant.name)  # a snapshot: rebinding never changes these runs
+        runs = [(index, self.runner.start(tenant, guest, req, adapters)) for index, req in spec.guest_requests()]
         call = _Call(self, tenant.name, kind, spec, runs, started)
         if spec.stream:
             return StreamingResponse(call.events(), media_type="text/event-stream",

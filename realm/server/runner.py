@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from host_functions.abi import AdapterBinding
+from host_functions.errors import RequestCancelled
 from host_functions.model import Model
 
-from host_functions.errors import RequestCancelled
 from ..sandbox import GuestModule, RunResult, TenantSandbox
 from ..tenants import Tenant
 
@@ -66,7 +67,8 @@ class Runner:
         """Runs started and not finished (running or waiting for a thread)."""
         return len(self._live)
 
-    def start(self, tenant: Tenant, guest: GuestModule, request: dict[str, Any]) -> GuestRun:
+    def start(self, tenant: Tenant, guest: GuestModule, request: dict[str, Any],
+              adapters: Mapping[str, AdapterBinding] | None = None) -> GuestRun:
         """Queue one run; call from the event loop. Its text arrives on `.stream()`."""
         loop = asyncio.get_running_loop()
         run = GuestRun(tenant.name)
@@ -78,7 +80,7 @@ class Runner:
         def work() -> RunResult:
             if run.cancel.is_set():  # the client left while the run waited for a thread
                 raise RequestCancelled("the client cancelled the request")
-            return sandbox.run(guest, request, on_text=on_text, cancel=run.cancel)
+            return sandbox.run(guest, request, on_text=on_text, cancel=run.cancel, adapters=adapters)
 
         def finished(outcome: asyncio.Future[RunResult]) -> None:
             self._live.discard(run)
