@@ -64,7 +64,7 @@ def seq_finish(s: Session, mem: GuestMemory, seq: int) -> int:
     sq = state.seq
     check_step_complete(sq, sq.model.config.n_layers)
     state.set_logits(sq.finish(owner=s.step_owner()))
-    s.count_step(sq)
+    s.count_step(state)
     return Status.OK
 
 

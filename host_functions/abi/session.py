@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import QuotaExceeded, RealmError
 from ..lora import LoraAdapter
-from ..model import Model, Sequence, StepOwner
+from ..model import Model, StepOwner
 from .handles import HandleTable, SeqState
 from .limits import Limits
 
@@ -103,9 +103,10 @@ class Session:
             raise QuotaExceeded(f"guest made more than its limit of {self.limits.max_host_calls} host calls")
         self.check_deadline()
 
-    def count_step(self, seq: Sequence) -> None:
-        """A step completed on one of the request's sequences (draft models' steps are not the target's)."""
-        if seq.model is self.model:
+    def count_step(self, state: SeqState) -> None:
+        """A step completed on one of the request's sequences (a draft sequence's steps are not the
+        target's, even when the draft is the target's own file)."""
+        if not state.records_samples:
             self.steps.target_steps += 1
 
     def charge_text(self, n_bytes: int) -> None:
