@@ -27,12 +27,13 @@ from host_functions.model import Model
 
 from ..chat import ChatTemplate
 from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
+from .. import scheduler
 from ..sandbox import GuestModule, RunResult, compile_guest, reference_guest_path
 from ..tenants import Tenant, TenantRegistry
 from . import protocol
 from .admin import admin_routes
 from .bodies import bearer_key, read_json
-from .metrics import CONTENT_TYPE, ServerMetrics
+from .metrics import CONTENT_TYPE, ServerMetrics, engine_stats
 from .protocol import ApiError, ChoiceResult, GenerationSpec
 from .ratelimit import RateLimiter
 from .runner import GuestRun, Runner
@@ -66,6 +67,7 @@ class Server:
         self.runner = Runner(model, config.workers)
         self.limiter = RateLimiter()
         self.metrics = ServerMetrics()
+        self.metrics.watch_engine(lambda: engine_stats(scheduler.install(model)))
         self.created = protocol.now()
         self.reference_guest = compile_guest(reference_guest_path().read_bytes())
 

@@ -1,9 +1,8 @@
 """The server's Prometheus metrics (prometheus_client), per tenant, in a registry of its own.
 
 Requests by endpoint and status, prompt and completion tokens, request latency and time to first
-token, runs in flight. The engine's figures (batch sizes per scheduler step, KV blocks in use)
-come in through two hooks, so the scheduler reports them without importing the server:
-`observe_batch(size)` per step and `watch_engine(stats)`, polled at every scrape.
+token, runs in flight. The engine's figures (the scheduler's steps and sequences per step, KV blocks)
+come from `watch_engine(stats)`, polled at every scrape.
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..scheduler import Scheduler
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class ServerMetrics:
@@ -34,14 +34,8 @@ class ServerMetrics:
         self.ttft = Histogram("realm_time_to_first_token_seconds", "Time from request to its first text",
                               ["tenant", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("realm_requests_in_flight", "Requests being generated", ["tenant"], registry=r)
-        self.batch_size = Histogram("realm_batch_size", "Sequences per batched forward step (from the scheduler)",
-                                    buckets=_BATCH_BUCKETS, registry=r)
         self._engine = _EngineCollector()
         r.register(self._engine)
-
-    def observe_batch(self, size: int) -> None:
-        """Hook for the scheduler: one batched step ran `size` sequences."""
-        self.batch_size.observe(size)
 
     def watch_engine(self, stats: Callable[[], Mapping[str, float]]) -> None:
         """Hook for the engine: `stats()` returns gauges such as {"kv_blocks_used": ..,
@@ -50,6 +44,19 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def engine_stats(sched: Scheduler) -> dict[str, float]:
+    """The scheduler's and the KV pool's figures, as gauges: steps, sequences per step (mean, largest),
+    KV blocks used, at peak and in all, and the positions a block holds."""
+    stats, pool = sched.stats, sched.model.backend.kv_pool
+    figures = {"scheduler_steps": stats.steps, "scheduler_mean_batch": stats.mean_batch,
+               "scheduler_max_batch": stats.max_batch}
+    if pool is not None:
+        kv = pool.stats()
+        figures |= {"kv_blocks_used": kv.blocks_used, "kv_blocks_peak": kv.blocks_peak,
+                    "kv_blocks_total": kv.blocks_total, "kv_block_tokens": kv.block_tokens}
+    return figures
 
 
 class _EngineCollector(Collector):
