@@ -88,3 +88,13 @@ def test_set_lora_refuses_what_is_not_an_adapter_and_unset_lora_unbinds(realm):
     assert realm("tenant", "unset-lora", "acme", "style").returncode == 0
     again = realm("tenant", "unset-lora", "acme", "style")
     assert again.returncode == 1 and "no adapter bound as 'style'" in again.stderr
+
+
+def test_a_batch_line_with_a_missing_adapter_fails_alone_saying_so(realm, tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"prompt": "hi", "max_tokens": 2, "lora": "/no/such/adapter.gguf"}) + "\n"
+                        + json.dumps({"prompt": "hi", "max_tokens": 2, "lora": str(ADAPTER), "lora_scale": 0.5}) + "\n")
+    done = realm("batch", str(requests), "--model", str(BASE))
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 1 and "no such LoRA adapter file or folder: /no/such/adapter.gguf" in rows[0]["error"]
+    assert rows[1]["completion_tokens"] == 2

@@ -77,24 +77,17 @@ static inline float f32x8_sum(f32x8 a) {
 typedef struct { int32_t v[8]; } i32x8;
 typedef struct { float v[8]; } f32x8;
 
-static inline i32x8 dot32(const int8_t *w, const int8_t *x) {
-    i32x8 r;
-    for (int i = 0; i < 8; i++) {
-        int32_t s = 0;
-        for (int j = 4 * i; j < 4 * i + 4; j++) s += (int32_t)w[j] * x[j];
-        r.v[i] = s;
-    }
-    return r;
-}
-static inline i32x8 udot32(const uint8_t *w, const int8_t *x) {
-    i32x8 r;
-    for (int i = 0; i < 8; i++) {
-        int32_t s = 0;
-        for (int j = 4 * i; j < 4 * i + 4; j++) s += (int32_t)w[j] * x[j];
-        r.v[i] = s;
-    }
-    return r;
-}
+/* One loop for both weight signednesses: the products are exact either way. */
+#define REALM_DOT32_LANES(w, x)                                                 \
+    i32x8 r;                                                                    \
+    for (int i = 0; i < 8; i++) {                                               \
+        int32_t s = 0;                                                          \
+        for (int j = 4 * i; j < 4 * i + 4; j++) s += (int32_t)(w)[j] * (x)[j];  \
+        r.v[i] = s;                                                             \
+    }                                                                           \
+    return r
+static inline i32x8 dot32(const int8_t *w, const int8_t *x) { REALM_DOT32_LANES(w, x); }
+static inline i32x8 udot32(const uint8_t *w, const int8_t *x) { REALM_DOT32_LANES(w, x); }
 static inline i32x8 i32x8_zero(void) { i32x8 r = {{0}}; return r; }
 static inline i32x8 i32x8_add(i32x8 a, i32x8 b) { for (int i = 0; i < 8; i++) a.v[i] += b.v[i]; return a; }
 static inline i32x8 i32x8_scale2(i32x8 a, int s0, int s1) {

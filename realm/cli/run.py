@@ -26,6 +26,7 @@ from rich.table import Table
 
 from host_functions.abi import MAX_I32, AdapterBinding, Limits, Status
 from host_functions.errors import GuestError, RealmError, RequestCancelled, TenantError
+from host_functions.lora import AdapterError
 from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from realm.cli import EXIT_INTERRUPTED, main
@@ -170,9 +171,9 @@ def adapter_bindings(request: dict[str, Any], tenant_name: str | None, lora_file
     bindings = TenantRegistry().adapters(tenant_name) if tenant_name else {}
     if lora_file is not None:
         if not Path(lora_file).expanduser().exists():
-            raise click.BadParameter(f"no such adapter file or folder: {lora_file}", param_hint="--lora")
+            raise AdapterError(f"no such LoRA adapter file or folder: {lora_file}")
         if not math.isfinite(lora_scale):
-            raise click.BadParameter(f"must be a finite number, got {lora_scale}", param_hint="--lora-scale")
+            raise AdapterError(f"the LoRA scale must be a finite number, got {lora_scale}")
         bindings["default"] = AdapterBinding(str(Path(lora_file).expanduser().resolve()), lora_scale)
         request["lora"] = "default"
     return bindings
