@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from host_functions.backends import StepItem
+from host_functions.backends import StepItem, numpy_backend
 from host_functions.model import Model
 from oracle import DATA, assert_matches, reference_sequences, tolerance_for
 
@@ -74,3 +74,22 @@ def test_batched_prefill_matches_llamacpp(name, weights):
     for logits, (_, expected) in zip(model.backend.step(items), refs, strict=True):
         assert_matches(logits, expected, tolerance_for(weights), name)
 
+
+
+@pytest.mark.parametrize("matmul", [numpy_backend.tiled_matmul, numpy_backend.blas_tiled_matmul],
+                         ids=["native", "blas-fallback"])
+@pytest.mark.parametrize("n_in", [64, 100, 640])  # 100: past the last whole 16 lanes
+def test_each_product_row_is_independent_of_the_others(matmul, n_in):
+    rng = np.random.default_rng(n_in)
+    weight = rng.standard_normal((300, n_in), dtype=np.float32)
+    x = rng.standard_normal((37, n_in), dtype=np.float32)
+    batched = matmul(x, weight)
+    np.testing.assert_allclose(batched, x.astype(np.float64) @ weight.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+    for i in (0, 5, 36):
+        assert np.array_equal(matmul(x[i : i + 1], weight)[0], batched[i])
+    assert np.array_equal(matmul(x[3:20], weight), batched[3:20])
+
+
+def test_numpy_backend_products_run_on_the_native_float_tile():
+    # Where the kernels build (every CI machine) the reference backend must not fall back to BLAS tiles.
+    assert numpy_backend.float_kernels() is not None

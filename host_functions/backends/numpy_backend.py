@@ -22,14 +22,18 @@ gap to llama.cpp's logits on float models.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from ..config import ModelConfig
 from gguf import GGMLQuantizationType
+
+from .. import native
+from ..config import ModelConfig
+from ..errors import BackendError
 
 from ..gguf_file import RawTensor
 from ..lora import LoraAdapter
@@ -225,16 +229,27 @@ class Projection:
         return tiled_matmul(x, self.weight)
 
 
-ROW_TILE = 16  # rows per GEMM: every row of every step goes through the same (16, n_in) x (n_in, n_out) call
+ROW_TILE = 16  # rows per GEMM of the BLAS fallback: every row goes through the same (16, n_in) call
 
 
 def tiled_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """x @ weight.T as GEMMs over tiles of exactly ROW_TILE rows (the last one zero-padded).
+    """x @ weight.T, each row's bits depending only on that row, never on its neighbours.
 
     OpenBLAS picks its kernel, blocking and threading by the row count (a single row even goes
-    through GEMV), and a row's bits change with them; with one fixed shape a row's result depends
-    only on the row, never on its neighbours or its place in the batch (tests/test_batching_numpy).
+    through GEMV), and a row's bits change with them. So the products run on the native kernels'
+    float32 tile (fixed summation order, weights read once per call for all rows), or, where those
+    cannot load (no ziglang, another OS), as BLAS GEMMs over tiles of exactly ROW_TILE rows, which
+    costs a lone row most of GEMV's speed (tests/test_batching_numpy holds both to invariance).
     """
+    kernels = float_kernels()
+    if kernels is not None:
+        rows = np.ascontiguousarray(weight, np.float32).view(np.uint8)
+        return kernels.matmul([(int(GGMLQuantizationType.F32), rows)], weight.shape[1], x)
+    return blas_tiled_matmul(x, weight)
+
+
+def blas_tiled_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """tiled_matmul's fallback: GEMMs over zero-padded tiles of exactly ROW_TILE rows."""
     n = x.shape[0]
     padded = -(-n // ROW_TILE) * ROW_TILE
     if padded != n or not x.flags.c_contiguous:
@@ -244,6 +259,23 @@ def tiled_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     for start in range(0, padded, ROW_TILE):
         np.matmul(x[start : start + ROW_TILE], wt, out=out[start : start + ROW_TILE])
     return out[:n]
+
+
+@functools.cache
+def _float_kernels_or_none() -> native.Kernels | None:
+    try:
+        return native.load()
+    except BackendError:
+        return None
+
+
+def float_kernels() -> native.Kernels | None:
+    """The native kernels for float32 products (at the current default thread count), or None where
+    they cannot be built or loaded on this machine."""
+    kernels = _float_kernels_or_none()
+    if kernels is not None and kernels.threads != native.default_threads():
+        kernels.set_threads(native.default_threads())
+    return kernels
 
 
 def round_to_f16(x: np.ndarray) -> np.ndarray:
