@@ -12,7 +12,7 @@ import pytest
 
 from host_functions import quants
 from host_functions.backends import StepItem
-from host_functions.backends.wgpu_backend import GPUActivations, WgpuBackend, WgpuKVCache
+from host_functions.backends.wgpu_backend import GPUActivations, WgpuBackend
 from host_functions.config import ModelConfig
 from host_functions.gguf_file import GGUFFile
 from host_functions.kernels import GPUWeight
@@ -32,6 +32,7 @@ def load(cache: dict, name: str, kv_f16: bool = True) -> Model:
         model = Model.load(DATA / name, backend="wgpu")
         if not kv_f16:
             model.backend = WgpuBackend(model.config, GGUFFile(DATA / name).tensors, kv_f16=False)
+            model.backend.configure_kv()
         cache[name, kv_f16] = model
     return cache[name, kv_f16]
 
@@ -116,18 +117,22 @@ def test_weights_are_uploaded_as_raw_gguf_bytes_and_never_dequantized_on_the_cpu
     np.testing.assert_array_equal(norm, gguf.tensors["blk.0.attn_q_norm.weight"].data)
 
 
-def test_kv_cache_is_gpu_resident_and_bounded_by_capacity(models):
+def test_kv_cache_is_a_gpu_pool_of_blocks_bounded_by_capacity(models):
     backend = load(models, "tiny-llama-F32.gguf").backend
+    pool = backend.kv_pool
+    block_layer_bytes = pool.block_tokens * backend.config.kv_dim * 2  # f16
+    assert all(buf.size == pool.n_blocks * block_layer_bytes for buf in backend._kv_k + backend._kv_v)
+    held = pool.stats().blocks_used
     cache = backend.new_cache(20)
-    assert isinstance(cache, WgpuKVCache)
     x = backend.embed(np.arange(1, 19, dtype=np.int32))
     assert isinstance(x, GPUActivations) and x.n_tokens == 18
     x = backend.layer(0, x, cache, 0)
-    assert cache.allocated[0] == 18 and cache.allocated[1] == 0  # first allocation: what the step needs
-    assert cache.k[0].size == 18 * backend.config.kv_dim * 2  # f16
+    assert len(cache.blocks) == 2 and pool.stats().blocks_used == held + 2  # 18 positions: two 16-token blocks
     with pytest.raises(BackendError, match="capacity of 20 positions exceeded"):
         backend.layer(1, backend.embed(np.arange(1, 4, dtype=np.int32)), cache, 18)
     backend.logits(x)  # flush the recorded work so later tests start from a clean encoder
+    cache.free()
+    assert pool.stats().blocks_used == held
 
 
 def test_out_of_range_token_ids_are_rejected(models):
@@ -139,7 +144,7 @@ def test_out_of_range_token_ids_are_rejected(models):
 def test_f32_kv_cache_option_doubles_cache_memory_and_still_matches_llamacpp(models):
     f16 = load(models, "tiny-llama-F32.gguf").backend
     f32 = load(models, "tiny-llama-F32.gguf", kv_f16=False).backend
-    assert f16.new_cache(64).row_bytes * 2 == f32.new_cache(64).row_bytes
+    assert f16.kv_pool.block_bytes * 2 == f32.kv_pool.block_bytes
     tokens, expected = reference_sequences("tiny-llama-F32.logits.npz")[1]
     got = load(models, "tiny-llama-F32.gguf", kv_f16=False).logits_for(tokens.tolist())
     assert compare(got, expected)["min_cosine"] >= 0.99999
