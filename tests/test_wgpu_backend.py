@@ -199,3 +199,62 @@ def test_one_batched_step_of_ragged_sequences_matches_llamacpp(models, name, wei
     assert np.array_equal(last, alone)  # the row in company equals the row alone, bit for bit
     for s in (*seqs, decoder):
         s.close()
+
+
+def test_sequences_whose_blocks_interleave_in_the_pool_match_llamacpp_and_their_solo_runs(models):
+    """Two sequences decoding in the same steps take blocks in turns, so each one's blocks are
+    scattered through the pool (gemma3's window-8 layers slide across block boundaries too); the
+    pool's buffers are never replaced and nothing is copied as the sequences grow."""
+    model = load(models, "tiny-gemma3-Q8_0.gguf")
+    backend = model.backend
+    (a_tokens, a_expected), (b_tokens, _) = reference_sequences("tiny-gemma3-Q8_0.logits.npz")
+    storage = [*backend._kv_k, *backend._kv_v]
+
+    def run(sequences: list[np.ndarray], start: int, end: int) -> list[list[np.ndarray]]:
+        """Prefill each sequence's first `start` tokens, then decode them all together up to `end`."""
+        caches = [backend.new_cache(end) for _ in sequences]
+        rows = [[backend.step([StepItem(tokens[:start].astype(np.int32), 0, cache, "last")])[0]]
+                for tokens, cache in zip(sequences, caches, strict=True)]
+        for pos in range(start, end):
+            items = [StepItem(tokens[pos : pos + 1].astype(np.int32), pos, cache, "last")
+                     for tokens, cache in zip(sequences, caches, strict=True)]
+            for i, out in enumerate(backend.step(items)):
+                rows[i].append(out)
+        if len(sequences) > 1:
+            assert any(np.diff(cache.blocks).max() > 1 for cache in caches)  # the blocks do interleave
+        for cache in caches:
+            cache.free()
+        return rows
+
+    end = min(len(a_tokens), len(b_tokens))
+    together, alone = run([a_tokens, b_tokens], 10, end), run([a_tokens], 10, end)
+    assert_matches(np.stack(together[0]), a_expected[9:end], tolerance_for("Q8_0"))
+    for got, solo in zip(together[0], alone[0], strict=True):
+        assert np.array_equal(got, solo)
+    assert [*backend._kv_k, *backend._kv_v] == storage
+
+
+def test_truncate_gives_blocks_back_and_the_next_sequence_reuses_them(models):
+    backend = load(models, "tiny-llama-Q8_0.gguf").backend
+    pool = backend.kv_pool
+    held = pool.stats().blocks_used
+    cache = backend.new_cache(64)
+    backend.step([StepItem(np.arange(1, 41, dtype=np.int32), 0, cache, "none")])
+    assert len(cache.blocks) == 3 and pool.stats().blocks_used == held + 3
+    freed = cache.blocks[1:]
+    cache.truncate(10)
+    assert cache.blocks and len(cache.blocks) == 1 and pool.stats().blocks_used == held + 1
+    other = backend.new_cache(32)
+    backend.step([StepItem(np.arange(1, 20, dtype=np.int32), 0, other, "none")])
+    assert sorted(other.blocks) == sorted(freed)
+    for c in (cache, other):
+        c.free()
+    assert pool.stats().blocks_used == held
+
+
+def test_the_pool_fits_one_storage_binding_per_layer(models):
+    backend = WgpuBackend(load(models, "tiny-llama-F32.gguf").config, GGUFFile(DATA / "tiny-llama-F32.gguf").tensors)
+    pool = backend.configure_kv(1 << 40)  # a terabyte asked for: each layer's buffer still binds whole
+    assert pool.n_blocks * pool.block_tokens * backend.config.kv_dim * 2 <= backend.ctx.max_binding_size
+    assert all(buf.size <= backend.ctx.max_binding_size for buf in backend._kv_k)
+    assert backend.configure_kv(1 << 20).n_blocks == (1 << 20) // pool.block_bytes

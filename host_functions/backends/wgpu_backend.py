@@ -64,6 +64,9 @@ from .wgpu_context import GPUContext, Recorder
 
 # llama.cpp converts a matmul's input to the weight's own float type for F16/BF16 weights; so do we.
 _INPUT_ROUNDING: dict[str, ops.Rounding] = {"F16": "f16", "BF16": "bf16"}
+# A real GPU allocates the KV pool's buffers up front in its own memory, which free host memory says
+# nothing about: there the default budget is at most this (--kv-memory asks for more).
+GPU_DEFAULT_KV_BUDGET = 1 << 30
 
 
 @dataclass
@@ -234,9 +237,13 @@ class WgpuBackend(Backend):
 
     def configure_kv(self, budget_bytes: int | None = None) -> KVPool:
         """The model's KV pool, at most as many blocks as one storage binding holds per layer (the
-        attention kernel binds a layer's whole pool buffer; llvmpipe: 128 MiB)."""
+        attention kernel binds a layer's whole pool buffer; llvmpipe: 128 MiB). The default budget
+        comes from free memory on a CPU adapter (whose buffers are host memory, committed as used)
+        and is at most GPU_DEFAULT_KV_BUDGET on a real GPU. QuotaExceeded if not one block fits."""
+        if budget_bytes is None:
+            budget_bytes = default_budget() if self.ctx.is_cpu_adapter else min(default_budget(), GPU_DEFAULT_KV_BUDGET)
         most = self.ctx.max_binding_size // self._kv_layer_block_bytes() * self.kv_block_bytes(BLOCK_TOKENS)
-        return super().configure_kv(min(default_budget() if budget_bytes is None else budget_bytes, most))
+        return super().configure_kv(min(budget_bytes, most))
 
     def _allocate_kv(self, pool: KVPool) -> None:
         # Buffers are committed lazily by the driver as the bound prefix grows (see the module docstring).
