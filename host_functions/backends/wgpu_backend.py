@@ -57,7 +57,7 @@ from .. import kernels
 from ..config import ModelConfig
 from ..gguf_file import RawTensor
 from ..kv_pool import BLOCK_TOKENS, KVPool, default_budget
-from ..lora import LoraAdapter
+from ..lora import MAX_RANK, LoraAdapter
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 from . import wgpu_ops as ops
 from .wgpu_context import GPUContext, Recorder
@@ -120,7 +120,14 @@ class _LoraRun:
     pairs: dict[str, _GPUPair]
     index: Any  # (n_rows,) i32 on the GPU
     user_scales: np.ndarray  # (n_rows,) float64, 0 for rows without this adapter
-    scales: dict[float, Any] = field(default_factory=dict)  # factor -> (n_rows,) f32 on the GPU
+    _scales: dict[float, Any] = field(default_factory=dict)  # factor -> (n_rows,) f32 on the GPU
+
+    def scales(self, ctx: GPUContext, factor: float) -> Any:
+        """Each row's user scale * factor (a pair's alpha / rank) on the GPU, uploaded once per step and factor."""
+        buf = self._scales.get(factor)
+        if buf is None:
+            buf = self._scales[factor] = ctx.upload((self.user_scales * factor).astype(np.float32))
+        return buf
 
 
 @dataclass
@@ -167,7 +174,7 @@ class _Scratch:
         self.up = empty(n_tokens * cfg.n_ff * 4)
         self.f = empty(n_tokens * cfg.n_ff * 4)
         self.rounded = empty(n_tokens * max(cfg.n_embd, cfg.q_dim, cfg.n_ff) * 4)  # a matmul input as f16/bf16
-        self.lora_t = empty(n_tokens * ops.MAX_LORA_RANK * 4)  # (n, rank): A x of one LoRA pair
+        self.lora_t = empty(n_tokens * MAX_RANK * 4)  # (n, rank): A x of one LoRA pair
         self.n_tokens = n_tokens
 
 
@@ -408,12 +415,11 @@ class WgpuBackend(Backend):
         for run in lora:
             for name, out in outputs:
                 pair = run.pairs.get(f"blk.{index}.{name}.weight")
-                if pair is not None:
-                    scales = run.scales.get(pair.factor)
-                    if scales is None:
-                        scales = run.scales[pair.factor] = self.ctx.upload((run.user_scales * pair.factor).astype(np.float32))
-                    ops.lora_shrink(rec, x, pair.a, run.index, scales, self._scratch.lora_t, n, pair.n_in, pair.rank)
-                    ops.lora_expand(rec, self._scratch.lora_t, pair.b, run.index, out, n, pair.n_out, pair.rank)
+                if pair is None:
+                    continue
+                t = self._scratch.lora_t
+                ops.lora_shrink(rec, x, pair.a, run.index, run.scales(self.ctx, pair.factor), t, n, pair.n_in, pair.rank)
+                ops.lora_expand(rec, t, pair.b, run.index, out, n, pair.n_out, pair.rank)
 
     def _project(self, rec: Recorder, x: Any, projections: list[tuple[kernels.GPUWeight, Any]], n: int) -> None:
         """out = W x for each (W, out) sharing the input x, which F16/BF16 weights see rounded."""

@@ -16,7 +16,6 @@ from .wgpu_context import GPUContext, Recorder, workgroup_grid
 
 WG = 64  # threads per workgroup of every kernel here (a power of two, as their reductions need)
 MAX_HEAD_DIM = 512  # the size of the rope/attention kernels' per-row workgroup arrays
-MAX_LORA_RANK = 64  # the largest rank lora_shrink/expand are used with (host_functions.lora.MAX_RANK)
 
 Buffer = Any  # GPUBuffer | (GPUBuffer, offset, size)
 Activation = Literal["silu", "gelu"]
