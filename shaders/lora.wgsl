@@ -1,11 +1,12 @@
 // LoRA for a batch of rows that may each use a different adapter (or none):
 //
-//   shrink:  t[r, k]  = scale[ad] * sum_i A[ad, k, i] * x[r, i]      ad = adapter[r] (t = 0 if ad < 0)
+//   shrink:  t[r, k]  = scale[r] * sum_i A[ad, k, i] * x[r, i]       ad = adapter[r] (t = 0 if ad < 0)
 //   expand:  y[r, o] += sum_k B[ad, o, k] * t[r, k]                  rows with adapter[r] < 0 untouched
 //
 // A is every adapter's lora_a stacked: (n_adapters, rank, n_in); B is (n_adapters, n_out, rank).
-// Adapters of smaller rank are zero-padded to `rank`. scale[ad] is the user scale * alpha / rank,
-// applied to the rank-sized t (the cheapest place). y is the base projection's output, so the pair
+// Adapters of smaller rank are zero-padded to `rank`. scale[r] is row r's user scale * alpha / rank
+// (per row: sequences sharing an adapter may use it at different scales), applied to the
+// rank-sized t (the cheapest place). y is the base projection's output, so the pair
 // adds the low-rank update in place. `scale` is the last binding because only shrink reads it.
 // shrink: one workgroup per (k, row) reducing over n_in; expand: one thread per (o, row).
 
@@ -23,7 +24,7 @@ override WG: u32 = 64;  // a power of two
 @group(0) @binding(2) var<storage, read> x: array<f32>;         // shrink: (n_rows, n_in); expand: t (n_rows, rank)
 @group(0) @binding(3) var<storage, read> weight: array<f32>;    // shrink: A; expand: B
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;   // shrink: t; expand: (n_rows, n_out)
-@group(0) @binding(5) var<storage, read> scale: array<f32>;     // (n_adapters,), shrink only
+@group(0) @binding(5) var<storage, read> scale: array<f32>;     // (n_rows,), shrink only
 
 
 @compute @workgroup_size(WG)
@@ -46,7 +47,7 @@ fn shrink(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if (lid == 0u) {
         var s = 0.0;
         if (ad >= 0) {
-            s = scale[ad];
+            s = scale[r];
         }
         y[r * params.rank + k] = s * total;
     }

@@ -12,6 +12,12 @@
 //
 // Output element e of the rotated block goes to dst[dst_offset + e]: as f32 bits (OUT_F16 = false)
 // or as half of a packed f16 pair (OUT_F16 = true; dst_offset is even, counted in f16 elements).
+//
+// ROW_POSITIONS takes token t's position from rows[2t] instead of pos + t (a batched step's rows
+// come from many sequences). PAGED (with ROW_POSITIONS) stores token t's heads at its KV-cache
+// slot instead of at row t: slot = table[rows[2t+1] + p / BLOCK_TOKENS] * BLOCK_TOKENS + p % BLOCK_TOKENS,
+// where rows[2t+1] is where the token's sequence's block table starts in `table` (the paged KV
+// pool: dst holds (pool slots, n_heads, head_dim) of one layer).
 // One workgroup per (token, head) row; rows = wid.x + wid.y * num_workgroups.x.
 // Needs rounding.wgsl in front (f16 output rounds to nearest even, as ggml's cache store does).
 
@@ -35,12 +41,17 @@ override ROTATE: bool = true;
 override NEOX: bool = false;
 override HAS_FACTORS: bool = false;
 override OUT_F16: bool = false;
+override ROW_POSITIONS: bool = false;
+override PAGED: bool = false;
+override BLOCK_TOKENS: u32 = 16;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read> norm_w: array<f32>;   // (head_dim,), bound to anything without NORM
 @group(0) @binding(3) var<storage, read> factors: array<f32>;  // (head_dim/2,), anything without HAS_FACTORS
 @group(0) @binding(4) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(5) var<storage, read> rows: array<u32>;    // (n_tokens, 2): position, table start; ROW_POSITIONS
+@group(0) @binding(6) var<storage, read> table: array<u32>;   // block tables of the step's sequences; PAGED
 
 var<workgroup> row_buf: array<f32, MAX_HEAD_DIM>;
 
@@ -77,7 +88,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
     if (NORM) {
         scale = row_inv_rms(lid, base, n);
     }
-    let p = params.pos + row / params.n_heads;
+    let t = row / params.n_heads;
+    var p = params.pos + t;
+    var dst_row = row;
+    if (ROW_POSITIONS) {
+        p = rows[2u * t];
+    }
+    if (PAGED) {
+        let slot = table[rows[2u * t + 1u] + p / BLOCK_TOKENS] * BLOCK_TOKENS + p % BLOCK_TOKENS;
+        dst_row = slot * params.n_heads + row % params.n_heads;
+    }
     for (var i = lid; i < half; i += WG) {
         var i0 = 2u * i;
         var i1 = 2u * i + 1u;
@@ -104,7 +124,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
     }
     workgroupBarrier();
     // Write adjacent pairs so f16 output packs two values per u32 without races.
-    let out_base = params.dst_offset + row * n;
+    let out_base = params.dst_offset + dst_row * n;
     for (var i = lid; i < half; i += WG) {
         let a = row_buf[2u * i];
         let b = row_buf[2u * i + 1u];

@@ -1,13 +1,17 @@
-"""LoRA applied unmerged on the CPU backends: llama.cpp's logits with each adapter and scale, a batch of
+"""LoRA applied unmerged on every backend: llama.cpp's logits with each adapter and scale, a batch of
 sequences with different adapters (or none) equal to each sequence alone, and a guest that can only
 find its own tenant's adapters."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
 from host_functions.abi import AdapterBinding
+from host_functions.adapter_pool import AdapterPool
 from host_functions.backends import StepItem
 from host_functions.errors import GuestError
 from host_functions.model import Model
@@ -18,7 +22,7 @@ from test_lora_loading import config_of, write_peft
 ADAPTER = DATA / "tiny-llama-lora-r8.gguf"
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "wgpu"])
 @pytest.mark.parametrize("logits_file, base, lora, scale", lora_cases())
 def test_unmerged_adapter_gives_llamacpps_logits(backend, logits_file, base, lora, scale):
     model = Model.load(DATA / base, backend=backend)
@@ -29,7 +33,7 @@ def test_unmerged_adapter_gives_llamacpps_logits(backend, logits_file, base, lor
                        tolerance_for(weights, lora=True), logits_file)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "wgpu"])
 def test_a_mixed_batch_of_adapters_equals_each_sequence_alone(backend, tmp_path):
     model = Model.load(DATA / "tiny-llama-F32.gguf", backend=backend)
     config = config_of(DATA / "tiny-llama-F32.gguf")
@@ -97,3 +101,24 @@ def test_adapters_held_by_a_request_are_released_when_it_ends(tiny, guest):
     bound = {"style": AdapterBinding(str(ADAPTER), 0.5)}
     TenantSandbox(tiny).run(guest, {"prompt": "hi", "max_tokens": 2, "lora": "style"}, adapters=bound)
     assert not tiny.adapters._users  # idle: the pool may drop it when room is needed
+
+
+def test_wgpu_uploads_an_adapter_once_and_lets_it_go_with_the_adapter_pool(tmp_path):
+    model = Model.load(DATA / "tiny-llama-F32.gguf", backend="wgpu")
+    first = model.adapters.acquire(ADAPTER)
+    model.adapters = AdapterPool(model.config, budget_bytes=first.nbytes * 3 // 2)  # room for one adapter
+    other_folder = write_peft(first, config_of(DATA / "tiny-llama-F32.gguf"), tmp_path / "other", lora_alpha=4)
+    del first
+    first = model.adapters.acquire(ADAPTER)
+    tokens = [1, 50, 60, 70]
+    with_first = model.logits_for(tokens, lora=(first, 1.0))
+    uploaded = model.backend._adapters[first]
+    assert np.array_equal(model.logits_for(tokens, lora=(first, 1.0)), with_first)
+    assert model.backend._adapters[first] is uploaded  # not uploaded again
+    gone = weakref.ref(first)
+    model.adapters.release(first)
+    del first, uploaded
+    second = model.adapters.acquire(other_folder)  # no room: the pool drops the idle first adapter
+    assert not np.array_equal(model.logits_for(tokens, lora=(second, 1.0)), with_first)
+    gc.collect()
+    assert gone() is None and list(model.backend._adapters) == [second]  # its GPU buffers went with it

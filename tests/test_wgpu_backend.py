@@ -12,7 +12,7 @@ import pytest
 
 from host_functions import quants
 from host_functions.backends import StepItem
-from host_functions.backends.wgpu_backend import GPUActivations, WgpuBackend, WgpuKVCache
+from host_functions.backends.wgpu_backend import GPUActivations, WgpuBackend
 from host_functions.config import ModelConfig
 from host_functions.gguf_file import GGUFFile
 from host_functions.kernels import GPUWeight
@@ -32,6 +32,7 @@ def load(cache: dict, name: str, kv_f16: bool = True) -> Model:
         model = Model.load(DATA / name, backend="wgpu")
         if not kv_f16:
             model.backend = WgpuBackend(model.config, GGUFFile(DATA / name).tensors, kv_f16=False)
+            model.backend.configure_kv()
         cache[name, kv_f16] = model
     return cache[name, kv_f16]
 
@@ -116,18 +117,22 @@ def test_weights_are_uploaded_as_raw_gguf_bytes_and_never_dequantized_on_the_cpu
     np.testing.assert_array_equal(norm, gguf.tensors["blk.0.attn_q_norm.weight"].data)
 
 
-def test_kv_cache_is_gpu_resident_and_bounded_by_capacity(models):
+def test_kv_cache_is_a_gpu_pool_of_blocks_bounded_by_capacity(models):
     backend = load(models, "tiny-llama-F32.gguf").backend
+    pool = backend.kv_pool
+    block_layer_bytes = pool.block_tokens * backend.config.kv_dim * 2  # f16
+    assert all(buf.size == pool.n_blocks * block_layer_bytes for buf in backend._kv_k + backend._kv_v)
+    held = pool.stats().blocks_used
     cache = backend.new_cache(20)
-    assert isinstance(cache, WgpuKVCache)
     x = backend.embed(np.arange(1, 19, dtype=np.int32))
     assert isinstance(x, GPUActivations) and x.n_tokens == 18
     x = backend.layer(0, x, cache, 0)
-    assert cache.allocated[0] == 18 and cache.allocated[1] == 0  # first allocation: what the step needs
-    assert cache.k[0].size == 18 * backend.config.kv_dim * 2  # f16
+    assert len(cache.blocks) == 2 and pool.stats().blocks_used == held + 2  # 18 positions: two 16-token blocks
     with pytest.raises(BackendError, match="capacity of 20 positions exceeded"):
         backend.layer(1, backend.embed(np.arange(1, 4, dtype=np.int32)), cache, 18)
     backend.logits(x)  # flush the recorded work so later tests start from a clean encoder
+    cache.free()
+    assert pool.stats().blocks_used == held
 
 
 def test_out_of_range_token_ids_are_rejected(models):
@@ -139,7 +144,7 @@ def test_out_of_range_token_ids_are_rejected(models):
 def test_f32_kv_cache_option_doubles_cache_memory_and_still_matches_llamacpp(models):
     f16 = load(models, "tiny-llama-F32.gguf").backend
     f32 = load(models, "tiny-llama-F32.gguf", kv_f16=False).backend
-    assert f16.new_cache(64).row_bytes * 2 == f32.new_cache(64).row_bytes
+    assert f16.kv_pool.block_bytes * 2 == f32.kv_pool.block_bytes
     tokens, expected = reference_sequences("tiny-llama-F32.logits.npz")[1]
     got = load(models, "tiny-llama-F32.gguf", kv_f16=False).logits_for(tokens.tolist())
     assert compare(got, expected)["min_cosine"] >= 0.99999
@@ -194,3 +199,62 @@ def test_one_batched_step_of_ragged_sequences_matches_llamacpp(models, name, wei
     assert np.array_equal(last, alone)  # the row in company equals the row alone, bit for bit
     for s in (*seqs, decoder):
         s.close()
+
+
+def test_sequences_whose_blocks_interleave_in_the_pool_match_llamacpp_and_their_solo_runs(models):
+    """Two sequences decoding in the same steps take blocks in turns, so each one's blocks are
+    scattered through the pool (gemma3's window-8 layers slide across block boundaries too); the
+    pool's buffers are never replaced and nothing is copied as the sequences grow."""
+    model = load(models, "tiny-gemma3-Q8_0.gguf")
+    backend = model.backend
+    (a_tokens, a_expected), (b_tokens, _) = reference_sequences("tiny-gemma3-Q8_0.logits.npz")
+    storage = [*backend._kv_k, *backend._kv_v]
+
+    def run(sequences: list[np.ndarray], start: int, end: int) -> list[list[np.ndarray]]:
+        """Prefill each sequence's first `start` tokens, then decode them all together up to `end`."""
+        caches = [backend.new_cache(end) for _ in sequences]
+        rows = [[backend.step([StepItem(tokens[:start].astype(np.int32), 0, cache, "last")])[0]]
+                for tokens, cache in zip(sequences, caches, strict=True)]
+        for pos in range(start, end):
+            items = [StepItem(tokens[pos : pos + 1].astype(np.int32), pos, cache, "last")
+                     for tokens, cache in zip(sequences, caches, strict=True)]
+            for i, out in enumerate(backend.step(items)):
+                rows[i].append(out)
+        if len(sequences) > 1:
+            assert any(np.diff(cache.blocks).max() > 1 for cache in caches)  # the blocks do interleave
+        for cache in caches:
+            cache.free()
+        return rows
+
+    end = min(len(a_tokens), len(b_tokens))
+    together, alone = run([a_tokens, b_tokens], 10, end), run([a_tokens], 10, end)
+    assert_matches(np.stack(together[0]), a_expected[9:end], tolerance_for("Q8_0"))
+    for got, solo in zip(together[0], alone[0], strict=True):
+        assert np.array_equal(got, solo)
+    assert [*backend._kv_k, *backend._kv_v] == storage
+
+
+def test_truncate_gives_blocks_back_and_the_next_sequence_reuses_them(models):
+    backend = load(models, "tiny-llama-Q8_0.gguf").backend
+    pool = backend.kv_pool
+    held = pool.stats().blocks_used
+    cache = backend.new_cache(64)
+    backend.step([StepItem(np.arange(1, 41, dtype=np.int32), 0, cache, "none")])
+    assert len(cache.blocks) == 3 and pool.stats().blocks_used == held + 3
+    freed = cache.blocks[1:]
+    cache.truncate(10)
+    assert cache.blocks and len(cache.blocks) == 1 and pool.stats().blocks_used == held + 1
+    other = backend.new_cache(32)
+    backend.step([StepItem(np.arange(1, 20, dtype=np.int32), 0, other, "none")])
+    assert sorted(other.blocks) == sorted(freed)
+    for c in (cache, other):
+        c.free()
+    assert pool.stats().blocks_used == held
+
+
+def test_the_pool_fits_one_storage_binding_per_layer(models):
+    backend = WgpuBackend(load(models, "tiny-llama-F32.gguf").config, GGUFFile(DATA / "tiny-llama-F32.gguf").tensors)
+    pool = backend.configure_kv(1 << 40)  # a terabyte asked for: each layer's buffer still binds whole
+    assert pool.n_blocks * pool.block_tokens * backend.config.kv_dim * 2 <= backend.ctx.max_binding_size
+    assert all(buf.size <= backend.ctx.max_binding_size for buf in backend._kv_k)
+    assert backend.configure_kv(1 << 20).n_blocks == (1 << 20) // pool.block_bytes

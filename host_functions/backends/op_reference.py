@@ -89,12 +89,12 @@ def round_to(x: np.ndarray, kind: str) -> np.ndarray:
 
 def lora(x: np.ndarray, y: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray, adapter: np.ndarray,
          scales: np.ndarray) -> np.ndarray:
-    """y + scales[ad] * B[ad] @ (A[ad] @ x[r]) per row r, ad = adapter[r] (rows with -1 unchanged).
+    """y + scales[r] * B[ad] @ (A[ad] @ x[r]) per row r, ad = adapter[r] (rows with -1 unchanged).
 
     x (n_rows, n_in), y (n_rows, n_out), lora_a (n_adapters, rank, n_in), lora_b (n_adapters, n_out, rank).
     """
     out = y.astype(np.float64)
     for r, ad in enumerate(adapter):
         if ad >= 0:
-            out[r] += scales[ad] * (lora_b[ad].astype(np.float64) @ (lora_a[ad].astype(np.float64) @ x[r]))
+            out[r] += scales[r] * (lora_b[ad].astype(np.float64) @ (lora_a[ad].astype(np.float64) @ x[r]))
     return out

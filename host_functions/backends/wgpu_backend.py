@@ -7,8 +7,24 @@ back nothing but the logits. A step (`step`) puts the rows of all its items in o
 buffer: norms, matmuls and the FFN run once over every row, rope and attention per item over its
 own cache (bound at the item's row offset), then one output projection over the logit rows any
 item wants; one encoder, one submit, one read-back. A sequence's work is recorded only inside the
-step that runs it, so nothing one sequence records can run (or be paid for) in another's step. KV blocks are accounted in the model's pool (budget, peak,
-waiting); the storage is still one growing buffer pair per layer and sequence. Matmuls (fused dequantization) and the embedding gather are the
+step that runs it, so nothing one sequence records can run (or be paid for) in another's step.
+
+The KV cache is paged: each layer has one K and one V buffer holding the model's whole pool
+(host_functions.kv_pool: BLOCK_TOKENS positions per block, sized from the pool's budget), and a
+sequence's positions live in the blocks of its block table. A step uploads one small table of its
+rows (position, where the row's sequence's block table starts) and its sequences' block tables
+concatenated; rope writes each new key/value at its block's slot and attention reads through the
+tables, one dispatch each per layer for every sequence of the step. Nothing is copied when a
+sequence grows, truncation only gives blocks back, and a sequence's result does not depend on
+where its blocks lie. The pool buffers are bound only up to the highest block the step uses, so
+the driver commits memory for the blocks in use, not for the budget (block ids are handed out
+lowest first).
+
+LoRA is applied unmerged (`y = W x + s * B (A x)`) after each adapted projection (q, k, v, output,
+gate, up, down): per adapter of the step one shrink and one expand (lora.wgsl) with a per-row
+adapter index (0 for its sequences' rows, -1 elsewhere) and a per-row scale, so one step mixes
+adapters and rows without one. An adapter's A/B matrices are uploaded on first use and dropped
+with the adapter when the adapter pool lets it go. Matmuls (fused dequantization) and the embedding gather are the
 kernels module's; norms, rope, attention and element-wise ops are wgpu_ops'.
 
 llama.cpp is the oracle, so its deliberate roundings are mirrored: the KV cache is f16 by default
@@ -28,9 +44,9 @@ Per layer (see the Backend docstring for the step protocol; buffers are (n_token
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,14 +56,17 @@ from ..errors import BackendError, UnsupportedError
 from .. import kernels
 from ..config import ModelConfig
 from ..gguf_file import RawTensor
-from ..kv_pool import KVPool
+from ..kv_pool import BLOCK_TOKENS, KVPool, default_budget
+from ..lora import MAX_RANK, LoraAdapter
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 from . import wgpu_ops as ops
 from .wgpu_context import GPUContext, Recorder
 
 # llama.cpp converts a matmul's input to the weight's own float type for F16/BF16 weights; so do we.
 _INPUT_ROUNDING: dict[str, ops.Rounding] = {"F16": "f16", "BF16": "bf16"}
-_MIN_CACHE_POSITIONS = 16  # a fresh cache layer's first allocation (then doubling)
+# A real GPU allocates the KV pool's buffers up front in its own memory, which free host memory says
+# nothing about: there the default budget is at most this (--kv-memory asks for more).
+GPU_DEFAULT_KV_BUDGET = 1 << 30
 
 
 @dataclass
@@ -58,49 +77,57 @@ class GPUActivations:
     n_tokens: int
 
 
-class WgpuKVCache(KVCache):
-    """Per-layer K and V buffers of (positions, n_head_kv, head_dim), f32 or packed f16.
-
-    Each layer's buffers grow by doubling up to `capacity` (recorded as GPU copies in the step
-    that needs the room), so short sequences stay small.
-    """
-
-    def __init__(self, pool: KVPool, ctx: GPUContext, config: ModelConfig, capacity: int, f16: bool) -> None:
-        super().__init__(pool, capacity)
-        self.f16 = f16
-        self.row_elements = config.kv_dim
-        self.row_bytes = config.kv_dim * (2 if f16 else 4)
-        if capacity * self.row_bytes > ctx.max_binding_size:
-            raise BackendError(f"a KV cache of {capacity} positions needs {capacity * self.row_bytes} bytes per "
-                               f"layer, over the GPU's binding limit of {ctx.max_binding_size}")
-        self._ctx = ctx
-        self.k: list[Any] = [None] * config.n_layers
-        self.v: list[Any] = [None] * config.n_layers
-        self.allocated = [0] * config.n_layers  # positions each layer's buffers hold
-
-    def grow(self, rec: Recorder, layer: int, n_positions: int) -> None:
-        """Make layer `layer` hold at least n_positions, copying what it holds into larger buffers."""
-        self.reserve(n_positions)  # the pool's blocks first: capacity and budget are checked there
-        old = self.allocated[layer]
-        if n_positions <= old:
-            return
-        size = min(self.capacity, max(n_positions, 2 * old, _MIN_CACHE_POSITIONS))
-        for store in (self.k, self.v):
-            grown = self._ctx.empty(size * self.row_bytes)
-            if old:
-                rec.copy(store[layer], grown, old * self.row_bytes)
-            store[layer] = grown
-        self.allocated[layer] = size
-
-
 @dataclass
 class _Segment:
     """One sequence's rows in a step's activations: its cache, position, first row, row count."""
 
-    cache: WgpuKVCache
+    cache: KVCache
     pos: int
     first: int
     n: int
+
+
+@dataclass
+class _Paging:
+    """Where a step's rows read and write the paged KV pool, uploaded once per step.
+
+    rows: (n_tokens, 2) u32, each row's position and the start of its sequence's table in `tables`;
+    tables: the block tables of the step's sequences, concatenated (u32); kv_bytes: how much of
+    each layer's pool buffers the step touches (up to its highest block), the size they are bound at.
+    """
+
+    rows: Any
+    tables: Any
+    kv_bytes: int
+
+
+@dataclass(frozen=True)
+class _GPUPair:
+    """One LoRA pair on the GPU: a (rank, n_in) and b (n_out, rank) f32; factor = alpha / rank (or 1)."""
+
+    a: Any
+    b: Any
+    rank: int
+    n_in: int
+    n_out: int
+    factor: float
+
+
+@dataclass
+class _LoraRun:
+    """One adapter of a step: its pairs, which rows use it (adapter index 0, else -1), their scales."""
+
+    pairs: dict[str, _GPUPair]
+    index: Any  # (n_rows,) i32 on the GPU
+    user_scales: np.ndarray  # (n_rows,) float64, 0 for rows without this adapter
+    _scales: dict[float, Any] = field(default_factory=dict)  # factor -> (n_rows,) f32 on the GPU
+
+    def scales(self, ctx: GPUContext, factor: float) -> Any:
+        """Each row's user scale * factor (a pair's alpha / rank) on the GPU, uploaded once per step and factor."""
+        buf = self._scales.get(factor)
+        if buf is None:
+            buf = self._scales[factor] = ctx.upload((self.user_scales * factor).astype(np.float32))
+        return buf
 
 
 @dataclass
@@ -147,6 +174,7 @@ class _Scratch:
         self.up = empty(n_tokens * cfg.n_ff * 4)
         self.f = empty(n_tokens * cfg.n_ff * 4)
         self.rounded = empty(n_tokens * max(cfg.n_embd, cfg.q_dim, cfg.n_ff) * 4)  # a matmul input as f16/bf16
+        self.lora_t = empty(n_tokens * MAX_RANK * 4)  # (n, rank): A x of one LoRA pair
         self.n_tokens = n_tokens
 
 
@@ -185,6 +213,10 @@ class WgpuBackend(Backend):
         ]
         self._scratch = _Scratch(self.ctx, config)
         self._rec: Recorder | None = None
+        self._kv_k: list[Any] = []  # per layer: the KV pool's keys, (pool slots, n_head_kv, head_dim)
+        self._kv_v: list[Any] = []
+        # Each adapter's pairs on the GPU, dropped with the adapter when the adapter pool lets it go.
+        self._adapters: weakref.WeakKeyDictionary[LoraAdapter, dict[str, _GPUPair]] = weakref.WeakKeyDictionary()
         self.dispatches_submitted = 0  # every dispatch ever submitted (what a step cost, for tests and traces)
         self._lock = threading.RLock()  # one encoder: concurrent callers record one at a time
 
@@ -206,30 +238,87 @@ class WgpuBackend(Backend):
     def kv_element_bytes(self) -> int:
         return 2 if self.kv_f16 else 4
 
-    def new_cache(self, capacity: int) -> WgpuKVCache:
-        # Positions past a truncation are overwritten by the next step before attention reads them.
-        return WgpuKVCache(self.kv_pool or self.configure_kv(), self.ctx, self.config, capacity, self.kv_f16)
+    def _kv_layer_block_bytes(self) -> int:
+        """Bytes one block takes in one layer's K (or V) pool buffer."""
+        return BLOCK_TOKENS * self.config.kv_dim * self.kv_element_bytes()
+
+    def configure_kv(self, budget_bytes: int | None = None) -> KVPool:
+        """The model's KV pool, at most as many blocks as one storage binding holds per layer (the
+        attention kernel binds a layer's whole pool buffer; llvmpipe: 128 MiB). The default budget
+        comes from free memory on a CPU adapter (whose buffers are host memory, committed as used)
+        and is at most GPU_DEFAULT_KV_BUDGET on a real GPU. QuotaExceeded if not one block fits."""
+        if budget_bytes is None:
+            budget_bytes = default_budget() if self.ctx.is_cpu_adapter else min(default_budget(), GPU_DEFAULT_KV_BUDGET)
+        most = self.ctx.max_binding_size // self._kv_layer_block_bytes() * self.kv_block_bytes(BLOCK_TOKENS)
+        return super().configure_kv(min(budget_bytes, most))
+
+    def _allocate_kv(self, pool: KVPool) -> None:
+        # Buffers are committed lazily by the driver as the bound prefix grows (see the module docstring).
+        size = pool.n_blocks * self._kv_layer_block_bytes()
+        with self._lock:
+            self._kv_k = [self.ctx.empty(size) for _ in range(self.config.n_layers)]
+            self._kv_v = [self.ctx.empty(size) for _ in range(self.config.n_layers)]
 
     def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
-        """All items' rows in one activation buffer: norms, matmuls and the FFN over every row at once,
-        rope and attention per item over its own cache; one encoder, one submit, one read-back."""
+        """All items' rows in one activation buffer: norms, matmuls (and LoRA) and the FFN over every
+        row at once, rope and attention over every sequence's own blocks; one encoder, one submit,
+        one read-back."""
         cfg = self.config
-        if any(item.lora is not None for item in items):
-            raise BackendError("LoRA adapters are not applied on the wgpu backend yet: use --backend cpu or numpy")
         with self._lock:
             if self._rec is not None:  # a caller of the per-sequence API left work pending: not this step's
                 self._submit()
-            x = self.embed(np.concatenate([item.tokens for item in items]))
             segments, first = [], 0
             for item in items:
+                # Every written position must be in the item's own table: the tables are concatenated,
+                # so a missing block would read the next sequence's.
+                item.cache.reserve(item.pos + len(item.tokens))
                 segments.append(_Segment(item.cache, item.pos, first, len(item.tokens)))
                 first += len(item.tokens)
+            x = self.embed(np.concatenate([item.tokens for item in items]))
+            paging = self._paging(segments)
+            lora = self._lora_runs(items, segments, x.n_tokens)
             for index in range(n_layers):
-                self._block(index, x, segments)
+                self._block(index, x, paging, lora)
             picks = [wanted_rows(item, seg.first) for item, seg in zip(items, segments, strict=True)]
             logits = self._logit_rows([(x, int(row)) for pick in picks for row in pick])
         assert logits.shape[1] == cfg.n_vocab
         return split_logits(items, picks, logits)
+
+    def _paging(self, segments: Sequence[_Segment]) -> _Paging:
+        """Upload the step's rows and block tables (a few bytes per row and block)."""
+        rows, tables, start = [], [], 0
+        for seg in segments:
+            table = seg.cache.blocks[: seg.cache.pool.blocks_for(seg.pos + seg.n)]
+            rows.append(np.stack([np.arange(seg.pos, seg.pos + seg.n), np.full(seg.n, start)], axis=1))
+            tables += table
+            start += len(table)
+        kv_bytes = (max(tables, default=0) + 1) * self._kv_layer_block_bytes()
+        return _Paging(self.ctx.upload(np.concatenate(rows).astype(np.uint32)),
+                       self.ctx.upload(np.asarray(tables, np.uint32)), kv_bytes)
+
+    def _lora_runs(self, items: Sequence[StepItem], segments: Sequence[_Segment], n_rows: int) -> list[_LoraRun]:
+        """Per adapter of the step: its pairs on the GPU and which rows use it at which scale."""
+        runs: dict[int, tuple[LoraAdapter, np.ndarray, np.ndarray]] = {}
+        for item, seg in zip(items, segments, strict=True):
+            if item.lora is None:
+                continue
+            adapter, scale = item.lora
+            _, index, user_scales = runs.setdefault(id(adapter), (adapter, np.full(n_rows, -1, np.int32),
+                                                                   np.zeros(n_rows)))
+            index[seg.first : seg.first + seg.n] = 0
+            user_scales[seg.first : seg.first + seg.n] = scale
+        return [_LoraRun(self._gpu_pairs(adapter), self.ctx.upload(index), user_scales)
+                for adapter, index, user_scales in runs.values()]
+
+    def _gpu_pairs(self, adapter: LoraAdapter) -> dict[str, _GPUPair]:
+        """The adapter's pairs on the GPU, uploaded on its first step."""
+        pairs = self._adapters.get(adapter)
+        if pairs is None:
+            pairs = self._adapters[adapter] = {
+                name: _GPUPair(self.ctx.upload(pair.a), self.ctx.upload(pair.b), pair.rank, pair.a.shape[1],
+                               pair.b.shape[0], pair.scale(1.0))
+                for name, pair in adapter.pairs.items()}
+        return pairs
 
     def embed(self, tokens: np.ndarray) -> GPUActivations:
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -243,18 +332,18 @@ class WgpuBackend(Backend):
         return GPUActivations(x, n)
 
     def layer(self, index: int, x: GPUActivations, cache: KVCache, pos: int) -> GPUActivations:
-        assert isinstance(cache, WgpuKVCache) and isinstance(x, GPUActivations)
-        self._block(index, x, [_Segment(cache, pos, 0, x.n_tokens)])
+        assert isinstance(x, GPUActivations)
+        with self._lock:
+            cache.reserve(pos + x.n_tokens)
+            self._block(index, x, self._paging([_Segment(cache, pos, 0, x.n_tokens)]), [])
         return x
 
-    def _block(self, index: int, x: GPUActivations, segments: list[_Segment]) -> None:
+    def _block(self, index: int, x: GPUActivations, paging: _Paging, lora: list[_LoraRun]) -> None:
         with self._lock:
             rec = self._recorder()
             self._scratch.ensure(x.n_tokens)
-            for seg in segments:
-                seg.cache.grow(rec, index, seg.pos + seg.n)
-            self._attention_block(rec, index, x, segments)
-            self._ffn_block(rec, index, x)
+            self._attention_block(rec, index, x, paging, lora)
+            self._ffn_block(rec, index, x, lora)
 
     def logits(self, x: GPUActivations, last_only: bool = True) -> np.ndarray:
         first = x.n_tokens - 1 if last_only else 0
@@ -290,44 +379,47 @@ class WgpuBackend(Backend):
 
     # ---- the two halves of a block -------------------------------------------------------------
 
-    def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, segments: list[_Segment]) -> None:
+    def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, paging: _Paging,
+                         lora: list[_LoraRun]) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
         ops.rms_norm(rec, x.buffer, w.attn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
-        self._project(rec, s.h, [(w.attn_q, s.q_raw), (w.attn_k, s.k_raw), (w.attn_v, s.v_raw)], n)
-        for seg in segments:  # rope and attention per sequence: its positions, its cache
-            cache = seg.cache
-            rope = dict(pos=seg.pos, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox",
-                        eps=cfg.norm_eps, factors=self.rope_freqs)
-            q_at, kv_at = seg.first * cfg.q_dim, seg.first * cfg.kv_dim  # the segment's rows, in elements
-            ops.rope(rec, s.q_raw, s.q, seg.n, cfg.n_head, cfg.head_dim, norm_weight=w.attn_q_norm,
-                     src_offset=q_at, dst_offset=q_at, **rope)
-            row = seg.pos * cache.row_elements  # where position `pos` starts in the cache, in elements
-            ops.rope(rec, s.k_raw, cache.k[index], seg.n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.attn_k_norm,
-                     out_f16=cache.f16, src_offset=kv_at, dst_offset=row, **rope)
-            ops.rope(rec, s.v_raw, cache.v[index], seg.n, cfg.n_head_kv, cfg.head_dim, rotate=False,
-                     out_f16=cache.f16, src_offset=kv_at, dst_offset=row, **rope)
-            ops.attention(rec, self._rows(rec, s.q, seg, cfg.q_dim), cache.k[index], cache.v[index],
-                          self._rows(rec, s.attn, seg, cfg.q_dim), seg.n, cfg.n_head, cfg.n_head_kv,
-                          cfg.head_dim, seg.pos, cfg.layer_window(index), cfg.attention_scale, kv_f16=cache.f16)
-        self._project(rec, s.attn, [(w.attn_output, s.a)], n)
+        self._projections(rec, index, s.h, [("attn_q", s.q_raw), ("attn_k", s.k_raw), ("attn_v", s.v_raw)], n, lora)
+        # rope and attention of every sequence at once: each row's position, each sequence's blocks
+        rope = dict(pos=0, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox", eps=cfg.norm_eps,
+                    factors=self.rope_freqs, rows=paging.rows, block_tokens=BLOCK_TOKENS)
+        k_pool, v_pool = (self._kv_k[index], 0, paging.kv_bytes), (self._kv_v[index], 0, paging.kv_bytes)
+        ops.rope(rec, s.q_raw, s.q, n, cfg.n_head, cfg.head_dim, norm_weight=w.attn_q_norm, **rope)
+        ops.rope(rec, s.k_raw, k_pool, n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.attn_k_norm,
+                 out_f16=self.kv_f16, table=paging.tables, **rope)
+        ops.rope(rec, s.v_raw, v_pool, n, cfg.n_head_kv, cfg.head_dim, rotate=False, out_f16=self.kv_f16,
+                 table=paging.tables, **rope)
+        ops.attention(rec, s.q, k_pool, v_pool, s.attn, n, cfg.n_head, cfg.n_head_kv, cfg.head_dim, 0,
+                      cfg.layer_window(index), cfg.attention_scale, kv_f16=self.kv_f16, rows=paging.rows,
+                      table=paging.tables, block_tokens=BLOCK_TOKENS)
+        self._projections(rec, index, s.attn, [("attn_output", s.a)], n, lora)
         self._residual(rec, x, s.a, w.post_attention_norm)
 
-    def _rows(self, rec: Recorder, buffer: Any, seg: _Segment, width: int) -> Any:
-        """A binding of the segment's rows of a (rows, width) f32 buffer (the whole buffer for row 0)."""
-        if seg.first == 0:
-            return buffer
-        offset = seg.first * width * 4
-        if offset % self.ctx.storage_offset_alignment:
-            raise UnsupportedError(f"a row width of {width} floats cannot be bound at row offsets on this GPU")
-        return (buffer, offset, seg.n * width * 4)
-
-    def _ffn_block(self, rec: Recorder, index: int, x: GPUActivations) -> None:
+    def _ffn_block(self, rec: Recorder, index: int, x: GPUActivations, lora: list[_LoraRun]) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
         ops.rms_norm(rec, x.buffer, w.ffn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
-        self._project(rec, s.h, [(w.ffn_gate, s.gate), (w.ffn_up, s.up)], n)
+        self._projections(rec, index, s.h, [("ffn_gate", s.gate), ("ffn_up", s.up)], n, lora)
         ops.gated(rec, s.f, s.gate, s.up, n * cfg.n_ff, cfg.ffn_activation)
-        self._project(rec, s.f, [(w.ffn_down, s.a)], n)
+        self._projections(rec, index, s.f, [("ffn_down", s.a)], n, lora)
         self._residual(rec, x, s.a, w.post_ffw_norm)
+
+    def _projections(self, rec: Recorder, index: int, x: Any, outputs: list[tuple[str, Any]], n: int,
+                     lora: list[_LoraRun]) -> None:
+        """out = W x (+ s B (A x) for the rows of each adapter that adapts W) for each (weight, out)."""
+        w = self.layers[index]
+        self._project(rec, x, [(getattr(w, name), out) for name, out in outputs], n)
+        for run in lora:
+            for name, out in outputs:
+                pair = run.pairs.get(f"blk.{index}.{name}.weight")
+                if pair is None:
+                    continue
+                t = self._scratch.lora_t
+                ops.lora_shrink(rec, x, pair.a, run.index, run.scales(self.ctx, pair.factor), t, n, pair.n_in, pair.rank)
+                ops.lora_expand(rec, t, pair.b, run.index, out, n, pair.n_out, pair.rank)
 
     def _project(self, rec: Recorder, x: Any, projections: list[tuple[kernels.GPUWeight, Any]], n: int) -> None:
         """out = W x for each (W, out) sharing the input x, which F16/BF16 weights see rounded."""

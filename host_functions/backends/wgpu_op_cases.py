@@ -109,6 +109,79 @@ def _attention(n_tokens: int, n_head: int, n_head_kv: int, head_dim: int, pos: i
     return prepare
 
 
+# ---- the paged KV pool ----------------------------------------------------------------------------
+
+BLOCK = 4  # positions per block in the paged cases: small, so short sequences span several blocks
+
+
+def _paged_layout(seqs: list[tuple[int, int]], rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
+    """Block tables for sequences (pos, n_tokens) in a pool with spare blocks, ids shuffled: (tables,
+    rows (n_tokens, 2) u32 of position and table start, the concatenated tables, pool blocks)."""
+    needed = [-(-(pos + n) // BLOCK) for pos, n in seqs]
+    n_blocks = sum(needed) + 3
+    ids = rng.permutation(n_blocks).astype(np.uint32)
+    tables, rows, at = [], [], 0
+    for (pos, n), count in zip(seqs, needed, strict=True):
+        tables.append(ids[at : at + count])
+        rows += [(pos + t, at) for t in range(n)]
+        at += count
+    return tables, np.array(rows, np.uint32), np.concatenate(tables), n_blocks
+
+
+def _slots(table: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return table[positions // BLOCK].astype(np.int64) * BLOCK + positions % BLOCK
+
+
+def _paged_attention(seqs: list[tuple[int, int]], n_head: int, n_head_kv: int, head_dim: int, window: int,
+                     kv_f16: bool) -> Prepare:
+    """The queries of several sequences (pos, n_tokens) in one dispatch over a pool whose blocks are
+    shuffled; every slot no query may read holds poison."""
+    def prepare(ctx: GPUContext, rng: np.random.Generator) -> Prepared:
+        tables, rows, flat, n_blocks = _paged_layout(seqs, rng)
+        n_tokens = len(rows)
+        q = rng.standard_normal((n_tokens, n_head, head_dim)).astype(np.float32)
+        k = np.full((n_blocks * BLOCK, n_head_kv, head_dim), 6e4, np.float32)
+        v = np.full_like(k, np.nan)
+        expected, first = [], 0
+        for (pos, n), table in zip(seqs, tables, strict=True):
+            slots = _slots(table, np.arange(pos + n))
+            k[slots] = rng.standard_normal((pos + n, n_head_kv, head_dim)) * 2
+            v[slots] = rng.standard_normal((pos + n, n_head_kv, head_dim))
+            kk, vv = (k[slots].astype(np.float16), v[slots].astype(np.float16)) if kv_f16 else (k[slots], v[slots])
+            expected.append(ref.attention(q[first : first + n], kk.astype(np.float32), vv.astype(np.float32), pos,
+                                          window, head_dim ** -0.5, round_f16=kv_f16))
+            first += n
+        store = (lambda a: a.astype(np.float16)) if kv_f16 else (lambda a: a)
+        k_buf, v_buf = (ctx.upload(np.ascontiguousarray(store(a)).reshape(-1).view(np.uint32)) for a in (k, v))
+        q_buf, out, rows_buf, table_buf = ctx.upload(q), ctx.empty(q.nbytes), ctx.upload(rows), ctx.upload(flat)
+        record = lambda rec: ops.attention(  # noqa: E731
+            rec, q_buf, k_buf, v_buf, out, n_tokens, n_head, n_head_kv, head_dim, 0, window, head_dim ** -0.5,
+            kv_f16=kv_f16, rows=rows_buf, table=table_buf, block_tokens=BLOCK)
+        return _case(record, ctx, out, q.shape, np.concatenate(expected), 1e-4, q.nbytes * 2 + k.nbytes + v.nbytes)
+    return prepare
+
+
+def _paged_rope(seqs: list[tuple[int, int]], n_heads: int, head_dim: int, f16: bool) -> Prepare:
+    """K heads of several sequences rotated at their own positions into their pool slots."""
+    def prepare(ctx: GPUContext, rng: np.random.Generator) -> Prepared:
+        tables, rows, flat, n_blocks = _paged_layout(seqs, rng)
+        x = rng.standard_normal((len(rows), n_heads, head_dim)).astype(np.float32)
+        expected = np.zeros((n_blocks * BLOCK, n_heads * head_dim))
+        first = 0
+        for (pos, n), table in zip(seqs, tables, strict=True):
+            rotated = ref.rope(x[first : first + n], pos, 1e4, True)
+            expected[_slots(table, np.arange(pos, pos + n))] = rotated.reshape(n, -1)
+            first += n
+        dst = ctx.empty(expected.size * (2 if f16 else 4))
+        x_buf, rows_buf, table_buf = ctx.upload(x), ctx.upload(rows), ctx.upload(flat)
+        record = lambda rec: ops.rope(  # noqa: E731
+            rec, x_buf, dst, len(rows), n_heads, head_dim, 0, 1e4, neox=True, out_f16=f16,
+            rows=rows_buf, table=table_buf, block_tokens=BLOCK)
+        return _case(record, ctx, dst, expected.shape, expected, F16_TOL if f16 else 1e-4, 2 * x.nbytes,
+                     dtype=np.float16 if f16 else np.float32)
+    return prepare
+
+
 # ---- element-wise ---------------------------------------------------------------------------------
 
 def _gated(n: int, activation: ops.Activation) -> Prepare:
@@ -165,7 +238,8 @@ def _lora(n_rows: int, n_in: int, n_out: int, rank: int, no_adapters: bool = Fal
         lora_b = (rng.standard_normal((n_adapters, n_out, rank)) * 0.1).astype(np.float32)
         adapter = np.array([-1 if no_adapters else (n_rows - 1 - r) % (n_adapters + 1) - 1 for r in range(n_rows)],
                            np.int32)
-        scales = np.array([0.5, 2.0, 1.25], np.float32)
+        # per row: sequences sharing an adapter may use it at different scales
+        scales = np.array([(0.5, 2.0, 1.25, 0.75)[r % 4] for r in range(n_rows)], np.float32)
         bufs = [ctx.upload(a) for a in (x, lora_a, adapter, scales, lora_b)]
         y_buf, t_buf = ctx.upload(y), ctx.empty(n_rows * rank * 4)
 
@@ -211,6 +285,15 @@ def _register() -> None:
                           _attention(t, nh, nkv, d, pos, win, kv_f16))
     register_case("attention", "F32", "t=2 heads=2/2 d=64 pos=70 window=0", _attention(2, 2, 2, 64, 70, 0, False, 30.0),
                   variant="scores ~1e4 (stable softmax)")
+
+    ragged = [(0, 5), (9, 1), (2, 7), (30, 1)]  # prefills from 0 and from pos > 0, decodes; ragged lengths
+    for kv_f16, fmt in [(False, "F32"), (True, "F16")]:
+        register_case("attention", fmt, "4 sequences heads=4/2 d=64 window=0",
+                      _paged_attention(ragged, 4, 2, 64, 0, kv_f16), variant="paged, shuffled blocks")
+        register_case("rope", fmt, "4 sequences h=2 d=64", _paged_rope(ragged, 2, 64, kv_f16),
+                      variant="neox, into paged KV slots")
+    register_case("attention", "F16", "4 sequences heads=4/1 d=64 window=6", _paged_attention(ragged, 4, 1, 64, 6, True),
+                  variant="paged, shuffled blocks, sliding window")
 
     for n in (1, 63, 1000, 4161):
         for activation in ("silu", "gelu"):

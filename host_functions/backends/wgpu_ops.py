@@ -35,39 +35,50 @@ def rms_norm(rec: Recorder, x: Buffer, weight: Buffer, out: Buffer, n_rows: int,
 def rope(rec: Recorder, src: Buffer, dst: Buffer, n_tokens: int, n_heads: int, head_dim: int, pos: int,
          base: float, *, neox: bool, rotate: bool = True, norm_weight: Buffer | None = None,
          eps: float = 0.0, factors: Buffer | None = None, out_f16: bool = False,
-         src_offset: int = 0, dst_offset: int = 0) -> None:
+         src_offset: int = 0, dst_offset: int = 0, rows: Buffer | None = None, table: Buffer | None = None,
+         block_tokens: int = 16) -> None:
     """Rotate (n_tokens, n_heads, head_dim) heads at positions pos.. into dst (f32 or packed f16).
 
     `norm_weight` first RMS-normalizes each head (gemma3 Q/K norms); `factors` divides each pair's
     angle (llama 3.1 rope_freqs); rotate=False only normalizes/converts (storing V into a cache).
-    Offsets are in elements of src (f32) and of dst (f32 or f16).
+    Offsets are in elements of src (f32) and of dst (f32 or f16). `rows` ((n_tokens, 2) u32:
+    position, start of the token's block table in `table`) gives each token its own position;
+    with `table` too, token t goes to its paged KV slot (see rope.wgsl) instead of row t.
     """
     assert head_dim % 2 == 0 and head_dim <= MAX_HEAD_DIM, head_dim
     assert not out_f16 or dst_offset % 2 == 0, dst_offset
+    assert table is None or rows is not None
     constants = {"WG": WG, "NORM": norm_weight is not None, "ROTATE": rotate, "NEOX": neox,
-                 "HAS_FACTORS": factors is not None, "OUT_F16": out_f16}
+                 "HAS_FACTORS": factors is not None, "OUT_F16": out_f16, "ROW_POSITIONS": rows is not None,
+                 "PAGED": table is not None, "BLOCK_TOKENS": block_tokens}
     pipe = rec.ctx.pipeline(("reduce.wgsl", "rounding.wgsl", "rope.wgsl"), "main", constants)
     n_rows = n_tokens * n_heads
     params = struct.pack("<6I2f", n_rows, n_heads, head_dim, pos, src_offset, dst_offset, base, eps)
-    dummy = _dummy(rec.ctx)
-    bindings = [params, src, norm_weight if norm_weight is not None else dummy,
-                factors if factors is not None else dummy, dst]
+    bindings = [params, src, _or_dummy(rec.ctx, norm_weight), _or_dummy(rec.ctx, factors), dst,
+                _or_dummy(rec.ctx, rows), _or_dummy(rec.ctx, table)]
     rec.dispatch(pipe, bindings, _grid(rec.ctx, n_rows))
 
 
 def attention(rec: Recorder, q: Buffer, k_cache: Buffer, v_cache: Buffer, out: Buffer, n_tokens: int,
               n_head: int, n_head_kv: int, head_dim: int, pos: int, window: int, scale: float,
-              *, kv_f16: bool = False) -> None:
+              *, kv_f16: bool = False, rows: Buffer | None = None, table: Buffer | None = None,
+              block_tokens: int = 16) -> None:
     """Causal GQA of q (n_tokens, n_head, head_dim) at positions pos.. over the cache's 0..pos+n-1.
 
     The caches are one layer's (capacity, n_head_kv, head_dim); window > 0 limits position p to
     keys p-window+1..p. Writes out (n_tokens, n_head, head_dim). With kv_f16 the caches hold packed
     f16 and the query and probabilities are rounded to f16, as llama.cpp does with its f16 cache.
+    Paged (`rows` and `table`, see attention.wgsl): the caches are one layer of the KV pool, query
+    t is at position rows[t, 0] of the sequence whose block table starts at table[rows[t, 1]], and
+    `pos` is unused; one dispatch serves every sequence of a step.
     """
     assert head_dim <= MAX_HEAD_DIM and n_head % n_head_kv == 0, (head_dim, n_head, n_head_kv)
-    pipe = rec.ctx.pipeline(("reduce.wgsl", "rounding.wgsl", "attention.wgsl"), "main", {"WG": WG, "KV_F16": kv_f16})
+    assert (rows is None) == (table is None)
+    constants = {"WG": WG, "KV_F16": kv_f16, "PAGED": table is not None, "BLOCK_TOKENS": block_tokens}
+    pipe = rec.ctx.pipeline(("reduce.wgsl", "rounding.wgsl", "attention.wgsl"), "main", constants)
     params = struct.pack("<6IfI", n_tokens, n_head, n_head_kv, head_dim, pos, window, scale, 0)
-    rec.dispatch(pipe, [params, q, k_cache, v_cache, out], (n_head, n_tokens))
+    bindings = [params, q, k_cache, v_cache, out, _or_dummy(rec.ctx, rows), _or_dummy(rec.ctx, table)]
+    rec.dispatch(pipe, bindings, (n_head, n_tokens))
 
 
 def add(rec: Recorder, dst: Buffer, a: Buffer, n: int) -> None:
@@ -97,10 +108,10 @@ def _elementwise(rec: Recorder, op: str, dst: Buffer, a: Buffer, b: Buffer, n: i
 
 def lora_shrink(rec: Recorder, x: Buffer, lora_a: Buffer, adapter: Buffer, scales: Buffer, t: Buffer,
                 n_rows: int, n_in: int, rank: int) -> None:
-    """t (n_rows, rank) = scales[ad] * A[ad] @ x[r], ad = adapter[r]; rows with adapter -1 get zeros.
+    """t (n_rows, rank) = scales[r] * A[ad] @ x[r], ad = adapter[r]; rows with adapter -1 get zeros.
 
-    lora_a is (n_adapters, rank, n_in) f32, adapter (n_rows,) int32, scales (n_adapters,) f32 holding
-    user scale * alpha / rank.
+    lora_a is (n_adapters, rank, n_in) f32, adapter (n_rows,) int32, scales (n_rows,) f32 holding
+    each row's user scale * alpha / rank.
     """
     pipe = rec.ctx.pipeline(("reduce.wgsl", "lora.wgsl"), "shrink", {"WG": WG})
     params = struct.pack("<4I", n_rows, n_in, 0, rank)
@@ -120,6 +131,10 @@ def _grid(ctx: GPUContext, n_groups: int) -> tuple[int, int]:
 
 
 _DUMMIES: dict[int, Any] = {}
+
+
+def _or_dummy(ctx: GPUContext, buffer: Buffer | None) -> Buffer:
+    return _dummy(ctx) if buffer is None else buffer
 
 
 def _dummy(ctx: GPUContext) -> Any:
