@@ -22,8 +22,11 @@ import numpy as np
 from .. import native
 from ..config import ModelConfig
 from ..gguf_file import RawTensor
-from ..quants import quant_format, row_bytes
-from .numpy_backend import NumpyBackend
+from gguf import GGMLQuantizationType
+
+from ..quants import dequantize, quant_format, row_bytes
+from .numpy_backend import NumpyBackend, round_to_bf16
+from .numpy_lora import FUSED_PARTS
 
 
 def _rows(raw: RawTensor) -> np.ndarray:
@@ -33,15 +36,21 @@ def _rows(raw: RawTensor) -> np.ndarray:
 
 
 class QuantizedProjection:
-    """y = x @ W.T over the stacked rows of one or more GGUF weights with the same input width."""
+    """y = x @ W.T over the stacked rows of one or more weights (GGML type, (n_rows, row_bytes) uint8)
+    with the same input width."""
 
-    def __init__(self, kernels: native.Kernels, raws: list[RawTensor]) -> None:
+    def __init__(self, kernels: native.Kernels, weights: list[tuple[int, np.ndarray]], n_cols: int) -> None:
+        self.n_cols = n_cols
+        self._kernels = kernels
+        self._weights = weights
+        self.n_out = sum(rows.shape[0] for _, rows in self._weights)
+
+    @classmethod
+    def of_raws(cls, kernels: native.Kernels, raws: list[RawTensor]) -> QuantizedProjection:
+        """The GGUF weights `raws` as they are in the memory-mapped file."""
         n_cols = {raw.shape[1] for raw in raws}
         assert len(n_cols) == 1, f"fused weights differ in width: {[raw.shape for raw in raws]}"
-        self.n_cols = n_cols.pop()
-        self._kernels = kernels
-        self._weights = [(int(raw.qtype), _rows(raw)) for raw in raws]  # (GGML type, (n_rows, row_bytes))
-        self.n_out = sum(rows.shape[0] for _, rows in self._weights)
+        return cls(kernels, [(int(raw.qtype), _rows(raw)) for raw in raws], n_cols.pop())
 
     @property
     def nbytes(self) -> int:
@@ -66,6 +75,25 @@ class QuantizedEmbedding:
         return self._fmt.dequantize_blocks(blocks).reshape(len(tokens), self.n_embd)
 
 
+_T = GGMLQuantizationType
+_FLOAT_BYTES = {_T.F32: 4, _T.F16: 2, _T.BF16: 2}
+_FLOAT_ENCODE = {  # float32 (n, k) -> the type's values, C-contiguous
+    _T.F32: lambda w: np.ascontiguousarray(w, np.float32),
+    _T.F16: lambda w: np.ascontiguousarray(w.astype(np.float16)),
+    _T.BF16: lambda w: np.ascontiguousarray((round_to_bf16(w).view(np.uint32) >> 16).astype(np.uint16)),
+}
+
+
+def merged_weight_type(base_types: list[GGMLQuantizationType]) -> GGMLQuantizationType:
+    """The float type a merged copy of a fused projection takes on the cpu backend: F32 over F32 weights,
+    BF16 over BF16, else F16 (over quantized weights F16 is far finer than the base and reads half
+    F32's bytes per decoded token)."""
+    kinds = set(base_types)
+    if kinds == {_T.F32}:
+        return _T.F32
+    return _T.BF16 if kinds == {_T.BF16} else _T.F16
+
+
 class CpuBackend(NumpyBackend):
     """Native quantized matmuls on a persistent thread pool; everything else as NumpyBackend.
 
@@ -83,7 +111,25 @@ class CpuBackend(NumpyBackend):
     def _make_projection(self, raws: list[RawTensor]) -> QuantizedProjection:  # type: ignore[override]
         for _ in raws:
             self._loaded()
-        return QuantizedProjection(self.kernels, raws)
+        return QuantizedProjection.of_raws(self.kernels, raws)
+
+    # --- merged LoRA: the merged weight in the float type merged_weight_type picks, on the same kernels ---
+
+    def _fused_raws(self, layer: int, key: str) -> list[RawTensor]:
+        return [self._raw[f"blk.{layer}.{name}.weight"] for name in FUSED_PARTS[key]]
+
+    def float_weight(self, layer: int, key: str) -> np.ndarray:
+        return np.concatenate([dequantize(raw) for raw in self._fused_raws(layer, key)])
+
+    def merged_nbytes(self, layer: int, key: str) -> int:
+        raws = self._fused_raws(layer, key)
+        qtype = merged_weight_type([raw.qtype for raw in raws])
+        return sum(raw.shape[0] for raw in raws) * raws[0].shape[1] * _FLOAT_BYTES[qtype]
+
+    def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> QuantizedProjection:  # type: ignore[override]
+        qtype = merged_weight_type([raw.qtype for raw in self._fused_raws(layer, key)])
+        rows = _FLOAT_ENCODE[qtype](weight).view(np.uint8)  # (n_out, n_in * bytes per value)
+        return QuantizedProjection(self.kernels, [(int(qtype), rows)], weight.shape[1])
 
     def _make_embedding(self, raw: RawTensor) -> QuantizedEmbedding:  # type: ignore[override]
         if not self.config.tied_output:  # a tied table is counted once, as the output projection

@@ -35,6 +35,7 @@ from ..gguf_file import RawTensor
 from ..lora import LoraAdapter
 from ..quants import dequantize
 from ..kv_pool import KVPool
+from .lora_merged import MergedLora, MergedLoraCache
 from .numpy_lora import RowAdapter, apply_lora
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 
@@ -47,6 +48,7 @@ class _Span:
     pos: int  # position of its first new token
     key_slots: np.ndarray  # (pos + n,) pool slot of every position 0..pos+n-1
     lora: tuple[LoraAdapter, float] | None = None  # its sequence's adapter and scale
+    merged: MergedLora | None = None  # that adapter merged into the weights, if its sequence asked for it
 
 
 class NumpyBackend(Backend):
@@ -67,6 +69,7 @@ class NumpyBackend(Backend):
         self.rope_factors = self._vector("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
         self._inv_freq = {base: self._rope_inv_freq(base) for base in {config.rope_base, config.rope_base_local}}
         self._float.clear()
+        self.merged_lora = MergedLoraCache(self, config)
         self.kv_k = self.kv_v = np.zeros((config.n_layers, 0, config.n_head_kv, config.head_dim), np.float32)
 
     # --- weight loading: the hooks a backend with another weight form (cpu: quantized) overrides ---
@@ -109,6 +112,17 @@ class NumpyBackend(Backend):
                 layer[key] = self._vector(p + key + ".weight")
         return layer
 
+    # --- merged LoRA (lora_merged.MergeHost): float32 copies of the fused projections ---
+
+    def float_weight(self, layer: int, key: str) -> np.ndarray:
+        return self.layers[layer][key].weight
+
+    def merged_nbytes(self, layer: int, key: str) -> int:
+        return self.layers[layer][key].weight.nbytes
+
+    def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> Projection:
+        return Projection(weight, self.layers[layer][key].round_input)
+
     def _rope_inv_freq(self, base: float) -> np.ndarray:
         hd = self.config.head_dim
         inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # (head_dim/2,)
@@ -127,11 +141,22 @@ class NumpyBackend(Backend):
         return self.embedding(np.asarray(tokens, np.int64)) * np.float32(self.config.embedding_scale)
 
     def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
+        """The step with the items of each merged adapter moved after the others (a row's result does not
+        depend on its place), so that every projection runs over contiguous row ranges."""
+        order = _merged_last(items)
+        results = self._step_in_order([items[i] for i in order], n_layers)
+        back: list[np.ndarray | None] = [None] * len(items)
+        for result, i in zip(results, order, strict=True):
+            back[i] = result
+        return back
+
+    def _step_in_order(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
         x = self.embed(np.concatenate([item.tokens for item in items]))
         spans, start = [], 0
         for item in items:
             n = len(item.tokens)
-            spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n), item.lora))
+            spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n), item.lora,
+                               item.merged))
             start += n
         for index in range(n_layers):
             x = self._layer(index, x, spans)
@@ -148,11 +173,19 @@ class NumpyBackend(Backend):
         """Block `index` over the rows of every span; each span attends over its own sequence."""
         cfg, w = self.config, self.layers[index]
         n = x.shape[0]
-        runs = [RowAdapter(sp.rows.start, sp.rows.stop, *sp.lora) for sp in spans if sp.lora is not None]
+        runs = [RowAdapter(sp.rows.start, sp.rows.stop, *sp.lora) for sp in spans
+                if sp.lora is not None and sp.merged is None]
+        merged = _merged_groups(spans)
+        base_rows = merged[0][0].start if merged else n
 
         def project(key: str, h: np.ndarray) -> np.ndarray:
-            y = w[key](h)
-            return apply_lora(y, h, index, key, runs, cfg, tiled_matmul) if runs else y
+            if not merged:
+                y = w[key](h)
+            else:  # the base (and unmerged) rows first, then each merged adapter's rows through its own weights
+                parts = [w[key](h[:base_rows])] if base_rows else []
+                parts += [(m.projection(index, key) or w[key])(h[rows]) for rows, m in merged]
+                y = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            return self.apply_lora(y, h, index, key, runs) if runs else y
 
         qkv = project("qkv", rms_norm(x, w["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
         q = qkv[:, : cfg.q_dim].reshape(n, cfg.n_head, cfg.head_dim)
@@ -187,6 +220,10 @@ class NumpyBackend(Backend):
             f = rms_norm(f, w["post_ffw_norm"], cfg.norm_eps)
         return x + f
 
+    def apply_lora(self, y: np.ndarray, x: np.ndarray, layer: int, key: str, runs: list[RowAdapter]) -> np.ndarray:
+        """Add the unmerged adapter terms of `runs` to y = projection `key` of `layer` applied to x."""
+        return apply_lora(y, x, layer, key, runs, self.config, tiled_matmul)
+
     def logits(self, x: np.ndarray, last_only: bool = True) -> np.ndarray:
         if last_only:
             x = x[-1:]
@@ -195,6 +232,28 @@ class NumpyBackend(Backend):
     def weight_bytes_per_token(self) -> int:
         per_layer = sum(a.nbytes for layer in self.layers for a in layer.values())
         return per_layer + self.output.nbytes
+
+
+def _merged_last(items: Sequence[StepItem]) -> list[int]:
+    """Item indices: those without merged weights first, then each merged entry's items together."""
+    groups: dict[int, int] = {}
+    for item in items:
+        if item.merged is not None:
+            groups.setdefault(id(item.merged), len(groups) + 1)
+    return sorted(range(len(items)), key=lambda i: groups.get(id(items[i].merged), 0))
+
+
+def _merged_groups(spans: list[_Span]) -> list[tuple[slice, MergedLora]]:
+    """The row ranges of consecutive spans that share one merged entry (they come last, see _merged_last)."""
+    groups: list[tuple[slice, MergedLora]] = []
+    for sp in spans:
+        if sp.merged is None:
+            continue
+        if groups and groups[-1][1] is sp.merged:
+            groups[-1] = (slice(groups[-1][0].start, sp.rows.stop), sp.merged)
+        else:
+            groups.append((sp.rows, sp.merged))
+    return groups
 
 
 class Embedding:

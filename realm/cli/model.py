@@ -17,7 +17,8 @@ from host_functions.tokenizer import Tokenizer
 from realm.cli import main
 from realm.cli.console import stdout_console
 from realm.cli.prompt import text_argument
-from realm.cli.options import load_with_progress, model_option, model_options, model_path_with_progress
+from realm.cli.options import (load_with_progress, lora_option_group, model_option, model_options,
+                               model_path_with_progress)
 from realm.bench import run_bench, run_concurrency_bench
 
 console = stdout_console()
@@ -102,11 +103,9 @@ def _parse_tokens(text: str) -> list[int]:
 @click.option("--prompt", help="Text to tokenize (BOS added per the model).")
 @click.option("--tokens", help="Comma-separated token ids, used exactly as given (no BOS added).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .npy file.")
-@click.option("--lora", "lora_file", metavar="FILE", default=None,
-              help="Apply this LoRA adapter (llama.cpp GGUF adapter, or a PEFT folder), unmerged.")
-@click.option("--lora-scale", type=float, default=1.0, show_default=True, help="The adapter's scale.")
+@lora_option_group
 def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str | None, out_path: str,
-           lora_file: str | None, lora_scale: float) -> None:
+           lora_file: str | None, lora_scale: float, lora_merged: bool) -> None:
     """Write float32 logits for every position, shape [n_tokens, vocab], to a .npy file."""
     if (prompt is None) == (tokens is None):
         raise click.UsageError("give exactly one of --prompt or --tokens")
@@ -124,7 +123,7 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
         if not math.isfinite(lora_scale):
             raise click.BadParameter(f"must be a finite number, got {lora_scale}", param_hint="--lora-scale")
         lora = (model.adapters.acquire(lora_file), lora_scale)  # AdapterError: one line naming the tensor
-    result = model.logits_for(ids, lora=lora).astype(np.float32)
+    result = model.logits_for(ids, lora=lora, merged=lora_merged).astype(np.float32)
     tmp = out.with_name(out.name + ".tmp.npy")
     try:  # written beside the target and renamed, so a failure never leaves half a file
         np.save(tmp, result)
