@@ -14,6 +14,8 @@ the looked-up rows of the quantized table. Norms, RoPE, attention and the KV cac
 
 from __future__ import annotations
 
+import ctypes
+import weakref
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
@@ -26,7 +28,7 @@ from gguf import GGMLQuantizationType
 
 from ..quants import dequantize, quant_format, row_bytes
 from .numpy_backend import NumpyBackend, round_to_bf16
-from .numpy_lora import FUSED_PARTS
+from .numpy_lora import FUSED_PARTS, FusedPairs, RowAdapter, fused_pairs
 
 
 def _rows(raw: RawTensor) -> np.ndarray:
@@ -84,6 +86,18 @@ _FLOAT_ENCODE = {  # float32 (n, k) -> the type's values, C-contiguous
 }
 
 
+_native_forms: weakref.WeakKeyDictionary[FusedPairs, ctypes.Array[native.LoraPart]] = weakref.WeakKeyDictionary()
+
+
+def _native_parts(fused: FusedPairs) -> ctypes.Array[native.LoraPart]:
+    """lora.c's part table of a fused adapter projection, built once and dropped with it."""
+    parts = _native_forms.get(fused)
+    if parts is None:
+        parts = _native_forms[fused] = native.lora_parts(
+            [(p.b, p.out.start, p.rank.start, p.alpha_over_rank) for p in fused.parts])
+    return parts
+
+
 def merged_weight_type(base_types: list[GGMLQuantizationType]) -> GGMLQuantizationType:
     """The float type a merged copy of a fused projection takes on the cpu backend: F32 over F32 weights,
     BF16 over BF16, else F16 (over quantized weights F16 is far finer than the base and reads half
@@ -112,6 +126,16 @@ class CpuBackend(NumpyBackend):
         for _ in raws:
             self._loaded()
         return QuantizedProjection.of_raws(self.kernels, raws)
+
+    # --- unmerged LoRA: lora.c's shrink and expand per run of rows ---
+
+    def apply_lora(self, y: np.ndarray, x: np.ndarray, layer: int, key: str, runs: list[RowAdapter]) -> np.ndarray:
+        x = np.ascontiguousarray(x, np.float32)
+        for run in runs:
+            fused = fused_pairs(run.adapter, layer, key, self.config)
+            if fused is not None:
+                self.kernels.lora(y, x, slice(run.start, run.end), fused.a, _native_parts(fused), run.scale)
+        return y
 
     # --- merged LoRA: the merged weight in the float type merged_weight_type picks, on the same kernels ---
 

@@ -141,9 +141,10 @@ class NumpyBackend(Backend):
         return self.embedding(np.asarray(tokens, np.int64)) * np.float32(self.config.embedding_scale)
 
     def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
-        """The step with the items of each merged adapter moved after the others (a row's result does not
-        depend on its place), so that every projection runs over contiguous row ranges."""
-        order = _merged_last(items)
+        """The step with its items grouped (a row's result does not depend on its place): those of each
+        merged entry after the others, and within the rest those of each (adapter, scale) together, so
+        that every projection and every adapter term runs over contiguous row ranges."""
+        order = _grouped_order(items)
         results = self._step_in_order([items[i] for i in order], n_layers)
         back: list[np.ndarray | None] = [None] * len(items)
         for result, i in zip(results, order, strict=True):
@@ -173,8 +174,7 @@ class NumpyBackend(Backend):
         """Block `index` over the rows of every span; each span attends over its own sequence."""
         cfg, w = self.config, self.layers[index]
         n = x.shape[0]
-        runs = [RowAdapter(sp.rows.start, sp.rows.stop, *sp.lora) for sp in spans
-                if sp.lora is not None and sp.merged is None]
+        runs = _adapter_runs(spans)
         merged = _merged_groups(spans)
         base_rows = merged[0][0].start if merged else n
 
@@ -234,17 +234,39 @@ class NumpyBackend(Backend):
         return per_layer + self.output.nbytes
 
 
-def _merged_last(items: Sequence[StepItem]) -> list[int]:
-    """Item indices: those without merged weights first, then each merged entry's items together."""
-    groups: dict[int, int] = {}
-    for item in items:
+def _grouped_order(items: Sequence[StepItem]) -> list[int]:
+    """Item indices: the unmerged ones first, each (adapter, scale) together in order of first
+    appearance, then each merged entry's items together."""
+    groups: dict[tuple[int, float], int] = {}
+
+    def group(item: StepItem) -> tuple[int, int]:
         if item.merged is not None:
-            groups.setdefault(id(item.merged), len(groups) + 1)
-    return sorted(range(len(items)), key=lambda i: groups.get(id(items[i].merged), 0))
+            return 1, groups.setdefault((id(item.merged), 0.0), len(groups))
+        if item.lora is None:
+            return 0, -1
+        return 0, groups.setdefault((id(item.lora[0]), item.lora[1]), len(groups))
+
+    keys = [group(item) for item in items]
+    return sorted(range(len(items)), key=keys.__getitem__)
+
+
+def _adapter_runs(spans: list[_Span]) -> list[RowAdapter]:
+    """The unmerged adapter terms of a step: consecutive spans with one adapter and scale as one run."""
+    runs: list[RowAdapter] = []
+    for sp in spans:
+        if sp.lora is None or sp.merged is not None:
+            continue
+        adapter, scale = sp.lora
+        last = runs[-1] if runs else None
+        if last is not None and last.end == sp.rows.start and last.adapter is adapter and last.scale == scale:
+            runs[-1] = RowAdapter(last.start, sp.rows.stop, adapter, scale)
+        else:
+            runs.append(RowAdapter(sp.rows.start, sp.rows.stop, adapter, scale))
+    return runs
 
 
 def _merged_groups(spans: list[_Span]) -> list[tuple[slice, MergedLora]]:
-    """The row ranges of consecutive spans that share one merged entry (they come last, see _merged_last)."""
+    """The row ranges of consecutive spans that share one merged entry (they come last, see _grouped_order)."""
     groups: list[tuple[slice, MergedLora]] = []
     for sp in spans:
         if sp.merged is None:

@@ -45,7 +45,7 @@ class FusedPart:
     alpha_over_rank: float  # the pair's factor at user scale 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FusedPairs:
     a: np.ndarray  # (sum of ranks, n_in)
     parts: tuple[FusedPart, ...]
