@@ -103,3 +103,20 @@ def test_the_budget_drops_idle_entries_first_and_refuses_what_cannot_fit():
     tiny = model.backend.merged_lora = MergedLoraCache(model.backend, model.config, budget_bytes=one - 1)
     with pytest.raises(AdapterError, match="do not fit"):
         tiny.acquire(adapter, 1.0)
+
+
+def test_a_merged_binding_runs_merged_through_the_guest_and_lets_go_when_the_request_ends():
+    from host_functions.abi import AdapterBinding
+    from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+
+    model = Model.load(BASE, backend="numpy")
+    guest = compile_guest(reference_guest_path().read_bytes())
+    request = {"prompt": "Once upon a time", "temperature": 0, "max_tokens": 8, "lora": "style"}
+    text = TenantSandbox(model).run(guest, request, adapters={"style": AdapterBinding(str(ADAPTER), 0.5, True)}).text
+    cache = model.backend.merged_lora
+    assert cache.used_bytes > 0 and not cache._users  # built for the request, idle after it
+    adapter = model.adapters.acquire(ADAPTER)
+    ids = model.tokenizer.encode(request["prompt"])
+    for _ in range(8):
+        ids.append(int(np.argmax(model.logits_for(ids, lora=(adapter, 0.5), merged=True)[-1])))
+    assert text == model.tokenizer.decode(ids[-8:])

@@ -10,6 +10,9 @@ activation rows are quantized once per activation type and the threads split the
 them, without copying the weights into a concatenated matrix (the default model stores V as Q8_0
 next to Q5_0 Q and K, which a concatenation could not join anyway). The embedding gather decodes only
 the looked-up rows of the quantized table. Norms, RoPE, attention and the KV cache are NumpyBackend's.
+
+LoRA: the unmerged term of each run of rows is one call of native/lora.c per projection; a merged
+copy (lora_merged) is a float weight (merged_weight_type) on the same matmul kernels.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ bit-identical whatever else is in the step: every projection runs as GEMMs over 
 ROW_TILE rows (`tiled_matmul`), because OpenBLAS's result for a row changes with the row count
 (GEMV for one row, other kernels and blockings for small counts). That costs a lone decode step its
 GEMV speed (docs/scheduler.md has the figures); attention and the element-wise ops are per row or
-per sequence already. Prefill is chunked by the sequence alone
+per sequence already. LoRA (docs/lora.md) keeps it: a step orders its items so each (adapter, scale)
+and each merged copy has contiguous rows, and every row is computed on its own whatever the order.
+Prefill is chunked by the sequence alone
 (host_functions.model.PREFILL_CHUNK), so attention sees the same query blocks in any company.
 
 Where llama.cpp rounds on purpose we round the same way, because it is the oracle: its KV cache holds

@@ -17,8 +17,8 @@ from host_functions.tokenizer import Tokenizer
 from realm.cli import main
 from realm.cli.console import stdout_console
 from realm.cli.prompt import text_argument
-from realm.cli.options import (load_with_progress, lora_option_group, lora_options, model_option, model_options,
-                               model_path_with_progress)
+from realm.cli.options import (load_with_progress, lora_mode_option, lora_option_group, lora_scale_option,
+                               model_option, model_options, model_path_with_progress)
 from host_functions.lora import check_adapter_source
 from realm.bench import run_bench, run_concurrency_bench
 from realm.bench_lora import SPREAD_SCALES, lora_bindings, run_lora_bench, run_lora_concurrency_bench
@@ -148,8 +148,8 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
               help="Instead: decode speed with this LoRA adapter against without, in the same run. With "
                    "--concurrency, requests spread over the adapters given (repeat --lora), or over one file "
                    "at 4 scales.")
-@lora_options[1]
-@lora_options[2]
+@lora_scale_option
+@lora_mode_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency).")
 def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_tokens: int, no_guest: bool,
           levels: str | None, lora_files: tuple[str, ...], lora_scale: float, lora_merged: bool,
