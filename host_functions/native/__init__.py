@@ -270,9 +270,11 @@ class Kernels:
             raise BackendError(f"lora: x {x.shape}, y {y.shape} and A {a.shape} do not fit")
         if stop <= start:
             return
-        self._lib.realm_lora(x.ctypes.data + start * x.strides[0], x.shape[1], stop - start, x.shape[1],
-                             a.ctypes.data, a.shape[0], parts, len(parts), float(scale),
-                             y.ctypes.data + start * y.strides[0], y.shape[1])
+        status = self._lib.realm_lora(x.ctypes.data + start * x.strides[0], x.shape[1], stop - start, x.shape[1],
+                                      a.ctypes.data, a.shape[0], parts, len(parts), float(scale),
+                                      y.ctypes.data + start * y.strides[0], y.shape[1])
+        if status != 0:
+            raise BackendError(f"lora: the kernel library refused a rank sum of {a.shape[0]} (status {status})")
 
     def quantize_activations(self, qtype: int, x: np.ndarray) -> np.ndarray:
         """x (n_tokens, n_cols) encoded as the activation type paired with weight type `qtype`:
