@@ -16,19 +16,42 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE, ADAPTER = DATA / "tiny-llama-F32.gguf", DATA / "tiny-llama-lora-r8.gguf"
 
 
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
 @pytest.mark.parametrize("base, adapter, scale", [
     ("tiny-llama-Q4_K.gguf", "tiny-llama-lora-r8.gguf", 0.5),
     ("tiny-gemma3-F32.gguf", "tiny-gemma3-lora-r8.gguf", 1.0),
 ])
-def test_realm_logits_with_an_adapter_gives_llamacpps_logits(realm, tmp_path, backend, base, adapter, scale):
+def test_realm_logits_with_an_adapter_gives_llamacpps_logits(realm, tmp_path, backend, base, adapter, scale, mode):
     tokens, ref = reference_sequences(f"{base.removesuffix('.gguf')}+lora-r8@{scale}.logits.npz")[0]
     out = tmp_path / "logits.npy"
     done = realm("logits", "--model", str(DATA / base), "--backend", backend, "--tokens", ",".join(map(str, tokens)),
-                 "--lora", str(DATA / adapter), "--lora-scale", str(scale), "--out", str(out))
+                 "--lora", str(DATA / adapter), "--lora-scale", str(scale), "--lora-mode", mode, "--out", str(out))
     assert done.returncode == 0, done.stderr
     weights = base.removesuffix(".gguf").rsplit("-", 1)[1]
     assert_matches(np.load(out), ref, tolerance_for(weights, lora=True), base)
+
+
+def test_bench_lora_reports_decode_with_and_without_the_adapter(realm):
+    done = realm("bench", "--model", str(BASE), "--backend", "cpu", "--lora", str(ADAPTER), "--prompt-tokens", "8",
+                 "--decode-tokens", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    single = json.loads(done.stdout)
+    assert (single["lora"], single["lora_rank"], single["lora_mode"]) == (ADAPTER.name, 8, "unmerged")
+    assert single["decode_tok_s"] > 0 and single["lora_decode_tok_s"] > 0
+    assert single["ratio"] == pytest.approx(single["lora_decode_tok_s"] / single["decode_tok_s"], rel=0.01)
+    done = realm("bench", "--model", str(BASE), "--backend", "cpu", "--lora", str(ADAPTER), "--lora-mode", "merged",
+                 "--concurrency", "1,5", "--decode-tokens", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    levels = json.loads(done.stdout)
+    assert [(r["concurrency"], r["adapters"], r["lora_mode"]) for r in levels] == [(1, 1, "merged"), (5, 4, "merged")]
+    assert all(r["aggregate_tok_s"] > 0 and r["lora_aggregate_tok_s"] > 0 for r in levels)
+
+
+def test_bench_lora_with_an_adapter_for_another_model_is_one_error_line(realm):
+    done = realm("bench", "--model", str(BASE), "--lora", str(DATA / "tiny-gemma3-lora-r8.gguf"), "--decode-tokens", "2")
+    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
+    assert "made for architecture 'gemma3'" in done.stderr
 
 
 def test_an_adapter_for_another_model_is_one_error_line(realm, tmp_path):
@@ -98,3 +121,15 @@ def test_a_batch_line_with_a_missing_adapter_fails_alone_saying_so(realm, tmp_pa
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 1 and "no such LoRA adapter file or folder: /no/such/adapter.gguf" in rows[0]["error"]
     assert rows[1]["completion_tokens"] == 2
+
+
+def test_batch_lines_choose_their_lora_mode_and_a_bad_one_fails_alone(realm, tmp_path):
+    line = {"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "lora": str(ADAPTER)}
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(json.dumps(x) for x in (
+        {**line, "lora_mode": "merged"}, line, {**line, "lora_mode": "fused"})) + "\n")
+    done = realm("batch", str(requests), "--model", str(BASE), "--backend", "cpu")
+    rows = [json.loads(text) for text in done.stdout.splitlines()]
+    assert done.returncode == 1 and "\"lora_mode\" must be" in rows[2]["error"]
+    assert rows[0]["completion_tokens"] == rows[1]["completion_tokens"] == 6
+    assert rows[0]["text"] == rows[1]["text"]  # merged and unmerged differ in last bits, not in greedy text here

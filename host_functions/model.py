@@ -25,7 +25,8 @@ from .backends import Backend, KVCache, LogitsWanted, StepItem
 from .config import ModelConfig
 from .adapter_pool import AdapterPool
 from .gguf_file import GGUFFile
-from .lora import LoraAdapter
+from .backends.lora_merged import MergedLora
+from .lora import AdapterError, LoraAdapter
 from .sequence_checks import check_appendable, check_next_layer, check_room, check_step_complete, check_token_ids
 from .tokenizer import Tokenizer
 
@@ -146,13 +147,15 @@ class Model:
             raise SequenceError(f"sequence capacity must be 1..{self.config.context_length}, got {limit}")
         return Sequence(self, limit)
 
-    def logits_for(self, tokens: Seq[int], lora: tuple[LoraAdapter, float] | None = None) -> np.ndarray:
-        """Logits at every position of `tokens` (one prefill pass), with an optional (adapter, scale):
-        float32 (n_tokens, n_vocab)."""
+    def logits_for(self, tokens: Seq[int], lora: tuple[LoraAdapter, float] | None = None,
+                   merged: bool = False) -> np.ndarray:
+        """Logits at every position of `tokens` (one prefill pass), with an optional (adapter, scale)
+        applied unmerged or `merged`: float32 (n_tokens, n_vocab). Raises AdapterError when merged
+        weights do not fit their budget or the backend cannot merge."""
         seq = self.open_sequence(max(len(tokens), 1))
         try:
             if lora is not None:
-                seq.set_adapter(*lora)
+                seq.set_adapter(*lora, merged=merged)
             seq.append(tokens)
             for layer in range(self.config.n_layers):
                 seq.forward_layer(layer)
@@ -172,6 +175,7 @@ class Sequence:
         self.layers_done = 0  # layer calls of the step in progress (order only: the step runs at finish)
         self._cache: KVCache | None = model.backend.new_cache(capacity)
         self.adapter: tuple[LoraAdapter, float] | None = None  # applied to every step from now on
+        self.merged: MergedLora | None = None  # that adapter merged into the weights (merged mode), held
 
     @property
     def closed(self) -> bool:
@@ -190,10 +194,23 @@ class Sequence:
         check_token_ids(np.asarray(ids, np.int64), self.model.config.n_vocab)
         self.pending.extend(int(t) for t in ids)
 
-    def set_adapter(self, adapter: LoraAdapter | None, scale: float = 1.0) -> None:
-        """Apply `adapter` at `scale` (None: no adapter) to the steps from now on; the base weights stay as they are."""
+    def set_adapter(self, adapter: LoraAdapter | None, scale: float = 1.0, merged: bool = False) -> None:
+        """Apply `adapter` at `scale` (None: no adapter) to the steps from now on, unmerged (W x + s B (A x))
+        or `merged` (W + s B A, a cached copy); the base weights stay as they are.
+
+        Raises AdapterError when the merged weights do not fit the backend's budget beside those in use,
+        or the backend runs LoRA unmerged only; the sequence keeps its previous adapter then.
+        """
         self._check_open()
+        entry = None
+        if adapter is not None and merged:
+            cache = self.model.backend.merged_lora
+            if cache is None:
+                raise AdapterError(f"the {self.model.backend.name} backend applies LoRA unmerged only")
+            entry = cache.acquire(adapter, float(scale))
+        self._release_merged()
         self.adapter = None if adapter is None else (adapter, float(scale))
+        self.merged = entry
 
     def forward_layer(self, layer: int) -> None:
         """Record that layer `layer` (they must come in order 0, 1, ...) is wanted; it runs at finish."""
@@ -220,7 +237,7 @@ class Sequence:
                 last = start + PREFILL_CHUNK >= len(pending)
                 wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
                 item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), self._cache, wants,
-                                self.model.config.n_layers, self.adapter)
+                                self.model.config.n_layers, self.adapter, self.merged)
                 logits = self.model.step_runner(item, owner)
                 self.tokens.extend(chunk)
                 if logits is not None:
@@ -252,6 +269,12 @@ class Sequence:
         if self._cache is not None:
             self._cache.free()
         self._cache = None
+        self._release_merged()
+
+    def _release_merged(self) -> None:
+        if self.merged is not None and self.model.backend.merged_lora is not None:
+            self.model.backend.merged_lora.release(self.merged)
+        self.merged = None
 
     def _check_open(self) -> None:
         if self._cache is None:

@@ -27,10 +27,12 @@ MAX_SCALE = 1000.0  # |scale| beyond this is a mistake, not a setting
 
 @dataclass(frozen=True)
 class AdapterBinding:
-    """A tenant's adapter under one alias: its file (GGUF) or folder (PEFT) and default scale."""
+    """A tenant's adapter under one alias: its file (GGUF) or folder (PEFT), default scale, and whether
+    sequences run it merged into a cached copy of the weights (docs/lora.md) instead of unmerged."""
 
     path: str
     scale: float = 1.0
+    merged: bool = False
 
 
 @dataclass(eq=False)
@@ -39,6 +41,7 @@ class AdapterState:
 
     adapter: LoraAdapter
     scale: float
+    merged: bool = False
 
     def host_bytes(self) -> int:
         return ADAPTER_STATE_BYTES  # the adapter itself is in the model's pool (its own memory budget)
@@ -58,7 +61,7 @@ def adapter_find(s: Session, mem: GuestMemory, alias_ptr: int, alias_len: int) -
     except AdapterError as exc:
         raise AbiError(Status.INVALID_ARGUMENT, str(exc)) from None
     s.held_adapters.append(adapter)
-    return s.handles.add(AdapterState(adapter, binding.scale))
+    return s.handles.add(AdapterState(adapter, binding.scale, binding.merged))
 
 
 @host("seq", "adapter", "scale_bits")
@@ -75,5 +78,8 @@ def seq_set_adapter(s: Session, mem: GuestMemory, seq: int, adapter: int, scale_
     scale = struct.unpack("<f", struct.pack("<i", scale_bits))[0]
     if not math.isfinite(scale) or abs(scale) > MAX_SCALE:
         raise AbiError(Status.INVALID_ARGUMENT, f"an adapter scale must be finite and within +-{MAX_SCALE:g}, got {scale}")
-    state.seq.set_adapter(found.adapter, scale or found.scale)
+    try:
+        state.seq.set_adapter(found.adapter, scale or found.scale, merged=found.merged)
+    except AdapterError as exc:  # merged weights beyond their budget: this request's error, nobody else's
+        raise AbiError(Status.INVALID_ARGUMENT, str(exc)) from None
     return Status.OK

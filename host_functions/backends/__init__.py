@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from ..errors import BackendError
 from ..gguf_file import RawTensor
 from ..lora import LoraAdapter
 from ..kv_pool import BLOCK_TOKENS, KVPool, KVPoolTooSmall, default_budget, describe_bytes
+
+if TYPE_CHECKING:
+    from .lora_merged import MergedLoraCache, MergedLora
 
 Activations = Any  # backend-specific handle to hidden states of shape (n_tokens, n_embd)
 LogitsWanted = Literal["none", "last", "all"]
@@ -87,6 +90,7 @@ class StepItem:
     wants: LogitsWanted = "last"
     n_layers: int | None = None  # run only the first n_layers, then the head (self-speculation's draft)
     lora: tuple[LoraAdapter, float] | None = None  # the sequence's adapter and its scale, applied unmerged
+    merged: MergedLora | None = None  # the same adapter merged into the weights, when the sequence asked for it
 
     def layers(self, config: ModelConfig) -> int:
         return config.n_layers if self.n_layers is None else self.n_layers
@@ -100,6 +104,7 @@ class Backend(ABC):
     def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor]) -> None:
         self.config = config
         self.kv_pool: KVPool | None = None
+        self.merged_lora: MergedLoraCache | None = None  # set by backends that can run LoRA merged
 
     def kv_block_bytes(self, block_tokens: int) -> int:
         """Bytes one block of `block_tokens` positions takes across every layer (K and V)."""

@@ -10,10 +10,15 @@ activation rows are quantized once per activation type and the threads split the
 them, without copying the weights into a concatenated matrix (the default model stores V as Q8_0
 next to Q5_0 Q and K, which a concatenation could not join anyway). The embedding gather decodes only
 the looked-up rows of the quantized table. Norms, RoPE, attention and the KV cache are NumpyBackend's.
+
+LoRA: the unmerged term of each run of rows is one call of native/lora.c per projection; a merged
+copy (lora_merged) is a float weight (merged_weight_type) on the same matmul kernels.
 """
 
 from __future__ import annotations
 
+import ctypes
+import weakref
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
@@ -22,8 +27,11 @@ import numpy as np
 from .. import native
 from ..config import ModelConfig
 from ..gguf_file import RawTensor
-from ..quants import quant_format, row_bytes
-from .numpy_backend import NumpyBackend
+from gguf import GGMLQuantizationType
+
+from ..quants import dequantize, quant_format, row_bytes
+from .numpy_backend import NumpyBackend, round_to_bf16
+from .numpy_lora import FUSED_PARTS, FusedPairs, RowAdapter, fused_pairs
 
 
 def _rows(raw: RawTensor) -> np.ndarray:
@@ -33,15 +41,21 @@ def _rows(raw: RawTensor) -> np.ndarray:
 
 
 class QuantizedProjection:
-    """y = x @ W.T over the stacked rows of one or more GGUF weights with the same input width."""
+    """y = x @ W.T over the stacked rows of one or more weights (GGML type, (n_rows, row_bytes) uint8)
+    with the same input width."""
 
-    def __init__(self, kernels: native.Kernels, raws: list[RawTensor]) -> None:
+    def __init__(self, kernels: native.Kernels, weights: list[tuple[int, np.ndarray]], n_cols: int) -> None:
+        self.n_cols = n_cols
+        self._kernels = kernels
+        self._weights = weights
+        self.n_out = sum(rows.shape[0] for _, rows in self._weights)
+
+    @classmethod
+    def of_raws(cls, kernels: native.Kernels, raws: list[RawTensor]) -> QuantizedProjection:
+        """The GGUF weights `raws` as they are in the memory-mapped file."""
         n_cols = {raw.shape[1] for raw in raws}
         assert len(n_cols) == 1, f"fused weights differ in width: {[raw.shape for raw in raws]}"
-        self.n_cols = n_cols.pop()
-        self._kernels = kernels
-        self._weights = [(int(raw.qtype), _rows(raw)) for raw in raws]  # (GGML type, (n_rows, row_bytes))
-        self.n_out = sum(rows.shape[0] for _, rows in self._weights)
+        return cls(kernels, [(int(raw.qtype), _rows(raw)) for raw in raws], n_cols.pop())
 
     @property
     def nbytes(self) -> int:
@@ -66,6 +80,37 @@ class QuantizedEmbedding:
         return self._fmt.dequantize_blocks(blocks).reshape(len(tokens), self.n_embd)
 
 
+_T = GGMLQuantizationType
+_FLOAT_BYTES = {_T.F32: 4, _T.F16: 2, _T.BF16: 2}
+_FLOAT_ENCODE = {  # float32 (n, k) -> the type's values, C-contiguous
+    _T.F32: lambda w: np.ascontiguousarray(w, np.float32),
+    _T.F16: lambda w: np.ascontiguousarray(w.astype(np.float16)),
+    _T.BF16: lambda w: np.ascontiguousarray((round_to_bf16(w).view(np.uint32) >> 16).astype(np.uint16)),
+}
+
+
+_native_forms: weakref.WeakKeyDictionary[FusedPairs, ctypes.Array[native.LoraPart]] = weakref.WeakKeyDictionary()
+
+
+def _native_parts(fused: FusedPairs) -> ctypes.Array[native.LoraPart]:
+    """lora.c's part table of a fused adapter projection, built once and dropped with it."""
+    parts = _native_forms.get(fused)
+    if parts is None:
+        parts = _native_forms[fused] = native.lora_parts(
+            [(p.b, p.out.start, p.rank.start, p.alpha_over_rank) for p in fused.parts])
+    return parts
+
+
+def merged_weight_type(base_types: list[GGMLQuantizationType]) -> GGMLQuantizationType:
+    """The float type a merged copy of a fused projection takes on the cpu backend: F32 over F32 weights,
+    BF16 over BF16, else F16 (over quantized weights F16 is far finer than the base and reads half
+    F32's bytes per decoded token)."""
+    kinds = set(base_types)
+    if kinds == {_T.F32}:
+        return _T.F32
+    return _T.BF16 if kinds == {_T.BF16} else _T.F16
+
+
 class CpuBackend(NumpyBackend):
     """Native quantized matmuls on a persistent thread pool; everything else as NumpyBackend.
 
@@ -83,7 +128,35 @@ class CpuBackend(NumpyBackend):
     def _make_projection(self, raws: list[RawTensor]) -> QuantizedProjection:  # type: ignore[override]
         for _ in raws:
             self._loaded()
-        return QuantizedProjection(self.kernels, raws)
+        return QuantizedProjection.of_raws(self.kernels, raws)
+
+    # --- unmerged LoRA: lora.c's shrink and expand per run of rows ---
+
+    def apply_lora(self, y: np.ndarray, x: np.ndarray, layer: int, key: str, runs: list[RowAdapter]) -> np.ndarray:
+        x = np.ascontiguousarray(x, np.float32)
+        for run in runs:
+            fused = fused_pairs(run.adapter, layer, key, self.config)
+            if fused is not None:
+                self.kernels.lora(y, x, slice(run.start, run.end), fused.a, _native_parts(fused), run.scale)
+        return y
+
+    # --- merged LoRA: the merged weight in the float type merged_weight_type picks, on the same kernels ---
+
+    def _fused_raws(self, layer: int, key: str) -> list[RawTensor]:
+        return [self._raw[f"blk.{layer}.{name}.weight"] for name in FUSED_PARTS[key]]
+
+    def float_weight(self, layer: int, key: str) -> np.ndarray:
+        return np.concatenate([dequantize(raw) for raw in self._fused_raws(layer, key)])
+
+    def merged_nbytes(self, layer: int, key: str) -> int:
+        raws = self._fused_raws(layer, key)
+        qtype = merged_weight_type([raw.qtype for raw in raws])
+        return sum(raw.shape[0] for raw in raws) * raws[0].shape[1] * _FLOAT_BYTES[qtype]
+
+    def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> QuantizedProjection:  # type: ignore[override]
+        qtype = merged_weight_type([raw.qtype for raw in self._fused_raws(layer, key)])
+        rows = _FLOAT_ENCODE[qtype](weight).view(np.uint8)  # (n_out, n_in * bytes per value)
+        return QuantizedProjection(self.kernels, [(int(qtype), rows)], weight.shape[1])
 
     def _make_embedding(self, raw: RawTensor) -> QuantizedEmbedding:  # type: ignore[override]
         if not self.config.tied_output:  # a tied table is counted once, as the output projection

@@ -11,7 +11,9 @@ bit-identical whatever else is in the step: every projection runs as GEMMs over 
 ROW_TILE rows (`tiled_matmul`), because OpenBLAS's result for a row changes with the row count
 (GEMV for one row, other kernels and blockings for small counts). That costs a lone decode step its
 GEMV speed (docs/scheduler.md has the figures); attention and the element-wise ops are per row or
-per sequence already. Prefill is chunked by the sequence alone
+per sequence already. LoRA (docs/lora.md) keeps it: a step orders its items so each (adapter, scale)
+and each merged copy has contiguous rows, and every row is computed on its own whatever the order.
+Prefill is chunked by the sequence alone
 (host_functions.model.PREFILL_CHUNK), so attention sees the same query blocks in any company.
 
 Where llama.cpp rounds on purpose we round the same way, because it is the oracle: its KV cache holds
@@ -39,6 +41,7 @@ from ..gguf_file import RawTensor
 from ..lora import LoraAdapter
 from ..quants import dequantize
 from ..kv_pool import KVPool
+from .lora_merged import MergedLora, MergedLoraCache
 from .numpy_lora import RowAdapter, apply_lora
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 
@@ -51,6 +54,7 @@ class _Span:
     pos: int  # position of its first new token
     key_slots: np.ndarray  # (pos + n,) pool slot of every position 0..pos+n-1
     lora: tuple[LoraAdapter, float] | None = None  # its sequence's adapter and scale
+    merged: MergedLora | None = None  # that adapter merged into the weights, if its sequence asked for it
 
 
 class NumpyBackend(Backend):
@@ -71,6 +75,7 @@ class NumpyBackend(Backend):
         self.rope_factors = self._vector("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
         self._inv_freq = {base: self._rope_inv_freq(base) for base in {config.rope_base, config.rope_base_local}}
         self._float.clear()
+        self.merged_lora = MergedLoraCache(self, config)
         self.kv_k = self.kv_v = np.zeros((config.n_layers, 0, config.n_head_kv, config.head_dim), np.float32)
 
     # --- weight loading: the hooks a backend with another weight form (cpu: quantized) overrides ---
@@ -113,6 +118,17 @@ class NumpyBackend(Backend):
                 layer[key] = self._vector(p + key + ".weight")
         return layer
 
+    # --- merged LoRA (lora_merged.MergeHost): float32 copies of the fused projections ---
+
+    def float_weight(self, layer: int, key: str) -> np.ndarray:
+        return self.layers[layer][key].weight
+
+    def merged_nbytes(self, layer: int, key: str) -> int:
+        return self.layers[layer][key].weight.nbytes
+
+    def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> Projection:
+        return Projection(weight, self.layers[layer][key].round_input)
+
     def _rope_inv_freq(self, base: float) -> np.ndarray:
         hd = self.config.head_dim
         inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # (head_dim/2,)
@@ -131,11 +147,23 @@ class NumpyBackend(Backend):
         return self.embedding(np.asarray(tokens, np.int64)) * np.float32(self.config.embedding_scale)
 
     def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
+        """The step with its items grouped (a row's result does not depend on its place): those of each
+        merged entry after the others, and within the rest those of each (adapter, scale) together, so
+        that every projection and every adapter term runs over contiguous row ranges."""
+        order = _grouped_order(items)
+        results = self._step_in_order([items[i] for i in order], n_layers)
+        back: list[np.ndarray | None] = [None] * len(items)
+        for result, i in zip(results, order, strict=True):
+            back[i] = result
+        return back
+
+    def _step_in_order(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
         x = self.embed(np.concatenate([item.tokens for item in items]))
         spans, start = [], 0
         for item in items:
             n = len(item.tokens)
-            spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n), item.lora))
+            spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n), item.lora,
+                               item.merged))
             start += n
         for index in range(n_layers):
             x = self._layer(index, x, spans)
@@ -152,11 +180,18 @@ class NumpyBackend(Backend):
         """Block `index` over the rows of every span; each span attends over its own sequence."""
         cfg, w = self.config, self.layers[index]
         n = x.shape[0]
-        runs = [RowAdapter(sp.rows.start, sp.rows.stop, *sp.lora) for sp in spans if sp.lora is not None]
+        runs = _adapter_runs(spans)
+        merged = _merged_groups(spans)
+        base_rows = merged[0][0].start if merged else n
 
         def project(key: str, h: np.ndarray) -> np.ndarray:
-            y = w[key](h)
-            return apply_lora(y, h, index, key, runs, cfg, tiled_matmul) if runs else y
+            if not merged:
+                y = w[key](h)
+            else:  # the base (and unmerged) rows first, then each merged adapter's rows through its own weights
+                parts = [w[key](h[:base_rows])] if base_rows else []
+                parts += [(m.projection(index, key) or w[key])(h[rows]) for rows, m in merged]
+                y = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            return self.apply_lora(y, h, index, key, runs) if runs else y
 
         qkv = project("qkv", rms_norm(x, w["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
         q = qkv[:, : cfg.q_dim].reshape(n, cfg.n_head, cfg.head_dim)
@@ -191,6 +226,10 @@ class NumpyBackend(Backend):
             f = rms_norm(f, w["post_ffw_norm"], cfg.norm_eps)
         return x + f
 
+    def apply_lora(self, y: np.ndarray, x: np.ndarray, layer: int, key: str, runs: list[RowAdapter]) -> np.ndarray:
+        """Add the unmerged adapter terms of `runs` to y = projection `key` of `layer` applied to x."""
+        return apply_lora(y, x, layer, key, runs, self.config, tiled_matmul)
+
     def logits(self, x: np.ndarray, last_only: bool = True) -> np.ndarray:
         if last_only:
             x = x[-1:]
@@ -199,6 +238,50 @@ class NumpyBackend(Backend):
     def weight_bytes_per_token(self) -> int:
         per_layer = sum(a.nbytes for layer in self.layers for a in layer.values())
         return per_layer + self.output.nbytes
+
+
+def _grouped_order(items: Sequence[StepItem]) -> list[int]:
+    """Item indices: the unmerged ones first, each (adapter, scale) together in order of first
+    appearance, then each merged entry's items together."""
+    groups: dict[tuple[int, float], int] = {}
+
+    def group(item: StepItem) -> tuple[int, int]:
+        if item.merged is not None:
+            return 1, groups.setdefault((id(item.merged), 0.0), len(groups))
+        if item.lora is None:
+            return 0, -1
+        return 0, groups.setdefault((id(item.lora[0]), item.lora[1]), len(groups))
+
+    keys = [group(item) for item in items]
+    return sorted(range(len(items)), key=keys.__getitem__)
+
+
+def _adapter_runs(spans: list[_Span]) -> list[RowAdapter]:
+    """The unmerged adapter terms of a step: consecutive spans with one adapter and scale as one run."""
+    runs: list[RowAdapter] = []
+    for sp in spans:
+        if sp.lora is None or sp.merged is not None:
+            continue
+        adapter, scale = sp.lora
+        last = runs[-1] if runs else None
+        if last is not None and last.end == sp.rows.start and last.adapter is adapter and last.scale == scale:
+            runs[-1] = RowAdapter(last.start, sp.rows.stop, adapter, scale)
+        else:
+            runs.append(RowAdapter(sp.rows.start, sp.rows.stop, adapter, scale))
+    return runs
+
+
+def _merged_groups(spans: list[_Span]) -> list[tuple[slice, MergedLora]]:
+    """The row ranges of consecutive spans that share one merged entry (they come last, see _grouped_order)."""
+    groups: list[tuple[slice, MergedLora]] = []
+    for sp in spans:
+        if sp.merged is None:
+            continue
+        if groups and groups[-1][1] is sp.merged:
+            groups[-1] = (slice(groups[-1][0].start, sp.rows.stop), sp.merged)
+        else:
+            groups.append((sp.rows, sp.merged))
+    return groups
 
 
 class Embedding:

@@ -38,21 +38,21 @@ class RowAdapter:
 
 
 @dataclass(frozen=True)
-class _FusedPart:
+class FusedPart:
     out: slice  # columns of the fused projection's output
     rank: slice  # columns of the shrunk t = x @ A_cat.T
     b: np.ndarray  # (n_out_part, rank_part)
     alpha_over_rank: float  # the pair's factor at user scale 1
 
 
-@dataclass(frozen=True)
-class _FusedPairs:
+@dataclass(frozen=True, eq=False)
+class FusedPairs:
     a: np.ndarray  # (sum of ranks, n_in)
-    parts: tuple[_FusedPart, ...]
+    parts: tuple[FusedPart, ...]
 
 
 _fused_lock = threading.Lock()
-_fused_forms: weakref.WeakKeyDictionary[LoraAdapter, dict[tuple[int, str], _FusedPairs | None]] = (
+_fused_forms: weakref.WeakKeyDictionary[LoraAdapter, dict[tuple[int, str], FusedPairs | None]] = (
     weakref.WeakKeyDictionary())  # dropped with the adapter when the pool lets it go
 
 
@@ -64,7 +64,7 @@ def apply_lora(y: np.ndarray, x: np.ndarray, layer: int, key: str, rows: Sequenc
     batch neighbours are. Returns y.
     """
     for run in rows:
-        fused = _fused(run.adapter, layer, key, config)
+        fused = fused_pairs(run.adapter, layer, key, config)
         if fused is None:
             continue
         t = matmul(x[run.start:run.end], fused.a)  # (n, sum of ranks)
@@ -74,7 +74,7 @@ def apply_lora(y: np.ndarray, x: np.ndarray, layer: int, key: str, rows: Sequenc
     return y
 
 
-def _fused(adapter: LoraAdapter, layer: int, key: str, config: ModelConfig) -> _FusedPairs | None:
+def fused_pairs(adapter: LoraAdapter, layer: int, key: str, config: ModelConfig) -> FusedPairs | None:
     """The adapter's pairs for one fused projection, stacked (None if it adapts none of its parts)."""
     cache = _fused_forms.get(adapter)
     if cache is not None and (layer, key) in cache:
@@ -86,7 +86,7 @@ def _fused(adapter: LoraAdapter, layer: int, key: str, config: ModelConfig) -> _
     return cache[(layer, key)]
 
 
-def _build_fused(adapter: LoraAdapter, layer: int, key: str, config: ModelConfig) -> _FusedPairs | None:
+def _build_fused(adapter: LoraAdapter, layer: int, key: str, config: ModelConfig) -> FusedPairs | None:
     widths = {"attn_q": config.q_dim, "attn_k": config.kv_dim, "attn_v": config.kv_dim, "ffn_gate": config.n_ff,
               "ffn_up": config.n_ff, "attn_output": config.n_embd, "ffn_down": config.n_embd}
     a_parts, parts, out_at, rank_at = [], [], 0, 0
@@ -94,10 +94,10 @@ def _build_fused(adapter: LoraAdapter, layer: int, key: str, config: ModelConfig
         pair = adapter.pairs.get(f"blk.{layer}.{name}.weight")
         if pair is not None:
             a_parts.append(pair.a)
-            parts.append(_FusedPart(slice(out_at, out_at + widths[name]), slice(rank_at, rank_at + pair.rank),
+            parts.append(FusedPart(slice(out_at, out_at + widths[name]), slice(rank_at, rank_at + pair.rank),
                                     pair.b, pair.scale(1.0)))
             rank_at += pair.rank
         out_at += widths[name]
     if not parts:
         return None
-    return _FusedPairs(np.ascontiguousarray(np.concatenate(a_parts)), tuple(parts))
+    return FusedPairs(np.ascontiguousarray(np.concatenate(a_parts)), tuple(parts))

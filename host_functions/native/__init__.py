@@ -173,6 +173,31 @@ class _Segment(ctypes.Structure):
                 ("w_stride", ctypes.c_int64), ("n_rows", ctypes.c_int64)]
 
 
+class LoraPart(ctypes.Structure):
+    """lora.c's realm_lora_part: one part of a fused projection's low-rank term. Build with lora_parts,
+    which keeps the B matrices alive as long as the array."""
+
+    _fields_ = [("bt", ctypes.c_void_p), ("out_offset", ctypes.c_int64), ("n_out", ctypes.c_int64),
+                ("rank_offset", ctypes.c_int64), ("rank", ctypes.c_int64), ("alpha_over_rank", ctypes.c_double)]
+
+
+LORA_MAX_RANK = 512  # lora.c's limit on the ranks of one fused projection together
+
+
+def lora_parts(parts: Sequence[tuple[np.ndarray, int, int, float]]) -> ctypes.Array[LoraPart]:
+    """A realm_lora_part array for (B (n_out, rank) float32, output offset, rank offset, alpha / rank)
+    per part; the array holds the transposed copies of B that lora.c reads."""
+    array = (LoraPart * len(parts))()
+    keep = []
+    for part, (b, out_offset, rank_offset, alpha_over_rank) in zip(array, parts, strict=True):
+        bt = np.ascontiguousarray(np.asarray(b, np.float32).T)  # (rank, n_out)
+        keep.append(bt)
+        part.bt, part.out_offset, part.n_out = bt.ctypes.data, out_offset, bt.shape[1]
+        part.rank_offset, part.rank, part.alpha_over_rank = rank_offset, bt.shape[0], alpha_over_rank
+    array._keep = keep  # type: ignore[attr-defined]
+    return array
+
+
 class Kernels:
     """The loaded library: quantized matmuls on a persistent thread pool."""
 
@@ -191,6 +216,9 @@ class Kernels:
         lib.realm_set_threads.argtypes = [ctypes.c_int]
         lib.realm_set_threads.restype = ctypes.c_int
         lib.realm_threads.restype = ctypes.c_int
+        lib.realm_lora.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _I64, ctypes.POINTER(LoraPart), ctypes.c_int,
+                                   ctypes.c_double, _PTR, _I64]
+        lib.realm_lora.restype = ctypes.c_int
         self._lib = lib
 
     @property
@@ -224,6 +252,29 @@ class Kernels:
             raise BackendError(f"matmul: the kernel library refused types {types} with {n_cols} columns "
                                f"(status {status})")
         return out
+
+    def lora(self, y: np.ndarray, x: np.ndarray, rows: slice, a: np.ndarray, parts: ctypes.Array[LoraPart],
+             scale: float) -> None:
+        """y[rows] += scale * alpha/rank * B (A x[rows]) for each part, in place (lora.c).
+
+        y: (n, n_out) and x: (n, n_in) float32 C-contiguous; a: (sum of the parts' ranks, n_in) float32
+        C-contiguous; parts from lora_parts, whose offsets must lie inside y's columns and a's rows.
+        Raises BackendError for shapes that do not fit.
+        """
+        start, stop, _ = rows.indices(x.shape[0])
+        ok = (x.dtype == y.dtype == a.dtype == np.float32 and x.flags.c_contiguous and y.flags.c_contiguous
+              and a.flags.c_contiguous and x.shape[0] == y.shape[0] and a.shape[1] == x.shape[1]
+              and a.shape[0] <= LORA_MAX_RANK
+              and all(p.out_offset + p.n_out <= y.shape[1] and p.rank_offset + p.rank <= a.shape[0] for p in parts))
+        if not ok:
+            raise BackendError(f"lora: x {x.shape}, y {y.shape} and A {a.shape} do not fit")
+        if stop <= start:
+            return
+        status = self._lib.realm_lora(x.ctypes.data + start * x.strides[0], x.shape[1], stop - start, x.shape[1],
+                                      a.ctypes.data, a.shape[0], parts, len(parts), float(scale),
+                                      y.ctypes.data + start * y.strides[0], y.shape[1])
+        if status != 0:
+            raise BackendError(f"lora: the kernel library refused a rank sum of {a.shape[0]} (status {status})")
 
     def quantize_activations(self, qtype: int, x: np.ndarray) -> np.ndarray:
         """x (n_tokens, n_cols) encoded as the activation type paired with weight type `qtype`:

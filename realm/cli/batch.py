@@ -130,10 +130,14 @@ def _parse(number: int, text: str) -> _Job:
 
 
 def _line_adapters(request: dict[str, Any], tenant: str | None) -> dict[str, AdapterBinding]:
-    """A line's "lora": one of its tenant's aliases, or an adapter file applied at "lora_scale"."""
+    """A line's "lora": one of its tenant's aliases, or an adapter file applied at "lora_scale" in
+    "lora_mode" ("unmerged" or "merged")."""
     scale = request.pop("lora_scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise RealmError("\"lora_scale\" must be a number")
+    mode = request.pop("lora_mode", "unmerged")
+    if mode not in ("unmerged", "merged"):
+        raise RealmError("\"lora_mode\" must be \"unmerged\" or \"merged\"")
     lora = request.pop("lora", None)
     bindings = TenantRegistry().adapters(tenant) if tenant else {}
     if lora is None:
@@ -143,7 +147,7 @@ def _line_adapters(request: dict[str, Any], tenant: str | None) -> dict[str, Ada
     if lora in bindings:
         request["lora"] = lora
         return bindings
-    return adapter_bindings(request, tenant, lora, float(scale))
+    return adapter_bindings(request, tenant, lora, float(scale), merged=mode == "merged")
 
 
 def _run(model: Model, job: _Job) -> dict[str, Any]:

@@ -17,8 +17,11 @@ from host_functions.tokenizer import Tokenizer
 from realm.cli import main
 from realm.cli.console import stdout_console
 from realm.cli.prompt import text_argument
-from realm.cli.options import load_with_progress, model_option, model_options, model_path_with_progress
+from realm.cli.options import (load_with_progress, lora_mode_option, lora_option_group, lora_scale_option,
+                               model_option, model_options, model_path_with_progress)
+from host_functions.lora import check_adapter_source
 from realm.bench import run_bench, run_concurrency_bench
+from realm.bench_lora import SPREAD_SCALES, lora_bindings, run_lora_bench, run_lora_concurrency_bench
 
 console = stdout_console()
 
@@ -102,11 +105,9 @@ def _parse_tokens(text: str) -> list[int]:
 @click.option("--prompt", help="Text to tokenize (BOS added per the model).")
 @click.option("--tokens", help="Comma-separated token ids, used exactly as given (no BOS added).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .npy file.")
-@click.option("--lora", "lora_file", metavar="FILE", default=None,
-              help="Apply this LoRA adapter (llama.cpp GGUF adapter, or a PEFT folder), unmerged.")
-@click.option("--lora-scale", type=float, default=1.0, show_default=True, help="The adapter's scale.")
+@lora_option_group
 def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str | None, out_path: str,
-           lora_file: str | None, lora_scale: float) -> None:
+           lora_file: str | None, lora_scale: float, lora_merged: bool) -> None:
     """Write float32 logits for every position, shape [n_tokens, vocab], to a .npy file."""
     if (prompt is None) == (tokens is None):
         raise click.UsageError("give exactly one of --prompt or --tokens")
@@ -124,7 +125,7 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
         if not math.isfinite(lora_scale):
             raise click.BadParameter(f"must be a finite number, got {lora_scale}", param_hint="--lora-scale")
         lora = (model.adapters.acquire(lora_file), lora_scale)  # AdapterError: one line naming the tensor
-    result = model.logits_for(ids, lora=lora).astype(np.float32)
+    result = model.logits_for(ids, lora=lora, merged=lora_merged).astype(np.float32)
     tmp = out.with_name(out.name + ".tmp.npy")
     try:  # written beside the target and renamed, so a failure never leaves half a file
         np.save(tmp, result)
@@ -143,12 +144,23 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
 @click.option("--concurrency", "levels", metavar="N,N,...", default=None,
               help="Instead: requests at once through the reference guest, e.g. 1,4,16 (aggregate tok/s, "
                    "p50/p95 latency, TTFT, KV peak; level 1 also against direct steps).")
+@click.option("--lora", "lora_files", metavar="FILE", multiple=True,
+              help="Instead: decode speed with this LoRA adapter against without, in the same run. With "
+                   "--concurrency, requests spread over the adapters given (repeat --lora), or over one file "
+                   "at 4 scales.")
+@lora_scale_option
+@lora_mode_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency).")
 def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_tokens: int, no_guest: bool,
-          levels: str | None, as_json: bool) -> None:
+          levels: str | None, lora_files: tuple[str, ...], lora_scale: float, lora_merged: bool,
+          as_json: bool) -> None:
     """Measure load time, prefill and decode speed, peak memory and guest overhead."""
     if prompt_tokens < 1 or decode_tokens < 1:
         raise click.BadParameter("token counts must be positive")
+    if lora_files:
+        _bench_lora(model_path, backend, list(lora_files), lora_scale, lora_merged, levels, prompt_tokens,
+                    decode_tokens, as_json)
+        return
     if levels is not None:
         _bench_concurrency(model_path, backend, _levels(levels), decode_tokens, as_json)
         return
@@ -161,6 +173,36 @@ def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_token
     table = Table("metric", "value", title="realm bench")
     for key, value in data.items():
         table.add_row(key, str(value))
+    console.print(table)
+
+
+def _bench_lora(model_path: str | None, backend: str, files: list[str], scale: float, merged: bool,
+                levels: str | None, prompt_tokens: int, decode_tokens: int, as_json: bool) -> None:
+    for file in files:
+        check_adapter_source(file)  # AdapterError: one line naming the file
+    if not math.isfinite(scale):
+        raise click.BadParameter(f"must be a finite number, got {scale}", param_hint="--lora-scale")
+    model = load_with_progress(model_path, backend)
+    if levels is None:
+        if len(files) > 1:
+            raise click.UsageError("give one --lora file (several are for --concurrency)")
+        single = run_lora_bench(model, files[0], scale, merged, prompt_tokens, decode_tokens).as_json()
+        if as_json:
+            click.echo(json.dumps(single))
+            return
+        table = Table("metric", "value", title="realm bench --lora")
+        for key, value in single.items():
+            table.add_row(key, str(value))
+        console.print(table)
+        return
+    bindings = lora_bindings(files, scale, merged, spread=len(SPREAD_SCALES))
+    results = [r.as_json() for r in run_lora_concurrency_bench(model, _levels(levels), decode_tokens, bindings)]
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    table = Table(*results[0], title="realm bench --lora --concurrency")
+    for r in results:
+        table.add_row(*(str(v) for v in r.values()))
     console.print(table)
 
 

@@ -38,6 +38,25 @@ threads_option = click.option(
     help="Threads of the cpu backend's kernels (default: $REALM_THREADS, else every CPU).")
 
 
+def _merged_flag(ctx: click.Context, param: click.Parameter, value: str) -> bool:
+    return value == "merged"
+
+
+lora_file_option = click.option("--lora", "lora_file", metavar="FILE", default=None,
+                                help="Apply this LoRA adapter (llama.cpp GGUF adapter, or a PEFT folder).")
+lora_scale_option = click.option("--lora-scale", type=float, default=1.0, show_default=True,
+                                 help="The adapter's scale.")
+lora_mode_option = click.option(
+    "--lora-mode", "lora_merged", type=click.Choice(["unmerged", "merged"]), default="unmerged", show_default=True,
+    callback=_merged_flag,
+    help="unmerged: W x + s B (A x) on the shared weights; merged: a cached copy W + s B A (docs/lora.md).")
+
+
+def lora_option_group(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--lora, --lora-scale and --lora-mode (passed as lora_file, lora_scale, lora_merged: bool)."""
+    return lora_file_option(lora_scale_option(lora_mode_option(func)))
+
+
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--model, --backend and --threads."""
     return model_option(backend_option(threads_option(func)))

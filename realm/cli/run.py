@@ -31,7 +31,7 @@ from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from realm.cli import EXIT_INTERRUPTED, main
 from realm.cli.console import stderr_console, write_stdout
-from realm.cli.options import kv_memory_option, load_with_progress, model_options
+from realm.cli.options import kv_memory_option, load_with_progress, lora_option_group, model_options
 from realm.cli.prompt import read_prompt
 from realm.models import draft_opener
 from realm.sandbox import (GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path,
@@ -87,9 +87,7 @@ def sampling_options(func: Any) -> Any:
 @click.option("--speculative", metavar="ngram|draft:FILE|self:N", default=None,
               help="Speculative decoding: prompt lookup, a draft model FILE (same vocabulary), or the model's first "
                    "N layers. The output is the same; only the speed changes.")
-@click.option("--lora", "lora_file", metavar="FILE", default=None,
-              help="Apply this LoRA adapter (llama.cpp GGUF adapter, or a PEFT folder), unmerged.")
-@click.option("--lora-scale", type=float, default=1.0, show_default=True, help="The adapter's scale.")
+@lora_option_group
 @click.option("--trace", is_flag=True, help="After the run, show on stderr every host function the guest called.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @click.option("--quiet", "-q", is_flag=True, help="No finish notice on stderr.")
@@ -97,6 +95,7 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
         kv_memory: int | None, stop: tuple[str, ...],
         ctx_size: int | None, special: bool, tenant_name: str | None, guest_file: Path | None,
         params: tuple[str, ...], speculative: str | None, lora_file: str | None, lora_scale: float,
+        lora_merged: bool,
         trace: bool, as_json: bool, quiet: bool, **sampling: Any) -> None:
     """Generate a continuation of PROMPT through a WebAssembly guest, streaming its text.
 
@@ -111,7 +110,7 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
         request["special"] = True
     _check_sampling(request)
     draft_files = speculation_request(request, speculative)
-    adapters = adapter_bindings(request, tenant_name, lora_file, lora_scale)
+    adapters = adapter_bindings(request, tenant_name, lora_file, lora_scale, lora_merged)
     guest, limits, label = _select_guest(tenant_name, guest_file)
     started = time.perf_counter()
     model = load_with_progress(model_path, backend, kv_memory)
@@ -165,16 +164,16 @@ def speculation_request(request: dict[str, Any], speculative: str | None) -> lis
 
 
 def adapter_bindings(request: dict[str, Any], tenant_name: str | None, lora_file: str | None,
-                     lora_scale: float) -> dict[str, AdapterBinding]:
+                     lora_scale: float, merged: bool = False) -> dict[str, AdapterBinding]:
     """The adapters the guest may find: a tenant's bindings, and --lora as "default" (which the
-    reference guest is then asked to apply)."""
+    reference guest is then asked to apply; `merged`: --lora-mode merged)."""
     bindings = TenantRegistry().adapters(tenant_name) if tenant_name else {}
     if lora_file is not None:
         if not Path(lora_file).expanduser().exists():
             raise AdapterError(f"no such LoRA adapter file or folder: {lora_file}")
         if not math.isfinite(lora_scale):
             raise AdapterError(f"the LoRA scale must be a finite number, got {lora_scale}")
-        bindings["default"] = AdapterBinding(str(Path(lora_file).expanduser().resolve()), lora_scale)
+        bindings["default"] = AdapterBinding(str(Path(lora_file).expanduser().resolve()), lora_scale, merged)
         request["lora"] = "default"
     return bindings
 
