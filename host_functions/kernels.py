@@ -172,12 +172,13 @@ def matmul_pipeline(ctx: GPUContext, fmt: QuantFormat, tile: int, config: Kernel
 
 
 def matmul(rec: Recorder, weight: GPUWeight, x: Any, out: Any, n_tokens: int, *,
-           x_stride: int | None = None, out_stride: int | None = None, out_col: int = 0,
+           x_stride: int | None = None, out_stride: int | None = None, out_col: int = 0, first: int = 0,
            config: KernelConfig | None = None) -> None:
-    """Record out[t, out_col + r] = sum_c W[r, c] * x[t, c] for every row r and token t < n_tokens.
+    """Record out[t, out_col + r] = sum_c W[r, c] * x[t, c] for every row r and token first <= t < first + n_tokens.
 
     x and out are f32 buffer bindings (a GPUBuffer or (buffer, offset, size)); x_stride and
-    out_stride are floats between tokens (defaults: n_cols and n_rows). Dispatches once per part.
+    out_stride are floats between tokens (defaults: n_cols and n_rows). A token's result does not
+    depend on `first` or `n_tokens`. Dispatches once per part; raises BackendError for bindings too small.
     """
     if n_tokens < 1:
         return
@@ -186,15 +187,16 @@ def matmul(rec: Recorder, weight: GPUWeight, x: Any, out: Any, n_tokens: int, *,
     x_stride = weight.n_cols if x_stride is None else x_stride
     out_stride = weight.n_rows if out_stride is None else out_stride
     assert x_stride % 4 == 0, "x rows must start on vec4 boundaries"
-    _check_size(x, (n_tokens - 1) * x_stride + weight.n_cols, "x")
-    _check_size(out, (n_tokens - 1) * out_stride + out_col + weight.n_rows, "out")
+    _check_size(x, (first + n_tokens - 1) * x_stride + weight.n_cols, "x")
+    _check_size(out, (first + n_tokens - 1) * out_stride + out_col + weight.n_rows, "out")
     tile = token_tile(n_tokens, config.tile_t)
     pipe = matmul_pipeline(ctx, weight.fmt, tile, config)
     n_tiles = -(-n_tokens // tile)
     for part in weight.parts:
         n_groups = -(-part.n_rows // config.rows_per_group)
-        params = struct.pack("<8I", part.n_rows, weight.row_bytes, weight.n_cols // CHUNK, n_tokens,
-                             x_stride // 4, out_stride, out_col + part.row_start, n_groups)
+        params = struct.pack("<9I", part.n_rows, weight.row_bytes, weight.n_cols // CHUNK, n_tokens,
+                             x_stride // 4, out_stride, first * out_stride + out_col + part.row_start, n_groups,
+                             first * x_stride // 4)
         gx, gy = workgroup_grid(n_groups, ctx.max_workgroups_per_dim)
         rec.dispatch(pipe, [part.buffer, x, out, params], (gx, gy, n_tiles))
 

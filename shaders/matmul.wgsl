@@ -2,6 +2,8 @@
 //
 //   out[t, out_col + r] = sum_c W[r, c] * x[t, c]     for r < n_rows, t < n_tokens
 //
+// (x starts x_first vec4s into its binding, so one dispatch can cover a range of a step's rows.)
+//
 // W is one row-range part of a GGUF weight (raw ggml blocks, weights.wgsl) and a dequant_<fmt>.wgsl
 // file supplies dequant16(); x and out are f32. Matrix-vector (decode) and matrix-matrix (prefill)
 // are the same kernel, register-tiled: an invocation owns ROWS rows x TILE_T tokens of the output.
@@ -27,6 +29,7 @@ struct Params {
     out_stride: u32,  // floats between consecutive tokens of out
     out_col: u32,     // column of out that receives this part's row 0
     n_groups: u32,    // workgroups that own rows; the grid may round up past it
+    x_first: u32,     // vec4s of x before token 0 (a range of rows that starts on no binding alignment)
 }
 
 override WG: u32 = 64;      // invocations per workgroup
@@ -60,7 +63,7 @@ fn tile_sums(row0: u32, lane: u32, t0: u32) -> Sums {
             v[r] = dequant16(min(row0 + r, last_row) * params.row_bytes, ci);
         }
         for (var t = 0u; t < TILE_T; t++) {
-            let xi = min(t0 + t, last_tok) * params.x_stride + ci * 4u;
+            let xi = params.x_first + min(t0 + t, last_tok) * params.x_stride + ci * 4u;
             let x0 = x[xi];
             let x1 = x[xi + 1u];
             let x2 = x[xi + 2u];

@@ -151,6 +151,24 @@ def test_matmul_writes_into_a_column_range_of_a_wider_output() -> None:
     assert_matmul_close(got[:, 10:34], w_ref, x)
 
 
+def test_matmul_over_a_range_of_rows_leaves_the_others_and_gives_each_row_its_full_batch_bits() -> None:
+    """A step's merged LoRA rows are one dispatch over their row range (first=): the same bits as the
+    whole batch for those rows, the rows outside the range untouched."""
+    tensor = harness.random_weight("Q4_K", 24, 256, np.random.default_rng(7))
+    weight = kernels.upload_weight(CTX, tensor)
+    x = CTX.upload(np.random.default_rng(8).standard_normal((7, 256)).astype(np.float32))
+    whole, ranged = CTX.empty(7 * 24 * 4), CTX.upload(np.full((7, 24), 7.0, np.float32))
+    with CTX.recorder() as rec:
+        kernels.matmul(rec, weight, x, whole, 7)
+        kernels.matmul(rec, weight, x, ranged, 3, first=3)
+    whole_rows, got = CTX.read(whole, np.float32, (7, 24)), CTX.read(ranged, np.float32, (7, 24))
+    assert np.array_equal(got[3:6], whole_rows[3:6])
+    assert np.all(got[:3] == 7.0) and np.all(got[6:] == 7.0)
+    with pytest.raises(BackendError, match="x buffer holds"):
+        with CTX.recorder() as rec:
+            kernels.matmul(rec, weight, x, ranged, 3, first=5)
+
+
 def test_unsupported_and_malformed_weights_raise_clear_errors() -> None:
     floats = np.zeros((4, 24), np.float32)
     with pytest.raises(UnsupportedError, match="multiple of 16"):

@@ -1,8 +1,11 @@
-"""LoRA merged into cached weight copies on the CPU backends: llama.cpp's logits with each adapter and
+"""LoRA merged into cached weight copies on every backend: llama.cpp's logits with each adapter and
 scale, shared base weights left as they are, a sequence's rows merged or not by its own choice whoever
 shares the step, and the cache's budget."""
 
 from __future__ import annotations
+
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ ADAPTER = DATA / "tiny-llama-lora-r8.gguf"
 BASE = DATA / "tiny-llama-F32.gguf"
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "wgpu"])
 @pytest.mark.parametrize("logits_file, base, lora, scale", lora_cases())
 def test_merged_adapter_gives_llamacpps_logits(backend, logits_file, base, lora, scale):
     model = Model.load(DATA / base, backend=backend)
@@ -30,7 +33,7 @@ def test_merged_adapter_gives_llamacpps_logits(backend, logits_file, base, lora,
     assert model.backend.merged_lora.used_bytes > 0 and not model.backend.merged_lora._users  # cached, idle
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "wgpu"])
 def test_merging_leaves_the_shared_weights_and_other_sequences_alone(backend):
     model = Model.load(BASE, backend=backend)
     tokens = [1, 45, 96, 173, 17]
@@ -44,7 +47,7 @@ def test_merging_leaves_the_shared_weights_and_other_sequences_alone(backend):
     np.testing.assert_array_equal(model.logits_for(tokens), plain)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "wgpu"])
 def test_a_batch_mixing_merged_unmerged_and_plain_rows_equals_each_sequence_alone(backend, tmp_path):
     model = Model.load(BASE, backend=backend)
     config = config_of(BASE)
@@ -103,6 +106,29 @@ def test_the_budget_drops_idle_entries_first_and_refuses_what_cannot_fit():
     tiny = model.backend.merged_lora = MergedLoraCache(model.backend, model.config, budget_bytes=one - 1)
     with pytest.raises(AdapterError, match="do not fit"):
         tiny.acquire(adapter, 1.0)
+
+
+def test_wgpu_uploads_each_merged_copy_once_and_releases_its_buffers_when_the_cache_drops_it():
+    model = Model.load(BASE, backend="wgpu")
+    adapter = model.adapters.acquire(ADAPTER)
+    one = MergedLoraCache(model.backend, model.config)._merged_bytes(adapter)
+    cache = model.backend.merged_lora = MergedLoraCache(model.backend, model.config, budget_bytes=one)
+    entry = cache.acquire(adapter, 0.5)
+    copies = entry.projection(0, "qkv")
+    assert set(copies) == {"attn_q", "attn_k", "attn_v"} and all(w.fmt.name == "F32" for w in copies.values())
+    assert entry.nbytes == one == sum(w.nbytes for layer in range(model.config.n_layers)
+                                      for key in ("qkv", "gate_up", "attn_output", "ffn_down")
+                                      for w in (entry.projection(layer, key) or {}).values())
+    buffers = [weakref.ref(part.buffer) for part in copies["attn_q"].parts]
+    assert cache.acquire(adapter, 0.5) is entry  # built and uploaded once
+    cache.release(entry)
+    cache.release(entry)
+    del entry, copies
+    gc.collect()
+    assert all(ref() is not None for ref in buffers)  # cached while idle
+    cache.acquire(adapter, 1.0)  # no room beside the idle 0.5 copy: it is dropped
+    gc.collect()
+    assert all(ref() is None for ref in buffers)
 
 
 def test_a_merged_binding_runs_merged_through_the_guest_and_lets_go_when_the_request_ends():

@@ -1,10 +1,10 @@
-"""Merged LoRA on the CPU backends: `W + s * B @ A` built once per (adapter, scale), within a memory budget.
+"""Merged LoRA: `W + s * B @ A` built once per (adapter, scale), within a memory budget.
 
 A sequence that asks for merged mode runs its rows through its own copy of every adapted fused
 projection (Q|K|V, gate|up, output, down), the base weight plus each part's scaled `B @ A`, instead of
 the base projection plus the low-rank term. The copies live in float form (the NumPy backend: float32,
-the cpu backend: the float type `merged_weight_type` picks) next to the shared base weights, which are
-never modified. Unadapted projections stay the base ones.
+the cpu backend: the float type `merged_weight_type` picks, the wgpu backend: F32 GPU buffers) next to
+the shared base weights, which are never modified. Unadapted projections stay the base ones.
 
 The mode belongs to the sequence, never to the step: merged and unmerged differ in their last bits,
 so a row is computed merged exactly when its own sequence asked for it, whoever shares the step
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -27,9 +27,14 @@ from ..config import ModelConfig
 from ..lora import AdapterError, LoraAdapter
 from .numpy_lora import FUSED_PARTS, fused_pairs
 
+if TYPE_CHECKING:
+    from . import StepItem
+
 DEFAULT_MERGED_BUDGET_BYTES = 2 << 30
 
-Projection = Callable[[np.ndarray], np.ndarray]  # (n, n_in) float32 -> (n, n_out) float32
+# A backend's merged copy of one fused projection: on the CPU backends a callable (n, n_in) float32 ->
+# (n, n_out) float32, on the wgpu backend the parts' F32 weights on the GPU. Only the backend reads it.
+Projection = Any
 
 
 @dataclass(eq=False)
@@ -56,7 +61,10 @@ class MergeHost(Protocol):
         """Bytes a merged copy of the fused projection keeps."""
 
     def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> Projection:
-        """A projection over the merged float32 `weight` (n_out, n_in), rounding its input as the base does."""
+        """A projection over the merged float32 `weight` (n_out, n_in), rounding its input as the base does.
+
+        It is released when the cache drops its entry (nothing else may keep it).
+        """
 
 
 class MergedLoraCache:
@@ -140,3 +148,34 @@ class MergedLoraCache:
                 total += self._host.merged_nbytes(layer, key)
             layers.append(merged)
         return MergedLora(adapter, scale, layers, total)
+
+
+def grouped_order(items: Sequence[StepItem]) -> list[int]:
+    """Item indices: the unmerged ones first, each (adapter, scale) together in order of first
+    appearance, then each merged entry's items together (a row's result does not depend on its
+    place, so a backend may run a step in this order and give each item its own result back)."""
+    groups: dict[tuple[int, float], int] = {}
+
+    def group(item: StepItem) -> tuple[int, int]:
+        if item.merged is not None:
+            return 1, groups.setdefault((id(item.merged), 0.0), len(groups))
+        if item.lora is None:
+            return 0, -1
+        return 0, groups.setdefault((id(item.lora[0]), item.lora[1]), len(groups))
+
+    keys = [group(item) for item in items]
+    return sorted(range(len(items)), key=keys.__getitem__)
+
+
+def merged_ranges(rows: Sequence[tuple[slice, MergedLora | None]]) -> list[tuple[slice, MergedLora]]:
+    """The row ranges of consecutive (rows, merged entry) spans that share one merged entry (in
+    `grouped_order` they come last and contiguous)."""
+    groups: list[tuple[slice, MergedLora]] = []
+    for span, merged in rows:
+        if merged is None:
+            continue
+        if groups and groups[-1][1] is merged:
+            groups[-1] = (slice(groups[-1][0].start, span.stop), merged)
+        else:
+            groups.append((span, merged))
+    return groups

@@ -41,7 +41,7 @@ from ..gguf_file import RawTensor
 from ..lora import LoraAdapter
 from ..quants import dequantize
 from ..kv_pool import KVPool
-from .lora_merged import MergedLora, MergedLoraCache
+from .lora_merged import MergedLora, MergedLoraCache, grouped_order, merged_ranges
 from .numpy_lora import RowAdapter, apply_lora
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 
@@ -150,7 +150,7 @@ class NumpyBackend(Backend):
         """The step with its items grouped (a row's result does not depend on its place): those of each
         merged entry after the others, and within the rest those of each (adapter, scale) together, so
         that every projection and every adapter term runs over contiguous row ranges."""
-        order = _grouped_order(items)
+        order = grouped_order(items)
         results = self._step_in_order([items[i] for i in order], n_layers)
         back: list[np.ndarray | None] = [None] * len(items)
         for result, i in zip(results, order, strict=True):
@@ -181,7 +181,7 @@ class NumpyBackend(Backend):
         cfg, w = self.config, self.layers[index]
         n = x.shape[0]
         runs = _adapter_runs(spans)
-        merged = _merged_groups(spans)
+        merged = merged_ranges([(sp.rows, sp.merged) for sp in spans])
         base_rows = merged[0][0].start if merged else n
 
         def project(key: str, h: np.ndarray) -> np.ndarray:
@@ -240,22 +240,6 @@ class NumpyBackend(Backend):
         return per_layer + self.output.nbytes
 
 
-def _grouped_order(items: Sequence[StepItem]) -> list[int]:
-    """Item indices: the unmerged ones first, each (adapter, scale) together in order of first
-    appearance, then each merged entry's items together."""
-    groups: dict[tuple[int, float], int] = {}
-
-    def group(item: StepItem) -> tuple[int, int]:
-        if item.merged is not None:
-            return 1, groups.setdefault((id(item.merged), 0.0), len(groups))
-        if item.lora is None:
-            return 0, -1
-        return 0, groups.setdefault((id(item.lora[0]), item.lora[1]), len(groups))
-
-    keys = [group(item) for item in items]
-    return sorted(range(len(items)), key=keys.__getitem__)
-
-
 def _adapter_runs(spans: list[_Span]) -> list[RowAdapter]:
     """The unmerged adapter terms of a step: consecutive spans with one adapter and scale as one run."""
     runs: list[RowAdapter] = []
@@ -269,19 +253,6 @@ def _adapter_runs(spans: list[_Span]) -> list[RowAdapter]:
         else:
             runs.append(RowAdapter(sp.rows.start, sp.rows.stop, adapter, scale))
     return runs
-
-
-def _merged_groups(spans: list[_Span]) -> list[tuple[slice, MergedLora]]:
-    """The row ranges of consecutive spans that share one merged entry (they come last, see _grouped_order)."""
-    groups: list[tuple[slice, MergedLora]] = []
-    for sp in spans:
-        if sp.merged is None:
-            continue
-        if groups and groups[-1][1] is sp.merged:
-            groups[-1] = (slice(groups[-1][0].start, sp.rows.stop), sp.merged)
-        else:
-            groups.append((sp.rows, sp.merged))
-    return groups
 
 
 class Embedding:

@@ -24,8 +24,14 @@ LoRA is applied unmerged (`y = W x + s * B (A x)`) after each adapted projection
 gate, up, down): per adapter of the step one shrink and one expand (lora.wgsl) with a per-row
 adapter index (0 for its sequences' rows, -1 elsewhere) and a per-row scale, so one step mixes
 adapters and rows without one. An adapter's A/B matrices are uploaded on first use and dropped
-with the adapter when the adapter pool lets it go. Matmuls (fused dequantization) and the embedding gather are the
-kernels module's; norms, rope, attention and element-wise ops are wgpu_ops'.
+with the adapter when the adapter pool lets it go. A sequence that asked for merged LoRA
+(lora_merged) runs its rows through the cache entry's F32 copies of the adapted weights instead:
+the step puts the rows of each entry last and together, the base weights project the rows before
+them and each entry's weights its own row range (one matmul dispatch per part); the copies are
+built on the host from the dequantized base plus s * B @ A, uploaded once and released with the
+entry. Every matmul computes a row on its own, so a row's bits depend only on its own sequence.
+Matmuls (fused dequantization) and the embedding gather are the kernels module's; norms, rope,
+attention and element-wise ops are wgpu_ops'.
 
 llama.cpp is the oracle, so its deliberate roundings are mirrored: the KV cache is f16 by default
 (its default cache type) with the query and probabilities rounded to f16 in attention, and inputs
@@ -55,11 +61,16 @@ from ..errors import BackendError, UnsupportedError
 
 from .. import kernels
 from ..config import ModelConfig
+from gguf import GGMLQuantizationType
+
 from ..gguf_file import RawTensor
 from ..kv_pool import BLOCK_TOKENS, KVPool, default_budget
 from ..lora import MAX_RANK, LoraAdapter
+from ..quants import dequantize
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 from . import wgpu_ops as ops
+from .lora_merged import MergedLora, MergedLoraCache, grouped_order, merged_ranges
+from .numpy_lora import FUSED_PARTS
 from .wgpu_context import GPUContext, Recorder
 
 # llama.cpp converts a matmul's input to the weight's own float type for F16/BF16 weights; so do we.
@@ -67,6 +78,8 @@ _INPUT_ROUNDING: dict[str, ops.Rounding] = {"F16": "f16", "BF16": "bf16"}
 # A real GPU allocates the KV pool's buffers up front in its own memory, which free host memory says
 # nothing about: there the default budget is at most this (--kv-memory asks for more).
 GPU_DEFAULT_KV_BUDGET = 1 << 30
+# The fused projection (lora_merged's key) each weight is a part of.
+_FUSED_KEY = {name: key for key, names in FUSED_PARTS.items() for name in names}
 
 
 @dataclass
@@ -131,6 +144,26 @@ class _LoraRun:
 
 
 @dataclass
+class _StepLora:
+    """A step's LoRA: the unmerged runs, and the merged entries' row ranges (the last rows, from base_rows on)."""
+
+    runs: list[_LoraRun]
+    merged: list[tuple[slice, MergedLora]]
+    base_rows: int
+
+
+@dataclass(frozen=True)
+class _Matmul:
+    """out = weight x over rows first .. first + n - 1, x rounded first as `rounding` says (None: as it is)."""
+
+    weight: kernels.GPUWeight
+    out: Any
+    rounding: ops.Rounding | None
+    first: int
+    n: int
+
+
+@dataclass
 class _Layer:
     """One transformer block's weights on the GPU (names mirror the GGUF tensors)."""
 
@@ -192,6 +225,7 @@ class WgpuBackend(Backend):
         """
         super().__init__(config, tensors)
         self.ctx = GPUContext.get()
+        self._raw = tensors  # memory-mapped; read again only to build merged LoRA copies
         self.kv_f16 = kv_f16
         if config.head_dim > ops.MAX_HEAD_DIM or config.head_dim % 2:
             raise UnsupportedError(f"the rope and attention kernels support an even head_dim <= "
@@ -219,6 +253,7 @@ class WgpuBackend(Backend):
         self._adapters: weakref.WeakKeyDictionary[LoraAdapter, dict[str, _GPUPair]] = weakref.WeakKeyDictionary()
         self.dispatches_submitted = 0  # every dispatch ever submitted (what a step cost, for tests and traces)
         self._lock = threading.RLock()  # one encoder: concurrent callers record one at a time
+        self.merged_lora = MergedLoraCache(self, config)
 
     def _upload(self, tensor: RawTensor) -> Any:
         """2-D weights stay in their GGUF encoding; 1-D F32 vectors (norms) upload as they are."""
@@ -260,6 +295,16 @@ class WgpuBackend(Backend):
             self._kv_v = [self.ctx.empty(size) for _ in range(self.config.n_layers)]
 
     def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
+        """The step with its items grouped (lora_merged.grouped_order: each merged entry's rows last
+        and together); a row's result does not depend on its place."""
+        order = grouped_order(items)
+        results = self._step_in_order([items[i] for i in order], n_layers)
+        back: list[np.ndarray | None] = [None] * len(items)
+        for result, i in zip(results, order, strict=True):
+            back[i] = result
+        return back
+
+    def _step_in_order(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
         """All items' rows in one activation buffer: norms, matmuls (and LoRA) and the FFN over every
         row at once, rope and attention over every sequence's own blocks; one encoder, one submit,
         one read-back."""
@@ -276,7 +321,10 @@ class WgpuBackend(Backend):
                 first += len(item.tokens)
             x = self.embed(np.concatenate([item.tokens for item in items]))
             paging = self._paging(segments)
-            lora = self._lora_runs(items, segments, x.n_tokens)
+            merged = merged_ranges([(slice(seg.first, seg.first + seg.n), item.merged)
+                                    for item, seg in zip(items, segments, strict=True)])
+            lora = _StepLora(self._lora_runs(items, segments, x.n_tokens), merged,
+                             merged[0][0].start if merged else x.n_tokens)
             for index in range(n_layers):
                 self._block(index, x, paging, lora)
             picks = [wanted_rows(item, seg.first) for item, seg in zip(items, segments, strict=True)]
@@ -297,10 +345,10 @@ class WgpuBackend(Backend):
                        self.ctx.upload(np.asarray(tables, np.uint32)), kv_bytes)
 
     def _lora_runs(self, items: Sequence[StepItem], segments: Sequence[_Segment], n_rows: int) -> list[_LoraRun]:
-        """Per adapter of the step: its pairs on the GPU and which rows use it at which scale."""
+        """Per adapter of the step: its pairs on the GPU and which rows use it unmerged at which scale."""
         runs: dict[int, tuple[LoraAdapter, np.ndarray, np.ndarray]] = {}
         for item, seg in zip(items, segments, strict=True):
-            if item.lora is None:
+            if item.lora is None or item.merged is not None:
                 continue
             adapter, scale = item.lora
             _, index, user_scales = runs.setdefault(id(adapter), (adapter, np.full(n_rows, -1, np.int32),
@@ -335,10 +383,10 @@ class WgpuBackend(Backend):
         assert isinstance(x, GPUActivations)
         with self._lock:
             cache.reserve(pos + x.n_tokens)
-            self._block(index, x, self._paging([_Segment(cache, pos, 0, x.n_tokens)]), [])
+            self._block(index, x, self._paging([_Segment(cache, pos, 0, x.n_tokens)]), _StepLora([], [], x.n_tokens))
         return x
 
-    def _block(self, index: int, x: GPUActivations, paging: _Paging, lora: list[_LoraRun]) -> None:
+    def _block(self, index: int, x: GPUActivations, paging: _Paging, lora: _StepLora) -> None:
         with self._lock:
             rec = self._recorder()
             self._scratch.ensure(x.n_tokens)
@@ -368,10 +416,31 @@ class WgpuBackend(Backend):
             for i, (x, row) in enumerate(batch):
                 ops.rms_norm(rec, x.buffer, self.output_norm, normed, 1, cfg.n_embd, cfg.norm_eps,
                              in_offset=row * cfg.n_embd, out_offset=i * cfg.n_embd)
-            self._project(rec, normed, [(self.output, logits)], len(batch))
+            self._project(rec, normed, [_Matmul(self.output, logits, _rounding(self.output), 0, len(batch))], len(batch))
             self._submit()
             out[start : start + len(batch)] = self.ctx.read(logits, np.float32, (len(batch), cfg.n_vocab))
         return out
+
+    # ---- merged LoRA (lora_merged.MergeHost): F32 copies of the fused projections' parts on the GPU ----
+
+    def _part_raws(self, layer: int, key: str) -> list[RawTensor]:
+        return [self._raw[f"blk.{layer}.{name}.weight"] for name in FUSED_PARTS[key]]
+
+    def float_weight(self, layer: int, key: str) -> np.ndarray:
+        return np.concatenate([dequantize(raw) for raw in self._part_raws(layer, key)])
+
+    def merged_nbytes(self, layer: int, key: str) -> int:
+        return sum(raw.shape[0] * raw.shape[1] * 4 for raw in self._part_raws(layer, key))
+
+    def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> dict[str, kernels.GPUWeight]:
+        """Each part's rows of the merged `weight` as an F32 GPU weight, by part name (attn_q, ...);
+        their buffers go when the cache drops the entry holding them."""
+        parts, start = {}, 0
+        for name, raw in zip(FUSED_PARTS[key], self._part_raws(layer, key), strict=True):
+            rows = np.ascontiguousarray(weight[start : start + raw.shape[0]], np.float32)
+            parts[name] = kernels.upload_weight(self.ctx, RawTensor(raw.name, GGMLQuantizationType.F32, rows.shape, rows))
+            start += raw.shape[0]
+        return parts
 
     def weight_bytes_per_token(self) -> int:
         matrices = [w for layer in self.layers for w in vars(layer).values() if isinstance(w, kernels.GPUWeight)]
@@ -380,7 +449,7 @@ class WgpuBackend(Backend):
     # ---- the two halves of a block -------------------------------------------------------------
 
     def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, paging: _Paging,
-                         lora: list[_LoraRun]) -> None:
+                         lora: _StepLora) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
         ops.rms_norm(rec, x.buffer, w.attn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
         self._projections(rec, index, s.h, [("attn_q", s.q_raw), ("attn_k", s.k_raw), ("attn_v", s.v_raw)], n, lora)
@@ -399,7 +468,7 @@ class WgpuBackend(Backend):
         self._projections(rec, index, s.attn, [("attn_output", s.a)], n, lora)
         self._residual(rec, x, s.a, w.post_attention_norm)
 
-    def _ffn_block(self, rec: Recorder, index: int, x: GPUActivations, lora: list[_LoraRun]) -> None:
+    def _ffn_block(self, rec: Recorder, index: int, x: GPUActivations, lora: _StepLora) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
         ops.rms_norm(rec, x.buffer, w.ffn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
         self._projections(rec, index, s.h, [("ffn_gate", s.gate), ("ffn_up", s.up)], n, lora)
@@ -408,11 +477,21 @@ class WgpuBackend(Backend):
         self._residual(rec, x, s.a, w.post_ffw_norm)
 
     def _projections(self, rec: Recorder, index: int, x: Any, outputs: list[tuple[str, Any]], n: int,
-                     lora: list[_LoraRun]) -> None:
-        """out = W x (+ s B (A x) for the rows of each adapter that adapts W) for each (weight, out)."""
+                     lora: _StepLora) -> None:
+        """out = W x for each (weight, out) of one fused projection: the base W (+ s B (A x) for the rows
+        of each unmerged adapter that adapts W) over the rows before lora.base_rows, each merged entry's
+        copy of W (the base W where it leaves W alone) over its own rows. Rows round their input as the
+        base weight asks, merged or not."""
         w = self.layers[index]
-        self._project(rec, x, [(getattr(w, name), out) for name, out in outputs], n)
-        for run in lora:
+        key = _FUSED_KEY[outputs[0][0]]
+        matmuls = [_Matmul(getattr(w, name), out, _rounding(getattr(w, name)), 0, lora.base_rows)
+                   for name, out in outputs]
+        for rows, entry in lora.merged:
+            copies = entry.projection(index, key) or {}
+            matmuls += [_Matmul(copies.get(name, getattr(w, name)), out, _rounding(getattr(w, name)), rows.start,
+                                rows.stop - rows.start) for name, out in outputs]
+        self._project(rec, x, matmuls, n)
+        for run in lora.runs:
             for name, out in outputs:
                 pair = run.pairs.get(f"blk.{index}.{name}.weight")
                 if pair is None:
@@ -421,15 +500,15 @@ class WgpuBackend(Backend):
                 ops.lora_shrink(rec, x, pair.a, run.index, run.scales(self.ctx, pair.factor), t, n, pair.n_in, pair.rank)
                 ops.lora_expand(rec, t, pair.b, run.index, out, n, pair.n_out, pair.rank)
 
-    def _project(self, rec: Recorder, x: Any, projections: list[tuple[kernels.GPUWeight, Any]], n: int) -> None:
-        """out = W x for each (W, out) sharing the input x, which F16/BF16 weights see rounded."""
-        held = None  # the rounding scratch.rounded currently holds x in
-        for weight, out in projections:
-            kind = _INPUT_ROUNDING.get(weight.fmt.name)
-            if kind is not None and kind != held:
-                ops.round_to(rec, self._scratch.rounded, x, n * weight.n_cols, kind)
-                held = kind
-            kernels.matmul(rec, weight, x if kind is None else self._scratch.rounded, out, n)
+    def _project(self, rec: Recorder, x: Any, matmuls: list[_Matmul], n: int) -> None:
+        """Each matmul over its rows of the input x (n rows), which it sees rounded as it asks."""
+        held = None  # the rounding scratch.rounded currently holds x in (all n rows)
+        for mm in matmuls:
+            if mm.rounding is not None and mm.rounding != held:
+                ops.round_to(rec, self._scratch.rounded, x, n * mm.weight.n_cols, mm.rounding)
+                held = mm.rounding
+            kernels.matmul(rec, mm.weight, x if mm.rounding is None else self._scratch.rounded, mm.out, mm.n,
+                           first=mm.first)
 
     def _residual(self, rec: Recorder, x: GPUActivations, a: Any, post_norm: Any) -> None:
         """x += a, or x += rmsnorm(a) * post_norm for gemma3's sandwich norms."""
@@ -443,3 +522,8 @@ class WgpuBackend(Backend):
         rec, self._rec = self._recorder(), None
         self.dispatches_submitted += rec.n_dispatches
         rec.submit()
+
+
+def _rounding(weight: kernels.GPUWeight) -> ops.Rounding | None:
+    """How a matmul's input is rounded for `weight` (llama.cpp's vec_dot_type for F16/BF16 weights)."""
+    return _INPUT_ROUNDING.get(weight.fmt.name)
