@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from . import StepItem
 
 DEFAULT_MERGED_BUDGET_BYTES = 2 << 30
+T = TypeVar("T")
 
 # A backend's merged copy of one fused projection: on the CPU backends a callable (n, n_in) float32 ->
 # (n, n_out) float32, on the wgpu backend the parts' F32 weights on the GPU. Only the backend reads it.
@@ -150,10 +151,11 @@ class MergedLoraCache:
         return MergedLora(adapter, scale, layers, total)
 
 
-def grouped_order(items: Sequence[StepItem]) -> list[int]:
-    """Item indices: the unmerged ones first, each (adapter, scale) together in order of first
-    appearance, then each merged entry's items together (a row's result does not depend on its
-    place, so a backend may run a step in this order and give each item its own result back)."""
+def in_grouped_order(items: Sequence[StepItem], run: Callable[[list[StepItem]], list[T]]) -> list[T]:
+    """run(items reordered), each result handed back at its item's place. The order: the unmerged
+    items first, each (adapter, scale) together in order of first appearance, then each merged
+    entry's items together, so every projection and adapter term covers contiguous rows (a row's
+    result must not depend on its place for this to be invisible)."""
     groups: dict[tuple[int, float], int] = {}
 
     def group(item: StepItem) -> tuple[int, int]:
@@ -164,12 +166,14 @@ def grouped_order(items: Sequence[StepItem]) -> list[int]:
         return 0, groups.setdefault((id(item.lora[0]), item.lora[1]), len(groups))
 
     keys = [group(item) for item in items]
-    return sorted(range(len(items)), key=keys.__getitem__)
+    order = sorted(range(len(items)), key=keys.__getitem__)
+    by_item = dict(zip(order, run([items[i] for i in order]), strict=True))
+    return [by_item[i] for i in range(len(items))]
 
 
 def merged_ranges(rows: Sequence[tuple[slice, MergedLora | None]]) -> list[tuple[slice, MergedLora]]:
     """The row ranges of consecutive (rows, merged entry) spans that share one merged entry (in
-    `grouped_order` they come last and contiguous)."""
+    `in_grouped_order` they come last and contiguous)."""
     groups: list[tuple[slice, MergedLora]] = []
     for span, merged in rows:
         if merged is None:

@@ -41,7 +41,7 @@ from ..gguf_file import RawTensor
 from ..lora import LoraAdapter
 from ..quants import dequantize
 from ..kv_pool import KVPool
-from .lora_merged import MergedLora, MergedLoraCache, grouped_order, merged_ranges
+from .lora_merged import MergedLora, MergedLoraCache, in_grouped_order, merged_ranges
 from .numpy_lora import RowAdapter, apply_lora
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 
@@ -150,12 +150,7 @@ class NumpyBackend(Backend):
         """The step with its items grouped (a row's result does not depend on its place): those of each
         merged entry after the others, and within the rest those of each (adapter, scale) together, so
         that every projection and every adapter term runs over contiguous row ranges."""
-        order = grouped_order(items)
-        results = self._step_in_order([items[i] for i in order], n_layers)
-        back: list[np.ndarray | None] = [None] * len(items)
-        for result, i in zip(results, order, strict=True):
-            back[i] = result
-        return back
+        return in_grouped_order(items, lambda ordered: self._step_in_order(ordered, n_layers))
 
     def _step_in_order(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
         x = self.embed(np.concatenate([item.tokens for item in items]))

@@ -56,20 +56,19 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from ..errors import BackendError, UnsupportedError
 
 from .. import kernels
 from ..config import ModelConfig
-from gguf import GGMLQuantizationType
-
 from ..gguf_file import RawTensor
 from ..kv_pool import BLOCK_TOKENS, KVPool, default_budget
 from ..lora import MAX_RANK, LoraAdapter
 from ..quants import dequantize
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 from . import wgpu_ops as ops
-from .lora_merged import MergedLora, MergedLoraCache, grouped_order, merged_ranges
+from .lora_merged import MergedLora, MergedLoraCache, in_grouped_order, merged_ranges
 from .numpy_lora import FUSED_PARTS
 from .wgpu_context import GPUContext, Recorder
 
@@ -295,14 +294,9 @@ class WgpuBackend(Backend):
             self._kv_v = [self.ctx.empty(size) for _ in range(self.config.n_layers)]
 
     def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
-        """The step with its items grouped (lora_merged.grouped_order: each merged entry's rows last
+        """The step with its items grouped (lora_merged.in_grouped_order: each merged entry's rows last
         and together); a row's result does not depend on its place."""
-        order = grouped_order(items)
-        results = self._step_in_order([items[i] for i in order], n_layers)
-        back: list[np.ndarray | None] = [None] * len(items)
-        for result, i in zip(results, order, strict=True):
-            back[i] = result
-        return back
+        return in_grouped_order(items, lambda ordered: self._step_in_order(ordered, n_layers))
 
     def _step_in_order(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
         """All items' rows in one activation buffer: norms, matmuls (and LoRA) and the FFN over every
