@@ -432,7 +432,9 @@ class WgpuBackend(Backend):
         parts, start = {}, 0
         for name, raw in zip(FUSED_PARTS[key], self._part_raws(layer, key), strict=True):
             rows = np.ascontiguousarray(weight[start : start + raw.shape[0]], np.float32)
-            parts[name] = kernels.upload_weight(self.ctx, RawTensor(raw.name, GGMLQuantizationType.F32, rows.shape, rows))
+            with self._lock:  # one caller at a time on the device, like every other upload of this backend
+                parts[name] = kernels.upload_weight(self.ctx, RawTensor(raw.name, GGMLQuantizationType.F32,
+                                                                        rows.shape, rows))
             start += raw.shape[0]
         return parts
 
