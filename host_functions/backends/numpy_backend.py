@@ -2,15 +2,16 @@
 
 Weights are dequantized to float32 once at load and shared by every sequence; the projections that
 read the same input are fused into one matrix (Q|K|V, gate|up) so a decode step is a handful of
-BLAS matrix products. Activations are plain (n_tokens, n_embd) float32 arrays.
+matrix products. Activations are plain (n_tokens, n_embd) float32 arrays.
 
 A step batches every item's rows through each projection (one GEMM over all rows), applies rope
 with each row's own position, writes each row's K/V into its sequence's blocks of the model's KV
 pool and attends per item over that sequence's keys only. Batch invariance: a row's logits are
-bit-identical whatever else is in the step: every projection runs as GEMMs over tiles of exactly
-ROW_TILE rows (`tiled_matmul`), because OpenBLAS's result for a row changes with the row count
-(GEMV for one row, other kernels and blockings for small counts). That costs a lone decode step its
-GEMV speed (docs/scheduler.md has the figures); attention and the element-wise ops are per row or
+bit-identical whatever else is in the step: every product runs on the native kernels' float32
+tile (`tiled_matmul`: a fixed summation order per output, the weights read once for all rows),
+because OpenBLAS's result for a row changes with the row count (GEMV for one row, GEMM for more);
+where the kernels cannot build, BLAS GEMMs over tiles of exactly ROW_TILE rows do it at a lone
+decode step's cost (docs/scheduler.md has the figures); attention and the element-wise ops are per row or
 per sequence already. LoRA (docs/lora.md) keeps it: a step orders its items so each (adapter, scale)
 and each merged copy has contiguous rows, and every row is computed on its own whatever the order.
 Prefill is chunked by the sequence alone
