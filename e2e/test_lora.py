@@ -120,7 +120,7 @@ def test_a_batch_line_with_a_missing_adapter_fails_alone_saying_so(realm, tmp_pa
     done = realm("batch", str(requests), "--model", str(BASE))
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 1 and "no such LoRA adapter file or folder: /no/such/adapter.gguf" in rows[0]["error"]
-    assert rows[1]["completion_tokens"] == 2
+    assert rows[1]["completion_tokens"] == 2, rows[1]
 
 
 def test_batch_lines_choose_their_lora_mode_and_a_bad_one_fails_alone(realm, tmp_path):
