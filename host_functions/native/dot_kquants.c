@@ -119,9 +119,57 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
     }                                                                                                        \
     DISPATCH_TILE(NAME)
 
-KQUANT_TILE(q2_k, block_q2_K, unpack_q2_k, UNSIGNED_DOT, 1)
-KQUANT_TILE(q3_k, block_q3_K, unpack_q3_k, SIGNED_DOT, 0)
-KQUANT_TILE(q4_k, block_q4_K, unpack_q4_k, UNSIGNED_DOT, 1)
-KQUANT_TILE(q5_k, block_q5_K, unpack_q5_k, UNSIGNED_DOT, 1)
-KQUANT_TILE(q6_k, block_q6_K, unpack_q6_k, SIGNED_DOT, 0)
-KQUANT_TILE(q8_k, block_q8_K, unpack_q8_k, SIGNED_DOT, 0)
+#if defined(REALM_PANELS)
+/* A weight row against up to MAX_PANELS token panels (realm_native.h): per super-block and 16-weight
+ * sub-block j, the exact sum of (q + Z) * x started at -Z * bsum_j, times the sub-block's scale; the
+ * mins against bsums; then the tile's float steps, one token per lane. */
+#define KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)                                                    \
+    HIDDEN void panel_##NAME(const uint8_t *w, int64_t n_blocks, const uint8_t *xp, size_t panel_stride,     \
+                             int n_panels, float *out) {                                                     \
+        __m512 acc[MAX_PANELS];                                                                              \
+        for (int p = 0; p < n_panels; p++) acc[p] = _mm512_setzero_ps();                                     \
+        kblock k;                                                                                            \
+        _Alignas(32) uint8_t u[QK_K];                                                                        \
+        for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
+            UNPACK((const BLOCK *)w + ib, &k);                                                               \
+            for (int c = 0; c < QK_K / 32; c++)                                                              \
+                _mm256_store_si256((__m256i *)(u + 32 * c),                                                  \
+                                   _mm256_add_epi8(_mm256_load_si256((const __m256i *)(k.q + 32 * c)),       \
+                                                   _mm256_set1_epi8((char)(ZERO))));                         \
+            const __m512 dv = _mm512_set1_ps(k.d), dminv = _mm512_set1_ps(k.dmin);                           \
+            for (int p = 0; p < n_panels; p++) {                                                             \
+                const xpanel_q8_k *xb = (const xpanel_q8_k *)(xp + (size_t)p * panel_stride) + ib;           \
+                __m512i sumi = _mm512_setzero_si512(), summs = _mm512_setzero_si512();                       \
+                for (int j = 0; j < QK_K / 16; j++) {                                                        \
+                    const __m512i bsum = _mm512_load_si512(xb->bsum[j]);                                     \
+                    __m512i acc_j = (ZERO) ? _mm512_mullo_epi32(bsum, _mm512_set1_epi32(-(ZERO)))            \
+                                           : _mm512_setzero_si512();                                         \
+                    for (int g = 0; g < 4; g++)                                                              \
+                        acc_j = _mm512_dpbusd_epi32(acc_j, _mm512_set1_epi32((int)load_u32(u + 16 * j + 4 * g)), \
+                                                    _mm512_load_si512(xb->qs[4 * j + g]));                   \
+                    sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(acc_j, _mm512_set1_epi32(k.sc[j])));    \
+                    if (HAS_MIN) summs = _mm512_add_epi32(summs, _mm512_mullo_epi32(bsum, _mm512_set1_epi32(k.mn[j]))); \
+                }                                                                                            \
+                const __m512 xd = _mm512_load_ps(xb->d);                                                     \
+                acc[p] = _mm512_add_ps(acc[p], _mm512_mul_ps(_mm512_mul_ps(xd, dv), _mm512_cvtepi32_ps(sumi))); \
+                if (HAS_MIN)                                                                                 \
+                    acc[p] = _mm512_sub_ps(acc[p], _mm512_mul_ps(_mm512_mul_ps(xd, dminv), _mm512_cvtepi32_ps(summs))); \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + PANEL_TOKENS * p, acc[p]);                 \
+    }
+#else
+#define KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)
+#endif
+
+/* ZERO: what makes the format's quants unsigned bytes (the panels' vpdpbusd needs them so). */
+#define KQUANT(NAME, BLOCK, UNPACK, DOT, HAS_MIN, ZERO) \
+    KQUANT_TILE(NAME, BLOCK, UNPACK, DOT, HAS_MIN)      \
+    KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)
+
+KQUANT(q2_k, block_q2_K, unpack_q2_k, UNSIGNED_DOT, 1, 0)
+KQUANT(q3_k, block_q3_K, unpack_q3_k, SIGNED_DOT, 0, 4)
+KQUANT(q4_k, block_q4_K, unpack_q4_k, UNSIGNED_DOT, 1, 0)
+KQUANT(q5_k, block_q5_K, unpack_q5_k, UNSIGNED_DOT, 1, 0)
+KQUANT(q6_k, block_q6_K, unpack_q6_k, SIGNED_DOT, 0, 32)
+KQUANT(q8_k, block_q8_K, unpack_q8_k, SIGNED_DOT, 0, 128)

@@ -2,10 +2,10 @@
  * Q4_0, Q5_0, Q8_0 with Q8_0; Q4_1, Q5_1 with Q8_1, whose s = d * sum(q) carries the min term;
  * Q8_1 weights, which ggml never multiplies, with Q8_1 too).
  *
- * Per block: the integer dot product of the unpacked quants is exact, then scaled by d_w * d_x into
- * 8 float lanes, plus m_w * s_x for the formats with a min, as ggml computes
- * sumf += d_w * d_x * sumi + m_w * s_x. Each weight block is unpacked once per tile and used for
- * every activation row of the tile.
+ * Per block: the integer dot product of the unpacked quants (exact), then, as ggml's reference sums,
+ * sumf += (d_w * d_x) * sumi and sumf += m_w * s_x for the formats with a min. A tile unpacks each
+ * weight block once for its activation rows; from PANEL_MIN_TOKENS rows on, the panels (AVX-512 VNNI)
+ * compute the same per-block steps with one token per lane (realm_native.h).
  */
 #include "lanes.h"
 
@@ -27,8 +27,6 @@ static inline const int8_t *unpack_q4_1(const block_q4_1 *b, int8_t *q, float *d
     *d = f16_to_f32(b->d), *m = f16_to_f32(b->m);
     return q;
 }
-
-static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 static inline const int8_t *unpack_q5_0(const block_q5_0 *b, int8_t *q, float *d, float *m) {
     const uint32_t qh = load_u32(b->qh);
@@ -66,40 +64,43 @@ static inline const int8_t *unpack_q8_1(const block_q8_1 *b, int8_t *q, float *d
 #define UNSIGNED_DOT(q, x) udot32((const uint8_t *)(q), (x))
 
 /* The min formats add m_w * s_x (Q8_1's s) per block; the others have no min term. */
-#define ADD_MIN(sum, m, xb) ((sum) += (m) * f16_to_f32((xb)->s))
-#define NO_MIN(sum, m, xb) ((void)(m), (void)(xb))
+#define ADD_MIN(sum, m, s) ((sum) += (m) * (s))
+#define NO_MIN(sum, m, s) ((void)(m), (void)(s))
 
-/* The arithmetic every variant shares: block b's 8 float lanes accumulate into acc[b % 2] (two chains
- * of additions, so consecutive blocks do not wait for each other), and the result is
- * f32x8_sum(acc[0] + acc[1]) + the min terms in block order. AVX-512 runs a block pair per 512-bit op:
- * even block in the low half, odd block in the high half, which is the same thing. */
-
-#define STEP(ACC, IB, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                                                                     \
-    for (int r = 0; r < nr; r++) {                                                                           \
-        _Alignas(32) int8_t buf[QK];                                                                         \
-        float d, m;                                                                                          \
-        const int8_t *q = UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + (IB), buf, &d, &m);             \
-        for (int t = 0; t < nt; t++) {                                                                       \
-            const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + (IB);                            \
-            acc[r][t][ACC] = f32x8_mul_add(acc[r][t][ACC], DOT(q, xb->qs), d * f16_to_f32(xb->d));          \
-            MIN_TERM(mins[r][t], m, xb);                                                                     \
+/* The arithmetic every variant and both paths share, per output and block in order (ggml's reference
+ * sum): sumi = the block's exact integer dot product, sum += (d_w * d_x) * sumi, then sum += m_w * s_x
+ * for the min formats. The tile reduces four rows' lanes to their sums at once. */
+#define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, S_OF)                                       \
+    static inline __attribute__((always_inline)) void body_##NAME(                                          \
+        const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
+        int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
+        float sum[TILE_ROWS][TILE_TOKENS] = {{0}};                                                           \
+        for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
+            _Alignas(32) int8_t buf[TILE_ROWS][QK];                                                          \
+            const int8_t *q[TILE_ROWS];                                                                      \
+            float d[TILE_ROWS], m[TILE_ROWS];                                                                \
+            for (int r = 0; r < nr; r++) q[r] = UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + ib, buf[r], &d[r], &m[r]); \
+            for (int t = 0; t < nt; t++) {                                                                   \
+                const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                          \
+                const float dx = f16_to_f32(xb->d);                                                          \
+                i32x8 lanes[TILE_ROWS] = {i32x8_zero(), i32x8_zero(), i32x8_zero(), i32x8_zero()};           \
+                int32_t sumi[TILE_ROWS];                                                                     \
+                for (int r = 0; r < nr; r++) lanes[r] = DOT(q[r], xb->qs);                                   \
+                i32x8_sum4(lanes, sumi);                                                                     \
+                for (int r = 0; r < nr; r++) {                                                               \
+                    sum[r][t] += (d[r] * dx) * (float)sumi[r];                                               \
+                    MIN_TERM(sum[r][t], m[r], S_OF(xb));                                                     \
+                }                                                                                            \
+            }                                                                                                \
         }                                                                                                    \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int t = 0; t < nt; t++) y[t * y_stride + r] = sum[r][t];                                    \
     }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define S_Q8_1(xb) f16_to_f32((xb)->s)
+#define S_NONE(xb) 0.0f
 
-/* Signed weights: vpdpbusd multiplies unsigned by signed bytes, so the weights are flipped to w + 128
- * (xor 0x80) and the accumulator starts at -128 * (sum of each lane's 4 activations): exact. */
-#define PAIR_PREP_SIGNED(xv) _mm512_sub_epi32(_mm512_setzero_si512(),                                      \
-                                              _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), xv))
-#define PAIR_PREP_UNSIGNED(xv) _mm512_setzero_si512()
-#define PAIR_W_SIGNED(wv) _mm512_xor_si512(wv, _mm512_set1_epi8(-128))
-#define PAIR_W_UNSIGNED(wv) (wv)
-
-static inline __m512i load_pair(const int8_t *a, const int8_t *b) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
-                              _mm256_loadu_si256((const __m256i *)b), 1);
-}
+#if defined(REALM_PANELS)
 
 /* Vector unpackers: the same 32 quants as the scalar ones above, in one register. */
 static inline __m256i nibbles_v(const uint8_t *qs) {
@@ -134,91 +135,57 @@ static inline __m256i vunpack_q8_1(const block_q8_1 *b, float *d, float *m) {
     return _mm256_loadu_si256((const __m256i *)b->qs);
 }
 
-#define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
-    static inline __attribute__((always_inline)) void body_##NAME(                                          \
-        const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
-        int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
-        const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);           \
-        __m512 acc[TILE_ROWS][TILE_TOKENS];                                                                  \
-        float mins[TILE_ROWS][TILE_TOKENS];                                                                  \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps(), mins[r][t] = 0.0f;                 \
-        int64_t ib = 0;                                                                                      \
-        for (; ib + 1 < n_blocks; ib += 2) {                                                                 \
-            __m512i xv[TILE_TOKENS], init[TILE_TOKENS];                                                      \
-            __m128 dx[TILE_TOKENS];                                                                          \
-            for (int t = 0; t < nt; t++) {                                                                   \
-                const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                          \
-                xv[t] = load_pair(xb[0].qs, xb[1].qs);                                                       \
-                init[t] = PAIR_PREP_##KIND(xv[t]);                                                           \
-                dx[t] = _mm_setr_ps(f16_to_f32(xb[0].d), f16_to_f32(xb[1].d), 0.0f, 0.0f);                   \
-            }                                                                                                \
-            for (int r = 0; r < nr; r++) {                                                                   \
-                float d0, m0, d1, m1;                                                                        \
-                const BLOCK *b = (const BLOCK *)(w + (size_t)r * w_stride) + ib;                             \
-                const __m256i q0 = v##UNPACK(b, &d0, &m0), q1 = v##UNPACK(b + 1, &d1, &m1);                  \
-                const __m512i wv = PAIR_W_##KIND(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1));    \
-                const __m128 dw = _mm_setr_ps(d0, d1, 0.0f, 0.0f);                                           \
-                for (int t = 0; t < nt; t++) {                                                               \
-                    const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                      \
-                    const __m512 scale = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_mul_ps(dw, dx[t]))); \
-                    const __m512 lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init[t], wv, xv[t]));        \
-                    acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_mul_ps(lanes, scale));                       \
-                    MIN_TERM(mins[r][t], m0, xb);                                                            \
-                    MIN_TERM(mins[r][t], m1, xb + 1);                                                        \
-                }                                                                                            \
+/* A weight row against up to MAX_PANELS token panels: per block, the quants plus the zero point Z
+ * as unsigned bytes, each 4-byte group broadcast against 16 tokens' bytes; the accumulator starts at
+ * -Z times each token's block sum, so it ends at the exact signed dot product. */
+#define LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, MIN_TERM)                                                   \
+    HIDDEN void panel_##NAME(const uint8_t *w, int64_t n_blocks, const uint8_t *xp, size_t panel_stride,     \
+                             int n_panels, float *out) {                                                     \
+        __m512 acc[MAX_PANELS];                                                                              \
+        for (int p = 0; p < n_panels; p++) acc[p] = _mm512_setzero_ps();                                     \
+        for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
+            float d, m;                                                                                      \
+            _Alignas(32) uint8_t u[QK];                                                                      \
+            _mm256_store_si256((__m256i *)u, _mm256_add_epi8(v##UNPACK((const BLOCK *)w + ib, &d, &m),       \
+                                                             _mm256_set1_epi8((char)(ZERO))));               \
+            const __m512 dw = _mm512_set1_ps(d), mw = _mm512_set1_ps(m);                                     \
+            for (int p = 0; p < n_panels; p++) {                                                             \
+                const xpanel_q8 *xb = (const xpanel_q8 *)(xp + (size_t)p * panel_stride) + ib;               \
+                __m512i s = (ZERO) ? _mm512_mullo_epi32(_mm512_load_si512(xb->sum), _mm512_set1_epi32(-(ZERO))) \
+                                   : _mm512_setzero_si512();                                                 \
+                for (int g = 0; g < QK / 4; g++)                                                             \
+                    s = _mm512_dpbusd_epi32(s, _mm512_set1_epi32((int)load_u32(u + 4 * g)),                  \
+                                            _mm512_load_si512(xb->qs[g]));                                   \
+                acc[p] = _mm512_add_ps(acc[p], _mm512_mul_ps(_mm512_mul_ps(dw, _mm512_load_ps(xb->d)),       \
+                                                             _mm512_cvtepi32_ps(s)));                        \
+                MIN_TERM(acc[p], mw, xb);                                                                    \
             }                                                                                                \
         }                                                                                                    \
-        for (; ib < n_blocks; ib++) /* a last, even block: low half only */                                  \
-            for (int r = 0; r < nr; r++) {                                                                   \
-                _Alignas(32) int8_t buf[QK];                                                                 \
-                float d, m;                                                                                  \
-                const int8_t *q = UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + ib, buf, &d, &m);       \
-                for (int t = 0; t < nt; t++) {                                                               \
-                    const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                      \
-                    const __m512 prod = _mm512_castps256_ps512(                                              \
-                        _mm256_mul_ps(_mm256_cvtepi32_ps(DOT(q, xb->qs)), _mm256_set1_ps(d * f16_to_f32(xb->d)))); \
-                    acc[r][t] = _mm512_mask_add_ps(acc[r][t], 0x00ff, acc[r][t], prod);                      \
-                    MIN_TERM(mins[r][t], m, xb);                                                             \
-                }                                                                                            \
-            }                                                                                                \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++)                                                                     \
-                y[t * y_stride + r] = f32x8_sum(_mm256_add_ps(_mm512_castps512_ps256(acc[r][t]),             \
-                                                              _mm512_extractf32x8_ps(acc[r][t], 1))) + mins[r][t]; \
+        for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + PANEL_TOKENS * p, acc[p]);                 \
     }
+#define PANEL_ADD_MIN(acc, mw, xb) ((acc) = _mm512_add_ps((acc), _mm512_mul_ps((mw), _mm512_load_ps((xb)->s))))
+#define PANEL_NO_MIN(acc, mw, xb) ((void)(mw))
 
 #else
-
-#define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
-    static inline __attribute__((always_inline)) void body_##NAME(                                          \
-        const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
-        int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
-        f32x8 acc[TILE_ROWS][TILE_TOKENS][2];                                                                \
-        float mins[TILE_ROWS][TILE_TOKENS];                                                                  \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++) acc[r][t][0] = acc[r][t][1] = f32x8_zero(), mins[r][t] = 0.0f;      \
-        int64_t ib = 0;                                                                                      \
-        for (; ib + 1 < n_blocks; ib += 2) {                                                                 \
-            STEP(0, ib, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                               \
-            STEP(1, ib + 1, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                           \
-        }                                                                                                    \
-        if (ib < n_blocks) STEP(0, ib, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++) y[t * y_stride + r] = f32x8_sum(f32x8_add(acc[r][t][0], acc[r][t][1])) + mins[r][t]; \
-    }
-
+#define LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, MIN_TERM)
 #endif
 
-/* One tile function per format: UNPACK decodes a weight block, XBLOCK is the activation block type,
- * DOT the signed or unsigned lane product (KIND names which), MIN_TERM ADD_MIN or NO_MIN. */
-#define LEGACY_TILE(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
-    LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                           \
-    DISPATCH_TILE(NAME)
+/* One tile and one panel function per format: UNPACK decodes a weight block, XBLOCK is the activation
+ * block type, DOT the signed or unsigned lane product, ZERO the zero point that makes the quants
+ * unsigned bytes, MIN says whether the format adds m_w * s_x. */
+#define LEGACY_TILE(NAME, BLOCK, XBLOCK, UNPACK, DOT, ZERO, MIN)                                            \
+    LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN##_TERM, S_##MIN)                                      \
+    DISPATCH_TILE(NAME)                                                                                      \
+    LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, PANEL_##MIN)
 
-LEGACY_TILE(q4_0, block_q4_0, block_q8_0, unpack_q4_0, SIGNED_DOT, NO_MIN, SIGNED)
-LEGACY_TILE(q4_1, block_q4_1, block_q8_1, unpack_q4_1, UNSIGNED_DOT, ADD_MIN, UNSIGNED)
-LEGACY_TILE(q5_0, block_q5_0, block_q8_0, unpack_q5_0, SIGNED_DOT, NO_MIN, SIGNED)
-LEGACY_TILE(q5_1, block_q5_1, block_q8_1, unpack_q5_1, UNSIGNED_DOT, ADD_MIN, UNSIGNED)
-LEGACY_TILE(q8_0, block_q8_0, block_q8_0, unpack_q8_0, SIGNED_DOT, NO_MIN, SIGNED)
-LEGACY_TILE(q8_1, block_q8_1, block_q8_1, unpack_q8_1, SIGNED_DOT, NO_MIN, SIGNED)
+#define ADD_MIN_TERM ADD_MIN
+#define NO_MIN_TERM NO_MIN
+#define S_ADD_MIN S_Q8_1
+#define S_NO_MIN S_NONE
+
+LEGACY_TILE(q4_0, block_q4_0, block_q8_0, unpack_q4_0, SIGNED_DOT, 8, NO_MIN)
+LEGACY_TILE(q4_1, block_q4_1, block_q8_1, unpack_q4_1, UNSIGNED_DOT, 0, ADD_MIN)
+LEGACY_TILE(q5_0, block_q5_0, block_q8_0, unpack_q5_0, SIGNED_DOT, 16, NO_MIN)
+LEGACY_TILE(q5_1, block_q5_1, block_q8_1, unpack_q5_1, UNSIGNED_DOT, 0, ADD_MIN)
+LEGACY_TILE(q8_0, block_q8_0, block_q8_0, unpack_q8_0, SIGNED_DOT, 128, NO_MIN)
+LEGACY_TILE(q8_1, block_q8_1, block_q8_1, unpack_q8_1, SIGNED_DOT, 128, NO_MIN)

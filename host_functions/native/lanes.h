@@ -59,6 +59,11 @@ static inline int i32x8_sum(i32x8 a) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
     return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
 }
+/* out[i] = the sum of v[i]'s lanes, for four vectors at once (a horizontal-add tree; exact) */
+static inline void i32x8_sum4(const i32x8 v[4], int32_t out[4]) {
+    const __m256i all = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm_storeu_si128((__m128i *)out, _mm_add_epi32(_mm256_castsi256_si128(all), _mm256_extracti128_si256(all, 1)));
+}
 static inline f32x8 f32x8_zero(void) { return _mm256_setzero_ps(); }
 static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { return _mm256_add_ps(a, b); }
 /* acc + float(lanes) * s, as a multiply then an add (no fused rounding) */
@@ -101,6 +106,7 @@ static inline i32x8 udot32_scaled(const uint8_t *w, const int8_t *x, int s0, int
     return i32x8_scale2(udot32(w, x), s0, s1);
 }
 static inline int i32x8_sum(i32x8 a) { int s = 0; for (int i = 0; i < 8; i++) s += a.v[i]; return s; }
+static inline void i32x8_sum4(const i32x8 v[4], int32_t out[4]) { for (int i = 0; i < 4; i++) out[i] = i32x8_sum(v[i]); }
 static inline f32x8 f32x8_zero(void) { f32x8 r = {{0}}; return r; }
 static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { for (int i = 0; i < 8; i++) a.v[i] += b.v[i]; return a; }
 static inline f32x8 f32x8_mul_add(f32x8 acc, i32x8 lanes, float s) {
