@@ -99,6 +99,7 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
         kblock k;                                                                                            \
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
             for (int r = 0; r < nr; r++) {                                                                   \
+                prefetch_next_tile(w + (size_t)r * w_stride, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK)); \
                 UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + ib, &k);                                  \
                 for (int t = 0; t < nt; t++) {                                                               \
                     const block_q8_K *xb = (const block_q8_K *)(x + (size_t)t * x_stride) + ib;              \

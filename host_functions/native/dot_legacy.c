@@ -64,37 +64,42 @@ static inline const int8_t *unpack_q8_1(const block_q8_1 *b, int8_t *q, float *d
 #define UNSIGNED_DOT(q, x) udot32((const uint8_t *)(q), (x))
 
 /* The min formats add m_w * s_x (Q8_1's s) per block; the others have no min term. */
-#define ADD_MIN(sum, m, s) ((sum) += (m) * (s))
-#define NO_MIN(sum, m, s) ((void)(m), (void)(s))
+#define ADD_MIN(sum, m, s) ((sum) = f32x4_add((sum), f32x4_mul((m), f32x4_set1(s))))
+#define NO_MIN(sum, m, s) ((void)(m))
 
 /* The arithmetic every variant and both paths share, per output and block in order (ggml's reference
  * sum): sumi = the block's exact integer dot product, sum += (d_w * d_x) * sumi, then sum += m_w * s_x
- * for the min formats. The tile reduces four rows' lanes to their sums at once. */
+ * for the min formats. The tile keeps its four rows in the lanes of one float vector per token. */
 #define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, S_OF)                                       \
     static inline __attribute__((always_inline)) void body_##NAME(                                          \
         const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
         int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
-        float sum[TILE_ROWS][TILE_TOKENS] = {{0}};                                                           \
+        f32x4 sum[TILE_TOKENS];                                                                              \
+        for (int t = 0; t < nt; t++) sum[t] = f32x4_zero();                                                  \
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
             _Alignas(32) int8_t buf[TILE_ROWS][QK];                                                          \
             const int8_t *q[TILE_ROWS];                                                                      \
-            float d[TILE_ROWS], m[TILE_ROWS];                                                                \
-            for (int r = 0; r < nr; r++) q[r] = UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + ib, buf[r], &d[r], &m[r]); \
+            _Alignas(16) float d[TILE_ROWS] = {0}, m[TILE_ROWS] = {0};                                       \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                const uint8_t *row = w + (size_t)r * w_stride;                                               \
+                prefetch_next_tile(row, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK));           \
+                q[r] = UNPACK((const BLOCK *)row + ib, buf[r], &d[r], &m[r]);                                \
+            }                                                                                                \
+            const f32x4 dw = f32x4_load(d), mw = f32x4_load(m);                                              \
             for (int t = 0; t < nt; t++) {                                                                   \
                 const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                          \
-                const float dx = f16_to_f32(xb->d);                                                          \
                 i32x8 lanes[TILE_ROWS] = {i32x8_zero(), i32x8_zero(), i32x8_zero(), i32x8_zero()};           \
-                int32_t sumi[TILE_ROWS];                                                                     \
                 for (int r = 0; r < nr; r++) lanes[r] = DOT(q[r], xb->qs);                                   \
-                i32x8_sum4(lanes, sumi);                                                                     \
-                for (int r = 0; r < nr; r++) {                                                               \
-                    sum[r][t] += (d[r] * dx) * (float)sumi[r];                                               \
-                    MIN_TERM(sum[r][t], m[r], S_OF(xb));                                                     \
-                }                                                                                            \
+                sum[t] = f32x4_add(sum[t], f32x4_mul(f32x4_mul(dw, f32x4_set1(f16_to_f32(xb->d))),           \
+                                                     i32x8_sum4_f(lanes)));                                  \
+                MIN_TERM(sum[t], mw, S_OF(xb));                                                              \
             }                                                                                                \
         }                                                                                                    \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++) y[t * y_stride + r] = sum[r][t];                                    \
+        for (int t = 0; t < nt; t++) {                                                                       \
+            _Alignas(16) float out[TILE_ROWS];                                                               \
+            f32x4_store(out, sum[t]);                                                                        \
+            for (int r = 0; r < nr; r++) y[t * y_stride + r] = out[r];                                       \
+        }                                                                                                    \
     }
 
 #define S_Q8_1(xb) f16_to_f32((xb)->s)
