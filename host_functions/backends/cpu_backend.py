@@ -15,7 +15,8 @@ Weights that share an input (Q|K|V, gate|up) are one fused kernel call over seve
 activation rows are quantized once per activation type and the threads split the rows of all of
 them, without copying the weights into a concatenated matrix (the default model stores V as Q8_0
 next to Q5_0 Q and K, which a concatenation could not join anyway). The embedding gather decodes only
-the looked-up rows of the quantized table. Norms, RoPE, attention and the KV cache are NumpyBackend's.
+the looked-up rows of the quantized table. Attention runs natively too, with NumpyBackend's
+roundings; norms, RoPE and the KV cache are NumpyBackend's.
 """
 
 from __future__ import annotations
@@ -126,6 +127,11 @@ class CpuBackend(NumpyBackend):
         if not self.config.tied_output:  # a tied table is counted once, as the output projection
             self._loaded()
         return QuantizedEmbedding(raw, self._weight_rows(raw))
+
+    def attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
+                  scale: float) -> np.ndarray:
+        """NumpyBackend's attention arithmetic in the native library, the queries over the threads."""
+        return self.kernels.attention(q, keys, values, pos, start, window, scale)
 
     def _allocate_kv(self, pool: KVPool) -> None:
         super()._allocate_kv(pool)

@@ -174,7 +174,7 @@ class NumpyBackend(Backend):
             end = sp.key_slots.shape[0]
             first = max(0, sp.pos - window + 1) if window else 0
             slots = sp.key_slots[first:end]
-            attn[sp.rows] = attention(q[sp.rows], k_pool[slots], v_pool[slots], sp.pos, first, window,
+            attn[sp.rows] = self.attention(q[sp.rows], k_pool[slots], v_pool[slots], sp.pos, first, window,
                                       cfg.attention_scale)
         a = project("attn_output", attn.reshape(n, cfg.q_dim))
         if cfg.sandwich_norms:
@@ -186,6 +186,11 @@ class NumpyBackend(Backend):
         if cfg.sandwich_norms:
             f = rms_norm(f, w["post_ffw_norm"], cfg.norm_eps)
         return x + f
+
+    def attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
+                  scale: float) -> np.ndarray:
+        """One span's attention (the module's `attention`); a hook the cpu backend fills natively."""
+        return attention(q, keys, values, pos, start, window, scale)
 
     def logits(self, x: np.ndarray, last_only: bool = True) -> np.ndarray:
         if last_only:
