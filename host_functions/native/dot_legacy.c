@@ -9,8 +9,11 @@
  */
 #include "lanes.h"
 
+/* The AVX-512 variant unpacks with the vector unpackers below instead. */
+#define UNUSED_ON_AVX512 __attribute__((unused))
+
 /* Each unpacker returns the block's 32 quants (signed, or 0..31 for the min formats) and sets d, m. */
-static inline const int8_t *unpack_q4_0(const block_q4_0 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_AVX512 const int8_t *unpack_q4_0(const block_q4_0 *b, int8_t *q, float *d, float *m) {
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)((b->qs[j] & 0x0f) - 8);
         q[j + 16] = (int8_t)((b->qs[j] >> 4) - 8);
@@ -19,7 +22,7 @@ static inline const int8_t *unpack_q4_0(const block_q4_0 *b, int8_t *q, float *d
     return q;
 }
 
-static inline const int8_t *unpack_q4_1(const block_q4_1 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_AVX512 const int8_t *unpack_q4_1(const block_q4_1 *b, int8_t *q, float *d, float *m) {
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)(b->qs[j] & 0x0f);
         q[j + 16] = (int8_t)(b->qs[j] >> 4);
@@ -28,7 +31,7 @@ static inline const int8_t *unpack_q4_1(const block_q4_1 *b, int8_t *q, float *d
     return q;
 }
 
-static inline const int8_t *unpack_q5_0(const block_q5_0 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_AVX512 const int8_t *unpack_q5_0(const block_q5_0 *b, int8_t *q, float *d, float *m) {
     const uint32_t qh = load_u32(b->qh);
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)(((b->qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) - 16);
@@ -38,7 +41,7 @@ static inline const int8_t *unpack_q5_0(const block_q5_0 *b, int8_t *q, float *d
     return q;
 }
 
-static inline const int8_t *unpack_q5_1(const block_q5_1 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_AVX512 const int8_t *unpack_q5_1(const block_q5_1 *b, int8_t *q, float *d, float *m) {
     const uint32_t qh = load_u32(b->qh);
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)((b->qs[j] & 0x0f) | (((qh >> j) & 1) << 4));
@@ -140,6 +143,20 @@ static inline __m256i vunpack_q8_1(const block_q8_1 *b, float *d, float *m) {
     return _mm256_loadu_si256((const __m256i *)b->qs);
 }
 
+/* The tiles' unpackers on this variant: the vector ones, stored where the scalar ones would write. */
+#define FAST_UNPACK(NAME)                                                                                    \
+    static inline const int8_t *fast_unpack_##NAME(const block_##NAME *b, int8_t *q, float *d, float *m) {  \
+        _mm256_store_si256((__m256i *)q, vunpack_##NAME(b, d, m));                                           \
+        return q;                                                                                            \
+    }
+FAST_UNPACK(q4_0)
+FAST_UNPACK(q4_1)
+FAST_UNPACK(q5_0)
+FAST_UNPACK(q5_1)
+#define fast_unpack_q8_0 unpack_q8_0  /* the quants as they are: nothing to unpack */
+#define fast_unpack_q8_1 unpack_q8_1
+#define TILE_UNPACK(UNPACK) fast_##UNPACK
+
 /* A weight row against up to MAX_PANELS token panels: per block, the quants plus the zero point Z
  * as unsigned bytes, each 4-byte group broadcast against 16 tokens' bytes; the accumulator starts at
  * -Z times each token's block sum, so it ends at the exact signed dot product. */
@@ -173,13 +190,14 @@ static inline __m256i vunpack_q8_1(const block_q8_1 *b, float *d, float *m) {
 
 #else
 #define LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, MIN_TERM)
+#define TILE_UNPACK(UNPACK) UNPACK
 #endif
 
 /* One tile and one panel function per format: UNPACK decodes a weight block, XBLOCK is the activation
  * block type, DOT the signed or unsigned lane product, ZERO the zero point that makes the quants
  * unsigned bytes, MIN says whether the format adds m_w * s_x. */
 #define LEGACY_TILE(NAME, BLOCK, XBLOCK, UNPACK, DOT, ZERO, MIN)                                            \
-    LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN##_TERM, S_##MIN)                                      \
+    LEGACY_BODY(NAME, BLOCK, XBLOCK, TILE_UNPACK(UNPACK), DOT, MIN##_TERM, S_##MIN)                         \
     DISPATCH_TILE(NAME)                                                                                      \
     LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, PANEL_##MIN)
 
