@@ -50,11 +50,20 @@ static inline void unpack_k4_scales(const uint8_t *s, kblock *k) {
 
 static inline void unpack_nibbles32(const uint8_t *qs, int8_t *q) {
     /* group g of 32 bytes: low nibbles are weights 64g + l, high nibbles 64g + 32 + l */
+#if defined(__AVX2__)
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int g = 0; g < 4; g++) {
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
+        _mm256_store_si256((__m256i *)(q + 64 * g), _mm256_and_si256(b, low4));
+        _mm256_store_si256((__m256i *)(q + 64 * g + 32), _mm256_and_si256(_mm256_srli_epi16(b, 4), low4));
+    }
+#else
     for (int g = 0; g < 4; g++)
         for (int l = 0; l < 32; l++) {
             q[64 * g + l] = (int8_t)(qs[32 * g + l] & 0x0f);
             q[64 * g + 32 + l] = (int8_t)(qs[32 * g + l] >> 4);
         }
+#endif
 }
 
 static inline void unpack_q4_k(const block_q4_K *b, kblock *k) {
@@ -72,12 +81,30 @@ static inline void unpack_q5_k(const block_q5_K *b, kblock *k) {
 }
 
 static inline void unpack_q6_k(const block_q6_K *b, kblock *k) {
+#if defined(__AVX2__)
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3 << 4), off = _mm256_set1_epi8(32);
+    for (int h = 0; h < 2; h++) {  /* the scalar loop below, 32 weights at a time */
+        const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+        const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+        const __m256i low[4] = {_mm256_and_si256(ql0, low4), _mm256_and_si256(ql1, low4),
+                                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4)};
+        const __m256i high[4] = {_mm256_and_si256(_mm256_slli_epi16(qh, 4), two),
+                                 _mm256_and_si256(_mm256_slli_epi16(qh, 2), two), _mm256_and_si256(qh, two),
+                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), two)};
+        for (int c = 0; c < 4; c++)
+            _mm256_store_si256((__m256i *)(k->q + 128 * h + 32 * c),
+                               _mm256_sub_epi8(_mm256_or_si256(low[c], high[c]), off));
+    }
+#else
     for (int h = 0; h < 2; h++)
         for (int c = 0; c < 4; c++)  /* weights 128h + 32c + l: nibble of ql[64h + 32(c % 2) + l], crumb c of qh */
             for (int l = 0; l < 32; l++) {
                 const int ql = b->ql[64 * h + 32 * (c & 1) + l], low = c < 2 ? ql & 0x0f : ql >> 4;
                 k->q[128 * h + 32 * c + l] = (int8_t)((low | (((b->qh[32 * h + l] >> (2 * c)) & 3) << 4)) - 32);
             }
+#endif
     for (int j = 0; j < 16; j++) k->sc[j] = b->scales[j], k->mn[j] = 0;
     k->d = f16_to_f32(b->d), k->dmin = 0.0f;
 }

@@ -4,8 +4,10 @@
  * A call quantizes the activation rows to the weight's paired type once, then splits the weight rows
  * over the pool's threads in whole tiles of TILE_ROWS rows; each thread walks its row tiles and, per
  * row tile, every tile of TILE_TOKENS activation rows, so a weight tile is read from memory once and
- * reused from cache for all activation rows. Outputs never depend on the split or on the number of
- * activation rows (see tile_fn).
+ * reused from cache for all activation rows. From PANEL_MIN_TOKENS rows on, the formats with a panel
+ * kernel regroup the activations into token panels first and run each weight row against all of them
+ * (realm_native.h). Outputs never depend on the split, the path or the number of activation rows
+ * (see tile_fn).
  */
 #include <stdatomic.h>
 #include <stdlib.h>
