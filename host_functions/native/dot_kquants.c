@@ -148,43 +148,65 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
     DISPATCH_TILE(NAME)
 
 #if defined(REALM_PANELS)
-/* A weight row against up to MAX_PANELS token panels (realm_native.h): per super-block and 16-weight
+/* Weight rows against up to MAX_PANELS token panels (realm_native.h): per super-block and 16-weight
  * sub-block j, the exact sum of (q + Z) * x started at -Z * bsum_j, times the sub-block's scale; the
  * mins against bsums; then the tile's float steps, one token per lane. */
 #define KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)                                                    \
-    HIDDEN void panel_##NAME(const uint8_t *w, int64_t n_blocks, const uint8_t *xp, size_t panel_stride,     \
-                             int n_panels, float *out) {                                                     \
-        __m512 acc[MAX_PANELS];                                                                              \
-        for (int p = 0; p < n_panels; p++) acc[p] = _mm512_setzero_ps();                                     \
-        kblock k;                                                                                            \
-        _Alignas(32) uint8_t u[QK_K];                                                                        \
+    static inline __attribute__((always_inline)) void panel_body_##NAME(                                    \
+        const uint8_t *w, size_t w_stride, const int nr, int64_t n_blocks, const uint8_t *xp,                \
+        size_t panel_stride, int n_panels, float *out) {                                                     \
+        __m512 acc[PANEL_ROWS][MAX_PANELS];                                                                  \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int p = 0; p < n_panels; p++) acc[r][p] = _mm512_setzero_ps();                              \
+        kblock k[PANEL_ROWS];                                                                                \
+        _Alignas(32) uint8_t u[PANEL_ROWS][QK_K];                                                            \
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
-            UNPACK((const BLOCK *)w + ib, &k);                                                               \
-            for (int c = 0; c < QK_K / 32; c++)                                                              \
-                _mm256_store_si256((__m256i *)(u + 32 * c),                                                  \
-                                   _mm256_add_epi8(_mm256_load_si256((const __m256i *)(k.q + 32 * c)),       \
-                                                   _mm256_set1_epi8((char)(ZERO))));                         \
-            const __m512 dv = _mm512_set1_ps(k.d), dminv = _mm512_set1_ps(k.dmin);                           \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                UNPACK((const BLOCK *)(w + r * w_stride) + ib, &k[r]);                                       \
+                for (int c = 0; c < QK_K / 32; c++)                                                          \
+                    _mm256_store_si256((__m256i *)(u[r] + 32 * c),                                           \
+                                       _mm256_add_epi8(_mm256_load_si256((const __m256i *)(k[r].q + 32 * c)), \
+                                                       _mm256_set1_epi8((char)(ZERO))));                     \
+            }                                                                                                \
             for (int p = 0; p < n_panels; p++) {                                                             \
                 const xpanel_q8_k *xb = (const xpanel_q8_k *)(xp + (size_t)p * panel_stride) + ib;           \
-                __m512i sumi = _mm512_setzero_si512(), summs = _mm512_setzero_si512();                       \
+                __m512i sumi[PANEL_ROWS], summs[PANEL_ROWS];                                                 \
+                for (int r = 0; r < nr; r++) sumi[r] = summs[r] = _mm512_setzero_si512();                    \
                 for (int j = 0; j < QK_K / 16; j++) {                                                        \
                     const __m512i bsum = _mm512_load_si512(xb->bsum[j]);                                     \
-                    __m512i acc_j = (ZERO) ? _mm512_mullo_epi32(bsum, _mm512_set1_epi32(-(ZERO)))            \
-                                           : _mm512_setzero_si512();                                         \
-                    for (int g = 0; g < 4; g++)                                                              \
-                        acc_j = _mm512_dpbusd_epi32(acc_j, _mm512_set1_epi32((int)load_u32(u + 16 * j + 4 * g)), \
-                                                    _mm512_load_si512(xb->qs[4 * j + g]));                   \
-                    sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(acc_j, _mm512_set1_epi32(k.sc[j])));    \
-                    if (HAS_MIN) summs = _mm512_add_epi32(summs, _mm512_mullo_epi32(bsum, _mm512_set1_epi32(k.mn[j]))); \
+                    const __m512i init = (ZERO) ? _mm512_mullo_epi32(bsum, _mm512_set1_epi32(-(ZERO)))       \
+                                                : _mm512_setzero_si512();                                    \
+                    __m512i acc_j[PANEL_ROWS];                                                               \
+                    for (int r = 0; r < nr; r++) acc_j[r] = init;                                            \
+                    for (int g = 0; g < 4; g++) {                                                            \
+                        const __m512i xg = _mm512_load_si512(xb->qs[4 * j + g]);                             \
+                        for (int r = 0; r < nr; r++)                                                         \
+                            acc_j[r] = _mm512_dpbusd_epi32(acc_j[r],                                         \
+                                                           _mm512_set1_epi32((int)load_u32(u[r] + 16 * j + 4 * g)), xg); \
+                    }                                                                                        \
+                    for (int r = 0; r < nr; r++) {                                                           \
+                        sumi[r] = _mm512_add_epi32(sumi[r], _mm512_mullo_epi32(acc_j[r], _mm512_set1_epi32(k[r].sc[j]))); \
+                        if (HAS_MIN)                                                                         \
+                            summs[r] = _mm512_add_epi32(summs[r], _mm512_mullo_epi32(bsum, _mm512_set1_epi32(k[r].mn[j]))); \
+                    }                                                                                        \
                 }                                                                                            \
                 const __m512 xd = _mm512_load_ps(xb->d);                                                     \
-                acc[p] = _mm512_add_ps(acc[p], _mm512_mul_ps(_mm512_mul_ps(xd, dv), _mm512_cvtepi32_ps(sumi))); \
-                if (HAS_MIN)                                                                                 \
-                    acc[p] = _mm512_sub_ps(acc[p], _mm512_mul_ps(_mm512_mul_ps(xd, dminv), _mm512_cvtepi32_ps(summs))); \
+                for (int r = 0; r < nr; r++) {                                                               \
+                    acc[r][p] = _mm512_add_ps(acc[r][p], _mm512_mul_ps(_mm512_mul_ps(xd, _mm512_set1_ps(k[r].d)), \
+                                                                       _mm512_cvtepi32_ps(sumi[r])));        \
+                    if (HAS_MIN)                                                                             \
+                        acc[r][p] = _mm512_sub_ps(acc[r][p], _mm512_mul_ps(_mm512_mul_ps(xd, _mm512_set1_ps(k[r].dmin)), \
+                                                                           _mm512_cvtepi32_ps(summs[r])));   \
+                }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
-        for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + PANEL_TOKENS * p, acc[p]);                 \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + r * PANEL_OUT + PANEL_TOKENS * p, acc[r][p]); \
+    }                                                                                                        \
+    HIDDEN void panel_##NAME(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,  \
+                             size_t panel_stride, int n_panels, float *out) {                                \
+        if (nr == PANEL_ROWS) panel_body_##NAME(w, w_stride, PANEL_ROWS, n_blocks, xp, panel_stride, n_panels, out); \
+        else panel_body_##NAME(w, w_stride, 1, n_blocks, xp, panel_stride, n_panels, out);                  \
     }
 #else
 #define KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)

@@ -157,33 +157,49 @@ FAST_UNPACK(q5_1)
 #define fast_unpack_q8_1 unpack_q8_1
 #define TILE_UNPACK(UNPACK) fast_##UNPACK
 
-/* A weight row against up to MAX_PANELS token panels: per block, the quants plus the zero point Z
- * as unsigned bytes, each 4-byte group broadcast against 16 tokens' bytes; the accumulator starts at
- * -Z times each token's block sum, so it ends at the exact signed dot product. */
+/* Weight rows against up to MAX_PANELS token panels: per block, each row's quants plus the zero point
+ * Z as unsigned bytes, each 4-byte group broadcast against 16 tokens' bytes; the accumulators start at
+ * -Z times each token's block sum, so they end at the exact signed dot products. */
 #define LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, MIN_TERM)                                                   \
-    HIDDEN void panel_##NAME(const uint8_t *w, int64_t n_blocks, const uint8_t *xp, size_t panel_stride,     \
-                             int n_panels, float *out) {                                                     \
-        __m512 acc[MAX_PANELS];                                                                              \
-        for (int p = 0; p < n_panels; p++) acc[p] = _mm512_setzero_ps();                                     \
+    static inline __attribute__((always_inline)) void panel_body_##NAME(                                    \
+        const uint8_t *w, size_t w_stride, const int nr, int64_t n_blocks, const uint8_t *xp,                \
+        size_t panel_stride, int n_panels, float *out) {                                                     \
+        __m512 acc[PANEL_ROWS][MAX_PANELS];                                                                  \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int p = 0; p < n_panels; p++) acc[r][p] = _mm512_setzero_ps();                              \
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
-            float d, m;                                                                                      \
-            _Alignas(32) uint8_t u[QK];                                                                      \
-            _mm256_store_si256((__m256i *)u, _mm256_add_epi8(v##UNPACK((const BLOCK *)w + ib, &d, &m),       \
-                                                             _mm256_set1_epi8((char)(ZERO))));               \
-            const __m512 dw = _mm512_set1_ps(d), mw = _mm512_set1_ps(m);                                     \
+            float d[PANEL_ROWS], m[PANEL_ROWS];                                                              \
+            _Alignas(32) uint8_t u[PANEL_ROWS][QK];                                                          \
+            for (int r = 0; r < nr; r++)                                                                     \
+                _mm256_store_si256((__m256i *)u[r], _mm256_add_epi8(v##UNPACK((const BLOCK *)(w + r * w_stride) + ib, \
+                                                                              &d[r], &m[r]),                  \
+                                                                    _mm256_set1_epi8((char)(ZERO))));         \
             for (int p = 0; p < n_panels; p++) {                                                             \
                 const xpanel_q8 *xb = (const xpanel_q8 *)(xp + (size_t)p * panel_stride) + ib;               \
-                __m512i s = (ZERO) ? _mm512_mullo_epi32(_mm512_load_si512(xb->sum), _mm512_set1_epi32(-(ZERO))) \
-                                   : _mm512_setzero_si512();                                                 \
-                for (int g = 0; g < QK / 4; g++)                                                             \
-                    s = _mm512_dpbusd_epi32(s, _mm512_set1_epi32((int)load_u32(u + 4 * g)),                  \
-                                            _mm512_load_si512(xb->qs[g]));                                   \
-                acc[p] = _mm512_add_ps(acc[p], _mm512_mul_ps(_mm512_mul_ps(dw, _mm512_load_ps(xb->d)),       \
-                                                             _mm512_cvtepi32_ps(s)));                        \
-                MIN_TERM(acc[p], mw, xb);                                                                    \
+                const __m512i init = (ZERO) ? _mm512_mullo_epi32(_mm512_load_si512(xb->sum), _mm512_set1_epi32(-(ZERO))) \
+                                            : _mm512_setzero_si512();                                        \
+                __m512i s[PANEL_ROWS];                                                                       \
+                for (int r = 0; r < nr; r++) s[r] = init;                                                    \
+                for (int g = 0; g < QK / 4; g++) {                                                           \
+                    const __m512i xg = _mm512_load_si512(xb->qs[g]);                                         \
+                    for (int r = 0; r < nr; r++)                                                             \
+                        s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32((int)load_u32(u[r] + 4 * g)), xg); \
+                }                                                                                            \
+                const __m512 xd = _mm512_load_ps(xb->d);                                                     \
+                for (int r = 0; r < nr; r++) {                                                               \
+                    acc[r][p] = _mm512_add_ps(acc[r][p], _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(d[r]), xd), \
+                                                                       _mm512_cvtepi32_ps(s[r])));           \
+                    MIN_TERM(acc[r][p], _mm512_set1_ps(m[r]), xb);                                           \
+                }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
-        for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + PANEL_TOKENS * p, acc[p]);                 \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + r * PANEL_OUT + PANEL_TOKENS * p, acc[r][p]); \
+    }                                                                                                        \
+    HIDDEN void panel_##NAME(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,  \
+                             size_t panel_stride, int n_panels, float *out) {                                \
+        if (nr == PANEL_ROWS) panel_body_##NAME(w, w_stride, PANEL_ROWS, n_blocks, xp, panel_stride, n_panels, out); \
+        else panel_body_##NAME(w, w_stride, 1, n_blocks, xp, panel_stride, n_panels, out);                  \
     }
 #define PANEL_ADD_MIN(acc, mw, xb) ((acc) = _mm512_add_ps((acc), _mm512_mul_ps((mw), _mm512_load_ps((xb)->s))))
 #define PANEL_NO_MIN(acc, mw, xb) ((void)(mw))

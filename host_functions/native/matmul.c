@@ -112,18 +112,22 @@ static void run_tile(const matmul_job *j, const segment_job *s, int64_t tile) {
     }
 }
 
-/* The rows of one tile against every token panel, MAX_PANELS panels per pass over a row. */
+/* The rows of one tile against every token panel: PANEL_ROWS rows at a time, MAX_PANELS panels per
+ * pass over them. */
 static void run_panels(const matmul_job *j, const segment_job *s, int64_t tile) {
-    _Alignas(64) float out[MAX_PANELS * PANEL_TOKENS];
+    _Alignas(64) float out[PANEL_ROWS * PANEL_OUT];
     const int64_t r0 = tile * TILE_ROWS, r1 = r0 + TILE_ROWS < s->n_rows ? r0 + TILE_ROWS : s->n_rows;
-    for (int64_t r = r0; r < r1; r++)
+    for (int64_t r = r0; r < r1; r += PANEL_ROWS) {
+        const int nr = (int)(r1 - r < PANEL_ROWS ? r1 - r : PANEL_ROWS);
         for (int64_t p0 = 0; p0 < j->n_panels; p0 += MAX_PANELS) {
             const int np = (int)(j->n_panels - p0 < MAX_PANELS ? j->n_panels - p0 : MAX_PANELS);
-            s->f->panel(s->w + (size_t)r * s->w_stride, j->n_cols / s->f->block, s->panels + (size_t)p0 * s->panel_stride,
-                        s->panel_stride, np, out);
+            s->f->panel(s->w + (size_t)r * s->w_stride, s->w_stride, nr, j->n_cols / s->f->block,
+                        s->panels + (size_t)p0 * s->panel_stride, s->panel_stride, np, out);
             const int64_t t0 = p0 * PANEL_TOKENS, nt = j->n_tok - t0 < np * PANEL_TOKENS ? j->n_tok - t0 : np * PANEL_TOKENS;
-            for (int64_t t = 0; t < nt; t++) j->y[(t0 + t) * j->y_stride + s->column + r] = out[t];
+            for (int i = 0; i < nr; i++)
+                for (int64_t t = 0; t < nt; t++) j->y[(t0 + t) * j->y_stride + s->column + r + i] = out[i * PANEL_OUT + t];
         }
+    }
 }
 
 /* Every thread claims chunks of row tiles (numbered across all segments) until none are left. */

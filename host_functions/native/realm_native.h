@@ -141,10 +141,14 @@ typedef struct {          /* one 256-weight super-block of Q8_K activations, for
     uint8_t qs[QK_K / 4][PANEL_TOKENS][4];
 } xpanel_q8_k;
 
-/* out[16 p + l] = dot(weight row w, token l of panel p) for p < n_panels <= MAX_PANELS; the panels of
- * block ib sit at xp + p * panel_stride + ib * sizeof(block's xpanel). */
-typedef void (*panel_fn)(const uint8_t *w, int64_t n_blocks, const uint8_t *xp, size_t panel_stride, int n_panels,
-                         float *out);
+#define PANEL_ROWS 2  /* weight rows per kernel call: each activation load serves both */
+
+/* out[r * PANEL_OUT + 16 p + l] = dot(weight row r, token l of panel p) for r < nr <= PANEL_ROWS (rows
+ * w_stride apart) and p < n_panels <= MAX_PANELS; the panels of block ib sit at
+ * xp + p * panel_stride + ib * sizeof(block's xpanel). */
+#define PANEL_OUT (MAX_PANELS * PANEL_TOKENS)
+typedef void (*panel_fn)(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,
+                         size_t panel_stride, int n_panels, float *out);
 
 HIDDEN int64_t panel_block_bytes(int act);  /* 0: no panels for this activation type */
 HIDDEN void build_panel(int act, const uint8_t *rows, size_t row_bytes, int nt, int64_t n_blocks, uint8_t *out);
@@ -152,18 +156,18 @@ HIDDEN void build_panel(int act, const uint8_t *rows, size_t row_bytes, int nt, 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define REALM_PANELS 1
 #define PANEL_FN(NAME) panel_##NAME
-HIDDEN void panel_q4_0(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q4_1(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q5_0(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q5_1(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q8_0(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q8_1(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q2_k(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q3_k(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q4_k(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q5_k(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q6_k(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
-HIDDEN void panel_q8_k(const uint8_t *, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q4_0(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q4_1(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q5_0(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q5_1(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q8_0(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q8_1(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q2_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q3_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q4_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q5_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q6_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q8_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
 #else
 #define PANEL_FN(NAME) NULL  /* the tiles do every call (the same bits, without the speed) */
 #endif
