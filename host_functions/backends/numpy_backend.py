@@ -175,7 +175,7 @@ class NumpyBackend(Backend):
             first = max(0, sp.pos - window + 1) if window else 0
             slots = sp.key_slots[first:end]
             attn[sp.rows] = self.attention(q[sp.rows], k_pool[slots], v_pool[slots], sp.pos, first, window,
-                                      cfg.attention_scale)
+                                           cfg.attention_scale)
         a = project("attn_output", attn.reshape(n, cfg.q_dim))
         if cfg.sandwich_norms:
             a = rms_norm(a, w["post_attention_norm"], cfg.norm_eps)
