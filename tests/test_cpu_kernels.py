@@ -153,3 +153,63 @@ def test_cli_runs_the_cpu_cases(monkeypatch: pytest.MonkeyPatch) -> None:
                                        "--reps", "0", "--json"])
     assert result.exit_code == 0, result.output
     assert '"passed": true' in result.output and '"passed": false' not in result.output
+
+
+@pytest.mark.parametrize("fmt", ["Q5_0", "Q8_0", "Q4_1", "Q4_K", "Q6_K", "Q2_K"])
+def test_long_batches_cross_every_panel_boundary_with_the_same_bits(fmt: str) -> None:
+    """150 rows: the token-panel path's several passes (8 panels of 16 per pass) and a partial last
+    panel give each row the bits of the one-row tile path."""
+    tensor, blocks, x = _weight_and_x(fmt, np.random.default_rng(5), n_rows=21, n_tok=150)
+    weights = [(int(tensor.qtype), blocks)]
+    singles = np.concatenate([BEST.matmul(weights, 512, x[t:t + 1]) for t in range(len(x))])
+    assert np.array_equal(BEST.matmul(weights, 512, x), singles)
+    assert np.array_equal(BEST.matmul(weights, 512, x[3:12]), singles[3:12])  # 9 rows: one partial panel
+
+
+def _attention_inputs(rng: np.random.Generator, n: int, n_head: int, n_kv: int, hd: int, pos: int):
+    q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
+    k = (rng.standard_normal((pos + n, n_kv, hd)) * 2).astype(np.float16).astype(np.float32)  # an f16 cache
+    v = rng.standard_normal((pos + n, n_kv, hd)).astype(np.float16).astype(np.float32)
+    return q, k, v
+
+
+@pytest.mark.parametrize("n, n_head, n_kv, hd, pos, window", [
+    (1, 4, 1, 256, 300, 0), (20, 4, 1, 256, 0, 0), (9, 8, 2, 64, 70, 16), (3, 2, 2, 40, 5, 0), (5, 6, 3, 24, 0, 2)])
+def test_attention_matches_the_float64_reference(n: int, n_head: int, n_kv: int, hd: int, pos: int,
+                                                 window: int) -> None:
+    from host_functions.backends import op_reference
+
+    q, k, v = _attention_inputs(np.random.default_rng(6), n, n_head, n_kv, hd, pos)
+    got = BEST.attention(q, k, v, pos, 0, window, hd ** -0.5)
+    want = op_reference.attention(q, k, v, pos, window, hd ** -0.5, round_f16=True)
+    # the f16 rounding of the probabilities can flip by one ulp against float64 sums (2^-11 of a
+    # probability), which is what the bound allows
+    assert np.abs(got - want).max() <= 2e-3 * np.abs(v).max()
+
+
+def test_attention_is_the_same_bits_whatever_the_chunking_threads_and_variant(portable: native.Kernels) -> None:
+    """A query's output depends on its position and the keys it sees only: computed with 19 others,
+    alone, on 1 or 3 threads or in plain C, the same bits (speculation and batching rely on it)."""
+    q, k, v = _attention_inputs(np.random.default_rng(7), 20, 4, 2, 72, 30)
+    kernels = native.load()
+    try:
+        together = kernels.attention(q, k, v, 30, 0, 0, 0.1)
+        for i in (0, 7, 19):
+            assert np.array_equal(kernels.attention(q[i:i + 1], k[:31 + i], v[:31 + i], 30 + i, 0, 0, 0.1),
+                                  together[i:i + 1])
+        for threads in (1, 3):
+            kernels.set_threads(threads)
+            assert np.array_equal(kernels.attention(q, k, v, 30, 0, 0, 0.1), together)
+    finally:
+        kernels.set_threads(native.default_threads())
+    assert np.array_equal(portable.attention(q, k, v, 30, 0, 0, 0.1), together)
+    windowed = kernels.attention(q, k, v, 30, 0, 8, 0.1)  # keys from start=20 on are all a window of 8 needs
+    assert np.array_equal(kernels.attention(q, k[20:], v[20:], 30, 20, 8, 0.1), windowed)
+
+
+def test_attention_refuses_keys_that_do_not_fit() -> None:
+    q, k, v = _attention_inputs(np.random.default_rng(8), 2, 4, 1, 16, 3)
+    with pytest.raises(BackendError, match="do not fit"):
+        BEST.attention(q, k[:-1], v[:-1], 3, 0, 0, 0.25)
+    with pytest.raises(BackendError, match="refused"):  # 4 query heads cannot share 3 KV heads
+        BEST.attention(q, np.zeros((5, 3, 16), np.float32), np.zeros((5, 3, 16), np.float32), 3, 0, 0, 0.25)

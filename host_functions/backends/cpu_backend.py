@@ -1,15 +1,22 @@
 """The cpu backend: NumpyBackend's forward pass with the weights kept as their GGUF blocks.
 
 Every projection runs on the native kernels (`host_functions.native`), which read ggml's block layouts
-straight from the memory-mapped file and quantize the activations to the type llama.cpp pairs with
-each format, so resident memory is about the file size plus the KV cache, and a decode step reads the
-quantized bytes (~246 MB for the default model) instead of their float32 expansion.
+as they are and quantize the activations to the type llama.cpp pairs with each format, so resident
+memory is about the file size plus the KV cache, and a decode step reads the quantized bytes (~246 MB
+for the default model) instead of their float32 expansion.
+
+The weight bytes are copied once, at load, out of the memory-mapped file into anonymous memory, and
+the file's pages are released as the copy goes (so the peak holds one chunk twice, not the file).
+The copy is what the kernels stream each token: the file's 4 KiB page-cache pages cost a one-token
+matmul about a third of its bandwidth (TLB misses, prefetchers stopping at every page), where NumPy's
+large allocations get transparent huge pages.
 
 Weights that share an input (Q|K|V, gate|up) are one fused kernel call over several weights: the
 activation rows are quantized once per activation type and the threads split the rows of all of
 them, without copying the weights into a concatenated matrix (the default model stores V as Q8_0
 next to Q5_0 Q and K, which a concatenation could not join anyway). The embedding gather decodes only
-the looked-up rows of the quantized table. Norms, RoPE, attention and the KV cache are NumpyBackend's.
+the looked-up rows of the quantized table. Attention runs natively too, with NumpyBackend's
+roundings; norms, RoPE and the KV cache are NumpyBackend's.
 
 LoRA: the unmerged term of each run of rows is one call of native/lora.c per projection; a merged
 copy (lora_merged) is a float weight (merged_weight_type) on the same matmul kernels.
@@ -18,6 +25,7 @@ copy (lora_merged) is a float weight (merged_weight_type) on the same matmul ker
 from __future__ import annotations
 
 import ctypes
+import mmap
 import weakref
 from collections.abc import Callable, Mapping
 from typing import ClassVar
@@ -29,15 +37,36 @@ from ..config import ModelConfig
 from ..gguf_file import RawTensor
 from gguf import GGMLQuantizationType
 
+from ..kv_pool import KVPool
 from ..quants import dequantize, quant_format, row_bytes
 from .numpy_backend import NumpyBackend, round_to_bf16
 from .numpy_lora import FUSED_PARTS, FusedPairs, RowAdapter, fused_pairs
 
+_COPY_CHUNK = 16 << 20  # bytes copied between two releases of the file's pages
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MADV_NOHUGEPAGE = 15  # linux/mman.h (the mmap module lacks it)
 
-def _rows(raw: RawTensor) -> np.ndarray:
-    """A 2-D weight's bytes as (n_rows, row_bytes) uint8, a view of the memory-mapped file."""
+
+def _advise(array: np.ndarray, advice: int) -> None:
+    """madvise() the whole pages inside `array`'s memory; a refusal only costs memory, so it is ignored."""
+    start = array.ctypes.data
+    lo = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    hi = (start + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if hi > lo:
+        _libc.madvise(lo, hi - lo, advice)
+
+
+def _resident_rows(raw: RawTensor) -> np.ndarray:
+    """A 2-D weight's bytes as (n_rows, row_bytes) uint8, copied out of the memory-mapped file, whose
+    pages are dropped from this process as they are copied (the page cache keeps them)."""
     n_rows, n_cols = raw.shape
-    return raw.raw_bytes().reshape(n_rows, row_bytes(raw.qtype, n_cols, raw.name))
+    src = raw.raw_bytes()
+    dst = np.empty(src.shape, np.uint8)
+    for start in range(0, src.size, _COPY_CHUNK):
+        dst[start : start + _COPY_CHUNK] = src[start : start + _COPY_CHUNK]
+        _advise(src[start : start + _COPY_CHUNK], mmap.MADV_DONTNEED)
+    return dst.reshape(n_rows, row_bytes(raw.qtype, n_cols, raw.name))
 
 
 class QuantizedProjection:
@@ -47,15 +76,8 @@ class QuantizedProjection:
     def __init__(self, kernels: native.Kernels, weights: list[tuple[int, np.ndarray]], n_cols: int) -> None:
         self.n_cols = n_cols
         self._kernels = kernels
-        self._weights = weights
+        self._weights = weights  # (GGML type, (n_rows, row_bytes) uint8)
         self.n_out = sum(rows.shape[0] for _, rows in self._weights)
-
-    @classmethod
-    def of_raws(cls, kernels: native.Kernels, raws: list[RawTensor]) -> QuantizedProjection:
-        """The GGUF weights `raws` as they are in the memory-mapped file."""
-        n_cols = {raw.shape[1] for raw in raws}
-        assert len(n_cols) == 1, f"fused weights differ in width: {[raw.shape for raw in raws]}"
-        return cls(kernels, [(int(raw.qtype), _rows(raw)) for raw in raws], n_cols.pop())
 
     @property
     def nbytes(self) -> int:
@@ -69,9 +91,9 @@ class QuantizedProjection:
 class QuantizedEmbedding:
     """Embedding rows decoded from the quantized table, only for the tokens looked up."""
 
-    def __init__(self, raw: RawTensor) -> None:
+    def __init__(self, raw: RawTensor, rows: np.ndarray) -> None:
         self._fmt = quant_format(raw.qtype, raw.name)
-        self._rows = _rows(raw)  # (n_vocab, row_bytes)
+        self._rows = rows  # (n_vocab, row_bytes)
         self.n_embd = raw.shape[1]
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
@@ -128,12 +150,22 @@ class CpuBackend(NumpyBackend):
     def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor],
                  progress: Callable[[float], None] | None = None, threads: int | None = None) -> None:
         self.kernels = native.load(threads)
+        self._resident: dict[str, np.ndarray] = {}  # name -> copied rows, so a tied table is copied once
         super().__init__(config, tensors, progress)
+        self._resident.clear()
+
+    def _weight_rows(self, raw: RawTensor) -> np.ndarray:
+        if raw.name not in self._resident:
+            self._resident[raw.name] = _resident_rows(raw)
+        return self._resident[raw.name]
 
     def _make_projection(self, raws: list[RawTensor]) -> QuantizedProjection:  # type: ignore[override]
+        n_cols = {raw.shape[1] for raw in raws}
+        assert len(n_cols) == 1, f"fused weights differ in width: {[raw.shape for raw in raws]}"
+        weights = [(int(raw.qtype), self._weight_rows(raw)) for raw in raws]
         for _ in raws:
             self._loaded()
-        return QuantizedProjection.of_raws(self.kernels, raws)
+        return QuantizedProjection(self.kernels, weights, n_cols.pop())
 
     # --- unmerged LoRA: lora.c's shrink and expand per run of rows ---
 
@@ -166,4 +198,17 @@ class CpuBackend(NumpyBackend):
     def _make_embedding(self, raw: RawTensor) -> QuantizedEmbedding:  # type: ignore[override]
         if not self.config.tied_output:  # a tied table is counted once, as the output projection
             self._loaded()
-        return QuantizedEmbedding(raw)
+        return QuantizedEmbedding(raw, self._weight_rows(raw))
+
+    def attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
+                  scale: float) -> np.ndarray:
+        """NumpyBackend's attention arithmetic in the native library, the queries over the threads."""
+        return self.kernels.attention(q, keys, values, pos, start, window, scale)
+
+    def _allocate_kv(self, pool: KVPool) -> None:
+        super()._allocate_kv(pool)
+        # NumPy gives large arrays transparent huge pages, and the pool is laid out layer by layer, so
+        # a sequence's first token would make each layer's K and V hold a 2 MiB page: 72 MB for the
+        # default model. Small pages keep the resident cache at about the positions in use.
+        _advise(self.kv_k, _MADV_NOHUGEPAGE)
+        _advise(self.kv_v, _MADV_NOHUGEPAGE)

@@ -209,8 +209,8 @@ class NumpyBackend(Backend):
             end = sp.key_slots.shape[0]
             first = max(0, sp.pos - window + 1) if window else 0
             slots = sp.key_slots[first:end]
-            attn[sp.rows] = attention(q[sp.rows], k_pool[slots], v_pool[slots], sp.pos, first, window,
-                                      cfg.attention_scale)
+            attn[sp.rows] = self.attention(q[sp.rows], k_pool[slots], v_pool[slots], sp.pos, first, window,
+                                           cfg.attention_scale)
         a = project("attn_output", attn.reshape(n, cfg.q_dim))
         if cfg.sandwich_norms:
             a = rms_norm(a, w["post_attention_norm"], cfg.norm_eps)
@@ -225,6 +225,11 @@ class NumpyBackend(Backend):
     def apply_lora(self, y: np.ndarray, x: np.ndarray, layer: int, key: str, runs: list[RowAdapter]) -> np.ndarray:
         """Add the unmerged adapter terms of `runs` to y = projection `key` of `layer` applied to x."""
         return apply_lora(y, x, layer, key, runs, self.config, tiled_matmul)
+
+    def attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
+                  scale: float) -> np.ndarray:
+        """One span's attention (the module's `attention`); a hook the cpu backend fills natively."""
+        return attention(q, keys, values, pos, start, window, scale)
 
     def logits(self, x: np.ndarray, last_only: bool = True) -> np.ndarray:
         if last_only:

@@ -50,11 +50,20 @@ static inline void unpack_k4_scales(const uint8_t *s, kblock *k) {
 
 static inline void unpack_nibbles32(const uint8_t *qs, int8_t *q) {
     /* group g of 32 bytes: low nibbles are weights 64g + l, high nibbles 64g + 32 + l */
+#if defined(__AVX2__)
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int g = 0; g < 4; g++) {
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
+        _mm256_store_si256((__m256i *)(q + 64 * g), _mm256_and_si256(b, low4));
+        _mm256_store_si256((__m256i *)(q + 64 * g + 32), _mm256_and_si256(_mm256_srli_epi16(b, 4), low4));
+    }
+#else
     for (int g = 0; g < 4; g++)
         for (int l = 0; l < 32; l++) {
             q[64 * g + l] = (int8_t)(qs[32 * g + l] & 0x0f);
             q[64 * g + 32 + l] = (int8_t)(qs[32 * g + l] >> 4);
         }
+#endif
 }
 
 static inline void unpack_q4_k(const block_q4_K *b, kblock *k) {
@@ -72,12 +81,30 @@ static inline void unpack_q5_k(const block_q5_K *b, kblock *k) {
 }
 
 static inline void unpack_q6_k(const block_q6_K *b, kblock *k) {
+#if defined(__AVX2__)
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3 << 4), off = _mm256_set1_epi8(32);
+    for (int h = 0; h < 2; h++) {  /* the scalar loop below, 32 weights at a time */
+        const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+        const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+        const __m256i low[4] = {_mm256_and_si256(ql0, low4), _mm256_and_si256(ql1, low4),
+                                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4)};
+        const __m256i high[4] = {_mm256_and_si256(_mm256_slli_epi16(qh, 4), two),
+                                 _mm256_and_si256(_mm256_slli_epi16(qh, 2), two), _mm256_and_si256(qh, two),
+                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), two)};
+        for (int c = 0; c < 4; c++)
+            _mm256_store_si256((__m256i *)(k->q + 128 * h + 32 * c),
+                               _mm256_sub_epi8(_mm256_or_si256(low[c], high[c]), off));
+    }
+#else
     for (int h = 0; h < 2; h++)
         for (int c = 0; c < 4; c++)  /* weights 128h + 32c + l: nibble of ql[64h + 32(c % 2) + l], crumb c of qh */
             for (int l = 0; l < 32; l++) {
                 const int ql = b->ql[64 * h + 32 * (c & 1) + l], low = c < 2 ? ql & 0x0f : ql >> 4;
                 k->q[128 * h + 32 * c + l] = (int8_t)((low | (((b->qh[32 * h + l] >> (2 * c)) & 3) << 4)) - 32);
             }
+#endif
     for (int j = 0; j < 16; j++) k->sc[j] = b->scales[j], k->mn[j] = 0;
     k->d = f16_to_f32(b->d), k->dmin = 0.0f;
 }
@@ -99,6 +126,7 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
         kblock k;                                                                                            \
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
             for (int r = 0; r < nr; r++) {                                                                   \
+                prefetch_next_tile(w + (size_t)r * w_stride, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK)); \
                 UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + ib, &k);                                  \
                 for (int t = 0; t < nt; t++) {                                                               \
                     const block_q8_K *xb = (const block_q8_K *)(x + (size_t)t * x_stride) + ib;              \
@@ -119,9 +147,79 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
     }                                                                                                        \
     DISPATCH_TILE(NAME)
 
-KQUANT_TILE(q2_k, block_q2_K, unpack_q2_k, UNSIGNED_DOT, 1)
-KQUANT_TILE(q3_k, block_q3_K, unpack_q3_k, SIGNED_DOT, 0)
-KQUANT_TILE(q4_k, block_q4_K, unpack_q4_k, UNSIGNED_DOT, 1)
-KQUANT_TILE(q5_k, block_q5_K, unpack_q5_k, UNSIGNED_DOT, 1)
-KQUANT_TILE(q6_k, block_q6_K, unpack_q6_k, SIGNED_DOT, 0)
-KQUANT_TILE(q8_k, block_q8_K, unpack_q8_k, SIGNED_DOT, 0)
+#if defined(REALM_PANELS)
+/* Weight rows against up to MAX_PANELS token panels (realm_native.h): per super-block and 16-weight
+ * sub-block j, the exact sum of (q + Z) * x started at -Z * bsum_j, times the sub-block's scale; the
+ * mins against bsums; then the tile's float steps, one token per lane. */
+#define KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)                                                    \
+    static inline __attribute__((always_inline)) void panel_body_##NAME(                                    \
+        const uint8_t *w, size_t w_stride, const int nr, int64_t n_blocks, const uint8_t *xp,                \
+        size_t panel_stride, int n_panels, float *out) {                                                     \
+        __m512 acc[PANEL_ROWS][MAX_PANELS];                                                                  \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int p = 0; p < n_panels; p++) acc[r][p] = _mm512_setzero_ps();                              \
+        kblock k[PANEL_ROWS];                                                                                \
+        _Alignas(32) uint8_t u[PANEL_ROWS][QK_K];                                                            \
+        for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                UNPACK((const BLOCK *)(w + r * w_stride) + ib, &k[r]);                                       \
+                for (int c = 0; c < QK_K / 32; c++)                                                          \
+                    _mm256_store_si256((__m256i *)(u[r] + 32 * c),                                           \
+                                       _mm256_add_epi8(_mm256_load_si256((const __m256i *)(k[r].q + 32 * c)), \
+                                                       _mm256_set1_epi8((char)(ZERO))));                     \
+            }                                                                                                \
+            for (int p = 0; p < n_panels; p++) {                                                             \
+                const xpanel_q8_k *xb = (const xpanel_q8_k *)(xp + (size_t)p * panel_stride) + ib;           \
+                __m512i sumi[PANEL_ROWS], summs[PANEL_ROWS];                                                 \
+                for (int r = 0; r < nr; r++) sumi[r] = summs[r] = _mm512_setzero_si512();                    \
+                for (int j = 0; j < QK_K / 16; j++) {                                                        \
+                    const __m512i bsum = _mm512_load_si512(xb->bsum[j]);                                     \
+                    const __m512i init = (ZERO) ? _mm512_mullo_epi32(bsum, _mm512_set1_epi32(-(ZERO)))       \
+                                                : _mm512_setzero_si512();                                    \
+                    __m512i acc_j[PANEL_ROWS];                                                               \
+                    for (int r = 0; r < nr; r++) acc_j[r] = init;                                            \
+                    for (int g = 0; g < 4; g++) {                                                            \
+                        const __m512i xg = _mm512_load_si512(xb->qs[4 * j + g]);                             \
+                        for (int r = 0; r < nr; r++)                                                         \
+                            acc_j[r] = _mm512_dpbusd_epi32(acc_j[r],                                         \
+                                                           _mm512_set1_epi32((int)load_u32(u[r] + 16 * j + 4 * g)), xg); \
+                    }                                                                                        \
+                    for (int r = 0; r < nr; r++) {                                                           \
+                        sumi[r] = _mm512_add_epi32(sumi[r], _mm512_mullo_epi32(acc_j[r], _mm512_set1_epi32(k[r].sc[j]))); \
+                        if (HAS_MIN)                                                                         \
+                            summs[r] = _mm512_add_epi32(summs[r], _mm512_mullo_epi32(bsum, _mm512_set1_epi32(k[r].mn[j]))); \
+                    }                                                                                        \
+                }                                                                                            \
+                const __m512 xd = _mm512_load_ps(xb->d);                                                     \
+                for (int r = 0; r < nr; r++) {                                                               \
+                    acc[r][p] = _mm512_add_ps(acc[r][p], _mm512_mul_ps(_mm512_mul_ps(xd, _mm512_set1_ps(k[r].d)), \
+                                                                       _mm512_cvtepi32_ps(sumi[r])));        \
+                    if (HAS_MIN)                                                                             \
+                        acc[r][p] = _mm512_sub_ps(acc[r][p], _mm512_mul_ps(_mm512_mul_ps(xd, _mm512_set1_ps(k[r].dmin)), \
+                                                                           _mm512_cvtepi32_ps(summs[r])));   \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < nr; r++)                                                                         \
+            for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + r * PANEL_OUT + PANEL_TOKENS * p, acc[r][p]); \
+    }                                                                                                        \
+    HIDDEN void panel_##NAME(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,  \
+                             size_t panel_stride, int n_panels, float *out) {                                \
+        if (nr == PANEL_ROWS) panel_body_##NAME(w, w_stride, PANEL_ROWS, n_blocks, xp, panel_stride, n_panels, out); \
+        else panel_body_##NAME(w, w_stride, 1, n_blocks, xp, panel_stride, n_panels, out);                  \
+    }
+#else
+#define KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)
+#endif
+
+/* ZERO: what makes the format's quants unsigned bytes (the panels' vpdpbusd needs them so). */
+#define KQUANT(NAME, BLOCK, UNPACK, DOT, HAS_MIN, ZERO) \
+    KQUANT_TILE(NAME, BLOCK, UNPACK, DOT, HAS_MIN)      \
+    KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)
+
+KQUANT(q2_k, block_q2_K, unpack_q2_k, UNSIGNED_DOT, 1, 0)
+KQUANT(q3_k, block_q3_K, unpack_q3_k, SIGNED_DOT, 0, 4)
+KQUANT(q4_k, block_q4_K, unpack_q4_k, UNSIGNED_DOT, 1, 0)
+KQUANT(q5_k, block_q5_K, unpack_q5_k, UNSIGNED_DOT, 1, 0)
+KQUANT(q6_k, block_q6_K, unpack_q6_k, SIGNED_DOT, 0, 32)
+KQUANT(q8_k, block_q8_K, unpack_q8_k, SIGNED_DOT, 0, 128)

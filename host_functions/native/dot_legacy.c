@@ -2,15 +2,18 @@
  * Q4_0, Q5_0, Q8_0 with Q8_0; Q4_1, Q5_1 with Q8_1, whose s = d * sum(q) carries the min term;
  * Q8_1 weights, which ggml never multiplies, with Q8_1 too).
  *
- * Per block: the integer dot product of the unpacked quants is exact, then scaled by d_w * d_x into
- * 8 float lanes, plus m_w * s_x for the formats with a min, as ggml computes
- * sumf += d_w * d_x * sumi + m_w * s_x. Each weight block is unpacked once per tile and used for
- * every activation row of the tile.
+ * Per block: the integer dot product of the unpacked quants (exact), then, as ggml's reference sums,
+ * sumf += (d_w * d_x) * sumi and sumf += m_w * s_x for the formats with a min. A tile unpacks each
+ * weight block once for its activation rows; from PANEL_MIN_TOKENS rows on, the panels (AVX-512 VNNI)
+ * compute the same per-block steps with one token per lane (realm_native.h).
  */
 #include "lanes.h"
 
+/* The AVX-512 variant unpacks with the vector unpackers below instead. */
+#define UNUSED_ON_AVX512 __attribute__((unused))
+
 /* Each unpacker returns the block's 32 quants (signed, or 0..31 for the min formats) and sets d, m. */
-static inline const int8_t *unpack_q4_0(const block_q4_0 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_AVX512 const int8_t *unpack_q4_0(const block_q4_0 *b, int8_t *q, float *d, float *m) {
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)((b->qs[j] & 0x0f) - 8);
         q[j + 16] = (int8_t)((b->qs[j] >> 4) - 8);
@@ -19,7 +22,7 @@ static inline const int8_t *unpack_q4_0(const block_q4_0 *b, int8_t *q, float *d
     return q;
 }
 
-static inline const int8_t *unpack_q4_1(const block_q4_1 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_AVX512 const int8_t *unpack_q4_1(const block_q4_1 *b, int8_t *q, float *d, float *m) {
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)(b->qs[j] & 0x0f);
         q[j + 16] = (int8_t)(b->qs[j] >> 4);
@@ -28,9 +31,7 @@ static inline const int8_t *unpack_q4_1(const block_q4_1 *b, int8_t *q, float *d
     return q;
 }
 
-static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-
-static inline const int8_t *unpack_q5_0(const block_q5_0 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_AVX512 const int8_t *unpack_q5_0(const block_q5_0 *b, int8_t *q, float *d, float *m) {
     const uint32_t qh = load_u32(b->qh);
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)(((b->qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) - 16);
@@ -40,7 +41,7 @@ static inline const int8_t *unpack_q5_0(const block_q5_0 *b, int8_t *q, float *d
     return q;
 }
 
-static inline const int8_t *unpack_q5_1(const block_q5_1 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_AVX512 const int8_t *unpack_q5_1(const block_q5_1 *b, int8_t *q, float *d, float *m) {
     const uint32_t qh = load_u32(b->qh);
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)((b->qs[j] & 0x0f) | (((qh >> j) & 1) << 4));
@@ -66,40 +67,48 @@ static inline const int8_t *unpack_q8_1(const block_q8_1 *b, int8_t *q, float *d
 #define UNSIGNED_DOT(q, x) udot32((const uint8_t *)(q), (x))
 
 /* The min formats add m_w * s_x (Q8_1's s) per block; the others have no min term. */
-#define ADD_MIN(sum, m, xb) ((sum) += (m) * f16_to_f32((xb)->s))
-#define NO_MIN(sum, m, xb) ((void)(m), (void)(xb))
+#define ADD_MIN(sum, m, s) ((sum) = f32x4_add((sum), f32x4_mul((m), f32x4_set1(s))))
+#define NO_MIN(sum, m, s) ((void)(m))
 
-/* The arithmetic every variant shares: block b's 8 float lanes accumulate into acc[b % 2] (two chains
- * of additions, so consecutive blocks do not wait for each other), and the result is
- * f32x8_sum(acc[0] + acc[1]) + the min terms in block order. AVX-512 runs a block pair per 512-bit op:
- * even block in the low half, odd block in the high half, which is the same thing. */
-
-#define STEP(ACC, IB, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                                                                     \
-    for (int r = 0; r < nr; r++) {                                                                           \
-        _Alignas(32) int8_t buf[QK];                                                                         \
-        float d, m;                                                                                          \
-        const int8_t *q = UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + (IB), buf, &d, &m);             \
+/* The arithmetic every variant and both paths share, per output and block in order (ggml's reference
+ * sum): sumi = the block's exact integer dot product, sum += (d_w * d_x) * sumi, then sum += m_w * s_x
+ * for the min formats. The tile keeps its four rows in the lanes of one float vector per token. */
+#define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, S_OF)                                       \
+    static inline __attribute__((always_inline)) void body_##NAME(                                          \
+        const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
+        int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
+        f32x4 sum[TILE_TOKENS];                                                                              \
+        for (int t = 0; t < nt; t++) sum[t] = f32x4_zero();                                                  \
+        for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
+            _Alignas(32) int8_t buf[TILE_ROWS][QK];                                                          \
+            const int8_t *q[TILE_ROWS];                                                                      \
+            _Alignas(16) float d[TILE_ROWS] = {0}, m[TILE_ROWS] = {0};                                       \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                const uint8_t *row = w + (size_t)r * w_stride;                                               \
+                prefetch_next_tile(row, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK));           \
+                q[r] = UNPACK((const BLOCK *)row + ib, buf[r], &d[r], &m[r]);                                \
+            }                                                                                                \
+            const f32x4 dw = f32x4_load(d), mw = f32x4_load(m);                                              \
+            for (int t = 0; t < nt; t++) {                                                                   \
+                const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                          \
+                i32x8 lanes[TILE_ROWS] = {i32x8_zero(), i32x8_zero(), i32x8_zero(), i32x8_zero()};           \
+                for (int r = 0; r < nr; r++) lanes[r] = DOT(q[r], xb->qs);                                   \
+                sum[t] = f32x4_add(sum[t], f32x4_mul(f32x4_mul(dw, f32x4_set1(f16_to_f32(xb->d))),           \
+                                                     i32x8_sum4_f(lanes)));                                  \
+                MIN_TERM(sum[t], mw, S_OF(xb));                                                              \
+            }                                                                                                \
+        }                                                                                                    \
         for (int t = 0; t < nt; t++) {                                                                       \
-            const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + (IB);                            \
-            acc[r][t][ACC] = f32x8_mul_add(acc[r][t][ACC], DOT(q, xb->qs), d * f16_to_f32(xb->d));          \
-            MIN_TERM(mins[r][t], m, xb);                                                                     \
+            _Alignas(16) float out[TILE_ROWS];                                                               \
+            f32x4_store(out, sum[t]);                                                                        \
+            for (int r = 0; r < nr; r++) y[t * y_stride + r] = out[r];                                       \
         }                                                                                                    \
     }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define S_Q8_1(xb) f16_to_f32((xb)->s)
+#define S_NONE(xb) 0.0f
 
-/* Signed weights: vpdpbusd multiplies unsigned by signed bytes, so the weights are flipped to w + 128
- * (xor 0x80) and the accumulator starts at -128 * (sum of each lane's 4 activations): exact. */
-#define PAIR_PREP_SIGNED(xv) _mm512_sub_epi32(_mm512_setzero_si512(),                                      \
-                                              _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), xv))
-#define PAIR_PREP_UNSIGNED(xv) _mm512_setzero_si512()
-#define PAIR_W_SIGNED(wv) _mm512_xor_si512(wv, _mm512_set1_epi8(-128))
-#define PAIR_W_UNSIGNED(wv) (wv)
-
-static inline __m512i load_pair(const int8_t *a, const int8_t *b) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
-                              _mm256_loadu_si256((const __m256i *)b), 1);
-}
+#if defined(REALM_PANELS)
 
 /* Vector unpackers: the same 32 quants as the scalar ones above, in one register. */
 static inline __m256i nibbles_v(const uint8_t *qs) {
@@ -134,91 +143,88 @@ static inline __m256i vunpack_q8_1(const block_q8_1 *b, float *d, float *m) {
     return _mm256_loadu_si256((const __m256i *)b->qs);
 }
 
-#define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
-    static inline __attribute__((always_inline)) void body_##NAME(                                          \
-        const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
-        int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
-        const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);           \
-        __m512 acc[TILE_ROWS][TILE_TOKENS];                                                                  \
-        float mins[TILE_ROWS][TILE_TOKENS];                                                                  \
+/* The tiles' unpackers on this variant: the vector ones, stored where the scalar ones would write. */
+#define FAST_UNPACK(NAME)                                                                                    \
+    static inline const int8_t *fast_unpack_##NAME(const block_##NAME *b, int8_t *q, float *d, float *m) {  \
+        _mm256_store_si256((__m256i *)q, vunpack_##NAME(b, d, m));                                           \
+        return q;                                                                                            \
+    }
+FAST_UNPACK(q4_0)
+FAST_UNPACK(q4_1)
+FAST_UNPACK(q5_0)
+FAST_UNPACK(q5_1)
+#define fast_unpack_q8_0 unpack_q8_0  /* the quants as they are: nothing to unpack */
+#define fast_unpack_q8_1 unpack_q8_1
+#define TILE_UNPACK(UNPACK) fast_##UNPACK
+
+/* Weight rows against up to MAX_PANELS token panels: per block, each row's quants plus the zero point
+ * Z as unsigned bytes, each 4-byte group broadcast against 16 tokens' bytes; the accumulators start at
+ * -Z times each token's block sum, so they end at the exact signed dot products. */
+#define LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, MIN_TERM)                                                   \
+    static inline __attribute__((always_inline)) void panel_body_##NAME(                                    \
+        const uint8_t *w, size_t w_stride, const int nr, int64_t n_blocks, const uint8_t *xp,                \
+        size_t panel_stride, int n_panels, float *out) {                                                     \
+        __m512 acc[PANEL_ROWS][MAX_PANELS];                                                                  \
         for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps(), mins[r][t] = 0.0f;                 \
-        int64_t ib = 0;                                                                                      \
-        for (; ib + 1 < n_blocks; ib += 2) {                                                                 \
-            __m512i xv[TILE_TOKENS], init[TILE_TOKENS];                                                      \
-            __m128 dx[TILE_TOKENS];                                                                          \
-            for (int t = 0; t < nt; t++) {                                                                   \
-                const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                          \
-                xv[t] = load_pair(xb[0].qs, xb[1].qs);                                                       \
-                init[t] = PAIR_PREP_##KIND(xv[t]);                                                           \
-                dx[t] = _mm_setr_ps(f16_to_f32(xb[0].d), f16_to_f32(xb[1].d), 0.0f, 0.0f);                   \
-            }                                                                                                \
-            for (int r = 0; r < nr; r++) {                                                                   \
-                float d0, m0, d1, m1;                                                                        \
-                const BLOCK *b = (const BLOCK *)(w + (size_t)r * w_stride) + ib;                             \
-                const __m256i q0 = v##UNPACK(b, &d0, &m0), q1 = v##UNPACK(b + 1, &d1, &m1);                  \
-                const __m512i wv = PAIR_W_##KIND(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1));    \
-                const __m128 dw = _mm_setr_ps(d0, d1, 0.0f, 0.0f);                                           \
-                for (int t = 0; t < nt; t++) {                                                               \
-                    const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                      \
-                    const __m512 scale = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_mul_ps(dw, dx[t]))); \
-                    const __m512 lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init[t], wv, xv[t]));        \
-                    acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_mul_ps(lanes, scale));                       \
-                    MIN_TERM(mins[r][t], m0, xb);                                                            \
-                    MIN_TERM(mins[r][t], m1, xb + 1);                                                        \
+            for (int p = 0; p < n_panels; p++) acc[r][p] = _mm512_setzero_ps();                              \
+        for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
+            float d[PANEL_ROWS], m[PANEL_ROWS];                                                              \
+            _Alignas(32) uint8_t u[PANEL_ROWS][QK];                                                          \
+            for (int r = 0; r < nr; r++)                                                                     \
+                _mm256_store_si256((__m256i *)u[r], _mm256_add_epi8(v##UNPACK((const BLOCK *)(w + r * w_stride) + ib, \
+                                                                              &d[r], &m[r]),                  \
+                                                                    _mm256_set1_epi8((char)(ZERO))));         \
+            for (int p = 0; p < n_panels; p++) {                                                             \
+                const xpanel_q8 *xb = (const xpanel_q8 *)(xp + (size_t)p * panel_stride) + ib;               \
+                const __m512i init = (ZERO) ? _mm512_mullo_epi32(_mm512_load_si512(xb->sum), _mm512_set1_epi32(-(ZERO))) \
+                                            : _mm512_setzero_si512();                                        \
+                __m512i s[PANEL_ROWS];                                                                       \
+                for (int r = 0; r < nr; r++) s[r] = init;                                                    \
+                for (int g = 0; g < QK / 4; g++) {                                                           \
+                    const __m512i xg = _mm512_load_si512(xb->qs[g]);                                         \
+                    for (int r = 0; r < nr; r++)                                                             \
+                        s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32((int)load_u32(u[r] + 4 * g)), xg); \
+                }                                                                                            \
+                const __m512 xd = _mm512_load_ps(xb->d);                                                     \
+                for (int r = 0; r < nr; r++) {                                                               \
+                    acc[r][p] = _mm512_add_ps(acc[r][p], _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(d[r]), xd), \
+                                                                       _mm512_cvtepi32_ps(s[r])));           \
+                    MIN_TERM(acc[r][p], _mm512_set1_ps(m[r]), xb);                                           \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
-        for (; ib < n_blocks; ib++) /* a last, even block: low half only */                                  \
-            for (int r = 0; r < nr; r++) {                                                                   \
-                _Alignas(32) int8_t buf[QK];                                                                 \
-                float d, m;                                                                                  \
-                const int8_t *q = UNPACK((const BLOCK *)(w + (size_t)r * w_stride) + ib, buf, &d, &m);       \
-                for (int t = 0; t < nt; t++) {                                                               \
-                    const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                      \
-                    const __m512 prod = _mm512_castps256_ps512(                                              \
-                        _mm256_mul_ps(_mm256_cvtepi32_ps(DOT(q, xb->qs)), _mm256_set1_ps(d * f16_to_f32(xb->d)))); \
-                    acc[r][t] = _mm512_mask_add_ps(acc[r][t], 0x00ff, acc[r][t], prod);                      \
-                    MIN_TERM(mins[r][t], m, xb);                                                             \
-                }                                                                                            \
-            }                                                                                                \
         for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++)                                                                     \
-                y[t * y_stride + r] = f32x8_sum(_mm256_add_ps(_mm512_castps512_ps256(acc[r][t]),             \
-                                                              _mm512_extractf32x8_ps(acc[r][t], 1))) + mins[r][t]; \
+            for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + r * PANEL_OUT + PANEL_TOKENS * p, acc[r][p]); \
+    }                                                                                                        \
+    HIDDEN void panel_##NAME(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,  \
+                             size_t panel_stride, int n_panels, float *out) {                                \
+        if (nr == PANEL_ROWS) panel_body_##NAME(w, w_stride, PANEL_ROWS, n_blocks, xp, panel_stride, n_panels, out); \
+        else panel_body_##NAME(w, w_stride, 1, n_blocks, xp, panel_stride, n_panels, out);                  \
     }
+#define PANEL_ADD_MIN(acc, mw, xb) ((acc) = _mm512_add_ps((acc), _mm512_mul_ps((mw), _mm512_load_ps((xb)->s))))
+#define PANEL_NO_MIN(acc, mw, xb) ((void)(mw))
 
 #else
-
-#define LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
-    static inline __attribute__((always_inline)) void body_##NAME(                                          \
-        const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
-        int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
-        f32x8 acc[TILE_ROWS][TILE_TOKENS][2];                                                                \
-        float mins[TILE_ROWS][TILE_TOKENS];                                                                  \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++) acc[r][t][0] = acc[r][t][1] = f32x8_zero(), mins[r][t] = 0.0f;      \
-        int64_t ib = 0;                                                                                      \
-        for (; ib + 1 < n_blocks; ib += 2) {                                                                 \
-            STEP(0, ib, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                               \
-            STEP(1, ib + 1, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                           \
-        }                                                                                                    \
-        if (ib < n_blocks) STEP(0, ib, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM)                                \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int t = 0; t < nt; t++) y[t * y_stride + r] = f32x8_sum(f32x8_add(acc[r][t][0], acc[r][t][1])) + mins[r][t]; \
-    }
-
+#define LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, MIN_TERM)
+#define TILE_UNPACK(UNPACK) UNPACK
 #endif
 
-/* One tile function per format: UNPACK decodes a weight block, XBLOCK is the activation block type,
- * DOT the signed or unsigned lane product (KIND names which), MIN_TERM ADD_MIN or NO_MIN. */
-#define LEGACY_TILE(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                       \
-    LEGACY_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, MIN_TERM, KIND)                                           \
-    DISPATCH_TILE(NAME)
+/* One tile and one panel function per format: UNPACK decodes a weight block, XBLOCK is the activation
+ * block type, DOT the signed or unsigned lane product, ZERO the zero point that makes the quants
+ * unsigned bytes, MIN says whether the format adds m_w * s_x. */
+#define LEGACY_TILE(NAME, BLOCK, XBLOCK, UNPACK, DOT, ZERO, MIN)                                            \
+    LEGACY_BODY(NAME, BLOCK, XBLOCK, TILE_UNPACK(UNPACK), DOT, MIN##_TERM, S_##MIN)                         \
+    DISPATCH_TILE(NAME)                                                                                      \
+    LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, PANEL_##MIN)
 
-LEGACY_TILE(q4_0, block_q4_0, block_q8_0, unpack_q4_0, SIGNED_DOT, NO_MIN, SIGNED)
-LEGACY_TILE(q4_1, block_q4_1, block_q8_1, unpack_q4_1, UNSIGNED_DOT, ADD_MIN, UNSIGNED)
-LEGACY_TILE(q5_0, block_q5_0, block_q8_0, unpack_q5_0, SIGNED_DOT, NO_MIN, SIGNED)
-LEGACY_TILE(q5_1, block_q5_1, block_q8_1, unpack_q5_1, UNSIGNED_DOT, ADD_MIN, UNSIGNED)
-LEGACY_TILE(q8_0, block_q8_0, block_q8_0, unpack_q8_0, SIGNED_DOT, NO_MIN, SIGNED)
-LEGACY_TILE(q8_1, block_q8_1, block_q8_1, unpack_q8_1, SIGNED_DOT, NO_MIN, SIGNED)
+#define ADD_MIN_TERM ADD_MIN
+#define NO_MIN_TERM NO_MIN
+#define S_ADD_MIN S_Q8_1
+#define S_NO_MIN S_NONE
+
+LEGACY_TILE(q4_0, block_q4_0, block_q8_0, unpack_q4_0, SIGNED_DOT, 8, NO_MIN)
+LEGACY_TILE(q4_1, block_q4_1, block_q8_1, unpack_q4_1, UNSIGNED_DOT, 0, ADD_MIN)
+LEGACY_TILE(q5_0, block_q5_0, block_q8_0, unpack_q5_0, SIGNED_DOT, 16, NO_MIN)
+LEGACY_TILE(q5_1, block_q5_1, block_q8_1, unpack_q5_1, UNSIGNED_DOT, 0, ADD_MIN)
+LEGACY_TILE(q8_0, block_q8_0, block_q8_0, unpack_q8_0, SIGNED_DOT, 128, NO_MIN)
+LEGACY_TILE(q8_1, block_q8_1, block_q8_1, unpack_q8_1, SIGNED_DOT, 128, NO_MIN)

@@ -59,6 +59,19 @@ static inline int i32x8_sum(i32x8 a) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
     return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
 }
+/* Four rows' block sums as the float lanes of one vector: lane i = (float)(sum of v[i]'s lanes), by a
+ * horizontal-add tree (the integer sums are exact in any order). */
+typedef __m128 f32x4;
+static inline f32x4 i32x8_sum4_f(const i32x8 v[4]) {
+    const __m256i all = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    return _mm_cvtepi32_ps(_mm_add_epi32(_mm256_castsi256_si128(all), _mm256_extracti128_si256(all, 1)));
+}
+static inline f32x4 f32x4_zero(void) { return _mm_setzero_ps(); }
+static inline f32x4 f32x4_load(const float *p) { return _mm_loadu_ps(p); }
+static inline f32x4 f32x4_set1(float v) { return _mm_set1_ps(v); }
+static inline f32x4 f32x4_add(f32x4 a, f32x4 b) { return _mm_add_ps(a, b); }
+static inline f32x4 f32x4_mul(f32x4 a, f32x4 b) { return _mm_mul_ps(a, b); }
+static inline void f32x4_store(float *p, f32x4 a) { _mm_storeu_ps(p, a); }
 static inline f32x8 f32x8_zero(void) { return _mm256_setzero_ps(); }
 static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { return _mm256_add_ps(a, b); }
 /* acc + float(lanes) * s, as a multiply then an add (no fused rounding) */
@@ -101,6 +114,18 @@ static inline i32x8 udot32_scaled(const uint8_t *w, const int8_t *x, int s0, int
     return i32x8_scale2(udot32(w, x), s0, s1);
 }
 static inline int i32x8_sum(i32x8 a) { int s = 0; for (int i = 0; i < 8; i++) s += a.v[i]; return s; }
+typedef struct { float v[4]; } f32x4;
+static inline f32x4 i32x8_sum4_f(const i32x8 v[4]) {
+    f32x4 r;
+    for (int i = 0; i < 4; i++) r.v[i] = (float)i32x8_sum(v[i]);
+    return r;
+}
+static inline f32x4 f32x4_zero(void) { f32x4 r = {{0}}; return r; }
+static inline f32x4 f32x4_load(const float *p) { f32x4 r; memcpy(r.v, p, sizeof r.v); return r; }
+static inline f32x4 f32x4_set1(float v) { f32x4 r = {{v, v, v, v}}; return r; }
+static inline f32x4 f32x4_add(f32x4 a, f32x4 b) { for (int i = 0; i < 4; i++) a.v[i] += b.v[i]; return a; }
+static inline f32x4 f32x4_mul(f32x4 a, f32x4 b) { for (int i = 0; i < 4; i++) a.v[i] *= b.v[i]; return a; }
+static inline void f32x4_store(float *p, f32x4 a) { memcpy(p, a.v, sizeof a.v); }
 static inline f32x8 f32x8_zero(void) { f32x8 r = {{0}}; return r; }
 static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { for (int i = 0; i < 8; i++) a.v[i] += b.v[i]; return a; }
 static inline f32x8 f32x8_mul_add(f32x8 acc, i32x8 lanes, float s) {

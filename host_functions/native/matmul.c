@@ -4,8 +4,10 @@
  * A call quantizes the activation rows to the weight's paired type once, then splits the weight rows
  * over the pool's threads in whole tiles of TILE_ROWS rows; each thread walks its row tiles and, per
  * row tile, every tile of TILE_TOKENS activation rows, so a weight tile is read from memory once and
- * reused from cache for all activation rows. Outputs never depend on the split or on the number of
- * activation rows (see tile_fn).
+ * reused from cache for all activation rows. From PANEL_MIN_TOKENS rows on, the formats with a panel
+ * kernel regroup the activations into token panels first and run each weight row against all of them
+ * (realm_native.h). Outputs never depend on the split, the path or the number of activation rows
+ * (see tile_fn).
  */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -18,17 +20,25 @@ typedef struct {
     int bytes;      /* bytes per block */
     int act;        /* activation type */
     tile_fn tile;
+    panel_fn panel;  /* NULL: the tiles do every call */
 } format;
 
 static const format FORMATS[] = {
-    {T_F32, 1, 4, ACT_F32, tile_f32},         {T_F16, 1, 2, ACT_F16, tile_f16},
-    {T_BF16, 1, 2, ACT_BF16, tile_bf16},      {T_Q4_0, QK, 18, ACT_Q8_0, tile_q4_0},
-    {T_Q4_1, QK, 20, ACT_Q8_1, tile_q4_1},    {T_Q5_0, QK, 22, ACT_Q8_0, tile_q5_0},
-    {T_Q5_1, QK, 24, ACT_Q8_1, tile_q5_1},    {T_Q8_0, QK, 34, ACT_Q8_0, tile_q8_0},
-    {T_Q8_1, QK, 36, ACT_Q8_1, tile_q8_1},    {T_Q2_K, QK_K, 84, ACT_Q8_K, tile_q2_k},
-    {T_Q3_K, QK_K, 110, ACT_Q8_K, tile_q3_k}, {T_Q4_K, QK_K, 144, ACT_Q8_K, tile_q4_k},
-    {T_Q5_K, QK_K, 176, ACT_Q8_K, tile_q5_k}, {T_Q6_K, QK_K, 210, ACT_Q8_K, tile_q6_k},
-    {T_Q8_K, QK_K, 292, ACT_Q8_K, tile_q8_k},
+    {T_F32, 1, 4, ACT_F32, tile_f32, NULL},
+    {T_F16, 1, 2, ACT_F16, tile_f16, NULL},
+    {T_BF16, 1, 2, ACT_BF16, tile_bf16, NULL},
+    {T_Q4_0, QK, 18, ACT_Q8_0, tile_q4_0, PANEL_FN(q4_0)},
+    {T_Q4_1, QK, 20, ACT_Q8_1, tile_q4_1, PANEL_FN(q4_1)},
+    {T_Q5_0, QK, 22, ACT_Q8_0, tile_q5_0, PANEL_FN(q5_0)},
+    {T_Q5_1, QK, 24, ACT_Q8_1, tile_q5_1, PANEL_FN(q5_1)},
+    {T_Q8_0, QK, 34, ACT_Q8_0, tile_q8_0, PANEL_FN(q8_0)},
+    {T_Q8_1, QK, 36, ACT_Q8_1, tile_q8_1, PANEL_FN(q8_1)},
+    {T_Q2_K, QK_K, 84, ACT_Q8_K, tile_q2_k, PANEL_FN(q2_k)},
+    {T_Q3_K, QK_K, 110, ACT_Q8_K, tile_q3_k, PANEL_FN(q3_k)},
+    {T_Q4_K, QK_K, 144, ACT_Q8_K, tile_q4_k, PANEL_FN(q4_k)},
+    {T_Q5_K, QK_K, 176, ACT_Q8_K, tile_q5_k, PANEL_FN(q5_k)},
+    {T_Q6_K, QK_K, 210, ACT_Q8_K, tile_q6_k, PANEL_FN(q6_k)},
+    {T_Q8_K, QK_K, 292, ACT_Q8_K, tile_q8_k, PANEL_FN(q8_k)},
 };
 
 static const format *find_format(int type) {
@@ -78,12 +88,14 @@ typedef struct {
     int64_t n_rows, n_tiles, column;
     const uint8_t *x;  /* activation rows in this segment's activation type */
     size_t x_stride;
+    const uint8_t *panels;  /* the same as token panels, or NULL: this segment runs on tiles */
+    size_t panel_stride;    /* bytes from one panel to the next */
 } segment_job;
 
 typedef struct {
     segment_job seg[MAX_SEGMENTS];
     int n_seg;
-    int64_t n_tiles, n_cols, n_tok;
+    int64_t n_tiles, n_cols, n_tok, n_panels;
     float *y;
     int64_t y_stride;
     int64_t chunk_tiles;       /* row tiles per claim */
@@ -100,6 +112,24 @@ static void run_tile(const matmul_job *j, const segment_job *s, int64_t tile) {
     }
 }
 
+/* The rows of one tile against every token panel: PANEL_ROWS rows at a time, MAX_PANELS panels per
+ * pass over them. */
+static void run_panels(const matmul_job *j, const segment_job *s, int64_t tile) {
+    _Alignas(64) float out[PANEL_ROWS * PANEL_OUT];
+    const int64_t r0 = tile * TILE_ROWS, r1 = r0 + TILE_ROWS < s->n_rows ? r0 + TILE_ROWS : s->n_rows;
+    for (int64_t r = r0; r < r1; r += PANEL_ROWS) {
+        const int nr = (int)(r1 - r < PANEL_ROWS ? r1 - r : PANEL_ROWS);
+        for (int64_t p0 = 0; p0 < j->n_panels; p0 += MAX_PANELS) {
+            const int np = (int)(j->n_panels - p0 < MAX_PANELS ? j->n_panels - p0 : MAX_PANELS);
+            s->f->panel(s->w + (size_t)r * s->w_stride, s->w_stride, nr, j->n_cols / s->f->block,
+                        s->panels + (size_t)p0 * s->panel_stride, s->panel_stride, np, out);
+            const int64_t t0 = p0 * PANEL_TOKENS, nt = j->n_tok - t0 < np * PANEL_TOKENS ? j->n_tok - t0 : np * PANEL_TOKENS;
+            for (int i = 0; i < nr; i++)
+                for (int64_t t = 0; t < nt; t++) j->y[(t0 + t) * j->y_stride + s->column + r + i] = out[i * PANEL_OUT + t];
+        }
+    }
+}
+
 /* Every thread claims chunks of row tiles (numbered across all segments) until none are left. */
 static void matmul_share(void *arg, int ith, int nth) {
     (void)ith, (void)nth;
@@ -109,7 +139,8 @@ static void matmul_share(void *arg, int ith, int nth) {
         const int64_t last = tile + j->chunk_tiles < j->n_tiles ? tile + j->chunk_tiles : j->n_tiles;
         if (tile >= last) return;
         for (int s = 0; s < j->n_seg && tile < last; base += j->seg[s].n_tiles, s++)
-            for (; tile < last && tile - base < j->seg[s].n_tiles; tile++) run_tile(j, &j->seg[s], tile - base);
+            for (; tile < last && tile - base < j->seg[s].n_tiles; tile++)
+                (j->seg[s].panels ? run_panels : run_tile)(j, &j->seg[s], tile - base);
     }
 }
 
@@ -126,8 +157,9 @@ static int64_t chunk_tiles(const matmul_job *j) {
 EXPORT int realm_matmul(const realm_segment *segs, int n_seg, int64_t n_cols, const float *x, int64_t n_tok,
                         float *y, int64_t y_stride) {
     if (n_seg < 1 || n_seg > MAX_SEGMENTS || n_tok < 0) return E_SHAPE;
-    matmul_job job = {.n_seg = n_seg, .n_cols = n_cols, .n_tok = n_tok, .y = y, .y_stride = y_stride};
-    uint8_t *act[ACT_Q8_K + 1] = {0};
+    matmul_job job = {.n_seg = n_seg, .n_cols = n_cols, .n_tok = n_tok, .y = y, .y_stride = y_stride,
+                      .n_panels = (n_tok + PANEL_TOKENS - 1) / PANEL_TOKENS};
+    uint8_t *act[ACT_Q8_K + 1] = {0}, *panels[ACT_Q8_K + 1] = {0};
     int status = 0;
     int64_t column = 0;
     for (int i = 0; i < n_seg && status == 0; i++) {
@@ -140,16 +172,29 @@ EXPORT int realm_matmul(const realm_segment *segs, int n_seg, int64_t n_cols, co
             if (act[f->act] == NULL) { status = E_MEMORY; break; }
             for (int64_t t = 0; t < n_tok; t++) quantize_row_act(f->act, x + t * n_cols, act[f->act] + t * rb, n_cols);
         }
+        const int64_t panel_stride = panel_block_bytes(f->act) * (n_cols / f->block);
+        const int use_panels = f->panel != NULL && n_tok >= PANEL_MIN_TOKENS && panel_stride > 0;
+        if (use_panels && panels[f->act] == NULL) {
+            panels[f->act] = aligned_alloc(64, (size_t)(panel_stride * job.n_panels));
+            if (panels[f->act] == NULL) { status = E_MEMORY; break; }
+            for (int64_t p = 0; p < job.n_panels; p++) {
+                const int64_t t0 = p * PANEL_TOKENS;
+                build_panel(f->act, act[f->act] + t0 * rb, (size_t)rb,
+                            (int)(n_tok - t0 < PANEL_TOKENS ? n_tok - t0 : PANEL_TOKENS), n_cols / f->block,
+                            panels[f->act] + p * panel_stride);
+            }
+        }
         const int64_t n_tiles = (segs[i].n_rows + TILE_ROWS - 1) / TILE_ROWS;
         job.seg[i] = (segment_job){f, segs[i].w, (size_t)segs[i].w_stride, segs[i].n_rows, n_tiles, column,
-                                   act[f->act], (size_t)rb};
+                                   act[f->act], (size_t)rb, use_panels ? panels[f->act] : NULL,
+                                   (size_t)panel_stride};
         job.n_tiles += n_tiles;
         column += segs[i].n_rows;
     }
     if (status == 0 && y_stride < column) status = E_SHAPE;
     job.chunk_tiles = chunk_tiles(&job);
     if (status == 0 && n_tok > 0 && job.n_tiles > 0) pool_run(matmul_share, &job);
-    for (int a = 0; a <= ACT_Q8_K; a++) free(act[a]);
+    for (int a = 0; a <= ACT_Q8_K; a++) free(act[a]), free(panels[a]);
     return status;
 }
 

@@ -11,6 +11,7 @@
  * (several Python threads) take turns.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -18,6 +19,22 @@
 
 #define MAX_THREADS 256
 #define SPIN_ROUNDS (1 << 14)
+/* Spinning yields the core every YIELD_EVERY rounds: on a machine with more runnable threads than
+ * cores, a spinner would otherwise hold the core that the thread it waits for (a worker still in the
+ * job, or the Python thread preparing the next call) needs. On an idle machine the yield returns at
+ * once. */
+#define YIELD_EVERY 64
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static inline void spin_wait(int spin) {
+    if (spin % YIELD_EVERY == YIELD_EVERY - 1) sched_yield();
+    else cpu_relax();
+}
 
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -32,11 +49,6 @@ static unsigned start_generation;  /* the generation workers are created in (a l
 static pool_fn job_fn;
 static void *job_arg;
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
 
 static void *worker_main(void *arg) {
     const int ith = (int)(intptr_t)arg;
@@ -45,7 +57,7 @@ static void *worker_main(void *arg) {
     unsigned seen = start_generation;
     for (;;) {
         for (int spin = 0; spin < SPIN_ROUNDS && atomic_load_explicit(&generation, memory_order_acquire) == seen; spin++)
-            cpu_relax();
+            spin_wait(spin);
         if (atomic_load_explicit(&generation, memory_order_acquire) == seen) {
             pthread_mutex_lock(&wake_lock);
             while (atomic_load(&generation) == seen) pthread_cond_wait(&wake, &wake_lock);
@@ -103,6 +115,6 @@ HIDDEN void pool_run(pool_fn fn, void *arg) {
     if (nth > 1) bump_generation();
     fn(arg, 0, nth);
     atomic_store(&closed, 1);
-    while (atomic_load(&inside) > 0) cpu_relax();
+    for (int spin = 0; atomic_load(&inside) > 0; spin++) spin_wait(spin);
     pthread_mutex_unlock(&call_lock);
 }

@@ -71,6 +71,8 @@ static inline uint16_t f32_to_f16(float f) {
 }
 #endif
 
+static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
 static inline float bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 static inline uint16_t f32_to_bf16(float f) {
     uint32_t u = f32_bits(f);
@@ -90,6 +92,14 @@ enum { ACT_F32, ACT_F16, ACT_BF16, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 typedef void (*tile_fn)(const uint8_t *w, size_t w_stride, int nr, const uint8_t *x, size_t x_stride, int nt,
                         int64_t n_blocks, float *y, int64_t y_stride);
 
+/* Prefetch a block's bytes in the same rows of the next row tile, which the thread usually runs next
+ * (its chunk is consecutive tiles): the hardware prefetchers alone leave a one-token matmul at about
+ * half the memory bandwidth, most of all on the file's 4 KiB pages. */
+static inline void prefetch_next_tile(const uint8_t *row, size_t w_stride, size_t offset, size_t bytes) {
+    const uint8_t *p = row + TILE_ROWS * w_stride + offset;
+    for (size_t line = 0; line < bytes; line += 64) __builtin_prefetch(p + line);
+}
+
 /* tile_NAME calls body_NAME with nr and nt as constants, so that each of the 16 shapes compiles to its
  * own fully unrolled loop with the accumulators in registers (the arithmetic per output is the same). */
 #define TILE_CASE(NAME, R, T) \
@@ -103,6 +113,64 @@ typedef void (*tile_fn)(const uint8_t *w, size_t w_stride, int nr, const uint8_t
         default: break;                                                                                      \
         }                                                                                                    \
     }
+
+/* ---- token panels: the GEMM path of the integer formats (panel.c) -------------------------------- *
+ *
+ * From PANEL_MIN_TOKENS activation rows on, a call regroups the quantized activations into panels of
+ * PANEL_TOKENS tokens, one vector lane per token: for each 4-byte group of a block, the 16 tokens'
+ * bytes side by side. A weight row's block is then decoded once and each of its 4-byte groups
+ * broadcast against a whole panel (vpdpbusd: 16 tokens x 4 products per instruction), so the decoding
+ * is shared by every token and the block's scale multiplies 16 outputs at once. Weights enter as
+ * unsigned bytes (quant + the format's zero point z, subtracted again as z times the activations'
+ * sum): the integer sums are exact, and the float steps per output are the tile's, in the same order,
+ * so a row's results are the same bits whichever path computed them.
+ */
+#define PANEL_TOKENS 16
+#define PANEL_MIN_TOKENS 8
+#define MAX_PANELS 8  /* panels one kernel call accumulates (128 tokens) */
+
+typedef struct {          /* one 32-weight block of Q8_0 / Q8_1 activations, for 16 tokens */
+    _Alignas(64) float d[PANEL_TOKENS];
+    float s[PANEL_TOKENS];        /* Q8_1's s (zero for Q8_0) */
+    int32_t sum[PANEL_TOKENS];    /* sum of the block's quants */
+    uint8_t qs[QK / 4][PANEL_TOKENS][4];
+} xpanel_q8;
+typedef struct {          /* one 256-weight super-block of Q8_K activations, for 16 tokens */
+    _Alignas(64) float d[PANEL_TOKENS];
+    int32_t bsum[QK_K / 16][PANEL_TOKENS];
+    uint8_t qs[QK_K / 4][PANEL_TOKENS][4];
+} xpanel_q8_k;
+
+#define PANEL_ROWS 2  /* weight rows per kernel call: each activation load serves both */
+
+/* out[r * PANEL_OUT + 16 p + l] = dot(weight row r, token l of panel p) for r < nr <= PANEL_ROWS (rows
+ * w_stride apart) and p < n_panels <= MAX_PANELS; the panels of block ib sit at
+ * xp + p * panel_stride + ib * sizeof(block's xpanel). */
+#define PANEL_OUT (MAX_PANELS * PANEL_TOKENS)
+typedef void (*panel_fn)(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,
+                         size_t panel_stride, int n_panels, float *out);
+
+HIDDEN int64_t panel_block_bytes(int act);  /* 0: no panels for this activation type */
+HIDDEN void build_panel(int act, const uint8_t *rows, size_t row_bytes, int nt, int64_t n_blocks, uint8_t *out);
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define REALM_PANELS 1
+#define PANEL_FN(NAME) panel_##NAME
+HIDDEN void panel_q4_0(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q4_1(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q5_0(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q5_1(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q8_0(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q8_1(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q2_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q3_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q4_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q5_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q6_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+HIDDEN void panel_q8_k(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
+#else
+#define PANEL_FN(NAME) NULL  /* the tiles do every call (the same bits, without the speed) */
+#endif
 
 /* Activation quantizers (quantize.c): one row of k values into the row's activation encoding. */
 HIDDEN void quantize_row_act(int act, const float *x, uint8_t *out, int64_t k);
