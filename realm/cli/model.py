@@ -19,6 +19,9 @@ from realm.cli.console import stdout_console
 from realm.cli.prompt import text_argument
 from realm.cli.options import load_with_progress, model_option, model_options, model_path_with_progress
 from realm.bench import run_bench, run_concurrency_bench
+from realm.bench_speculation import run_speculation_bench
+from realm.cli.run import speculation_request
+from realm.models import draft_opener
 
 console = stdout_console()
 
@@ -143,12 +146,22 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
 @click.option("--concurrency", "levels", metavar="N,N,...", default=None,
               help="Instead: requests at once through the reference guest, e.g. 1,4,16 (aggregate tok/s, "
                    "p50/p95 latency, TTFT, KV peak; level 1 also against direct steps).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency).")
+@click.option("--speculative", metavar="ngram|draft:FILE|self:N", default=None,
+              help="Instead: speculative decoding against plain decoding, alternating, on code, a list, quoting "
+                   "text and text without repetition (acceptance_rate, tokens_per_target_step, decode tok/s, "
+                   "speedup per kind).")
+@click.option("--rounds", default=3, show_default=True, help="With --speculative: runs of each mode; the fastest counts.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency or --speculative).")
 def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_tokens: int, no_guest: bool,
-          levels: str | None, as_json: bool) -> None:
+          levels: str | None, speculative: str | None, rounds: int, as_json: bool) -> None:
     """Measure load time, prefill and decode speed, peak memory and guest overhead."""
     if prompt_tokens < 1 or decode_tokens < 1:
         raise click.BadParameter("token counts must be positive")
+    if levels is not None and speculative is not None:
+        raise click.UsageError("--concurrency and --speculative are separate benchmarks: give one")
+    if speculative is not None:
+        _bench_speculation(model_path, backend, speculative, decode_tokens, rounds, as_json)
+        return
     if levels is not None:
         _bench_concurrency(model_path, backend, _levels(levels), decode_tokens, as_json)
         return
@@ -184,4 +197,22 @@ def _bench_concurrency(model_path: str | None, backend: str, levels: list[int], 
     table = Table(*keys, title="realm bench --concurrency")
     for r in results:
         table.add_row(*(str(r.get(k, "")) for k in keys))
+    console.print(table)
+
+
+def _bench_speculation(model_path: str | None, backend: str, speculative: str, decode_tokens: int, rounds: int,
+                       as_json: bool) -> None:
+    if rounds < 1:
+        raise click.BadParameter(f"must be at least 1, got {rounds}", param_hint="--rounds")
+    draft_files = speculation_request({}, speculative)  # a usage error for a malformed source or missing file
+    model = load_with_progress(model_path, backend)
+    results = [r.as_json() for r in run_speculation_bench(model, speculative, draft_opener(model, backend, draft_files),
+                                                          decode_tokens, rounds)]
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    keys = list(results[0])
+    table = Table(*keys, title=f"realm bench --speculative {speculative} (fastest of {rounds} alternating rounds)")
+    for r in results:
+        table.add_row(*(str(r[k]) for k in keys))
     console.print(table)
