@@ -21,8 +21,8 @@
  * "self:N" with this model's first N layers. The drafts are verified in one target step
  * (spec_verify) and the rejected tail is truncated; the number drafted adapts to how many get
  * accepted (4 at first, +2 after a full acceptance, up to 16; accepted + 1 after a rejection). A
- * step where prompt lookup finds nothing is a plain step, with a plain step's host calls. A draft
- * model that does not pay for itself (judge_draft_model) is paused: plain decoding for a while.
+ * step where prompt lookup finds nothing is a plain step, with a plain step's host calls. Drafts
+ * that do not pay for themselves (judge_drafts) pause speculation: plain decoding for a while.
  *
  * Per token the guest makes n_layers + 6 host calls: sample, token_is_eog, text_push,
  * seq_append, forward_layer for every layer, seq_finish, and emit. The 262144 logits of a large
@@ -117,8 +117,8 @@ static int32_t read_stops(json_slice request, stopper *s) {
 #define NGRAM_MIN 2
 #define DRAFT_START 4  /* drafts per step at first; grows on full acceptance, shrinks on rejection */
 #define DRAFT_MAX 16   /* the host keeps at most 17 rows of logits: the token and 16 drafts */
-#define JUDGE_DRAFTS 8 /* a draft model is judged on windows of at least this many drafted tokens */
-#define PAUSE_START 16 /* plain tokens after a window where the draft model did not pay; doubles up to PAUSE_MAX */
+#define JUDGE_DRAFTS 16 /* drafting is judged on windows of at least this many drafted tokens */
+#define PAUSE_START 16  /* plain tokens after a window that did not pay; doubles up to PAUSE_MAX */
 #define PAUSE_MAX 256
 
 typedef struct {
@@ -131,7 +131,7 @@ typedef struct {
     int32_t n_history;
     int32_t speculate;     /* 0: plain decoding; 1: prompt lookup; 2: a draft sequence */
     int32_t draft_seq, draft_sampler, draft_layers, draft_len, n_draft;
-    int32_t judged_drafted, judged_accepted; /* the draft model's current window */
+    int32_t judged_drafted, judged_accepted; /* the current window of drafts (judge_drafts) */
     int32_t pause, paused;  /* the next pause's length; plain tokens left in this one */
     int32_t top_logprobs;  /* -1: the client wants no logprobs */
     char *text;
@@ -220,18 +220,20 @@ static int32_t model_draft(generation *g, int32_t *out, int32_t k) {
     return k;
 }
 
-/* A draft model pays when the tokens it gets accepted outweigh what drafting costs: each drafted
- * token runs the draft's layers (at least draft_layers / n_layers of a target step, more with its
- * output head) and adds a row to the verification step (about a quarter of a decode step on the cpu
- * backend). When a window does not pay, decode plainly for a while (longer each time in a row), so
- * a poor draft costs a bounded share of the tokens. Prompt lookup needs no judge: it drafts only
- * what it finds, and its draft length already falls to 1 after a rejection. */
-static void judge_draft_model(generation *g, int32_t drafted, int32_t accepted) {
+/* Drafting pays when the tokens accepted outweigh what it costs: each drafted token adds a row to the
+ * verification step (about a quarter of a decode step on the cpu backend, whose kernels are compute
+ * bound at a few rows; 0.3 here, with a margin) and, for a draft model, runs its layers (at least
+ * draft_layers / n_layers of a target step, more with its output head). Judged on windows of
+ * JUDGE_DRAFTS drafted tokens; when a window does not pay, decode plainly for a while (longer each
+ * time in a row), so poor drafts cost a bounded share of the tokens: a list whose items never
+ * repeat, or a draft model about as costly as the target. */
+static void judge_drafts(generation *g, int32_t drafted, int32_t accepted) {
     g->judged_drafted += drafted;
     g->judged_accepted += accepted;
     if (g->judged_drafted < JUDGE_DRAFTS) return;
-    int64_t cost = (int64_t)g->judged_drafted * (4 * g->draft_layers + g->n_layers); /* x 4 n_layers */
-    if ((int64_t)4 * g->n_layers * g->judged_accepted < cost) {
+    int32_t draft_layers = g->speculate == 2 ? g->draft_layers : 0;
+    int64_t cost = (int64_t)g->judged_drafted * (10 * draft_layers + 3 * g->n_layers); /* x 10 n_layers */
+    if ((int64_t)10 * g->n_layers * g->judged_accepted < cost) {
         g->paused = g->pause;
         g->pause = g->pause < PAUSE_MAX / 2 ? 2 * g->pause : PAUSE_MAX;
     } else {
@@ -268,8 +270,8 @@ static int32_t speculative_step(generation *g, int32_t token, int32_t *next) {
         int32_t keep = g->n_history + (accepted < n - 1 ? accepted : n - 1);
         if ((rc = realm_seq_truncate(g->draft_seq, keep)) < 0) return rc;
         g->draft_len = keep;
-        judge_draft_model(g, n, accepted);
     }
+    judge_drafts(g, n, accepted);
     g->n_draft = accepted == n ? (n + 2 < DRAFT_MAX ? n + 2 : DRAFT_MAX) : accepted + 1;
     for (int32_t i = 0; i < accepted; i++)
         if ((rc = take(g, drafts[i], 1)) <= 0) return rc;
