@@ -117,7 +117,8 @@ static int32_t read_stops(json_slice request, stopper *s) {
 #define NGRAM_MIN 2
 #define DRAFT_START 4  /* drafts per step at first; grows on full acceptance, shrinks on rejection */
 #define DRAFT_MAX 16   /* the host keeps at most 17 rows of logits: the token and 16 drafts */
-#define JUDGE_DRAFTS 16 /* drafting is judged on windows of at least this many drafted tokens */
+#define JUDGE_NGRAM 16 /* drafting is judged on windows of at least this many drafted tokens, */
+#define JUDGE_MODEL 4  /* fewer for a draft model, which must be accepted far more often to pay */
 #define PAUSE_START 16  /* plain tokens after a window that did not pay; doubles up to PAUSE_MAX */
 #define PAUSE_MAX 256
 
@@ -224,14 +225,14 @@ static int32_t model_draft(generation *g, int32_t *out, int32_t k) {
  * verification step (about a quarter of a decode step on the cpu backend, whose kernels are compute
  * bound at a few rows; 0.3 here, with a margin) and, for a draft model, runs its layers (at least
  * draft_layers / n_layers of a target step, more with its output head). Judged on windows of
- * JUDGE_DRAFTS drafted tokens; when a window does not pay, decode plainly for a while (longer each
- * time in a row), so poor drafts cost a bounded share of the tokens: a list whose items never
- * repeat, or a draft model about as costly as the target. */
+ * JUDGE_NGRAM (prompt lookup) or JUDGE_MODEL drafted tokens; when a window does not pay, decode
+ * plainly for a while (longer each time in a row), so poor drafts cost a bounded share of the
+ * tokens: a list whose items never repeat, or a draft model about as costly as the target. */
 static void judge_drafts(generation *g, int32_t drafted, int32_t accepted) {
     g->judged_drafted += drafted;
     g->judged_accepted += accepted;
-    if (g->judged_drafted < JUDGE_DRAFTS) return;
     int32_t draft_layers = g->speculate == 2 ? g->draft_layers : 0;
+    if (g->judged_drafted < (g->speculate == 2 ? JUDGE_MODEL : JUDGE_NGRAM)) return;
     int64_t cost = (int64_t)g->judged_drafted * (10 * draft_layers + 3 * g->n_layers); /* x 10 n_layers */
     if ((int64_t)10 * g->n_layers * g->judged_accepted < cost) {
         g->paused = g->pause;
