@@ -237,6 +237,9 @@ static void judge_drafts(generation *g, int32_t drafted, int32_t accepted) {
     if ((int64_t)10 * g->n_layers * g->judged_accepted < cost) {
         g->paused = g->pause;
         g->pause = g->pause < PAUSE_MAX / 2 ? 2 * g->pause : PAUSE_MAX;
+        /* A draft as deep as the target cannot pay even when every draft is accepted, and catching
+         * it up after each pause costs a prefill: decode plainly from here on. */
+        if (10 * draft_layers + 3 * g->n_layers >= 10 * g->n_layers) g->speculate = 0;
     } else {
         g->pause = PAUSE_START;
     }

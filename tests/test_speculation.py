@@ -63,8 +63,7 @@ def test_prompt_lookup_verifies_several_tokens_per_target_step_on_repetitive_tex
 
 def test_a_draft_model_that_cannot_pay_for_itself_is_paused_and_the_text_stays_exact(model, guest):
     # The target's own file as its draft: every draft is accepted, but a drafted token costs a whole
-    # target step of draft layers, so after each window of 4 or more drafts the guest decodes plainly
-    # for 16, then 32, then 64 tokens.
+    # target step of draft layers, so after its first window of drafts the guest decodes plainly.
     opener = draft_opener(model, "numpy", [TARGET])
     request = {"prompt": PROMPTS[1], "temperature": 0, "max_tokens": 120}
     plain = TenantSandbox(model).run(guest, request)
@@ -73,7 +72,7 @@ def test_a_draft_model_that_cannot_pay_for_itself_is_paused_and_the_text_stays_e
     steps = fast.steps
     assert steps.drafted > 0 and steps.accepted == steps.drafted, steps
     plain_steps = steps.target_steps - 1 - steps.verified_steps
-    assert plain_steps >= 16 + 32, steps
+    assert steps.drafted <= 8 and plain_steps >= 100, steps
 
 
 # --- the ABI's checks ------------------------------------------------------------------------------
