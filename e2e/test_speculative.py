@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from cli_helpers import one_error_line
 from oracle import DATA
 from realm.models import default_model_path, draft_opener, load_model
 from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
@@ -74,6 +75,27 @@ def test_a_draft_file_or_source_the_user_did_not_name_is_one_error_line(realm):
     assert "ngram" in done.stderr
     missing = realm("run", "hi", "--max-tokens", "4", "--backend", "numpy", "--speculative", "draft:/no/such.gguf")
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+
+
+def test_realm_bench_speculative_reports_each_kind_of_text_against_plain_decoding(realm):
+    done = realm("bench", "--model", str(DATA / "tiny-llama-F32.gguf"), "--backend", "numpy", "--speculative", "ngram",
+                 "--decode-tokens", "6", "--rounds", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert [r["kind"] for r in results] == ["code", "list", "quote", "no_repetition"]
+    for r in results:
+        assert r["source"] == "ngram" and 0 <= r["acceptance_rate"] <= 1 and r["tokens_per_target_step"] >= 1
+        assert r["decode_tok_s"] > 0 and r["plain_decode_tok_s"] > 0 and r["speedup"] > 0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--speculative", "sometimes"], "expected ngram, draft:FILE or self:N"),
+    (["--speculative", "draft:/no/such.gguf"], "no such draft model file"),
+    (["--speculative", "ngram", "--rounds", "0"], "must be at least 1"),
+    (["--speculative", "ngram", "--concurrency", "1,2"], "separate benchmarks"),
+])
+def test_realm_bench_speculative_refuses_bad_options_in_one_line(realm, args, fragment):
+    one_error_line(realm("bench", "--model", str(DATA / "tiny-llama-F32.gguf"), *args), 2, fragment)
 
 
 # --- distribution: a tiny model, many seeded draws --------------------------------------------

@@ -16,10 +16,13 @@
  * "lora" (optional) names one of the tenant's LoRA adapters by alias; it applies at its bound scale.
  *
  * "speculative" (optional) speeds decoding without changing what is generated: "ngram" drafts the
- * tokens that followed the latest earlier occurrence of the text's last few tokens (prompt lookup,
- * no model); "draft:PATH" drafts with a draft model the operator allowed; "self:N" with this
- * model's first N layers. The drafts are verified in one target step (spec_verify) and the
- * rejected tail is truncated; the number drafted adapts to how many get accepted.
+ * tokens that followed the latest earlier occurrence of the text's longest repeated suffix (2..8
+ * tokens; prompt lookup, no model); "draft:PATH" drafts with a draft model the operator allowed;
+ * "self:N" with this model's first N layers. The drafts are verified in one target step
+ * (spec_verify) and the rejected tail is truncated; the number drafted adapts to how many get
+ * accepted (4 at first, +2 after a full acceptance, up to 16; accepted + 1 after a rejection). A
+ * step where prompt lookup finds nothing is a plain step, with a plain step's host calls. Drafts
+ * that do not pay for themselves (judge_drafts) pause speculation: plain decoding for a while.
  *
  * Per token the guest makes n_layers + 6 host calls: sample, token_is_eog, text_push,
  * seq_append, forward_layer for every layer, seq_finish, and emit. The 262144 logits of a large
@@ -110,10 +113,14 @@ static int32_t read_stops(json_slice request, stopper *s) {
 
 /* ---- generation ---- */
 
-#define NGRAM_MAX 4    /* prompt lookup matches the last 4..NGRAM_MIN tokens */
+#define NGRAM_MAX 8    /* prompt lookup matches the longest suffix of 8..NGRAM_MIN tokens seen before */
 #define NGRAM_MIN 2
 #define DRAFT_START 4  /* drafts per step at first; grows on full acceptance, shrinks on rejection */
 #define DRAFT_MAX 16   /* the host keeps at most 17 rows of logits: the token and 16 drafts */
+#define JUDGE_NGRAM 16 /* drafting is judged on windows of at least this many drafted tokens, */
+#define JUDGE_MODEL 4  /* fewer for a draft model, which must be accepted far more often to pay */
+#define PAUSE_START 16  /* plain tokens after a window that did not pay; doubles up to PAUSE_MAX */
+#define PAUSE_MAX 256
 
 typedef struct {
     int32_t seq, sampler, n_layers, capacity;
@@ -125,6 +132,8 @@ typedef struct {
     int32_t n_history;
     int32_t speculate;     /* 0: plain decoding; 1: prompt lookup; 2: a draft sequence */
     int32_t draft_seq, draft_sampler, draft_layers, draft_len, n_draft;
+    int32_t judged_drafted, judged_accepted; /* the current window of drafts (judge_drafts) */
+    int32_t pause, paused;  /* the next pause's length; plain tokens left in this one */
     int32_t top_logprobs;  /* -1: the client wants no logprobs */
     char *text;
     stopper stops;
@@ -172,25 +181,24 @@ static int32_t take(generation *g, int32_t token, int cached) {
     return 1;
 }
 
-/* Prompt lookup: the tokens after the latest earlier occurrence of the history's last n tokens. */
+/* Prompt lookup: the tokens after the latest earlier occurrence of the longest suffix of the history
+ * (NGRAM_MIN..NGRAM_MAX tokens) that occurred before. A longer match is likelier to continue alike
+ * (in periodic text it picks the right period), the latest among equals is the nearest context. */
 static int32_t ngram_draft(const generation *g, int32_t *out, int32_t k) {
     const int32_t *h = g->history;
-    int32_t n_h = g->n_history;
-    for (int32_t n = NGRAM_MAX; n >= NGRAM_MIN; n--) {
-        if (n_h <= n) continue;
-        for (int32_t at = n_h - n - 1; at >= 0; at--) { /* the match is h[at .. at+n-1] */
-            int32_t j = 0;
-            while (j < n && h[at + j] == h[n_h - n + j]) j++;
-            if (j < n) continue;
-            int32_t count = 0;
-            while (count < k && at + n + count < n_h) {
-                out[count] = h[at + n + count];
-                count++;
-            }
-            return count;
-        }
+    int32_t n_h = g->n_history, best = 0, best_end = 0;
+    for (int32_t end = n_h - 1; end > 0 && best < NGRAM_MAX; end--) { /* a match h[end-n .. end-1] */
+        int32_t n = 0;
+        while (n < NGRAM_MAX && n < end && h[end - 1 - n] == h[n_h - 1 - n]) n++;
+        if (n > best) best = n, best_end = end;
     }
-    return 0;
+    if (best < NGRAM_MIN) return 0;
+    int32_t count = 0;
+    while (count < k && best_end + count < n_h) {
+        out[count] = h[best_end + count];
+        count++;
+    }
+    return count;
 }
 
 /* Draft k tokens with the draft sequence: catch it up with the history, then sample one at a time. */
@@ -211,6 +219,31 @@ static int32_t model_draft(generation *g, int32_t *out, int32_t k) {
         if (out[i] < 0) return out[i];
     }
     return k;
+}
+
+/* Drafting pays when the tokens accepted outweigh what it costs: each drafted token adds a row to the
+ * verification step (about a quarter of a decode step on the cpu backend, whose kernels are compute
+ * bound at a few rows; 0.3 here, with a margin) and, for a draft model, runs its layers (at least
+ * draft_layers / n_layers of a target step, more with its output head). Judged on windows of
+ * JUDGE_NGRAM (prompt lookup) or JUDGE_MODEL drafted tokens; when a window does not pay, decode
+ * plainly for a while (longer each time in a row), so poor drafts cost a bounded share of the
+ * tokens: a list whose items never repeat, or a draft model about as costly as the target. */
+static void judge_drafts(generation *g, int32_t drafted, int32_t accepted) {
+    g->judged_drafted += drafted;
+    g->judged_accepted += accepted;
+    int32_t draft_layers = g->speculate == 2 ? g->draft_layers : 0;
+    if (g->judged_drafted < (g->speculate == 2 ? JUDGE_MODEL : JUDGE_NGRAM)) return;
+    int64_t cost = (int64_t)g->judged_drafted * (10 * draft_layers + 3 * g->n_layers); /* x 10 n_layers */
+    if ((int64_t)10 * g->n_layers * g->judged_accepted < cost) {
+        g->paused = g->pause;
+        g->pause = g->pause < PAUSE_MAX / 2 ? 2 * g->pause : PAUSE_MAX;
+        /* A draft as deep as the target cannot pay even when every draft is accepted, and catching
+         * it up after each pause costs a prefill: decode plainly from here on. */
+        if (10 * draft_layers + 3 * g->n_layers >= 10 * g->n_layers) g->speculate = 0;
+    } else {
+        g->pause = PAUSE_START;
+    }
+    g->judged_drafted = g->judged_accepted = 0;
 }
 
 /* One target step over `token` and up to n_draft drafts; the next token lands in *next. Returns 1
@@ -242,6 +275,7 @@ static int32_t speculative_step(generation *g, int32_t token, int32_t *next) {
         if ((rc = realm_seq_truncate(g->draft_seq, keep)) < 0) return rc;
         g->draft_len = keep;
     }
+    judge_drafts(g, n, accepted);
     g->n_draft = accepted == n ? (n + 2 < DRAFT_MAX ? n + 2 : DRAFT_MAX) : accepted + 1;
     for (int32_t i = 0; i < accepted; i++)
         if ((rc = take(g, drafts[i], 1)) <= 0) return rc;
@@ -256,10 +290,11 @@ static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt) {
     g->reason = REALM_FINISH_LENGTH;
     int32_t token = realm_sample(g->seq, g->sampler, 0, 0, REALM_BIAS_ADD);
     while (token >= 0 && (rc = take(g, token, 0)) > 0) {
-        if (g->speculate) {
+        if (g->speculate && g->paused == 0) {
             if ((rc = speculative_step(g, token, &token)) <= 0) break;
             continue;
         }
+        if (g->paused > 0) g->paused--;
         if ((rc = realm_seq_append(g->seq, &token, 1)) < 0) return rc;
         if ((rc = realm_step(g->seq, g->n_layers)) < 0) return rc;
         g->length++;
@@ -290,6 +325,8 @@ static int32_t open_speculation(generation *g, json_slice req, const char *reque
     int32_t n = json_get_string(req, "speculative", realm_alloc, &mode);
     g->speculate = g->draft_seq = 0;
     g->n_draft = DRAFT_START;
+    g->judged_drafted = g->judged_accepted = g->paused = 0;
+    g->pause = PAUSE_START;
     json_slice value;
     if (!json_get(req, "speculative", &value)) return REALM_OK;
     if (n == 5 && memcmp(mode, "ngram", 5) == 0) {
@@ -358,7 +395,7 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     g.seq = realm_seq_open(g.capacity);
     if (g.seq < 0) return g.seq;
     if ((rc = attach_lora(g.seq, req)) < 0) return rc;
-    g.speculate = 0;
+    g.speculate = g.paused = 0;
     if (g.top_logprobs < 0 && (rc = open_speculation(&g, req, request, request_len)) < 0) return rc;
     rc = run(&g, ids, n_ids);
     realm_seq_close(g.seq);

@@ -61,6 +61,20 @@ def test_prompt_lookup_verifies_several_tokens_per_target_step_on_repetitive_tex
     assert steps.target_steps - 1 < result.completion_tokens
 
 
+def test_a_draft_model_that_cannot_pay_for_itself_is_paused_and_the_text_stays_exact(model, guest):
+    # The target's own file as its draft: every draft is accepted, but a drafted token costs a whole
+    # target step of draft layers, so after its first window of drafts the guest decodes plainly.
+    opener = draft_opener(model, "numpy", [TARGET])
+    request = {"prompt": PROMPTS[1], "temperature": 0, "max_tokens": 120}
+    plain = TenantSandbox(model).run(guest, request)
+    fast = TenantSandbox(model).run(guest, {**request, "speculative": f"draft:{TARGET}"}, open_draft=opener)
+    assert fast.text == plain.text and fast.completion_tokens == plain.completion_tokens == 120
+    steps = fast.steps
+    assert steps.drafted > 0 and steps.accepted == steps.drafted, steps
+    plain_steps = steps.target_steps - 1 - steps.verified_steps
+    assert steps.drafted <= 8 and plain_steps >= 100, steps
+
+
 # --- the ABI's checks ------------------------------------------------------------------------------
 
 def _session(model: Model) -> Session:
@@ -147,3 +161,20 @@ def test_a_draft_with_another_vocabulary_is_refused(model, guest, tmp_path):
     with pytest.raises(GuestError, match="does not share the target model's vocabulary"):
         TenantSandbox(model).run(guest, {"prompt": "hi", "max_tokens": 4, "speculative": f"draft:{other}"},
                                  open_draft=draft_opener(model, "numpy", [other]))
+
+
+def test_the_speculation_bench_times_each_kind_plain_and_speculative_in_one_run(model):
+    from realm.bench_speculation import run_speculation_bench
+
+    texts = {"repetitive": ((PROMPTS[2], PROMPTS[0]), {}), "penalised": ((PROMPTS[1],), {"repeat_penalty": 1.3})}
+    results = run_speculation_bench(model, "ngram", draft_opener(model, "numpy"), n_decode=24, rounds=2, texts=texts)
+    assert [r.kind for r in results] == ["repetitive", "penalised"]
+    repetitive = results[0]
+    assert repetitive.tokens == 2 * 23 and repetitive.accepted > 0
+    assert repetitive.acceptance_rate == repetitive.accepted / repetitive.drafted
+    assert repetitive.tokens_per_target_step > 1
+    for r in results:
+        assert r.decode_tok_s > 0 and r.plain_decode_tok_s > 0 and len(r.prompt_speedups) == r.prompts
+        assert abs(r.speedup - r.decode_tok_s / r.plain_decode_tok_s) < 1e-9
+        assert set(r.as_json()) >= {"acceptance_rate", "tokens_per_target_step", "decode_tok_s", "plain_decode_tok_s",
+                                    "speedup"}

@@ -22,6 +22,9 @@ from realm.cli.options import (load_with_progress, lora_mode_option, lora_option
 from host_functions.lora import check_adapter_source
 from realm.bench import run_bench, run_concurrency_bench
 from realm.bench_lora import SPREAD_SCALES, lora_bindings, run_lora_bench, run_lora_concurrency_bench
+from realm.bench_speculation import run_speculation_bench
+from realm.cli.run import speculation_request
+from realm.models import draft_opener
 
 console = stdout_console()
 
@@ -150,13 +153,23 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
                    "at 4 scales.")
 @lora_scale_option
 @lora_mode_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency).")
+@click.option("--speculative", metavar="ngram|draft:FILE|self:N", default=None,
+              help="Instead: speculative decoding against plain decoding, alternating, on code, a list, quoting "
+                   "text and text without repetition (acceptance_rate, tokens_per_target_step, decode tok/s, "
+                   "speedup per kind).")
+@click.option("--rounds", default=3, show_default=True, help="With --speculative: runs of each mode; the fastest counts.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency or --speculative).")
 def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_tokens: int, no_guest: bool,
           levels: str | None, lora_files: tuple[str, ...], lora_scale: float, lora_merged: bool,
-          as_json: bool) -> None:
+          speculative: str | None, rounds: int, as_json: bool) -> None:
     """Measure load time, prefill and decode speed, peak memory and guest overhead."""
     if prompt_tokens < 1 or decode_tokens < 1:
         raise click.BadParameter("token counts must be positive")
+    if speculative is not None and (levels is not None or lora_files):
+        raise click.UsageError("--speculative, --concurrency and --lora are separate benchmarks: give one")
+    if speculative is not None:
+        _bench_speculation(model_path, backend, speculative, decode_tokens, rounds, as_json)
+        return
     if lora_files:
         _bench_lora(model_path, backend, list(lora_files), lora_scale, lora_merged, levels, prompt_tokens,
                     decode_tokens, as_json)
@@ -226,4 +239,22 @@ def _bench_concurrency(model_path: str | None, backend: str, levels: list[int], 
     table = Table(*keys, title="realm bench --concurrency")
     for r in results:
         table.add_row(*(str(r.get(k, "")) for k in keys))
+    console.print(table)
+
+
+def _bench_speculation(model_path: str | None, backend: str, speculative: str, decode_tokens: int, rounds: int,
+                       as_json: bool) -> None:
+    if rounds < 1:
+        raise click.BadParameter(f"must be at least 1, got {rounds}", param_hint="--rounds")
+    draft_files = speculation_request({}, speculative)  # a usage error for a malformed source or missing file
+    model = load_with_progress(model_path, backend)
+    results = [r.as_json() for r in run_speculation_bench(model, speculative, draft_opener(model, backend, draft_files),
+                                                          decode_tokens, rounds)]
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    keys = list(results[0])
+    table = Table(*keys, title=f"realm bench --speculative {speculative} (fastest of {rounds} alternating rounds)")
+    for r in results:
+        table.add_row(*(str(r[k]) for k in keys))
     console.print(table)
