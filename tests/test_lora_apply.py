@@ -1,4 +1,4 @@
-"""LoRA applied unmerged on every backend: llama.cpp's logits with each adapter and scale, a batch of
+"""LoRA on every backend: llama.cpp's logits with each adapter and scale, unmerged and merged, a batch of
 sequences with different adapters (or none) equal to each sequence alone, and a guest that can only
 find its own tenant's adapters."""
 
@@ -22,15 +22,18 @@ from test_lora_loading import config_of, write_peft
 ADAPTER = DATA / "tiny-llama-lora-r8.gguf"
 
 
+@pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged"])
 @pytest.mark.parametrize("backend", ["numpy", "cpu", "wgpu"])
 @pytest.mark.parametrize("logits_file, base, lora, scale", lora_cases())
-def test_unmerged_adapter_gives_llamacpps_logits(backend, logits_file, base, lora, scale):
+def test_adapter_gives_llamacpps_logits(backend, logits_file, base, lora, scale, merged):
     model = Model.load(DATA / base, backend=backend)
     adapter = model.adapters.acquire(DATA / lora)
     weights = base.removesuffix(".gguf").rsplit("-", 1)[1]
     for tokens, ref in reference_sequences(logits_file):
-        assert_matches(model.logits_for(tokens.tolist(), lora=(adapter, scale)), ref,
+        assert_matches(model.logits_for(tokens.tolist(), lora=(adapter, scale), merged=merged), ref,
                        tolerance_for(weights, lora=True), logits_file)
+    if merged:  # the copy stays cached, and idle once the sequences are gone
+        assert model.backend.merged_lora.used_bytes > 0 and not model.backend.merged_lora._users
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpu", "wgpu"])

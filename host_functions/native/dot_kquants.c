@@ -200,14 +200,9 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + r * PANEL_OUT + PANEL_TOKENS * p, acc[r][p]); \
+        PANEL_STORE(acc);                                                                                    \
     }                                                                                                        \
-    HIDDEN void panel_##NAME(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,  \
-                             size_t panel_stride, int n_panels, float *out) {                                \
-        if (nr == PANEL_ROWS) panel_body_##NAME(w, w_stride, PANEL_ROWS, n_blocks, xp, panel_stride, n_panels, out); \
-        else panel_body_##NAME(w, w_stride, 1, n_blocks, xp, panel_stride, n_panels, out);                  \
-    }
+    DISPATCH_PANEL(NAME)
 #else
 #define KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)
 #endif

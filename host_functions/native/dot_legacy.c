@@ -193,14 +193,9 @@ FAST_UNPACK(q5_1)
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + r * PANEL_OUT + PANEL_TOKENS * p, acc[r][p]); \
+        PANEL_STORE(acc);                                                                                    \
     }                                                                                                        \
-    HIDDEN void panel_##NAME(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,  \
-                             size_t panel_stride, int n_panels, float *out) {                                \
-        if (nr == PANEL_ROWS) panel_body_##NAME(w, w_stride, PANEL_ROWS, n_blocks, xp, panel_stride, n_panels, out); \
-        else panel_body_##NAME(w, w_stride, 1, n_blocks, xp, panel_stride, n_panels, out);                  \
-    }
+    DISPATCH_PANEL(NAME)
 #define PANEL_ADD_MIN(acc, mw, xb) ((acc) = _mm512_add_ps((acc), _mm512_mul_ps((mw), _mm512_load_ps((xb)->s))))
 #define PANEL_NO_MIN(acc, mw, xb) ((void)(mw))
 

@@ -156,6 +156,17 @@ HIDDEN void build_panel(int act, const uint8_t *rows, size_t row_bytes, int nt, 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define REALM_PANELS 1
 #define PANEL_FN(NAME) panel_##NAME
+/* The end of every panel body (its accumulators acc[r][p] stored to out) and panel_NAME, which calls
+ * panel_body_NAME with the row count as a constant. */
+#define PANEL_STORE(acc)                                                                                     \
+    for (int r = 0; r < nr; r++)                                                                             \
+        for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + r * PANEL_OUT + PANEL_TOKENS * p, (acc)[r][p])
+#define DISPATCH_PANEL(NAME)                                                                                 \
+    HIDDEN void panel_##NAME(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,  \
+                             size_t panel_stride, int n_panels, float *out) {                                \
+        if (nr == PANEL_ROWS) panel_body_##NAME(w, w_stride, PANEL_ROWS, n_blocks, xp, panel_stride, n_panels, out); \
+        else panel_body_##NAME(w, w_stride, 1, n_blocks, xp, panel_stride, n_panels, out);                  \
+    }
 HIDDEN void panel_q4_0(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
 HIDDEN void panel_q4_1(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
 HIDDEN void panel_q5_0(const uint8_t *, size_t, int, int64_t, const uint8_t *, size_t, int, float *);
