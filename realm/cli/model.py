@@ -179,11 +179,15 @@ def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_token
         return
     result = run_bench(lambda: load_with_progress(model_path, backend), prompt_tokens, decode_tokens,
                        with_guest=not no_guest)
-    data = result.as_json()
+    _print_metrics(result.as_json(), "realm bench", as_json)
+
+
+def _print_metrics(data: dict[str, object], title: str, as_json: bool) -> None:
+    """One benchmark's figures: a JSON object, or a metric/value table."""
     if as_json:
         click.echo(json.dumps(data))
         return
-    table = Table("metric", "value", title="realm bench")
+    table = Table("metric", "value", title=title)
     for key, value in data.items():
         table.add_row(key, str(value))
     console.print(table)
@@ -200,13 +204,7 @@ def _bench_lora(model_path: str | None, backend: str, files: list[str], scale: f
         if len(files) > 1:
             raise click.UsageError("give one --lora file (several are for --concurrency)")
         single = run_lora_bench(model, files[0], scale, merged, prompt_tokens, decode_tokens).as_json()
-        if as_json:
-            click.echo(json.dumps(single))
-            return
-        table = Table("metric", "value", title="realm bench --lora")
-        for key, value in single.items():
-            table.add_row(key, str(value))
-        console.print(table)
+        _print_metrics(single, "realm bench --lora", as_json)
         return
     bindings = lora_bindings(files, scale, merged, spread=len(SPREAD_SCALES))
     results = [r.as_json() for r in run_lora_concurrency_bench(model, _levels(levels), decode_tokens, bindings)]
