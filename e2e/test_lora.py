@@ -133,3 +133,24 @@ def test_batch_lines_choose_their_lora_mode_and_a_bad_one_fails_alone(realm, tmp
     assert done.returncode == 1 and "\"lora_mode\" must be" in rows[2]["error"]
     assert rows[0]["completion_tokens"] == rows[1]["completion_tokens"] == 6
     assert rows[0]["text"] == rows[1]["text"]  # merged and unmerged differ in last bits, not in greedy text here
+
+
+@pytest.mark.parametrize("args, option", [
+    (["run", "hi", "--max-tokens", "1", "--lora-mode", "merged"], "--lora-mode"),
+    (["logits", "--prompt", "hi", "--out", "OUT", "--lora-scale", "0.5"], "--lora-scale"),
+    (["bench", "--lora-mode", "merged", "--no-guest"], "--lora-mode"),
+])
+def test_lora_scale_or_mode_without_an_adapter_is_a_usage_error(realm, tmp_path, args, option):
+    done = realm(*[str(tmp_path / "x.npy") if a == "OUT" else a for a in args], "--model", str(BASE))
+    assert done.returncode == 2 and f"{option} needs --lora FILE" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_batch_line_with_lora_mode_but_no_adapter_fails_alone(realm, tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"prompt": "hi", "max_tokens": 2, "lora_mode": "merged"}) + "\n"
+                        + json.dumps({"prompt": "hi", "max_tokens": 2}) + "\n")
+    done = realm("batch", str(requests), "--model", str(BASE))
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 1 and "need a \"lora\" adapter" in rows[0]["error"]
+    assert rows[1]["completion_tokens"] == 2, rows[1]

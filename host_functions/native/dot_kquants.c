@@ -155,9 +155,7 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
     static inline __attribute__((always_inline)) void panel_body_##NAME(                                    \
         const uint8_t *w, size_t w_stride, const int nr, int64_t n_blocks, const uint8_t *xp,                \
         size_t panel_stride, int n_panels, float *out) {                                                     \
-        __m512 acc[PANEL_ROWS][MAX_PANELS];                                                                  \
-        for (int r = 0; r < nr; r++)                                                                         \
-            for (int p = 0; p < n_panels; p++) acc[r][p] = _mm512_setzero_ps();                              \
+        PANEL_ACCUMULATORS(acc);                                                                             \
         kblock k[PANEL_ROWS];                                                                                \
         _Alignas(32) uint8_t u[PANEL_ROWS][QK_K];                                                            \
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \

@@ -156,8 +156,12 @@ HIDDEN void build_panel(int act, const uint8_t *rows, size_t row_bytes, int nt, 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define REALM_PANELS 1
 #define PANEL_FN(NAME) panel_##NAME
-/* The end of every panel body (its accumulators acc[r][p] stored to out) and panel_NAME, which calls
- * panel_body_NAME with the row count as a constant. */
+/* The start and end of every panel body (its accumulators acc[r][p], zeroed, then stored to out), and
+ * panel_NAME, which calls panel_body_NAME with the row count as a constant. */
+#define PANEL_ACCUMULATORS(acc)                                                                              \
+    __m512 acc[PANEL_ROWS][MAX_PANELS];                                                                      \
+    for (int r = 0; r < nr; r++)                                                                             \
+        for (int p = 0; p < n_panels; p++) (acc)[r][p] = _mm512_setzero_ps()
 #define PANEL_STORE(acc)                                                                                     \
     for (int r = 0; r < nr; r++)                                                                             \
         for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + r * PANEL_OUT + PANEL_TOKENS * p, (acc)[r][p])

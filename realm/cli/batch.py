@@ -131,7 +131,9 @@ def _parse(number: int, text: str) -> _Job:
 
 def _line_adapters(request: dict[str, Any], tenant: str | None) -> dict[str, AdapterBinding]:
     """A line's "lora": one of its tenant's aliases, or an adapter file applied at "lora_scale" in
-    "lora_mode" ("unmerged" or "merged")."""
+    "lora_mode" ("unmerged" or "merged"); either of those without a "lora" is an error, not ignored."""
+    if "lora" not in request and ("lora_scale" in request or "lora_mode" in request):
+        raise RealmError("\"lora_scale\" and \"lora_mode\" need a \"lora\" adapter")
     scale = request.pop("lora_scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise RealmError("\"lora_scale\" must be a number")

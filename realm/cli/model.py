@@ -17,8 +17,8 @@ from host_functions.tokenizer import Tokenizer
 from realm.cli import main
 from realm.cli.console import stdout_console
 from realm.cli.prompt import text_argument
-from realm.cli.options import (load_with_progress, lora_mode_option, lora_option_group, lora_scale_option,
-                               model_option, model_options, model_path_with_progress)
+from realm.cli.options import (check_lora_given, load_with_progress, lora_mode_option, lora_option_group,
+                               lora_scale_option, model_option, model_options, model_path_with_progress)
 from host_functions.lora import check_adapter_source
 from realm.bench import run_bench, run_concurrency_bench
 from realm.bench_lora import SPREAD_SCALES, lora_bindings, run_lora_bench, run_lora_concurrency_bench
@@ -112,6 +112,7 @@ def _parse_tokens(text: str) -> list[int]:
 def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str | None, out_path: str,
            lora_file: str | None, lora_scale: float, lora_merged: bool) -> None:
     """Write float32 logits for every position, shape [n_tokens, vocab], to a .npy file."""
+    check_lora_given(lora_file is not None)
     if (prompt is None) == (tokens is None):
         raise click.UsageError("give exactly one of --prompt or --tokens")
     if prompt is not None:
@@ -163,6 +164,7 @@ def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_token
           levels: str | None, lora_files: tuple[str, ...], lora_scale: float, lora_merged: bool,
           speculative: str | None, rounds: int, as_json: bool) -> None:
     """Measure load time, prefill and decode speed, peak memory and guest overhead."""
+    check_lora_given(bool(lora_files))
     if prompt_tokens < 1 or decode_tokens < 1:
         raise click.BadParameter("token counts must be positive")
     if speculative is not None and (levels is not None or lora_files):

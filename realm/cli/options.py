@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from host_functions import native
@@ -50,6 +51,16 @@ lora_mode_option = click.option(
     "--lora-mode", "lora_merged", type=click.Choice(["unmerged", "merged"]), default="unmerged", show_default=True,
     callback=_merged_flag,
     help="unmerged: W x + s B (A x) on the shared weights; merged: a cached copy W + s B A (docs/lora.md).")
+
+
+def check_lora_given(lora_given: bool) -> None:
+    """--lora-scale and --lora-mode shape an adapter given with --lora; without one they would be
+    silently ignored, so that is a UsageError naming the option."""
+    ctx = click.get_current_context()
+    if not lora_given:
+        for name, flag in (("lora_scale", "--lora-scale"), ("lora_merged", "--lora-mode")):
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"{flag} needs --lora FILE")
 
 
 def lora_option_group(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -31,7 +31,8 @@ from host_functions.model import Model
 from host_functions.sampling import SamplingParams
 from realm.cli import EXIT_INTERRUPTED, main
 from realm.cli.console import stderr_console, write_stdout
-from realm.cli.options import kv_memory_option, load_with_progress, lora_option_group, model_options
+from realm.cli.options import (check_lora_given, kv_memory_option, load_with_progress, lora_option_group,
+                               model_options)
 from realm.cli.prompt import read_prompt
 from realm.models import draft_opener
 from realm.sandbox import (GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path,
@@ -104,6 +105,7 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
     """
     if tenant_name and guest_file:
         raise click.UsageError("--tenant and --guest are alternatives: give one")
+    check_lora_given(lora_file is not None)
     text = read_prompt(prompt, prompt_file)
     request = build_request(text, sampling, stop, params)
     if special:
