@@ -1,7 +1,9 @@
 """Open a GGUF file through the `gguf` package and turn every failure into one clear error.
 
 This is the only module that touches `gguf.GGUFReader`; everything else sees `GGUFFile`:
-plain-Python metadata and memory-mapped raw tensors.
+plain-Python metadata and memory-mapped raw tensors. Long metadata arrays (a vocabulary, its scores)
+are held compactly: strings as `PackedStrings`, numbers as NumPy arrays of the file's element type,
+because as Python objects a 262144-token vocabulary alone would take about 40 MB.
 """
 
 from __future__ import annotations
@@ -13,10 +15,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from .errors import ModelFormatError
+
+
+PACKED_MIN = 1024  # metadata arrays at least this long are held packed, not as Python lists
+
+
+class PackedStrings(Sequence[str]):
+    """A long array of strings as one UTF-8 blob and n + 1 byte offsets (string i is
+    blob[offsets[i]:offsets[i + 1]]): a 262144-token vocabulary takes about 4 MB."""
+
+    def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
+        offsets = np.asarray(offsets, np.int64)
+        if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != len(blob) or \
+                np.any(np.diff(offsets) < 0):
+            raise ValueError("offsets must rise from 0 to the blob's length")
+        self.blob = blob
+        self.offsets = offsets
+
+    @classmethod
+    def pack(cls, strings: Sequence[str]) -> PackedStrings:
+        """Pack a list of strings; raises UnicodeEncodeError for one UTF-8 cannot encode."""
+        encoded = [s.encode("utf-8") for s in strings]
+        offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
+        return cls(b"".join(encoded), offsets)
+
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]  # no slices
+        return self.bytes_at(index).decode("utf-8")
+
+    def bytes_at(self, index: int) -> bytes:
+        """String `index` as its UTF-8 bytes; raises IndexError out of range."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} strings")
+        index %= n
+        return self.blob[self.offsets[index]:self.offsets[index + 1]]
+
+    def __iter__(self) -> Iterator[str]:
+        blob, ends = self.blob, self.offsets.tolist()
+        return (blob[a:b].decode("utf-8") for a, b in zip(ends, ends[1:]))
 
 
 @dataclass(frozen=True)
@@ -82,23 +128,52 @@ def _load_index(path: Path) -> dict[str, Any]:
     """Metadata and tensor table of a GGUF file, parsed by gguf's reader once and then cached.
 
     gguf's reader builds a NumPy view per string, so a 262144-token vocabulary takes seconds to
-    parse; the index (plain JSON) is cached by path, size and mtime and loads in milliseconds.
+    parse; the index is cached by path, size and mtime (an .npz: JSON for the small values, arrays for
+    the packed ones) and loads in milliseconds.
     """
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
-    cache = _index_cache_dir() / f"{key}.json"
+    cache = _index_cache_dir() / f"{key}.npz"
     try:
-        return json.loads(cache.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return _read_index(cache)
+    except (OSError, ValueError, KeyError):
         pass
     index = _parse_index(path)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index), encoding="utf-8")
+        with open(tmp, "wb") as out:
+            _write_index(out, index)
         os.replace(tmp, cache)
     except OSError:
         pass  # a read-only cache only costs speed
+    return index
+
+
+def _write_index(out: Any, index: dict[str, Any]) -> None:
+    small: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for k, v in index["metadata"].items():
+        if isinstance(v, PackedStrings):
+            arrays[f"s:{k}:blob"], arrays[f"s:{k}:offsets"] = np.frombuffer(v.blob, np.uint8), v.offsets
+        elif isinstance(v, np.ndarray):
+            arrays[f"n:{k}"] = v
+        else:
+            small[k] = v
+    head = json.dumps({"metadata": small, "tensors": index["tensors"]}).encode("utf-8")
+    np.savez(out, index=np.frombuffer(head, np.uint8), **arrays)
+
+
+def _read_index(cache: Path) -> dict[str, Any]:
+    with np.load(cache, allow_pickle=False) as z:
+        index = json.loads(z["index"].tobytes())
+        for name in z.files:
+            kind, _, rest = name.partition(":")
+            if kind == "n":
+                index["metadata"][rest] = z[name]
+            elif kind == "s" and rest.endswith(":blob"):
+                key = rest[: -len(":blob")]
+                index["metadata"][key] = PackedStrings(z[name].tobytes(), z[f"s:{key}:offsets"])
     return index
 
 
@@ -110,7 +185,7 @@ def _parse_index(path: Path) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
     for key, field in reader.fields.items():
         try:
-            metadata[key] = field.contents()
+            metadata[key] = _packed(field, field.contents())
         except Exception as exc:
             raise ModelFormatError(f"{path}: unreadable metadata key {key} ({_describe(exc)})") from None
     tensors = [
@@ -119,6 +194,15 @@ def _parse_index(path: Path) -> dict[str, Any]:
         for t in reader.tensors
     ]
     return {"metadata": metadata, "tensors": tensors}
+
+
+def _packed(field: Any, value: Any) -> Any:
+    """A long array as PackedStrings or a NumPy array of its element type; anything else as it is."""
+    if not isinstance(value, list) or len(value) < PACKED_MIN or field.types[-1] == GGUFValueType.ARRAY:
+        return value
+    if field.types[-1] == GGUFValueType.STRING:
+        return PackedStrings.pack(value)
+    return np.asarray(value, GGUFReader.gguf_scalar_to_np[field.types[-1]])
 
 
 _FLOAT_TYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}

@@ -32,14 +32,18 @@ from __future__ import annotations
 import codecs
 import heapq
 import re
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+import numpy as np
 import regex
 
 from .errors import ModelFormatError, RealmError, UnsupportedError
+from .gguf_file import PackedStrings
+from .vocab_index import DuplicatePiece, VocabIndex
 
 __all__ = ["Tokenizer", "StreamDecoder", "TokenType"]
 
@@ -120,9 +124,9 @@ class _SpmModel:
     @staticmethod
     def _byte_token(tok: Tokenizer, b: int) -> int | None:
         # llama_vocab::byte_to_token: the <0xNN> token, else the byte itself as a token.
-        found = tok._token_to_id.get(f"<0x{b:02X}>")
+        found = tok._vocab.get(f"<0x{b:02X}>")
         if found is None and b < 0x80:
-            found = tok._token_to_id.get(chr(b))
+            found = tok._vocab.get(chr(b))
         return found
 
     def prepare(self, fragment: str, after_special: bool) -> str:
@@ -131,7 +135,7 @@ class _SpmModel:
         return fragment.replace(" ", SPACE_MARK)
 
     def encode(self, text: str, out: list[int], interrupt: Interrupt = _never) -> None:
-        to_id, scores = self._tok._token_to_id, self._tok._scores
+        to_id, scores = self._tok._vocab, self._tok._scores
         n = len(text)
         # One symbol per code point: symbol i starts at text[i]; its length (0 once merged away) and
         # neighbours change as pairs merge.
@@ -277,15 +281,16 @@ class _BpeModel:
         return ["".join(_BYTE_TO_UNICODE[b] for b in p.encode("utf-8")) for p in pieces]
 
     def encode(self, text: str, out: list[int], interrupt: Interrupt = _never) -> None:
-        to_id = self._tok._token_to_id
+        to_id = self._tok._vocab
         done = 0
         for word in self._words(text):
             done += len(word)
             if done >= INTERRUPT_EVERY:
                 done = 0
                 interrupt()
-            if self._pre.ignore_merges and word in to_id:
-                out.append(to_id[word])
+            whole = to_id.get(word) if self._pre.ignore_merges else None
+            if whole is not None:
+                out.append(whole)
                 continue
             for piece in self._merge(word, interrupt):
                 tid = to_id.get(piece)
@@ -293,7 +298,7 @@ class _BpeModel:
                     out.append(tid)
                     continue
                 # llama.cpp looks each byte up as a one-byte string: only ASCII can hit.
-                out.extend(to_id[chr(b)] for b in piece.encode("utf-8") if b < 0x80 and chr(b) in to_id)
+                out.extend(t for b in piece.encode("utf-8") if b < 0x80 and (t := to_id.get(chr(b))) is not None)
 
     def _merge(self, word: str, interrupt: Interrupt) -> list[str]:
         symbols = list(word)
@@ -377,13 +382,14 @@ class Tokenizer:
 
     def __init__(self, meta: Mapping[str, Any], kind: str) -> None:
         tokens = meta.get("tokenizer.ggml.tokens")
-        if not isinstance(tokens, list) or not tokens:
+        if not isinstance(tokens, (list, PackedStrings)) or not tokens:
             raise ModelFormatError("model has no tokenizer vocabulary (tokenizer.ggml.tokens)")
         self.vocab_size = n = len(tokens)
         self.kind = kind  # "llama" (SentencePiece) or "gpt2" (byte-level BPE), as tokenizer.ggml.model says
-        self._tokens, self._token_to_id = _index_tokens(tokens)
-        self._scores = _per_token(meta, "tokenizer.ggml.scores", n, 0.0)
-        self._types = _per_token(meta, "tokenizer.ggml.token_type", n, int(TokenType.NORMAL))
+        self._vocab = _index_tokens(tokens)
+        # array('f'): compact, and indexing yields Python floats for the merge heap
+        self._scores = array("f", _per_token(meta, "tokenizer.ggml.scores", n, 0.0, np.float32).tobytes())
+        self._types = _per_token(meta, "tokenizer.ggml.token_type", n, int(TokenType.NORMAL), np.int32)
 
         if kind == "llama":
             self._model: _SpmModel | _BpeModel = _SpmModel(self)
@@ -422,7 +428,7 @@ class Tokenizer:
 
         self._eog = self._mark_special_tokens(special, eom_id)
         self._partition_tokens = self._partition_table()
-        self._piece_cache: list[bytes | None] = [None] * n
+        self._piece_cache: dict[int, bytes] = {}  # rendered pieces, only of the ids seen
 
     # -- construction helpers ------------------------------------------------------------------
 
@@ -443,12 +449,12 @@ class Tokenizer:
             if tid is not None and ends_generation:
                 eog.add(tid)
         for text in _EOG_TEXTS:  # a superset of the EOT and EOM texts, so those become CONTROL too
-            tid = self._token_to_id.get(text)
+            tid = self._vocab.get(text)
             if tid is not None:
                 eog.add(tid)
                 self._types[tid] = control
         for text in _ALWAYS_USER_DEFINED:
-            tid = self._token_to_id.get(text)
+            tid = self._vocab.get(text)
             if tid is not None:
                 self._types[tid] = int(TokenType.USER_DEFINED)
         eog.update(t for t in (self.eos_id, self.eot_id, eom_id) if t is not None)
@@ -456,16 +462,13 @@ class Tokenizer:
 
     def _first_present(self, texts: Sequence[str]) -> int | None:
         # llama.cpp takes whichever candidate its hash map yields first; we take the lowest id.
-        ids = [self._token_to_id[t] for t in texts if t in self._token_to_id]
+        ids = [tid for t in texts if (tid := self._vocab.get(t)) is not None]
         return min(ids) if ids else None
 
     def _partition_table(self) -> _SpecialTokens:
         """Every token cut out of raw text, with whether it needs parse_special, longest first."""
-        wanted = {int(t) for t in _PARTITIONED_TYPES}
-        table = [
-            (self._tokens[i], i, t != TokenType.USER_DEFINED)
-            for i, t in enumerate(self._types) if t in wanted
-        ]
+        wanted = np.flatnonzero(np.isin(self._types, [int(t) for t in _PARTITIONED_TYPES])).tolist()
+        table = [(self._vocab.piece(i), i, int(self._types[i]) != TokenType.USER_DEFINED) for i in wanted]
         table.sort(key=lambda row: -len(row[0].encode("utf-8")))  # stable: equal lengths by id
         return _SpecialTokens(table)
 
@@ -511,23 +514,23 @@ class Tokenizer:
 
     def token_id(self, text: str) -> int | None:
         """The id of the vocabulary entry spelled exactly `text`, or None."""
-        return self._token_to_id.get(text)
+        return self._vocab.get(text)
 
     def piece(self, id: int) -> str:
         """The vocabulary entry exactly as stored (e.g. "▁Paris", "<0x0A>", "<bos>")."""
         self._check_id(id)
-        return self._tokens[id]
+        return self._vocab.piece(id)
 
     def token_bytes(self, id: int) -> bytes:
         """The bytes token `id` contributes to output text (llama.cpp's token_to_piece, special=false)."""
         self._check_id(id)
-        cached = self._piece_cache[id]
+        cached = self._piece_cache.get(id)
         if cached is None:
             cached = self._piece_cache[id] = self._render(id)
         return cached
 
     def _render(self, tid: int) -> bytes:
-        kind, text = self._types[tid], self._tokens[tid]
+        kind, text = int(self._types[tid]), self._vocab.piece(tid)
         if kind in _SILENT_TYPES:
             return b""
         if kind == TokenType.USER_DEFINED:
@@ -712,30 +715,34 @@ def _trie_pattern(words: Iterable[str]) -> str:
 # helpers
 # ---------------------------------------------------------------------------------------------
 
-def _index_tokens(tokens: list[Any]) -> tuple[list[str], dict[str, int]]:
-    if not all(isinstance(t, str) for t in tokens):
-        raise ModelFormatError("tokenizer.ggml.tokens must be a list of strings")
-    to_id = {t: i for i, t in enumerate(tokens)}
-    if len(to_id) == len(tokens) and "" not in to_id:
-        return tokens, to_id
-    # Slow path: llama.cpp renames empty tokens and rejects duplicates.
-    tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-    to_id = {}
-    for i, t in enumerate(tokens):
-        if t in to_id:
-            raise ModelFormatError(f"duplicate token in vocabulary: {t!r} has ids {to_id[t]} and {i}")
-        to_id[t] = i
-    return tokens, to_id
+def _index_tokens(tokens: list[Any] | PackedStrings) -> VocabIndex:
+    if isinstance(tokens, list):
+        if not all(isinstance(t, str) for t in tokens):
+            raise ModelFormatError("tokenizer.ggml.tokens must be a list of strings")
+        try:
+            tokens = PackedStrings.pack(tokens)
+        except UnicodeEncodeError:
+            raise ModelFormatError("tokenizer.ggml.tokens holds a string that is not valid Unicode") from None
+    if np.any(np.diff(tokens.offsets) == 0):  # llama.cpp renames empty tokens
+        tokens = PackedStrings.pack([t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)])
+    try:
+        return VocabIndex(tokens)
+    except DuplicatePiece as dup:
+        raise ModelFormatError(f"duplicate token in vocabulary: {dup}") from None
 
 
-def _per_token(meta: Mapping[str, Any], key: str, n: int, default: Any) -> list[Any]:
-    """A per-token metadata array (scores, types) as a fresh list of length n."""
+def _per_token(meta: Mapping[str, Any], key: str, n: int, default: Any, dtype: type[np.generic]) -> np.ndarray:
+    """A per-token metadata array (scores, types) as a fresh NumPy array of length n."""
     values = meta.get(key)
     if values is None:
-        return [default] * n
-    if not isinstance(values, list) or len(values) < n:
-        raise ModelFormatError(f"{key} has {len(values) if isinstance(values, list) else 0} entries, expected {n}")
-    return list(values[:n])
+        return np.full(n, default, dtype)
+    if not isinstance(values, (list, np.ndarray)) or len(values) < n:
+        got = len(values) if isinstance(values, (list, np.ndarray)) else 0
+        raise ModelFormatError(f"{key} has {got} entries, expected {n}")
+    try:
+        return np.array(values[:n], dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise ModelFormatError(f"{key} must hold numbers") from None
 
 
 def _clean_up_spaces(text: bytearray) -> bytearray:
