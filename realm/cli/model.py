@@ -22,8 +22,6 @@ from realm.cli.options import (check_lora_given, load_with_progress, lora_mode_o
 from host_functions.lora import check_adapter_source
 from realm.bench import run_bench, run_concurrency_bench
 from realm.bench_lora import SPREAD_SCALES, lora_bindings, run_lora_bench, run_lora_concurrency_bench
-from realm.bench_speculation import run_speculation_bench
-from realm.cli.run import speculation_request
 from realm.models import draft_opener
 
 console = stdout_console()
@@ -244,6 +242,10 @@ def _bench_concurrency(model_path: str | None, backend: str, levels: list[int], 
 
 def _bench_speculation(model_path: str | None, backend: str, speculative: str, decode_tokens: int, rounds: int,
                        as_json: bool) -> None:
+    # Here, not at the top: they load the sandbox (wasmtime), which the other model commands never need.
+    from realm.bench_speculation import run_speculation_bench
+    from realm.cli.run import speculation_request
+
     if rounds < 1:
         raise click.BadParameter(f"must be at least 1, got {rounds}", param_hint="--rounds")
     draft_files = speculation_request({}, speculative)  # a usage error for a malformed source or missing file
