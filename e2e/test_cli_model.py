@@ -89,9 +89,22 @@ def test_bench_json_has_the_documented_keys(realm):
                 "--prompt-tokens", "16", "--decode-tokens", "8", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    for key in ("model", "backend", "load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "guest_overhead_pct"):
+    for key in ("model", "backend", "load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "file_mb", "kv_peak_mb",
+                "rss_vs_file_plus_kv", "guest_overhead_pct"):
         assert key in result
     assert result["backend"] == "numpy" and result["decode_tok_s"] > 0 and result["peak_rss_mb"] > 0
+    assert result["kv_peak_mb"] > 0 and result["file_mb"] == pytest.approx(
+        (DATA / "tiny-llama-Q4_K.gguf").stat().st_size / 2**20, abs=1e-3)
+
+
+def test_the_cpu_backend_holds_the_default_model_in_at_most_1_3x_its_file_plus_kv(realm):
+    # Issue 9's memory target, measured the way a user would: the whole `realm bench` process.
+    out = realm("bench", "--backend", "cpu", "--threads", "2", "--prompt-tokens", "64", "--decode-tokens", "16",
+                "--no-guest", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["kv_peak_mb"] > 0
+    assert result["rss_vs_file_plus_kv"] <= 1.3, result
 
 
 def test_logits_into_a_missing_directory_is_refused_before_any_work(realm, tmp_path):

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +36,9 @@ class BenchResult:
     prefill_tok_s: float
     decode_tok_s: float
     peak_rss_mb: float
+    file_mb: float
+    kv_peak_mb: float  # the KV pool's most blocks in use at once, in MiB
+    rss_vs_file_plus_kv: float  # peak_rss_mb / (file_mb + kv_peak_mb)
     weight_bytes_per_token: int
     decode_gb_s: float
     guest_overhead_pct: float | None = None
@@ -84,14 +88,34 @@ def run_bench(load: Callable[[], Model], n_prompt: int = 128, n_decode: int = 12
     prefill_s = measure_prefill(model, prompt)
     decode_s = measure_decode(model, prompt, n_decode)
     weight_bytes = model.backend.weight_bytes_per_token()
+    peak_rss_mb = peak_rss_bytes() / 2**20  # before the guest adds its own
+    file_mb, kv_mb = model.path.stat().st_size / 2**20, kv_peak_bytes(model) / 2**20
     overhead = guest_overhead_pct(model, min(n_decode, 64)) if with_guest else None
     return BenchResult(
         model=str(model.path.name), backend=model.backend.name, load_s=load_s,
-        prefill_tok_s=len(prompt) / prefill_s, decode_tok_s=1.0 / decode_s,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        prefill_tok_s=len(prompt) / prefill_s, decode_tok_s=1.0 / decode_s, peak_rss_mb=peak_rss_mb,
+        file_mb=file_mb, kv_peak_mb=kv_mb, rss_vs_file_plus_kv=peak_rss_mb / (file_mb + kv_mb),
         weight_bytes_per_token=weight_bytes, decode_gb_s=weight_bytes / decode_s / 1e9,
         guest_overhead_pct=overhead,
     )
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: Linux's VmHWM, which starts afresh at exec. (getrusage's
+    ru_maxrss does not: a process started by a larger one, such as a test runner, inherits its peak.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def kv_peak_bytes(model: Model) -> int:
+    """Bytes of the most KV blocks in use at once so far (0 without a pool)."""
+    pool = model.backend.kv_pool
+    return 0 if pool is None else pool.stats().blocks_peak * pool.block_bytes
 
 
 def guest_overhead_pct(model: Model, n_tokens: int, repeats: int = 5) -> float:
