@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
@@ -136,8 +136,8 @@ def _load_index(path: Path) -> dict[str, Any]:
     cache = _index_cache_dir() / f"{key}.npz"
     try:
         return _read_index(cache)
-    except (OSError, ValueError, KeyError):
-        pass
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # missing, or torn by a crash: parse again
     index = _parse_index(path)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -95,3 +95,13 @@ def test_small_vocabularies_stay_small_and_exact() -> None:
     index = VocabIndex(PackedStrings.pack(["only"]))
     assert index.get("only") == 0 and index.get("onl") is None and index.get("") is None
     assert len(gguf_file.PackedStrings.pack([])) == 0
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 torn", b"not a zip at all"])
+def test_a_damaged_index_cache_is_parsed_again(damage: bytes, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("REALM_CACHE", str(tmp_path))
+    expected = GGUFFile(DATA / "tiny-llama-F32.gguf").metadata
+    (cache,) = tmp_path.glob("gguf-index/*.npz")
+    cache.write_bytes(damage)
+    assert GGUFFile(DATA / "tiny-llama-F32.gguf").metadata == expected
+    assert cache.stat().st_size > len(damage)  # rewritten
