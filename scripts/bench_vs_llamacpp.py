@@ -5,7 +5,8 @@
 
 llama.cpp runs through llama-cpp-python (it builds llama.cpp from source, so it lives in its own
 venv, named by --llama-python). Both sides decode greedily over the same prompt; runs alternate and
-the best of --repeats is kept, because this machine is shared and noisy. Prints one JSON object.
+the best of --repeats is kept, because this machine is shared and noisy; memory is the worst run's peak
+RSS over the file plus the KV cache it used. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> int:
         "realm": {**ours[-1], **best}, "llama_cpp": best_ll,
         "decode_ratio": best["decode_tok_s"] / best_ll["decode_tok_s"],
         "prefill_ratio": best["prefill_tok_s"] / best_ll["prefill_tok_s"],
+        "peak_rss_vs_file_plus_kv": max(r["rss_vs_file_plus_kv"] for r in ours),  # the worst run's
         "runs": {"realm": ours, "llama_cpp": theirs},
     }, indent=1))
     return 0
