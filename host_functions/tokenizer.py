@@ -736,13 +736,14 @@ def _per_token(meta: Mapping[str, Any], key: str, n: int, default: Any, dtype: t
     values = meta.get(key)
     if values is None:
         return np.full(n, default, dtype)
-    if not isinstance(values, (list, np.ndarray)) or len(values) < n:
-        got = len(values) if isinstance(values, (list, np.ndarray)) else 0
-        raise ModelFormatError(f"{key} has {got} entries, expected {n}")
+    if not isinstance(values, (list, np.ndarray)) or (isinstance(values, np.ndarray) and values.dtype.kind not in "biuf"):
+        raise ModelFormatError(f"{key} must be an array of numbers")
+    if len(values) < n:
+        raise ModelFormatError(f"{key} has {len(values)} entries, expected {n}")
     try:
         return np.array(values[:n], dtype)
     except (TypeError, ValueError, OverflowError):
-        raise ModelFormatError(f"{key} must hold numbers") from None
+        raise ModelFormatError(f"{key} must be an array of numbers") from None
 
 
 def _clean_up_spaces(text: bytearray) -> bytearray:

@@ -387,12 +387,22 @@ def test_unsupported_tokenizer_models_are_rejected() -> None:
     ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<s>", "a", "a"]}, "duplicate token"),
     ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<s>", "a"],
       "tokenizer.ggml.scores": [0.0]}, "scores has 1 entries, expected 2"),
+    ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<s>", "a"],
+      "tokenizer.ggml.scores": ["x", "y"]}, "scores must be an array of numbers"),
+    ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<s>", "a"],
+      "tokenizer.ggml.token_type": 3}, "token_type must be an array of numbers"),
     ({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a"]}, "no merges"),
     ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a"]}, "no BOS token"),
 ])
 def test_malformed_vocabularies_raise_model_format_error(meta: dict, message: str) -> None:
     with pytest.raises(ModelFormatError, match=message):
         Tokenizer.from_metadata(meta)
+
+
+def test_empty_tokens_are_renamed_as_llamacpp_does_so_they_never_collide() -> None:
+    tok = Tokenizer.from_metadata({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<s>", "", ""]})
+    assert [tok.piece(i) for i in range(3)] == ["<s>", "[EMPTY_1]", "[EMPTY_2]"]
+    assert tok.token_id("[EMPTY_2]") == 2 and tok.token_id("") is None
 
 
 def test_text_with_lone_surrogate_is_rejected(tiny: Tokenizer) -> None:
