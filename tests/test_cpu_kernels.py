@@ -77,13 +77,45 @@ def test_rows_are_identical_whatever_the_batch_and_thread_count(fmt: str) -> Non
         kernels.set_threads(native.default_threads())
 
 
+SUPPORTED = [v for v in native.VARIANTS.values() if v.name != "portable" and v.needs <= native.cpu_flags()]
+
+
+@pytest.fixture(scope="module", params=[v.name for v in SUPPORTED])
+def variant(request: pytest.FixtureRequest) -> native.Kernels:
+    """Each vector variant this CPU can run (AVX2, AVX-VNNI, AVX-512 VNNI), loaded as REALM_CPU_KERNELS does."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(native.VARIANT_ENV, request.param)
+        return native.load()
+
+
 @pytest.mark.parametrize("fmt", harness.MATMUL_FORMATS)
-def test_every_variant_computes_the_same_bits(portable: native.Kernels, fmt: str) -> None:
-    tensor, blocks, x = _weight_and_x(fmt, np.random.default_rng(2))
+def test_every_variant_computes_the_same_bits(variant: native.Kernels, portable: native.Kernels, fmt: str) -> None:
+    # 1, 5 and 16 tokens: the tiles; 8, 16 (two row counts) and 33: the token panels.
+    tensor, blocks, x = _weight_and_x(fmt, np.random.default_rng(2), n_tok=33)
     weights = [(int(tensor.qtype), blocks)]
-    assert np.array_equal(BEST.matmul(weights, 512, x), portable.matmul(weights, 512, x))
-    assert np.array_equal(BEST.quantize_activations(int(tensor.qtype), x),
+    for rows in (slice(0, 1), slice(0, 5), slice(0, 8), slice(3, 19), slice(0, 33)):
+        assert np.array_equal(variant.matmul(weights, 512, x[rows]), portable.matmul(weights, 512, x[rows])), rows
+    assert np.array_equal(variant.quantize_activations(int(tensor.qtype), x),
                           portable.quantize_activations(int(tensor.qtype), x))
+
+
+# format -> (block bytes, the bytes of its quants, the byte values that make them extreme)
+_EXTREME_QUANTS = {"Q8_0": (34, slice(2, 34), [0x80, 0x7F]), "Q8_K": (292, slice(4, 260), [0x80, 0x7F]),
+                   "Q6_K": (210, slice(0, 192), [0x00, 0xFF]), "Q5_0": (22, slice(2, 22), [0x00, 0xFF])}
+
+
+@pytest.mark.parametrize("fmt", list(_EXTREME_QUANTS))
+def test_full_range_quants_never_saturate_a_panel(variant: native.Kernels, portable: native.Kernels, fmt: str) -> None:
+    """Weights at their format's extreme codes against activations at +-127 (every product at its
+    largest): AVX2's vpmaddubsw adds two products in int16, which the panels must never overflow."""
+    rng = np.random.default_rng(5)
+    tensor, blocks, _ = _weight_and_x(fmt, rng, n_rows=4)
+    block, quant_bytes, extremes = _EXTREME_QUANTS[fmt]
+    quants = blocks.reshape(4, -1, block)  # a view: the edits land in `blocks`
+    quants[:, :, quant_bytes] = rng.choice(extremes, quants[:, :, quant_bytes].shape).astype(np.uint8)
+    x = np.where(rng.random((16, 512)) < 0.5, -1.0, 1.0).astype(np.float32)  # quantizes to +-127
+    weights = [(int(tensor.qtype), blocks)]
+    assert np.array_equal(variant.matmul(weights, 512, x), portable.matmul(weights, 512, x))
 
 
 def test_fused_call_equals_separate_calls_over_mixed_formats() -> None:

@@ -168,33 +168,29 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
             }                                                                                                \
             for (int p = 0; p < n_panels; p++) {                                                             \
                 const xpanel_q8_k *xb = (const xpanel_q8_k *)(xp + (size_t)p * panel_stride) + ib;           \
-                __m512i sumi[PANEL_ROWS], summs[PANEL_ROWS];                                                 \
-                for (int r = 0; r < nr; r++) sumi[r] = summs[r] = _mm512_setzero_si512();                    \
+                pvi sumi[PANEL_ROWS], summs[PANEL_ROWS];                                                     \
+                for (int r = 0; r < nr; r++) sumi[r] = summs[r] = pvi_zero();                                \
                 for (int j = 0; j < QK_K / 16; j++) {                                                        \
-                    const __m512i bsum = _mm512_load_si512(xb->bsum[j]);                                     \
-                    const __m512i init = (ZERO) ? _mm512_mullo_epi32(bsum, _mm512_set1_epi32(-(ZERO)))       \
-                                                : _mm512_setzero_si512();                                    \
-                    __m512i acc_j[PANEL_ROWS];                                                               \
+                    const pvi bsum = pvi_load(xb->bsum[j]);                                                  \
+                    const pvi init = (ZERO) ? pvi_mullo(bsum, pvi_set1(-(ZERO))) : pvi_zero();               \
+                    pvi acc_j[PANEL_ROWS];                                                                   \
                     for (int r = 0; r < nr; r++) acc_j[r] = init;                                            \
                     for (int g = 0; g < 4; g++) {                                                            \
-                        const __m512i xg = _mm512_load_si512(xb->qs[4 * j + g]);                             \
+                        const pvi xg = pvi_load(xb->qs[4 * j + g]);                                          \
                         for (int r = 0; r < nr; r++)                                                         \
-                            acc_j[r] = _mm512_dpbusd_epi32(acc_j[r],                                         \
-                                                           _mm512_set1_epi32((int)load_u32(u[r] + 16 * j + 4 * g)), xg); \
+                            acc_j[r] = PANEL_DOT4(ZERO)(acc_j[r], pvi_set1((int32_t)load_u32(u[r] + 16 * j + 4 * g)), xg); \
                     }                                                                                        \
                     for (int r = 0; r < nr; r++) {                                                           \
-                        sumi[r] = _mm512_add_epi32(sumi[r], _mm512_mullo_epi32(acc_j[r], _mm512_set1_epi32(k[r].sc[j]))); \
-                        if (HAS_MIN)                                                                         \
-                            summs[r] = _mm512_add_epi32(summs[r], _mm512_mullo_epi32(bsum, _mm512_set1_epi32(k[r].mn[j]))); \
+                        sumi[r] = pvi_add(sumi[r], pvi_mullo(acc_j[r], pvi_set1(k[r].sc[j])));               \
+                        if (HAS_MIN) summs[r] = pvi_add(summs[r], pvi_mullo(bsum, pvi_set1(k[r].mn[j])));    \
                     }                                                                                        \
                 }                                                                                            \
-                const __m512 xd = _mm512_load_ps(xb->d);                                                     \
+                const pvf xd = pvf_load(xb->d);                                                              \
                 for (int r = 0; r < nr; r++) {                                                               \
-                    acc[r][p] = _mm512_add_ps(acc[r][p], _mm512_mul_ps(_mm512_mul_ps(xd, _mm512_set1_ps(k[r].d)), \
-                                                                       _mm512_cvtepi32_ps(sumi[r])));        \
+                    acc[r][p] = pvf_add(acc[r][p], pvf_mul(pvf_mul(xd, pvf_set1(k[r].d)), pvf_from_int(sumi[r]))); \
                     if (HAS_MIN)                                                                             \
-                        acc[r][p] = _mm512_sub_ps(acc[r][p], _mm512_mul_ps(_mm512_mul_ps(xd, _mm512_set1_ps(k[r].dmin)), \
-                                                                           _mm512_cvtepi32_ps(summs[r])));   \
+                        acc[r][p] = pvf_sub(acc[r][p], pvf_mul(pvf_mul(xd, pvf_set1(k[r].dmin)),             \
+                                                               pvf_from_int(summs[r])));                     \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
@@ -205,7 +201,7 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
 #define KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)
 #endif
 
-/* ZERO: what makes the format's quants unsigned bytes (the panels' vpdpbusd needs them so). */
+/* ZERO: what makes the format's quants unsigned bytes (the panels' vpdpbusd and vpmaddubsw need them so). */
 #define KQUANT(NAME, BLOCK, UNPACK, DOT, HAS_MIN, ZERO) \
     KQUANT_TILE(NAME, BLOCK, UNPACK, DOT, HAS_MIN)      \
     KQUANT_PANEL(NAME, BLOCK, UNPACK, ZERO, HAS_MIN)

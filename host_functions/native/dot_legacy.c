@@ -4,12 +4,12 @@
  *
  * Per block: the integer dot product of the unpacked quants (exact), then, as ggml's reference sums,
  * sumf += (d_w * d_x) * sumi and sumf += m_w * s_x for the formats with a min. A tile unpacks each
- * weight block once for its activation rows; from PANEL_MIN_TOKENS rows on, the panels (AVX-512 VNNI)
+ * weight block once for its activation rows; from PANEL_MIN_TOKENS rows on, the panels (AVX2 and up)
  * compute the same per-block steps with one token per lane (realm_native.h).
  */
 #include "lanes.h"
 
-/* The AVX-512 variant unpacks with the vector unpackers below instead. */
+/* The AVX2 and AVX-512 variants unpack with the vector unpackers below instead. */
 #define UNUSED_ON_AVX512 __attribute__((unused))
 
 /* Each unpacker returns the block's 32 quants (signed, or 0..31 for the min formats) and sets d, m. */
@@ -116,7 +116,16 @@ static inline __m256i nibbles_v(const uint8_t *qs) {
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), low4), _mm_and_si128(b, low4));
 }
 static inline __m256i fifth_bits_v(const uint8_t *qh) {  /* 16 where bit j of qh is set, in byte j */
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
     return _mm256_maskz_mov_epi8(load_u32(qh), _mm256_set1_epi8(16));
+#else
+    /* byte j takes byte j / 8 of qh, keeps bit j % 8, and becomes 16 where it is set */
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)load_u32(qh)),
+                                               _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
+                                                                  0x0303030303030303));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+#endif
 }
 static inline __m256i vunpack_q4_0(const block_q4_0 *b, float *d, float *m) {
     *d = f16_to_f32(b->d), *m = 0.0f;
@@ -174,27 +183,25 @@ FAST_UNPACK(q5_1)
                                                                     _mm256_set1_epi8((char)(ZERO))));         \
             for (int p = 0; p < n_panels; p++) {                                                             \
                 const xpanel_q8 *xb = (const xpanel_q8 *)(xp + (size_t)p * panel_stride) + ib;               \
-                const __m512i init = (ZERO) ? _mm512_mullo_epi32(_mm512_load_si512(xb->sum), _mm512_set1_epi32(-(ZERO))) \
-                                            : _mm512_setzero_si512();                                        \
-                __m512i s[PANEL_ROWS];                                                                       \
+                const pvi init = (ZERO) ? pvi_mullo(pvi_load(xb->sum), pvi_set1(-(ZERO))) : pvi_zero();      \
+                pvi s[PANEL_ROWS];                                                                           \
                 for (int r = 0; r < nr; r++) s[r] = init;                                                    \
                 for (int g = 0; g < QK / 4; g++) {                                                           \
-                    const __m512i xg = _mm512_load_si512(xb->qs[g]);                                         \
+                    const pvi xg = pvi_load(xb->qs[g]);                                                      \
                     for (int r = 0; r < nr; r++)                                                             \
-                        s[r] = _mm512_dpbusd_epi32(s[r], _mm512_set1_epi32((int)load_u32(u[r] + 4 * g)), xg); \
+                        s[r] = PANEL_DOT4(ZERO)(s[r], pvi_set1((int32_t)load_u32(u[r] + 4 * g)), xg);        \
                 }                                                                                            \
-                const __m512 xd = _mm512_load_ps(xb->d);                                                     \
+                const pvf xd = pvf_load(xb->d);                                                              \
                 for (int r = 0; r < nr; r++) {                                                               \
-                    acc[r][p] = _mm512_add_ps(acc[r][p], _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(d[r]), xd), \
-                                                                       _mm512_cvtepi32_ps(s[r])));           \
-                    MIN_TERM(acc[r][p], _mm512_set1_ps(m[r]), xb);                                           \
+                    acc[r][p] = pvf_add(acc[r][p], pvf_mul(pvf_mul(pvf_set1(d[r]), xd), pvf_from_int(s[r])));  \
+                    MIN_TERM(acc[r][p], pvf_set1(m[r]), xb);                                                 \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
         PANEL_STORE(acc);                                                                                    \
     }                                                                                                        \
     DISPATCH_PANEL(NAME)
-#define PANEL_ADD_MIN(acc, mw, xb) ((acc) = _mm512_add_ps((acc), _mm512_mul_ps((mw), _mm512_load_ps((xb)->s))))
+#define PANEL_ADD_MIN(acc, mw, xb) ((acc) = pvf_add((acc), pvf_mul((mw), pvf_load((xb)->s))))
 #define PANEL_NO_MIN(acc, mw, xb) ((void)(mw))
 
 #else

@@ -119,7 +119,8 @@ static inline void prefetch_next_tile(const uint8_t *row, size_t w_stride, size_
  * From PANEL_MIN_TOKENS activation rows on, a call regroups the quantized activations into panels of
  * PANEL_TOKENS tokens, one vector lane per token: for each 4-byte group of a block, the 16 tokens'
  * bytes side by side. A weight row's block is then decoded once and each of its 4-byte groups
- * broadcast against a whole panel (vpdpbusd: 16 tokens x 4 products per instruction), so the decoding
+ * broadcast against a whole panel (vpdpbusd: 16 tokens x 4 products per instruction; two 8-lane halves
+ * on AVX2 and AVX-VNNI, `pvi`/`pvf` below), so the decoding
  * is shared by every token and the block's scale multiplies 16 outputs at once. Weights enter as
  * unsigned bytes (quant + the format's zero point z, subtracted again as z times the activations'
  * sum): the integer sums are exact, and the float steps per output are the tile's, in the same order,
@@ -155,16 +156,83 @@ HIDDEN void build_panel(int act, const uint8_t *rows, size_t row_bytes, int nt, 
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define REALM_PANELS 1
+/* A panel's 16 token lanes: one zmm register. */
+typedef __m512i pvi;
+typedef __m512 pvf;
+static inline pvi pvi_zero(void) { return _mm512_setzero_si512(); }
+static inline pvi pvi_load(const void *p) { return _mm512_load_si512(p); }
+static inline pvi pvi_set1(int32_t v) { return _mm512_set1_epi32(v); }
+static inline pvi pvi_add(pvi a, pvi b) { return _mm512_add_epi32(a, b); }
+static inline pvi pvi_mullo(pvi a, pvi b) { return _mm512_mullo_epi32(a, b); }
+static inline pvi pvi_dot4(pvi acc, pvi u, pvi x) { return _mm512_dpbusd_epi32(acc, u, x); }
+static inline pvi pvi_dot4_small(pvi acc, pvi u, pvi x) { return _mm512_dpbusd_epi32(acc, u, x); }
+static inline pvf pvf_zero(void) { return _mm512_setzero_ps(); }
+static inline pvf pvf_load(const float *p) { return _mm512_load_ps(p); }
+static inline pvf pvf_set1(float v) { return _mm512_set1_ps(v); }
+static inline pvf pvf_add(pvf a, pvf b) { return _mm512_add_ps(a, b); }
+static inline pvf pvf_sub(pvf a, pvf b) { return _mm512_sub_ps(a, b); }
+static inline pvf pvf_mul(pvf a, pvf b) { return _mm512_mul_ps(a, b); }
+static inline pvf pvf_from_int(pvi a) { return _mm512_cvtepi32_ps(a); }
+static inline void pvf_store(float *p, pvf a) { _mm512_storeu_ps(p, a); }
+#elif defined(__AVX2__)
+#define REALM_PANELS 1
+/* A panel's 16 token lanes: two ymm registers, lanes 0-7 and 8-15. Every op is per lane, so the bits are
+ * the zmm version's. */
+typedef struct { __m256i lo, hi; } pvi;
+typedef struct { __m256 lo, hi; } pvf;
+static inline pvi pvi_zero(void) { return (pvi){_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+static inline pvi pvi_load(const void *p) {
+    return (pvi){_mm256_load_si256((const __m256i *)p), _mm256_load_si256((const __m256i *)p + 1)};
+}
+static inline pvi pvi_set1(int32_t v) { return (pvi){_mm256_set1_epi32(v), _mm256_set1_epi32(v)}; }
+static inline pvi pvi_add(pvi a, pvi b) { return (pvi){_mm256_add_epi32(a.lo, b.lo), _mm256_add_epi32(a.hi, b.hi)}; }
+static inline pvi pvi_mullo(pvi a, pvi b) {
+    return (pvi){_mm256_mullo_epi32(a.lo, b.lo), _mm256_mullo_epi32(a.hi, b.hi)};
+}
+#if defined(__AVXVNNI__)
+static inline __m256i dot4_256(__m256i acc, __m256i u, __m256i x) { return _mm256_dpbusd_avx_epi32(acc, u, x); }
+static inline __m256i dot4_small_256(__m256i acc, __m256i u, __m256i x) { return dot4_256(acc, u, x); }
+#else
+/* vpmaddubsw adds two u*x products into a saturating int16: exact while u <= 128 (|x| <= 127, as the
+ * activation quantizers guarantee), so a full-range u is split into its top bit and the rest. */
+static inline __m256i dot4_small_256(__m256i acc, __m256i u, __m256i x) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)));
+}
+static inline __m256i dot4_256(__m256i acc, __m256i u, __m256i x) {
+    const __m256i top = _mm256_set1_epi8((char)0x80);
+    return dot4_small_256(dot4_small_256(acc, _mm256_andnot_si256(top, u), x), _mm256_and_si256(top, u), x);
+}
+#endif
+/* acc + per lane the dot product of the lane's 4 unsigned bytes of u with its 4 signed bytes of x;
+ * the _small form for u <= 128. */
+static inline pvi pvi_dot4(pvi acc, pvi u, pvi x) { return (pvi){dot4_256(acc.lo, u.lo, x.lo), dot4_256(acc.hi, u.hi, x.hi)}; }
+static inline pvi pvi_dot4_small(pvi acc, pvi u, pvi x) {
+    return (pvi){dot4_small_256(acc.lo, u.lo, x.lo), dot4_small_256(acc.hi, u.hi, x.hi)};
+}
+static inline pvf pvf_zero(void) { return (pvf){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+static inline pvf pvf_load(const float *p) { return (pvf){_mm256_load_ps(p), _mm256_load_ps(p + 8)}; }
+static inline pvf pvf_set1(float v) { return (pvf){_mm256_set1_ps(v), _mm256_set1_ps(v)}; }
+static inline pvf pvf_add(pvf a, pvf b) { return (pvf){_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+static inline pvf pvf_sub(pvf a, pvf b) { return (pvf){_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)}; }
+static inline pvf pvf_mul(pvf a, pvf b) { return (pvf){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+static inline pvf pvf_from_int(pvi a) { return (pvf){_mm256_cvtepi32_ps(a.lo), _mm256_cvtepi32_ps(a.hi)}; }
+static inline void pvf_store(float *p, pvf a) { _mm256_storeu_ps(p, a.lo); _mm256_storeu_ps(p + 8, a.hi); }
+#endif
+
+#if defined(REALM_PANELS)
 #define PANEL_FN(NAME) panel_##NAME
+/* The 4-byte-group dot for a format of zero point ZERO: its unsigned quants q + ZERO stay below 128
+ * (at most 63) except in the 8-bit formats, whose ZERO is 128. */
+#define PANEL_DOT4(ZERO) ((ZERO) < 128 ? pvi_dot4_small : pvi_dot4)
 /* The start and end of every panel body (its accumulators acc[r][p], zeroed, then stored to out), and
  * panel_NAME, which calls panel_body_NAME with the row count as a constant. */
 #define PANEL_ACCUMULATORS(acc)                                                                              \
-    __m512 acc[PANEL_ROWS][MAX_PANELS];                                                                      \
+    pvf acc[PANEL_ROWS][MAX_PANELS];                                                                         \
     for (int r = 0; r < nr; r++)                                                                             \
-        for (int p = 0; p < n_panels; p++) (acc)[r][p] = _mm512_setzero_ps()
+        for (int p = 0; p < n_panels; p++) (acc)[r][p] = pvf_zero()
 #define PANEL_STORE(acc)                                                                                     \
     for (int r = 0; r < nr; r++)                                                                             \
-        for (int p = 0; p < n_panels; p++) _mm512_storeu_ps(out + r * PANEL_OUT + PANEL_TOKENS * p, (acc)[r][p])
+        for (int p = 0; p < n_panels; p++) pvf_store(out + r * PANEL_OUT + PANEL_TOKENS * p, (acc)[r][p])
 #define DISPATCH_PANEL(NAME)                                                                                 \
     HIDDEN void panel_##NAME(const uint8_t *w, size_t w_stride, int nr, int64_t n_blocks, const uint8_t *xp,  \
                              size_t panel_stride, int n_panels, float *out) {                                \
