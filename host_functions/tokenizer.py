@@ -248,16 +248,19 @@ PRE_TOKENIZERS: dict[str, _PreTokenizer] = {
 class _BpeModel:
     """llama.cpp's `llm_tokenizer_bpe` with GPT-2 byte encoding."""
 
-    def __init__(self, tok: Tokenizer, pre: _PreTokenizer, merges: Sequence[str]) -> None:
+    def __init__(self, tok: Tokenizer, pre: _PreTokenizer, merges: PackedStrings) -> None:
         self._tok = tok
         self._pre = pre
         self._splits = [regex.compile(p) for p in pre.splits]
         self.clean_spaces = pre.clean_spaces
-        self._ranks: dict[tuple[str, str], int] = {}
-        for rank, merge in enumerate(merges):
-            cut = merge.find(" ", 1)
-            pair = (merge[:cut], merge[cut + 1:]) if cut >= 0 else ("", "")
-            self._ranks.setdefault(pair, rank)
+        # Merge line "left right" -> its rank, the first line winning (a 280000-merge vocabulary as a dict
+        # of string pairs would take ~50 MB).
+        self._ranks = VocabIndex(merges, unique=False)
+
+    def _rank(self, left: str, right: str) -> int | None:
+        # llama.cpp cuts a merge line at its first space after the first character: an empty left side,
+        # or one with a space of its own, belongs to no line.
+        return None if not left or " " in left[1:] else self._ranks.get(f"{left} {right}")
 
     def prepare(self, fragment: str, after_special: bool) -> str:
         return fragment
@@ -310,7 +313,7 @@ class _BpeModel:
         def push(left: int, right: int) -> None:
             if left < 0 or right < 0:
                 return
-            rank = self._ranks.get((symbols[left], symbols[right]))
+            rank = self._rank(symbols[left], symbols[right])
             if rank is not None:
                 heapq.heappush(queue, (rank, left, right, symbols[left] + symbols[right]))
 
@@ -381,8 +384,8 @@ class Tokenizer:
         return cls(meta, kind)
 
     def __init__(self, meta: Mapping[str, Any], kind: str) -> None:
-        tokens = meta.get("tokenizer.ggml.tokens")
-        if not isinstance(tokens, (list, PackedStrings)) or not tokens:
+        tokens = _packed_strings(meta, "tokenizer.ggml.tokens")
+        if not tokens:
             raise ModelFormatError("model has no tokenizer vocabulary (tokenizer.ggml.tokens)")
         self.vocab_size = n = len(tokens)
         self.kind = kind  # "llama" (SentencePiece) or "gpt2" (byte-level BPE), as tokenizer.ggml.model says
@@ -400,10 +403,7 @@ class Tokenizer:
             pre = PRE_TOKENIZERS.get(pre_name)
             if pre is None:
                 raise UnsupportedError(f"BPE pre-tokenizer {pre_name!r} is not supported")
-            merges = meta.get("tokenizer.ggml.merges")
-            if not isinstance(merges, list):
-                raise ModelFormatError("BPE tokenizer has no merges (tokenizer.ggml.merges)")
-            self._model = _BpeModel(self, pre, merges)
+            self._model = _BpeModel(self, pre, _merges(meta))
             defaults = {"bos": 11, "eos": 11}
             add_bos_default, self.add_space_prefix = pre.add_bos, False
         self.add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", self.add_space_prefix))
@@ -715,20 +715,33 @@ def _trie_pattern(words: Iterable[str]) -> str:
 # helpers
 # ---------------------------------------------------------------------------------------------
 
-def _index_tokens(tokens: list[Any] | PackedStrings) -> VocabIndex:
-    if isinstance(tokens, list):
-        if not all(isinstance(t, str) for t in tokens):
-            raise ModelFormatError("tokenizer.ggml.tokens must be a list of strings")
-        try:
-            tokens = PackedStrings.pack(tokens)
-        except UnicodeEncodeError:
-            raise ModelFormatError("tokenizer.ggml.tokens holds a string that is not valid Unicode") from None
+def _index_tokens(tokens: PackedStrings) -> VocabIndex:
     if np.any(np.diff(tokens.offsets) == 0):  # llama.cpp renames empty tokens
         tokens = PackedStrings.pack([t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)])
     try:
         return VocabIndex(tokens)
     except DuplicatePiece as dup:
         raise ModelFormatError(f"duplicate token in vocabulary: {dup}") from None
+
+
+def _merges(meta: Mapping[str, Any]) -> PackedStrings:
+    merges = _packed_strings(meta, "tokenizer.ggml.merges")
+    if merges is None:
+        raise ModelFormatError("BPE tokenizer has no merges (tokenizer.ggml.merges)")
+    return merges
+
+
+def _packed_strings(meta: Mapping[str, Any], key: str) -> PackedStrings | None:
+    """A metadata array of strings, packed (None when the key is missing)."""
+    values = meta.get(key)
+    if values is None or isinstance(values, PackedStrings):
+        return values
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ModelFormatError(f"{key} must be a list of strings")
+    try:
+        return PackedStrings.pack(values)
+    except UnicodeEncodeError:
+        raise ModelFormatError(f"{key} holds a string that is not valid Unicode") from None
 
 
 def _per_token(meta: Mapping[str, Any], key: str, n: int, default: Any, dtype: type[np.generic]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Token text -> id over a packed vocabulary, in a few MB instead of a Python dict's ~25 MB.
+"""Token text -> id over a packed vocabulary (or merge text -> rank), in a few MB instead of a dict's ~25 MB.
 
 A dict of a 262144-token vocabulary holds 262144 string objects plus the table (about 25 MB, most of
 what a small model's process spends outside its weights). `VocabIndex` keeps the pieces packed (one
@@ -31,15 +31,17 @@ class DuplicatePiece(ValueError):
 class VocabIndex:
     """The id of each piece of a vocabulary (`get`), and the piece of each id (`piece`)."""
 
-    def __init__(self, pieces: PackedStrings) -> None:
-        """Index `pieces`; raises DuplicatePiece when two ids share one piece."""
+    def __init__(self, pieces: PackedStrings, unique: bool = True) -> None:
+        """Index `pieces`; raises DuplicatePiece when two ids share one piece, unless not `unique`, where
+        the lowest id of a repeated piece is the one found."""
         self._blob = pieces.blob
         self._offsets = array("q", pieces.offsets.tobytes())
         self._size = len(pieces)
         slots = 1 << max(4, (2 * self._size - 1).bit_length())  # load factor at most 1/2
         self._mask = slots - 1
         hashes = np.fromiter(map(crc32, _each_bytes(pieces)), np.uint32, self._size)
-        self._check_unique(pieces, hashes)
+        if unique:
+            self._check_unique(pieces, hashes)
         self._table = array("i", _probe_table(hashes.astype(np.int64) & self._mask, slots).tobytes())
 
     def __len__(self) -> int:
@@ -89,7 +91,8 @@ def _probe_table(home: np.ndarray, slots: int) -> np.ndarray:
 
     Placed in rounds, all ids at once: each round every unplaced id bids for its current slot, the
     lowest id wins a free slot, and the others move one slot on. An id only ever passes occupied
-    slots, so a lookup that probes from home[i] to the first empty slot finds it.
+    slots, so a lookup that probes from home[i] to the first empty slot finds it; ids of one piece
+    share a home and bid together, so the lowest of them sits first on that path.
     """
     table = np.full(slots, _EMPTY, np.int32)
     ids = np.arange(home.size, dtype=np.int64)

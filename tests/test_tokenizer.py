@@ -392,6 +392,9 @@ def test_unsupported_tokenizer_models_are_rejected() -> None:
     ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<s>", "a"],
       "tokenizer.ggml.token_type": 3}, "token_type must be an array of numbers"),
     ({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a"]}, "no merges"),
+    ({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a"], "tokenizer.ggml.merges": ["a b", 3]},
+     "merges must be a list of strings"),
+    ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<s>", 7]}, "tokens must be a list of strings"),
     ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a"]}, "no BOS token"),
 ])
 def test_malformed_vocabularies_raise_model_format_error(meta: dict, message: str) -> None:
@@ -408,3 +411,23 @@ def test_empty_tokens_are_renamed_as_llamacpp_does_so_they_never_collide() -> No
 def test_text_with_lone_surrogate_is_rejected(tiny: Tokenizer) -> None:
     with pytest.raises(RealmError, match="not valid Unicode"):
         tiny.encode("a\ud800b")
+
+
+def test_bpe_ranks_follow_llamacpps_reading_of_merge_lines() -> None:
+    """llama.cpp cuts each merge line at its first space after the first character and keeps the first
+    rank of a repeated pair; the packed ranks must answer every pair as that dict would."""
+    rng = np.random.default_rng(7)
+    parts = ["a", "b", "Ġ", " ", "ab", "a b", "Ġt", "he", "é"]
+    merges = [f"{rng.choice(parts)}{rng.choice(['', ' ', '  '], p=[0.1, 0.8, 0.1])}{rng.choice(parts)}"
+              for _ in range(300)]
+    expected: dict[tuple[str, str], int] = {}
+    for rank, line in enumerate(merges):
+        cut = line.find(" ", 1)
+        if cut >= 0:
+            expected.setdefault((line[:cut], line[cut + 1:]), rank)
+    tok = Tokenizer.from_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
+                                   "tokenizer.ggml.tokens": ["<|endoftext|>", *parts], "tokenizer.ggml.merges": merges})
+    candidates = {p for line in merges for p in (line, *line.split(" "))} | set(parts)
+    for left in candidates:
+        for right in candidates:
+            assert tok._model._rank(left, right) == expected.get((left, right)), (left, right)

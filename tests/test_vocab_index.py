@@ -105,3 +105,9 @@ def test_a_damaged_index_cache_is_parsed_again(damage: bytes, tmp_path, monkeypa
     cache.write_bytes(damage)
     assert GGUFFile(DATA / "tiny-llama-F32.gguf").metadata == expected
     assert cache.stat().st_size > len(damage)  # rewritten
+
+
+def test_without_uniqueness_the_lowest_id_of_a_repeated_piece_is_found() -> None:
+    pieces = ["x", "y", "x", "z", "y", "x"] * 50  # many repeats sharing homes and probe paths
+    index = VocabIndex(PackedStrings.pack(pieces), unique=False)
+    assert (index.get("x"), index.get("y"), index.get("z"), index.get("w")) == (0, 1, 3, None)
