@@ -7,18 +7,22 @@ LoRA, the f16/bf16 conversions) and writes every output to a file. Each variant'
 the driver are compiled with the library's own flags (`native.CFLAGS`, less the shared-library ones)
 for the variant's CPU into one object, linked statically against zig's musl, and run: natively for
 the x86 variants this CPU has, under qemu-aarch64 (`-cpu max`, which has dotprod) for the ARM ones.
-Every output file must equal x86 portable's byte for byte.
+Every output file must equal x86 portable's byte for byte. The ARM tests skip, saying so, only where
+qemu-aarch64 is missing; the x86 ones need only zig.
 
 qemu also pins the instruction paths: the neon and portable builds run on an armv8.0 core
-(cortex-a53) with the same bits, and the dotprod build traps there (it does use armv8.2's sdot)
-and runs on a dotprod core (cortex-a76).
+(cortex-a53) with the same bits, and the dotprod build traps there (its sdot is armv8.2's) and
+runs on a dotprod core (cortex-a76).
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,8 +30,11 @@ import pytest
 from host_functions import native
 
 QEMU = shutil.which("qemu-aarch64")
-pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-aarch64 is missing (Debian package qemu-user, which "
-                                                    "scripts/setup.sh --test installs)")
+needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-aarch64 is missing (Debian package qemu-user, which "
+                                                     "scripts/setup.sh --test installs)")
+# On an ARM machine test_cpu_kernels.py compares its variants natively.
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+                                reason="runs x86 builds natively and ARM builds under qemu: needs Linux on x86-64")
 
 DRIVER = Path(__file__).parent / "native" / "variant_driver.c"
 ARM = native.ARCH_VARIANTS["aarch64"]
@@ -67,11 +74,13 @@ def _differing_cases(want: bytes, got: bytes, manifest: list[tuple[str, int, int
 
 @pytest.fixture(scope="module")
 def drivers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Built drivers by "arch/variant": every ARM variant and every x86 one."""
+    """Built drivers by "arch/variant": every ARM variant and every x86 one, compiled side by side
+    (each is one single-threaded clang; zig's cache makes a rebuild of unchanged sources instant)."""
     out_dir = tmp_path_factory.mktemp("variant_drivers")
-    built = {f"aarch64/{name}": _build_driver(v, "aarch64", out_dir) for name, v in ARM.items()}
-    built.update({f"x86_64/{name}": _build_driver(v, "x86_64", out_dir) for name, v in X86.items()})
-    return built
+    jobs = [(arch, name, v) for arch, table in (("aarch64", ARM), ("x86_64", X86)) for name, v in table.items()]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        built = pool.map(lambda job: _build_driver(job[2], job[0], out_dir), jobs)
+        return {f"{arch}/{name}": exe for (arch, name, _), exe in zip(jobs, built, strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +89,7 @@ def reference(drivers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     return _run([str(drivers["x86_64/portable"])], tmp_path_factory.mktemp("reference") / "out.bin")
 
 
+@needs_qemu
 @pytest.mark.parametrize("name", list(ARM))
 def test_arm_variant_computes_the_bits_of_x86_portable(drivers, reference, name: str, tmp_path: Path) -> None:
     want, manifest = reference
@@ -94,13 +104,12 @@ def test_arm_variant_computes_the_bits_of_x86_portable(drivers, reference, name:
 @pytest.mark.parametrize("name", [n for n, v in X86.items() if v.needs <= native.cpu_flags() and n != "portable"])
 def test_x86_variant_computes_the_bits_of_x86_portable(drivers, reference, name: str, tmp_path: Path) -> None:
     """The same driver on the x86 variants this CPU runs: conversions of NaNs included (F16C's)."""
-    if sys.platform != "linux" or native.platform.machine() != "x86_64":
-        pytest.skip("runs the x86 builds natively")
     want, manifest = reference
     got, _ = _run([str(drivers[f"x86_64/{name}"])], tmp_path / "out.bin")
     assert got == want, f"{name} differs from x86 portable in {_differing_cases(want, got, manifest)[:10]}"
 
 
+@needs_qemu
 def test_arm_instruction_paths(drivers, reference, tmp_path: Path) -> None:
     """neon and portable need only armv8.0 (they run on a cortex-a53, with the same bits); dotprod
     uses instructions armv8.0 lacks (it traps there: SIGILL) and runs on a dotprod core."""
