@@ -67,12 +67,11 @@ static inline float f16_to_f32(uint16_t h) { __fp16 f; memcpy(&f, &h, 2); return
 static inline uint16_t f32_to_f16(float f) { const __fp16 h = (__fp16)f; uint16_t u; memcpy(&u, &h, 2); return u; }
 #else
 static inline float f16_to_f32(uint16_t h) {
-    /* Exponent rebias by a multiply (handles subnormals exactly); inf/NaN by their own branch, which
-     * sets a NaN's quiet bit. */
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, rest = h & 0x7fff;
-    if (rest >= 0x7c00)
-        return bits_f32(sign | 0x7f800000 | (rest > 0x7c00 ? 0x00400000u : 0) | ((uint32_t)(rest & 0x3ff) << 13));
-    return bits_f32(sign | f32_bits(bits_f32(rest << 13) * 0x1.0p+112f));
+    /* Exponent rebias by a multiply (handles subnormals exactly); inf and NaN (made quiet, with its
+     * payload, as F16C and fcvt do) by bits. */
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, rest = h & 0x7fff;
+    const uint32_t special = 0x7f800000u | (uint32_t)(rest > 0x7c00) << 22 | (rest & 0x3ff) << 13;
+    return bits_f32(sign | (rest >= 0x7c00 ? special : f32_bits(bits_f32(rest << 13) * 0x1.0p+112f)));
 }
 static inline uint16_t f32_to_f16(float f) {
     /* The classic scale-and-add rounding: adding a power of two aligns the mantissa so that the
