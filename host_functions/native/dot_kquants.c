@@ -33,22 +33,18 @@ static inline void unpack_crumbs(const uint8_t *qs, int8_t *q) {
 #endif
 }
 
-/* Q3_K's third and Q5_K's fifth bits: bit s of bits[l] belongs to weight 32s + l, which becomes
- * (q | value where the bit is set) - offset. */
-static inline void add_bit_planes(const uint8_t *bits, uint8_t value, uint8_t offset, int8_t *q) {
 #if defined(REALM_NEON)
+/* Q3_K's third and Q5_K's fifth bits: bit s of bits[l] belongs to weight 32s + l, which becomes
+ * (q | value where the bit is set) - offset (the scalar loops in unpack_q3_k and unpack_q5_k). */
+static inline void add_bit_planes(const uint8_t *bits, uint8_t value, uint8_t offset, int8_t *q) {
     for (int s = 0; s < 8; s++)
         for (int i = 0; i < 2; i++) {
             uint8_t *p = (uint8_t *)q + 32 * s + 16 * i;
             const uint8x16_t set = vtstq_u8(vld1q_u8(bits + 16 * i), vdupq_n_u8((uint8_t)(1 << s)));
             vst1q_u8(p, vsubq_u8(vorrq_u8(vld1q_u8(p), vandq_u8(set, vdupq_n_u8(value))), vdupq_n_u8(offset)));
         }
-#else
-    for (int s = 0; s < 8; s++)
-        for (int l = 0; l < 32; l++)
-            q[32 * s + l] = (int8_t)((q[32 * s + l] | ((bits[l] >> s) & 1 ? value : 0)) - offset);
-#endif
 }
+#endif
 
 static inline void unpack_q2_k(const block_q2_K *b, kblock *k) {
     unpack_crumbs(b->qs, k->q);
@@ -58,7 +54,12 @@ static inline void unpack_q2_k(const block_q2_K *b, kblock *k) {
 
 static inline void unpack_q3_k(const block_q3_K *b, kblock *k) {
     unpack_crumbs(b->qs, k->q);
-    add_bit_planes(b->hmask, 4, 4, k->q);  /* a set bit adds 4, a clear one means -4 */
+#if defined(REALM_NEON)
+    add_bit_planes(b->hmask, 4, 4, k->q);
+#else
+    for (int s = 0; s < 8; s++)  /* bit s of hmask[l] is the third bit of weight 32s + l; clear means -4 */
+        for (int l = 0; l < 32; l++) k->q[32 * s + l] = (int8_t)(k->q[32 * s + l] + 4 * ((b->hmask[l] >> s) & 1) - 4);
+#endif
     for (int j = 0; j < 16; j++) {
         const int low = j < 8 ? b->scales[j] & 0x0f : b->scales[j - 8] >> 4;
         const int high = (b->scales[8 + j % 4] >> (2 * (j / 4))) & 3;
@@ -102,7 +103,12 @@ static inline void unpack_q4_k(const block_q4_K *b, kblock *k) {
 
 static inline void unpack_q5_k(const block_q5_K *b, kblock *k) {
     unpack_nibbles32(b->qs, k->q);
+#if defined(REALM_NEON)
     add_bit_planes(b->qh, 16, 0, k->q);
+#else
+    for (int s = 0; s < 8; s++)  /* bit s of qh[l] is the fifth bit of weight 32s + l */
+        for (int l = 0; l < 32; l++) k->q[32 * s + l] = (int8_t)(k->q[32 * s + l] | (((b->qh[l] >> s) & 1) << 4));
+#endif
     unpack_k4_scales(b->scales, k);
     k->d = f16_to_f32(b->d), k->dmin = f16_to_f32(b->dmin);
 }
