@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up Realm in ./.venv. With --test, also the test tools and the Vulkan software driver (llvmpipe)
-# that the WGSL kernel tests run on.
+# Set up Realm in ./.venv. With --test, also the test tools, the Vulkan software driver (llvmpipe)
+# that the WGSL kernel tests run on, and qemu-user, which runs the aarch64 builds of the cpu kernels
+# (tests/test_cpu_kernels_arm.py).
 #
 # Quiet and idempotent: what is already installed is not installed again. The project is
 # reinstalled only when pyproject.toml (or the --test choice) changed since the last successful
@@ -25,7 +26,9 @@ apt_install() {  # install Debian packages that are missing (needs root and apt-
     fi
     echo "setup: installing ${missing[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # No recommends: qemu-user's (qemu-user-binfmt) would register ARM binaries with the kernel
+    # system-wide; the tests call qemu-aarch64 by name.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 pip_install() {  # pip install quietly into .venv; its log is shown only on failure
@@ -43,7 +46,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv 2>/dev/null || { apt_install python3-venv && rm -rf .venv && "$PYTHON" -m venv .venv; }
 fi
-[ $want_test -eq 1 ] && apt_install mesa-vulkan-drivers libvulkan1
+[ $want_test -eq 1 ] && apt_install mesa-vulkan-drivers libvulkan1 qemu-user
 
 extras=$([ $want_test -eq 1 ] && echo '.[test]' || echo '.')
 hash=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')

@@ -77,7 +77,8 @@ def test_rows_are_identical_whatever_the_batch_and_thread_count(fmt: str) -> Non
         kernels.set_threads(native.default_threads())
 
 
-SUPPORTED = [v for v in native.VARIANTS.values() if v.name != "portable" and v.needs <= native.cpu_flags()]
+SUPPORTED = [v for v in native.ARCH_VARIANTS[BEST.variant.target.split("-")[0]].values()
+             if v.name != "portable" and v.needs <= native.cpu_flags()]
 
 
 @pytest.fixture(scope="module", params=[v.name for v in SUPPORTED])
@@ -164,6 +165,57 @@ def test_variant_selection_honours_the_environment(monkeypatch: pytest.MonkeyPat
     flags = native.cpu_flags()
     best = native.select_variant()
     assert best.needs <= flags and "amx" not in best.mcpu  # AMX traps here: never compiled in
+
+
+# /proc/cpuinfo as Linux writes it on an Ampere Altra (Neoverse N1, armv8.2 with dotprod) and on a
+# Raspberry Pi 4 (Cortex-A72, armv8.0): one block per core, the flags on the `Features` line.
+_CPUINFO_N1 = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+CPU part\t: 0xd0c
+
+processor\t: 1
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+"""
+_CPUINFO_A72 = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU implementer\t: 0x41
+CPU part\t: 0xd08
+"""
+_CPUINFO_X86_AVX2 = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu vme de pse tsc msr pae sse sse2 ssse3 fma cx16 sse4_1 sse4_2 avx f16c bmi1 avx2 bmi2
+"""
+
+
+@pytest.mark.parametrize("machine, cpuinfo, want", [
+    ("aarch64", _CPUINFO_N1, "dotprod"), ("arm64", _CPUINFO_N1, "dotprod"), ("aarch64", _CPUINFO_A72, "neon"),
+    ("aarch64", "", "portable"), ("x86_64", _CPUINFO_X86_AVX2, "avx2"), ("AMD64", "flags : sse sse2", "portable")])
+def test_variant_choice_follows_the_cpuinfo_flags(machine: str, cpuinfo: str, want: str) -> None:
+    variant = native.choose_variant(machine, native.parse_cpu_flags(cpuinfo))
+    assert variant.name == want
+    assert variant.target.startswith("aarch64" if machine.lower() in ("aarch64", "arm64") else "x86_64")
+
+
+def test_arm_variants_build_plain_c_neon_and_dotprod() -> None:
+    arm = native.ARCH_VARIANTS["aarch64"]
+    assert list(arm) == ["dotprod", "neon", "portable"]  # fastest first
+    assert arm["portable"].defines == ("-DREALM_PLAIN_C",) and not arm["neon"].defines
+    assert "dotprod" in arm["dotprod"].mcpu and arm["dotprod"].needs == {"asimd", "asimddp"}
+
+
+def test_forced_variant_is_checked_against_the_cpuinfo_flags() -> None:
+    a72 = native.parse_cpu_flags(_CPUINFO_A72)
+    assert native.choose_variant("aarch64", a72, " NEON ").name == "neon"
+    assert native.choose_variant("aarch64", a72, "portable").name == "portable"
+    with pytest.raises(BackendError, match="this CPU lacks asimddp"):
+        native.choose_variant("aarch64", a72, "dotprod")
+    with pytest.raises(BackendError, match="choose from dotprod, neon, portable"):
+        native.choose_variant("aarch64", a72, "avx2")
+    with pytest.raises(BackendError, match="not riscv64"):
+        native.choose_variant("riscv64", frozenset())
 
 
 def test_threads_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:

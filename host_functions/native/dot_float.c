@@ -14,6 +14,10 @@
  */
 #include "realm_native.h"
 
+#if defined(REALM_NEON)
+#include <arm_neon.h>
+#endif
+
 #define FLANES 16
 
 typedef float f32x16 __attribute__((vector_size(64)));
@@ -37,6 +41,12 @@ static inline f32x16 load_f16(const uint8_t *p) {
                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)))};
     f32x16 v;
     memcpy(&v, half, sizeof v);
+    return v;
+#elif defined(REALM_NEON)
+    float32x4_t quarter[4];
+    for (int i = 0; i < 4; i++) quarter[i] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)(p + 8 * i))));
+    f32x16 v;
+    memcpy(&v, quarter, sizeof v);
     return v;
 #else
     f32x16 v;

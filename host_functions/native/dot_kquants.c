@@ -14,12 +14,37 @@ typedef struct {
     float d, dmin;
 } kblock;
 
+/* The NEON paths below are the scalar loops next to them, 16 bytes at a time: clang vectorizes some of
+ * those loops on its own, but not these. */
+
 static inline void unpack_crumbs(const uint8_t *qs, int8_t *q) {
     /* bits 2k..2k+1 of byte l of 32-byte half h are weight 128h + 32k + l */
+#if defined(REALM_NEON)
+    for (int i = 0; i < 4; i++) {  /* bytes 16i.. of qs: h = i / 2, l = 16 (i % 2) + 0..15 */
+        const uint8x16_t b = vld1q_u8(qs + 16 * i);
+        for (int k = 0; k < 4; k++)
+            vst1q_u8((uint8_t *)q + 128 * (i / 2) + 32 * k + 16 * (i % 2),
+                     vandq_u8(vshlq_u8(b, vdupq_n_s8((int8_t)(-2 * k))), vdupq_n_u8(3)));
+    }
+#else
     for (int h = 0; h < 2; h++)
         for (int k = 0; k < 4; k++)
             for (int l = 0; l < 32; l++) q[128 * h + 32 * k + l] = (int8_t)((qs[32 * h + l] >> (2 * k)) & 3);
+#endif
 }
+
+#if defined(REALM_NEON)
+/* Q3_K's third and Q5_K's fifth bits: bit s of bits[l] belongs to weight 32s + l, which becomes
+ * (q | value where the bit is set) - offset (the scalar loops in unpack_q3_k and unpack_q5_k). */
+static inline void add_bit_planes(const uint8_t *bits, uint8_t value, uint8_t offset, int8_t *q) {
+    for (int s = 0; s < 8; s++)
+        for (int i = 0; i < 2; i++) {
+            uint8_t *p = (uint8_t *)q + 32 * s + 16 * i;
+            const uint8x16_t set = vtstq_u8(vld1q_u8(bits + 16 * i), vdupq_n_u8((uint8_t)(1 << s)));
+            vst1q_u8(p, vsubq_u8(vorrq_u8(vld1q_u8(p), vandq_u8(set, vdupq_n_u8(value))), vdupq_n_u8(offset)));
+        }
+}
+#endif
 
 static inline void unpack_q2_k(const block_q2_K *b, kblock *k) {
     unpack_crumbs(b->qs, k->q);
@@ -29,8 +54,12 @@ static inline void unpack_q2_k(const block_q2_K *b, kblock *k) {
 
 static inline void unpack_q3_k(const block_q3_K *b, kblock *k) {
     unpack_crumbs(b->qs, k->q);
+#if defined(REALM_NEON)
+    add_bit_planes(b->hmask, 4, 4, k->q);
+#else
     for (int s = 0; s < 8; s++)  /* bit s of hmask[l] is the third bit of weight 32s + l; clear means -4 */
         for (int l = 0; l < 32; l++) k->q[32 * s + l] = (int8_t)(k->q[32 * s + l] + 4 * ((b->hmask[l] >> s) & 1) - 4);
+#endif
     for (int j = 0; j < 16; j++) {
         const int low = j < 8 ? b->scales[j] & 0x0f : b->scales[j - 8] >> 4;
         const int high = (b->scales[8 + j % 4] >> (2 * (j / 4))) & 3;
@@ -74,8 +103,12 @@ static inline void unpack_q4_k(const block_q4_K *b, kblock *k) {
 
 static inline void unpack_q5_k(const block_q5_K *b, kblock *k) {
     unpack_nibbles32(b->qs, k->q);
+#if defined(REALM_NEON)
+    add_bit_planes(b->qh, 16, 0, k->q);
+#else
     for (int s = 0; s < 8; s++)  /* bit s of qh[l] is the fifth bit of weight 32s + l */
         for (int l = 0; l < 32; l++) k->q[32 * s + l] = (int8_t)(k->q[32 * s + l] | (((b->qh[l] >> s) & 1) << 4));
+#endif
     unpack_k4_scales(b->scales, k);
     k->d = f16_to_f32(b->d), k->dmin = f16_to_f32(b->dmin);
 }
@@ -97,6 +130,18 @@ static inline void unpack_q6_k(const block_q6_K *b, kblock *k) {
             _mm256_store_si256((__m256i *)(k->q + 128 * h + 32 * c),
                                _mm256_sub_epi8(_mm256_or_si256(low[c], high[c]), off));
     }
+#elif defined(REALM_NEON)
+    const uint8x16_t low4 = vdupq_n_u8(0x0f), two = vdupq_n_u8(3 << 4);
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < 2; i++) {  /* the scalar loop below for l = 16i..16i+15 */
+            const uint8x16_t ql0 = vld1q_u8(b->ql + 64 * h + 16 * i), ql1 = vld1q_u8(b->ql + 64 * h + 32 + 16 * i);
+            const uint8x16_t qh = vld1q_u8(b->qh + 32 * h + 16 * i);
+            const uint8x16_t low[4] = {vandq_u8(ql0, low4), vandq_u8(ql1, low4), vshrq_n_u8(ql0, 4), vshrq_n_u8(ql1, 4)};
+            const uint8x16_t high[4] = {vandq_u8(vshlq_n_u8(qh, 4), two), vandq_u8(vshlq_n_u8(qh, 2), two),
+                                        vandq_u8(qh, two), vandq_u8(vshrq_n_u8(qh, 2), two)};
+            for (int c = 0; c < 4; c++)
+                vst1q_u8((uint8_t *)k->q + 128 * h + 32 * c + 16 * i, vsubq_u8(vorrq_u8(low[c], high[c]), vdupq_n_u8(32)));
+        }
 #else
     for (int h = 0; h < 2; h++)
         for (int c = 0; c < 4; c++)  /* weights 128h + 32c + l: nibble of ql[64h + 32(c % 2) + l], crumb c of qh */

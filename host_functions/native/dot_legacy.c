@@ -9,11 +9,11 @@
  */
 #include "lanes.h"
 
-/* The AVX2 and AVX-512 variants unpack with the vector unpackers below instead. */
-#define UNUSED_ON_AVX512 __attribute__((unused))
+/* The AVX2, AVX-512 and NEON variants unpack with the vector unpackers below instead. */
+#define UNUSED_ON_VECTOR_VARIANTS __attribute__((unused))
 
 /* Each unpacker returns the block's 32 quants (signed, or 0..31 for the min formats) and sets d, m. */
-static inline UNUSED_ON_AVX512 const int8_t *unpack_q4_0(const block_q4_0 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_VECTOR_VARIANTS const int8_t *unpack_q4_0(const block_q4_0 *b, int8_t *q, float *d, float *m) {
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)((b->qs[j] & 0x0f) - 8);
         q[j + 16] = (int8_t)((b->qs[j] >> 4) - 8);
@@ -22,7 +22,7 @@ static inline UNUSED_ON_AVX512 const int8_t *unpack_q4_0(const block_q4_0 *b, in
     return q;
 }
 
-static inline UNUSED_ON_AVX512 const int8_t *unpack_q4_1(const block_q4_1 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_VECTOR_VARIANTS const int8_t *unpack_q4_1(const block_q4_1 *b, int8_t *q, float *d, float *m) {
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)(b->qs[j] & 0x0f);
         q[j + 16] = (int8_t)(b->qs[j] >> 4);
@@ -31,7 +31,7 @@ static inline UNUSED_ON_AVX512 const int8_t *unpack_q4_1(const block_q4_1 *b, in
     return q;
 }
 
-static inline UNUSED_ON_AVX512 const int8_t *unpack_q5_0(const block_q5_0 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_VECTOR_VARIANTS const int8_t *unpack_q5_0(const block_q5_0 *b, int8_t *q, float *d, float *m) {
     const uint32_t qh = load_u32(b->qh);
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)(((b->qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) - 16);
@@ -41,7 +41,7 @@ static inline UNUSED_ON_AVX512 const int8_t *unpack_q5_0(const block_q5_0 *b, in
     return q;
 }
 
-static inline UNUSED_ON_AVX512 const int8_t *unpack_q5_1(const block_q5_1 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_VECTOR_VARIANTS const int8_t *unpack_q5_1(const block_q5_1 *b, int8_t *q, float *d, float *m) {
     const uint32_t qh = load_u32(b->qh);
     for (int j = 0; j < 16; j++) {
         q[j] = (int8_t)((b->qs[j] & 0x0f) | (((qh >> j) & 1) << 4));
@@ -108,6 +108,9 @@ static inline const int8_t *unpack_q8_1(const block_q8_1 *b, int8_t *q, float *d
 #define S_Q8_1(xb) f16_to_f32((xb)->s)
 #define S_NONE(xb) 0.0f
 
+#define fast_unpack_q8_0 unpack_q8_0  /* the quants as they are: nothing to unpack */
+#define fast_unpack_q8_1 unpack_q8_1
+
 #if defined(REALM_PANELS)
 
 /* Vector unpackers: the same 32 quants as the scalar ones above, in one register. */
@@ -162,8 +165,6 @@ FAST_UNPACK(q4_0)
 FAST_UNPACK(q4_1)
 FAST_UNPACK(q5_0)
 FAST_UNPACK(q5_1)
-#define fast_unpack_q8_0 unpack_q8_0  /* the quants as they are: nothing to unpack */
-#define fast_unpack_q8_1 unpack_q8_1
 #define TILE_UNPACK(UNPACK) fast_##UNPACK
 
 /* Weight rows against up to MAX_PANELS token panels: per block, each row's quants plus the zero point
@@ -206,7 +207,37 @@ FAST_UNPACK(q5_1)
 
 #else
 #define LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, MIN_TERM)
+
+#if defined(REALM_NEON)
+/* NEON unpackers: the scalar ones' 32 quants, 16 at a time (clang leaves Q4_0's scalar loop, for
+ * one, unvectorized). Weight j is the low nibble of qs[j], weight j + 16 its high nibble, plus 16
+ * where bit j of qh is set (qh little-endian: bit j is bit j % 8 of byte j / 8), minus the offset. */
+static inline void store_quants(const uint8_t *qs, const uint8_t *qh, uint8_t offset, int8_t *q) {
+    const uint8x16_t b = vld1q_u8(qs), bit = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    uint8x16_t low = vandq_u8(b, vdupq_n_u8(0x0f)), high = vshrq_n_u8(b, 4);
+    if (qh != NULL) {
+        const uint8x16_t sixteen = vdupq_n_u8(16);
+        low = vorrq_u8(low, vandq_u8(vtstq_u8(vcombine_u8(vdup_n_u8(qh[0]), vdup_n_u8(qh[1])), bit), sixteen));
+        high = vorrq_u8(high, vandq_u8(vtstq_u8(vcombine_u8(vdup_n_u8(qh[2]), vdup_n_u8(qh[3])), bit), sixteen));
+    }
+    vst1q_u8((uint8_t *)q, vsubq_u8(low, vdupq_n_u8(offset)));
+    vst1q_u8((uint8_t *)q + 16, vsubq_u8(high, vdupq_n_u8(offset)));
+}
+/* fast_unpack_NAME: the unpacker of format NAME with fifth bits QH (or NULL) and offset OFFSET */
+#define NEON_UNPACK(NAME, QH, OFFSET, MIN)                                                                   \
+    static inline const int8_t *fast_unpack_##NAME(const block_##NAME *b, int8_t *q, float *d, float *m) {  \
+        store_quants(b->qs, QH, OFFSET, q);                                                                  \
+        *d = f16_to_f32(b->d), *m = MIN;                                                                     \
+        return q;                                                                                            \
+    }
+NEON_UNPACK(q4_0, NULL, 8, 0.0f)
+NEON_UNPACK(q4_1, NULL, 0, f16_to_f32(b->m))
+NEON_UNPACK(q5_0, b->qh, 16, 0.0f)
+NEON_UNPACK(q5_1, b->qh, 0, f16_to_f32(b->m))
+#define TILE_UNPACK(UNPACK) fast_##UNPACK
+#else
 #define TILE_UNPACK(UNPACK) UNPACK
+#endif
 #endif
 
 /* One tile and one panel function per format: UNPACK decodes a weight block, XBLOCK is the activation

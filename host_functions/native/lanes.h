@@ -2,22 +2,24 @@
  *
  * dot32(w, x): 32 int8 weights times 32 int8 activations as 8 int32 lanes, lane i holding the sum of
  * products 4i..4i+3. Integer sums are exact, so every variant gets the same lanes: VNNI's vpdpbusd,
- * AVX2's vpmaddubsw + vpmaddwd, or plain C. The float side (lanes times a block scale, added to an
- * accumulator, then a fixed pairwise sum) is written out op by op in the same order everywhere, and
- * the library is built with -ffp-contract=off, so all variants produce the same bits.
+ * AVX2's vpmaddubsw + vpmaddwd, ARM's sdot or NEON's vmull + widening pairwise adds, or plain C. The
+ * float side (block sums times a block scale, added to an accumulator, four rows per vector) is
+ * written out op by op in the same order everywhere, and the library is built with -ffp-contract=off,
+ * so all variants produce the same bits.
  *
- * Signed weights use the sign trick (|w| unsigned times x with w's sign), as llama.cpp does on x86;
- * udot32 is for weights known to be 0..63, where vpmaddubsw cannot saturate.
+ * Signed weights use the sign trick on x86 (|w| unsigned times x with w's sign), as llama.cpp does;
+ * udot32 is for weights known to be 0..63, where vpmaddubsw cannot saturate (and which ARM's signed
+ * products read as they are). REALM_PLAIN_C (the portable variants) keeps the plain C lanes on a
+ * target that has vector units anyway: aarch64 always defines __ARM_NEON.
  */
 #pragma once
 
 #include "realm_native.h"
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) && !defined(REALM_PLAIN_C)
 #include <immintrin.h>
 
 typedef __m256i i32x8;
-typedef __m256 f32x8;
 
 static inline __m256i u8_times_s8(__m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -72,23 +74,62 @@ static inline f32x4 f32x4_set1(float v) { return _mm_set1_ps(v); }
 static inline f32x4 f32x4_add(f32x4 a, f32x4 b) { return _mm_add_ps(a, b); }
 static inline f32x4 f32x4_mul(f32x4 a, f32x4 b) { return _mm_mul_ps(a, b); }
 static inline void f32x4_store(float *p, f32x4 a) { _mm_storeu_ps(p, a); }
-static inline f32x8 f32x8_zero(void) { return _mm256_setzero_ps(); }
-static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { return _mm256_add_ps(a, b); }
-/* acc + float(lanes) * s, as a multiply then an add (no fused rounding) */
-static inline f32x8 f32x8_mul_add(f32x8 acc, i32x8 lanes, float s) {
-    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(s)));
+
+#elif defined(REALM_NEON)
+#include <arm_neon.h>
+
+typedef struct { int32x4_t lo, hi; } i32x8;  /* lanes 0-3 and 4-7 */
+
+/* 16 signed byte products summed in fours into 4 lanes: sdot where the CPU has it (armv8.2-a
+ * dotprod), else vmull's int16 products (|w x| <= 2^14 fits), widened to int32 before any two are
+ * added (a pair can reach 2^15, one past int16) and paired once more. */
+static inline int32x4_t dot16(int8x16_t w, int8x16_t x) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(vdupq_n_s32(0), w, x);
+#else
+    return vpaddq_s32(vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(x))), vpaddlq_s16(vmull_high_s8(w, x)));
+#endif
 }
-/* ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) */
-static inline float f32x8_sum(f32x8 a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+static inline i32x8 dot32(const int8_t *w, const int8_t *x) {
+    i32x8 r = {dot16(vld1q_s8(w), vld1q_s8(x)), dot16(vld1q_s8(w + 16), vld1q_s8(x + 16))};
+    return r;
 }
+static inline i32x8 udot32(const uint8_t *w, const int8_t *x) {  /* w <= 127: the same bytes as int8 */
+    return dot32((const int8_t *)w, x);
+}
+static inline i32x8 i32x8_zero(void) { i32x8 r = {vdupq_n_s32(0), vdupq_n_s32(0)}; return r; }
+static inline i32x8 i32x8_add(i32x8 a, i32x8 b) {
+    i32x8 r = {vaddq_s32(a.lo, b.lo), vaddq_s32(a.hi, b.hi)};
+    return r;
+}
+static inline i32x8 i32x8_scale2(i32x8 a, int s0, int s1) {
+    i32x8 r = {vmulq_n_s32(a.lo, s0), vmulq_n_s32(a.hi, s1)};
+    return r;
+}
+static inline i32x8 dot32_scaled(const int8_t *w, const int8_t *x, int s0, int s1) {
+    return i32x8_scale2(dot32(w, x), s0, s1);
+}
+static inline i32x8 udot32_scaled(const uint8_t *w, const int8_t *x, int s0, int s1) {
+    return i32x8_scale2(udot32(w, x), s0, s1);
+}
+static inline int i32x8_sum(i32x8 a) { return vaddvq_s32(vaddq_s32(a.lo, a.hi)); }
+/* Four rows' block sums as the lanes of one float vector, by a pairwise-add tree (exact in any order). */
+typedef float32x4_t f32x4;
+static inline f32x4 i32x8_sum4_f(const i32x8 v[4]) {
+    const int32x4_t s0 = vaddq_s32(v[0].lo, v[0].hi), s1 = vaddq_s32(v[1].lo, v[1].hi);
+    const int32x4_t s2 = vaddq_s32(v[2].lo, v[2].hi), s3 = vaddq_s32(v[3].lo, v[3].hi);
+    return vcvtq_f32_s32(vpaddq_s32(vpaddq_s32(s0, s1), vpaddq_s32(s2, s3)));
+}
+static inline f32x4 f32x4_zero(void) { return vdupq_n_f32(0.0f); }
+static inline f32x4 f32x4_load(const float *p) { return vld1q_f32(p); }
+static inline f32x4 f32x4_set1(float v) { return vdupq_n_f32(v); }
+static inline f32x4 f32x4_add(f32x4 a, f32x4 b) { return vaddq_f32(a, b); }
+static inline f32x4 f32x4_mul(f32x4 a, f32x4 b) { return vmulq_f32(a, b); }
+static inline void f32x4_store(float *p, f32x4 a) { vst1q_f32(p, a); }
 
 #else /* portable C, the same lanes */
 
 typedef struct { int32_t v[8]; } i32x8;
-typedef struct { float v[8]; } f32x8;
 
 /* One loop for both weight signednesses: the products are exact either way. */
 #define REALM_DOT32_LANES(w, x)                                                 \
@@ -126,14 +167,4 @@ static inline f32x4 f32x4_set1(float v) { f32x4 r = {{v, v, v, v}}; return r; }
 static inline f32x4 f32x4_add(f32x4 a, f32x4 b) { for (int i = 0; i < 4; i++) a.v[i] += b.v[i]; return a; }
 static inline f32x4 f32x4_mul(f32x4 a, f32x4 b) { for (int i = 0; i < 4; i++) a.v[i] *= b.v[i]; return a; }
 static inline void f32x4_store(float *p, f32x4 a) { memcpy(p, a.v, sizeof a.v); }
-static inline f32x8 f32x8_zero(void) { f32x8 r = {{0}}; return r; }
-static inline f32x8 f32x8_add(f32x8 a, f32x8 b) { for (int i = 0; i < 8; i++) a.v[i] += b.v[i]; return a; }
-static inline f32x8 f32x8_mul_add(f32x8 acc, i32x8 lanes, float s) {
-    for (int i = 0; i < 8; i++) acc.v[i] = acc.v[i] + (float)lanes.v[i] * s;
-    return acc;
-}
-static inline float f32x8_sum(f32x8 a) {
-    const float *l = a.v;
-    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-}
 #endif

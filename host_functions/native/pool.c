@@ -25,9 +25,11 @@
  * once. */
 #define YIELD_EVERY 64
 
-static inline void cpu_relax(void) {
+static inline void cpu_relax(void) {  /* the spin-wait hint: lets a sibling hyperthread (or core) run */
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
 #endif
 }
 

@@ -43,31 +43,46 @@ _Static_assert(sizeof(block_q4_0) == 18 && sizeof(block_q4_1) == 20 && sizeof(bl
                sizeof(block_q5_K) == 176 && sizeof(block_q6_K) == 210 && sizeof(block_q8_K) == 292,
                "ggml block sizes");
 
-/* ---- float conversions (every variant rounds alike: round to nearest even) ---------------------- */
+/* ---- float conversions (every variant rounds alike: round to nearest even) ---------------------- *
+ *
+ * Every variant gives the same bits for every input, NaNs included: IEEE 754's conversions, as x86's
+ * F16C and ARM's fcvt compute them (a NaN keeps its sign and the top of its payload and comes out
+ * quiet; subnormals are converted exactly, never flushed), and the plain C below does the same. */
 
 static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* The NEON code (lanes.h, dot_float.c) and ARM's conversion instructions: every aarch64 variant but
+ * the portable one, which asks for plain C (aarch64 compilers always define __ARM_NEON). */
+#if defined(__aarch64__) && defined(__ARM_NEON) && !defined(REALM_PLAIN_C)
+#define REALM_NEON 1
+#endif
 
 #if defined(__F16C__)
 #include <immintrin.h>
 static inline float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 static inline uint16_t f32_to_f16(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#elif defined(REALM_NEON)
+static inline float f16_to_f32(uint16_t h) { __fp16 f; memcpy(&f, &h, 2); return (float)f; }  /* fcvt s, h */
+static inline uint16_t f32_to_f16(float f) { const __fp16 h = (__fp16)f; uint16_t u; memcpy(&u, &h, 2); return u; }
 #else
 static inline float f16_to_f32(uint16_t h) {
-    /* Exponent rebias by a multiply (handles subnormals exactly); inf/NaN by their own branch. */
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, rest = h & 0x7fff;
-    if (rest >= 0x7c00) return bits_f32(sign | 0x7f800000 | ((uint32_t)(rest & 0x3ff) << 13));
-    return bits_f32(sign | f32_bits(bits_f32(rest << 13) * 0x1.0p+112f));
+    /* Exponent rebias by a multiply (handles subnormals exactly); inf and NaN (made quiet, with its
+     * payload, as F16C and fcvt do) by bits. */
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, rest = h & 0x7fff;
+    const uint32_t special = 0x7f800000u | (uint32_t)(rest > 0x7c00) << 22 | (rest & 0x3ff) << 13;
+    return bits_f32(sign | (rest >= 0x7c00 ? special : f32_bits(bits_f32(rest << 13) * 0x1.0p+112f)));
 }
 static inline uint16_t f32_to_f16(float f) {
     /* The classic scale-and-add rounding: adding a power of two aligns the mantissa so that the
-     * float adder itself rounds to nearest even at f16 precision. */
+     * float adder itself rounds to nearest even at f16 precision. A NaN keeps its payload's top 10
+     * bits, made quiet. */
     float base = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
     uint32_t w = f32_bits(f), shl1 = w + w, sign = w & 0x80000000u, bias = shl1 & 0xff000000u;
     if (bias < 0x71000000u) bias = 0x71000000u;
     base = bits_f32((bias >> 1) + 0x07800000u) + base;
     uint32_t bits = f32_bits(base), nonsign = ((bits >> 13) & 0x7c00u) + (bits & 0x0fffu);
-    return (uint16_t)((sign >> 16) | (shl1 > 0xff000000u ? 0x7e00u : nonsign));
+    return (uint16_t)((sign >> 16) | (shl1 > 0xff000000u ? 0x7e00u | ((w >> 13) & 0x3ffu) : nonsign));
 }
 #endif
 
