@@ -209,6 +209,25 @@ def test_attention_is_the_same_bits_whatever_the_chunking_threads_and_variant(po
     assert np.array_equal(kernels.attention(q, k[20:], v[20:], 30, 20, 8, 0.1), windowed)
 
 
+def test_attention_reads_the_pool_through_the_slots_as_a_gathered_copy() -> None:
+    """The backend passes its KV pool and each position's slot (paged blocks, in any order): the same
+    bits as the gathered keys, and a slot outside the pool is refused, not read."""
+    rng = np.random.default_rng(13)
+    q, k, v = _attention_inputs(rng, 3, 4, 2, 40, 25)
+    slots = rng.permutation(64)[:28]  # positions 0..27 scattered over a 64-slot pool
+    k_pool, v_pool = np.zeros((64, 2, 40), np.float32), np.zeros((64, 2, 40), np.float32)
+    k_pool[slots], v_pool[slots] = k, v
+    for window, start in ((0, 0), (6, 20)):
+        gathered = BEST.attention(q, k[start:], v[start:], 25, start, window, 0.2)
+        assert np.array_equal(BEST.attention(q, k_pool, v_pool, 25, start, window, 0.2, slots[start:]), gathered)
+    bad = slots.copy()
+    bad[5] = 64
+    with pytest.raises(BackendError, match="refused"):
+        BEST.attention(q, k_pool, v_pool, 25, 0, 0, 0.2, bad)
+    with pytest.raises(BackendError, match="do not fit"):
+        BEST.attention(q, k_pool, v_pool, 25, 0, 0, 0.2, slots[1:])
+
+
 def test_attention_refuses_keys_that_do_not_fit() -> None:
     q, k, v = _attention_inputs(np.random.default_rng(8), 2, 4, 1, 16, 3)
     with pytest.raises(BackendError, match="do not fit"):

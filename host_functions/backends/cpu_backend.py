@@ -215,10 +215,11 @@ class CpuBackend(NumpyBackend):
         """NumpyBackend's rope, bit for bit, in rope.c."""
         return self.kernels.rope(x, cos, sin, layout)
 
-    def attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
-                  scale: float) -> np.ndarray:
-        """NumpyBackend's attention arithmetic in the native library, the queries over the threads."""
-        return self.kernels.attention(q, keys, values, pos, start, window, scale)
+    def attention(self, q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, pos: int,
+                  start: int, window: int, scale: float) -> np.ndarray:
+        """NumpyBackend's attention arithmetic in the native library, the queries over the threads, the
+        keys read in place from the pool (no gathered copy of the sequence's keys per layer)."""
+        return self.kernels.attention(q, k_pool, v_pool, pos, start, window, scale, slots)
 
     def _allocate_kv(self, pool: KVPool) -> None:
         super()._allocate_kv(pool)

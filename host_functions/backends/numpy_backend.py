@@ -209,7 +209,7 @@ class NumpyBackend(Backend):
             end = sp.key_slots.shape[0]
             first = max(0, sp.pos - window + 1) if window else 0
             slots = sp.key_slots[first:end]
-            attn[sp.rows] = self.attention(q[sp.rows], k_pool[slots], v_pool[slots], sp.pos, first, window,
+            attn[sp.rows] = self.attention(q[sp.rows], k_pool, v_pool, slots, sp.pos, first, window,
                                            cfg.attention_scale)
         a = project("attn_output", attn.reshape(n, cfg.q_dim))
         if cfg.sandwich_norms:
@@ -240,10 +240,11 @@ class NumpyBackend(Backend):
         """The module's `rope` of x (n, heads, head_dim) by cos/sin (n, 1, head_dim/2)."""
         return rope(x, cos, sin, layout)
 
-    def attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
-                  scale: float) -> np.ndarray:
-        """One span's attention (the module's `attention`)."""
-        return attention(q, keys, values, pos, start, window, scale)
+    def attention(self, q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, pos: int,
+                  start: int, window: int, scale: float) -> np.ndarray:
+        """One span's attention (the module's `attention`) over the keys/values of a layer's pool
+        (pool slots, n_kv, head_dim) at `slots`, those of positions start..pos+n-1."""
+        return attention(q, k_pool[slots], v_pool[slots], pos, start, window, scale)
 
     def logits(self, x: np.ndarray, last_only: bool = True) -> np.ndarray:
         if last_only:

@@ -225,8 +225,8 @@ class Kernels:
         lib.realm_quantize_act.restype = ctypes.c_int
         lib.realm_act_row_bytes.argtypes = [ctypes.c_int, _I64]
         lib.realm_act_row_bytes.restype = _I64
-        lib.realm_attention.argtypes = [_PTR, _I64, ctypes.c_int, ctypes.c_int, ctypes.c_int, _PTR, _PTR, _I64, _I64,
-                                         _I64, ctypes.c_float, _PTR]
+        lib.realm_attention.argtypes = [_PTR, _I64, ctypes.c_int, ctypes.c_int, ctypes.c_int, _PTR, _PTR, _I64, _PTR,
+                                         _I64, _I64, _I64, ctypes.c_float, _PTR]
         lib.realm_attention.restype = ctypes.c_int
         lib.realm_set_threads.argtypes = [ctypes.c_int]
         lib.realm_set_threads.restype = ctypes.c_int
@@ -297,20 +297,27 @@ class Kernels:
             raise BackendError(f"lora: the kernel library refused a rank sum of {a.shape[0]} (status {status})")
 
     def attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
-                  scale: float) -> np.ndarray:
-        """Causal GQA of queries q (n, n_head, head_dim) at positions pos.. over keys/values
-        (L, n_kv, head_dim) of positions start..pos+n-1, as NumpyBackend's `attention` rounds it (f16
-        query and probabilities); window > 0 limits position p to keys p-window+1..p. Returns
-        (n, n_head, head_dim) float32. Raises BackendError for inconsistent shapes."""
+                  scale: float, slots: np.ndarray | None = None) -> np.ndarray:
+        """Causal GQA of queries q (n, n_head, head_dim) at positions pos.. over the keys/values of
+        positions start..pos+n-1, as NumpyBackend's `attention` rounds it (f16 query and probabilities);
+        window > 0 limits position p to keys p-window+1..p. keys/values: (L, n_kv, head_dim) holding
+        those positions in order, or with `slots` (pos+n-start,) int64 the KV pool (n_slots, n_kv,
+        head_dim) and each position's row in it, read in place. Returns (n, n_head, head_dim) float32.
+        Raises BackendError for inconsistent shapes or a slot outside the pool."""
         q = np.ascontiguousarray(q, np.float32)
         keys, values = np.ascontiguousarray(keys, np.float32), np.ascontiguousarray(values, np.float32)
         n, n_head, hd = q.shape
-        if keys.shape != values.shape or keys.ndim != 3 or keys.shape[2] != hd or keys.shape[0] != pos + n - start:
+        n_keys = pos + n - start
+        if slots is not None:
+            slots = np.ascontiguousarray(slots, np.int64)
+        if (keys.shape != values.shape or keys.ndim != 3 or keys.shape[2] != hd
+                or (keys.shape[0] != n_keys if slots is None else slots.shape != (n_keys,))):
             raise BackendError(f"attention: keys {keys.shape} / values {values.shape} do not fit queries {q.shape} "
                                f"at {pos} from {start}")
         out = np.empty_like(q)
-        status = self._lib.realm_attention(_address(q), n, n_head, keys.shape[1], hd, _address(keys),
-                                           _address(values), pos, start, window, scale, _address(out))
+        status = self._lib.realm_attention(_address(q), n, n_head, keys.shape[1], hd, _address(keys), _address(values),
+                                           keys.shape[0], None if slots is None else _address(slots), pos, start,
+                                           window, scale, _address(out))
         if status != 0:
             raise BackendError(f"attention: the kernel library refused the call (status {status})")
         return out

@@ -17,7 +17,8 @@
 #define LANES 16
 
 typedef struct {
-    const float *q, *keys, *values;  /* (n, n_head, hd); (L, n_kv, hd) for positions start.. */
+    const float *q, *keys, *values;  /* (n, n_head, hd); (n_slots, n_kv, hd) */
+    const int64_t *slots;            /* the keys' row of position start + i, or NULL: row i */
     float *out;                      /* (n, n_head, hd) */
     int64_t n, pos, start, window;
     int n_head, n_kv, hd;
@@ -28,6 +29,9 @@ typedef struct {
 } attention_job;
 
 static inline float round_f16(float v) { return f16_to_f32(f32_to_f16(v)); }
+
+/* The row of position start + i in keys and values. */
+static inline size_t key_row(const attention_job *j, int64_t i) { return (size_t)(j->slots ? j->slots[i] : i); }
 
 typedef float f32x16 __attribute__((vector_size(4 * LANES)));  /* any target: the same lanes */
 
@@ -65,8 +69,8 @@ static void attend_group(const attention_job *j, int64_t i, int g, float *scratc
     const int64_t n_keys = p - first + 1;
     const int group = j->n_head / j->n_kv, hd = j->hd;
     const size_t row = (size_t)j->n_kv * hd;  /* floats from one position to the next */
-    const float *k = j->keys + (size_t)(first - j->start) * row + (size_t)g * hd;
-    const float *v = j->values + (size_t)(first - j->start) * row + (size_t)g * hd;
+    const float *k = j->keys + (size_t)g * hd, *v = j->values + (size_t)g * hd;  /* + key_row(...) * row */
+    const int64_t k0 = first - j->start;  /* the first key's index in the slots */
     float *qh = scratch, *scores = scratch + (size_t)group * hd;  /* (group, hd), (group, n_keys) */
     for (int h = 0; h < group; h++) {
         const float *q = j->q + ((size_t)i * j->n_head + (size_t)g * group + h) * hd;
@@ -77,7 +81,7 @@ static void attend_group(const attention_job *j, int64_t i, int g, float *scratc
         const float *a[4], *b[4];
         for (int c = 0; c < 4; c++) {  /* past the last pair: the last pair again, not stored */
             const int64_t e = pair + c < (int64_t)group * n_keys ? pair + c : (int64_t)group * n_keys - 1;
-            a[c] = qh + (e % group) * hd, b[c] = k + (e / group) * row;
+            a[c] = qh + (e % group) * hd, b[c] = k + key_row(j, k0 + e / group) * row;
         }
         float dots[4];
         dot4(a, b, hd, dots);
@@ -94,7 +98,7 @@ static void attend_group(const attention_job *j, int64_t i, int g, float *scratc
     }
     for (int64_t s = 0; s < n_keys; s++)
         for (int h = 0; h < group; h++)
-            add_scaled(j->out + ((size_t)i * j->n_head + (size_t)g * group + h) * hd, v + s * row,
+            add_scaled(j->out + ((size_t)i * j->n_head + (size_t)g * group + h) * hd, v + key_row(j, k0 + s) * row,
                        scores[h * n_keys + s], hd);
 }
 
@@ -109,16 +113,22 @@ static void attention_share(void *arg, int ith, int nth) {
     }
 }
 
-/* out (n, n_head, hd) = attention of queries q at positions pos..pos+n-1 over keys/values
- * (L, n_kv, hd) of positions start..pos+n-1; window > 0 limits position p to keys p-window+1..p.
- * Returns 0, or a negative code for inconsistent shapes or no memory. */
+/* out (n, n_head, hd) = attention of queries q at positions pos..pos+n-1 over the keys/values of
+ * positions start..pos+n-1: rows slots[0..pos+n-start) of keys/values (n_slots, n_kv, hd), the KV
+ * pool itself, or with slots NULL their first pos+n-start rows. window > 0 limits position p to keys
+ * p-window+1..p. Returns 0, or a negative code for inconsistent shapes, a slot outside the pool or no
+ * memory. */
 EXPORT int realm_attention(const float *q, int64_t n, int n_head, int n_kv, int hd, const float *keys,
-                           const float *values, int64_t pos, int64_t start, int64_t window, float scale, float *out) {
+                           const float *values, int64_t n_slots, const int64_t *slots, int64_t pos, int64_t start,
+                           int64_t window, float scale, float *out) {
     if (n < 0 || n_head < 1 || n_kv < 1 || n_head % n_kv || hd < 1 || start < 0 || start > pos || window < 0)
         return -2;
+    if (slots == NULL && n_slots < pos + n - start) return -2;
+    for (int64_t i = 0; slots != NULL && i < pos + n - start; i++)
+        if (slots[i] < 0 || slots[i] >= n_slots) return -2;
     if (n == 0) return 0;
-    attention_job job = {.q = q, .keys = keys, .values = values, .out = out, .n = n, .pos = pos, .start = start,
-                         .window = window, .n_head = n_head, .n_kv = n_kv, .hd = hd, .scale = scale};
+    attention_job job = {.q = q, .keys = keys, .values = values, .slots = slots, .out = out, .n = n, .pos = pos,
+                         .start = start, .window = window, .n_head = n_head, .n_kv = n_kv, .hd = hd, .scale = scale};
     job.scratch_stride = (int64_t)(n_head / n_kv) * (hd + (pos + n - start));
     job.scratch = malloc(sizeof(float) * (size_t)(job.scratch_stride * pool_threads()));
     if (job.scratch == NULL) return -3;
