@@ -209,6 +209,21 @@ def test_attention_is_the_same_bits_whatever_the_chunking_threads_and_variant(po
     assert np.array_equal(kernels.attention(q, k[20:], v[20:], 30, 20, 8, 0.1), windowed)
 
 
+def test_attention_of_one_query_splits_its_heads_over_the_threads_with_the_same_bits() -> None:
+    """A decode step of a model with one KV head (the default model: 4 query heads on 1) is a single
+    (query, KV head) item, so its query heads are split over the threads: every split, the same bits."""
+    q, k, v = _attention_inputs(np.random.default_rng(14), 1, 6, 1, 80, 50)
+    kernels = native.load()
+    try:
+        kernels.set_threads(1)
+        alone = kernels.attention(q, k, v, 50, 0, 0, 0.1)
+        for threads in (2, 3, 4, 7):  # parts of 3, 2, 2 and 1 heads
+            kernels.set_threads(threads)
+            assert np.array_equal(kernels.attention(q, k, v, 50, 0, 0, 0.1), alone), f"{threads} threads"
+    finally:
+        kernels.set_threads(native.default_threads())
+
+
 def test_attention_reads_the_pool_through_the_slots_as_a_gathered_copy() -> None:
     """The backend passes its KV pool and each position's slot (paged blocks, in any order): the same
     bits as the gathered keys, and a slot outside the pool is refused, not read."""
