@@ -243,6 +243,29 @@ def test_attention_reads_the_pool_through_the_slots_as_a_gathered_copy() -> None
         BEST.attention(q, k_pool, v_pool, 25, 0, 0, 0.2, slots[1:])
 
 
+def test_kv_store_rounds_as_numpy_and_refuses_slots_outside_the_pool(portable: native.Kernels) -> None:
+    """The cpu backend's KV writes give NumpyBackend.store_kv's bits (f16 round to nearest even, with
+    ties, subnormals and overflow to inf), on every variant; a bad slot writes nothing."""
+    rng = np.random.default_rng(15)
+    k = rng.standard_normal((5, 2, 24)).astype(np.float32) * 100
+    k[0, 0, :4] = [70000.0, -1e-6, 1e-7, 2049.0]  # inf in f16, two subnormals, a tie (2048 + 1 -> 2048)
+    v = rng.standard_normal((5, 2, 24)).astype(np.float32)
+    slots = np.array([7, 2, 9, 0, 4])
+    want_k, want_v = np.zeros((10, 2, 24), np.float32), np.zeros((10, 2, 24), np.float32)
+    with np.errstate(over="ignore"):  # 70000 overflows to inf on purpose
+        numpy_backend.NumpyBackend.store_kv(None, want_k, want_v, slots, k, v)  # type: ignore[arg-type]
+    for kernels in (BEST, portable):
+        k_pool, v_pool = np.zeros_like(want_k), np.zeros_like(want_v)
+        kernels.store_kv(k_pool, v_pool, slots, k, v)
+        assert np.array_equal(k_pool, want_k) and np.array_equal(v_pool, want_v)
+    k_pool = np.zeros_like(want_k)
+    with pytest.raises(BackendError, match="outside the pool"):
+        BEST.store_kv(k_pool, np.zeros_like(want_v), np.array([7, 2, 10, 0, 4]), k, v)
+    assert not k_pool.any()
+    with pytest.raises(BackendError, match="do not fit"):
+        BEST.store_kv(k_pool, np.zeros_like(want_v), slots[:4], k, v)
+
+
 def test_attention_refuses_keys_that_do_not_fit() -> None:
     q, k, v = _attention_inputs(np.random.default_rng(8), 2, 4, 1, 16, 3)
     with pytest.raises(BackendError, match="do not fit"):

@@ -215,6 +215,11 @@ class CpuBackend(NumpyBackend):
         """NumpyBackend's rope, bit for bit, in rope.c."""
         return self.kernels.rope(x, cos, sin, layout)
 
+    def store_kv(self, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, k: np.ndarray,
+                 v: np.ndarray) -> None:
+        """NumpyBackend's f16-rounded KV writes, bit for bit, in attention.c."""
+        self.kernels.store_kv(k_pool, v_pool, slots, k, v)
+
     def attention(self, q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, pos: int,
                   start: int, window: int, scale: float) -> np.ndarray:
         """NumpyBackend's attention arithmetic in the native library, the queries over the threads, the

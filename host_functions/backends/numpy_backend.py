@@ -202,7 +202,7 @@ class NumpyBackend(Backend):
         q, k = self.rope(q, cos, sin, cfg.rope_layout), self.rope(k, cos, sin, cfg.rope_layout)
         new_slots = np.concatenate([sp.key_slots[sp.pos :] for sp in spans])
         k_pool, v_pool = self.kv_k[index], self.kv_v[index]
-        k_pool[new_slots], v_pool[new_slots] = round_to_f16(k), round_to_f16(v)
+        self.store_kv(k_pool, v_pool, new_slots, k, v)
         window = cfg.layer_window(index)
         attn = np.empty_like(q)
         for sp in spans:
@@ -225,7 +225,7 @@ class NumpyBackend(Backend):
         """Add the unmerged adapter terms of `runs` to y = projection `key` of `layer` applied to x."""
         return apply_lora(y, x, layer, key, runs, self.config, tiled_matmul)
 
-    # --- the element-wise ops and attention: hooks the cpu backend fills natively ---
+    # --- the element-wise ops, the KV writes and attention: hooks the cpu backend fills natively ---
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
         """The module's `rms_norm` over the last axis of x."""
@@ -239,6 +239,12 @@ class NumpyBackend(Backend):
     def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> np.ndarray:
         """The module's `rope` of x (n, heads, head_dim) by cos/sin (n, 1, head_dim/2)."""
         return rope(x, cos, sin, layout)
+
+    def store_kv(self, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, k: np.ndarray,
+                 v: np.ndarray) -> None:
+        """Write new keys/values (n, n_kv, head_dim) into a layer's pools at `slots`, rounded to float16
+        as llama.cpp's f16 cache holds them."""
+        k_pool[slots], v_pool[slots] = round_to_f16(k), round_to_f16(v)
 
     def attention(self, q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, pos: int,
                   start: int, window: int, scale: float) -> np.ndarray:

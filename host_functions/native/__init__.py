@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -237,7 +238,8 @@ class Kernels:
         lib.realm_rms_norm.argtypes = [_PTR, _I64, _I64, _PTR, ctypes.c_float, _PTR]
         lib.realm_gated.argtypes = [ctypes.c_int, _PTR, _I64, _I64, _PTR]
         lib.realm_rope.argtypes = [_PTR, _I64, ctypes.c_int, ctypes.c_int, _PTR, _PTR, ctypes.c_int, _PTR]
-        for name in ("realm_rms_norm", "realm_gated", "realm_rope"):
+        lib.realm_kv_store.argtypes = [_PTR, _PTR, _I64, _I64, _PTR, _I64, _PTR, _PTR]
+        for name in ("realm_rms_norm", "realm_gated", "realm_rope", "realm_kv_store"):
             getattr(lib, name).restype = ctypes.c_int
         self._lib = lib
 
@@ -321,6 +323,22 @@ class Kernels:
         if status != 0:
             raise BackendError(f"attention: the kernel library refused the call (status {status})")
         return out
+
+    def store_kv(self, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """k_pool[slots], v_pool[slots] = k, v rounded to float16 (as NumPy rounds), in place: pools
+        (n_slots, n_kv, head_dim) float32 C-contiguous, k/v (n, n_kv, head_dim), slots (n,) int64.
+        Raises BackendError for shapes that do not fit or a slot outside the pool (nothing written)."""
+        k, v = np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32)
+        slots = np.ascontiguousarray(slots, np.int64)
+        ok = (k_pool.shape == v_pool.shape and k_pool.dtype == v_pool.dtype == np.float32 and k_pool.flags.c_contiguous
+              and v_pool.flags.c_contiguous and k.shape == v.shape == (slots.shape[0], *k_pool.shape[1:]))
+        if not ok:
+            raise BackendError(f"store_kv: k {k.shape} / v {v.shape} at {slots.shape} slots do not fit pools "
+                               f"{k_pool.shape} / {v_pool.shape}")
+        status = self._lib.realm_kv_store(_address(k_pool), _address(v_pool), k_pool.shape[0], math.prod(k_pool.shape[1:]),
+                                          _address(slots), slots.shape[0], _address(k), _address(v))
+        if status != 0:
+            raise BackendError(f"store_kv: a slot outside the pool of {k_pool.shape[0]} (status {status})")
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
         """x / rms(x) * weight over the last axis, as llama.cpp computes it (norm.c): a new float32

@@ -150,3 +150,19 @@ EXPORT int realm_attention(const float *q, int64_t n, int n_head, int n_kv, int 
     free(job.scratch);
     return 0;
 }
+
+/* The KV cache's writes: k_pool[slots[t]] = f16-rounded k[t] (and v alike) for n new positions of row
+ * floats each, the rounding NumPy's astype(float16) does (round to nearest even). Returns 0, or -2
+ * for a slot outside the pool (checked before anything is written). */
+EXPORT int realm_kv_store(float *k_pool, float *v_pool, int64_t n_slots, int64_t row, const int64_t *slots, int64_t n,
+                          const float *k, const float *v) {
+    if (n < 0 || row < 1) return -2;
+    for (int64_t t = 0; t < n; t++)
+        if (slots[t] < 0 || slots[t] >= n_slots) return -2;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t c = 0; c < row; c++) {
+            k_pool[slots[t] * row + c] = round_f16(k[t * row + c]);
+            v_pool[slots[t] * row + c] = round_f16(v[t * row + c]);
+        }
+    return 0;
+}
