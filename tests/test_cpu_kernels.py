@@ -364,3 +364,8 @@ def test_row_ops_refuse_shapes_that_do_not_fit() -> None:
     with pytest.raises(BackendError, match="do not fit"):
         BEST.rope(np.zeros((2, 1, 8), np.float32), np.zeros((2, 1, 3), np.float32), np.zeros((2, 1, 3), np.float32),
                   "neox")
+    with pytest.raises(BackendError, match="layout"):
+        BEST.rope(np.zeros((2, 1, 8), np.float32), np.zeros((2, 1, 4), np.float32), np.zeros((2, 1, 4), np.float32),
+                  "llama")
+    with pytest.raises(BackendError, match="does not fit"):
+        BEST.rms_norm(np.zeros((2, 0), np.float32), np.zeros(0, np.float32), 1e-6)

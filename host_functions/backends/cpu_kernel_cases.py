@@ -283,12 +283,10 @@ def _gated_prepare(activation: str, n_rows: int, n_ff: int, mode: str
 
 def rope_inputs(rng: np.random.Generator, n_tok: int, n_head: int, hd: int, pos: int, base: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Heads x (n_tok, n_head, hd) at positions pos.. and their cos/sin as NumpyBackend computes them."""
-    from .numpy_backend import _Span  # the backend's own angle tables, so the cos/sin are its bits
-
+    """Heads x (n_tok, n_head, hd) at positions pos.. and their cos/sin from NumpyBackend's tables."""
     x = rng.standard_normal((n_tok, n_head, hd)).astype(np.float32)
     inv_freq = {base: base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)}
-    cos, sin = RopeAngles([_Span(slice(0, n_tok), pos, np.zeros(0, np.int64))], inv_freq).of_base(base)
+    cos, sin = RopeAngles(np.arange(pos, pos + n_tok), inv_freq).of_base(base)
     return x, cos, sin
 
 

@@ -161,7 +161,7 @@ class NumpyBackend(Backend):
             spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n), item.lora,
                                item.merged))
             start += n
-        angles = RopeAngles(spans, self._inv_freq)
+        angles = RopeAngles(_positions(spans), self._inv_freq)
         for index in range(n_layers):
             x = self._layer(index, x, spans, angles)
         picks = [wanted_rows(item, sp.rows.start) for item, sp in zip(items, spans, strict=True)]
@@ -172,7 +172,7 @@ class NumpyBackend(Backend):
     def layer(self, index: int, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         cache.reserve(pos + x.shape[0])
         spans = [_Span(slice(0, x.shape[0]), pos, cache.slots(0, pos + x.shape[0]))]
-        return self._layer(index, x, spans, RopeAngles(spans, self._inv_freq))
+        return self._layer(index, x, spans, RopeAngles(_positions(spans), self._inv_freq))
 
     def _layer(self, index: int, x: np.ndarray, spans: list[_Span], angles: RopeAngles) -> np.ndarray:
         """Block `index` over the rows of every span; each span attends over its own sequence."""
@@ -262,12 +262,16 @@ class NumpyBackend(Backend):
         return per_layer + self.output.nbytes
 
 
+def _positions(spans: list[_Span]) -> np.ndarray:
+    """The position of every row of a step: (n,) int64."""
+    return np.concatenate([np.arange(sp.pos, sp.pos + sp.rows.stop - sp.rows.start) for sp in spans])
+
+
 class RopeAngles:
     """The cos/sin of a step's rope angles (each row at its own position), per rope base, computed on
     first use and shared by every layer of that base: once per step, not once per layer."""
 
-    def __init__(self, spans: list[_Span], inv_freq: Mapping[float, np.ndarray]) -> None:
-        positions = np.concatenate([np.arange(sp.pos, sp.pos + sp.rows.stop - sp.rows.start) for sp in spans])
+    def __init__(self, positions: np.ndarray, inv_freq: Mapping[float, np.ndarray]) -> None:
         self._positions = positions.astype(np.float64)[:, None]  # (n, 1)
         self._inv_freq = inv_freq  # base -> (head_dim/2,) float64
         self._tables: dict[float, tuple[np.ndarray, np.ndarray]] = {}

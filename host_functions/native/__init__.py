@@ -345,10 +345,11 @@ class Kernels:
         array of x's shape. Raises BackendError when weight is not a float32 vector of x's last size."""
         x = np.ascontiguousarray(x, np.float32)
         n_cols = x.shape[-1]
-        if weight.shape != (n_cols,) or weight.dtype != np.float32 or not weight.flags.c_contiguous:
+        if n_cols < 1 or weight.shape != (n_cols,) or weight.dtype != np.float32 or not weight.flags.c_contiguous:
             raise BackendError(f"rms_norm: weight {weight.shape}/{weight.dtype} does not fit rows of {n_cols}")
         out = np.empty_like(x)
-        self._lib.realm_rms_norm(_address(x), x.size // n_cols, n_cols, _address(weight), eps, _address(out))
+        _check(self._lib.realm_rms_norm(_address(x), x.size // n_cols, n_cols, _address(weight), eps, _address(out)),
+               "rms_norm")
         return out
 
     def gated(self, gate_up: np.ndarray, activation: str) -> np.ndarray:
@@ -356,11 +357,11 @@ class Kernels:
         (n, n_ff) float32 (activation.c). Raises BackendError for an odd width or another activation."""
         gate_up = np.ascontiguousarray(gate_up, np.float32)
         kind = _GATED_KINDS.get(activation)
-        if kind is None or gate_up.ndim != 2 or gate_up.shape[1] % 2:
+        if kind is None or gate_up.ndim != 2 or gate_up.shape[1] % 2 or gate_up.shape[1] == 0:
             raise BackendError(f"gated: {activation!r} over {gate_up.shape} (want silu or gelu over (n, 2 n_ff))")
         n_ff = gate_up.shape[1] // 2
         out = np.empty((gate_up.shape[0], n_ff), np.float32)
-        self._lib.realm_gated(kind, _address(gate_up), gate_up.shape[0], n_ff, _address(out))
+        _check(self._lib.realm_gated(kind, _address(gate_up), gate_up.shape[0], n_ff, _address(out)), "gated")
         return out
 
     def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> np.ndarray:
@@ -370,11 +371,13 @@ class Kernels:
         x = np.ascontiguousarray(x, np.float32)
         cos, sin = np.ascontiguousarray(cos, np.float32), np.ascontiguousarray(sin, np.float32)
         n, n_head, hd = x.shape
+        if layout not in ("neox", "interleaved"):
+            raise BackendError(f"rope: layout {layout!r} (want neox or interleaved)")
         if hd % 2 or cos.shape != sin.shape or cos.size != n * (hd // 2):
             raise BackendError(f"rope: x {x.shape} and angles {cos.shape}/{sin.shape} do not fit")
         out = np.empty_like(x)
-        self._lib.realm_rope(_address(x), n, n_head, hd, _address(cos), _address(sin), layout == "neox",
-                             _address(out))
+        _check(self._lib.realm_rope(_address(x), n, n_head, hd, _address(cos), _address(sin), layout == "neox",
+                                    _address(out)), "rope")
         return out
 
     def quantize_activations(self, qtype: int, x: np.ndarray) -> np.ndarray:
@@ -390,6 +393,12 @@ class Kernels:
 
 
 _GATED_KINDS = {"silu": 0, "gelu": 1}  # activation.c's GATE_* kinds
+
+
+def _check(status: int, op: str) -> None:
+    """A row-wise op's status: its wrapper checks the shapes first, so a refusal is a second line."""
+    if status != 0:
+        raise BackendError(f"{op}: the kernel library refused the call (status {status})")
 
 _loaded: dict[str, Kernels] = {}
 _load_lock = threading.Lock()
