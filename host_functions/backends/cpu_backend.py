@@ -15,9 +15,10 @@ Weights that share an input (Q|K|V, gate|up) are one fused kernel call over seve
 activation rows are quantized once per activation type and the threads split the rows of all of
 them, without copying the weights into a concatenated matrix (the default model stores V as Q8_0
 next to Q5_0 Q and K, which a concatenation could not join anyway). The embedding gather decodes only
-the looked-up rows of the quantized table. Attention, RMS norms, RoPE and the gated activations run
-natively too (NumpyBackend's hooks: attention with its roundings, RoPE bit for bit, the norms as
-llama.cpp sums them, the activations with the library's own exp); the KV cache is NumpyBackend's.
+the looked-up rows of the quantized table. Attention, RMS norms, RoPE, the gated activations and the
+KV writes run natively too (NumpyBackend's hooks: attention with its roundings, reading the keys in
+place from the pool; RoPE and the f16-rounded KV writes bit for bit; the norms as llama.cpp sums them;
+the activations with the library's own exp); the KV pool itself is NumpyBackend's.
 
 LoRA: the unmerged term of each run of rows is one call of native/lora.c per projection; a merged
 copy (lora_merged) is a float weight (merged_weight_type) on the same matmul kernels.
