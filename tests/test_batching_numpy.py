@@ -1,4 +1,4 @@
-"""Batch invariance on the NumPy backend: a sequence's logits are bit-identical whether its step
+"""Batch invariance on the NumPy backend (and the cpu backend built on it): a sequence's logits are bit-identical whether its step
 runs alone or batched with any number of other sequences (ragged lengths, decode and prefill rows
 mixed, sliding-window layers), and a batched step still matches llama.cpp."""
 
@@ -29,9 +29,10 @@ def _prepared(model: Model, prefix: list[int]):
     return seq
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])  # cpu: its native norms, rope and activations too
 @pytest.mark.parametrize("name", MODELS)
-def test_batched_logits_are_bit_identical_to_solo_for_batch_sizes_1_to_32(name):
-    model = Model.load(DATA / name, kv_memory=64 << 20)
+def test_batched_logits_are_bit_identical_to_solo_for_batch_sizes_1_to_32(name, backend):
+    model = Model.load(DATA / name, backend=backend, kv_memory=64 << 20)
     rng = np.random.default_rng(7)
     cases = [_case(rng, model.config.n_vocab) for _ in range(32)]
     seqs = [_prepared(model, prefix) for prefix, _ in cases]

@@ -16,8 +16,10 @@ from gguf import GGMLQuantizationType
 
 from host_functions import kernel_harness as harness
 from host_functions import native
-from host_functions.backends.cpu_kernel_cases import (MATMUL_TOL, CpuKernelContext, decode_activations,
-                                                      encode_activations, matmul_scale, reference_matmul)
+from host_functions.backends import numpy_backend, op_reference
+from host_functions.backends.cpu_kernel_cases import (GATED_TOL, MATMUL_TOL, NORM_TOL, CpuKernelContext,
+                                                      decode_activations, encode_activations, gated_inputs,
+                                                      gated_scale, matmul_scale, reference_matmul, rope_inputs)
 from host_functions.errors import BackendError
 from realm.cli import main
 
@@ -291,9 +293,163 @@ def test_attention_is_the_same_bits_whatever_the_chunking_threads_and_variant(po
     assert np.array_equal(kernels.attention(q, k[20:], v[20:], 30, 20, 8, 0.1), windowed)
 
 
+def test_attention_of_one_query_splits_its_heads_over_the_threads_with_the_same_bits() -> None:
+    """A decode step of a model with one KV head (the default model: 4 query heads on 1) is a single
+    (query, KV head) item, so its query heads are split over the threads: every split, the same bits."""
+    q, k, v = _attention_inputs(np.random.default_rng(14), 1, 6, 1, 80, 50)
+    kernels = native.load()
+    try:
+        kernels.set_threads(1)
+        alone = kernels.attention(q, k, v, 50, 0, 0, 0.1)
+        for threads in (2, 3, 4, 7):  # parts of 3, 2, 2 and 1 heads
+            kernels.set_threads(threads)
+            assert np.array_equal(kernels.attention(q, k, v, 50, 0, 0, 0.1), alone), f"{threads} threads"
+    finally:
+        kernels.set_threads(native.default_threads())
+
+
+def test_attention_reads_the_pool_through_the_slots_as_a_gathered_copy() -> None:
+    """The backend passes its KV pool and each position's slot (paged blocks, in any order): the same
+    bits as the gathered keys, and a slot outside the pool is refused, not read."""
+    rng = np.random.default_rng(13)
+    q, k, v = _attention_inputs(rng, 3, 4, 2, 40, 25)
+    slots = rng.permutation(64)[:28]  # positions 0..27 scattered over a 64-slot pool
+    k_pool, v_pool = np.zeros((64, 2, 40), np.float32), np.zeros((64, 2, 40), np.float32)
+    k_pool[slots], v_pool[slots] = k, v
+    for window, start in ((0, 0), (6, 20)):
+        gathered = BEST.attention(q, k[start:], v[start:], 25, start, window, 0.2)
+        assert np.array_equal(BEST.attention(q, k_pool, v_pool, 25, start, window, 0.2, slots[start:]), gathered)
+    bad = slots.copy()
+    bad[5] = 64
+    with pytest.raises(BackendError, match="refused"):
+        BEST.attention(q, k_pool, v_pool, 25, 0, 0, 0.2, bad)
+    with pytest.raises(BackendError, match="do not fit"):
+        BEST.attention(q, k_pool, v_pool, 25, 0, 0, 0.2, slots[1:])
+
+
+def test_kv_store_rounds_as_numpy_and_refuses_slots_outside_the_pool(portable: native.Kernels) -> None:
+    """The cpu backend's KV writes give NumpyBackend.store_kv's bits (f16 round to nearest even, with
+    ties, subnormals and overflow to inf), on every variant; a bad slot writes nothing."""
+    rng = np.random.default_rng(15)
+    k = rng.standard_normal((5, 2, 24)).astype(np.float32) * 100
+    k[0, 0, :4] = [70000.0, -1e-6, 1e-7, 2049.0]  # inf in f16, two subnormals, a tie (2048 + 1 -> 2048)
+    v = rng.standard_normal((5, 2, 24)).astype(np.float32)
+    slots = np.array([7, 2, 9, 0, 4])
+    want_k, want_v = np.zeros((10, 2, 24), np.float32), np.zeros((10, 2, 24), np.float32)
+    with np.errstate(over="ignore"):  # 70000 overflows to inf on purpose
+        numpy_backend.NumpyBackend.store_kv(None, want_k, want_v, slots, k, v)  # type: ignore[arg-type]
+    for kernels in (BEST, portable):
+        k_pool, v_pool = np.zeros_like(want_k), np.zeros_like(want_v)
+        kernels.store_kv(k_pool, v_pool, slots, k, v)
+        assert np.array_equal(k_pool, want_k) and np.array_equal(v_pool, want_v)
+    k_pool = np.zeros_like(want_k)
+    with pytest.raises(BackendError, match="outside the pool"):
+        BEST.store_kv(k_pool, np.zeros_like(want_v), np.array([7, 2, 10, 0, 4]), k, v)
+    assert not k_pool.any()
+    with pytest.raises(BackendError, match="do not fit"):
+        BEST.store_kv(k_pool, np.zeros_like(want_v), slots[:4], k, v)
+
+
 def test_attention_refuses_keys_that_do_not_fit() -> None:
     q, k, v = _attention_inputs(np.random.default_rng(8), 2, 4, 1, 16, 3)
     with pytest.raises(BackendError, match="do not fit"):
         BEST.attention(q, k[:-1], v[:-1], 3, 0, 0, 0.25)
     with pytest.raises(BackendError, match="refused"):  # 4 query heads cannot share 3 KV heads
         BEST.attention(q, np.zeros((5, 3, 16), np.float32), np.zeros((5, 3, 16), np.float32), 3, 0, 0, 0.25)
+
+
+# ---- the row-wise ops (norm.c, activation.c, rope.c) ------------------------------------------------
+
+def _row_ops(rng: np.random.Generator) -> dict[str, tuple]:
+    """Each op as (function of a kernel library and a row count, input rows): 17 rows of widths that are
+    no multiple of a vector width, and enough work that 2 threads split them (pool_run_rows)."""
+    x = rng.standard_normal((17, 2049)).astype(np.float32) * 3
+    w = rng.standard_normal(2049).astype(np.float32)
+    gate_up = gated_inputs(rng, 17, 2049, "extreme")
+    heads, cos, sin = rope_inputs(rng, 17, 8, 258, 40, 1e4)
+    return {
+        "rms_norm": lambda k, rows: k.rms_norm(x[rows], w, 1e-6),
+        "silu": lambda k, rows: k.gated(gate_up[rows], "silu"),
+        "gelu": lambda k, rows: k.gated(gate_up[rows], "gelu"),
+        "rope neox": lambda k, rows: k.rope(heads[rows], cos[rows], sin[rows], "neox"),
+        "rope interleaved": lambda k, rows: k.rope(heads[rows], cos[rows], sin[rows], "interleaved"),
+    }
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "silu", "gelu", "rope neox", "rope interleaved"])
+def test_row_ops_are_the_same_bits_whatever_the_rows_threads_and_variant(portable: native.Kernels, op: str) -> None:
+    """Batch invariance of the ops the cpu backend runs between its products: a row's result is the
+    same bits in a call of 1..17 rows, alone, on 1 or 2 threads, and in plain C."""
+    run = _row_ops(np.random.default_rng(9))[op]
+    kernels = native.load()
+    try:
+        kernels.set_threads(1)
+        together = run(kernels, slice(0, 17))
+        for threads in (1, 2):
+            kernels.set_threads(threads)
+            assert np.array_equal(run(kernels, slice(0, 17)), together), f"{threads} threads"
+            for n in range(1, 17):
+                assert np.array_equal(run(kernels, slice(0, n)), together[:n]), f"{n} rows, {threads} threads"
+            for r in (0, 8, 16):
+                assert np.array_equal(run(kernels, slice(r, r + 1)), together[r:r + 1]), f"row {r} alone"
+    finally:
+        kernels.set_threads(native.default_threads())
+    assert np.array_equal(run(portable, slice(0, 17)), together), "portable variant"
+
+
+def test_rms_norm_is_the_numpy_backends_within_a_few_ulp() -> None:
+    """NumPy sums the float32 squares pairwise in float32, the kernel in double (as llama.cpp): the
+    means differ by NumPy's rounding, about an ulp, so 2 NORM_TOL (4 eps) of each value."""
+    rng = np.random.default_rng(10)
+    for rows, cols in ((1, 640), (7, 643), (16, 256), (2, 5)):
+        x = rng.standard_normal((rows, cols)).astype(np.float32) * 5
+        w = rng.standard_normal(cols).astype(np.float32)
+        want = numpy_backend.rms_norm(x, w, 1e-6)
+        assert np.all(np.abs(BEST.rms_norm(x, w, 1e-6) - want) <= 2 * NORM_TOL * np.abs(want))
+    q = rng.standard_normal((3, 4, 256)).astype(np.float32)  # q/k norms: every head a row of head_dim
+    w = rng.standard_normal(256).astype(np.float32)
+    assert BEST.rms_norm(q, w, 1e-6).shape == q.shape
+    want = numpy_backend.rms_norm(q, w, 1e-6)
+    assert np.all(np.abs(BEST.rms_norm(q, w, 1e-6) - want) <= 2 * NORM_TOL * np.abs(want))
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_gated_activation_is_the_numpy_backends_within_its_rounding(activation: str) -> None:
+    """Against NumpyBackend.ffn_activation's NumPy functions: the float64 bound (gated_scale) plus
+    NumPy's own error, which for GELU is 1 + tanh u's cancellation, eps |x up| (0 for SiLU: ~1 ulp)."""
+    gate_up = gated_inputs(np.random.default_rng(11), 9, 1003)
+    gate, up = gate_up[:, :1003], gate_up[:, 1003:]
+    want = (numpy_backend.gelu_tanh if activation == "gelu" else numpy_backend.silu)(gate) * up
+    ref = op_reference.gated(gate, up, activation)
+    scale = gated_scale(gate_up, activation, ref) + np.abs(ref) + (np.abs(gate * up) if activation == "gelu" else 0)
+    assert np.all(np.abs(BEST.gated(gate_up, activation) - want) <= GATED_TOL * scale)
+
+
+@pytest.mark.parametrize("layout", ["neox", "interleaved"])
+def test_rope_is_the_float64_rotation(layout: str) -> None:
+    """Bit for bit NumpyBackend's rope (the harness cases), and so within float32 rounding of the
+    float64 definition: 2 eps of the head's largest value (cos/sin rounded to float32, two products
+    and a sum)."""
+    x, cos, sin = rope_inputs(np.random.default_rng(12), 6, 3, 128, 2000, 1e6)
+    want = op_reference.rope(x, 2000, 1e6, neox=layout == "neox")
+    got = BEST.rope(x, cos, sin, layout)
+    assert np.all(np.abs(got - want) <= 2 * harness.F32_EPS * np.abs(x).max(axis=-1, keepdims=True))
+    wrong = BEST.rope(x, cos, sin, "interleaved" if layout == "neox" else "neox")
+    assert np.abs(wrong - want).max() > 0.1  # the check tells the layouts apart
+
+
+def test_row_ops_refuse_shapes_that_do_not_fit() -> None:
+    with pytest.raises(BackendError, match="does not fit"):
+        BEST.rms_norm(np.zeros((2, 8), np.float32), np.zeros(7, np.float32), 1e-6)
+    with pytest.raises(BackendError, match="silu or gelu"):
+        BEST.gated(np.zeros((2, 8), np.float32), "relu")
+    with pytest.raises(BackendError, match="silu or gelu"):
+        BEST.gated(np.zeros((2, 7), np.float32), "silu")
+    with pytest.raises(BackendError, match="do not fit"):
+        BEST.rope(np.zeros((2, 1, 8), np.float32), np.zeros((2, 1, 3), np.float32), np.zeros((2, 1, 3), np.float32),
+                  "neox")
+    with pytest.raises(BackendError, match="layout"):
+        BEST.rope(np.zeros((2, 1, 8), np.float32), np.zeros((2, 1, 4), np.float32), np.zeros((2, 1, 4), np.float32),
+                  "llama")
+    with pytest.raises(BackendError, match="does not fit"):
+        BEST.rms_norm(np.zeros((2, 0), np.float32), np.zeros(0, np.float32), 1e-6)

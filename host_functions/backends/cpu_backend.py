@@ -15,8 +15,10 @@ Weights that share an input (Q|K|V, gate|up) are one fused kernel call over seve
 activation rows are quantized once per activation type and the threads split the rows of all of
 them, without copying the weights into a concatenated matrix (the default model stores V as Q8_0
 next to Q5_0 Q and K, which a concatenation could not join anyway). The embedding gather decodes only
-the looked-up rows of the quantized table. Attention runs natively too, with NumpyBackend's
-roundings; norms, RoPE and the KV cache are NumpyBackend's.
+the looked-up rows of the quantized table. Attention, RMS norms, RoPE, the gated activations and the
+KV writes run natively too (NumpyBackend's hooks: attention with its roundings, reading the keys in
+place from the pool; RoPE and the f16-rounded KV writes bit for bit; the norms as llama.cpp sums them;
+the activations with the library's own exp); the KV pool itself is NumpyBackend's.
 
 LoRA: the unmerged term of each run of rows is one call of native/lora.c per projection; a merged
 copy (lora_merged) is a float weight (merged_weight_type) on the same matmul kernels.
@@ -200,10 +202,30 @@ class CpuBackend(NumpyBackend):
             self._loaded()
         return QuantizedEmbedding(raw, self._weight_rows(raw))
 
-    def attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
-                  scale: float) -> np.ndarray:
-        """NumpyBackend's attention arithmetic in the native library, the queries over the threads."""
-        return self.kernels.attention(q, keys, values, pos, start, window, scale)
+    # --- NumpyBackend's hooks, natively: one library call each instead of several NumPy passes ---
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+        """llama.cpp's rms_norm arithmetic (squares summed in double) in norm.c."""
+        return self.kernels.rms_norm(x, weight, eps)
+
+    def ffn_activation(self, gate_up: np.ndarray) -> np.ndarray:
+        """GELU-tanh or SiLU of the gate times up, in activation.c."""
+        return self.kernels.gated(gate_up, self.config.ffn_activation)
+
+    def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> np.ndarray:
+        """NumpyBackend's rope, bit for bit, in rope.c."""
+        return self.kernels.rope(x, cos, sin, layout)
+
+    def store_kv(self, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, k: np.ndarray,
+                 v: np.ndarray) -> None:
+        """NumpyBackend's f16-rounded KV writes, bit for bit, in attention.c."""
+        self.kernels.store_kv(k_pool, v_pool, slots, k, v)
+
+    def attention(self, q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, pos: int,
+                  start: int, window: int, scale: float) -> np.ndarray:
+        """NumpyBackend's attention arithmetic in the native library, the queries over the threads, the
+        keys read in place from the pool (no gathered copy of the sequence's keys per layer)."""
+        return self.kernels.attention(q, k_pool, v_pool, pos, start, window, scale, slots)
 
     def _allocate_kv(self, pool: KVPool) -> None:
         super()._allocate_kv(pool)

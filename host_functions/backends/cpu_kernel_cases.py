@@ -1,7 +1,7 @@
 """Kernel-harness cases of the native CPU kernels, with their NumPy references.
 
 `realm kernels test --backend cpu` and tests/test_cpu_kernels.py run these on the library variant the
-CPU gets (REALM_CPU_KERNELS=portable forces the plain C one). Two kernels:
+CPU gets (REALM_CPU_KERNELS=portable forces the plain C one). The products:
 
 - `quantize`: activation rows encoded as the type llama.cpp pairs with each weight format (Q8_0, Q8_1,
   Q8_K, or float rows rounded to F16/BF16), byte for byte against the NumPy encoders below.
@@ -9,6 +9,13 @@ CPU gets (REALM_CPU_KERNELS=portable forces the plain C one). Two kernels:
   gguf.quants (the outside oracle), the activations rounded by the NumPy encoders, and the f16 s of Q8_1
   used for the min term exactly as llama.cpp uses it. What remains is float32 rounding of per-block
   products and their sums, measured against `matmul_scale`.
+
+And the row-wise ops the cpu backend runs natively in place of NumpyBackend's NumPy code:
+
+- `rms_norm`: against the float64 definition (op_reference), per element within NORM_TOL of its size.
+- `gated`: SiLU(gate) * up and GELU-tanh(gate) * up over a fused gate|up row, against float64, per
+  element within GATED_TOL of its size (plus a floor for the clamped exp's tiny tails).
+- `rope`: NeoX and interleaved, against NumpyBackend's `rope` bit for bit (the same float32 operations).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from .. import native
 from ..kernel_harness import (F32_EPS, FLOAT_FORMATS, MATMUL_FORMATS, Prepared, random_weight,
                               reference_dequantize, register_case)
 from ..quants import QK_K, QUANT_FORMATS
-from .numpy_backend import round_to_bf16, round_to_f16
+from . import op_reference
+from .numpy_backend import RopeAngles, round_to_bf16, round_to_f16, rope
 
 _T = GGMLQuantizationType
 
@@ -215,6 +223,84 @@ def _quantize_prepare(fmt: str, n_tokens: int, n_cols: int, mode: str
     return prepare
 
 
+# ---------------------------------------------------------------------------------------------
+# Row-wise ops: rms_norm, gated activations, rope
+# ---------------------------------------------------------------------------------------------
+
+# The float32 steps of a norm (the mean, + eps, sqrt, 1/x, x * scale, * w) each round by half an ulp
+# and the squares summed in double add nothing visible: under 3 ulp of the value, 2 eps leaves a
+# little room. A wrong sum order or a float32 accumulator of a long row still passes; a wrong eps,
+# weight or width does not.
+NORM_TOL = 2 * F32_EPS
+# e^x within ~2 ulp, then 1 + e, a division and the product with up: about 4 ulp (observed ~1.5) of
+# the value, times 1 + |z| for GELU's exponent z = -2u: u is rounded to float32 before e^z, and that
+# rounding moves e^z by |z| times its relative size (in any float32 GELU; NumPy's too). See gated_scale.
+GATED_TOL = 4 * F32_EPS
+
+
+def gated_scale(gate_up: np.ndarray, activation: str, reference: np.ndarray) -> np.ndarray:
+    """What GATED_TOL is relative to, per output: |value| (1 + |z|), z = -2u for GELU (0 for SiLU,
+    whose exponent -x is exact), plus 2^-50 |x up| for the float64 reference's own 1 + tanh u
+    cancellation (it is 0 where GELU is below 1e-16 |x|), plus 1e-30 where the clamped exp leaves
+    ~1e-37 in place of an underflow."""
+    n_ff = gate_up.shape[1] // 2
+    x, up = gate_up[:, :n_ff].astype(np.float64), gate_up[:, n_ff:].astype(np.float64)
+    z = 2 * np.sqrt(2 / np.pi) * (x + 0.044715 * x**3) if activation == "gelu" else np.zeros_like(x)
+    return np.abs(reference) * (1 + np.abs(z)) + (2.0**-50 * np.abs(x * up) + 1e-30) / GATED_TOL
+
+
+def _rms_norm_prepare(n_rows: int, n_cols: int) -> Callable[[CpuKernelContext, np.random.Generator], Prepared]:
+    def prepare(ctx: CpuKernelContext, rng: np.random.Generator) -> Prepared:
+        x = rng.standard_normal((n_rows, n_cols)).astype(np.float32) * 3
+        w = rng.standard_normal(n_cols).astype(np.float32)
+        out: list[np.ndarray] = []
+        reference = op_reference.rms_norm(x, w, 1e-6)
+        return Prepared(record=lambda rec: out.append(ctx.kernels.rms_norm(x, w, 1e-6)), read=lambda: out[-1],
+                        reference=reference, scale=np.abs(reference), tol=NORM_TOL, nbytes=3 * x.nbytes)
+    return prepare
+
+
+def gated_inputs(rng: np.random.Generator, n_rows: int, n_ff: int, mode: str = "normal") -> np.ndarray:
+    """A fused (n_rows, 2 n_ff) gate|up output; "extreme" puts gates out to +-100 and exact zeros in."""
+    gate_up = rng.standard_normal((n_rows, 2 * n_ff)).astype(np.float32) * 3
+    if mode == "extreme":
+        gate_up[:, :n_ff] = rng.uniform(-100, 100, (n_rows, n_ff)).astype(np.float32)
+        gate_up[:, : n_ff : 7] = 0.0
+    return gate_up
+
+
+def _gated_prepare(activation: str, n_rows: int, n_ff: int, mode: str
+                   ) -> Callable[[CpuKernelContext, np.random.Generator], Prepared]:
+    def prepare(ctx: CpuKernelContext, rng: np.random.Generator) -> Prepared:
+        gate_up = gated_inputs(rng, n_rows, n_ff, mode)
+        out: list[np.ndarray] = []
+        reference = op_reference.gated(gate_up[:, :n_ff], gate_up[:, n_ff:], activation)
+        return Prepared(record=lambda rec: out.append(ctx.kernels.gated(gate_up, activation)), read=lambda: out[-1],
+                        reference=reference, scale=gated_scale(gate_up, activation, reference), tol=GATED_TOL,
+                        nbytes=gate_up.nbytes * 3 // 2)
+    return prepare
+
+
+def rope_inputs(rng: np.random.Generator, n_tok: int, n_head: int, hd: int, pos: int, base: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heads x (n_tok, n_head, hd) at positions pos.. and their cos/sin from NumpyBackend's tables."""
+    x = rng.standard_normal((n_tok, n_head, hd)).astype(np.float32)
+    inv_freq = {base: base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)}
+    cos, sin = RopeAngles(np.arange(pos, pos + n_tok), inv_freq).of_base(base)
+    return x, cos, sin
+
+
+def _rope_prepare(layout: str, n_tok: int, n_head: int, hd: int, pos: int
+                  ) -> Callable[[CpuKernelContext, np.random.Generator], Prepared]:
+    def prepare(ctx: CpuKernelContext, rng: np.random.Generator) -> Prepared:
+        x, cos, sin = rope_inputs(rng, n_tok, n_head, hd, pos, 1e4)
+        out: list[np.ndarray] = []
+        return Prepared(record=lambda rec: out.append(ctx.kernels.rope(x, cos, sin, layout)), read=lambda: out[-1],
+                        reference=rope(x, cos, sin, layout).astype(np.float64), scale=1.0, tol=0.0,  # bit for bit
+                        nbytes=2 * x.nbytes + cos.nbytes + sin.nbytes)
+    return prepare
+
+
 def _min_cols(fmt: str) -> int:
     return max(16, QUANT_FORMATS[_T[fmt]].block_size)
 
@@ -243,6 +329,19 @@ def _register() -> None:
         for mode in ("random", "zero blocks", "ties"):
             register_case("quantize", act, "5x512", _quantize_prepare(fmt, 5, 512, mode), variant=mode,
                           backend="cpu")
+    # widths not a multiple of any vector width; 17 x 2049 is enough work to be split over the threads
+    for rows, cols in ((1, 640), (5, 643), (17, 2049), (3, 7), (32, 256)):
+        register_case("rms_norm", "F32", f"{rows}x{cols}", _rms_norm_prepare(rows, cols), backend="cpu")
+    for activation in ("silu", "gelu"):
+        for rows, n_ff in ((1, 2048), (4, 1001), (17, 2049)):
+            register_case("gated", "F32", f"n={rows} n_ff={n_ff}", _gated_prepare(activation, rows, n_ff, "normal"),
+                          variant=activation, backend="cpu")
+        register_case("gated", "F32", "n=3 n_ff=515", _gated_prepare(activation, 3, 515, "extreme"),
+                      variant=f"{activation} extreme gates", backend="cpu")
+    for layout in ("neox", "interleaved"):
+        for n_tok, n_head, hd, pos in ((1, 4, 256, 3000), (5, 3, 64, 0), (17, 2, 34, 100)):
+            register_case("rope", "F32", f"t={n_tok} h={n_head} d={hd} pos={pos}",
+                          _rope_prepare(layout, n_tok, n_head, hd, pos), variant=layout, backend="cpu")
 
 
 _register()

@@ -161,8 +161,9 @@ class NumpyBackend(Backend):
             spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n), item.lora,
                                item.merged))
             start += n
+        angles = RopeAngles(_positions(spans), self._inv_freq)
         for index in range(n_layers):
-            x = self._layer(index, x, spans)
+            x = self._layer(index, x, spans, angles)
         picks = [wanted_rows(item, sp.rows.start) for item, sp in zip(items, spans, strict=True)]
         rows = np.concatenate(picks)
         logits = self.logits(x[rows], last_only=False) if rows.size else np.zeros((0, self.config.n_vocab), np.float32)
@@ -170,9 +171,10 @@ class NumpyBackend(Backend):
 
     def layer(self, index: int, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         cache.reserve(pos + x.shape[0])
-        return self._layer(index, x, [_Span(slice(0, x.shape[0]), pos, cache.slots(0, pos + x.shape[0]))])
+        spans = [_Span(slice(0, x.shape[0]), pos, cache.slots(0, pos + x.shape[0]))]
+        return self._layer(index, x, spans, RopeAngles(_positions(spans), self._inv_freq))
 
-    def _layer(self, index: int, x: np.ndarray, spans: list[_Span]) -> np.ndarray:
+    def _layer(self, index: int, x: np.ndarray, spans: list[_Span], angles: RopeAngles) -> np.ndarray:
         """Block `index` over the rows of every span; each span attends over its own sequence."""
         cfg, w = self.config, self.layers[index]
         n = x.shape[0]
@@ -189,56 +191,99 @@ class NumpyBackend(Backend):
                 y = np.concatenate(parts) if len(parts) > 1 else parts[0]
             return self.apply_lora(y, h, index, key, runs) if runs else y
 
-        qkv = project("qkv", rms_norm(x, w["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
+        qkv = project("qkv", self.rms_norm(x, w["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
         q = qkv[:, : cfg.q_dim].reshape(n, cfg.n_head, cfg.head_dim)
         k = qkv[:, cfg.q_dim : cfg.q_dim + cfg.kv_dim].reshape(n, cfg.n_head_kv, cfg.head_dim)
         v = qkv[:, cfg.q_dim + cfg.kv_dim :].reshape(n, cfg.n_head_kv, cfg.head_dim)
         if cfg.qk_norm:
-            q = rms_norm(q, w["attn_q_norm"], cfg.norm_eps)
-            k = rms_norm(k, w["attn_k_norm"], cfg.norm_eps)
-        positions = np.concatenate([np.arange(sp.pos, sp.pos + sp.rows.stop - sp.rows.start) for sp in spans])
-        angles = positions.astype(np.float64)[:, None] * self._inv_freq[cfg.layer_rope_base(index)]
-        cos, sin = np.cos(angles).astype(np.float32)[:, None], np.sin(angles).astype(np.float32)[:, None]
-        q, k = rope(q, cos, sin, cfg.rope_layout), rope(k, cos, sin, cfg.rope_layout)
+            q = self.rms_norm(q, w["attn_q_norm"], cfg.norm_eps)
+            k = self.rms_norm(k, w["attn_k_norm"], cfg.norm_eps)
+        cos, sin = angles.of_base(cfg.layer_rope_base(index))
+        q, k = self.rope(q, cos, sin, cfg.rope_layout), self.rope(k, cos, sin, cfg.rope_layout)
         new_slots = np.concatenate([sp.key_slots[sp.pos :] for sp in spans])
         k_pool, v_pool = self.kv_k[index], self.kv_v[index]
-        k_pool[new_slots], v_pool[new_slots] = round_to_f16(k), round_to_f16(v)
+        self.store_kv(k_pool, v_pool, new_slots, k, v)
         window = cfg.layer_window(index)
         attn = np.empty_like(q)
         for sp in spans:
             end = sp.key_slots.shape[0]
             first = max(0, sp.pos - window + 1) if window else 0
             slots = sp.key_slots[first:end]
-            attn[sp.rows] = self.attention(q[sp.rows], k_pool[slots], v_pool[slots], sp.pos, first, window,
+            attn[sp.rows] = self.attention(q[sp.rows], k_pool, v_pool, slots, sp.pos, first, window,
                                            cfg.attention_scale)
         a = project("attn_output", attn.reshape(n, cfg.q_dim))
         if cfg.sandwich_norms:
-            a = rms_norm(a, w["post_attention_norm"], cfg.norm_eps)
+            a = self.rms_norm(a, w["post_attention_norm"], cfg.norm_eps)
         x = x + a
-        gate_up = project("gate_up", rms_norm(x, w["ffn_norm"], cfg.norm_eps))  # (n, 2 n_ff)
-        f = (gelu_tanh if cfg.ffn_activation == "gelu" else silu)(gate_up[:, : cfg.n_ff]) * gate_up[:, cfg.n_ff :]
-        f = project("ffn_down", f)
+        gate_up = project("gate_up", self.rms_norm(x, w["ffn_norm"], cfg.norm_eps))  # (n, 2 n_ff)
+        f = project("ffn_down", self.ffn_activation(gate_up))
         if cfg.sandwich_norms:
-            f = rms_norm(f, w["post_ffw_norm"], cfg.norm_eps)
+            f = self.rms_norm(f, w["post_ffw_norm"], cfg.norm_eps)
         return x + f
 
     def apply_lora(self, y: np.ndarray, x: np.ndarray, layer: int, key: str, runs: list[RowAdapter]) -> np.ndarray:
         """Add the unmerged adapter terms of `runs` to y = projection `key` of `layer` applied to x."""
         return apply_lora(y, x, layer, key, runs, self.config, tiled_matmul)
 
-    def attention(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos: int, start: int, window: int,
-                  scale: float) -> np.ndarray:
-        """One span's attention (the module's `attention`); a hook the cpu backend fills natively."""
-        return attention(q, keys, values, pos, start, window, scale)
+    # --- the element-wise ops, the KV writes and attention: hooks the cpu backend fills natively ---
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+        """The module's `rms_norm` over the last axis of x."""
+        return rms_norm(x, weight, eps)
+
+    def ffn_activation(self, gate_up: np.ndarray) -> np.ndarray:
+        """act(gate) * up over the fused (n, 2 n_ff) gate|up output, act the model's (GELU-tanh or SiLU)."""
+        n_ff = self.config.n_ff
+        return (gelu_tanh if self.config.ffn_activation == "gelu" else silu)(gate_up[:, :n_ff]) * gate_up[:, n_ff:]
+
+    def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> np.ndarray:
+        """The module's `rope` of x (n, heads, head_dim) by cos/sin (n, 1, head_dim/2)."""
+        return rope(x, cos, sin, layout)
+
+    def store_kv(self, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, k: np.ndarray,
+                 v: np.ndarray) -> None:
+        """Write new keys/values (n, n_kv, head_dim) into a layer's pools at `slots`, rounded to float16
+        as llama.cpp's f16 cache holds them."""
+        k_pool[slots], v_pool[slots] = round_to_f16(k), round_to_f16(v)
+
+    def attention(self, q: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray, slots: np.ndarray, pos: int,
+                  start: int, window: int, scale: float) -> np.ndarray:
+        """One span's attention (the module's `attention`) over the keys/values of a layer's pool
+        (pool slots, n_kv, head_dim) at `slots`, those of positions start..pos+n-1."""
+        return attention(q, k_pool[slots], v_pool[slots], pos, start, window, scale)
 
     def logits(self, x: np.ndarray, last_only: bool = True) -> np.ndarray:
         if last_only:
             x = x[-1:]
-        return self.output(rms_norm(x, self.output_norm, self.config.norm_eps))
+        return self.output(self.rms_norm(x, self.output_norm, self.config.norm_eps))
 
     def weight_bytes_per_token(self) -> int:
         per_layer = sum(a.nbytes for layer in self.layers for a in layer.values())
         return per_layer + self.output.nbytes
+
+
+def _positions(spans: list[_Span]) -> np.ndarray:
+    """The position of every row of a step: (n,) int64."""
+    return np.concatenate([np.arange(sp.pos, sp.pos + sp.rows.stop - sp.rows.start) for sp in spans])
+
+
+class RopeAngles:
+    """The cos/sin of a step's rope angles (each row at its own position), per rope base, computed on
+    first use and shared by every layer of that base: once per step, not once per layer."""
+
+    def __init__(self, positions: np.ndarray, inv_freq: Mapping[float, np.ndarray]) -> None:
+        self._positions = positions.astype(np.float64)[:, None]  # (n, 1)
+        self._inv_freq = inv_freq  # base -> (head_dim/2,) float64
+        self._tables: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+    def of_base(self, base: float) -> tuple[np.ndarray, np.ndarray]:
+        """(cos, sin), each (n, 1, head_dim/2) float32 and C-contiguous."""
+        table = self._tables.get(base)
+        if table is None:
+            angles = self._positions * self._inv_freq[base]  # (n, head_dim/2) float64
+            table = self._tables[base] = (np.cos(angles).astype(np.float32)[:, None],
+                                          np.sin(angles).astype(np.float32)[:, None])
+        return table
 
 
 def _adapter_runs(spans: list[_Span]) -> list[RowAdapter]:

@@ -120,3 +120,36 @@ HIDDEN void pool_run(pool_fn fn, void *arg) {
     for (int spin = 0; atomic_load(&inside) > 0; spin++) spin_wait(spin);
     pthread_mutex_unlock(&call_lock);
 }
+
+/* pool_run_rows: the rows of a row-wise kernel claimed in chunks by every thread. */
+typedef struct {
+    rows_fn fn;
+    const void *arg;
+    int64_t n_rows, chunk;
+    _Atomic int64_t next;  /* the next unclaimed chunk */
+} rows_job;
+
+static void rows_share(void *arg, int ith, int nth) {
+    (void)ith, (void)nth;
+    rows_job *j = arg;
+    for (;;) {
+        const int64_t first = atomic_fetch_add(&j->next, 1) * j->chunk;
+        if (first >= j->n_rows) return;
+        j->fn(j->arg, first, first + j->chunk < j->n_rows ? first + j->chunk : j->n_rows);
+    }
+}
+
+/* Waking the workers costs a few microseconds: a call with less work than this runs on the caller. */
+#define ROWS_MIN_SPLIT_FLOATS (1 << 15)
+
+HIDDEN void pool_run_rows(rows_fn fn, const void *arg, int64_t n_rows, int64_t row_floats) {
+    if (n_rows <= 0) return;
+    const int nth = pool_threads();
+    if (nth == 1 || n_rows == 1 || n_rows * row_floats < ROWS_MIN_SPLIT_FLOATS) {
+        fn(arg, 0, n_rows);
+        return;
+    }
+    int64_t chunk = n_rows / (4 * (int64_t)nth);  /* about 4 claims per thread */
+    rows_job job = {.fn = fn, .arg = arg, .n_rows = n_rows, .chunk = chunk > 0 ? chunk : 1};
+    pool_run(rows_share, &job);
+}

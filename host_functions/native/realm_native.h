@@ -295,3 +295,8 @@ HIDDEN void tile_bf16(const uint8_t *, size_t, int, const uint8_t *, size_t, int
 typedef void (*pool_fn)(void *arg, int ith, int nth);
 HIDDEN void pool_run(pool_fn fn, void *arg);
 HIDDEN int pool_threads(void);
+/* Row-wise kernels (norm.c, activation.c, rope.c): fn(arg, first, end) over rows first..end-1, the rows
+ * shared out over the pool when there are enough of them (row_floats: the work of one row). A row's
+ * result must depend on that row alone, so the split never changes a bit. */
+typedef void (*rows_fn)(const void *arg, int64_t first, int64_t end);
+HIDDEN void pool_run_rows(rows_fn fn, const void *arg, int64_t n_rows, int64_t row_floats);

@@ -42,7 +42,14 @@ int realm_matmul(const realm_segment *segs, int n_seg, int64_t n_cols, const flo
 int realm_quantize_act(int type, const float *x, int64_t n_tok, int64_t n_cols, uint8_t *out);
 int64_t realm_act_row_bytes(int type, int64_t n_cols);
 int realm_attention(const float *q, int64_t n, int n_head, int n_kv, int hd, const float *keys, const float *values,
-                    int64_t pos, int64_t start, int64_t window, float scale, float *out);
+                    int64_t n_slots, const int64_t *slots, int64_t pos, int64_t start, int64_t window, float scale,
+                    float *out);
+int realm_kv_store(float *k_pool, float *v_pool, int64_t n_slots, int64_t row, const int64_t *slots, int64_t n,
+                   const float *k, const float *v);
+int realm_rms_norm(const float *x, int64_t n_rows, int64_t n_cols, const float *w, float eps, float *out);
+int realm_gated(int kind, const float *gate_up, int64_t n_rows, int64_t n_ff, float *out);
+int realm_rope(const float *x, int64_t n_tok, int n_head, int hd, const float *cos, const float *sin, int neox,
+               float *out);
 int realm_lora(const float *x, int64_t x_stride, int64_t n_rows, int64_t n_in, const float *a, int64_t total_rank,
                const realm_lora_part *parts, int n_parts, double scale, float *y, int64_t y_stride);
 int realm_set_threads(int n);
@@ -262,12 +269,70 @@ static void attention_case(int64_t n, int n_head, int n_kv, int hd, int64_t pos,
     for (int64_t i = 0; i < n * n_head * hd; i++) q[i] = random_float(24, -22);
     for (int64_t i = 0; i < n_keys * n_kv * hd; i++) k[i] = random_float(11, -8), v[i] = random_float(11, -10);
     realm_set_threads(threads);
-    check(realm_attention(q, n, n_head, n_kv, hd, k, v, pos, 0, window, 1.0f / 8.0f, out), "realm_attention");
+    check(realm_attention(q, n, n_head, n_kv, hd, k, v, n_keys, NULL, pos, 0, window, 1.0f / 8.0f, out),
+          "realm_attention");
     char name[128];
     snprintf(name, sizeof name, "attention/n=%lld/heads=%d:%d/hd=%d/pos=%lld/window=%lld/thr=%d", (long long)n, n_head,
              n_kv, hd, (long long)pos, (long long)window, threads);
     emit_floats(name, out, (size_t)(n * n_head * hd));
-    free(q), free(out), free(k), free(v);
+    /* the same keys scattered through a pool twice as large, read through their slots (reversed order) */
+    const int64_t row = (int64_t)n_kv * hd;
+    float *kp = xmalloc(sizeof(float) * (size_t)(2 * n_keys * row)), *vp = xmalloc(sizeof(float) * (size_t)(2 * n_keys * row));
+    int64_t *slots = xmalloc(sizeof(int64_t) * (size_t)n_keys);
+    for (int64_t i = 0; i < n_keys; i++) {
+        slots[i] = 2 * (n_keys - 1 - i) + 1;
+        memcpy(kp + slots[i] * row, k + i * row, sizeof(float) * (size_t)row);
+        memcpy(vp + slots[i] * row, v + i * row, sizeof(float) * (size_t)row);
+    }
+    check(realm_attention(q, n, n_head, n_kv, hd, kp, vp, 2 * n_keys, slots, pos, 0, window, 1.0f / 8.0f, out),
+          "realm_attention (slots)");
+    snprintf(name, sizeof name, "attention-slots/n=%lld/heads=%d:%d/hd=%d/pos=%lld/window=%lld/thr=%d", (long long)n,
+             n_head, n_kv, hd, (long long)pos, (long long)window, threads);
+    emit_floats(name, out, (size_t)(n * n_head * hd));
+    free(q), free(out), free(k), free(v), free(kp), free(vp), free(slots);
+}
+
+/* The row-wise ops of a layer (norm.c, activation.c, rope.c) and the KV writes, on 1 and 2 threads. */
+static void rowwise_case(int64_t n_rows, int64_t n_cols, int threads) {
+    const size_t n = (size_t)(n_rows * n_cols);
+    float *x = xmalloc(sizeof(float) * 2 * n), *w = xmalloc(sizeof(float) * (size_t)n_cols);
+    float *out = xmalloc(sizeof(float) * 2 * n);
+    for (size_t i = 0; i < 2 * n; i++) x[i] = i % 17 == 0 ? random_float(20, -12) : random_float(24, -21);
+    for (int64_t c = 0; c < n_cols; c++) w[c] = random_float(12, -10);
+    realm_set_threads(threads);
+    char name[128];
+    check(realm_rms_norm(x, n_rows, n_cols, w, 1e-6f, out), "realm_rms_norm");
+    snprintf(name, sizeof name, "rms_norm/%lldx%lld/thr=%d", (long long)n_rows, (long long)n_cols, threads);
+    emit_floats(name, out, n);
+    for (int kind = 0; kind <= 1; kind++) {  /* gate|up rows of 2 n_cols: gates out to +-100 and subnormal */
+        for (size_t i = 0; i < 2 * n; i += 9) x[i] = random_float(8, (int)(i % 3) * 3 - 2);
+        x[1] = 1e-40f, x[2] = -1e-40f;
+        check(realm_gated(kind, x, n_rows, n_cols, out), "realm_gated");
+        snprintf(name, sizeof name, "gated/%s/%lldx%lld/thr=%d", kind ? "gelu" : "silu", (long long)n_rows,
+                 (long long)n_cols, threads);
+        emit_floats(name, out, n);
+    }
+    if (n_cols % 2 == 0) {  /* n_rows tokens of 2 heads of n_cols / 2; cos/sin per token and pair */
+        const int hd = (int)(n_cols / 2);
+        float *cs = xmalloc(sizeof(float) * (size_t)(n_rows * hd));
+        for (int64_t i = 0; i < n_rows * hd; i++) cs[i] = random_float(24, -24);
+        for (int neox = 0; neox <= 1; neox++) {
+            check(realm_rope(x, n_rows, 2, hd, cs, cs + n_rows * hd / 2, neox, out), "realm_rope");
+            snprintf(name, sizeof name, "rope/%s/%lldx2x%d/thr=%d", neox ? "neox" : "normal", (long long)n_rows, hd,
+                     threads);
+            emit_floats(name, out, n);
+        }
+        free(cs);
+    }
+    int64_t *slots = xmalloc(sizeof(int64_t) * (size_t)n_rows);  /* into a pool of 2 n_rows rows, scattered */
+    for (int64_t t = 0; t < n_rows; t++) slots[t] = (3 * t + 1) % (2 * n_rows);
+    float *pool = calloc(4 * n, sizeof(float));  /* K rows, then V rows */
+    if (pool == NULL) exit(1);
+    for (size_t i = 0; i < n; i += 5) x[i] = random_float(24, i % 2 ? -30 : 4);  /* f16 ties, subnormals, overflow */
+    check(realm_kv_store(pool, pool + 2 * n, 2 * n_rows, n_cols, slots, n_rows, x, x + n), "realm_kv_store");
+    snprintf(name, sizeof name, "kv_store/%lldx%lld", (long long)n_rows, (long long)n_cols);
+    emit_floats(name, pool, 4 * n);
+    free(x), free(w), free(out), free(slots), free(pool);
 }
 
 /* y += scale * alpha/rank * B (A x) for two parts of a fused projection, into a nonzero y */
@@ -346,6 +411,11 @@ int main(int argc, char **argv) {
     attention_case(9, 8, 2, 64, 70, 16, 2);
     attention_case(3, 2, 2, 40, 5, 0, 1);
     attention_case(5, 6, 3, 24, 0, 2, 2);
+    for (int threads = 1; threads <= 2; threads++) {
+        rowwise_case(1, 640, threads);
+        rowwise_case(5, 37, threads);
+        rowwise_case(17, 2048, threads);
+    }
     lora_case(1, 64, 8, 8, 64, 64);
     lora_case(3, 100, 5, 3, 70, 130);
     lora_case(11, 37, 16, 1, 9, 200);
