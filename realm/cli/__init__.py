@@ -8,6 +8,7 @@ a command with status 130 and no traceback (what was printed stays); a reader th
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import sys
@@ -100,5 +101,19 @@ def _exit_broken_pipe() -> NoReturn:
 @click.version_option(__version__, prog_name="realm")
 def main() -> None:
     """Realm: sandboxed WebAssembly tenants driving shared GGUF language models."""
+    _one_malloc_arena()
+
+
+def _one_malloc_arena() -> None:
+    # glibc gives every thread that allocates its own malloc arena, so the scheduler's step thread would
+    # hold a second set of a step's temporaries (~5 MB resident beside a small model). Elsewhere
+    # (musl, macOS) there is no mallopt and nothing to do.
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+_M_ARENA_MAX = -8  # glibc's malloc.h
 
 
