@@ -40,9 +40,10 @@ from ..gguf_file import RawTensor
 from gguf import GGMLQuantizationType
 
 from ..kv_pool import KVPool
-from ..quants import dequantize, quant_format, row_bytes
+from ..quants import quant_format, row_bytes
+from .lora_merged import fused_float_weight, fused_part_tensors
 from .numpy_backend import NumpyBackend, round_to_bf16
-from .numpy_lora import FUSED_PARTS, FusedPairs, RowAdapter, fused_pairs
+from .numpy_lora import FusedPairs, RowAdapter, fused_pairs
 
 _COPY_CHUNK = 16 << 20  # bytes copied between two releases of the file's pages
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -181,19 +182,16 @@ class CpuBackend(NumpyBackend):
 
     # --- merged LoRA: the merged weight in the float type merged_weight_type picks, on the same kernels ---
 
-    def _fused_raws(self, layer: int, key: str) -> list[RawTensor]:
-        return [self._raw[f"blk.{layer}.{name}.weight"] for name in FUSED_PARTS[key]]
-
     def float_weight(self, layer: int, key: str) -> np.ndarray:
-        return np.concatenate([dequantize(raw) for raw in self._fused_raws(layer, key)])
+        return fused_float_weight(self._raw, layer, key)
 
     def merged_nbytes(self, layer: int, key: str) -> int:
-        raws = self._fused_raws(layer, key)
+        raws = fused_part_tensors(self._raw, layer, key)
         qtype = merged_weight_type([raw.qtype for raw in raws])
         return sum(raw.shape[0] for raw in raws) * raws[0].shape[1] * _FLOAT_BYTES[qtype]
 
     def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> QuantizedProjection:  # type: ignore[override]
-        qtype = merged_weight_type([raw.qtype for raw in self._fused_raws(layer, key)])
+        qtype = merged_weight_type([raw.qtype for raw in fused_part_tensors(self._raw, layer, key)])
         rows = _FLOAT_ENCODE[qtype](weight).view(np.uint8)  # (n_out, n_in * bytes per value)
         return QuantizedProjection(self.kernels, [(int(qtype), rows)], weight.shape[1])
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
 from ..config import ModelConfig
+from ..gguf_file import RawTensor
 from ..lora import AdapterError, LoraAdapter
+from ..quants import dequantize
 from .numpy_lora import FUSED_PARTS, fused_pairs
 
 if TYPE_CHECKING:
@@ -50,6 +52,17 @@ class MergedLora:
     def projection(self, layer: int, key: str) -> Projection | None:
         """The merged projection `key` of `layer`, or None where the adapter leaves it as it is."""
         return self.layers[layer].get(key)
+
+
+def fused_part_tensors(tensors: Mapping[str, RawTensor], layer: int, key: str) -> list[RawTensor]:
+    """The GGUF tensors the fused projection `key` of `layer` stacks (Q, K, V for "qkv"...), in order."""
+    return [tensors[f"blk.{layer}.{name}.weight"] for name in FUSED_PARTS[key]]
+
+
+def fused_float_weight(tensors: Mapping[str, RawTensor], layer: int, key: str) -> np.ndarray:
+    """The fused projection's base weight dequantized to float32 (n_out, n_in): a MergeHost's
+    float_weight for backends that keep the weights in their GGUF encoding."""
+    return np.concatenate([dequantize(raw) for raw in fused_part_tensors(tensors, layer, key)])
 
 
 class MergeHost(Protocol):

@@ -65,10 +65,10 @@ from ..config import ModelConfig
 from ..gguf_file import RawTensor
 from ..kv_pool import BLOCK_TOKENS, KVPool, default_budget
 from ..lora import MAX_RANK, LoraAdapter
-from ..quants import dequantize
 from . import Backend, KVCache, StepItem, split_logits, wanted_rows
 from . import wgpu_ops as ops
-from .lora_merged import MergedLora, MergedLoraCache, in_grouped_order, merged_ranges
+from .lora_merged import (MergedLora, MergedLoraCache, fused_float_weight, fused_part_tensors, in_grouped_order,
+                          merged_ranges)
 from .numpy_lora import FUSED_PARTS
 from .wgpu_context import GPUContext, Recorder
 
@@ -417,20 +417,17 @@ class WgpuBackend(Backend):
 
     # ---- merged LoRA (lora_merged.MergeHost): F32 copies of the fused projections' parts on the GPU ----
 
-    def _part_raws(self, layer: int, key: str) -> list[RawTensor]:
-        return [self._raw[f"blk.{layer}.{name}.weight"] for name in FUSED_PARTS[key]]
-
     def float_weight(self, layer: int, key: str) -> np.ndarray:
-        return np.concatenate([dequantize(raw) for raw in self._part_raws(layer, key)])
+        return fused_float_weight(self._raw, layer, key)
 
     def merged_nbytes(self, layer: int, key: str) -> int:
-        return sum(raw.shape[0] * raw.shape[1] * 4 for raw in self._part_raws(layer, key))
+        return sum(raw.shape[0] * raw.shape[1] * 4 for raw in fused_part_tensors(self._raw, layer, key))
 
     def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> dict[str, kernels.GPUWeight]:
         """Each part's rows of the merged `weight` as an F32 GPU weight, by part name (attn_q, ...);
         their buffers go when the cache drops the entry holding them."""
         parts, start = {}, 0
-        for name, raw in zip(FUSED_PARTS[key], self._part_raws(layer, key), strict=True):
+        for name, raw in zip(FUSED_PARTS[key], fused_part_tensors(self._raw, layer, key), strict=True):
             rows = np.ascontiguousarray(weight[start : start + raw.shape[0]], np.float32)
             with self._lock:  # one caller at a time on the device, like every other upload of this backend
                 parts[name] = kernels.upload_weight(self.ctx, RawTensor(raw.name, GGMLQuantizationType.F32,

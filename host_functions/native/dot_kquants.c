@@ -232,10 +232,9 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
                 }                                                                                            \
                 const pvf xd = pvf_load(xb->d);                                                              \
                 for (int r = 0; r < nr; r++) {                                                               \
-                    acc[r][p] = pvf_add(acc[r][p], pvf_mul(pvf_mul(xd, pvf_set1(k[r].d)), pvf_from_int(sumi[r]))); \
+                    acc[r][p] = pvf_add(acc[r][p], pvf_scaled(pvf_mul(xd, pvf_set1(k[r].d)), sumi[r]));      \
                     if (HAS_MIN)                                                                             \
-                        acc[r][p] = pvf_sub(acc[r][p], pvf_mul(pvf_mul(xd, pvf_set1(k[r].dmin)),             \
-                                                               pvf_from_int(summs[r])));                     \
+                        acc[r][p] = pvf_sub(acc[r][p], pvf_scaled(pvf_mul(xd, pvf_set1(k[r].dmin)), summs[r])); \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \

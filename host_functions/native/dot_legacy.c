@@ -194,7 +194,7 @@ FAST_UNPACK(q5_1)
                 }                                                                                            \
                 const pvf xd = pvf_load(xb->d);                                                              \
                 for (int r = 0; r < nr; r++) {                                                               \
-                    acc[r][p] = pvf_add(acc[r][p], pvf_mul(pvf_mul(pvf_set1(d[r]), xd), pvf_from_int(s[r])));  \
+                    acc[r][p] = pvf_add(acc[r][p], pvf_scaled(pvf_mul(pvf_set1(d[r]), xd), s[r]));           \
                     MIN_TERM(acc[r][p], pvf_set1(m[r]), xb);                                                 \
                 }                                                                                            \
             }                                                                                                \

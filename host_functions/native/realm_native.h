@@ -239,6 +239,8 @@ static inline void pvf_store(float *p, pvf a) { _mm256_storeu_ps(p, a.lo); _mm25
 /* The 4-byte-group dot for a format of zero point ZERO: its unsigned quants q + ZERO stay below 128
  * (at most 63) except in the 8-bit formats, whose ZERO is 128. */
 #define PANEL_DOT4(ZERO) ((ZERO) < 128 ? pvi_dot4_small : pvi_dot4)
+/* A block's float step, one token per lane: scale times its exact integer sum (the tiles' order). */
+static inline pvf pvf_scaled(pvf scale, pvi sum) { return pvf_mul(scale, pvf_from_int(sum)); }
 /* The start and end of every panel body (its accumulators acc[r][p], zeroed, then stored to out), and
  * panel_NAME, which calls panel_body_NAME with the row count as a constant. */
 #define PANEL_ACCUMULATORS(acc)                                                                              \
