@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from gguf import GGUFReader
-
 from cli_helpers import one_error_line
 from conftest import REALM
+from gguf import GGUFReader
 from oracle import DATA
 
 TINY = str(DATA / "tiny-llama-Q8_0.gguf")

@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-
 from cli_helpers import one_error_line
 from oracle import DATA, assert_matches, reference_sequences, tolerance_for
 

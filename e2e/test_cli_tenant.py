@@ -8,7 +8,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import one_error_line
 from oracle import DATA
 

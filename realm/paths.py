@@ -8,17 +8,14 @@ Layout under the home directory:
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
+
+from host_functions import settings
 
 
 def realm_home() -> Path:
     """The data directory: $REALM_HOME if set, else the platform's per-user data directory + /realm."""
-    explicit = os.environ.get("REALM_HOME")
-    if explicit:
-        return Path(explicit).expanduser()
-    return _user_data_dir() / "realm"
+    return settings.home()
 
 
 def registry_path() -> Path:
@@ -29,12 +26,3 @@ def registry_path() -> Path:
 def modules_dir() -> Path:
     """Deployed guest modules, one file per content hash."""
     return realm_home() / "modules"
-
-
-def _user_data_dir() -> Path:
-    # The conventional places, so Realm's data sits next to other tools' data on each platform.
-    if sys.platform == "win32":
-        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support"
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")

@@ -27,13 +27,11 @@ from typing import Any
 
 from host_functions.abi import AdapterBinding, Limits
 from host_functions.abi.adapters import MAX_SCALE as MAX_ADAPTER_SCALE
-from host_functions.lora import AdapterError, check_adapter_source
 from host_functions.abi.limits import LIMIT_RANGES
-
-from host_functions.errors import AuthError, GuestError, TenantError
-
-from .paths import realm_home
-from .sandbox import GuestModule, compile_guest, to_wasm
+from host_functions.errors import AdapterError, AuthError, GuestError, TenantError
+from host_functions.lora.adapter import check_adapter_source
+from realm.paths import realm_home
+from realm.sandbox.run import GuestModule, compile_guest, to_wasm
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 NAME_RULE = "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -38,7 +38,7 @@ import openai
 
 from host_functions.errors import RealmError
 from realm.models import load_model
-from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
 
 REALM = str(Path(sys.executable).with_name("realm"))
 PROMPTS = ("Once upon a time", "The capital of France is", "Here is a list of fruits:", "def fibonacci(n):",

@@ -19,9 +19,9 @@ from gguf import GGUFWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from host_functions.config import ModelConfig  # noqa: E402
-from host_functions.gguf_file import GGUFFile  # noqa: E402
-from host_functions.lora import TARGETS  # noqa: E402
+from host_functions.arch.config import ModelConfig  # noqa: E402
+from host_functions.formats.gguf_file import GGUFFile  # noqa: E402
+from host_functions.lora.adapter import TARGETS  # noqa: E402
 
 
 def make_adapter(model_path: Path, out: Path, rank: int, alpha: float, seed: int, b_std: float) -> int:

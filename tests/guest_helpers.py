@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from host_functions.abi import HOST_FUNCTIONS
-from realm.sandbox import GuestModule, compile_guest
+from realm.sandbox.run import GuestModule, compile_guest
 
 DATA = Path(__file__).parent / "data"
 TINY_LLAMA = DATA / "tiny-llama-F32.gguf"

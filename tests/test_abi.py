@@ -11,8 +11,21 @@ import numpy as np
 import pytest
 import wasmtime
 
-from host_functions.abi import (ABI_VERSION, HOST_FUNCTIONS, FinishReason, TEXT_FLUSH, AbiError, BiasMode, GuestMemory, HandleTable, Limits,
-                                Status, TokenizeFlags, info_fields, sampling_params_from_json)
+from host_functions.abi import (
+    ABI_VERSION,
+    HOST_FUNCTIONS,
+    TEXT_FLUSH,
+    AbiError,
+    BiasMode,
+    FinishReason,
+    GuestMemory,
+    HandleTable,
+    Limits,
+    Status,
+    TokenizeFlags,
+    info_fields,
+    sampling_params_from_json,
+)
 from host_functions.errors import GuestError
 
 ROOT = Path(__file__).resolve().parent.parent

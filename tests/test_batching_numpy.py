@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from host_functions.backends import StepItem, numpy_backend
-from host_functions.model import Model
 from oracle import DATA, assert_matches, reference_sequences, tolerance_for
+
+from host_functions.backends import numpy_backend
+from host_functions.backends.base import StepItem
+from host_functions.engine.model import Model
 
 # tiny-gemma3: 5 sliding-window layers (window 8) and one global; tiny-llama: all global, Q4_K weights.
 MODELS = ["tiny-gemma3-F32.gguf", "tiny-llama-Q4_K.gguf"]

@@ -4,11 +4,12 @@ and the prompt each template must produce), the family fallback, and hostile tem
 from __future__ import annotations
 
 import pytest
-
 from guest_helpers import TINY_LLAMA
-from host_functions.gguf_file import GGUFFile
+
+from host_functions.errors import ChatTemplateError
+from host_functions.formats.gguf_file import GGUFFile
 from host_functions.tokenizer import Tokenizer
-from realm.chat import BUILTIN_TEMPLATES, ChatTemplateError, compile_template, load_chat_template, template_family
+from realm.chat import BUILTIN_TEMPLATES, compile_template, load_chat_template, template_family
 from realm.models import default_model_path
 
 # llama.cpp's test conversation, and what its built-in templates of these names render from it.

@@ -14,13 +14,23 @@ import pytest
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType
 
-from host_functions import kernel_harness as harness
-from host_functions import native
-from host_functions.backends import numpy_backend, op_reference
-from host_functions.backends.cpu_kernel_cases import (GATED_TOL, MATMUL_TOL, NORM_TOL, CpuKernelContext,
-                                                      decode_activations, encode_activations, gated_inputs,
-                                                      gated_scale, matmul_scale, reference_matmul, rope_inputs)
-from host_functions.errors import BackendError
+from host_functions import native, settings
+from host_functions.backends import numpy_backend
+from host_functions.errors import BackendError, RealmError
+from host_functions.kernel_tests import harness, op_reference
+from host_functions.kernel_tests.cpu_cases import (
+    GATED_TOL,
+    MATMUL_TOL,
+    NORM_TOL,
+    CpuKernelContext,
+    decode_activations,
+    encode_activations,
+    gated_inputs,
+    gated_scale,
+    matmul_scale,
+    reference_matmul,
+    rope_inputs,
+)
 from realm.cli import main
 
 BEST = native.load()
@@ -31,7 +41,7 @@ CASES = harness.select_cases(quick=True, backend="cpu")
 def portable() -> native.Kernels:
     """The plain C variant, loaded as REALM_CPU_KERNELS=portable makes every load() do."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(native.VARIANT_ENV, "portable")
+        mp.setenv(settings.CPU_KERNELS, "portable")
         kernels = native.load()
     assert kernels.variant.name == "portable"
     return kernels
@@ -87,7 +97,7 @@ SUPPORTED = [v for v in native.ARCH_VARIANTS[BEST.variant.target.split("-")[0]].
 def variant(request: pytest.FixtureRequest) -> native.Kernels:
     """Each vector variant this CPU can run (AVX2, AVX-VNNI, AVX-512 VNNI), loaded as REALM_CPU_KERNELS does."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(native.VARIANT_ENV, request.param)
+        mp.setenv(settings.CPU_KERNELS, request.param)
         return native.load()
 
 
@@ -158,12 +168,12 @@ def test_bad_calls_are_errors_not_crashes() -> None:
 
 
 def test_variant_selection_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(native.VARIANT_ENV, "portable")
+    monkeypatch.setenv(settings.CPU_KERNELS, "portable")
     assert native.select_variant().name == "portable"
-    monkeypatch.setenv(native.VARIANT_ENV, "sse9")
+    monkeypatch.setenv(settings.CPU_KERNELS, "sse9")
     with pytest.raises(BackendError, match="choose from"):
         native.select_variant()
-    monkeypatch.delenv(native.VARIANT_ENV)
+    monkeypatch.delenv(settings.CPU_KERNELS)
     flags = native.cpu_flags()
     best = native.select_variant()
     assert best.needs <= flags and "amx" not in best.mcpu  # AMX traps here: never compiled in
@@ -221,10 +231,10 @@ def test_forced_variant_is_checked_against_the_cpuinfo_flags() -> None:
 
 
 def test_threads_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(native.THREADS_ENV, "two")
-    with pytest.raises(BackendError, match="positive integer"):
+    monkeypatch.setenv(settings.THREADS, "two")
+    with pytest.raises(RealmError, match="positive integer"):
         native.default_threads()
-    monkeypatch.setenv(native.THREADS_ENV, "3")
+    monkeypatch.setenv(settings.THREADS, "3")
     assert native.default_threads() == 3
 
 
@@ -234,7 +244,7 @@ def test_library_is_cached_by_source_hash() -> None:
 
 
 def test_cli_runs_the_cpu_cases(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(native.VARIANT_ENV, "portable")
+    monkeypatch.setenv(settings.CPU_KERNELS, "portable")
     result = CliRunner().invoke(main, ["kernels", "test", "--backend", "cpu", "--format", "Q6_K", "--quick",
                                        "--reps", "0", "--json"])
     assert result.exit_code == 0, result.output
@@ -263,7 +273,7 @@ def _attention_inputs(rng: np.random.Generator, n: int, n_head: int, n_kv: int, 
     (1, 4, 1, 256, 300, 0), (20, 4, 1, 256, 0, 0), (9, 8, 2, 64, 70, 16), (3, 2, 2, 40, 5, 0), (5, 6, 3, 24, 0, 2)])
 def test_attention_matches_the_float64_reference(n: int, n_head: int, n_kv: int, hd: int, pos: int,
                                                  window: int) -> None:
-    from host_functions.backends import op_reference
+    from host_functions.kernel_tests import op_reference
 
     q, k, v = _attention_inputs(np.random.default_rng(6), n, n_head, n_kv, hd, pos)
     got = BEST.attention(q, k, v, pos, 0, window, hd ** -0.5)

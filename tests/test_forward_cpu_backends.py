@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from host_functions.model import Model, SequenceError
 from oracle import DATA, assert_matches, reference_sequences, tiny_models, tolerance_for, weights_of
+
+from host_functions.engine.model import Model, SequenceError
 
 MODELS = tiny_models()
 

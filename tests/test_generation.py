@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from host_functions.errors import ContextLengthExceeded
-from host_functions.model import Model
-from host_functions.sampling import SamplingParams
 from oracle import DATA
-from realm.generation import generate_text, generate_tokens
+
+from host_functions.engine.generation import generate_text, generate_tokens
+from host_functions.engine.model import Model
+from host_functions.engine.sampling import SamplingParams
+from host_functions.errors import ContextLengthExceeded
 from realm.models import load_model
 
 

@@ -8,13 +8,13 @@ import threading
 from dataclasses import dataclass
 
 import pytest
-
 from guest_helpers import TINY_LLAMA, compile_wat, data_bytes, data_i32, expect, hex_words, prefill
+
 from host_functions.abi import Limits, Status
 from host_functions.abi.limits import MAX_JSON_BYTES, MAX_STOP_STRINGS, MAX_TOKENIZE_BYTES
-from host_functions.model import Model
+from host_functions.engine.model import Model
 from host_functions.errors import GuestError, QuotaExceeded, RealmError
-from realm.sandbox import GuestModule, TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.run import GuestModule, TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
 
 PROMPT = "Once upon a time"

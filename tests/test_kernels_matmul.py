@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType
 
-from host_functions import kernel_harness as harness
-from host_functions import kernels
-from host_functions.backends.wgpu_context import GPUContext
-from host_functions.gguf_file import GGUFFile, RawTensor
-from realm.cli import main
+from host_functions.backends.wgpu import weight_kernels as kernels
+from host_functions.backends.wgpu.context import GPUContext
 from host_functions.errors import BackendError, ModelFormatError, UnsupportedError
+from host_functions.formats.gguf_file import GGUFFile, RawTensor
+from host_functions.kernel_tests import harness
+from realm.cli import main
 
 DATA = Path(__file__).parent / "data"
 CTX = GPUContext.get()  # no adapter is an error here, not a skip: CI installs llvmpipe

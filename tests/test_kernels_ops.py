@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from host_functions import kernel_harness as harness
-from host_functions.backends import op_reference as ref
-from host_functions.backends import wgpu_ops as ops
-from host_functions.backends.wgpu_context import GPUContext
-from host_functions.backends.wgpu_op_cases import OP_KERNELS
+from host_functions.backends.wgpu import ops
+from host_functions.backends.wgpu.context import GPUContext
+from host_functions.kernel_tests import harness
+from host_functions.kernel_tests import op_reference as ref
+from host_functions.kernel_tests.wgpu_op_cases import OP_KERNELS
 from realm.cli import main
 
 CTX = GPUContext.get()  # no adapter is an error here, not a skip: CI installs llvmpipe

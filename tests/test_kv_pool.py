@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from host_functions.errors import QuotaExceeded
-from host_functions.kv_pool import BLOCK_TOKENS, KVPool, KVPoolFull, parse_bytes
-from host_functions.model import Model
 from oracle import DATA
+
+from host_functions.engine.model import Model
+from host_functions.errors import KVPoolFull, QuotaExceeded
+from host_functions.kv.pool import BLOCK_TOKENS, KVPool, parse_bytes
 
 TINY = DATA / "tiny-gemma3-F32.gguf"
 

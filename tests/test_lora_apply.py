@@ -9,15 +9,15 @@ import weakref
 
 import numpy as np
 import pytest
+from oracle import DATA, assert_matches, lora_cases, reference_sequences, tolerance_for
+from test_lora_loading import config_of, write_peft
 
 from host_functions.abi import AdapterBinding
-from host_functions.adapter_pool import AdapterPool
-from host_functions.backends import StepItem
+from host_functions.backends.base import StepItem
+from host_functions.engine.model import Model
 from host_functions.errors import GuestError
-from host_functions.model import Model
-from oracle import DATA, assert_matches, lora_cases, reference_sequences, tolerance_for
-from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
-from test_lora_loading import config_of, write_peft
+from host_functions.lora.pool import AdapterPool
+from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
 
 ADAPTER = DATA / "tiny-llama-lora-r8.gguf"
 

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from host_functions.adapter_pool import AdapterPool
-from host_functions.backends.numpy_backend import NumpyBackend
-from host_functions.config import ModelConfig
-from host_functions.gguf_file import GGUFFile, RawTensor
-from host_functions.lora import AdapterError, LoraAdapter, load_adapter
-from host_functions.model import Model
-from host_functions.tokenizer import Tokenizer
 from oracle import DATA, assert_matches, lora_cases, reference_sequences, tolerance_for
+
+from host_functions.arch.config import ModelConfig
+from host_functions.backends.numpy_backend import NumpyBackend
+from host_functions.engine.model import Model
+from host_functions.errors import AdapterError
+from host_functions.formats.gguf_file import GGUFFile, RawTensor
+from host_functions.lora.adapter import LoraAdapter, load_adapter
+from host_functions.lora.pool import AdapterPool
+from host_functions.tokenizer import Tokenizer
 
 HF_MODULES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
               "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",

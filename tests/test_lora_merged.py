@@ -9,13 +9,13 @@ import weakref
 
 import numpy as np
 import pytest
-
-from host_functions.backends import StepItem
-from host_functions.backends.lora_merged import MergedLoraCache
-from host_functions.lora import AdapterError
-from host_functions.model import Model
 from oracle import DATA
 from test_lora_loading import config_of, write_peft
+
+from host_functions.backends.base import StepItem
+from host_functions.engine.model import Model
+from host_functions.errors import AdapterError
+from host_functions.lora.merged import MergedLoraCache
 
 ADAPTER = DATA / "tiny-llama-lora-r8.gguf"
 BASE = DATA / "tiny-llama-F32.gguf"
@@ -121,7 +121,7 @@ def test_wgpu_uploads_each_merged_copy_once_and_releases_its_buffers_when_the_ca
 
 def test_a_merged_binding_runs_merged_through_the_guest_and_lets_go_when_the_request_ends():
     from host_functions.abi import AdapterBinding
-    from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+    from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
 
     model = Model.load(BASE, backend="numpy")
     guest = compile_guest(reference_guest_path().read_bytes())

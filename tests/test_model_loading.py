@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
-
-from host_functions.config import ModelConfig
-from host_functions.gguf_file import GGUFFile
-from host_functions.model import Model
 from oracle import DATA, tiny_models
+
+from host_functions.arch.config import ModelConfig
+from host_functions.engine.model import Model
 from host_functions.errors import ModelFormatError, UnsupportedError
+from host_functions.formats.gguf_file import GGUFFile
 
 
 def _copy_model(src: Path, dst: Path, *, arch: str | None = None, drop: str | None = None,

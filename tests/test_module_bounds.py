@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import pytest
 import wasmtime
-
 from guest_helpers import TINY_LLAMA, wat_guest
+
 from host_functions.abi import Limits
+from host_functions.engine.model import Model
 from host_functions.errors import GuestError
-from host_functions.model import Model
-from realm import guest_compiler, sandbox, wasm_bounds
-from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox import compiler as guest_compiler
+from realm.sandbox import module_bounds as wasm_bounds
+from realm.sandbox import run as sandbox
+from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
 
 GOOD_REQUEST = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}

@@ -7,11 +7,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
 
-from host_functions.gguf_file import GGUFFile, RawTensor
-from host_functions.quants import QUANT_FORMATS, dequantize, quant_format, row_bytes
 from host_functions.errors import ModelFormatError, UnsupportedError
+from host_functions.formats.gguf_file import GGUFFile, RawTensor
+from host_functions.formats.quants import QUANT_FORMATS, dequantize, quant_format, row_bytes
 
 DATA = Path(__file__).parent / "data"
 

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-
 from oracle import DATA, compare
+
 from realm.models import load_model
 
 PROMPTS = json.loads((DATA / "gemma3-270m.prompts.json").read_text())

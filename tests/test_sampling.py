@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from host_functions.sampling import Sampler, SamplingParams, StopMatcher
+from host_functions.engine.sampling import Sampler, SamplingParams, StopMatcher
 from host_functions.errors import RealmError
 
 # Only the filter under test is on: everything else passes all tokens through.

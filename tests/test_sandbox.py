@@ -7,17 +7,28 @@ import threading
 
 import numpy as np
 import pytest
+from guest_helpers import (
+    DATA,
+    TINY_LLAMA,
+    compile_wat,
+    data_bytes,
+    data_i32,
+    expect,
+    hex_dump,
+    hex_floats,
+    hex_words,
+    prefill,
+    wat_guest,
+)
+from oracle import EXACT, assert_matches
 
-from guest_helpers import (DATA, TINY_LLAMA, compile_wat, data_bytes, data_i32, expect, hex_dump, hex_floats,
-                           hex_words, prefill, wat_guest)
 from host_functions.abi import HOST_FUNCTIONS, HostFunction, Limits, Status
 from host_functions.abi.limits import LOG_LINE_BYTES
-from host_functions.model import Model
-from host_functions.sampling import SamplingParams
-from oracle import EXACT, assert_matches
+from host_functions.engine.generation import generate_text, generate_tokens
+from host_functions.engine.model import Model
+from host_functions.engine.sampling import SamplingParams
 from host_functions.errors import GuestError, QuotaExceeded, RequestCancelled
-from realm.generation import generate_text, generate_tokens
-from realm.sandbox import MAX_MODULE_BYTES, TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.run import MAX_MODULE_BYTES, TenantSandbox, compile_guest, reference_guest_path
 
 PROMPT = "Once upon a time"
 

@@ -9,23 +9,21 @@ import time
 
 import numpy as np
 import pytest
-
-from host_functions.errors import QuotaExceeded, RequestCancelled
-from host_functions.kv_pool import BLOCK_TOKENS
-from host_functions.model import Model, StepOwner
 from oracle import DATA
-from realm.scheduler import Scheduler
+
+from host_functions.engine.model import Model, StepOwner
+from host_functions.engine.scheduler import Scheduler
+from host_functions.errors import QuotaExceeded, RequestCancelled
+from host_functions.kv.pool import BLOCK_TOKENS
 
 TINY = DATA / "tiny-gemma3-F32.gguf"
 
 
 def _model(kv_blocks: int | None = None) -> tuple[Model, Scheduler]:
-    model = Model.load(TINY, kv_memory=64 << 20)
+    model = Model.load(TINY, kv_memory=64 << 20, batched=True)
     if kv_blocks is not None:
         model.set_kv_memory(kv_blocks * model.backend.kv_block_bytes(BLOCK_TOKENS))
-    scheduler = Scheduler(model)
-    model.step_runner = scheduler
-    return model, scheduler
+    return model, model.scheduler
 
 
 def _greedy(model: Model, prompt: list[int], n: int, owner: StepOwner | None = None) -> list[np.ndarray]:
@@ -177,7 +175,7 @@ def test_a_sequence_that_stops_calling_never_holds_the_batch_back():
 
 
 def test_a_guest_waiting_in_seq_finish_is_cancelled_by_the_sandboxs_cancel_event():
-    from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+    from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
 
     model, _ = _model(kv_blocks=4)
     holder = model.open_sequence(128)

@@ -7,15 +7,15 @@ import threading
 
 import numpy as np
 import pytest
-
 from guest_helpers import TINY_LLAMA, compile_wat, data_i32, expect, prefill
-from host_functions.abi import Limits, TokenLogprob
-from host_functions.errors import RequestCancelled
-from host_functions.model import Model
-from host_functions.sampling import Sampler, SamplingParams
 from oracle import reference_sequences
+
+from host_functions.abi import Limits, TokenLogprob
+from host_functions.engine.model import Model
+from host_functions.engine.sampling import Sampler, SamplingParams
+from host_functions.errors import RequestCancelled
 from realm.chat import load_chat_template
-from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
 from realm.server import protocol
 from realm.server.protocol import ApiError, RequestLimits
 from realm.server.ratelimit import RateLimiter

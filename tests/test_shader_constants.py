@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from host_functions import kernels
-from host_functions.backends import wgpu_ops
+from host_functions.backends.wgpu import ops as wgpu_ops
+from host_functions.backends.wgpu import weight_kernels as kernels
 
 SHADERS = Path(__file__).resolve().parent.parent / "shaders"
 

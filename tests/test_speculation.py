@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from oracle import DATA
 
 from host_functions.abi import HOST_FUNCTIONS, AbiError, Limits, SamplerState, SeqState, Session, Status
+from host_functions.engine.model import Model
+from host_functions.engine.sampling import Sampler, SamplingParams
 from host_functions.errors import GuestError
-from host_functions.model import Model
-from host_functions.sampling import Sampler, SamplingParams
-from oracle import DATA
 from realm.models import draft_opener
-from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
 
 TARGET, DRAFT = DATA / "tiny-llama-F32.gguf", DATA / "tiny-llama-Q8_0.gguf"
 SOURCES = ["ngram", "self:1", f"draft:{DRAFT}"]
@@ -150,7 +150,7 @@ def test_a_guest_opens_only_the_drafts_the_operator_allowed(model, guest, name, 
 
 def test_a_draft_with_another_vocabulary_is_refused(model, guest, tmp_path):
     # The draft file with one token's text changed in place (same length, so the GGUF stays valid).
-    from host_functions.gguf_file import GGUFFile
+    from host_functions.formats.gguf_file import GGUFFile
 
     data = DRAFT.read_bytes()
     pieces = [t.encode() for t in GGUFFile(DRAFT).metadata["tokenizer.ggml.tokens"]]
@@ -164,7 +164,7 @@ def test_a_draft_with_another_vocabulary_is_refused(model, guest, tmp_path):
 
 
 def test_the_speculation_bench_times_each_kind_plain_and_speculative_in_one_run(model):
-    from realm.bench_speculation import run_speculation_bench
+    from realm.bench.speculation import run_speculation_bench
 
     texts = {"repetitive": ((PROMPTS[2], PROMPTS[0]), {}), "penalised": ((PROMPTS[1],), {"repeat_penalty": 1.3})}
     results = run_speculation_bench(model, "ngram", draft_opener(model, "numpy"), n_decode=24, rounds=2, texts=texts)

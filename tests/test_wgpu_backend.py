@@ -9,16 +9,16 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from host_functions import quants
-from host_functions.backends import StepItem
-from host_functions.backends.wgpu_backend import GPUActivations, WgpuBackend
-from host_functions.config import ModelConfig
-from host_functions.gguf_file import GGUFFile
-from host_functions.kernels import GPUWeight
-from host_functions.model import Model
 from oracle import DATA, assert_matches, compare, reference_sequences, tolerance_for, weights_of
+
+from host_functions.arch.config import ModelConfig
+from host_functions.backends.base import StepItem
+from host_functions.backends.wgpu.backend import GPUActivations, WgpuBackend
+from host_functions.backends.wgpu.weight_kernels import GPUWeight
+from host_functions.engine.model import Model
 from host_functions.errors import BackendError
+from host_functions.formats import quants
+from host_functions.formats.gguf_file import GGUFFile
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ README's tolerances for the model's weight format (tests/oracle.py).
 from __future__ import annotations
 
 import pytest
-
-from host_functions.model import Model
 from oracle import DATA, assert_matches, reference_sequences, tiny_models, tolerance_for
+
+from host_functions.engine.model import Model
 
 MODELS = tiny_models()
 

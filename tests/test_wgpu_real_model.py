@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from oracle import DATA, compare
+
 from realm.models import load_model
 
 PROMPT = json.loads((DATA / "gemma3-270m.prompts.json").read_text())[0]

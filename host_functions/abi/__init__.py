@@ -13,17 +13,28 @@ host-side state), `registry` (the @host table), `checks` (shared argument checks
 functions by subject: `tokens`, `sequences`, `logits`, `output`.
 """
 
-from . import adapters, logits, output, sequences, speculation, tokens  # noqa: F401  importing registers the host functions
-from .adapters import AdapterBinding
-from .handles import HandleTable, SamplerState, SeqState
-from .limits import MAX_I32, Limits
-from .logits import MAX_SAMPLERS, MAX_TOP_LOGPROBS, sampling_params_from_json
-from .memory import GuestMemory
-from .registry import HOST_FUNCTIONS, HostFunction, host
-from .session import CallStats, Report, Session, StepStats, TokenLogprob
-from .status import (ABI_VERSION, ALLOC_EXPORT, ENTRY_EXPORT, IMPORT_MODULE, MEMORY_EXPORT, TEXT_FLUSH, AbiError,
-                     BiasMode, FinishReason, Status, TokenizeFlags)
-from .tokens import info_fields
+from host_functions.abi import adapters, logits, output, sequences, speculation, tokens  # noqa: F401  importing registers the host functions
+from host_functions.abi.adapters import AdapterBinding
+from host_functions.abi.handles import HandleTable, SamplerState, SeqState
+from host_functions.abi.limits import MAX_I32, Limits
+from host_functions.abi.logits import MAX_SAMPLERS, MAX_TOP_LOGPROBS, sampling_params_from_json
+from host_functions.abi.memory import GuestMemory
+from host_functions.abi.registry import HOST_FUNCTIONS, HostFunction, host
+from host_functions.abi.session import CallStats, Report, Session, StepStats, TokenLogprob
+from host_functions.abi.status import (
+                     ABI_VERSION,
+                     ALLOC_EXPORT,
+                     ENTRY_EXPORT,
+                     IMPORT_MODULE,
+                     MEMORY_EXPORT,
+                     TEXT_FLUSH,
+                     AbiError,
+                     BiasMode,
+                     FinishReason,
+                     Status,
+                     TokenizeFlags,
+)
+from host_functions.abi.tokens import info_fields
 
 __all__ = ["ABI_VERSION", "ALLOC_EXPORT", "AdapterBinding", "ENTRY_EXPORT", "HOST_FUNCTIONS", "IMPORT_MODULE", "MAX_I32",
            "MAX_SAMPLERS", "MAX_TOP_LOGPROBS", "MEMORY_EXPORT", "TEXT_FLUSH", "AbiError", "BiasMode", "CallStats",

@@ -12,13 +12,14 @@ import math
 import struct
 from dataclasses import dataclass
 
-from ..lora import AdapterError, LoraAdapter
-from .checks import decode_utf8
-from .handles import SeqState
-from .memory import GuestMemory
-from .registry import host
-from .session import Session
-from .status import AbiError, Status
+from host_functions.abi.checks import decode_utf8
+from host_functions.abi.handles import SeqState
+from host_functions.abi.memory import GuestMemory
+from host_functions.abi.registry import host
+from host_functions.abi.session import Session
+from host_functions.abi.status import AbiError, Status
+from host_functions.errors import AdapterError
+from host_functions.lora.adapter import LoraAdapter
 
 MAX_ALIAS_BYTES = 256
 ADAPTER_STATE_BYTES = 1 << 10

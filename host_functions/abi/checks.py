@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sequence_checks import check_token_id, check_token_ids
-from .limits import MAX_I32
-from .memory import GuestMemory
-from .session import Session
-from .status import AbiError, Status
+from host_functions.abi.limits import MAX_I32
+from host_functions.abi.memory import GuestMemory
+from host_functions.abi.session import Session
+from host_functions.abi.status import AbiError, Status
+from host_functions.engine.step_rules import check_token_id, check_token_ids
 
 
 def check_token(s: Session, token: int) -> int:

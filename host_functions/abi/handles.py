@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..model import Sequence
-from ..sampling import Sampler
-from .limits import MAX_I32
-from .status import AbiError, Status
+from host_functions.abi.limits import MAX_I32
+from host_functions.abi.status import AbiError, Status
+from host_functions.engine.model import Sequence
+from host_functions.engine.sampling import Sampler
 
 T = TypeVar("T")
 _MISSING = object()

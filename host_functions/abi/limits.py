@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..errors import GuestError
+from host_functions.errors import GuestError
 
 MAX_I32 = 2**31 - 1
 MAX_I64 = 2**63 - 1

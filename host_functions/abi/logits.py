@@ -7,15 +7,15 @@ import json
 
 import numpy as np
 
-from ..errors import QuotaExceeded, RealmError
-from ..sampling import Sampler, SamplingParams
-from .handles import SamplerState, SeqState
-from .limits import MAX_JSON_BYTES, MAX_JSON_DIGITS, MAX_STOP_BYTES, MAX_STOP_STRINGS
-from .memory import GuestMemory
-from .registry import host
-from .checks import check_token
-from .session import Session, TokenLogprob
-from .status import AbiError, BiasMode, Status
+from host_functions.abi.checks import check_token
+from host_functions.abi.handles import SamplerState, SeqState
+from host_functions.abi.limits import MAX_JSON_BYTES, MAX_JSON_DIGITS, MAX_STOP_BYTES, MAX_STOP_STRINGS
+from host_functions.abi.memory import GuestMemory
+from host_functions.abi.registry import host
+from host_functions.abi.session import Session, TokenLogprob
+from host_functions.abi.status import AbiError, BiasMode, Status
+from host_functions.engine.sampling import Sampler, SamplingParams
+from host_functions.errors import QuotaExceeded, RealmError
 
 MAX_SAMPLERS = 64  # live samplers per request; a sampler is small, so this only stops runaway loops
 MAX_DRAFT_SAMPLES = 16  # draft samples whose distributions a draft sequence keeps for spec_verify

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .status import AbiError, Status
+from host_functions.abi.status import AbiError, Status
 
 
 class GuestMemory:

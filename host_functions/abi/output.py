@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..errors import QuotaExceeded
-from .checks import check_token
-from .handles import SeqState
-from .limits import LOG_LINE_BYTES
-from .memory import GuestMemory
-from .registry import host
-from .session import Report, Session
-from .status import TEXT_FLUSH, AbiError, FinishReason, Status
+from host_functions.abi.checks import check_token
+from host_functions.abi.handles import SeqState
+from host_functions.abi.limits import LOG_LINE_BYTES
+from host_functions.abi.memory import GuestMemory
+from host_functions.abi.registry import host
+from host_functions.abi.session import Report, Session
+from host_functions.abi.status import TEXT_FLUSH, AbiError, FinishReason, Status
+from host_functions.errors import QuotaExceeded
 
 
 @host("seq", "token", "out_ptr", "out_cap", grows=True)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..errors import QuotaExceeded
-from ..sequence_checks import check_appendable, check_next_layer, check_room, check_step_complete
-from .checks import check_tokens
-from .handles import SeqState
-from .memory import GuestMemory
-from .registry import host
-from .session import Session
-from .status import AbiError, Status
+from host_functions.abi.checks import check_tokens
+from host_functions.abi.handles import SeqState
+from host_functions.abi.memory import GuestMemory
+from host_functions.abi.registry import host
+from host_functions.abi.session import Session
+from host_functions.abi.status import AbiError, Status
+from host_functions.engine.step_rules import check_appendable, check_next_layer, check_room, check_step_complete
+from host_functions.errors import QuotaExceeded
 
 
 @host("capacity", grows=True)

@@ -9,14 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import QuotaExceeded, RealmError
-from ..lora import LoraAdapter
-from ..model import Model, StepOwner
-from .handles import HandleTable, SeqState
-from .limits import Limits
+from host_functions.abi.handles import HandleTable, SeqState
+from host_functions.abi.limits import Limits
+from host_functions.engine.model import Model, StepOwner
+from host_functions.errors import QuotaExceeded, RealmError
+from host_functions.lora.adapter import LoraAdapter
 
 if TYPE_CHECKING:
-    from .adapters import AdapterBinding
+    from host_functions.abi.adapters import AdapterBinding
 
 
 @dataclass

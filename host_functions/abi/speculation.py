@@ -3,7 +3,7 @@
 A guest drafts k tokens (by prompt lookup in its own code, or with a draft sequence on a draft
 model), appends [last token, d_1..d_k] to the target sequence, runs the layers and calls
 `seq_finish_all`, which keeps the logits of every one of those tokens host-side. `spec_verify`
-checks the drafts against them in one call (host_functions.speculative) and returns how many were
+checks the drafts against them in one call (host_functions.engine.speculative) and returns how many were
 accepted plus the next token; the guest then truncates the rejected tail with `seq_truncate`.
 
 A draft model is opened by name: only names the operator allowed for this request (the Session's
@@ -22,16 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import QuotaExceeded
-from ..model import Model
-from ..sequence_checks import check_step_complete
-from ..speculative import verify
-from .checks import decode_utf8
-from .handles import SamplerState, SeqState
-from .memory import GuestMemory
-from .registry import host
-from .session import Session
-from .status import AbiError, Status
+from host_functions.abi.checks import decode_utf8
+from host_functions.abi.handles import SamplerState, SeqState
+from host_functions.abi.memory import GuestMemory
+from host_functions.abi.registry import host
+from host_functions.abi.session import Session
+from host_functions.abi.status import AbiError, Status
+from host_functions.engine.model import Model
+from host_functions.engine.speculative import verify
+from host_functions.engine.step_rules import check_step_complete
+from host_functions.errors import QuotaExceeded
 
 MAX_LOGIT_ROWS = 17  # rows seq_finish_all keeps: 16 drafts and the token before them (a row is n_vocab f32)
 MAX_DRAFT_NAME = 4096

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from ..errors import CapacityError, RealmError, StepOrderError, TokenRangeError
+from host_functions.errors import CapacityError, RealmError, StepOrderError, TokenRangeError
 
 ABI_VERSION = 4  # 2: result_report; 3: speculative decoding; 4: LoRA, token_logprobs
 IMPORT_MODULE = "realm"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_token, check_tokens, decode_utf8, write_counted
-from .limits import MAX_DETOKENIZE_IDS, MAX_TOKENIZE_BYTES
-from .memory import GuestMemory
-from .registry import host
-from .session import Session
-from .status import ABI_VERSION, AbiError, Status, TokenizeFlags
+from host_functions.abi.checks import check_token, check_tokens, decode_utf8, write_counted
+from host_functions.abi.limits import MAX_DETOKENIZE_IDS, MAX_TOKENIZE_BYTES
+from host_functions.abi.memory import GuestMemory
+from host_functions.abi.registry import host
+from host_functions.abi.session import Session
+from host_functions.abi.status import ABI_VERSION, AbiError, Status, TokenizeFlags
 
 _INFO_FIELDS = ("abi_version", "n_vocab", "n_layers", "n_ctx", "n_embd", "bos_id", "eos_id",
                 "max_sequences", "max_tokens", "max_output_bytes")

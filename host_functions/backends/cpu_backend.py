@@ -33,17 +33,16 @@ from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import numpy as np
-
-from .. import native
-from ..config import ModelConfig
-from ..gguf_file import RawTensor
 from gguf import GGMLQuantizationType
 
-from ..kv_pool import KVPool
-from ..quants import quant_format, row_bytes
-from .lora_merged import fused_float_weight, fused_part_tensors
-from .numpy_backend import NumpyBackend, round_to_bf16
-from .numpy_lora import FusedPairs, RowAdapter, fused_pairs
+from host_functions import native
+from host_functions.arch.config import ModelConfig
+from host_functions.backends.numpy_backend import NumpyBackend, round_to_bf16
+from host_functions.formats.gguf_file import RawTensor
+from host_functions.formats.quants import quant_format, row_bytes
+from host_functions.kv.pool import KVPool
+from host_functions.lora.merged import fused_float_weight, fused_part_tensors
+from host_functions.lora.unmerged import FusedPairs, RowAdapter, fused_pairs
 
 _COPY_CHUNK = 16 << 20  # bytes copied between two releases of the file's pages
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -15,7 +15,7 @@ decode step's cost (docs/scheduler.md has the figures); attention and the elemen
 per sequence already. LoRA (docs/lora.md) keeps it: a step orders its items so each (adapter, scale)
 and each merged copy has contiguous rows, and every row is computed on its own whatever the order.
 Prefill is chunked by the sequence alone
-(host_functions.model.PREFILL_CHUNK), so attention sees the same query blocks in any company.
+(host_functions.engine.model.PREFILL_CHUNK), so attention sees the same query blocks in any company.
 
 Where llama.cpp rounds on purpose we round the same way, because it is the oracle: its KV cache holds
 float16, its attention multiplies float16 queries and probabilities, and its dot products against
@@ -31,20 +31,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-
 from gguf import GGMLQuantizationType
 
-from .. import native
-from ..config import ModelConfig
-from ..errors import BackendError
-
-from ..gguf_file import RawTensor
-from ..lora import LoraAdapter
-from ..quants import dequantize
-from ..kv_pool import KVPool
-from .lora_merged import MergedLora, MergedLoraCache, in_grouped_order, merged_ranges
-from .numpy_lora import RowAdapter, apply_lora
-from . import Backend, KVCache, StepItem, split_logits, wanted_rows
+from host_functions import native
+from host_functions.arch.config import ModelConfig
+from host_functions.backends.base import Backend, StepItem, split_logits, wanted_rows
+from host_functions.errors import BackendError
+from host_functions.formats.gguf_file import RawTensor
+from host_functions.formats.quants import dequantize
+from host_functions.kv.block_table import KVCache
+from host_functions.kv.pool import KVPool
+from host_functions.lora.adapter import LoraAdapter
+from host_functions.lora.merged import MergedLora, MergedLoraCache, in_grouped_order, merged_ranges
+from host_functions.lora.unmerged import RowAdapter, apply_lora
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The native CPU kernels: C sources in this folder, compiled on the user's machine and called via ctypes.
 
 The sources are built with the `ziglang` package's clang (`python -m ziglang cc`) the first time they
-are needed, once per variant, into ~/.cache/realm/native/ (or $REALM_CACHE_DIR/native), named by a
+are needed, once per variant, into native/ in Realm's cache (~/.cache/realm, or $REALM_CACHE), named by a
 hash of the sources, the flags and the compiler version, so an edited source or a new compiler
 rebuilds and nothing stale is ever loaded. Binaries are never shipped.
 
@@ -40,11 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError
+from host_functions import settings
+from host_functions.errors import BackendError
 
 SOURCE_DIR = Path(__file__).parent
-VARIANT_ENV = "REALM_CPU_KERNELS"
-THREADS_ENV = "REALM_THREADS"
 
 
 @dataclass(frozen=True)
@@ -118,11 +117,11 @@ def choose_variant(machine: str, flags: frozenset[str], forced: str = "") -> Var
     forced = forced.strip().lower()
     if forced:
         if forced not in candidates:
-            raise BackendError(f"{VARIANT_ENV}={forced!r}: choose from {', '.join(candidates)}")
+            raise BackendError(f"{settings.CPU_KERNELS}={forced!r}: choose from {', '.join(candidates)}")
         variant = candidates[forced]
         if not variant.needs <= flags:
             missing = ", ".join(sorted(variant.needs - flags))
-            raise BackendError(f"{VARIANT_ENV}={forced}: this CPU lacks {missing}")
+            raise BackendError(f"{settings.CPU_KERNELS}={forced}: this CPU lacks {missing}")
         return variant
     return next(v for v in candidates.values() if v.needs <= flags)
 
@@ -135,7 +134,7 @@ def select_variant() -> Variant:
     """
     if not sys.platform.startswith("linux"):
         raise BackendError(f"the cpu backend supports Linux on x86-64 and aarch64, not {sys.platform}")
-    return choose_variant(platform.machine(), cpu_flags(), os.environ.get(VARIANT_ENV, ""))
+    return choose_variant(platform.machine(), cpu_flags(), settings.cpu_kernels())
 
 
 def _sources() -> list[Path]:
@@ -160,8 +159,8 @@ def _zig(args: list[str]) -> str:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("REALM_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "realm") / "native"
+    """Where built libraries live: native/ in Realm's cache (settings.cache_dir)."""
+    return settings.cache_dir() / "native"
 
 
 def library_path(variant: Variant) -> Path:
@@ -447,14 +446,12 @@ def set_default_threads(n: int) -> None:
 
 def default_threads() -> int:
     """set_default_threads()'s count, else REALM_THREADS if set (a positive integer), else the number
-    of CPUs this process may use. Raises BackendError for a malformed REALM_THREADS."""
+    of CPUs this process may use. Raises RealmError for a malformed REALM_THREADS."""
     if _default_threads is not None:
         return _default_threads
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise BackendError(f"{THREADS_ENV}={value!r}: expected a positive integer")
-        return int(value)
+    configured = settings.threads()
+    if configured is not None:
+        return configured
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:

@@ -2,7 +2,7 @@
  * activation types each weight format is paired with, and the tile signature every format implements.
  *
  * Layouts are ggml's (ggml-common.h); the byte diagrams live next to the NumPy dequantizers in
- * host_functions/quants.py. Blocks are packed because weight rows come straight from the memory-mapped
+ * host_functions/formats/quants.py. Blocks are packed because weight rows come straight from the memory-mapped
  * GGUF file, where an 18-byte Q4_0 block has no alignment to speak of.
  */
 #pragma once

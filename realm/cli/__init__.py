@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 
 import click
 
-from realm import __version__
 from host_functions.errors import RealmError
+from realm import __version__
 from realm.cli.console import OutputClosed
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C

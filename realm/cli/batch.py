@@ -23,14 +23,13 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from host_functions.abi import AdapterBinding, Limits
+from host_functions.engine.model import Model
 from host_functions.errors import RealmError
-from host_functions.model import Model
-from realm import scheduler
 from realm.cli import main
 from realm.cli.options import kv_memory_option, load_with_progress, model_options, stderr
 from realm.cli.run import _check_sampling, adapter_bindings, speculation_request
 from realm.models import draft_opener
-from realm.sandbox import GuestModule, TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.run import GuestModule, TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
 
 DEFAULT_CONCURRENCY = 16
@@ -76,7 +75,7 @@ def batch(requests_file: Path, model_path: str | None, backend: str, kv_memory: 
         except (RealmError, click.UsageError) as exc:
             results[number] = {"line": number, "error": f"line {number}: {_message(exc)}"}
     model = load_with_progress(model_path, backend, kv_memory)
-    sched = scheduler.install(model)
+    sched = model.scheduler
     model.backend.kv_pool.reset_peak()
     columns = (TextColumn("[bold]batch[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:

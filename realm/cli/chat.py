@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
+from host_functions.errors import RealmError
 from realm.chat import load_chat_template
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_options
 from realm.cli.run import build_request, sampling_options
-from host_functions.errors import RealmError
-from realm.sandbox import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
 from realm.tenants import TenantRegistry
 
 EXIT_COMMANDS = ("/exit", "/quit")

@@ -7,9 +7,9 @@ import json
 import click
 from rich.table import Table
 
-from host_functions import kernel_harness
-from host_functions.backends.cpu_kernel_cases import CpuKernelContext
-from host_functions.backends.wgpu_context import GPUContext
+from host_functions.backends.wgpu.context import GPUContext
+from host_functions.kernel_tests import harness as kernel_harness
+from host_functions.kernel_tests.cpu_cases import CpuKernelContext
 from realm.cli import main
 from realm.cli.console import stdout_console
 

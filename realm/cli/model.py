@@ -11,17 +11,25 @@ import click
 import numpy as np
 from rich.table import Table
 
-from host_functions.config import ModelConfig
-from host_functions.gguf_file import GGUFFile
+from host_functions.arch.config import ModelConfig
+from host_functions.formats.gguf_file import GGUFFile
+from host_functions.lora.adapter import check_adapter_source
 from host_functions.tokenizer import Tokenizer
+from realm.bench.lora import SPREAD_SCALES, lora_bindings, run_lora_bench, run_lora_concurrency_bench
+from realm.bench.speed import run_bench, run_concurrency_bench
 from realm.cli import main
 from realm.cli.console import stdout_console
+from realm.cli.options import (
+    check_lora_given,
+    load_with_progress,
+    lora_mode_option,
+    lora_option_group,
+    lora_scale_option,
+    model_option,
+    model_options,
+    model_path_with_progress,
+)
 from realm.cli.prompt import text_argument
-from realm.cli.options import (check_lora_given, load_with_progress, lora_mode_option, lora_option_group,
-                               lora_scale_option, model_option, model_options, model_path_with_progress)
-from host_functions.lora import check_adapter_source
-from realm.bench import run_bench, run_concurrency_bench
-from realm.bench_lora import SPREAD_SCALES, lora_bindings, run_lora_bench, run_lora_concurrency_bench
 from realm.models import draft_opener
 
 console = stdout_console()
@@ -243,7 +251,7 @@ def _bench_concurrency(model_path: str | None, backend: str, levels: list[int], 
 def _bench_speculation(model_path: str | None, backend: str, speculative: str, decode_tokens: int, rounds: int,
                        as_json: bool) -> None:
     # Here, not at the top: they load the sandbox (wasmtime), which the other model commands never need.
-    from realm.bench_speculation import run_speculation_bench
+    from realm.bench.speculation import run_speculation_bench
     from realm.cli.run import speculation_request
 
     if rounds < 1:

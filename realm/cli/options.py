@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from host_functions import native
-from host_functions.kv_pool import parse_bytes
-from host_functions.model import BACKENDS, Model
+from host_functions import native, settings
+from host_functions.engine.model import BACKENDS, Model
+from host_functions.kv.pool import parse_bytes
 from realm.cli.console import stderr_console
 from realm.models import load_model, resolve_model_path
 
@@ -23,7 +22,7 @@ model_option = click.option(
     "--model", "-m", "model_path", type=click.Path(dir_okay=False), default=None,
     help="GGUF model file (default: $REALM_MODEL, else the bundled Gemma 3 270M Q4_K_M).")
 backend_option = click.option(
-    "--backend", "-b", type=click.Choice(BACKENDS), default=lambda: os.environ.get("REALM_BACKEND", "auto"),
+    "--backend", "-b", type=click.Choice(BACKENDS), default=settings.backend,
     show_default="auto",
     help="Compute backend: wgpu (WGSL on the GPU), cpu (native quantized kernels), numpy (float32 reference), "
          "or auto (wgpu on a real GPU, else cpu).")

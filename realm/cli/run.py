@@ -25,18 +25,22 @@ import click
 from rich.table import Table
 
 from host_functions.abi import MAX_I32, AdapterBinding, Limits, Status
-from host_functions.errors import GuestError, RealmError, RequestCancelled, TenantError
-from host_functions.lora import AdapterError
-from host_functions.model import Model
-from host_functions.sampling import SamplingParams
+from host_functions.engine.model import Model
+from host_functions.engine.sampling import SamplingParams
+from host_functions.errors import AdapterError, GuestError, RealmError, RequestCancelled, TenantError
 from realm.cli import EXIT_INTERRUPTED, main
 from realm.cli.console import stderr_console, write_stdout
-from realm.cli.options import (check_lora_given, kv_memory_option, load_with_progress, lora_option_group,
-                               model_options)
+from realm.cli.options import check_lora_given, kv_memory_option, load_with_progress, lora_option_group, model_options
 from realm.cli.prompt import read_prompt
 from realm.models import draft_opener
-from realm.sandbox import (GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path,
-                           speculation_figures)
+from realm.sandbox.run import (
+    GuestModule,
+    RunResult,
+    TenantSandbox,
+    compile_guest,
+    reference_guest_path,
+    speculation_figures,
+)
 from realm.tenants import TenantRegistry
 
 # (flag, request key, type, help): every sampling parameter the request can carry.

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 import uvicorn
 
+from host_functions import settings
+from host_functions.errors import RealmError
 from realm.chat import load_chat_template
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_options
-from host_functions.errors import RealmError
 from realm.server import Server, ServerConfig, create_app
 
-ADMIN_KEY_ENV = "REALM_ADMIN_KEY"
 _DEFAULTS = ServerConfig()
 
 
@@ -40,7 +39,7 @@ _DEFAULTS = ServerConfig()
 @click.option("--tokens-per-minute", default=_DEFAULTS.tokens_per_minute, show_default=True,
               type=click.IntRange(0), help="Per-tenant token rate limit (prompt + completion); 0 is off.")
 @click.option("--admin-key-file", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"File holding the admin key (else ${ADMIN_KEY_ENV}); without one, admin endpoints "
+              help=f"File holding the admin key (else ${settings.ADMIN_KEY}); without one, admin endpoints "
                    "and /metrics are off.")
 @click.option("--drain-timeout", default=60, show_default=True, type=click.IntRange(0),
               help="Seconds SIGTERM waits for in-flight requests before cancelling them.")
@@ -75,4 +74,4 @@ def _admin_key(path: Path | None) -> str | None:
         if not key:
             raise RealmError(f"the admin key file {path} is empty")
         return key
-    return os.environ.get(ADMIN_KEY_ENV, "").strip() or None
+    return settings.admin_key()

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from realm.cli import main
 from host_functions.errors import TenantError
+from realm.cli import main
 from realm.cli.console import stdout_console
 from realm.tenants import NAME_RULE, ApiKey, RateLimits, Tenant, TenantRegistry, parse_limits
 

@@ -24,13 +24,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from host_functions.errors import GuestError, TenantError
-from ..sandbox import MAX_MODULE_BYTES
-from ..tenants import RateLimits, parse_limits
-from .bodies import read_body, read_json
-from .protocol import ApiError
+from realm.sandbox.run import MAX_MODULE_BYTES
+from realm.server.bodies import read_body, read_json
+from realm.server.protocol import ApiError
+from realm.tenants import RateLimits, parse_limits
 
 if TYPE_CHECKING:
-    from .app import Server
+    from realm.server.app import Server
 
 
 def admin_routes(server: Server) -> list[Route]:

@@ -23,20 +23,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from host_functions.model import Model
-
-from ..chat import ChatTemplate
+from host_functions.engine.model import Model
 from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
-from .. import scheduler
-from ..sandbox import GuestModule, RunResult, compile_guest, reference_guest_path
-from ..tenants import Tenant, TenantRegistry
-from . import protocol
-from .admin import admin_routes
-from .bodies import bearer_key, read_json
-from .metrics import CONTENT_TYPE, ServerMetrics, engine_stats
-from .protocol import ApiError, ChoiceResult, GenerationSpec
-from .ratelimit import RateLimiter
-from .runner import GuestRun, Runner
+from realm.chat import ChatTemplate
+from realm.sandbox.run import GuestModule, RunResult, compile_guest, reference_guest_path
+from realm.server import protocol
+from realm.server.admin import admin_routes
+from realm.server.bodies import bearer_key, read_json
+from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
+from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
+from realm.server.ratelimit import RateLimiter
+from realm.server.runner import GuestRun, Runner
+from realm.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger("realm.server")
 _DISCONNECT_POLL_S = 0.1
@@ -67,7 +65,7 @@ class Server:
         self.runner = Runner(model, config.workers)
         self.limiter = RateLimiter()
         self.metrics = ServerMetrics()
-        self.metrics.watch_engine(lambda: engine_stats(scheduler.install(model)))
+        self.metrics.watch_engine(lambda: engine_stats(model))
         self.created = protocol.now()
         self.reference_guest = compile_guest(reference_guest_path().read_bytes())
 

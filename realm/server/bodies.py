@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from host_functions.errors import AuthError
-from .protocol import ApiError
+from realm.server.protocol import ApiError
 
 
 def bearer_key(request: Request) -> str:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..scheduler import Scheduler
+from host_functions.engine.model import Model
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
@@ -46,12 +46,15 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
 
-def engine_stats(sched: Scheduler) -> dict[str, float]:
+def engine_stats(model: Model) -> dict[str, float]:
     """The scheduler's and the KV pool's figures, as gauges: steps, sequences per step (mean, largest),
     KV blocks used, at peak and in all, and the positions a block holds."""
-    stats, pool = sched.stats, sched.model.backend.kv_pool
-    figures = {"scheduler_steps": stats.steps, "scheduler_mean_batch": stats.mean_batch,
-               "scheduler_max_batch": stats.max_batch}
+    figures: dict[str, float] = {}
+    if model.scheduler is not None:
+        stats = model.scheduler.stats
+        figures |= {"scheduler_steps": stats.steps, "scheduler_mean_batch": stats.mean_batch,
+                    "scheduler_max_batch": stats.max_batch}
+    pool = model.backend.kv_pool
     if pool is not None:
         kv = pool.stats()
         figures |= {"kv_blocks_used": kv.blocks_used, "kv_blocks_peak": kv.blocks_peak,

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from host_functions.abi import MAX_TOP_LOGPROBS, AbiError, TokenLogprob, sampling_params_from_json
+from host_functions.errors import ChatTemplateError
 from host_functions.tokenizer import Tokenizer
-
-from ..chat import ChatTemplate, ChatTemplateError
+from realm.chat import ChatTemplate
 
 MAX_CHOICES = 8  # n: each choice is a full guest run
 MAX_STOPS = 4  # OpenAI's limit on stop strings

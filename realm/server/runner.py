@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from host_functions.abi import AdapterBinding
+from host_functions.engine.model import Model
 from host_functions.errors import RequestCancelled
-from host_functions.model import Model
-
-from ..sandbox import GuestModule, RunResult, TenantSandbox
-from ..tenants import Tenant
+from realm.sandbox.run import GuestModule, RunResult, TenantSandbox
+from realm.tenants import Tenant
 
 
 @dataclass(eq=False)

@@ -1,0 +1,137 @@
+"""ModelConfig: every hyperparameter of a model, read from GGUF metadata once.
+
+Nothing else in Realm reads architecture keys; it asks the config (including the per-layer
+facts such as a gemma3 layer's sliding window and rope base).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from host_functions.arch.layout import ARCHITECTURES, Activation, Architecture, RopeLayout, Width
+from host_functions.errors import ModelFormatError, UnsupportedError
+from host_functions.formats.gguf_file import GGUFFile
+
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a decoder-only transformer of one of the architectures in arch.layout."""
+
+    arch: str
+    n_vocab: int
+    n_embd: int
+    n_layers: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    norm_eps: float
+    rope_base: float
+    rope_base_local: float  # rope base of sliding-window layers (gemma3); equals rope_base elsewhere
+    rope_layout: RopeLayout  # llama rotates pairs (x[2i], x[2i+1]); gemma3 rotates halves (NeoX)
+    sliding_window: int  # 0: no sliding-window layers
+    context_length: int
+    embedding_scale: float  # gemma multiplies token embeddings by sqrt(n_embd)
+    ffn_activation: Activation
+    qk_norm: bool  # RMS norms on Q and K heads before rope (gemma3)
+    sandwich_norms: bool  # post-attention and post-FFN norms (gemma3)
+    tied_output: bool  # no output.weight: logits use token_embd.weight
+    has_rope_freqs: bool  # llama 3.1 style per-dimension rope frequency factors
+
+    @property
+    def layout(self) -> Architecture:
+        """This architecture's row of the structure table (arch.layout)."""
+        return ARCHITECTURES[self.arch]
+
+    def width(self, width: Width) -> int:
+        """A symbolic width of the structure table in this model's numbers."""
+        return {"embd": self.n_embd, "q": self.q_dim, "kv": self.kv_dim, "ff": self.n_ff, "head": self.head_dim}[width]
+
+    @property
+    def attention_scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_head * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_head_kv * self.head_dim
+
+    def is_sliding(self, layer: int) -> bool:
+        """gemma3 interleaves five sliding-window layers with one global layer."""
+        return self.sliding_window > 0 and layer % 6 < 5
+
+    def layer_window(self, layer: int) -> int:
+        """How many most recent positions (the current one included) a layer attends to; 0 means all."""
+        return self.sliding_window if self.is_sliding(layer) else 0
+
+    def layer_rope_base(self, layer: int) -> float:
+        return self.rope_base_local if self.is_sliding(layer) else self.rope_base
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile) -> ModelConfig:
+        """Read and validate the hyperparameters; raises ModelFormatError or UnsupportedError."""
+        arch = f.require("general.architecture")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedError(
+                f"{f.path}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        n_embd = int(f.require(f"{arch}.embedding_length"))
+        n_head = int(f.require(f"{arch}.attention.head_count"))
+        head_dim = int(f.get(f"{arch}.attention.key_length", n_embd // max(n_head, 1)))
+        embd = f.tensor("token_embd.weight")
+        row = ARCHITECTURES[arch]
+        rope_base = float(f.get(f"{arch}.rope.freq_base", 10000.0))
+        cfg = cls(
+            arch=arch,
+            n_vocab=embd.shape[0],
+            n_embd=n_embd,
+            n_layers=int(f.require(f"{arch}.block_count")),
+            n_ff=int(f.require(f"{arch}.feed_forward_length")),
+            n_head=n_head,
+            n_head_kv=int(f.get(f"{arch}.attention.head_count_kv", n_head)),
+            head_dim=head_dim,
+            norm_eps=float(f.require(f"{arch}.attention.layer_norm_rms_epsilon")),
+            rope_base=rope_base,
+            rope_base_local=rope_base if row.local_rope_base is None else row.local_rope_base,
+            rope_layout=row.rope_layout,
+            sliding_window=int(f.get(f"{arch}.attention.sliding_window", 0)) if row.sliding_window else 0,
+            context_length=int(f.get(f"{arch}.context_length", 2048)),
+            embedding_scale=math.sqrt(n_embd) if row.embedding_scaled else 1.0,
+            ffn_activation=row.activation,
+            qk_norm=row.qk_norm,
+            sandwich_norms=row.sandwich_norms,
+            tied_output="output.weight" not in f.tensors,
+            has_rope_freqs="rope_freqs.weight" in f.tensors,
+        )
+        cfg._validate(f)
+        return cfg
+
+    def _validate(self, f: GGUFFile) -> None:
+        if min(self.n_embd, self.n_layers, self.n_ff, self.n_head, self.n_head_kv, self.head_dim) <= 0:
+            raise ModelFormatError(f"{f.path}: non-positive model dimension in metadata")
+        if self.n_head % self.n_head_kv:
+            raise ModelFormatError(f"{f.path}: head_count {self.n_head} is not a multiple of head_count_kv {self.n_head_kv}")
+        for name, shape in self.expected_tensors().items():
+            f.tensor(name, shape)
+
+    def expected_tensors(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor the forward pass reads, by GGUF name, with its NumPy-order shape."""
+        d, hd = self.n_embd, self.head_dim
+        shapes: dict[str, tuple[int, ...]] = {
+            "token_embd.weight": (self.n_vocab, d),
+            "output_norm.weight": (d,),
+        }
+        if not self.tied_output:
+            shapes["output.weight"] = (self.n_vocab, d)
+        if self.has_rope_freqs:
+            shapes["rope_freqs.weight"] = (hd // 2,)
+        layout = self.layout
+        for i in range(self.n_layers):
+            shapes |= {f"blk.{i}.{m.name}.weight": (self.width(m.out), self.width(m.inp)) for m in layout.matrices}
+            shapes |= {f"blk.{i}.{n.name}.weight": (self.width(n.width),) for n in layout.norms}
+        return shapes

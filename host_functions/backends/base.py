@@ -1,0 +1,152 @@
+"""Compute backends: the forward pass of one transformer, one batched step at a time.
+
+A backend owns the model's weights in its own form (NumPy: dequantized float32 arrays; wgpu: the
+quantized GGUF bytes resident on the GPU) and the KV memory of every sequence (a paged pool, see
+host_functions.kv.pool). The unit of work is a *step*: the new tokens of one or many sequences,
+
+    logits = backend.step([StepItem(tokens, pos, cache, wants), ...])   # one entry per item
+
+where each item's tokens sit at positions pos..pos+n-1 of its own sequence, attend over that
+sequence's cache only (causally, within the layer's sliding window), and `wants` says which logits
+come back: the last row ("last", decoding), every row ("all", verifying drafts) or none ("none", a
+prefill chunk). Callers reserve the cache's blocks (`cache.reserve`) before the step.
+
+The per-sequence primitives the default `step` is built from stay public for kernel tests:
+    x = backend.embed(tokens)                       # (n_tokens, n_embd), backend-resident
+    for i in range(n_layers): x = backend.layer(i, x, cache, pos)   # writes K/V at pos..pos+n-1
+    logits = backend.logits(x, last_only=True)       # NumPy float32, (1 or n_tokens, n_vocab)
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from host_functions.arch.config import ModelConfig
+from host_functions.formats.gguf_file import RawTensor
+from host_functions.kv.block_table import KVCache
+from host_functions.kv.pool import BLOCK_TOKENS, KVPool, default_budget
+from host_functions.lora.adapter import LoraAdapter
+
+if TYPE_CHECKING:
+    from host_functions.lora.merged import MergedLora, MergedLoraCache
+
+Activations = Any  # backend-specific handle to hidden states of shape (n_tokens, n_embd)
+LogitsWanted = Literal["none", "last", "all"]
+
+
+@dataclass
+class StepItem:
+    """One sequence's share of a step: its new tokens, where they go, and which logits it needs."""
+
+    tokens: np.ndarray  # (n,) int32
+    pos: int  # position of tokens[0] in the sequence
+    cache: KVCache
+    wants: LogitsWanted = "last"
+    n_layers: int | None = None  # run only the first n_layers, then the head (self-speculation's draft)
+    lora: tuple[LoraAdapter, float] | None = None  # the sequence's adapter and its scale, applied unmerged
+    merged: MergedLora | None = None  # the same adapter merged into the weights, when the sequence asked for it
+
+    def layers(self, config: ModelConfig) -> int:
+        return config.n_layers if self.n_layers is None else self.n_layers
+
+
+class Backend(ABC):
+    """The forward pass of one model on one kind of hardware; shared by every sequence."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor]) -> None:
+        self.config = config
+        self.kv_pool: KVPool | None = None
+        self.merged_lora: MergedLoraCache | None = None  # set by backends that can run LoRA merged
+        self.step_lock = threading.Lock()  # one step at a time on the backend, whoever runs it
+
+    def kv_block_bytes(self, block_tokens: int) -> int:
+        """Bytes one block of `block_tokens` positions takes across every layer (K and V)."""
+        return 2 * self.config.n_layers * block_tokens * self.config.kv_dim * self.kv_element_bytes()
+
+    def kv_element_bytes(self) -> int:
+        return 4
+
+    def configure_kv(self, budget_bytes: int | None = None) -> KVPool:
+        """Create the model's KV pool of budget_bytes (default: from free memory); QuotaExceeded if too small."""
+        self.kv_pool = KVPool(default_budget() if budget_bytes is None else budget_bytes,
+                              self.kv_block_bytes(BLOCK_TOKENS), BLOCK_TOKENS)
+        self._allocate_kv(self.kv_pool)
+        return self.kv_pool
+
+    def _allocate_kv(self, pool: KVPool) -> None:
+        """Hook: backends whose cache storage is per pool (NumPy) allocate it here."""
+
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty block table of at most `capacity` positions in this model's pool."""
+        return KVCache(self.kv_pool or self.configure_kv(), capacity)
+
+    def step(self, items: Sequence[StepItem]) -> list[np.ndarray | None]:
+        """Run every item's tokens through the model; per item the logits it wants, float32
+        (n_vocab,) for "last", (n, n_vocab) for "all", None for "none"."""
+        depths = {item.layers(self.config) for item in items}
+        if len(depths) == 1:
+            return self._step(items, depths.pop())
+        by_index: dict[int, np.ndarray | None] = {}  # drafts cut after fewer layers: one step per depth
+        for depth in depths:
+            group = [i for i, item in enumerate(items) if item.layers(self.config) == depth]
+            by_index.update(zip(group, self._step([items[i] for i in group], depth), strict=True))
+        return [by_index[i] for i in range(len(items))]
+
+    def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
+        """A step whose items all run n_layers; by default one item after another (backends batch)."""
+        out: list[np.ndarray | None] = []
+        for item in items:
+            x = self.embed(item.tokens)
+            for i in range(n_layers):
+                x = self.layer(i, x, item.cache, item.pos)
+            out.append(None if item.wants == "none" else _shaped(self.logits(x, last_only=item.wants == "last"), item))
+        return out
+
+    @abstractmethod
+    def embed(self, tokens: np.ndarray) -> Activations:
+        """Embedding rows (scaled by config.embedding_scale) for int32 token ids."""
+
+    @abstractmethod
+    def layer(self, index: int, x: Activations, cache: KVCache, pos: int) -> Activations:
+        """Run transformer block `index` on x, the tokens at positions pos..pos+n-1 of the sequence.
+
+        Stores their keys/values in `cache` and attends causally (and within the layer's sliding
+        window) over the cache's positions 0..pos+n-1.
+        """
+
+    @abstractmethod
+    def logits(self, x: Activations, last_only: bool = True) -> np.ndarray:
+        """Final norm and output projection: float32 (1 or n_tokens, n_vocab)."""
+
+    def weight_bytes_per_token(self) -> int:
+        """Bytes of weights a decode step reads (for bandwidth figures)."""
+        return 0
+
+
+def wanted_rows(item: StepItem, first_row: int) -> np.ndarray:
+    """The step rows (int64) whose logits an item starting at first_row wants: its last, all, or none."""
+    rows = np.arange(first_row, first_row + len(item.tokens))
+    return rows[-1:] if item.wants == "last" else rows if item.wants == "all" else rows[:0]
+
+
+def split_logits(items: Sequence[StepItem], picks: Sequence[np.ndarray], logits: np.ndarray) -> list[np.ndarray | None]:
+    """Hand each item its rows of `logits` (the rows of `picks`, concatenated), shaped as it wants."""
+    out: list[np.ndarray | None] = []
+    at = 0
+    for item, pick in zip(items, picks, strict=True):
+        part = logits[at : at + len(pick)]
+        out.append(None if item.wants == "none" else _shaped(part, item))
+        at += len(pick)
+    return out
+
+
+def _shaped(logits: np.ndarray, item: StepItem) -> np.ndarray:
+    return logits[-1] if item.wants == "last" else logits

@@ -1,0 +1,271 @@
+"""A loaded model (shared weights, tokenizer, backend) and the sequences that run on it.
+
+`Model` is what every tenant shares; `Sequence` is one KV cache (a block table in the model's KV
+pool) plus the step in progress. A step is append -> forward_layer(0..n_layers-1) -> finish, which
+is exactly what the guest ABI exposes. No activation is visible between layers, so `forward_layer`
+only checks the order and `finish` hands the whole step to `Model.run_step`: a model loaded with
+`batched=True` owns a `Scheduler` that batches the steps of every live sequence; without one the step
+runs at once on the backend. One hand-off per step (per prefill chunk), never per layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from pathlib import Path
+
+import numpy as np
+
+from host_functions.arch.config import ModelConfig
+from host_functions.backends.base import Backend, LogitsWanted, StepItem
+from host_functions.engine.scheduler import Scheduler, StepOwner
+from host_functions.engine.step_rules import (
+    check_appendable,
+    check_next_layer,
+    check_room,
+    check_step_complete,
+    check_token_ids,
+)
+from host_functions.errors import AdapterError, BackendError, SequenceError
+from host_functions.formats.gguf_file import GGUFFile
+from host_functions.kv.block_table import KVCache
+from host_functions.lora.adapter import LoraAdapter
+from host_functions.lora.merged import MergedLora
+from host_functions.lora.pool import AdapterPool
+from host_functions.tokenizer import Tokenizer
+
+BACKENDS = ("auto", "cpu", "numpy", "wgpu")
+DEFAULT_SEQUENCE_CAPACITY = 4096
+# A step of more tokens runs as chunks of this many, cut by the sequence alone (never by what else is
+# in the batch), so attention sees the same query blocks in any company (batch invariance) and a
+# long prompt shares the scheduler's per-step token budget with other tenants.
+PREFILL_CHUNK = 128
+
+
+def create_backend(name: str, config: ModelConfig, gguf: GGUFFile,
+                   progress: Callable[[float], None] | None = None) -> Backend:
+    """Instantiate a backend by name; "auto" picks wgpu on a real GPU adapter, else cpu.
+
+    numpy is the float32 reference, only ever chosen by name. Raises BackendError for an unknown name
+    or a backend that cannot start here.
+    """
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    if name == "auto":
+        name = "wgpu" if _real_gpu_available() else "cpu"
+    if name == "wgpu":
+        from host_functions.backends.wgpu.backend import WgpuBackend
+
+        return WgpuBackend(config, gguf.tensors, progress=progress)
+    if name == "cpu":
+        from host_functions.backends.cpu_backend import CpuBackend
+
+        return CpuBackend(config, gguf.tensors, progress=progress)
+    from host_functions.backends.numpy_backend import NumpyBackend
+
+    return NumpyBackend(config, gguf.tensors, progress=progress)
+
+
+def _real_gpu_available() -> bool:
+    try:
+        from host_functions.backends.wgpu.context import GPUContext
+
+        return not GPUContext.get().is_cpu_adapter
+    except Exception:  # no wgpu, no adapter, no driver: the CPU path is the answer
+        return False
+
+
+class Model:
+    """One GGUF model loaded for inference: config, tokenizer, a compute backend and its KV pool."""
+
+    def __init__(self, path: Path, config: ModelConfig, tokenizer: Tokenizer, backend: Backend,
+                 scheduler: Scheduler | None = None) -> None:
+        self.path = path
+        self.config = config
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.scheduler = scheduler  # batches every sequence's steps; None: each step runs alone, at once
+        self.adapters = AdapterPool(config)  # LoRA adapters loaded for this model, shared by every tenant
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "numpy",
+             progress: Callable[[float], None] | None = None, kv_memory: int | None = None,
+             batched: bool = False) -> Model:
+        """Read, validate and prepare a GGUF model with a KV pool of kv_memory bytes (default: from
+        free memory), with a Scheduler if `batched`; raises RealmError subclasses on bad files or a
+        budget too small for one block."""
+        gguf = GGUFFile(path)
+        config = ModelConfig.from_gguf(gguf)
+        tokenizer = Tokenizer.from_metadata(gguf.metadata)
+        compute = create_backend(backend, config, gguf, progress)
+        compute.configure_kv(kv_memory)
+        return cls(gguf.path, config, tokenizer, compute, Scheduler(compute, gguf.path.name) if batched else None)
+
+    def set_kv_memory(self, budget_bytes: int) -> None:
+        """Replace the KV pool by one of budget_bytes; only while no sequence holds blocks."""
+        pool = self.backend.kv_pool
+        if pool is not None and pool.stats().blocks_used:
+            raise SequenceError("cannot resize the KV pool while sequences hold blocks")
+        self.backend.configure_kv(budget_bytes)
+
+    def run_step(self, item: StepItem, owner: StepOwner | None = None) -> np.ndarray | None:
+        """Run one sequence's step: through the scheduler, batched with every other sequence's (see
+        Scheduler.run for what it raises), or without one alone and now, raising KVPoolFull (naming
+        the budget) when the pool has no room: nothing waits then."""
+        if self.scheduler is not None:
+            return self.scheduler.run(item, owner or StepOwner())
+        with self.backend.step_lock:
+            item.cache.reserve(item.pos + len(item.tokens))
+            return self.backend.step([item])[0]
+
+    def first_layers(self, n_layers: int) -> Model:
+        """The same model cut after its first n_layers, straight into the output head (self-speculation's
+        draft): it shares the weights and the backend, and its sequences run n_layers per step."""
+        if not 1 <= n_layers < self.config.n_layers:
+            raise SequenceError(f"a model of {self.config.n_layers} layers can be cut after 1..{self.config.n_layers - 1}"
+                                f" layers, not {n_layers}")
+        draft = Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend,
+                      self.scheduler)  # one backend and scheduler: its steps are batched with ours
+        draft.adapters = self.adapters
+        return draft
+
+    def open_sequence(self, capacity: int | None = None) -> Sequence:
+        """A new empty sequence with its own KV cache of at most `capacity` tokens."""
+        limit = min(self.config.context_length, DEFAULT_SEQUENCE_CAPACITY) if capacity is None else capacity
+        if not 0 < limit <= self.config.context_length:
+            raise SequenceError(f"sequence capacity must be 1..{self.config.context_length}, got {limit}")
+        return Sequence(self, limit)
+
+    def logits_for(self, tokens: Seq[int], lora: tuple[LoraAdapter, float] | None = None,
+                   merged: bool = False) -> np.ndarray:
+        """Logits at every position of `tokens` (one prefill pass), with an optional (adapter, scale)
+        applied unmerged or `merged`: float32 (n_tokens, n_vocab). Raises AdapterError when merged
+        weights do not fit their budget or the backend cannot merge."""
+        seq = self.open_sequence(max(len(tokens), 1))
+        try:
+            if lora is not None:
+                seq.set_adapter(*lora, merged=merged)
+            seq.append(tokens)
+            for layer in range(self.config.n_layers):
+                seq.forward_layer(layer)
+            return seq.finish(all_positions=True)
+        finally:
+            seq.close()
+
+
+class Sequence:
+    """One token sequence: its KV cache, committed tokens and the step in progress."""
+
+    def __init__(self, model: Model, capacity: int) -> None:
+        self.model = model
+        self.capacity = capacity
+        self.tokens: list[int] = []  # in the KV cache
+        self.pending: list[int] = []  # appended, not yet run through the layers
+        self.layers_done = 0  # layer calls of the step in progress (order only: the step runs at finish)
+        self._cache: KVCache | None = model.backend.new_cache(capacity)
+        self.adapter: tuple[LoraAdapter, float] | None = None  # applied to every step from now on
+        self.merged: MergedLora | None = None  # that adapter merged into the weights (merged mode), held
+
+    @property
+    def closed(self) -> bool:
+        return self._cache is None
+
+    @property
+    def kv_blocks(self) -> int:
+        """Pool blocks this sequence holds now."""
+        return 0 if self._cache is None else len(self._cache.blocks)
+
+    def append(self, ids: Seq[int]) -> None:
+        """Queue tokens for the next step."""
+        self._check_open()
+        check_appendable(self)
+        check_room(self, len(ids))
+        check_token_ids(np.asarray(ids, np.int64), self.model.config.n_vocab)
+        self.pending.extend(int(t) for t in ids)
+
+    def set_adapter(self, adapter: LoraAdapter | None, scale: float = 1.0, merged: bool = False) -> None:
+        """Apply `adapter` at `scale` (None: no adapter) to the steps from now on, unmerged (W x + s B (A x))
+        or `merged` (W + s B A, a cached copy); the base weights stay as they are.
+
+        Raises AdapterError when the merged weights do not fit the backend's budget beside those in use,
+        or the backend runs LoRA unmerged only; the sequence keeps its previous adapter then.
+        """
+        self._check_open()
+        entry = None
+        if adapter is not None and merged:
+            cache = self.model.backend.merged_lora
+            if cache is None:
+                raise AdapterError(f"the {self.model.backend.name} backend applies LoRA unmerged only")
+            entry = cache.acquire(adapter, float(scale))
+        self._release_merged()
+        self.adapter = None if adapter is None else (adapter, float(scale))
+        self.merged = entry
+
+    def forward_layer(self, layer: int) -> None:
+        """Record that layer `layer` (they must come in order 0, 1, ...) is wanted; it runs at finish."""
+        self._check_open()
+        check_next_layer(self, layer, self.model.config.n_layers)
+        self.layers_done += 1
+
+    def finish(self, all_positions: bool = False, owner: StepOwner | None = None) -> np.ndarray:
+        """Run the step through the model's step runner: logits of the last pending token (n_vocab,),
+        or (n_pending, n_vocab) of all of them.
+
+        The pending tokens go in chunks of PREFILL_CHUNK, each committed once it has run. Whatever the
+        runner raises (KVPoolFull, a deadline, a cancellation) propagates; the tokens not committed
+        are dropped and their KV blocks given back, so the sequence stays usable.
+        """
+        self._check_open()
+        check_step_complete(self, self.model.config.n_layers)
+        pending, owner = self.pending, owner or StepOwner()
+        self.pending, self.layers_done = [], 0
+        rows: list[np.ndarray] = []
+        try:
+            for start in range(0, len(pending), PREFILL_CHUNK):
+                chunk = pending[start : start + PREFILL_CHUNK]
+                last = start + PREFILL_CHUNK >= len(pending)
+                wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
+                item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), self._cache, wants,
+                                self.model.config.n_layers, self.adapter, self.merged)
+                logits = self.model.run_step(item, owner)
+                self.tokens.extend(chunk)
+                if logits is not None:
+                    rows.append(logits)
+        except BaseException:
+            if self._cache is not None:
+                self._cache.truncate(len(self.tokens))
+            raise
+        return np.concatenate(rows) if all_positions else rows[-1]
+
+    def step(self, ids: Seq[int], owner: StepOwner | None = None) -> np.ndarray:
+        """append + every layer + finish: the logits after the last of `ids`."""
+        self.append(ids)
+        for layer in range(self.model.config.n_layers):
+            self.forward_layer(layer)
+        return self.finish(owner=owner)
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first n committed tokens (drops any step in progress), freeing their blocks."""
+        self._check_open()
+        if not 0 <= n <= len(self.tokens):
+            raise SequenceError(f"cannot truncate a {len(self.tokens)}-token sequence to {n}")
+        del self.tokens[n:]
+        self.pending, self.layers_done = [], 0
+        self._cache.truncate(n)
+
+    def close(self) -> None:
+        """Give the KV blocks back; further use raises SequenceError."""
+        if self._cache is not None:
+            self._cache.free()
+        self._cache = None
+        self._release_merged()
+
+    def _release_merged(self) -> None:
+        if self.merged is not None and self.model.backend.merged_lora is not None:
+            self.model.backend.merged_lora.release(self.merged)
+        self.merged = None
+
+    def _check_open(self) -> None:
+        if self._cache is None:
+            raise SequenceError("sequence is closed")

@@ -1,0 +1,246 @@
+"""Continuous batching: one scheduler thread per model runs the steps of every live sequence together.
+
+A request's thread hands its sequence's step (a StepItem: new tokens, position, KV cache, wanted
+logits) to `Scheduler.run` when the guest finishes the step (seq_finish) and waits for the logits.
+The loop gathers what is queued, picks a batch, reserves its KV blocks, runs one `Backend.step`
+over all of it and hands each request its result. Sequences join and leave between steps.
+
+Choosing a batch (docs/scheduler.md has the reasoning):
+- at most `max_batch` items and `token_budget` tokens per step (a decode step is 1 token, a prefill
+  chunk up to host_functions.engine.model.PREFILL_CHUNK);
+- deficit round robin by tenant: each round gives every tenant with queued work a quantum of
+  token_budget / n_tenants tokens, carried over (capped) between steps, and the starting tenant
+  rotates; so a tenant flooding the model with requests or a long prompt gets its share, never all;
+- an item whose KV blocks the pool cannot supply now stays queued (it waits for blocks, within its
+  request's deadline; one that needs more than the whole pool fails at once); nothing is evicted;
+- after a step the loop waits a little (at most GATHER_FRACTION of the last step's time, less when
+  every item of the last step is back) so lockstep decoders share the next step, but it never waits
+  longer than that for a guest that is busy in its own code.
+
+A waiting request leaves at its deadline or when its owner's should_stop() turns true (a cancelled
+server request): a queued step is withdrawn; a running one finishes first (so its cache is never
+freed under the backend) and the request then fails. Nobody else's step is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from host_functions.backends.base import Backend, StepItem
+from host_functions.errors import KVPoolFull, KVPoolTooSmall, QuotaExceeded, RequestCancelled
+
+DEFAULT_TOKEN_BUDGET = 256
+DEFAULT_MAX_BATCH = 32
+GATHER_FRACTION = 0.25  # of the last step's time: the most the loop waits for last step's items to return
+POLL_S = 0.02  # how often a waiting request looks at its deadline and should_stop()
+_MAX_ROUNDS = 64
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class StepOwner:
+    """Who a step is for: the scheduler's fair share is per tenant, and it stops waiting for the
+    step at the deadline (time.monotonic()) or once should_stop() is true."""
+
+    tenant: str = ""
+    deadline: float = math.inf
+    should_stop: Callable[[], bool] = field(default=_never, compare=False)
+
+
+@dataclass(eq=False)
+class _Ticket:
+    item: StepItem
+    owner: StepOwner
+    done: threading.Event = field(default_factory=threading.Event)
+    state: str = "queued"  # queued -> running -> done, or queued -> withdrawn
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+    kv_wait: KVPoolFull | None = None  # why it was last left out of a step
+
+
+@dataclass
+class SchedulerStats:
+    """What the loop did: steps run, items and tokens per step, the largest batch, KV blocks."""
+
+    steps: int = 0
+    items: int = 0
+    tokens: int = 0
+    max_batch: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # items per step -> how many steps
+
+    @property
+    def mean_batch(self) -> float:
+        return self.items / self.steps if self.steps else 0.0
+
+
+class Scheduler:
+    """The step runner of one model: batches every sequence's steps on one thread."""
+
+    def __init__(self, backend: Backend, name: str, token_budget: int = DEFAULT_TOKEN_BUDGET,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self.backend, self.name = backend, name  # the name labels the loop's thread
+        self.token_budget, self.max_batch = token_budget, max_batch
+        self.stats = SchedulerStats()
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[_Ticket]] = {}  # tenant -> its queued steps, oldest first
+        self._deficit: dict[str, int] = {}
+        self._order: deque[str] = deque()  # tenants in round-robin order
+        self._thread: threading.Thread | None = None
+        self._awaited: set[int] = set()  # caches of the last step's items whose next steps may be on their way
+        self._gather_until = 0.0
+
+    # ---- the request side ------------------------------------------------------------------------
+
+    def run(self, item: StepItem, owner: StepOwner) -> np.ndarray | None:
+        """Queue one sequence's step, wait for it, return its logits (see StepItem.wants).
+
+        Raises QuotaExceeded at owner.deadline (naming the KV budget if the step was waiting for
+        blocks), RequestCancelled once owner.should_stop() is true, and whatever the backend raised.
+        """
+        ticket = _Ticket(item, owner)
+        with self._cond:
+            self._start()
+            tenant = owner.tenant
+            if tenant not in self._queues:
+                self._queues[tenant] = deque()
+                self._deficit[tenant] = 0
+                self._order.append(tenant)
+            self._queues[tenant].append(ticket)
+            self._awaited.discard(id(item.cache))
+            self._cond.notify_all()
+        while not ticket.done.wait(POLL_S):
+            reason = self._why_leave(ticket)
+            if reason is not None:
+                with self._cond:
+                    if ticket.state == "queued":
+                        self._queues[owner.tenant].remove(ticket)
+                        ticket.state = "withdrawn"
+                if ticket.state != "withdrawn":
+                    ticket.done.wait()  # already in a running step: it ends soon, and owns its blocks until then
+                raise reason
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.result
+
+    def _why_leave(self, ticket: _Ticket) -> BaseException | None:
+        if ticket.owner.should_stop():
+            return RequestCancelled("request cancelled while waiting for its step")
+        if time.monotonic() >= ticket.owner.deadline:
+            if ticket.kv_wait is not None:
+                return QuotaExceeded(f"request passed its deadline waiting for KV memory: {ticket.kv_wait}")
+            return QuotaExceeded("request passed its deadline waiting for its step")
+        return None
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name=f"realm-scheduler-{self.name}",
+                                            daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._next_batch()
+            started = time.perf_counter()
+            self._execute(batch)
+            elapsed = time.perf_counter() - started
+            with self._cond:
+                self._awaited = {id(t.item.cache) for t in batch}
+                self._gather_until = time.monotonic() + GATHER_FRACTION * elapsed
+
+    def _next_batch(self) -> list[_Ticket]:
+        """Wait (holding the condition) until a batch can be formed; mark it running."""
+        while True:
+            queued = sum(len(q) for q in self._queues.values())
+            if not queued:
+                self._cond.wait()
+                continue
+            if self._awaited and time.monotonic() < self._gather_until:
+                self._cond.wait(max(0.0, self._gather_until - time.monotonic()))
+                continue
+            self._awaited.clear()
+            batch = self._select()
+            if batch:
+                return batch
+            self._cond.wait(POLL_S)  # all queued steps wait for KV blocks: look again when some may be free
+
+    def _select(self) -> list[_Ticket]:
+        """Deficit round robin by tenant under the step's token and item budgets."""
+        batch: list[_Ticket] = []
+        budget = self.token_budget
+        blocked: set[str] = set()
+        self._order.rotate(-1)
+        for _ in range(_MAX_ROUNDS):
+            active = [t for t in self._order if self._queues[t] and t not in blocked]
+            if not active or budget <= 0 or len(batch) >= self.max_batch:
+                break
+            quantum = max(1, self.token_budget // len(active))
+            for tenant in active:
+                queue = self._queues[tenant]
+                self._deficit[tenant] = min(self._deficit[tenant] + quantum, self.token_budget)
+                while queue and len(batch) < self.max_batch:
+                    ticket = queue[0]
+                    cost = len(ticket.item.tokens)
+                    if batch and (cost > budget):
+                        blocked.add(tenant)
+                        break
+                    if batch and cost > self._deficit[tenant]:
+                        break
+                    try:
+                        ticket.item.cache.reserve(ticket.item.pos + cost)
+                    except Exception as exc:  # noqa: BLE001  a step that cannot be placed
+                        if isinstance(exc, KVPoolFull) and not isinstance(exc, KVPoolTooSmall):
+                            ticket.kv_wait = exc  # it waits for blocks, and its tenant for it
+                            blocked.add(tenant)
+                            break
+                        _finish(queue.popleft(), None, exc)  # it can never run (larger than the pool, ...)
+                        continue
+                    queue.popleft()
+                    ticket.state = "running"
+                    batch.append(ticket)
+                    self._deficit[tenant] = max(0, self._deficit[tenant] - cost)
+                    budget -= cost
+                if not queue:
+                    self._deficit[tenant] = 0
+        self._forget_idle_tenants()
+        return batch
+
+    def _forget_idle_tenants(self) -> None:
+        for tenant in [t for t in self._order if not self._queues[t] and not self._deficit[t]]:
+            self._order.remove(tenant)
+            del self._queues[tenant], self._deficit[tenant]
+
+    def _execute(self, batch: list[_Ticket]) -> None:
+        items = [t.item for t in batch]
+        try:
+            with self.backend.step_lock:
+                results = self.backend.step(items)
+        except BaseException as exc:  # noqa: BLE001  the step's error belongs to every request in it
+            results, error = [None] * len(batch), exc
+        else:
+            error = None
+        stats = self.stats
+        stats.steps += 1
+        stats.items += len(batch)
+        stats.tokens += sum(len(item.tokens) for item in items)
+        stats.max_batch = max(stats.max_batch, len(batch))
+        stats.batch_sizes[len(batch)] = stats.batch_sizes.get(len(batch), 0) + 1
+        for ticket, result in zip(batch, results, strict=True):
+            _finish(ticket, result, error)
+
+
+def _finish(ticket: _Ticket, result: np.ndarray | None, error: BaseException | None) -> None:
+    ticket.result, ticket.error, ticket.state = result, error, "done"
+    ticket.done.set()

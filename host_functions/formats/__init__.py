@@ -1,0 +1,1 @@
+"""File formats: GGUF files (`gguf_file`) and ggml's quantized block formats (`quants`)."""

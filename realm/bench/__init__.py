@@ -1,0 +1,2 @@
+"""Benchmarks behind `realm bench`: speed and memory (`speed`), LoRA (`lora`), speculative decoding
+(`speculation`)."""
