@@ -17,7 +17,7 @@ from gguf import GGMLQuantizationType
 from host_functions import native, settings
 from host_functions.backends import numpy_backend
 from host_functions.errors import BackendError, RealmError
-from host_functions.kernel_tests import harness, op_reference
+from host_functions.kernel_tests import harness, inputs, op_reference
 from host_functions.kernel_tests.cpu_cases import (
     GATED_TOL,
     MATMUL_TOL,
@@ -62,17 +62,17 @@ def test_portable_kernel_case_matches_numpy_reference(portable: native.Kernels, 
 
 def test_quick_suite_covers_every_format_and_activation_type() -> None:
     covered = {(c.kernel, c.fmt) for c in CASES}
-    assert {("matmul", fmt) for fmt in harness.MATMUL_FORMATS} <= covered
+    assert {("matmul", fmt) for fmt in inputs.MATMUL_FORMATS} <= covered
     assert {("quantize", act) for act in ("Q8_0", "Q8_1", "Q8_K", "F32", "F16", "BF16")} <= covered
 
 
 def _weight_and_x(fmt: str, rng: np.random.Generator, n_rows: int = 37, n_tok: int = 16):
     k = 512
-    tensor = harness.random_weight(fmt, n_rows, k, rng)
+    tensor = inputs.random_weight(fmt, n_rows, k, rng)
     return tensor, tensor.raw_bytes().reshape(n_rows, -1), rng.standard_normal((n_tok, k)).astype(np.float32) * 3
 
 
-@pytest.mark.parametrize("fmt", harness.MATMUL_FORMATS)
+@pytest.mark.parametrize("fmt", inputs.MATMUL_FORMATS)
 def test_rows_are_identical_whatever_the_batch_and_thread_count(fmt: str) -> None:
     """Batch invariance: row t of a 16-row call equals the 1-row call on row t, bit for bit, with 1,
     2 and 3 threads (fixed reduction order per output)."""
@@ -101,7 +101,7 @@ def variant(request: pytest.FixtureRequest) -> native.Kernels:
         return native.load()
 
 
-@pytest.mark.parametrize("fmt", harness.MATMUL_FORMATS)
+@pytest.mark.parametrize("fmt", inputs.MATMUL_FORMATS)
 def test_every_variant_computes_the_same_bits(variant: native.Kernels, portable: native.Kernels, fmt: str) -> None:
     # 1, 5 and 16 tokens: the tiles; 8, 16 (two row counts) and 33: the token panels.
     tensor, blocks, x = _weight_and_x(fmt, np.random.default_rng(2), n_tok=33)
@@ -134,7 +134,7 @@ def test_full_range_quants_never_saturate_a_panel(variant: native.Kernels, porta
 def test_fused_call_equals_separate_calls_over_mixed_formats() -> None:
     """Q|K|V with V in another format (as the default model stores it): one call, same bits."""
     rng = np.random.default_rng(3)
-    parts = [harness.random_weight(fmt, rows, 640, rng) for fmt, rows in (("Q5_0", 40), ("Q5_0", 9), ("Q8_0", 9))]
+    parts = [inputs.random_weight(fmt, rows, 640, rng) for fmt, rows in (("Q5_0", 40), ("Q5_0", 9), ("Q8_0", 9))]
     weights = [(int(t.qtype), t.raw_bytes().reshape(t.shape[0], -1)) for t in parts]
     x = rng.standard_normal((3, 640)).astype(np.float32)
     separate = np.concatenate([BEST.matmul([w], 640, x) for w in weights], axis=1)
@@ -146,7 +146,7 @@ def test_one_wrong_quant_fails_the_tolerance() -> None:
     MATMUL_TOL."""
     rng = np.random.default_rng(4)
     tensor, blocks, x = _weight_and_x("Q4_K", rng, n_rows=8, n_tok=2)
-    w_ref = harness.reference_dequantize(tensor)
+    w_ref = inputs.reference_dequantize(tensor)
     got = BEST.matmul([(int(tensor.qtype), blocks)], 512, x)
     ref = reference_matmul("Q4_K", w_ref, blocks, x)
     scale = matmul_scale("Q4_K", blocks, w_ref, decode_activations("Q4_K", encode_activations("Q4_K", x), 512))
@@ -443,7 +443,7 @@ def test_rope_is_the_float64_rotation(layout: str) -> None:
     x, cos, sin = rope_inputs(np.random.default_rng(12), 6, 3, 128, 2000, 1e6)
     want = op_reference.rope(x, 2000, 1e6, neox=layout == "neox")
     got = BEST.rope(x, cos, sin, layout)
-    assert np.all(np.abs(got - want) <= 2 * harness.F32_EPS * np.abs(x).max(axis=-1, keepdims=True))
+    assert np.all(np.abs(got - want) <= 2 * inputs.F32_EPS * np.abs(x).max(axis=-1, keepdims=True))
     wrong = BEST.rope(x, cos, sin, "interleaved" if layout == "neox" else "neox")
     assert np.abs(wrong - want).max() > 0.1  # the check tells the layouts apart
 

@@ -21,7 +21,7 @@ from host_functions.backends.wgpu import weight_kernels as kernels
 from host_functions.backends.wgpu.context import GPUContext
 from host_functions.errors import BackendError, ModelFormatError, UnsupportedError
 from host_functions.formats.gguf_file import GGUFFile, RawTensor
-from host_functions.kernel_tests import harness
+from host_functions.kernel_tests import harness, inputs, wgpu_matmul_cases
 from realm.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -35,7 +35,7 @@ TINY_LLAMA_FORMATS = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_
 def assert_matmul_close(got: np.ndarray, w_ref: np.ndarray, x: np.ndarray) -> None:
     """got == x @ w_ref.T within the harness's matmul tolerance, output by output."""
     err = np.abs(got - x.astype(np.float64) @ w_ref.T)
-    assert np.all(err <= harness.MATMUL_TOL * harness.matmul_tolerance_scale(w_ref, x)), float(err.max())
+    assert np.all(err <= inputs.MATMUL_TOL * inputs.matmul_tolerance_scale(w_ref, x)), float(err.max())
 
 
 @pytest.mark.parametrize("case", QUICK_CASES, ids=[c.name for c in QUICK_CASES])
@@ -47,7 +47,7 @@ def test_kernel_case_matches_numpy_reference(case: harness.KernelCase) -> None:
 
 def test_quick_suite_covers_every_format_with_decode_prefill_split_and_gather() -> None:
     covered = {(c.kernel, c.fmt) for c in QUICK_CASES}
-    for fmt in harness.MATMUL_FORMATS:
+    for fmt in inputs.MATMUL_FORMATS:
         assert {("matmul", fmt), ("gather", fmt)} <= covered
         shapes = [c.shape for c in QUICK_CASES if c.fmt == fmt and c.kernel == "matmul"]
         assert any(s.endswith("t=1") for s in shapes) and any(s.endswith("t=20") for s in shapes)
@@ -61,19 +61,19 @@ def test_llama_cpp_quantized_weights_match_gguf_dequantization(fmt: str) -> None
     emb = gguf.tensor("token_embd.weight")  # (320, 256)
     assert down.qtype == GGMLQuantizationType[fmt]
     x = np.random.default_rng(1).standard_normal((3, down.shape[1])).astype(np.float32)
-    w_ref = harness.reference_dequantize(down)
+    w_ref = inputs.reference_dequantize(down)
     got = kernels.matmul_numpy(CTX, kernels.upload_weight(CTX, down), x)
     assert_matmul_close(got, w_ref, x)
     ids = [1, 319, 7, 7, 0]
     rows = kernels.gather_numpy(CTX, kernels.upload_weight(CTX, emb), ids, scale=16.0)
-    np.testing.assert_allclose(rows, 16.0 * harness.reference_dequantize(emb)[ids], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(rows, 16.0 * inputs.reference_dequantize(emb)[ids], rtol=1e-6, atol=0)
 
 
 def test_harness_fails_a_kernel_that_reads_one_wrong_byte() -> None:
     """The tolerance discriminates: one quant off by one in 37x512 weights (GPU copy only) fails."""
     def prepare(ctx: GPUContext, rng: np.random.Generator) -> harness.Prepared:
-        tensor = harness.random_weight("Q4_K", 37, 512, rng)
-        w_ref = harness.reference_dequantize(tensor)
+        tensor = inputs.random_weight("Q4_K", 37, 512, rng)
+        w_ref = inputs.reference_dequantize(tensor)
         x = rng.standard_normal((1, 512)).astype(np.float32)
         raw = tensor.raw_bytes().copy()
         raw[5 * 288 + 16 + 40] ^= 0x10  # row 5, first block, one high nibble of qs
@@ -81,11 +81,11 @@ def test_harness_fails_a_kernel_that_reads_one_wrong_byte() -> None:
         x_buf, out = ctx.upload(x), ctx.empty(37 * 4)
         return harness.Prepared(lambda rec: kernels.matmul(rec, weight, x_buf, out, 1),
                                 lambda: ctx.read(out, np.float32, (1, 37)), x.astype(np.float64) @ w_ref.T,
-                                harness.matmul_tolerance_scale(w_ref, x), harness.MATMUL_TOL, 0)
+                                inputs.matmul_tolerance_scale(w_ref, x), inputs.MATMUL_TOL, 0)
 
     result = harness.run_case(CTX, harness.KernelCase("matmul", "Q4_K", "37x512 t=1", prepare), reps=0)
     assert not result.passed and result.error is None
-    assert result.max_rel_err > 10 * harness.MATMUL_TOL
+    assert result.max_rel_err > 10 * inputs.MATMUL_TOL
 
 
 # Every kernel layout the host can pick (kernels.default_config picks per adapter): the CPU default,
@@ -113,25 +113,25 @@ def test_every_kernel_layout_matches_numpy_reference(layout: str, fmt: str, n_to
     if config.subgroups and not CTX.has_subgroups:
         pytest.fail("the CI adapter (llvmpipe) has subgroups; this device lacks them")
     rng = np.random.default_rng(8)
-    tensor = harness.random_weight(fmt, 29, 768, rng)
+    tensor = inputs.random_weight(fmt, 29, 768, rng)
     x = rng.standard_normal((n_tokens, 768)).astype(np.float32)
     got = kernels.matmul_numpy(CTX, kernels.upload_weight(CTX, tensor), x, config=config)
-    assert_matmul_close(got, harness.reference_dequantize(tensor), x)
+    assert_matmul_close(got, inputs.reference_dequantize(tensor), x)
 
 
 @pytest.mark.parametrize("config", [kernels.KernelConfig(wg=4, tpr=2, rows=1), LAYOUTS["subgroups 1x8"]],
                          ids=["tree sum", "subgroups"])
 def test_matvec_over_more_than_65535_workgroups_covers_every_row(config: kernels.KernelConfig) -> None:
     n_rows = 65535 * config.rows_per_group + 9  # the grid needs a second dimension
-    tensor = harness.random_weight("Q8_0", n_rows, 32, np.random.default_rng(2))
+    tensor = inputs.random_weight("Q8_0", n_rows, 32, np.random.default_rng(2))
     x = np.random.default_rng(3).standard_normal((1, 32)).astype(np.float32)
-    w_ref = harness.reference_dequantize(tensor)
+    w_ref = inputs.reference_dequantize(tensor)
     got = kernels.matmul_numpy(CTX, kernels.upload_weight(CTX, tensor), x, config=config)
     assert_matmul_close(got, w_ref, x)
 
 
 def test_weights_larger_than_a_binding_are_split_by_rows() -> None:
-    tensor = harness.random_weight("Q4_0", 45, 64, np.random.default_rng(4))  # 36 bytes per row
+    tensor = inputs.random_weight("Q4_0", 45, 64, np.random.default_rng(4))  # 36 bytes per row
     weight = kernels.upload_weight(CTX, tensor, max_part_bytes=10 * 36 + 4)
     assert [(p.row_start, p.n_rows) for p in weight.parts] == [(0, 10), (10, 10), (20, 10), (30, 10), (40, 5)]
     with pytest.raises(BackendError, match="exceeds the GPU's binding limit"):
@@ -140,8 +140,8 @@ def test_weights_larger_than_a_binding_are_split_by_rows() -> None:
 
 def test_matmul_writes_into_a_column_range_of_a_wider_output() -> None:
     """Q, K and V projections can share one output buffer: rows land at out_col.. with out_stride."""
-    tensor = harness.random_weight("Q5_K", 24, 256, np.random.default_rng(5))
-    w_ref = harness.reference_dequantize(tensor)
+    tensor = inputs.random_weight("Q5_K", 24, 256, np.random.default_rng(5))
+    w_ref = inputs.reference_dequantize(tensor)
     x = np.random.default_rng(6).standard_normal((2, 256)).astype(np.float32)
     out = CTX.upload(np.full((2, 40), 7.0, np.float32))
     with CTX.recorder() as rec:
@@ -154,7 +154,7 @@ def test_matmul_writes_into_a_column_range_of_a_wider_output() -> None:
 def test_matmul_over_a_range_of_rows_leaves_the_others_and_gives_each_row_its_full_batch_bits() -> None:
     """A step's merged LoRA rows are one dispatch over their row range (first=): the same bits as the
     whole batch for those rows, the rows outside the range untouched."""
-    tensor = harness.random_weight("Q4_K", 24, 256, np.random.default_rng(7))
+    tensor = inputs.random_weight("Q4_K", 24, 256, np.random.default_rng(7))
     weight = kernels.upload_weight(CTX, tensor)
     x = CTX.upload(np.random.default_rng(8).standard_normal((7, 256)).astype(np.float32))
     whole, ranged = CTX.empty(7 * 24 * 4), CTX.upload(np.full((7, 24), 7.0, np.float32))
@@ -182,7 +182,7 @@ def test_unsupported_and_malformed_weights_raise_clear_errors() -> None:
 
 
 def test_gather_rejects_token_ids_outside_the_table() -> None:
-    weight = kernels.upload_weight(CTX, harness.random_weight("Q8_0", 10, 32, np.random.default_rng(7)))
+    weight = kernels.upload_weight(CTX, inputs.random_weight("Q8_0", 10, 32, np.random.default_rng(7)))
     with pytest.raises(BackendError, match="token id out of range"):
         kernels.gather_numpy(CTX, weight, [3, 10])
 
@@ -198,7 +198,7 @@ def test_cli_kernels_test_prints_json_results_and_exits_zero() -> None:
 
 def test_cli_kernels_test_exits_one_when_a_case_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     def wrong_reference(ctx: GPUContext, rng: np.random.Generator) -> harness.Prepared:
-        prep = harness._gather_prepare("Q4_0", 8, 32, [1, 2], 1.0)(ctx, rng)
+        prep = wgpu_matmul_cases._gather_prepare("Q4_0", 8, 32, [1, 2], 1.0)(ctx, rng)
         prep.reference = prep.reference + 1.0
         return prep
 

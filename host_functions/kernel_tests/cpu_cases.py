@@ -31,17 +31,14 @@ from host_functions import native
 from host_functions.backends.numpy_backend import RopeAngles, rope, round_to_bf16, round_to_f16
 from host_functions.formats.quants import QK_K, QUANT_FORMATS
 from host_functions.kernel_tests import op_reference
-from host_functions.kernel_tests.harness import (
+from host_functions.kernel_tests.harness import Prepared, register_case
+from host_functions.kernel_tests.inputs import (
     F32_EPS,
     FLOAT_FORMATS,
     MATMUL_FORMATS,
-    Prepared,
     random_weight,
     reference_dequantize,
-    register_case,
 )
-
-_T = GGMLQuantizationType
 
 # llama.cpp's vec_dot_type: what each weight format's dot product multiplies against.
 ACTIVATION_TYPE: dict[str, str] = {
@@ -99,8 +96,8 @@ def _encode_q8_0(x: np.ndarray) -> np.ndarray:
 def _encode_q8_1(x: np.ndarray) -> np.ndarray:
     d, q = _q8_blocks(x)
     s = d * q.astype(np.int32).sum(axis=-1).astype(np.float32)
-    return np.concatenate([d.astype(np.float16)[..., None].view(np.uint8), s.astype(np.float16)[..., None].view(np.uint8),
-                           q.view(np.uint8)], axis=-1)
+    halves = [v.astype(np.float16)[..., None].view(np.uint8) for v in (d, s)]
+    return np.concatenate([*halves, q.view(np.uint8)], axis=-1)
 
 
 def _encode_q8_k(x: np.ndarray) -> np.ndarray:
@@ -141,7 +138,7 @@ def decode_activations(weight_fmt: str, encoded: np.ndarray, k: int) -> np.ndarr
     act = ACTIVATION_TYPE[weight_fmt]
     if act in FLOAT_FORMATS:
         return encoded.view(np.float32).reshape(-1, k).astype(np.float64)
-    fmt = QUANT_FORMATS[_T[act]]
+    fmt = QUANT_FORMATS[GGMLQuantizationType[act]]
     return fmt.dequantize_blocks(encoded.reshape(-1, fmt.type_size)).reshape(-1, k).astype(np.float64)
 
 
@@ -178,7 +175,7 @@ def matmul_scale(weight_fmt: str, tensor_blocks: np.ndarray, w_ref: np.ndarray, 
     magnitude = np.abs(w_ref)
     if weight_fmt in _QUANT_BYTES:
         start, end = _QUANT_BYTES[weight_fmt]
-        fmt = QUANT_FORMATS[_T[weight_fmt]]
+        fmt = QUANT_FORMATS[GGMLQuantizationType[weight_fmt]]
         zeroed = tensor_blocks.reshape(-1, fmt.type_size).copy()
         zeroed[:, start:end] = 0
         magnitude = magnitude + np.abs(fmt.dequantize_blocks(zeroed).reshape(w_ref.shape).astype(np.float64))
@@ -216,10 +213,10 @@ def _quantize_prepare(fmt: str, n_tokens: int, n_cols: int, mode: str
         if mode == "zero blocks":  # an all-zero block takes the amax == 0 branch
             x[:, : max(32, n_cols // 2)] = 0.0
         elif mode == "ties":  # amax = 31.75 makes the scale exactly 4, so x on 1/8 steps hits .5 ties
-            x = np.round(x * 8) / 8
+            x = (np.round(x * 8) / 8).astype(np.float32)
             x[:, ::32] = np.where(x[:, ::32] < 0, -31.75, 31.75)
         out: list[np.ndarray] = []
-        qtype = int(_T[fmt])
+        qtype = int(GGMLQuantizationType[fmt])
         return Prepared(
             record=lambda rec: out.append(ctx.kernels.quantize_activations(qtype, x)),
             read=lambda: out[-1].astype(np.float64),
@@ -309,7 +306,7 @@ def _rope_prepare(layout: str, n_tok: int, n_head: int, hd: int, pos: int
 
 
 def _min_cols(fmt: str) -> int:
-    return max(16, QUANT_FORMATS[_T[fmt]].block_size)
+    return max(16, QUANT_FORMATS[GGMLQuantizationType[fmt]].block_size)
 
 
 def _register() -> None:

@@ -1,6 +1,6 @@
 """Kernel-harness cases for the non-matmul kernels (wgpu_ops) against float64 NumPy (op_reference).
 
-Imported by `kernel_harness.all_cases()` (listed in its CASE_MODULES), so `realm kernels test` and
+Registered when the kernel_tests package is imported, so `realm kernels test` and
 tests/test_kernels_ops.py run the same cases. Shapes deliberately include sizes that are not
 multiples of the 64-thread workgroup, prefill and decode query counts at positions > 0, GQA,
 sliding windows, f16 KV caches, writes at offsets (what lies outside them must stay untouched).
@@ -49,8 +49,9 @@ def _rms_norm(n_rows: int, n_cols: int, residual: bool = False) -> Prepare:
             expected[1:] += ref.rms_norm(x[2:], w, 1e-6)
         else:
             expected = ref.rms_norm(x[:n_rows], w, 1e-6)
-        offsets = dict(add=True, in_offset=2 * n_cols, out_offset=n_cols) if residual else {}
-        return _case(lambda rec: ops.rms_norm(rec, x_buf, w_buf, out, n_rows, n_cols, 1e-6, **offsets),
+        in_at, out_at = (2 * n_cols, n_cols) if residual else (0, 0)
+        return _case(lambda rec: ops.rms_norm(rec, x_buf, w_buf, out, n_rows, n_cols, 1e-6, add=residual,
+                                              in_offset=in_at, out_offset=out_at),
                      ctx, out, base.shape, expected, ROW_TOL, 3 * n_rows * n_cols * 4)
     return prepare
 
@@ -114,7 +115,8 @@ def _attention(n_tokens: int, n_head: int, n_head_kv: int, head_dim: int, pos: i
 BLOCK = 4  # positions per block in the paged cases: small, so short sequences span several blocks
 
 
-def _paged_layout(seqs: list[tuple[int, int]], rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
+def _paged_layout(seqs: list[tuple[int, int]], rng: np.random.Generator
+                  ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
     """Block tables for sequences (pos, n_tokens) in a pool with spare blocks, ids shuffled: (tables,
     rows (n_tokens, 2) u32 of position and table start, the concatenated tables, pool blocks)."""
     needed = [-(-(pos + n) // BLOCK) for pos, n in seqs]
@@ -262,7 +264,8 @@ def _register() -> None:
     for neox, layout in [(False, "interleaved"), (True, "neox")]:
         for t, h, d, pos, base in [(1, 4, 64, 0, 1e4), (5, 3, 64, 17, 1e4), (3, 2, 256, 1000, 1e6),
                                    (2, 1, 80, 40000, 1e4)]:
-            register_case("rope", "F32", f"t={t} h={h} d={d} pos={pos}", _rope(t, h, d, pos, base, neox), variant=layout)
+            register_case("rope", "F32", f"t={t} h={h} d={d} pos={pos}", _rope(t, h, d, pos, base, neox),
+                          variant=layout)
     register_case("rope", "F32", "t=4 h=2 d=64 pos=9", _rope(4, 2, 64, 9, 5e5, False, factors=True),
                   variant="interleaved, rope_freqs factors")
     register_case("rope", "F16", "t=3 h=2 d=64 pos=5", _rope(3, 2, 64, 5, 1e4, True, norm=True, f16_offset=5),
@@ -292,8 +295,8 @@ def _register() -> None:
                       _paged_attention(ragged, 4, 2, 64, 0, kv_f16), variant="paged, shuffled blocks")
         register_case("rope", fmt, "4 sequences h=2 d=64", _paged_rope(ragged, 2, 64, kv_f16),
                       variant="neox, into paged KV slots")
-    register_case("attention", "F16", "4 sequences heads=4/1 d=64 window=6", _paged_attention(ragged, 4, 1, 64, 6, True),
-                  variant="paged, shuffled blocks, sliding window")
+    register_case("attention", "F16", "4 sequences heads=4/1 d=64 window=6",
+                  _paged_attention(ragged, 4, 1, 64, 6, True), variant="paged, shuffled blocks, sliding window")
 
     for n in (1, 63, 1000, 4161):
         for activation in ("silu", "gelu"):

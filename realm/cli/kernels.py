@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from host_functions.backends.wgpu.context import GPUContext
-from host_functions.kernel_tests import harness as kernel_harness
+from host_functions.kernel_tests import harness
 from host_functions.kernel_tests.cpu_cases import CpuKernelContext
 from realm.cli import main
 from realm.cli.console import stdout_console
@@ -22,7 +22,7 @@ def kernels() -> None:
 
 
 @kernels.command("test")
-@click.option("--backend", "-b", type=click.Choice(kernel_harness.BACKENDS), default="wgpu", show_default=True,
+@click.option("--backend", "-b", type=click.Choice(harness.BACKENDS), default="wgpu", show_default=True,
               help="Kernels to test: wgpu (the WGSL kernels) or cpu (the native library; REALM_CPU_KERNELS "
                    "picks its variant).")
 @click.option("--format", "-f", "formats", multiple=True, metavar="FMT",
@@ -37,11 +37,11 @@ def test(backend: str, formats: tuple[str, ...], kernel_names: tuple[str, ...], 
          as_json: bool) -> None:
     """Run kernel cases on random data; exit status 1 if any case fails."""
     ctx = CpuKernelContext.create() if backend == "cpu" else GPUContext.get()
-    cases = kernel_harness.select_cases(formats, kernel_names, quick=quick, ctx=ctx, backend=backend)
+    cases = harness.select_cases(formats, kernel_names, quick=quick, ctx=ctx, backend=backend)
     if not cases:
         raise click.ClickException("no kernel cases match the given --format/--kernel")
     with console.status("running kernel cases", spinner="dots") if not as_json else _nothing():
-        results = kernel_harness.run_cases(cases, reps=reps, ctx=ctx)
+        results = harness.run_cases(cases, reps=reps, ctx=ctx)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results]))
     else:
@@ -53,7 +53,7 @@ def test(backend: str, formats: tuple[str, ...], kernel_names: tuple[str, ...], 
         raise SystemExit(1)
 
 
-def _table(results: list[kernel_harness.CaseResult], ctx: GPUContext | CpuKernelContext) -> Table:
+def _table(results: list[harness.CaseResult], ctx: GPUContext | CpuKernelContext) -> Table:
     table = Table(title=f"kernels on {ctx.adapter_name}")
     for column in ("kernel", "format", "shape", "variant"):
         table.add_column(column)
