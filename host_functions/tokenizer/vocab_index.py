@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
+from itertools import pairwise
 from zlib import crc32
 
 import numpy as np
@@ -83,7 +84,7 @@ class VocabIndex:
 
 def _each_bytes(pieces: PackedStrings) -> Iterator[bytes]:
     blob, ends = pieces.blob, pieces.offsets.tolist()
-    return (blob[a:b] for a, b in zip(ends, ends[1:]))
+    return (blob[a:b] for a, b in pairwise(ends))
 
 
 def _probe_table(home: np.ndarray, slots: int) -> np.ndarray:
