@@ -3,7 +3,7 @@
 This is the only module that touches `gguf.GGUFReader`; everything else sees `GGUFFile`:
 plain-Python metadata and memory-mapped raw tensors. Long metadata arrays (a vocabulary, its scores)
 are held compactly: strings as `PackedStrings`, numbers as NumPy arrays of the file's element type,
-because as Python objects a 262144-token vocabulary alone would take about 40 MB.
+because as Python objects a large vocabulary costs many times its bytes (docs/engine.md).
 """
 
 from __future__ import annotations

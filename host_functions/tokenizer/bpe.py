@@ -38,8 +38,8 @@ class BpeModel:
         self._vocab = vocab
         self._pre = pre
         self.clean_spaces = pre.clean_spaces
-        # Merge line "left right" -> its rank, the first line winning (a 280000-merge vocabulary as a dict
-        # of string pairs would take ~50 MB).
+        # Merge line "left right" -> its rank, the first line winning; packed, where a dict of string pairs
+        # would cost many times the merges' bytes (docs/engine.md).
         self._ranks = VocabIndex(merges, unique=False)
 
     def rank(self, left: str, right: str) -> int | None:
