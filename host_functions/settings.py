@@ -1,14 +1,16 @@
 """Every environment variable Realm reads, in one place: its name, its default and what it means.
 
-| variable            | what it sets                                               | default                                   |
-| ------------------- | ---------------------------------------------------------- | ----------------------------------------- |
-| `REALM_HOME`        | tenant data: registry, deployed and compiled guest modules | `$XDG_DATA_HOME/realm` (platform data dir) |
-| `REALM_CACHE`       | caches: GGUF metadata indexes, the built cpu kernels       | `$XDG_CACHE_HOME/realm`, `~/.cache/realm`  |
-| `REALM_MODEL`       | the model every command uses without `--model`             | the bundled Gemma 3 270M Q4_K_M            |
-| `REALM_BACKEND`     | the backend without `--backend`                            | `auto`                                    |
-| `REALM_THREADS`     | threads of the cpu backend's kernels without `--threads`   | every CPU the process may use             |
-| `REALM_CPU_KERNELS` | the cpu kernel variant (`portable`, `avx2`, ...)           | the fastest this CPU runs                 |
-| `REALM_ADMIN_KEY`   | the admin key of `realm serve` without `--admin-key-file`  | none: the admin API is off                |
+- `REALM_HOME`: tenant data: registry, deployed and compiled guest modules.
+  Default `$XDG_DATA_HOME/realm` (the platform's data dir).
+- `REALM_CACHE`: caches: GGUF metadata indexes, the built cpu kernels.
+  Default `$XDG_CACHE_HOME/realm`, `~/.cache/realm`.
+- `REALM_MODEL`: the model every command uses without `--model`. Default the bundled Gemma 3 270M Q4_K_M.
+- `REALM_BACKEND`: the backend without `--backend`. Default `auto`.
+- `REALM_THREADS`: threads of the cpu backend's kernels without `--threads`. Default every CPU the process
+  may use.
+- `REALM_CPU_KERNELS`: the cpu kernel variant (`portable`, `avx2`, ...). Default the fastest this CPU runs.
+- `REALM_ADMIN_KEY`: the admin key of `realm serve` without `--admin-key-file`. Default none: the admin
+  API is off.
 
 Each is read when asked for (not at import), so a process may set them before it uses Realm.
 """

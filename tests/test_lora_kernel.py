@@ -3,6 +3,8 @@ of the rows around it and of how many there are, and shapes that do not fit refu
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ def kernels() -> native.Kernels:
     return native.load()
 
 
-def _adapter(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray], native.ctypes.Array]:
+def _adapter(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray], ctypes.Array[native.LoraPart]]:
     a = rng.standard_normal((sum(RANKS), N_IN)).astype(np.float32)
     bs = [rng.standard_normal((w, r)).astype(np.float32) for w, r in zip(WIDTHS, RANKS, strict=True)]
     outs, ranks = np.cumsum((0, *WIDTHS)), np.cumsum((0, *RANKS))

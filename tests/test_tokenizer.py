@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 
 from host_functions.errors import ModelFormatError, RealmError, UnsupportedError
-from host_functions.formats.gguf_file import GGUFFile
+from host_functions.formats.gguf_file import GGUFFile, PackedStrings
 from host_functions.tokenizer import Tokenizer, TokenType
+from host_functions.tokenizer.bpe import BpeModel
+from host_functions.tokenizer.pre_tokenizers import pre_tokenizer
+from host_functions.tokenizer.vocab_index import VocabIndex
 
 DATA = Path(__file__).parent / "data"
 TOKENIZE = json.loads((DATA / "gemma3-270m.tokenize.json").read_text())
@@ -324,7 +327,8 @@ def test_bpe_llama3_adds_bos_and_takes_whole_words_from_the_vocab(bpe_files: dic
     ("gpt-2", ["12", "34"]),  # one word: 1+2 (rank 8) and 3+4 (rank 9) before 12+3 (rank 10)
     ("default", ["123", "4"]),  # \p{N}+ then [0-9]{3}
 ])
-def test_bpe_pre_tokenizer_splits_numbers_per_model(bpe_files: dict[str, Tokenizer], pre: str, pieces: list[str]) -> None:
+def test_bpe_pre_tokenizer_splits_numbers_per_model(bpe_files: dict[str, Tokenizer], pre: str,
+                                                    pieces: list[str]) -> None:
     tok = bpe_files[pre]
     assert [tok.piece(i) for i in tok.encode("1234", add_bos=False)] == pieces
 
@@ -425,9 +429,9 @@ def test_bpe_ranks_follow_llamacpps_reading_of_merge_lines() -> None:
         cut = line.find(" ", 1)
         if cut >= 0:
             expected.setdefault((line[:cut], line[cut + 1:]), rank)
-    tok = Tokenizer.from_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
-                                   "tokenizer.ggml.tokens": ["<|endoftext|>", *parts], "tokenizer.ggml.merges": merges})
+    model = BpeModel(VocabIndex(PackedStrings.pack(["<|endoftext|>", *parts])), pre_tokenizer("gpt-2"),
+                     PackedStrings.pack(merges))
     candidates = {p for line in merges for p in (line, *line.split(" "))} | set(parts)
     for left in candidates:
         for right in candidates:
-            assert tok._model._rank(left, right) == expected.get((left, right)), (left, right)
+            assert model.rank(left, right) == expected.get((left, right)), (left, right)

@@ -26,16 +26,6 @@ ADAPTER_STATE_BYTES = 1 << 10
 MAX_SCALE = 1000.0  # |scale| beyond this is a mistake, not a setting
 
 
-@dataclass(frozen=True)
-class AdapterBinding:
-    """A tenant's adapter under one alias: its file (GGUF) or folder (PEFT), default scale, and whether
-    sequences run it merged into a cached copy of the weights (docs/lora.md) instead of unmerged."""
-
-    path: str
-    scale: float = 1.0
-    merged: bool = False
-
-
 @dataclass(eq=False)
 class AdapterState:
     """An adapter this request found: the loaded adapter and its binding's default scale."""
@@ -78,7 +68,8 @@ def seq_set_adapter(s: Session, mem: GuestMemory, seq: int, adapter: int, scale_
     found = s.handles.get(adapter, AdapterState)
     scale = struct.unpack("<f", struct.pack("<i", scale_bits))[0]
     if not math.isfinite(scale) or abs(scale) > MAX_SCALE:
-        raise AbiError(Status.INVALID_ARGUMENT, f"an adapter scale must be finite and within +-{MAX_SCALE:g}, got {scale}")
+        raise AbiError(Status.INVALID_ARGUMENT,
+                       f"an adapter scale must be finite and within +-{MAX_SCALE:g}, got {scale}")
     try:
         state.seq.set_adapter(found.adapter, scale or found.scale, merged=found.merged)
     except AdapterError as exc:  # merged weights beyond their budget: this request's error, nobody else's

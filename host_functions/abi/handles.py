@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -12,9 +12,18 @@ from host_functions.abi.limits import MAX_I32
 from host_functions.abi.status import AbiError, Status
 from host_functions.engine.model import Sequence
 from host_functions.engine.sampling import Sampler
+from host_functions.tokenizer import StreamDecoder
 
 T = TypeVar("T")
 _MISSING = object()
+
+
+class HostObject(Protocol):
+    """What a handle names: anything that can say what it keeps on the host."""
+
+    def host_bytes(self) -> int:
+        """Bytes this object keeps on the host, for the request's host-memory budget."""
+        ...
 
 
 class HandleTable:
@@ -28,12 +37,13 @@ class HandleTable:
     """
 
     def __init__(self) -> None:
-        self._objects: dict[int, object] = {}
+        self._objects: dict[int, HostObject] = {}
         rng = random.SystemRandom()
         self._a, self._b = rng.randrange(1, MAX_I32), rng.randrange(MAX_I32)
         self._issued = 0
 
-    def add(self, obj: object) -> int:
+    def add(self, obj: HostObject) -> int:
+        """A new handle for `obj`; INVALID_ARGUMENT once the request has used up its handles."""
         if self._issued >= MAX_I32:  # the permutation would repeat; no request lives that long
             raise AbiError(Status.INVALID_ARGUMENT, "this request has used up its handles")
         handle = (self._a * self._issued + self._b) % MAX_I32 + 1
@@ -42,12 +52,14 @@ class HandleTable:
         return handle
 
     def get(self, handle: int, kind: type[T]) -> T:
+        """The live object of type `kind` behind `handle`; BAD_HANDLE for anything else."""
         obj = self._objects.get(handle, _MISSING)
         if obj is _MISSING or not isinstance(obj, kind):
             raise AbiError(Status.BAD_HANDLE, f"{handle} is not a live {kind.__name__} handle of this request")
         return obj
 
     def remove(self, handle: int, kind: type[T]) -> T:
+        """Take the object out of the table (its handle is dead from now on); BAD_HANDLE as `get`."""
         obj = self.get(handle, kind)
         del self._objects[handle]
         return obj
@@ -60,7 +72,7 @@ class HandleTable:
 
     def host_bytes(self) -> int:
         """What the live objects keep on the host (each object's own estimate)."""
-        return sum(o.host_bytes() for o in self._objects.values())  # type: ignore[attr-defined]
+        return sum(o.host_bytes() for o in self._objects.values())
 
 
 # Estimates of what host objects cost, for the request's host-memory budget (Limits.max_host_bytes):
@@ -80,7 +92,7 @@ class SeqState:
     rows: np.ndarray | None = None  # (n, n_vocab) every row of the last seq_finish_all step
     records_samples: bool = False  # a draft sequence: keep what each sample was drawn from
     sampled: list[tuple[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=list)  # (token, (ids, p))
-    decoder: Any = None  # the tokenizer's StreamDecoder, created on the first text_push
+    decoder: StreamDecoder | None = None  # created on the first text_push
     text: bytearray = field(default_factory=bytearray)  # decoded, not yet copied to the guest
 
     def require_logits(self) -> np.ndarray:
@@ -102,7 +114,7 @@ class SeqState:
 
     def host_bytes(self) -> int:
         """Host memory held for this sequence, besides its KV cache (bounded by max_context)."""
-        kept = (self.logits.nbytes if self.logits is not None else 0) + (self.rows.nbytes if self.rows is not None else 0)
+        kept = sum(a.nbytes for a in (self.logits, self.rows) if a is not None)
         kept += sum(ids.nbytes + p.nbytes for _, (ids, p) in self.sampled)
         return SEQUENCE_BYTES + TOKEN_BYTES * (len(self.seq.tokens) + len(self.seq.pending)) + kept + len(self.text)
 

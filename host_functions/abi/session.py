@@ -7,16 +7,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from host_functions.abi.adapter_binding import AdapterBinding
 from host_functions.abi.handles import HandleTable, SeqState
 from host_functions.abi.limits import Limits
-from host_functions.engine.model import Model, StepOwner
+from host_functions.engine.model import Model
+from host_functions.engine.scheduler import StepOwner
 from host_functions.errors import QuotaExceeded, RealmError
 from host_functions.lora.adapter import LoraAdapter
-
-if TYPE_CHECKING:
-    from host_functions.abi.adapters import AdapterBinding
 
 
 @dataclass

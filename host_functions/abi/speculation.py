@@ -60,9 +60,10 @@ def seq_finish_all(s: Session, mem: GuestMemory, seq: int) -> int:
     if len(sq.pending) > MAX_LOGIT_ROWS:
         raise AbiError(Status.INVALID_ARGUMENT, f"seq_finish_all keeps at most {MAX_LOGIT_ROWS} rows of logits, "
                                                 f"the step has {len(sq.pending)} tokens (use seq_finish)")
-    state.set_rows(sq.finish(all_positions=True, owner=s.step_owner()))
+    rows = sq.finish(all_positions=True, owner=s.step_owner())
+    state.set_rows(rows)
     s.count_step(state)
-    return len(state.rows)
+    return len(rows)
 
 
 @host("seq", "row")

@@ -123,8 +123,8 @@ class Model:
         """The same model cut after its first n_layers, straight into the output head (self-speculation's
         draft): it shares the weights and the backend, and its sequences run n_layers per step."""
         if not 1 <= n_layers < self.config.n_layers:
-            raise SequenceError(f"a model of {self.config.n_layers} layers can be cut after 1..{self.config.n_layers - 1}"
-                                f" layers, not {n_layers}")
+            raise SequenceError(f"a model of {self.config.n_layers} layers can be cut after "
+                                f"1..{self.config.n_layers - 1} layers, not {n_layers}")
         draft = Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend,
                       self.scheduler)  # one backend and scheduler: its steps are batched with ours
         draft.adapters = self.adapters
@@ -178,7 +178,7 @@ class Sequence:
 
     def append(self, ids: Seq[int]) -> None:
         """Queue tokens for the next step."""
-        self._check_open()
+        self._open_cache()
         check_appendable(self)
         check_room(self, len(ids))
         check_token_ids(np.asarray(ids, np.int64), self.model.config.n_vocab)
@@ -191,7 +191,7 @@ class Sequence:
         Raises AdapterError when the merged weights do not fit the backend's budget beside those in use,
         or the backend runs LoRA unmerged only; the sequence keeps its previous adapter then.
         """
-        self._check_open()
+        self._open_cache()
         entry = None
         if adapter is not None and merged:
             cache = self.model.backend.merged_lora
@@ -204,7 +204,7 @@ class Sequence:
 
     def forward_layer(self, layer: int) -> None:
         """Record that layer `layer` (they must come in order 0, 1, ...) is wanted; it runs at finish."""
-        self._check_open()
+        self._open_cache()
         check_next_layer(self, layer, self.model.config.n_layers)
         self.layers_done += 1
 
@@ -216,7 +216,7 @@ class Sequence:
         runner raises (KVPoolFull, a deadline, a cancellation) propagates; the tokens not committed
         are dropped and their KV blocks given back, so the sequence stays usable.
         """
-        self._check_open()
+        cache = self._open_cache()
         check_step_complete(self, self.model.config.n_layers)
         pending, owner = self.pending, owner or StepOwner()
         self.pending, self.layers_done = [], 0
@@ -226,7 +226,7 @@ class Sequence:
                 chunk = pending[start : start + PREFILL_CHUNK]
                 last = start + PREFILL_CHUNK >= len(pending)
                 wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
-                item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), self._cache, wants,
+                item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), cache, wants,
                                 self.model.config.n_layers, self.adapter, self.merged)
                 logits = self.model.run_step(item, owner)
                 self.tokens.extend(chunk)
@@ -247,12 +247,12 @@ class Sequence:
 
     def truncate(self, n: int) -> None:
         """Keep only the first n committed tokens (drops any step in progress), freeing their blocks."""
-        self._check_open()
+        cache = self._open_cache()
         if not 0 <= n <= len(self.tokens):
             raise SequenceError(f"cannot truncate a {len(self.tokens)}-token sequence to {n}")
         del self.tokens[n:]
         self.pending, self.layers_done = [], 0
-        self._cache.truncate(n)
+        cache.truncate(n)
 
     def close(self) -> None:
         """Give the KV blocks back; further use raises SequenceError."""
@@ -266,6 +266,8 @@ class Sequence:
             self.model.backend.merged_lora.release(self.merged)
         self.merged = None
 
-    def _check_open(self) -> None:
+    def _open_cache(self) -> KVCache:
+        """The sequence's KV cache; SequenceError once the sequence is closed."""
         if self._cache is None:
             raise SequenceError("sequence is closed")
+        return self._cache

@@ -224,13 +224,13 @@ class Scheduler:
 
     def _execute(self, batch: list[_Ticket]) -> None:
         items = [t.item for t in batch]
+        results: list[np.ndarray | None] = [None] * len(batch)
+        error: BaseException | None = None
         try:
             with self.backend.step_lock:
                 results = self.backend.step(items)
         except BaseException as exc:  # noqa: BLE001  the step's error belongs to every request in it
-            results, error = [None] * len(batch), exc
-        else:
-            error = None
+            error = exc
         stats = self.stats
         stats.steps += 1
         stats.items += len(batch)

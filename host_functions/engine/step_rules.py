@@ -16,12 +16,19 @@ from host_functions.errors import CapacityError, StepOrderError, TokenRangeError
 
 
 class StepState(Protocol):
-    """What the checks read of a sequence (`model.Sequence` has these)."""
+    """What the checks read of a sequence (`model.Sequence` has these), read-only."""
 
-    capacity: int
-    tokens: Sized  # committed to the KV cache
-    pending: Sized  # appended, not yet through the layers
-    layers_done: int
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def tokens(self) -> Sized: ...  # committed to the KV cache
+
+    @property
+    def pending(self) -> Sized: ...  # appended, not yet through the layers
+
+    @property
+    def layers_done(self) -> int: ...
 
 
 def check_token_id(token: int, n_vocab: int) -> int:

@@ -3,7 +3,7 @@
 This is the only module that touches `gguf.GGUFReader`; everything else sees `GGUFFile`:
 plain-Python metadata and memory-mapped raw tensors. Long metadata arrays (a vocabulary, its scores)
 are held compactly: strings as `PackedStrings`, numbers as NumPy arrays of the file's element type,
-because as Python objects a 262144-token vocabulary alone would take about 40 MB.
+because as Python objects a large vocabulary costs many times its bytes (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ class PackedStrings(Sequence[str]):
 
     def __iter__(self) -> Iterator[str]:
         blob, ends = self.blob, self.offsets.tolist()
-        return (blob[a:b].decode("utf-8") for a, b in zip(ends, ends[1:]))
+        return (blob[a:b].decode("utf-8") for a, b in pairwise(ends))
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,8 @@ def _write_index(out: Any, index: dict[str, Any]) -> None:
         else:
             small[k] = v
     head = json.dumps({"metadata": small, "tensors": index["tensors"]}).encode("utf-8")
-    np.savez(out, index=np.frombuffer(head, np.uint8), **arrays)
+    # numeric arrays only, read back with allow_pickle=False
+    np.savez(out, allow_pickle=False, index=np.frombuffer(head, np.uint8), **arrays)
 
 
 def _read_index(cache: Path) -> dict[str, Any]:

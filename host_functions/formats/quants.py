@@ -252,7 +252,8 @@ def _row(qtype: GGMLQuantizationType, block_size: int, type_size: int,
 
 
 _T = GGMLQuantizationType
-QUANT_FORMATS: dict[GGMLQuantizationType, QuantFormat] = {f.qtype: f for f in (
+# Keyed by GGML type number: a GGMLQuantizationType (an IntEnum) and its plain int find the same row.
+QUANT_FORMATS: dict[int, QuantFormat] = {f.qtype: f for f in (
     _row(_T.F32, 1, 4, _dequantize_f32),
     _row(_T.F16, 1, 2, _dequantize_f16),
     _row(_T.BF16, 1, 2, _dequantize_bf16),
@@ -277,7 +278,7 @@ def quant_format(qtype: GGMLQuantizationType | int, tensor_name: str = "?") -> Q
     Raises UnsupportedError naming the type and the tensor for any type without a row
     (IQ*, TQ*, MXFP4, integer types, unknown numbers).
     """
-    fmt = QUANT_FORMATS.get(qtype)  # type: ignore[call-overload]  # IntEnum keys also match ints
+    fmt = QUANT_FORMATS.get(qtype)
     if fmt is None:
         try:
             type_name = GGMLQuantizationType(int(qtype)).name

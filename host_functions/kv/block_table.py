@@ -27,8 +27,8 @@ class KVCache:
         needed = self.pool.blocks_for(n_positions)
         if needed > self.pool.n_blocks:
             raise KVPoolTooSmall(f"KV cache memory too small: {n_positions} positions need {needed} blocks, the "
-                                 f"whole pool holds {self.pool.n_blocks} (budget {describe_bytes(self.pool.budget_bytes)}, "
-                                 f"--kv-memory)")
+                                 f"whole pool holds {self.pool.n_blocks} "
+                                 f"(budget {describe_bytes(self.pool.budget_bytes)}, --kv-memory)")
         if needed > len(self.blocks):
             self.blocks += self.pool.allocate(needed - len(self.blocks))
 

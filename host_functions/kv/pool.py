@@ -55,8 +55,8 @@ class KVPool:
         with self._lock:
             if n > len(self._free):
                 raise KVPoolFull(f"KV cache memory full: {n} more block(s) needed, "
-                                 f"{len(self._free)} of {self.n_blocks} free (budget {describe_bytes(self.budget_bytes)}, "
-                                 f"--kv-memory)")
+                                 f"{len(self._free)} of {self.n_blocks} free "
+                                 f"(budget {describe_bytes(self.budget_bytes)}, --kv-memory)")
             taken = [self._free.pop() for _ in range(n)]
             self._peak = max(self._peak, self.n_blocks - len(self._free))
             return taken

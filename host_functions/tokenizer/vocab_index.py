@@ -1,16 +1,17 @@
-"""Token text -> id over a packed vocabulary (or merge text -> rank), in a few MB instead of a dict's ~25 MB.
+"""Token text -> id over a packed vocabulary (or merge text -> rank), without a dict of every piece.
 
-A dict of a 262144-token vocabulary holds 262144 string objects plus the table (about 25 MB, most of
-what a small model's process spends outside its weights). `VocabIndex` keeps the pieces packed (one
-UTF-8 blob and offsets, `PackedStrings`) and finds them through an open-addressing table of int32
-ids, twice the vocabulary's size, probed linearly from the piece's CRC-32. A lookup costs a few
-hundred nanoseconds of Python; the tokenizers' merge loops make a few per input character.
+A dict of a large vocabulary holds one string object per token plus the table, much of what a small
+model's process spends outside its weights. `VocabIndex` keeps the pieces packed (one UTF-8 blob and
+offsets, `PackedStrings`) and finds them through an open-addressing table of int32 ids, twice the
+vocabulary's size, probed linearly from the piece's CRC-32. A lookup is slower than a dict's; the
+tokenizers' merge loops make a few per input character (docs/engine.md has the sizes and timings).
 """
 
 from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
+from itertools import pairwise
 from zlib import crc32
 
 import numpy as np
@@ -83,7 +84,7 @@ class VocabIndex:
 
 def _each_bytes(pieces: PackedStrings) -> Iterator[bytes]:
     blob, ends = pieces.blob, pieces.offsets.tolist()
-    return (blob[a:b] for a, b in zip(ends, ends[1:]))
+    return (blob[a:b] for a, b in pairwise(ends))
 
 
 def _probe_table(home: np.ndarray, slots: int) -> np.ndarray:
