@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from host_functions.arch.config import ModelConfig
+from host_functions.arch.layout import weight_name
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.kv.block_table import KVCache
 from host_functions.kv.pool import BLOCK_TOKENS, KVPool, default_budget
@@ -63,9 +64,14 @@ class Backend(ABC):
 
     def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor]) -> None:
         self.config = config
+        self.tensors = tensors  # the model file's tensors (memory-mapped), by GGUF name
         self.kv_pool: KVPool | None = None
         self.merged_lora: MergedLoraCache | None = None  # set by backends that can run LoRA merged
         self.step_lock = threading.Lock()  # one step at a time on the backend, whoever runs it
+
+    def projection_tensors(self, layer: int, key: str) -> list[RawTensor]:
+        """The GGUF weights whose rows make up product `key` of `layer` (arch.layout), in column order."""
+        return [self.tensors[weight_name(layer, m.name)] for m in self.config.layout.projection_matrices(key)]
 
     def kv_block_bytes(self, block_tokens: int) -> int:
         """Bytes one block of `block_tokens` positions takes across every layer (K and V)."""

@@ -20,8 +20,8 @@ KV writes run natively too (NumpyBackend's hooks: attention with its roundings, 
 place from the pool; RoPE and the f16-rounded KV writes bit for bit; the norms as llama.cpp sums them;
 the activations with the library's own exp); the KV pool itself is NumpyBackend's.
 
-LoRA: the unmerged term of each run of rows is one call of native/lora.c per projection; a merged
-copy (lora_merged) is a float weight (merged_weight_type) on the same matmul kernels.
+LoRA: the unmerged term of each run of rows is one call of native/lora.c per product; a merged
+copy (lora.merged) is a float weight (merged_weight_type) on the same matmul kernels.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from host_functions.backends.numpy_backend import NumpyBackend, round_to_bf16
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.formats.quants import quant_format, row_bytes
 from host_functions.kv.pool import KVPool
-from host_functions.lora.merged import fused_float_weight, fused_part_tensors
+from host_functions.lora.merged import fused_float_weight
 from host_functions.lora.unmerged import FusedPairs, RowAdapter, fused_pairs
 
 _COPY_CHUNK = 16 << 20  # bytes copied between two releases of the file's pages
@@ -182,15 +182,15 @@ class CpuBackend(NumpyBackend):
     # --- merged LoRA: the merged weight in the float type merged_weight_type picks, on the same kernels ---
 
     def float_weight(self, layer: int, key: str) -> np.ndarray:
-        return fused_float_weight(self._raw, layer, key)
+        return fused_float_weight(self.projection_tensors(layer, key))
 
     def merged_nbytes(self, layer: int, key: str) -> int:
-        raws = fused_part_tensors(self._raw, layer, key)
+        raws = self.projection_tensors(layer, key)
         qtype = merged_weight_type([raw.qtype for raw in raws])
         return sum(raw.shape[0] for raw in raws) * raws[0].shape[1] * _FLOAT_BYTES[qtype]
 
     def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> QuantizedProjection:  # type: ignore[override]
-        qtype = merged_weight_type([raw.qtype for raw in fused_part_tensors(self._raw, layer, key)])
+        qtype = merged_weight_type([raw.qtype for raw in self.projection_tensors(layer, key)])
         rows = _FLOAT_ENCODE[qtype](weight).view(np.uint8)  # (n_out, n_in * bytes per value)
         return QuantizedProjection(self.kernels, [(int(qtype), rows)], weight.shape[1])
 

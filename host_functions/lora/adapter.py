@@ -1,14 +1,15 @@
 """LoRA adapters: load llama.cpp's GGUF adapters and PEFT folders, check them against a model.
 
-An adapter is a set of low-rank pairs, one per targeted base weight (attention q, k, v, output and
-FFN gate, up, down): `lora_a` (rank, n_in) and `lora_b` (n_out, rank). The effective weight is
+An adapter is a set of low-rank pairs, one per targeted base weight (the architecture's
+`lora_targets` in arch.layout: for llama and gemma3 the attention q, k, v, output and FFN gate, up,
+down): `lora_a` (rank, n_in) and `lora_b` (n_out, rank). The effective weight is
 `W + scale * alpha / rank * (B @ A)`, which llama.cpp computes unmerged as `W x + s * B (A x)`, with
 rank the pair's own (B's columns) and no alpha division when alpha is 0. Pairs are kept as float32
 NumPy arrays: at rank <= 64 they are small next to the base weights, which are never modified.
 
-PEFT names (`...layers.3.self_attn.q_proj.lora_A.weight`) map to GGUF names (`blk.3.attn_q.weight`);
-for llama-family models llama.cpp's converter permutes the Q and K rows of the base weights (its rope
-layout), so the B matrices of q and k are permuted the same way here.
+PEFT names (`...layers.3.self_attn.q_proj.lora_A.weight`) map to GGUF names (`blk.3.attn_q.weight`)
+through the structure table (Matrix.peft); for the architectures whose Q and K rows llama.cpp's
+converter permutes (its rope layout; `permuted_qk`), the B matrices of q and k are permuted the same way.
 """
 
 from __future__ import annotations
@@ -24,17 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from host_functions.arch.config import ModelConfig
+from host_functions.arch.layout import weight_name
 from host_functions.errors import AdapterError, ModelFormatError
 from host_functions.formats.gguf_file import GGUFFile
 from host_functions.formats.quants import dequantize
 
 MAX_RANK = 64
-TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-# Hugging Face module names of the targets, and the architectures whose Q/K rows llama.cpp permutes.
-_HF_MODULES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-               "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
-_PERMUTED_ARCHS = frozenset({"llama"})
 _PEFT_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.default)?\.weight$")
 _TARGET_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")
 
@@ -162,17 +158,19 @@ def _read_peft(folder: Path, config: ModelConfig) -> tuple[str, dict[str, LoraPa
     alpha = _alpha(name, peft.get("lora_alpha", rank))
     if peft.get("use_rslora") and isinstance(rank, int) and rank > 0:
         alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(r): the same factor over r
-    tensors = _read_safetensors(name, weights_path)
+    layout = config.layout
     halves: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in tensors.items():
+    for key, value in _read_safetensors(name, weights_path).items():
         m = _PEFT_KEY.search(key)
-        if m is None or m[2] not in _HF_MODULES:
+        matrix = None if m is None else layout.matrix_by_peft(m[2])
+        if m is None or matrix is None or matrix.name not in layout.lora_targets:
             raise AdapterError(f"LoRA adapter {name}: tensor {key} is not a LoRA pair of an attention or FFN "
-                               f"projection ({', '.join(_HF_MODULES)})")
-        halves.setdefault(f"blk.{m[1]}.{_HF_MODULES[m[2]]}.weight", {})[m[3].lower()] = value
+                               f"projection ({', '.join(layout.lora_peft_modules)})")
+        half = m[3].lower()
+        if half == "b" and layout.permuted_qk and matrix.holds in (("q",), ("k",)):
+            value = _permuted_rows(value, config.n_head if matrix.holds == ("q",) else config.n_head_kv)
+        halves.setdefault(weight_name(int(m[1]), matrix.name), {})[half] = value
     pairs = {base: _pair(name, base, h.get("a"), h.get("b"), alpha) for base, h in halves.items()}
-    if config.arch in _PERMUTED_ARCHS:
-        pairs = {base: _permuted(base, p, config) for base, p in pairs.items()}
     return _file_digest(cfg_path, weights_path), pairs
 
 
@@ -186,18 +184,13 @@ def _read_safetensors(name: str, path: Path) -> dict[str, np.ndarray]:
         raise AdapterError(f"LoRA adapter {name}: adapter_model.safetensors is unreadable: {exc}") from None
 
 
-def _permuted(base: str, pair: LoraPair, config: ModelConfig) -> LoraPair:
-    """Reorder B's rows as llama.cpp's converter reorders the Q and K weights' rows."""
-    m = _TARGET_NAME.match(base)
-    kind = m[2] if m else ""
-    if kind not in ("attn_q", "attn_k"):
-        return pair
-    heads = config.n_head if kind == "attn_q" else config.n_head_kv
-    b = pair.b
-    if b.shape[0] % (2 * heads):
-        return pair  # a wrong shape is reported by _check_pair with the real cause
-    b = b.reshape(heads, 2, b.shape[0] // heads // 2, b.shape[1]).swapaxes(1, 2).reshape(b.shape)
-    return LoraPair(pair.a, np.ascontiguousarray(b), pair.alpha)
+def _permuted_rows(b: np.ndarray, heads: int) -> np.ndarray:
+    """B's rows reordered as llama.cpp's converter reorders a Q or K weight's rows (per head, the two
+    rope halves interleaved); a matrix of the wrong shape is left for _check_pair to report."""
+    if b.ndim != 2 or b.shape[0] % (2 * heads):
+        return b
+    return np.ascontiguousarray(b.reshape(heads, 2, b.shape[0] // heads // 2, b.shape[1]).swapaxes(1, 2)
+                                .reshape(b.shape))
 
 
 def _pair(name: str, base: str, a: np.ndarray | None, b: np.ndarray | None, alpha: float) -> LoraPair:
@@ -216,8 +209,9 @@ def _check_arch(name: str, arch: object, config: ModelConfig) -> None:
 def _check_pair(name: str, base: str, pair: LoraPair, config: ModelConfig) -> None:
     m = _TARGET_NAME.match(base)
     expected = config.expected_tensors()
-    if m is None or m[2] not in TARGETS or int(m[1]) >= config.n_layers:
-        where = "the model has no such weight" if base not in expected else "Realm adapts only " + ", ".join(TARGETS)
+    targets = config.layout.lora_targets
+    if m is None or m[2] not in targets or int(m[1]) >= config.n_layers:
+        where = "the model has no such weight" if base not in expected else "Realm adapts only " + ", ".join(targets)
         raise AdapterError(f"LoRA adapter {name}: targets {base}: {where}")
     n_out, n_in = expected[base]
     rank = pair.a.shape[0]

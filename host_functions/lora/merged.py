@@ -1,8 +1,8 @@
 """Merged LoRA: `W + s * B @ A` built once per (adapter, scale), within a memory budget.
 
-A sequence that asks for merged mode runs its rows through its own copy of every adapted fused
-projection (Q|K|V, gate|up, output, down), the base weight plus each part's scaled `B @ A`, instead of
-the base projection plus the low-rank term. The copies live in float form (the NumPy backend: float32,
+A sequence that asks for merged mode runs its rows through its own copy of every adapted product
+(Q|K|V, gate|up, output, down: arch.layout.PROJECTIONS), the base weight plus each part's scaled
+`B @ A`, instead of the base product plus the low-rank term. The copies live in float form (the NumPy backend: float32,
 the cpu backend: the float type `merged_weight_type` picks, the wgpu backend: F32 GPU buffers) next to
 the shared base weights, which are never modified. Unadapted projections stay the base ones.
 
@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
 from host_functions.arch.config import ModelConfig
+from host_functions.arch.layout import PROJECTIONS
 from host_functions.errors import AdapterError
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.formats.quants import dequantize
 from host_functions.lora.adapter import LoraAdapter
-from host_functions.lora.unmerged import FUSED_PARTS, fused_pairs
+from host_functions.lora.unmerged import fused_pairs
 
 if TYPE_CHECKING:
     from host_functions.backends.base import StepItem
@@ -55,15 +56,10 @@ class MergedLora:
         return self.layers[layer].get(key)
 
 
-def fused_part_tensors(tensors: Mapping[str, RawTensor], layer: int, key: str) -> list[RawTensor]:
-    """The GGUF tensors the fused projection `key` of `layer` stacks (Q, K, V for "qkv"...), in order."""
-    return [tensors[f"blk.{layer}.{name}.weight"] for name in FUSED_PARTS[key]]
-
-
-def fused_float_weight(tensors: Mapping[str, RawTensor], layer: int, key: str) -> np.ndarray:
-    """The fused projection's base weight dequantized to float32 (n_out, n_in): a MergeHost's
-    float_weight for backends that keep the weights in their GGUF encoding."""
-    return np.concatenate([dequantize(raw) for raw in fused_part_tensors(tensors, layer, key)])
+def fused_float_weight(parts: Sequence[RawTensor]) -> np.ndarray:
+    """The stacked weights of a product (a backend's `projection_tensors`) dequantized to float32
+    (n_out, n_in): a MergeHost's float_weight for backends that keep the weights in their GGUF encoding."""
+    return np.concatenate([dequantize(raw) for raw in parts])
 
 
 class MergeHost(Protocol):
@@ -130,9 +126,9 @@ class MergedLoraCache:
         """Bytes the entry will take: float32 copies of every fused projection the adapter touches."""
         total = 0
         for layer in range(self._config.n_layers):
-            for key in FUSED_PARTS:
-                if fused_pairs(adapter, layer, key, self._config) is not None:
-                    total += self._host.merged_nbytes(layer, key)
+            for p in PROJECTIONS:
+                if fused_pairs(adapter, layer, p.key, self._config) is not None:
+                    total += self._host.merged_nbytes(layer, p.key)
         return total
 
     def _make_room(self, adapter: LoraAdapter, needed: int) -> None:
@@ -151,7 +147,7 @@ class MergedLoraCache:
         total = 0
         for layer in range(self._config.n_layers):
             merged: dict[str, Projection] = {}
-            for key in FUSED_PARTS:
+            for key in (p.key for p in PROJECTIONS):
                 fused = fused_pairs(adapter, layer, key, self._config)
                 if fused is None:
                     continue
