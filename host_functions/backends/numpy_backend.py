@@ -36,14 +36,21 @@ from gguf import GGMLQuantizationType
 from host_functions import native
 from host_functions.arch.config import ModelConfig
 from host_functions.arch.layout import PROJECTIONS, weight_name
-from host_functions.backends.base import Backend, StepItem, split_logits, wanted_rows
+from host_functions.backends.base import (
+    Backend,
+    StepItem,
+    in_grouped_order,
+    merged_ranges,
+    split_logits,
+    wanted_rows,
+)
 from host_functions.errors import BackendError
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.formats.quants import dequantize
 from host_functions.kv.block_table import KVCache
 from host_functions.kv.pool import KVPool
 from host_functions.lora.adapter import LoraAdapter
-from host_functions.lora.merged import MergedLora, MergedLoraCache, in_grouped_order, merged_ranges
+from host_functions.lora.merged import MergedLora, MergedLoraCache
 from host_functions.lora.unmerged import RowAdapter, apply_lora
 
 

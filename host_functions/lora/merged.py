@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,11 +31,7 @@ from host_functions.formats.quants import dequantize
 from host_functions.lora.adapter import LoraAdapter
 from host_functions.lora.unmerged import fused_pairs
 
-if TYPE_CHECKING:
-    from host_functions.backends.base import StepItem
-
 DEFAULT_MERGED_BUDGET_BYTES = 2 << 30
-T = TypeVar("T")
 
 # A backend's merged copy of one fused projection: on the CPU backends a callable (n, n_in) float32 ->
 # (n, n_out) float32, on the wgpu backend the parts' F32 weights on the GPU. Only the backend reads it.
@@ -159,37 +155,3 @@ class MergedLoraCache:
                 total += self._host.merged_nbytes(layer, key)
             layers.append(merged)
         return MergedLora(adapter, scale, layers, total)
-
-
-def in_grouped_order(items: Sequence[StepItem], run: Callable[[list[StepItem]], list[T]]) -> list[T]:
-    """run(items reordered), each result handed back at its item's place. The order: the unmerged
-    items first, each (adapter, scale) together in order of first appearance, then each merged
-    entry's items together, so every projection and adapter term covers contiguous rows (a row's
-    result must not depend on its place for this to be invisible)."""
-    groups: dict[tuple[int, float], int] = {}
-
-    def group(item: StepItem) -> tuple[int, int]:
-        if item.merged is not None:
-            return 1, groups.setdefault((id(item.merged), 0.0), len(groups))
-        if item.lora is None:
-            return 0, -1
-        return 0, groups.setdefault((id(item.lora[0]), item.lora[1]), len(groups))
-
-    keys = [group(item) for item in items]
-    order = sorted(range(len(items)), key=keys.__getitem__)
-    by_item = dict(zip(order, run([items[i] for i in order]), strict=True))
-    return [by_item[i] for i in range(len(items))]
-
-
-def merged_ranges(rows: Sequence[tuple[slice, MergedLora | None]]) -> list[tuple[slice, MergedLora]]:
-    """The row ranges of consecutive (rows, merged entry) spans that share one merged entry (in
-    `in_grouped_order` they come last and contiguous)."""
-    groups: list[tuple[slice, MergedLora]] = []
-    for span, merged in rows:
-        if merged is None:
-            continue
-        if groups and groups[-1][1] is merged:
-            groups[-1] = (slice(groups[-1][0].start, span.stop), merged)
-        else:
-            groups.append((span, merged))
-    return groups

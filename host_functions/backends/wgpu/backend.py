@@ -64,7 +64,14 @@ from gguf import GGMLQuantizationType
 
 from host_functions.arch.config import ModelConfig
 from host_functions.arch.layout import OUTPUT_WIDTHS, PROJECTIONS, Output, weight_name
-from host_functions.backends.base import Backend, StepItem, split_logits, wanted_rows
+from host_functions.backends.base import (
+    Backend,
+    StepItem,
+    in_grouped_order,
+    merged_ranges,
+    split_logits,
+    wanted_rows,
+)
 from host_functions.backends.wgpu import ops
 from host_functions.backends.wgpu import weight_kernels as kernels
 from host_functions.backends.wgpu.context import GPUContext, Recorder
@@ -73,13 +80,7 @@ from host_functions.formats.gguf_file import RawTensor
 from host_functions.kv.block_table import KVCache
 from host_functions.kv.pool import BLOCK_TOKENS, KVPool, default_budget
 from host_functions.lora.adapter import MAX_RANK, LoraAdapter
-from host_functions.lora.merged import (
-    MergedLora,
-    MergedLoraCache,
-    fused_float_weight,
-    in_grouped_order,
-    merged_ranges,
-)
+from host_functions.lora.merged import MergedLora, MergedLoraCache, fused_float_weight
 
 # llama.cpp converts a matmul's input to the weight's own float type for F16/BF16 weights; so do we.
 _INPUT_ROUNDING: dict[str, ops.Rounding] = {"F16": "f16", "BF16": "bf16"}
@@ -288,7 +289,7 @@ class WgpuBackend(Backend):
             self._kv_v = [self.ctx.empty(size) for _ in range(self.config.n_layers)]
 
     def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
-        """The step with its items grouped (lora.merged.in_grouped_order: each merged entry's rows last
+        """The step with its items grouped (base.in_grouped_order: each merged entry's rows last
         and together); a row's result does not depend on its place."""
         return in_grouped_order(items, lambda ordered: self._step_in_order(ordered, n_layers))
 
