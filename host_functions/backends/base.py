@@ -86,8 +86,9 @@ class Backend(ABC):
         self._allocate_kv(self.kv_pool)
         return self.kv_pool
 
+    @abstractmethod
     def _allocate_kv(self, pool: KVPool) -> None:
-        """Hook: backends whose cache storage is per pool (NumPy) allocate it here."""
+        """Create the storage of `pool`'s blocks (NumPy arrays, GPU buffers)."""
 
     def new_cache(self, capacity: int) -> KVCache:
         """An empty block table of at most `capacity` positions in this model's pool."""

@@ -2,8 +2,8 @@
 
 Every projection runs on the native kernels (`host_functions.native`), which read ggml's block layouts
 as they are and quantize the activations to the type llama.cpp pairs with each format, so resident
-memory is about the file size plus the KV cache, and a decode step reads the quantized bytes (~246 MB
-for the default model) instead of their float32 expansion.
+memory is about the file size plus the KV cache, and a decode step reads the quantized bytes instead of
+their float32 expansion (docs/cpu_backend.md has the figures).
 
 The weight bytes are copied once, at load, out of the memory-mapped file into anonymous memory, and
 the file's pages are released as the copy goes (so the peak holds one chunk twice, not the file).
@@ -126,13 +126,13 @@ def _native_parts(fused: FusedPairs) -> ctypes.Array[native.LoraPart]:
 
 
 def merged_weight_type(base_types: list[GGMLQuantizationType]) -> GGMLQuantizationType:
-    """The float type a merged copy of a fused projection takes on the cpu backend: F32 over F32 weights,
+    """The float type a merged copy of a product takes on the cpu backend: F32 over F32 weights,
     BF16 over BF16, else F16 (over quantized weights F16 is far finer than the base and reads half
     F32's bytes per decoded token).
 
-    Not Q8_0, though a Q8_0 copy decodes the default model at about the base's speed where F16 (twice
-    the bytes of Q8_0) gets about 0.57x: requantizing W + s B A adds a rounding on top of the base's, and
-    on the tiny llama Q4_K fixture that pushed the logits out of llama.cpp's tolerance (cosine 0.95).
+    Not Q8_0, though a Q8_0 copy (half F16's bytes) decodes faster: requantizing W + s B A adds a
+    rounding on top of the base's, which pushes the tiny llama Q4_K fixture's logits out of llama.cpp's
+    tolerance (docs/lora.md has the figures).
     """
     kinds = set(base_types)
     if kinds == {_T.F32}:
@@ -227,7 +227,7 @@ class CpuBackend(NumpyBackend):
     def _allocate_kv(self, pool: KVPool) -> None:
         super()._allocate_kv(pool)
         # NumPy gives large arrays transparent huge pages, and the pool is laid out layer by layer, so
-        # a sequence's first token would make each layer's K and V hold a 2 MiB page: 72 MB for the
-        # default model. Small pages keep the resident cache at about the positions in use.
+        # a sequence's first token would make each layer's K and V hold a 2 MiB page (docs/cpu_backend.md).
+        # Small pages keep the resident cache at about the positions in use.
         _advise(self.kv_k, _MADV_NOHUGEPAGE)
         _advise(self.kv_v, _MADV_NOHUGEPAGE)
