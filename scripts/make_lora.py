@@ -2,8 +2,8 @@
 
     python scripts/make_lora.py OUT.gguf [--model M.gguf] [--rank 16] [--alpha 32] [--seed 0]
 
-The pairs target attn_q/k/v/output and ffn_gate/up/down of every layer, shaped from the model's own
-config. A is uniform in +-1/sqrt(n_in) (Kaiming-style, like PEFT's init) and B is small random normal
+The pairs target every weight the architecture's LoRA targets name (arch.layout: for llama and gemma3
+attn_q/k/v/output and ffn_gate/up/down) in every layer, shaped from the model's own config. A is uniform in +-1/sqrt(n_in) (Kaiming-style, like PEFT's init) and B is small random normal
 (PEFT starts B at zero, which would make the adapter a no-op), so the adapter changes the logits a
 little, as a trained one does. The same seed always writes the same file.
 """
@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from host_functions.arch.config import ModelConfig  # noqa: E402
 from host_functions.formats.gguf_file import GGUFFile  # noqa: E402
-from host_functions.lora.adapter import TARGETS  # noqa: E402
 
 
 def make_adapter(model_path: Path, out: Path, rank: int, alpha: float, seed: int, b_std: float) -> int:
@@ -35,7 +34,7 @@ def make_adapter(model_path: Path, out: Path, rank: int, alpha: float, seed: int
     writer.add_float32("adapter.lora.alpha", float(alpha))
     n_pairs = 0
     for layer in range(config.n_layers):
-        for target in TARGETS:
+        for target in config.layout.lora_targets:
             name = f"blk.{layer}.{target}.weight"
             n_out, n_in = expected[name]
             a = rng.uniform(-1, 1, (rank, n_in)).astype(np.float32) / np.float32(np.sqrt(n_in))

@@ -33,7 +33,7 @@ def test_adapter_gives_llamacpps_logits(backend, logits_file, base, lora, scale,
         assert_matches(model.logits_for(tokens.tolist(), lora=(adapter, scale), merged=merged), ref,
                        tolerance_for(weights, lora=True), logits_file)
     if merged:  # the copy stays cached, and idle once the sequences are gone
-        assert model.backend.merged_lora.used_bytes > 0 and not model.backend.merged_lora._users
+        assert model.backend.merged_lora.used_bytes > 0 and not model.backend.merged_lora.in_use()
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpu", "wgpu"])
@@ -50,7 +50,8 @@ def test_a_mixed_batch_of_adapters_equals_each_sequence_alone(backend, tmp_path)
 
     def run(indices: list[int]) -> list[np.ndarray]:
         caches = [model.backend.new_cache(32) for _ in indices]
-        items = [StepItem(prompts[i], 0, cache, "all", None, loras[i]) for i, cache in zip(indices, caches)]
+        items = [StepItem(prompts[i], 0, cache, "all", None, loras[i])
+                 for i, cache in zip(indices, caches, strict=True)]
         for item in items:
             item.cache.reserve(len(item.tokens))
         out = model.backend.step(items)
@@ -103,7 +104,7 @@ def test_an_adapter_that_does_not_fit_the_model_is_one_clear_error(guest):
 def test_adapters_held_by_a_request_are_released_when_it_ends(tiny, guest):
     bound = {"style": AdapterBinding(str(ADAPTER), 0.5)}
     TenantSandbox(tiny).run(guest, {"prompt": "hi", "max_tokens": 2, "lora": "style"}, adapters=bound)
-    assert not tiny.adapters._users  # idle: the pool may drop it when room is needed
+    assert not tiny.adapters.in_use()  # idle: the pool may drop it when room is needed
 
 
 def test_wgpu_uploads_an_adapter_once_and_lets_it_go_with_the_adapter_pool(tmp_path):

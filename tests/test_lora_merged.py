@@ -77,7 +77,7 @@ def test_a_batch_mixing_merged_unmerged_and_plain_rows_equals_each_sequence_alon
 def test_the_budget_drops_idle_entries_first_and_refuses_what_cannot_fit():
     model = Model.load(BASE, backend="numpy")
     adapter = model.adapters.acquire(ADAPTER)
-    one = MergedLoraCache(model.backend, model.config)._merged_bytes(adapter)
+    one = model.backend.merged_lora.merged_nbytes(adapter)
     cache = model.backend.merged_lora = MergedLoraCache(model.backend, model.config, budget_bytes=2 * one)
     a, b = cache.acquire(adapter, 0.5), cache.acquire(adapter, 1.0)
     assert cache.used_bytes == 2 * one
@@ -87,10 +87,10 @@ def test_the_budget_drops_idle_entries_first_and_refuses_what_cannot_fit():
     assert seq.adapter is None and seq.merged is None  # the sequence keeps what it had
     cache.release(a)
     seq.set_adapter(adapter, 2.0, merged=True)  # the idle 0.5 entry is dropped
-    assert {e.scale for e in cache._entries.values()} == {1.0, 2.0}
+    assert {e.scale for e in cache.cached()} == {1.0, 2.0}
     assert cache.acquire(adapter, 1.0) is b  # reused, not rebuilt
     seq.close()
-    assert cache._users == {(adapter.digest, 1.0): 2}
+    assert cache.in_use() == {(adapter.digest, 1.0): 2}
     tiny = model.backend.merged_lora = MergedLoraCache(model.backend, model.config, budget_bytes=one - 1)
     with pytest.raises(AdapterError, match="do not fit"):
         tiny.acquire(adapter, 1.0)
@@ -99,7 +99,7 @@ def test_the_budget_drops_idle_entries_first_and_refuses_what_cannot_fit():
 def test_wgpu_uploads_each_merged_copy_once_and_releases_its_buffers_when_the_cache_drops_it():
     model = Model.load(BASE, backend="wgpu")
     adapter = model.adapters.acquire(ADAPTER)
-    one = MergedLoraCache(model.backend, model.config)._merged_bytes(adapter)
+    one = model.backend.merged_lora.merged_nbytes(adapter)
     cache = model.backend.merged_lora = MergedLoraCache(model.backend, model.config, budget_bytes=one)
     entry = cache.acquire(adapter, 0.5)
     copies = entry.projection(0, "qkv")
@@ -128,7 +128,7 @@ def test_a_merged_binding_runs_merged_through_the_guest_and_lets_go_when_the_req
     request = {"prompt": "Once upon a time", "temperature": 0, "max_tokens": 8, "lora": "style"}
     text = TenantSandbox(model).run(guest, request, adapters={"style": AdapterBinding(str(ADAPTER), 0.5, True)}).text
     cache = model.backend.merged_lora
-    assert cache.used_bytes > 0 and not cache._users  # built for the request, idle after it
+    assert cache.used_bytes > 0 and not cache.in_use()  # built for the request, idle after it
     adapter = model.adapters.acquire(ADAPTER)
     ids = model.tokenizer.encode(request["prompt"])
     for _ in range(8):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from oracle import DATA, tiny_models
 
 from host_functions.arch.config import ModelConfig
+from host_functions.arch.layout import ARCHITECTURES, Matrix
 from host_functions.engine.model import Model
 from host_functions.errors import ModelFormatError, UnsupportedError
 from host_functions.formats.gguf_file import GGUFFile
@@ -50,6 +52,43 @@ def test_every_tiny_model_loads(name, weights):
     assert config.n_vocab == 320 and config.arch in ("llama", "gemma3")
 
 
+def test_the_structure_table_gives_each_weights_shape_and_each_outputs_columns():
+    config = ModelConfig.from_gguf(GGUFFile(DATA / "tiny-gemma3-F32.gguf"))
+    q, kv, ff, d = config.q_dim, config.kv_dim, config.n_ff, config.n_embd
+    shapes = config.expected_tensors()
+    assert shapes["blk.1.attn_k.weight"] == (kv, d) and shapes["blk.1.attn_output.weight"] == (d, q)
+    assert shapes["blk.1.ffn_down.weight"] == (d, ff) and shapes["blk.1.attn_q_norm.weight"] == (config.head_dim,)
+    assert config.output_columns("qkv") == {"q": slice(0, q), "k": slice(q, q + kv), "v": slice(q + kv, q + 2 * kv)}
+    assert config.qk_norm and config.sandwich_norms  # gemma3's row has Q/K and post norms
+
+
+def test_a_checkpoint_with_fused_weights_is_rows_of_the_table():
+    """One matrix holding Q|K|V and one holding gate|up (as phi3 stores them): shapes and the products'
+    matrices follow from the rows alone."""
+    llama = ARCHITECTURES["llama"]
+    fused = dataclasses.replace(llama, name="fused", matrices=(
+        Matrix("attn_qkv", ("q", "k", "v"), "qkv_proj"), Matrix("attn_output", ("o",), "o_proj"),
+        Matrix("ffn_up", ("gate", "up"), "gate_up_proj"), Matrix("ffn_down", ("down",), "down_proj")),
+        lora_targets=("attn_qkv", "ffn_up"))
+    config = ModelConfig.from_gguf(GGUFFile(DATA / "tiny-llama-F32.gguf"))
+    qkv, gate_up = fused.projection_matrices("qkv"), fused.projection_matrices("gate_up")
+    assert [m.name for m in qkv] == ["attn_qkv"] and [m.name for m in gate_up] == ["ffn_up"]
+    assert config.matrix_shape(qkv[0]) == (config.q_dim + 2 * config.kv_dim, config.n_embd)
+    assert config.matrix_shape(gate_up[0]) == (2 * config.n_ff, config.n_embd)
+    assert fused.matrix_by_peft("gate_up_proj") is gate_up[0]
+    assert fused.lora_peft_modules == ("qkv_proj", "gate_up_proj")
+
+
+def test_a_table_row_must_hold_every_output_once_and_adapt_only_its_own_weights():
+    llama = ARCHITECTURES["llama"]
+    with pytest.raises(ValueError, match=r"gate_up hold \('gate',\), not \('gate', 'up'\)"):
+        dataclasses.replace(llama, matrices=tuple(m for m in llama.matrices if m.name != "ffn_up"))
+    with pytest.raises(ValueError, match="qkv hold"):
+        dataclasses.replace(llama, matrices=(Matrix("attn_k", ("k",), "k_proj"), *llama.matrices))
+    with pytest.raises(ValueError, match="LoRA targets"):
+        dataclasses.replace(llama, lora_targets=("attn_qkv",))
+
+
 def test_rewritten_copy_is_still_a_valid_model(tmp_path):
     """Guard for the helpers below: an unchanged rewrite loads and computes the same logits."""
     path = _copy_model(DATA / "tiny-llama-Q4_K.gguf", tmp_path / "same.gguf")
@@ -72,7 +111,8 @@ def test_missing_tensor(tmp_path):
 
 def test_wrong_shape(tmp_path):
     path = _copy_model(DATA / "tiny-llama-F32.gguf", tmp_path / "m.gguf", reshape="blk.0.attn_k.weight")
-    with pytest.raises(ModelFormatError, match=r"tensor blk\.0\.attn_k\.weight has shape \(127, 256\), expected \(128, 256\)"):
+    expected = r"tensor blk\.0\.attn_k\.weight has shape \(127, 256\), expected \(128, 256\)"
+    with pytest.raises(ModelFormatError, match=expected):
         ModelConfig.from_gguf(GGUFFile(path))
 
 

@@ -105,15 +105,16 @@ def test_weights_are_uploaded_as_raw_gguf_bytes_and_never_dequantized_on_the_cpu
         x = backend.layer(i, x, cache, 0)
     assert np.isfinite(backend.logits(x)).all()
 
-    matrices = {"token_embd.weight": backend.token_embd, "blk.3.attn_v.weight": backend.layers[3].attn_v,
-                "blk.5.ffn_down.weight": backend.layers[5].ffn_down}
+    matrices = {"token_embd.weight": backend.token_embd,
+                "blk.3.attn_v.weight": backend.layers[3].matrices["attn_v"],
+                "blk.5.ffn_down.weight": backend.layers[5].matrices["ffn_down"]}
     for name, weight in matrices.items():
         assert isinstance(weight, GPUWeight) and weight.fmt.name == "Q6_K"
         raw = gguf.tensors[name].raw_bytes().reshape(weight.n_rows, weight.row_bytes)
         for part in weight.parts:
             on_gpu = backend.ctx.read(part.buffer, np.uint8, (part.n_rows * weight.row_bytes,))
             np.testing.assert_array_equal(on_gpu, raw[part.row_start : part.row_start + part.n_rows].reshape(-1))
-    norm = backend.ctx.read(backend.layers[0].attn_q_norm, np.float32, (config.head_dim,))
+    norm = backend.ctx.read(backend.layers[0].norms["attn_q_norm"], np.float32, (config.head_dim,))
     np.testing.assert_array_equal(norm, gguf.tensors["blk.0.attn_q_norm.weight"].data)
 
 

@@ -9,7 +9,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from host_functions.arch.layout import ARCHITECTURES, Activation, Architecture, RopeLayout, Width
+from host_functions.arch.layout import (
+    ARCHITECTURES,
+    OUTPUT_WIDTHS,
+    Activation,
+    Architecture,
+    Matrix,
+    Output,
+    RopeLayout,
+    Width,
+    projection,
+    projection_of,
+    weight_name,
+)
 from host_functions.errors import ModelFormatError, UnsupportedError
 from host_functions.formats.gguf_file import GGUFFile
 
@@ -36,8 +48,8 @@ class ModelConfig:
     context_length: int
     embedding_scale: float  # gemma multiplies token embeddings by sqrt(n_embd)
     ffn_activation: Activation
-    qk_norm: bool  # RMS norms on Q and K heads before rope (gemma3)
-    sandwich_norms: bool  # post-attention and post-FFN norms (gemma3)
+    qk_norm: bool  # RMS norms on Q and K heads before rope (the layout has attn_q_norm: gemma3)
+    sandwich_norms: bool  # post-attention and post-FFN norms (the layout has post_attention_norm: gemma3)
     tied_output: bool  # no output.weight: logits use token_embd.weight
     has_rope_freqs: bool  # llama 3.1 style per-dimension rope frequency factors
 
@@ -49,6 +61,20 @@ class ModelConfig:
     def width(self, width: Width) -> int:
         """A symbolic width of the structure table in this model's numbers."""
         return {"embd": self.n_embd, "q": self.q_dim, "kv": self.kv_dim, "ff": self.n_ff, "head": self.head_dim}[width]
+
+    def matrix_shape(self, matrix: Matrix) -> tuple[int, int]:
+        """A layer matrix's (rows, columns): the widths of the outputs it holds, summed, by its product's input."""
+        return sum(self.width(OUTPUT_WIDTHS[out]) for out in matrix.holds), self.width(projection_of(matrix).inp)
+
+    def output_columns(self, key: str) -> dict[Output, slice]:
+        """The columns of each output (q, k, v for "qkv") in the result of product `key`."""
+        columns: dict[Output, slice] = {}
+        at = 0
+        for out in projection(key).outputs:
+            width = self.width(OUTPUT_WIDTHS[out])
+            columns[out] = slice(at, at + width)
+            at += width
+        return columns
 
     @property
     def attention_scale(self) -> float:
@@ -103,8 +129,8 @@ class ModelConfig:
             context_length=int(f.get(f"{arch}.context_length", 2048)),
             embedding_scale=math.sqrt(n_embd) if row.embedding_scaled else 1.0,
             ffn_activation=row.activation,
-            qk_norm=row.qk_norm,
-            sandwich_norms=row.sandwich_norms,
+            qk_norm=row.has_norm("attn_q_norm"),
+            sandwich_norms=row.has_norm("post_attention_norm"),
             tied_output="output.weight" not in f.tensors,
             has_rope_freqs="rope_freqs.weight" in f.tensors,
         )
@@ -115,7 +141,8 @@ class ModelConfig:
         if min(self.n_embd, self.n_layers, self.n_ff, self.n_head, self.n_head_kv, self.head_dim) <= 0:
             raise ModelFormatError(f"{f.path}: non-positive model dimension in metadata")
         if self.n_head % self.n_head_kv:
-            raise ModelFormatError(f"{f.path}: head_count {self.n_head} is not a multiple of head_count_kv {self.n_head_kv}")
+            raise ModelFormatError(
+                f"{f.path}: head_count {self.n_head} is not a multiple of head_count_kv {self.n_head_kv}")
         for name, shape in self.expected_tensors().items():
             f.tensor(name, shape)
 
@@ -132,6 +159,6 @@ class ModelConfig:
             shapes["rope_freqs.weight"] = (hd // 2,)
         layout = self.layout
         for i in range(self.n_layers):
-            shapes |= {f"blk.{i}.{m.name}.weight": (self.width(m.out), self.width(m.inp)) for m in layout.matrices}
-            shapes |= {f"blk.{i}.{n.name}.weight": (self.width(n.width),) for n in layout.norms}
+            shapes |= {weight_name(i, m.name): self.matrix_shape(m) for m in layout.matrices}
+            shapes |= {weight_name(i, n.name): (self.width(n.width),) for n in layout.norms}
         return shapes

@@ -21,23 +21,23 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
 from host_functions.arch.config import ModelConfig
+from host_functions.arch.layout import weight_name
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.kv.block_table import KVCache
 from host_functions.kv.pool import BLOCK_TOKENS, KVPool, default_budget
 from host_functions.lora.adapter import LoraAdapter
-
-if TYPE_CHECKING:
-    from host_functions.lora.merged import MergedLora, MergedLoraCache
+from host_functions.lora.merged import MergedLora, MergedLoraCache
 
 Activations = Any  # backend-specific handle to hidden states of shape (n_tokens, n_embd)
 LogitsWanted = Literal["none", "last", "all"]
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,9 +63,14 @@ class Backend(ABC):
 
     def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor]) -> None:
         self.config = config
+        self.tensors = tensors  # the model file's tensors (memory-mapped), by GGUF name
         self.kv_pool: KVPool | None = None
         self.merged_lora: MergedLoraCache | None = None  # set by backends that can run LoRA merged
         self.step_lock = threading.Lock()  # one step at a time on the backend, whoever runs it
+
+    def projection_tensors(self, layer: int, key: str) -> list[RawTensor]:
+        """The GGUF weights whose rows make up product `key` of `layer` (arch.layout), in column order."""
+        return [self.tensors[weight_name(layer, m.name)] for m in self.config.layout.projection_matrices(key)]
 
     def kv_block_bytes(self, block_tokens: int) -> int:
         """Bytes one block of `block_tokens` positions takes across every layer (K and V)."""
@@ -81,8 +86,9 @@ class Backend(ABC):
         self._allocate_kv(self.kv_pool)
         return self.kv_pool
 
+    @abstractmethod
     def _allocate_kv(self, pool: KVPool) -> None:
-        """Hook: backends whose cache storage is per pool (NumPy) allocate it here."""
+        """Create the storage of `pool`'s blocks (NumPy arrays, GPU buffers)."""
 
     def new_cache(self, capacity: int) -> KVCache:
         """An empty block table of at most `capacity` positions in this model's pool."""
@@ -150,3 +156,37 @@ def split_logits(items: Sequence[StepItem], picks: Sequence[np.ndarray], logits:
 
 def _shaped(logits: np.ndarray, item: StepItem) -> np.ndarray:
     return logits[-1] if item.wants == "last" else logits
+
+
+def in_grouped_order(items: Sequence[StepItem], run: Callable[[list[StepItem]], list[T]]) -> list[T]:
+    """run(items reordered), each result handed back at its item's place. The order: the unmerged
+    items first, each (adapter, scale) together in order of first appearance, then each merged
+    entry's items together, so every projection and adapter term covers contiguous rows (a row's
+    result must not depend on its place for this to be invisible)."""
+    groups: dict[tuple[int, float], int] = {}
+
+    def group(item: StepItem) -> tuple[int, int]:
+        if item.merged is not None:
+            return 1, groups.setdefault((id(item.merged), 0.0), len(groups))
+        if item.lora is None:
+            return 0, -1
+        return 0, groups.setdefault((id(item.lora[0]), item.lora[1]), len(groups))
+
+    keys = [group(item) for item in items]
+    order = sorted(range(len(items)), key=keys.__getitem__)
+    by_item = dict(zip(order, run([items[i] for i in order]), strict=True))
+    return [by_item[i] for i in range(len(items))]
+
+
+def merged_ranges(rows: Sequence[tuple[slice, MergedLora | None]]) -> list[tuple[slice, MergedLora]]:
+    """The row ranges of consecutive (rows, merged entry) spans that share one merged entry (in
+    `in_grouped_order` they come last and contiguous)."""
+    groups: list[tuple[slice, MergedLora]] = []
+    for span, merged in rows:
+        if merged is None:
+            continue
+        if groups and groups[-1][1] is merged:
+            groups[-1] = (slice(groups[-1][0].start, span.stop), merged)
+        else:
+            groups.append((span, merged))
+    return groups

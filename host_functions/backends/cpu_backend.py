@@ -2,8 +2,8 @@
 
 Every projection runs on the native kernels (`host_functions.native`), which read ggml's block layouts
 as they are and quantize the activations to the type llama.cpp pairs with each format, so resident
-memory is about the file size plus the KV cache, and a decode step reads the quantized bytes (~246 MB
-for the default model) instead of their float32 expansion.
+memory is about the file size plus the KV cache, and a decode step reads the quantized bytes instead of
+their float32 expansion (docs/cpu_backend.md has the figures).
 
 The weight bytes are copied once, at load, out of the memory-mapped file into anonymous memory, and
 the file's pages are released as the copy goes (so the peak holds one chunk twice, not the file).
@@ -20,8 +20,8 @@ KV writes run natively too (NumpyBackend's hooks: attention with its roundings, 
 place from the pool; RoPE and the f16-rounded KV writes bit for bit; the norms as llama.cpp sums them;
 the activations with the library's own exp); the KV pool itself is NumpyBackend's.
 
-LoRA: the unmerged term of each run of rows is one call of native/lora.c per projection; a merged
-copy (lora_merged) is a float weight (merged_weight_type) on the same matmul kernels.
+LoRA: the unmerged term of each run of rows is one call of native/lora.c per product; a merged
+copy (lora.merged) is a float weight (merged_weight_type) on the same matmul kernels.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from host_functions.backends.numpy_backend import NumpyBackend, round_to_bf16
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.formats.quants import quant_format, row_bytes
 from host_functions.kv.pool import KVPool
-from host_functions.lora.merged import fused_float_weight, fused_part_tensors
+from host_functions.lora.merged import fused_float_weight
 from host_functions.lora.unmerged import FusedPairs, RowAdapter, fused_pairs
 
 _COPY_CHUNK = 16 << 20  # bytes copied between two releases of the file's pages
@@ -126,13 +126,13 @@ def _native_parts(fused: FusedPairs) -> ctypes.Array[native.LoraPart]:
 
 
 def merged_weight_type(base_types: list[GGMLQuantizationType]) -> GGMLQuantizationType:
-    """The float type a merged copy of a fused projection takes on the cpu backend: F32 over F32 weights,
+    """The float type a merged copy of a product takes on the cpu backend: F32 over F32 weights,
     BF16 over BF16, else F16 (over quantized weights F16 is far finer than the base and reads half
     F32's bytes per decoded token).
 
-    Not Q8_0, though a Q8_0 copy decodes the default model at about the base's speed where F16 (twice
-    the bytes of Q8_0) gets about 0.57x: requantizing W + s B A adds a rounding on top of the base's, and
-    on the tiny llama Q4_K fixture that pushed the logits out of llama.cpp's tolerance (cosine 0.95).
+    Not Q8_0, though a Q8_0 copy (half F16's bytes) decodes faster: requantizing W + s B A adds a
+    rounding on top of the base's, which pushes the tiny llama Q4_K fixture's logits out of llama.cpp's
+    tolerance (docs/lora.md has the figures).
     """
     kinds = set(base_types)
     if kinds == {_T.F32}:
@@ -182,15 +182,15 @@ class CpuBackend(NumpyBackend):
     # --- merged LoRA: the merged weight in the float type merged_weight_type picks, on the same kernels ---
 
     def float_weight(self, layer: int, key: str) -> np.ndarray:
-        return fused_float_weight(self._raw, layer, key)
+        return fused_float_weight(self.projection_tensors(layer, key))
 
     def merged_nbytes(self, layer: int, key: str) -> int:
-        raws = fused_part_tensors(self._raw, layer, key)
+        raws = self.projection_tensors(layer, key)
         qtype = merged_weight_type([raw.qtype for raw in raws])
         return sum(raw.shape[0] for raw in raws) * raws[0].shape[1] * _FLOAT_BYTES[qtype]
 
     def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> QuantizedProjection:  # type: ignore[override]
-        qtype = merged_weight_type([raw.qtype for raw in fused_part_tensors(self._raw, layer, key)])
+        qtype = merged_weight_type([raw.qtype for raw in self.projection_tensors(layer, key)])
         rows = _FLOAT_ENCODE[qtype](weight).view(np.uint8)  # (n_out, n_in * bytes per value)
         return QuantizedProjection(self.kernels, [(int(qtype), rows)], weight.shape[1])
 
@@ -227,7 +227,7 @@ class CpuBackend(NumpyBackend):
     def _allocate_kv(self, pool: KVPool) -> None:
         super()._allocate_kv(pool)
         # NumPy gives large arrays transparent huge pages, and the pool is laid out layer by layer, so
-        # a sequence's first token would make each layer's K and V hold a 2 MiB page: 72 MB for the
-        # default model. Small pages keep the resident cache at about the positions in use.
+        # a sequence's first token would make each layer's K and V hold a 2 MiB page (docs/cpu_backend.md).
+        # Small pages keep the resident cache at about the positions in use.
         _advise(self.kv_k, _MADV_NOHUGEPAGE)
         _advise(self.kv_v, _MADV_NOHUGEPAGE)

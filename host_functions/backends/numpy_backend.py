@@ -35,14 +35,22 @@ from gguf import GGMLQuantizationType
 
 from host_functions import native
 from host_functions.arch.config import ModelConfig
-from host_functions.backends.base import Backend, StepItem, split_logits, wanted_rows
+from host_functions.arch.layout import PROJECTIONS, weight_name
+from host_functions.backends.base import (
+    Backend,
+    StepItem,
+    in_grouped_order,
+    merged_ranges,
+    split_logits,
+    wanted_rows,
+)
 from host_functions.errors import BackendError
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.formats.quants import dequantize
 from host_functions.kv.block_table import KVCache
 from host_functions.kv.pool import KVPool
 from host_functions.lora.adapter import LoraAdapter
-from host_functions.lora.merged import MergedLora, MergedLoraCache, in_grouped_order, merged_ranges
+from host_functions.lora.merged import MergedLora, MergedLoraCache
 from host_functions.lora.unmerged import RowAdapter, apply_lora
 
 
@@ -57,6 +65,18 @@ class _Span:
     merged: MergedLora | None = None  # that adapter merged into the weights, if its sequence asked for it
 
 
+@dataclass
+class LayerWeights:
+    """One block's weights: its products (arch.layout.PROJECTIONS) by key and its norm vectors by GGUF name."""
+
+    projections: dict[str, Projection]
+    norms: dict[str, np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.projections.values()) + sum(n.nbytes for n in self.norms.values())
+
+
 class NumpyBackend(Backend):
     """Float32 forward pass with NumPy/BLAS."""
 
@@ -65,15 +85,15 @@ class NumpyBackend(Backend):
     def __init__(self, config: ModelConfig, tensors: Mapping[str, RawTensor],
                  progress: Callable[[float], None] | None = None) -> None:
         super().__init__(config, tensors)
-        self._raw = tensors
         self._float: dict[str, np.ndarray] = {}  # dequantized weights, so a tied matrix is expanded once
         self._n_loaded, self._n_total, self._progress = 0, len(list(config.expected_tensors())), progress
         self.embedding = self._make_embedding(tensors["token_embd.weight"])
         self.output = self._make_projection([tensors["token_embd.weight" if config.tied_output else "output.weight"]])
         self.output_norm = self._vector("output_norm.weight")
-        self.layers = [self._fuse_layer(i) for i in range(config.n_layers)]
+        self.layers = [self._layer_weights(i) for i in range(config.n_layers)]
         self.rope_factors = self._vector("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
         self._inv_freq = {base: self._rope_inv_freq(base) for base in {config.rope_base, config.rope_base_local}}
+        self._qkv_columns = config.output_columns("qkv")
         self._float.clear()
         self.merged_lora = MergedLoraCache(self, config)
         self.kv_k = self.kv_v = np.zeros((config.n_layers, 0, config.n_head_kv, config.head_dim), np.float32)
@@ -83,7 +103,8 @@ class NumpyBackend(Backend):
     def _make_projection(self, raws: list[RawTensor]) -> Projection:
         """One matrix y = x @ W.T over the rows of several weights that share an input (Q|K|V, gate|up)."""
         rounding = {_ACTIVATION_ROUNDING.get(raw.qtype) for raw in raws}
-        weight = np.concatenate([self._dequantized(raw) for raw in raws]) if len(raws) > 1 else self._dequantized(raws[0])
+        weights = [self._dequantized(raw) for raw in raws]
+        weight = np.concatenate(weights) if len(weights) > 1 else weights[0]
         return Projection(weight, rounding.pop() if len(rounding) == 1 else None)
 
     def _make_embedding(self, raw: RawTensor) -> Embedding:
@@ -98,36 +119,28 @@ class NumpyBackend(Backend):
 
     def _vector(self, name: str) -> np.ndarray:
         """A norm or rope-factor vector: always float32, whatever the backend keeps weights as."""
-        return self._dequantized(self._raw[name])
+        return self._dequantized(self.tensors[name])
 
     def _loaded(self) -> None:
         self._n_loaded += 1
         if self._progress:
             self._progress(min(1.0, self._n_loaded / self._n_total))
 
-    def _fuse_layer(self, i: int) -> dict[str, Projection | np.ndarray]:
-        p, raw = f"blk.{i}.", self._raw
-        layer: dict[str, Projection | np.ndarray] = {
-            "qkv": self._make_projection([raw[p + "attn_q.weight"], raw[p + "attn_k.weight"], raw[p + "attn_v.weight"]]),
-            "gate_up": self._make_projection([raw[p + "ffn_gate.weight"], raw[p + "ffn_up.weight"]]),
-            "attn_output": self._make_projection([raw[p + "attn_output.weight"]]),
-            "ffn_down": self._make_projection([raw[p + "ffn_down.weight"]]),
-        }
-        for key in ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"):
-            if p + key + ".weight" in raw:
-                layer[key] = self._vector(p + key + ".weight")
-        return layer
+    def _layer_weights(self, i: int) -> LayerWeights:
+        """Block i's products, each over the weights the structure table stacks for it, and its norms."""
+        return LayerWeights({p.key: self._make_projection(self.projection_tensors(i, p.key)) for p in PROJECTIONS},
+                            {n.name: self._vector(weight_name(i, n.name)) for n in self.config.layout.norms})
 
-    # --- merged LoRA (lora_merged.MergeHost): float32 copies of the fused projections ---
+    # --- merged LoRA (lora.merged.MergeHost): float32 copies of the products ---
 
     def float_weight(self, layer: int, key: str) -> np.ndarray:
-        return self.layers[layer][key].weight
+        return self.layers[layer].projections[key].weight
 
     def merged_nbytes(self, layer: int, key: str) -> int:
-        return self.layers[layer][key].weight.nbytes
+        return self.layers[layer].projections[key].weight.nbytes
 
     def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> Projection:
-        return Projection(weight, self.layers[layer][key].round_input)
+        return Projection(weight, self.layers[layer].projections[key].round_input)
 
     def _rope_inv_freq(self, base: float) -> np.ndarray:
         hd = self.config.head_dim
@@ -182,21 +195,23 @@ class NumpyBackend(Backend):
         base_rows = merged[0][0].start if merged else n
 
         def project(key: str, h: np.ndarray) -> np.ndarray:
+            base = w.projections[key]
             if not merged:
-                y = w[key](h)
+                y = base(h)
             else:  # the base (and unmerged) rows first, then each merged adapter's rows through its own weights
-                parts = [w[key](h[:base_rows])] if base_rows else []
-                parts += [(m.projection(index, key) or w[key])(h[rows]) for rows, m in merged]
+                parts = [base(h[:base_rows])] if base_rows else []
+                parts += [(m.projection(index, key) or base)(h[rows]) for rows, m in merged]
                 y = np.concatenate(parts) if len(parts) > 1 else parts[0]
             return self.apply_lora(y, h, index, key, runs) if runs else y
 
-        qkv = project("qkv", self.rms_norm(x, w["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
-        q = qkv[:, : cfg.q_dim].reshape(n, cfg.n_head, cfg.head_dim)
-        k = qkv[:, cfg.q_dim : cfg.q_dim + cfg.kv_dim].reshape(n, cfg.n_head_kv, cfg.head_dim)
-        v = qkv[:, cfg.q_dim + cfg.kv_dim :].reshape(n, cfg.n_head_kv, cfg.head_dim)
+        qkv = project("qkv", self.rms_norm(x, w.norms["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
+        columns = self._qkv_columns
+        q = qkv[:, columns["q"]].reshape(n, cfg.n_head, cfg.head_dim)
+        k = qkv[:, columns["k"]].reshape(n, cfg.n_head_kv, cfg.head_dim)
+        v = qkv[:, columns["v"]].reshape(n, cfg.n_head_kv, cfg.head_dim)
         if cfg.qk_norm:
-            q = self.rms_norm(q, w["attn_q_norm"], cfg.norm_eps)
-            k = self.rms_norm(k, w["attn_k_norm"], cfg.norm_eps)
+            q = self.rms_norm(q, w.norms["attn_q_norm"], cfg.norm_eps)
+            k = self.rms_norm(k, w.norms["attn_k_norm"], cfg.norm_eps)
         cos, sin = angles.of_base(cfg.layer_rope_base(index))
         q, k = self.rope(q, cos, sin, cfg.rope_layout), self.rope(k, cos, sin, cfg.rope_layout)
         new_slots = np.concatenate([sp.key_slots[sp.pos :] for sp in spans])
@@ -212,12 +227,12 @@ class NumpyBackend(Backend):
                                            cfg.attention_scale)
         a = project("attn_output", attn.reshape(n, cfg.q_dim))
         if cfg.sandwich_norms:
-            a = self.rms_norm(a, w["post_attention_norm"], cfg.norm_eps)
+            a = self.rms_norm(a, w.norms["post_attention_norm"], cfg.norm_eps)
         x = x + a
-        gate_up = project("gate_up", self.rms_norm(x, w["ffn_norm"], cfg.norm_eps))  # (n, 2 n_ff)
+        gate_up = project("gate_up", self.rms_norm(x, w.norms["ffn_norm"], cfg.norm_eps))  # (n, 2 n_ff)
         f = project("ffn_down", self.ffn_activation(gate_up))
         if cfg.sandwich_norms:
-            f = self.rms_norm(f, w["post_ffw_norm"], cfg.norm_eps)
+            f = self.rms_norm(f, w.norms["post_ffw_norm"], cfg.norm_eps)
         return x + f
 
     def apply_lora(self, y: np.ndarray, x: np.ndarray, layer: int, key: str, runs: list[RowAdapter]) -> np.ndarray:
@@ -257,8 +272,7 @@ class NumpyBackend(Backend):
         return self.output(self.rms_norm(x, self.output_norm, self.config.norm_eps))
 
     def weight_bytes_per_token(self) -> int:
-        per_layer = sum(a.nbytes for layer in self.layers for a in layer.values())
-        return per_layer + self.output.nbytes
+        return sum(layer.nbytes for layer in self.layers) + self.output.nbytes
 
 
 def _positions(spans: list[_Span]) -> np.ndarray:
@@ -384,8 +398,8 @@ def round_to_f16(x: np.ndarray) -> np.ndarray:
 def round_to_bf16(x: np.ndarray) -> np.ndarray:
     """Round-to-nearest-even to bfloat16, as ggml's fp32 -> bf16 conversion does."""
     bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-    return bits.view(np.float32)
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+    return rounded.astype(np.uint32, copy=False).view(np.float32)
 
 
 # llama.cpp converts activations to its "vec_dot_type" before a dot product with these weight types.

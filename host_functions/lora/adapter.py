@@ -1,21 +1,16 @@
-"""LoRA adapters: load llama.cpp's GGUF adapters and PEFT folders, check them against a model.
+"""LoRA adapters: what one is, and loading one for a model (checked against the model's structure).
 
-An adapter is a set of low-rank pairs, one per targeted base weight (attention q, k, v, output and
-FFN gate, up, down): `lora_a` (rank, n_in) and `lora_b` (n_out, rank). The effective weight is
+An adapter is a set of low-rank pairs, one per targeted base weight (the architecture's
+`lora_targets` in arch.layout: for llama and gemma3 the attention q, k, v, output and FFN gate, up,
+down): `lora_a` (rank, n_in) and `lora_b` (n_out, rank). The effective weight is
 `W + scale * alpha / rank * (B @ A)`, which llama.cpp computes unmerged as `W x + s * B (A x)`, with
 rank the pair's own (B's columns) and no alpha division when alpha is 0. Pairs are kept as float32
 NumPy arrays: at rank <= 64 they are small next to the base weights, which are never modified.
-
-PEFT names (`...layers.3.self_attn.q_proj.lora_A.weight`) map to GGUF names (`blk.3.attn_q.weight`);
-for llama-family models llama.cpp's converter permutes the Q and K rows of the base weights (its rope
-layout), so the B matrices of q and k are permuted the same way here.
+The file formats (GGUF, PEFT folders) are read by lora.adapter_files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,18 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from host_functions.arch.config import ModelConfig
-from host_functions.errors import AdapterError, ModelFormatError
-from host_functions.formats.gguf_file import GGUFFile
-from host_functions.formats.quants import dequantize
+from host_functions.errors import AdapterError
+from host_functions.lora.adapter_files import (
+    check_peft_folder,
+    open_gguf_adapter,
+    read_gguf_adapter,
+    read_peft_adapter,
+)
 
 MAX_RANK = 64
-TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-# Hugging Face module names of the targets, and the architectures whose Q/K rows llama.cpp permutes.
-_HF_MODULES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-               "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
-_PERMUTED_ARCHS = frozenset({"llama"})
-_PEFT_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.default)?\.weight$")
 _TARGET_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")
 
 
@@ -86,16 +78,18 @@ def load_adapter(path: str | Path, config: ModelConfig) -> LoraAdapter:
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        name, digest, pairs = path.name, *_read_peft(path, config)
+        read = read_peft_adapter(path, config)
     elif path.is_file():
-        name, digest, pairs = path.name, *_read_gguf(path, config)
+        read = read_gguf_adapter(path, config)
     else:
         raise AdapterError(f"LoRA adapter {path}: no such file or folder")
+    name = path.name
+    pairs = {base: _pair(name, base, h.get("a"), h.get("b"), read.alpha) for base, h in read.halves.items()}
     if not pairs:
         raise AdapterError(f"LoRA adapter {name}: holds no LoRA tensors")
     for target, pair in pairs.items():
         _check_pair(name, target, pair, config)
-    return LoraAdapter(name, digest, pairs)
+    return LoraAdapter(name, read.digest, pairs)
 
 
 def check_adapter_source(path: str | Path) -> Path:
@@ -104,100 +98,12 @@ def check_adapter_source(path: str | Path) -> Path:
     loads it."""
     path = Path(path).expanduser().resolve()
     if path.is_dir():
-        for needed in ("adapter_config.json", "adapter_model.safetensors"):
-            if not (path / needed).is_file():
-                raise AdapterError(f"LoRA adapter {path.name}: a PEFT folder needs {needed}")
+        check_peft_folder(path)
         return path
     if not path.is_file():
         raise AdapterError(f"LoRA adapter {path}: no such file or folder")
-    _open_gguf_adapter(path)
+    open_gguf_adapter(path)
     return path
-
-
-def _open_gguf_adapter(path: Path) -> GGUFFile:
-    try:
-        gguf = GGUFFile(path)
-    except ModelFormatError as exc:
-        raise AdapterError(f"LoRA adapter {path.name}: {exc}") from None
-    kind, adapter_type = gguf.get("general.type"), gguf.get("adapter.type")
-    if kind != "adapter" or adapter_type != "lora":
-        raise AdapterError(f"LoRA adapter {path.name}: not a LoRA adapter (general.type={kind!r}, "
-                           f"adapter.type={adapter_type!r})")
-    return gguf
-
-
-def _read_gguf(path: Path, config: ModelConfig) -> tuple[str, dict[str, LoraPair]]:
-    gguf = _open_gguf_adapter(path)
-    _check_arch(path.name, gguf.get("general.architecture"), config)
-    alpha = _alpha(path.name, gguf.get("adapter.lora.alpha", 0.0))
-    halves: dict[str, dict[str, np.ndarray]] = {}
-    for tname, raw in gguf.tensors.items():
-        base, dot, half = tname.rpartition(".")
-        if not dot or half not in ("lora_a", "lora_b"):
-            raise AdapterError(f"LoRA adapter {path.name}: tensor {tname} is not a lora_a/lora_b tensor")
-        halves.setdefault(base, {})[half[-1]] = dequantize(raw)
-    return _file_digest(path), {base: _pair(path.name, base, h.get("a"), h.get("b"), alpha) for base, h in halves.items()}
-
-
-def _read_peft(folder: Path, config: ModelConfig) -> tuple[str, dict[str, LoraPair]]:
-    name = folder.name
-    cfg_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
-    if not cfg_path.is_file():
-        raise AdapterError(f"LoRA adapter {name}: a PEFT folder needs adapter_config.json")
-    if not weights_path.is_file():
-        raise AdapterError(f"LoRA adapter {name}: a PEFT folder needs adapter_model.safetensors "
-                           "(pickled adapter_model.bin is not read)")
-    try:
-        peft = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"LoRA adapter {name}: adapter_config.json is not JSON: {exc}") from None
-    if not isinstance(peft, dict) or str(peft.get("peft_type", "LORA")).upper() != "LORA":
-        raise AdapterError(f"LoRA adapter {name}: adapter_config.json is not a LoRA config")
-    for unsupported in ("use_dora", "fan_in_fan_out"):
-        if peft.get(unsupported):
-            raise AdapterError(f"LoRA adapter {name}: {unsupported} adapters are not supported")
-    if peft.get("modules_to_save"):
-        raise AdapterError(f"LoRA adapter {name}: modules_to_save (fully replaced weights) is not supported")
-    rank = peft.get("r")
-    alpha = _alpha(name, peft.get("lora_alpha", rank))
-    if peft.get("use_rslora") and isinstance(rank, int) and rank > 0:
-        alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(r): the same factor over r
-    tensors = _read_safetensors(name, weights_path)
-    halves: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in tensors.items():
-        m = _PEFT_KEY.search(key)
-        if m is None or m[2] not in _HF_MODULES:
-            raise AdapterError(f"LoRA adapter {name}: tensor {key} is not a LoRA pair of an attention or FFN "
-                               f"projection ({', '.join(_HF_MODULES)})")
-        halves.setdefault(f"blk.{m[1]}.{_HF_MODULES[m[2]]}.weight", {})[m[3].lower()] = value
-    pairs = {base: _pair(name, base, h.get("a"), h.get("b"), alpha) for base, h in halves.items()}
-    if config.arch in _PERMUTED_ARCHS:
-        pairs = {base: _permuted(base, p, config) for base, p in pairs.items()}
-    return _file_digest(cfg_path, weights_path), pairs
-
-
-def _read_safetensors(name: str, path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return {k: np.asarray(v, np.float32) for k, v in load_file(str(path)).items()}
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        raise AdapterError(f"LoRA adapter {name}: adapter_model.safetensors is unreadable: {exc}") from None
-
-
-def _permuted(base: str, pair: LoraPair, config: ModelConfig) -> LoraPair:
-    """Reorder B's rows as llama.cpp's converter reorders the Q and K weights' rows."""
-    m = _TARGET_NAME.match(base)
-    kind = m[2] if m else ""
-    if kind not in ("attn_q", "attn_k"):
-        return pair
-    heads = config.n_head if kind == "attn_q" else config.n_head_kv
-    b = pair.b
-    if b.shape[0] % (2 * heads):
-        return pair  # a wrong shape is reported by _check_pair with the real cause
-    b = b.reshape(heads, 2, b.shape[0] // heads // 2, b.shape[1]).swapaxes(1, 2).reshape(b.shape)
-    return LoraPair(pair.a, np.ascontiguousarray(b), pair.alpha)
 
 
 def _pair(name: str, base: str, a: np.ndarray | None, b: np.ndarray | None, alpha: float) -> LoraPair:
@@ -208,16 +114,12 @@ def _pair(name: str, base: str, a: np.ndarray | None, b: np.ndarray | None, alph
     return LoraPair(np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), alpha)
 
 
-def _check_arch(name: str, arch: object, config: ModelConfig) -> None:
-    if arch != config.arch:
-        raise AdapterError(f"LoRA adapter {name}: made for architecture {arch!r}, the model is {config.arch!r}")
-
-
 def _check_pair(name: str, base: str, pair: LoraPair, config: ModelConfig) -> None:
     m = _TARGET_NAME.match(base)
     expected = config.expected_tensors()
-    if m is None or m[2] not in TARGETS or int(m[1]) >= config.n_layers:
-        where = "the model has no such weight" if base not in expected else "Realm adapts only " + ", ".join(TARGETS)
+    targets = config.layout.lora_targets
+    if m is None or m[2] not in targets or int(m[1]) >= config.n_layers:
+        where = "the model has no such weight" if base not in expected else "Realm adapts only " + ", ".join(targets)
         raise AdapterError(f"LoRA adapter {name}: targets {base}: {where}")
     n_out, n_in = expected[base]
     rank = pair.a.shape[0]
@@ -228,18 +130,3 @@ def _check_pair(name: str, base: str, pair: LoraPair, config: ModelConfig) -> No
                            f"the weight's {(n_out, n_in)} (expected ({rank}, {n_in}) and ({n_out}, {rank}))")
     if not (np.isfinite(pair.a).all() and np.isfinite(pair.b).all()):
         raise AdapterError(f"LoRA adapter {name}: {base} holds NaN or infinite values")
-
-
-def _alpha(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise AdapterError(f"LoRA adapter {name}: alpha must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _file_digest(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with p.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()

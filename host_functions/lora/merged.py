@@ -1,79 +1,78 @@
 """Merged LoRA: `W + s * B @ A` built once per (adapter, scale), within a memory budget.
 
-A sequence that asks for merged mode runs its rows through its own copy of every adapted fused
-projection (Q|K|V, gate|up, output, down), the base weight plus each part's scaled `B @ A`, instead of
-the base projection plus the low-rank term. The copies live in float form (the NumPy backend: float32,
-the cpu backend: the float type `merged_weight_type` picks, the wgpu backend: F32 GPU buffers) next to
-the shared base weights, which are never modified. Unadapted projections stay the base ones.
+A sequence that asks for merged mode runs its rows through its own copy of every adapted product
+(Q|K|V, gate|up, output, down: arch.layout.PROJECTIONS), the base weight plus each part's scaled
+`B @ A`, instead of the base product plus the low-rank term. The copies live in float form (the
+NumPy backend: float32, the cpu backend: the float type `merged_weight_type` picks, the wgpu backend:
+F32 GPU buffers) next to the shared base weights, which are never modified. Unadapted products stay
+the base ones.
 
 The mode belongs to the sequence, never to the step: merged and unmerged differ in their last bits,
 so a row is computed merged exactly when its own sequence asked for it, whoever shares the step
-(docs/lora.md). A cache entry is held by the sequences using it; idle entries are dropped least
-recently used first when a new one needs room, and one that cannot fit is an AdapterError naming the
-budget, raised when the sequence selects it, never in a step other sequences share.
+(docs/lora.md). A cache entry is held by the sequences using it (lora.lru); idle entries are dropped
+least recently used first when a new one needs room, and one that cannot fit is an AdapterError
+naming the budget, raised when the sequence selects it, never in a step other sequences share. An
+entry is built without holding the cache: a sequence whose entry is cached never waits for another's
+build.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 
 from host_functions.arch.config import ModelConfig
+from host_functions.arch.layout import PROJECTIONS
 from host_functions.errors import AdapterError
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.formats.quants import dequantize
 from host_functions.lora.adapter import LoraAdapter
-from host_functions.lora.unmerged import FUSED_PARTS, fused_pairs
-
-if TYPE_CHECKING:
-    from host_functions.backends.base import StepItem
+from host_functions.lora.lru import RefCountedLRU
+from host_functions.lora.unmerged import FusedPairs, fused_pairs
 
 DEFAULT_MERGED_BUDGET_BYTES = 2 << 30
-T = TypeVar("T")
 
-# A backend's merged copy of one fused projection: on the CPU backends a callable (n, n_in) float32 ->
+# A backend's merged copy of one product: on the CPU backends a callable (n, n_in) float32 ->
 # (n, n_out) float32, on the wgpu backend the parts' F32 weights on the GPU. Only the backend reads it.
 Projection = Any
+MergedKey = tuple[str, float]  # (adapter digest, scale)
 
 
 @dataclass(eq=False)
 class MergedLora:
-    """One adapter at one scale merged into a model's weights: the adapted projections per layer."""
+    """One adapter at one scale merged into a model's weights: the adapted products per layer."""
 
     adapter: LoraAdapter
     scale: float
-    layers: list[dict[str, Projection]] = field(repr=False)  # layer -> fused key -> merged projection
+    layers: list[dict[str, Projection]] = field(repr=False)  # layer -> product key -> merged projection
     nbytes: int = 0
 
+    @property
+    def key(self) -> MergedKey:
+        return self.adapter.digest, self.scale
+
     def projection(self, layer: int, key: str) -> Projection | None:
-        """The merged projection `key` of `layer`, or None where the adapter leaves it as it is."""
+        """The merged product `key` of `layer`, or None where the adapter leaves it as it is."""
         return self.layers[layer].get(key)
 
 
-def fused_part_tensors(tensors: Mapping[str, RawTensor], layer: int, key: str) -> list[RawTensor]:
-    """The GGUF tensors the fused projection `key` of `layer` stacks (Q, K, V for "qkv"...), in order."""
-    return [tensors[f"blk.{layer}.{name}.weight"] for name in FUSED_PARTS[key]]
-
-
-def fused_float_weight(tensors: Mapping[str, RawTensor], layer: int, key: str) -> np.ndarray:
-    """The fused projection's base weight dequantized to float32 (n_out, n_in): a MergeHost's
-    float_weight for backends that keep the weights in their GGUF encoding."""
-    return np.concatenate([dequantize(raw) for raw in fused_part_tensors(tensors, layer, key)])
+def fused_float_weight(parts: Sequence[RawTensor]) -> np.ndarray:
+    """The stacked weights of a product (a backend's `projection_tensors`) dequantized to float32
+    (n_out, n_in): a MergeHost's float_weight for backends that keep the weights in their GGUF encoding."""
+    return np.concatenate([dequantize(raw) for raw in parts])
 
 
 class MergeHost(Protocol):
     """What a backend gives the cache: its float weights and projections over merged float weights."""
 
     def float_weight(self, layer: int, key: str) -> np.ndarray:
-        """The fused projection's base weight as float32 (n_out, n_in), for reading."""
+        """The product's base weight as float32 (n_out, n_in), for reading."""
 
     def merged_nbytes(self, layer: int, key: str) -> int:
-        """Bytes a merged copy of the fused projection keeps."""
+        """Bytes a merged copy of the product keeps."""
 
     def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> Projection:
         """A projection over the merged float32 `weight` (n_out, n_in), rounding its input as the base does.
@@ -89,15 +88,16 @@ class MergedLoraCache:
                  budget_bytes: int = DEFAULT_MERGED_BUDGET_BYTES) -> None:
         if budget_bytes <= 0:
             raise AdapterError(f"the merged LoRA memory budget must be positive, got {budget_bytes}")
-        self.budget_bytes = budget_bytes
         self._host, self._config = host, config
-        self._lock = threading.Lock()  # also serializes builds: two requests never build one entry twice
-        self._entries: OrderedDict[tuple[str, float], MergedLora] = OrderedDict()
-        self._users: dict[tuple[str, float], int] = {}
+        self._entries: RefCountedLRU[MergedKey, MergedLora] = RefCountedLRU(budget_bytes)
+
+    @property
+    def budget_bytes(self) -> int:
+        return self._entries.budget_bytes
 
     @property
     def used_bytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        return self._entries.used_bytes
 
     def acquire(self, adapter: LoraAdapter, scale: float) -> MergedLora:
         """The merged weights of `adapter` at `scale`, built if needed; hold them until `release`.
@@ -105,95 +105,52 @@ class MergedLoraCache:
         Raises AdapterError when they cannot fit the budget beside the entries in use.
         """
         key = (adapter.digest, float(scale))
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                needed = self._merged_bytes(adapter)
-                self._make_room(adapter, needed)
-                entry = self._build(adapter, float(scale))
-                self._entries[key] = entry
-            self._entries.move_to_end(key)
-            self._users[key] = self._users.get(key, 0) + 1
-            return entry
+        cached = self._entries.hold(key)
+        if cached is not None:
+            return cached
+        needed = self.merged_nbytes(adapter)
+
+        def no_room(held: int) -> AdapterError:
+            return AdapterError(f"LoRA adapter {adapter.name}: its merged weights ({needed} bytes) do not fit the "
+                                f"merged LoRA memory budget of {self.budget_bytes} bytes ({held} held by "
+                                f"sequences in merged mode); use unmerged mode")
+
+        return self._entries.acquire(key, needed, lambda: self._build(adapter, float(scale)), no_room)
 
     def release(self, entry: MergedLora) -> None:
         """A sequence is done with `entry`; it stays cached until room is needed."""
-        key = (entry.adapter.digest, entry.scale)
-        with self._lock:
-            left = self._users.get(key, 0) - 1
-            if left > 0:
-                self._users[key] = left
-            else:
-                self._users.pop(key, None)
+        self._entries.release(entry.key)
 
-    def _merged_bytes(self, adapter: LoraAdapter) -> int:
-        """Bytes the entry will take: float32 copies of every fused projection the adapter touches."""
-        total = 0
+    def cached(self) -> list[MergedLora]:
+        """The entries built, least recently used first."""
+        return self._entries.values()
+
+    def in_use(self) -> dict[MergedKey, int]:
+        """How many sequences hold each entry in use."""
+        return self._entries.users()
+
+    def merged_nbytes(self, adapter: LoraAdapter) -> int:
+        """Bytes an entry of `adapter` takes: the merged copies of every product it adapts."""
+        return sum(self._host.merged_nbytes(layer, key) for layer, key, _ in self._adapted(adapter))
+
+    def _adapted(self, adapter: LoraAdapter) -> list[tuple[int, str, FusedPairs]]:
+        """(layer, product key, the adapter's pairs for it) for every product the adapter changes."""
+        found = []
         for layer in range(self._config.n_layers):
-            for key in FUSED_PARTS:
-                if fused_pairs(adapter, layer, key, self._config) is not None:
-                    total += self._host.merged_nbytes(layer, key)
-        return total
-
-    def _make_room(self, adapter: LoraAdapter, needed: int) -> None:
-        for key in list(self._entries):
-            if self.used_bytes + needed <= self.budget_bytes:
-                break
-            if key not in self._users:
-                del self._entries[key]
-        if self.used_bytes + needed > self.budget_bytes:
-            raise AdapterError(f"LoRA adapter {adapter.name}: its merged weights ({needed} bytes) do not fit the "
-                               f"merged LoRA memory budget of {self.budget_bytes} bytes ({self.used_bytes} held by "
-                               f"sequences in merged mode); use unmerged mode")
+            for p in PROJECTIONS:
+                fused = fused_pairs(adapter, layer, p.key, self._config)
+                if fused is not None:
+                    found.append((layer, p.key, fused))
+        return found
 
     def _build(self, adapter: LoraAdapter, scale: float) -> MergedLora:
-        layers: list[dict[str, Projection]] = []
+        layers: list[dict[str, Projection]] = [{} for _ in range(self._config.n_layers)]
         total = 0
-        for layer in range(self._config.n_layers):
-            merged: dict[str, Projection] = {}
-            for key in FUSED_PARTS:
-                fused = fused_pairs(adapter, layer, key, self._config)
-                if fused is None:
-                    continue
-                weight = np.array(self._host.float_weight(layer, key), np.float32)  # a copy: the base stays
-                for part in fused.parts:
-                    delta = part.b @ fused.a[part.rank]  # (n_out_part, n_in)
-                    weight[part.out] += np.float32(scale * part.alpha_over_rank) * delta
-                merged[key] = self._host.merged_projection(layer, key, weight)
-                total += self._host.merged_nbytes(layer, key)
-            layers.append(merged)
+        for layer, key, fused in self._adapted(adapter):
+            weight = np.array(self._host.float_weight(layer, key), np.float32)  # a copy: the base stays
+            for part in fused.parts:
+                delta = part.b @ fused.a[part.rank]  # (n_out_part, n_in)
+                weight[part.out] += np.float32(scale * part.alpha_over_rank) * delta
+            layers[layer][key] = self._host.merged_projection(layer, key, weight)
+            total += self._host.merged_nbytes(layer, key)
         return MergedLora(adapter, scale, layers, total)
-
-
-def in_grouped_order(items: Sequence[StepItem], run: Callable[[list[StepItem]], list[T]]) -> list[T]:
-    """run(items reordered), each result handed back at its item's place. The order: the unmerged
-    items first, each (adapter, scale) together in order of first appearance, then each merged
-    entry's items together, so every projection and adapter term covers contiguous rows (a row's
-    result must not depend on its place for this to be invisible)."""
-    groups: dict[tuple[int, float], int] = {}
-
-    def group(item: StepItem) -> tuple[int, int]:
-        if item.merged is not None:
-            return 1, groups.setdefault((id(item.merged), 0.0), len(groups))
-        if item.lora is None:
-            return 0, -1
-        return 0, groups.setdefault((id(item.lora[0]), item.lora[1]), len(groups))
-
-    keys = [group(item) for item in items]
-    order = sorted(range(len(items)), key=keys.__getitem__)
-    by_item = dict(zip(order, run([items[i] for i in order]), strict=True))
-    return [by_item[i] for i in range(len(items))]
-
-
-def merged_ranges(rows: Sequence[tuple[slice, MergedLora | None]]) -> list[tuple[slice, MergedLora]]:
-    """The row ranges of consecutive (rows, merged entry) spans that share one merged entry (in
-    `in_grouped_order` they come last and contiguous)."""
-    groups: list[tuple[slice, MergedLora]] = []
-    for span, merged in rows:
-        if merged is None:
-            continue
-        if groups and groups[-1][1] is merged:
-            groups[-1] = (slice(groups[-1][0].start, span.stop), merged)
-        else:
-            groups.append((span, merged))
-    return groups

@@ -1,11 +1,12 @@
 """Unmerged LoRA on the CPU backends (NumPy and cpu): `y += s * B (A x)` for the rows that use an adapter.
 
 A step's rows come from many sequences, each with its own adapter (or none) and scale, so the
-update is applied per run of rows (BGMV-style): the base projection runs once over every row, then
-each adapted run adds its low-rank term. The backends fuse projections that share an input (Q|K|V,
-gate|up); an adapter's pairs for a fused projection are fused the same way: their A matrices are
-stacked, so one shrink `x @ A_cat.T` serves every part, and each part's B expands its own slice of
-the rank and of the output. Fused forms are built once per adapter and kept with it.
+update is applied per run of rows (BGMV-style): the base product runs once over every row, then
+each adapted run adds its low-rank term. The backends compute the matrices that share an input as
+one product (Q|K|V, gate|up: arch.layout.PROJECTIONS); an adapter's pairs for a product are fused
+the same way: their A matrices are stacked, so one shrink `x @ A_cat.T` serves every part, and each
+part's B expands its own slice of the rank and of the output. Fused forms are built once per adapter
+and kept with it (the merged copies of lora.merged are built from them too).
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from host_functions.arch.config import ModelConfig
+from host_functions.arch.layout import weight_name
 from host_functions.lora.adapter import LoraAdapter
-
-# The parts of each fused projection of layer i, in the order their outputs are concatenated.
-FUSED_PARTS = {"qkv": ("attn_q", "attn_k", "attn_v"), "gate_up": ("ffn_gate", "ffn_up"),
-               "attn_output": ("attn_output",), "ffn_down": ("ffn_down",)}
 
 MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x (n, k), w (m, k)) -> x @ w.T (n, m)
 
@@ -58,7 +56,7 @@ _fused_forms: weakref.WeakKeyDictionary[LoraAdapter, dict[tuple[int, str], Fused
 
 def apply_lora(y: np.ndarray, x: np.ndarray, layer: int, key: str, rows: Sequence[RowAdapter],
                config: ModelConfig, matmul: MatMul) -> np.ndarray:
-    """Add each row run's adapter term to y (the fused projection `key` of `layer` applied to x), in place.
+    """Add each row run's adapter term to y (the product `key` of `layer` applied to x), in place.
 
     `matmul` is the backend's product, so LoRA rows get the same reduction order whatever their
     batch neighbours are. Returns y.
@@ -75,7 +73,7 @@ def apply_lora(y: np.ndarray, x: np.ndarray, layer: int, key: str, rows: Sequenc
 
 
 def fused_pairs(adapter: LoraAdapter, layer: int, key: str, config: ModelConfig) -> FusedPairs | None:
-    """The adapter's pairs for one fused projection, stacked (None if it adapts none of its parts)."""
+    """The adapter's pairs for product `key` of `layer`, stacked (None if it adapts none of its matrices)."""
     cache = _fused_forms.get(adapter)
     if cache is not None and (layer, key) in cache:
         return cache[(layer, key)]
@@ -87,17 +85,16 @@ def fused_pairs(adapter: LoraAdapter, layer: int, key: str, config: ModelConfig)
 
 
 def _build_fused(adapter: LoraAdapter, layer: int, key: str, config: ModelConfig) -> FusedPairs | None:
-    widths = {"attn_q": config.q_dim, "attn_k": config.kv_dim, "attn_v": config.kv_dim, "ffn_gate": config.n_ff,
-              "ffn_up": config.n_ff, "attn_output": config.n_embd, "ffn_down": config.n_embd}
     a_parts, parts, out_at, rank_at = [], [], 0, 0
-    for name in FUSED_PARTS[key]:
-        pair = adapter.pairs.get(f"blk.{layer}.{name}.weight")
+    for matrix in config.layout.projection_matrices(key):
+        rows = config.matrix_shape(matrix)[0]
+        pair = adapter.pairs.get(weight_name(layer, matrix.name))
         if pair is not None:
             a_parts.append(pair.a)
-            parts.append(FusedPart(slice(out_at, out_at + widths[name]), slice(rank_at, rank_at + pair.rank),
-                                    pair.b, pair.scale(1.0)))
+            parts.append(FusedPart(slice(out_at, out_at + rows), slice(rank_at, rank_at + pair.rank), pair.b,
+                                   pair.scale(1.0)))
             rank_at += pair.rank
-        out_at += widths[name]
+        out_at += rows
     if not parts:
         return None
     return FusedPairs(np.ascontiguousarray(np.concatenate(a_parts)), tuple(parts))

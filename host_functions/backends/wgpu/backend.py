@@ -20,18 +20,22 @@ where its blocks lie. The pool buffers are bound only up to the highest block th
 the driver commits memory for the blocks in use, not for the budget (block ids are handed out
 lowest first).
 
-LoRA is applied unmerged (`y = W x + s * B (A x)`) after each adapted projection (q, k, v, output,
+The layer's weights, which of them each product (Q|K|V, output, gate|up, down) runs and which norms
+a layer has come from the structure table (arch.layout); each weight matrix writes the scratch
+buffer of the output it holds (q, k, v, o, gate, up, down).
+
+LoRA is applied unmerged (`y = W x + s * B (A x)`) after each adapted weight (q, k, v, output,
 gate, up, down): per adapter of the step one shrink and one expand (lora.wgsl) with a per-row
 adapter index (0 for its sequences' rows, -1 elsewhere) and a per-row scale, so one step mixes
 adapters and rows without one. An adapter's A/B matrices are uploaded on first use and dropped
 with the adapter when the adapter pool lets it go. A sequence that asked for merged LoRA
-(lora_merged) runs its rows through the cache entry's F32 copies of the adapted weights instead:
+(lora.merged) runs its rows through the cache entry's F32 copies of the adapted weights instead:
 the step puts the rows of each entry last and together, the base weights project the rows before
 them and each entry's weights its own row range (one matmul dispatch per part); the copies are
 built on the host from the dequantized base plus s * B @ A, uploaded once and released with the
 entry. Every matmul computes a row on its own, so a row's bits depend only on its own sequence.
-Matmuls (fused dequantization) and the embedding gather are the kernels module's; norms, rope,
-attention and element-wise ops are wgpu_ops'.
+Matmuls (fused dequantization) and the embedding gather are weight_kernels'; norms, rope,
+attention and element-wise ops are ops'.
 
 llama.cpp is the oracle, so its deliberate roundings are mirrored: the KV cache is f16 by default
 (its default cache type) with the query and probabilities rounded to f16 in attention, and inputs
@@ -39,12 +43,12 @@ of F16/BF16 weights are rounded to that type before the matmul (ggml's vec_dot_t
 
 Per layer (see the Backend docstring for the step protocol; buffers are (n_tokens, width) f32):
     h = rmsnorm(x) * attn_norm                          norm.wgsl
-    q_raw, k_raw, v_raw = Wq h, Wk h, Wv h              matmul
-    q = rope(qnorm(q_raw)); K[pos..] = rope(knorm(k_raw)); V[pos..] = v_raw   rope.wgsl (x3)
-    attn = attention(q, K, V)                           attention.wgsl
-    a = Wo attn;  x += a  |  x += rmsnorm(a) * post_attention_norm (gemma3)
-    h = rmsnorm(x) * ffn_norm; f = act(Wgate h) * Wup h; d = Wdown f
-    x += d  |  x += rmsnorm(d) * post_ffw_norm (gemma3)
+    q, k, v = Wq h, Wk h, Wv h                          matmul
+    q' = rope(qnorm(q)); K[pos..] = rope(knorm(k)); V[pos..] = v   rope.wgsl (x3)
+    attn = attention(q', K, V)                          attention.wgsl
+    o = Wo attn;  x += o  |  x += rmsnorm(o) * post_attention_norm (gemma3)
+    h = rmsnorm(x) * ffn_norm; f = act(Wgate h) * Wup h; down = Wdown f
+    x += down  |  x += rmsnorm(down) * post_ffw_norm (gemma3)
 """
 
 from __future__ import annotations
@@ -59,7 +63,15 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from host_functions.arch.config import ModelConfig
-from host_functions.backends.base import Backend, StepItem, split_logits, wanted_rows
+from host_functions.arch.layout import OUTPUT_WIDTHS, PROJECTIONS, Output, weight_name
+from host_functions.backends.base import (
+    Backend,
+    StepItem,
+    in_grouped_order,
+    merged_ranges,
+    split_logits,
+    wanted_rows,
+)
 from host_functions.backends.wgpu import ops
 from host_functions.backends.wgpu import weight_kernels as kernels
 from host_functions.backends.wgpu.context import GPUContext, Recorder
@@ -68,23 +80,13 @@ from host_functions.formats.gguf_file import RawTensor
 from host_functions.kv.block_table import KVCache
 from host_functions.kv.pool import BLOCK_TOKENS, KVPool, default_budget
 from host_functions.lora.adapter import MAX_RANK, LoraAdapter
-from host_functions.lora.merged import (
-    MergedLora,
-    MergedLoraCache,
-    fused_float_weight,
-    fused_part_tensors,
-    in_grouped_order,
-    merged_ranges,
-)
-from host_functions.lora.unmerged import FUSED_PARTS
+from host_functions.lora.merged import MergedLora, MergedLoraCache, fused_float_weight
 
 # llama.cpp converts a matmul's input to the weight's own float type for F16/BF16 weights; so do we.
 _INPUT_ROUNDING: dict[str, ops.Rounding] = {"F16": "f16", "BF16": "bf16"}
 # A real GPU allocates the KV pool's buffers up front in its own memory, which free host memory says
 # nothing about: there the default budget is at most this (--kv-memory asks for more).
 GPU_DEFAULT_KV_BUDGET = 1 << 30
-# The fused projection (lora_merged's key) each weight is a part of.
-_FUSED_KEY = {name: key for key, names in FUSED_PARTS.items() for name in names}
 
 
 @dataclass
@@ -170,21 +172,10 @@ class _Matmul:
 
 @dataclass
 class _Layer:
-    """One transformer block's weights on the GPU (names mirror the GGUF tensors)."""
+    """One transformer block's weights on the GPU, by their GGUF names inside the layer (arch.layout)."""
 
-    attn_norm: Any
-    attn_q: kernels.GPUWeight
-    attn_k: kernels.GPUWeight
-    attn_v: kernels.GPUWeight
-    attn_output: kernels.GPUWeight
-    ffn_norm: Any
-    ffn_gate: kernels.GPUWeight
-    ffn_up: kernels.GPUWeight
-    ffn_down: kernels.GPUWeight
-    attn_q_norm: Any = None
-    attn_k_norm: Any = None
-    post_attention_norm: Any = None
-    post_ffw_norm: Any = None
+    matrices: dict[str, kernels.GPUWeight]
+    norms: dict[str, Any]  # F32 vectors; an architecture without a norm has no entry
 
 
 class _Scratch:
@@ -201,17 +192,14 @@ class _Scratch:
         if n_tokens <= self.n_tokens:
             return
         cfg, empty = self._config, self._ctx.empty
-        self.h = empty(n_tokens * cfg.n_embd * 4)  # (n, n_embd): normed input of a projection
-        self.a = empty(n_tokens * cfg.n_embd * 4)  # (n, n_embd): attention / FFN output projection
-        self.q_raw = empty(n_tokens * cfg.q_dim * 4)  # (n, n_head, head_dim)
-        self.q = empty(n_tokens * cfg.q_dim * 4)
-        self.k_raw = empty(n_tokens * cfg.kv_dim * 4)  # (n, n_head_kv, head_dim)
-        self.v_raw = empty(n_tokens * cfg.kv_dim * 4)
+        self.h = empty(n_tokens * cfg.n_embd * 4)  # (n, n_embd): normed input of a product
+        # (n, width) each: what the products compute (q, k, v, o, gate, up, down)
+        self.out: dict[Output, Any] = {out: empty(n_tokens * cfg.width(width) * 4)
+                                       for out, width in OUTPUT_WIDTHS.items()}
+        self.q = empty(n_tokens * cfg.q_dim * 4)  # (n, n_head, head_dim): q normed and rotated
         self.attn = empty(n_tokens * cfg.q_dim * 4)  # (n, n_head, head_dim)
-        self.gate = empty(n_tokens * cfg.n_ff * 4)  # (n, n_ff)
-        self.up = empty(n_tokens * cfg.n_ff * 4)
-        self.f = empty(n_tokens * cfg.n_ff * 4)
-        self.rounded = empty(n_tokens * max(cfg.n_embd, cfg.q_dim, cfg.n_ff) * 4)  # a matmul input as f16/bf16
+        self.f = empty(n_tokens * cfg.n_ff * 4)  # (n, n_ff): act(gate) * up
+        self.rounded = empty(n_tokens * max(cfg.width(p.inp) for p in PROJECTIONS) * 4)  # a matmul input as f16/bf16
         self.lora_t = empty(n_tokens * MAX_RANK * 4)  # (n, rank): A x of one LoRA pair
         self.n_tokens = n_tokens
 
@@ -230,11 +218,14 @@ class WgpuBackend(Backend):
         """
         super().__init__(config, tensors)
         self.ctx = GPUContext.get()
-        self._raw = tensors  # memory-mapped; read again only to build merged LoRA copies
         self.kv_f16 = kv_f16
         if config.head_dim > ops.MAX_HEAD_DIM or config.head_dim % 2:
             raise UnsupportedError(f"the rope and attention kernels support an even head_dim <= "
                                    f"{ops.MAX_HEAD_DIM}, got {config.head_dim}")
+        stacked = [m.name for m in config.layout.matrices if len(m.holds) > 1]
+        if stacked:
+            raise UnsupportedError(f"the wgpu backend runs one output per weight matrix; {config.arch}'s "
+                                   f"{', '.join(stacked)} hold several")
         names = list(config.expected_tensors())
         uploaded: dict[str, Any] = {}
         for done, name in enumerate(names, 1):
@@ -245,11 +236,9 @@ class WgpuBackend(Backend):
         self.output: kernels.GPUWeight = self.token_embd if config.tied_output else uploaded["output.weight"]
         self.output_norm = uploaded["output_norm.weight"]
         self.rope_freqs = uploaded.get("rope_freqs.weight")
-        self.layers = [
-            _Layer(**{field: uploaded[f"blk.{i}.{field}.weight"] for field in _Layer.__dataclass_fields__
-                      if f"blk.{i}.{field}.weight" in uploaded})
-            for i in range(config.n_layers)
-        ]
+        self.layers = [_Layer({m.name: uploaded[weight_name(i, m.name)] for m in config.layout.matrices},
+                              {n.name: uploaded[weight_name(i, n.name)] for n in config.layout.norms})
+                       for i in range(config.n_layers)]
         self._scratch = _Scratch(self.ctx, config)
         self._rec: Recorder | None = None
         self._kv_k: list[Any] = []  # per layer: the KV pool's keys, (pool slots, n_head_kv, head_dim)
@@ -300,7 +289,7 @@ class WgpuBackend(Backend):
             self._kv_v = [self.ctx.empty(size) for _ in range(self.config.n_layers)]
 
     def _step(self, items: Sequence[StepItem], n_layers: int) -> list[np.ndarray | None]:
-        """The step with its items grouped (lora_merged.in_grouped_order: each merged entry's rows last
+        """The step with its items grouped (base.in_grouped_order: each merged entry's rows last
         and together); a row's result does not depend on its place."""
         return in_grouped_order(items, lambda ordered: self._step_in_order(ordered, n_layers))
 
@@ -416,87 +405,87 @@ class WgpuBackend(Backend):
             for i, (x, row) in enumerate(batch):
                 ops.rms_norm(rec, x.buffer, self.output_norm, normed, 1, cfg.n_embd, cfg.norm_eps,
                              in_offset=row * cfg.n_embd, out_offset=i * cfg.n_embd)
-            self._project(rec, normed, [_Matmul(self.output, logits, _rounding(self.output), 0, len(batch))], len(batch))
+            output = _Matmul(self.output, logits, _rounding(self.output), 0, len(batch))
+            self._project(rec, normed, [output], len(batch))
             self._submit()
             out[start : start + len(batch)] = self.ctx.read(logits, np.float32, (len(batch), cfg.n_vocab))
         return out
 
-    # ---- merged LoRA (lora_merged.MergeHost): F32 copies of the fused projections' parts on the GPU ----
+    # ---- merged LoRA (lora.merged.MergeHost): F32 copies of the products' weights on the GPU ----
 
     def float_weight(self, layer: int, key: str) -> np.ndarray:
-        return fused_float_weight(self._raw, layer, key)
+        return fused_float_weight(self.projection_tensors(layer, key))
 
     def merged_nbytes(self, layer: int, key: str) -> int:
-        return sum(raw.shape[0] * raw.shape[1] * 4 for raw in fused_part_tensors(self._raw, layer, key))
+        return sum(raw.shape[0] * raw.shape[1] * 4 for raw in self.projection_tensors(layer, key))
 
     def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> dict[str, kernels.GPUWeight]:
-        """Each part's rows of the merged `weight` as an F32 GPU weight, by part name (attn_q, ...);
+        """Each weight's rows of the merged `weight` as an F32 GPU weight, by matrix name (attn_q, ...);
         their buffers go when the cache drops the entry holding them."""
         parts, start = {}, 0
-        for name, raw in zip(FUSED_PARTS[key], fused_part_tensors(self._raw, layer, key), strict=True):
+        for matrix in self.config.layout.projection_matrices(key):
+            raw = self.tensors[weight_name(layer, matrix.name)]
             rows = np.ascontiguousarray(weight[start : start + raw.shape[0]], np.float32)
             with self._lock:  # one caller at a time on the device, like every other upload of this backend
-                parts[name] = kernels.upload_weight(self.ctx, RawTensor(raw.name, GGMLQuantizationType.F32,
-                                                                        rows.shape, rows))
+                parts[matrix.name] = kernels.upload_weight(self.ctx, RawTensor(raw.name, GGMLQuantizationType.F32,
+                                                                               rows.shape, rows))
             start += raw.shape[0]
         return parts
 
     def weight_bytes_per_token(self) -> int:
-        matrices = [w for layer in self.layers for w in vars(layer).values() if isinstance(w, kernels.GPUWeight)]
-        return sum(w.nbytes for w in matrices) + self.output.nbytes
+        return sum(w.nbytes for layer in self.layers for w in layer.matrices.values()) + self.output.nbytes
 
     # ---- the two halves of a block -------------------------------------------------------------
 
     def _attention_block(self, rec: Recorder, index: int, x: GPUActivations, paging: _Paging,
                          lora: _StepLora) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
-        ops.rms_norm(rec, x.buffer, w.attn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
-        self._projections(rec, index, s.h, [("attn_q", s.q_raw), ("attn_k", s.k_raw), ("attn_v", s.v_raw)], n, lora)
+        ops.rms_norm(rec, x.buffer, w.norms["attn_norm"], s.h, n, cfg.n_embd, cfg.norm_eps)
+        self._product(rec, index, "qkv", s.h, n, lora)
         # rope and attention of every sequence at once: each row's position, each sequence's blocks
         rope = dict(pos=0, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox", eps=cfg.norm_eps,
                     factors=self.rope_freqs, rows=paging.rows, block_tokens=BLOCK_TOKENS)
         k_pool, v_pool = (self._kv_k[index], 0, paging.kv_bytes), (self._kv_v[index], 0, paging.kv_bytes)
-        ops.rope(rec, s.q_raw, s.q, n, cfg.n_head, cfg.head_dim, norm_weight=w.attn_q_norm, **rope)
-        ops.rope(rec, s.k_raw, k_pool, n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.attn_k_norm,
+        ops.rope(rec, s.out["q"], s.q, n, cfg.n_head, cfg.head_dim, norm_weight=w.norms.get("attn_q_norm"), **rope)
+        ops.rope(rec, s.out["k"], k_pool, n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.norms.get("attn_k_norm"),
                  out_f16=self.kv_f16, table=paging.tables, **rope)
-        ops.rope(rec, s.v_raw, v_pool, n, cfg.n_head_kv, cfg.head_dim, rotate=False, out_f16=self.kv_f16,
+        ops.rope(rec, s.out["v"], v_pool, n, cfg.n_head_kv, cfg.head_dim, rotate=False, out_f16=self.kv_f16,
                  table=paging.tables, **rope)
         ops.attention(rec, s.q, k_pool, v_pool, s.attn, n, cfg.n_head, cfg.n_head_kv, cfg.head_dim, 0,
                       cfg.layer_window(index), cfg.attention_scale, kv_f16=self.kv_f16, rows=paging.rows,
                       table=paging.tables, block_tokens=BLOCK_TOKENS)
-        self._projections(rec, index, s.attn, [("attn_output", s.a)], n, lora)
-        self._residual(rec, x, s.a, w.post_attention_norm)
+        self._product(rec, index, "attn_output", s.attn, n, lora)
+        self._residual(rec, x, s.out["o"], w.norms.get("post_attention_norm"))
 
     def _ffn_block(self, rec: Recorder, index: int, x: GPUActivations, lora: _StepLora) -> None:
         cfg, w, s, n = self.config, self.layers[index], self._scratch, x.n_tokens
-        ops.rms_norm(rec, x.buffer, w.ffn_norm, s.h, n, cfg.n_embd, cfg.norm_eps)
-        self._projections(rec, index, s.h, [("ffn_gate", s.gate), ("ffn_up", s.up)], n, lora)
-        ops.gated(rec, s.f, s.gate, s.up, n * cfg.n_ff, cfg.ffn_activation)
-        self._projections(rec, index, s.f, [("ffn_down", s.a)], n, lora)
-        self._residual(rec, x, s.a, w.post_ffw_norm)
+        ops.rms_norm(rec, x.buffer, w.norms["ffn_norm"], s.h, n, cfg.n_embd, cfg.norm_eps)
+        self._product(rec, index, "gate_up", s.h, n, lora)
+        ops.gated(rec, s.f, s.out["gate"], s.out["up"], n * cfg.n_ff, cfg.ffn_activation)
+        self._product(rec, index, "ffn_down", s.f, n, lora)
+        self._residual(rec, x, s.out["down"], w.norms.get("post_ffw_norm"))
 
-    def _projections(self, rec: Recorder, index: int, x: Any, outputs: list[tuple[str, Any]], n: int,
-                     lora: _StepLora) -> None:
-        """out = W x for each (weight, out) of one fused projection: the base W (+ s B (A x) for the rows
-        of each unmerged adapter that adapts W) over the rows before lora.base_rows, each merged entry's
-        copy of W (the base W where it leaves W alone) over its own rows. Rows round their input as the
-        base weight asks, merged or not."""
-        w = self.layers[index]
-        key = _FUSED_KEY[outputs[0][0]]
-        matmuls = [_Matmul(getattr(w, name), out, _rounding(getattr(w, name)), 0, lora.base_rows)
-                   for name, out in outputs]
+    def _product(self, rec: Recorder, index: int, key: str, x: Any, n: int, lora: _StepLora) -> None:
+        """Product `key` of layer `index` over x, each of its weights W into the scratch buffer of the
+        output W holds: the base W (+ s B (A x) for the rows of each unmerged adapter that adapts W) over
+        the rows before lora.base_rows, each merged entry's copy of W (the base W where it leaves W
+        alone) over its own rows. Rows round their input as the base weight asks, merged or not."""
+        base = self.layers[index].matrices
+        outputs = [(m.name, self._scratch.out[m.holds[0]]) for m in self.config.layout.projection_matrices(key)]
+        matmuls = [_Matmul(base[name], out, _rounding(base[name]), 0, lora.base_rows) for name, out in outputs]
         for rows, entry in lora.merged:
             copies = entry.projection(index, key) or {}
-            matmuls += [_Matmul(copies.get(name, getattr(w, name)), out, _rounding(getattr(w, name)), rows.start,
+            matmuls += [_Matmul(copies.get(name, base[name]), out, _rounding(base[name]), rows.start,
                                 rows.stop - rows.start) for name, out in outputs]
         self._project(rec, x, matmuls, n)
         for run in lora.runs:
             for name, out in outputs:
-                pair = run.pairs.get(f"blk.{index}.{name}.weight")
+                pair = run.pairs.get(weight_name(index, name))
                 if pair is None:
                     continue
                 t = self._scratch.lora_t
-                ops.lora_shrink(rec, x, pair.a, run.index, run.scales(self.ctx, pair.factor), t, n, pair.n_in, pair.rank)
+                scales = run.scales(self.ctx, pair.factor)
+                ops.lora_shrink(rec, x, pair.a, run.index, scales, t, n, pair.n_in, pair.rank)
                 ops.lora_expand(rec, t, pair.b, run.index, out, n, pair.n_out, pair.rank)
 
     def _project(self, rec: Recorder, x: Any, matmuls: list[_Matmul], n: int) -> None:

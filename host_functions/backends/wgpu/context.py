@@ -202,7 +202,8 @@ class GPUContext:
                 compute={"module": module, "entry_point": key.entry, "constants": dict(key.constants)},
             )
         except Exception as exc:
-            raise BackendError(f"could not build pipeline {label} with {dict(key.constants)}: {_describe(exc)}") from None
+            constants = dict(key.constants)
+            raise BackendError(f"could not build pipeline {label} with {constants}: {_describe(exc)}") from None
 
     # ---- buffers -------------------------------------------------------------------------------
 

@@ -117,8 +117,8 @@ def default_config(ctx: GPUContext) -> KernelConfig:
 
     CPU drivers (llvmpipe) scalarize every storage load per lane, so loads dominate: one
     invocation per row group (tpr=1, no reduction or barriers), 4 rows x 4 tokens of registers
-    (each input read once per 4 rows, each weight once per 4 tokens). 8 x 8 runs prefill about
-    1.6x faster there but takes ~3x longer to compile (seconds per pipeline on llvmpipe).
+    (each input read once per 4 rows, each weight once per 4 tokens); larger tiles trade compile
+    time for prefill speed (docs/wgpu_backend.md has the figures).
     GPUs: subgroup sums where available (a workgroup per row pair, lanes over chunks, coalesced),
     else 16 invocations per row group with a workgroup-memory tree sum.
     """
