@@ -24,7 +24,9 @@ from types import ModuleType
 
 from host_functions import settings
 from host_functions.engine.model import Model
+from host_functions.engine.scheduler import Scheduler
 from host_functions.errors import ModelFormatError, RealmError
+from host_functions.kv.pool import KVPool
 
 # progress(what, fraction done): what the assembly is doing ("assembling ...", "rebuilding ...").
 AssemblyProgress = Callable[[str, float], None]
@@ -75,6 +77,14 @@ def load_model(path: str | Path | None = None, backend: str = "auto",
         elif kv_memory is not None:
             _cache[key].set_kv_memory(kv_memory)
         return _cache[key]
+
+
+def scheduled(model: Model) -> tuple[Scheduler, KVPool]:
+    """The scheduler and KV pool of a model that load_model loaded (it installs both); RealmError for a
+    model loaded without them."""
+    if model.scheduler is None or model.backend.kv_pool is None:
+        raise RealmError(f"{model.path.name} was loaded without a scheduler or KV pool (use load_model)")
+    return model.scheduler, model.backend.kv_pool
 
 
 def draft_opener(target: Model, backend: str, draft_files: Sequence[str | Path] = ()) -> Callable[[str], Model | None]:

@@ -1,5 +1,10 @@
 """The tenant registry: tenants, their deployed guest modules and limits, in SQLite under REALM_HOME.
 
+Under the home directory (host_functions.settings.home(): $REALM_HOME, else the user's data directory):
+    realm.db     the registry (SQLite)
+    modules/     deployed guest modules, named by the SHA-256 of their bytes
+    compiled/    their compiled forms, kept by realm.sandbox.compiler
+
 Deployment is atomic. A new module is checked and compiled first (the tenant keeps serving its old
 module meanwhile); then its bytes are written to modules/<sha256>.wasm through a temporary file,
 fsync and rename; only then does one transaction point the tenant's row at the new hash. A crash
@@ -25,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from host_functions import settings
 from host_functions.abi import AdapterBinding, Limits
 from host_functions.abi.adapters import MAX_SCALE as MAX_ADAPTER_SCALE
 from host_functions.abi.limits import LIMIT_RANGES
 from host_functions.errors import AdapterError, AuthError, GuestError, TenantError
 from host_functions.lora.adapter import check_adapter_source
-from realm.paths import realm_home
-from realm.sandbox.run import GuestModule, compile_guest, to_wasm
+from realm.sandbox.intake import GuestModule, compile_guest, to_wasm
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 NAME_RULE = "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -164,7 +169,7 @@ class TenantRegistry:
     """Create, deploy, list, show and delete tenants; every method raises TenantError for user errors."""
 
     def __init__(self, home: Path | None = None) -> None:
-        self.home = home or realm_home()
+        self.home = home or settings.home()
         self.db_path = self.home / "realm.db"
         self.modules = self.home / "modules"
 

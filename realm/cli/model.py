@@ -21,6 +21,7 @@ from realm.cli import main
 from realm.cli.console import stdout_console
 from realm.cli.options import (
     check_lora_given,
+    flag_errors,
     load_with_progress,
     lora_mode_option,
     lora_option_group,
@@ -30,7 +31,7 @@ from realm.cli.options import (
     model_path_with_progress,
 )
 from realm.cli.prompt import text_argument
-from realm.models import draft_opener
+from realm.request.fields import speculative_drafts
 
 console = stdout_console()
 
@@ -250,16 +251,15 @@ def _bench_concurrency(model_path: str | None, backend: str, levels: list[int], 
 
 def _bench_speculation(model_path: str | None, backend: str, speculative: str, decode_tokens: int, rounds: int,
                        as_json: bool) -> None:
-    # Here, not at the top: they load the sandbox (wasmtime), which the other model commands never need.
+    # Here, not at the top: it loads the sandbox (wasmtime), which the other model commands never need.
     from realm.bench.speculation import run_speculation_bench
-    from realm.cli.run import speculation_request
 
     if rounds < 1:
         raise click.BadParameter(f"must be at least 1, got {rounds}", param_hint="--rounds")
-    draft_files = speculation_request({}, speculative)  # a usage error for a malformed source or missing file
+    with flag_errors():  # a usage error for a malformed source or a missing file
+        draft_files = speculative_drafts(speculative)
     model = load_with_progress(model_path, backend)
-    results = [r.as_json() for r in run_speculation_bench(model, speculative, draft_opener(model, backend, draft_files),
-                                                          decode_tokens, rounds)]
+    results = [r.as_json() for r in run_speculation_bench(model, speculative, draft_files, decode_tokens, rounds)]
     if as_json:
         click.echo(json.dumps(results))
         return

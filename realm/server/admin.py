@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from host_functions.errors import GuestError, TenantError
-from realm.sandbox.run import MAX_MODULE_BYTES
+from realm.sandbox.intake import MAX_MODULE_BYTES
 from realm.server.bodies import read_body, read_json
 from realm.server.protocol import ApiError
 from realm.tenants import RateLimits, parse_limits
