@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import json
 import logging
 import time
@@ -31,7 +30,7 @@ from realm.request.sources import for_tenant
 from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import LOG_ERROR, GuestRunFailed, RunResult
 from realm.server import protocol
-from realm.server.admin import admin_routes
+from realm.server.admin import admin_routes, require_admin
 from realm.server.bodies import bearer_key, read_json
 from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
 from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
@@ -80,18 +79,6 @@ class Server:
             return self.registry.tenant_for_key(bearer_key(request))
         except AuthError as exc:
             raise ApiError(401, str(exc), code="invalid_api_key") from None
-
-    def require_admin(self, request: Request) -> None:
-        """ApiError 403 when the server has no admin key, 401 unless the request carries it."""
-        if self.config.admin_key is None:
-            raise ApiError(403, "admin endpoints are disabled: start the server with --admin-key-file "
-                                "or REALM_ADMIN_KEY", type="permission_error")
-        try:
-            given = bearer_key(request)
-        except AuthError as exc:
-            raise ApiError(401, str(exc), code="invalid_api_key") from None
-        if not hmac.compare_digest(given.encode(), self.config.admin_key.encode()):
-            raise ApiError(401, "invalid admin key", code="invalid_api_key")
 
     def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
         n_ctx = min(self.model.config.context_length, tenant.limits.max_context)
@@ -312,7 +299,7 @@ def create_app(server: Server) -> Starlette:
         return JSONResponse({"status": "ok", "model": server.model_id, "in_flight": server.runner.live})
 
     async def metrics(request: Request) -> Response:
-        server.require_admin(request)
+        require_admin(request, server.config.admin_key)
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
     routes = [
@@ -321,7 +308,7 @@ def create_app(server: Server) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *admin_routes(server),
+        *admin_routes(server.registry, server.config.admin_key, server.config.max_body_bytes),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, RealmError: _realm_error, Exception: _crash}
     return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
