@@ -13,6 +13,7 @@ at any point leaves the tenant on either the old module or the new one, never on
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import decimal
 import hashlib
@@ -30,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import wasmtime
+
 from host_functions import settings
-from host_functions.abi import AdapterBinding, Limits
+from host_functions.abi import MEMORY_EXPORT, AdapterBinding, Limits
 from host_functions.abi.adapters import MAX_SCALE as MAX_ADAPTER_SCALE
 from host_functions.abi.limits import LIMIT_RANGES
 from host_functions.errors import AdapterError, AuthError, GuestError, TenantError
@@ -278,7 +281,7 @@ class TenantRegistry:
                        (key_id, name, hash_key(key), record.created_at))
         return record, key
 
-    def list_keys(self, name: str) -> list[ApiKey]:
+    def list_keys(self, name: str) -> builtins.list[ApiKey]:
         """Tenant `name`'s keys, revoked ones included; TenantError if there is no such tenant."""
         self.get(name)
         with self._db() as db:
@@ -358,7 +361,7 @@ class TenantRegistry:
             db.execute("INSERT OR REPLACE INTO lora_bindings VALUES (?, ?, ?, ?)", (name, alias, str(resolved), scale))
         return AdapterBinding(str(resolved), scale)
 
-    def unset_lora(self, name: str, alias: str | None = None) -> list[str]:
+    def unset_lora(self, name: str, alias: str | None = None) -> builtins.list[str]:
         """Unbind tenant `name`'s adapter `alias` (all of them if None); returns the aliases removed.
         TenantError for an unknown tenant or alias."""
         with self._db(write=True) as db:
@@ -459,7 +462,7 @@ def _json_number(value: int | float) -> int | float | str:
 
 def _check_fits(guest: GuestModule, limits: Limits) -> None:
     for export in guest.module.exports:
-        if export.name == "memory":
+        if export.name == MEMORY_EXPORT and isinstance(export.type, wasmtime.MemoryType):
             pages = export.type.limits.min
             if pages * 65536 > limits.memory_bytes:
                 raise GuestError(f"module needs {pages * 65536} bytes of memory at start, over the tenant's "

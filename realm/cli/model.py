@@ -128,7 +128,11 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
     if not out.parent.is_dir():
         raise click.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
     model = load_with_progress(model_path, backend)
-    ids = _parse_tokens(tokens) if tokens is not None else model.tokenizer.encode(prompt)
+    if prompt is not None:
+        ids = model.tokenizer.encode(prompt)
+    else:
+        assert tokens is not None  # exactly one of the two, checked above
+        ids = _parse_tokens(tokens)
     if not ids:
         raise click.UsageError("the prompt encodes to no tokens")
     lora = None
@@ -165,7 +169,8 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
               help="Instead: speculative decoding against plain decoding, alternating, on code, a list, quoting "
                    "text and text without repetition (acceptance_rate, tokens_per_target_step, decode tok/s, "
                    "speedup per kind).")
-@click.option("--rounds", default=3, show_default=True, help="With --speculative: runs of each mode; the fastest counts.")
+@click.option("--rounds", default=3, show_default=True,
+              help="With --speculative: runs of each mode; the fastest counts.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency or --speculative).")
 def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_tokens: int, no_guest: bool,
           levels: str | None, lora_files: tuple[str, ...], lora_scale: float, lora_merged: bool,
@@ -238,7 +243,8 @@ def _levels(text: str) -> list[int]:
 
 def _bench_concurrency(model_path: str | None, backend: str, levels: list[int], decode_tokens: int,
                        as_json: bool) -> None:
-    results = [r.as_json() for r in run_concurrency_bench(load_with_progress(model_path, backend), levels, decode_tokens)]
+    model = load_with_progress(model_path, backend)
+    results = [r.as_json() for r in run_concurrency_bench(model, levels, decode_tokens)]
     if as_json:
         click.echo(json.dumps(results))
         return
