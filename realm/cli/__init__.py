@@ -26,7 +26,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose
 
 
 # Each command's module, imported when the command is asked for: `realm bench` then never loads the
-# server's or the sandbox's libraries (about 20 MB of resident memory next to a model).
+# server's or the sandbox's libraries, whose resident memory would count beside the model's
+# (docs/cpu_backend.md, "Memory").
 COMMAND_MODULES = {
     "inspect": "model", "tokenize": "model", "logits": "model", "bench": "model", "kernels": "kernels",
     "run": "run", "tenant": "tenant", "chat": "chat", "serve": "serve", "batch": "batch",
@@ -108,8 +109,8 @@ def main() -> None:
 
 def _one_malloc_arena() -> None:
     # glibc gives every thread that allocates its own malloc arena, so the scheduler's step thread would
-    # hold a second set of a step's temporaries (~5 MB resident beside a small model). Elsewhere
-    # (musl, macOS) there is no mallopt and nothing to do.
+    # hold a second set of a step's temporaries (docs/cpu_backend.md, "Memory"). Elsewhere (musl,
+    # macOS) there is no mallopt and nothing to do.
     try:
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
     except (OSError, AttributeError):
