@@ -39,6 +39,8 @@ from realm.server.runner import GuestRun, Runner
 from realm.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger("realm.server")
+# What a run sends its request's stream: (choice index, a piece of text, or the run's outcome at its end).
+_RunEvent = tuple[int, str | RunResult | Exception]
 _DISCONNECT_POLL_S = 0.1
 
 
@@ -210,7 +212,7 @@ class _Call:
     async def events(self) -> AsyncIterator[str]:
         """The SSE stream: every choice's text as it comes, a final chunk per choice, [DONE]."""
         spec, tokenizer = self.spec, self.server.model.tokenizer
-        queue: asyncio.Queue[tuple[int, str | RunResult | Exception]] = asyncio.Queue()
+        queue: asyncio.Queue[_RunEvent] = asyncio.Queue()
         pumps = [asyncio.ensure_future(_pump(index, run, queue)) for index, run in self.runs]
         status, pending = 200, len(self.runs)
         try:
@@ -246,8 +248,8 @@ class _Call:
             self.close(status)
 
 
-async def _pump(index: int, run: GuestRun, queue: asyncio.Queue[tuple[int, str | RunResult | Exception]]) -> None:
-    """Move one run's text (str) and then its outcome (RunResult or error) onto the request's shared queue."""
+async def _pump(index: int, run: GuestRun, queue: asyncio.Queue[_RunEvent]) -> None:
+    """Move one run's text and then its outcome onto the request's shared queue."""
     async for text in run.stream():
         queue.put_nowait((index, text))
     try:
