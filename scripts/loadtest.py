@@ -38,7 +38,8 @@ import openai
 
 from host_functions.errors import RealmError
 from realm.models import load_model
-from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+from realm.request.spec import RunRequest
+from realm.sandbox.intake import reference_guest
 
 REALM = str(Path(sys.executable).with_name("realm"))
 PROMPTS = ("Once upon a time", "The capital of France is", "Here is a list of fruits:", "def fibonacci(n):",
@@ -209,7 +210,8 @@ def _one(api: openai.OpenAI, model: str, tenant: str, n: int, stream: bool, max_
     try:
         if not stream:
             done = api.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.8, seed=n)
-            return Sample(tenant, False, True, time.perf_counter() - t0, None, done.usage.completion_tokens)
+            tokens = done.usage.completion_tokens if done.usage is not None else 0  # Realm always reports usage
+            return Sample(tenant, False, True, time.perf_counter() - t0, None, tokens)
         ttft, tokens = None, 0
         for chunk in api.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.8,
                                             seed=n, stream=True, stream_options={"include_usage": True}):
@@ -258,22 +260,22 @@ def _pct(values: list[float], q: float) -> float | None:
 def run_baseline(args: argparse.Namespace, work: Workload) -> dict:
     """The workload straight through the sandbox, on as many threads as the server had workers."""
     model = load_model(args.model, args.backend)
-    guest = compile_guest(reference_guest_path().read_bytes())
+    guest = reference_guest()
     samples: list[Sample] = []
     deadline = time.monotonic() + work.duration
 
     def client(i: int) -> None:
-        sandbox = TenantSandbox(model, tenant=f"tenant{i % args.tenants}")
+        tenant = f"tenant{i % args.tenants}"
         while (n := work.take(deadline)) is not None:
+            request = RunRequest({"prompt": PROMPTS[n % len(PROMPTS)], "max_tokens": work.max_tokens,
+                                  "temperature": 0.8, "seed": n}, guest, tenant=tenant)
             t0 = time.perf_counter()
             try:
-                result = sandbox.run(guest, {"prompt": PROMPTS[n % len(PROMPTS)], "max_tokens": work.max_tokens,
-                                             "temperature": 0.8, "seed": n})
+                result = request.run(model)
             except RealmError as exc:
-                samples.append(Sample(sandbox.tenant, False, False, time.perf_counter() - t0, error=str(exc)))
+                samples.append(Sample(tenant, False, False, time.perf_counter() - t0, error=str(exc)))
                 continue
-            samples.append(Sample(sandbox.tenant, False, True, time.perf_counter() - t0, None,
-                                  result.completion_tokens or 0))
+            samples.append(Sample(tenant, False, True, time.perf_counter() - t0, None, result.completion_tokens or 0))
 
     started = time.monotonic()
     _run_threads(args.server_workers or args.clients, client)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from host_functions.abi import HOST_FUNCTIONS
-from realm.sandbox.run import GuestModule, compile_guest
+from realm.sandbox.intake import GuestModule, compile_guest
 
 DATA = Path(__file__).parent / "data"
 TINY_LLAMA = DATA / "tiny-llama-F32.gguf"
@@ -98,7 +98,7 @@ def hex_dump(count: str, *addresses: int) -> str:
 
 def data_bytes(raw: bytes, at: int) -> str:
     """A data segment that stores `raw` at address `at`."""
-    escaped = "".join("\\%02x" % b for b in raw)
+    escaped = "".join(f"\\{b:02x}" for b in raw)
     return f'(data (i32.const {at}) "{escaped}")'
 
 

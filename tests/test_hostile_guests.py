@@ -14,7 +14,9 @@ from host_functions.abi import Limits, Status
 from host_functions.abi.limits import MAX_JSON_BYTES, MAX_STOP_STRINGS, MAX_TOKENIZE_BYTES
 from host_functions.engine.model import Model
 from host_functions.errors import GuestError, QuotaExceeded, RealmError
-from realm.sandbox.run import GuestModule, TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.intake import GuestModule, compile_guest, reference_guest, reference_guest_path
+from realm.sandbox.report import GuestRunFailed
+from realm.sandbox.run import TenantSandbox
 from realm.tenants import TenantRegistry
 
 PROMPT = "Once upon a time"
@@ -33,7 +35,7 @@ def model() -> Model:
 
 @pytest.fixture(scope="module")
 def good() -> GuestModule:
-    return compile_guest(reference_guest_path().read_bytes())
+    return reference_guest()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,8 @@ class Hostile:
         with pytest.raises(self.error, match=self.match) as err:
             TenantSandbox(model, self.limits, tenant="hostile").run(guest, {"prompt": PROMPT})
         # ended within its wall clock, give or take one host call's check interval on a loaded machine
-        assert err.value.result.seconds < self.limits.wall_seconds + SLACK_S  # type: ignore[attr-defined]
+        assert isinstance(err.value, GuestRunFailed)
+        assert err.value.result.seconds < self.limits.wall_seconds + SLACK_S
 
 
 def bad_pointer_body() -> str:
@@ -344,11 +347,11 @@ def test_memory_grow_stops_at_the_limit(model):
 def test_output_before_a_trap_reaches_the_client_and_the_error_carries_it(model):
     guest = compile_wat(generate_then_trap_body(6), extra=prompt_data(model))
     request = {"temperature": 0}
-    with pytest.raises(GuestError, match="unreachable") as err:
+    with pytest.raises(GuestRunFailed, match="unreachable") as err:
         TenantSandbox(model).run(guest, request)
-    partial = err.value.result  # type: ignore[attr-defined]
-    full = TenantSandbox(model).run(compile_guest(reference_guest_path().read_bytes()),
-                                    {"prompt": PROMPT, "max_tokens": 10, "temperature": 0}).text
+    assert isinstance(err.value, GuestError)  # the cause's class: a trap is the guest's error
+    partial = err.value.result
+    full = TenantSandbox(model).run(reference_guest(), {"prompt": PROMPT, "max_tokens": 10, "temperature": 0}).text
     assert partial.text and full.startswith(partial.text)
     assert partial.trace["seq_finish"].calls == 6
 

@@ -17,7 +17,8 @@ from host_functions.backends.base import StepItem
 from host_functions.engine.model import Model
 from host_functions.errors import GuestError
 from host_functions.lora.pool import AdapterPool
-from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.intake import compile_guest, reference_guest_path
+from realm.sandbox.run import TenantSandbox
 
 ADAPTER = DATA / "tiny-llama-lora-r8.gguf"
 

@@ -121,7 +121,8 @@ def test_wgpu_uploads_each_merged_copy_once_and_releases_its_buffers_when_the_ca
 
 def test_a_merged_binding_runs_merged_through_the_guest_and_lets_go_when_the_request_ends():
     from host_functions.abi import AdapterBinding
-    from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+    from realm.sandbox.intake import compile_guest, reference_guest_path
+    from realm.sandbox.run import TenantSandbox
 
     model = Model.load(BASE, backend="numpy")
     guest = compile_guest(reference_guest_path().read_bytes())

@@ -12,9 +12,10 @@ from host_functions.abi import Limits
 from host_functions.engine.model import Model
 from host_functions.errors import GuestError
 from realm.sandbox import compiler as guest_compiler
+from realm.sandbox import intake
 from realm.sandbox import module_bounds as wasm_bounds
-from realm.sandbox import run as sandbox
-from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.intake import compile_guest, reference_guest_path
+from realm.sandbox.run import TenantSandbox
 from realm.tenants import TenantRegistry
 
 GOOD_REQUEST = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
@@ -95,7 +96,7 @@ def test_a_compiled_module_is_kept_on_disk_and_never_compiled_again(model, monke
     first = compile_guest(source)
     path = guest_compiler.compiled_path(first.sha256)
     assert path.is_file()
-    sandbox._modules.clear()  # a new process: only the disk cache is left
+    intake._modules.clear()  # a new process: only the disk cache is left
     # Any compile would now fail (no address space for the worker): the module comes from the disk.
     monkeypatch.setattr(guest_compiler, "COMPILE_MEMORY_BYTES", 16 << 20)
     again = compile_guest(source)
@@ -109,7 +110,7 @@ def test_a_damaged_compiled_module_is_compiled_again_not_loaded(model):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    sandbox._modules.clear()
+    intake._modules.clear()
     assert TenantSandbox(model).run(compile_guest(source), {}).status == 0
     assert path.read_bytes() != bytes(data)  # rewritten
 

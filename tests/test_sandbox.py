@@ -28,7 +28,10 @@ from host_functions.engine.generation import generate_text, generate_tokens
 from host_functions.engine.model import Model
 from host_functions.engine.sampling import SamplingParams
 from host_functions.errors import GuestError, QuotaExceeded, RequestCancelled
-from realm.sandbox.run import MAX_MODULE_BYTES, TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox import exports
+from realm.sandbox.intake import MAX_MODULE_BYTES, compile_guest, reference_guest
+from realm.sandbox.report import GuestRunError, GuestRunFailed
+from realm.sandbox.run import TenantSandbox
 
 PROMPT = "Once upon a time"
 
@@ -40,12 +43,12 @@ def model() -> Model:
 
 @pytest.fixture(scope="module")
 def generate():
-    return compile_guest(reference_guest_path().read_bytes())
+    return reference_guest()
 
 
 @pytest.fixture(scope="module")
 def choice():
-    return compile_guest(reference_guest_path("choice").read_bytes())
+    return reference_guest("choice")
 
 
 def direct(model: Model, prompt: str, **params) -> str:
@@ -202,9 +205,9 @@ def test_a_failing_status_is_reported_in_the_guests_own_words_on_one_printable_l
 def test_a_cancelled_request_ends_at_the_guests_next_host_call(model):
     cancel = threading.Event()
     cancel.set()
+    guest = compile_wat("(loop $l (drop (call $token_is_eog (i32.const 1))) (br $l)) (i32.const 0)")
     with pytest.raises(RequestCancelled):
-        TenantSandbox(model).run(compile_wat("(loop $l (drop (call $token_is_eog (i32.const 1))) (br $l)) (i32.const 0)"),
-                                 {}, cancel=cancel)
+        TenantSandbox(model).run(guest, {}, cancel=cancel)
 
 
 # --- the ABI through small WAT guests ----------------------------------------------------------
@@ -297,7 +300,8 @@ def test_steps_out_of_order_are_wrong_state_and_bad_values_are_rejected(model):
       (local.set $s (call $seq_open (i32.const 4)))
       {expect("(call $forward_layer (local.get $s) (i32.const 0))", f"(i32.const {Status.WRONG_STATE})", 1)}
       {expect("(call $seq_finish (local.get $s))", f"(i32.const {Status.WRONG_STATE})", 2)}
-      {expect("(call $logits_read (local.get $s) (i32.const 1024) (i32.const 1))", f"(i32.const {Status.WRONG_STATE})", 3)}
+      {expect("(call $logits_read (local.get $s) (i32.const 1024) (i32.const 1))",
+              f"(i32.const {Status.WRONG_STATE})", 3)}
       {expect("(call $seq_append (local.get $s) (i32.const 64) (i32.const 3))", "(i32.const 0)", 4)}
       {expect("(call $forward_layer (local.get $s) (i32.const 1))", f"(i32.const {Status.WRONG_STATE})", 5)}
       {expect("(call $forward_layer (local.get $s) (i32.const 0))", "(i32.const 0)", 6)}
@@ -308,7 +312,8 @@ def test_steps_out_of_order_are_wrong_state_and_bad_values_are_rejected(model):
       {expect("(call $seq_finish (local.get $s))", "(i32.const 0)", 11)}
       {expect("(call $seq_len (local.get $s))", "(i32.const 3)", 12)}
       {expect("(call $seq_append (local.get $s) (i32.const 64) (i32.const 2))", f"(i32.const {Status.CAPACITY})", 13)}
-      {expect("(call $seq_append (local.get $s) (i32.const 76) (i32.const 1))", f"(i32.const {Status.INVALID_ARGUMENT})", 14)}
+      {expect("(call $seq_append (local.get $s) (i32.const 76) (i32.const 1))",
+              f"(i32.const {Status.INVALID_ARGUMENT})", 14)}
       {expect("(call $token_is_eog (i32.const -1))", f"(i32.const {Status.INVALID_ARGUMENT})", 15)}
       {expect(f"(call $token_is_eog (i32.const {n_vocab}))", f"(i32.const {Status.INVALID_ARGUMENT})", 16)}
       {expect("(call $seq_open (i32.const -1))", f"(i32.const {Status.CAPACITY})", 17)}
@@ -337,7 +342,8 @@ def test_truncate_and_forced_tokens_give_the_logits_of_the_shorter_sequence(mode
       (drop (call $seq_append (local.get $s) (i32.const 104) (i32.const 2)))
       {step}
       {expect("(call $seq_truncate (local.get $s) (i32.const 9))", "(i32.const 0)", 1)}
-      {expect("(call $logits_read (local.get $s) (i32.const 2048) (i32.const 1))", f"(i32.const {Status.WRONG_STATE})", 2)}
+      {expect("(call $logits_read (local.get $s) (i32.const 2048) (i32.const 1))",
+              f"(i32.const {Status.WRONG_STATE})", 2)}
       (drop (call $seq_append (local.get $s) (i32.const 100) (i32.const 1)))
       {step}
       (drop (call $logits_topk (local.get $s) (i32.const 1) (i32.const 1032) (i32.const 1036)))
@@ -425,6 +431,24 @@ def test_a_module_larger_than_its_memory_limit_does_not_start(model):
         TenantSandbox(model, Limits(memory_bytes=1 << 20)).run(guest, {})
 
 
+@pytest.mark.parametrize("private", [None, (object(), None)], ids=["absent", "changed"])
+def test_exports_are_found_through_the_public_api_when_wasmtimes_private_one_is_absent_or_changed(
+        model, generate, monkeypatch, private):
+    monkeypatch.setattr(exports, "_private", private)
+    result = TenantSandbox(model).run(generate, {"prompt": PROMPT, "max_tokens": 3, "temperature": 0})
+    assert result.text == direct(model, PROMPT, max_tokens=3, temperature=0)
+    assert exports._private is None  # a changed private API is not tried again
+
+
+def test_a_failed_run_is_its_causes_error_and_carries_the_partial_result(model):
+    guest = compile_wat("(drop (call $emit (i32.const 100) (i32.const 2))) unreachable",
+                        extra='(data (i32.const 100) "hi")')
+    with pytest.raises(GuestRunError, match="unreachable") as err:
+        TenantSandbox(model).run(guest, {})
+    assert isinstance(err.value, GuestError) and isinstance(err.value, GuestRunFailed)
+    assert err.value.result.text == "hi" and err.value.result.status == Status.INTERNAL
+
+
 # --- compilation and the module cache ----------------------------------------------------------
 
 def test_modules_are_compiled_once_per_content_hash():
@@ -446,7 +470,8 @@ def test_modules_are_compiled_once_per_content_hash():
     (b'(module (memory (export "memory") 1) (func (export "realm_alloc") (param i32) (result i32) (i32.const 0))'
      b'(func (export "realm_main") (param i32) (result i32) (i32.const 0)))', "realm_main"),
     (b'(module (memory (export "memory") i64 1) (func (export "realm_alloc") (param i32) (result i32) '
-     b'(i32.const 0)) (func (export "realm_main") (param i32 i32) (result i32) (i32.const 0)))', "memory64 must be enabled"),
+     b'(i32.const 0)) (func (export "realm_main") (param i32 i32) (result i32) (i32.const 0)))',
+     "memory64 must be enabled"),
 ])
 def test_non_guests_are_rejected_with_a_reason(source, message):
     with pytest.raises(GuestError, match=message):

@@ -175,7 +175,8 @@ def test_a_sequence_that_stops_calling_never_holds_the_batch_back():
 
 
 def test_a_guest_waiting_in_seq_finish_is_cancelled_by_the_sandboxs_cancel_event():
-    from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+    from realm.sandbox.intake import compile_guest, reference_guest_path
+    from realm.sandbox.run import TenantSandbox
 
     model, _ = _model(kv_blocks=4)
     holder = model.open_sequence(128)

@@ -15,7 +15,9 @@ from host_functions.engine.model import Model
 from host_functions.engine.sampling import Sampler, SamplingParams
 from host_functions.errors import RequestCancelled
 from realm.chat import load_chat_template
-from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.intake import reference_guest
+from realm.sandbox.report import GuestRunCancelled
+from realm.sandbox.run import TenantSandbox
 from realm.server import protocol
 from realm.server.protocol import ApiError, RequestLimits
 from realm.server.ratelimit import RateLimiter
@@ -179,7 +181,7 @@ def test_token_logprobs_checks_its_arguments(model):
 
 
 def test_a_cancelled_request_ends_at_its_next_host_call_and_frees_its_sequences(model):
-    guest = compile_guest(reference_guest_path().read_bytes())
+    guest = reference_guest()
     flag = threading.Event()
     emitted: list[str] = []
 
@@ -187,7 +189,8 @@ def test_a_cancelled_request_ends_at_its_next_host_call_and_frees_its_sequences(
         emitted.append(text)
         flag.set()  # the client goes away after the first piece
 
-    with pytest.raises(RequestCancelled) as caught:
+    with pytest.raises(GuestRunCancelled) as caught:
         TenantSandbox(model, Limits()).run(guest, {"prompt": "Once upon a time", "max_tokens": 200,
                                                    "temperature": 0}, on_text=on_text, cancel=flag)
+    assert isinstance(caught.value, RequestCancelled)  # what the server answers as a cancelled request
     assert len(emitted) == 1 and caught.value.result.tokens_fed < 20

@@ -12,7 +12,8 @@ from host_functions.engine.model import Model
 from host_functions.engine.sampling import Sampler, SamplingParams
 from host_functions.errors import GuestError
 from realm.models import draft_opener
-from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+from realm.sandbox.intake import compile_guest, reference_guest_path
+from realm.sandbox.run import TenantSandbox
 
 TARGET, DRAFT = DATA / "tiny-llama-F32.gguf", DATA / "tiny-llama-Q8_0.gguf"
 SOURCES = ["ngram", "self:1", f"draft:{DRAFT}"]
@@ -167,7 +168,7 @@ def test_the_speculation_bench_times_each_kind_plain_and_speculative_in_one_run(
     from realm.bench.speculation import run_speculation_bench
 
     texts = {"repetitive": ((PROMPTS[2], PROMPTS[0]), {}), "penalised": ((PROMPTS[1],), {"repeat_penalty": 1.3})}
-    results = run_speculation_bench(model, "ngram", draft_opener(model, "numpy"), n_decode=24, rounds=2, texts=texts)
+    results = run_speculation_bench(model, "ngram", n_decode=24, rounds=2, texts=texts)
     assert [r.kind for r in results] == ["repetitive", "penalised"]
     repetitive = results[0]
     assert repetitive.tokens == 2 * 23 and repetitive.accepted > 0

@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 from guest_helpers import TINY_LLAMA, wat_guest
 
+from host_functions import settings
 from host_functions.abi import Limits
 from host_functions.engine.model import Model
 from host_functions.errors import GuestError, TenantError
-from realm import paths
-from realm.sandbox.run import TenantSandbox, reference_guest_path, to_wasm
+from realm.sandbox.intake import reference_guest_path, to_wasm
+from realm.sandbox.run import TenantSandbox
 from realm.tenants import TenantRegistry, parse_limits
 
-EMITS_A = wat_guest('(drop (call $emit (i32.const 100) (i32.const 1))) (i32.const 0)', extra='(data (i32.const 100) "A")')
-EMITS_B = wat_guest('(drop (call $emit (i32.const 100) (i32.const 1))) (i32.const 0)', extra='(data (i32.const 100) "B")')
+EMITS = '(drop (call $emit (i32.const 100) (i32.const 1))) (i32.const 0)'
+EMITS_A = wat_guest(EMITS, extra='(data (i32.const 100) "A")')
+EMITS_B = wat_guest(EMITS, extra='(data (i32.const 100) "B")')
 
 
 @pytest.fixture()
@@ -33,15 +35,15 @@ def model() -> Model:
 def test_the_registry_lives_under_realm_home(registry, realm_home):
     registry.create("acme")
     assert registry.db_path == realm_home / "realm.db" and registry.db_path.is_file()
-    assert paths.registry_path() == registry.db_path and paths.modules_dir() == registry.modules
+    assert registry.modules == realm_home / "modules"
 
 
 def test_realm_home_defaults_to_the_users_data_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("REALM_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert paths.realm_home() == tmp_path / "realm"
+    assert settings.home() == TenantRegistry().home == tmp_path / "realm"
     monkeypatch.delenv("XDG_DATA_HOME")
-    assert paths.realm_home() == Path.home() / ".local" / "share" / "realm"
+    assert settings.home() == Path.home() / ".local" / "share" / "realm"
 
 
 def test_create_list_show_and_delete(registry):

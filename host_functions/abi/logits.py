@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -123,36 +122,23 @@ def sampling_params_from_json(data: bytes) -> SamplingParams:
         raise AbiError(Status.INVALID_ARGUMENT, f"sampling parameters are not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise AbiError(Status.INVALID_ARGUMENT, "sampling parameters must be a JSON object")
-    names = {f.name for f in dataclasses.fields(SamplingParams)}
-    kwargs = {k: v for k, v in obj.items() if k in names}
-    if isinstance(kwargs.get("stop"), list):
-        stop = kwargs["stop"]
-        # (surrogatepass: JSON may escape a lone surrogate, which is no reason to fail the host call)
-        if len(stop) > MAX_STOP_STRINGS or any(isinstance(t, str) and len(t.encode("utf-8", "surrogatepass"))
-                                               > MAX_STOP_BYTES for t in stop):
-            raise AbiError(Status.INVALID_ARGUMENT, f"at most {MAX_STOP_STRINGS} stop strings of at most "
-                                                    f"{MAX_STOP_BYTES} bytes each")
-        kwargs["stop"] = tuple(stop)
-    if "logit_bias" in kwargs:
-        kwargs["logit_bias"] = _logit_bias(kwargs["logit_bias"])
     try:
-        params = SamplingParams(**kwargs)
-        params.validate()
+        check_stop_strings(obj.get("stop"))
+    except RealmError as exc:
+        raise AbiError(Status.INVALID_ARGUMENT, str(exc)) from None
+    try:
+        return SamplingParams.from_fields(obj)
     except (RealmError, TypeError, ValueError) as exc:
         raise AbiError(Status.INVALID_ARGUMENT, f"bad sampling parameters: {exc}") from None
-    return params
 
 
-def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
-    """OpenAI's `logit_bias` ({"token id": bias}) as (token, bias) pairs; INVALID_ARGUMENT if malformed."""
-    if value is None:
-        return ()
-    if not isinstance(value, dict):
-        raise AbiError(Status.INVALID_ARGUMENT, "logit_bias must be an object of token id -> bias")
-    try:
-        return tuple((int(k), v) for k, v in value.items())
-    except ValueError:
-        raise AbiError(Status.INVALID_ARGUMENT, "logit_bias keys must be token ids") from None
+def check_stop_strings(stop: object) -> None:
+    """RealmError if a list of stop strings holds more than MAX_STOP_STRINGS, or one of more than
+    MAX_STOP_BYTES bytes (UTF-8), what one sampler may hold; anything else is SamplingParams' to judge."""
+    # (surrogatepass: JSON may escape a lone surrogate, which is no reason to fail the host call)
+    if isinstance(stop, (list, tuple)) and (len(stop) > MAX_STOP_STRINGS or any(
+            isinstance(t, str) and len(t.encode("utf-8", "surrogatepass")) > MAX_STOP_BYTES for t in stop)):
+        raise RealmError(f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_BYTES} bytes each")
 
 
 def _json_int(text: str) -> int:

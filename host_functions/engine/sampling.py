@@ -6,9 +6,11 @@ a `StopMatcher` decides how much streamed text may be shown before a stop string
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +38,21 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token, bias) added to the logits first (OpenAI)
 
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> SamplingParams:
+        """Validated parameters from the known keys of a request (other keys are ignored): a list of
+        stop strings and OpenAI's `logit_bias` object ({"token id": bias}) become their tuples.
+        Raises RealmError naming the first unusable field. The guest ABI's sampler_new and the
+        runtime's check of a request before it runs both build their parameters here."""
+        given = {k: v for k, v in fields.items() if k in _FIELD_NAMES}
+        if isinstance(given.get("stop"), (list, tuple)):
+            given["stop"] = tuple(given["stop"])
+        if "logit_bias" in given:
+            given["logit_bias"] = _logit_bias_pairs(given["logit_bias"])
+        params = cls(**given)
+        params.validate()
+        return params
+
     def validate(self) -> None:
         """Raise RealmError naming the first parameter whose value is unusable."""
         for name in ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty"):
@@ -58,6 +75,21 @@ class SamplingParams:
         for token, bias in self.logit_bias:
             _check(_is_int(token) and token >= 0, f"logit_bias token ids must be integers >= 0, got {token!r}")
             _check(_is_number(bias) and math.isfinite(bias), f"logit_bias values must be finite numbers, got {bias!r}")
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(SamplingParams))
+
+
+def _logit_bias_pairs(value: object) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias` ({"token id": bias}) as (token, bias) pairs; RealmError if malformed."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise RealmError("logit_bias must be an object of token id -> bias")
+    try:
+        return tuple((int(k), v) for k, v in value.items())
+    except ValueError:
+        raise RealmError("logit_bias keys must be token ids") from None
 
 
 class Sampler:

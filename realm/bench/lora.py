@@ -109,10 +109,9 @@ def run_lora_concurrency_bench(model: Model, levels: list[int], n_decode: int, b
 
     Raises GuestError when a request fails (an adapter that does not fit the model, say).
     """
-    from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+    from realm.request.sources import for_bench
 
-    guest = compile_guest(reference_guest_path().read_bytes())
-    request = {"prompt": BENCH_TEXT[:60], "max_tokens": n_decode, "temperature": 0}
+    fields = {"prompt": BENCH_TEXT[:60], "max_tokens": n_decode, "temperature": 0}
     aliases = {f"a{i}": binding for i, binding in enumerate(bindings)}
 
     def level(n: int, with_lora: bool) -> float:
@@ -121,9 +120,9 @@ def run_lora_concurrency_bench(model: Model, levels: list[int], n_decode: int, b
         lock = threading.Lock()
 
         def one(i: int) -> None:
-            job = {**request, "lora": f"a{i % len(bindings)}"} if with_lora else request
+            job = {**fields, "lora": f"a{i % len(bindings)}"} if with_lora else fields
             try:
-                result = TenantSandbox(model, tenant="bench").run(guest, job, adapters=aliases)
+                result = for_bench(job, aliases).run(model)
             except BaseException as exc:  # re-raised below: a failed request is the bench's error
                 errors.append(exc)
                 return
@@ -140,9 +139,8 @@ def run_lora_concurrency_bench(model: Model, levels: list[int], n_decode: int, b
             raise errors[0]
         return tokens[0] / (time.perf_counter() - started)
 
-    warm = {**request, "max_tokens": 4}
     for alias in aliases:  # load every adapter (and build merged copies) before timing
-        TenantSandbox(model, tenant="bench").run(guest, {**warm, "lora": alias}, adapters=aliases)
+        for_bench({**fields, "max_tokens": 4, "lora": alias}, aliases).run(model)
     mode = "merged" if bindings[0].merged else "unmerged"
     results = []
     for n in levels:

@@ -13,14 +13,17 @@ verifier applies it as plain decoding does) and stays text that does not repeat 
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from host_functions.engine.model import Model
 from host_functions.errors import RealmError
-from realm.sandbox.run import GuestModule, RunResult, TenantSandbox, compile_guest, reference_guest_path
+from realm.request.sources import for_bench
+from realm.request.spec import FirstText, RunRequest
+from realm.sandbox.report import RunResult
 
 # kind -> (prompts, extra request fields)
 SPECULATION_TEXTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
@@ -28,7 +31,8 @@ SPECULATION_TEXTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
         "import json\n\ndef load_config(path):\n    with open(path) as f:\n        return json.load(f)\n\n"
         "def save_config(path, config):\n",
-        "function getUser(id) {\n  return fetch(`/api/users/${id}`).then(r => r.json());\n}\n\nfunction getPost(id) {\n",
+        "function getUser(id) {\n  return fetch(`/api/users/${id}`).then(r => r.json());\n}\n\n"
+        "function getPost(id) {\n",
     ), {}),
     "list": ((
         "Days of the week:\n- Monday\n- Tuesday\n",
@@ -79,44 +83,44 @@ class _Timed:
     decode_s: float  # from the first emitted text (the prompt's step and first token are done) to the end
 
 
-def run_speculation_bench(model: Model, source: str, open_draft: Callable[[str], Model | None],
+def run_speculation_bench(model: Model, source: str, draft_files: Sequence[str] = (),
                           n_decode: int = 96, rounds: int = 3,
                           texts: Mapping[str, tuple[tuple[str, ...], dict[str, Any]]] = SPECULATION_TEXTS,
                           ) -> list[SpeculationResult]:
     """Per kind of text, acceptance and decode speed of speculative decoding with `source` against plain
-    decoding, alternating the two for `rounds` rounds and keeping each one's fastest.
+    decoding, alternating the two for `rounds` rounds and keeping each one's fastest. `draft_files`:
+    the draft model a draft:FILE source opens.
 
     Raises RealmError if a speculative text differs from the plain one (greedy decoding must be
-    exact), or as the sandbox does (a draft that cannot be opened, a trap).
+    exact), or as a run does (a draft that cannot be opened, a trap).
     """
-    guest = compile_guest(reference_guest_path().read_bytes())
-    sandbox = TenantSandbox(model, tenant="bench")
-    sandbox.run(guest, {"prompt": "Hello", "max_tokens": 4, "temperature": 0})  # warm up
+    for_bench({"prompt": "Hello", "max_tokens": 4, "temperature": 0}).run(model)  # warm up
     results = []
     for kind, (prompts, extra) in texts.items():
         plain_runs: list[list[_Timed]] = [[] for _ in prompts]
         fast_runs: list[list[_Timed]] = [[] for _ in prompts]
         for _ in range(rounds):
             for i, prompt in enumerate(prompts):
-                request = {"prompt": prompt, "max_tokens": n_decode, "temperature": 0, **extra}
-                plain_runs[i].append(_timed(sandbox, guest, request, open_draft))
-                fast_runs[i].append(_timed(sandbox, guest, {**request, "speculative": source}, open_draft))
+                plain = for_bench({"prompt": prompt, "max_tokens": n_decode, "temperature": 0, **extra},
+                                  draft_files=draft_files)
+                fast = dataclasses.replace(plain, fields={**plain.fields, "speculative": source})
+                plain_runs[i].append(_timed(model, plain))
+                fast_runs[i].append(_timed(model, fast))
         results.append(_summary(kind, source, prompts, plain_runs, fast_runs))
     return results
 
 
-def _timed(sandbox: TenantSandbox, guest: GuestModule, request: dict[str, Any],
-           open_draft: Callable[[str], Model | None]) -> _Timed:
-    first: list[float] = []
-    result = sandbox.run(guest, request, on_text=lambda _: first or first.append(time.perf_counter()),
-                         open_draft=open_draft)
+def _timed(model: Model, request: RunRequest) -> _Timed:
+    clock = FirstText()
+    result = request.run(model, on_text=clock)
     ended = time.perf_counter()
-    return _Timed(result, ended - first[0] if first else 0.0)
+    return _Timed(result, 0.0 if clock.first is None else ended - clock.first)
 
 
 def _summary(kind: str, source: str, prompts: tuple[str, ...], plain_runs: list[list[_Timed]],
              fast_runs: list[list[_Timed]]) -> SpeculationResult:
-    tokens = plain_s = fast_s = drafted = accepted = steps = 0
+    tokens = drafted = accepted = steps = 0
+    plain_s = fast_s = 0.0
     speedups = []
     for prompt, plain, fast in zip(prompts, plain_runs, fast_runs, strict=True):
         if any(run.result.text != plain[0].result.text for run in plain + fast):

@@ -6,6 +6,7 @@ Figures are wall-clock on this machine; compare them only with a baseline measur
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import threading
 import time
@@ -18,6 +19,7 @@ import numpy as np
 from host_functions.engine.model import Model
 from host_functions.engine.sampling import SamplingParams
 from host_functions.errors import RealmError
+from realm.models import scheduled
 
 BENCH_TEXT = (
     "The history of computing is a story of abstraction. Early machines were programmed by rewiring "
@@ -126,20 +128,18 @@ def guest_overhead_pct(model: Model, n_tokens: int, repeats: int = 5) -> float:
     was least disturbed.
     """
     from host_functions.engine.generation import generate_tokens
-    from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+    from realm.request.sources import for_bench
 
-    guest = compile_guest(reference_guest_path().read_bytes())
-    sandbox = TenantSandbox(model)
     prompt = "Once upon a time"
     params = SamplingParams(temperature=0, max_tokens=n_tokens)
-    request = {"prompt": prompt, "max_tokens": n_tokens, "temperature": 0}
+    request = for_bench({"prompt": prompt, "max_tokens": n_tokens, "temperature": 0})
     direct_s, guest_s = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         produced = list(generate_tokens(model, model.tokenizer.encode(prompt), params))
         direct_s.append(time.perf_counter() - start)
         start = time.perf_counter()
-        sandbox.run(guest, request)
+        request.run(model)
         guest_s.append(time.perf_counter() - start)
     if not produced:
         raise RealmError("the model ended generation at once; no decode to compare")
@@ -173,11 +173,11 @@ def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> lis
     Level 1 also alternates with the model's direct step runner, which gives the scheduler's cost;
     its figures are the fastest run of each (on a busy machine the least disturbed one).
     """
-    from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+    from realm.request.sources import for_bench
+    from realm.request.spec import FirstText
 
-    guest = compile_guest(reference_guest_path().read_bytes())
-    sched = model.scheduler
-    request = {"prompt": BENCH_TEXT[:60], "max_tokens": n_decode, "temperature": 0}
+    sched, kv_pool = scheduled(model)
+    request = for_bench({"prompt": BENCH_TEXT[:60], "max_tokens": n_decode, "temperature": 0})
 
     def level(n: int) -> tuple[float, list[float], list[float], int]:
         latencies: list[float] = []
@@ -187,25 +187,24 @@ def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> lis
 
         def one() -> None:
             started = time.perf_counter()
-            first: list[float] = []
-            result = TenantSandbox(model, tenant="bench").run(
-                guest, request, on_text=lambda _: first or first.append(time.perf_counter()))
+            clock = FirstText()
+            result = request.run(model, on_text=clock)
             with lock:
                 latencies.append(time.perf_counter() - started)
-                firsts.append((first[0] if first else time.perf_counter()) - started)
+                firsts.append((time.perf_counter() if clock.first is None else clock.first) - started)
                 tokens[0] += result.completion_tokens or 0
 
-        model.backend.kv_pool.reset_peak()
+        kv_pool.reset_peak()
         threads = [threading.Thread(target=one) for _ in range(n)]
         started = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        pool = model.backend.kv_pool.stats()
-        return tokens[0] / (time.perf_counter() - started), latencies, firsts, pool.blocks_peak * pool.block_tokens
+        kv = kv_pool.stats()
+        return tokens[0] / (time.perf_counter() - started), latencies, firsts, kv.blocks_peak * kv.block_tokens
 
-    TenantSandbox(model).run(guest, {**request, "max_tokens": 4})  # warm up
+    dataclasses.replace(request, fields={**request.fields, "max_tokens": 4}).run(model)  # warm up
     results = []
     for n in levels:
         before_steps, before_items = sched.stats.steps, sched.stats.items
@@ -217,14 +216,14 @@ def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> lis
             mean_batch=(sched.stats.items - before_items) / steps if steps else 0.0, kv_peak_tokens=kv_peak))
     if 1 in levels:  # the scheduler's cost: alternate the two runners, keep each one's fastest run
         single = next(r for r in results if r.concurrency == 1)
-        scheduled, direct = [single.aggregate_tok_s], []
+        batched, direct = [single.aggregate_tok_s], []
         for _ in range(OVERHEAD_REPEATS):
-            scheduled.append(level(1)[0])
+            batched.append(level(1)[0])
             model.scheduler = None  # steps run directly: nothing else runs during a bench
             try:
                 direct.append(level(1)[0])
             finally:
                 model.scheduler = sched
-        single.aggregate_tok_s, single.direct_tok_s = max(scheduled), max(direct)
-        single.scheduler_overhead_pct = 100.0 * (max(direct) - max(scheduled)) / max(direct)
+        single.aggregate_tok_s, single.direct_tok_s = max(batched), max(direct)
+        single.scheduler_overhead_pct = 100.0 * (max(direct) - max(batched)) / max(direct)
     return results

@@ -12,6 +12,7 @@ import ctypes
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import click
@@ -25,7 +26,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose
 
 
 # Each command's module, imported when the command is asked for: `realm bench` then never loads the
-# server's or the sandbox's libraries (about 20 MB of resident memory next to a model).
+# server's or the sandbox's libraries, whose resident memory would count beside the model's
+# (docs/cpu_backend.md, "Memory").
 COMMAND_MODULES = {
     "inspect": "model", "tokenize": "model", "logits": "model", "bench": "model", "kernels": "kernels",
     "run": "run", "tenant": "tenant", "chat": "chat", "serve": "serve", "batch": "batch",
@@ -46,13 +48,14 @@ class RealmGroup(click.Group):
             importlib.import_module(f"realm.cli.{module}")
         return super().list_commands(ctx)
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         """Run the command line; in standalone mode every error is one line (click's usage errors
         would print the usage and a hint on lines of their own)."""
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            status = super().main(*args, standalone_mode=False, **kwargs)
+            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             click.echo(f"Error: {exc.format_message()}{hint}", err=True)
@@ -106,8 +109,8 @@ def main() -> None:
 
 def _one_malloc_arena() -> None:
     # glibc gives every thread that allocates its own malloc arena, so the scheduler's step thread would
-    # hold a second set of a step's temporaries (~5 MB resident beside a small model). Elsewhere
-    # (musl, macOS) there is no mallopt and nothing to do.
+    # hold a second set of a step's temporaries (docs/cpu_backend.md, "Memory"). Elsewhere (musl,
+    # macOS) there is no mallopt and nothing to do.
     try:
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
     except (OSError, AttributeError):

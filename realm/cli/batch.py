@@ -6,7 +6,7 @@ optionally `tenant` (a registered tenant: its deployed guest and limits; default
 guest under default limits). Results are JSON lines in input order: `text`, `finish_reason`,
 `prompt_tokens`, `completion_tokens`, `ttft_ms` (until the guest's first text), `total_ms`; or
 `error`. A line that is not a request, and a request that fails, get an error of their own; the
-rest run. Exit status 1 if any line failed.
+rest run. Exit status 1 if any line failed. (A line's fields: realm.request.sources.from_batch_line.)
 """
 
 from __future__ import annotations
@@ -15,35 +15,21 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from host_functions.abi import AdapterBinding, Limits
 from host_functions.engine.model import Model
 from host_functions.errors import RealmError
 from realm.cli import main
 from realm.cli.options import kv_memory_option, load_with_progress, model_options, stderr
-from realm.cli.run import _check_sampling, adapter_bindings, speculation_request
-from realm.models import draft_opener
-from realm.sandbox.run import GuestModule, TenantSandbox, compile_guest, reference_guest_path
-from realm.tenants import TenantRegistry
+from realm.models import scheduled
+from realm.request.sources import from_batch_line
+from realm.request.spec import FirstText, RunRequest
 
 DEFAULT_CONCURRENCY = 16
-
-
-@dataclass
-class _Job:
-    line: int
-    tenant: str
-    request: dict[str, Any]
-    guest: GuestModule
-    limits: Limits
-    adapters: dict[str, AdapterBinding]
-    draft_files: list[str]
 
 
 @main.command()
@@ -66,33 +52,33 @@ def batch(requests_file: Path, model_path: str | None, backend: str, kv_memory: 
     if out_file is not None and not out_file.parent.is_dir():
         raise RealmError(f"cannot write {out_file}: no such directory")
     results: dict[int, dict[str, Any]] = {}
-    jobs = []
+    jobs: list[tuple[int, RunRequest]] = []
     for number, text in enumerate(lines, 1):
         if not text.strip():
             continue
         try:
-            jobs.append(_parse(number, text))
-        except (RealmError, click.UsageError) as exc:
-            results[number] = {"line": number, "error": f"line {number}: {_message(exc)}"}
+            jobs.append((number, from_batch_line(text)))
+        except RealmError as exc:
+            results[number] = {"line": number, "error": f"line {number}: {exc}"}
     model = load_with_progress(model_path, backend, kv_memory)
-    sched = model.scheduler
-    model.backend.kv_pool.reset_peak()
+    sched, kv_pool = scheduled(model)
+    kv_pool.reset_peak()
     columns = (TextColumn("[bold]batch[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task("requests", total=len(jobs))
         lock = threading.Lock()
 
-        def run_one(job: _Job) -> None:
-            outcome = _run(model, job)
+        def run_one(job: tuple[int, RunRequest]) -> None:
+            outcome = _run(model, *job)
             with lock:
-                results[job.line] = outcome
+                results[job[0]] = outcome
                 bar.advance(task)
 
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="realm-batch") as pool:
-            list(pool.map(run_one, jobs))
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="realm-batch") as workers:
+            list(workers.map(run_one, jobs))
     _write(out_file, [results[n] for n in sorted(results)])
     if show_stats:
-        kv = model.backend.kv_pool.stats()
+        kv = kv_pool.stats()
         stderr.print(json.dumps({"steps": sched.stats.steps, "mean_batch": round(sched.stats.mean_batch, 3),
                                  "max_batch": sched.stats.max_batch, "kv_blocks_used": kv.blocks_used,
                                  "kv_blocks_peak": kv.blocks_peak, "kv_tokens_peak": kv.blocks_peak * kv.block_tokens,
@@ -103,81 +89,22 @@ def batch(requests_file: Path, model_path: str | None, backend: str, kv_memory: 
         raise SystemExit(1)
 
 
-def _parse(number: int, text: str) -> _Job:
-    """One input line as a job; RealmError or click.UsageError saying what is wrong with it."""
-    try:
-        request = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RealmError(f"not JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise RealmError("a request must be a JSON object")
-    tenant = request.pop("tenant", None)
-    if not isinstance(request.get("prompt"), str):
-        raise RealmError("a request needs a string \"prompt\"")
-    if isinstance(request.get("stop"), str):
-        request["stop"] = [request["stop"]]
-    _check_sampling(request)
-    draft_files = speculation_request(request, request.pop("speculative", None))
-    if tenant is not None and not isinstance(tenant, str):
-        raise RealmError("\"tenant\" must be a tenant name")
-    adapters = _line_adapters(request, tenant)
-    if tenant is None:
-        return _Job(number, "", request, compile_guest(reference_guest_path().read_bytes()), Limits(), adapters,
-                    draft_files)
-    registry = TenantRegistry()
-    return _Job(number, tenant, request, registry.guest(tenant), registry.get(tenant).limits, adapters, draft_files)
-
-
-def _line_adapters(request: dict[str, Any], tenant: str | None) -> dict[str, AdapterBinding]:
-    """A line's "lora": one of its tenant's aliases, or an adapter file applied at "lora_scale" in
-    "lora_mode" ("unmerged" or "merged"); either of those without a "lora" is an error, not ignored."""
-    if "lora" not in request and ("lora_scale" in request or "lora_mode" in request):
-        raise RealmError("\"lora_scale\" and \"lora_mode\" need a \"lora\" adapter")
-    scale = request.pop("lora_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise RealmError("\"lora_scale\" must be a number")
-    mode = request.pop("lora_mode", "unmerged")
-    if mode not in ("unmerged", "merged"):
-        raise RealmError("\"lora_mode\" must be \"unmerged\" or \"merged\"")
-    lora = request.pop("lora", None)
-    bindings = TenantRegistry().adapters(tenant) if tenant else {}
-    if lora is None:
-        return bindings
-    if not isinstance(lora, str) or not lora:
-        raise RealmError("\"lora\" must be an adapter file or one of the tenant's adapter aliases")
-    if lora in bindings:
-        request["lora"] = lora
-        return bindings
-    return adapter_bindings(request, tenant, lora, float(scale), merged=mode == "merged")
-
-
-def _run(model: Model, job: _Job) -> dict[str, Any]:
+def _run(model: Model, line: int, request: RunRequest) -> dict[str, Any]:
     started = time.perf_counter()
-    first: list[float] = []
-
-    def on_text(_: str) -> None:
-        if not first:
-            first.append(time.perf_counter())
-
-    out: dict[str, Any] = {"line": job.line}
-    if job.tenant:
-        out["tenant"] = job.tenant
+    clock = FirstText()
+    out: dict[str, Any] = {"line": line}
+    if request.tenant:
+        out["tenant"] = request.tenant
     try:
-        result = TenantSandbox(model, job.limits, tenant=job.tenant).run(
-            job.guest, job.request, on_text=on_text, adapters=job.adapters,
-            open_draft=draft_opener(model, model.backend.name, job.draft_files))
+        result = request.run(model, on_text=clock)
     except RealmError as exc:
-        out["error"] = _message(exc)
+        out["error"] = str(exc)
         return out
     out.update(text=result.text, finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
                completion_tokens=result.completion_tokens,
-               ttft_ms=round((first[0] - started) * 1e3, 3) if first else None,
+               ttft_ms=None if clock.first is None else round((clock.first - started) * 1e3, 3),
                total_ms=round((time.perf_counter() - started) * 1e3, 3))
     return out
-
-
-def _message(exc: Exception) -> str:
-    return exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
 
 
 def _write(out_file: Path | None, rows: list[dict[str, Any]]) -> None:

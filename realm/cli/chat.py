@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -10,9 +11,12 @@ import click
 from host_functions.errors import RealmError
 from realm.chat import load_chat_template
 from realm.cli import main
-from realm.cli.options import load_with_progress, model_options
-from realm.cli.run import build_request, sampling_options
-from realm.sandbox.run import TenantSandbox, compile_guest, reference_guest_path
+from realm.cli.options import flag_errors, load_with_progress, model_options
+from realm.cli.run import request_fields, sampling_options
+from realm.request.fields import check_sampling
+from realm.request.sources import for_tenant
+from realm.request.spec import RunRequest
+from realm.sandbox.intake import reference_guest
 from realm.tenants import TenantRegistry
 
 EXIT_COMMANDS = ("/exit", "/quit")
@@ -28,17 +32,16 @@ EXIT_COMMANDS = ("/exit", "/quit")
 def chat(model_path: str | None, backend: str, stop: tuple[str, ...], system: str | None,
          chat_template: str | None, tenant_name: str | None, **sampling: Any) -> None:
     """Chat with the model: type a message, read the streamed answer; /exit (or end of input) quits."""
+    with flag_errors():
+        check_sampling(request_fields("", sampling, stop, ()))  # bad flags fail now, not at every turn
     if tenant_name:
         registry = TenantRegistry()
-        tenant = registry.get(tenant_name)
-        guest = registry.guest(tenant_name) if tenant.module_sha256 else None
-        limits = tenant.limits
+        base = for_tenant(registry, registry.get(tenant_name), {})
     else:
-        guest, limits = None, None
-    guest = guest or compile_guest(reference_guest_path().read_bytes())
+        base = RunRequest({}, reference_guest())
+    base.limits.validate()  # a registry written before limits were validated may hold inf: fail now, not per turn
     model = load_with_progress(model_path, backend)
     template = load_chat_template(model.tokenizer, model.config.arch, chat_template)
-    sandbox = TenantSandbox(model, limits, tenant=tenant_name or "")
     history = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
     if interactive:
@@ -53,9 +56,9 @@ def chat(model_path: str | None, backend: str, stop: tuple[str, ...], system: st
             continue
         turn = history + [{"role": "user", "content": line.rstrip("\n")}]
         # The rendered turn markers are special tokens: the guest tokenizes with PARSE_SPECIAL.
-        request = {**build_request(template.render(turn), sampling, stop, ()), "special": True}
+        fields = request_fields(template.render(turn), sampling, stop, (), special=True)
         try:
-            answer = sandbox.run(guest, request, on_text=_stream).text
+            answer = dataclasses.replace(base, fields=fields).run(model, on_text=_stream).text
         except RealmError as exc:  # this turn failed; the conversation goes on without it
             click.echo(f"\nError: {exc}", err=True)
             continue

@@ -21,6 +21,7 @@ from realm.cli import main
 from realm.cli.console import stdout_console
 from realm.cli.options import (
     check_lora_given,
+    flag_errors,
     load_with_progress,
     lora_mode_option,
     lora_option_group,
@@ -30,7 +31,7 @@ from realm.cli.options import (
     model_path_with_progress,
 )
 from realm.cli.prompt import text_argument
-from realm.models import draft_opener
+from realm.request.fields import speculative_drafts
 
 console = stdout_console()
 
@@ -127,7 +128,11 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
     if not out.parent.is_dir():
         raise click.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
     model = load_with_progress(model_path, backend)
-    ids = _parse_tokens(tokens) if tokens is not None else model.tokenizer.encode(prompt)
+    if prompt is not None:
+        ids = model.tokenizer.encode(prompt)
+    else:
+        assert tokens is not None  # exactly one of the two, checked above
+        ids = _parse_tokens(tokens)
     if not ids:
         raise click.UsageError("the prompt encodes to no tokens")
     lora = None
@@ -164,7 +169,8 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
               help="Instead: speculative decoding against plain decoding, alternating, on code, a list, quoting "
                    "text and text without repetition (acceptance_rate, tokens_per_target_step, decode tok/s, "
                    "speedup per kind).")
-@click.option("--rounds", default=3, show_default=True, help="With --speculative: runs of each mode; the fastest counts.")
+@click.option("--rounds", default=3, show_default=True,
+              help="With --speculative: runs of each mode; the fastest counts.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency or --speculative).")
 def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_tokens: int, no_guest: bool,
           levels: str | None, lora_files: tuple[str, ...], lora_scale: float, lora_merged: bool,
@@ -237,7 +243,8 @@ def _levels(text: str) -> list[int]:
 
 def _bench_concurrency(model_path: str | None, backend: str, levels: list[int], decode_tokens: int,
                        as_json: bool) -> None:
-    results = [r.as_json() for r in run_concurrency_bench(load_with_progress(model_path, backend), levels, decode_tokens)]
+    model = load_with_progress(model_path, backend)
+    results = [r.as_json() for r in run_concurrency_bench(model, levels, decode_tokens)]
     if as_json:
         click.echo(json.dumps(results))
         return
@@ -250,16 +257,15 @@ def _bench_concurrency(model_path: str | None, backend: str, levels: list[int], 
 
 def _bench_speculation(model_path: str | None, backend: str, speculative: str, decode_tokens: int, rounds: int,
                        as_json: bool) -> None:
-    # Here, not at the top: they load the sandbox (wasmtime), which the other model commands never need.
+    # Here, not at the top: it loads the sandbox (wasmtime), which the other model commands never need.
     from realm.bench.speculation import run_speculation_bench
-    from realm.cli.run import speculation_request
 
     if rounds < 1:
         raise click.BadParameter(f"must be at least 1, got {rounds}", param_hint="--rounds")
-    draft_files = speculation_request({}, speculative)  # a usage error for a malformed source or missing file
+    with flag_errors():  # a usage error for a malformed source or a missing file
+        draft_files = speculative_drafts(speculative)
     model = load_with_progress(model_path, backend)
-    results = [r.as_json() for r in run_speculation_bench(model, speculative, draft_opener(model, backend, draft_files),
-                                                          decode_tokens, rounds)]
+    results = [r.as_json() for r in run_speculation_bench(model, speculative, draft_files, decode_tokens, rounds)]
     if as_json:
         click.echo(json.dumps(results))
         return

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from host_functions.engine.model import BACKENDS, Model
 from host_functions.kv.pool import parse_bytes
 from realm.cli.console import stderr_console
 from realm.models import load_model, resolve_model_path
+from realm.request.fields import MalformedField
 
 stderr = stderr_console()
 
@@ -110,3 +112,13 @@ def load_with_progress(model_path: str | None, backend: str, kv_memory: int | No
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task(path.name, total=1.0)
         return load_model(path, backend, progress=lambda f: bar.update(task, completed=f), kv_memory=kv_memory)
+
+
+@contextmanager
+def flag_errors() -> Iterator[None]:
+    """Report a malformed request field as a usage error of the flag that set it (`max_tokens` is
+    --max-tokens, `speculative` --speculative)."""
+    try:
+        yield
+    except MalformedField as exc:
+        raise click.BadParameter(exc.reason, param_hint=f"--{exc.field.replace('_', '-')}") from None

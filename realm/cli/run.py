@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
@@ -24,24 +23,24 @@ from typing import Any
 import click
 from rich.table import Table
 
-from host_functions.abi import MAX_I32, AdapterBinding, Limits, Status
+from host_functions.abi import Limits, Status
 from host_functions.engine.model import Model
-from host_functions.engine.sampling import SamplingParams
-from host_functions.errors import AdapterError, GuestError, RealmError, RequestCancelled, TenantError
+from host_functions.errors import GuestError, RequestCancelled
 from realm.cli import EXIT_INTERRUPTED, main
 from realm.cli.console import stderr_console, write_stdout
-from realm.cli.options import check_lora_given, kv_memory_option, load_with_progress, lora_option_group, model_options
-from realm.cli.prompt import read_prompt
-from realm.models import draft_opener
-from realm.sandbox.run import (
-    GuestModule,
-    RunResult,
-    TenantSandbox,
-    compile_guest,
-    reference_guest_path,
-    speculation_figures,
+from realm.cli.options import (
+    check_lora_given,
+    flag_errors,
+    kv_memory_option,
+    load_with_progress,
+    lora_option_group,
+    model_options,
 )
-from realm.tenants import TenantRegistry
+from realm.cli.prompt import read_prompt
+from realm.request.sources import from_flags
+from realm.request.spec import FirstText
+from realm.sandbox.intake import reference_guest_path
+from realm.sandbox.report import GuestRunFailed, RunResult, speculation_figures
 
 # (flag, request key, type, help): every sampling parameter the request can carry.
 SAMPLING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
@@ -111,35 +110,29 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
         raise click.UsageError("--tenant and --guest are alternatives: give one")
     check_lora_given(lora_file is not None)
     text = read_prompt(prompt, prompt_file)
-    request = build_request(text, sampling, stop, params)
-    if special:
-        request["special"] = True
-    _check_sampling(request)
-    draft_files = speculation_request(request, speculative)
-    adapters = adapter_bindings(request, tenant_name, lora_file, lora_scale, lora_merged)
-    guest, limits, label = _select_guest(tenant_name, guest_file)
+    with flag_errors():
+        request = from_flags(request_fields(text, sampling, stop, params, special), tenant_name, guest_file,
+                             speculative, lora_file, lora_scale, lora_merged)
+    label = f"tenant {tenant_name}" if tenant_name else (guest_file or reference_guest_path()).name
     started = time.perf_counter()
     model = load_with_progress(model_path, backend, kv_memory)
     loaded = time.perf_counter()
-    limits = _with_context(limits, ctx_size, model, tenant_name)
-    clock = _FirstText(None if as_json else write_stdout)
-    sandbox = TenantSandbox(model, limits, tenant=tenant_name or "")
+    request = dataclasses.replace(request, limits=_with_context(request.limits, ctx_size, model, tenant_name))
+    clock = FirstText(None if as_json else write_stdout)
     interrupted = threading.Event()
     run_started = time.perf_counter()
     try:
         with _ctrl_c_cancels(interrupted):
-            result = sandbox.run(guest, request, on_text=clock, cancel=interrupted, adapters=adapters,
-                                 open_draft=draft_opener(model, backend, draft_files))
+            result = request.run(model, on_text=clock, cancel=interrupted)
     except RequestCancelled:
         raise KeyboardInterrupt from None  # the CLI's Ctrl-C exit: status 130, what was printed stays
-    except RealmError as exc:
-        partial: RunResult | None = getattr(exc, "result", None)
-        if partial is not None and not as_json:
-            _finish_stream(partial)
+    except GuestRunFailed as exc:
+        if not as_json:
+            _finish_stream(exc.result)
             if trace:
-                _print_trace(partial, label, model.config.n_layers)
-        if partial is not None and partial.status == Status.CAPACITY:
-            raise GuestError(f"{exc}; {_capacity_hint(model, limits, text, special)}") from None
+                _print_trace(exc.result, label, model.config.n_layers)
+        if exc.result.status == Status.CAPACITY:
+            raise GuestError(f"{exc}; {_capacity_hint(model, request.limits, text, special)}") from None
         raise
     timings = {"load_s": loaded - started, "run_s": result.seconds,
                "first_text_s": None if clock.first is None else clock.first - loaded}
@@ -154,81 +147,25 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
         click.echo(finish_notice(result), err=True)
 
 
-def speculation_request(request: dict[str, Any], speculative: str | None) -> list[str]:
-    """Put --speculative into the request; returns the draft files the guest may open (a usage error
-    for a malformed mode or a missing draft file)."""
-    if speculative is None:
-        return []
-    kind, _, arg = speculative.partition(":")
-    if not (speculative == "ngram" or (kind == "self" and arg.isdigit()) or (kind == "draft" and arg)):
-        raise click.BadParameter(f"expected ngram, draft:FILE or self:N, got {speculative!r}",
-                                 param_hint="--speculative")
-    if kind == "draft" and not Path(arg).expanduser().is_file():
-        raise click.BadParameter(f"no such draft model file: {arg}", param_hint="--speculative")
-    request["speculative"] = speculative
-    return [arg] if kind == "draft" else []
-
-
-def adapter_bindings(request: dict[str, Any], tenant_name: str | None, lora_file: str | None,
-                     lora_scale: float, merged: bool = False) -> dict[str, AdapterBinding]:
-    """The adapters the guest may find: a tenant's bindings, and --lora as "default" (which the
-    reference guest is then asked to apply; `merged`: --lora-mode merged)."""
-    bindings = TenantRegistry().adapters(tenant_name) if tenant_name else {}
-    if lora_file is not None:
-        if not Path(lora_file).expanduser().exists():
-            raise AdapterError(f"no such LoRA adapter file or folder: {lora_file}")
-        if not math.isfinite(lora_scale):
-            raise AdapterError(f"the LoRA scale must be a finite number, got {lora_scale}")
-        bindings["default"] = AdapterBinding(str(Path(lora_file).expanduser().resolve()), lora_scale, merged)
-        request["lora"] = "default"
-    return bindings
-
-
-def build_request(prompt: str, sampling: dict[str, Any], stop: tuple[str, ...], params: tuple[str, ...]) -> dict:
-    """The JSON request a guest receives: prompt, the sampling flags given, stop strings, extra fields."""
-    request: dict[str, Any] = {"prompt": prompt}
-    request.update({key: value for key, value in sampling.items() if value is not None})
+def request_fields(prompt: str, sampling: dict[str, Any], stop: tuple[str, ...], params: tuple[str, ...],
+                   special: bool = False) -> dict[str, Any]:
+    """The fields of the guest's request from the flags: the prompt, the sampling flags given, stop
+    strings, --param's extra fields (VALUE as JSON if it parses), and --special."""
+    fields: dict[str, Any] = {"prompt": prompt}
+    fields.update({key: value for key, value in sampling.items() if value is not None})
     if stop:
-        request["stop"] = list(stop)
+        fields["stop"] = list(stop)
     for item in params:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--param")
         try:
-            request[key] = json.loads(text)
+            fields[key] = json.loads(text)
         except (json.JSONDecodeError, RecursionError):
-            request[key] = text
-    return request
-
-
-def _check_sampling(request: dict[str, Any]) -> None:
-    """Refuse bad sampling flags before loading anything (the guest's sampler would refuse them later)."""
-    names = {f.name for f in dataclasses.fields(SamplingParams)}
-    given = {k: tuple(v) if k == "stop" else v for k, v in request.items() if k in names}
-    if isinstance(given.get("max_tokens"), int) and given["max_tokens"] > MAX_I32:
-        raise click.BadParameter(f"{given['max_tokens']} is out of range (at most {MAX_I32})", param_hint="--max-tokens")
-    try:
-        SamplingParams(**given).validate()
-    except TypeError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _select_guest(tenant_name: str | None, guest_file: Path | None) -> tuple[GuestModule, Limits, str]:
-    if tenant_name:
-        registry = TenantRegistry()
-        limits = registry.get(tenant_name).limits
-        try:
-            limits.validate()  # a registry written before limits were validated may hold inf or nan
-        except GuestError as exc:
-            raise TenantError(f"tenant {tenant_name!r}: {exc} (fix it: realm tenant set-limits {tenant_name} "
-                              f"NAME=VALUE)") from None
-        return registry.guest(tenant_name), limits, f"tenant {tenant_name}"
-    path = guest_file or reference_guest_path()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TenantError(f"cannot read {path}: {exc}") from None
-    return compile_guest(data), Limits(), path.name
+            fields[key] = text
+    if special:
+        fields["special"] = True
+    return fields
 
 
 def _with_context(limits: Limits, ctx_size: int | None, model: Model, tenant_name: str | None) -> Limits:
@@ -302,19 +239,6 @@ def _ctrl_c_cancels(interrupted: threading.Event) -> Iterator[None]:
         os.close(write_fd)
 
 
-class _FirstText:
-    """The on_text callback: passes text on and notes when the first piece arrived."""
-
-    def __init__(self, sink: Any) -> None:
-        self.sink, self.first = sink, None
-
-    def __call__(self, text: str) -> None:
-        if self.first is None:
-            self.first = time.perf_counter()
-        if self.sink is not None:
-            self.sink(text)
-
-
 def _finish_stream(result: RunResult) -> None:
     if result.text and not result.text.endswith("\n"):
         write_stdout("\n")
@@ -322,7 +246,7 @@ def _finish_stream(result: RunResult) -> None:
 
 def finish_notice(result: RunResult) -> str:
     """The one line on stderr after a run: why it ended, the token counts, the time."""
-    if result.finish_reason is None:
+    if result.finish_reason is None or result.completion_tokens is None:
         return f"done in {result.seconds:.2f} s (the guest reported no finish reason)"
     counts = f"{result.prompt_tokens} prompt + {result.completion_tokens} completion tokens"
     rate = f", {result.completion_tokens / result.seconds:.1f} tok/s" if result.seconds > 0 else ""
@@ -350,7 +274,8 @@ def _print_trace(result: RunResult, label: str, n_layers: int, decode_s: float |
 
 def _result_json(result: RunResult, label: str, timings: dict[str, float | None],
                  decode_s: float | None = None) -> dict[str, Any]:
-    return {"speculation": speculation_figures(result, decode_s),"guest": label, "text": result.text, "status": result.status, "finish_reason": result.finish_reason,
+    return {"speculation": speculation_figures(result, decode_s), "guest": label, "text": result.text,
+            "status": result.status, "finish_reason": result.finish_reason,
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "timings": timings, "seconds": result.seconds, "fuel_used": result.fuel_used,
             "tokens_fed": result.tokens_fed, "logs": result.logs,

@@ -7,8 +7,8 @@ and is refused with a GuestError. The child returns `Module.serialize()`; the ho
 REALM_HOME/compiled/, keyed by the module's SHA-256, the wasmtime version and the engine settings,
 and deserializes it, so a run never compiles a module that was compiled before.
 
-Both processes build their Engine from `engine_config()`: a serialized module only loads into an
-engine with the settings it was compiled for.
+Both processes build their Engine from realm.sandbox.engine's `engine_config()`: a serialized module
+only loads into an engine with the settings it was compiled for.
 """
 
 from __future__ import annotations
@@ -24,40 +24,21 @@ from pathlib import Path
 
 import wasmtime
 
+from host_functions import settings
 from host_functions.errors import GuestError
-from realm.paths import realm_home
+from realm.sandbox.engine import SETTINGS_DIGEST, engine_config
 from realm.sandbox.module_bounds import measure
 
 COMPILE_MEMORY_BYTES = 2 << 30  # the worker's address space: Python, wasmtime and Cranelift's work
 COMPILE_CPU_SECONDS = 20
 COMPILE_WALL_SECONDS = 60  # a loaded machine may give the worker less than one core
 
-# What guests may use: the core features a C or Zig guest compiles to (bulk memory, sign extension,
-# multi-value, saturating conversions, reference types, SIMD). Everything else is off, so no guest
-# can hold host memory beside its one linear memory (GC heaps, extra memories, shared memories,
-# exception objects, stacks of continuations), and relaxed SIMD's host-dependent results cannot make
-# a guest's output differ between machines.
-_FEATURES_OFF = ("wasm_gc", "wasm_exceptions", "wasm_multi_memory", "wasm_threads", "wasm_memory64",
-                 "wasm_component_model", "wasm_function_references", "wasm_stack_switching",
-                 "wasm_custom_page_sizes", "wasm_wide_arithmetic", "wasm_tail_call", "wasm_relaxed_simd",
-                 "gc_support", "shared_memory")
-_SETTINGS = {"consume_fuel": True, "epoch_interruption": True, "cranelift_opt_level": "speed",
-             **{name: False for name in _FEATURES_OFF}}
-_SETTINGS_HASH = hashlib.sha256(repr(sorted(_SETTINGS.items())).encode()).hexdigest()[:12]
-_CACHE_KEY = f"wasmtime{version('wasmtime')}-{_SETTINGS_HASH}"
-
-
-def engine_config() -> wasmtime.Config:
-    """The wasmtime Config of every Engine that compiles or runs guests."""
-    config = wasmtime.Config()
-    for name, value in _SETTINGS.items():
-        setattr(config, name, value)
-    return config
+_CACHE_KEY = f"wasmtime{version('wasmtime')}-{SETTINGS_DIGEST}"
 
 
 def compiled_path(sha256: str) -> Path:
     """Where the compiled form of the module with this hash is kept."""
-    return realm_home() / "compiled" / f"{sha256}-{_CACHE_KEY}.cwasm"
+    return settings.home() / "compiled" / f"{sha256}-{_CACHE_KEY}.cwasm"
 
 
 def load_or_compile(wasm: bytes, sha256: str, engine: wasmtime.Engine, import_module: str) -> wasmtime.Module:
@@ -137,7 +118,8 @@ def _write_cached(path: Path, blob: bytes) -> None:
 def _worker(import_module: str) -> int:
     """Read a module on stdin, measure and compile it, write its serialized form to stdout.
 
-    The worker imports no more than wasmtime and the bounds reader: it starts in a fraction of a second.
+    The worker imports no more than wasmtime, the engine's settings and the bounds reader: it starts in
+    a fraction of a second.
     """
     wasm = sys.stdin.buffer.read()
     try:

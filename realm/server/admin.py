@@ -15,32 +15,42 @@ the admin key (`Authorization: Bearer <admin key>`).
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from host_functions.errors import GuestError, TenantError
-from realm.sandbox.run import MAX_MODULE_BYTES
-from realm.server.bodies import read_body, read_json
+from host_functions.errors import AuthError, GuestError, TenantError
+from realm.sandbox.intake import MAX_MODULE_BYTES
+from realm.server.bodies import bearer_key, read_body, read_json
 from realm.server.protocol import ApiError
-from realm.tenants import RateLimits, parse_limits
-
-if TYPE_CHECKING:
-    from realm.server.app import Server
+from realm.tenants import RateLimits, TenantRegistry, parse_limits
 
 
-def admin_routes(server: Server) -> list[Route]:
-    """The admin routes of `server`."""
-    registry = server.registry
+def require_admin(request: Request, admin_key: str | None) -> None:
+    """ApiError 403 when the server has no admin key, 401 unless the request carries it."""
+    if admin_key is None:
+        raise ApiError(403, "admin endpoints are disabled: start the server with --admin-key-file "
+                            "or REALM_ADMIN_KEY", type="permission_error")
+    try:
+        given = bearer_key(request)
+    except AuthError as exc:
+        raise ApiError(401, str(exc), code="invalid_api_key") from None
+    if not hmac.compare_digest(given.encode(), admin_key.encode()):
+        raise ApiError(401, "invalid admin key", code="invalid_api_key")
+
+
+def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes: int) -> list[Route]:
+    """The admin routes over `registry`, each open only to `admin_key`; JSON bodies up to max_body_bytes."""
 
     def admin(handler: Callable[[Request], Awaitable[Any]],
               status: int = 200) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            server.require_admin(request)
+            require_admin(request, admin_key)
             try:
                 return JSONResponse(await handler(request), status_code=status)
             except TenantError as exc:
@@ -53,7 +63,7 @@ def admin_routes(server: Server) -> list[Route]:
         return {"data": [t.as_json() for t in registry.list()]}
 
     async def create_tenant(request: Request) -> Any:
-        body = await read_json(request, server.config.max_body_bytes)
+        body = await read_json(request, max_body_bytes)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise ApiError(400, 'the body must be {"name": ..., "limits": {...}}')
         limits = body.get("limits") or {}
@@ -88,7 +98,7 @@ def admin_routes(server: Server) -> list[Route]:
         return registry.rate_limits(request.path_params["name"]).as_json()
 
     async def set_rates(request: Request) -> Any:
-        body = await read_json(request, server.config.max_body_bytes)
+        body = await read_json(request, max_body_bytes)
         names = set(RateLimits().as_json())
         if not isinstance(body, dict) or not set(body) <= names:
             raise ApiError(400, f"the body must be an object with {' and/or '.join(sorted(names))}")
@@ -99,7 +109,7 @@ def admin_routes(server: Server) -> list[Route]:
         return {"data": [{"alias": alias, "path": b.path, "scale": b.scale} for alias, b in bound.items()]}
 
     async def bind_adapter(request: Request) -> Any:
-        body = await read_json(request, server.config.max_body_bytes)
+        body = await read_json(request, max_body_bytes)
         scale = body.get("scale", 1.0) if isinstance(body, dict) else None
         if (not isinstance(body, dict) or not isinstance(body.get("path"), str) or isinstance(scale, bool)
                 or not isinstance(scale, (int, float))):

@@ -9,7 +9,7 @@ a guest that traps or hits a limit fails only its own request.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import dataclasses
 import json
 import logging
 import time
@@ -26,9 +26,11 @@ from starlette.routing import Route
 from host_functions.engine.model import Model
 from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
 from realm.chat import ChatTemplate
-from realm.sandbox.run import GuestModule, RunResult, compile_guest, reference_guest_path
+from realm.request.sources import for_tenant
+from realm.sandbox.intake import reference_guest
+from realm.sandbox.report import LOG_ERROR, GuestRunFailed, RunResult
 from realm.server import protocol
-from realm.server.admin import admin_routes
+from realm.server.admin import admin_routes, require_admin
 from realm.server.bodies import bearer_key, read_json
 from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
 from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
@@ -37,6 +39,8 @@ from realm.server.runner import GuestRun, Runner
 from realm.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger("realm.server")
+# What a run sends its request's stream: (choice index, a piece of text, or the run's outcome at its end).
+_RunEvent = tuple[int, str | RunResult | Exception]
 _DISCONNECT_POLL_S = 0.1
 
 
@@ -67,7 +71,7 @@ class Server:
         self.metrics = ServerMetrics()
         self.metrics.watch_engine(lambda: engine_stats(model))
         self.created = protocol.now()
-        self.reference_guest = compile_guest(reference_guest_path().read_bytes())
+        reference_guest()  # compiled now, so a missing or broken reference guest stops the start, not a request
 
     # -- auth ----------------------------------------------------------------------------------
 
@@ -77,22 +81,6 @@ class Server:
             return self.registry.tenant_for_key(bearer_key(request))
         except AuthError as exc:
             raise ApiError(401, str(exc), code="invalid_api_key") from None
-
-    def require_admin(self, request: Request) -> None:
-        """ApiError 403 when the server has no admin key, 401 unless the request carries it."""
-        if self.config.admin_key is None:
-            raise ApiError(403, "admin endpoints are disabled: start the server with --admin-key-file "
-                                "or REALM_ADMIN_KEY", type="permission_error")
-        try:
-            given = bearer_key(request)
-        except AuthError as exc:
-            raise ApiError(401, str(exc), code="invalid_api_key") from None
-        if not hmac.compare_digest(given.encode(), self.config.admin_key.encode()):
-            raise ApiError(401, "invalid admin key", code="invalid_api_key")
-
-    def guest_of(self, tenant: Tenant) -> GuestModule:
-        """The tenant's deployed guest, or the reference guest if it deployed none."""
-        return self.registry.guest(tenant.name) if tenant.module_sha256 else self.reference_guest
 
     def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
         n_ctx = min(self.model.config.context_length, tenant.limits.max_context)
@@ -114,12 +102,12 @@ class Server:
             spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
                     else protocol.parse_completion(body, self.model_id, tok, limits))
             self._admit(tenant, len(spec.prompts) * spec.n)
-            guest = self.guest_of(tenant)
+            base = for_tenant(self.registry, tenant, {})  # its guest and adapters now, for every choice
         except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
             self.finished(tenant_name, kind, exc.status, started)
             raise
-        adapters = self.registry.adapters(tenant.name)  # a snapshot: rebinding never changes these runs
-        runs = [(index, self.runner.start(tenant, guest, req, adapters)) for index, req in spec.guest_requests()]
+        runs = [(index, self.runner.start(dataclasses.replace(base, fields=fields)))
+                for index, fields in spec.guest_requests()]
         call = _Call(self, tenant.name, kind, spec, runs, started)
         if spec.stream:
             return StreamingResponse(call.events(), media_type="text/event-stream",
@@ -224,25 +212,25 @@ class _Call:
     async def events(self) -> AsyncIterator[str]:
         """The SSE stream: every choice's text as it comes, a final chunk per choice, [DONE]."""
         spec, tokenizer = self.spec, self.server.model.tokenizer
-        queue: asyncio.Queue[tuple[int, str | None, RunResult | Exception | None]] = asyncio.Queue()
+        queue: asyncio.Queue[_RunEvent] = asyncio.Queue()
         pumps = [asyncio.ensure_future(_pump(index, run, queue)) for index, run in self.runs]
         status, pending = 200, len(self.runs)
         try:
             for index, _ in self.runs:
                 yield _sse(protocol.chunk(spec, self.rid, self.created, index, first=True))
             while pending:
-                index, text, outcome = await queue.get()
-                if text is not None:
+                index, item = await queue.get()
+                if isinstance(item, str):
                     self.text_arrived()
-                    yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=text))
+                    yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item))
                     continue
                 pending -= 1
-                if isinstance(outcome, Exception):
-                    error = guest_failure(outcome) if isinstance(outcome, RealmError) else _internal(outcome)
+                if isinstance(item, Exception):
+                    error = guest_failure(item) if isinstance(item, RealmError) else _internal(item)
                     status = error.status
                     yield _sse(error.body())
                     return
-                choice = self.choice(index, outcome)
+                choice = self.choice(index, item)
                 self.results.append(choice)
                 logprobs = (protocol.format_logprobs(spec, choice.logprobs, tokenizer)
                             if spec.top_logprobs is not None else None)
@@ -260,15 +248,15 @@ class _Call:
             self.close(status)
 
 
-async def _pump(index: int, run: GuestRun, queue: asyncio.Queue) -> None:
+async def _pump(index: int, run: GuestRun, queue: asyncio.Queue[_RunEvent]) -> None:
     """Move one run's text and then its outcome onto the request's shared queue."""
     async for text in run.stream():
-        queue.put_nowait((index, text, None))
+        queue.put_nowait((index, text))
     try:
         outcome: RunResult | Exception = await run.result()
     except Exception as exc:  # noqa: BLE001  the outcome is reported to the client by events()
         outcome = exc
-    queue.put_nowait((index, None, outcome))
+    queue.put_nowait((index, outcome))
 
 
 def _sse(obj: dict[str, Any]) -> str:
@@ -278,7 +266,7 @@ def _sse(obj: dict[str, Any]) -> str:
 def guest_failure(exc: RealmError) -> ApiError:
     """The client's error for a run that failed: its limit, its guest's trap or status, or ours."""
     message = str(exc)
-    logs = [text for level, text in getattr(getattr(exc, "result", None), "logs", ()) if level >= 3]
+    logs = [text for level, text in exc.result.logs if level >= LOG_ERROR] if isinstance(exc, GuestRunFailed) else []
     if logs:
         message += f" (guest log: {logs[-1]})"
     if isinstance(exc, QuotaExceeded):
@@ -313,7 +301,7 @@ def create_app(server: Server) -> Starlette:
         return JSONResponse({"status": "ok", "model": server.model_id, "in_flight": server.runner.live})
 
     async def metrics(request: Request) -> Response:
-        server.require_admin(request)
+        require_admin(request, server.config.admin_key)
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
     routes = [
@@ -322,7 +310,7 @@ def create_app(server: Server) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *admin_routes(server),
+        *admin_routes(server.registry, server.config.admin_key, server.config.max_body_bytes),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, RealmError: _realm_error, Exception: _crash}
     return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]

@@ -9,22 +9,24 @@ sampling fields the client leaves out keep the host sampler's (llama.cpp's) defa
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from host_functions.abi import MAX_TOP_LOGPROBS, AbiError, TokenLogprob, sampling_params_from_json
+from host_functions.abi import MAX_TOP_LOGPROBS, TokenLogprob
 from host_functions.errors import ChatTemplateError
 from host_functions.tokenizer import Tokenizer
 from realm.chat import ChatTemplate
+from realm.request.fields import RequestFieldError, check_sampling
 
 MAX_CHOICES = 8  # n: each choice is a full guest run
 MAX_STOPS = 4  # OpenAI's limit on stop strings
 MAX_COMPLETION_LOGPROBS = 5  # /v1/completions `logprobs` is 0..5
+# The OpenAI API's bounds, narrower than the host sampler's ("logit_bias": its values).
+API_RANGES = {"temperature": (0.0, 2.0), "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0),
+              "logit_bias": (-100.0, 100.0)}
 
 # Fields the server consumes; everything else in a body goes to the guest unchanged.
 _SERVER_FIELDS = frozenset({"model", "prompt", "messages", "stream", "stream_options", "n", "user", "echo",
@@ -167,7 +169,10 @@ def _spec(kind: str, body: dict[str, Any], model_id: str, prompts: tuple[str, ..
         raise bad_request("stream_options must be an object", "stream_options")
     fields = {k: v for k, v in body.items() if k not in _SERVER_FIELDS and v is not None}
     fields.update(_stop_and_seed(body))
-    _check_sampling(fields)
+    try:
+        check_sampling(fields, API_RANGES)  # a bad value is the client's 400, not a failed guest run
+    except RequestFieldError as exc:
+        raise bad_request(str(exc), exc.field) from None
     return GenerationSpec(kind, model_id, prompts, counts, n, max_tokens, stream,
                           bool(options.get("include_usage")), top_logprobs, fields)
 
@@ -188,23 +193,6 @@ def _stop_and_seed(body: dict[str, Any]) -> dict[str, Any]:
             raise bad_request("seed must be an integer", "seed")
         out["seed"] = seed % 2**64  # OpenAI seeds may be negative; the sampler's are unsigned
     return out
-
-
-def _check_sampling(fields: dict[str, Any]) -> None:
-    """The host sampler's own check, so a bad value is the client's 400, not a failed guest run."""
-    for name, low, high in (("temperature", 0.0, 2.0), ("presence_penalty", -2.0, 2.0),
-                            ("frequency_penalty", -2.0, 2.0)):
-        value = fields.get(name)
-        if value is not None and (not _is_number(value) or not low <= value <= high):
-            raise bad_request(f"{name} must be a number in [{low:g}, {high:g}]", name)
-    bias = fields.get("logit_bias")
-    if bias is not None:
-        if not isinstance(bias, dict) or not all(_is_number(v) and -100 <= v <= 100 for v in bias.values()):
-            raise bad_request("logit_bias must map token ids to numbers in [-100, 100]", "logit_bias")
-    try:
-        sampling_params_from_json(json.dumps(fields).encode())
-    except AbiError as exc:
-        raise bad_request(str(exc).removeprefix("bad sampling parameters: ")) from None
 
 
 def _flatten_content(index: int, message: Any) -> Any:
@@ -236,10 +224,6 @@ def _check_model(body: dict[str, Any], model_id: str) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- responses ---------------------------------------------------------------------------------

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from host_functions.abi import AdapterBinding
 from host_functions.engine.model import Model
 from host_functions.errors import RequestCancelled
-from realm.sandbox.run import GuestModule, RunResult, TenantSandbox
-from realm.tenants import Tenant
+from realm.request.spec import RunRequest
+from realm.sandbox.report import RunResult
 
 
 @dataclass(eq=False)
@@ -36,7 +35,8 @@ class GuestRun:
         assert self.outcome is not None
         while True:
             getter = asyncio.ensure_future(self.pieces.get())
-            done, _ = await asyncio.wait({getter, self.outcome}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {getter, self.outcome}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
                 yield getter.result()
                 continue
@@ -47,7 +47,7 @@ class GuestRun:
             return
 
     async def result(self) -> RunResult:
-        """The run's RunResult; raises what the sandbox raised (GuestError, QuotaExceeded, RequestCancelled)."""
+        """The run's RunResult; raises what the run raised (a GuestRunFailed, RequestCancelled)."""
         assert self.outcome is not None
         return await asyncio.shield(self.outcome)
 
@@ -66,12 +66,12 @@ class Runner:
         """Runs started and not finished (running or waiting for a thread)."""
         return len(self._live)
 
-    def start(self, tenant: Tenant, guest: GuestModule, request: dict[str, Any],
-              adapters: Mapping[str, AdapterBinding] | None = None) -> GuestRun:
-        """Queue one run; call from the event loop. Its text arrives on `.stream()`."""
+    def start(self, request: RunRequest) -> GuestRun:
+        """Queue one run; call from the event loop. Its text arrives on `.stream()`. Raises GuestError
+        for limits that do not validate, before anything is queued."""
+        request.limits.validate()
         loop = asyncio.get_running_loop()
-        run = GuestRun(tenant.name)
-        sandbox = TenantSandbox(self.model, tenant.limits, tenant.name)
+        run = GuestRun(request.tenant)
 
         def on_text(text: str) -> None:
             loop.call_soon_threadsafe(run.pieces.put_nowait, text)
@@ -79,7 +79,7 @@ class Runner:
         def work() -> RunResult:
             if run.cancel.is_set():  # the client left while the run waited for a thread
                 raise RequestCancelled("the client cancelled the request")
-            return sandbox.run(guest, request, on_text=on_text, cancel=run.cancel, adapters=adapters)
+            return request.run(self.model, on_text=on_text, cancel=run.cancel)
 
         def finished(outcome: asyncio.Future[RunResult]) -> None:
             self._live.discard(run)
