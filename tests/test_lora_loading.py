@@ -132,7 +132,8 @@ Q_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t, c: t.__setitem__(Q_A, np.zeros((65, 256), np.float32)), "rank 65"),
-    (lambda t, c: t.__setitem__(Q_B, np.zeros((200, 8), np.float32)), "blk.0.attn_q.weight lora_a (8, 256) / lora_b (200, 8)"),
+    (lambda t, c: t.__setitem__(Q_B, np.zeros((200, 8), np.float32)),
+     "blk.0.attn_q.weight lora_a (8, 256) / lora_b (200, 8)"),
     (lambda t, c: t.pop(Q_B), "blk.0.attn_q.weight has lora_b missing"),
     (lambda t, c: t.__setitem__(Q_A, np.full((8, 256), np.nan, np.float32)), "NaN"),
     (lambda t, c: t.update({Q_A.replace("layers.0", "layers.9"): np.zeros((8, 256), np.float32),

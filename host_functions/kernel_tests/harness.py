@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,6 +33,18 @@ from host_functions.backends.wgpu.context import GPUContext, Recorder
 from host_functions.errors import RealmError
 
 BACKENDS = ("wgpu", "cpu")  # which kernels a case runs: the WGSL ones, or the native CPU library
+
+class KernelContext(Protocol):
+    """What cases run on: the GPU context (wgpu cases) or a loaded native library (cpu cases)."""
+
+    @property
+    def has_subgroups(self) -> bool: ...
+
+    @property
+    def has_f16(self) -> bool: ...
+
+    def recorder(self) -> AbstractContextManager[Any]: ...
+
 
 @dataclass
 class Prepared:
@@ -52,7 +65,7 @@ class KernelCase:
     kernel: str
     fmt: str
     shape: str
-    prepare: Callable[[GPUContext, np.random.Generator], Prepared]
+    prepare: Callable[[Any, np.random.Generator], Prepared]  # gets the context of its backend
     variant: str = "default"
     quick: bool = True  # part of the quick suite (pytest); long cases only run from the CLI
     requires: tuple[str, ...] = ()  # device features: "subgroups", "f16"
@@ -62,7 +75,7 @@ class KernelCase:
     def name(self) -> str:
         return f"{self.kernel}[{self.fmt},{self.shape},{self.variant}]"
 
-    def supported(self, ctx: GPUContext) -> bool:
+    def supported(self, ctx: KernelContext) -> bool:
         """Whether the device has every feature this case needs."""
         have = {"subgroups": ctx.has_subgroups, "f16": ctx.has_f16}
         return all(have.get(feature, False) for feature in self.requires)
@@ -112,7 +125,7 @@ def all_cases() -> list[KernelCase]:
 
 
 def select_cases(formats: Sequence[str] = (), kernel_names: Sequence[str] = (), quick: bool = False,
-                 ctx: Any = None, backend: str = "wgpu") -> list[KernelCase]:
+                 ctx: KernelContext | None = None, backend: str = "wgpu") -> list[KernelCase]:
     """Cases of `backend` filtered by format and kernel names (case-insensitive; empty means all), by
     the quick suite, and by what `ctx`'s device supports (when given)."""
     fmts = {f.upper() for f in formats}
@@ -122,7 +135,7 @@ def select_cases(formats: Sequence[str] = (), kernel_names: Sequence[str] = (), 
             and (c.quick or not quick) and (ctx is None or c.supported(ctx))]
 
 
-def run_case(ctx: Any, case: KernelCase, reps: int = 3, seed: int = 0) -> CaseResult:
+def run_case(ctx: KernelContext, case: KernelCase, reps: int = 3, seed: int = 0) -> CaseResult:
     """Run one case: check it against its reference, then time `reps` runs in one submit (0: no timing)."""
     result = CaseResult(case.kernel, case.fmt, case.shape, case.variant, passed=False)
     try:
@@ -139,7 +152,7 @@ def run_case(ctx: Any, case: KernelCase, reps: int = 3, seed: int = 0) -> CaseRe
     return result
 
 
-def run_cases(cases: Iterable[KernelCase], reps: int = 3, ctx: GPUContext | None = None,
+def run_cases(cases: Iterable[KernelCase], reps: int = 3, ctx: KernelContext | None = None,
               on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """Run cases in order on `ctx` (default: the process's GPU context; a CpuKernelContext for cpu
     cases). BackendError if there is no GPU at all."""
@@ -172,7 +185,7 @@ def _compare(result: CaseResult, got: np.ndarray, prep: Prepared) -> None:
     result.passed = result.max_rel_err <= prep.tol
 
 
-def _time(ctx: Any, result: CaseResult, prep: Prepared, reps: int) -> None:
+def _time(ctx: KernelContext, result: CaseResult, prep: Prepared, reps: int) -> None:
     sync = lambda: prep.read()  # noqa: E731  - a read-back waits for every submitted dispatch
     sync()
     start = time.perf_counter()
