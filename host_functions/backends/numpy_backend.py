@@ -10,8 +10,8 @@ pool and attends per item over that sequence's keys only. Batch invariance: a ro
 bit-identical whatever else is in the step: every product runs on the native kernels' float32
 tile (`tiled_matmul`: a fixed summation order per output, the weights read once for all rows),
 because OpenBLAS's result for a row changes with the row count (GEMV for one row, GEMM for more);
-where the kernels cannot build, BLAS GEMMs over tiles of exactly ROW_TILE rows do it at a lone
-decode step's cost (docs/scheduler.md has the figures); attention and the element-wise ops are per row or
+where the kernels cannot build, one BLAS matrix-vector product per row does it at a lone decode
+step's cost, and prefill's (docs/scheduler.md); attention and the element-wise ops are per row or
 per sequence already. LoRA (docs/lora.md) keeps it: a step orders its items so each (adapter, scale)
 and each merged copy has contiguous rows, and every row is computed on its own whatever the order.
 Prefill is chunked by the sequence alone
@@ -342,36 +342,32 @@ class Projection:
         return tiled_matmul(x, self.weight)
 
 
-ROW_TILE = 16  # rows per GEMM of the BLAS fallback: every row goes through the same (16, n_in) call
-
-
 def tiled_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """x @ weight.T, each row's bits depending only on that row, never on its neighbours.
 
     OpenBLAS picks its kernel, blocking and threading by the row count (a single row even goes
     through GEMV), and a row's bits change with them. So the products run on the native kernels'
     float32 tile (fixed summation order, weights read once per call for all rows), or, where those
-    cannot load (no ziglang, another OS), as BLAS GEMMs over tiles of exactly ROW_TILE rows, which
-    costs a lone row most of GEMV's speed (tests/test_batching_numpy holds both to invariance).
+    cannot load (no ziglang, another OS), as one BLAS product per row (tests/test_batching_numpy holds
+    both to invariance).
     """
     kernels = float_kernels()
     if kernels is not None:
         rows = np.ascontiguousarray(weight, np.float32).view(np.uint8)
         return kernels.matmul([(int(GGMLQuantizationType.F32), rows)], weight.shape[1], x)
-    return blas_tiled_matmul(x, weight)
+    return blas_rowwise_matmul(x, weight)
 
 
-def blas_tiled_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """tiled_matmul's fallback: GEMMs over zero-padded tiles of exactly ROW_TILE rows."""
-    n = x.shape[0]
-    padded = -(-n // ROW_TILE) * ROW_TILE
-    if padded != n or not x.flags.c_contiguous:
-        x = np.concatenate([x, np.zeros((padded - n, x.shape[1]), np.float32)])
-    out = np.empty((padded, weight.shape[0]), np.float32)
-    wt = weight.T
-    for start in range(0, padded, ROW_TILE):
-        np.matmul(x[start : start + ROW_TILE], wt, out=out[start : start + ROW_TILE])
-    return out[:n]
+def blas_rowwise_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """tiled_matmul's fallback: one matrix-vector product per row, the same BLAS call for every row.
+
+    Not GEMMs over tiles of rows: some BLAS kernels (OpenBLAS's Haswell and Zen sgemm) give a row
+    other bits at another place in the tile, so a row's result would depend on its neighbours.
+    """
+    out = np.empty((x.shape[0], weight.shape[0]), np.float32)
+    for i, row in enumerate(x):
+        np.matmul(weight, row, out=out[i])
+    return out
 
 
 @functools.cache
