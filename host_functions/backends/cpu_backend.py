@@ -45,6 +45,7 @@ from host_functions.lora.merged import fused_float_weight
 from host_functions.lora.unmerged import FusedPairs, RowAdapter, fused_pairs
 
 _COPY_CHUNK = 16 << 20  # bytes copied between two releases of the file's pages
+_FOLIO = 2 << 20  # the largest folio a fault may map (a PMD's worth)
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MADV_NOHUGEPAGE = 15  # linux/mman.h (the mmap module lacks it)
@@ -69,6 +70,18 @@ def _resident_rows(raw: RawTensor) -> np.ndarray:
         dst[start : start + _COPY_CHUNK] = src[start : start + _COPY_CHUNK]
         _advise(src[start : start + _COPY_CHUNK], mmap.MADV_DONTNEED)
     return dst.reshape(n_rows, row_bytes(raw.qtype, n_cols, raw.name))
+
+
+def _with_neighbours(view: np.ndarray) -> np.ndarray:
+    """`view` of a memory-mapped file widened to _FOLIO boundaries, within the file's mapping: a fault in
+    a file the page cache holds in large folios maps the whole folio, neighbours included."""
+    mapping = view
+    while isinstance(mapping.base, np.ndarray):
+        mapping = mapping.base
+    base, start = mapping.ctypes.data, view.ctypes.data - mapping.ctypes.data
+    lo = max(0, (base + start) // _FOLIO * _FOLIO - base)
+    hi = min(mapping.nbytes, -(-(base + start + view.nbytes) // _FOLIO) * _FOLIO - base)
+    return mapping.reshape(-1).view(np.uint8)[lo:hi]
 
 
 class QuantizedProjection:
@@ -155,6 +168,13 @@ class CpuBackend(NumpyBackend):
         self._resident: dict[str, np.ndarray] = {}  # name -> copied rows, so a tied table is copied once
         super().__init__(config, tensors, progress)
         self._resident.clear()
+
+    def _vector(self, name: str) -> np.ndarray:
+        """NumpyBackend's float32 copy of a norm vector, the file's pages it mapped dropped at once:
+        where the page cache holds the file in large folios, reading a few KiB maps 2 MiB."""
+        vector = super()._vector(name)
+        _advise(_with_neighbours(self.tensors[name].raw_bytes()), mmap.MADV_DONTNEED)
+        return vector
 
     def _weight_rows(self, raw: RawTensor) -> np.ndarray:
         if raw.name not in self._resident:

@@ -80,13 +80,14 @@ class Model:
     """One GGUF model loaded for inference: config, tokenizer, a compute backend and its KV pool."""
 
     def __init__(self, path: Path, config: ModelConfig, tokenizer: Tokenizer, backend: Backend,
-                 scheduler: Scheduler | None = None) -> None:
+                 scheduler: Scheduler | None = None, adapters: AdapterPool | None = None) -> None:
         self.path = path
         self.config = config
         self.tokenizer = tokenizer
         self.backend = backend
         self.scheduler = scheduler  # batches every sequence's steps; None: each step runs alone, at once
-        self.adapters = AdapterPool(config)  # LoRA adapters loaded for this model, shared by every tenant
+        # LoRA adapters loaded for this model, shared by every tenant
+        self.adapters = AdapterPool(config) if adapters is None else adapters
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "numpy",
@@ -125,10 +126,9 @@ class Model:
         if not 1 <= n_layers < self.config.n_layers:
             raise SequenceError(f"a model of {self.config.n_layers} layers can be cut after "
                                 f"1..{self.config.n_layers - 1} layers, not {n_layers}")
-        draft = Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend,
-                      self.scheduler)  # one backend and scheduler: its steps are batched with ours
-        draft.adapters = self.adapters
-        return draft
+        # One backend, scheduler and adapter pool: its steps are batched with ours.
+        return Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend,
+                     self.scheduler, self.adapters)
 
     def open_sequence(self, capacity: int | None = None) -> Sequence:
         """A new empty sequence with its own KV cache of at most `capacity` tokens."""
