@@ -1,6 +1,7 @@
-"""Batch invariance on the NumPy backend (and the cpu backend built on it): a sequence's logits are bit-identical whether its step
-runs alone or batched with any number of other sequences (ragged lengths, decode and prefill rows
-mixed, sliding-window layers), and a batched step still matches llama.cpp."""
+"""Batch invariance on the NumPy backend (and the cpu backend built on it): a sequence's logits are
+bit-identical whether its step runs alone or batched with any number of other sequences (ragged
+lengths, decode and prefill rows mixed, sliding-window layers), and a batched step still matches
+llama.cpp."""
 
 from __future__ import annotations
 
@@ -77,11 +78,30 @@ def test_batched_prefill_matches_llamacpp(name, weights):
         assert_matches(logits, expected, tolerance_for(weights), name)
 
 
+def _blas_gives_a_row_other_bits_elsewhere_in_its_tile(n_in: int, n_out: int) -> bool:
+    """Whether this machine's BLAS gives a row of one (ROW_TILE, n_in) x (n_in, n_out) GEMM other bits
+    at another place in the tile. OpenBLAS's Haswell and Zen sgemm kernels do, for some n_in and thread
+    counts (OPENBLAS_CORETYPE=Haswell picks them on any x86 machine); its SkylakeX kernel does not."""
+    rng = np.random.default_rng(0)
+    tile = rng.standard_normal((numpy_backend.ROW_TILE, n_in), dtype=np.float32)
+    weight_t = rng.standard_normal((n_out, n_in), dtype=np.float32).T
+    first = (tile @ weight_t)[0]
+    return any(not np.array_equal((np.roll(tile, place, axis=0) @ weight_t)[place], first)
+               for place in range(1, numpy_backend.ROW_TILE))
+
 
 @pytest.mark.parametrize("matmul", [numpy_backend.tiled_matmul, numpy_backend.blas_tiled_matmul],
                          ids=["native", "blas-fallback"])
 @pytest.mark.parametrize("n_in", [64, 100, 640])  # 100: past the last whole 16 lanes
-def test_each_product_row_is_independent_of_the_others(matmul, n_in):
+def test_each_product_row_is_independent_of_the_others(matmul, n_in, request):
+    if matmul is numpy_backend.blas_tiled_matmul:
+        # The fallback sends every row through the same GEMM shape; its rows are then independent only
+        # where BLAS gives a row the same bits at any place in a tile, which BLAS does not promise. Where
+        # it does not, that is a known product bug, held strictly: once the fallback no longer relies on
+        # it, this test fails until the mark goes.
+        request.applymarker(pytest.mark.xfail(
+            _blas_gives_a_row_other_bits_elsewhere_in_its_tile(n_in, 300), strict=True,
+            reason="the BLAS fallback relies on BLAS giving a row the same bits at any place in a tile"))
     rng = np.random.default_rng(n_in)
     weight = rng.standard_normal((300, n_in), dtype=np.float32)
     x = rng.standard_normal((37, n_in), dtype=np.float32)
@@ -89,7 +109,8 @@ def test_each_product_row_is_independent_of_the_others(matmul, n_in):
     np.testing.assert_allclose(batched, x.astype(np.float64) @ weight.T.astype(np.float64), rtol=1e-4, atol=1e-4)
     for i in (0, 5, 36):
         assert np.array_equal(matmul(x[i : i + 1], weight)[0], batched[i])
-    assert np.array_equal(matmul(x[3:20], weight), batched[3:20])
+    for start in range(1, numpy_backend.ROW_TILE + 1):  # each row at every place of a fallback tile
+        assert np.array_equal(matmul(x[start : start + 17], weight), batched[start : start + 17]), start
 
 
 def test_numpy_backend_products_run_on_the_native_float_tile():
