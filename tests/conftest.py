@@ -1,4 +1,5 @@
-"""Shared fixtures: every test runs with its own REALM_HOME so no test touches the user's data."""
+"""Shared fixtures: every test runs with its own REALM_HOME so no test touches the user's data, and
+without the REALM_* settings of the shell that started pytest."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import the `oracle` helper module
+
+from clean_env import drop_shell_settings  # noqa: E402  (found through the path above)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    drop_shell_settings()
 
 
 @pytest.fixture(autouse=True)
