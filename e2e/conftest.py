@@ -12,13 +12,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # the `oracle` helper module
 
-from clean_env import drop_shell_settings  # noqa: E402  (found through the path above)
+from clean_env import start_clean  # noqa: E402  (found through the path above)
 
 REALM = shutil.which("realm", path=str(Path(sys.executable).parent)) or "realm"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    drop_shell_settings()
+    start_clean(config)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Shared fixtures: every test runs with its own REALM_HOME so no test touches the user's data, and
-without the REALM_* settings of the shell that started pytest."""
+"""Shared fixtures: the session starts clean (clean_env), and every test runs with its own REALM_HOME
+so no test touches the user's data."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import the `oracle` helper module
 
-from clean_env import drop_shell_settings  # noqa: E402  (found through the path above)
+from clean_env import start_clean  # noqa: E402  (found through the path above)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    drop_shell_settings()
+    start_clean(config)
 
 
 @pytest.fixture(autouse=True)
