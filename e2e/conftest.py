@@ -30,9 +30,10 @@ def realm_env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def realm(realm_env: dict[str, str], tmp_path: Path):
     """Run `realm ARGS...` in the test's own directory (a relative path it writes lands there, not in the
-    source tree); returns the CompletedProcess (text; stdin `input` may be bytes)."""
+    source tree); returns the CompletedProcess (text). Its stdin is `input` (str or bytes), empty by
+    default: never the terminal pytest may have been started from."""
 
-    def run(*args: str, input: str | bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, input: str | bytes = "", timeout: float = 300) -> subprocess.CompletedProcess[str]:
         if isinstance(input, bytes):
             done = subprocess.run([REALM, *args], capture_output=True, env=realm_env, input=input, timeout=timeout,
                                   cwd=tmp_path)

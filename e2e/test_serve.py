@@ -71,7 +71,7 @@ class Served:
     def client(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=180)
 
-    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, input: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run([REALM, *args], capture_output=True, text=True, env=self.env, input=input, timeout=300)
 
     def in_flight(self) -> int:
