@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class Served:
     def client(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=180)
 
-    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, input: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run([REALM, *args], capture_output=True, text=True, env=self.env, input=input, timeout=300)
 
     def in_flight(self) -> int:
@@ -83,9 +84,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("serve")
+@contextmanager
+def serving(home: Path) -> Iterator[Served]:
+    """`realm serve` on the cpu backend with its own REALM_HOME under `home`, up and answering; stopped after."""
     env = {**os.environ, "REALM_HOME": str(home / "home"), "REALM_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
     port = free_port()
     log = home / "server.log"
@@ -103,10 +104,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             pass
         assert time.monotonic() < deadline, f"realm serve did not come up: {log.read_text()}"
         time.sleep(0.3)
-    yield server
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=120)
+    try:
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serving(tmp_path_factory.mktemp("serve")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -361,6 +370,7 @@ def test_metrics_count_requests_and_tokens_per_tenant_for_the_admin(served, key)
     assert httpx.post(served.url + "/admin/tenants", json={"name": "x"}).status_code == 401
     assert httpx.get(served.url + "/admin/tenants", headers={"Authorization": f"Bearer {key}"}).status_code == 401
     assert served.admin("GET", "/admin/tenants/nobody").status_code == 404
+    served.client(key).completions.create(model=MODEL, prompt="Hi", max_tokens=2)  # something to count
     text = served.admin("GET", "/metrics").text
     assert 'realm_requests_total{endpoint="completion",status="200",tenant="main"}' in text
     assert 'realm_tokens_total{kind="completion",tenant="main"}' in text
@@ -385,19 +395,21 @@ def test_realm_chat_answers_on_the_servers_path_and_keeps_history(served, key):
     assert len(chat.stdout) > len(first) + 1 and chat.stdout.endswith("\n")
 
 
-# --- shutdown (last: it stops the module's server) -----------------------------------------------
+# --- shutdown (on a server of its own: it stops it) -------------------------------------------------
 
-def test_sigterm_drains_in_flight_requests_then_exits(served, key):
-    answers: list[openai.types.Completion] = []
-    worker = threading.Thread(target=lambda: answers.append(served.client(key).completions.create(
-        model=MODEL, prompt="Once upon a time", max_tokens=24, temperature=0)))
-    worker.start()
-    deadline = time.monotonic() + 30
-    while served.in_flight() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    served.proc.send_signal(signal.SIGTERM)
-    worker.join(timeout=180)
-    assert answers and answers[0].usage.completion_tokens == 24
-    # uvicorn re-raises the signal it caught once it has drained, so the exit is "terminated by SIGTERM".
-    assert served.proc.wait(timeout=60) == -signal.SIGTERM
-    assert "Finished server process" in served.log.read_text()
+def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
+    with serving(tmp_path) as server:
+        key = server.tenant("main")
+        answers: list[openai.types.Completion] = []
+        worker = threading.Thread(target=lambda: answers.append(server.client(key).completions.create(
+            model=MODEL, prompt="Once upon a time", max_tokens=24, temperature=0)))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while server.in_flight() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.proc.send_signal(signal.SIGTERM)
+        worker.join(timeout=180)
+        assert answers and answers[0].usage.completion_tokens == 24
+        # uvicorn re-raises the signal it caught once it has drained, so the exit is "terminated by SIGTERM".
+        assert server.proc.wait(timeout=60) == -signal.SIGTERM
+        assert "Finished server process" in server.log.read_text()

@@ -17,6 +17,9 @@ from oracle import DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(DATA / "tiny-llama-Q8_0.gguf")
+# The environment of the subprocesses: without a PYTHONPATH, which would put another copy of Realm (a
+# source tree's) before the wheel's.
+ENV = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                                  "tests", "e2e"))
     dist = tmp_path_factory.mktemp("dist")
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(source)],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, env=ENV)
     assert built.returncode == 0, built.stderr
     (path,) = dist.glob("realm-*.whl")
     return path
@@ -51,7 +54,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                           str(wheel)], capture_output=True, text=True, timeout=600)
+                           str(wheel)], capture_output=True, text=True, timeout=600, env=ENV)
     assert done.returncode == 0, done.stderr
     return venv / "bin"
 
@@ -66,13 +69,13 @@ def test_the_wheel_carries_every_shader_and_guest(wheel):
 def test_the_installed_package_runs_from_its_own_files(installed, tmp_path):
     where = subprocess.run([str(installed / "python"), "-c",
                             "import host_functions, realm; print(host_functions.__file__); print(realm.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
+                           capture_output=True, text=True, cwd=tmp_path, check=True, env=ENV).stdout.split()
     assert all(Path(p).is_relative_to(installed.parent) for p in where), where
 
 
 def test_kernels_test_quick_passes_from_the_installed_wheel(installed, tmp_path):
     done = subprocess.run([str(installed / "realm"), "kernels", "test", "--quick", "--reps", "0", "--json"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600, env=ENV)
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     assert results and all(r["passed"] for r in results)
@@ -83,7 +86,7 @@ def test_run_on_a_tiny_model_from_the_installed_wheel(installed, tmp_path, backe
     done = subprocess.run([str(installed / "realm"), "run", "Once upon a time", "-m", TINY, "-b", backend,
                            "--temperature", "0", "--max-tokens", "4", "--json"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                          env={**os.environ, "REALM_HOME": str(tmp_path / "home")})
+                          env={**ENV, "REALM_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["finish_reason"] == "length" and result["completion_tokens"] == 4

@@ -1,4 +1,5 @@
-"""Shared fixtures: every test runs with its own REALM_HOME so no test touches the user's data."""
+"""Shared fixtures: the session starts clean (clean_env), and every test runs with its own REALM_HOME
+so no test touches the user's data."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import the `oracle` helper module
+
+from clean_env import start_clean  # noqa: E402  (found through the path above)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    start_clean(config)
 
 
 @pytest.fixture(autouse=True)

@@ -45,6 +45,20 @@ def _in_threads(*targets) -> None:
         t.join(60)
 
 
+def _steps_submitted(scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch) -> threading.Semaphore:
+    """Released each time a step is handed to `scheduler` from now on: a test waits for a step to be
+    in the scheduler's queue on this, not on a sleep a loaded machine may outlast."""
+    submitted = threading.Semaphore(0)
+    run = scheduler.run
+
+    def run_and_tell(item, owner):
+        submitted.release()
+        return run(item, owner)
+
+    monkeypatch.setattr(scheduler, "run", run_and_tell)
+    return submitted
+
+
 def test_concurrent_sequences_share_steps_and_match_their_solo_runs_bit_for_bit():
     model, scheduler = _model()
     prompts = [list(range(1, 2 + 3 * i)) for i in range(8)]  # ragged: 1..22 tokens
@@ -68,18 +82,23 @@ def test_small_request_keeps_its_pace_while_another_tenant_floods():
     model, scheduler = _model()
     stop = threading.Event()
     flood_tokens = [0]
+    flooding = threading.Barrier(7)  # the 6 flood threads, each with a prompt done, and this one
 
     def flood():
+        first = True
         while not stop.is_set():  # long prompts, back to back: two 128-token chunks each
             seq = model.open_sequence(300)
             seq.step(list(range(1, 257)), StepOwner(tenant="flood"))
             flood_tokens[0] += 256
             seq.close()
+            if first:
+                first = False
+                flooding.wait(60)
 
     floods = [threading.Thread(target=flood) for _ in range(6)]
     for t in floods:
         t.start()
-    time.sleep(0.3)  # the flood's queue is full
+    flooding.wait(60)  # every flood thread is under way, and queues its next prompt now
     before = scheduler.stats.steps
     _greedy(model, [1, 2, 3], 8, StepOwner(tenant="small"))  # 9 steps of its own
     during = scheduler.stats.steps - before
@@ -105,10 +124,11 @@ def test_step_waiting_for_kv_blocks_fails_at_its_deadline_naming_the_budget():
     assert holder.step([5]).shape == (model.config.n_vocab,)  # the holder was never disturbed
 
 
-def test_waiting_step_runs_once_another_sequence_frees_blocks():
-    model, _ = _model(kv_blocks=4)
+def test_waiting_step_runs_once_another_sequence_frees_blocks(monkeypatch):
+    model, scheduler = _model(kv_blocks=4)
     holder = model.open_sequence(128)
     holder.step(list(range(1, 3 * BLOCK_TOKENS)))
+    submitted = _steps_submitted(scheduler, monkeypatch)
     got: list = []
 
     def wait_for_blocks():
@@ -116,7 +136,8 @@ def test_waiting_step_runs_once_another_sequence_frees_blocks():
 
     waiter = threading.Thread(target=wait_for_blocks)
     waiter.start()
-    time.sleep(0.3)
+    assert submitted.acquire(timeout=60)
+    time.sleep(0.3)  # time for a scheduler that evicted the holder to run it (a loaded machine only hides that)
     assert not got  # still waiting: nothing was evicted for it
     holder.close()
     waiter.join(30)
@@ -124,8 +145,8 @@ def test_waiting_step_runs_once_another_sequence_frees_blocks():
     assert np.array_equal(got[0][0], _greedy(model, list(range(1, 2 * BLOCK_TOKENS + 1)), 0)[0])
 
 
-def test_cancelled_request_leaves_the_queue_and_its_blocks_come_back():
-    model, _ = _model(kv_blocks=4)
+def test_cancelled_request_leaves_the_queue_and_its_blocks_come_back(monkeypatch):
+    model, scheduler = _model(kv_blocks=4)
     holder = model.open_sequence(128)
     holder.step(list(range(1, 3 * BLOCK_TOKENS)))
     cancel = threading.Event()
@@ -139,9 +160,10 @@ def test_cancelled_request_leaves_the_queue_and_its_blocks_come_back():
         except RequestCancelled as exc:
             errors.append(exc)
 
+    submitted = _steps_submitted(scheduler, monkeypatch)
     thread = threading.Thread(target=blocked_step)
     thread.start()
-    time.sleep(0.2)
+    assert submitted.acquire(timeout=60)  # its step is with the scheduler, which has no blocks for it
     cancel.set()
     thread.join(10)
     assert len(errors) == 1 and "cancelled" in str(errors[0])
@@ -174,13 +196,14 @@ def test_a_sequence_that_stops_calling_never_holds_the_batch_back():
     assert finished
 
 
-def test_a_guest_waiting_in_seq_finish_is_cancelled_by_the_sandboxs_cancel_event():
+def test_a_guest_waiting_in_seq_finish_is_cancelled_by_the_sandboxs_cancel_event(monkeypatch):
     from realm.sandbox.intake import compile_guest, reference_guest_path
     from realm.sandbox.run import TenantSandbox
 
-    model, _ = _model(kv_blocks=4)
+    model, scheduler = _model(kv_blocks=4)
     holder = model.open_sequence(128)
     holder.step(list(range(1, 4 * BLOCK_TOKENS)))  # the whole pool: the guest's prefill must wait
+    submitted = _steps_submitted(scheduler, monkeypatch)
     cancel = threading.Event()
     outcome: list[BaseException] = []
 
@@ -193,7 +216,7 @@ def test_a_guest_waiting_in_seq_finish_is_cancelled_by_the_sandboxs_cancel_event
 
     thread = threading.Thread(target=request)
     thread.start()
-    time.sleep(0.5)
+    assert submitted.acquire(timeout=60)  # its prefill is with the scheduler, which has no blocks for it
     assert not outcome  # waiting for blocks, within its (300 s) deadline
     cancel.set()
     thread.join(10)
