@@ -11,9 +11,7 @@ from guest_helpers import TINY_LLAMA, wat_guest
 from host_functions.abi import Limits
 from host_functions.engine.model import Model
 from host_functions.errors import GuestError
-from realm.sandbox import compiler as guest_compiler
-from realm.sandbox import intake
-from realm.sandbox import module_bounds as wasm_bounds
+from realm.sandbox import compiler, intake, module_bounds
 from realm.sandbox.intake import compile_guest, reference_guest_path
 from realm.sandbox.run import TenantSandbox
 from realm.tenants import TenantRegistry
@@ -35,15 +33,15 @@ def over(limit: int) -> int:
 
 
 BOUNDS = {
-    "functions": (guest_with("(func)" * over(wasm_bounds.MAX_FUNCTIONS)), "functions, over the limit of 10000"),
-    "exports": (guest_with("".join(f'(func (export "f{i}"))' for i in range(over(wasm_bounds.MAX_EXPORTS)))),
+    "functions": (guest_with("(func)" * over(module_bounds.MAX_FUNCTIONS)), "functions, over the limit of 10000"),
+    "exports": (guest_with("".join(f'(func (export "f{i}"))' for i in range(over(module_bounds.MAX_EXPORTS)))),
                 "exports, over the limit of 64"),
-    "locals": (guest_with(f"(func (local{' i32' * over(wasm_bounds.MAX_LOCALS)}))"), "declares over 4096 locals"),
-    "nesting": (guest_with("(func " + "(block " * over(wasm_bounds.MAX_NESTING) + ")" * over(wasm_bounds.MAX_NESTING)
-                           + ")"), "nests blocks over 1024 deep"),
-    "function size": (guest_with("(func " + "(drop (i32.const 0))" * (wasm_bounds.MAX_FUNCTION_BYTES // 3) + ")"),
+    "locals": (guest_with(f"(func (local{' i32' * over(module_bounds.MAX_LOCALS)}))"), "declares over 4096 locals"),
+    "nesting": (guest_with("(func " + "(block " * over(module_bounds.MAX_NESTING)
+                           + ")" * over(module_bounds.MAX_NESTING) + ")"), "nests blocks over 1024 deep"),
+    "function size": (guest_with("(func " + "(drop (i32.const 0))" * (module_bounds.MAX_FUNCTION_BYTES // 3) + ")"),
                       "bytes, over the limit of 262144"),
-    "globals": (guest_with("(global i32 (i32.const 0))" * over(wasm_bounds.MAX_ENTRIES)), "globals, over the limit"),
+    "globals": (guest_with("(global i32 (i32.const 0))" * over(module_bounds.MAX_ENTRIES)), "globals, over the limit"),
     "WASI import": (b'(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32) (result i32))))',
                     "import wasi_snapshot_preview1.fd_write: guests may import only from module 'realm'"),
     # features a guest does not need are switched off in the engine
@@ -70,23 +68,23 @@ def test_a_module_over_a_bound_is_refused_at_deploy_and_the_old_module_keeps_ser
 
 def test_modules_at_the_bounds_are_fine(model):
     """The bounds are limits, not traps for ordinary guests: 64 exports, deep-ish nesting, many locals."""
-    extra = ("".join(f'(func (export "f{i}"))' for i in range(wasm_bounds.MAX_EXPORTS - 3))
-             + f"(func (local{' i32' * wasm_bounds.MAX_LOCALS}))"
-             + "(func " + "(block " * wasm_bounds.MAX_NESTING + ")" * wasm_bounds.MAX_NESTING + ")")
-    shape = wasm_bounds.measure(bytes(wasmtime.wat2wasm(guest_with(extra).decode())), "realm")
+    extra = ("".join(f'(func (export "f{i}"))' for i in range(module_bounds.MAX_EXPORTS - 3))
+             + f"(func (local{' i32' * module_bounds.MAX_LOCALS}))"
+             + "(func " + "(block " * module_bounds.MAX_NESTING + ")" * module_bounds.MAX_NESTING + ")")
+    shape = module_bounds.measure(bytes(wasmtime.wat2wasm(guest_with(extra).decode())), "realm")
     assert (shape.exports, shape.max_locals, shape.max_nesting) == (64, 4096, 1024)
     assert TenantSandbox(model).run(compile_guest(guest_with(extra)), {}).status == 0
 
 
 def test_the_reference_guests_are_well_inside_the_bounds():
     for name in ("generate", "choice"):
-        shape = wasm_bounds.measure(reference_guest_path(name).read_bytes(), "realm")
+        shape = module_bounds.measure(reference_guest_path(name).read_bytes(), "realm")
         assert shape.functions < 100 and shape.exports == 3 and shape.max_nesting < 64
 
 
 def test_a_compile_over_the_workers_memory_budget_is_refused(monkeypatch):
     """The worker runs under RLIMIT_AS: with too little address space the compile fails, the host does not."""
-    monkeypatch.setattr(guest_compiler, "COMPILE_MEMORY_BYTES", 32 << 20)
+    monkeypatch.setattr(compiler, "COMPILE_MEMORY_BYTES", 32 << 20)
     with pytest.raises(GuestError, match="needs more than 32 MiB of memory"):
         compile_guest(guest_with("(func (drop (i32.const 7)))"))
 
@@ -94,11 +92,11 @@ def test_a_compile_over_the_workers_memory_budget_is_refused(monkeypatch):
 def test_a_compiled_module_is_kept_on_disk_and_never_compiled_again(model, monkeypatch):
     source = guest_with("(func (drop (i32.const 11)))")
     first = compile_guest(source)
-    path = guest_compiler.compiled_path(first.sha256)
+    path = compiler.compiled_path(first.sha256)
     assert path.is_file()
     intake._modules.clear()  # a new process: only the disk cache is left
     # Any compile would now fail (no address space for the worker): the module comes from the disk.
-    monkeypatch.setattr(guest_compiler, "COMPILE_MEMORY_BYTES", 16 << 20)
+    monkeypatch.setattr(compiler, "COMPILE_MEMORY_BYTES", 16 << 20)
     again = compile_guest(source)
     assert again is not first and again.sha256 == first.sha256
     assert TenantSandbox(model).run(again, {}).status == 0
@@ -106,7 +104,7 @@ def test_a_compiled_module_is_kept_on_disk_and_never_compiled_again(model, monke
 
 def test_a_damaged_compiled_module_is_compiled_again_not_loaded(model):
     source = guest_with("(func (drop (i32.const 12)))")
-    path = guest_compiler.compiled_path(compile_guest(source).sha256)
+    path = compiler.compiled_path(compile_guest(source).sha256)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
