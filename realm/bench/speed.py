@@ -179,7 +179,7 @@ def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> lis
     sched, kv_pool = scheduled(model)
     request = for_bench({"prompt": BENCH_TEXT[:60], "max_tokens": n_decode, "temperature": 0})
 
-    def level(n: int) -> tuple[float, list[float], list[float], int]:
+    def level(n: int, target: Model = model) -> tuple[float, list[float], list[float], int]:
         latencies: list[float] = []
         firsts: list[float] = []
         tokens = [0]
@@ -188,7 +188,7 @@ def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> lis
         def one() -> None:
             started = time.perf_counter()
             clock = FirstText()
-            result = request.run(model, on_text=clock)
+            result = request.run(target, on_text=clock)
             with lock:
                 latencies.append(time.perf_counter() - started)
                 firsts.append((time.perf_counter() if clock.first is None else clock.first) - started)
@@ -216,14 +216,12 @@ def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> lis
             mean_batch=(sched.stats.items - before_items) / steps if steps else 0.0, kv_peak_tokens=kv_peak))
     if 1 in levels:  # the scheduler's cost: alternate the two runners, keep each one's fastest run
         single = next(r for r in results if r.concurrency == 1)
+        # The same weights, backend and adapters without a scheduler: each step runs at once.
+        unbatched = Model(model.path, model.config, model.tokenizer, model.backend, None, model.adapters)
         batched, direct = [single.aggregate_tok_s], []
         for _ in range(OVERHEAD_REPEATS):
             batched.append(level(1)[0])
-            model.scheduler = None  # steps run directly: nothing else runs during a bench
-            try:
-                direct.append(level(1)[0])
-            finally:
-                model.scheduler = sched
+            direct.append(level(1, unbatched)[0])
         single.aggregate_tok_s, single.direct_tok_s = max(batched), max(direct)
         single.scheduler_overhead_pct = 100.0 * (max(direct) - max(batched)) / max(direct)
     return results
