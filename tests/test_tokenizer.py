@@ -435,3 +435,27 @@ def test_bpe_ranks_follow_llamacpps_reading_of_merge_lines() -> None:
     for left in candidates:
         for right in candidates:
             assert model.rank(left, right) == expected.get((left, right)), (left, right)
+
+
+def test_a_merge_loop_is_interrupted_every_interrupt_every_steps_while_it_grows():
+    from host_functions.tokenizer.interrupt import INTERRUPT_EVERY, drain
+
+    class Cut(Exception):
+        pass
+
+    calls = []
+
+    def interrupt():
+        calls.append(len(popped))
+        if len(calls) == 2:
+            raise Cut
+
+    queue = [(i,) for i in range(INTERRUPT_EVERY)]
+    popped: list[tuple] = []
+    with pytest.raises(Cut):
+        for item in drain(queue, interrupt):
+            popped.append(item)
+            if len(popped) <= INTERRUPT_EVERY:
+                queue.append((INTERRUPT_EVERY + len(popped),))  # pushed meanwhile: drained too, in order
+    assert calls == [INTERRUPT_EVERY - 1, 2 * INTERRUPT_EVERY - 1]
+    assert popped == sorted(popped)

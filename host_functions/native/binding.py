@@ -19,7 +19,8 @@ from host_functions.native.variants import Variant
 
 _PTR = ctypes.c_void_p
 _I64 = ctypes.c_int64
-# typed as taking Any: NumPy's stubs do not declare the buffer protocol ndarray implements
+# Bound once: _address runs a few hundred times a decode step. Typed as taking Any because NumPy's
+# stubs do not declare the buffer protocol that ndarray implements.
 _char_from_buffer: Callable[[Any], ctypes.c_char] = ctypes.c_char.from_buffer
 _addressof = ctypes.addressof
 

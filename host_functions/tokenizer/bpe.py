@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 
 from host_functions.formats.gguf_file import PackedStrings
-from host_functions.tokenizer.interrupt import INTERRUPT_EVERY, Interrupt, never
+from host_functions.tokenizer.interrupt import INTERRUPT_EVERY, Interrupt, drain, never
 from host_functions.tokenizer.pre_tokenizers import PreTokenizer
 from host_functions.tokenizer.vocab_index import VocabIndex
 
@@ -94,12 +94,7 @@ class BpeModel:
             if i % INTERRUPT_EVERY == 0:
                 interrupt()
             push(i - 1, i)
-        steps = 0
-        while queue:
-            steps += 1
-            if steps % INTERRUPT_EVERY == 0:
-                interrupt()
-            _, left, right, merged = heapq.heappop(queue)
+        for _, left, right, merged in drain(queue, interrupt):
             if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != merged:
                 continue  # outdated pair
             symbols[left] = merged

@@ -6,7 +6,9 @@ A guest's tokenize call is host work that wasm fuel cannot see, so the caller pa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterator
+from typing import Any
 
 Interrupt = Callable[[], None]
 
@@ -16,3 +18,14 @@ INTERRUPT_EVERY = 1 << 14
 
 def never() -> None:
     """The interrupt of an encode nobody cuts off."""
+
+
+def drain(queue: list[tuple[Any, ...]], interrupt: Interrupt) -> Iterator[tuple[Any, ...]]:
+    """Pop `queue` (a heap the caller may push to meanwhile) until it is empty, smallest first, calling
+    `interrupt` every INTERRUPT_EVERY pops: a merge loop's steps, cut off at the caller's deadline."""
+    steps = 0
+    while queue:
+        steps += 1
+        if steps % INTERRUPT_EVERY == 0:
+            interrupt()
+        yield heapq.heappop(queue)

@@ -11,7 +11,7 @@ import heapq
 from array import array
 
 from host_functions.errors import UnsupportedError
-from host_functions.tokenizer.interrupt import INTERRUPT_EVERY, Interrupt, never
+from host_functions.tokenizer.interrupt import Interrupt, drain, never
 from host_functions.tokenizer.vocab_index import VocabIndex
 
 SPACE_MARK = "\u2581"  # SentencePiece's visible space, "▁"
@@ -65,12 +65,7 @@ class SpmModel:
         pairs = map(to_id.get, [text[i:i + 2] for i in range(n - 1)])
         queue = [(-scores[tid], i, i + 1, 2) for i, tid in enumerate(pairs) if tid is not None]
         heapq.heapify(queue)
-        steps = 0
-        while queue:
-            steps += 1
-            if steps % INTERRUPT_EVERY == 0:
-                interrupt()
-            _, left, right, merged_size = heapq.heappop(queue)
+        for _, left, right, merged_size in drain(queue, interrupt):
             if size[left] == 0 or size[right] == 0 or size[left] + size[right] != merged_size:
                 continue  # one side changed since this pair was queued
             size[left] += size[right]
