@@ -3,10 +3,11 @@
 The model's own template (GGUF `tokenizer.chat_template`, Jinja) is rendered the way llama.cpp
 renders it: a sandboxed Jinja environment with `messages`, `add_generation_prompt`, `bos_token`,
 `eos_token`, `raise_exception` and `strftime_now`, HF's trim_blocks/lstrip_blocks, and a leading
-BOS text removed because the tokenizer adds BOS itself. A model without a template (the bundled
-Gemma 3 270M) gets a built-in one for its family, written in Jinja from llama.cpp's C++
-built-ins; the family is recognised by the markers llama.cpp's template detection looks for,
-found here in the vocabulary. `--chat-template NAME|FILE` overrides both.
+BOS text removed because the tokenizer adds BOS itself. A template Jinja cannot parse gets the
+built-in of the family its text names, as llama.cpp's `llm_chat_detect_template` finds it. A
+model without a template (the bundled Gemma 3 270M) gets a built-in one for its family, written in
+Jinja from llama.cpp's C++ built-ins; the family is recognised by the markers llama.cpp's template
+detection looks for, found here in the vocabulary. `--chat-template NAME|FILE` overrides both.
 
 The rendered text contains special-token text ("<start_of_turn>"), so the guest must tokenize it
 with PARSE_SPECIAL (the reference guest does when the request has `"special": true`).
@@ -52,6 +53,12 @@ BUILTIN_TEMPLATES: dict[str, str] = {
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
     ),
+    "phi3": (
+        "{%- for m in messages -%}"
+        "{{ '<|' + m.role + '|>\\n' + m.content + '<|end|>\\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
+    ),
     "llama3": (
         "{%- for m in messages -%}"
         "{{ '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n' + (m.content | trim) + '<|eot_id|>' }}"
@@ -72,12 +79,16 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     ),
 }
 
-# (family, marker token): llama.cpp's detection markers, checked in the vocabulary in this order.
-_FAMILY_MARKERS: tuple[tuple[str, str], ...] = (
-    ("gemma", "<start_of_turn>"),
-    ("llama3", "<|start_header_id|>"),
-    ("chatml", "<|im_start|>"),
+# (family, markers): a family is detected where all its markers are found, in the order of
+# llama.cpp's `llm_chat_detect_template` (a template's text holds them; a vocabulary has them as tokens).
+_FAMILY_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("chatml", ("<|im_start|>",)),
+    ("phi3", ("<|assistant|>", "<|end|>")),
+    ("gemma", ("<start_of_turn>",)),
+    ("llama3", ("<|start_header_id|>", "<|end_header_id|>")),
 )
+# Templates that hold chatml's marker but are other formats llama.cpp knows (phi4, smolvlm).
+_NOT_CHATML = ("<|im_sep|>", "<end_of_utterance>")
 
 
 @dataclass(frozen=True)
@@ -127,16 +138,39 @@ def load_chat_template(tokenizer: Tokenizer, arch: str, override: str | None = N
             raise ChatTemplateError(f"--chat-template {override!r} is neither a built-in ({names}) "
                                     f"nor a readable file: {exc}") from None
     if tokenizer.chat_template:
-        return compile_template(tokenizer.chat_template, "model", tokenizer)
+        return _model_template(tokenizer.chat_template, tokenizer)
     family = template_family(tokenizer, arch)
     return compile_template(BUILTIN_TEMPLATES[family], f"builtin:{family}", tokenizer)
+
+
+def _model_template(text: str, tokenizer: Tokenizer) -> ChatTemplate:
+    """The model's own template; where Jinja cannot parse it, the built-in its text names (llama.cpp
+    without --jinja detects and uses its built-in always). ChatTemplateError when it names none."""
+    try:
+        return compile_template(text, "model", tokenizer)
+    except ChatTemplateError:
+        family = detect_family(text)
+        if family is None:
+            raise
+    return compile_template(BUILTIN_TEMPLATES[family], f"builtin:{family} (the model's template names it)",
+                            tokenizer)
+
+
+def detect_family(template: str) -> str | None:
+    """The built-in a template's text is written for, by llama.cpp's markers; None if none."""
+    for family, markers in _FAMILY_MARKERS:
+        if all(m in template for m in markers):
+            if family == "chatml" and any(m in template for m in _NOT_CHATML):
+                return None
+            return family
+    return None
 
 
 def template_family(tokenizer: Tokenizer, arch: str) -> str:
     """The built-in template for a model without one: its turn markers if the vocabulary has them,
     llama2 for a SentencePiece llama, else chatml (llama.cpp's own last resort)."""
-    for family, marker in _FAMILY_MARKERS:
-        if tokenizer.token_id(marker) is not None:
+    for family, markers in _FAMILY_MARKERS:
+        if all(tokenizer.token_id(m) is not None for m in markers):
             return family
     if arch.startswith("gemma"):
         return "gemma"

@@ -37,6 +37,9 @@ LLAMA_CPP_EXPECTED = {
               "<|start_header_id|>assistant<|end_header_id|>\n\nI am an assistant<|eot_id|>"
               "<|start_header_id|>user<|end_header_id|>\n\nAnother question<|eot_id|>"
               "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "phi3": "<|system|>\nYou are a helpful assistant<|end|>\n<|user|>\nHello<|end|>\n<|assistant|>\nHi there<|end|>\n"
+            "<|user|>\nWho are you<|end|>\n<|assistant|>\n   I am an assistant   <|end|>\n<|user|>\nAnother question"
+            "<|end|>\n<|assistant|>\n",
 }
 # Model templates from the same llama.cpp test (Jinja, as a GGUF would carry them).
 OPENHERMES = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "

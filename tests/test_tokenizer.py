@@ -360,7 +360,8 @@ def test_bpe_special_tokens_partition(bpe_files: dict[str, Tokenizer]) -> None:
 
 def test_bpe_end_of_generation_tokens(bpe_files: dict[str, Tokenizer]) -> None:
     tok = bpe_files["llama-bpe"]
-    assert tok.eot_id == bpe_id("<|eot_id|>")
+    # Both <|eot_id|> and EOS <|end_of_text|> are end-of-turn texts; llama.cpp's EOT is EOS here.
+    assert tok.eot_id == tok.eos_id == bpe_id("<|end_of_text|>")
     assert tok.is_end_of_generation(bpe_id("<|eot_id|>"))
     assert tok.is_end_of_generation(bpe_id("<|end_of_text|>"))
     assert not tok.is_end_of_generation(bpe_id("<|begin_of_text|>"))

@@ -2,8 +2,10 @@
 ``tokenizer_st_partition``): USER_DEFINED tokens always, CONTROL and UNKNOWN tokens only when the
 caller asks to parse specials; longer tokens are cut first.
 
-Where llama.cpp's sort is unstable, special tokens of equal byte length are cut in id order. The
-per-model LSTRIP/RSTRIP attributes (phi-3, jina, modern-bert) are not applied.
+Where llama.cpp's sort is unstable, special tokens of equal byte length are cut in id order. Tokens
+with llama.cpp's RSTRIP attribute (phi-3's, `special_tokens.rstrip_ids`) drop the ASCII whitespace
+that follows them in their fragment. LSTRIP, which llama.cpp sets only for vocabularies Realm does
+not read (jina, modern-bert), is not applied.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from host_functions.tokenizer.vocab_index import VocabIndex
 # Tokens cut out of raw text; CONTROL and UNKNOWN only when the caller asks to parse specials
 # (llama.cpp's `cache_special_tokens`).
 _PARTITIONED_TYPES = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
+_C_SPACE = frozenset(" \t\n\v\f\r")  # C's isspace, which llama.cpp's RSTRIP applies byte by byte
 
 
 class SpecialTokens:
@@ -36,8 +39,9 @@ class SpecialTokens:
     times the longest token.
     """
 
-    def __init__(self, table: list[tuple[str, int, bool]]) -> None:
+    def __init__(self, table: list[tuple[str, int, bool]], rstrip: frozenset[int] = frozenset()) -> None:
         self._table = table  # (text, id, needs parse_special), in cutting order
+        self._rstrip = rstrip  # ids that drop the whitespace after them
         self._rank = {text: k for k, (text, _, _) in enumerate(table)}
         self._longest = max((len(text) for text, _, _ in table), default=0)
         # the special tokens that are prefixes of each one (itself included), as table ranks
@@ -49,28 +53,33 @@ class SpecialTokens:
         self._runs = re.compile(rf"(.)\1{{{self._longest},}}", re.DOTALL) if self._longest else None
 
     @classmethod
-    def of_vocabulary(cls, vocab: VocabIndex, types: np.ndarray) -> SpecialTokens:
+    def of_vocabulary(cls, vocab: VocabIndex, types: np.ndarray,
+                      rstrip: frozenset[int] = frozenset()) -> SpecialTokens:
         """Every token of the vocabulary that is cut out of raw text, with whether it needs
-        parse_special, longest first."""
+        parse_special, longest first; the ids in `rstrip` drop the whitespace after them."""
         wanted = np.flatnonzero(np.isin(types, [int(t) for t in _PARTITIONED_TYPES])).tolist()
         table = [(vocab.piece(i), i, int(types[i]) != TokenType.USER_DEFINED) for i in wanted]
         table.sort(key=lambda row: -len(row[0].encode("utf-8")))  # stable: equal lengths by id
-        return cls(table)
+        return cls(table, rstrip)
 
     def partition(self, text: str, parse_special: bool, interrupt: Interrupt = never) -> list[str | int]:
         """`text` as raw-text fragments and the ids of the special tokens cut out of it."""
         occurrences = self._occurrences(text, parse_special)
         if not occurrences:
             return [text] if text else []
-        taken = bytearray(len(text))  # 1 where a cut token covers the character
-        cuts: list[tuple[int, int, int]] = []  # (start, end, id)
+        taken = bytearray(len(text))  # 1 where a cut token (or the whitespace it strips) covers the character
+        cuts: list[tuple[int, int, int]] = []  # (start, end of what the cut takes, id)
         for rank in sorted(occurrences):
             interrupt()
             token, tid, _ = self._table[rank]
             size = len(token)
             for start in self._starts(text, token, taken, occurrences[rank]):
-                taken[start:start + size] = b"\x01" * size
-                cuts.append((start, start + size, tid))
+                stop = start + size
+                if tid in self._rstrip:  # only within the fragment: up to the next cut
+                    while stop < len(text) and not taken[stop] and text[stop] in _C_SPACE:
+                        stop += 1
+                taken[start:stop] = b"\x01" * (stop - start)
+                cuts.append((start, stop, tid))
         cuts.sort()
         fragments: list[str | int] = []
         end = 0

@@ -58,8 +58,10 @@ _GPT2_PRE = PreTokenizer((_GPT2_SPLIT,))
 PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     "": _DEFAULT_PRE,  # llama.cpp warns and uses the default when the key is missing
     "default": _DEFAULT_PRE,
-    "llama3": _LLAMA3_PRE, "llama-v3": _LLAMA3_PRE, "llama-bpe": _LLAMA3_PRE,
-    "qwen2": _QWEN2_PRE, "deepseek-r1-qwen": _QWEN2_PRE,
+    # every name llama.cpp maps to LLAMA_VOCAB_PRE_TYPE_LLAMA3, and to ..._QWEN2
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                     "jina-v5-nano"), _LLAMA3_PRE),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2"), _QWEN2_PRE),
     "gpt-2": _GPT2_PRE, "gpt2": _GPT2_PRE,
 }
 

@@ -78,3 +78,18 @@ def fix_token_types(vocab: VocabIndex, types: np.ndarray, given_id: Callable[[st
         if tid is not None:
             types[tid] = int(TokenType.USER_DEFINED)
     return eog
+
+
+def rstrip_ids(model_name: str, vocab: VocabIndex, types: np.ndarray) -> frozenset[int]:
+    """The tokens llama.cpp gives the RSTRIP attribute (whitespace after them is dropped when they
+    are cut out of text): for a model whose `general.name` says phi-3, every special token (CONTROL,
+    USER_DEFINED, UNKNOWN, after `fix_token_types`) and "</s>", except "<unk>", "<s>" and
+    "<|endoftext|>". None for any other model."""
+    name = model_name.lower()
+    if "phi3" not in name and "phi-3" not in name:
+        return frozenset()
+    special = {int(t) for t in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)}
+    ids = {tid for tid, kind in enumerate(types.tolist()) if kind in special}
+    ids.update(tid for t in ("</s>",) if (tid := vocab.get(t)) is not None)
+    ids.difference_update(tid for t in ("<unk>", "<s>", "<|endoftext|>") if (tid := vocab.get(t)) is not None)
+    return frozenset(ids)

@@ -19,7 +19,7 @@ from host_functions.tokenizer.interrupt import Interrupt, never
 from host_functions.tokenizer.metadata import index_tokens, merges, packed_strings, per_token
 from host_functions.tokenizer.partition import SpecialTokens
 from host_functions.tokenizer.pre_tokenizers import PreTokenizer, pre_tokenizer
-from host_functions.tokenizer.special_tokens import EOM_TEXTS, EOT_TEXTS, first_present, fix_token_types
+from host_functions.tokenizer.special_tokens import EOM_TEXTS, EOT_TEXTS, first_present, fix_token_types, rstrip_ids
 from host_functions.tokenizer.spm import SpmModel
 from host_functions.tokenizer.token_type import TokenType
 from host_functions.tokenizer.vocab_index import VocabIndex
@@ -97,11 +97,13 @@ class Tokenizer:
         template = meta.get("tokenizer.chat_template")
         self.chat_template = template if isinstance(template, str) and template.strip() else None
 
-        self.eot_id = _given_or_found(special("eot"), self._vocab, EOT_TEXTS)
-        eom_id = _given_or_found(special("eom"), self._vocab, EOM_TEXTS)
+        self.eot_id = _given_or_found(special("eot"), self._vocab, EOT_TEXTS, self.eos_id)
+        eom_id = _given_or_found(special("eom"), self._vocab, EOM_TEXTS, self.eos_id)
         self._eog = fix_token_types(self._vocab, self._types, special)
         self._eog.update(t for t in (self.eos_id, self.eot_id, eom_id) if t is not None)
-        self._special_tokens = SpecialTokens.of_vocabulary(self._vocab, self._types)
+        name = meta.get("general.name")
+        rstrip = rstrip_ids(name if isinstance(name, str) else "", self._vocab, self._types)
+        self._special_tokens = SpecialTokens.of_vocabulary(self._vocab, self._types, rstrip)
         self._piece_cache: dict[int, bytes] = {}  # rendered pieces, only of the ids seen
 
     # -- encoding ------------------------------------------------------------------------------
@@ -199,6 +201,13 @@ class Tokenizer:
         return frozenset(self._eog)
 
 
-def _given_or_found(given: int | None, vocab: VocabIndex, texts: Sequence[str]) -> int | None:
-    """The id the file names, else the lowest id of one of `texts` (llama.cpp's detection by text)."""
-    return given if given is not None else first_present(vocab, texts)
+def _given_or_found(given: int | None, vocab: VocabIndex, texts: Sequence[str], eos: int | None) -> int | None:
+    """The id the file names, else one spelled as one of `texts` (llama.cpp's detection by text): EOS if
+    it is one, else the lowest. llama.cpp takes the first in its hash map's order; preferring EOS gives
+    its choice on Qwen, Llama 3, Phi-3 and Gemma 3 vocabularies alike (the end-of-generation set, which
+    holds every candidate, does not depend on it)."""
+    if given is not None:
+        return given
+    if eos is not None and vocab.piece(eos) in texts:
+        return eos
+    return first_present(vocab, texts)
