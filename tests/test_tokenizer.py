@@ -262,18 +262,18 @@ def bpe_id(piece: str) -> int:
     return 256 + (MERGED + list(SPECIAL)).index(piece)
 
 
-def write_bpe_gguf(path: Path, pre: str) -> Path:
+def write_bpe_gguf(path: Path, pre: str, special: dict[str, TokenType] = SPECIAL) -> Path:
     byte_chars = [_gpt2_char(b) for b in range(256)]
-    tokens = byte_chars + MERGED + list(SPECIAL)
-    types = [TokenType.NORMAL] * (256 + len(MERGED)) + list(SPECIAL.values())
+    tokens = byte_chars + MERGED + list(special)
+    types = [TokenType.NORMAL] * (256 + len(MERGED)) + list(special.values())
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types([int(t) for t in types])
     writer.add_token_merges(MERGES)
-    writer.add_bos_token_id(bpe_id("<|begin_of_text|>"))
-    writer.add_eos_token_id(bpe_id("<|end_of_text|>"))
+    writer.add_bos_token_id(tokens.index("<|begin_of_text|>"))
+    writer.add_eos_token_id(tokens.index("<|end_of_text|>"))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -365,6 +365,21 @@ def test_bpe_end_of_generation_tokens(bpe_files: dict[str, Tokenizer]) -> None:
     assert tok.is_end_of_generation(bpe_id("<|eot_id|>"))
     assert tok.is_end_of_generation(bpe_id("<|end_of_text|>"))
     assert not tok.is_end_of_generation(bpe_id("<|begin_of_text|>"))
+
+
+@pytest.mark.parametrize(("markers", "dropped", "kind"), [
+    (("<|return|>", "<|call|>"), "<|end|>", TokenType.USER_DEFINED),  # gpt-oss: <|end|> ends a message
+    (("<|flush|>", "<|calls|>"), "<|end|>", TokenType.USER_DEFINED),  # solar-open
+    (("<|tool_response>",), "</s>", TokenType.NORMAL),  # gemma4: </s> is text
+])
+def test_llama_cpps_exceptions_to_the_end_of_generation_set(tmp_path: Path, markers: tuple[str, ...],
+                                                            dropped: str, kind: TokenType) -> None:
+    special = {**SPECIAL, **dict.fromkeys((*markers, "<|end|>", "</s>"), TokenType.CONTROL)}
+    tok = Tokenizer.from_metadata(GGUFFile(write_bpe_gguf(tmp_path / "v.gguf", "llama-bpe", special)).metadata)
+    ends = {tok.piece(t) for t in tok.end_of_generation_ids}
+    assert ends == {"<|eot_id|>", "<|end_of_text|>", *markers, "<|end|>", "</s>"} - {dropped}
+    # USER_DEFINED is cut out of text without special parsing; NORMAL is never cut out
+    assert (tok.token_id(dropped) in tok.encode(dropped, add_bos=False)) == (kind == TokenType.USER_DEFINED)
 
 
 def test_bpe_decode_cleans_spaces_like_llama_cpp(bpe_files: dict[str, Tokenizer]) -> None:

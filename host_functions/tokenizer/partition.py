@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from host_functions.tokenizer.interrupt import Interrupt, never
+from host_functions.tokenizer.special_tokens import rstrip_ids
 from host_functions.tokenizer.token_type import TokenType
 from host_functions.tokenizer.vocab_index import VocabIndex
 
@@ -53,14 +54,14 @@ class SpecialTokens:
         self._runs = re.compile(rf"(.)\1{{{self._longest},}}", re.DOTALL) if self._longest else None
 
     @classmethod
-    def of_vocabulary(cls, vocab: VocabIndex, types: np.ndarray,
-                      rstrip: frozenset[int] = frozenset()) -> SpecialTokens:
+    def of_vocabulary(cls, vocab: VocabIndex, types: np.ndarray, model_name: str = "") -> SpecialTokens:
         """Every token of the vocabulary that is cut out of raw text, with whether it needs
-        parse_special, longest first; the ids in `rstrip` drop the whitespace after them."""
+        parse_special, longest first; `model_name` (`general.name`) decides which drop the
+        whitespace after them (`special_tokens.rstrip_ids`)."""
         wanted = np.flatnonzero(np.isin(types, [int(t) for t in _PARTITIONED_TYPES])).tolist()
         table = [(vocab.piece(i), i, int(types[i]) != TokenType.USER_DEFINED) for i in wanted]
         table.sort(key=lambda row: -len(row[0].encode("utf-8")))  # stable: equal lengths by id
-        return cls(table, rstrip)
+        return cls(table, rstrip_ids(model_name, vocab, wanted))
 
     def partition(self, text: str, parse_special: bool, interrupt: Interrupt = never) -> list[str | int]:
         """`text` as raw-text fragments and the ids of the special tokens cut out of it."""

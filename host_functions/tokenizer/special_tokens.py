@@ -9,7 +9,7 @@ llama.cpp takes the first in hash-map order (EOT, FIM), we take the lowest id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -80,16 +80,31 @@ def fix_token_types(vocab: VocabIndex, types: np.ndarray, given_id: Callable[[st
     return eog
 
 
-def rstrip_ids(model_name: str, vocab: VocabIndex, types: np.ndarray) -> frozenset[int]:
-    """The tokens llama.cpp gives the RSTRIP attribute (whitespace after them is dropped when they
-    are cut out of text): for a model whose `general.name` says phi-3, every special token (CONTROL,
-    USER_DEFINED, UNKNOWN, after `fix_token_types`) and "</s>", except "<unk>", "<s>" and
+
+def drop_eog_exceptions(vocab: VocabIndex, types: np.ndarray, eog: set[int]) -> None:
+    """llama.cpp's two exceptions to the end-of-generation set, applied once EOS, EOT and EOM are in it
+    (in place): where "<|return|>" or "<|flush|>" and "<|call|>" or "<|calls|>" end generation (gpt-oss,
+    solar-open), "<|end|>" ends a message only and becomes USER_DEFINED; where "<|tool_response>" or
+    "<|plamo:eos|>" does (gemma4, plamo), "</s>" is a NORMAL token."""
+    texts = {vocab.piece(tid) for tid in eog}
+    calls = bool(texts & {"<|call|>", "<|calls|>"}) and bool(texts & {"<|return|>", "<|flush|>"})
+    for drop, when, kind in (("<|end|>", calls, TokenType.USER_DEFINED),
+                             ("</s>", bool(texts & {"<|tool_response>", "<|plamo:eos|>"}), TokenType.NORMAL)):
+        tid = vocab.get(drop)
+        if when and tid in eog:
+            eog.discard(tid)
+            types[tid] = int(kind)
+
+
+def rstrip_ids(model_name: str, vocab: VocabIndex, special: Iterable[int]) -> frozenset[int]:
+    """The tokens llama.cpp gives the RSTRIP attribute (whitespace after them is dropped when they are
+    cut out of text): for a model whose `general.name` says phi-3, every `special` token (those cut
+    out of text: CONTROL, USER_DEFINED, UNKNOWN) and "</s>", except "<unk>", "<s>" and
     "<|endoftext|>". None for any other model."""
     name = model_name.lower()
     if "phi3" not in name and "phi-3" not in name:
         return frozenset()
-    special = {int(t) for t in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)}
-    ids = {tid for tid, kind in enumerate(types.tolist()) if kind in special}
+    ids = set(special)
     ids.update(tid for t in ("</s>",) if (tid := vocab.get(t)) is not None)
     ids.difference_update(tid for t in ("<unk>", "<s>", "<|endoftext|>") if (tid := vocab.get(t)) is not None)
     return frozenset(ids)

@@ -19,7 +19,13 @@ from host_functions.tokenizer.interrupt import Interrupt, never
 from host_functions.tokenizer.metadata import index_tokens, merges, packed_strings, per_token
 from host_functions.tokenizer.partition import SpecialTokens
 from host_functions.tokenizer.pre_tokenizers import PreTokenizer, pre_tokenizer
-from host_functions.tokenizer.special_tokens import EOM_TEXTS, EOT_TEXTS, first_present, fix_token_types, rstrip_ids
+from host_functions.tokenizer.special_tokens import (
+    EOM_TEXTS,
+    EOT_TEXTS,
+    drop_eog_exceptions,
+    first_present,
+    fix_token_types,
+)
 from host_functions.tokenizer.spm import SpmModel
 from host_functions.tokenizer.token_type import TokenType
 from host_functions.tokenizer.vocab_index import VocabIndex
@@ -101,9 +107,10 @@ class Tokenizer:
         eom_id = _given_or_found(special("eom"), self._vocab, EOM_TEXTS, self.eos_id)
         self._eog = fix_token_types(self._vocab, self._types, special)
         self._eog.update(t for t in (self.eos_id, self.eot_id, eom_id) if t is not None)
+        drop_eog_exceptions(self._vocab, self._types, self._eog)
         name = meta.get("general.name")
-        rstrip = rstrip_ids(name if isinstance(name, str) else "", self._vocab, self._types)
-        self._special_tokens = SpecialTokens.of_vocabulary(self._vocab, self._types, rstrip)
+        self._special_tokens = SpecialTokens.of_vocabulary(self._vocab, self._types,
+                                                           name if isinstance(name, str) else "")
         self._piece_cache: dict[int, bytes] = {}  # rendered pieces, only of the ids seen
 
     # -- encoding ------------------------------------------------------------------------------
