@@ -339,6 +339,14 @@ def test_bpe_default_pre_tokenizer_splits_punctuation_first(bpe_files: dict[str,
     assert bpe_files["default"].encode("a ,b") == [ord("a"), 32, ord(","), ord("b")]
 
 
+@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe"])
+def test_bpe_pre_tokenizer_sees_characters_newer_than_unicode_15_1_as_llama_cpp_does(pre: str) -> None:
+    # U+105C0 (a Todhri letter) and U+1E5F1 (an Ol Onal digit), of Unicode 16, are a letter and a digit to
+    # the regex module and unassigned to llama.cpp's tables: U+105C0 is not part of the word before it but
+    # the one character [^\r\n\p{L}\p{N}]? takes before "b", and U+1E5F1 stands alone between digits.
+    assert pre_tokenizer(pre).words("xa\U000105c0b 1\U0001e5f12") == ["xa", "\U000105c0b", " ", "1", "\U0001e5f1", "2"]
+
+
 def test_bpe_llama3_regex_splits_words_contractions_and_newlines(bpe_files: dict[str, Tokenizer]) -> None:
     tok = bpe_files["llama-bpe"]
     # "  he" -> " " + " he": \s+(?!\S) leaves the last space to the word
