@@ -27,7 +27,7 @@ EXIT_COMMANDS = ("/exit", "/quit")
 @sampling_options
 @click.option("--system", help="System message that opens the conversation.")
 @click.option("--chat-template", "chat_template", metavar="NAME|FILE",
-              help="gemma, llama2, llama3, chatml or a Jinja file (default: the model's, else its family's).")
+              help="gemma, llama2, llama3, phi3, chatml or a Jinja file (default: the model's, else its family's).")
 @click.option("--tenant", "tenant_name", metavar="NAME", help="Chat through tenant NAME's guest and limits.")
 def chat(model_path: str | None, backend: str, stop: tuple[str, ...], system: str | None,
          chat_template: str | None, tenant_name: str | None, **sampling: Any) -> None:

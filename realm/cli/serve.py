@@ -22,7 +22,7 @@ _DEFAULTS = ServerConfig()
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @model_options
 @click.option("--chat-template", "chat_template", metavar="NAME|FILE",
-              help="Chat template: gemma, llama2, llama3, chatml or a Jinja file (default: the model's, "
+              help="Chat template: gemma, llama2, llama3, phi3, chatml or a Jinja file (default: the model's, "
                    "else its family's built-in).")
 @click.option("--workers", default=_DEFAULTS.workers, show_default=True, type=click.IntRange(1, 256),
               help="Guest runs at once (their steps are batched together).")
