@@ -60,6 +60,7 @@ def _as_llama_cpp_sees_it(text: str) -> str:
     codes[high[newer]] = _UNASSIGNED
     return codes.tobytes().decode("utf-32-le")
 
+
 @dataclass(frozen=True)
 class PreTokenizer:
     """One row of llama.cpp's pre-tokenizer table."""

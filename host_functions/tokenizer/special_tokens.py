@@ -4,7 +4,9 @@ that end generation.
 llama.cpp recognises well-known token texts (its end-of-generation list, fill-in-the-middle
 markers) and forces their type to CONTROL; we do the same, so e.g. Gemma's user-defined "</s>" is a
 control token that ends generation, as in llama.cpp today. Where several candidates exist and
-llama.cpp takes the first in hash-map order (EOT, FIM), we take the lowest id.
+llama.cpp takes the first in hash-map order (EOT, FIM), we take the lowest id (EOT: EOS first, see
+`tokenizer._given_or_found`). Also here: llama.cpp's exceptions to the end-of-generation set, and the
+phi-3 name rule (`rstrip_ids`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,6 @@ def fix_token_types(vocab: VocabIndex, types: np.ndarray, given_id: Callable[[st
     return eog
 
 
-
 def drop_eog_exceptions(vocab: VocabIndex, types: np.ndarray, eog: set[int]) -> None:
     """llama.cpp's two exceptions to the end-of-generation set, applied once EOS, EOT and EOM are in it
     (in place): where "<|return|>" or "<|flush|>" and "<|call|>" or "<|calls|>" end generation (gpt-oss,
@@ -105,6 +106,7 @@ def rstrip_ids(model_name: str, vocab: VocabIndex, special: Iterable[int]) -> fr
     if "phi3" not in name and "phi-3" not in name:
         return frozenset()
     ids = set(special)
-    ids.update(tid for t in ("</s>",) if (tid := vocab.get(t)) is not None)
+    if (eos_text := vocab.get("</s>")) is not None:
+        ids.add(eos_text)
     ids.difference_update(tid for t in ("<unk>", "<s>", "<|endoftext|>") if (tid := vocab.get(t)) is not None)
     return frozenset(ids)
