@@ -1,9 +1,10 @@
-"""Open a GGUF file through the `gguf` package and turn every failure into one clear error.
+"""Open a GGUF file and turn every failure into one clear error.
 
-This is the only module that touches `gguf.GGUFReader`; everything else sees `GGUFFile`:
-plain-Python metadata and memory-mapped raw tensors. Long metadata arrays (a vocabulary, its scores)
-are held compactly: strings as `PackedStrings`, numbers as NumPy arrays of the file's element type,
-because as Python objects a large vocabulary costs many times its bytes (docs/engine.md).
+Everything else sees `GGUFFile`: plain-Python metadata and memory-mapped raw tensors. The header is
+read by formats.gguf_header, which measures every size the file declares before it allocates
+(docs/file_checks.md). Long metadata arrays (a vocabulary, its scores) are held compactly: strings as
+`PackedStrings`, numbers as NumPy arrays of the file's element type, because as Python objects a large
+vocabulary costs many times its bytes (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -12,58 +13,19 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType
 
 from host_functions import settings
 from host_functions.errors import ModelFormatError
+from host_functions.formats.gguf_header import read_header
+from host_functions.formats.packed import PackedStrings
 
 PACKED_MIN = 1024  # metadata arrays at least this long are held packed, not as Python lists
-
-
-class PackedStrings(Sequence[str]):
-    """A long array of strings as one UTF-8 blob and n + 1 byte offsets (string i is
-    blob[offsets[i]:offsets[i + 1]]): a 262144-token vocabulary takes about 4 MB."""
-
-    def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
-        offsets = np.asarray(offsets, np.int64)
-        if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != len(blob) or \
-                np.any(np.diff(offsets) < 0):
-            raise ValueError("offsets must rise from 0 to the blob's length")
-        self.blob = blob
-        self.offsets = offsets
-
-    @classmethod
-    def pack(cls, strings: Sequence[str]) -> PackedStrings:
-        """Pack a list of strings; raises UnicodeEncodeError for one UTF-8 cannot encode."""
-        encoded = [s.encode("utf-8") for s in strings]
-        offsets = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
-        return cls(b"".join(encoded), offsets)
-
-    def __len__(self) -> int:
-        return self.offsets.size - 1
-
-    def __getitem__(self, index: int) -> str:  # type: ignore[override]  # no slices
-        return self.bytes_at(index).decode("utf-8")
-
-    def bytes_at(self, index: int) -> bytes:
-        """String `index` as its UTF-8 bytes; raises IndexError out of range."""
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} strings")
-        index %= n
-        return self.blob[self.offsets[index]:self.offsets[index + 1]]
-
-    def __iter__(self) -> Iterator[str]:
-        blob, ends = self.blob, self.offsets.tolist()
-        return (blob[a:b].decode("utf-8") for a, b in pairwise(ends))
 
 
 @dataclass(frozen=True)
@@ -90,21 +52,30 @@ class RawTensor:
 
 
 class GGUFFile:
-    """A parsed GGUF file: `metadata` (key -> Python value) and `tensors` (name -> RawTensor)."""
+    """A parsed GGUF file: `metadata` (key -> Python value) and `tensors` (name -> RawTensor).
 
-    def __init__(self, path: str | Path) -> None:
+    Errors name the file by `label` (default: the path as given), so a file a tenant names is reported
+    under the name it knows, never by where it lies on the host.
+    """
+
+    def __init__(self, path: str | Path, label: str | None = None) -> None:
         self.path = Path(path)
+        self.label = str(path) if label is None else label
         if not self.path.is_file():
-            raise ModelFormatError(f"{self.path}: no such model file")
-        index = _load_index(self.path)
+            raise ModelFormatError(f"{self.label}: no such model file")
+        try:
+            index = _load_index(self.path)
+            data = np.memmap(self.path, mode="r")
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"{self.label}: {exc}") from None
+        except OSError as exc:
+            raise ModelFormatError(f"{self.label}: cannot be read ({exc.strerror or type(exc).__name__})") from None
         self.metadata: dict[str, Any] = index["metadata"]
-        data = np.memmap(self.path, mode="r")
-        self.tensors: dict[str, RawTensor] = {}
-        for name, qtype, shape, offset, nbytes in index["tensors"]:
-            if offset + nbytes > data.size:
-                raise ModelFormatError(f"{self.path}: file is truncated (tensor {name} ends past the end of the file)")
-            self.tensors[name] = RawTensor(name, GGMLQuantizationType(qtype), tuple(shape),
-                                           _tensor_view(data, qtype, tuple(shape), offset, nbytes))
+        self.tensors: dict[str, RawTensor] = {
+            name: RawTensor(name, GGMLQuantizationType(qtype), tuple(shape),
+                            _tensor_view(data, qtype, tuple(shape), offset, nbytes))
+            for name, qtype, shape, offset, nbytes in index["tensors"]
+        }
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -112,25 +83,25 @@ class GGUFFile:
     def require(self, key: str) -> Any:
         """A metadata value that must be present."""
         if key not in self.metadata:
-            raise ModelFormatError(f"{self.path}: missing metadata key {key}")
+            raise ModelFormatError(f"{self.label}: missing metadata key {key}")
         return self.metadata[key]
 
     def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> RawTensor:
         """A tensor that must exist, optionally with an exact NumPy-order shape."""
         t = self.tensors.get(name)
         if t is None:
-            raise ModelFormatError(f"{self.path}: missing tensor {name}")
+            raise ModelFormatError(f"{self.label}: missing tensor {name}")
         if shape is not None and t.shape != tuple(shape):
-            raise ModelFormatError(f"{self.path}: tensor {name} has shape {t.shape}, expected {tuple(shape)}")
+            raise ModelFormatError(f"{self.label}: tensor {name} has shape {t.shape}, expected {tuple(shape)}")
         return t
 
 
 def _load_index(path: Path) -> dict[str, Any]:
-    """Metadata and tensor table of a GGUF file, parsed by gguf's reader once and then cached.
+    """Metadata and tensor table of a GGUF file, parsed once and then cached.
 
-    gguf's reader builds a NumPy view per string, so a 262144-token vocabulary takes seconds to
-    parse; the index is cached by path, size and mtime (an .npz: JSON for the small values, arrays for
-    the packed ones) and loads in milliseconds.
+    Parsing a 262144-token vocabulary still takes a fraction of a second; the index is cached by path,
+    size and mtime (an .npz: JSON for the small values, arrays for the packed ones) and loads in
+    milliseconds.
     """
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
@@ -139,7 +110,7 @@ def _load_index(path: Path) -> dict[str, Any]:
         return _read_index(cache)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # missing, or torn by a crash: parse again
-    index = _parse_index(path)
+    index = read_header(path, PACKED_MIN)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -179,34 +150,6 @@ def _read_index(cache: Path) -> dict[str, Any]:
     return index
 
 
-def _parse_index(path: Path) -> dict[str, Any]:
-    try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # gguf raises ValueError, struct.error, IndexError... on bad bytes
-        raise ModelFormatError(f"{path}: not a valid GGUF file ({_describe(exc)})") from None
-    metadata: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        try:
-            metadata[key] = _packed(field, field.contents())
-        except Exception as exc:
-            raise ModelFormatError(f"{path}: unreadable metadata key {key} ({_describe(exc)})") from None
-    tensors = [
-        [t.name, int(t.tensor_type), [int(n) for n in reversed(t.shape.tolist())], int(t.data_offset),
-         int(t.data.nbytes)]
-        for t in reader.tensors
-    ]
-    return {"metadata": metadata, "tensors": tensors}
-
-
-def _packed(field: Any, value: Any) -> Any:
-    """A long array as PackedStrings or a NumPy array of its element type; anything else as it is."""
-    if not isinstance(value, list) or len(value) < PACKED_MIN or field.types[-1] == GGUFValueType.ARRAY:
-        return value
-    if field.types[-1] == GGUFValueType.STRING:
-        return PackedStrings.pack(value)
-    return np.asarray(value, GGUFReader.gguf_scalar_to_np[field.types[-1]])
-
-
 _FLOAT_TYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
 
 
@@ -222,10 +165,3 @@ def _tensor_view(data: np.memmap, qtype: int, shape: tuple[int, ...], offset: in
 
 def _index_cache_dir() -> Path:
     return settings.cache_dir() / "gguf-index"
-
-
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if "reshape" in text or "divisor" in text or "buffer" in text or "offset" in text:
-        return "file is truncated or corrupt: " + text
-    return text

@@ -1,0 +1,216 @@
+"""Read a GGUF file's header (metadata and tensor table), measuring every size it declares before using it.
+
+A GGUF file declares its own counts and lengths: metadata entries, key and string lengths, array lengths
+and element types, the tensor count, each tensor's dimensions, type and offset. A hostile file declares
+2^40 of something in a few hundred bytes, so each is checked against the bytes the file has left and
+against the limits below before anything is allocated or read: the memory a parse takes is bounded by
+the header's real size (itself at most MAX_HEADER_BYTES), never by what the file claims. Long arrays are
+built compactly as they are read (PackedStrings, NumPy arrays), not as one Python object per element,
+which is what made gguf's own reader take 0.6 GB and seconds for a 262144-token vocabulary.
+
+Only little-endian GGUF v2 and v3 are read (every file llama.cpp writes). Every failure is a
+ModelFormatError whose message names no path: the caller says which file or adapter it was.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from host_functions.errors import ModelFormatError
+from host_functions.formats.packed import PackedStrings
+
+MAX_HEADER_BYTES = 256 << 20  # metadata and tensor table (a 262144-token vocabulary takes about 6 MB)
+MAX_KEYS = 1 << 16  # metadata entries
+MAX_KEY_BYTES = 65535  # a metadata key (the GGUF specification's own bound)
+MAX_STRING_BYTES = 16 << 20  # one string value (chat templates are tens of kB)
+MAX_ARRAY_LENGTH = 1 << 24  # elements of one metadata array
+MAX_TENSORS = 1 << 16
+MAX_NAME_BYTES = 255  # a tensor name (llama.cpp's own bound is 63)
+MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
+MAX_ELEMENTS = 1 << 48  # of one tensor: beyond any model, far from int64 overflow
+DEFAULT_ALIGNMENT = 32
+
+TensorEntry = list[Any]  # [name, GGML type, NumPy-order shape, absolute offset, byte length]
+
+# GGUF value types: the fixed-size ones by their struct format; 8 is a string, 9 an array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+_MIN_TENSOR_INFO = 8 + 4 + 8 + 4 + 8  # an empty name, one dimension, type, offset
+
+
+def bad(detail: str) -> ModelFormatError:
+    return ModelFormatError(f"not a valid GGUF file: {detail}")
+
+
+def read_header(path: Path, packed_min: int) -> dict[str, Any]:
+    """The metadata (key -> value; arrays of at least `packed_min` elements as PackedStrings or NumPy
+    arrays) and the tensor table of the GGUF file at `path`, every declared size checked first.
+
+    Raises ModelFormatError (no path in its message) for anything malformed or over a limit, and
+    OSError when the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 24:  # magic, version and the two counts
+            raise bad(f"the file is truncated ({size} bytes, shorter than a GGUF header)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _Header(buf, size, packed_min).read()
+
+
+class _Header:
+    """One pass over the header, front to back; `pos` is the next byte to read."""
+
+    def __init__(self, buf: mmap.mmap, size: int, packed_min: int) -> None:
+        self.buf, self.size, self.packed_min = buf, size, packed_min
+        self.pos = 0
+
+    def read(self) -> dict[str, Any]:
+        if self.buf[self.take(4, "the magic"):4] != b"GGUF":
+            raise bad("it does not start with the GGUF magic")
+        version = self.scalar("I", "the version")
+        if version not in (2, 3):
+            raise bad("big-endian GGUF files are not supported" if version & 0xFFFF == 0
+                      else f"GGUF version {version} is not supported (2 and 3 are)")
+        n_tensors = self.count("Q", "the tensor count", MAX_TENSORS)
+        n_keys = self.count("Q", "the metadata count", MAX_KEYS)
+        metadata: dict[str, Any] = {}
+        for _ in range(n_keys):
+            key = self.text("a metadata key", MAX_KEY_BYTES)
+            if key in metadata:
+                raise bad(f"metadata key {key} appears twice")
+            metadata[key] = self.value(key, self.scalar("I", f"the type of {key}"))
+        infos = [self.tensor_info() for _ in range(n_tensors)]
+        return {"metadata": metadata, "tensors": self.placed(infos, _alignment(metadata))}
+
+    # -- bytes ----------------------------------------------------------------------------------
+
+    def need(self, n: int, what: str) -> None:
+        """Raise unless n more bytes are there: within the file and within the header limit."""
+        if n > self.size - self.pos:
+            raise bad(f"the file is truncated ({what} runs past its end)")
+        if self.pos + n > MAX_HEADER_BYTES:
+            raise bad(f"its header is larger than Realm's limit of {MAX_HEADER_BYTES} bytes (at {what})")
+
+    def take(self, n: int, what: str) -> int:
+        """The offset of the next n bytes, which are then consumed."""
+        self.need(n, what)
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def scalar(self, fmt: str, what: str) -> Any:
+        start = self.take(struct.calcsize("<" + fmt), what)
+        return struct.unpack_from("<" + fmt, self.buf, start)[0]
+
+    def count(self, fmt: str, what: str, limit: int) -> int:
+        n: int = self.scalar(fmt, what)
+        if n > limit:
+            raise bad(f"{what} is {n}, over Realm's limit of {limit}")
+        return n
+
+    def raw_text(self, what: str, limit: int) -> bytes:
+        n = self.count("Q", f"the length of {what}", limit)
+        start = self.take(n, what)
+        return self.buf[start:start + n]
+
+    def text(self, what: str, limit: int) -> str:
+        try:
+            return self.raw_text(what, limit).decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad(f"{what} is not UTF-8") from None
+
+    # -- metadata -------------------------------------------------------------------------------
+
+    def value(self, key: str, vtype: int) -> Any:
+        if vtype in _SCALARS:
+            return self.scalar(_SCALARS[vtype], f"the value of {key}")
+        if vtype == _STRING:
+            return self.text(f"the value of {key}", MAX_STRING_BYTES)
+        if vtype == _ARRAY:
+            return self.array(key)
+        raise bad(f"metadata key {key} has unknown value type {vtype}")
+
+    def array(self, key: str) -> Any:
+        etype = self.scalar("I", f"the element type of {key}")
+        n = self.count("Q", f"the length of {key}", MAX_ARRAY_LENGTH)
+        if etype == _STRING:
+            self.need(8 * n, f"the strings of {key}")  # each at least its length field
+            return self.strings(key, n)
+        if etype not in _SCALARS:
+            kind = "an array of arrays (not supported)" if etype == _ARRAY else f"unknown element type {etype}"
+            raise bad(f"metadata key {key} is {kind}")
+        dtype = np.dtype("<u1" if etype == 7 else "<" + _SCALARS[etype])  # bool: bytes, then != 0
+        start = self.take(n * dtype.itemsize, f"the values of {key}")
+        values = np.frombuffer(self.buf, dtype, n, start).copy()  # copied: the file is closed after
+        if etype == 7:
+            values = values != 0
+        return values if n >= self.packed_min else values.tolist()
+
+    def strings(self, key: str, n: int) -> PackedStrings | list[str]:
+        pieces = []
+        for i in range(n):
+            piece = self.raw_text(f"string {i} of {key}", MAX_STRING_BYTES)
+            try:
+                piece.decode("utf-8")
+            except UnicodeDecodeError:
+                raise bad(f"string {i} of {key} is not UTF-8") from None
+            pieces.append(piece)
+        if n < self.packed_min:
+            return [p.decode("utf-8") for p in pieces]
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, pieces), np.int64, n), out=offsets[1:])
+        return PackedStrings(b"".join(pieces), offsets)
+
+    # -- tensors --------------------------------------------------------------------------------
+
+    def tensor_info(self) -> TensorEntry:
+        """[name, type, NumPy-order shape, offset relative to the data section, byte length]."""
+        self.need(_MIN_TENSOR_INFO, "the tensor table")
+        name = self.text("a tensor name", MAX_NAME_BYTES)
+        n_dims = self.scalar("I", f"the dimension count of tensor {name}")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise bad(f"tensor {name} has {n_dims} dimensions (1..{MAX_DIMS} are possible)")
+        dims = [self.scalar("Q", f"the dimensions of tensor {name}") for _ in range(n_dims)]
+        qtype = self.scalar("I", f"the type of tensor {name}")
+        offset = self.scalar("Q", f"the offset of tensor {name}")
+        if min(dims) < 1 or math.prod(dims) > MAX_ELEMENTS:
+            raise bad(f"tensor {name} has dimensions {dims} (each at least 1, at most {MAX_ELEMENTS} elements)")
+        if qtype not in GGML_QUANT_SIZES:  # keyed by the IntEnum, which hashes as its int value
+            raise bad(f"tensor {name} has unknown type {qtype}")
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+        if dims[0] % block:
+            raise bad(f"tensor {name} has rows of {dims[0]} weights, not whole blocks of "
+                      f"{block} of its type {GGMLQuantizationType(qtype).name}")
+        return [name, qtype, dims[::-1], offset, math.prod(dims) // block * type_size]
+
+    def placed(self, infos: list[TensorEntry], alignment: int) -> list[TensorEntry]:
+        """The tensor table with absolute offsets: each aligned, inside the file, none overlapping."""
+        data_start = -(-self.pos // alignment) * alignment
+        names: set[str] = set()
+        end_of_previous, previous = 0, ""
+        for name, _, _, offset, nbytes in sorted(infos, key=lambda t: (t[3], t[4])):
+            if name in names:
+                raise bad(f"tensor {name} appears twice")
+            names.add(name)
+            if offset % alignment:
+                raise bad(f"tensor {name}'s offset {offset} is not a multiple of the alignment {alignment}")
+            if offset < end_of_previous:
+                raise bad(f"tensor {name} overlaps tensor {previous}")
+            if data_start + offset + nbytes > self.size:
+                raise bad(f"the file is truncated (tensor {name} ends past its end)")
+            end_of_previous, previous = offset + nbytes, name
+        return [[name, qtype, shape, data_start + offset, nbytes] for name, qtype, shape, offset, nbytes in infos]
+
+
+def _alignment(metadata: dict[str, Any]) -> int:
+    value = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1) or value > 1 << 20:
+        raise bad(f"general.alignment must be a power of two up to {1 << 20}, got {value!r}")
+    return value
