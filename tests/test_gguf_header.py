@@ -82,7 +82,8 @@ def test_the_hand_built_file_reads_back_as_written(tmp_path):
 def test_long_arrays_are_read_packed(tmp_path):
     path = tmp_path / "ok.gguf"
     path.write_bytes(valid())
-    meta = read_header(path, packed_min=2)["metadata"]
+    with path.open("rb") as f:
+        meta = read_header(f, packed_min=2)["metadata"]
     assert isinstance(meta["tokenizer.ggml.tokens"], PackedStrings) and list(meta["tokenizer.ggml.tokens"]) == \
         ["a", "bé", ""]
     assert meta["tokenizer.ggml.scores"].dtype == np.float32
@@ -93,8 +94,8 @@ def test_a_file_cut_anywhere_in_its_header_or_data_is_refused(tmp_path):
     path = tmp_path / "cut.gguf"
     for end in range(len(content)):
         path.write_bytes(content[:end])
-        with pytest.raises(ModelFormatError, match="truncated"):
-            read_header(path, packed_min=1024)
+        with path.open("rb") as f, pytest.raises(ModelFormatError, match="truncated"):
+            read_header(f, packed_min=1024)
 
 
 HUGE = 1 << 40

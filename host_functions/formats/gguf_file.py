@@ -9,19 +9,21 @@ vocabulary costs many times its bytes (docs/engine.md).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from gguf import GGMLQuantizationType
 
 from host_functions import settings
 from host_functions.errors import ModelFormatError
+from host_functions.formats import untrusted
 from host_functions.formats.gguf_header import read_header
 from host_functions.formats.packed import PackedStrings
 
@@ -58,18 +60,20 @@ class GGUFFile:
     under the name it knows, never by where it lies on the host.
     """
 
-    def __init__(self, path: str | Path, label: str | None = None) -> None:
+    def __init__(self, path: str | Path, label: str | None = None, follow_links: bool = True) -> None:
+        """Read the file at `path` (not through a symbolic link unless `follow_links`); raises
+        ModelFormatError, its message starting with `label` (default: the path; none if empty)."""
         self.path = Path(path)
         self.label = str(path) if label is None else label
-        if not self.path.is_file():
-            raise ModelFormatError(f"{self.label}: no such model file")
         try:
-            index = _load_index(self.path)
-            data = np.memmap(self.path, mode="r")
+            with untrusted.open_file(self.path, follow_links) as f:
+                index = _load_index(self.path, f)
+                data = np.memmap(f, mode="r")  # the mapping outlives the descriptor
         except ModelFormatError as exc:
-            raise ModelFormatError(f"{self.label}: {exc}") from None
+            raise self._error(str(exc)) from None
         except OSError as exc:
-            raise ModelFormatError(f"{self.label}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+            missing = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+            raise self._error("no such model file" if missing else untrusted.reason(exc)) from None
         self.metadata: dict[str, Any] = index["metadata"]
         self.tensors: dict[str, RawTensor] = {
             name: RawTensor(name, GGMLQuantizationType(qtype), tuple(shape),
@@ -83,34 +87,38 @@ class GGUFFile:
     def require(self, key: str) -> Any:
         """A metadata value that must be present."""
         if key not in self.metadata:
-            raise ModelFormatError(f"{self.label}: missing metadata key {key}")
+            raise self._error(f"missing metadata key {key}")
         return self.metadata[key]
 
     def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> RawTensor:
         """A tensor that must exist, optionally with an exact NumPy-order shape."""
         t = self.tensors.get(name)
         if t is None:
-            raise ModelFormatError(f"{self.label}: missing tensor {name}")
+            raise self._error(f"missing tensor {name}")
         if shape is not None and t.shape != tuple(shape):
-            raise ModelFormatError(f"{self.label}: tensor {name} has shape {t.shape}, expected {tuple(shape)}")
+            raise self._error(f"tensor {name} has shape {t.shape}, expected {tuple(shape)}")
         return t
 
+    def _error(self, detail: str) -> ModelFormatError:
+        return ModelFormatError(f"{self.label}: {detail}" if self.label else detail)
 
-def _load_index(path: Path) -> dict[str, Any]:
+
+def _load_index(path: Path, f: BinaryIO) -> dict[str, Any]:
     """Metadata and tensor table of a GGUF file, parsed once and then cached.
 
     Parsing a 262144-token vocabulary still takes a fraction of a second; the index is cached by path,
     size and mtime (an .npz: JSON for the small values, arrays for the packed ones) and loads in
     milliseconds.
     """
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    st = os.fstat(f.fileno())  # the file opened, not whatever the path leads to now
+    identity = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
     cache = _index_cache_dir() / f"{key}.npz"
     try:
         return _read_index(cache)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # missing, or torn by a crash: parse again
-    index = read_header(path, PACKED_MIN)
+    index = read_header(f, PACKED_MIN)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")

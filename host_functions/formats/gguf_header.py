@@ -18,8 +18,7 @@ import math
 import mmap
 import os
 import struct
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -29,7 +28,7 @@ from host_functions.formats.packed import PackedStrings
 
 MAX_HEADER_BYTES = 256 << 20  # metadata and tensor table (a 262144-token vocabulary takes about 6 MB)
 MAX_KEYS = 1 << 16  # metadata entries
-MAX_KEY_BYTES = 65535  # a metadata key (the GGUF specification's own bound)
+MAX_KEY_BYTES = 256  # a metadata key (real ones are under 64 bytes; the specification allows 65535)
 MAX_STRING_BYTES = 16 << 20  # one string value (chat templates are tens of kB)
 MAX_ARRAY_LENGTH = 1 << 24  # elements of one metadata array
 MAX_TENSORS = 1 << 16
@@ -50,19 +49,18 @@ def bad(detail: str) -> ModelFormatError:
     return ModelFormatError(f"not a valid GGUF file: {detail}")
 
 
-def read_header(path: Path, packed_min: int) -> dict[str, Any]:
+def read_header(f: BinaryIO, packed_min: int) -> dict[str, Any]:
     """The metadata (key -> value; arrays of at least `packed_min` elements as PackedStrings or NumPy
-    arrays) and the tensor table of the GGUF file at `path`, every declared size checked first.
+    arrays) and the tensor table of the GGUF file open as `f`, every declared size checked first.
 
     Raises ModelFormatError (no path in its message) for anything malformed or over a limit, and
     OSError when the file cannot be read.
     """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 24:  # magic, version and the two counts
-            raise bad(f"the file is truncated ({size} bytes, shorter than a GGUF header)")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _Header(buf, size, packed_min).read()
+    size = os.fstat(f.fileno()).st_size
+    if size < 24:  # magic, version and the two counts
+        raise bad(f"the file is truncated ({size} bytes, shorter than a GGUF header)")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        return _Header(buf, size, packed_min).read()
 
 
 class _Header:

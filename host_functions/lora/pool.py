@@ -50,11 +50,12 @@ class AdapterPool:
         held = None if digest is None else self._adapters.hold(digest)
         if held is not None:
             return held
-        adapter = load_adapter(path, self.config)  # outside every lock: loading takes a while
+        # outside every lock: loading takes a while; one larger than the whole budget is refused undecoded
+        adapter = load_adapter(path, self.config, max_bytes=self.budget_bytes)
 
         def no_room(held_bytes: int) -> AdapterError:
-            return AdapterError(f"LoRA adapter {adapter.name} ({adapter.nbytes} bytes) does not fit the adapter "
-                                f"memory budget of {self.budget_bytes} bytes ({held_bytes} held by adapters in use)")
+            return AdapterError(f"its {adapter.nbytes} bytes do not fit the adapter memory budget of "
+                                f"{self.budget_bytes} bytes ({held_bytes} held by adapters in use)", adapter.name)
 
         # The same content may have been loaded meanwhile, or from another path: then that copy is shared.
         held = self._adapters.acquire(adapter.digest, adapter.nbytes, lambda: adapter, no_room)
