@@ -16,7 +16,9 @@ from oracle import DATA
 
 from host_functions.errors import ModelFormatError
 from host_functions.formats.gguf_file import GGUFFile, PackedStrings
-from host_functions.formats.gguf_header import MAX_ARRAY_LENGTH, MAX_KEYS, MAX_TENSORS, read_header
+from host_functions.formats.gguf_header import ADAPTER_LIMITS, MODEL_LIMITS, read_header
+
+MAX_ARRAY_LENGTH, MAX_KEYS, MAX_TENSORS = MODEL_LIMITS.array_length, MODEL_LIMITS.keys, MODEL_LIMITS.tensors
 
 U8, U32, F32, STRING, ARRAY, U64 = 0, 4, 6, 8, 9, 10
 Q4_0, F32_TYPE = 2, 0
@@ -110,7 +112,8 @@ HEADERS = [
     (b"GGUF" + struct.pack("<IQQ", 3, 0, 1000), "truncated .the length of a metadata key runs past its end"),
     (b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + text("t") + struct.pack("<IQ", 2, 4), "truncated .the tensor table"),
     (gguf([struct.pack("<Q", HUGE) + b"k"]), f"the length of a metadata key is {HUGE}, over Realm's limit"),
-    (gguf([struct.pack("<Q", 60000) + b"k"]), "truncated .a metadata key runs past its end"),
+    (gguf([struct.pack("<Q", 200) + b"k"]), "truncated .a metadata key runs past its end"),
+    (gguf([struct.pack("<Q", 60000) + b"k"]), "the length of a metadata key is 60000, over Realm's limit of 256"),
     (gguf([kv(b"\xff\xfe", U8, b"\1")]), "a metadata key is not UTF-8"),
     (gguf([kv("k", U8, b"\1"), kv("k", U8, b"\2")]), "metadata key k appears twice"),
     (gguf([kv("k", 13, b"")]), "metadata key k has unknown value type 13"),
@@ -165,3 +168,23 @@ def test_a_hostile_tensor_table_is_refused(tmp_path, infos, message):
 def test_a_real_model_cut_short_is_refused_with_its_label(tmp_path):
     content = (DATA / "tiny-llama-Q4_K.gguf").read_bytes()
     refused(tmp_path, content[: len(content) // 2], r"truncated \(tensor .* ends past its end\)")
+
+
+def u8_array(key: str, n: int) -> bytes:
+    return kv(key, ARRAY, array(U8, n, bytes(n)))
+
+
+@pytest.mark.parametrize("kvs, message", [
+    ([u8_array("k", 2000)], "the length of k is 2000, over Realm's limit of 1024"),
+    ([u8_array(f"k{i}", 1000) for i in range(5)], "its arrays hold more than Realm's limit of 4096 elements .at k4."),
+    ([kv("k", STRING, text(bytes(5 << 20)))], r"its header is larger than Realm's limit of 4194304 bytes"),
+    ([u8_array("k", 10)] * 2, "metadata key k appears twice"),
+], ids=["array", "arrays", "header", "twice"])
+def test_an_adapter_file_is_held_to_an_adapters_smaller_limits(tmp_path, kvs, message):
+    """An adapter needs no vocabulary: what a model may declare is refused in an adapter."""
+    path = tmp_path / "adapter.gguf"
+    path.write_bytes(gguf(kvs))
+    with pytest.raises(ModelFormatError, match=message):
+        GGUFFile(path, limits=ADAPTER_LIMITS)
+    if "twice" not in message:
+        assert GGUFFile(path).metadata  # within a model's limits

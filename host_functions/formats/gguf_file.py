@@ -24,7 +24,7 @@ from gguf import GGMLQuantizationType
 from host_functions import settings
 from host_functions.errors import ModelFormatError
 from host_functions.formats import untrusted
-from host_functions.formats.gguf_header import read_header
+from host_functions.formats.gguf_header import MODEL_LIMITS, Limits, read_header
 from host_functions.formats.packed import PackedStrings
 
 PACKED_MIN = 1024  # metadata arrays at least this long are held packed, not as Python lists
@@ -60,14 +60,16 @@ class GGUFFile:
     under the name it knows, never by where it lies on the host.
     """
 
-    def __init__(self, path: str | Path, label: str | None = None, follow_links: bool = True) -> None:
-        """Read the file at `path` (not through a symbolic link unless `follow_links`); raises
-        ModelFormatError, its message starting with `label` (default: the path; none if empty)."""
+    def __init__(self, path: str | Path, label: str | None = None, follow_links: bool = True,
+                 limits: Limits = MODEL_LIMITS) -> None:
+        """Read the file at `path` (not through a symbolic link unless `follow_links`), its header within
+        `limits`; raises ModelFormatError, its message starting with `label` (default: the path; none
+        if empty)."""
         self.path = Path(path)
         self.label = str(path) if label is None else label
         try:
             with untrusted.open_file(self.path, follow_links) as f:
-                index = _load_index(self.path, f)
+                index = _load_index(self.path, f, limits)
                 data = np.memmap(f, mode="r")  # the mapping outlives the descriptor
         except ModelFormatError as exc:
             raise self._error(str(exc)) from None
@@ -103,7 +105,7 @@ class GGUFFile:
         return ModelFormatError(f"{self.label}: {detail}" if self.label else detail)
 
 
-def _load_index(path: Path, f: BinaryIO) -> dict[str, Any]:
+def _load_index(path: Path, f: BinaryIO, limits: Limits) -> dict[str, Any]:
     """Metadata and tensor table of a GGUF file, parsed once and then cached.
 
     Parsing a 262144-token vocabulary still takes a fraction of a second; the index is cached by path,
@@ -111,14 +113,14 @@ def _load_index(path: Path, f: BinaryIO) -> dict[str, Any]:
     milliseconds.
     """
     st = os.fstat(f.fileno())  # the file opened, not whatever the path leads to now
-    identity = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+    identity = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{limits}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:32]
     cache = _index_cache_dir() / f"{key}.npz"
     try:
         return _read_index(cache)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # missing, or torn by a crash: parse again
-    index = read_header(f, PACKED_MIN)
+    index = read_header(f, PACKED_MIN, limits)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")

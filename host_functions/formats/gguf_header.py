@@ -3,8 +3,9 @@
 A GGUF file declares its own counts and lengths: metadata entries, key and string lengths, array lengths
 and element types, the tensor count, each tensor's dimensions, type and offset. A hostile file declares
 2^40 of something in a few hundred bytes, so each is checked against the bytes the file has left and
-against the limits below before anything is allocated or read: the memory a parse takes is bounded by
-the header's real size (itself at most MAX_HEADER_BYTES), never by what the file claims. Long arrays are
+against the limits below before anything is allocated or read: the memory and time a parse takes are
+bounded by the header's real size and the caller's `Limits` (a model's, or an adapter's, which needs no
+vocabulary), never by what the file claims. Long arrays are
 built compactly as they are read (PackedStrings, NumPy arrays), not as one Python object per element,
 which is what made gguf's own reader take 0.6 GB and seconds for a 262144-token vocabulary.
 
@@ -18,6 +19,7 @@ import math
 import mmap
 import os
 import struct
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -26,22 +28,39 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from host_functions.errors import ModelFormatError
 from host_functions.formats.packed import PackedStrings
 
-MAX_HEADER_BYTES = 256 << 20  # metadata and tensor table (a 262144-token vocabulary takes about 6 MB)
-MAX_KEYS = 1 << 16  # metadata entries
 MAX_KEY_BYTES = 256  # a metadata key (real ones are under 64 bytes; the specification allows 65535)
 MAX_STRING_BYTES = 16 << 20  # one string value (chat templates are tens of kB)
-MAX_ARRAY_LENGTH = 1 << 24  # elements of one metadata array
-MAX_TENSORS = 1 << 16
 MAX_NAME_BYTES = 255  # a tensor name (llama.cpp's own bound is 63)
 MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
 MAX_ELEMENTS = 1 << 48  # of one tensor: beyond any model, far from int64 overflow
 DEFAULT_ALIGNMENT = 32
+
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a GGUF header may declare at most, beyond what the file's size allows."""
+
+    header_bytes: int  # metadata and tensor table together
+    keys: int  # metadata entries
+    array_length: int  # elements of one metadata array
+    array_elements: int  # elements of every metadata array together
+    tensors: int
+
+
+# A model: Gemma 3's header is 6 MB, 36 keys, three arrays of 262144 (about 0.35 s to read).
+MODEL_LIMITS = Limits(header_bytes=64 << 20, keys=1 << 12, array_length=1 << 20, array_elements=1 << 22,
+                      tensors=1 << 16)
+# A LoRA adapter: a few general.* and adapter.* keys, two tensors per adapted weight of each layer.
+ADAPTER_LIMITS = Limits(header_bytes=4 << 20, keys=256, array_length=1 << 10, array_elements=1 << 12,
+                        tensors=1 << 13)
 
 TensorEntry = list[Any]  # [name, GGML type, NumPy-order shape, absolute offset, byte length]
 
 # GGUF value types: the fixed-size ones by their struct format; 8 is a string, 9 an array.
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 _MIN_TENSOR_INFO = 8 + 4 + 8 + 4 + 8  # an empty name, one dimension, type, offset
 
 
@@ -49,9 +68,10 @@ def bad(detail: str) -> ModelFormatError:
     return ModelFormatError(f"not a valid GGUF file: {detail}")
 
 
-def read_header(f: BinaryIO, packed_min: int) -> dict[str, Any]:
+def read_header(f: BinaryIO, packed_min: int, limits: Limits = MODEL_LIMITS) -> dict[str, Any]:
     """The metadata (key -> value; arrays of at least `packed_min` elements as PackedStrings or NumPy
-    arrays) and the tensor table of the GGUF file open as `f`, every declared size checked first.
+    arrays) and the tensor table of the GGUF file open as `f`, every declared size checked first
+    against the file and `limits`.
 
     Raises ModelFormatError (no path in its message) for anything malformed or over a limit, and
     OSError when the file cannot be read.
@@ -60,15 +80,17 @@ def read_header(f: BinaryIO, packed_min: int) -> dict[str, Any]:
     if size < 24:  # magic, version and the two counts
         raise bad(f"the file is truncated ({size} bytes, shorter than a GGUF header)")
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        return _Header(buf, size, packed_min).read()
+        return _Header(buf, size, packed_min, limits).read()
 
 
 class _Header:
     """One pass over the header, front to back; `pos` is the next byte to read."""
 
-    def __init__(self, buf: mmap.mmap, size: int, packed_min: int) -> None:
-        self.buf, self.size, self.packed_min = buf, size, packed_min
+    def __init__(self, buf: mmap.mmap, size: int, packed_min: int, limits: Limits) -> None:
+        self.buf, self.size, self.packed_min, self.limits = buf, size, packed_min, limits
+        self.end = min(size, limits.header_bytes)  # no header byte is read past this
         self.pos = 0
+        self.array_elements = 0  # declared so far, by every array
 
     def read(self) -> dict[str, Any]:
         if self.buf[self.take(4, "the magic"):4] != b"GGUF":
@@ -77,8 +99,8 @@ class _Header:
         if version not in (2, 3):
             raise bad("big-endian GGUF files are not supported" if version & 0xFFFF == 0
                       else f"GGUF version {version} is not supported (2 and 3 are)")
-        n_tensors = self.count("Q", "the tensor count", MAX_TENSORS)
-        n_keys = self.count("Q", "the metadata count", MAX_KEYS)
+        n_tensors = self.count("Q", "the tensor count", self.limits.tensors)
+        n_keys = self.count("Q", "the metadata count", self.limits.keys)
         metadata: dict[str, Any] = {}
         for _ in range(n_keys):
             key = self.text("a metadata key", MAX_KEY_BYTES)
@@ -94,8 +116,8 @@ class _Header:
         """Raise unless n more bytes are there: within the file and within the header limit."""
         if n > self.size - self.pos:
             raise bad(f"the file is truncated ({what} runs past its end)")
-        if self.pos + n > MAX_HEADER_BYTES:
-            raise bad(f"its header is larger than Realm's limit of {MAX_HEADER_BYTES} bytes (at {what})")
+        if n > self.end - self.pos:
+            raise bad(f"its header is larger than Realm's limit of {self.limits.header_bytes} bytes (at {what})")
 
     def take(self, n: int, what: str) -> int:
         """The offset of the next n bytes, which are then consumed."""
@@ -137,7 +159,10 @@ class _Header:
 
     def array(self, key: str) -> Any:
         etype = self.scalar("I", f"the element type of {key}")
-        n = self.count("Q", f"the length of {key}", MAX_ARRAY_LENGTH)
+        n = self.count("Q", f"the length of {key}", self.limits.array_length)
+        self.array_elements += n
+        if self.array_elements > self.limits.array_elements:
+            raise bad(f"its arrays hold more than Realm's limit of {self.limits.array_elements} elements (at {key})")
         if etype == _STRING:
             self.need(8 * n, f"the strings of {key}")  # each at least its length field
             return self.strings(key, n)
@@ -152,19 +177,24 @@ class _Header:
         return values if n >= self.packed_min else values.tolist()
 
     def strings(self, key: str, n: int) -> PackedStrings | list[str]:
-        pieces = []
+        """n length-prefixed UTF-8 strings, copied into one blob as they are walked (a vocabulary is
+        hundreds of thousands of them: no Python object per string survives the loop)."""
+        buf, blob, lengths = self.buf, bytearray(), []
         for i in range(n):
-            piece = self.raw_text(f"string {i} of {key}", MAX_STRING_BYTES)
+            start = self.pos
+            if self.end - start < 8 or (length := _U64.unpack_from(buf, start)[0]) > MAX_STRING_BYTES or \
+                    start + 8 + length > self.end:
+                self.raw_text(f"string {i} of {key}", MAX_STRING_BYTES)  # raises, saying which bound
+            piece = buf[start + 8:start + 8 + length]
+            self.pos = start + 8 + length
             try:
                 piece.decode("utf-8")
             except UnicodeDecodeError:
                 raise bad(f"string {i} of {key} is not UTF-8") from None
-            pieces.append(piece)
-        if n < self.packed_min:
-            return [p.decode("utf-8") for p in pieces]
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, pieces), np.int64, n), out=offsets[1:])
-        return PackedStrings(b"".join(pieces), offsets)
+            blob += piece
+            lengths.append(length)
+        strings = PackedStrings(bytes(blob), _offsets(lengths))
+        return strings if n >= self.packed_min else list(strings)
 
     # -- tensors --------------------------------------------------------------------------------
 
@@ -205,6 +235,12 @@ class _Header:
                 raise bad(f"the file is truncated (tensor {name} ends past its end)")
             end_of_previous, previous = offset + nbytes, name
         return [[name, qtype, shape, data_start + offset, nbytes] for name, qtype, shape, offset, nbytes in infos]
+
+
+def _offsets(lengths: list[int]) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(np.asarray(lengths, np.int64), out=offsets[1:])
+    return offsets
 
 
 def _alignment(metadata: dict[str, Any]) -> int:

@@ -36,6 +36,7 @@ from host_functions.arch.layout import weight_name
 from host_functions.errors import AdapterError, ModelFormatError, UnsupportedError
 from host_functions.formats import untrusted
 from host_functions.formats.gguf_file import GGUFFile, RawTensor
+from host_functions.formats.gguf_header import ADAPTER_LIMITS
 from host_functions.formats.quants import dequantize, quant_format
 
 MAX_RANK = 64
@@ -82,7 +83,7 @@ def open_adapter(path: Path, config: ModelConfig, name: str) -> Iterator[Declare
 def open_gguf_adapter(path: Path, name: str) -> GGUFFile:
     """The GGUF file at `path` (not through a symbolic link) if it is a LoRA adapter; AdapterError otherwise."""
     try:
-        gguf = GGUFFile(path, label="", follow_links=False)
+        gguf = GGUFFile(path, label="", follow_links=False, limits=ADAPTER_LIMITS)
     except ModelFormatError as exc:
         raise AdapterError(str(exc), name) from None
     kind, adapter_type = gguf.get("general.type"), gguf.get("adapter.type")
