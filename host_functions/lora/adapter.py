@@ -86,13 +86,13 @@ def load_adapter(path: str | Path, config: ModelConfig, name: str | None = None,
         if max_bytes is not None and nbytes > max_bytes:
             raise AdapterError(f"its pairs take {nbytes} bytes, more than the adapter memory budget of "
                                f"{max_bytes} bytes", name)
-        matrices = declared.matrices()
+        digest, matrices = declared.digest(), declared.matrices()
     pairs = {base: LoraPair(np.ascontiguousarray(h["a"], np.float32), np.ascontiguousarray(h["b"], np.float32),
                             declared.alpha) for base, h in matrices.items()}
     for base, pair in pairs.items():
         if not (np.isfinite(pair.a).all() and np.isfinite(pair.b).all()):
             raise AdapterError(f"{base} holds NaN or infinite values", name)
-    return LoraAdapter(name, declared.digest, pairs)
+    return LoraAdapter(name, digest, pairs)
 
 
 def check_adapter_source(path: str | Path) -> Path:

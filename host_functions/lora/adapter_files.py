@@ -53,16 +53,20 @@ Matrices = dict[str, dict[str, np.ndarray]]  # base weight name -> "a" / "b" -> 
 
 @dataclass
 class DeclaredAdapter:
-    """What an adapter's files declare, read from their headers: nothing decoded yet."""
+    """What an adapter's files declare, read from their headers: nothing decoded (or hashed) yet."""
 
-    digest: str
     alpha: float
     shapes: Shapes
-    decode: Callable[[], Matrices]
+    hashed: Callable[[], str]
+    decoded: Callable[[], Matrices]
+
+    def digest(self) -> str:
+        """The content's SHA-256 (the adapter's identity), read once the shapes have been checked."""
+        return self.hashed()
 
     def matrices(self) -> Matrices:
         """The pairs' matrices as float32 (only once their shapes have been checked); raises AdapterError."""
-        return self.decode()
+        return self.decoded()
 
 
 @contextmanager
@@ -124,9 +128,11 @@ def _declared_gguf(path: Path, config: ModelConfig, name: str) -> DeclaredAdapte
     def decode() -> Matrices:
         return {base: {h: dequantize(raw) for h, raw in halves.items()} for base, halves in tensors.items()}
 
-    with untrusted.open_file(path) as f:
-        digest = _digest(f)
-    return DeclaredAdapter(digest, alpha, shapes, decode)
+    def digest() -> str:
+        with untrusted.open_file(path) as f:
+            return _digest(f)
+
+    return DeclaredAdapter(alpha, shapes, digest, decode)
 
 
 # -- PEFT folders -------------------------------------------------------------------------------
@@ -210,7 +216,7 @@ def _declared_peft(name: str, config_bytes: bytes, weights: BinaryIO, config: Mo
             halves.setdefault(base, {})[half] = value
         return halves
 
-    return DeclaredAdapter(_digest(weights, config_bytes), alpha, shapes, decode)
+    return DeclaredAdapter(alpha, shapes, lambda: _digest(weights, config_bytes), decode)
 
 
 def _safetensors_header(name: str, f: BinaryIO) -> dict[str, tuple[int, ...]]:
