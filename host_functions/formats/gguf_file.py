@@ -70,7 +70,7 @@ class GGUFFile:
         try:
             with untrusted.open_file(self.path, follow_links) as f:
                 index = _load_index(self.path, f, limits)
-                data = np.memmap(f, mode="r")  # the mapping outlives the descriptor
+                self._data = np.memmap(f, mode="r")  # the mapping outlives the descriptor
         except ModelFormatError as exc:
             raise self._error(str(exc)) from None
         except OSError as exc:
@@ -79,9 +79,13 @@ class GGUFFile:
         self.metadata: dict[str, Any] = index["metadata"]
         self.tensors: dict[str, RawTensor] = {
             name: RawTensor(name, GGMLQuantizationType(qtype), tuple(shape),
-                            _tensor_view(data, qtype, tuple(shape), offset, nbytes))
+                            _tensor_view(self._data, qtype, tuple(shape), offset, nbytes))
             for name, qtype, shape, offset, nbytes in index["tensors"]
         }
+
+    def sha256(self) -> str:
+        """The SHA-256 of the file's bytes as mapped (the ones its tensors are read from)."""
+        return hashlib.sha256(self._data.data).hexdigest()
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)

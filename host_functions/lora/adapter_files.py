@@ -128,11 +128,7 @@ def _declared_gguf(path: Path, config: ModelConfig, name: str) -> DeclaredAdapte
     def decode() -> Matrices:
         return {base: {h: dequantize(raw) for h, raw in halves.items()} for base, halves in tensors.items()}
 
-    def digest() -> str:
-        with untrusted.open_file(path) as f:
-            return _digest(f)
-
-    return DeclaredAdapter(alpha, shapes, digest, decode)
+    return DeclaredAdapter(alpha, shapes, gguf.sha256, decode)
 
 
 # -- PEFT folders -------------------------------------------------------------------------------
