@@ -197,3 +197,17 @@ def test_an_adapter_error_can_name_the_adapter_as_the_tenant_knows_it(tmp_path, 
         load_adapter(DATA / "tiny-gemma3-lora-r8.gguf", config)
     renamed = str(caught.value.naming("'style'"))
     assert renamed == "LoRA adapter 'style': made for architecture 'gemma3', the model is 'llama'"
+
+
+def test_a_link_to_an_adapter_loaded_through_another_binding_does_not_find_it_in_the_pool(tmp_path, config):
+    """Tenant B's adapter is loaded; tenant A's bound file becomes a link to it: A gets an error, not B's adapter."""
+    pool = AdapterPool(config)
+    private = tmp_path / "b" / "private.gguf"
+    private.parent.mkdir()
+    private.write_bytes((DATA / "tiny-llama-lora-r8.gguf").read_bytes())
+    pool.acquire(private)
+    own = tmp_path / "a" / "style.gguf"
+    own.parent.mkdir()
+    own.symlink_to(private)
+    with pytest.raises(AdapterError, match="is a symbolic link, which Realm does not follow"):
+        pool.acquire(own)

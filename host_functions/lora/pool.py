@@ -10,6 +10,7 @@ even then is an AdapterError naming the budget.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -80,11 +81,13 @@ class AdapterPool:
 
 
 def _source_key(path: Path) -> SourceKey:
-    """Where an adapter comes from and its version on disk (a folder: its safetensors file's)."""
-    resolved = path.expanduser().resolve()
-    probe = resolved / "adapter_model.safetensors" if resolved.is_dir() else resolved
+    """Where an adapter comes from and its version on disk (a folder: its safetensors file's). Links are
+    not followed: one put in place of a bound file is refused when loaded, and must never find the
+    adapter another binding loaded from where it leads."""
+    path = path.expanduser().absolute()
     try:
-        st = os.stat(probe)
+        probe = path / "adapter_model.safetensors" if stat.S_ISDIR(os.lstat(path).st_mode) else path
+        st = os.lstat(probe)
     except OSError:
-        return str(resolved), -1, -1  # load_adapter reports the missing file
-    return str(resolved), st.st_size, st.st_mtime_ns
+        return str(path), -1, -1  # load_adapter reports the missing file
+    return str(path), st.st_size, st.st_mtime_ns
