@@ -211,3 +211,12 @@ def test_a_link_to_an_adapter_loaded_through_another_binding_does_not_find_it_in
     own.symlink_to(private)
     with pytest.raises(AdapterError, match="is a symbolic link, which Realm does not follow"):
         pool.acquire(own)
+
+
+def test_two_tensors_for_one_half_of_a_pair_are_refused(peft, config):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(peft / "adapter_model.safetensors"))
+    tensors[Q_A.replace("lora_A.weight", "lora_A.default.weight")] = tensors[Q_A]
+    save_file(tensors, str(peft / "adapter_model.safetensors"))
+    refused(peft, config, "two tensors hold blk.0.attn_q.weight's lora_a")

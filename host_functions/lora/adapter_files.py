@@ -57,27 +57,16 @@ class DeclaredAdapter:
 
     alpha: float
     shapes: Shapes
-    hashed: Callable[[], str]
-    decoded: Callable[[], Matrices]
-
-    def digest(self) -> str:
-        """The content's SHA-256 (the adapter's identity), read once the shapes have been checked."""
-        return self.hashed()
-
-    def matrices(self) -> Matrices:
-        """The pairs' matrices as float32 (only once their shapes have been checked); raises AdapterError."""
-        return self.decoded()
+    digest: Callable[[], str]  # the content's SHA-256 (its identity), read once the shapes are checked
+    matrices: Callable[[], Matrices]  # decoded once the shapes are checked; raises AdapterError
 
 
 @contextmanager
 def open_adapter(path: Path, config: ModelConfig, name: str) -> Iterator[DeclaredAdapter]:
     """The GGUF adapter file or PEFT folder at `path`, made for `config`'s architecture, as declared;
-    its files stay open (and unchanged for it) until the block ends. Raises AdapterError naming it `name`."""
-    try:
-        is_folder = path.is_dir() and not path.is_symlink()
-    except OSError:
-        is_folder = False
-    if is_folder:
+    the files opened stay open until the block ends, and are the ones hashed and decoded. Raises
+    AdapterError naming it `name`."""
+    if path.is_dir() and not path.is_symlink():  # a link, to a folder or not, is refused as a file
         with _peft_files(path, name) as (config_bytes, weights):
             yield _declared_peft(name, config_bytes, weights, config)
     else:
@@ -200,8 +189,10 @@ def _declared_peft(name: str, config_bytes: bytes, weights: BinaryIO, config: Mo
         if m is None or matrix is None or matrix.name not in layout.lora_targets:
             raise AdapterError(f"tensor {_short(key)} is not a LoRA pair of an attention or FFN projection "
                                f"({', '.join(layout.lora_peft_modules)})", name)
-        places[key] = (weight_name(int(m[1]), matrix.name), m[3].lower())
-        shapes.setdefault(places[key][0], {})[places[key][1]] = shape
+        base, half = places[key] = (weight_name(int(m[1]), matrix.name), m[3].lower())
+        if half in shapes.setdefault(base, {}):
+            raise AdapterError(f"two tensors hold {base}'s lora_{half} (one is {_short(key)})", name)
+        shapes[base][half] = shape
 
     def decode() -> Matrices:
         halves: Matrices = {}
