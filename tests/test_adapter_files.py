@@ -220,3 +220,54 @@ def test_two_tensors_for_one_half_of_a_pair_are_refused(peft, config):
     tensors[Q_A.replace("lora_A.weight", "lora_A.default.weight")] = tensors[Q_A]
     save_file(tensors, str(peft / "adapter_model.safetensors"))
     refused(peft, config, "two tensors hold blk.0.attn_q.weight's lora_a")
+
+
+def _gguf_adapter(path: Path, kvs: list[bytes]) -> Path:
+    """A GGUF adapter header (general.type adapter, adapter.type lora, llama) with `kvs` added."""
+    from test_gguf_header import STRING, gguf, kv, text
+
+    base = [kv("general.type", STRING, text("adapter")), kv("adapter.type", STRING, text("lora")),
+            kv("general.architecture", STRING, text("llama"))]
+    path.write_bytes(gguf(base + kvs))
+    return path
+
+
+def test_a_gguf_adapter_with_a_models_vocabulary_is_refused(tmp_path, config):
+    from test_gguf_header import ARRAY, U8, array, kv
+
+    path = _gguf_adapter(tmp_path / "a.gguf", [kv("tokenizer.ggml.scores", ARRAY, array(U8, 2000, bytes(2000)))])
+    refused(path, config, "the length of tokenizer.ggml.scores is 2000, over Realm's limit of 1024")
+
+
+def test_a_gguf_adapter_declaring_a_huge_array_is_refused_when_bound(tmp_path):
+    from test_gguf_header import ARRAY, U8, array, kv
+
+    path = _gguf_adapter(tmp_path / "a.gguf", [kv("k", ARRAY, array(U8, 1 << 40, b""))])
+    with pytest.raises(AdapterError, match=f"LoRA adapter {path}: not a valid GGUF file: the length of k is "
+                                           f"1099511627776, over Realm's limit of 1024"):
+        check_adapter_source(path)
+
+
+def test_a_gguf_adapter_of_a_wrong_rank_or_cut_short_is_refused_from_its_header(tmp_path, config):
+    from gguf import GGUFReader, GGUFWriter
+
+    reader = GGUFReader(DATA / "tiny-llama-lora-r8.gguf")
+    writer = GGUFWriter(tmp_path / "wide.gguf", "llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", 16.0)
+    for t in reader.tensors:
+        shape = np.array(t.data).shape
+        wide = (128, shape[1]) if t.name.endswith("lora_a") else (shape[0], 128)
+        writer.add_tensor(t.name, np.zeros(wide, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    content = (tmp_path / "wide.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    data_start = len(content) - sum(128 * 4 * (np.array(t.data).shape[1 if t.name.endswith("lora_a") else 0])
+                                    for t in reader.tensors)
+    cut.write_bytes(content[:data_start])
+    refused(tmp_path / "wide.gguf", config, "has rank 128, supported ranks are 1..64")
+    refused(cut, config, r"truncated \(tensor .* ends past its end\)")

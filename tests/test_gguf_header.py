@@ -67,8 +67,8 @@ def refused(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "hostile.gguf"
     path.write_bytes(content)
     with pytest.raises(ModelFormatError, match=message) as caught:
-        GGUFFile(path, label="hostile")
-    assert str(caught.value).startswith("hostile: ") and str(tmp_path) not in str(caught.value)
+        GGUFFile(path)
+    assert str(caught.value).startswith(f"{path}: not a valid GGUF file: ")
 
 
 def test_the_hand_built_file_reads_back_as_written(tmp_path):
@@ -84,8 +84,7 @@ def test_the_hand_built_file_reads_back_as_written(tmp_path):
 def test_long_arrays_are_read_packed(tmp_path):
     path = tmp_path / "ok.gguf"
     path.write_bytes(valid())
-    with path.open("rb") as f:
-        meta = read_header(f, packed_min=2)["metadata"]
+    meta = read_header(path.read_bytes(), path.stat().st_size, packed_min=2)["metadata"]
     assert isinstance(meta["tokenizer.ggml.tokens"], PackedStrings) and list(meta["tokenizer.ggml.tokens"]) == \
         ["a", "bé", ""]
     assert meta["tokenizer.ggml.scores"].dtype == np.float32
@@ -93,11 +92,9 @@ def test_long_arrays_are_read_packed(tmp_path):
 
 def test_a_file_cut_anywhere_in_its_header_or_data_is_refused(tmp_path):
     content = valid()
-    path = tmp_path / "cut.gguf"
     for end in range(len(content)):
-        path.write_bytes(content[:end])
-        with path.open("rb") as f, pytest.raises(ModelFormatError, match="truncated"):
-            read_header(f, packed_min=1024)
+        with pytest.raises(ModelFormatError, match="truncated"):
+            read_header(content[:end], end, packed_min=1024)
 
 
 HUGE = 1 << 40
@@ -165,7 +162,7 @@ def test_a_hostile_tensor_table_is_refused(tmp_path, infos, message):
     refused(tmp_path, gguf([], infos, DATA32), message)
 
 
-def test_a_real_model_cut_short_is_refused_with_its_label(tmp_path):
+def test_a_real_model_cut_short_is_refused_naming_its_path(tmp_path):
     content = (DATA / "tiny-llama-Q4_K.gguf").read_bytes()
     refused(tmp_path, content[: len(content) // 2], r"truncated \(tensor .* ends past its end\)")
 
@@ -182,9 +179,8 @@ def u8_array(key: str, n: int) -> bytes:
 ], ids=["array", "arrays", "header", "twice"])
 def test_an_adapter_file_is_held_to_an_adapters_smaller_limits(tmp_path, kvs, message):
     """An adapter needs no vocabulary: what a model may declare is refused in an adapter."""
-    path = tmp_path / "adapter.gguf"
-    path.write_bytes(gguf(kvs))
+    content = gguf(kvs)
     with pytest.raises(ModelFormatError, match=message):
-        GGUFFile(path, limits=ADAPTER_LIMITS)
+        read_header(content, len(content), 1024, ADAPTER_LIMITS)
     if "twice" not in message:
-        assert GGUFFile(path).metadata  # within a model's limits
+        assert read_header(content, len(content), 1024, MODEL_LIMITS)["metadata"]  # within a model's limits

@@ -106,7 +106,7 @@ class ModelConfig:
         arch = f.require("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedError(
-                f"{f.label}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+                f"{f.path}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
         n_embd = _integer(f, f"{arch}.embedding_length")
         n_head = _integer(f, f"{arch}.attention.head_count")
         head_dim = _integer(f, f"{arch}.attention.key_length", n_embd // max(n_head, 1))
@@ -140,15 +140,15 @@ class ModelConfig:
 
     def _validate(self, f: GGUFFile) -> None:
         if min(self.n_embd, self.n_layers, self.n_ff, self.n_head, self.n_head_kv, self.head_dim) <= 0:
-            raise ModelFormatError(f"{f.label}: non-positive model dimension in metadata")
+            raise ModelFormatError(f"{f.path}: non-positive model dimension in metadata")
         if self.n_layers > len(f.tensors):  # each layer has tensors: a claim of 2^40 layers is refused, not walked
-            raise ModelFormatError(f"{f.label}: block_count {self.n_layers} is more than the file's "
+            raise ModelFormatError(f"{f.path}: block_count {self.n_layers} is more than the file's "
                                    f"{len(f.tensors)} tensors")
         if not 0 < self.context_length <= MAX_CONTEXT or not 0 < self.norm_eps < 1 or not 0 < self.rope_base < 1e12:
-            raise ModelFormatError(f"{f.label}: context_length, layer_norm_rms_epsilon or rope.freq_base out of range")
+            raise ModelFormatError(f"{f.path}: context_length, layer_norm_rms_epsilon or rope.freq_base out of range")
         if self.n_head % self.n_head_kv:
             raise ModelFormatError(
-                f"{f.label}: head_count {self.n_head} is not a multiple of head_count_kv {self.n_head_kv}")
+                f"{f.path}: head_count {self.n_head} is not a multiple of head_count_kv {self.n_head_kv}")
         for name, shape in self.expected_tensors().items():
             f.tensor(name, shape)
 
@@ -174,7 +174,7 @@ def _integer(f: GGUFFile, key: str, default: int | None = None) -> int:
     """A metadata value that must be an integer (required when there is no default)."""
     value = f.require(key) if default is None else f.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ModelFormatError(f"{f.label}: metadata key {key} must be an integer, got {_shown(value)}")
+        raise ModelFormatError(f"{f.path}: metadata key {key} must be an integer, got {_shown(value)}")
     return value
 
 
@@ -182,7 +182,7 @@ def _number(f: GGUFFile, key: str, default: float | None = None) -> float:
     """A metadata value that must be a finite number (required when there is no default)."""
     value = f.require(key) if default is None else f.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ModelFormatError(f"{f.label}: metadata key {key} must be a finite number, got {_shown(value)}")
+        raise ModelFormatError(f"{f.path}: metadata key {key} must be a finite number, got {_shown(value)}")
     return float(value)
 
 

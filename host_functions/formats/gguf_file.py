@@ -24,7 +24,7 @@ from gguf import GGMLQuantizationType
 from host_functions import settings
 from host_functions.errors import ModelFormatError
 from host_functions.formats import untrusted
-from host_functions.formats.gguf_header import MODEL_LIMITS, Limits, read_header
+from host_functions.formats.gguf_header import read_file_header
 from host_functions.formats.packed import PackedStrings
 
 PACKED_MIN = 1024  # metadata arrays at least this long are held packed, not as Python lists
@@ -54,38 +54,23 @@ class RawTensor:
 
 
 class GGUFFile:
-    """A parsed GGUF file: `metadata` (key -> Python value) and `tensors` (name -> RawTensor).
+    """A parsed GGUF file: `metadata` (key -> Python value) and `tensors` (name -> RawTensor)."""
 
-    Errors name the file by `label` (default: the path as given), so a file a tenant names is reported
-    under the name it knows, never by where it lies on the host.
-    """
-
-    def __init__(self, path: str | Path, label: str | None = None, follow_links: bool = True,
-                 limits: Limits = MODEL_LIMITS) -> None:
-        """Read the file at `path` (not through a symbolic link unless `follow_links`), its header within
-        `limits`; raises ModelFormatError, its message starting with `label` (default: the path; none
-        if empty)."""
+    def __init__(self, path: str | Path) -> None:
+        """Read the model file at `path` (memory-mapped), its header within MODEL_LIMITS; raises
+        ModelFormatError naming the path."""
         self.path = Path(path)
-        self.label = str(path) if label is None else label
         try:
-            with untrusted.open_file(self.path, follow_links) as f:
-                index = _load_index(self.path, f, limits)
-                self._data = np.memmap(f, mode="r")  # the mapping outlives the descriptor
+            with untrusted.open_file(self.path, follow_links=True) as f:  # an operator's path may be a link
+                index = _load_index(self.path, f)
+                data = np.memmap(f, mode="r")  # the mapping outlives the descriptor
         except ModelFormatError as exc:
             raise self._error(str(exc)) from None
         except OSError as exc:
             missing = exc.errno in (errno.ENOENT, errno.ENOTDIR)
             raise self._error("no such model file" if missing else untrusted.reason(exc)) from None
         self.metadata: dict[str, Any] = index["metadata"]
-        self.tensors: dict[str, RawTensor] = {
-            name: RawTensor(name, GGMLQuantizationType(qtype), tuple(shape),
-                            _tensor_view(self._data, qtype, tuple(shape), offset, nbytes))
-            for name, qtype, shape, offset, nbytes in index["tensors"]
-        }
-
-    def sha256(self) -> str:
-        """The SHA-256 of the file's bytes as mapped (the ones its tensors are read from)."""
-        return hashlib.sha256(self._data.data).hexdigest()
+        self.tensors: dict[str, RawTensor] = {entry[0]: raw_tensor(data, *entry) for entry in index["tensors"]}
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -106,10 +91,10 @@ class GGUFFile:
         return t
 
     def _error(self, detail: str) -> ModelFormatError:
-        return ModelFormatError(f"{self.label}: {detail}" if self.label else detail)
+        return ModelFormatError(f"{self.path}: {detail}")
 
 
-def _load_index(path: Path, f: BinaryIO, limits: Limits) -> dict[str, Any]:
+def _load_index(path: Path, f: BinaryIO) -> dict[str, Any]:
     """Metadata and tensor table of a GGUF file, parsed once and then cached.
 
     Parsing a 262144-token vocabulary still takes a fraction of a second; the index is cached by path,
@@ -117,14 +102,14 @@ def _load_index(path: Path, f: BinaryIO, limits: Limits) -> dict[str, Any]:
     milliseconds.
     """
     st = os.fstat(f.fileno())  # the file opened, not whatever the path leads to now
-    identity = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{limits}"
+    identity = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:32]
     cache = _index_cache_dir() / f"{key}.npz"
     try:
         return _read_index(cache)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # missing, or torn by a crash: parse again
-    index = read_header(f, PACKED_MIN, limits)
+    index = read_file_header(f, PACKED_MIN)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -167,14 +152,18 @@ def _read_index(cache: Path) -> dict[str, Any]:
 _FLOAT_TYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
 
 
-def _tensor_view(data: np.memmap, qtype: int, shape: tuple[int, ...], offset: int, nbytes: int) -> np.ndarray:
-    """The same view gguf's reader gives: typed for F32/F16, uint8 rows of blocks otherwise."""
+def raw_tensor(data: np.ndarray, name: str, qtype: int, shape: list[int], offset: int, nbytes: int) -> RawTensor:
+    """A tensor of the table `read_header` gives, over the file's bytes `data` (uint8, mapped or read),
+    viewed as gguf's reader views it: typed for F32/F16, uint8 rows of blocks otherwise."""
     raw = data[offset : offset + nbytes]
+    dims = tuple(shape)
     dtype = _FLOAT_TYPES.get(GGMLQuantizationType(qtype))
     if dtype is not None:
-        return raw.view(dtype).reshape(shape)
-    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-    return raw.reshape(*shape[:-1], nbytes // rows) if len(shape) > 1 else raw
+        view = raw.view(dtype).reshape(dims)
+    else:
+        rows = int(np.prod(dims[:-1])) if len(dims) > 1 else 1
+        view = raw.reshape(*dims[:-1], nbytes // rows) if len(dims) > 1 else raw
+    return RawTensor(name, GGMLQuantizationType(qtype), dims, view)
 
 
 def _index_cache_dir() -> Path:

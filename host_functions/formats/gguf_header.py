@@ -55,38 +55,46 @@ MODEL_LIMITS = Limits(header_bytes=64 << 20, keys=1 << 12, array_length=1 << 20,
 ADAPTER_LIMITS = Limits(header_bytes=4 << 20, keys=256, array_length=1 << 10, array_elements=1 << 12,
                         tensors=1 << 13)
 
+Buffer = mmap.mmap | bytes  # the header's bytes: a mapping of the file, or a prefix read from it
 TensorEntry = list[Any]  # [name, GGML type, NumPy-order shape, absolute offset, byte length]
 
 # GGUF value types: the fixed-size ones by their struct format; 8 is a string, 9 an array.
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
+_MIN_FILE = 24  # magic, version and the two counts
 _MIN_TENSOR_INFO = 8 + 4 + 8 + 4 + 8  # an empty name, one dimension, type, offset
 
 
-def bad(detail: str) -> ModelFormatError:
+def _bad(detail: str) -> ModelFormatError:
     return ModelFormatError(f"not a valid GGUF file: {detail}")
 
 
-def read_header(f: BinaryIO, packed_min: int, limits: Limits = MODEL_LIMITS) -> dict[str, Any]:
-    """The metadata (key -> value; arrays of at least `packed_min` elements as PackedStrings or NumPy
-    arrays) and the tensor table of the GGUF file open as `f`, every declared size checked first
-    against the file and `limits`.
-
-    Raises ModelFormatError (no path in its message) for anything malformed or over a limit, and
-    OSError when the file cannot be read.
-    """
+def read_file_header(f: BinaryIO, packed_min: int, limits: Limits = MODEL_LIMITS) -> dict[str, Any]:
+    """`read_header` of the file open as `f`, memory-mapped (a model's: an operator's file, which no
+    tenant truncates under the mapping)."""
     size = os.fstat(f.fileno()).st_size
-    if size < 24:  # magic, version and the two counts
-        raise bad(f"the file is truncated ({size} bytes, shorter than a GGUF header)")
+    if size < _MIN_FILE:
+        raise _bad(f"the file is truncated ({size} bytes, shorter than a GGUF header)")
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        return _Header(buf, size, packed_min, limits).read()
+        return read_header(buf, size, packed_min, limits)
+
+
+def read_header(buf: Buffer, size: int, packed_min: int, limits: Limits = MODEL_LIMITS) -> dict[str, Any]:
+    """The metadata (key -> value; arrays of at least `packed_min` elements as PackedStrings or NumPy
+    arrays) and the tensor table ([name, type, NumPy-order shape, absolute offset, byte length]) of a
+    GGUF file of `size` bytes whose first min(size, limits.header_bytes) bytes are `buf`, every declared
+    size checked first against the file and `limits`. Raises ModelFormatError, its message naming no path.
+    """
+    if size < _MIN_FILE:
+        raise _bad(f"the file is truncated ({size} bytes, shorter than a GGUF header)")
+    return _Header(buf, size, packed_min, limits).read()
 
 
 class _Header:
     """One pass over the header, front to back; `pos` is the next byte to read."""
 
-    def __init__(self, buf: mmap.mmap, size: int, packed_min: int, limits: Limits) -> None:
+    def __init__(self, buf: Buffer, size: int, packed_min: int, limits: Limits) -> None:
         self.buf, self.size, self.packed_min, self.limits = buf, size, packed_min, limits
         self.end = min(size, limits.header_bytes)  # no header byte is read past this
         self.pos = 0
@@ -94,10 +102,10 @@ class _Header:
 
     def read(self) -> dict[str, Any]:
         if self.buf[self.take(4, "the magic"):4] != b"GGUF":
-            raise bad("it does not start with the GGUF magic")
+            raise _bad("it does not start with the GGUF magic")
         version = self.scalar("I", "the version")
         if version not in (2, 3):
-            raise bad("big-endian GGUF files are not supported" if version & 0xFFFF == 0
+            raise _bad("big-endian GGUF files are not supported" if version & 0xFFFF == 0
                       else f"GGUF version {version} is not supported (2 and 3 are)")
         n_tensors = self.count("Q", "the tensor count", self.limits.tensors)
         n_keys = self.count("Q", "the metadata count", self.limits.keys)
@@ -105,7 +113,7 @@ class _Header:
         for _ in range(n_keys):
             key = self.text("a metadata key", MAX_KEY_BYTES)
             if key in metadata:
-                raise bad(f"metadata key {key} appears twice")
+                raise _bad(f"metadata key {key} appears twice")
             metadata[key] = self.value(key, self.scalar("I", f"the type of {key}"))
         infos = [self.tensor_info() for _ in range(n_tensors)]
         return {"metadata": metadata, "tensors": self.placed(infos, _alignment(metadata))}
@@ -115,9 +123,9 @@ class _Header:
     def need(self, n: int, what: str) -> None:
         """Raise unless n more bytes are there: within the file and within the header limit."""
         if n > self.size - self.pos:
-            raise bad(f"the file is truncated ({what} runs past its end)")
+            raise _bad(f"the file is truncated ({what} runs past its end)")
         if n > self.end - self.pos:
-            raise bad(f"its header is larger than Realm's limit of {self.limits.header_bytes} bytes (at {what})")
+            raise _bad(f"its header is larger than Realm's limit of {self.limits.header_bytes} bytes (at {what})")
 
     def take(self, n: int, what: str) -> int:
         """The offset of the next n bytes, which are then consumed."""
@@ -132,7 +140,7 @@ class _Header:
     def count(self, fmt: str, what: str, limit: int) -> int:
         n: int = self.scalar(fmt, what)
         if n > limit:
-            raise bad(f"{what} is {n}, over Realm's limit of {limit}")
+            raise _bad(f"{what} is {n}, over Realm's limit of {limit}")
         return n
 
     def raw_text(self, what: str, limit: int) -> bytes:
@@ -144,7 +152,7 @@ class _Header:
         try:
             return self.raw_text(what, limit).decode("utf-8")
         except UnicodeDecodeError:
-            raise bad(f"{what} is not UTF-8") from None
+            raise _bad(f"{what} is not UTF-8") from None
 
     # -- metadata -------------------------------------------------------------------------------
 
@@ -155,20 +163,20 @@ class _Header:
             return self.text(f"the value of {key}", MAX_STRING_BYTES)
         if vtype == _ARRAY:
             return self.array(key)
-        raise bad(f"metadata key {key} has unknown value type {vtype}")
+        raise _bad(f"metadata key {key} has unknown value type {vtype}")
 
     def array(self, key: str) -> Any:
         etype = self.scalar("I", f"the element type of {key}")
         n = self.count("Q", f"the length of {key}", self.limits.array_length)
         self.array_elements += n
         if self.array_elements > self.limits.array_elements:
-            raise bad(f"its arrays hold more than Realm's limit of {self.limits.array_elements} elements (at {key})")
+            raise _bad(f"its arrays hold more than Realm's limit of {self.limits.array_elements} elements (at {key})")
         if etype == _STRING:
             self.need(8 * n, f"the strings of {key}")  # each at least its length field
             return self.strings(key, n)
         if etype not in _SCALARS:
             kind = "an array of arrays (not supported)" if etype == _ARRAY else f"unknown element type {etype}"
-            raise bad(f"metadata key {key} is {kind}")
+            raise _bad(f"metadata key {key} is {kind}")
         dtype = np.dtype("<u1" if etype == 7 else "<" + _SCALARS[etype])  # bool: bytes, then != 0
         start = self.take(n * dtype.itemsize, f"the values of {key}")
         values = np.frombuffer(self.buf, dtype, n, start).copy()  # copied: the file is closed after
@@ -190,7 +198,7 @@ class _Header:
             try:
                 piece.decode("utf-8")
             except UnicodeDecodeError:
-                raise bad(f"string {i} of {key} is not UTF-8") from None
+                raise _bad(f"string {i} of {key} is not UTF-8") from None
             blob += piece
             lengths.append(length)
         strings = PackedStrings(bytes(blob), _offsets(lengths))
@@ -204,17 +212,17 @@ class _Header:
         name = self.text("a tensor name", MAX_NAME_BYTES)
         n_dims = self.scalar("I", f"the dimension count of tensor {name}")
         if not 1 <= n_dims <= MAX_DIMS:
-            raise bad(f"tensor {name} has {n_dims} dimensions (1..{MAX_DIMS} are possible)")
+            raise _bad(f"tensor {name} has {n_dims} dimensions (1..{MAX_DIMS} are possible)")
         dims = [self.scalar("Q", f"the dimensions of tensor {name}") for _ in range(n_dims)]
         qtype = self.scalar("I", f"the type of tensor {name}")
         offset = self.scalar("Q", f"the offset of tensor {name}")
         if min(dims) < 1 or math.prod(dims) > MAX_ELEMENTS:
-            raise bad(f"tensor {name} has dimensions {dims} (each at least 1, at most {MAX_ELEMENTS} elements)")
+            raise _bad(f"tensor {name} has dimensions {dims} (each at least 1, at most {MAX_ELEMENTS} elements)")
         if qtype not in GGML_QUANT_SIZES:  # keyed by the IntEnum, which hashes as its int value
-            raise bad(f"tensor {name} has unknown type {qtype}")
+            raise _bad(f"tensor {name} has unknown type {qtype}")
         block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
         if dims[0] % block:
-            raise bad(f"tensor {name} has rows of {dims[0]} weights, not whole blocks of "
+            raise _bad(f"tensor {name} has rows of {dims[0]} weights, not whole blocks of "
                       f"{block} of its type {GGMLQuantizationType(qtype).name}")
         return [name, qtype, dims[::-1], offset, math.prod(dims) // block * type_size]
 
@@ -225,14 +233,14 @@ class _Header:
         end_of_previous, previous = 0, ""
         for name, _, _, offset, nbytes in sorted(infos, key=lambda t: (t[3], t[4])):
             if name in names:
-                raise bad(f"tensor {name} appears twice")
+                raise _bad(f"tensor {name} appears twice")
             names.add(name)
             if offset % alignment:
-                raise bad(f"tensor {name}'s offset {offset} is not a multiple of the alignment {alignment}")
+                raise _bad(f"tensor {name}'s offset {offset} is not a multiple of the alignment {alignment}")
             if offset < end_of_previous:
-                raise bad(f"tensor {name} overlaps tensor {previous}")
+                raise _bad(f"tensor {name} overlaps tensor {previous}")
             if data_start + offset + nbytes > self.size:
-                raise bad(f"the file is truncated (tensor {name} ends past its end)")
+                raise _bad(f"the file is truncated (tensor {name} ends past its end)")
             end_of_previous, previous = offset + nbytes, name
         return [[name, qtype, shape, data_start + offset, nbytes] for name, qtype, shape, offset, nbytes in infos]
 
@@ -246,5 +254,5 @@ def _offsets(lengths: list[int]) -> np.ndarray:
 def _alignment(metadata: dict[str, Any]) -> int:
     value = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1) or value > 1 << 20:
-        raise bad(f"general.alignment must be a power of two up to {1 << 20}, got {value!r}")
+        raise _bad(f"general.alignment must be a power of two up to {1 << 20}, got {value!r}")
     return value

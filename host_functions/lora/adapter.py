@@ -21,7 +21,7 @@ import numpy as np
 
 from host_functions.arch.config import ModelConfig
 from host_functions.errors import AdapterError
-from host_functions.lora.adapter_files import MAX_RANK, Shapes, check_peft_folder, open_adapter, open_gguf_adapter
+from host_functions.lora.adapter_files import MAX_RANK, Shapes, check_gguf_adapter, check_peft_folder, open_adapter
 
 MAX_ALPHA_FACTOR = 1000.0  # alpha / rank (alpha / sqrt(rank) with rsLoRA): far beyond any trained adapter
 _TARGET_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")
@@ -104,7 +104,7 @@ def check_adapter_source(path: str | Path) -> Path:
     if resolved.is_dir():
         check_peft_folder(resolved, name)
     elif resolved.is_file():
-        open_gguf_adapter(resolved, name)
+        check_gguf_adapter(resolved, name)
     else:
         raise AdapterError("no such file or folder", name)
     return resolved

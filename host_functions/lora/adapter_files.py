@@ -18,6 +18,7 @@ checked. Errors name the adapter by the name the caller gives, never by a host p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -35,8 +36,8 @@ from host_functions.arch.config import ModelConfig
 from host_functions.arch.layout import weight_name
 from host_functions.errors import AdapterError, ModelFormatError, UnsupportedError
 from host_functions.formats import untrusted
-from host_functions.formats.gguf_file import GGUFFile, RawTensor
-from host_functions.formats.gguf_header import ADAPTER_LIMITS
+from host_functions.formats.gguf_file import PACKED_MIN, raw_tensor
+from host_functions.formats.gguf_header import ADAPTER_LIMITS, read_header
 from host_functions.formats.quants import dequantize, quant_format
 
 MAX_RANK = 64
@@ -70,19 +71,15 @@ def open_adapter(path: Path, config: ModelConfig, name: str) -> Iterator[Declare
         with _peft_files(path, name) as (config_bytes, weights):
             yield _declared_peft(name, config_bytes, weights, config)
     else:
-        yield _declared_gguf(path, config, name)
+        with _gguf_file(path, name) as f:
+            yield _declared_gguf(f, config, name)
 
 
-def open_gguf_adapter(path: Path, name: str) -> GGUFFile:
-    """The GGUF file at `path` (not through a symbolic link) if it is a LoRA adapter; AdapterError otherwise."""
-    try:
-        gguf = GGUFFile(path, label="", follow_links=False, limits=ADAPTER_LIMITS)
-    except ModelFormatError as exc:
-        raise AdapterError(str(exc), name) from None
-    kind, adapter_type = gguf.get("general.type"), gguf.get("adapter.type")
-    if kind != "adapter" or adapter_type != "lora":
-        raise AdapterError(f"not a LoRA adapter (general.type={kind!r}, adapter.type={adapter_type!r})", name)
-    return gguf
+def check_gguf_adapter(path: Path, name: str) -> None:
+    """AdapterError unless the file at `path` (not a symbolic link) is a GGUF LoRA adapter whose
+    header is sound (its tensors are checked against a model when one loads it)."""
+    with _gguf_file(path, name) as f:
+        _gguf_adapter_header(f, name)
 
 
 def check_peft_folder(folder: Path, name: str) -> None:
@@ -96,28 +93,69 @@ def check_peft_folder(folder: Path, name: str) -> None:
 # -- GGUF adapters ------------------------------------------------------------------------------
 
 
-def _declared_gguf(path: Path, config: ModelConfig, name: str) -> DeclaredAdapter:
-    gguf = open_gguf_adapter(path, name)
-    arch = gguf.get("general.architecture")
+@contextmanager
+def _gguf_file(path: Path, name: str) -> Iterator[BinaryIO]:
+    try:
+        f = untrusted.open_file(path)
+    except OSError as exc:
+        raise AdapterError(untrusted.reason(exc), name) from None
+    with f:
+        yield f
+
+
+def _gguf_adapter_header(f: BinaryIO, name: str) -> dict[str, Any]:
+    """The header of a GGUF LoRA adapter, read (not mapped: the tenant may truncate the file under a
+    mapping, which would kill the process) within an adapter's limits."""
+    size = untrusted.size_of(f)
+    head = f.read(min(size, ADAPTER_LIMITS.header_bytes))
+    if len(head) < min(size, ADAPTER_LIMITS.header_bytes):
+        size = len(head)  # cut while read: what was read is the file
+    try:
+        header = read_header(head, size, PACKED_MIN, ADAPTER_LIMITS)
+    except ModelFormatError as exc:
+        raise AdapterError(str(exc), name) from None
+    kind, adapter_type = header["metadata"].get("general.type"), header["metadata"].get("adapter.type")
+    if kind != "adapter" or adapter_type != "lora":
+        raise AdapterError(f"not a LoRA adapter (general.type={kind!r}, adapter.type={adapter_type!r})", name)
+    return header
+
+
+def _declared_gguf(f: BinaryIO, config: ModelConfig, name: str) -> DeclaredAdapter:
+    header = _gguf_adapter_header(f, name)
+    metadata, entries = header["metadata"], header["tensors"]
+    arch = metadata.get("general.architecture")
     if arch != config.arch:
         raise AdapterError(f"made for architecture {arch!r}, the model is {config.arch!r}", name)
-    alpha = _alpha(name, gguf.get("adapter.lora.alpha", 0.0))
-    tensors: dict[str, dict[str, RawTensor]] = {}
-    for tname, raw in gguf.tensors.items():
+    alpha = _alpha(name, metadata.get("adapter.lora.alpha", 0.0))
+    shapes: Shapes = {}
+    for tname, qtype, shape, _, _ in entries:
         base, dot, half = tname.rpartition(".")
         if not dot or half not in ("lora_a", "lora_b"):
             raise AdapterError(f"tensor {tname} is not a lora_a/lora_b tensor", name)
         try:
-            quant_format(raw.qtype, tname)
+            quant_format(qtype, tname)
         except UnsupportedError as exc:
             raise AdapterError(str(exc), name) from None
-        tensors.setdefault(base, {})[half[-1]] = raw
-    shapes = {base: {h: raw.shape for h, raw in halves.items()} for base, halves in tensors.items()}
+        shapes.setdefault(base, {})[half[-1]] = tuple(shape)
+    data_end = max((offset + nbytes for _, _, _, offset, nbytes in entries), default=0)
+
+    @functools.cache
+    def data() -> np.ndarray:  # read once its shapes are checked: at most what they allow
+        f.seek(0)
+        blob = f.read(data_end)
+        if len(blob) < data_end:
+            raise AdapterError("the file was truncated while it was read", name)
+        return np.frombuffer(blob, np.uint8)
 
     def decode() -> Matrices:
-        return {base: {h: dequantize(raw) for h, raw in halves.items()} for base, halves in tensors.items()}
+        tensors = [raw_tensor(data(), *entry) for entry in entries]
+        halves: Matrices = {}
+        for t in tensors:
+            base, _, half = t.name.rpartition(".")
+            halves.setdefault(base, {})[half[-1]] = dequantize(t)
+        return halves
 
-    return DeclaredAdapter(alpha, shapes, gguf.sha256, decode)
+    return DeclaredAdapter(alpha, shapes, lambda: hashlib.sha256(data().data).hexdigest(), decode)
 
 
 # -- PEFT folders -------------------------------------------------------------------------------
