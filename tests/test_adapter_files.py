@@ -181,7 +181,12 @@ HEADERS = [
     (safetensors({Q_A: {**A_ENTRY, "shape": [1 << 40, 1 << 40]}}, bytes(8192)), r"F32 \[1099511627776, 1099511627776\] "
                                                                                r"is not the 8192 bytes"),
     (safetensors({Q_A: A_ENTRY, Q_B: {"dtype": "F32", "shape": [256, 8], "data_offsets": [4096, 12288]}},
-                 bytes(12288)), "tensor .*q_proj.lora_B.weight overlaps tensor .*q_proj.lora_A.weight"),
+                 bytes(12288)), r"tensor .*q_proj.lora_B.weight starts at 4096, not where .*lora_A.weight ends "
+                                r"\(8192\): a gap or an overlap"),
+    (safetensors({Q_A: {**A_ENTRY, "data_offsets": [4096, 12288]}}, bytes(12288)), "starts at 4096, not where the "
+                                                                                   "header ends"),
+    # a sparse file of 2^40 bytes after one small tensor would be read whole
+    (safetensors({Q_A: A_ENTRY}, bytes(8192 + 100)), "has 100 bytes after its last tensor"),
     (safetensors({"x" * 5000: A_ENTRY}, bytes(8192)), "tensor x{100}[.]{3} is not a LoRA pair"),
 ]
 

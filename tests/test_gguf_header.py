@@ -148,10 +148,13 @@ TABLES = [
     ([info("t", [1 << 40, 1 << 40])], "at most"),  # 2^80 elements: overflow in int64 arithmetic
     ([info("t", [4], qtype=99)], "tensor t has unknown type 99"),
     ([info("t", [16], qtype=Q4_0)], "tensor t has rows of 16 weights, not whole blocks of 32 of its type Q4_0"),
-    ([info("t", [4], offset=4)], "tensor t's offset 4 is not a multiple of the alignment 32"),
-    ([info("t", [4], offset=1 << 62)], r"truncated \(tensor t ends past its end\)"),
+    ([info("t", [4], offset=4)], r"tensor t is at offset 4, not 0 \(tensors follow each other in table order, "
+                                 r"each padded to 32 bytes\)"),
+    ([info("t", [4]), info("u", [4], offset=64)], "tensor u is at offset 64, not 32"),  # a gap
+    ([info("t", [4], offset=32), info("u", [4])], "tensor t is at offset 32, not 0"),  # out of table order
+    ([info("t", [4], offset=1 << 62)], f"tensor t is at offset {1 << 62}, not 0"),
     ([info("t", [1 << 20])], r"truncated \(tensor t ends past its end\)"),
-    ([info("t", [16]), info("u", [16], offset=32)], "tensor u overlaps tensor t"),
+    ([info("t", [16]), info("u", [16], offset=32)], "tensor u is at offset 32, not 64"),  # overlapping
     ([info("t", [4]), info("t", [4], offset=32)], "tensor t appears twice"),
     ([info("t" * 300, [4])], "the length of a tensor name is 300, over Realm's limit of 255"),
 ]

@@ -227,21 +227,21 @@ class _Header:
         return [name, qtype, dims[::-1], offset, math.prod(dims) // block * type_size]
 
     def placed(self, infos: list[TensorEntry], alignment: int) -> list[TensorEntry]:
-        """The tensor table with absolute offsets: each aligned, inside the file, none overlapping."""
+        """The tensor table with absolute offsets. As llama.cpp requires, the tensors lie in table order,
+        each padded to the alignment, with no gaps: the data is no larger than the tensors it holds."""
         data_start = -(-self.pos // alignment) * alignment
         names: set[str] = set()
-        end_of_previous, previous = 0, ""
-        for name, _, _, offset, nbytes in sorted(infos, key=lambda t: (t[3], t[4])):
+        expected = 0
+        for name, _, _, offset, nbytes in infos:
             if name in names:
                 raise _bad(f"tensor {name} appears twice")
             names.add(name)
-            if offset % alignment:
-                raise _bad(f"tensor {name}'s offset {offset} is not a multiple of the alignment {alignment}")
-            if offset < end_of_previous:
-                raise _bad(f"tensor {name} overlaps tensor {previous}")
+            if offset != expected:
+                raise _bad(f"tensor {name} is at offset {offset}, not {expected} (tensors follow each other in "
+                           f"table order, each padded to {alignment} bytes)")
             if data_start + offset + nbytes > self.size:
                 raise _bad(f"the file is truncated (tensor {name} ends past its end)")
-            end_of_previous, previous = offset + nbytes, name
+            expected = -(-(offset + nbytes) // alignment) * alignment
         return [[name, qtype, shape, data_start + offset, nbytes] for name, qtype, shape, offset, nbytes in infos]
 
 

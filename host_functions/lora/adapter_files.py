@@ -219,7 +219,7 @@ def _declared_peft(name: str, config_bytes: bytes, weights: BinaryIO, config: Mo
     if peft.get("use_rslora"):
         alpha *= math.sqrt(peft["r"])  # rsLoRA scales by alpha / sqrt(r): the same factor over r
     layout = config.layout
-    places: dict[str, tuple[str, str]] = {}  # safetensors key -> (base weight name, half)
+    places: dict[str, tuple[str, str, int]] = {}  # safetensors key -> (base weight, half, heads to permute or 0)
     shapes: Shapes = {}
     for key, shape in _safetensors_header(name, weights).items():
         m = _PEFT_KEY.search(key)
@@ -227,7 +227,9 @@ def _declared_peft(name: str, config_bytes: bytes, weights: BinaryIO, config: Mo
         if m is None or matrix is None or matrix.name not in layout.lora_targets:
             raise AdapterError(f"tensor {_short(key)} is not a LoRA pair of an attention or FFN projection "
                                f"({', '.join(layout.lora_peft_modules)})", name)
-        base, half = places[key] = (weight_name(int(m[1]), matrix.name), m[3].lower())
+        base, half = weight_name(int(m[1]), matrix.name), m[3].lower()
+        permuted = half == "b" and layout.permuted_qk and matrix.holds in (("q",), ("k",))
+        places[key] = base, half, (config.n_head if matrix.holds == ("q",) else config.n_head_kv) if permuted else 0
         if half in shapes.setdefault(base, {}):
             raise AdapterError(f"two tensors hold {base}'s lora_{half} (one is {_short(key)})", name)
         shapes[base][half] = shape
@@ -235,10 +237,8 @@ def _declared_peft(name: str, config_bytes: bytes, weights: BinaryIO, config: Mo
     def decode() -> Matrices:
         halves: Matrices = {}
         for key, value in _safetensors_tensors(name, weights).items():
-            base, half = places[key]
-            if half == "b" and layout.permuted_qk and base.split(".")[2] in ("attn_q", "attn_k"):
-                value = _permuted_rows(value, config.n_head if base.split(".")[2] == "attn_q" else config.n_head_kv)
-            halves.setdefault(base, {})[half] = value
+            base, half, heads = places[key]
+            halves.setdefault(base, {})[half] = _permuted_rows(value, heads) if heads else value
         return halves
 
     return DeclaredAdapter(alpha, shapes, lambda: _digest(weights, config_bytes), decode)
@@ -270,10 +270,16 @@ def _safetensors_header(name: str, f: BinaryIO) -> dict[str, tuple[int, ...]]:
         except ValueError as exc:
             raise AdapterError(f"{WEIGHTS}: {exc}", name) from None
         spans.append((start, end, key))
-    spans.sort()
-    for (_, end, before), (start, _, after) in zip(spans, spans[1:], strict=False):
-        if start < end:
-            raise AdapterError(f"{WEIGHTS}: tensor {_short(after)} overlaps tensor {_short(before)}", name)
+    # As the format requires, the tensors cover the data exactly, one after another: the file is no
+    # larger than its tensors, so reading it whole reads no more than their (checked) shapes allow.
+    end, before = 0, "the header"
+    for start, stop, key in sorted(spans):
+        if start != end:
+            raise AdapterError(f"{WEIGHTS}: tensor {_short(key)} starts at {start}, not where {_short(before)} "
+                               f"ends ({end}): a gap or an overlap", name)
+        end, before = stop, key
+    if end != size - 8 - n:
+        raise AdapterError(f"{WEIGHTS} has {size - 8 - n - end} bytes after its last tensor", name)
     return shapes
 
 
