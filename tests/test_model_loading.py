@@ -19,7 +19,7 @@ from host_functions.formats.gguf_file import GGUFFile
 
 def _copy_model(src: Path, dst: Path, *, arch: str | None = None, drop: str | None = None,
                 reshape: str | None = None, retype: tuple[str, GGMLQuantizationType] | None = None,
-                meta: dict[str, tuple[object, GGUFValueType]] | None = None) -> Path:
+                meta: dict[str, tuple[object, ...]] | None = None) -> Path:
     """Rewrite a tiny model with one thing changed, through gguf's own writer."""
     reader = GGUFReader(src)
     old_arch = reader.fields["general.architecture"].contents()
@@ -139,6 +139,13 @@ def test_hyperparameters_of_the_wrong_type_or_beyond_the_file_are_refused(tmp_pa
     path = _copy_model(DATA / "tiny-llama-F32.gguf", tmp_path / "m.gguf", meta={key: (value, vtype)})
     with pytest.raises(ModelFormatError, match=message):
         ModelConfig.from_gguf(GGUFFile(path))
+
+
+def test_a_vocabulary_that_does_not_match_the_embedding_is_refused(tmp_path):
+    path = _copy_model(DATA / "tiny-llama-F32.gguf", tmp_path / "m.gguf",
+                       meta={"tokenizer.ggml.tokens": (["a", "b"], GGUFValueType.ARRAY, GGUFValueType.STRING)})
+    with pytest.raises(ModelFormatError, match="the tokenizer has 2 tokens, token_embd.weight 320 rows"):
+        Model.load(path)
 
 
 def test_not_gguf(tmp_path):
