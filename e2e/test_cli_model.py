@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -57,6 +58,9 @@ def test_inspect_json_describes_the_default_model(realm):
 @pytest.mark.parametrize("content,message", [
     (b"not a gguf file at all" * 10, "not a valid GGUF file"),
     (None, "no such model file"),
+    # 271 bytes declaring a 2^40-element metadata array: refused before anything is allocated
+    ((b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, 1) + b"k" + struct.pack("<IIQ", 9, 0, 1 << 40)).ljust(271, b"\0"),
+     "the length of k is 1099511627776, over Realm's limit"),
 ])
 def test_bad_model_file_is_one_clear_error(realm, tmp_path, content, message):
     path = tmp_path / "model.gguf"

@@ -154,3 +154,19 @@ def test_a_batch_line_with_lora_mode_but_no_adapter_fails_alone(realm, tmp_path)
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 1 and "need a \"lora\" adapter" in rows[0]["error"]
     assert rows[1]["completion_tokens"] == 2, rows[1]
+
+
+def test_a_bound_adapter_replaced_by_a_link_is_refused_naming_its_alias_not_the_host_path(realm, tmp_path):
+    """The tenant swaps its bound file for a link to weights it must not read: Realm does not follow it,
+    and the error names the adapter as the tenant bound it ('style'), not where it lies on the host."""
+    _setup_tenants(realm)
+    own = tmp_path / "tenant-files" / "style.gguf"
+    own.parent.mkdir()
+    own.write_bytes(ADAPTER.read_bytes())
+    assert realm("tenant", "set-lora", "globex", str(own), "--as", "style").returncode == 0
+    own.unlink()
+    own.symlink_to(ADAPTER)
+    done = realm("run", "hi", "--model", str(BASE), "--tenant", "globex", "--param", "lora=style", "--max-tokens", "4")
+    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "LoRA adapter 'style': is a symbolic link, which Realm does not follow" in done.stderr, done.stderr
+    assert str(own.parent) not in done.stderr

@@ -38,7 +38,20 @@ class KVPoolTooSmall(KVPoolFull):
 
 
 class AdapterError(RealmError):
-    """A LoRA adapter cannot be used with a model (bad file, wrong base, shapes, rank, alpha)."""
+    """A LoRA adapter cannot be used with a model (bad file, wrong base, shapes, rank, alpha).
+
+    `detail` says what is wrong and `adapter` names the adapter it is about ("LoRA adapter {adapter}:
+    {detail}"), so whoever shows it to a tenant can name the adapter as the tenant knows it (its alias)
+    instead of by the file's name on the host: `naming`.
+    """
+
+    def __init__(self, detail: str, adapter: str | None = None) -> None:
+        super().__init__(detail if adapter is None else f"LoRA adapter {adapter}: {detail}")
+        self.detail, self.adapter = detail, adapter
+
+    def naming(self, adapter: str) -> "AdapterError":
+        """The same error about the adapter called `adapter`."""
+        return AdapterError(self.detail, adapter)
 
 
 class ChatTemplateError(RealmError):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from oracle import DATA, tiny_models
 
 from host_functions.arch.config import ModelConfig
@@ -18,7 +18,8 @@ from host_functions.formats.gguf_file import GGUFFile
 
 
 def _copy_model(src: Path, dst: Path, *, arch: str | None = None, drop: str | None = None,
-                reshape: str | None = None, retype: tuple[str, GGMLQuantizationType] | None = None) -> Path:
+                reshape: str | None = None, retype: tuple[str, GGMLQuantizationType] | None = None,
+                meta: dict[str, tuple[object, ...]] | None = None) -> Path:
     """Rewrite a tiny model with one thing changed, through gguf's own writer."""
     reader = GGUFReader(src)
     old_arch = reader.fields["general.architecture"].contents()
@@ -27,6 +28,9 @@ def _copy_model(src: Path, dst: Path, *, arch: str | None = None, drop: str | No
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
         sub_type = field.types[-1] if len(field.types) > 1 else None
+        if meta and key in meta:
+            writer.add_key_value(key, *meta[key])
+            continue
         writer.add_key_value(key.replace(f"{old_arch}.", f"{arch or old_arch}.", 1), field.contents(),
                              field.types[0], sub_type=sub_type)
     for t in reader.tensors:
@@ -122,6 +126,26 @@ def test_unsupported_weight_type_names_type_and_tensor(tmp_path):
                        retype=("blk.0.attn_q.weight", GGMLQuantizationType.IQ4_NL))
     with pytest.raises(UnsupportedError, match=r"unsupported type IQ4_NL in tensor blk\.0\.attn_q\.weight"):
         Model.load(path, backend="numpy")
+
+
+@pytest.mark.parametrize("key, value, vtype, message", [
+    ("llama.block_count", 1 << 40, GGUFValueType.UINT64, "block_count 1099511627776 is more than the file's"),
+    ("llama.embedding_length", "256", GGUFValueType.STRING, "embedding_length must be an integer, got '256'"),
+    ("llama.attention.head_count", True, GGUFValueType.BOOL, "head_count must be an integer, got True"),
+    ("llama.attention.layer_norm_rms_epsilon", float("nan"), GGUFValueType.FLOAT32, "must be a finite number"),
+    ("llama.context_length", 1 << 40, GGUFValueType.UINT64, "context_length, .* out of range"),
+])
+def test_hyperparameters_of_the_wrong_type_or_beyond_the_file_are_refused(tmp_path, key, value, vtype, message):
+    path = _copy_model(DATA / "tiny-llama-F32.gguf", tmp_path / "m.gguf", meta={key: (value, vtype)})
+    with pytest.raises(ModelFormatError, match=message):
+        ModelConfig.from_gguf(GGUFFile(path))
+
+
+def test_a_vocabulary_that_does_not_match_the_embedding_is_refused(tmp_path):
+    path = _copy_model(DATA / "tiny-llama-F32.gguf", tmp_path / "m.gguf",
+                       meta={"tokenizer.ggml.tokens": (["a", "b"], GGUFValueType.ARRAY, GGUFValueType.STRING)})
+    with pytest.raises(ModelFormatError, match="the tokenizer has 2 tokens, token_embd.weight 320 rows"):
+        Model.load(path)
 
 
 def test_not_gguf(tmp_path):

@@ -3,7 +3,8 @@
 The adapters a request can see are its tenant's bindings (alias -> file and default scale), copied
 when the request starts: rebinding a tenant's adapter never changes a request already running, and
 no name a guest can pass reaches another tenant's adapter. An adapter is loaded into the model's
-adapter pool on first use and held until the request ends.
+adapter pool on first use and held until the request ends. Its errors name it by the alias the
+tenant bound it as, never by its file on the host.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ MAX_SCALE = 1000.0  # |scale| beyond this is a mistake, not a setting
 
 @dataclass(eq=False)
 class AdapterState:
-    """An adapter this request found: the loaded adapter and its binding's default scale."""
+    """An adapter this request found: the loaded adapter, its alias and its binding's default scale."""
 
     adapter: LoraAdapter
+    alias: str
     scale: float
     merged: bool = False
 
@@ -50,9 +52,9 @@ def adapter_find(s: Session, mem: GuestMemory, alias_ptr: int, alias_len: int) -
     try:
         adapter = s.model.adapters.acquire(binding.path)
     except AdapterError as exc:
-        raise AbiError(Status.INVALID_ARGUMENT, str(exc)) from None
+        raise AbiError(Status.INVALID_ARGUMENT, str(exc.naming(repr(alias)))) from None
     s.held_adapters.append(adapter)
-    return s.handles.add(AdapterState(adapter, binding.scale, binding.merged))
+    return s.handles.add(AdapterState(adapter, alias, binding.scale, binding.merged))
 
 
 @host("seq", "adapter", "scale_bits")
@@ -73,5 +75,5 @@ def seq_set_adapter(s: Session, mem: GuestMemory, seq: int, adapter: int, scale_
     try:
         state.seq.set_adapter(found.adapter, scale or found.scale, merged=found.merged)
     except AdapterError as exc:  # merged weights beyond their budget: this request's error, nobody else's
-        raise AbiError(Status.INVALID_ARGUMENT, str(exc)) from None
+        raise AbiError(Status.INVALID_ARGUMENT, str(exc.naming(repr(found.alias)))) from None
     return Status.OK

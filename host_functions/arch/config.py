@@ -26,6 +26,7 @@ from host_functions.errors import ModelFormatError, UnsupportedError
 from host_functions.formats.gguf_file import GGUFFile
 
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+MAX_CONTEXT = 1 << 24  # tokens: the largest context_length a model may declare
 
 
 @dataclass(frozen=True)
@@ -106,27 +107,27 @@ class ModelConfig:
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedError(
                 f"{f.path}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-        n_embd = int(f.require(f"{arch}.embedding_length"))
-        n_head = int(f.require(f"{arch}.attention.head_count"))
-        head_dim = int(f.get(f"{arch}.attention.key_length", n_embd // max(n_head, 1)))
+        n_embd = _integer(f, f"{arch}.embedding_length")
+        n_head = _integer(f, f"{arch}.attention.head_count")
+        head_dim = _integer(f, f"{arch}.attention.key_length", n_embd // max(n_head, 1))
         embd = f.tensor("token_embd.weight")
         row = ARCHITECTURES[arch]
-        rope_base = float(f.get(f"{arch}.rope.freq_base", 10000.0))
+        rope_base = _number(f, f"{arch}.rope.freq_base", 10000.0)
         cfg = cls(
             arch=arch,
             n_vocab=embd.shape[0],
             n_embd=n_embd,
-            n_layers=int(f.require(f"{arch}.block_count")),
-            n_ff=int(f.require(f"{arch}.feed_forward_length")),
+            n_layers=_integer(f, f"{arch}.block_count"),
+            n_ff=_integer(f, f"{arch}.feed_forward_length"),
             n_head=n_head,
-            n_head_kv=int(f.get(f"{arch}.attention.head_count_kv", n_head)),
+            n_head_kv=_integer(f, f"{arch}.attention.head_count_kv", n_head),
             head_dim=head_dim,
-            norm_eps=float(f.require(f"{arch}.attention.layer_norm_rms_epsilon")),
+            norm_eps=_number(f, f"{arch}.attention.layer_norm_rms_epsilon"),
             rope_base=rope_base,
             rope_base_local=rope_base if row.local_rope_base is None else row.local_rope_base,
             rope_layout=row.rope_layout,
-            sliding_window=int(f.get(f"{arch}.attention.sliding_window", 0)) if row.sliding_window else 0,
-            context_length=int(f.get(f"{arch}.context_length", 2048)),
+            sliding_window=_integer(f, f"{arch}.attention.sliding_window", 0) if row.sliding_window else 0,
+            context_length=_integer(f, f"{arch}.context_length", 2048),
             embedding_scale=math.sqrt(n_embd) if row.embedding_scaled else 1.0,
             ffn_activation=row.activation,
             qk_norm=row.has_norm("attn_q_norm"),
@@ -140,6 +141,11 @@ class ModelConfig:
     def _validate(self, f: GGUFFile) -> None:
         if min(self.n_embd, self.n_layers, self.n_ff, self.n_head, self.n_head_kv, self.head_dim) <= 0:
             raise ModelFormatError(f"{f.path}: non-positive model dimension in metadata")
+        if self.n_layers > len(f.tensors):  # each layer has tensors: a claim of 2^40 layers is refused, not walked
+            raise ModelFormatError(f"{f.path}: block_count {self.n_layers} is more than the file's "
+                                   f"{len(f.tensors)} tensors")
+        if not 0 < self.context_length <= MAX_CONTEXT or not 0 < self.norm_eps < 1 or not 0 < self.rope_base < 1e12:
+            raise ModelFormatError(f"{f.path}: context_length, layer_norm_rms_epsilon or rope.freq_base out of range")
         if self.n_head % self.n_head_kv:
             raise ModelFormatError(
                 f"{f.path}: head_count {self.n_head} is not a multiple of head_count_kv {self.n_head_kv}")
@@ -162,3 +168,23 @@ class ModelConfig:
             shapes |= {weight_name(i, m.name): self.matrix_shape(m) for m in layout.matrices}
             shapes |= {weight_name(i, n.name): (self.width(n.width),) for n in layout.norms}
         return shapes
+
+
+def _integer(f: GGUFFile, key: str, default: int | None = None) -> int:
+    """A metadata value that must be an integer (required when there is no default)."""
+    value = f.require(key) if default is None else f.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelFormatError(f"{f.path}: metadata key {key} must be an integer, got {_shown(value)}")
+    return value
+
+
+def _number(f: GGUFFile, key: str, default: float | None = None) -> float:
+    """A metadata value that must be a finite number (required when there is no default)."""
+    value = f.require(key) if default is None else f.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ModelFormatError(f"{f.path}: metadata key {key} must be a finite number, got {_shown(value)}")
+    return float(value)
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:40] if isinstance(value, (str, int, float)) else f"a {type(value).__name__}"

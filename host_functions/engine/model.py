@@ -27,7 +27,7 @@ from host_functions.engine.step_rules import (
     check_step_complete,
     check_token_ids,
 )
-from host_functions.errors import AdapterError, BackendError, SequenceError
+from host_functions.errors import AdapterError, BackendError, ModelFormatError, SequenceError
 from host_functions.formats.gguf_file import GGUFFile
 from host_functions.kv.block_table import KVCache
 from host_functions.lora.adapter import LoraAdapter
@@ -99,6 +99,9 @@ class Model:
         gguf = GGUFFile(path)
         config = ModelConfig.from_gguf(gguf)
         tokenizer = Tokenizer.from_metadata(gguf.metadata)
+        if tokenizer.vocab_size != config.n_vocab:  # llama.cpp refuses such a file too
+            raise ModelFormatError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, token_embd.weight "
+                                   f"{config.n_vocab} rows")
         compute = create_backend(backend, config, gguf, progress)
         compute.configure_kv(kv_memory)
         return cls(gguf.path, config, tokenizer, compute, Scheduler(compute, gguf.path.name) if batched else None)

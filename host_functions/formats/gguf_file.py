@@ -1,69 +1,33 @@
-"""Open a GGUF file through the `gguf` package and turn every failure into one clear error.
+"""Open a GGUF file and turn every failure into one clear error.
 
-This is the only module that touches `gguf.GGUFReader`; everything else sees `GGUFFile`:
-plain-Python metadata and memory-mapped raw tensors. Long metadata arrays (a vocabulary, its scores)
-are held compactly: strings as `PackedStrings`, numbers as NumPy arrays of the file's element type,
-because as Python objects a large vocabulary costs many times its bytes (docs/engine.md).
+Everything else sees `GGUFFile`: plain-Python metadata and memory-mapped raw tensors. The header is
+read by formats.gguf_header, which measures every size the file declares before it allocates
+(docs/file_checks.md). Long metadata arrays (a vocabulary, its scores) are held compactly: strings as
+`PackedStrings`, numbers as NumPy arrays of the file's element type, because as Python objects a large
+vocabulary costs many times its bytes (docs/engine.md).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType
 
 from host_functions import settings
 from host_functions.errors import ModelFormatError
+from host_functions.formats import untrusted
+from host_functions.formats.gguf_header import read_file_header
+from host_functions.formats.packed import PackedStrings
 
 PACKED_MIN = 1024  # metadata arrays at least this long are held packed, not as Python lists
-
-
-class PackedStrings(Sequence[str]):
-    """A long array of strings as one UTF-8 blob and n + 1 byte offsets (string i is
-    blob[offsets[i]:offsets[i + 1]]): a 262144-token vocabulary takes about 4 MB."""
-
-    def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
-        offsets = np.asarray(offsets, np.int64)
-        if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != len(blob) or \
-                np.any(np.diff(offsets) < 0):
-            raise ValueError("offsets must rise from 0 to the blob's length")
-        self.blob = blob
-        self.offsets = offsets
-
-    @classmethod
-    def pack(cls, strings: Sequence[str]) -> PackedStrings:
-        """Pack a list of strings; raises UnicodeEncodeError for one UTF-8 cannot encode."""
-        encoded = [s.encode("utf-8") for s in strings]
-        offsets = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
-        return cls(b"".join(encoded), offsets)
-
-    def __len__(self) -> int:
-        return self.offsets.size - 1
-
-    def __getitem__(self, index: int) -> str:  # type: ignore[override]  # no slices
-        return self.bytes_at(index).decode("utf-8")
-
-    def bytes_at(self, index: int) -> bytes:
-        """String `index` as its UTF-8 bytes; raises IndexError out of range."""
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} strings")
-        index %= n
-        return self.blob[self.offsets[index]:self.offsets[index + 1]]
-
-    def __iter__(self) -> Iterator[str]:
-        blob, ends = self.blob, self.offsets.tolist()
-        return (blob[a:b].decode("utf-8") for a, b in pairwise(ends))
 
 
 @dataclass(frozen=True)
@@ -93,18 +57,20 @@ class GGUFFile:
     """A parsed GGUF file: `metadata` (key -> Python value) and `tensors` (name -> RawTensor)."""
 
     def __init__(self, path: str | Path) -> None:
+        """Read the model file at `path` (memory-mapped), its header within MODEL_LIMITS; raises
+        ModelFormatError naming the path."""
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelFormatError(f"{self.path}: no such model file")
-        index = _load_index(self.path)
+        try:
+            with untrusted.open_file(self.path, follow_links=True) as f:  # an operator's path may be a link
+                index = _load_index(self.path, f)
+                data = np.memmap(f, mode="r")  # the mapping outlives the descriptor
+        except ModelFormatError as exc:
+            raise self._error(str(exc)) from None
+        except OSError as exc:
+            missing = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+            raise self._error("no such model file" if missing else untrusted.reason(exc)) from None
         self.metadata: dict[str, Any] = index["metadata"]
-        data = np.memmap(self.path, mode="r")
-        self.tensors: dict[str, RawTensor] = {}
-        for name, qtype, shape, offset, nbytes in index["tensors"]:
-            if offset + nbytes > data.size:
-                raise ModelFormatError(f"{self.path}: file is truncated (tensor {name} ends past the end of the file)")
-            self.tensors[name] = RawTensor(name, GGMLQuantizationType(qtype), tuple(shape),
-                                           _tensor_view(data, qtype, tuple(shape), offset, nbytes))
+        self.tensors: dict[str, RawTensor] = {entry[0]: raw_tensor(data, *entry) for entry in index["tensors"]}
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -112,34 +78,38 @@ class GGUFFile:
     def require(self, key: str) -> Any:
         """A metadata value that must be present."""
         if key not in self.metadata:
-            raise ModelFormatError(f"{self.path}: missing metadata key {key}")
+            raise self._error(f"missing metadata key {key}")
         return self.metadata[key]
 
     def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> RawTensor:
         """A tensor that must exist, optionally with an exact NumPy-order shape."""
         t = self.tensors.get(name)
         if t is None:
-            raise ModelFormatError(f"{self.path}: missing tensor {name}")
+            raise self._error(f"missing tensor {name}")
         if shape is not None and t.shape != tuple(shape):
-            raise ModelFormatError(f"{self.path}: tensor {name} has shape {t.shape}, expected {tuple(shape)}")
+            raise self._error(f"tensor {name} has shape {t.shape}, expected {tuple(shape)}")
         return t
 
+    def _error(self, detail: str) -> ModelFormatError:
+        return ModelFormatError(f"{self.path}: {detail}")
 
-def _load_index(path: Path) -> dict[str, Any]:
-    """Metadata and tensor table of a GGUF file, parsed by gguf's reader once and then cached.
 
-    gguf's reader builds a NumPy view per string, so a 262144-token vocabulary takes seconds to
-    parse; the index is cached by path, size and mtime (an .npz: JSON for the small values, arrays for
-    the packed ones) and loads in milliseconds.
+def _load_index(path: Path, f: BinaryIO) -> dict[str, Any]:
+    """Metadata and tensor table of a GGUF file, parsed once and then cached.
+
+    Parsing a 262144-token vocabulary still takes a fraction of a second; the index is cached by path,
+    size and mtime (an .npz: JSON for the small values, arrays for the packed ones) and loads in
+    milliseconds.
     """
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    st = os.fstat(f.fileno())  # the file opened, not whatever the path leads to now
+    identity = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
     cache = _index_cache_dir() / f"{key}.npz"
     try:
         return _read_index(cache)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # missing, or torn by a crash: parse again
-    index = _parse_index(path)
+    index = read_file_header(f, PACKED_MIN)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -179,53 +149,22 @@ def _read_index(cache: Path) -> dict[str, Any]:
     return index
 
 
-def _parse_index(path: Path) -> dict[str, Any]:
-    try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # gguf raises ValueError, struct.error, IndexError... on bad bytes
-        raise ModelFormatError(f"{path}: not a valid GGUF file ({_describe(exc)})") from None
-    metadata: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        try:
-            metadata[key] = _packed(field, field.contents())
-        except Exception as exc:
-            raise ModelFormatError(f"{path}: unreadable metadata key {key} ({_describe(exc)})") from None
-    tensors = [
-        [t.name, int(t.tensor_type), [int(n) for n in reversed(t.shape.tolist())], int(t.data_offset),
-         int(t.data.nbytes)]
-        for t in reader.tensors
-    ]
-    return {"metadata": metadata, "tensors": tensors}
-
-
-def _packed(field: Any, value: Any) -> Any:
-    """A long array as PackedStrings or a NumPy array of its element type; anything else as it is."""
-    if not isinstance(value, list) or len(value) < PACKED_MIN or field.types[-1] == GGUFValueType.ARRAY:
-        return value
-    if field.types[-1] == GGUFValueType.STRING:
-        return PackedStrings.pack(value)
-    return np.asarray(value, GGUFReader.gguf_scalar_to_np[field.types[-1]])
-
-
 _FLOAT_TYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
 
 
-def _tensor_view(data: np.memmap, qtype: int, shape: tuple[int, ...], offset: int, nbytes: int) -> np.ndarray:
-    """The same view gguf's reader gives: typed for F32/F16, uint8 rows of blocks otherwise."""
+def raw_tensor(data: np.ndarray, name: str, qtype: int, shape: list[int], offset: int, nbytes: int) -> RawTensor:
+    """A tensor of the table `read_header` gives, over the file's bytes `data` (uint8, mapped or read),
+    viewed as gguf's reader views it: typed for F32/F16, uint8 rows of blocks otherwise."""
     raw = data[offset : offset + nbytes]
+    dims = tuple(shape)
     dtype = _FLOAT_TYPES.get(GGMLQuantizationType(qtype))
     if dtype is not None:
-        return raw.view(dtype).reshape(shape)
-    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-    return raw.reshape(*shape[:-1], nbytes // rows) if len(shape) > 1 else raw
+        view = raw.view(dtype).reshape(dims)
+    else:
+        rows = int(np.prod(dims[:-1])) if len(dims) > 1 else 1
+        view = raw.reshape(*dims[:-1], nbytes // rows) if len(dims) > 1 else raw
+    return RawTensor(name, GGMLQuantizationType(qtype), dims, view)
 
 
 def _index_cache_dir() -> Path:
     return settings.cache_dir() / "gguf-index"
-
-
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if "reshape" in text or "divisor" in text or "buffer" in text or "offset" in text:
-        return "file is truncated or corrupt: " + text
-    return text

@@ -11,6 +11,7 @@ The file formats (GGUF, PEFT folders) are read by lora.adapter_files.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,14 +21,9 @@ import numpy as np
 
 from host_functions.arch.config import ModelConfig
 from host_functions.errors import AdapterError
-from host_functions.lora.adapter_files import (
-    check_peft_folder,
-    open_gguf_adapter,
-    read_gguf_adapter,
-    read_peft_adapter,
-)
+from host_functions.lora.adapter_files import MAX_RANK, Shapes, check_gguf_adapter, check_peft_folder, open_adapter
 
-MAX_RANK = 64
+MAX_ALPHA_FACTOR = 1000.0  # alpha / rank (alpha / sqrt(rank) with rsLoRA): far beyond any trained adapter
 _TARGET_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")
 
 
@@ -69,64 +65,75 @@ class LoraAdapter:
         return max(p.rank for p in self.pairs.values())
 
 
-def load_adapter(path: str | Path, config: ModelConfig) -> LoraAdapter:
+def load_adapter(path: str | Path, config: ModelConfig, name: str | None = None,
+                 max_bytes: int | None = None) -> LoraAdapter:
     """Load a GGUF adapter file or a PEFT folder and check it against `config`.
 
-    Raises AdapterError naming the adapter (and the tensor) when the file is not an adapter, was made
+    What the files declare is checked before anything is decoded. Raises AdapterError naming the
+    adapter `name` (default: the file's name) and the tensor when the file is not an adapter, was made
     for another architecture or size, targets a weight the model lacks or Realm does not adapt, has
-    mismatched shapes, a rank outside 1..64, or a non-finite or negative alpha.
+    mismatched shapes, a rank outside 1..64, a negative or non-finite alpha or one that makes
+    alpha / rank larger than MAX_ALPHA_FACTOR, pairs larger than `max_bytes` as float32, or
+    non-finite values.
     """
     path = Path(path).expanduser()
-    if path.is_dir():
-        read = read_peft_adapter(path, config)
-    elif path.is_file():
-        read = read_gguf_adapter(path, config)
-    else:
-        raise AdapterError(f"LoRA adapter {path}: no such file or folder")
-    name = path.name
-    pairs = {base: _pair(name, base, h.get("a"), h.get("b"), read.alpha) for base, h in read.halves.items()}
-    if not pairs:
-        raise AdapterError(f"LoRA adapter {name}: holds no LoRA tensors")
-    for target, pair in pairs.items():
-        _check_pair(name, target, pair, config)
-    return LoraAdapter(name, read.digest, pairs)
+    name = path.name if name is None else name
+    if not path.exists() and not path.is_symlink():
+        raise AdapterError("no such file or folder", name)
+    with open_adapter(path, config, name) as declared:
+        _check_declared(name, declared.shapes, declared.alpha, config)
+        nbytes = 4 * sum(math.prod(shape) for halves in declared.shapes.values() for shape in halves.values())
+        if max_bytes is not None and nbytes > max_bytes:
+            raise AdapterError(f"its pairs take {nbytes} bytes, more than the adapter memory budget of "
+                               f"{max_bytes} bytes", name)
+        digest, matrices = declared.digest(), declared.matrices()
+    pairs = {base: LoraPair(np.ascontiguousarray(h["a"], np.float32), np.ascontiguousarray(h["b"], np.float32),
+                            declared.alpha) for base, h in matrices.items()}
+    for base, pair in pairs.items():
+        if not (np.isfinite(pair.a).all() and np.isfinite(pair.b).all()):
+            raise AdapterError(f"{base} holds NaN or infinite values", name)
+    return LoraAdapter(name, digest, pairs)
 
 
 def check_adapter_source(path: str | Path) -> Path:
-    """The resolved path if it looks like a LoRA adapter (a GGUF adapter file, or a PEFT folder with its
-    two files), without loading its tensors; AdapterError otherwise. Shapes are checked when a model
-    loads it."""
-    path = Path(path).expanduser().resolve()
-    if path.is_dir():
-        check_peft_folder(path)
-        return path
-    if not path.is_file():
-        raise AdapterError(f"LoRA adapter {path}: no such file or folder")
-    open_gguf_adapter(path)
-    return path
+    """The resolved path if it looks like a LoRA adapter (a GGUF adapter file, or a PEFT folder with a
+    valid config and safetensors header), without decoding its tensors; AdapterError naming the path
+    as given otherwise. Shapes are checked when a model loads it."""
+    name = str(path)
+    resolved = Path(path).expanduser().resolve()
+    if resolved.is_dir():
+        check_peft_folder(resolved, name)
+    elif resolved.is_file():
+        check_gguf_adapter(resolved, name)
+    else:
+        raise AdapterError("no such file or folder", name)
+    return resolved
 
 
-def _pair(name: str, base: str, a: np.ndarray | None, b: np.ndarray | None, alpha: float) -> LoraPair:
-    if a is None or b is None:
-        raise AdapterError(f"LoRA adapter {name}: {base} has lora_{'a' if a is None else 'b'} missing")
-    if a.ndim != 2 or b.ndim != 2:
-        raise AdapterError(f"LoRA adapter {name}: {base} lora tensors must be matrices, got {a.shape} and {b.shape}")
-    return LoraPair(np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), alpha)
-
-
-def _check_pair(name: str, base: str, pair: LoraPair, config: ModelConfig) -> None:
-    m = _TARGET_NAME.match(base)
+def _check_declared(name: str, shapes: Shapes, alpha: float, config: ModelConfig) -> None:
+    """Every pair complete, a target of the model's, of a supported rank and the weight's shape, with a
+    sane alpha / rank: all from the declared shapes."""
+    if not shapes:
+        raise AdapterError("holds no LoRA tensors", name)
     expected = config.expected_tensors()
     targets = config.layout.lora_targets
-    if m is None or m[2] not in targets or int(m[1]) >= config.n_layers:
-        where = "the model has no such weight" if base not in expected else "Realm adapts only " + ", ".join(targets)
-        raise AdapterError(f"LoRA adapter {name}: targets {base}: {where}")
-    n_out, n_in = expected[base]
-    rank = pair.a.shape[0]
-    if not 1 <= rank <= MAX_RANK:
-        raise AdapterError(f"LoRA adapter {name}: {base} has rank {rank}, supported ranks are 1..{MAX_RANK}")
-    if pair.a.shape != (rank, n_in) or pair.b.shape != (n_out, rank):
-        raise AdapterError(f"LoRA adapter {name}: {base} lora_a {pair.a.shape} / lora_b {pair.b.shape} do not fit "
-                           f"the weight's {(n_out, n_in)} (expected ({rank}, {n_in}) and ({n_out}, {rank}))")
-    if not (np.isfinite(pair.a).all() and np.isfinite(pair.b).all()):
-        raise AdapterError(f"LoRA adapter {name}: {base} holds NaN or infinite values")
+    for base, halves in shapes.items():
+        a, b = halves.get("a"), halves.get("b")
+        if a is None or b is None:
+            raise AdapterError(f"{base} has lora_{'a' if a is None else 'b'} missing", name)
+        if len(a) != 2 or len(b) != 2:
+            raise AdapterError(f"{base} lora tensors must be matrices, got {a} and {b}", name)
+        m = _TARGET_NAME.match(base)
+        if m is None or m[2] not in targets or int(m[1]) >= config.n_layers:
+            where = f"Realm adapts only {', '.join(targets)}" if base in expected else "the model has no such weight"
+            raise AdapterError(f"targets {base}: {where}", name)
+        n_out, n_in = expected[base]
+        rank = a[0]
+        if not 1 <= rank <= MAX_RANK:
+            raise AdapterError(f"{base} has rank {rank}, supported ranks are 1..{MAX_RANK}", name)
+        if a != (rank, n_in) or b != (n_out, rank):
+            raise AdapterError(f"{base} lora_a {a} / lora_b {b} do not fit the weight's {(n_out, n_in)} "
+                               f"(expected ({rank}, {n_in}) and ({n_out}, {rank}))", name)
+        if alpha / rank > MAX_ALPHA_FACTOR:
+            raise AdapterError(f"alpha {alpha:g} over {base}'s rank {rank} scales it by {alpha / rank:g}, "
+                               f"more than {MAX_ALPHA_FACTOR:g}", name)

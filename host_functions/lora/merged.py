@@ -111,9 +111,9 @@ class MergedLoraCache:
         needed = self.merged_nbytes(adapter)
 
         def no_room(held: int) -> AdapterError:
-            return AdapterError(f"LoRA adapter {adapter.name}: its merged weights ({needed} bytes) do not fit the "
-                                f"merged LoRA memory budget of {self.budget_bytes} bytes ({held} held by "
-                                f"sequences in merged mode); use unmerged mode")
+            return AdapterError(f"its merged weights ({needed} bytes) do not fit the merged LoRA memory budget "
+                                f"of {self.budget_bytes} bytes ({held} held by sequences in merged mode); use "
+                                f"unmerged mode", adapter.name)
 
         return self._entries.acquire(key, needed, lambda: self._build(adapter, float(scale)), no_room)
 

@@ -10,6 +10,7 @@ even then is an AdapterError naming the budget.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -50,11 +51,12 @@ class AdapterPool:
         held = None if digest is None else self._adapters.hold(digest)
         if held is not None:
             return held
-        adapter = load_adapter(path, self.config)  # outside every lock: loading takes a while
+        # outside every lock: loading takes a while; one larger than the whole budget is refused undecoded
+        adapter = load_adapter(path, self.config, max_bytes=self.budget_bytes)
 
         def no_room(held_bytes: int) -> AdapterError:
-            return AdapterError(f"LoRA adapter {adapter.name} ({adapter.nbytes} bytes) does not fit the adapter "
-                                f"memory budget of {self.budget_bytes} bytes ({held_bytes} held by adapters in use)")
+            return AdapterError(f"its {adapter.nbytes} bytes do not fit the adapter memory budget of "
+                                f"{self.budget_bytes} bytes ({held_bytes} held by adapters in use)", adapter.name)
 
         # The same content may have been loaded meanwhile, or from another path: then that copy is shared.
         held = self._adapters.acquire(adapter.digest, adapter.nbytes, lambda: adapter, no_room)
@@ -79,11 +81,13 @@ class AdapterPool:
 
 
 def _source_key(path: Path) -> SourceKey:
-    """Where an adapter comes from and its version on disk (a folder: its safetensors file's)."""
-    resolved = path.expanduser().resolve()
-    probe = resolved / "adapter_model.safetensors" if resolved.is_dir() else resolved
+    """Where an adapter comes from and its version on disk (a folder: its safetensors file's). Links are
+    not followed: one put in place of a bound file is refused when loaded, and must never find the
+    adapter another binding loaded from where it leads."""
+    path = path.expanduser().absolute()
     try:
-        st = os.stat(probe)
+        probe = path / "adapter_model.safetensors" if stat.S_ISDIR(os.lstat(path).st_mode) else path
+        st = os.lstat(probe)
     except OSError:
-        return str(resolved), -1, -1  # load_adapter reports the missing file
-    return str(resolved), st.st_size, st.st_mtime_ns
+        return str(path), -1, -1  # load_adapter reports the missing file
+    return str(path), st.st_size, st.st_mtime_ns
