@@ -7,7 +7,7 @@ import pytest
 from gguf import GGUFReader
 from oracle import DATA
 
-from host_functions.formats import gguf_file
+from host_functions.formats import gguf_header
 from host_functions.formats.gguf_file import GGUFFile, PackedStrings
 from host_functions.tokenizer.vocab_index import DuplicatePiece, VocabIndex, _probe_table
 from realm.models import default_model_path
@@ -40,7 +40,7 @@ def test_packed_strings_refuse_offsets_that_do_not_cover_the_blob(offsets: list[
 @pytest.mark.parametrize("name", ["tiny-llama-F32.gguf", "tiny-gemma3-Q4_K.gguf"])
 def test_the_index_cache_gives_exactly_what_ggufs_reader_reads(name: str, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("REALM_CACHE", str(tmp_path))  # a cold cache: parse, write, then read back
-    monkeypatch.setattr(gguf_file, "PACKED_MIN", 16)  # so these 320-token vocabularies are packed too
+    monkeypatch.setattr(gguf_header, "PACKED_MIN", 16)  # so these 320-token vocabularies are packed too
     fields = GGUFReader(DATA / name).fields
     parsed, cached = GGUFFile(DATA / name).metadata, GGUFFile(DATA / name).metadata
     assert list(tmp_path.glob("gguf-index/*.npz"))
@@ -94,7 +94,7 @@ def test_probing_finds_every_id_when_homes_collide_heavily() -> None:
 def test_small_vocabularies_stay_small_and_exact() -> None:
     index = VocabIndex(PackedStrings.pack(["only"]))
     assert index.get("only") == 0 and index.get("onl") is None and index.get("") is None
-    assert len(gguf_file.PackedStrings.pack([])) == 0
+    assert len(PackedStrings.pack([])) == 0
 
 
 @pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 torn", b"not a zip at all"])

@@ -1,7 +1,7 @@
-"""Open a GGUF file through the `gguf` package and turn every failure into one clear error.
+"""Open a GGUF file and turn every failure into one clear error.
 
-This is the only module that touches `gguf.GGUFReader`; everything else sees `GGUFFile`:
-plain-Python metadata and memory-mapped raw tensors. Long metadata arrays (a vocabulary, its scores)
+Everything else sees `GGUFFile`: plain-Python metadata and memory-mapped raw tensors, read by
+`gguf_header` once per file and then from an index in Realm's cache. Long metadata arrays (a vocabulary, its scores)
 are held compactly: strings as `PackedStrings`, numbers as NumPy arrays of the file's element type,
 because as Python objects a large vocabulary costs many times its bytes (docs/engine.md).
 """
@@ -12,58 +12,19 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType
 
 from host_functions import settings
 from host_functions.errors import ModelFormatError
+from host_functions.formats.gguf_header import HeaderError, read_header
+from host_functions.formats.packed_strings import PackedStrings
 
-PACKED_MIN = 1024  # metadata arrays at least this long are held packed, not as Python lists
-
-
-class PackedStrings(Sequence[str]):
-    """A long array of strings as one UTF-8 blob and n + 1 byte offsets (string i is
-    blob[offsets[i]:offsets[i + 1]]): a 262144-token vocabulary takes about 4 MB."""
-
-    def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
-        offsets = np.asarray(offsets, np.int64)
-        if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != len(blob) or \
-                np.any(np.diff(offsets) < 0):
-            raise ValueError("offsets must rise from 0 to the blob's length")
-        self.blob = blob
-        self.offsets = offsets
-
-    @classmethod
-    def pack(cls, strings: Sequence[str]) -> PackedStrings:
-        """Pack a list of strings; raises UnicodeEncodeError for one UTF-8 cannot encode."""
-        encoded = [s.encode("utf-8") for s in strings]
-        offsets = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
-        return cls(b"".join(encoded), offsets)
-
-    def __len__(self) -> int:
-        return self.offsets.size - 1
-
-    def __getitem__(self, index: int) -> str:  # type: ignore[override]  # no slices
-        return self.bytes_at(index).decode("utf-8")
-
-    def bytes_at(self, index: int) -> bytes:
-        """String `index` as its UTF-8 bytes; raises IndexError out of range."""
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} strings")
-        index %= n
-        return self.blob[self.offsets[index]:self.offsets[index + 1]]
-
-    def __iter__(self) -> Iterator[str]:
-        blob, ends = self.blob, self.offsets.tolist()
-        return (blob[a:b].decode("utf-8") for a, b in pairwise(ends))
+__all__ = ["GGUFFile", "PackedStrings", "RawTensor"]
 
 
 @dataclass(frozen=True)
@@ -126,10 +87,10 @@ class GGUFFile:
 
 
 def _load_index(path: Path) -> dict[str, Any]:
-    """Metadata and tensor table of a GGUF file, parsed by gguf's reader once and then cached.
+    """Metadata and tensor table of a GGUF file, parsed once and then cached.
 
-    gguf's reader builds a NumPy view per string, so a 262144-token vocabulary takes seconds to
-    parse; the index is cached by path, size and mtime (an .npz: JSON for the small values, arrays for
+    Parsing walks every string of the vocabulary (a quarter of a second for 262144 tokens); the index
+    is cached by path, size and mtime (an .npz: JSON for the small values, arrays for
     the packed ones) and loads in milliseconds.
     """
     stat = path.stat()
@@ -181,30 +142,11 @@ def _read_index(cache: Path) -> dict[str, Any]:
 
 def _parse_index(path: Path) -> dict[str, Any]:
     try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # gguf raises ValueError, struct.error, IndexError... on bad bytes
+        return read_header(path)
+    except HeaderError as exc:
         raise ModelFormatError(f"{path}: not a valid GGUF file ({_describe(exc)})") from None
-    metadata: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        try:
-            metadata[key] = _packed(field, field.contents())
-        except Exception as exc:
-            raise ModelFormatError(f"{path}: unreadable metadata key {key} ({_describe(exc)})") from None
-    tensors = [
-        [t.name, int(t.tensor_type), [int(n) for n in reversed(t.shape.tolist())], int(t.data_offset),
-         int(t.data.nbytes)]
-        for t in reader.tensors
-    ]
-    return {"metadata": metadata, "tensors": tensors}
-
-
-def _packed(field: Any, value: Any) -> Any:
-    """A long array as PackedStrings or a NumPy array of its element type; anything else as it is."""
-    if not isinstance(value, list) or len(value) < PACKED_MIN or field.types[-1] == GGUFValueType.ARRAY:
-        return value
-    if field.types[-1] == GGUFValueType.STRING:
-        return PackedStrings.pack(value)
-    return np.asarray(value, GGUFReader.gguf_scalar_to_np[field.types[-1]])
+    except (ValueError, OverflowError) as exc:  # an unknown type code, text that is not UTF-8
+        raise ModelFormatError(f"{path}: unreadable metadata ({_describe(exc)})") from None
 
 
 _FLOAT_TYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
