@@ -95,6 +95,8 @@ def test_every_cut_of_a_real_header_is_refused_as_a_header_error(tmp_path: Path)
     (lambda t: _file(t, _string_array(b"k", [b"a"] * 2000, 2001) + struct.pack("<Q", 2**63), 1), "past the end"),
     (lambda t: _file(t, _text(b"k") + struct.pack("<IQ", GGUFValueType.STRING, 2**50), 1), "past the end"),
     (lambda t: _file(t, (_text(b"k") + struct.pack("<II", GGUFValueType.UINT32, 1)) * 2, 2), "duplicate"),
+    (lambda t: _file(t, _text(b"k") + struct.pack("<I", GGUFValueType.ARRAY)
+                     + struct.pack("<IQ", GGUFValueType.ARRAY, 1) * 5000, 1), "nested"),
 ])
 def test_impossible_sizes_and_bad_fields_are_refused_before_reading(tmp_path: Path, make, message: str) -> None:
     with pytest.raises(HeaderError, match=message):

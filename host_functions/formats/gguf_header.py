@@ -23,6 +23,7 @@ from host_functions.formats.packed_strings import PackedStrings
 
 PACKED_MIN = 1024  # metadata arrays at least this long are held packed, not as Python lists
 MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
+MAX_NESTING = 8  # arrays of arrays: deeper than any writer makes, well inside Python's recursion limit
 _MAGIC = b"GGUF"
 _VERSIONS = (2, 3)
 _DEFAULT_ALIGNMENT = 32
@@ -109,20 +110,22 @@ class _Cursor:
 
     # --- values ----------------------------------------------------------------------------
 
-    def value(self, raw_type: int) -> Any:
+    def value(self, raw_type: int, depth: int = 0) -> Any:
         kind = GGUFValueType(raw_type)
         if kind == GGUFValueType.STRING:
             return self.string()
         if kind == GGUFValueType.ARRAY:
-            return self.array(GGUFValueType(self.scalar("I")), self.scalar("Q"))
+            if depth >= MAX_NESTING:
+                raise HeaderError(f"arrays nested more than {MAX_NESTING} deep at byte {self.pos}")
+            return self.array(GGUFValueType(self.scalar("I")), self.scalar("Q"), depth + 1)
         return self.scalar(_SCALARS[kind])
 
-    def array(self, kind: GGUFValueType, count: int) -> Any:
+    def array(self, kind: GGUFValueType, count: int, depth: int) -> Any:
         if kind == GGUFValueType.STRING:
             return self.strings(count)
         if kind == GGUFValueType.ARRAY:
             self.need(count, 12)
-            return [self.value(kind) for _ in range(count)]
+            return [self.value(kind, depth) for _ in range(count)]
         dtype = np.dtype(GGUFReader.gguf_scalar_to_np[kind]).newbyteorder(self.order)
         values = np.frombuffer(self.take(self.need(count, dtype.itemsize)), dtype)
         values = values.astype(dtype.newbyteorder("="))
