@@ -141,7 +141,7 @@ class _Cursor:
         for i in range(count):
             (n,) = unpack(mm, pos)
             if n > length - pos - 8:
-                raise HeaderError(f"string at byte {pos} runs past the end of the file")
+                raise HeaderError(f"string at byte {pos} runs past the end of the file: truncated or corrupt")
             parts.append(mm[pos + 8:pos + 8 + n])
             offsets[i + 1] = offsets[i] + n
             pos += 8 + n
@@ -162,12 +162,12 @@ class _Cursor:
         """count * item_bytes, once checked against the bytes left (HeaderError when they run short)."""
         total = count * item_bytes
         if total > len(self.mm) - self.pos:
-            raise HeaderError(f"{count} items at byte {self.pos} run past the end of the file")
+            raise HeaderError(f"{count} items at byte {self.pos} run past the end of the file: truncated or corrupt")
         return total
 
     def take(self, n: int) -> bytes:
         if n > len(self.mm) - self.pos:
-            raise HeaderError(f"{n} bytes at byte {self.pos} run past the end of the file (truncated)")
+            raise HeaderError(f"{n} bytes at byte {self.pos} run past the end of the file: truncated or corrupt")
         out = self.mm[self.pos:self.pos + n]
         self.pos += n
         return out
