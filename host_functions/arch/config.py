@@ -71,15 +71,23 @@ class ModelConfig:
         """A layer matrix's (rows, columns): the widths of the outputs it holds, summed, by its product's input."""
         return sum(self.width(OUTPUT_WIDTHS[out]) for out in matrix.holds), self.width(projection_of(matrix).inp)
 
+    def matrix_rows(self, matrix: Matrix) -> dict[Output, slice]:
+        """The rows of each output a layer matrix holds (a fused attn_qkv: q, k, v), in its row order."""
+        return self._stacked(matrix.holds)
+
     def output_columns(self, key: str) -> dict[Output, slice]:
         """The columns of each output (q, k, v for "qkv") in the result of product `key`."""
-        columns: dict[Output, slice] = {}
+        return self._stacked(projection(key).outputs)
+
+    def _stacked(self, outputs: tuple[Output, ...]) -> dict[Output, slice]:
+        """Where each of `outputs` lies when their widths are laid end to end."""
+        spans: dict[Output, slice] = {}
         at = 0
-        for out in projection(key).outputs:
+        for out in outputs:
             width = self.width(OUTPUT_WIDTHS[out])
-            columns[out] = slice(at, at + width)
+            spans[out] = slice(at, at + width)
             at += width
-        return columns
+        return spans
 
     @property
     def attention_scale(self) -> float:
