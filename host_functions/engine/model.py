@@ -138,11 +138,13 @@ class Model:
         return Sequence(self, limit)
 
     def logits_for(self, tokens: Seq[int], lora: tuple[LoraAdapter, float] | None = None,
-                   merged: bool = False) -> np.ndarray:
-        """Logits at every position of `tokens` (one prefill pass), with an optional (adapter, scale)
-        applied unmerged or `merged`: float32 (n_tokens, n_vocab). Raises AdapterError when merged
-        weights do not fit their budget or the backend cannot merge."""
-        seq = self.open_sequence(max(len(tokens), 1))
+                   merged: bool = False, n_ctx: int | None = None) -> np.ndarray:
+        """Logits at every position of `tokens` (one prefill pass) in a sequence set up for n_ctx
+        positions (default: just the tokens; LongRoPE's factors depend on it), with an optional
+        (adapter, scale) applied unmerged or `merged`: float32 (n_tokens, n_vocab). Raises
+        SequenceError when the tokens exceed n_ctx or n_ctx the model's context, AdapterError when
+        merged weights do not fit their budget or the backend cannot merge."""
+        seq = self.open_sequence(max(len(tokens), 1) if n_ctx is None else n_ctx)
         try:
             if lora is not None:
                 seq.set_adapter(*lora, merged=merged)
