@@ -51,9 +51,15 @@ class StepItem:
     n_layers: int | None = None  # run only the first n_layers, then the head (self-speculation's draft)
     lora: tuple[LoraAdapter, float] | None = None  # the sequence's adapter and its scale, applied unmerged
     merged: MergedLora | None = None  # the same adapter merged into the weights, when the sequence asked for it
+    n_ctx: int | None = None  # the context its sequence is set up for (LongRoPE's factors); None: the cache's capacity
 
     def layers(self, config: ModelConfig) -> int:
         return config.n_layers if self.n_layers is None else self.n_layers
+
+    @property
+    def context(self) -> int:
+        """The context its sequence is set up for, which picks LongRoPE's factors (ModelConfig.rope_factors)."""
+        return self.cache.capacity if self.n_ctx is None else self.n_ctx
 
 
 class Backend(ABC):

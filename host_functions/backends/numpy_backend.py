@@ -191,7 +191,7 @@ class NumpyBackend(Backend):
         for item in items:
             n = len(item.tokens)
             spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n),
-                               item.cache.capacity, item.lora, item.merged))
+                               item.context, item.lora, item.merged))
             start += n
         angles = self._rope_angles(spans)
         for index in range(n_layers):

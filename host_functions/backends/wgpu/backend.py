@@ -105,11 +105,7 @@ class _Segment:
     pos: int
     first: int
     n: int
-
-    @property
-    def n_ctx(self) -> int:
-        """The positions its sequence is set up for (picks LongRoPE's factors)."""
-        return self.cache.capacity
+    n_ctx: int  # the context its sequence is set up for (picks LongRoPE's factors)
 
 
 @dataclass
@@ -334,7 +330,7 @@ class WgpuBackend(Backend):
                 # Every written position must be in the item's own table: the tables are concatenated,
                 # so a missing block would read the next sequence's.
                 item.cache.reserve(item.pos + len(item.tokens))
-                segments.append(_Segment(item.cache, item.pos, first, len(item.tokens)))
+                segments.append(_Segment(item.cache, item.pos, first, len(item.tokens), item.context))
                 first += len(item.tokens)
             x = self.embed(np.concatenate([item.tokens for item in items]))
             paging = self._paging(segments)
@@ -413,7 +409,7 @@ class WgpuBackend(Backend):
         assert isinstance(x, GPUActivations)
         with self._lock:
             cache.reserve(pos + x.n_tokens)
-            self._block(index, x, self._paging([_Segment(cache, pos, 0, x.n_tokens)]), _StepLora([], [], x.n_tokens))
+            self._block(index, x, self._paging([_Segment(cache, pos, 0, x.n_tokens, cache.capacity)]), _StepLora([], [], x.n_tokens))
         return x
 
     def _block(self, index: int, x: GPUActivations, paging: _Paging, lora: _StepLora) -> None:
