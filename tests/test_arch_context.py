@@ -13,8 +13,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from starlette.testclient import TestClient
 from oracle import ARCHS, arch_sequences, arch_tolerance, assert_matches
+from starlette.testclient import TestClient
 
 from host_functions.abi import Limits
 from host_functions.engine.generation import generate_tokens
@@ -106,8 +106,8 @@ def test_the_server_sets_a_requests_sequences_up_for_its_ctx_size(phi3, ctx_size
     registry = TenantRegistry()
     registry.create("acme", Limits(max_context=16384))
     _, key = registry.create_key("acme")
-    server = Server(phi3, load_chat_template(phi3.tokenizer, phi3.config.arch, "chatml"), ServerConfig(ctx_size=ctx_size),
-                    registry)
+    template = load_chat_template(phi3.tokenizer, phi3.config.arch, "chatml")
+    server = Server(phi3, template, ServerConfig(ctx_size=ctx_size), registry)
     ids = arch_sequences(PHI3.name)[0].tokens[:12].tolist()
     text = phi3.tokenizer.decode(ids)
     expected = generate_tokens(phi3, phi3.tokenizer.encode(text), SamplingParams(temperature=0.0, max_tokens=16),

@@ -202,7 +202,8 @@ class ModelConfig:
 
 
 def _rope_factor_sets(f: GGUFFile) -> tuple[str, ...]:
-    """The rope factor tensors a file holds (ModelConfig.rope_factor_sets); ModelFormatError for half a LongRoPE pair."""
+    """The rope factor tensors a file holds (ModelConfig.rope_factor_sets); ModelFormatError for half of
+    LongRoPE's pair."""
     if "rope_freqs.weight" in f.tensors:
         return ("rope_freqs.weight",)
     long_rope = ("rope_factors_short.weight", "rope_factors_long.weight")

@@ -265,7 +265,7 @@ class WgpuBackend(Backend):
 
     def _layer_weights(self, i: int, uploaded: Mapping[str, Any]) -> _Layer:
         """Block i's uploaded weights by output, its norms, and its bias vectors split by output."""
-        layout, biases = self.config.layout, {}
+        layout, biases = self.config.layout, dict[Output, Any]()
         for m in layout.matrices:
             if m.name in layout.biases:
                 vector = np.asarray(self.tensors[bias_name(i, m.name)].data, np.float32)
@@ -409,7 +409,8 @@ class WgpuBackend(Backend):
         assert isinstance(x, GPUActivations)
         with self._lock:
             cache.reserve(pos + x.n_tokens)
-            self._block(index, x, self._paging([_Segment(cache, pos, 0, x.n_tokens, cache.capacity)]), _StepLora([], [], x.n_tokens))
+            paging = self._paging([_Segment(cache, pos, 0, x.n_tokens, cache.capacity)])
+            self._block(index, x, paging, _StepLora([], [], x.n_tokens))
         return x
 
     def _block(self, index: int, x: GPUActivations, paging: _Paging, lora: _StepLora) -> None:

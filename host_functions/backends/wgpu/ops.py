@@ -20,7 +20,8 @@ MAX_HEAD_DIM = 512  # the size of the rope/attention kernels' per-row workgroup 
 Buffer = Any  # GPUBuffer | (GPUBuffer, offset, size)
 Activation = Literal["silu", "gelu"]
 
-_ELEMENTWISE_OPS = {"add": 0, "scale": 1, "silu": 2, "gelu": 3, "f16": 4, "bf16": 5, "bias": 6}  # OP_* of elementwise.wgsl
+# OP_* of elementwise.wgsl
+_ELEMENTWISE_OPS = {"add": 0, "scale": 1, "silu": 2, "gelu": 3, "f16": 4, "bf16": 5, "bias": 6}
 Rounding = Literal["f16", "bf16"]
 
 
