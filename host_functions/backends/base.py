@@ -143,6 +143,20 @@ class Backend(ABC):
         return 0
 
 
+def row_rope_factors(config: ModelConfig, factors: Mapping[str, np.ndarray],
+                     runs: Sequence[tuple[int, int]]) -> np.ndarray | None:
+    """Each row's rope factors, (n_rows, head_dim/2), for runs of (n_rows, n_ctx): the set the context of
+    the run's sequence picks (ModelConfig.rope_factors, from `factors` by tensor name); None for a model
+    without rope factors."""
+    parts = []
+    for n_rows, n_ctx in runs:
+        name = config.rope_factors(n_ctx)
+        if name is None:
+            return None
+        parts.append(np.broadcast_to(factors[name], (n_rows, config.head_dim // 2)))
+    return np.concatenate(parts) if parts else None
+
+
 def wanted_rows(item: StepItem, first_row: int) -> np.ndarray:
     """The step rows (int64) whose logits an item starting at first_row wants: its last, all, or none."""
     rows = np.arange(first_row, first_row + len(item.tokens))

@@ -41,6 +41,7 @@ from host_functions.backends.base import (
     StepItem,
     in_grouped_order,
     merged_ranges,
+    row_rope_factors,
     split_logits,
     wanted_rows,
 )
@@ -160,14 +161,9 @@ class NumpyBackend(Backend):
 
     def _rope_angles(self, spans: list[_Span]) -> RopeAngles:
         """The step's rope angles, each span's divided by the factors its sequence's context picks."""
-        cfg = self.config
-        row_factors = None
-        if cfg.rope_factor_sets:
-            row_factors = np.concatenate([
-                np.broadcast_to(self.rope_factors[str(cfg.rope_factors(sp.n_ctx))], (sp.rows.stop - sp.rows.start,
-                                                                                      cfg.head_dim // 2))
-                for sp in spans])
-        return RopeAngles(_positions(spans), self._inv_freq, row_factors, cfg.rope_attn_factor)
+        row_factors = row_rope_factors(self.config, self.rope_factors,
+                                       [(sp.rows.stop - sp.rows.start, sp.n_ctx) for sp in spans])
+        return RopeAngles(_positions(spans), self._inv_freq, row_factors, self.config.rope_attn_factor)
 
     def _allocate_kv(self, pool: KVPool) -> None:
         # np.zeros maps untouched pages lazily: a large budget costs memory only as blocks are used.

@@ -69,6 +69,7 @@ from host_functions.backends.base import (
     StepItem,
     in_grouped_order,
     merged_ranges,
+    row_rope_factors,
     split_logits,
     wanted_rows,
 )
@@ -359,12 +360,8 @@ class WgpuBackend(Backend):
 
     def _row_rope_factors(self, segments: Sequence[_Segment]) -> Any | None:
         """Each row's rope factors, those its sequence's context picks, on the GPU (None without factors)."""
-        cfg = self.config
-        if not cfg.rope_factor_sets:
-            return None
-        return self.ctx.upload(np.concatenate([
-            np.broadcast_to(self.rope_factors[str(cfg.rope_factors(seg.n_ctx))], (seg.n, cfg.head_dim // 2))
-            for seg in segments]))
+        factors = row_rope_factors(self.config, self.rope_factors, [(seg.n, seg.n_ctx) for seg in segments])
+        return None if factors is None else self.ctx.upload(factors)
 
     def _lora_runs(self, items: Sequence[StepItem], segments: Sequence[_Segment], n_rows: int) -> list[_LoraRun]:
         """Per adapter of the step: its pairs on the GPU and which rows use it unmerged at which scale."""
