@@ -21,8 +21,11 @@ the driver commits memory for the blocks in use, not for the budget (block ids a
 lowest first).
 
 The layer's weights, which of them each product (Q|K|V, output, gate|up, down) runs and which norms
-a layer has come from the structure table (arch.layout); each weight matrix writes the scratch
-buffer of the output it holds (q, k, v, o, gate, up, down).
+a layer has come from the structure table (arch.layout); each output (q, k, v, o, gate, up, down) has
+its own GPU weight writing its own scratch buffer, a matrix that holds several (phi3's attn_qkv and
+gate|up ffn_up) split by rows at upload, and a bias vector (qwen2's q, k, v) is added to its output
+after the product. Rope factors (Llama 3.1's rope_freqs, LongRoPE's short or long set, picked per
+sequence by the context it is set up for) go up per step as one row per token.
 
 LoRA is applied unmerged (`y = W x + s * B (A x)`) after each adapted weight (q, k, v, output,
 gate, up, down): per adapter of the step one shrink and one expand (lora.wgsl) with a per-row
@@ -43,7 +46,7 @@ of F16/BF16 weights are rounded to that type before the matmul (ggml's vec_dot_t
 
 Per layer (see the Backend docstring for the step protocol; buffers are (n_tokens, width) f32):
     h = rmsnorm(x) * attn_norm                          norm.wgsl
-    q, k, v = Wq h, Wk h, Wv h                          matmul
+    q, k, v = Wq h (+ bq), Wk h (+ bk), Wv h (+ bv)     matmul, elementwise.wgsl (biases)
     q' = rope(qnorm(q)); K[pos..] = rope(knorm(k)); V[pos..] = v   rope.wgsl (x3)
     attn = attention(q', K, V)                          attention.wgsl
     o = Wo attn;  x += o  |  x += rmsnorm(o) * post_attention_norm (gemma3)
