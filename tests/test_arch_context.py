@@ -22,6 +22,7 @@ from host_functions.engine.model import Model
 from host_functions.engine.sampling import SamplingParams
 from realm.chat import load_chat_template
 from realm.cli import main
+from realm.models import draft_opener
 from realm.sandbox.intake import compile_guest, reference_guest_path
 from realm.sandbox.run import TenantSandbox
 from realm.server import Server, ServerConfig, create_app
@@ -120,3 +121,19 @@ def test_the_server_sets_a_requests_sequences_up_for_its_ctx_size(phi3, ctx_size
         server.runner.close()
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["text"] == phi3.tokenizer.decode(list(expected))
+
+
+@pytest.mark.parametrize("speculative", ["ngram", "self:1", "draft:tiny-phi3-Q4_K.gguf"])
+def test_speculation_on_a_long_context_generates_what_plain_decoding_does(phi3, speculative):
+    """Drafts (prompt lookup, the first layer, a Q4_K copy) verified in sequences set up for 8192: the
+    draft's sequences get the session's context too, so greedy output is plain decoding's."""
+    draft = ARCHS / "tiny-phi3-Q4_K.gguf"
+    speculative = speculative.replace(draft.name, str(draft))
+    ids = arch_sequences(PHI3.name)[0].tokens[:12].tolist()
+    request = {"prompt": phi3.tokenizer.decode(ids + ids[:6]), "temperature": 0, "max_tokens": 24}
+    guest = compile_guest(reference_guest_path().read_bytes())
+    sandbox = TenantSandbox(phi3, Limits(max_context=8192))
+    plain = sandbox.run(guest, request)
+    fast = sandbox.run(guest, {**request, "speculative": speculative}, open_draft=draft_opener(phi3, "cpu", [draft]))
+    assert fast.text == plain.text and fast.completion_tokens == plain.completion_tokens == 24
+    assert fast.steps.verified_steps > 0
