@@ -44,12 +44,12 @@ class ModelConfig:
     norm_eps: float
     rope_base: float
     rope_base_local: float  # rope base of sliding-window layers (gemma3); equals rope_base elsewhere
-    rope_layout: RopeLayout  # llama rotates pairs (x[2i], x[2i+1]); gemma3 rotates halves (NeoX)
+    rope_layout: RopeLayout  # llama rotates pairs (x[2i], x[2i+1]); gemma3, qwen2, qwen3, phi3 rotate halves (NeoX)
     sliding_window: int  # 0: no sliding-window layers
     context_length: int
     embedding_scale: float  # gemma multiplies token embeddings by sqrt(n_embd)
     ffn_activation: Activation
-    qk_norm: bool  # RMS norms on Q and K heads before rope (the layout has attn_q_norm: gemma3)
+    qk_norm: bool  # RMS norms on Q and K heads before rope (the layout has attn_q_norm: gemma3, qwen3)
     sandwich_norms: bool  # post-attention and post-FFN norms (the layout has post_attention_norm: gemma3)
     tied_output: bool  # no output.weight: logits use token_embd.weight
     # The rope factor vectors that divide each pair's angle: ("rope_freqs.weight",) (Llama 3.1), LongRoPE's

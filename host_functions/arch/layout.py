@@ -10,7 +10,7 @@ matrices an adapter may change, and the few switches in which the architectures'
 Widths are symbolic (`Width`) and resolved by `ModelConfig.width`, so this module needs no config.
 
 Adding an architecture is adding a row to ARCHITECTURES, and code only where its arithmetic truly
-differs (docs/engine.md).
+differs (docs/architectures.md).
 """
 
 from __future__ import annotations
