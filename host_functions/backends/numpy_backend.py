@@ -132,7 +132,7 @@ class NumpyBackend(Backend):
             self._progress(min(1.0, self._n_loaded / self._n_total))
 
     def _layer_weights(self, i: int) -> LayerWeights:
-        """Block i's products, each over the weights the structure table stacks for it, and its norms."""
+        """Block i's products, each over the weights the structure table stacks for it, its norms and biases."""
         layout = self.config.layout
         biases = {}
         for p in PROJECTIONS:
