@@ -216,6 +216,20 @@ def _add_scale(n: int, n_add: int, n_scale: int) -> Prepare:
     return prepare
 
 
+def _add_bias(n_rows: int, width: int) -> Prepare:
+    """A bias vector added to every row (qwen2's Q, K and V biases)."""
+    def prepare(ctx: GPUContext, rng: np.random.Generator) -> Prepared:
+        x = rng.standard_normal((n_rows, width)).astype(np.float32)
+        bias = rng.standard_normal(width).astype(np.float32)
+        buf, b_buf = ctx.upload(x), ctx.upload(bias)
+
+        def record(rec: Recorder) -> None:
+            ctx.write(buf, x)  # the harness records more than once (timing): start from x each time
+            ops.add_bias(rec, buf, b_buf, n_rows, width)
+        return _case(record, ctx, buf, x.shape, x.astype(np.float64) + bias, ROW_TOL, 2 * x.nbytes + bias.nbytes)
+    return prepare
+
+
 def _round(kind: ops.Rounding) -> Prepare:
     """Rounding is exact: values across 13 decades, signed zeros, f16 subnormals and ties."""
     def prepare(ctx: GPUContext, rng: np.random.Generator) -> Prepared:
@@ -306,6 +320,8 @@ def _register() -> None:
         for activation in ("silu", "gelu"):
             register_case("gated", "F32", f"n={n}", _gated(n, activation), variant=activation)
     register_case("add_scale", "F32", "n=200", _add_scale(200, 130, 70), variant="prefixes")
+    for rows, width in [(1, 256), (7, 128), (3, 1000)]:
+        register_case("add_bias", "F32", f"{rows}x{width}", _add_bias(rows, width))
     for kind in ("f16", "bf16"):
         register_case("round", kind.upper(), "n=510", _round(kind))
 
@@ -314,5 +330,5 @@ def _register() -> None:
     register_case("lora", "F32", "2x64->32 r=4", _lora(2, 64, 32, 4, no_adapters=True), variant="rows without adapter")
 
 
-OP_KERNELS = ("rms_norm", "rope", "attention", "gated", "add_scale", "round", "lora")
+OP_KERNELS = ("rms_norm", "rope", "attention", "gated", "add_scale", "add_bias", "round", "lora")
 _register()
