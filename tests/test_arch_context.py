@@ -137,3 +137,15 @@ def test_speculation_on_a_long_context_generates_what_plain_decoding_does(phi3, 
     fast = sandbox.run(guest, {**request, "speculative": speculative}, open_draft=draft_opener(phi3, "cpu", [draft]))
     assert fast.text == plain.text and fast.completion_tokens == plain.completion_tokens == 24
     assert fast.steps.verified_steps > 0
+
+
+@pytest.mark.parametrize("ctx_size", ["512", "8192"])
+def test_realm_run_sets_the_guests_sequences_up_for_its_ctx_size(phi3, ctx_size):
+    ids = arch_sequences(PHI3.name)[0].tokens[:12].tolist()
+    text = phi3.tokenizer.decode(ids)
+    expected = generate_tokens(phi3, phi3.tokenizer.encode(text), SamplingParams(temperature=0.0, max_tokens=16),
+                               n_ctx=int(ctx_size))
+    result = CliRunner().invoke(main, ["run", text, "--model", str(PHI3), "--backend", "cpu", "--ctx-size", ctx_size,
+                                       "--temperature", "0", "--max-tokens", "16", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["text"] == phi3.tokenizer.decode(list(expected))
