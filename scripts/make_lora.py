@@ -2,8 +2,9 @@
 
     python scripts/make_lora.py OUT.gguf [--model M.gguf] [--rank 16] [--alpha 32] [--seed 0]
 
-The pairs target every weight the architecture's LoRA targets name (arch.layout: for llama and gemma3
-attn_q/k/v/output and ffn_gate/up/down) in every layer, shaped from the model's own config. A is
+The pairs target every weight the architecture's LoRA targets name (arch.layout: for llama, gemma3,
+qwen2 and qwen3 attn_q/k/v/output and ffn_gate/up/down; for phi3 the fused attn_qkv and ffn_up whole,
+attn_output and ffn_down) in every layer, shaped from the model's own config. A is
 uniform in +-1/sqrt(n_in) (Kaiming-style, like PEFT's init) and B is small random normal
 (PEFT starts B at zero, which would make the adapter a no-op), so the adapter changes the logits a
 little, as a trained one does. The same seed always writes the same file.

@@ -6,6 +6,7 @@
 //   OP_GELU_GATE  dst[i] = gelu_tanh(a[i]) * b[i]     (gemma3 FFN: gelu(gate) * up)
 //   OP_ROUND_F16  dst[i] = f16(a[i])                  (llama.cpp converts a matmul's input to
 //   OP_ROUND_BF16 dst[i] = bf16(a[i])                  F16/BF16 before dot products with such weights)
+//   OP_ADD_BIAS   dst[i] += a[i % width]              (a bias vector on every row: qwen2's Q, K, V)
 //
 // Unused inputs may be bound to any buffer. Elements are indexed over a 2-D grid:
 // i = gid.x + gid.y * num_workgroups.x * WG. Needs rounding.wgsl in front.
@@ -13,7 +14,7 @@
 struct Params {
     n: u32,
     scale: f32,
-    _pad0: u32,
+    width: u32,        // OP_ADD_BIAS only
     _pad1: u32,
 }
 
@@ -23,6 +24,7 @@ const OP_SILU_GATE: u32 = 2u;
 const OP_GELU_GATE: u32 = 3u;
 const OP_ROUND_F16: u32 = 4u;
 const OP_ROUND_BF16: u32 = 5u;
+const OP_ADD_BIAS: u32 = 6u;
 
 override WG: u32 = 64;
 override OP: u32 = OP_ADD;
@@ -68,6 +70,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
         case OP_ROUND_BF16: {
             dst[i] = round_bf16(a[i]);
+        }
+        case OP_ADD_BIAS: {
+            dst[i] += a[i % params.width];
         }
         default: {}
     }

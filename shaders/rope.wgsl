@@ -3,7 +3,10 @@
 //
 // Input rows are heads: src[src_offset + (t*n_heads + h)*head_dim + d] for token t at position
 // pos + t. For dimension pair i (0 <= i < head_dim/2):
-//   theta = (pos + t) * base^(-2i/head_dim) / factor[i]          (factor = 1 without HAS_FACTORS)
+//   theta = (pos + t) * base^(-2i/head_dim) / factors[t, i]      (factors = 1 without HAS_FACTORS)
+// with the factors of each token's own sequence (Llama 3.1's rope_freqs; LongRoPE's short or long
+// set, chosen by the context the sequence is set up for), and cos, sin multiplied by mscale
+// (LongRoPE's attn_factor; 1 elsewhere), as ggml's rope does.
 //   llama (NEOX = false) rotates interleaved pairs (x[2i], x[2i+1]);
 //   NeoX  (NEOX = true, gemma3) rotates halves (x[i], x[i + head_dim/2]).
 // With NORM, x is first replaced by x / rms(x) * norm_w (per head, weights as stored).
@@ -30,6 +33,10 @@ struct Params {
     dst_offset: u32,   // in output elements (f32 or f16)
     base: f32,         // rope frequency base of this layer
     eps: f32,          // RMSNorm epsilon (NORM only)
+    mscale: f32,       // multiplies cos and sin
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const MAX_HEAD_DIM: u32 = 512u;
@@ -48,7 +55,7 @@ override BLOCK_TOKENS: u32 = 16;
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read> norm_w: array<f32>;   // (head_dim,), bound to anything without NORM
-@group(0) @binding(3) var<storage, read> factors: array<f32>;  // (head_dim/2,), anything without HAS_FACTORS
+@group(0) @binding(3) var<storage, read> factors: array<f32>;  // (n_tokens, head_dim/2), anything without HAS_FACTORS
 @group(0) @binding(4) var<storage, read_write> dst: array<u32>;
 @group(0) @binding(5) var<storage, read> rows: array<u32>;    // (n_tokens, 2): position, table start; ROW_POSITIONS
 @group(0) @binding(6) var<storage, read> table: array<u32>;   // block tables of the step's sequences; PAGED
@@ -65,11 +72,11 @@ fn row_inv_rms(lid: u32, base: u32, n: u32) -> f32 {
 }
 
 // Angle of pair i at position p, reduced to [0, 2pi) because WGSL only bounds sin/cos error there.
-fn angle(p: u32, i: u32, n: u32) -> f32 {
+fn angle(p: u32, t: u32, i: u32, n: u32) -> f32 {
     let inv_freq = exp2(-f32(2u * i) / f32(n) * log2(params.base));
     var theta = f32(p) * inv_freq;
     if (HAS_FACTORS) {
-        theta /= factors[i];
+        theta /= factors[t * (n / 2u) + i];
     }
     return theta - TAU * floor(theta / TAU);
 }
@@ -112,9 +119,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
             x1 *= norm_w[i1];
         }
         if (ROTATE) {
-            let theta = angle(p, i, n);
-            let c = cos(theta);
-            let s = sin(theta);
+            let theta = angle(p, t, i, n);
+            let c = cos(theta) * params.mscale;
+            let s = sin(theta) * params.mscale;
             let r0 = x0 * c - x1 * s;
             x1 = x0 * s + x1 * c;
             x0 = r0;

@@ -60,6 +60,43 @@ def reference_sequences(logits_file: str) -> list[tuple[np.ndarray, np.ndarray]]
     return [(ref[f"tokens{i}"], ref[f"seq{i}"]) for i in range(2) if f"tokens{i}" in ref]
 
 
+ARCHS = DATA / "tiny-archs"  # qwen2, qwen3, Llama 3 and phi3 models (a subset of the reference's formats)
+
+
+@dataclass(frozen=True)
+class ArchSequence:
+    """One sequence of a tiny-archs logits file: its key (seq0, seq0_ctx8192, ...), token ids, llama.cpp's
+    logits and the context llama.cpp set the sequence up for."""
+
+    key: str
+    tokens: np.ndarray
+    logits: np.ndarray
+    n_ctx: int
+
+
+def arch_models() -> list[tuple[str, str]]:
+    """(gguf file name, weight format) of every tiny-archs model with weights copied into tests/data/tiny-archs
+    (vocab-only files are the tokenizer tests')."""
+    manifest = json.loads((ARCHS / "MANIFEST.json").read_text())["models"]
+    return [(name, m["weights"]) for name, m in manifest.items()
+            if (ARCHS / name).is_file() and not m.get("vocab_only")]
+
+
+def arch_sequences(gguf_name: str) -> list[ArchSequence]:
+    """Every sequence llama.cpp computed for a tiny-archs model, with its n_ctx (MANIFEST)."""
+    entry = json.loads((ARCHS / "MANIFEST.json").read_text())["models"][gguf_name]
+    ref = np.load(ARCHS / entry["logits"])
+    return [ArchSequence(key, ref[f"tokens{key[3]}"], ref[key], n_ctx) for key, n_ctx in entry["n_ctx"].items()]
+
+
+def arch_tolerance(gguf_name: str, weights: str) -> Tolerance:
+    """The README's tolerance for a tiny-archs model: the table's, but max rel error 2e-3 for phi3 F16
+    (its attn_factor magnifies llama.cpp's f16 rounding of activations and of the KV cache)."""
+    if gguf_name.startswith("tiny-phi3-") and weights == "F16":
+        return Tolerance(EXACT.min_cosine, 2e-3, EXACT.min_argmax_agreement)
+    return tolerance_for(weights)
+
+
 def compare(ours: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
     """Worst-position cosine, worst relative max-abs error, and argmax agreement over positions."""
     ours, theirs = np.atleast_2d(ours).astype(np.float64), np.atleast_2d(theirs).astype(np.float64)

@@ -103,11 +103,11 @@ def test_wgpu_uploads_each_merged_copy_once_and_releases_its_buffers_when_the_ca
     cache = model.backend.merged_lora = MergedLoraCache(model.backend, model.config, budget_bytes=one)
     entry = cache.acquire(adapter, 0.5)
     copies = entry.projection(0, "qkv")
-    assert set(copies) == {"attn_q", "attn_k", "attn_v"} and all(w.fmt.name == "F32" for w in copies.values())
+    assert set(copies) == {"q", "k", "v"} and all(w.fmt.name == "F32" for w in copies.values())  # by output
     assert entry.nbytes == one == sum(w.nbytes for layer in range(model.config.n_layers)
                                       for key in ("qkv", "gate_up", "attn_output", "ffn_down")
                                       for w in (entry.projection(layer, key) or {}).values())
-    buffers = [weakref.ref(part.buffer) for part in copies["attn_q"].parts]
+    buffers = [weakref.ref(part.buffer) for part in copies["q"].parts]
     assert cache.acquire(adapter, 0.5) is entry  # built and uploaded once
     cache.release(entry)
     cache.release(entry)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
-from oracle import DATA, tiny_models
+from oracle import ARCHS, DATA, tiny_models
 
 from host_functions.arch.config import ModelConfig
 from host_functions.arch.layout import ARCHITECTURES, Matrix
@@ -170,3 +170,14 @@ def test_metadata_cache_is_invalidated_when_the_file_changes(tmp_path):
     assert GGUFFile(path).get("general.architecture") == "llama"
     _copy_model(DATA / "tiny-gemma3-F32.gguf", path)
     assert GGUFFile(path).get("general.architecture") == "gemma3"
+
+
+@pytest.mark.parametrize("name, dropped, message", [
+    ("tiny-phi3-Q4_K.gguf", "rope_factors_long.weight", r"rope_factors_short\.weight without its LongRoPE counterpart"),
+    ("tiny-qwen2-Q4_K.gguf", "blk.1.attn_v.bias", r"missing tensor blk\.1\.attn_v\.bias"),
+    ("tiny-qwen3-Q4_K.gguf", "blk.0.attn_k_norm.weight", r"missing tensor blk\.0\.attn_k_norm\.weight"),
+])
+def test_a_tensor_an_architecture_needs_is_one_error_naming_it(tmp_path, name, dropped, message):
+    path = _copy_model(ARCHS / name, tmp_path / "m.gguf", drop=dropped)
+    with pytest.raises(ModelFormatError, match=message):
+        ModelConfig.from_gguf(GGUFFile(path))

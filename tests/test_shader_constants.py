@@ -31,7 +31,7 @@ def test_matmul_register_tile_bounds_are_the_same_in_python_and_wgsl():
 def test_elementwise_op_codes_are_the_ones_python_selects():
     consts = wgsl_constants("elementwise.wgsl")
     names = {"add": "OP_ADD", "scale": "OP_SCALE", "silu": "OP_SILU_GATE", "gelu": "OP_GELU_GATE",
-             "f16": "OP_ROUND_F16", "bf16": "OP_ROUND_BF16"}
+             "f16": "OP_ROUND_F16", "bf16": "OP_ROUND_BF16", "bias": "OP_ADD_BIAS"}
     assert {op: consts[names[op]] for op in wgpu_ops._ELEMENTWISE_OPS} == wgpu_ops._ELEMENTWISE_OPS
     assert len([c for c in consts if c.startswith("OP_")]) == len(wgpu_ops._ELEMENTWISE_OPS)
 

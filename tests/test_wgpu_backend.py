@@ -106,8 +106,8 @@ def test_weights_are_uploaded_as_raw_gguf_bytes_and_never_dequantized_on_the_cpu
     assert np.isfinite(backend.logits(x)).all()
 
     matrices = {"token_embd.weight": backend.token_embd,
-                "blk.3.attn_v.weight": backend.layers[3].matrices["attn_v"],
-                "blk.5.ffn_down.weight": backend.layers[5].matrices["ffn_down"]}
+                "blk.3.attn_v.weight": backend.layers[3].weights["v"],
+                "blk.5.ffn_down.weight": backend.layers[5].weights["down"]}
     for name, weight in matrices.items():
         assert isinstance(weight, GPUWeight) and weight.fmt.name == "Q6_K"
         raw = gguf.tensors[name].raw_bytes().reshape(weight.n_rows, weight.row_bytes)

@@ -19,7 +19,7 @@ def seq_open(s: Session, mem: GuestMemory, capacity: int) -> int:
         raise AbiError(Status.CAPACITY, f"sequence capacity must be 0..{s.n_ctx}, got {capacity}")
     if s.handles.count(SeqState) >= s.limits.max_sequences:
         raise QuotaExceeded(f"guest exceeded its limit of {s.limits.max_sequences} live sequences")
-    return s.handles.add(SeqState(s.model.open_sequence(capacity or s.n_ctx)))
+    return s.handles.add(SeqState(s.model.open_sequence(capacity or s.n_ctx, n_ctx=s.n_ctx)))
 
 
 @host("seq")

@@ -131,7 +131,7 @@ def draft_seq_open(s: Session, mem: GuestMemory, draft: int, capacity: int) -> i
         raise AbiError(Status.CAPACITY, f"sequence capacity must be 0..{n_ctx}, got {capacity}")
     if s.handles.count(SeqState) >= s.limits.max_sequences:
         raise QuotaExceeded(f"guest exceeded its limit of {s.limits.max_sequences} live sequences")
-    return s.handles.add(SeqState(model.open_sequence(capacity or n_ctx), records_samples=True))
+    return s.handles.add(SeqState(model.open_sequence(capacity or n_ctx, n_ctx=n_ctx), records_samples=True))
 
 
 @host("seq")

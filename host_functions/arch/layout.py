@@ -10,7 +10,7 @@ matrices an adapter may change, and the few switches in which the architectures'
 Widths are symbolic (`Width`) and resolved by `ModelConfig.width`, so this module needs no config.
 
 Adding an architecture is adding a row to ARCHITECTURES, and code only where its arithmetic truly
-differs (docs/engine.md).
+differs (docs/architectures.md).
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class Architecture:
     sliding_window: bool  # layers alternate local (windowed) and global attention
     local_rope_base: float | None  # rope base of the windowed layers; None: the model's rope base
     permuted_qk: bool  # llama.cpp's converter permutes Q and K rows (and so a PEFT adapter's B rows)
+    biases: tuple[str, ...] = ()  # matrices with a bias vector blk.{i}.{name}.bias added to their rows (qwen2)
 
     def __post_init__(self) -> None:
         for p in PROJECTIONS:
@@ -88,6 +89,8 @@ class Architecture:
             if held != p.outputs:
                 raise ValueError(f"{self.name}: the matrices of {p.key} hold {held}, not {p.outputs}")
         names = {m.name for m in self.matrices}
+        if not set(self.biases) <= names:
+            raise ValueError(f"{self.name}: biases {sorted(set(self.biases) - names)} are no matrices")
         if not set(self.lora_targets) <= names:
             raise ValueError(f"{self.name}: LoRA targets {sorted(set(self.lora_targets) - names)} are no matrices")
 
@@ -124,6 +127,11 @@ def weight_name(layer: int, name: str) -> str:
     return f"blk.{layer}.{name}.weight"
 
 
+def bias_name(layer: int, name: str) -> str:
+    """The GGUF tensor name of a layer's matrix's bias vector: blk.{layer}.{name}.bias."""
+    return f"blk.{layer}.{name}.bias"
+
+
 # The matrices of a llama-style block (separate Q, K, V and gate, up): llama and gemma3 share them.
 _LLAMA_MATRICES = (
     Matrix("attn_q", ("q",), "q_proj"),
@@ -135,13 +143,20 @@ _LLAMA_MATRICES = (
     Matrix("ffn_down", ("down",), "down_proj"),
 )
 _ALL_MATRICES = tuple(m.name for m in _LLAMA_MATRICES)
+# Phi-3 keeps Q|K|V in one matrix and gate|up in another (Hugging Face's qkv_proj and gate_up_proj).
+_PHI3_MATRICES = (
+    Matrix("attn_qkv", ("q", "k", "v"), "qkv_proj"),
+    Matrix("attn_output", ("o",), "o_proj"),
+    Matrix("ffn_up", ("gate", "up"), "gate_up_proj"),
+    Matrix("ffn_down", ("down",), "down_proj"),
+)
+_PLAIN_NORMS = (Norm("attn_norm", "embd"), Norm("ffn_norm", "embd"))
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
         Architecture(
-            name="llama", matrices=_LLAMA_MATRICES,
-            norms=(Norm("attn_norm", "embd"), Norm("ffn_norm", "embd")),
+            name="llama", matrices=_LLAMA_MATRICES, norms=_PLAIN_NORMS,
             lora_targets=_ALL_MATRICES, rope_layout="interleaved", activation="silu", embedding_scaled=False,
             sliding_window=False, local_rope_base=None, permuted_qk=True),
         Architecture(
@@ -150,5 +165,21 @@ ARCHITECTURES: dict[str, Architecture] = {
                    Norm("post_attention_norm", "embd"), Norm("ffn_norm", "embd"), Norm("post_ffw_norm", "embd")),
             lora_targets=_ALL_MATRICES, rope_layout="neox", activation="gelu", embedding_scaled=True,
             sliding_window=True, local_rope_base=10000.0, permuted_qk=False),
+        Architecture(
+            name="qwen2", matrices=_LLAMA_MATRICES, norms=_PLAIN_NORMS,
+            lora_targets=_ALL_MATRICES, rope_layout="neox", activation="silu", embedding_scaled=False,
+            sliding_window=False, local_rope_base=None, permuted_qk=False, biases=("attn_q", "attn_k", "attn_v")),
+        Architecture(
+            name="qwen3", matrices=_LLAMA_MATRICES,
+            norms=(Norm("attn_norm", "embd"), Norm("attn_q_norm", "head"), Norm("attn_k_norm", "head"),
+                   Norm("ffn_norm", "embd")),
+            lora_targets=_ALL_MATRICES, rope_layout="neox", activation="silu", embedding_scaled=False,
+            sliding_window=False, local_rope_base=None, permuted_qk=False),
+        # Phi-3's sliding window is in its files but llama.cpp ignores it ("Phi SWA is currently
+        # disabled"), and it is the oracle: every layer attends over the whole causal context.
+        Architecture(
+            name="phi3", matrices=_PHI3_MATRICES, norms=_PLAIN_NORMS,
+            lora_targets=tuple(m.name for m in _PHI3_MATRICES), rope_layout="neox", activation="silu",
+            embedding_scaled=False, sliding_window=False, local_rope_base=None, permuted_qk=False),
     )
 }

@@ -51,9 +51,15 @@ class StepItem:
     n_layers: int | None = None  # run only the first n_layers, then the head (self-speculation's draft)
     lora: tuple[LoraAdapter, float] | None = None  # the sequence's adapter and its scale, applied unmerged
     merged: MergedLora | None = None  # the same adapter merged into the weights, when the sequence asked for it
+    n_ctx: int | None = None  # the context its sequence is set up for (LongRoPE's factors); None: the cache's capacity
 
     def layers(self, config: ModelConfig) -> int:
         return config.n_layers if self.n_layers is None else self.n_layers
+
+    @property
+    def context(self) -> int:
+        """The context its sequence is set up for, which picks LongRoPE's factors (ModelConfig.rope_factors)."""
+        return self.cache.capacity if self.n_ctx is None else self.n_ctx
 
 
 class Backend(ABC):
@@ -135,6 +141,20 @@ class Backend(ABC):
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights a decode step reads (for bandwidth figures)."""
         return 0
+
+
+def row_rope_factors(config: ModelConfig, factors: Mapping[str, np.ndarray],
+                     runs: Sequence[tuple[int, int]]) -> np.ndarray | None:
+    """Each row's rope factors, (n_rows, head_dim/2), for runs of (n_rows, n_ctx): the set the context of
+    the run's sequence picks (ModelConfig.rope_factors, from `factors` by tensor name); None for a model
+    without rope factors."""
+    parts = []
+    for n_rows, n_ctx in runs:
+        name = config.rope_factors(n_ctx)
+        if name is None:
+            return None
+        parts.append(np.broadcast_to(factors[name], (n_rows, config.head_dim // 2)))
+    return np.concatenate(parts) if parts else None
 
 
 def wanted_rows(item: StepItem, first_row: int) -> np.ndarray:

@@ -35,12 +35,13 @@ from gguf import GGMLQuantizationType
 
 from host_functions import native
 from host_functions.arch.config import ModelConfig
-from host_functions.arch.layout import PROJECTIONS, weight_name
+from host_functions.arch.layout import PROJECTIONS, bias_name, weight_name
 from host_functions.backends.base import (
     Backend,
     StepItem,
     in_grouped_order,
     merged_ranges,
+    row_rope_factors,
     split_logits,
     wanted_rows,
 )
@@ -61,20 +62,24 @@ class _Span:
     rows: slice  # its rows in the step's (n_rows, n_embd) activations
     pos: int  # position of its first new token
     key_slots: np.ndarray  # (pos + n,) pool slot of every position 0..pos+n-1
+    n_ctx: int  # the positions its sequence is set up for (picks LongRoPE's factors)
     lora: tuple[LoraAdapter, float] | None = None  # its sequence's adapter and scale
     merged: MergedLora | None = None  # that adapter merged into the weights, if its sequence asked for it
 
 
 @dataclass
 class LayerWeights:
-    """One block's weights: its products (arch.layout.PROJECTIONS) by key and its norm vectors by GGUF name."""
+    """One block's weights: its products (arch.layout.PROJECTIONS) by key, its norm vectors by GGUF name and
+    the bias of each product that has one (over all its columns; zeros for a matrix without one)."""
 
     projections: dict[str, Projection]
     norms: dict[str, np.ndarray]
+    biases: dict[str, np.ndarray]
 
     @property
     def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.projections.values()) + sum(n.nbytes for n in self.norms.values())
+        vectors = list(self.norms.values()) + list(self.biases.values())
+        return sum(p.nbytes for p in self.projections.values()) + sum(v.nbytes for v in vectors)
 
 
 class NumpyBackend(Backend):
@@ -91,7 +96,7 @@ class NumpyBackend(Backend):
         self.output = self._make_projection([tensors["token_embd.weight" if config.tied_output else "output.weight"]])
         self.output_norm = self._vector("output_norm.weight")
         self.layers = [self._layer_weights(i) for i in range(config.n_layers)]
-        self.rope_factors = self._vector("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
+        self.rope_factors = {name: self._vector(name).astype(np.float64) for name in config.rope_factor_sets}
         self._inv_freq = {base: self._rope_inv_freq(base) for base in {config.rope_base, config.rope_base_local}}
         self._qkv_columns = config.output_columns("qkv")
         self._float.clear()
@@ -127,9 +132,17 @@ class NumpyBackend(Backend):
             self._progress(min(1.0, self._n_loaded / self._n_total))
 
     def _layer_weights(self, i: int) -> LayerWeights:
-        """Block i's products, each over the weights the structure table stacks for it, and its norms."""
+        """Block i's products, each over the weights the structure table stacks for it, its norms and biases."""
+        layout = self.config.layout
+        biases = {}
+        for p in PROJECTIONS:
+            matrices = layout.projection_matrices(p.key)
+            if any(m.name in layout.biases for m in matrices):
+                biases[p.key] = np.concatenate([
+                    self._vector(bias_name(i, m.name)) if m.name in layout.biases
+                    else np.zeros(self.config.matrix_shape(m)[0], np.float32) for m in matrices])
         return LayerWeights({p.key: self._make_projection(self.projection_tensors(i, p.key)) for p in PROJECTIONS},
-                            {n.name: self._vector(weight_name(i, n.name)) for n in self.config.layout.norms})
+                            {n.name: self._vector(weight_name(i, n.name)) for n in layout.norms}, biases)
 
     # --- merged LoRA (lora.merged.MergeHost): float32 copies of the products ---
 
@@ -144,10 +157,13 @@ class NumpyBackend(Backend):
 
     def _rope_inv_freq(self, base: float) -> np.ndarray:
         hd = self.config.head_dim
-        inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # (head_dim/2,)
-        if self.rope_factors is not None:
-            inv = inv / self.rope_factors.astype(np.float64)
-        return inv
+        return base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # (head_dim/2,)
+
+    def _rope_angles(self, spans: list[_Span]) -> RopeAngles:
+        """The step's rope angles, each span's divided by the factors its sequence's context picks."""
+        row_factors = row_rope_factors(self.config, self.rope_factors,
+                                       [(sp.rows.stop - sp.rows.start, sp.n_ctx) for sp in spans])
+        return RopeAngles(_positions(spans), self._inv_freq, row_factors, self.config.rope_attn_factor)
 
     def _allocate_kv(self, pool: KVPool) -> None:
         # np.zeros maps untouched pages lazily: a large budget costs memory only as blocks are used.
@@ -170,10 +186,10 @@ class NumpyBackend(Backend):
         spans, start = [], 0
         for item in items:
             n = len(item.tokens)
-            spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n), item.lora,
-                               item.merged))
+            spans.append(_Span(slice(start, start + n), item.pos, item.cache.slots(0, item.pos + n),
+                               item.context, item.lora, item.merged))
             start += n
-        angles = RopeAngles(_positions(spans), self._inv_freq)
+        angles = self._rope_angles(spans)
         for index in range(n_layers):
             x = self._layer(index, x, spans, angles)
         picks = [wanted_rows(item, sp.rows.start) for item, sp in zip(items, spans, strict=True)]
@@ -183,8 +199,8 @@ class NumpyBackend(Backend):
 
     def layer(self, index: int, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         cache.reserve(pos + x.shape[0])
-        spans = [_Span(slice(0, x.shape[0]), pos, cache.slots(0, pos + x.shape[0]))]
-        return self._layer(index, x, spans, RopeAngles(_positions(spans), self._inv_freq))
+        spans = [_Span(slice(0, x.shape[0]), pos, cache.slots(0, pos + x.shape[0]), cache.capacity)]
+        return self._layer(index, x, spans, self._rope_angles(spans))
 
     def _layer(self, index: int, x: np.ndarray, spans: list[_Span], angles: RopeAngles) -> np.ndarray:
         """Block `index` over the rows of every span; each span attends over its own sequence."""
@@ -202,7 +218,8 @@ class NumpyBackend(Backend):
                 parts = [base(h[:base_rows])] if base_rows else []
                 parts += [(m.projection(index, key) or base)(h[rows]) for rows, m in merged]
                 y = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            return self.apply_lora(y, h, index, key, runs) if runs else y
+            y = self.apply_lora(y, h, index, key, runs) if runs else y
+            return y + w.biases[key] if key in w.biases else y
 
         qkv = project("qkv", self.rms_norm(x, w.norms["attn_norm"], cfg.norm_eps))  # (n, q_dim + 2 kv_dim)
         columns = self._qkv_columns
@@ -282,11 +299,19 @@ def _positions(spans: list[_Span]) -> np.ndarray:
 
 class RopeAngles:
     """The cos/sin of a step's rope angles (each row at its own position), per rope base, computed on
-    first use and shared by every layer of that base: once per step, not once per layer."""
+    first use and shared by every layer of that base: once per step, not once per layer.
 
-    def __init__(self, positions: np.ndarray, inv_freq: Mapping[float, np.ndarray]) -> None:
+    `row_factors` (n, head_dim/2) divide each row's angles (Llama 3.1's rope_freqs, LongRoPE's factors
+    of the row's sequence); cos and sin are multiplied by `scale` (LongRoPE's attn_factor), as ggml's
+    rope does."""
+
+    def __init__(self, positions: np.ndarray, inv_freq: Mapping[float, np.ndarray],
+                 row_factors: np.ndarray | None = None, scale: float = 1.0) -> None:
         self._positions = positions.astype(np.float64)[:, None]  # (n, 1)
+        if row_factors is not None:
+            self._positions = self._positions / row_factors  # (n, head_dim/2)
         self._inv_freq = inv_freq  # base -> (head_dim/2,) float64
+        self._scale = scale
         self._tables: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     def of_base(self, base: float) -> tuple[np.ndarray, np.ndarray]:
@@ -294,8 +319,8 @@ class RopeAngles:
         table = self._tables.get(base)
         if table is None:
             angles = self._positions * self._inv_freq[base]  # (n, head_dim/2) float64
-            table = self._tables[base] = (np.cos(angles).astype(np.float32)[:, None],
-                                          np.sin(angles).astype(np.float32)[:, None])
+            table = self._tables[base] = ((np.cos(angles) * self._scale).astype(np.float32)[:, None],
+                                          (np.sin(angles) * self._scale).astype(np.float32)[:, None])
         return table
 
 

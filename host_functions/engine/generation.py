@@ -29,7 +29,7 @@ def generate_tokens(model: Model, prompt_ids: Sequence[int], params: SamplingPar
         raise ContextLengthExceeded(f"the prompt is {len(prompt_ids)} tokens, longer than the context of {context}")
     sampler = Sampler(params)
     capacity = min(context, len(prompt_ids) + params.max_tokens)
-    seq = model.open_sequence(capacity)
+    seq = model.open_sequence(capacity, n_ctx=context)
     history = list(prompt_ids)
     try:
         logits = seq.step(history)

@@ -133,19 +133,25 @@ class Model:
         return Model(self.path, dataclasses.replace(self.config, n_layers=n_layers), self.tokenizer, self.backend,
                      self.scheduler, self.adapters)
 
-    def open_sequence(self, capacity: int | None = None) -> Sequence:
-        """A new empty sequence with its own KV cache of at most `capacity` tokens."""
+    def open_sequence(self, capacity: int | None = None, n_ctx: int | None = None) -> Sequence:
+        """A new empty sequence with its own KV cache of at most `capacity` tokens, set up for a context
+        of n_ctx tokens (default: its capacity), which picks LongRoPE's factors as llama.cpp's n_ctx
+        does. Raises SequenceError unless 0 < capacity <= n_ctx <= the model's context length."""
         limit = min(self.config.context_length, DEFAULT_SEQUENCE_CAPACITY) if capacity is None else capacity
-        if not 0 < limit <= self.config.context_length:
-            raise SequenceError(f"sequence capacity must be 1..{self.config.context_length}, got {limit}")
-        return Sequence(self, limit)
+        context = limit if n_ctx is None else n_ctx
+        if not 0 < limit <= context <= self.config.context_length:
+            raise SequenceError(f"sequence capacity must be 1..{self.config.context_length} and at most its "
+                                f"context, got capacity {limit} in a context of {context}")
+        return Sequence(self, limit, context)
 
     def logits_for(self, tokens: Seq[int], lora: tuple[LoraAdapter, float] | None = None,
-                   merged: bool = False) -> np.ndarray:
-        """Logits at every position of `tokens` (one prefill pass), with an optional (adapter, scale)
-        applied unmerged or `merged`: float32 (n_tokens, n_vocab). Raises AdapterError when merged
-        weights do not fit their budget or the backend cannot merge."""
-        seq = self.open_sequence(max(len(tokens), 1))
+                   merged: bool = False, n_ctx: int | None = None) -> np.ndarray:
+        """Logits at every position of `tokens` (one prefill pass) in a sequence set up for n_ctx
+        positions (default: just the tokens; LongRoPE's factors depend on it), with an optional
+        (adapter, scale) applied unmerged or `merged`: float32 (n_tokens, n_vocab). Raises
+        SequenceError when the tokens exceed n_ctx or n_ctx the model's context, AdapterError when
+        merged weights do not fit their budget or the backend cannot merge."""
+        seq = self.open_sequence(max(len(tokens), 1) if n_ctx is None else n_ctx)
         try:
             if lora is not None:
                 seq.set_adapter(*lora, merged=merged)
@@ -160,9 +166,10 @@ class Model:
 class Sequence:
     """One token sequence: its KV cache, committed tokens and the step in progress."""
 
-    def __init__(self, model: Model, capacity: int) -> None:
+    def __init__(self, model: Model, capacity: int, n_ctx: int | None = None) -> None:
         self.model = model
         self.capacity = capacity
+        self.n_ctx = capacity if n_ctx is None else n_ctx  # the context it is set up for (LongRoPE's factors)
         self.tokens: list[int] = []  # in the KV cache
         self.pending: list[int] = []  # appended, not yet run through the layers
         self.layers_done = 0  # layer calls of the step in progress (order only: the step runs at finish)
@@ -230,7 +237,7 @@ class Sequence:
                 last = start + PREFILL_CHUNK >= len(pending)
                 wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
                 item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), cache, wants,
-                                self.model.config.n_layers, self.adapter, self.merged)
+                                self.model.config.n_layers, self.adapter, self.merged, self.n_ctx)
                 logits = self.model.run_step(item, owner)
                 self.tokens.extend(chunk)
                 if logits is not None:

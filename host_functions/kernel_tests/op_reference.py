@@ -15,24 +15,26 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope(x: np.ndarray, pos: int, base: float, neox: bool, factors: np.ndarray | None = None) -> np.ndarray:
+def rope(x: np.ndarray, pos: int, base: float, neox: bool, factors: np.ndarray | None = None,
+         mscale: float = 1.0) -> np.ndarray:
     """Rotate x (n_tokens, n_heads, head_dim); token t is at position pos + t.
 
     Pair i (x[2i], x[2i+1]) for llama, (x[i], x[i + head_dim/2]) for NeoX, turns by
-    (pos + t) * base^(-2i/head_dim) / factors[i].
+    (pos + t) * base^(-2i/head_dim) / factors[t, i], with cos and sin multiplied by mscale.
     """
     n, _, hd = x.shape
     inv_freq = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-    if factors is not None:
-        inv_freq = inv_freq / factors
     theta = np.arange(pos, pos + n, dtype=np.float64)[:, None, None] * inv_freq  # (n, 1, hd/2)
+    if factors is not None:
+        theta = theta / np.asarray(factors, np.float64).reshape(n, 1, hd // 2)
+    cos, sin = np.cos(theta) * mscale, np.sin(theta) * mscale
     i0 = np.arange(hd // 2) if neox else np.arange(0, hd, 2)
     i1 = i0 + hd // 2 if neox else i0 + 1
     x = x.astype(np.float64)
     out = x.copy()
     a, b = x[..., i0], x[..., i1]
-    out[..., i0] = a * np.cos(theta) - b * np.sin(theta)
-    out[..., i1] = a * np.sin(theta) + b * np.cos(theta)
+    out[..., i0] = a * cos - b * sin
+    out[..., i1] = a * sin + b * cos
     return out
 
 

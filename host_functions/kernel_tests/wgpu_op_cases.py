@@ -59,14 +59,16 @@ def _rms_norm(n_rows: int, n_cols: int, residual: bool = False) -> Prepare:
 # ---- rope -----------------------------------------------------------------------------------------
 
 def _rope(n_tokens: int, n_heads: int, head_dim: int, pos: int, base: float, neox: bool, *,
-          norm: bool = False, factors: bool = False, f16_offset: int | None = None, rotate: bool = True) -> Prepare:
-    """Rotate heads into a zeroed dst; f16_offset writes packed f16 starting that many positions in."""
+          norm: bool = False, factors: bool = False, mscale: float = 1.0, f16_offset: int | None = None,
+          rotate: bool = True) -> Prepare:
+    """Rotate heads into a zeroed dst; f16_offset writes packed f16 starting that many positions in;
+    `factors`: each token its own (as rows of sequences with LongRoPE's short or long factors)."""
     def prepare(ctx: GPUContext, rng: np.random.Generator) -> Prepared:
         x = rng.standard_normal((n_tokens, n_heads, head_dim)).astype(np.float32) * (4 if norm else 1)
         w = rng.standard_normal(head_dim).astype(np.float32)
-        ff = rng.uniform(1.0, 8.0, head_dim // 2).astype(np.float32)
+        ff = rng.uniform(1.0, 8.0, (n_tokens, head_dim // 2)).astype(np.float32)
         y = ref.rms_norm(x, w, 1e-6) if norm else x.astype(np.float64)
-        y = ref.rope(y, pos, base, neox, ff if factors else None) if rotate else y
+        y = ref.rope(y, pos, base, neox, ff if factors else None, mscale) if rotate else y
         row = n_heads * head_dim
         skip = f16_offset or 0
         expected = np.zeros((skip + n_tokens, row))
@@ -76,7 +78,7 @@ def _rope(n_tokens: int, n_heads: int, head_dim: int, pos: int, base: float, neo
         x_buf, w_buf, ff_buf = ctx.upload(x), ctx.upload(w), ctx.upload(ff)
         record = lambda rec: ops.rope(  # noqa: E731
             rec, x_buf, dst, n_tokens, n_heads, head_dim, pos, base, neox=neox, rotate=rotate,
-            norm_weight=w_buf if norm else None, eps=1e-6, factors=ff_buf if factors else None,
+            norm_weight=w_buf if norm else None, eps=1e-6, factors=ff_buf if factors else None, mscale=mscale,
             out_f16=f16, dst_offset=skip * row)
         # f32 angles near 4e4 rad carry ~4e-3 absolute error (llama.cpp computes them in f32 too)
         tol = F16_TOL if f16 else (1e-4 if pos < 2000 else 1e-2)
@@ -214,6 +216,20 @@ def _add_scale(n: int, n_add: int, n_scale: int) -> Prepare:
     return prepare
 
 
+def _add_bias(n_rows: int, width: int) -> Prepare:
+    """A bias vector added to every row (qwen2's Q, K and V biases)."""
+    def prepare(ctx: GPUContext, rng: np.random.Generator) -> Prepared:
+        x = rng.standard_normal((n_rows, width)).astype(np.float32)
+        bias = rng.standard_normal(width).astype(np.float32)
+        buf, b_buf = ctx.upload(x), ctx.upload(bias)
+
+        def record(rec: Recorder) -> None:
+            ctx.write(buf, x)  # the harness records more than once (timing): start from x each time
+            ops.add_bias(rec, buf, b_buf, n_rows, width)
+        return _case(record, ctx, buf, x.shape, x.astype(np.float64) + bias, ROW_TOL, 2 * x.nbytes + bias.nbytes)
+    return prepare
+
+
 def _round(kind: ops.Rounding) -> Prepare:
     """Rounding is exact: values across 13 decades, signed zeros, f16 subnormals and ties."""
     def prepare(ctx: GPUContext, rng: np.random.Generator) -> Prepared:
@@ -268,6 +284,8 @@ def _register() -> None:
                           variant=layout)
     register_case("rope", "F32", "t=4 h=2 d=64 pos=9", _rope(4, 2, 64, 9, 5e5, False, factors=True),
                   variant="interleaved, rope_freqs factors")
+    register_case("rope", "F32", "t=3 h=2 d=64 pos=100", _rope(3, 2, 64, 100, 1e4, True, factors=True, mscale=1.19),
+                  variant="neox, per-token factors, attn_factor (LongRoPE)")
     register_case("rope", "F16", "t=3 h=2 d=64 pos=5", _rope(3, 2, 64, 5, 1e4, True, norm=True, f16_offset=5),
                   variant="neox, head norm, f16 cache at offset")
     register_case("rope", "F32", "t=2 h=3 d=32 pos=0", _rope(2, 3, 32, 0, 1e4, False, rotate=False, f16_offset=None),
@@ -302,6 +320,8 @@ def _register() -> None:
         for activation in ("silu", "gelu"):
             register_case("gated", "F32", f"n={n}", _gated(n, activation), variant=activation)
     register_case("add_scale", "F32", "n=200", _add_scale(200, 130, 70), variant="prefixes")
+    for rows, width in [(1, 256), (7, 128), (3, 1000)]:
+        register_case("add_bias", "F32", f"{rows}x{width}", _add_bias(rows, width))
     for kind in ("f16", "bf16"):
         register_case("round", kind.upper(), "n=510", _round(kind))
 
@@ -310,5 +330,5 @@ def _register() -> None:
     register_case("lora", "F32", "2x64->32 r=4", _lora(2, 64, 32, 4, no_adapters=True), variant="rows without adapter")
 
 
-OP_KERNELS = ("rms_norm", "rope", "attention", "gated", "add_scale", "round", "lora")
+OP_KERNELS = ("rms_norm", "rope", "attention", "gated", "add_scale", "add_bias", "round", "lora")
 _register()

@@ -59,7 +59,7 @@ def inspect(model_path: str | None, as_json: bool) -> None:
         "n_vocab": cfg.n_vocab, "n_embd": cfg.n_embd, "n_layers": cfg.n_layers, "n_ff": cfg.n_ff,
         "n_head": cfg.n_head, "n_head_kv": cfg.n_head_kv, "head_dim": cfg.head_dim,
         "context_length": cfg.context_length, "rope_base": cfg.rope_base, "rope_layout": cfg.rope_layout,
-        "sliding_window": cfg.sliding_window, "tied_output": cfg.tied_output,
+        "sliding_window": cfg.sliding_window, "tied_output": cfg.tied_output, **_structure(cfg),
         "tokenizer": {"model": gguf.get("tokenizer.ggml.model"), "vocab_size": tok.vocab_size,
                       "bos_id": tok.bos_id, "eos_id": tok.eos_id, "add_bos": tok.add_bos},
         "tensors": {k: {"count": v[0], "elements": v[1], "bytes": v[2]} for k, v in sorted(by_type.items())},
@@ -70,12 +70,31 @@ def inspect(model_path: str | None, as_json: bool) -> None:
     summary = Table(title=f"{gguf.path.name}", show_header=False)
     for key, value in info.items():
         if key not in ("tensors",):
-            summary.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+            summary.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
     console.print(summary)
     tensors = Table("type", "tensors", "parameters", "MiB", title="tensors by type")
     for name, row in info["tensors"].items():
         tensors.add_row(name, str(row["count"]), f"{row['elements']:,}", f"{row['bytes'] / 2**20:.1f}")
     console.print(tensors)
+
+
+def _structure(cfg: ModelConfig) -> dict[str, object]:
+    """What `inspect` says of the architecture's structure: heads, rope scaling, fused matrices, biases, norms."""
+    layout = cfg.layout
+    if cfg.long_rope:
+        factors = (f"LongRoPE: {cfg.rope_factor_sets[0]} up to a context of {cfg.rope_original_context}, "
+                   f"{cfg.rope_factor_sets[1]} beyond")
+    else:
+        factors = cfg.rope_factor_sets[0] if cfg.rope_factor_sets else "none"
+    return {
+        "attention": f"{cfg.n_head} query heads / {cfg.n_head_kv} KV heads of {cfg.head_dim}, "
+                     f"scale 1/sqrt({cfg.head_dim})",
+        "rope_factors": factors, "rope_attn_factor": cfg.rope_attn_factor,
+        "fused_matrices": {m.name: list(m.holds) for m in layout.matrices if len(m.holds) > 1},
+        "biases": list(layout.biases),
+        "norms": [f"{n.name} ({'per head' if n.width == 'head' else n.width})" for n in layout.norms],
+        "ffn": f"{cfg.ffn_activation}(gate) * up",
+    }
 
 
 @main.command()
@@ -115,9 +134,12 @@ def _parse_tokens(text: str) -> list[int]:
 @click.option("--prompt", help="Text to tokenize (BOS added per the model).")
 @click.option("--tokens", help="Comma-separated token ids, used exactly as given (no BOS added).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .npy file.")
+@click.option("--ctx-size", "-c", type=click.IntRange(0), default=None,
+              help="The context the sequence is set up for, as llama.cpp's n_ctx (it picks LongRoPE's rope "
+                   "factors); 0 is the model's whole context. [the number of tokens]")
 @lora_option_group
 def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str | None, out_path: str,
-           lora_file: str | None, lora_scale: float, lora_merged: bool) -> None:
+           ctx_size: int | None, lora_file: str | None, lora_scale: float, lora_merged: bool) -> None:
     """Write float32 logits for every position, shape [n_tokens, vocab], to a .npy file."""
     check_lora_given(lora_file is not None)
     if (prompt is None) == (tokens is None):
@@ -135,12 +157,13 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
         ids = _parse_tokens(tokens)
     if not ids:
         raise click.UsageError("the prompt encodes to no tokens")
+    n_ctx = _logits_context(ctx_size, len(ids), model.config.context_length)
     lora = None
     if lora_file is not None:
         if not math.isfinite(lora_scale):
             raise click.BadParameter(f"must be a finite number, got {lora_scale}", param_hint="--lora-scale")
         lora = (model.adapters.acquire(lora_file), lora_scale)  # AdapterError: one line naming the tensor
-    result = model.logits_for(ids, lora=lora, merged=lora_merged).astype(np.float32)
+    result = model.logits_for(ids, lora=lora, merged=lora_merged, n_ctx=n_ctx).astype(np.float32)
     tmp = out.with_name(out.name + ".tmp.npy")
     try:  # written beside the target and renamed, so a failure never leaves half a file
         np.save(tmp, result)
@@ -149,6 +172,18 @@ def logits(model_path: str | None, backend: str, prompt: str | None, tokens: str
         tmp.unlink(missing_ok=True)
         raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
     click.echo(f"wrote {out} {list(result.shape)}", err=True)
+
+
+def _logits_context(ctx_size: int | None, n_tokens: int, model_ctx: int) -> int | None:
+    """--ctx-size checked against the tokens and the model: the context to set up (None: the tokens')."""
+    if ctx_size is None:
+        return None
+    n_ctx = model_ctx if ctx_size == 0 else ctx_size
+    if n_ctx > model_ctx:
+        raise click.BadParameter(f"{n_ctx} is over the model's context of {model_ctx} tokens", param_hint="--ctx-size")
+    if n_ctx < n_tokens:
+        raise click.BadParameter(f"{n_ctx} is shorter than the {n_tokens} tokens given", param_hint="--ctx-size")
+    return n_ctx
 
 
 @main.command()

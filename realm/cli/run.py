@@ -80,7 +80,8 @@ def sampling_options(func: Any) -> Any:
 @kv_memory_option
 @sampling_options
 @click.option("--ctx-size", "-c", type=click.IntRange(0), default=None,
-              help="Context in tokens (prompt + completion); 0 is the model's whole context. "
+              help="Context in tokens (prompt + completion), what the guest's sequences are set up for (as "
+                   "llama.cpp's n_ctx, it picks LongRoPE's rope factors); 0 is the model's whole context. "
                    "[4096, or the tenant's max_context]")
 @click.option("--special", is_flag=True, help="Parse special tokens such as <start_of_turn> in the prompt.")
 @click.option("--tenant", "tenant_name", metavar="NAME", help="Run tenant NAME's deployed guest, with its limits.")

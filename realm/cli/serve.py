@@ -32,6 +32,9 @@ _DEFAULTS = ServerConfig()
               help="Largest request body.")
 @click.option("--max-prompt-tokens", default=0, type=click.IntRange(0),
               help="Longest prompt in tokens. [default: the context length]")
+@click.option("--ctx-size", "-c", default=0, type=click.IntRange(0),
+              help="The context a request's sequences are set up for, at most (as llama.cpp's n_ctx, it picks "
+                   "LongRoPE's rope factors). [default: the tenant's max_context, up to the model's]")
 @click.option("--default-max-tokens", default=_DEFAULTS.default_max_tokens, show_default=True,
               type=click.IntRange(1), help="max_tokens of a chat request that sets none.")
 @click.option("--requests-per-minute", default=_DEFAULTS.requests_per_minute, show_default=True,
@@ -44,10 +47,10 @@ _DEFAULTS = ServerConfig()
 @click.option("--drain-timeout", default=60, show_default=True, type=click.IntRange(0),
               help="Seconds SIGTERM waits for in-flight requests before cancelling them.")
 def serve(host: str, port: int, model_path: str | None, backend: str, chat_template: str | None, workers: int,
-          max_queue: int, max_body_bytes: int, max_prompt_tokens: int, default_max_tokens: int,
+          max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
           requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
-    config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, default_max_tokens,
+    config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
                           requests_per_minute, tokens_per_minute, _admin_key(admin_key_file))
     model = load_with_progress(model_path, backend)
     template = load_chat_template(model.tokenizer, model.config.arch, chat_template)

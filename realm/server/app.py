@@ -52,6 +52,7 @@ class ServerConfig:
     max_queue: int = 64  # runs waiting for a worker before new requests get 503
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: int = 0  # 0: the context length
+    ctx_size: int = 0  # the context a request's sequences are set up for, at most; 0: the tenant's max_context
     default_max_tokens: int = 256  # chat requests that set no max_tokens
     requests_per_minute: int = 600  # per tenant, unless its registry entry says otherwise; 0 is off
     tokens_per_minute: int = 0  # per tenant (prompt + completion), likewise; 0 is off
@@ -84,6 +85,7 @@ class Server:
 
     def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
         n_ctx = min(self.model.config.context_length, tenant.limits.max_context)
+        n_ctx = min(n_ctx, self.config.ctx_size) if self.config.ctx_size else n_ctx
         return protocol.RequestLimits(n_ctx, tenant.limits.max_tokens, self.config.default_max_tokens,
                                       self.config.max_prompt_tokens or n_ctx)
 
@@ -103,6 +105,8 @@ class Server:
                     else protocol.parse_completion(body, self.model_id, tok, limits))
             self._admit(tenant, len(spec.prompts) * spec.n)
             base = for_tenant(self.registry, tenant, {})  # its guest and adapters now, for every choice
+            # the guest's sequences are set up for the request's context (LongRoPE's factors depend on it)
+            base = dataclasses.replace(base, limits=dataclasses.replace(base.limits, max_context=limits.n_ctx))
         except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
             self.finished(tenant_name, kind, exc.status, started)
             raise

@@ -21,8 +21,11 @@ the driver commits memory for the blocks in use, not for the budget (block ids a
 lowest first).
 
 The layer's weights, which of them each product (Q|K|V, output, gate|up, down) runs and which norms
-a layer has come from the structure table (arch.layout); each weight matrix writes the scratch
-buffer of the output it holds (q, k, v, o, gate, up, down).
+a layer has come from the structure table (arch.layout); each output (q, k, v, o, gate, up, down) has
+its own GPU weight writing its own scratch buffer, a matrix that holds several (phi3's attn_qkv and
+gate|up ffn_up) split by rows at upload, and a bias vector (qwen2's q, k, v) is added to its output
+after the product. Rope factors (Llama 3.1's rope_freqs, LongRoPE's short or long set, picked per
+sequence by the context it is set up for) go up per step as one row per token.
 
 LoRA is applied unmerged (`y = W x + s * B (A x)`) after each adapted weight (q, k, v, output,
 gate, up, down): per adapter of the step one shrink and one expand (lora.wgsl) with a per-row
@@ -43,7 +46,7 @@ of F16/BF16 weights are rounded to that type before the matmul (ggml's vec_dot_t
 
 Per layer (see the Backend docstring for the step protocol; buffers are (n_tokens, width) f32):
     h = rmsnorm(x) * attn_norm                          norm.wgsl
-    q, k, v = Wq h, Wk h, Wv h                          matmul
+    q, k, v = Wq h (+ bq), Wk h (+ bk), Wv h (+ bv)     matmul, elementwise.wgsl (biases)
     q' = rope(qnorm(q)); K[pos..] = rope(knorm(k)); V[pos..] = v   rope.wgsl (x3)
     attn = attention(q', K, V)                          attention.wgsl
     o = Wo attn;  x += o  |  x += rmsnorm(o) * post_attention_norm (gemma3)
@@ -63,12 +66,13 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from host_functions.arch.config import ModelConfig
-from host_functions.arch.layout import OUTPUT_WIDTHS, PROJECTIONS, Output, weight_name
+from host_functions.arch.layout import OUTPUT_WIDTHS, PROJECTIONS, Matrix, Output, bias_name, weight_name
 from host_functions.backends.base import (
     Backend,
     StepItem,
     in_grouped_order,
     merged_ranges,
+    row_rope_factors,
     split_logits,
     wanted_rows,
 )
@@ -105,6 +109,7 @@ class _Segment:
     pos: int
     first: int
     n: int
+    n_ctx: int  # the context its sequence is set up for (picks LongRoPE's factors)
 
 
 @dataclass
@@ -113,23 +118,25 @@ class _Paging:
 
     rows: (n_tokens, 2) u32, each row's position and the start of its sequence's table in `tables`;
     tables: the block tables of the step's sequences, concatenated (u32); kv_bytes: how much of
-    each layer's pool buffers the step touches (up to its highest block), the size they are bound at.
+    each layer's pool buffers the step touches (up to its highest block), the size they are bound at;
+    rope_factors: (n_tokens, head_dim/2) f32, each row's rope factors (None for a model without any).
     """
 
     rows: Any
     tables: Any
     kv_bytes: int
+    rope_factors: Any | None
 
 
 @dataclass(frozen=True)
 class _GPUPair:
-    """One LoRA pair on the GPU: a (rank, n_in) and b (n_out, rank) f32; factor = alpha / rank (or 1)."""
+    """One LoRA pair on the GPU: a (rank, n_in) f32, and b's rows of each output its weight holds as
+    (buffer (n_out, rank) f32, n_out); factor = alpha / rank (or 1)."""
 
     a: Any
-    b: Any
+    b: dict[Output, tuple[Any, int]]
     rank: int
     n_in: int
-    n_out: int
     factor: float
 
 
@@ -172,10 +179,13 @@ class _Matmul:
 
 @dataclass
 class _Layer:
-    """One transformer block's weights on the GPU, by their GGUF names inside the layer (arch.layout)."""
+    """One transformer block's weights on the GPU: the weight of each output (q, k, ..., down; a matrix
+    holding several, as Phi-3's attn_qkv, is split by rows at upload), its norms by GGUF name (arch.layout)
+    and the bias of each output that has one."""
 
-    matrices: dict[str, kernels.GPUWeight]
+    weights: dict[Output, kernels.GPUWeight]
     norms: dict[str, Any]  # F32 vectors; an architecture without a norm has no entry
+    biases: dict[Output, Any]  # F32 vectors (qwen2's q, k, v)
 
 
 class _Scratch:
@@ -222,23 +232,21 @@ class WgpuBackend(Backend):
         if config.head_dim > ops.MAX_HEAD_DIM or config.head_dim % 2:
             raise UnsupportedError(f"the rope and attention kernels support an even head_dim <= "
                                    f"{ops.MAX_HEAD_DIM}, got {config.head_dim}")
-        stacked = [m.name for m in config.layout.matrices if len(m.holds) > 1]
-        if stacked:
-            raise UnsupportedError(f"the wgpu backend runs one output per weight matrix; {config.arch}'s "
-                                   f"{', '.join(stacked)} hold several")
-        names = list(config.expected_tensors())
+        matrices = {weight_name(i, m.name): m for i in range(config.n_layers) for m in config.layout.matrices}
+        names = [name for name in config.expected_tensors() if name not in config.rope_factor_sets]
         uploaded: dict[str, Any] = {}
         for done, name in enumerate(names, 1):
-            uploaded[name] = self._upload(tensors[name])
+            matrix = matrices.get(name)
+            uploaded[name] = self._upload(tensors[name]) if matrix is None else self._upload_split(tensors[name],
+                                                                                                    matrix)
             if progress:
                 progress(done / len(names))
         self.token_embd: kernels.GPUWeight = uploaded["token_embd.weight"]
         self.output: kernels.GPUWeight = self.token_embd if config.tied_output else uploaded["output.weight"]
         self.output_norm = uploaded["output_norm.weight"]
-        self.rope_freqs = uploaded.get("rope_freqs.weight")
-        self.layers = [_Layer({m.name: uploaded[weight_name(i, m.name)] for m in config.layout.matrices},
-                              {n.name: uploaded[weight_name(i, n.name)] for n in config.layout.norms})
-                       for i in range(config.n_layers)]
+        # the rope factors go up per step, each row's own (LongRoPE's depend on the row's sequence)
+        self.rope_factors = {name: np.asarray(tensors[name].data, np.float32) for name in config.rope_factor_sets}
+        self.layers = [self._layer_weights(i, uploaded) for i in range(config.n_layers)]
         self._scratch = _Scratch(self.ctx, config)
         self._rec: Recorder | None = None
         self._kv_k: list[Any] = []  # per layer: the KV pool's keys, (pool slots, n_head_kv, head_dim)
@@ -248,6 +256,26 @@ class WgpuBackend(Backend):
         self.dispatches_submitted = 0  # every dispatch ever submitted (what a step cost, for tests and traces)
         self._lock = threading.RLock()  # one encoder: concurrent callers record one at a time
         self.merged_lora = MergedLoraCache(self, config)
+
+    def _upload_split(self, raw: RawTensor, matrix: Matrix) -> dict[Output, kernels.GPUWeight]:
+        """A layer matrix as one GPU weight per output it holds: its rows of that output (whole rows of
+        GGUF blocks, so any format splits), each written by one matmul into that output's buffer."""
+        if len(matrix.holds) == 1:
+            return {matrix.holds[0]: self._upload(raw)}
+        rows = raw.raw_bytes().reshape(raw.shape[0], -1)
+        return {out: self._upload(RawTensor(f"{raw.name}[{out}]", raw.qtype, (span.stop - span.start, raw.shape[1]),
+                                            rows[span]))
+                for out, span in self.config.matrix_rows(matrix).items()}
+
+    def _layer_weights(self, i: int, uploaded: Mapping[str, Any]) -> _Layer:
+        """Block i's uploaded weights by output, its norms, and its bias vectors split by output."""
+        layout, biases = self.config.layout, dict[Output, Any]()
+        for m in layout.matrices:
+            if m.name in layout.biases:
+                vector = np.asarray(self.tensors[bias_name(i, m.name)].data, np.float32)
+                biases |= {out: self.ctx.upload(vector[span]) for out, span in self.config.matrix_rows(m).items()}
+        return _Layer({out: w for m in layout.matrices for out, w in uploaded[weight_name(i, m.name)].items()},
+                      {n.name: uploaded[weight_name(i, n.name)] for n in layout.norms}, biases)
 
     def _upload(self, tensor: RawTensor) -> Any:
         """2-D weights stay in their GGUF encoding; 1-D F32 vectors (norms) upload as they are."""
@@ -306,7 +334,7 @@ class WgpuBackend(Backend):
                 # Every written position must be in the item's own table: the tables are concatenated,
                 # so a missing block would read the next sequence's.
                 item.cache.reserve(item.pos + len(item.tokens))
-                segments.append(_Segment(item.cache, item.pos, first, len(item.tokens)))
+                segments.append(_Segment(item.cache, item.pos, first, len(item.tokens), item.context))
                 first += len(item.tokens)
             x = self.embed(np.concatenate([item.tokens for item in items]))
             paging = self._paging(segments)
@@ -331,7 +359,12 @@ class WgpuBackend(Backend):
             start += len(table)
         kv_bytes = (max(tables, default=0) + 1) * self._kv_layer_block_bytes()
         return _Paging(self.ctx.upload(np.concatenate(rows).astype(np.uint32)),
-                       self.ctx.upload(np.asarray(tables, np.uint32)), kv_bytes)
+                       self.ctx.upload(np.asarray(tables, np.uint32)), kv_bytes, self._row_rope_factors(segments))
+
+    def _row_rope_factors(self, segments: Sequence[_Segment]) -> Any | None:
+        """Each row's rope factors, those its sequence's context picks, on the GPU (None without factors)."""
+        factors = row_rope_factors(self.config, self.rope_factors, [(seg.n, seg.n_ctx) for seg in segments])
+        return None if factors is None else self.ctx.upload(factors)
 
     def _lora_runs(self, items: Sequence[StepItem], segments: Sequence[_Segment], n_rows: int) -> list[_LoraRun]:
         """Per adapter of the step: its pairs on the GPU and which rows use it unmerged at which scale."""
@@ -351,9 +384,13 @@ class WgpuBackend(Backend):
         """The adapter's pairs on the GPU, uploaded on its first step."""
         pairs = self._adapters.get(adapter)
         if pairs is None:
+            matrices = {weight_name(i, m.name): m for i in range(self.config.n_layers)
+                         for m in self.config.layout.matrices}
             pairs = self._adapters[adapter] = {
-                name: _GPUPair(self.ctx.upload(pair.a), self.ctx.upload(pair.b), pair.rank, pair.a.shape[1],
-                               pair.b.shape[0], pair.scale(1.0))
+                name: _GPUPair(self.ctx.upload(pair.a),
+                               {out: (self.ctx.upload(np.ascontiguousarray(pair.b[span])), span.stop - span.start)
+                                for out, span in self.config.matrix_rows(matrices[name]).items()},
+                               pair.rank, pair.a.shape[1], pair.scale(1.0))
                 for name, pair in adapter.pairs.items()}
         return pairs
 
@@ -372,7 +409,8 @@ class WgpuBackend(Backend):
         assert isinstance(x, GPUActivations)
         with self._lock:
             cache.reserve(pos + x.n_tokens)
-            self._block(index, x, self._paging([_Segment(cache, pos, 0, x.n_tokens)]), _StepLora([], [], x.n_tokens))
+            paging = self._paging([_Segment(cache, pos, 0, x.n_tokens, cache.capacity)])
+            self._block(index, x, paging, _StepLora([], [], x.n_tokens))
         return x
 
     def _block(self, index: int, x: GPUActivations, paging: _Paging, lora: _StepLora) -> None:
@@ -419,21 +457,19 @@ class WgpuBackend(Backend):
     def merged_nbytes(self, layer: int, key: str) -> int:
         return sum(raw.shape[0] * raw.shape[1] * 4 for raw in self.projection_tensors(layer, key))
 
-    def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> dict[str, kernels.GPUWeight]:
-        """Each weight's rows of the merged `weight` as an F32 GPU weight, by matrix name (attn_q, ...);
-        their buffers go when the cache drops the entry holding them."""
-        parts, start = {}, 0
-        for matrix in self.config.layout.projection_matrices(key):
-            raw = self.tensors[weight_name(layer, matrix.name)]
-            rows = np.ascontiguousarray(weight[start : start + raw.shape[0]], np.float32)
+    def merged_projection(self, layer: int, key: str, weight: np.ndarray) -> dict[Output, kernels.GPUWeight]:
+        """Each output's rows of the merged `weight` as an F32 GPU weight, by output (q, k, ...), as the
+        base weights are kept; their buffers go when the cache drops the entry holding them."""
+        parts = {}
+        for out, span in self.config.output_columns(key).items():
+            rows = np.ascontiguousarray(weight[span], np.float32)
             with self._lock:  # one caller at a time on the device, like every other upload of this backend
-                parts[matrix.name] = kernels.upload_weight(self.ctx, RawTensor(raw.name, GGMLQuantizationType.F32,
-                                                                               rows.shape, rows))
-            start += raw.shape[0]
+                parts[out] = kernels.upload_weight(self.ctx, RawTensor(f"blk.{layer}.{key}[{out}]",
+                                                                       GGMLQuantizationType.F32, rows.shape, rows))
         return parts
 
     def weight_bytes_per_token(self) -> int:
-        return sum(w.nbytes for layer in self.layers for w in layer.matrices.values()) + self.output.nbytes
+        return sum(w.nbytes for layer in self.layers for w in layer.weights.values()) + self.output.nbytes
 
     # ---- the two halves of a block -------------------------------------------------------------
 
@@ -444,7 +480,8 @@ class WgpuBackend(Backend):
         self._product(rec, index, "qkv", s.h, n, lora)
         # rope and attention of every sequence at once: each row's position, each sequence's blocks
         rope = dict(pos=0, base=cfg.layer_rope_base(index), neox=cfg.rope_layout == "neox", eps=cfg.norm_eps,
-                    factors=self.rope_freqs, rows=paging.rows, block_tokens=BLOCK_TOKENS)
+                    factors=paging.rope_factors, mscale=cfg.rope_attn_factor, rows=paging.rows,
+                    block_tokens=BLOCK_TOKENS)
         k_pool, v_pool = (self._kv_k[index], 0, paging.kv_bytes), (self._kv_v[index], 0, paging.kv_bytes)
         ops.rope(rec, s.out["q"], s.q, n, cfg.n_head, cfg.head_dim, norm_weight=w.norms.get("attn_q_norm"), **rope)
         ops.rope(rec, s.out["k"], k_pool, n, cfg.n_head_kv, cfg.head_dim, norm_weight=w.norms.get("attn_k_norm"),
@@ -466,27 +503,34 @@ class WgpuBackend(Backend):
         self._residual(rec, x, s.out["down"], w.norms.get("post_ffw_norm"))
 
     def _product(self, rec: Recorder, index: int, key: str, x: Any, n: int, lora: _StepLora) -> None:
-        """Product `key` of layer `index` over x, each of its weights W into the scratch buffer of the
-        output W holds: the base W (+ s B (A x) for the rows of each unmerged adapter that adapts W) over
-        the rows before lora.base_rows, each merged entry's copy of W (the base W where it leaves W
-        alone) over its own rows. Rows round their input as the base weight asks, merged or not."""
-        base = self.layers[index].matrices
-        outputs = [(m.name, self._scratch.out[m.holds[0]]) for m in self.config.layout.projection_matrices(key)]
-        matmuls = [_Matmul(base[name], out, _rounding(base[name]), 0, lora.base_rows) for name, out in outputs]
+        """Product `key` of layer `index` over x, the weight W of each of its outputs into that output's
+        scratch buffer: the base W (+ s B (A x) for the rows of each unmerged adapter that adapts W's
+        matrix) over the rows before lora.base_rows, each merged entry's copy of W (the base W where it
+        leaves W alone) over its own rows; then the output's bias, if it has one. Rows round their input
+        as the base weight asks, merged or not."""
+        layer, out = self.layers[index], self._scratch.out
+        matrices = self.config.layout.projection_matrices(key)
+        outputs = [o for m in matrices for o in m.holds]
+        base = layer.weights
+        matmuls = [_Matmul(base[o], out[o], _rounding(base[o]), 0, lora.base_rows) for o in outputs]
         for rows, entry in lora.merged:
             copies = entry.projection(index, key) or {}
-            matmuls += [_Matmul(copies.get(name, base[name]), out, _rounding(base[name]), rows.start,
-                                rows.stop - rows.start) for name, out in outputs]
+            matmuls += [_Matmul(copies.get(o, base[o]), out[o], _rounding(base[o]), rows.start,
+                                rows.stop - rows.start) for o in outputs]
         self._project(rec, x, matmuls, n)
         for run in lora.runs:
-            for name, out in outputs:
-                pair = run.pairs.get(weight_name(index, name))
+            for m in matrices:
+                pair = run.pairs.get(weight_name(index, m.name))
                 if pair is None:
                     continue
                 t = self._scratch.lora_t
                 scales = run.scales(self.ctx, pair.factor)
                 ops.lora_shrink(rec, x, pair.a, run.index, scales, t, n, pair.n_in, pair.rank)
-                ops.lora_expand(rec, t, pair.b, run.index, out, n, pair.n_out, pair.rank)
+                for o, (b, n_out) in pair.b.items():
+                    ops.lora_expand(rec, t, b, run.index, out[o], n, n_out, pair.rank)
+        for o in outputs:
+            if o in layer.biases:
+                ops.add_bias(rec, out[o], layer.biases[o], n, self.config.width(OUTPUT_WIDTHS[o]))
 
     def _project(self, rec: Recorder, x: Any, matmuls: list[_Matmul], n: int) -> None:
         """Each matmul over its rows of the input x (n rows), which it sees rounded as it asks."""

@@ -20,7 +20,8 @@ MAX_HEAD_DIM = 512  # the size of the rope/attention kernels' per-row workgroup 
 Buffer = Any  # GPUBuffer | (GPUBuffer, offset, size)
 Activation = Literal["silu", "gelu"]
 
-_ELEMENTWISE_OPS = {"add": 0, "scale": 1, "silu": 2, "gelu": 3, "f16": 4, "bf16": 5}  # OP_* of elementwise.wgsl
+# OP_* of elementwise.wgsl
+_ELEMENTWISE_OPS = {"add": 0, "scale": 1, "silu": 2, "gelu": 3, "f16": 4, "bf16": 5, "bias": 6}
 Rounding = Literal["f16", "bf16"]
 
 
@@ -34,13 +35,15 @@ def rms_norm(rec: Recorder, x: Buffer, weight: Buffer, out: Buffer, n_rows: int,
 
 def rope(rec: Recorder, src: Buffer, dst: Buffer, n_tokens: int, n_heads: int, head_dim: int, pos: int,
          base: float, *, neox: bool, rotate: bool = True, norm_weight: Buffer | None = None,
-         eps: float = 0.0, factors: Buffer | None = None, out_f16: bool = False,
+         eps: float = 0.0, factors: Buffer | None = None, mscale: float = 1.0, out_f16: bool = False,
          src_offset: int = 0, dst_offset: int = 0, rows: Buffer | None = None, table: Buffer | None = None,
          block_tokens: int = 16) -> None:
     """Rotate (n_tokens, n_heads, head_dim) heads at positions pos.. into dst (f32 or packed f16).
 
-    `norm_weight` first RMS-normalizes each head (gemma3 Q/K norms); `factors` divides each pair's
-    angle (llama 3.1 rope_freqs); rotate=False only normalizes/converts (storing V into a cache).
+    `norm_weight` first RMS-normalizes each head (gemma3 Q/K norms); `factors` ((n_tokens, head_dim/2)
+    f32) divides each token's pair angles (llama 3.1 rope_freqs, LongRoPE's factors of the token's
+    sequence); cos and sin are multiplied by `mscale` (LongRoPE's attn_factor); rotate=False only
+    normalizes/converts (storing V into a cache).
     Offsets are in elements of src (f32) and of dst (f32 or f16). `rows` ((n_tokens, 2) u32:
     position, start of the token's block table in `table`) gives each token its own position;
     with `table` too, token t goes to its paged KV slot (see rope.wgsl) instead of row t.
@@ -53,7 +56,8 @@ def rope(rec: Recorder, src: Buffer, dst: Buffer, n_tokens: int, n_heads: int, h
                  "PAGED": table is not None, "BLOCK_TOKENS": block_tokens}
     pipe = rec.ctx.pipeline(("reduce.wgsl", "rounding.wgsl", "rope.wgsl"), "main", constants)
     n_rows = n_tokens * n_heads
-    params = struct.pack("<6I2f", n_rows, n_heads, head_dim, pos, src_offset, dst_offset, base, eps)
+    params = struct.pack("<6I3f3I", n_rows, n_heads, head_dim, pos, src_offset, dst_offset, base, eps, mscale,
+                         0, 0, 0)
     bindings = [params, src, _or_dummy(rec.ctx, norm_weight), _or_dummy(rec.ctx, factors), dst,
                 _or_dummy(rec.ctx, rows), _or_dummy(rec.ctx, table)]
     rec.dispatch(pipe, bindings, _grid(rec.ctx, n_rows))
@@ -86,6 +90,11 @@ def add(rec: Recorder, dst: Buffer, a: Buffer, n: int) -> None:
     _elementwise(rec, "add", dst, a, a, n)
 
 
+def add_bias(rec: Recorder, dst: Buffer, bias: Buffer, n_rows: int, width: int) -> None:
+    """dst (n_rows, width) += bias (width,) on every row (qwen2's Q, K and V biases)."""
+    _elementwise(rec, "bias", dst, bias, bias, n_rows * width, width=width)
+
+
 def scale(rec: Recorder, dst: Buffer, n: int, factor: float) -> None:
     """dst[:n] *= factor."""
     _elementwise(rec, "scale", dst, _dummy(rec.ctx), _dummy(rec.ctx), n, factor)
@@ -101,9 +110,10 @@ def round_to(rec: Recorder, dst: Buffer, a: Buffer, n: int, kind: Rounding) -> N
     _elementwise(rec, kind, dst, a, a, n)
 
 
-def _elementwise(rec: Recorder, op: str, dst: Buffer, a: Buffer, b: Buffer, n: int, factor: float = 1.0) -> None:
+def _elementwise(rec: Recorder, op: str, dst: Buffer, a: Buffer, b: Buffer, n: int, factor: float = 1.0,
+                 width: int = 0) -> None:
     pipe = rec.ctx.pipeline(("rounding.wgsl", "elementwise.wgsl"), "main", {"WG": WG, "OP": _ELEMENTWISE_OPS[op]})
-    rec.dispatch(pipe, [struct.pack("<If2I", n, factor, 0, 0), a, b, dst], _grid(rec.ctx, -(-n // WG)))
+    rec.dispatch(pipe, [struct.pack("<If2I", n, factor, width, 0), a, b, dst], _grid(rec.ctx, -(-n // WG)))
 
 
 def lora_shrink(rec: Recorder, x: Buffer, lora_a: Buffer, adapter: Buffer, scales: Buffer, t: Buffer,
