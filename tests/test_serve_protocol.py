@@ -20,10 +20,11 @@ from realm.sandbox.report import GuestRunCancelled
 from realm.sandbox.run import TenantSandbox
 from realm.server import protocol
 from realm.server.protocol import ApiError, RequestLimits
-from realm.server.ratelimit import RateLimiter
+from realm.server.ratelimit import RateLimiter, Reservation, TooLarge
 
 MODEL_ID = "tiny"
-LIMITS = RequestLimits(n_ctx=256, max_request_tokens=200, default_max_tokens=16, max_prompt_tokens=100)
+LIMITS = RequestLimits(n_ctx=256, max_request_tokens=200, default_max_tokens=16, max_prompt_tokens=100,
+                       n_vocab=32000)
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +137,48 @@ def test_request_and_token_windows_are_per_tenant_and_slide():
     assert limiter.admit("a", 2, 0) == ("requests", 15)
     now[0] = 60.0
     assert limiter.admit("a", 2, 0) is None
-    limiter.spend("c", 100)
+    assert isinstance(limiter.reserve("c", 100, 100), Reservation)
     assert limiter.admit("c", 0, 100) == ("tokens", 60)
     assert limiter.admit("c", 0, 0) is None  # 0 is unlimited
+
+
+def test_tokens_are_reserved_at_admission_and_the_unused_part_refunded():
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    first = limiter.reserve("a", 200, 300)
+    assert isinstance(first, Reservation)
+    assert limiter.reserve("a", 200, 300) == 60  # 200 more do not fit until the first leaves the window
+    assert isinstance(limiter.reserve("b", 300, 300), Reservation)  # another tenant's window is its own
+    now[0] = 10.0
+    limiter.settle(first, 50)  # it used 50 of its 200
+    second = limiter.reserve("a", 200, 300)
+    assert isinstance(second, Reservation)
+    assert limiter.reserve("a", 100, 300) == 50  # 250 held: room for 100 when the first (50) expires at 60 s
+    limiter.settle(second, 0)
+    assert isinstance(limiter.reserve("a", 250, 300), Reservation)
+    with pytest.raises(TooLarge, match="301 tokens over a limit of 300"):
+        limiter.reserve("a", 301, 300)  # can never fit, however long it waits
+    assert isinstance(limiter.reserve("a", 10**9, 0), Reservation)  # 0 is unlimited
+
+
+def test_a_reservation_settled_after_it_left_the_window_charges_nothing():
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    held = limiter.reserve("a", 100, 100)
+    assert isinstance(held, Reservation)
+    now[0] = 61.0
+    assert isinstance(limiter.reserve("a", 100, 100), Reservation)  # the first expired
+    limiter.settle(held, 100)  # a long request ends after its reservation expired
+    assert limiter.reserve("a", 1, 100) == 60
+    assert limiter.admit("a", 0, 100) == ("tokens", 60)
+
+
+def test_a_guest_that_used_more_than_it_reserved_is_charged_what_it_used():
+    limiter = RateLimiter(clock=lambda: 0.0)
+    held = limiter.reserve("a", 10, 100)
+    assert isinstance(held, Reservation)
+    limiter.settle(held, 95)
+    assert limiter.reserve("a", 10, 100) == 60 and isinstance(limiter.reserve("a", 5, 100), Reservation)
 
 
 # --- the ABI pieces serving needs ------------------------------------------------------------

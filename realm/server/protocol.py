@@ -66,6 +66,10 @@ class GenerationSpec:
     top_logprobs: int | None  # None: no logprobs asked for
     guest_fields: dict[str, Any] = field(default_factory=dict)  # sampling and extra fields
 
+    def most_tokens(self) -> int:
+        """The most tokens the request may use: each prompt, and max_tokens for every choice."""
+        return sum(self.prompt_tokens) + self.max_tokens * self.n * len(self.prompts)
+
     def guest_requests(self) -> list[tuple[int, dict[str, Any]]]:
         """(choice index, guest request) for every choice: prompts x n, seeds spread over choices."""
         out = []
@@ -88,6 +92,7 @@ class RequestLimits:
     max_request_tokens: int  # the tenant's max_tokens (prompt + completion, per choice)
     default_max_tokens: int  # a chat request that sets no max_tokens
     max_prompt_tokens: int
+    n_vocab: int  # token ids a request may name (logit_bias) are 0..n_vocab-1
 
 
 def parse_completion(body: Any, model_id: str, tokenizer: Tokenizer, limits: RequestLimits) -> GenerationSpec:
@@ -173,8 +178,17 @@ def _spec(kind: str, body: dict[str, Any], model_id: str, prompts: tuple[str, ..
         check_sampling(fields, API_RANGES)  # a bad value is the client's 400, not a failed guest run
     except RequestFieldError as exc:
         raise bad_request(str(exc), exc.field) from None
+    _check_bias_ids(fields.get("logit_bias"), limits.n_vocab)
     return GenerationSpec(kind, model_id, prompts, counts, n, max_tokens, stream,
                           bool(options.get("include_usage")), top_logprobs, fields)
+
+
+def _check_bias_ids(bias: Any, n_vocab: int) -> None:
+    """400 for a logit_bias token id outside the vocabulary (check_sampling made them integers)."""
+    for key in bias or {}:
+        if not 0 <= int(key) < n_vocab:
+            raise bad_request(f"logit_bias: token id {key} is outside this model's vocabulary (0..{n_vocab - 1})",
+                              "logit_bias")
 
 
 def _stop_and_seed(body: dict[str, Any]) -> dict[str, Any]:

@@ -73,8 +73,23 @@ class Runner:
         loop = asyncio.get_running_loop()
         run = GuestRun(request.tenant)
 
+        waiting: list[str] = []  # text the guest emitted since the loop last took it
+        lock = threading.Lock()
+
         def on_text(text: str) -> None:
-            loop.call_soon_threadsafe(run.pieces.put_nowait, text)
+            # One wake-up of the loop per batch of emits, not per emit: a guest emitting byte by byte
+            # costs the loop (and the client's stream) one piece per time the loop gets round to it.
+            with lock:
+                waiting.append(text)
+                if len(waiting) > 1:
+                    return  # a take() is already scheduled and will collect this too
+            loop.call_soon_threadsafe(take)
+
+        def take() -> None:
+            with lock:
+                text = "".join(waiting)
+                waiting.clear()
+            run.pieces.put_nowait(text)
 
         def work() -> RunResult:
             if run.cancel.is_set():  # the client left while the run waited for a thread
