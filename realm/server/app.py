@@ -140,7 +140,11 @@ class Server:
         tok = self.model.tokenizer
         spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
                 else protocol.parse_completion(body, self.model_id, tok, limits))
-        return spec, for_tenant(self.registry, tenant, {})  # its guest and adapters now, for every choice
+        base = for_tenant(self.registry, tenant, {})  # its guest and adapters now, for every choice
+        lora = spec.guest_fields.get("lora")
+        if lora is not None and (not isinstance(lora, str) or lora not in base.adapters):
+            raise protocol.bad_request(f"lora: no adapter is bound as {str(lora)[:64]!r} for this tenant", "lora")
+        return spec, base
 
     def _admit(self, tenant: Tenant, rates: RateLimits) -> None:
         """ApiError 429 when the tenant is over its request rate (or its tokens are spoken for); else
@@ -172,14 +176,16 @@ class Server:
                            code="overloaded", headers={"Retry-After": "1"})
 
     def finished(self, tenant: str, kind: str, status: int, started: float,
-                 choices: Sequence[ChoiceResult] = (), prompt_tokens: int = 0, held: Reservation | None = None) -> None:
-        """Account one request: metrics, and its tokens settled in the tenant's window."""
+                 choices: Sequence[ChoiceResult] = (), prompt_tokens: int = 0, held: Reservation | None = None,
+                 whole: bool = True) -> None:
+        """Account one request: metrics, and its tokens settled in the tenant's window (what it used;
+        all it reserved when it did not finish, since what a cut run used is not known)."""
         completion = sum(c.completion_tokens for c in choices)
         self.metrics.requests.labels(tenant, kind, str(status)).inc()
         self.metrics.latency.labels(tenant, kind).observe(time.perf_counter() - started)
         self.metrics.tokens.labels(tenant, "prompt").inc(prompt_tokens)
         self.metrics.tokens.labels(tenant, "completion").inc(completion)
-        if held is not None:
+        if held is not None and whole:
             self.limiter.settle(held, prompt_tokens + completion)
 
 
@@ -237,7 +243,7 @@ class _Call:
             run.cancel.set()  # no-op for finished runs; ends abandoned ones at their next host call
         self.server.metrics.in_flight.labels(self.tenant).dec()
         self.server.finished(self.tenant, self.kind, status, self.started, self.results, self.prompt_tokens(),
-                             self.held)
+                             self.held, whole=len(self.results) == len(self.runs))
 
     async def complete(self, request: Request) -> Response:
         """Wait for every choice (cancelling them if the client leaves) and answer in one object."""
@@ -387,7 +393,7 @@ def create_app(server: Server) -> Starlette:
     async def admin_health(request: Request) -> Response:
         require_admin(request, server.config.admin_key)
         return JSONResponse({"status": "ok", "model": server.model_id, "in_flight": server.runner.live,
-                             "shutting_down": server.shutting_down})
+                             "preparing": server.off_loop.pending, "shutting_down": server.shutting_down})
 
     async def metrics(request: Request) -> Response:
         require_admin(request, server.config.admin_key)

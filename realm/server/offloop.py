@@ -30,6 +30,8 @@ class OffLoop:
         self._per_client = per_client
         self._max_waiting = max_waiting
         self._clients: dict[str, anyio.CapacityLimiter] = {}
+        self.pending = 0  # calls waiting for a thread or running on one
+
 
     async def run(self, client: str, fn: Callable[..., T], *args: object) -> T:
         """`fn(*args)` on a worker thread, in turn with `client`'s other work; what it raises is raised
@@ -40,9 +42,11 @@ class OffLoop:
         if mine.statistics().tasks_waiting >= self._max_waiting:
             raise ApiError(429, "too many of this client's requests are waiting to be read; retry shortly",
                            type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        self.pending += 1
         try:
             async with mine:
                 return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._threads)
         finally:
+            self.pending -= 1
             if not mine.borrowed_tokens and not mine.statistics().tasks_waiting:
                 self._clients.pop(client, None)  # idle: the map holds only clients with work in hand

@@ -174,21 +174,34 @@ def _spec(kind: str, body: dict[str, Any], model_id: str, prompts: tuple[str, ..
         raise bad_request("stream_options must be an object", "stream_options")
     fields = {k: v for k, v in body.items() if k not in _SERVER_FIELDS and v is not None}
     fields.update(_stop_and_seed(body))
+    _check_bias_ids(fields.get("logit_bias"), limits.n_vocab)
     try:
         check_sampling(fields, API_RANGES)  # a bad value is the client's 400, not a failed guest run
     except RequestFieldError as exc:
         raise bad_request(str(exc), exc.field) from None
-    _check_bias_ids(fields.get("logit_bias"), limits.n_vocab)
+    _check_speculative(fields.get("speculative"))
     return GenerationSpec(kind, model_id, prompts, counts, n, max_tokens, stream,
                           bool(options.get("include_usage")), top_logprobs, fields)
 
 
 def _check_bias_ids(bias: Any, n_vocab: int) -> None:
-    """400 for a logit_bias token id outside the vocabulary (check_sampling made them integers)."""
-    for key in bias or {}:
-        if not 0 <= int(key) < n_vocab:
-            raise bad_request(f"logit_bias: token id {key} is outside this model's vocabulary (0..{n_vocab - 1})",
+    """400 for a logit_bias key that is not a token id of this model (a guest would fail on it)."""
+    for key in bias if isinstance(bias, dict) else ():
+        try:
+            token = int(key)
+        except ValueError:
+            raise bad_request(f"logit_bias keys must be token ids, got {key[:32]!r}", "logit_bias") from None
+        if not 0 <= token < n_vocab:
+            raise bad_request(f"logit_bias: token id {token} is outside this model's vocabulary (0..{n_vocab - 1})",
                               "logit_bias")
+
+
+def _check_speculative(value: Any) -> None:
+    """400 unless "speculative" is absent, ngram or self:N (N in ASCII digits): no tenant may name a
+    draft file (a host path), and a malformed name is the client's error, not its guest run's."""
+    kind, _, arg = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if value is not None and value != "ngram" and not (kind == "self" and arg.isascii() and arg.isdigit()):
+        raise bad_request(f"speculative must be ngram or self:N (N a number of layers), got {value!r}", "speculative")
 
 
 def _stop_and_seed(body: dict[str, Any]) -> dict[str, Any]:
