@@ -19,6 +19,7 @@ from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import GuestRunCancelled
 from realm.sandbox.run import TenantSandbox
 from realm.server import protocol
+from realm.server.bodies import parse_json
 from realm.server.protocol import ApiError, RequestLimits
 from realm.server.ratelimit import RateLimiter, Reservation, TooLarge
 
@@ -234,3 +235,55 @@ def test_a_cancelled_request_ends_at_its_next_host_call_and_frees_its_sequences(
                                                    "temperature": 0}, on_text=on_text, cancel=flag)
     assert isinstance(caught.value, RequestCancelled)  # what the server answers as a cancelled request
     assert len(emitted) == 1 and caught.value.result.tokens_fed < 20
+
+
+# --- bodies and fields a client builds to crash the server -------------------------------------
+
+@pytest.mark.parametrize("data", [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' * 33 + b"1" + b"}" * 33,
+                                  b'"\\ud800"', b'{"\\udfff": 1}', b'["fine", ["\\udc80x"]]', b"\xff{}", b"{nope"])
+def test_bodies_too_deep_not_unicode_or_not_json_are_400_invalid_json(data):
+    error = refused(400, "JSON|nests|Unicode", parse_json, data)
+    assert error.code == "invalid_json"
+
+
+def test_a_body_within_the_depth_with_paired_surrogates_parses():
+    assert parse_json(b'{"a": ' * 31 + b'"\\ud83d\\ude00"' + b"}" * 31) is not None
+    assert parse_json('{"prompt": "raw \u2028 and \U0001f600"}'.encode()) == {"prompt": "raw \u2028 and \U0001f600"}
+
+
+@pytest.mark.parametrize("bias", [{"32000": 1}, {"-1": 1}, {"1" * 5000: 1}, {"x": 1}, {"²": 1}])
+def test_logit_bias_ids_outside_the_vocabulary_are_400_naming_the_field(model, bias):
+    assert refused(400, "logit_bias", completion, model, max_tokens=1, logit_bias=bias).param == "logit_bias"
+    assert completion(model, max_tokens=1, logit_bias={"31999": 1}).guest_fields["logit_bias"] == {"31999": 1}
+
+
+@pytest.mark.parametrize("name", ["self:²", "self:١", "self:", "draft:/etc/hosts", "draft:\x00", "self:1\x00", 3])
+def test_speculative_is_ngram_or_self_n_in_ascii_digits(model, name):
+    assert refused(400, "speculative", completion, model, max_tokens=1, speculative=name).param == "speculative"
+    assert completion(model, max_tokens=1, speculative="self:1").guest_fields["speculative"] == "self:1"
+
+
+def test_a_request_reserves_its_prompts_and_max_tokens_for_every_choice(model):
+    spec = protocol.parse_completion({"model": MODEL_ID, "prompt": ["a b", "c"], "max_tokens": 5, "n": 3}, MODEL_ID,
+                                     model.tokenizer, LIMITS)
+    assert spec.most_tokens() == sum(spec.prompt_tokens) + 5 * 3 * 2
+
+
+def test_text_pieces_coalesce_per_choice_into_bounded_events():
+    from realm.server.app import MAX_EVENT_CHARS, _coalesced
+
+    done = RuntimeError("outcome")
+    events = [(0, "a"), (0, "b"), (1, "c"), (0, "x" * (MAX_EVENT_CHARS + 5)), (0, done), (1, "d"), (1, "e")]
+    assert list(_coalesced(events)) == [(0, "ab"), (1, "c"), (0, "x" * MAX_EVENT_CHARS), (0, "xxxxx"), (0, done),
+                                        (1, "de")]
+
+
+def test_a_draft_name_a_guest_passes_is_refused_not_a_host_crash(model):
+    from host_functions.errors import RealmError
+    from realm.models import draft_opener
+
+    open_draft = draft_opener(model, "numpy")
+    for name in ("self:²", "self:", "self:1x"):
+        with pytest.raises(RealmError, match="self:N"):
+            open_draft(name)
+    assert open_draft("draft:a\x00b") is None and open_draft("\x00") is None
