@@ -112,12 +112,11 @@ class Server:
         started = time.perf_counter()
         tenant_name, held = "", None
         try:
-            client = request.client.host if request.client else ""
-            tenant, rates = await self.off_loop.run(f"client {client}", self._identify, request)
+            tenant, rates = await self.off_loop.run(self._identify, request)
             tenant_name = tenant.name
             self._admit(tenant, rates)
             data = await read_body(request, self.config.max_body_bytes)
-            spec, base = await self.off_loop.run(f"tenant {tenant.name}", self._prepare, tenant, kind, data)
+            spec, base = await self.off_loop.run_for(tenant.name, self._prepare, tenant, kind, data)
             held = self._reserve(tenant, rates, spec)
             self._check_capacity(len(spec.prompts) * spec.n)
         except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
@@ -380,7 +379,7 @@ def create_app(server: Server) -> Starlette:
         return await server.generate(request, "chat")
 
     async def models(request: Request) -> Response:
-        server.tenant(request)
+        await server.off_loop.run(server.tenant, request)
         return JSONResponse({"object": "list", "data": [
             {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "realm"}]})
 
