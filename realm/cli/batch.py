@@ -5,8 +5,9 @@ Each input line is one JSON object: `prompt`, the sampling fields of `realm run`
 optionally `tenant` (a registered tenant: its deployed guest and limits; default the reference
 guest under default limits). Results are JSON lines in input order: `text`, `finish_reason`,
 `prompt_tokens`, `completion_tokens`, `ttft_ms` (until the guest's first text), `total_ms`; or
-`error`. A line that is not a request, and a request that fails, get an error of their own; the
-rest run. Exit status 1 if any line failed. (A line's fields: realm.request.sources.from_batch_line.)
+`error`. Lines end at "\n" only (a raw U+2028 or U+2029 inside a JSON string is text). A line that
+is not UTF-8 or not a request, and a request that fails, get an error of their own; the rest run.
+Exit status 1 if any line failed. (A line's fields: realm.request.sources.from_batch_line.)
 """
 
 from __future__ import annotations
