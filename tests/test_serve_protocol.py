@@ -287,3 +287,17 @@ def test_a_draft_name_a_guest_passes_is_refused_not_a_host_crash(model):
         with pytest.raises(RealmError, match="self:N"):
             open_draft(name)
     assert open_draft("draft:a\x00b") is None and open_draft("\x00") is None
+
+
+def test_a_prompt_too_many_bytes_for_the_token_limit_is_refused_before_tokenizing(model):
+    longest = protocol.max_token_bytes(model.tokenizer)
+    assert all(len(model.tokenizer.token_bytes(i)) <= longest for i in model.tokenizer.encode("Once upon a time"))
+    fits = "a" * (2 * LIMITS.max_prompt_tokens * longest)  # might hold few enough tokens: it is tokenized (and counted)
+    refused(400, "tokens", completion, model, prompt=fits, max_tokens=1)  # too long, found by tokenizing
+    error = refused(400, r"bytes, more than 100 tokens", completion, model, prompt=fits + "a", max_tokens=1)
+    assert error.code == "prompt_too_long" and error.param == "prompt"
+    chat = protocol.parse_chat
+    template = load_chat_template(model.tokenizer, model.config.arch, "chatml")
+    error = refused(400, "bytes", chat, {"model": MODEL_ID, "messages": [{"role": "user", "content": fits}]}, MODEL_ID,
+                    model.tokenizer, template, LIMITS)
+    assert error.param == "messages"

@@ -9,6 +9,7 @@ sampling fields the client leaves out keep the host sampler's (llama.cpp's) defa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -114,7 +115,7 @@ def parse_completion(body: Any, model_id: str, tokenizer: Tokenizer, limits: Req
     logprobs = body.get("logprobs")
     if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS):
         raise bad_request(f"logprobs must be an integer 0..{MAX_COMPLETION_LOGPROBS} or null", "logprobs")
-    counts = tuple(len(tokenizer.encode(p)) for p in prompts)
+    counts = tuple(count_tokens(tokenizer, p, limits.max_prompt_tokens, "prompt") for p in prompts)
     return _spec("completion", body, model_id, prompts, counts, logprobs, limits, default_max_tokens=16)
 
 
@@ -141,10 +142,30 @@ def parse_chat(body: Any, model_id: str, tokenizer: Tokenizer, template: ChatTem
         raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
     if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
         body = {**body, "max_tokens": body["max_completion_tokens"]}
-    count = len(tokenizer.encode(prompt, parse_special=True))
+    count = count_tokens(tokenizer, prompt, limits.max_prompt_tokens, "messages", parse_special=True)
     spec = _spec("chat", body, model_id, (prompt,), (count,), top, limits, limits.default_max_tokens)
     # The rendered turn markers are special tokens, not text.
     return dataclasses.replace(spec, guest_fields={**spec.guest_fields, "special": True})
+
+
+def count_tokens(tokenizer: Tokenizer, text: str, limit: int, param: str, parse_special: bool = False) -> int:
+    """The tokens of `text`, BOS included; ApiError 400 (prompt_too_long) without tokenizing when the
+    text has more bytes than `limit` tokens could cover (tokenizing is the client's time: a 1 MiB
+    prompt takes seconds, to find it too long)."""
+    size = len(text.encode("utf-8"))
+    # A token covers at most max_token_bytes of text; twice that allows for any normalizing.
+    if size > limit and size > 2 * limit * max_token_bytes(tokenizer):
+        raise bad_request(f"the prompt is {size} bytes, more than {limit} tokens (this server's limit) can hold",
+                          param, "prompt_too_long")
+    return len(tokenizer.encode(text, parse_special=parse_special))
+
+
+@functools.lru_cache(maxsize=4)
+def max_token_bytes(tokenizer: Tokenizer) -> int:
+    """The most bytes of text one token of `tokenizer` stands for (its text, or its spelling for a
+    special token that parse_special matches); a walk over the vocabulary, once per tokenizer."""
+    return max(max(len(tokenizer.piece(i).encode()), len(tokenizer.token_bytes(i)))
+               for i in range(tokenizer.vocab_size))
 
 
 def _spec(kind: str, body: dict[str, Any], model_id: str, prompts: tuple[str, ...], counts: tuple[int, ...],
