@@ -240,7 +240,9 @@ def test_a_cancelled_request_ends_at_its_next_host_call_and_frees_its_sequences(
 # --- bodies and fields a client builds to crash the server -------------------------------------
 
 @pytest.mark.parametrize("data", [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' * 33 + b"1" + b"}" * 33,
-                                  b'"\\ud800"', b'{"\\udfff": 1}', b'["fine", ["\\udc80x"]]', b"\xff{}", b"{nope"])
+                                  b'"\\ud800"', b'{"\\udfff": 1}', b'["fine", ["\\udc80x"]]', b"\xff{}", b"{nope",
+                                  b'{"seed": ' + b"9" * 5000 + b"}", b'{"temperature": NaN}', b"[-Infinity]",
+                                  b'{"top_p": 1e999}'])
 def test_bodies_too_deep_not_unicode_or_not_json_are_400_invalid_json(data):
     error = refused(400, "JSON|nests|Unicode", parse_json, data)
     assert error.code == "invalid_json"

@@ -4,6 +4,7 @@ parsed off the event loop (a body's parsing time is the client's to choose)."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -46,13 +47,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_json(data: bytes) -> Any:
-    """`data` as JSON; ApiError 400 (invalid_json) for what is not JSON, nests deeper than
-    MAX_JSON_DEPTH, or holds a string that is not Unicode text (a lone surrogate escape such as
-    "\\ud800", which no UTF-8 encoder writes: the tokenizer, the guest or the answer would fail on it)."""
+    """`data` as JSON; ApiError 400 (invalid_json) for what is not JSON (NaN and Infinity included),
+    holds a number Python cannot hold (an integer of over 4300 digits, a float that overflows),
+    nests deeper than MAX_JSON_DEPTH, or holds a string that is not Unicode text (a lone surrogate
+    escape such as "\\ud800", which no UTF-8 encoder writes: the tokenizer, the guest or the answer
+    would fail on it)."""
     try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        body = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as exc:  # not JSON, not UTF-8, an integer of more digits than Python converts
+        raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
     except RecursionError:
         body = None
         depth_ok = False
@@ -61,6 +64,18 @@ def parse_json(data: bytes) -> Any:
     if not depth_ok:
         raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are Python's extension, not JSON: no field means anything by them.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:32]} is beyond a float's range")
+    return value
 
 
 def _check_values(body: Any) -> bool:
