@@ -169,7 +169,9 @@ class Server:
         return held
 
     def _check_capacity(self, n_runs: int) -> None:
-        """ApiError 503 when the queue is full."""
+        """ApiError 503 when the queue is full, or the server is ending its runs to shut down."""
+        if self.shutting_down:
+            raise ApiError(503, "the server is shutting down", type="server_error", code="server_shutdown")
         if self.runner.live + n_runs > self.config.workers + self.config.max_queue:
             raise ApiError(503, "the server is at capacity; retry shortly", type="server_error",
                            code="overloaded", headers={"Retry-After": "1"})

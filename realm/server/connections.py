@@ -118,6 +118,7 @@ class GuardedH11Protocol(H11Protocol):
             log.warning("closed a connection from %s to make room: %d open, none answered on this one",
                         self._address, len(mine))
             oldest._close()
+            mine.remove(oldest)  # closing: its place is free now, not when its connection_lost comes
         mine.append(self)
         return True
 
