@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from host_functions.errors import AuthError, GuestError, TenantError
+from host_functions.errors import AdapterError, AuthError, GuestError, TenantError
 from realm.sandbox.intake import MAX_MODULE_BYTES
 from realm.server.bodies import bearer_key, read_body, read_json
 from realm.server.protocol import ApiError
@@ -53,8 +53,11 @@ def is_admin(request: Request, admin_key: str | None) -> bool:
     return True
 
 
-def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes: int) -> list[Route]:
+def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes: int,
+                 check_adapter: Callable[[str], object] = lambda path: None) -> list[Route]:
     """The admin routes over `registry`, each open only to `admin_key`; JSON bodies up to max_body_bytes.
+    An adapter is bound only once `check_adapter(path)` (loading it for the served model) raised no
+    AdapterError, so one no request could load is refused here (400), not in every request naming it.
 
     Each handler runs on a worker thread (the registry is SQLite and files; binding an adapter reads
     its header, deploying compiles), given the path's parameters and the body read on the loop."""
@@ -75,6 +78,8 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
                 raise ApiError(_status_of(request), str(exc)) from None
             except GuestError as exc:
                 raise ApiError(400, str(exc), code="invalid_module") from None
+            except AdapterError as exc:
+                raise ApiError(400, str(exc), code="invalid_adapter") from None
         return endpoint
 
     def list_tenants(path: dict[str, Any], body: Any) -> Any:
@@ -127,6 +132,8 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
         if (not isinstance(body, dict) or not isinstance(body.get("path"), str) or "\0" in body["path"]
                 or isinstance(scale, bool) or not isinstance(scale, (int, float))):
             raise ApiError(400, 'the body must be {"path": FILE, "scale": number}')
+        registry.get(path["name"])
+        check_adapter(body["path"])
         binding = registry.set_lora(path["name"], body["path"], float(scale), path["alias"])
         return {"alias": path["alias"], "path": binding.path, "scale": binding.scale}
 

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from host_functions.engine.model import Model
 from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
+from host_functions.lora.adapter import load_adapter
 from realm.chat import ChatTemplate
 from realm.request.sources import for_tenant
 from realm.request.spec import RunRequest
@@ -407,7 +408,8 @@ def create_app(server: Server) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/admin/health", admin_health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *admin_routes(server.registry, server.config.admin_key, server.config.max_body_bytes),
+        *admin_routes(server.registry, server.config.admin_key, server.config.max_body_bytes,
+                      lambda path: load_adapter(path, server.model.config)),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, RealmError: _realm_error, Exception: _crash}
     return Starlette(routes=routes, exception_handlers=handlers,  # type: ignore[arg-type]
