@@ -236,6 +236,16 @@ def test_one_address_holds_a_bounded_number_of_connections_and_idle_ones_make_ro
             conn.close()
 
 
+def test_a_websocket_upgrade_is_answered_as_plain_http_within_the_guard(served):
+    for _ in range(PER_CLIENT + 2):  # more than one address's places: each upgrade must give its place back
+        conn = _connect(served)
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert conn.recv(12) == b"HTTP/1.1 200"  # not 101 Switching Protocols
+        conn.close()
+    assert httpx.get(served.url + "/health", timeout=30).status_code == 200
+
+
 # --- clean errors ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body", [

@@ -45,7 +45,9 @@ class ConnectionLimits:
 
 def uvicorn_options(limits: ConnectionLimits) -> dict[str, Any]:
     """uvicorn.Config's arguments for `limits`: its own bounds, and the guarded protocol."""
-    return {"http": guarded_protocol(limits), "timeout_keep_alive": limits.keep_alive,
+    # No WebSocket routes: without "ws": "none" uvicorn would hand an upgraded connection to another
+    # protocol, out of the guard's sight.
+    return {"http": guarded_protocol(limits), "ws": "none", "timeout_keep_alive": limits.keep_alive,
             "limit_concurrency": limits.max_connections, "h11_max_incomplete_event_size": limits.max_header_bytes}
 
 
@@ -110,6 +112,7 @@ class GuardedH11Protocol(H11Protocol):
         """Count this connection against its address; False when the address is at its bound and has
         no connection to give up."""
         mine = self.by_address.setdefault(self._address, [])
+        mine[:] = [c for c in mine if not c.transport.is_closing()]  # closed already: no place held
         if self.limits.per_client and len(mine) >= self.limits.per_client:
             waiting = [c for c in mine if c._arriving()]
             if not waiting:
