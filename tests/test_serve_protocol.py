@@ -303,3 +303,28 @@ def test_a_prompt_too_many_bytes_for_the_token_limit_is_refused_before_tokenizin
     error = refused(400, "bytes", chat, {"model": MODEL_ID, "messages": [{"role": "user", "content": fits}]}, MODEL_ID,
                     model.tokenizer, template, LIMITS)
     assert error.param == "messages"
+
+
+def test_off_loop_work_is_bounded_per_tenant_and_never_queues_another_tenant_behind_it():
+    import asyncio
+
+    from realm.server.offloop import OffLoop
+
+    release = threading.Event()
+
+    async def scenario() -> None:
+        off = OffLoop(threads=8, per_tenant=2, max_waiting=3)
+        flood = [asyncio.ensure_future(off.run_for("flood", release.wait, 60)) for _ in range(5)]  # 2 run, 3 wait
+        for _ in range(3000):  # until all five are in hand (bounded, should the count never get there)
+            if off.pending == 5:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(ApiError, match="waiting") as too_many:
+            await off.run_for("flood", release.wait, 60)
+        assert too_many.value.status == 429 and too_many.value.headers["Retry-After"] == "1"
+        assert await off.run_for("benign", lambda: "served") == "served"  # not behind the flood's queue
+        release.set()
+        assert await asyncio.gather(*flood) == [True] * 5
+        assert off.pending == 0 and await off.run_for("flood", lambda: 7) == 7
+
+    asyncio.run(scenario())

@@ -38,7 +38,7 @@ class OffLoop:
         """`fn(*args)` on a worker thread, in its turn; what it raises is raised here."""
         self.pending += 1
         try:
-            return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._threads)
+            return await self._on_thread(fn, *args)
         finally:
             self.pending -= 1
 
@@ -51,9 +51,14 @@ class OffLoop:
         if mine.statistics().tasks_waiting >= self._max_waiting:
             raise ApiError(429, "too many of this tenant's requests are waiting to be read; retry shortly",
                            type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        self.pending += 1
         try:
             async with mine:
-                return await self.run(fn, *args)
+                return await self._on_thread(fn, *args)
         finally:
+            self.pending -= 1
             if not mine.borrowed_tokens and not mine.statistics().tasks_waiting:
                 self._tenants.pop(tenant, None)  # idle: the map holds only tenants with work in hand
+
+    async def _on_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._threads)
