@@ -160,3 +160,28 @@ def test_kv_memory_budget_is_one_clear_error_when_too_small(realm):
                  "--max-tokens", "200", "--temperature", "0")
     assert full.returncode == 1 and "Traceback" not in full.stderr
     assert "KV cache memory too small" in full.stderr and "--kv-memory" in full.stderr, full.stderr
+
+
+def test_a_line_holding_raw_line_separators_stays_one_request_and_a_bad_byte_fails_only_its_line(realm, tmp_path):
+    from test_serve import marker_guest
+
+    for name in ("left", "right"):
+        (tmp_path / f"{name}.wat").write_text(marker_guest(f"guest of {name}"))
+        assert realm("tenant", "create", name).returncode == 0
+        assert realm("tenant", "deploy", name, str(tmp_path / f"{name}.wat")).returncode == 0
+    # U+2028, U+2029, U+0085 and U+001C are line breaks to str.splitlines, raw text to JSON.
+    prompts = ["one\u2028two", "three\u2029four", "five\u0085six", "seven\x1ceight"]
+    lines = [json.dumps({"tenant": "left" if i % 2 == 0 else "right", "prompt": p}, ensure_ascii=False).encode()
+             for i, p in enumerate(prompts)]
+    lines.insert(2, b'{"tenant": "left", "prompt": "bad \xff byte"}')
+    source = tmp_path / "requests.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "results.jsonl"
+    done = realm("batch", str(source), "-m", TINY, "-b", "numpy", "--out", str(out))
+    assert done.returncode == 1 and "1 of 5 requests failed" in done.stderr and "Traceback" not in done.stderr
+    results = [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n") if line]
+    assert [r["line"] for r in results] == [1, 2, 3, 4, 5]
+    assert "not UTF-8" in results[2]["error"] and results[2]["error"].startswith("line 3:")
+    served = [r for r in results if "error" not in r]
+    assert [(r["tenant"], r["text"]) for r in served] == [
+        ("left", "guest of left"), ("right", "guest of right"), ("left", "guest of left"), ("right", "guest of right")]

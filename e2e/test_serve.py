@@ -75,7 +75,7 @@ class Served:
         return subprocess.run([REALM, *args], capture_output=True, text=True, env=self.env, input=input, timeout=300)
 
     def in_flight(self) -> int:
-        return httpx.get(self.url + "/health", timeout=10).json()["in_flight"]
+        return self.admin("GET", "/admin/health").json()["in_flight"]
 
 
 def free_port() -> int:
@@ -85,13 +85,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(home: Path) -> Iterator[Served]:
-    """`realm serve` on the cpu backend with its own REALM_HOME under `home`, up and answering; stopped after."""
+def serving(home: Path, *options: str) -> Iterator[Served]:
+    """`realm serve` on the cpu backend with its own REALM_HOME under `home` (and `options`), up and
+    answering; stopped after."""
     env = {**os.environ, "REALM_HOME": str(home / "home"), "REALM_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
     port = free_port()
     log = home / "server.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([REALM, "serve", "--port", str(port), "--backend", "cpu", "--workers", "8"],
+        proc = subprocess.Popen([REALM, "serve", "--port", str(port), "--backend", "cpu", "--workers", "8", *options],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Served(f"http://127.0.0.1:{port}", env, proc, log)
     deadline = time.monotonic() + 180

@@ -92,6 +92,7 @@ def test_realm_bench_speculative_reports_each_kind_of_text_against_plain_decodin
 @pytest.mark.parametrize("args, fragment", [
     (["--speculative", "sometimes"], "expected ngram, draft:FILE or self:N"),
     (["--speculative", "draft:/no/such.gguf"], "no such draft model file"),
+    (["--speculative", "self:²"], "expected ngram, draft:FILE or self:N"),  # a digit to str.isdigit, not int()
     (["--speculative", "ngram", "--rounds", "0"], "must be at least 1"),
     (["--speculative", "ngram", "--concurrency", "1,2"], "separate benchmarks"),
 ])

@@ -100,10 +100,10 @@ def draft_opener(target: Model, backend: str, draft_files: Sequence[str | Path] 
     def open_draft(name: str) -> Model | None:
         kind, _, arg = name.partition(":")
         if kind == "self":
-            if not arg.isdigit():
+            if not (arg.isascii() and arg.isdigit()):  # "²" is a digit to str.isdigit, not to int()
                 raise RealmError(f"self-speculation is self:N with N a number of layers, got {name!r}")
             return target.first_layers(int(arg))
-        if kind == "draft" and arg and Path(arg).expanduser().resolve() in allowed:
+        if kind == "draft" and arg and "\0" not in arg and Path(arg).expanduser().resolve() in allowed:
             return load_model(arg, backend)
         return None
 

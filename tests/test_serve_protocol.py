@@ -19,11 +19,13 @@ from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import GuestRunCancelled
 from realm.sandbox.run import TenantSandbox
 from realm.server import protocol
+from realm.server.bodies import parse_json
 from realm.server.protocol import ApiError, RequestLimits
-from realm.server.ratelimit import RateLimiter
+from realm.server.ratelimit import RateLimiter, Reservation, TooLarge
 
 MODEL_ID = "tiny"
-LIMITS = RequestLimits(n_ctx=256, max_request_tokens=200, default_max_tokens=16, max_prompt_tokens=100)
+LIMITS = RequestLimits(n_ctx=256, max_request_tokens=200, default_max_tokens=16, max_prompt_tokens=100,
+                       n_vocab=32000)
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +138,48 @@ def test_request_and_token_windows_are_per_tenant_and_slide():
     assert limiter.admit("a", 2, 0) == ("requests", 15)
     now[0] = 60.0
     assert limiter.admit("a", 2, 0) is None
-    limiter.spend("c", 100)
+    assert isinstance(limiter.reserve("c", 100, 100), Reservation)
     assert limiter.admit("c", 0, 100) == ("tokens", 60)
     assert limiter.admit("c", 0, 0) is None  # 0 is unlimited
+
+
+def test_tokens_are_reserved_at_admission_and_the_unused_part_refunded():
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    first = limiter.reserve("a", 200, 300)
+    assert isinstance(first, Reservation)
+    assert limiter.reserve("a", 200, 300) == 60  # 200 more do not fit until the first leaves the window
+    assert isinstance(limiter.reserve("b", 300, 300), Reservation)  # another tenant's window is its own
+    now[0] = 10.0
+    limiter.settle(first, 50)  # it used 50 of its 200
+    second = limiter.reserve("a", 200, 300)
+    assert isinstance(second, Reservation)
+    assert limiter.reserve("a", 100, 300) == 50  # 250 held: room for 100 when the first (50) expires at 60 s
+    limiter.settle(second, 0)
+    assert isinstance(limiter.reserve("a", 250, 300), Reservation)
+    with pytest.raises(TooLarge, match="301 tokens over a limit of 300"):
+        limiter.reserve("a", 301, 300)  # can never fit, however long it waits
+    assert isinstance(limiter.reserve("a", 10**9, 0), Reservation)  # 0 is unlimited
+
+
+def test_a_reservation_settled_after_it_left_the_window_charges_nothing():
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    held = limiter.reserve("a", 100, 100)
+    assert isinstance(held, Reservation)
+    now[0] = 61.0
+    assert isinstance(limiter.reserve("a", 100, 100), Reservation)  # the first expired
+    limiter.settle(held, 100)  # a long request ends after its reservation expired
+    assert limiter.reserve("a", 1, 100) == 60
+    assert limiter.admit("a", 0, 100) == ("tokens", 60)
+
+
+def test_a_guest_that_used_more_than_it_reserved_is_charged_what_it_used():
+    limiter = RateLimiter(clock=lambda: 0.0)
+    held = limiter.reserve("a", 10, 100)
+    assert isinstance(held, Reservation)
+    limiter.settle(held, 95)
+    assert limiter.reserve("a", 10, 100) == 60 and isinstance(limiter.reserve("a", 5, 100), Reservation)
 
 
 # --- the ABI pieces serving needs ------------------------------------------------------------
@@ -194,3 +235,96 @@ def test_a_cancelled_request_ends_at_its_next_host_call_and_frees_its_sequences(
                                                    "temperature": 0}, on_text=on_text, cancel=flag)
     assert isinstance(caught.value, RequestCancelled)  # what the server answers as a cancelled request
     assert len(emitted) == 1 and caught.value.result.tokens_fed < 20
+
+
+# --- bodies and fields a client builds to crash the server -------------------------------------
+
+@pytest.mark.parametrize("data", [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' * 33 + b"1" + b"}" * 33,
+                                  b'"\\ud800"', b'{"\\udfff": 1}', b'["fine", ["\\udc80x"]]', b"\xff{}", b"{nope",
+                                  b'{"seed": ' + b"9" * 5000 + b"}", b'{"temperature": NaN}', b"[-Infinity]",
+                                  b'{"top_p": 1e999}'])
+def test_bodies_too_deep_not_unicode_or_not_json_are_400_invalid_json(data):
+    error = refused(400, "JSON|nests|Unicode", parse_json, data)
+    assert error.code == "invalid_json"
+
+
+def test_a_body_within_the_depth_with_paired_surrogates_parses():
+    assert parse_json(b'{"a": ' * 31 + b'"\\ud83d\\ude00"' + b"}" * 31) is not None
+    assert parse_json('{"prompt": "raw \u2028 and \U0001f600"}'.encode()) == {"prompt": "raw \u2028 and \U0001f600"}
+
+
+@pytest.mark.parametrize("bias", [{"32000": 1}, {"-1": 1}, {"1" * 5000: 1}, {"x": 1}, {"²": 1}])
+def test_logit_bias_ids_outside_the_vocabulary_are_400_naming_the_field(model, bias):
+    assert refused(400, "logit_bias", completion, model, max_tokens=1, logit_bias=bias).param == "logit_bias"
+    assert completion(model, max_tokens=1, logit_bias={"31999": 1}).guest_fields["logit_bias"] == {"31999": 1}
+
+
+@pytest.mark.parametrize("name", ["self:²", "self:١", "self:", "draft:/etc/hosts", "draft:\x00", "self:1\x00", 3])
+def test_speculative_is_ngram_or_self_n_in_ascii_digits(model, name):
+    assert refused(400, "speculative", completion, model, max_tokens=1, speculative=name).param == "speculative"
+    assert completion(model, max_tokens=1, speculative="self:1").guest_fields["speculative"] == "self:1"
+
+
+def test_a_request_reserves_its_prompts_and_max_tokens_for_every_choice(model):
+    spec = protocol.parse_completion({"model": MODEL_ID, "prompt": ["a b", "c"], "max_tokens": 5, "n": 3}, MODEL_ID,
+                                     model.tokenizer, LIMITS)
+    assert spec.most_tokens() == sum(spec.prompt_tokens) + 5 * 3 * 2
+
+
+def test_text_pieces_coalesce_per_choice_into_bounded_events():
+    from realm.server.app import MAX_EVENT_CHARS, _coalesced
+
+    done = RuntimeError("outcome")
+    events = [(0, "a"), (0, "b"), (1, "c"), (0, "x" * (MAX_EVENT_CHARS + 5)), (0, done), (1, "d"), (1, "e")]
+    assert list(_coalesced(events)) == [(0, "ab"), (1, "c"), (0, "x" * MAX_EVENT_CHARS), (0, "xxxxx"), (0, done),
+                                        (1, "de")]
+
+
+def test_a_draft_name_a_guest_passes_is_refused_not_a_host_crash(model):
+    from host_functions.errors import RealmError
+    from realm.models import draft_opener
+
+    open_draft = draft_opener(model, "numpy")
+    for name in ("self:²", "self:", "self:1x"):
+        with pytest.raises(RealmError, match="self:N"):
+            open_draft(name)
+    assert open_draft("draft:a\x00b") is None and open_draft("\x00") is None
+
+
+def test_a_prompt_too_many_bytes_for_the_token_limit_is_refused_before_tokenizing(model):
+    longest = protocol.max_token_bytes(model.tokenizer)
+    assert all(len(model.tokenizer.token_bytes(i)) <= longest for i in model.tokenizer.encode("Once upon a time"))
+    fits = "a" * (2 * LIMITS.max_prompt_tokens * longest)  # might hold few enough tokens: it is tokenized (and counted)
+    refused(400, "tokens", completion, model, prompt=fits, max_tokens=1)  # too long, found by tokenizing
+    error = refused(400, r"bytes, more than 100 tokens", completion, model, prompt=fits + "a", max_tokens=1)
+    assert error.code == "prompt_too_long" and error.param == "prompt"
+    chat = protocol.parse_chat
+    template = load_chat_template(model.tokenizer, model.config.arch, "chatml")
+    error = refused(400, "bytes", chat, {"model": MODEL_ID, "messages": [{"role": "user", "content": fits}]}, MODEL_ID,
+                    model.tokenizer, template, LIMITS)
+    assert error.param == "messages"
+
+
+def test_off_loop_work_is_bounded_per_tenant_and_never_queues_another_tenant_behind_it():
+    import asyncio
+
+    from realm.server.offloop import OffLoop
+
+    release = threading.Event()
+
+    async def scenario() -> None:
+        off = OffLoop(threads=8, per_tenant=2, max_waiting=3)
+        flood = [asyncio.ensure_future(off.run_for("flood", release.wait, 60)) for _ in range(5)]  # 2 run, 3 wait
+        for _ in range(3000):  # until all five are in hand (bounded, should the count never get there)
+            if off.pending == 5:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(ApiError, match="waiting") as too_many:
+            await off.run_for("flood", release.wait, 60)
+        assert too_many.value.status == 429 and too_many.value.headers["Retry-After"] == "1"
+        assert await off.run_for("benign", lambda: "served") == "served"  # not behind the flood's queue
+        release.set()
+        assert await asyncio.gather(*flood) == [True] * 5
+        assert off.pending == 0 and await off.run_for("flood", lambda: 7) == 7
+
+    asyncio.run(scenario())

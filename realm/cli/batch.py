@@ -5,8 +5,9 @@ Each input line is one JSON object: `prompt`, the sampling fields of `realm run`
 optionally `tenant` (a registered tenant: its deployed guest and limits; default the reference
 guest under default limits). Results are JSON lines in input order: `text`, `finish_reason`,
 `prompt_tokens`, `completion_tokens`, `ttft_ms` (until the guest's first text), `total_ms`; or
-`error`. A line that is not a request, and a request that fails, get an error of their own; the
-rest run. Exit status 1 if any line failed. (A line's fields: realm.request.sources.from_batch_line.)
+`error`. Lines end at "\n" only (a raw U+2028 or U+2029 inside a JSON string is text). A line that
+is not UTF-8 or not a request, and a request that fails, get an error of their own; the rest run.
+Exit status 1 if any line failed. (A line's fields: realm.request.sources.from_batch_line.)
 """
 
 from __future__ import annotations
@@ -46,18 +47,20 @@ def batch(requests_file: Path, model_path: str | None, backend: str, kv_memory: 
           concurrency: int, show_stats: bool) -> None:
     """Run every request of REQUESTS.jsonl concurrently; one JSON result line per request, in order."""
     try:
-        lines = requests_file.read_bytes().decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        # Lines end at b"\n" only: str.splitlines would also split at U+2028, U+2029 and other
+        # characters JSON strings may hold raw, and attribute the halves to the wrong lines.
+        lines = requests_file.read_bytes().split(b"\n")
+    except OSError as exc:
         raise RealmError(f"cannot read {requests_file}: {exc}") from None
     if out_file is not None and not out_file.parent.is_dir():
         raise RealmError(f"cannot write {out_file}: no such directory")
     results: dict[int, dict[str, Any]] = {}
     jobs: list[tuple[int, RunRequest]] = []
-    for number, text in enumerate(lines, 1):
-        if not text.strip():
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         try:
-            jobs.append((number, from_batch_line(text)))
+            jobs.append((number, from_batch_line(_decoded(raw))))
         except RealmError as exc:
             results[number] = {"line": number, "error": f"line {number}: {exc}"}
     model = load_with_progress(model_path, backend, kv_memory)
@@ -87,6 +90,14 @@ def batch(requests_file: Path, model_path: str | None, backend: str, kv_memory: 
     if failed:
         stderr.print(f"{failed} of {len(results)} requests failed", highlight=False)
         raise SystemExit(1)
+
+
+def _decoded(raw: bytes) -> str:
+    """A line as text; RealmError (that line's error) if it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RealmError(f"not UTF-8 text: byte {exc.start} of the line is {raw[exc.start]:#04x}") from None
 
 
 def _run(model: Model, line: int, request: RunRequest) -> dict[str, Any]:

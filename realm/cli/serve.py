@@ -13,8 +13,11 @@ from realm.chat import load_chat_template
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_options
 from realm.server import Server, ServerConfig, create_app
+from realm.server.connections import ConnectionLimits, uvicorn_options
+from realm.server.shutdown import GRACE_S, DrainingServer
 
 _DEFAULTS = ServerConfig()
+_SLOW = ConnectionLimits()
 
 
 @main.command()
@@ -46,19 +49,31 @@ _DEFAULTS = ServerConfig()
                    "and /metrics are off.")
 @click.option("--drain-timeout", default=60, show_default=True, type=click.IntRange(0),
               help="Seconds SIGTERM waits for in-flight requests before cancelling them.")
+@click.option("--header-timeout", default=_SLOW.header_timeout, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a connection may take to send a request's headers; then it is closed.")
+@click.option("--body-timeout", default=_SLOW.body_timeout, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a request may take to send its body after its headers; then it is closed.")
+@click.option("--max-connections", default=_SLOW.max_connections, show_default=True, type=click.IntRange(1),
+              help="Connections in all; requests beyond get 503.")
+@click.option("--max-connections-per-client", default=_SLOW.per_client, show_default=True,
+              type=click.IntRange(0), help="Connections of one client address; 0 is no bound.")
 def serve(host: str, port: int, model_path: str | None, backend: str, chat_template: str | None, workers: int,
           max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
-          requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int) -> None:
+          requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int,
+          header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
     config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
                           requests_per_minute, tokens_per_minute, _admin_key(admin_key_file))
+    slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
+                            per_client=max_connections_per_client)
     model = load_with_progress(model_path, backend)
     template = load_chat_template(model.tokenizer, model.config.arch, chat_template)
     server = Server(model, template, config)
     click.echo(f"realm: starting on http://{host}:{port} with {server.model_id} ({model.backend.name}, "
                f"chat template {template.source})", err=True)
-    uv = uvicorn.Server(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
-                                       timeout_graceful_shutdown=drain_timeout, log_level="info"))
+    uv = DrainingServer(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
+                                       timeout_graceful_shutdown=drain_timeout + GRACE_S, log_level="info",
+                                       **uvicorn_options(slow)), server, drain_timeout)
     try:
         # Returns after SIGINT/SIGTERM once in-flight requests drained (or the timeout passed);
         # a port it cannot bind is one uvicorn error line and exit status 3.

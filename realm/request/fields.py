@@ -78,7 +78,8 @@ def speculative_drafts(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
     kind, _, arg = value.partition(":") if isinstance(value, str) else ("", "", "")
-    if not (value == "ngram" or (kind == "self" and arg.isdigit()) or (kind == "draft" and arg)):
+    if not (value == "ngram" or (kind == "self" and arg.isascii() and arg.isdigit())
+            or (kind == "draft" and arg and "\0" not in arg)):
         raise MalformedField("speculative", f"expected {SPECULATIVE_FORMS}, got {value!r}")
     if kind == "draft" and not Path(arg).expanduser().is_file():
         raise MalformedField("speculative", f"no such draft model file: {arg}")

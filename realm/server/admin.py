@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from host_functions.errors import AuthError, GuestError, TenantError
+from host_functions.errors import AdapterError, AuthError, GuestError, TenantError
 from realm.sandbox.intake import MAX_MODULE_BYTES
 from realm.server.bodies import bearer_key, read_body, read_json
 from realm.server.protocol import ApiError
@@ -44,26 +44,48 @@ def require_admin(request: Request, admin_key: str | None) -> None:
         raise ApiError(401, "invalid admin key", code="invalid_api_key")
 
 
-def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes: int) -> list[Route]:
-    """The admin routes over `registry`, each open only to `admin_key`; JSON bodies up to max_body_bytes."""
+def is_admin(request: Request, admin_key: str | None) -> bool:
+    """Whether the request carries the admin key (False when the server has none)."""
+    try:
+        require_admin(request, admin_key)
+    except ApiError:
+        return False
+    return True
 
-    def admin(handler: Callable[[Request], Awaitable[Any]],
-              status: int = 200) -> Callable[[Request], Awaitable[Response]]:
+
+def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes: int,
+                 check_adapter: Callable[[str], object] = lambda path: None) -> list[Route]:
+    """The admin routes over `registry`, each open only to `admin_key`; JSON bodies up to max_body_bytes.
+    An adapter is bound only once `check_adapter(path)` (loading it for the served model) raised no
+    AdapterError, so one no request could load is refused here (400), not in every request naming it.
+
+    Each handler runs on a worker thread (the registry is SQLite and files; binding an adapter reads
+    its header, deploying compiles), given the path's parameters and the body read on the loop."""
+
+    def admin(handler: Callable[[dict[str, Any], Any], Any], status: int = 200,
+              body: str | None = None) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             require_admin(request, admin_key)
+            data: Any = None
+            if body == "json":
+                data = await read_json(request, max_body_bytes)
+            elif body == "module":
+                data = await read_body(request, MAX_MODULE_BYTES)
             try:
-                return JSONResponse(await handler(request), status_code=status)
+                return JSONResponse(await run_in_threadpool(handler, dict(request.path_params), data),
+                                    status_code=status)
             except TenantError as exc:
                 raise ApiError(_status_of(request), str(exc)) from None
             except GuestError as exc:
                 raise ApiError(400, str(exc), code="invalid_module") from None
+            except AdapterError as exc:
+                raise ApiError(400, str(exc), code="invalid_adapter") from None
         return endpoint
 
-    async def list_tenants(request: Request) -> Any:
+    def list_tenants(path: dict[str, Any], body: Any) -> Any:
         return {"data": [t.as_json() for t in registry.list()]}
 
-    async def create_tenant(request: Request) -> Any:
-        body = await read_json(request, max_body_bytes)
+    def create_tenant(path: dict[str, Any], body: Any) -> Any:
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise ApiError(400, 'the body must be {"name": ..., "limits": {...}}')
         limits = body.get("limits") or {}
@@ -71,69 +93,66 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
             raise ApiError(400, "limits must be an object of limit name -> number")
         return registry.create(body["name"], parse_limits({k: str(v) for k, v in limits.items()})).as_json()
 
-    async def show_tenant(request: Request) -> Any:
-        return registry.get(request.path_params["name"]).as_json()
+    def show_tenant(path: dict[str, Any], body: Any) -> Any:
+        return registry.get(path["name"]).as_json()
 
-    async def delete_tenant(request: Request) -> Any:
-        registry.delete(request.path_params["name"])
-        return {"deleted": request.path_params["name"]}
+    def delete_tenant(path: dict[str, Any], body: Any) -> Any:
+        registry.delete(path["name"])
+        return {"deleted": path["name"]}
 
-    async def deploy(request: Request) -> Any:
-        data = await read_body(request, MAX_MODULE_BYTES)
-        # Compiling a module takes a while: off the event loop.
-        return (await run_in_threadpool(registry.deploy, request.path_params["name"], data)).as_json()
+    def deploy(path: dict[str, Any], body: Any) -> Any:
+        return registry.deploy(path["name"], body).as_json()
 
-    async def create_key(request: Request) -> Any:
-        record, key = registry.create_key(request.path_params["name"])
+    def create_key(path: dict[str, Any], body: Any) -> Any:
+        record, key = registry.create_key(path["name"])
         return {**record.as_json(), "key": key}
 
-    async def list_keys(request: Request) -> Any:
-        return {"data": [k.as_json() for k in registry.list_keys(request.path_params["name"])]}
+    def list_keys(path: dict[str, Any], body: Any) -> Any:
+        return {"data": [k.as_json() for k in registry.list_keys(path["name"])]}
 
-    async def revoke_key(request: Request) -> Any:
-        return registry.revoke_key(request.path_params["name"], request.path_params["key_id"]).as_json()
+    def revoke_key(path: dict[str, Any], body: Any) -> Any:
+        return registry.revoke_key(path["name"], path["key_id"]).as_json()
 
-    async def show_rates(request: Request) -> Any:
-        registry.get(request.path_params["name"])
-        return registry.rate_limits(request.path_params["name"]).as_json()
+    def show_rates(path: dict[str, Any], body: Any) -> Any:
+        registry.get(path["name"])
+        return registry.rate_limits(path["name"]).as_json()
 
-    async def set_rates(request: Request) -> Any:
-        body = await read_json(request, max_body_bytes)
+    def set_rates(path: dict[str, Any], body: Any) -> Any:
         names = set(RateLimits().as_json())
         if not isinstance(body, dict) or not set(body) <= names:
             raise ApiError(400, f"the body must be an object with {' and/or '.join(sorted(names))}")
-        return registry.set_rate_limits(request.path_params["name"], RateLimits(**body)).as_json()
+        return registry.set_rate_limits(path["name"], RateLimits(**body)).as_json()
 
-    async def list_adapters(request: Request) -> Any:
-        bound = registry.adapters(request.path_params["name"])
+    def list_adapters(path: dict[str, Any], body: Any) -> Any:
+        bound = registry.adapters(path["name"])
         return {"data": [{"alias": alias, "path": b.path, "scale": b.scale} for alias, b in bound.items()]}
 
-    async def bind_adapter(request: Request) -> Any:
-        body = await read_json(request, max_body_bytes)
+    def bind_adapter(path: dict[str, Any], body: Any) -> Any:
         scale = body.get("scale", 1.0) if isinstance(body, dict) else None
-        if (not isinstance(body, dict) or not isinstance(body.get("path"), str) or isinstance(scale, bool)
-                or not isinstance(scale, (int, float))):
+        if (not isinstance(body, dict) or not isinstance(body.get("path"), str) or "\0" in body["path"]
+                or isinstance(scale, bool) or not isinstance(scale, (int, float))):
             raise ApiError(400, 'the body must be {"path": FILE, "scale": number}')
-        binding = registry.set_lora(request.path_params["name"], body["path"], float(scale),
-                                    request.path_params["alias"])
-        return {"alias": request.path_params["alias"], "path": binding.path, "scale": binding.scale}
+        registry.get(path["name"])
+        check_adapter(body["path"])
+        binding = registry.set_lora(path["name"], body["path"], float(scale), path["alias"])
+        return {"alias": path["alias"], "path": binding.path, "scale": binding.scale}
 
-    async def unbind_adapter(request: Request) -> Any:
-        return {"unbound": registry.unset_lora(request.path_params["name"], request.path_params["alias"])}
+    def unbind_adapter(path: dict[str, Any], body: Any) -> Any:
+        return {"unbound": registry.unset_lora(path["name"], path["alias"])}
 
     return [
         Route("/admin/tenants", admin(list_tenants), methods=["GET"]),
-        Route("/admin/tenants", admin(create_tenant, 201), methods=["POST"]),
+        Route("/admin/tenants", admin(create_tenant, 201, "json"), methods=["POST"]),
         Route("/admin/tenants/{name}", admin(show_tenant), methods=["GET"]),
         Route("/admin/tenants/{name}", admin(delete_tenant), methods=["DELETE"]),
-        Route("/admin/tenants/{name}/guest", admin(deploy), methods=["PUT"]),
+        Route("/admin/tenants/{name}/guest", admin(deploy, body="module"), methods=["PUT"]),
         Route("/admin/tenants/{name}/keys", admin(create_key, 201), methods=["POST"]),
         Route("/admin/tenants/{name}/keys", admin(list_keys), methods=["GET"]),
         Route("/admin/tenants/{name}/keys/{key_id}", admin(revoke_key), methods=["DELETE"]),
         Route("/admin/tenants/{name}/rate-limits", admin(show_rates), methods=["GET"]),
-        Route("/admin/tenants/{name}/rate-limits", admin(set_rates), methods=["PUT"]),
+        Route("/admin/tenants/{name}/rate-limits", admin(set_rates, body="json"), methods=["PUT"]),
         Route("/admin/tenants/{name}/adapters", admin(list_adapters), methods=["GET"]),
-        Route("/admin/tenants/{name}/adapters/{alias}", admin(bind_adapter), methods=["PUT"]),
+        Route("/admin/tenants/{name}/adapters/{alias}", admin(bind_adapter, body="json"), methods=["PUT"]),
         Route("/admin/tenants/{name}/adapters/{alias}", admin(unbind_adapter), methods=["DELETE"]),
     ]
 

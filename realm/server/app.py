@@ -10,38 +10,45 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from host_functions.engine.model import Model
 from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
+from host_functions.lora.adapter import load_adapter
 from realm.chat import ChatTemplate
 from realm.request.sources import for_tenant
+from realm.request.spec import RunRequest
 from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import LOG_ERROR, GuestRunFailed, RunResult
 from realm.server import protocol
-from realm.server.admin import admin_routes, require_admin
-from realm.server.bodies import bearer_key, read_json
+from realm.server.admin import admin_routes, is_admin, require_admin
+from realm.server.bodies import bearer_key, parse_json, read_body
+from realm.server.connections import reject_ambiguous_framing
 from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
+from realm.server.offloop import OffLoop
 from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
-from realm.server.ratelimit import RateLimiter
+from realm.server.ratelimit import RateLimiter, Reservation, TooLarge
 from realm.server.runner import GuestRun, Runner
-from realm.tenants import Tenant, TenantRegistry
+from realm.tenants import RateLimits, Tenant, TenantRegistry
 
 log = logging.getLogger("realm.server")
 # What a run sends its request's stream: (choice index, a piece of text, or the run's outcome at its end).
 _RunEvent = tuple[int, str | RunResult | Exception]
 _DISCONNECT_POLL_S = 0.1
+MAX_EVENT_CHARS = 16384  # text in one SSE event; more waiting at once goes in several
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class Server:
         self.model_id = model.path.stem
         self.runner = Runner(model, config.workers)
         self.limiter = RateLimiter()
+        self.off_loop = OffLoop()
+        self.shutting_down = False  # set when the drain timeout ends the runs still going
         self.metrics = ServerMetrics()
         self.metrics.watch_engine(lambda: engine_stats(model))
         self.created = protocol.now()
@@ -77,80 +86,132 @@ class Server:
     # -- auth ----------------------------------------------------------------------------------
 
     def tenant(self, request: Request) -> Tenant:
-        """The tenant whose key the request carries; ApiError 401 otherwise."""
+        """The tenant whose key the request carries; ApiError 401 otherwise. Reads the registry: call
+        it off the event loop."""
         try:
             return self.registry.tenant_for_key(bearer_key(request))
         except AuthError as exc:
             raise ApiError(401, str(exc), code="invalid_api_key") from None
 
+    def _identify(self, request: Request) -> tuple[Tenant, RateLimits]:
+        tenant = self.tenant(request)
+        return tenant, self.registry.rate_limits(tenant.name)
+
     def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
         n_ctx = min(self.model.config.context_length, tenant.limits.max_context)
         n_ctx = min(n_ctx, self.config.ctx_size) if self.config.ctx_size else n_ctx
         return protocol.RequestLimits(n_ctx, tenant.limits.max_tokens, self.config.default_max_tokens,
-                                      self.config.max_prompt_tokens or n_ctx)
+                                      self.config.max_prompt_tokens or n_ctx, self.model.config.n_vocab)
 
     # -- generation ----------------------------------------------------------------------------
 
     async def generate(self, request: Request, kind: str) -> Response:
-        """Serve one completion ("completion") or chat ("chat") request; ApiError for refusals."""
+        """Serve one completion ("completion") or chat ("chat") request; ApiError for refusals.
+
+        In order: the key (401), the request rate (429), the body (413), then, off the event loop,
+        the body's checks, its tokens and the tenant's guest (400), the token rate (400 for a request
+        that never fits, else 429) and the queue (503). Only the body's bytes are read on the loop.
+        """
         started = time.perf_counter()
-        tenant_name = ""
+        tenant_name, held = "", None
         try:
-            tenant = self.tenant(request)
+            tenant, rates = await self.off_loop.run(self._identify, request)
             tenant_name = tenant.name
-            body = await read_json(request, self.config.max_body_bytes)
-            limits = self.request_limits(tenant)
-            tok = self.model.tokenizer
-            spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
-                    else protocol.parse_completion(body, self.model_id, tok, limits))
-            self._admit(tenant, len(spec.prompts) * spec.n)
-            base = for_tenant(self.registry, tenant, {})  # its guest and adapters now, for every choice
-            # the guest's sequences are set up for the request's context (LongRoPE's factors depend on it)
-            base = dataclasses.replace(base, limits=dataclasses.replace(base.limits, max_context=limits.n_ctx))
+            self._admit(tenant, rates)
+            data = await read_body(request, self.config.max_body_bytes)
+            spec, base = await self.off_loop.run_for(tenant.name, self._prepare, tenant, kind, data)
+            held = self._reserve(tenant, rates, spec)
+            self._check_capacity(len(spec.prompts) * spec.n)
         except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
+            if held is not None:
+                self.limiter.settle(held, 0)
             self.finished(tenant_name, kind, exc.status, started)
             raise
         runs = [(index, self.runner.start(dataclasses.replace(base, fields=fields)))
                 for index, fields in spec.guest_requests()]
-        call = _Call(self, tenant.name, kind, spec, runs, started)
+        call = _Call(self, tenant.name, kind, spec, runs, started, held)
         if spec.stream:
             return StreamingResponse(call.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await call.complete(request)
 
-    def _admit(self, tenant: Tenant, n_runs: int) -> None:
-        """ApiError 503 when the queue is full, 429 when the tenant is over its rate; else count it."""
+    def _prepare(self, tenant: Tenant, kind: str, data: bytes) -> tuple[GenerationSpec, RunRequest]:
+        """The checked request and the tenant's guest, adapters and limits for it (on a worker thread)."""
+        body = parse_json(data)
+        limits = self.request_limits(tenant)
+        tok = self.model.tokenizer
+        spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
+                else protocol.parse_completion(body, self.model_id, tok, limits))
+        base = for_tenant(self.registry, tenant, {})  # its guest and adapters now, for every choice
+        # the guest's sequences are set up for the request's context (LongRoPE's factors depend on it)
+        base = dataclasses.replace(base, limits=dataclasses.replace(base.limits, max_context=limits.n_ctx))
+        lora = spec.guest_fields.get("lora")
+        if lora is not None and (not isinstance(lora, str) or lora not in base.adapters):
+            raise protocol.bad_request(f"lora: no adapter is bound as {str(lora)[:64]!r} for this tenant", "lora")
+        return spec, base
+
+    def _admit(self, tenant: Tenant, rates: RateLimits) -> None:
+        """ApiError 429 when the tenant is over its request rate (or its tokens are spoken for); else
+        count the request."""
+        refused = self.limiter.admit(tenant.name, _rate(rates.requests_per_minute, self.config.requests_per_minute),
+                                     _rate(rates.tokens_per_minute, self.config.tokens_per_minute))
+        if refused is not None:
+            which, wait = refused
+            raise _over_rate(tenant.name, which, wait)
+
+    def _reserve(self, tenant: Tenant, rates: RateLimits, spec: GenerationSpec) -> Reservation:
+        """Hold the most tokens the request may use (prompts plus max_tokens for every choice) in the
+        tenant's window: 400 when that is more than its per-minute limit, 429 when it does not fit now."""
+        limit = _rate(rates.tokens_per_minute, self.config.tokens_per_minute)
+        try:
+            held = self.limiter.reserve(tenant.name, spec.most_tokens(), limit)
+        except TooLarge as exc:
+            raise ApiError(400, f"the request may use {exc.tokens} tokens (prompt + max_tokens for each choice), "
+                                f"over tenant {tenant.name!r}'s limit of {exc.limit} tokens per minute",
+                           type="invalid_request_error", param="max_tokens", code="tokens_per_minute") from None
+        if isinstance(held, int):
+            raise _over_rate(tenant.name, "tokens", held)
+        return held
+
+    def _check_capacity(self, n_runs: int) -> None:
+        """ApiError 503 when the queue is full, or the server is ending its runs to shut down."""
+        if self.shutting_down:
+            raise ApiError(503, "the server is shutting down", type="server_error", code="server_shutdown")
         if self.runner.live + n_runs > self.config.workers + self.config.max_queue:
             raise ApiError(503, "the server is at capacity; retry shortly", type="server_error",
                            code="overloaded", headers={"Retry-After": "1"})
-        rates = self.registry.rate_limits(tenant.name)
-        refused = self.limiter.admit(
-            tenant.name,
-            self.config.requests_per_minute if rates.requests_per_minute is None else rates.requests_per_minute,
-            self.config.tokens_per_minute if rates.tokens_per_minute is None else rates.tokens_per_minute)
-        if refused is not None:
-            which, wait = refused
-            raise ApiError(429, f"tenant {tenant.name!r} is over its {which}-per-minute limit; retry in {wait} s",
-                           type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
 
     def finished(self, tenant: str, kind: str, status: int, started: float,
-                 choices: Sequence[ChoiceResult] = (), prompt_tokens: int = 0) -> None:
-        """Account one request: metrics and the tenant's token window."""
+                 choices: Sequence[ChoiceResult] = (), prompt_tokens: int = 0, held: Reservation | None = None,
+                 whole: bool = True) -> None:
+        """Account one request: metrics, and its tokens settled in the tenant's window (what it used;
+        all it reserved when it did not finish, since what a cut run used is not known)."""
         completion = sum(c.completion_tokens for c in choices)
         self.metrics.requests.labels(tenant, kind, str(status)).inc()
         self.metrics.latency.labels(tenant, kind).observe(time.perf_counter() - started)
         self.metrics.tokens.labels(tenant, "prompt").inc(prompt_tokens)
         self.metrics.tokens.labels(tenant, "completion").inc(completion)
-        self.limiter.spend(tenant, prompt_tokens + completion)
+        if held is not None and whole:
+            self.limiter.settle(held, prompt_tokens + completion)
+
+
+def _rate(own: int | None, default: int) -> int:
+    """A tenant's own rate limit, else the server's."""
+    return default if own is None else own
+
+
+def _over_rate(tenant: str, which: str, wait: int) -> ApiError:
+    return ApiError(429, f"tenant {tenant!r} is over its {which}-per-minute limit; retry in {wait} s",
+                    type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
 
 
 class _Call:
     """One generation request in flight: its runs and how their outcomes become the response."""
 
     def __init__(self, server: Server, tenant: str, kind: str, spec: GenerationSpec,
-                 runs: list[tuple[int, GuestRun]], started: float) -> None:
+                 runs: list[tuple[int, GuestRun]], started: float, held: Reservation) -> None:
         self.server, self.tenant, self.kind, self.spec, self.runs = server, tenant, kind, spec, runs
-        self.started = started
+        self.started, self.held = started, held
         self.rid, self.created = protocol.new_id(spec.kind), protocol.now()
         self.first_text: float | None = None
         self.results: list[ChoiceResult] = []
@@ -168,6 +229,13 @@ class _Call:
         reason = "stop" if result.finish_reason in (None, "stop") else "length"
         return ChoiceResult(index, result.text, reason, prompt, completion, result.logprobs)
 
+    def failure(self, exc: Exception) -> ApiError:
+        """The client's error for a run that raised `exc`; a run the server's shutdown ended says so."""
+        if isinstance(exc, RequestCancelled) and self.server.shutting_down:
+            return ApiError(503, "the server is shutting down: this answer is incomplete", type="server_error",
+                            code="server_shutdown")
+        return guest_failure(exc) if isinstance(exc, RealmError) else _internal(exc)
+
     def prompt_tokens(self) -> int:
         return protocol.usage(self.spec, self.results)["prompt_tokens"]
 
@@ -180,7 +248,8 @@ class _Call:
         for _, run in self.runs:
             run.cancel.set()  # no-op for finished runs; ends abandoned ones at their next host call
         self.server.metrics.in_flight.labels(self.tenant).dec()
-        self.server.finished(self.tenant, self.kind, status, self.started, self.results, self.prompt_tokens())
+        self.server.finished(self.tenant, self.kind, status, self.started, self.results, self.prompt_tokens(),
+                             self.held, whole=len(self.results) == len(self.runs))
 
     async def complete(self, request: Request) -> Response:
         """Wait for every choice (cancelling them if the client leaves) and answer in one object."""
@@ -209,7 +278,7 @@ class _Call:
                 try:
                     return waiting.result()
                 except RealmError as exc:
-                    raise guest_failure(exc) from None
+                    raise self.failure(exc) from None
             if await request.is_disconnected():
                 raise RequestCancelled("the client disconnected")
 
@@ -223,23 +292,23 @@ class _Call:
             for index, _ in self.runs:
                 yield _sse(protocol.chunk(spec, self.rid, self.created, index, first=True))
             while pending:
-                index, item = await queue.get()
-                if isinstance(item, str):
-                    self.text_arrived()
-                    yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item))
-                    continue
-                pending -= 1
-                if isinstance(item, Exception):
-                    error = guest_failure(item) if isinstance(item, RealmError) else _internal(item)
-                    status = error.status
-                    yield _sse(error.body())
-                    return
-                choice = self.choice(index, item)
-                self.results.append(choice)
-                logprobs = (protocol.format_logprobs(spec, choice.logprobs, tokenizer)
-                            if spec.top_logprobs is not None else None)
-                yield _sse(protocol.chunk(spec, self.rid, self.created, index,
-                                          finish_reason=choice.finish_reason, logprobs=logprobs))
+                for index, item in _coalesced(await _all_ready(queue)):
+                    if isinstance(item, str):
+                        self.text_arrived()
+                        yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item))
+                        continue
+                    pending -= 1
+                    if isinstance(item, Exception):
+                        error = self.failure(item)
+                        status = error.status
+                        yield _sse(error.body())
+                        return
+                    choice = self.choice(index, item)
+                    self.results.append(choice)
+                    logprobs = (protocol.format_logprobs(spec, choice.logprobs, tokenizer)
+                                if spec.top_logprobs is not None else None)
+                    yield _sse(protocol.chunk(spec, self.rid, self.created, index,
+                                              finish_reason=choice.finish_reason, logprobs=logprobs))
             if spec.include_usage:
                 yield _sse(protocol.usage_chunk(spec, self.rid, self.created, self.results))
             yield "data: [DONE]\n\n"
@@ -261,6 +330,26 @@ async def _pump(index: int, run: GuestRun, queue: asyncio.Queue[_RunEvent]) -> N
     except Exception as exc:  # noqa: BLE001  the outcome is reported to the client by events()
         outcome = exc
     queue.put_nowait((index, outcome))
+
+
+async def _all_ready(queue: asyncio.Queue[_RunEvent]) -> list[_RunEvent]:
+    """The next event and every one already queued behind it."""
+    ready = [await queue.get()]
+    while not queue.empty():
+        ready.append(queue.get_nowait())
+    return ready
+
+
+def _coalesced(events: list[_RunEvent]) -> Iterator[_RunEvent]:
+    """`events` with each run of one choice's text pieces joined, and cut into pieces of at most
+    MAX_EVENT_CHARS: one SSE event per batch of text however the guest emitted it, none unbounded."""
+    for (index, is_text), group in itertools.groupby(events, key=lambda e: (e[0], isinstance(e[1], str))):
+        if not is_text:
+            yield from group
+            continue
+        joined = "".join(str(item) for _, item in group)
+        for start in range(0, len(joined), MAX_EVENT_CHARS):
+            yield index, joined[start:start + MAX_EVENT_CHARS]
 
 
 def _sse(obj: dict[str, Any]) -> str:
@@ -297,12 +386,20 @@ def create_app(server: Server) -> Starlette:
         return await server.generate(request, "chat")
 
     async def models(request: Request) -> Response:
-        server.tenant(request)
+        await server.off_loop.run(server.tenant, request)
         return JSONResponse({"object": "list", "data": [
             {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "realm"}]})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": server.model_id, "in_flight": server.runner.live})
+        # Liveness for anyone; what the server is doing only for the admin (in flight, per tenant).
+        if not is_admin(request, server.config.admin_key):
+            return JSONResponse({"status": "ok"})
+        return await admin_health(request)
+
+    async def admin_health(request: Request) -> Response:
+        require_admin(request, server.config.admin_key)
+        return JSONResponse({"status": "ok", "model": server.model_id, "in_flight": server.runner.live,
+                             "preparing": server.off_loop.pending, "shutting_down": server.shutting_down})
 
     async def metrics(request: Request) -> Response:
         require_admin(request, server.config.admin_key)
@@ -313,11 +410,14 @@ def create_app(server: Server) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/admin/health", admin_health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *admin_routes(server.registry, server.config.admin_key, server.config.max_body_bytes),
+        *admin_routes(server.registry, server.config.admin_key, server.config.max_body_bytes,
+                      lambda path: load_adapter(path, server.model.config)),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, RealmError: _realm_error, Exception: _crash}
-    return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    return Starlette(routes=routes, exception_handlers=handlers,  # type: ignore[arg-type]
+                     middleware=[Middleware(reject_ambiguous_framing)])
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:

@@ -9,6 +9,7 @@ sampling fields the client leaves out keep the host sampler's (llama.cpp's) defa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -66,6 +67,10 @@ class GenerationSpec:
     top_logprobs: int | None  # None: no logprobs asked for
     guest_fields: dict[str, Any] = field(default_factory=dict)  # sampling and extra fields
 
+    def most_tokens(self) -> int:
+        """The most tokens the request may use: each prompt, and max_tokens for every choice."""
+        return sum(self.prompt_tokens) + self.max_tokens * self.n * len(self.prompts)
+
     def guest_requests(self) -> list[tuple[int, dict[str, Any]]]:
         """(choice index, guest request) for every choice: prompts x n, seeds spread over choices."""
         out = []
@@ -88,6 +93,7 @@ class RequestLimits:
     max_request_tokens: int  # the tenant's max_tokens (prompt + completion, per choice)
     default_max_tokens: int  # a chat request that sets no max_tokens
     max_prompt_tokens: int
+    n_vocab: int  # token ids a request may name (logit_bias) are 0..n_vocab-1
 
 
 def parse_completion(body: Any, model_id: str, tokenizer: Tokenizer, limits: RequestLimits) -> GenerationSpec:
@@ -109,7 +115,7 @@ def parse_completion(body: Any, model_id: str, tokenizer: Tokenizer, limits: Req
     logprobs = body.get("logprobs")
     if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS):
         raise bad_request(f"logprobs must be an integer 0..{MAX_COMPLETION_LOGPROBS} or null", "logprobs")
-    counts = tuple(len(tokenizer.encode(p)) for p in prompts)
+    counts = tuple(count_tokens(tokenizer, p, limits.max_prompt_tokens, "prompt") for p in prompts)
     return _spec("completion", body, model_id, prompts, counts, logprobs, limits, default_max_tokens=16)
 
 
@@ -136,10 +142,30 @@ def parse_chat(body: Any, model_id: str, tokenizer: Tokenizer, template: ChatTem
         raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
     if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
         body = {**body, "max_tokens": body["max_completion_tokens"]}
-    count = len(tokenizer.encode(prompt, parse_special=True))
+    count = count_tokens(tokenizer, prompt, limits.max_prompt_tokens, "messages", parse_special=True)
     spec = _spec("chat", body, model_id, (prompt,), (count,), top, limits, limits.default_max_tokens)
     # The rendered turn markers are special tokens, not text.
     return dataclasses.replace(spec, guest_fields={**spec.guest_fields, "special": True})
+
+
+def count_tokens(tokenizer: Tokenizer, text: str, limit: int, param: str, parse_special: bool = False) -> int:
+    """The tokens of `text`, BOS included; ApiError 400 (prompt_too_long) without tokenizing when the
+    text has more bytes than `limit` tokens could cover (tokenizing is the client's time: a 1 MiB
+    prompt takes seconds, to find it too long)."""
+    size = len(text.encode("utf-8"))
+    # A token covers at most max_token_bytes of text; twice that allows for any normalizing.
+    if size > limit and size > 2 * limit * max_token_bytes(tokenizer):
+        raise bad_request(f"the prompt is {size} bytes, more than {limit} tokens (this server's limit) can hold",
+                          param, "prompt_too_long")
+    return len(tokenizer.encode(text, parse_special=parse_special))
+
+
+@functools.lru_cache(maxsize=4)
+def max_token_bytes(tokenizer: Tokenizer) -> int:
+    """The most bytes of text one token of `tokenizer` stands for (its text, or its spelling for a
+    special token that parse_special matches); a walk over the vocabulary, once per tokenizer."""
+    return max(max(len(tokenizer.piece(i).encode()), len(tokenizer.token_bytes(i)))
+               for i in range(tokenizer.vocab_size))
 
 
 def _spec(kind: str, body: dict[str, Any], model_id: str, prompts: tuple[str, ...], counts: tuple[int, ...],
@@ -169,12 +195,34 @@ def _spec(kind: str, body: dict[str, Any], model_id: str, prompts: tuple[str, ..
         raise bad_request("stream_options must be an object", "stream_options")
     fields = {k: v for k, v in body.items() if k not in _SERVER_FIELDS and v is not None}
     fields.update(_stop_and_seed(body))
+    _check_bias_ids(fields.get("logit_bias"), limits.n_vocab)
     try:
         check_sampling(fields, API_RANGES)  # a bad value is the client's 400, not a failed guest run
     except RequestFieldError as exc:
         raise bad_request(str(exc), exc.field) from None
+    _check_speculative(fields.get("speculative"))
     return GenerationSpec(kind, model_id, prompts, counts, n, max_tokens, stream,
                           bool(options.get("include_usage")), top_logprobs, fields)
+
+
+def _check_bias_ids(bias: Any, n_vocab: int) -> None:
+    """400 for a logit_bias key that is not a token id of this model (a guest would fail on it)."""
+    for key in bias if isinstance(bias, dict) else ():
+        try:
+            token = int(key)
+        except ValueError:
+            raise bad_request(f"logit_bias keys must be token ids, got {key[:32]!r}", "logit_bias") from None
+        if not 0 <= token < n_vocab:
+            raise bad_request(f"logit_bias: token id {token} is outside this model's vocabulary (0..{n_vocab - 1})",
+                              "logit_bias")
+
+
+def _check_speculative(value: Any) -> None:
+    """400 unless "speculative" is absent, ngram or self:N (N in ASCII digits): no tenant may name a
+    draft file (a host path), and a malformed name is the client's error, not its guest run's."""
+    kind, _, arg = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if value is not None and value != "ngram" and not (kind == "self" and arg.isascii() and arg.isdigit()):
+        raise bad_request(f"speculative must be ngram or self:N (N a number of layers), got {value!r}", "speculative")
 
 
 def _stop_and_seed(body: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from host_functions.errors import RequestCancelled
 from realm.request.spec import RunRequest
 from realm.sandbox.report import RunResult
 
+COALESCE_S = 0.01  # how long text a guest emits may wait to join the next before it is streamed
+
 
 @dataclass(eq=False)
 class GuestRun:
@@ -73,13 +75,32 @@ class Runner:
         loop = asyncio.get_running_loop()
         run = GuestRun(request.tenant)
 
+        waiting: list[str] = []  # text the guest emitted since the loop last took it
+        lock = threading.Lock()
+
         def on_text(text: str) -> None:
-            loop.call_soon_threadsafe(run.pieces.put_nowait, text)
+            # The loop takes the text at most once per COALESCE_S, however often the guest emits: one
+            # piece (one SSE event) per batch, not one per emit call (a guest may emit byte by byte).
+            with lock:
+                waiting.append(text)
+                if len(waiting) > 1:
+                    return  # a take() is already scheduled and will collect this too
+            loop.call_soon_threadsafe(loop.call_later, COALESCE_S, take)
+
+        def take() -> None:
+            with lock:
+                text = "".join(waiting)
+                waiting.clear()
+            if text:
+                run.pieces.put_nowait(text)
 
         def work() -> RunResult:
-            if run.cancel.is_set():  # the client left while the run waited for a thread
-                raise RequestCancelled("the client cancelled the request")
-            return request.run(self.model, on_text=on_text, cancel=run.cancel)
+            try:
+                if run.cancel.is_set():  # the client left while the run waited for a thread
+                    raise RequestCancelled("the client cancelled the request")
+                return request.run(self.model, on_text=on_text, cancel=run.cancel)
+            finally:
+                loop.call_soon_threadsafe(take)  # the last text, queued before the outcome is set
 
         def finished(outcome: asyncio.Future[RunResult]) -> None:
             self._live.discard(run)
