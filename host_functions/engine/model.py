@@ -117,7 +117,7 @@ class Model:
         if self.scheduler is not None:
             return self.scheduler.run(item, owner or StepOwner())
         with self.backend.step_lock:
-            item.cache.reserve(item.pos + len(item.tokens))
+            item.cache.reserve(item.pos + len(item.tokens), (owner or StepOwner()).kv_claim)
             return self.backend.step([item])[0]
 
     def first_layers(self, n_layers: int) -> Model:
