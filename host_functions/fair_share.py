@@ -33,6 +33,9 @@ class Claim:
     cap: int | None = None
 
 
+NO_TENANT = Claim()  # the engine used on its own (realm run, the Python API)
+
+
 class Refused(Exception):
     """A claim that must wait (or be refused for now): its tenant is over its share."""
 

@@ -19,6 +19,7 @@ from host_functions.abi.registry import host
 from host_functions.abi.session import Session
 from host_functions.abi.status import AbiError, Status
 from host_functions.errors import AdapterError
+from host_functions.fair_share import Claim
 from host_functions.lora.adapter import LoraAdapter
 
 MAX_ALIAS_BYTES = 256
@@ -48,7 +49,8 @@ def adapter_find(s: Session, mem: GuestMemory, alias_ptr: int, alias_len: int) -
     if binding is None:
         raise AbiError(Status.INVALID_ARGUMENT, f"no LoRA adapter is bound as {alias!r} for this tenant")
     try:
-        adapter = s.model.adapters.acquire(binding.path)
+        claim = Claim(s.tenant, s.limits.share_weight, s.limits.adapter_bytes)
+        adapter = s.model.adapters.acquire(binding.path, claim)
     except AdapterError as exc:
         raise AbiError(Status.INVALID_ARGUMENT, str(exc)) from None
     s.held_adapters.append(adapter)

@@ -146,7 +146,7 @@ class Session:
         for state in self.handles.objects(SeqState):
             state.seq.close()
         for adapter in self.held_adapters:
-            self.model.adapters.release(adapter)
+            self.model.adapters.release(adapter, self.tenant)
         self.held_adapters.clear()
 
     def emit_bytes(self, data: bytes) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from host_functions.errors import BackendError, KVPoolTooSmall
-from host_functions.fair_share import Claim
+from host_functions.fair_share import NO_TENANT, Claim
 from host_functions.kv.pool import KVPool, describe_bytes
 
 
@@ -23,7 +23,7 @@ class KVCache:
         self.blocks: list[int] = []  # pool block of positions [i*block_tokens, (i+1)*block_tokens)
         self.tenant = ""  # whose share the blocks count against (the claim of the first reserve)
 
-    def reserve(self, n_positions: int, claim: Claim = Claim()) -> None:
+    def reserve(self, n_positions: int, claim: Claim = NO_TENANT) -> None:
         """Hold blocks for positions 0..n_positions-1 for claim.tenant; KVPoolFull (nothing taken) if the
         pool is short or the tenant over its share (docs/isolation.md), KVPoolTooSmall if the tenant could
         never hold them (more than the pool, or than its kv_blocks limit)."""

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 
 from host_functions.errors import KVPoolFull, KVPoolTooSmall, QuotaExceeded
-from host_functions.fair_share import Claim, FairShares, NeverFits, Refused
+from host_functions.fair_share import NO_TENANT, Claim, FairShares, NeverFits, Refused
 
 BLOCK_TOKENS = 16  # positions per block: small enough that a sequence wastes < 16 positions
 DEFAULT_BUDGET_FRACTION = 0.25  # of the memory available when the model loads
@@ -54,7 +54,7 @@ class KVPool:
     def blocks_for(self, n_positions: int) -> int:
         return -(-n_positions // self.block_tokens)
 
-    def allocate(self, n: int, claim: Claim = Claim()) -> list[int]:
+    def allocate(self, n: int, claim: Claim = NO_TENANT) -> list[int]:
         """n free block ids for claim.tenant, all or none; KVPoolFull when fewer than n are free or the
         tenant is over its share, KVPoolTooSmall when the tenant could never hold n more."""
         with self._lock:

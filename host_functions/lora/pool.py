@@ -5,16 +5,23 @@ copy, and a file replaced on disk is a new adapter (requests that hold the old o
 adapter is in use while a request holds it (`acquire`/`release`); when loading one would pass the
 budget, the least recently used idle adapters are dropped first (lora.lru). One that cannot fit
 even then is an AdapterError naming the budget.
+
+Each tenant's adapters count against its fair share of the budget (fair_share, docs/isolation.md):
+an adapter a tenant holds is charged to it once however many of its requests hold it (an adapter two
+tenants hold is charged to both), and one that would put a tenant over its share while another
+active tenant's share needs the room, or past what one tenant may ever hold, is an AdapterError.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 
 from host_functions.arch.config import ModelConfig
 from host_functions.errors import AdapterError
+from host_functions.fair_share import NO_TENANT, Claim, FairShares, NeverFits, Refused
 from host_functions.lora.adapter import LoraAdapter, load_adapter
 from host_functions.lora.lru import RefCountedLRU
 
@@ -33,6 +40,8 @@ class AdapterPool:
         self._adapters: RefCountedLRU[str, LoraAdapter] = RefCountedLRU(budget_bytes, self._forget_sources)
         self._sources_lock = threading.Lock()
         self._by_source: dict[SourceKey, str] = {}  # -> digest, for the adapters loaded
+        self.shares = FairShares(budget_bytes, "bytes of LoRA adapters")
+        self._holds: Counter[tuple[str, str]] = Counter()  # (tenant, digest) -> its requests holding it
 
     @property
     def budget_bytes(self) -> int:
@@ -42,8 +51,31 @@ class AdapterPool:
     def used_bytes(self) -> int:
         return self._adapters.used_bytes
 
-    def acquire(self, path: str | Path) -> LoraAdapter:
-        """The adapter at `path`, loading it if needed; hold it until `release`. Raises AdapterError."""
+    def acquire(self, path: str | Path, claim: Claim = NO_TENANT) -> LoraAdapter:
+        """The adapter at `path` for claim.tenant, loading it if needed; hold it until `release`.
+        Raises AdapterError (for a file that is not an adapter, one that does not fit the budget, or
+        the tenant's share)."""
+        adapter = self._hold(path)
+        try:
+            self._charge(claim, adapter)
+        except AdapterError:
+            self._adapters.release(adapter.digest)
+            raise
+        return adapter
+
+    def _charge(self, claim: Claim, adapter: LoraAdapter) -> None:
+        with self._sources_lock:
+            if not self._holds[(claim.tenant, adapter.digest)]:
+                free = self.budget_bytes - sum(self.shares.holders().values())
+                try:
+                    self.shares.take(claim, adapter.nbytes, max(0, free))
+                except (NeverFits, Refused) as exc:
+                    raise AdapterError(f"LoRA adapter {adapter.name} ({adapter.nbytes} bytes): {exc} "
+                                       f"(the adapter memory budget, the tenant's adapter_bytes limit; "
+                                       f"docs/isolation.md)") from None
+            self._holds[(claim.tenant, adapter.digest)] += 1
+
+    def _hold(self, path: str | Path) -> LoraAdapter:
         source = _source_key(Path(path))
         with self._sources_lock:
             digest = self._by_source.get(source)
@@ -62,8 +94,15 @@ class AdapterPool:
             self._by_source[source] = held.digest
         return held
 
-    def release(self, adapter: LoraAdapter) -> None:
-        """A request is done with `adapter`; it stays loaded until room is needed."""
+    def release(self, adapter: LoraAdapter, tenant: str = "") -> None:
+        """A request of `tenant` is done with `adapter`; it stays loaded until room is needed."""
+        with self._sources_lock:
+            key = (tenant, adapter.digest)
+            if self._holds[key]:
+                self._holds[key] -= 1
+                if not self._holds[key]:
+                    del self._holds[key]
+                    self.shares.give(tenant, adapter.nbytes)
         self._adapters.release(adapter.digest)
 
     def loaded(self) -> list[LoraAdapter]:

@@ -5,6 +5,7 @@ the admin key (`Authorization: Bearer <admin key>`).
     POST   /admin/tenants                       create   {"name": ..., "limits": {...}}
     GET    /admin/tenants/{name}                show
     DELETE /admin/tenants/{name}                delete
+    PATCH  /admin/tenants/{name}/limits         set-limits {"share_weight": 2, "max_runs": 8, ...}
     PUT    /admin/tenants/{name}/guest          deploy   (body: the .wasm or .wat module)
     POST   /admin/tenants/{name}/keys           key create (the key is in the answer, only there)
     GET    /admin/tenants/{name}/keys           key list
@@ -71,6 +72,16 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
             raise ApiError(400, "limits must be an object of limit name -> number")
         return registry.create(body["name"], parse_limits({k: str(v) for k, v in limits.items()})).as_json()
 
+    async def set_limits(request: Request) -> Any:
+        body = await read_json(request, max_body_bytes)
+        if not isinstance(body, dict) or not body:
+            raise ApiError(400, "the body must be an object of limit name -> number")
+        registry.get(request.path_params["name"])  # 404 for an unknown tenant; a bad value is a 400 below
+        try:
+            return registry.set_limits(request.path_params["name"], {k: str(v) for k, v in body.items()}).as_json()
+        except TenantError as exc:
+            raise ApiError(400, str(exc)) from None
+
     async def show_tenant(request: Request) -> Any:
         return registry.get(request.path_params["name"]).as_json()
 
@@ -126,6 +137,7 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
         Route("/admin/tenants", admin(create_tenant, 201), methods=["POST"]),
         Route("/admin/tenants/{name}", admin(show_tenant), methods=["GET"]),
         Route("/admin/tenants/{name}", admin(delete_tenant), methods=["DELETE"]),
+        Route("/admin/tenants/{name}/limits", admin(set_limits), methods=["PATCH"]),
         Route("/admin/tenants/{name}/guest", admin(deploy), methods=["PUT"]),
         Route("/admin/tenants/{name}/keys", admin(create_key, 201), methods=["POST"]),
         Route("/admin/tenants/{name}/keys", admin(list_keys), methods=["GET"]),

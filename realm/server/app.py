@@ -25,8 +25,10 @@ from starlette.routing import Route
 
 from host_functions.engine.model import Model
 from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
+from host_functions.fair_share import Claim, NeverFits, Refused
 from realm.chat import ChatTemplate
 from realm.request.sources import for_tenant
+from realm.request.spec import RunRequest
 from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import LOG_ERROR, GuestRunFailed, RunResult
 from realm.server import protocol
@@ -66,7 +68,7 @@ class Server:
         self.model, self.template, self.config = model, template, config
         self.registry = registry or TenantRegistry()
         self.model_id = model.path.stem
-        self.runner = Runner(model, config.workers)
+        self.runner = Runner(model, config.workers, config.max_queue)
         self.limiter = RateLimiter()
         self.metrics = ServerMetrics()
         self.metrics.watch_engine(lambda: engine_stats(model))
@@ -101,24 +103,36 @@ class Server:
             tok = self.model.tokenizer
             spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
                     else protocol.parse_completion(body, self.model_id, tok, limits))
-            self._admit(tenant, len(spec.prompts) * spec.n)
             base = for_tenant(self.registry, tenant, {})  # its guest and adapters now, for every choice
+            indexed = list(spec.guest_requests())
+            self._admit(tenant)
+            started_runs = self._start_runs(tenant, [dataclasses.replace(base, fields=f) for _, f in indexed])
         except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
             self.finished(tenant_name, kind, exc.status, started)
             raise
-        runs = [(index, self.runner.start(dataclasses.replace(base, fields=fields)))
-                for index, fields in spec.guest_requests()]
+        runs = [(index, run) for (index, _), run in zip(indexed, started_runs, strict=True)]
         call = _Call(self, tenant.name, kind, spec, runs, started)
         if spec.stream:
             return StreamingResponse(call.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await call.complete(request)
 
-    def _admit(self, tenant: Tenant, n_runs: int) -> None:
-        """ApiError 503 when the queue is full, 429 when the tenant is over its rate; else count it."""
-        if self.runner.live + n_runs > self.config.workers + self.config.max_queue:
-            raise ApiError(503, "the server is at capacity; retry shortly", type="server_error",
-                           code="overloaded", headers={"Retry-After": "1"})
+    def _start_runs(self, tenant: Tenant, requests: list[RunRequest]) -> list[GuestRun]:
+        """Start a request's runs within the tenant's share of the places (docs/isolation.md): ApiError
+        400 naming the limit for more runs than it may ever have at once, 503 with Retry-After while it
+        is over its share (or every place is taken)."""
+        claim = Claim(tenant.name, tenant.limits.share_weight, tenant.limits.max_runs)
+        try:
+            return self.runner.start(requests, claim)
+        except NeverFits as exc:
+            raise ApiError(400, f"{len(requests)} choices: {exc} (max_runs limit, --workers, --max-queue)",
+                           type="invalid_request_error", code="tenant_limit") from None
+        except Refused as exc:
+            raise ApiError(503, f"the server is at capacity for tenant {tenant.name!r}: {exc}; retry shortly",
+                           type="server_error", code="overloaded", headers={"Retry-After": "1"}) from None
+
+    def _admit(self, tenant: Tenant) -> None:
+        """ApiError 429 when the tenant is over its rate; else count it."""
         rates = self.registry.rate_limits(tenant.name)
         refused = self.limiter.admit(
             tenant.name,
