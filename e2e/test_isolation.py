@@ -6,47 +6,18 @@ request it could never have admitted). Asserted on statuses and answers, never o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REALM
-from test_serve import ADMIN_KEY, FRANCE, MODEL, Served, free_port
-
-
-def _serving(home: Path, *args: str) -> Iterator[Served]:
-    env = {**os.environ, "REALM_HOME": str(home / "home"), "REALM_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
-    port = free_port()
-    log = home / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([REALM, "serve", "--port", str(port), "--backend", "cpu", *args],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Served(f"http://127.0.0.1:{port}", env, proc, log)
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, f"realm serve exited: {log.read_text()}"
-        try:
-            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"realm serve did not come up: {log.read_text()}"
-        time.sleep(0.3)
-    try:
-        yield server
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+from test_serve import FRANCE, MODEL, Served, serving
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """2 workers and a queue of 6: 8 places, at most 7 (all but the reserve) for one tenant."""
-    yield from _serving(tmp_path_factory.mktemp("isolation"), "--workers", "2", "--max-queue", "6")
+    with serving(tmp_path_factory.mktemp("isolation"), "--workers", "2", "--max-queue", "6") as server:
+        yield server
 
 
 def _completion(url: str, key: str, **body) -> httpx.Response:

@@ -85,13 +85,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(home: Path) -> Iterator[Served]:
-    """`realm serve` on the cpu backend with its own REALM_HOME under `home`, up and answering; stopped after."""
+def serving(home: Path, *args: str) -> Iterator[Served]:
+    """`realm serve` on the cpu backend (8 workers, or what `args` say) with its own REALM_HOME under
+    `home`, up and answering; stopped after."""
     env = {**os.environ, "REALM_HOME": str(home / "home"), "REALM_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
     port = free_port()
     log = home / "server.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([REALM, "serve", "--port", str(port), "--backend", "cpu", "--workers", "8"],
+        proc = subprocess.Popen([REALM, "serve", "--port", str(port), "--backend", "cpu", "--workers", "8", *args],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Served(f"http://127.0.0.1:{port}", env, proc, log)
     deadline = time.monotonic() + 180

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from oracle import DATA
+from test_scheduler import _steps_submitted
 
 from host_functions.engine.model import Model, StepOwner
 from host_functions.errors import KVPoolTooSmall, QuotaExceeded
@@ -117,14 +118,7 @@ def test_a_long_prefill_runs_in_parts_beside_a_decoding_tenant_with_the_same_log
         return step(items)
 
     monkeypatch.setattr(model.backend, "step", recording_step)
-    submitted = threading.Semaphore(0)
-    run = scheduler.run
-
-    def run_and_tell(item, owner):
-        submitted.release()
-        return run(item, owner)
-
-    monkeypatch.setattr(scheduler, "run", run_and_tell)
+    submitted = _steps_submitted(scheduler, monkeypatch)
     got: list = []
     first, second, prefiller = (model.open_sequence(128) for _ in range(3))
 
