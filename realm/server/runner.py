@@ -6,7 +6,9 @@ is an ordinary sandbox run on its own thread); this module moves text and outcom
 keeps the set of live runs (so shutdown can wait for them or end them) and shares the places fairly
 (docs/isolation.md): a tenant's runs are admitted within its fair share of the places (workers plus
 queue), and a free worker takes the next run of the tenant with the fewest running runs for its
-weight, so one tenant's backlog never queues another's requests behind it.
+weight, so one tenant's backlog never queues another's requests behind it; and no tenant runs on
+more than all but an eighth of the workers (at least one kept), so a tenant arriving while another's
+long runs hold the workers starts at once instead of waiting for one of them to end.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from host_functions.engine.model import Model
 from host_functions.errors import QuotaExceeded, RequestCancelled
-from host_functions.fair_share import Claim, FairShares
+from host_functions.fair_share import RESERVE_FRACTION, Claim, FairShares
 from realm.request.spec import RunRequest
 from realm.sandbox.report import RunResult
 
@@ -77,6 +79,7 @@ class Runner:
         self.model = model
         self.workers = workers
         self.places = FairShares(workers + max_queue, "runs (worker and queue places)")
+        self.max_running = max(1, workers - max(1, int(workers * RESERVE_FRACTION)))  # per tenant
         self._live: set[GuestRun] = set()
         self._cond = threading.Condition()
         self._pending: dict[str, deque[_Job]] = {}
@@ -138,22 +141,25 @@ class Runner:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._pending:
+                while (job := self._next()) is None:
+                    if self._closing:
+                        return
                     self._cond.wait()
-                if not self._pending:
-                    return
-                job = self._next()
                 self._running[job.tenant] += 1
             try:
                 _run_job(job)
             finally:
                 with self._cond:
                     self._running[job.tenant] -= 1
+                    self._cond.notify_all()  # a tenant at its most running runs may start another
 
-    def _next(self) -> _Job:
-        """The next run: the oldest of the tenant with the fewest running runs for its weight."""
-        tenant = min(self._pending, key=lambda t: (self._running[t] / self._pending[t][0].weight,
-                                                   self._pending[t][0].order))
+    def _next(self) -> _Job | None:
+        """The next run: the oldest of the tenant with the fewest running runs for its weight, among
+        those below max_running; None if there is none."""
+        ready = [t for t in self._pending if self._running[t] < self.max_running]
+        if not ready:
+            return None
+        tenant = min(ready, key=lambda t: (self._running[t] / self._pending[t][0].weight, self._pending[t][0].order))
         queue = self._pending[tenant]
         job = queue.popleft()
         if not queue:
