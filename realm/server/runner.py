@@ -6,9 +6,10 @@ is an ordinary sandbox run on its own thread); this module moves text and outcom
 keeps the set of live runs (so shutdown can wait for them or end them) and shares the places fairly
 (docs/isolation.md): a tenant's runs are admitted within its fair share of the places (workers plus
 queue), and a free worker takes the next run of the tenant with the fewest running runs for its
-weight, so one tenant's backlog never queues another's requests behind it; and no tenant runs on
-more than all but an eighth of the workers (at least one kept), so a tenant arriving while another's
-long runs hold the workers starts at once instead of waiting for one of them to end.
+weight, so one tenant's backlog never queues another's requests behind it. The workers are a fair
+share too (fair_share): no tenant runs on all of them (an eighth, at least one, is kept for a tenant
+arriving while another's long runs hold the rest), and a tenant running on more than its share
+starts no new run while another waiting tenant's share needs the worker.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from host_functions.engine.model import Model
 from host_functions.errors import QuotaExceeded, RequestCancelled
-from host_functions.fair_share import RESERVE_FRACTION, Claim, FairShares
+from host_functions.fair_share import RESERVE_FRACTION, Claim, FairShares, NeverFits, Refused
 from realm.request.spec import RunRequest
 from realm.sandbox.report import RunResult
 
@@ -70,6 +71,10 @@ class _Job:
     deadline: float  # time.monotonic(): a run still waiting for a worker then fails
     order: int  # arrival, for ties between tenants
 
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.tenant, self.weight)
+
 
 class Runner:
     """Runs tenants' guests on `workers` threads against one shared model; at most workers + max_queue
@@ -79,7 +84,7 @@ class Runner:
         self.model = model
         self.workers = workers
         self.places = FairShares(workers + max_queue, "runs (worker and queue places)")
-        self.max_running = max(1, workers - max(1, int(workers * RESERVE_FRACTION)))  # per tenant
+        self.threads = FairShares(workers, "workers", max(RESERVE_FRACTION, 1 / workers) if workers > 1 else 0)
         self._live: set[GuestRun] = set()
         self._cond = threading.Condition()
         self._pending: dict[str, deque[_Job]] = {}
@@ -132,6 +137,7 @@ class Runner:
                    next(self._arrivals))
         with self._cond:
             self._pending.setdefault(claim.tenant, deque()).append(job)
+            self.threads.wait(claim)  # its tenant is active for the workers' shares meanwhile
             self._cond.notify()
         run.outcome = asyncio.wrap_future(future)
         self._live.add(run)
@@ -145,26 +151,32 @@ class Runner:
                     if self._closing:
                         return
                     self._cond.wait()
-                self._running[job.tenant] += 1
             try:
                 _run_job(job)
             finally:
                 with self._cond:
                     self._running[job.tenant] -= 1
-                    self._cond.notify_all()  # a tenant at its most running runs may start another
+                    self.threads.give(job.tenant, 1)
+                    self._cond.notify_all()  # a tenant held back by the shares may start a run now
 
     def _next(self) -> _Job | None:
-        """The next run: the oldest of the tenant with the fewest running runs for its weight, among
-        those below max_running; None if there is none."""
-        ready = [t for t in self._pending if self._running[t] < self.max_running]
-        if not ready:
-            return None
-        tenant = min(ready, key=lambda t: (self._running[t] / self._pending[t][0].weight, self._pending[t][0].order))
-        queue = self._pending[tenant]
-        job = queue.popleft()
-        if not queue:
-            del self._pending[tenant]
-        return job
+        """The next run, counted as running: the oldest of the tenant with the fewest running runs for
+        its weight whose share of the workers allows it; None if there is none."""
+        idle = self.workers - sum(self._running.values())
+        for tenant in sorted(self._pending, key=lambda t: (self._running[t] / self._pending[t][0].weight,
+                                                            self._pending[t][0].order)):
+            job = self._pending[tenant][0]
+            try:
+                self.threads.take(job.claim, 1, idle)
+            except (Refused, NeverFits):
+                continue
+            self._pending[tenant].popleft()
+            if not self._pending[tenant]:
+                del self._pending[tenant]
+            self.threads.done_waiting(tenant)
+            self._running[tenant] += 1
+            return job
+        return None
 
     def cancel_all(self) -> None:
         """End every live run at its next host call (shutdown after the drain timeout)."""
