@@ -296,6 +296,7 @@ def _benign_phase(url: str, keys: dict[str, str], args: argparse.Namespace, mode
                   flood_key: str | None = None) -> dict[str, dict]:
     """Each tenant of `keys` on --clients threads for --duration s (beside the flood if flood_key)."""
     samples: dict[str, list[Sample]] = {name: [] for name in keys}
+    ended: dict[str, float] = {}  # when each tenant's last request ended: its own time, not the flood's tail
     flood: list[Sample] = []
     deadline = time.monotonic() + args.duration
     names = list(keys)
@@ -311,11 +312,12 @@ def _benign_phase(url: str, keys: dict[str, str], args: argparse.Namespace, mode
         while time.monotonic() < deadline:
             n += 1
             samples[name].append(_one(api, model, name, n, stream=False, max_tokens=args.max_tokens))
+        ended[name] = max(ended.get(name, 0.0), time.monotonic())
 
     started = time.monotonic()
     _run_threads(n_benign + (args.flood_clients if flood_key else 0), client)
     seconds = time.monotonic() - started
-    out = {name: {**summarize(got, seconds), "latency_p95_s": _pct([s.seconds for s in got if s.ok], 95)}
+    out = {name: {**summarize(got, ended[name] - started), "latency_p95_s": _pct([s.seconds for s in got if s.ok], 95)}
            for name, got in samples.items()}
     if flood_key:
         out["load0 (flood)"] = {**summarize(flood, seconds), "refused": sum(1 for s in flood if not s.ok)}

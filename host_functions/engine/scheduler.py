@@ -14,7 +14,8 @@ Choosing a batch (docs/scheduler.md has the reasoning):
 - an item whose KV blocks the pool cannot supply now stays queued (it waits for blocks, within its
   request's deadline; one that needs more than the whole pool fails at once); nothing is evicted;
 - step time is shared too (docs/isolation.md): while a sequence decodes (a step of at most
-  DECODE_ROWS tokens is queued), a step carries at most `prefill_cap` prefill tokens, a longer
+  DECODE_ROWS tokens is queued, or ran in the last DECODE_LINGER_S: its guest may be sampling the
+  next token while the step is chosen), a step carries at most `prefill_cap` prefill tokens, a longer
   prefill chunk running its head now and its tail in later steps, so a long prompt slows other
   tenants' decoding by a bounded amount. Attention runs per query, so how a chunk is cut never
   changes a logit (docs/scheduler.md, batch invariance);
@@ -47,6 +48,7 @@ DEFAULT_TOKEN_BUDGET = 256
 DEFAULT_MAX_BATCH = 32
 DEFAULT_PREFILL_CAP = 32  # prefill tokens per step while some sequence decodes
 DECODE_ROWS = 8  # a step of at most this many tokens is decoding (speculative verification included)
+DECODE_LINGER_S = 1.0  # a sequence that decoded this recently is still decoding (its guest is sampling)
 GATHER_FRACTION = 0.25  # of the last step's time: the most the loop waits for last step's items to return
 POLL_S = 0.02  # how often a waiting request looks at its deadline and should_stop()
 _MAX_ROUNDS = 64
@@ -115,6 +117,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._awaited: set[int] = set()  # caches of the last step's items whose next steps may be on their way
         self._gather_until = 0.0
+        self._decoded_at = -math.inf  # time.monotonic() of the last decoding step chosen
 
     # ---- the request side ------------------------------------------------------------------------
 
@@ -252,13 +255,17 @@ class Scheduler:
                     budget -= cost
                     if len(step.tokens) > DECODE_ROWS:
                         prefill -= cost
+                    else:
+                        self._decoded_at = time.monotonic()
                 if not queue:
                     self._deficit[tenant] = 0
         self._forget_idle_tenants()
         return batch
 
     def _decoding(self) -> bool:
-        """Whether some queued step decodes (then prefill is capped per step)."""
+        """Whether some sequence decodes (then prefill is capped per step)."""
+        if time.monotonic() - self._decoded_at < DECODE_LINGER_S:
+            return True
         return any(len(t.item.tokens) <= DECODE_ROWS for queue in self._queues.values() for t in queue)
 
     @staticmethod
