@@ -83,21 +83,28 @@ class FairShares:
         break another active tenant's share or pass the free units (nothing is counted then).
         """
         with self._lock:
-            if n > free:
-                raise Refused(f"{n} more {self.what} needed, {free} of {self.total} free")
-            held = self._held[claim.tenant]
-            ceiling = self.ceiling(claim)
-            if n > ceiling:
-                raise NeverFits(f"{n} {self.what} are more than a tenant may hold at once ({ceiling} of "
-                                f"{self.total}{'' if claim.cap is None else ', its own limit'})")
-            if held + n > ceiling:
-                raise Refused(f"tenant {claim.tenant!r} holds {held} {self.what}; {n} more would pass the "
-                              f"{ceiling} it may hold at once")
-            if held + n > self._share(claim) and free - n < self._unused_shares(claim.tenant):
-                raise Refused(f"tenant {claim.tenant!r} is over its share of {self.what} ({held} held, "
-                              f"share {self._share(claim)} of {self.total}); the rest is kept for other tenants")
-            self._held[claim.tenant] = held + n
+            self._check(claim, n, free)
+            self._held[claim.tenant] += n
             self._weights[claim.tenant] = claim.weight
+
+    def check(self, claim: Claim, n: int, free: int) -> None:
+        """What `take` would raise now, without taking anything."""
+        with self._lock:
+            self._check(claim, n, free)
+
+    def _check(self, claim: Claim, n: int, free: int) -> None:
+        held, ceiling = self._held[claim.tenant], self.ceiling(claim)
+        if n > ceiling:
+            raise NeverFits(f"{n} {self.what} are more than a tenant may hold at once ({ceiling} of "
+                            f"{self.total}{'' if claim.cap is None else ', its own limit'})")
+        if n > free:
+            raise Refused(f"{n} more {self.what} needed, {free} of {self.total} free")
+        if held + n > ceiling:
+            raise Refused(f"tenant {claim.tenant!r} holds {held} {self.what}; {n} more would pass the "
+                          f"{ceiling} it may hold at once")
+        if held + n > self._share(claim) and free - n < self._unused_shares(claim.tenant):
+            raise Refused(f"tenant {claim.tenant!r} is over its share of {self.what} ({held} held, "
+                          f"share {self._share(claim)} of {self.total}); the rest is kept for other tenants")
 
     def give(self, tenant: str, n: int) -> None:
         """claim.tenant gave n units back."""

@@ -13,9 +13,9 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,7 +28,6 @@ from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestC
 from host_functions.fair_share import Claim, NeverFits, Refused
 from realm.chat import ChatTemplate
 from realm.request.sources import for_tenant
-from realm.request.spec import RunRequest
 from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import LOG_ERROR, GuestRunFailed, RunResult
 from realm.server import protocol
@@ -41,6 +40,7 @@ from realm.server.runner import GuestRun, Runner
 from realm.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger("realm.server")
+T = TypeVar("T")
 # What a run sends its request's stream: (choice index, a piece of text, or the run's outcome at its end).
 _RunEvent = tuple[int, str | RunResult | Exception]
 _DISCONNECT_POLL_S = 0.1
@@ -98,6 +98,7 @@ class Server:
         try:
             tenant = self.tenant(request)
             tenant_name = tenant.name
+            self._start_runs(tenant, 1, self.runner.check)  # a tenant over its share costs no parsing
             body = await read_json(request, self.config.max_body_bytes)
             limits = self.request_limits(tenant)
             tok = self.model.tokenizer
@@ -106,7 +107,8 @@ class Server:
             base = for_tenant(self.registry, tenant, {})  # its guest and adapters now, for every choice
             indexed = list(spec.guest_requests())
             self._admit(tenant)
-            started_runs = self._start_runs(tenant, [dataclasses.replace(base, fields=f) for _, f in indexed])
+            requests = [dataclasses.replace(base, fields=f) for _, f in indexed]
+            started_runs = self._start_runs(tenant, len(requests), lambda c, _: self.runner.start(requests, c))
         except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
             self.finished(tenant_name, kind, exc.status, started)
             raise
@@ -117,15 +119,15 @@ class Server:
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await call.complete(request)
 
-    def _start_runs(self, tenant: Tenant, requests: list[RunRequest]) -> list[GuestRun]:
-        """Start a request's runs within the tenant's share of the places (docs/isolation.md): ApiError
-        400 naming the limit for more runs than it may ever have at once, 503 with Retry-After while it
-        is over its share (or every place is taken)."""
+    def _start_runs(self, tenant: Tenant, n: int, start: Callable[[Claim, int], T]) -> T:
+        """start(claim, n): n runs of the tenant within its share of the places (docs/isolation.md) or
+        a check of them; ApiError 400 naming the limit for more runs than it may ever have at once, 503
+        with Retry-After while it is over its share (or every place is taken)."""
         claim = Claim(tenant.name, tenant.limits.share_weight, tenant.limits.max_runs)
         try:
-            return self.runner.start(requests, claim)
+            return start(claim, n)
         except NeverFits as exc:
-            raise ApiError(400, f"{len(requests)} choices: {exc} (max_runs limit, --workers, --max-queue)",
+            raise ApiError(400, f"{n} choices: {exc} (max_runs limit, --workers, --max-queue)",
                            type="invalid_request_error", code="tenant_limit") from None
         except Refused as exc:
             raise ApiError(503, f"the server is at capacity for tenant {tenant.name!r}: {exc}; retry shortly",

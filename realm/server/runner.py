@@ -111,6 +111,10 @@ class Runner:
         self.places.take(claim, len(requests), self.places.total - self.places_held())
         return [self._start(request, claim) for request in requests]
 
+    def check(self, claim: Claim, n: int) -> None:
+        """What `start` would raise for n runs of claim.tenant now (fair_share.NeverFits, Refused)."""
+        self.places.check(claim, n, self.places.total - self.places_held())
+
     def places_held(self) -> int:
         return sum(self.places.holders().values())
 
