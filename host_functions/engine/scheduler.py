@@ -46,7 +46,7 @@ from host_functions.fair_share import Claim
 
 DEFAULT_TOKEN_BUDGET = 256
 DEFAULT_MAX_BATCH = 32
-DEFAULT_PREFILL_CAP = 32  # prefill tokens per step while some sequence decodes
+DEFAULT_PREFILL_CAP = 8  # prefill tokens per step while some sequence decodes (docs/isolation.md)
 DECODE_ROWS = 8  # a step of at most this many tokens is decoding (speculative verification included)
 DECODE_LINGER_S = 1.0  # a sequence that decoded this recently is still decoding (its guest is sampling)
 GATHER_FRACTION = 0.25  # of the last step's time: the most the loop waits for last step's items to return
@@ -253,7 +253,7 @@ class Scheduler:
                     batch.append(ticket)
                     self._deficit[tenant] = max(0, self._deficit[tenant] - cost)
                     budget -= cost
-                    if len(step.tokens) > DECODE_ROWS:
+                    if len(ticket.item.tokens) > DECODE_ROWS:  # a prefill (or its head)
                         prefill -= cost
                     else:
                         self._decoded_at = time.monotonic()
