@@ -1,6 +1,6 @@
 """Fair shares of the shared resources (docs/isolation.md): the share arithmetic, KV blocks per tenant
-through the real scheduler on a tiny model, and long prefills cut into parts beside decoding
-sequences without changing a logit."""
+through the real scheduler on a tiny model, long prefills cut into parts beside decoding sequences
+without changing a logit, and adapter bytes per tenant in the adapter pool."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import time
 import numpy as np
 import pytest
 from oracle import DATA
+from test_lora_loading import config_of
 from test_scheduler import _steps_submitted
 
 from host_functions.engine.model import Model, StepOwner
-from host_functions.errors import KVPoolTooSmall, QuotaExceeded
+from host_functions.errors import AdapterError, KVPoolTooSmall, QuotaExceeded
 from host_functions.fair_share import Claim, FairShares, NeverFits, Refused
 from host_functions.kv.pool import BLOCK_TOKENS
+from host_functions.lora.adapter import load_adapter
+from host_functions.lora.pool import AdapterPool
 
 TINY = DATA / "tiny-gemma3-F32.gguf"
 
@@ -140,3 +143,23 @@ def test_a_long_prefill_runs_in_parts_beside_a_decoding_tenant_with_the_same_log
     assert any((8, "none") in step_sizes for step_sizes in sizes), sizes  # it was cut
     for seq in (first, second, prefiller):
         seq.close()
+
+
+# ---- the adapter pool ------------------------------------------------------------------------------
+
+def test_adapter_bytes_are_charged_per_tenant_and_an_over_share_tenant_is_refused():
+    config = config_of(DATA / "tiny-llama-F32.gguf")
+    path = DATA / "tiny-llama-lora-r8.gguf"
+    nbytes = load_adapter(path, config).nbytes
+    pool = AdapterPool(config, budget_bytes=nbytes * 22 // 10)
+    a = pool.acquire(path, Claim("a"))
+    assert pool.acquire(path, Claim("a")) is a and pool.shares.holders() == {"a": nbytes}  # charged once
+    pool.acquire(path, Claim("b"))  # the same adapter, charged to b too: the budget is spent
+    with pytest.raises(AdapterError, match="bytes of LoRA adapters needed, .* free .*adapter_bytes"):
+        pool.acquire(path, Claim("c"))
+    pool.release(a, "a")
+    pool.release(a, "a")
+    pool.acquire(path, Claim("c"))  # a gave its charge back
+    with pytest.raises(AdapterError, match="more than a tenant may hold at once.*its own limit"):
+        pool.acquire(path, Claim("d", cap=nbytes - 1))
+    assert pool.shares.holders() == {"b": nbytes, "c": nbytes}
