@@ -138,3 +138,33 @@ class FairShares:
             self._held.pop(tenant, None)
             self._waiting.pop(tenant, None)
             self._weights.pop(tenant, None)
+
+
+class Charges:
+    """Bytes of shared cache entries (adapters, merged LoRA copies) charged to the tenants holding them,
+    within their fair shares of the cache's budget: once per tenant and entry however many of its
+    requests hold it; an entry two tenants hold is charged to both (each would need it alone)."""
+
+    def __init__(self, budget_bytes: int, what: str) -> None:
+        self.shares = FairShares(budget_bytes, what)
+        self._lock = threading.Lock()
+        self._holds: Counter[tuple[str, object]] = Counter()  # (tenant, entry key) -> its holders
+
+    def charge(self, claim: Claim, key: object, nbytes: int) -> None:
+        """One more holder of `key` for claim.tenant; NeverFits or Refused (nothing charged) when the
+        entry's first charge to the tenant does not fit its share."""
+        with self._lock:
+            if not self._holds[(claim.tenant, key)]:
+                free = self.shares.total - sum(self.shares.holders().values())
+                self.shares.take(claim, nbytes, max(0, free))
+            self._holds[(claim.tenant, key)] += 1
+
+    def discharge(self, tenant: str, key: object, nbytes: int) -> None:
+        """One holder of `key` of `tenant` is done; the last one gives the tenant's charge back."""
+        with self._lock:
+            if not self._holds[(tenant, key)]:
+                return
+            self._holds[(tenant, key)] -= 1
+            if not self._holds[(tenant, key)]:
+                del self._holds[(tenant, key)]
+                self.shares.give(tenant, nbytes)

@@ -18,6 +18,7 @@ from host_functions.errors import AdapterError, KVPoolTooSmall, QuotaExceeded
 from host_functions.fair_share import Claim, FairShares, NeverFits, Refused
 from host_functions.kv.pool import BLOCK_TOKENS
 from host_functions.lora.adapter import load_adapter
+from host_functions.lora.merged import MergedLoraCache
 from host_functions.lora.pool import AdapterPool
 
 TINY = DATA / "tiny-gemma3-F32.gguf"
@@ -153,7 +154,7 @@ def test_adapter_bytes_are_charged_per_tenant_and_an_over_share_tenant_is_refuse
     nbytes = load_adapter(path, config).nbytes
     pool = AdapterPool(config, budget_bytes=nbytes * 22 // 10)
     a = pool.acquire(path, Claim("a"))
-    assert pool.acquire(path, Claim("a")) is a and pool.shares.holders() == {"a": nbytes}  # charged once
+    assert pool.acquire(path, Claim("a")) is a and pool.charges.shares.holders() == {"a": nbytes}  # charged once
     pool.acquire(path, Claim("b"))  # the same adapter, charged to b too: the budget is spent
     with pytest.raises(AdapterError, match="bytes of LoRA adapters needed, .* free .*adapter_bytes"):
         pool.acquire(path, Claim("c"))
@@ -162,4 +163,20 @@ def test_adapter_bytes_are_charged_per_tenant_and_an_over_share_tenant_is_refuse
     pool.acquire(path, Claim("c"))  # a gave its charge back
     with pytest.raises(AdapterError, match="more than a tenant may hold at once.*its own limit"):
         pool.acquire(path, Claim("d", cap=nbytes - 1))
-    assert pool.shares.holders() == {"b": nbytes, "c": nbytes}
+    assert pool.charges.shares.holders() == {"b": nbytes, "c": nbytes}
+
+
+def test_merged_lora_bytes_are_charged_to_the_tenants_sequences_hold_them_for():
+    model = Model.load(DATA / "tiny-gemma3-F32.gguf", backend="numpy")
+    adapter = model.adapters.acquire(DATA / "tiny-gemma3-lora-r8.gguf")
+    one = model.backend.merged_lora.merged_nbytes(adapter)
+    model.backend.merged_lora = MergedLoraCache(model.backend, model.config, budget_bytes=one * 3 // 2)
+    first, second = model.open_sequence(8), model.open_sequence(8)
+    first.set_adapter(adapter, 1.0, merged=True, claim=Claim("a"))
+    with pytest.raises(AdapterError, match="merged weights: .*bytes of merged LoRA weights needed"):
+        second.set_adapter(adapter, 1.0, merged=True, claim=Claim("b"))  # the same copy, but b's share
+    first.close()  # a's charge comes back
+    second.set_adapter(adapter, 1.0, merged=True, claim=Claim("b"))
+    assert model.backend.merged_lora.charges.shares.holders() == {"b": one}
+    second.close()
+    assert model.backend.merged_lora.charges.shares.holders() == {}

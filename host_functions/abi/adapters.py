@@ -73,7 +73,8 @@ def seq_set_adapter(s: Session, mem: GuestMemory, seq: int, adapter: int, scale_
         raise AbiError(Status.INVALID_ARGUMENT,
                        f"an adapter scale must be finite and within +-{MAX_SCALE:g}, got {scale}")
     try:
-        state.seq.set_adapter(found.adapter, scale or found.scale, merged=found.merged)
+        state.seq.set_adapter(found.adapter, scale or found.scale, merged=found.merged,
+                              claim=Claim(s.tenant, s.limits.share_weight))
     except AdapterError as exc:  # merged weights beyond their budget: this request's error, nobody else's
         raise AbiError(Status.INVALID_ARGUMENT, str(exc)) from None
     return Status.OK

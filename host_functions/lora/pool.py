@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import Counter
 from pathlib import Path
 
 from host_functions.arch.config import ModelConfig
 from host_functions.errors import AdapterError
-from host_functions.fair_share import NO_TENANT, Claim, FairShares, NeverFits, Refused
+from host_functions.fair_share import NO_TENANT, Charges, Claim, NeverFits, Refused
 from host_functions.lora.adapter import LoraAdapter, load_adapter
 from host_functions.lora.lru import RefCountedLRU
 
@@ -40,8 +39,7 @@ class AdapterPool:
         self._adapters: RefCountedLRU[str, LoraAdapter] = RefCountedLRU(budget_bytes, self._forget_sources)
         self._sources_lock = threading.Lock()
         self._by_source: dict[SourceKey, str] = {}  # -> digest, for the adapters loaded
-        self.shares = FairShares(budget_bytes, "bytes of LoRA adapters")
-        self._holds: Counter[tuple[str, str]] = Counter()  # (tenant, digest) -> its requests holding it
+        self.charges = Charges(budget_bytes, "bytes of LoRA adapters")
 
     @property
     def budget_bytes(self) -> int:
@@ -64,16 +62,11 @@ class AdapterPool:
         return adapter
 
     def _charge(self, claim: Claim, adapter: LoraAdapter) -> None:
-        with self._sources_lock:
-            if not self._holds[(claim.tenant, adapter.digest)]:
-                free = self.budget_bytes - sum(self.shares.holders().values())
-                try:
-                    self.shares.take(claim, adapter.nbytes, max(0, free))
-                except (NeverFits, Refused) as exc:
-                    raise AdapterError(f"LoRA adapter {adapter.name} ({adapter.nbytes} bytes): {exc} "
-                                       f"(the adapter memory budget, the tenant's adapter_bytes limit; "
-                                       f"docs/isolation.md)") from None
-            self._holds[(claim.tenant, adapter.digest)] += 1
+        try:
+            self.charges.charge(claim, adapter.digest, adapter.nbytes)
+        except (NeverFits, Refused) as exc:
+            raise AdapterError(f"LoRA adapter {adapter.name} ({adapter.nbytes} bytes): {exc} (the adapter "
+                               "memory budget, the tenant's adapter_bytes limit; docs/isolation.md)") from None
 
     def _hold(self, path: str | Path) -> LoraAdapter:
         source = _source_key(Path(path))
@@ -96,13 +89,7 @@ class AdapterPool:
 
     def release(self, adapter: LoraAdapter, tenant: str = "") -> None:
         """A request of `tenant` is done with `adapter`; it stays loaded until room is needed."""
-        with self._sources_lock:
-            key = (tenant, adapter.digest)
-            if self._holds[key]:
-                self._holds[key] -= 1
-                if not self._holds[key]:
-                    del self._holds[key]
-                    self.shares.give(tenant, adapter.nbytes)
+        self.charges.discharge(tenant, adapter.digest, adapter.nbytes)
         self._adapters.release(adapter.digest)
 
     def loaded(self) -> list[LoraAdapter]:
