@@ -21,6 +21,15 @@ same model and threads, on loopback, and reports both side by side with Realm's 
 $PEER_BIN or built once (scripts/llama_peer.py). Compare on `--backend cpu`:
 
     python scripts/loadtest.py --backend cpu --threads 2 --duration 60 --max-tokens 64 --llama-server
+
+`--flood` measures isolation (docs/isolation.md) instead: tenant load0 floods (`--flood-clients`
+threads, each sending `n=8` requests of a long prompt back to back) beside three well-behaved tenants
+(`--clients` threads each, short prompts). Each well-behaved tenant first runs alone, then all run
+beside the flood, each phase for --duration seconds; the report gives each one's completion tok/s
+and p95 latency beside the flood as ratios to its solo run, and the flooder's answered and refused
+requests and tok/s:
+
+    python scripts/loadtest.py --flood --clients 1 --duration 20 --backend cpu --server-workers 4
 """
 
 from __future__ import annotations
@@ -108,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="with --llama-server: rounds of both, alternating; each side's best counts")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--flood", action="store_true", help="one flooding tenant beside three well-behaved ones")
+    parser.add_argument("--flood-clients", type=int, default=8, help="the flooder's concurrent requests (--flood)")
     args = parser.parse_args(argv)
+    if args.flood:
+        return flood_main(args)
     if not 1 <= args.clients <= 256 or not 1 <= args.tenants <= args.clients:
         parser.error("need 1 <= --tenants <= --clients <= 256")
     work = Workload(args.clients, args.duration, args.max_requests, args.max_tokens)
@@ -344,6 +357,76 @@ def side_by_side(realm: dict, llama: dict) -> dict:
     ratios = {k: round(realm[k] / llama[k], 3) if realm.get(k) and llama.get(k) else None for k in keys}
     return {"realm": realm, "llama_server": llama, "realm_vs_llama_server": ratios,
             "errors": realm["errors"] + llama["errors"]}
+
+
+# --- a flood beside well-behaved tenants --------------------------------------------------------
+
+FLOOD_PROMPT = "Tell me everything about the history of the world, in detail. " * 40  # about 500 tokens
+
+
+def flood_main(args: argparse.Namespace) -> int:
+    args.tenants = 4
+    with OwnServer(args) as (url, keys):
+        model = _model_id(url, keys[0])
+        benign = {f"load{i}": keys[i] for i in (1, 2, 3)}
+        solo = {name: _benign_phase(url, {name: key}, args, model)[name] for name, key in benign.items()}
+        flooded = _benign_phase(url, benign, args, model, flood_key=keys[0])
+    report: dict = {"solo": solo, "beside_flood": flooded, "ratios": {}}
+    for name in benign:
+        before, after = solo[name], flooded[name]
+        report["ratios"][name] = {
+            "tok_s_vs_solo": round(after["completion_tok_s"] / before["completion_tok_s"], 3)
+            if before["completion_tok_s"] else None,
+            "p95_vs_solo": round(after["latency_p95_s"] / before["latency_p95_s"], 3)
+            if before["latency_p95_s"] and after["latency_p95_s"] else None}
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0 if all(flooded[name]["errors"] == 0 for name in benign) else 1
+
+
+def _benign_phase(url: str, keys: dict[str, str], args: argparse.Namespace, model: str,
+                  flood_key: str | None = None) -> dict[str, dict]:
+    """Each tenant of `keys` on --clients threads for --duration s (beside the flood if flood_key)."""
+    samples: dict[str, list[Sample]] = {name: [] for name in keys}
+    ended: dict[str, float] = {}  # when each tenant's last request ended: its own time, not the flood's tail
+    flood: list[Sample] = []
+    deadline = time.monotonic() + args.duration
+    names = list(keys)
+    n_benign = args.clients * len(names)
+
+    def client(i: int) -> None:
+        if i >= n_benign:
+            _flood_client(url, flood_key or "", model, deadline, args.timeout, flood)
+            return
+        name = names[i % len(names)]
+        api = openai.OpenAI(base_url=url + "/v1", api_key=keys[name], max_retries=0, timeout=args.timeout)
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            samples[name].append(_one(api, model, name, n, stream=False, max_tokens=args.max_tokens))
+        ended[name] = max(ended.get(name, 0.0), time.monotonic())
+
+    started = time.monotonic()
+    _run_threads(n_benign + (args.flood_clients if flood_key else 0), client)
+    seconds = time.monotonic() - started
+    out = {name: {**summarize(got, ended[name] - started), "latency_p95_s": _pct([s.seconds for s in got if s.ok], 95)}
+           for name, got in samples.items()}
+    if flood_key:
+        out["load0 (flood)"] = {**summarize(flood, seconds), "refused": sum(1 for s in flood if not s.ok)}
+    return out
+
+
+def _flood_client(url: str, key: str, model: str, deadline: float, timeout: float, out: list[Sample]) -> None:
+    """Requests of n=8 long prompts, back to back; a refusal (503, 429) is counted and retried 50 ms later."""
+    api = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=timeout)
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        try:
+            done = api.completions.create(model=model, prompt=FLOOD_PROMPT, max_tokens=32, n=8, temperature=0.8)
+            tokens = done.usage.completion_tokens if done.usage is not None else 0
+            out.append(Sample("load0", False, True, time.perf_counter() - t0, None, tokens))
+        except openai.APIError as exc:
+            out.append(Sample("load0", False, False, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}"))
+            time.sleep(0.05)  # a refused flooder does not spin the event loop
 
 
 # --- the same work without the server --------------------------------------------------------

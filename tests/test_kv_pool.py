@@ -18,7 +18,7 @@ def test_pool_allocates_all_or_nothing_and_tracks_peak():
     pool = KVPool(budget_bytes=10 * 100, block_bytes=100)
     first = pool.allocate(7)
     assert len(set(first)) == 7 and pool.stats().blocks_used == 7
-    with pytest.raises(KVPoolFull, match=r"4 more block\(s\) needed, 3 of 10 free \(budget 1000 bytes"):
+    with pytest.raises(KVPoolFull, match=r"4 more KV blocks needed, 3 of 10 free \(budget 1000 bytes"):
         pool.allocate(4)
     assert pool.stats().blocks_used == 7  # the failed allocation took nothing
     pool.release(first[:5])

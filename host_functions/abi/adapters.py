@@ -20,6 +20,7 @@ from host_functions.abi.registry import host
 from host_functions.abi.session import Session
 from host_functions.abi.status import AbiError, Status
 from host_functions.errors import AdapterError
+from host_functions.fair_share import Claim
 from host_functions.lora.adapter import LoraAdapter
 
 MAX_ALIAS_BYTES = 256
@@ -50,7 +51,8 @@ def adapter_find(s: Session, mem: GuestMemory, alias_ptr: int, alias_len: int) -
     if binding is None:
         raise AbiError(Status.INVALID_ARGUMENT, f"no LoRA adapter is bound as {alias!r} for this tenant")
     try:
-        adapter = s.model.adapters.acquire(binding.path)
+        claim = Claim(s.tenant, s.limits.share_weight, s.limits.adapter_bytes)
+        adapter = s.model.adapters.acquire(binding.path, claim)
     except AdapterError as exc:
         raise AbiError(Status.INVALID_ARGUMENT, str(exc.naming(repr(alias)))) from None
     s.held_adapters.append(adapter)
@@ -73,7 +75,8 @@ def seq_set_adapter(s: Session, mem: GuestMemory, seq: int, adapter: int, scale_
         raise AbiError(Status.INVALID_ARGUMENT,
                        f"an adapter scale must be finite and within +-{MAX_SCALE:g}, got {scale}")
     try:
-        state.seq.set_adapter(found.adapter, scale or found.scale, merged=found.merged)
+        state.seq.set_adapter(found.adapter, scale or found.scale, merged=found.merged,
+                              claim=Claim(s.tenant, s.limits.share_weight))
     except AdapterError as exc:  # merged weights beyond their budget: this request's error, nobody else's
         raise AbiError(Status.INVALID_ARGUMENT, str(exc.naming(repr(found.alias)))) from None
     return Status.OK

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from host_functions.errors import GuestError
+from host_functions.fair_share import MAX_WEIGHT
 
 MAX_I32 = 2**31 - 1
 MAX_I64 = 2**63 - 1
@@ -38,6 +39,11 @@ class Limits:
     max_log_bytes: int = 64 << 10  # log bytes kept; beyond that `log` returns LIMIT
     max_text_bytes: int = 4 << 20  # text tokenized or detokenized: host work a guest can't be preempted in
     max_host_bytes: int = 64 << 20  # what the request keeps on the host: sequences, logits, samplers, logs
+    # The tenant's shares of what all tenants share (docs/isolation.md), over all its requests at once:
+    share_weight: int = 1  # its weight in every fair share (worker places, KV blocks, adapter bytes, steps)
+    max_runs: int = MAX_I32  # guest runs on a server, running or queued (n choices are n runs)
+    kv_blocks: int = MAX_I32  # KV cache blocks (16 positions each)
+    adapter_bytes: int = MAX_I64  # bytes of LoRA adapters held in the adapter pool
 
     def validate(self) -> Limits:
         """Return self; raise GuestError naming the first limit that is not a finite number in its range
@@ -79,5 +85,9 @@ LIMIT_RANGES: dict[str, tuple[type, float, float]] = {
     "max_log_bytes": _count(MAX_I32),
     "max_text_bytes": _count(MAX_I32),
     "max_host_bytes": _count(MAX_I64),
+    "share_weight": _count(MAX_WEIGHT),
+    "max_runs": _count(MAX_I32),
+    "kv_blocks": _count(MAX_I32),
+    "adapter_bytes": _count(MAX_I64),
 }
 assert set(LIMIT_RANGES) == {f.name for f in dataclasses.fields(Limits)}, "every limit has a range"

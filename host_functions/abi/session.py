@@ -93,7 +93,8 @@ class Session:
 
     def step_owner(self) -> StepOwner:
         """Who this request's steps are for: the scheduler's tenant, deadline and cancellation."""
-        return StepOwner(self.tenant, self.deadline, self.should_stop)
+        return StepOwner(self.tenant, self.deadline, self.should_stop, self.limits.share_weight,
+                         self.limits.kv_blocks)
 
     def enter(self) -> None:
         """Account for one host call: QuotaExceeded past the wall clock or the host-call budget."""
@@ -145,7 +146,7 @@ class Session:
         for state in self.handles.objects(SeqState):
             state.seq.close()
         for adapter in self.held_adapters:
-            self.model.adapters.release(adapter)
+            self.model.adapters.release(adapter, self.tenant)
         self.held_adapters.clear()
 
     def emit_bytes(self, data: bytes) -> None:

@@ -14,8 +14,8 @@ where the kernels cannot build, one BLAS matrix-vector product per row does it a
 step's cost, and prefill's (docs/scheduler.md); attention and the element-wise ops are per row or
 per sequence already. LoRA (docs/lora.md) keeps it: a step orders its items so each (adapter, scale)
 and each merged copy has contiguous rows, and every row is computed on its own whatever the order.
-Prefill is chunked by the sequence alone
-(host_functions.engine.model.PREFILL_CHUNK), so attention sees the same query blocks in any company.
+Attention runs each query on its own, so a prefill
+cut into any chunks (PREFILL_CHUNK, or the scheduler's prefill cap) gives the same bits in any company.
 
 Where llama.cpp rounds on purpose we round the same way, because it is the oracle: its KV cache holds
 float16, its attention multiplies float16 queries and probabilities, and its dot products against

@@ -28,6 +28,7 @@ from host_functions.engine.step_rules import (
     check_token_ids,
 )
 from host_functions.errors import AdapterError, BackendError, ModelFormatError, SequenceError
+from host_functions.fair_share import NO_TENANT, Claim
 from host_functions.formats.gguf_file import GGUFFile
 from host_functions.kv.block_table import KVCache
 from host_functions.lora.adapter import LoraAdapter
@@ -120,7 +121,7 @@ class Model:
         if self.scheduler is not None:
             return self.scheduler.run(item, owner or StepOwner())
         with self.backend.step_lock:
-            item.cache.reserve(item.pos + len(item.tokens))
+            item.cache.reserve(item.pos + len(item.tokens), (owner or StepOwner()).kv_claim)
             return self.backend.step([item])[0]
 
     def first_layers(self, n_layers: int) -> Model:
@@ -176,6 +177,7 @@ class Sequence:
         self._cache: KVCache | None = model.backend.new_cache(capacity)
         self.adapter: tuple[LoraAdapter, float] | None = None  # applied to every step from now on
         self.merged: MergedLora | None = None  # that adapter merged into the weights (merged mode), held
+        self._merged_tenant = ""  # whose share `merged` is charged to
 
     @property
     def closed(self) -> bool:
@@ -194,12 +196,14 @@ class Sequence:
         check_token_ids(np.asarray(ids, np.int64), self.model.config.n_vocab)
         self.pending.extend(int(t) for t in ids)
 
-    def set_adapter(self, adapter: LoraAdapter | None, scale: float = 1.0, merged: bool = False) -> None:
+    def set_adapter(self, adapter: LoraAdapter | None, scale: float = 1.0, merged: bool = False,
+                    claim: Claim = NO_TENANT) -> None:
         """Apply `adapter` at `scale` (None: no adapter) to the steps from now on, unmerged (W x + s B (A x))
-        or `merged` (W + s B A, a cached copy); the base weights stay as they are.
+        or `merged` (W + s B A, a cached copy, charged to claim.tenant); the base weights stay as they are.
 
-        Raises AdapterError when the merged weights do not fit the backend's budget beside those in use,
-        or the backend runs LoRA unmerged only; the sequence keeps its previous adapter then.
+        Raises AdapterError when the merged weights do not fit the backend's budget beside those in use
+        (or the tenant's share of it), or the backend runs LoRA unmerged only; the sequence keeps its
+        previous adapter then.
         """
         self._open_cache()
         entry = None
@@ -207,8 +211,9 @@ class Sequence:
             cache = self.model.backend.merged_lora
             if cache is None:
                 raise AdapterError(f"the {self.model.backend.name} backend applies LoRA unmerged only")
-            entry = cache.acquire(adapter, float(scale))
+            entry = cache.acquire(adapter, float(scale), claim)
         self._release_merged()
+        self._merged_tenant = claim.tenant
         self.adapter = None if adapter is None else (adapter, float(scale))
         self.merged = entry
 
@@ -273,7 +278,7 @@ class Sequence:
 
     def _release_merged(self) -> None:
         if self.merged is not None and self.model.backend.merged_lora is not None:
-            self.model.backend.merged_lora.release(self.merged)
+            self.model.backend.merged_lora.release(self.merged, self._merged_tenant)
         self.merged = None
 
     def _open_cache(self) -> KVCache:

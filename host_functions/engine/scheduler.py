@@ -13,6 +13,12 @@ Choosing a batch (docs/scheduler.md has the reasoning):
   rotates; so a tenant flooding the model with requests or a long prompt gets its share, never all;
 - an item whose KV blocks the pool cannot supply now stays queued (it waits for blocks, within its
   request's deadline; one that needs more than the whole pool fails at once); nothing is evicted;
+- step time is shared too (docs/isolation.md): while a sequence decodes (a step of at most
+  DECODE_ROWS tokens is queued, or ran in the last DECODE_LINGER_S: its guest may be sampling the
+  next token while the step is chosen), a step carries at most `prefill_cap` prefill tokens, a longer
+  prefill chunk running its head now and its tail in later steps, so a long prompt slows other
+  tenants' decoding by a bounded amount. Attention runs per query, so how a chunk is cut never
+  changes a logit (docs/scheduler.md, batch invariance);
 - after a step the loop waits a little (at most GATHER_FRACTION of the last step's time, less when
   every item of the last step is back) so lockstep decoders share the next step, but it never waits
   longer than that for a guest that is busy in its own code.
@@ -24,6 +30,7 @@ freed under the backend) and the request then fails. Nobody else's step is touch
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -35,9 +42,13 @@ import numpy as np
 
 from host_functions.backends.base import Backend, StepItem
 from host_functions.errors import KVPoolFull, KVPoolTooSmall, QuotaExceeded, RequestCancelled
+from host_functions.fair_share import Claim
 
 DEFAULT_TOKEN_BUDGET = 256
 DEFAULT_MAX_BATCH = 32
+DEFAULT_PREFILL_CAP = 8  # prefill tokens per step while some sequence decodes (docs/isolation.md)
+DECODE_ROWS = 8  # a step of at most this many tokens is decoding (speculative verification included)
+DECODE_LINGER_S = 1.0  # a sequence that decoded this recently is still decoding (its guest is sampling)
 GATHER_FRACTION = 0.25  # of the last step's time: the most the loop waits for last step's items to return
 POLL_S = 0.02  # how often a waiting request looks at its deadline and should_stop()
 _MAX_ROUNDS = 64
@@ -49,12 +60,19 @@ def _never() -> bool:
 
 @dataclass(frozen=True)
 class StepOwner:
-    """Who a step is for: the scheduler's fair share is per tenant, and it stops waiting for the
-    step at the deadline (time.monotonic()) or once should_stop() is true."""
+    """Who a step is for: the scheduler's fair share is per tenant (with its weight, and its cap on
+    KV blocks), and it stops waiting for the step at the deadline (time.monotonic()) or once
+    should_stop() is true."""
 
     tenant: str = ""
     deadline: float = math.inf
     should_stop: Callable[[], bool] = field(default=_never, compare=False)
+    weight: int = 1
+    kv_blocks: int | None = None
+
+    @property
+    def kv_claim(self) -> Claim:
+        return Claim(self.tenant, self.weight, self.kv_blocks)
 
 
 @dataclass(eq=False)
@@ -66,6 +84,7 @@ class _Ticket:
     result: np.ndarray | None = None
     error: BaseException | None = None
     kv_wait: KVPoolFull | None = None  # why it was last left out of a step
+    head: StepItem | None = None  # the part of `item` running now, when it runs in parts (prefill_cap)
 
 
 @dataclass
@@ -87,9 +106,9 @@ class Scheduler:
     """The step runner of one model: batches every sequence's steps on one thread."""
 
     def __init__(self, backend: Backend, name: str, token_budget: int = DEFAULT_TOKEN_BUDGET,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH, prefill_cap: int = DEFAULT_PREFILL_CAP) -> None:
         self.backend, self.name = backend, name  # the name labels the loop's thread
-        self.token_budget, self.max_batch = token_budget, max_batch
+        self.token_budget, self.max_batch, self.prefill_cap = token_budget, max_batch, prefill_cap
         self.stats = SchedulerStats()
         self._cond = threading.Condition()
         self._queues: dict[str, deque[_Ticket]] = {}  # tenant -> its queued steps, oldest first
@@ -98,6 +117,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._awaited: set[int] = set()  # caches of the last step's items whose next steps may be on their way
         self._gather_until = 0.0
+        self._decoded_at = -math.inf  # time.monotonic() of the last decoding step chosen
 
     # ---- the request side ------------------------------------------------------------------------
 
@@ -110,27 +130,42 @@ class Scheduler:
         ticket = _Ticket(item, owner)
         with self._cond:
             self._start()
-            tenant = owner.tenant
-            if tenant not in self._queues:
-                self._queues[tenant] = deque()
-                self._deficit[tenant] = 0
-                self._order.append(tenant)
-            self._queues[tenant].append(ticket)
+            self._enqueue(ticket)
             self._awaited.discard(id(item.cache))
             self._cond.notify_all()
         while not ticket.done.wait(POLL_S):
             reason = self._why_leave(ticket)
-            if reason is not None:
-                with self._cond:
-                    if ticket.state == "queued":
-                        self._queues[owner.tenant].remove(ticket)
-                        ticket.state = "withdrawn"
-                if ticket.state != "withdrawn":
-                    ticket.done.wait()  # already in a running step: it ends soon, and owns its blocks until then
+            if reason is None:
+                continue
+            with self._cond:
+                if ticket.state == "queued":
+                    self._queues[owner.tenant].remove(ticket)
+                    self._stop_waiting(ticket)
+                    ticket.state = "withdrawn"
+            if ticket.state == "withdrawn":
                 raise reason
+            # Its step (or a part of it) is running and owns its blocks until it ends: look again then.
         if ticket.error is not None:
             raise ticket.error
         return ticket.result
+
+    def _enqueue(self, ticket: _Ticket, first: bool = False) -> None:
+        tenant = ticket.owner.tenant
+        if tenant not in self._queues:
+            self._queues[tenant] = deque()
+            self._deficit[tenant] = 0
+            self._order.append(tenant)
+        if first:
+            self._queues[tenant].appendleft(ticket)
+        else:
+            self._queues[tenant].append(ticket)
+
+    @staticmethod
+    def _stop_waiting(ticket: _Ticket) -> None:
+        """The ticket no longer waits for KV blocks (its tenant may stop counting as active there)."""
+        if ticket.kv_wait is not None:
+            ticket.item.cache.pool.shares.done_waiting(ticket.owner.tenant)
+            ticket.kv_wait = None
 
     def _why_leave(self, ticket: _Ticket) -> BaseException | None:
         if ticket.owner.should_stop():
@@ -177,9 +212,10 @@ class Scheduler:
             self._cond.wait(POLL_S)  # all queued steps wait for KV blocks: look again when some may be free
 
     def _select(self) -> list[_Ticket]:
-        """Deficit round robin by tenant under the step's token and item budgets."""
+        """Deficit round robin by tenant under the step's token, item and prefill budgets."""
         batch: list[_Ticket] = []
         budget = self.token_budget
+        prefill = self.prefill_cap if self._decoding() else self.token_budget
         blocked: set[str] = set()
         self._order.rotate(-1)
         for _ in range(_MAX_ROUNDS):
@@ -192,30 +228,54 @@ class Scheduler:
                 self._deficit[tenant] = min(self._deficit[tenant] + quantum, self.token_budget)
                 while queue and len(batch) < self.max_batch:
                     ticket = queue[0]
-                    cost = len(ticket.item.tokens)
-                    if batch and (cost > budget):
+                    step = self._part(ticket.item, prefill)
+                    cost = len(step.tokens)
+                    if cost == 0 or (batch and cost > budget):
                         blocked.add(tenant)
                         break
                     if batch and cost > self._deficit[tenant]:
                         break
                     try:
-                        ticket.item.cache.reserve(ticket.item.pos + cost)
+                        step.cache.reserve(step.pos + cost, ticket.owner.kv_claim)
                     except Exception as exc:  # noqa: BLE001  a step that cannot be placed
                         if isinstance(exc, KVPoolFull) and not isinstance(exc, KVPoolTooSmall):
+                            if ticket.kv_wait is None:
+                                step.cache.pool.shares.wait(ticket.owner.kv_claim)  # its tenant is active there
                             ticket.kv_wait = exc  # it waits for blocks, and its tenant for it
                             blocked.add(tenant)
                             break
-                        _finish(queue.popleft(), None, exc)  # it can never run (larger than the pool, ...)
+                        self._stop_waiting(ticket)
+                        _finish(queue.popleft(), None, exc)  # it can never run (larger than its share, ...)
                         continue
+                    self._stop_waiting(ticket)
                     queue.popleft()
-                    ticket.state = "running"
+                    ticket.state, ticket.head = "running", (None if step is ticket.item else step)
                     batch.append(ticket)
                     self._deficit[tenant] = max(0, self._deficit[tenant] - cost)
                     budget -= cost
+                    if len(ticket.item.tokens) > DECODE_ROWS:  # a prefill (or its head)
+                        prefill -= cost
+                    else:
+                        self._decoded_at = time.monotonic()
                 if not queue:
                     self._deficit[tenant] = 0
         self._forget_idle_tenants()
         return batch
+
+    def _decoding(self) -> bool:
+        """Whether some sequence decodes (then prefill is capped per step)."""
+        if time.monotonic() - self._decoded_at < DECODE_LINGER_S:
+            return True
+        return any(len(t.item.tokens) <= DECODE_ROWS for queue in self._queues.values() for t in queue)
+
+    @staticmethod
+    def _part(item: StepItem, prefill: int) -> StepItem:
+        """What of `item` may run in this step: all of it, or, for a prefill chunk longer than the
+        prefill tokens left, its head (which wants no logits; the rest runs in later steps). A chunk
+        that wants every position's logits (speculative verification) is never cut."""
+        if len(item.tokens) <= max(prefill, DECODE_ROWS) or item.wants == "all":
+            return item
+        return dataclasses.replace(item, tokens=item.tokens[:max(prefill, 0)], wants="none")
 
     def _forget_idle_tenants(self) -> None:
         for tenant in [t for t in self._order if not self._queues[t] and not self._deficit[t]]:
@@ -223,7 +283,7 @@ class Scheduler:
             del self._queues[tenant], self._deficit[tenant]
 
     def _execute(self, batch: list[_Ticket]) -> None:
-        items = [t.item for t in batch]
+        items = [t.item if t.head is None else t.head for t in batch]
         results: list[np.ndarray | None] = [None] * len(batch)
         error: BaseException | None = None
         try:
@@ -238,7 +298,20 @@ class Scheduler:
         stats.max_batch = max(stats.max_batch, len(batch))
         stats.batch_sizes[len(batch)] = stats.batch_sizes.get(len(batch), 0) + 1
         for ticket, result in zip(batch, results, strict=True):
-            _finish(ticket, result, error)
+            if ticket.head is not None and error is None:
+                self._requeue_rest(ticket)
+            else:
+                _finish(ticket, result, error)
+
+    def _requeue_rest(self, ticket: _Ticket) -> None:
+        """The head of a ticket's step ran: the rest goes first in its tenant's queue."""
+        assert ticket.head is not None
+        done = len(ticket.head.tokens)
+        ticket.item = dataclasses.replace(ticket.item, tokens=ticket.item.tokens[done:], pos=ticket.item.pos + done)
+        with self._cond:
+            ticket.head, ticket.state = None, "queued"
+            self._enqueue(ticket, first=True)
+            self._cond.notify_all()
 
 
 def _finish(ticket: _Ticket, result: np.ndarray | None, error: BaseException | None) -> None:

@@ -6,6 +6,8 @@ block ids: where a block's keys and values live is the backend's business (NumPy
 model indexed by block id). When the pool is full, `allocate` raises KVPoolFull naming the budget;
 the scheduler turns that into waiting (within the request's deadline), the direct path into an error.
 Nothing is ever evicted: a block belongs to its sequence until that sequence lets it go.
+Blocks are counted per tenant (fair_share): a tenant over its share cannot take the blocks another
+active tenant's share needs, and waits instead (docs/isolation.md).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import os
 import threading
 from dataclasses import dataclass
 
-from host_functions.errors import KVPoolFull, QuotaExceeded
+from host_functions.errors import KVPoolFull, KVPoolTooSmall, QuotaExceeded
+from host_functions.fair_share import NO_TENANT, Claim, FairShares, NeverFits, Refused
 
 BLOCK_TOKENS = 16  # positions per block: small enough that a sequence wastes < 16 positions
 DEFAULT_BUDGET_FRACTION = 0.25  # of the memory available when the model loads
@@ -44,28 +47,35 @@ class KVPool:
                                 f"({block_bytes} bytes = {block_tokens} positions of every layer)")
         self._free = list(range(self.n_blocks - 1, -1, -1))  # a stack: low ids first
         self._peak = 0
+        self.shares = FairShares(self.n_blocks, "KV blocks")
         self._lock = threading.Lock()
         self.released = threading.Condition(self._lock)  # notified whenever blocks come back
 
     def blocks_for(self, n_positions: int) -> int:
         return -(-n_positions // self.block_tokens)
 
-    def allocate(self, n: int) -> list[int]:
-        """n free block ids, all or none; KVPoolFull when fewer than n are free."""
+    def allocate(self, n: int, claim: Claim = NO_TENANT) -> list[int]:
+        """n free block ids for claim.tenant, all or none; KVPoolFull when fewer than n are free or the
+        tenant is over its share, KVPoolTooSmall when the tenant could never hold n more."""
         with self._lock:
-            if n > len(self._free):
-                raise KVPoolFull(f"KV cache memory full: {n} more block(s) needed, "
-                                 f"{len(self._free)} of {self.n_blocks} free "
-                                 f"(budget {describe_bytes(self.budget_bytes)}, --kv-memory)")
+            try:
+                self.shares.take(claim, n, len(self._free))
+            except Refused as exc:
+                raise KVPoolFull(f"KV cache memory full: {exc} "
+                                 f"(budget {describe_bytes(self.budget_bytes)}, --kv-memory)") from None
+            except NeverFits as exc:
+                raise KVPoolTooSmall(f"KV cache memory too small: {exc} "
+                                     f"(budget {describe_bytes(self.budget_bytes)}, --kv-memory)") from None
             taken = [self._free.pop() for _ in range(n)]
             self._peak = max(self._peak, self.n_blocks - len(self._free))
             return taken
 
-    def release(self, blocks: list[int]) -> None:
-        """Give blocks back (a sequence truncated or closed)."""
+    def release(self, blocks: list[int], tenant: str = "") -> None:
+        """Give blocks back (a sequence of `tenant` truncated or closed)."""
         if not blocks:
             return
         with self._lock:
+            self.shares.give(tenant, len(blocks))
             self._free.extend(reversed(blocks))
             self.released.notify_all()
 

@@ -27,6 +27,7 @@ import numpy as np
 from host_functions.arch.config import ModelConfig
 from host_functions.arch.layout import PROJECTIONS
 from host_functions.errors import AdapterError
+from host_functions.fair_share import NO_TENANT, Charges, Claim, NeverFits, Refused
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.formats.quants import dequantize
 from host_functions.lora.adapter import LoraAdapter
@@ -90,6 +91,7 @@ class MergedLoraCache:
             raise AdapterError(f"the merged LoRA memory budget must be positive, got {budget_bytes}")
         self._host, self._config = host, config
         self._entries: RefCountedLRU[MergedKey, MergedLora] = RefCountedLRU(budget_bytes)
+        self.charges = Charges(budget_bytes, "bytes of merged LoRA weights")  # per tenant (docs/isolation.md)
 
     @property
     def budget_bytes(self) -> int:
@@ -99,11 +101,23 @@ class MergedLoraCache:
     def used_bytes(self) -> int:
         return self._entries.used_bytes
 
-    def acquire(self, adapter: LoraAdapter, scale: float) -> MergedLora:
-        """The merged weights of `adapter` at `scale`, built if needed; hold them until `release`.
+    def acquire(self, adapter: LoraAdapter, scale: float, claim: Claim = NO_TENANT) -> MergedLora:
+        """The merged weights of `adapter` at `scale` for claim.tenant, built if needed; hold them until
+        `release`.
 
-        Raises AdapterError when they cannot fit the budget beside the entries in use.
+        Raises AdapterError when they cannot fit the budget beside the entries in use, or the tenant's
+        fair share of it.
         """
+        entry = self._acquire(adapter, scale)
+        try:
+            self.charges.charge(claim, entry.key, entry.nbytes)
+        except (NeverFits, Refused) as exc:
+            self._entries.release(entry.key)
+            raise AdapterError(f"LoRA adapter {adapter.name}: its merged weights: {exc} (docs/isolation.md); "
+                               "use unmerged mode") from None
+        return entry
+
+    def _acquire(self, adapter: LoraAdapter, scale: float) -> MergedLora:
         key = (adapter.digest, float(scale))
         cached = self._entries.hold(key)
         if cached is not None:
@@ -117,8 +131,9 @@ class MergedLoraCache:
 
         return self._entries.acquire(key, needed, lambda: self._build(adapter, float(scale)), no_room)
 
-    def release(self, entry: MergedLora) -> None:
-        """A sequence is done with `entry`; it stays cached until room is needed."""
+    def release(self, entry: MergedLora, tenant: str = "") -> None:
+        """A sequence of `tenant` is done with `entry`; it stays cached until room is needed."""
+        self.charges.discharge(tenant, entry.key, entry.nbytes)
         self._entries.release(entry.key)
 
     def cached(self) -> list[MergedLora]:

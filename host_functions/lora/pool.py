@@ -5,6 +5,11 @@ copy, and a file replaced on disk is a new adapter (requests that hold the old o
 adapter is in use while a request holds it (`acquire`/`release`); when loading one would pass the
 budget, the least recently used idle adapters are dropped first (lora.lru). One that cannot fit
 even then is an AdapterError naming the budget.
+
+Each tenant's adapters count against its fair share of the budget (fair_share, docs/isolation.md):
+an adapter a tenant holds is charged to it once however many of its requests hold it (an adapter two
+tenants hold is charged to both), and one that would put a tenant over its share while another
+active tenant's share needs the room, or past what one tenant may ever hold, is an AdapterError.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 
 from host_functions.arch.config import ModelConfig
 from host_functions.errors import AdapterError
+from host_functions.fair_share import NO_TENANT, Charges, Claim, NeverFits, Refused
 from host_functions.lora.adapter import LoraAdapter, load_adapter
 from host_functions.lora.lru import RefCountedLRU
 
@@ -34,6 +40,7 @@ class AdapterPool:
         self._adapters: RefCountedLRU[str, LoraAdapter] = RefCountedLRU(budget_bytes, self._forget_sources)
         self._sources_lock = threading.Lock()
         self._by_source: dict[SourceKey, str] = {}  # -> digest, for the adapters loaded
+        self.charges = Charges(budget_bytes, "bytes of LoRA adapters")
 
     @property
     def budget_bytes(self) -> int:
@@ -43,8 +50,26 @@ class AdapterPool:
     def used_bytes(self) -> int:
         return self._adapters.used_bytes
 
-    def acquire(self, path: str | Path) -> LoraAdapter:
-        """The adapter at `path`, loading it if needed; hold it until `release`. Raises AdapterError."""
+    def acquire(self, path: str | Path, claim: Claim = NO_TENANT) -> LoraAdapter:
+        """The adapter at `path` for claim.tenant, loading it if needed; hold it until `release`.
+        Raises AdapterError (for a file that is not an adapter, one that does not fit the budget, or
+        the tenant's share)."""
+        adapter = self._hold(path)
+        try:
+            self._charge(claim, adapter)
+        except AdapterError:
+            self._adapters.release(adapter.digest)
+            raise
+        return adapter
+
+    def _charge(self, claim: Claim, adapter: LoraAdapter) -> None:
+        try:
+            self.charges.charge(claim, adapter.digest, adapter.nbytes)
+        except (NeverFits, Refused) as exc:
+            raise AdapterError(f"LoRA adapter {adapter.name} ({adapter.nbytes} bytes): {exc} (the adapter "
+                               "memory budget, the tenant's adapter_bytes limit; docs/isolation.md)") from None
+
+    def _hold(self, path: str | Path) -> LoraAdapter:
         source = _source_key(Path(path))
         with self._sources_lock:
             digest = self._by_source.get(source)
@@ -64,8 +89,9 @@ class AdapterPool:
             self._by_source[source] = held.digest
         return held
 
-    def release(self, adapter: LoraAdapter) -> None:
-        """A request is done with `adapter`; it stays loaded until room is needed."""
+    def release(self, adapter: LoraAdapter, tenant: str = "") -> None:
+        """A request of `tenant` is done with `adapter`; it stays loaded until room is needed."""
+        self.charges.discharge(tenant, adapter.digest, adapter.nbytes)
         self._adapters.release(adapter.digest)
 
     def loaded(self) -> list[LoraAdapter]:

@@ -5,6 +5,7 @@ the admin key (`Authorization: Bearer <admin key>`).
     POST   /admin/tenants                       create   {"name": ..., "limits": {...}}
     GET    /admin/tenants/{name}                show
     DELETE /admin/tenants/{name}                delete
+    PATCH  /admin/tenants/{name}/limits         set-limits {"share_weight": 2, "max_runs": 8, ...}
     PUT    /admin/tenants/{name}/guest          deploy   (body: the .wasm or .wat module)
     POST   /admin/tenants/{name}/keys           key create (the key is in the answer, only there)
     GET    /admin/tenants/{name}/keys           key list
@@ -93,6 +94,15 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
             raise ApiError(400, "limits must be an object of limit name -> number")
         return registry.create(body["name"], parse_limits({k: str(v) for k, v in limits.items()})).as_json()
 
+    def set_limits(path: dict[str, Any], body: Any) -> Any:
+        if not isinstance(body, dict) or not body:
+            raise ApiError(400, "the body must be an object of limit name -> number")
+        registry.get(path["name"])  # 404 for an unknown tenant; a bad value is a 400 below
+        try:
+            return registry.set_limits(path["name"], {k: str(v) for k, v in body.items()}).as_json()
+        except TenantError as exc:
+            raise ApiError(400, str(exc)) from None
+
     def show_tenant(path: dict[str, Any], body: Any) -> Any:
         return registry.get(path["name"]).as_json()
 
@@ -145,6 +155,7 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
         Route("/admin/tenants", admin(create_tenant, 201, "json"), methods=["POST"]),
         Route("/admin/tenants/{name}", admin(show_tenant), methods=["GET"]),
         Route("/admin/tenants/{name}", admin(delete_tenant), methods=["DELETE"]),
+        Route("/admin/tenants/{name}/limits", admin(set_limits, body="json"), methods=["PATCH"]),
         Route("/admin/tenants/{name}/guest", admin(deploy, body="module"), methods=["PUT"]),
         Route("/admin/tenants/{name}/keys", admin(create_key, 201), methods=["POST"]),
         Route("/admin/tenants/{name}/keys", admin(list_keys), methods=["GET"]),

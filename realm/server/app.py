@@ -14,9 +14,9 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from host_functions.engine.model import Model
 from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
+from host_functions.fair_share import Claim, NeverFits, Refused
 from host_functions.lora.adapter import load_adapter
 from realm.chat import ChatTemplate
 from realm.request.sources import for_tenant
@@ -45,6 +46,7 @@ from realm.server.runner import GuestRun, Runner
 from realm.tenants import RateLimits, Tenant, TenantRegistry
 
 log = logging.getLogger("realm.server")
+T = TypeVar("T")
 # What a run sends its request's stream: (choice index, a piece of text, or the run's outcome at its end).
 _RunEvent = tuple[int, str | RunResult | Exception]
 _DISCONNECT_POLL_S = 0.1
@@ -74,7 +76,7 @@ class Server:
         self.model, self.template, self.config = model, template, config
         self.registry = registry or TenantRegistry()
         self.model_id = model.path.stem
-        self.runner = Runner(model, config.workers)
+        self.runner = Runner(model, config.workers, config.max_queue)
         self.limiter = RateLimiter()
         self.off_loop = OffLoop()
         self.shutting_down = False  # set when the drain timeout ends the runs still going
@@ -108,9 +110,11 @@ class Server:
     async def generate(self, request: Request, kind: str) -> Response:
         """Serve one completion ("completion") or chat ("chat") request; ApiError for refusals.
 
-        In order: the key (401), the request rate (429), the body (413), then, off the event loop,
-        the body's checks, its tokens and the tenant's guest (400), the token rate (400 for a request
-        that never fits, else 429) and the queue (503). Only the body's bytes are read on the loop.
+        In order: the key (401), the request rate (429), the tenant's share of the places (503), the
+        body (413), then, off the event loop, the body's checks, its tokens and the tenant's guest (400),
+        the token rate (400 for a request that never fits, else 429) and the places for every choice
+        (400 when they can never fit, 503 over the tenant's share). Only the body's bytes are read on
+        the loop.
         """
         started = time.perf_counter()
         tenant_name, held = "", None
@@ -118,17 +122,20 @@ class Server:
             tenant, rates = await self.off_loop.run(self._identify, request)
             tenant_name = tenant.name
             self._admit(tenant, rates)
+            self._start_runs(tenant, 1, self.runner.check)  # a tenant over its share costs no parsing
             data = await read_body(request, self.config.max_body_bytes)
             spec, base = await self.off_loop.run_for(tenant.name, self._prepare, tenant, kind, data)
             held = self._reserve(tenant, rates, spec)
-            self._check_capacity(len(spec.prompts) * spec.n)
+            self._check_open()
+            indexed = list(spec.guest_requests())
+            requests = [dataclasses.replace(base, fields=f) for _, f in indexed]
+            started_runs = self._start_runs(tenant, len(requests), lambda c, _: self.runner.start(requests, c))
         except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
             if held is not None:
                 self.limiter.settle(held, 0)
             self.finished(tenant_name, kind, exc.status, started)
             raise
-        runs = [(index, self.runner.start(dataclasses.replace(base, fields=fields)))
-                for index, fields in spec.guest_requests()]
+        runs = [(index, run) for (index, _), run in zip(indexed, started_runs, strict=True)]
         call = _Call(self, tenant.name, kind, spec, runs, started, held)
         if spec.stream:
             return StreamingResponse(call.events(), media_type="text/event-stream",
@@ -173,13 +180,24 @@ class Server:
             raise _over_rate(tenant.name, "tokens", held)
         return held
 
-    def _check_capacity(self, n_runs: int) -> None:
-        """ApiError 503 when the queue is full, or the server is ending its runs to shut down."""
+    def _check_open(self) -> None:
+        """ApiError 503 when the server is ending its runs to shut down."""
         if self.shutting_down:
             raise ApiError(503, "the server is shutting down", type="server_error", code="server_shutdown")
-        if self.runner.live + n_runs > self.config.workers + self.config.max_queue:
-            raise ApiError(503, "the server is at capacity; retry shortly", type="server_error",
-                           code="overloaded", headers={"Retry-After": "1"})
+
+    def _start_runs(self, tenant: Tenant, n: int, start: Callable[[Claim, int], T]) -> T:
+        """start(claim, n): n runs of the tenant within its share of the places (docs/isolation.md) or
+        a check of them; ApiError 400 naming the limit for more runs than it may ever have at once, 503
+        with Retry-After while it is over its share (or every place is taken)."""
+        claim = Claim(tenant.name, tenant.limits.share_weight, tenant.limits.max_runs)
+        try:
+            return start(claim, n)
+        except NeverFits as exc:
+            raise ApiError(400, f"{n} choices: {exc} (max_runs limit, --workers, --max-queue)",
+                           type="invalid_request_error", code="tenant_limit") from None
+        except Refused as exc:
+            raise ApiError(503, f"the server is at capacity for tenant {tenant.name!r}: {exc}; retry shortly",
+                           type="server_error", code="overloaded", headers={"Retry-After": "1"}) from None
 
     def finished(self, tenant: str, kind: str, status: int, started: float,
                  choices: Sequence[ChoiceResult] = (), prompt_tokens: int = 0, held: Reservation | None = None,
