@@ -107,11 +107,17 @@ enum { ACT_F32, ACT_F16, ACT_BF16, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 typedef void (*tile_fn)(const uint8_t *w, size_t w_stride, int nr, const uint8_t *x, size_t x_stride, int nt,
                         int64_t n_blocks, float *y, int64_t y_stride);
 
-/* Prefetch a block's bytes in the same rows of the next row tile, which the thread usually runs next
- * (its chunk is consecutive tiles): the hardware prefetchers alone leave a one-token matmul at about
- * half the memory bandwidth, most of all on the file's 4 KiB pages. */
+/* Prefetch a block's bytes in the same rows of a row tile PREFETCH_BYTES or more ahead, which the thread
+ * usually runs later (its chunk is consecutive tiles): the hardware prefetchers alone leave a one-token
+ * matmul at about half the memory bandwidth (tiles read TILE_ROWS short streams at once), and one tile
+ * ahead (2.7 KB on the default model's head) is too close to cover the memory latency at one core's
+ * bandwidth: ~13 GB/s there, where ~10 KB ahead streams ~26 GB/s (docs/decode_speed.md). */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 16384
+#endif
 static inline void prefetch_next_tile(const uint8_t *row, size_t w_stride, size_t offset, size_t bytes) {
-    const uint8_t *p = row + TILE_ROWS * w_stride + offset;
+    const size_t tile = TILE_ROWS * w_stride, ahead = (PREFETCH_BYTES + tile - 1) / tile * tile;
+    const uint8_t *p = row + ahead + offset;
     for (size_t line = 0; line < bytes; line += 64) __builtin_prefetch(p + line);
 }
 
