@@ -70,15 +70,6 @@ EXPORT int realm_quantize_act(int type, const float *x, int64_t n_tok, int64_t n
     return 0;
 }
 
-/* One weight of a fused projection: its rows land in output columns [first column, + n_rows). */
-typedef struct {
-    int32_t type;
-    int32_t reserved;
-    const uint8_t *w;
-    int64_t w_stride;  /* bytes from one weight row to the next */
-    int64_t n_rows;
-} realm_segment;
-
 #define MAX_SEGMENTS 8
 
 typedef struct {

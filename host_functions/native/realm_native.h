@@ -308,3 +308,26 @@ HIDDEN int pool_threads(void);
  * result must depend on that row alone, so the split never changes a bit. */
 typedef void (*rows_fn)(const void *arg, int64_t first, int64_t end);
 HIDDEN void pool_run_rows(rows_fn fn, const void *arg, int64_t n_rows, int64_t row_floats);
+
+/* ---- entry points one file calls from another (layer.c runs a block through them) ---------------- */
+
+/* One weight of a fused projection: its rows land in output columns [first column, + n_rows). */
+typedef struct {
+    int32_t type;
+    int32_t reserved;
+    const uint8_t *w;
+    int64_t w_stride;  /* bytes from one weight row to the next */
+    int64_t n_rows;
+} realm_segment;
+
+EXPORT int realm_matmul(const realm_segment *segs, int n_seg, int64_t n_cols, const float *x, int64_t n_tok, float *y,
+                        int64_t y_stride);
+EXPORT int realm_rms_norm(const float *x, int64_t n_rows, int64_t n_cols, const float *w, float eps, float *out);
+EXPORT int realm_rope(const float *x, int64_t n_tok, int n_head, int hd, const float *cos, const float *sin, int neox,
+                      float *out);
+EXPORT int realm_kv_store(float *k_pool, float *v_pool, int64_t n_slots, int64_t row, const int64_t *slots, int64_t n,
+                          const float *k, const float *v);
+EXPORT int realm_attention(const float *q, int64_t n, int n_head, int n_kv, int hd, const float *keys,
+                           const float *values, int64_t n_slots, const int64_t *slots, int64_t pos, int64_t start,
+                           int64_t window, float scale, float *out);
+EXPORT int realm_gated(int kind, const float *gate_up, int64_t n_rows, int64_t n_ff, float *out);
