@@ -159,7 +159,7 @@ class Kernels:
         """
         x = np.ascontiguousarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != n_cols:
-            raise BackendError(f"matmul: x {x.shape} does not fit {n_cols} columns")
+            raise BackendError(f"matmul: x {x.shape} and {len(weights)} weights do not fit {n_cols} columns")
         segments = _segments(weights)
         out = np.empty((x.shape[0], sum(rows.shape[0] for _, rows in weights)), np.float32)
         status = self._lib.realm_matmul(segments, len(weights), n_cols, _address(x), x.shape[0], _address(out),
