@@ -83,17 +83,19 @@ static inline const int8_t *unpack_q8_1(const block_q8_1 *b, int8_t *q, float *d
             _Alignas(32) int8_t buf[TILE_ROWS][QK];                                                          \
             const int8_t *q[TILE_ROWS];                                                                      \
             _Alignas(16) float d[TILE_ROWS] = {0}, m[TILE_ROWS] = {0};                                       \
+            uint16_t dh[TILE_ROWS] = {0};  /* the scales' f16 bits: converted together (f32x4_from_f16) */   \
             for (int r = 0; r < nr; r++) {                                                                   \
                 const uint8_t *row = w + (size_t)r * w_stride;                                               \
                 prefetch_next_tile(row, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK));           \
                 q[r] = UNPACK((const BLOCK *)row + ib, buf[r], &d[r], &m[r]);                                \
+                dh[r] = ((const BLOCK *)row + ib)->d;                                                        \
             }                                                                                                \
-            const f32x4 dw = f32x4_load(d), mw = f32x4_load(m);                                              \
+            const f32x4 dw = f32x4_from_f16(dh[0], dh[1], dh[2], dh[3]), mw = f32x4_load(m);                 \
             for (int t = 0; t < nt; t++) {                                                                   \
                 const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                          \
                 i32x8 lanes[TILE_ROWS] = {i32x8_zero(), i32x8_zero(), i32x8_zero(), i32x8_zero()};           \
                 for (int r = 0; r < nr; r++) lanes[r] = DOT(q[r], xb->qs);                                   \
-                sum[t] = f32x4_add(sum[t], f32x4_mul(f32x4_mul(dw, f32x4_set1(f16_to_f32(xb->d))),           \
+                sum[t] = f32x4_add(sum[t], f32x4_mul(f32x4_mul(dw, f32x4_set1_f16(xb->d)),                   \
                                                      i32x8_sum4_f(lanes)));                                  \
                 MIN_TERM(sum[t], mw, S_OF(xb));                                                              \
             }                                                                                                \

@@ -60,7 +60,15 @@ static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f;
 
 #if defined(__F16C__)
 #include <immintrin.h>
-static inline float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+/* F16C's conversion of a value held in a general register (the empty asm keeps it there): vmovd
+ * zero-fills the vector. From memory clang inserts the value into whatever vector register it likes
+ * (vpinsrw), a tile's accumulator say, and the conversion then waits for that register's last writer:
+ * every block of a tile chained to the one before (docs/decode_speed.md). */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t v = h;
+    __asm__("" : "+r"(v));
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((int)v)));
+}
 static inline uint16_t f32_to_f16(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 #elif defined(REALM_NEON)
 static inline float f16_to_f32(uint16_t h) { __fp16 f; memcpy(&f, &h, 2); return (float)f; }  /* fcvt s, h */
