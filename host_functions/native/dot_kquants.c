@@ -205,6 +205,7 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
         _Alignas(32) uint8_t u[PANEL_ROWS][QK_K];                                                            \
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
             for (int r = 0; r < nr; r++) {                                                                   \
+                prefetch_next_tile(w + r * w_stride, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK));    \
                 UNPACK((const BLOCK *)(w + r * w_stride) + ib, &k[r]);                                       \
                 for (int c = 0; c < QK_K / 32; c++)                                                          \
                     _mm256_store_si256((__m256i *)(u[r] + 32 * c),                                           \

@@ -235,10 +235,12 @@ static inline __m256i udot_acc(__m256i acc, __m256i u, __m256i x) {
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
             float d[PANEL_ROWS], m[PANEL_ROWS];                                                              \
             _Alignas(32) uint8_t u[PANEL_ROWS][QK];                                                          \
-            for (int r = 0; r < nr; r++)                                                                     \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                prefetch_next_tile(w + r * w_stride, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK));    \
                 _mm256_store_si256((__m256i *)u[r], _mm256_add_epi8(v##UNPACK((const BLOCK *)(w + r * w_stride) + ib, \
                                                                               &d[r], &m[r]),                  \
                                                                     _mm256_set1_epi8((char)(ZERO))));         \
+            }                                                                                                \
             for (int p = 0; p < n_panels; p++) {                                                             \
                 const xpanel_q8 *xb = (const xpanel_q8 *)(xp + (size_t)p * panel_stride) + ib;               \
                 const pvi init = (ZERO) ? pvi_mullo(pvi_load(xb->sum), pvi_set1(-(ZERO))) : pvi_zero();      \
