@@ -122,6 +122,7 @@ REALM_IMPORT(result_report) int32_t realm_result_report(int32_t finish_reason, i
 
 /* Speculative decoding (ABI 3): every row's logits, verification of drafts, draft models. */
 REALM_IMPORT(seq_finish_all) int32_t realm_seq_finish_all(int32_t seq); /* returns the rows kept */
+REALM_IMPORT(seq_step_all) int32_t realm_seq_step_all(int32_t seq); /* ABI 5: the remaining layers + seq_finish_all */
 REALM_IMPORT(logits_row) int32_t realm_logits_row(int32_t seq, int32_t row);
 REALM_IMPORT(spec_verify) int32_t realm_spec_verify(int32_t seq, int32_t sampler, int32_t draft_seq, int32_t *next);
 REALM_IMPORT(draft_open) int32_t realm_draft_open(const char *name, int32_t name_len); /* "self:N", "draft:PATH" */
@@ -156,11 +157,8 @@ static inline int32_t realm_step(int32_t seq, int32_t n_layers) {
 
 /* The same, keeping the logits of every pending token (to verify drafts); returns the rows kept. */
 static inline int32_t realm_step_all(int32_t seq, int32_t n_layers) {
-    for (int32_t layer = 0; layer < n_layers; layer++) {
-        int32_t rc = realm_forward_layer(seq, layer);
-        if (rc < 0) return rc;
-    }
-    return realm_seq_finish_all(seq);
+    (void)n_layers;
+    return realm_seq_step_all(seq);
 }
 
 /* A float32's bits, for seq_set_adapter's scale. */

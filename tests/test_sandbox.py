@@ -248,7 +248,7 @@ def test_logits_read_through_the_abi_match_llamacpp(model):
 
 def test_seq_step_runs_the_remaining_layers_and_finishes_like_forward_layer_and_seq_finish(model):
     """ABI 5: a whole step in one call, or its remaining layers after forward_layer(0); nothing pending
-    is WRONG_STATE, as forward_layer says."""
+    is WRONG_STATE, as forward_layer says; seq_step_all keeps every row, as seq_finish_all does."""
     ref = np.load(DATA / "tiny-llama-F32.logits.npz")
     ids, theirs = ref["tokens0"][:41], ref["seq0"][:41]
     n_vocab = model.config.n_vocab
@@ -267,11 +267,15 @@ def test_seq_step_runs_the_remaining_layers_and_finishes_like_forward_layer_and_
       {dump}
       {expect("(call $seq_step (local.get $s))", f"(i32.const {Status.WRONG_STATE})", 7)}
       {expect("(call $seq_len (local.get $s))", "(i32.const 41)", 8)}
+      {expect("(call $seq_append (local.get $s) (i32.const 64) (i32.const 3))", "(i32.const 0)", 10)}
+      {expect("(call $seq_step_all (local.get $s))", "(i32.const 3)", 11)}
+      {expect("(call $seq_len (local.get $s))", "(i32.const 44)", 12)}
       (i32.const 0)"""
     result = TenantSandbox(model).run(compile_wat(body, extra=data_i32(ids, 64)), {})
     assert result.status == Status.OK
     assert_matches(hex_floats(result.text).reshape(2, n_vocab), theirs[39:41], EXACT, "seq_step")
-    assert result.trace["seq_step"].calls == 4 and result.trace["seq_finish"].calls == 0
+    assert result.trace["seq_step"].calls == 4 and result.trace["seq_step_all"].calls == 1
+    assert result.trace["seq_finish"].calls == result.trace["seq_finish_all"].calls == 0
 
 
 def test_logits_topk_are_the_largest_logits_highest_first(model):
