@@ -22,7 +22,7 @@ def test_the_paris_question_is_answered_through_the_reference_guest_one_host_cal
     row = re.search(r"seq_step\s*│\s*(\d+)", done.stderr)
     assert row and int(row[1]) == 8, done.stderr
     assert not re.search(r"forward_layer\s*│", done.stderr)  # the reference guest runs whole steps (ABI 5)
-    assert "8 steps x 18 layers -> 8 whole-step seq_step calls and 0 forward_layer calls" in done.stderr
+    assert "8 steps x 18 layers -> 8 whole-step seq_step(_all) calls and 0 forward_layer calls" in done.stderr
 
 
 def test_prompt_from_stdin_and_json_output(realm):

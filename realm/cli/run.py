@@ -265,10 +265,10 @@ def _print_trace(result: RunResult, label: str, n_layers: int, decode_s: float |
     def calls(name: str) -> int:
         return result.trace[name].calls if name in result.trace else 0
 
-    whole, layers = calls("seq_step"), calls("forward_layer")
+    whole, layers = calls("seq_step") + calls("seq_step_all"), calls("forward_layer")
     steps = calls("seq_finish") + whole
-    stderr.print(f"{steps} steps x {n_layers} layers -> {whole} whole-step seq_step calls and {layers} forward_layer "
-                 f"calls; {result.tokens_fed} tokens fed; "
+    stderr.print(f"{steps} steps x {n_layers} layers -> {whole} whole-step seq_step(_all) calls and "
+                 f"{layers} forward_layer calls; {result.tokens_fed} tokens fed; "
                  f"{result.fuel_used:,} fuel; {result.seconds:.2f} s", highlight=False, soft_wrap=True)
     figures = speculation_figures(result, decode_s)
     if figures:
