@@ -24,9 +24,9 @@
  * step where prompt lookup finds nothing is a plain step, with a plain step's host calls. Drafts
  * that do not pay for themselves (judge_drafts) pause speculation: plain decoding for a while.
  *
- * Per token the guest makes n_layers + 6 host calls: sample, token_is_eog, text_push,
- * seq_append, forward_layer for every layer, seq_finish, and emit. The 262144 logits of a large
- * vocabulary never cross into guest memory: the host samples.
+ * Per token the guest makes 6 host calls: sample, token_is_eog, text_push, seq_append, seq_step
+ * (every layer and the finish in one call, ABI 5) and emit. The 262144 logits of a large vocabulary
+ * never cross into guest memory: the host samples.
  */
 #define REALM_IMPLEMENTATION
 #include "realm.h"
