@@ -34,10 +34,11 @@ from realm.request.sources import for_tenant
 from realm.request.spec import RunRequest
 from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import LOG_ERROR, GuestRunFailed, RunResult
-from realm.server import protocol
+from realm.server import context_limits, protocol
 from realm.server.admin import admin_routes, is_admin, require_admin
 from realm.server.bodies import bearer_key, parse_json, read_body
 from realm.server.connections import reject_ambiguous_framing
+from realm.server.cors import cors_middleware
 from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
 from realm.server.offloop import OffLoop
 from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
@@ -66,6 +67,7 @@ class ServerConfig:
     requests_per_minute: int = 600  # per tenant, unless its registry entry says otherwise; 0 is off
     tokens_per_minute: int = 0  # per tenant (prompt + completion), likewise; 0 is off
     admin_key: str | None = None  # admin endpoints and /metrics; None: they are disabled
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: CORS is off
 
 
 class Server:
@@ -100,10 +102,10 @@ class Server:
         return tenant, self.registry.rate_limits(tenant.name)
 
     def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
-        n_ctx = min(self.model.config.context_length, tenant.limits.max_context)
-        n_ctx = min(n_ctx, self.config.ctx_size) if self.config.ctx_size else n_ctx
-        return protocol.RequestLimits(n_ctx, tenant.limits.max_tokens, self.config.default_max_tokens,
-                                      self.config.max_prompt_tokens or n_ctx, self.model.config.n_vocab)
+        """What one request of `tenant` may hold, each limit with what sets it (context_limits.py)."""
+        return context_limits.request_limits(tenant, self.model.config.context_length, self.config.ctx_size,
+                                             self.config.default_max_tokens, self.config.max_prompt_tokens,
+                                             self.model.config.n_vocab)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -403,10 +405,17 @@ def create_app(server: Server) -> Starlette:
     async def chat_completions(request: Request) -> Response:
         return await server.generate(request, "chat")
 
+    def model_object() -> dict[str, Any]:
+        return {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "realm"}
+
     async def models(request: Request) -> Response:
         await server.off_loop.run(server.tenant, request)
-        return JSONResponse({"object": "list", "data": [
-            {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "realm"}]})
+        return JSONResponse({"object": "list", "data": [model_object()]})
+
+    async def model(request: Request) -> Response:
+        await server.off_loop.run(server.tenant, request)
+        protocol.check_model_id(request.path_params["model"], server.model_id)
+        return JSONResponse(model_object())
 
     async def health(request: Request) -> Response:
         # Liveness for anyone; what the server is doing only for the admin (in flight, per tenant).
@@ -427,6 +436,7 @@ def create_app(server: Server) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/admin/health", admin_health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -434,8 +444,9 @@ def create_app(server: Server) -> Starlette:
                       lambda path: load_adapter(path, server.model.config)),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, RealmError: _realm_error, Exception: _crash}
+    middleware = [Middleware(reject_ambiguous_framing), *cors_middleware(server.config.cors_origins)]
     return Starlette(routes=routes, exception_handlers=handlers,  # type: ignore[arg-type]
-                     middleware=[Middleware(reject_ambiguous_framing)])
+                     middleware=middleware)
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:
