@@ -1,0 +1,139 @@
+"""What OpenAI clients and browsers expect of `realm serve` beyond completions (issue 21): a model
+by id, CORS, errors that name the limit that applies, clean start-up failures and shutdown, and
+Ctrl-C in `realm chat`. The real server on loopback, driven with the official `openai` client and
+httpx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from conftest import REALM
+from test_serve import MODEL, Served, serving
+
+ORIGIN = "https://app.example"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serving(tmp_path_factory.mktemp("clients"), "--cors-origin", ORIGIN, "--cors-origin",
+                 "http://localhost:3000") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def key(served: Served) -> str:
+    return served.tenant("web")
+
+
+def test_a_model_is_retrieved_by_id_and_an_unknown_one_is_404_model_not_found(served, key):
+    client = served.client(key)
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.object, model.owned_by) == (MODEL, "model", "realm")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-4")
+    assert missing.value.code == "model_not_found" and "gpt-4" in missing.value.message
+    anonymous = httpx.get(f"{served.url}/v1/models/{MODEL}", timeout=30)
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_preflight_from_an_allowed_origin_is_answered_and_its_request_carries_cors_headers(served, key):
+    preflight = httpx.options(served.url + "/v1/chat/completions", timeout=30, headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    listed = httpx.get(served.url + "/v1/models", timeout=30,
+                       headers={"Origin": ORIGIN, "Authorization": f"Bearer {key}"})
+    assert listed.status_code == 200 and listed.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_other_origins_get_no_cors_headers(served):
+    refused = httpx.options(served.url + "/v1/completions", timeout=30, headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+
+
+def test_cors_is_off_by_default(tmp_path):
+    with serving(tmp_path) as server:
+        preflight = httpx.options(server.url + "/v1/completions", timeout=30, headers={
+            "Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 405 and "access-control-allow-origin" not in preflight.headers
+
+
+def test_a_long_request_is_context_length_exceeded_naming_the_tenants_limit_and_how_to_raise_it(served, key):
+    client = served.client(key)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="Hi", max_tokens=5000)
+    error = caught.value
+    assert error.code == "context_length_exceeded" and error.param == "max_tokens"
+    assert "4096 of tenant 'web''s max_context limit" in error.message
+    assert "realm tenant set-limits web max_context=N" in error.message and "32768" not in error.message
+    with pytest.raises(openai.BadRequestError) as prompt:
+        client.completions.create(model=MODEL, prompt="word " * 5000, max_tokens=1)
+    assert prompt.value.code == "context_length_exceeded" and prompt.value.param == "prompt"
+
+
+def test_a_busy_port_or_a_bad_host_is_one_error_line_and_exit_1(served):
+    port = int(served.url.rsplit(":", 1)[1])
+    for args, cause in ((["--port", str(port)], "Address already in use"),
+                        (["--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid")):
+        done = subprocess.run([REALM, "serve", "--backend", "cpu", *args], capture_output=True, text=True,
+                              env=served.env, timeout=120)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.startswith("Error: cannot listen on") and cause in done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_ctrl_c_twice_answers_every_request_in_flight_with_an_error_never_a_cut_stream(tmp_path):
+    with serving(tmp_path, "--drain-timeout", "60") as server:
+        key = server.tenant("main")
+        body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3000, "temperature": 0}
+        whole: list[httpx.Response] = []
+        waiting = threading.Thread(target=lambda: whole.append(httpx.post(
+            server.url + "/v1/completions", json=body, timeout=120, headers={"Authorization": f"Bearer {key}"})))
+        waiting.start()
+        events: list[str] = []
+        with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}, timeout=120,
+                          headers={"Authorization": f"Bearer {key}"}) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if len(events) == 2:  # Ctrl-C drains (for 60 s); Ctrl-C again ends the runs now
+                        server.proc.send_signal(signal.SIGINT)
+                        server.proc.send_signal(signal.SIGINT)
+        assert json.loads(events[-1])["error"]["code"] == "server_shutdown"
+        waiting.join(timeout=120)
+        assert whole[0].status_code == 503 and whole[0].json()["error"]["code"] == "server_shutdown"
+        assert server.proc.wait(timeout=60) == 130  # `realm`'s status for Ctrl-C
+        assert "Traceback" not in server.log.read_text()
+
+
+def test_ctrl_c_in_realm_chat_stops_the_answer_and_the_chat_goes_on(realm_env):
+    chat = subprocess.Popen([REALM, "chat", "--backend", "cpu", "--temperature", "0", "--max-tokens", "2000"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=realm_env)
+    assert chat.stdin is not None and chat.stdout is not None
+    chat.stdin.write(b"Tell me a long story about a dragon.\n")
+    chat.stdin.flush()
+    streamed = b""
+    while len(streamed) < 8:  # the answer is streaming
+        assert select.select([chat.stdout], [], [], 240)[0], "no answer streamed"
+        streamed += os.read(chat.stdout.fileno(), 64)
+    chat.send_signal(signal.SIGINT)
+    out, err = chat.communicate(b"What is the capital of France?\n", timeout=300)
+    stderr = err.decode()
+    assert chat.returncode == 0, stderr  # the chat ended at the end of its input, not at Ctrl-C
+    assert stderr.count("[stopped]") == 1 and "Traceback" not in stderr
+    assert "likely a base model" in stderr and "--model" in stderr  # the bundled Gemma has no chat template
+
