@@ -137,3 +137,28 @@ def test_ctrl_c_in_realm_chat_stops_the_answer_and_the_chat_goes_on(realm_env):
     assert stderr.count("[stopped]") == 1 and "Traceback" not in stderr
     assert "likely a base model" in stderr and "--model" in stderr  # the bundled Gemma has no chat template
 
+
+
+def test_streamed_logprobs_arrive_with_each_chunk_and_add_up_to_the_whole_answers(served, key):
+    client = served.client(key)
+    prompt = "The capital of France is"
+    whole = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0, logprobs=2)
+    chunks = [c for c in client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0,
+                                                   logprobs=2, stream=True) if c.choices]
+    texts = [c for c in chunks if c.choices[0].text]
+    assert len(texts) >= 3 and all(c.choices[0].logprobs and c.choices[0].logprobs.tokens for c in texts)
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+    assert [t for lp in streamed for t in lp.tokens] == whole.choices[0].logprobs.tokens
+    assert [o for lp in streamed for o in lp.text_offset] == whole.choices[0].logprobs.text_offset
+    assert [v for lp in streamed for v in lp.token_logprobs] == whole.choices[0].logprobs.token_logprobs
+
+    messages = [{"role": "user", "content": "Name a colour."}]
+    answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
+                                            logprobs=True, top_logprobs=2)
+    parts = [c for c in client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
+                                                       logprobs=True, top_logprobs=2, stream=True) if c.choices]
+    with_text = [c for c in parts if c.choices[0].delta.content]
+    assert len(with_text) >= 3 and all(c.choices[0].logprobs and c.choices[0].logprobs.content for c in with_text)
+    content = [e for c in parts if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob, len(e.top_logprobs)) for e in content] == \
+        [(e.token, e.logprob, 2) for e in answer.choices[0].logprobs.content]

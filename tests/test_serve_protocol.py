@@ -274,13 +274,17 @@ def test_a_request_reserves_its_prompts_and_max_tokens_for_every_choice(model):
     assert spec.most_tokens() == sum(spec.prompt_tokens) + 5 * 3 * 2
 
 
-def test_text_pieces_coalesce_per_choice_into_bounded_events():
-    from realm.server.app import MAX_EVENT_CHARS, _coalesced
+def test_text_pieces_coalesce_per_choice_into_bounded_events_with_their_logprobs():
+    from realm.server.runner import Piece
+    from realm.server.streaming import MAX_EVENT_CHARS, coalesced
 
     done = RuntimeError("outcome")
-    events = [(0, "a"), (0, "b"), (1, "c"), (0, "x" * (MAX_EVENT_CHARS + 5)), (0, done), (1, "d"), (1, "e")]
-    assert list(_coalesced(events)) == [(0, "ab"), (1, "c"), (0, "x" * MAX_EVENT_CHARS), (0, "xxxxx"), (0, done),
-                                        (1, "de")]
+    lp1, lp2 = TokenLogprob(1, -0.5, ()), TokenLogprob(2, -1.5, ())
+    events = [(0, Piece("a", (lp1,))), (0, Piece("b", (lp2,))), (1, Piece("c")),
+              (0, Piece("x" * (MAX_EVENT_CHARS + 5), (lp1,))), (0, done), (1, Piece("d")), (1, Piece("", (lp2,)))]
+    assert list(coalesced(events)) == [(0, Piece("ab", (lp1, lp2))), (1, Piece("c")),
+                                       (0, Piece("x" * MAX_EVENT_CHARS, (lp1,))), (0, Piece("xxxxx")), (0, done),
+                                       (1, Piece("d", (lp2,)))]
 
 
 def test_a_draft_name_a_guest_passes_is_refused_not_a_host_crash(model):
@@ -339,8 +343,8 @@ def test_context_errors_are_context_length_exceeded_naming_the_limit_that_applie
                             n_vocab=model.config.n_vocab)
     assert (limits.n_ctx, limits.max_prompt_tokens) == (64, 64)
     long_prompt = {"model": MODEL_ID, "prompt": "word " * 70}
-    error = refused(400, "no room for an answer in the 64 of tenant 'acme''s max_context limit", protocol.parse_completion,
-                    long_prompt, MODEL_ID, model.tokenizer, limits)
+    error = refused(400, "no room for an answer in the 64 of tenant 'acme''s max_context limit",
+                    protocol.parse_completion, long_prompt, MODEL_ID, model.tokenizer, limits)
     assert error.code == "context_length_exceeded" and "realm tenant set-limits acme max_context=N" in error.message
     error = refused(400, "over the 64 of tenant 'acme''s max_context", protocol.parse_completion,
                     {**long_prompt, "prompt": "word", "max_tokens": 100}, MODEL_ID, model.tokenizer, limits)

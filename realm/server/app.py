@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +32,7 @@ from realm.request.sources import for_tenant
 from realm.request.spec import RunRequest
 from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import LOG_ERROR, GuestRunFailed, RunResult
-from realm.server import context_limits, protocol
+from realm.server import context_limits, protocol, streaming
 from realm.server.admin import admin_routes, is_admin, require_admin
 from realm.server.bodies import bearer_key, parse_json, read_body
 from realm.server.connections import reject_ambiguous_framing
@@ -43,15 +41,13 @@ from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
 from realm.server.offloop import OffLoop
 from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
 from realm.server.ratelimit import RateLimiter, Reservation, TooLarge
-from realm.server.runner import GuestRun, Runner
+from realm.server.runner import GuestRun, Piece, Runner
+from realm.server.streaming import sse as _sse
 from realm.tenants import RateLimits, Tenant, TenantRegistry
 
 log = logging.getLogger("realm.server")
 T = TypeVar("T")
-# What a run sends its request's stream: (choice index, a piece of text, or the run's outcome at its end).
-_RunEvent = tuple[int, str | RunResult | Exception]
 _DISCONNECT_POLL_S = 0.1
-MAX_EVENT_CHARS = 16384  # text in one SSE event; more waiting at once goes in several
 
 
 @dataclass(frozen=True)
@@ -304,18 +300,19 @@ class _Call:
 
     async def events(self) -> AsyncIterator[str]:
         """The SSE stream: every choice's text as it comes, a final chunk per choice, [DONE]."""
-        spec, tokenizer = self.spec, self.server.model.tokenizer
-        queue: asyncio.Queue[_RunEvent] = asyncio.Queue()
-        pumps = [asyncio.ensure_future(_pump(index, run, queue)) for index, run in self.runs]
+        spec, logprobs = self.spec, streaming.ChunkLogprobs(self.spec, self.server.model.tokenizer)
+        queue: asyncio.Queue[streaming.RunEvent] = asyncio.Queue()
+        pumps = [asyncio.ensure_future(streaming.pump(index, run, queue)) for index, run in self.runs]
         status, pending = 200, len(self.runs)
         try:
             for index, _ in self.runs:
                 yield _sse(protocol.chunk(spec, self.rid, self.created, index, first=True))
             while pending:
-                for index, item in _coalesced(await _all_ready(queue)):
-                    if isinstance(item, str):
+                for index, item in streaming.coalesced(await streaming.all_ready(queue)):
+                    if isinstance(item, Piece):
                         self.text_arrived()
-                        yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item))
+                        yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item.text,
+                                                  logprobs=logprobs.of(index, item.logprobs)))
                         continue
                     pending -= 1
                     if isinstance(item, Exception):
@@ -325,10 +322,8 @@ class _Call:
                         return
                     choice = self.choice(index, item)
                     self.results.append(choice)
-                    logprobs = (protocol.format_logprobs(spec, choice.logprobs, tokenizer)
-                                if spec.top_logprobs is not None else None)
                     yield _sse(protocol.chunk(spec, self.rid, self.created, index,
-                                              finish_reason=choice.finish_reason, logprobs=logprobs))
+                                              finish_reason=choice.finish_reason, logprobs=logprobs.rest(index, item)))
             if spec.include_usage:
                 yield _sse(protocol.usage_chunk(spec, self.rid, self.created, self.results))
             yield "data: [DONE]\n\n"
@@ -339,41 +334,6 @@ class _Call:
             for pump in pumps:
                 pump.cancel()
             self.close(status)
-
-
-async def _pump(index: int, run: GuestRun, queue: asyncio.Queue[_RunEvent]) -> None:
-    """Move one run's text and then its outcome onto the request's shared queue."""
-    async for text in run.stream():
-        queue.put_nowait((index, text))
-    try:
-        outcome: RunResult | Exception = await run.result()
-    except Exception as exc:  # noqa: BLE001  the outcome is reported to the client by events()
-        outcome = exc
-    queue.put_nowait((index, outcome))
-
-
-async def _all_ready(queue: asyncio.Queue[_RunEvent]) -> list[_RunEvent]:
-    """The next event and every one already queued behind it."""
-    ready = [await queue.get()]
-    while not queue.empty():
-        ready.append(queue.get_nowait())
-    return ready
-
-
-def _coalesced(events: list[_RunEvent]) -> Iterator[_RunEvent]:
-    """`events` with each run of one choice's text pieces joined, and cut into pieces of at most
-    MAX_EVENT_CHARS: one SSE event per batch of text however the guest emitted it, none unbounded."""
-    for (index, is_text), group in itertools.groupby(events, key=lambda e: (e[0], isinstance(e[1], str))):
-        if not is_text:
-            yield from group
-            continue
-        joined = "".join(str(item) for _, item in group)
-        for start in range(0, len(joined), MAX_EVENT_CHARS):
-            yield index, joined[start:start + MAX_EVENT_CHARS]
-
-
-def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
 def guest_failure(exc: RealmError) -> ApiError:

@@ -21,5 +21,5 @@ def cors_middleware(origins: Sequence[str]) -> list[Middleware]:
     only because the page sets it."""
     if not origins:
         return []
-    return [Middleware(CORSMiddleware, allow_origins=list(origins), allow_methods=["*"],  # type: ignore[arg-type]
+    return [Middleware(CORSMiddleware, allow_origins=list(origins), allow_methods=["*"],
                        allow_headers=["*"], max_age=PREFLIGHT_MAX_AGE_S)]

@@ -356,8 +356,10 @@ def usage_chunk(spec: GenerationSpec, rid: str, created: int, choices: Sequence[
             "usage": usage(spec, choices)}
 
 
-def format_logprobs(spec: GenerationSpec, entries: Sequence[TokenLogprob], tokenizer: Tokenizer) -> dict[str, Any]:
-    """OpenAI's logprobs object: chat's `content` list, or completions' parallel lists."""
+def format_logprobs(spec: GenerationSpec, entries: Sequence[TokenLogprob], tokenizer: Tokenizer,
+                    offset: int = 0) -> dict[str, Any]:
+    """OpenAI's logprobs object: chat's `content` list, or completions' parallel lists (text offsets
+    from `offset`, where the entries' text starts in the choice's)."""
     def piece(token: int) -> tuple[str, list[int]]:
         raw = tokenizer.token_bytes(token)
         return raw.decode("utf-8", "replace"), list(raw)
@@ -369,7 +371,7 @@ def format_logprobs(spec: GenerationSpec, entries: Sequence[TokenLogprob], token
             top = [{"token": piece(t)[0], "logprob": lp, "bytes": piece(t)[1]} for t, lp in e.top]
             content.append({"token": text, "logprob": e.logprob, "bytes": raw, "top_logprobs": top})
         return {"content": content, "refusal": None}
-    tokens, offsets, offset = [], [], 0
+    tokens, offsets = [], []
     for e in entries:
         text = piece(e.token)[0]
         tokens.append(text)
