@@ -15,9 +15,11 @@ import threading
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from conftest import REALM
+from oracle import DATA
 from test_serve import MODEL, Served, serving
 
 ORIGIN = "https://app.example"
@@ -162,3 +164,30 @@ def test_streamed_logprobs_arrive_with_each_chunk_and_add_up_to_the_whole_answer
     content = [e for c in parts if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert [(e.token, e.logprob, len(e.top_logprobs)) for e in content] == \
         [(e.token, e.logprob, 2) for e in answer.choices[0].logprobs.content]
+
+
+def test_embeddings_are_llama_cpps_for_text_and_token_inputs(served, key):
+    oracle = json.loads((DATA / "gemma3-270m.embeddings.json").read_text())  # llama-server --pooling mean
+    client = served.client(key)
+    done = client.embeddings.create(model=MODEL, input=oracle["inputs"])  # the client asks for base64
+    assert [d.index for d in done.data] == list(range(len(oracle["inputs"])))
+    assert done.usage.prompt_tokens == done.usage.total_tokens > len(oracle["inputs"])
+    for ours, theirs in zip(done.data, oracle["embeddings"], strict=True):
+        vector = np.asarray(ours.embedding)
+        assert vector.shape == (640,) and abs(np.linalg.norm(vector) - 1) < 1e-4
+        assert float(vector @ np.asarray(theirs)) > 0.995  # Q4_K_M: llama.cpp's 8-bit activations differ a little
+    first = client.embeddings.create(model=MODEL, input=oracle["inputs"][0], encoding_format="float")
+    assert np.allclose(first.data[0].embedding, done.data[0].embedding, atol=1e-6)
+    tokens = client.embeddings.create(model=MODEL, input=[[2, 818, 5279]], encoding_format="float")
+    assert len(tokens.data[0].embedding) == 640 and tokens.usage.prompt_tokens == 3
+
+
+def test_bad_embedding_requests_are_400_and_a_long_input_names_the_limit(served, key):
+    client = served.client(key)
+    with pytest.raises(openai.BadRequestError, match="input must be"):
+        client.embeddings.create(model=MODEL, input=[])
+    with pytest.raises(openai.BadRequestError) as long_input:
+        client.embeddings.create(model=MODEL, input=[[2] * 5000])
+    assert long_input.value.code == "context_length_exceeded" and "max_context" in long_input.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input="a")

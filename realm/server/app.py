@@ -32,7 +32,7 @@ from realm.request.sources import for_tenant
 from realm.request.spec import RunRequest
 from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import LOG_ERROR, GuestRunFailed, RunResult
-from realm.server import context_limits, protocol, streaming
+from realm.server import context_limits, embeddings, protocol, streaming
 from realm.server.admin import admin_routes, is_admin, require_admin
 from realm.server.bodies import bearer_key, parse_json, read_body
 from realm.server.connections import reject_ambiguous_framing
@@ -123,7 +123,7 @@ class Server:
             self._start_runs(tenant, 1, self.runner.check)  # a tenant over its share costs no parsing
             data = await read_body(request, self.config.max_body_bytes)
             spec, base = await self.off_loop.run_for(tenant.name, self._prepare, tenant, kind, data)
-            held = self._reserve(tenant, rates, spec)
+            held = self._reserve(tenant, rates, spec.most_tokens())
             self._check_open()
             indexed = list(spec.guest_requests())
             requests = [dataclasses.replace(base, fields=f) for _, f in indexed]
@@ -139,6 +139,35 @@ class Server:
             return StreamingResponse(call.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await call.complete(request)
+
+    async def embeddings(self, request: Request) -> Response:
+        """Serve /v1/embeddings (realm/server/embeddings.py): admitted, rate-limited and reserved as a
+        completion is, its inputs' tokens reserved; tokenizing and the model's work off the event loop."""
+        started, tenant_name, held, status, used = time.perf_counter(), "", None, 500, 0
+        try:
+            tenant, rates = await self.off_loop.run(self._identify, request)
+            tenant_name = tenant.name
+            self._admit(tenant, rates)
+            data = await read_body(request, self.config.max_body_bytes)
+            limits = self.request_limits(tenant)
+            spec = await self.off_loop.run_for(tenant.name, lambda: embeddings.parse_embeddings(
+                parse_json(data), self.model_id, self.model.tokenizer, limits, self.model.config.n_embd))
+            held = self._reserve(tenant, rates, spec.most_tokens())
+            self._check_open()
+            owner = embeddings.owner_for(tenant, lambda: self.shutting_down)
+            used = spec.most_tokens()  # from here on, what a failed computation used is not known: all of it
+            try:
+                vectors = await self.off_loop.run_for(tenant.name, embeddings.embed, self.model, spec, limits.n_ctx,
+                                                      owner)
+            except RealmError as exc:
+                raise guest_failure(exc) from None
+            status = 200
+            return JSONResponse(embeddings.response(spec, self.model_id, vectors))
+        except ApiError as exc:
+            status = exc.status
+            raise
+        finally:
+            self.finished(tenant_name, "embedding", status, started, prompt_tokens=used, held=held)
 
     def _prepare(self, tenant: Tenant, kind: str, data: bytes) -> tuple[GenerationSpec, RunRequest]:
         """The checked request and the tenant's guest, adapters and limits for it (on a worker thread)."""
@@ -164,12 +193,12 @@ class Server:
             which, wait = refused
             raise _over_rate(tenant.name, which, wait)
 
-    def _reserve(self, tenant: Tenant, rates: RateLimits, spec: GenerationSpec) -> Reservation:
+    def _reserve(self, tenant: Tenant, rates: RateLimits, tokens: int) -> Reservation:
         """Hold the most tokens the request may use (prompts plus max_tokens for every choice) in the
         tenant's window: 400 when that is more than its per-minute limit, 429 when it does not fit now."""
         limit = _rate(rates.tokens_per_minute, self.config.tokens_per_minute)
         try:
-            held = self.limiter.reserve(tenant.name, spec.most_tokens(), limit)
+            held = self.limiter.reserve(tenant.name, tokens, limit)
         except TooLarge as exc:
             raise ApiError(400, f"the request may use {exc.tokens} tokens (prompt + max_tokens for each choice), "
                                 f"over tenant {tenant.name!r}'s limit of {exc.limit} tokens per minute",
@@ -368,6 +397,9 @@ def create_app(server: Server) -> Starlette:
     def model_object() -> dict[str, Any]:
         return {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "realm"}
 
+    async def embeddings_route(request: Request) -> Response:
+        return await server.embeddings(request)
+
     async def models(request: Request) -> Response:
         await server.off_loop.run(server.tenant, request)
         return JSONResponse({"object": "list", "data": [model_object()]})
@@ -395,6 +427,7 @@ def create_app(server: Server) -> Starlette:
     routes = [
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings_route, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
