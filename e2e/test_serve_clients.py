@@ -11,8 +11,10 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,7 +22,7 @@ import openai
 import pytest
 from conftest import REALM
 from oracle import DATA
-from test_serve import MODEL, Served, serving
+from test_serve import MODEL, Served, free_port, serving
 
 ORIGIN = "https://app.example"
 
@@ -191,3 +193,15 @@ def test_bad_embedding_requests_are_400_and_a_long_input_names_the_limit(served,
     assert long_input.value.code == "context_length_exceeded" and "max_context" in long_input.value.message
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="text-embedding-3-small", input="a")
+
+
+def test_the_readmes_serve_quick_start_runs_as_written(tmp_path, realm_env):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("Serve it over the OpenAI API", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the set-up's .venv, as after setup.sh
+    script = block.replace("8080", str(free_port())) + "status=$?\nkill $!\nwait $!\nexit $status\n"
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=realm_env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # its last line is the answer (sampled: any text), after the access log's 200
+    assert '"POST /v1/completions HTTP/1.1" 200 OK' in done.stdout and done.stdout.splitlines()[-1].strip()
