@@ -77,6 +77,8 @@ class Server:
         self.runner = Runner(model, config.workers, config.max_queue)
         self.limiter = RateLimiter()
         self.off_loop = OffLoop()
+        # Embeddings' model work: threads of their own, so it never holds the ones that read keys and bodies.
+        self.embedding_work = OffLoop(config.workers)
         self.shutting_down = False  # set when the drain timeout ends the runs still going
         self.metrics = ServerMetrics()
         self.metrics.watch_engine(lambda: engine_stats(model))
@@ -157,8 +159,8 @@ class Server:
             owner = embeddings.owner_for(tenant, lambda: self.shutting_down)
             used = spec.most_tokens()  # from here on, what a failed computation used is not known: all of it
             try:
-                vectors = await self.off_loop.run_for(tenant.name, embeddings.embed, self.model, spec, limits.n_ctx,
-                                                      owner)
+                vectors = await self.embedding_work.run_for(tenant.name, embeddings.embed, self.model, spec,
+                                                            limits.n_ctx, owner)
             except RealmError as exc:
                 raise guest_failure(exc) from None
             status = 200
