@@ -40,7 +40,8 @@ BASE_MODEL_NOTICE = ("note: {name} has no chat template of its own, so it is lik
 @click.option("--tenant", "tenant_name", metavar="NAME", help="Chat through tenant NAME's guest and limits.")
 def chat(model_path: str | None, backend: str, stop: tuple[str, ...], system: str | None,
          chat_template: str | None, tenant_name: str | None, **sampling: Any) -> None:
-    """Chat with the model: type a message, read the streamed answer; /exit (or end of input) quits."""
+    """Chat with the model: type a message, read the streamed answer; Ctrl-C stops an answer, /exit (or end
+    of input, or Ctrl-C at the prompt) quits. Wants an instruction-tuned model: the bundled Gemma is a base model."""
     with flag_errors():
         check_sampling(request_fields("", sampling, stop, ()))  # bad flags fail now, not at every turn
     if tenant_name:
