@@ -63,8 +63,11 @@ def seq_finish(s: Session, mem: GuestMemory, seq: int) -> int:
     state = s.handles.get(seq, SeqState)
     sq = state.seq
     check_step_complete(sq, sq.model.config.n_layers)
+    cached = sq.cached_tokens
     state.set_logits(sq.finish(owner=s.step_owner()))
     s.count_step(state)
+    if not state.records_samples:
+        s.steps.cached_tokens += sq.cached_tokens - cached
     return Status.OK
 
 
