@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from guest_helpers import TINY_LLAMA, compile_wat, data_i32, expect, hex_dump, hex_floats, prefill
 from oracle import DATA
 
+from host_functions.abi import Status
 from host_functions.engine.model import Model
 from host_functions.engine.scheduler import StepOwner
 from host_functions.kv.pool import BLOCK_TOKENS
+from realm.sandbox.run import TenantSandbox
 
 TINY = DATA / "tiny-gemma3-Q4_K.gguf"  # sliding window 8 on 5 of its 6 layers
 PROMPT = [(7 * i + 3) % 300 + 2 for i in range(3 * BLOCK_TOKENS + 5)]  # 53 tokens: 3 full blocks
@@ -111,3 +114,29 @@ def test_no_prefix_cache_keeps_nothing():
     _run(model, PROMPT, "a", decode=0)
     _, cached = _run(model, PROMPT, "a", decode=0)
     assert cached == 0 and model.backend.kv_pool.stats().cached_blocks == 0
+
+
+def test_seq_fork_through_the_abi_shares_the_prefix_and_gives_the_recomputed_logits():
+    model = Model.load(TINY_LLAMA, backend="numpy")
+    ids = [(5 * i + 1) % 200 + 1 for i in range(41)]
+    step = """(drop (call $forward_layer (local.get {0}) (i32.const 0)))
+      (drop (call $forward_layer (local.get {0}) (i32.const 1)))
+      (drop (call $seq_finish (local.get {0})))"""
+    body = f"""
+      {prefill(40)}
+      (local.set $a (call $seq_fork (local.get $s)))
+      {expect("(call $seq_len (local.get $a))", "(i32.const 40)", 1)}
+      (drop (call $seq_append (local.get $s) (i32.const 224) (i32.const 1)))
+      {expect("(call $seq_fork (local.get $s))", f"(i32.const {Status.WRONG_STATE})", 2)}
+      {step.format("$s")}
+      (drop (call $seq_append (local.get $a) (i32.const 224) (i32.const 1)))
+      {step.format("$a")}
+      (drop (call $logits_read (local.get $s) (i32.const 1024) (i32.const 8)))
+      (drop (call $logits_read (local.get $a) (i32.const 1056) (i32.const 8)))
+      {hex_dump("(i32.const 8)", 1024, 1056)}
+      (i32.const 0)"""
+    result = TenantSandbox(model).run(compile_wat(body, extra=data_i32(ids, 64)), {})
+    assert result.status == Status.OK, result.logs
+    got = hex_floats(result.text).reshape(8, 2)
+    want = model.logits_for(ids)[-1][:8]
+    assert np.array_equal(got[:, 0], want) and np.array_equal(got[:, 1], want)

@@ -1,4 +1,4 @@
-"""Host functions over sequences: open, append, run layers, finish a step, truncate, close."""
+"""Host functions over sequences: open, fork, append, run layers, finish a step, truncate, close."""
 
 from __future__ import annotations
 
@@ -20,6 +20,20 @@ def seq_open(s: Session, mem: GuestMemory, capacity: int) -> int:
     if s.handles.count(SeqState) >= s.limits.max_sequences:
         raise QuotaExceeded(f"guest exceeded its limit of {s.limits.max_sequences} live sequences")
     return s.handles.add(SeqState(s.model.open_sequence(capacity or s.n_ctx, n_ctx=s.n_ctx)))
+
+
+@host("seq", grows=True)
+def seq_fork(s: Session, mem: GuestMemory, seq: int) -> int:
+    """A new sequence with `seq`'s tokens, adapter and last logits, sharing its KV blocks (beams,
+    best-of-n, tree search: the prefix is computed once); returns its handle."""
+    state = s.handles.get(seq, SeqState)
+    if state.seq.pending or state.seq.layers_done:
+        raise AbiError(Status.WRONG_STATE, "cannot fork a sequence during a step")
+    if s.handles.count(SeqState) >= s.limits.max_sequences:
+        raise QuotaExceeded(f"guest exceeded its limit of {s.limits.max_sequences} live sequences")
+    child = SeqState(state.seq.fork(), records_samples=state.records_samples)
+    child.set_logits(state.logits)
+    return s.handles.add(child)
 
 
 @host("seq")
