@@ -5,6 +5,8 @@ block recomputes it; idle cached blocks give way when the pool needs room."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from guest_helpers import TINY_LLAMA, compile_wat, data_i32, expect, hex_dump, hex_floats, prefill
@@ -140,3 +142,17 @@ def test_seq_fork_through_the_abi_shares_the_prefix_and_gives_the_recomputed_log
     got = hex_floats(result.text).reshape(8, 2)
     want = model.logits_for(ids)[-1][:8]
     assert np.array_equal(got[:, 0], want) and np.array_equal(got[:, 1], want)
+
+
+def test_identical_prompts_of_one_tenant_at_once_prefill_once():
+    model = Model.load(TINY, backend="numpy", kv_memory=1 << 22, batched=True)
+    results: list[tuple[list[np.ndarray], int]] = []
+    threads = [threading.Thread(target=lambda: results.append(_run(model, FOLLOW, "twins", decode=1)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(cached for _, cached in results) == [0, 3 * BLOCK_TOKENS, 3 * BLOCK_TOKENS]
+    for rows, _ in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0][0], rows, strict=True))

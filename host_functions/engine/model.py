@@ -31,7 +31,7 @@ from host_functions.errors import AdapterError, BackendError, ModelFormatError, 
 from host_functions.fair_share import NO_TENANT, Claim
 from host_functions.formats.gguf_file import GGUFFile
 from host_functions.kv.block_table import KVCache
-from host_functions.kv.prefix_keys import sequence_key
+from host_functions.kv.prefix_keys import block_keys, sequence_key
 from host_functions.lora.adapter import LoraAdapter
 from host_functions.lora.merged import MergedLora
 from host_functions.lora.pool import AdapterPool
@@ -245,24 +245,17 @@ class Sequence:
         del self.tokens[len(self.tokens) - len(redo):]
         work, self.pending, self.layers_done, self._redo = redo + self.pending, [], 0, 0
         key = self._prefix_key(owner.tenant)
-        if not self.tokens and not all_positions and cache.pool.prefix_cache:
-            taken = cache.take_prefix(key, work[:len(work) - 1], owner.tenant)
-            self.tokens, work = work[:taken], work[taken:]
-            self.cached_tokens += taken
-        rows: list[np.ndarray] = []
+        reuse = not self.tokens and not all_positions and cache.pool.prefix_cache
+        keys = block_keys(key, work[:-1], cache.pool.block_tokens) if reuse else []
         try:
-            for start in range(0, len(work), PREFILL_CHUNK):
-                chunk = work[start : start + PREFILL_CHUNK]
-                last = start + PREFILL_CHUNK >= len(work)
-                wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
-                item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), cache, wants,
-                                self.model.config.n_layers, self.adapter, self.merged, self.n_ctx)
-                logits = self.model.run_step(item, owner)
-                self.tokens.extend(chunk)
-                if logits is not None:
-                    rows.append(logits)
-            if self._chain == key:
-                cache.register(key, self.tokens)
+            with cache.pool.gate.hold(keys[-1] if keys else None, owner.deadline, owner.should_stop):
+                if keys:
+                    taken = cache.take_prefix(keys, len(work) - 1, owner.tenant)
+                    self.tokens, work = work[:taken], work[taken:]
+                    self.cached_tokens += taken
+                rows = self._run_chunks(cache, work, all_positions, owner)
+                if self._chain == key:
+                    cache.register(key, self.tokens)
         except BaseException:
             done = len(self.tokens)
             if done < len(committed):
@@ -270,6 +263,21 @@ class Sequence:
             self._cut_kv(done)
             raise
         return np.concatenate(rows)[len(redo):] if all_positions else rows[-1]
+
+    def _run_chunks(self, cache: KVCache, work: list[int], all_positions: bool, owner: StepOwner) -> list[np.ndarray]:
+        """Run `work` in chunks of PREFILL_CHUNK, committing each; the logits each chunk gave."""
+        rows: list[np.ndarray] = []
+        for start in range(0, len(work), PREFILL_CHUNK):
+            chunk = work[start : start + PREFILL_CHUNK]
+            last = start + PREFILL_CHUNK >= len(work)
+            wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
+            item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), cache, wants,
+                            self.model.config.n_layers, self.adapter, self.merged, self.n_ctx)
+            logits = self.model.run_step(item, owner)
+            self.tokens.extend(chunk)
+            if logits is not None:
+                rows.append(logits)
+        return rows
 
     def _prefix_key(self, tenant: str) -> bytes:
         """The chain start of this sequence's blocks (prefix_keys): what their keys and values depend

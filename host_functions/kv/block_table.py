@@ -44,14 +44,12 @@ class KVCache:
                 self.tenant = claim.tenant
             self.blocks += self.pool.allocate(needed - len(self.blocks), dataclasses.replace(claim, tenant=self.tenant))
 
-    def take_prefix(self, start: bytes, tokens: list[int], tenant: str) -> int:
-        """Into an empty table, the cached blocks of `tenant` holding the longest prefix of `tokens` (full
-        blocks, keys chained from `start`); the positions taken."""
-        bt = self.pool.block_tokens
-        keys = block_keys(start, tokens, bt)
-        found = self.pool.take_cached(keys, len(tokens))
+    def take_prefix(self, keys: list[bytes], looked_up: int, tenant: str) -> int:
+        """Into an empty table, the cached blocks of `tenant` of the longest prefix of the chain `keys`
+        (prefix_keys.block_keys of a prompt of `looked_up` positions); the positions taken."""
+        found = self.pool.take_cached(keys, looked_up)
         self.tenant, self.blocks, self.keys = tenant, found, keys[:len(found)]
-        return len(found) * bt
+        return len(found) * self.pool.block_tokens
 
     def register(self, start: bytes, tokens: list[int]) -> None:
         """Offer the full blocks of `tokens` (all held here) not yet offered to the prefix cache."""

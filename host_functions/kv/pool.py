@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from host_functions.errors import KVPoolFull, KVPoolTooSmall, QuotaExceeded
 from host_functions.fair_share import NO_TENANT, Claim, FairShares, NeverFits, Refused
+from host_functions.kv.prefill_gate import PrefillGate
 from host_functions.kv.prefix_cache import PrefixIndex
 
 BLOCK_TOKENS = 16  # positions per block: small enough that a sequence wastes < 16 positions
@@ -57,6 +58,7 @@ class KVPool:
         self._peak = 0
         self.shares = FairShares(self.n_blocks, "KV blocks")
         self.prefix = PrefixIndex(block_tokens)
+        self.gate = PrefillGate()  # identical prompts of a tenant prefill once
         self._lock = threading.Lock()
         self.released = threading.Condition(self._lock)  # notified whenever blocks come back
 
