@@ -6,6 +6,7 @@ block recomputes it; idle cached blocks give way when the pool needs room."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from oracle import DATA
 from host_functions.abi import Status
 from host_functions.engine.model import Model
 from host_functions.engine.scheduler import StepOwner
+from host_functions.errors import QuotaExceeded
 from host_functions.kv.pool import BLOCK_TOKENS
 from realm.sandbox.run import TenantSandbox
 
@@ -156,3 +158,19 @@ def test_identical_prompts_of_one_tenant_at_once_prefill_once():
     assert sorted(cached for _, cached in results) == [0, 3 * BLOCK_TOKENS, 3 * BLOCK_TOKENS]
     for rows, _ in results[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(results[0][0], rows, strict=True))
+
+
+def test_a_tenant_at_its_own_ceiling_drops_only_its_own_cached_blocks():
+    model = Model.load(TINY, backend="numpy")
+    model.set_kv_memory(model.backend.kv_block_bytes(BLOCK_TOKENS) * 16)
+    pool = model.backend.kv_pool
+    _run(model, PROMPT, "keeper", decode=0)  # 3 cached blocks
+    capped = StepOwner("capped", kv_blocks=4)
+    seq = model.open_sequence(256)
+    seq.step(FOLLOW[::-1][:4 * BLOCK_TOKENS], capped)  # all 4 blocks it may hold
+    more = model.open_sequence(64)
+    with pytest.raises(QuotaExceeded):
+        more.step([1, 2, 3], StepOwner("capped", kv_blocks=4, deadline=time.monotonic() + 0.3))
+    assert pool.shares.holders()["keeper"] == 3 and pool.stats().cached_blocks == 3
+    seq.close()
+    more.close()

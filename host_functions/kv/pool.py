@@ -77,7 +77,8 @@ class KVPool:
 
     def _take_evicting(self, claim: Claim, n: int) -> None:
         """Count n blocks for claim.tenant, dropping idle cached blocks (its own first) while it is refused:
-        it gets whatever it would get if nobody had cached anything."""
+        it gets whatever it would get if nobody had cached anything. Others' blocks are not dropped for a
+        tenant at its own ceiling, which only its own could help."""
         evictable = None
         while True:
             try:
@@ -85,7 +86,8 @@ class KVPool:
                 return
             except Refused as exc:
                 evictable = self.prefix.evictable(claim.tenant) if evictable is None else evictable
-                if not evictable:
+                at_ceiling = self.shares.held(claim.tenant) + n > self.shares.ceiling(claim)
+                if not evictable or (at_ceiling and evictable[0][1] != claim.tenant):
                     raise KVPoolFull(f"KV cache memory full: {exc} "
                                      f"(budget {describe_bytes(self.budget_bytes)}, --kv-memory)") from None
                 self._free_cached(*evictable.pop(0))
