@@ -1,13 +1,17 @@
 """The prefix cache through a real `realm serve` (docs/prefix_cache.md): a tenant's follow-up reports
 cached prompt tokens (whole and streamed usage), another tenant sending the same prefix reuses nothing,
-/metrics shows the aggregate hit rate and cached bytes, and the answers equal `--no-prefix-cache`'s."""
+/metrics shows the aggregate hit rate and cached bytes, and the answers equal `--no-prefix-cache`'s;
+likewise `cached_tokens` in `realm batch` results and `realm run --json`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from oracle import DATA
 from test_serve import MODEL, Served, serving
 
 DOCUMENT = ("The lighthouse keeper wrote in his log every evening. He noted the wind, the colour of the sea, "
@@ -67,3 +71,39 @@ def test_chat_turns_report_cached_tokens(both):
     assert first.usage.prompt_tokens_details.cached_tokens == 0
     assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 32
     assert httpx.get(cached.url + "/metrics").status_code == 401  # only the admin reads the figures
+
+
+# --- realm batch and realm run ------------------------------------------------------------------
+
+TINY = str(DATA / "tiny-llama-F32.gguf")
+GUEST = str(Path(__file__).resolve().parent.parent / "guest" / "generate.wasm")
+
+
+def test_batch_reports_cached_tokens_per_tenant_and_equals_no_prefix_cache(realm, tmp_path):
+    for name in ("x", "y"):
+        assert realm("tenant", "create", name).returncode == 0
+        assert realm("tenant", "deploy", name, GUEST).returncode == 0
+    prompt = "a b c d e f g h " * 8
+    lines = [{"tenant": "x", "prompt": prompt, "max_tokens": 4, "temperature": 0},
+             {"tenant": "x", "prompt": prompt + "i j k", "max_tokens": 4, "temperature": 0},
+             {"tenant": "y", "prompt": prompt + "i j k", "max_tokens": 4, "temperature": 0}]
+    source = tmp_path / "requests.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def batch(*flags: str) -> list[dict]:
+        done = realm("batch", str(source), "-m", TINY, "-b", "numpy", "--concurrency", "1", *flags)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    on, off = batch(), batch("--no-prefix-cache")
+    assert on[0]["cached_tokens"] == 0 and on[1]["cached_tokens"] >= 16 and on[2]["cached_tokens"] == 0
+    assert [r["cached_tokens"] for r in off] == [0, 0, 0]
+    assert [r["text"] for r in on] == [r["text"] for r in off]
+
+
+def test_run_json_reports_cached_tokens(realm):
+    for flags in ((), ("--no-prefix-cache",)):
+        done = realm("run", "Once upon a time", "-m", TINY, "-b", "numpy", "--temperature", "0", "--max-tokens",
+                     "3", "--json", *flags)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["cached_tokens"] == 0  # one request: nothing before it to reuse
