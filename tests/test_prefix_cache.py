@@ -174,3 +174,14 @@ def test_a_tenant_at_its_own_ceiling_drops_only_its_own_cached_blocks():
     assert pool.shares.holders()["keeper"] == 3 and pool.stats().cached_blocks == 3
     seq.close()
     more.close()
+
+
+def test_a_self_speculation_draft_keeps_its_own_blocks_apart_from_the_targets(model: Model):
+    draft = model.first_layers(2)  # the same pool: its blocks hold 2 layers only
+    cold_draft, cold_target = _cold(draft, FOLLOW), _cold(model, FOLLOW)
+    _run(draft, PROMPT, "spec")
+    target, cached = _run(model, FOLLOW, "spec")
+    assert cached == 0  # the draft's blocks are not the target's
+    warm, cached = _run(draft, FOLLOW, "spec")
+    assert cached == 3 * BLOCK_TOKENS
+    assert all(np.array_equal(a, b) for a, b in zip(cold_draft + cold_target, warm + target, strict=True))
