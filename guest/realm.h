@@ -93,6 +93,8 @@ REALM_IMPORT(token_is_eog) int32_t realm_token_is_eog(int32_t token);
  * or seq_append -> seq_step (ABI 5). */
 REALM_IMPORT(seq_open) int32_t realm_seq_open(int32_t capacity); /* 0: n_ctx; returns a handle */
 REALM_IMPORT(seq_close) int32_t realm_seq_close(int32_t seq);
+/* A new sequence with seq's tokens, adapter and logits, sharing its KV blocks; returns a handle. */
+REALM_IMPORT(seq_fork) int32_t realm_seq_fork(int32_t seq);
 REALM_IMPORT(seq_append) int32_t realm_seq_append(int32_t seq, const int32_t *ids, int32_t n_ids);
 REALM_IMPORT(forward_layer) int32_t realm_forward_layer(int32_t seq, int32_t layer);
 REALM_IMPORT(seq_finish) int32_t realm_seq_finish(int32_t seq);

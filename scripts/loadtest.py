@@ -60,6 +60,7 @@ from realm.sandbox.intake import reference_guest
 
 sys.path.insert(0, str(Path(__file__).parent))  # llama_peer, next to this script, also when imported
 import llama_peer  # noqa: E402
+import multiturn  # noqa: E402
 
 REALM = str(Path(sys.executable).with_name("realm"))
 PROMPTS = ("Once upon a time", "The capital of France is", "Here is a list of fruits:", "def fibonacci(n):",
@@ -119,9 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--flood", action="store_true", help="one flooding tenant beside three well-behaved ones")
     parser.add_argument("--flood-clients", type=int, default=8, help="the flooder's concurrent requests (--flood)")
+    parser.add_argument("--multi-turn", action="store_true",
+                        help="multi-turn chat per tenant, with and without the prefix cache (scripts/multiturn.py)")
+    parser.add_argument("--turns", type=int, default=8, help="turns per conversation (--multi-turn)")
+    parser.add_argument("--document-sections", type=int, default=8,
+                        help="size of each tenant's system document, ~37 tokens a section (--multi-turn)")
     args = parser.parse_args(argv)
     if args.flood:
         return flood_main(args)
+    if args.multi_turn:
+        report = multiturn.multi_turn_main(args, lambda off: OwnServer(args, ["--no-prefix-cache"] if off else []))
+        print(json.dumps(report, indent=None if args.json else 2))
+        return 0
     if not 1 <= args.clients <= 256 or not 1 <= args.tenants <= args.clients:
         parser.error("need 1 <= --tenants <= --clients <= 256")
     work = Workload(args.clients, args.duration, args.max_requests, args.max_tokens)
@@ -160,8 +170,8 @@ def own_server_phase(args: argparse.Namespace, work: Workload) -> dict:
 class OwnServer:
     """A `realm serve` subprocess with `tenants` tenants and keys, on a free loopback port."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, args: argparse.Namespace, serve_options: list[str] | None = None) -> None:
+        self.args, self.serve_options = args, serve_options or []
         self.home = tempfile.TemporaryDirectory(prefix="realm-loadtest-")
         self.admin = secrets.token_urlsafe(24)
         self.proc: subprocess.Popen | None = None
@@ -171,7 +181,8 @@ class OwnServer:
         port = _free_port()
         env = {**os.environ, "REALM_HOME": self.home.name, "REALM_ADMIN_KEY": self.admin}
         cmd = [REALM, "serve", "--port", str(port), "--backend", self.args.backend,
-               "--workers", str(self.args.server_workers or self.args.clients), "--requests-per-minute", "0"]
+               "--workers", str(self.args.server_workers or self.args.clients), "--requests-per-minute", "0",
+               "--tokens-per-minute", "0", *self.serve_options]
         if self.args.model:
             cmd += ["--model", self.args.model]
         if self.args.threads:
@@ -189,10 +200,11 @@ class OwnServer:
             keys.append(made.json()["key"])
         return url, keys
 
-    def engine_figures(self) -> dict[str, float]:
-        """The realm_engine_* gauges of the server's /metrics (the scheduler's steps and batch sizes)."""
+    def engine_figures(self, which: str = "scheduler") -> dict[str, float]:
+        """The realm_engine_<which>* gauges of the server's /metrics (default: the scheduler's steps and
+        batch sizes; "prefix_cache": its hit rate and bytes)."""
         text = httpx.get(self.url + "/metrics", headers={"Authorization": f"Bearer {self.admin}"}).text
-        pairs = (line.split() for line in text.splitlines() if line.startswith("realm_engine_scheduler"))
+        pairs = (line.split() for line in text.splitlines() if line.startswith(f"realm_engine_{which}"))
         return {name.removeprefix("realm_engine_"): round(float(value), 3) for name, value in pairs}
 
     def __exit__(self, *exc: object) -> None:

@@ -52,7 +52,7 @@ def test_full_pool_fails_the_step_without_touching_another_sequence():
     greedy = int(np.argmax(before))
     other = model.open_sequence(500)
     with pytest.raises(KVPoolFull, match="KV cache memory full.*--kv-memory"):
-        other.step(list(range(1, 2 * BLOCK_TOKENS + 1)))  # needs 2 blocks, 1 free
+        other.step(list(range(100, 100 + 2 * BLOCK_TOKENS)))  # needs 2 blocks, 1 free (no prefix in common)
     assert other.kv_blocks == 0 and len(other.tokens) == 0  # nothing half-committed
     after = holder.step([greedy])  # the holder carries on: its blocks are its own
     alone = Model.load(TINY)

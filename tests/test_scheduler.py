@@ -118,7 +118,7 @@ def test_step_waiting_for_kv_blocks_fails_at_its_deadline_naming_the_budget():
     started = time.monotonic()
     with pytest.raises(QuotaExceeded, match=r"deadline waiting for KV memory: .*budget .*--kv-memory"):
         # 1.5 s: long enough that a loaded machine still reaches the KV wait before the deadline
-        waiter.step(list(range(1, 2 * BLOCK_TOKENS + 1)), StepOwner(deadline=time.monotonic() + 1.5))
+        waiter.step(list(range(100, 100 + 2 * BLOCK_TOKENS)), StepOwner(deadline=time.monotonic() + 1.5))
     assert 1.4 < time.monotonic() - started < 30  # it waited for its deadline, then left
     assert waiter.kv_blocks == 0 and waiter.tokens == []
     assert holder.step([5]).shape == (model.config.n_vocab,)  # the holder was never disturbed
@@ -132,7 +132,8 @@ def test_waiting_step_runs_once_another_sequence_frees_blocks(monkeypatch):
     got: list = []
 
     def wait_for_blocks():
-        got.append(_greedy(model, list(range(1, 2 * BLOCK_TOKENS + 1)), 0, StepOwner(deadline=time.monotonic() + 30)))
+        prompt = list(range(100, 100 + 2 * BLOCK_TOKENS))
+        got.append(_greedy(model, prompt, 0, StepOwner(deadline=time.monotonic() + 30)))
 
     waiter = threading.Thread(target=wait_for_blocks)
     waiter.start()
@@ -142,7 +143,7 @@ def test_waiting_step_runs_once_another_sequence_frees_blocks(monkeypatch):
     holder.close()
     waiter.join(30)
     assert len(got) == 1
-    assert np.array_equal(got[0][0], _greedy(model, list(range(1, 2 * BLOCK_TOKENS + 1)), 0)[0])
+    assert np.array_equal(got[0][0], _greedy(model, list(range(100, 100 + 2 * BLOCK_TOKENS)), 0)[0])
 
 
 def test_cancelled_request_leaves_the_queue_and_its_blocks_come_back(monkeypatch):
@@ -156,7 +157,7 @@ def test_cancelled_request_leaves_the_queue_and_its_blocks_come_back(monkeypatch
 
     def blocked_step():
         try:
-            victim.step(list(range(1, 2 * BLOCK_TOKENS)), StepOwner(should_stop=cancel.is_set))
+            victim.step(list(range(100, 99 + 2 * BLOCK_TOKENS)), StepOwner(should_stop=cancel.is_set))
         except RequestCancelled as exc:
             errors.append(exc)
 

@@ -1,4 +1,5 @@
-"""Host functions over sequences: open, append, run layers, finish a step (or run it whole), truncate, close."""
+"""Host functions over sequences: open, fork, append, run layers, finish a step (or run it whole), truncate,
+close."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ def seq_open(s: Session, mem: GuestMemory, capacity: int) -> int:
     if s.handles.count(SeqState) >= s.limits.max_sequences:
         raise QuotaExceeded(f"guest exceeded its limit of {s.limits.max_sequences} live sequences")
     return s.handles.add(SeqState(s.model.open_sequence(capacity or s.n_ctx, n_ctx=s.n_ctx)))
+
+
+@host("seq", grows=True)
+def seq_fork(s: Session, mem: GuestMemory, seq: int) -> int:
+    """A new sequence with `seq`'s tokens, adapter and last logits, sharing its KV blocks (beams,
+    best-of-n, tree search: the prefix is computed once); returns its handle."""
+    state = s.handles.get(seq, SeqState)
+    if state.seq.pending or state.seq.layers_done:
+        raise AbiError(Status.WRONG_STATE, "cannot fork a sequence during a step")
+    if s.handles.count(SeqState) >= s.limits.max_sequences:
+        raise QuotaExceeded(f"guest exceeded its limit of {s.limits.max_sequences} live sequences")
+    child = SeqState(state.seq.fork(), records_samples=state.records_samples)
+    child.set_logits(state.logits)
+    return s.handles.add(child)
 
 
 @host("seq")
@@ -63,8 +78,11 @@ def seq_finish(s: Session, mem: GuestMemory, seq: int) -> int:
     state = s.handles.get(seq, SeqState)
     sq = state.seq
     check_step_complete(sq, sq.model.config.n_layers)
+    cached = sq.cached_tokens
     state.set_logits(sq.finish(owner=s.step_owner()))
     s.count_step(state)
+    if not state.records_samples:
+        s.steps.cached_tokens += sq.cached_tokens - cached
     return Status.OK
 
 

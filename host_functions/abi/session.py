@@ -34,6 +34,7 @@ class StepStats:
     verified_steps: int = 0  # spec_verify calls
     drafted: int = 0
     accepted: int = 0
+    cached_tokens: int = 0  # prompt positions the target's sequences took from the prefix cache
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from host_functions.errors import AdapterError, BackendError, ModelFormatError, 
 from host_functions.fair_share import NO_TENANT, Claim
 from host_functions.formats.gguf_file import GGUFFile
 from host_functions.kv.block_table import KVCache
+from host_functions.kv.prefix_keys import block_keys, sequence_key
 from host_functions.lora.adapter import LoraAdapter
 from host_functions.lora.merged import MergedLora
 from host_functions.lora.pool import AdapterPool
@@ -193,6 +194,9 @@ class Sequence:
         self.adapter: tuple[LoraAdapter, float] | None = None  # applied to every step from now on
         self.merged: MergedLora | None = None  # that adapter merged into the weights (merged mode), held
         self._merged_tenant = ""  # whose share `merged` is charged to
+        self.cached_tokens = 0  # prompt positions taken from the prefix cache instead of computed
+        self._redo = 0  # last committed tokens whose KV is not held (a shared block was dropped): rerun first
+        self._chain: bytes | None = None  # the prefix key its blocks were computed under (b"": mixed)
 
     @property
     def closed(self) -> bool:
@@ -243,32 +247,90 @@ class Sequence:
         or (n_pending, n_vocab) of all of them; with `hidden`, instead of logits, the hidden states of
         all of them after the output norm (n_pending, n_embd), what embeddings pool.
 
-        The pending tokens go in chunks of PREFILL_CHUNK, each committed once it has run. Whatever the
-        runner raises (KVPoolFull, a deadline, a cancellation) propagates; the tokens not committed
-        are dropped and their KV blocks given back, so the sequence stays usable.
+        The pending tokens go in chunks of PREFILL_CHUNK, each committed once it has run. A first
+        step takes the longest prefix of full blocks its tenant has cached (docs/prefix_cache.md) and
+        runs only the rest (at least its last token). Whatever the runner raises (KVPoolFull, a
+        deadline, a cancellation) propagates; the tokens not committed are dropped and their KV blocks
+        given back, so the sequence stays usable.
         """
         cache = self._open_cache()
         check_step_complete(self, self.model.config.n_layers)
-        pending, owner = self.pending, owner or StepOwner()
-        self.pending, self.layers_done = [], 0
-        rows: list[np.ndarray] = []
+        owner = owner or StepOwner()
+        committed = list(self.tokens)
+        redo = self.tokens[len(self.tokens) - self._redo:] if self._redo else []
+        del self.tokens[len(self.tokens) - len(redo):]
+        work, self.pending, self.layers_done, self._redo = redo + self.pending, [], 0, 0
+        key = self._prefix_key(owner.tenant)
+        every: LogitsWanted | None = "hidden" if hidden else "all" if all_positions else None
+        reuse = not self.tokens and every is None and cache.pool.prefix_cache  # cached positions give no rows
+        keys = block_keys(key, work[:-1], cache.pool.block_tokens) if reuse else []
         try:
-            for start in range(0, len(pending), PREFILL_CHUNK):
-                chunk = pending[start : start + PREFILL_CHUNK]
-                last = start + PREFILL_CHUNK >= len(pending)
-                wants: LogitsWanted = ("hidden" if hidden else "all" if all_positions else "last" if last
-                                       else "none")
-                item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), cache, wants,
-                                self.model.config.n_layers, self.adapter, self.merged, self.n_ctx)
-                logits = self.model.run_step(item, owner)
-                self.tokens.extend(chunk)
-                if logits is not None:
-                    rows.append(logits)
+            with cache.pool.gate.hold(keys[-1] if keys else None, owner.deadline, owner.should_stop):
+                if keys:
+                    taken = cache.take_prefix(keys, len(work) - 1, owner.tenant)
+                    self.tokens, work = work[:taken], work[taken:]
+                    self.cached_tokens += taken
+                rows = self._run_chunks(cache, work, every, owner)
+                if self._chain == key:
+                    cache.register(key, self.tokens)
         except BaseException:
-            if self._cache is not None:
-                self._cache.truncate(len(self.tokens))
+            done = len(self.tokens)
+            if done < len(committed):
+                self.tokens = committed
+            self._cut_kv(done)
             raise
-        return np.concatenate(rows) if all_positions or hidden else rows[-1]
+        return np.concatenate(rows)[len(redo):] if every else rows[-1]
+
+    def _run_chunks(self, cache: KVCache, work: list[int], every: LogitsWanted | None,
+                    owner: StepOwner) -> list[np.ndarray]:
+        """Run `work` in chunks of PREFILL_CHUNK, committing each; the rows each chunk gave: `every`
+        ("all" logits or "hidden" states) of every position, else the last position's logits."""
+        rows: list[np.ndarray] = []
+        for start in range(0, len(work), PREFILL_CHUNK):
+            chunk = work[start : start + PREFILL_CHUNK]
+            last = start + PREFILL_CHUNK >= len(work)
+            wants: LogitsWanted = every or ("last" if last else "none")
+            item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), cache, wants,
+                            self.model.config.n_layers, self.adapter, self.merged, self.n_ctx)
+            logits = self.model.run_step(item, owner)
+            self.tokens.extend(chunk)
+            if logits is not None:
+                rows.append(logits)
+        return rows
+
+    def _prefix_key(self, tenant: str) -> bytes:
+        """The chain start of this sequence's blocks (prefix_keys): what their keys and values depend
+        on. A sequence whose adapter changes with positions already run stops offering its blocks."""
+        adapter = None if self.adapter is None else (self.adapter[0].digest, self.adapter[1], self.merged is not None)
+        key = sequence_key(tenant, str(self.model.path), self.model.config.n_layers, self.n_ctx, adapter)
+        if self._chain is None or not self.tokens:
+            self._chain = key
+        elif self._chain != key:
+            self._chain = b""
+        return key
+
+    def _cut_kv(self, n: int) -> None:
+        """Keep the KV of positions 0..n-1 at most; what a shared block held is recomputed at the next step."""
+        assert self._cache is not None
+        self._redo = len(self.tokens) - self._cache.truncate(n)
+
+    def fork(self) -> Sequence:
+        """A new sequence with the same tokens, adapter and context, sharing this one's full KV blocks
+        (its partly filled last block is recomputed at the child's next step). Raises SequenceError
+        while a step is in progress or once closed, AdapterError as set_adapter."""
+        cache = self._open_cache()
+        if self.pending or self.layers_done:
+            raise SequenceError("cannot fork a sequence with a step in progress")
+        child = Sequence(self.model, self.capacity, self.n_ctx)
+        assert child._cache is not None
+        child._cache.free()
+        child._cache = cache.fork(len(self.tokens) - self._redo)
+        child.tokens, child._chain = list(self.tokens), self._chain
+        child._redo = len(self.tokens) - len(child._cache.blocks) * cache.pool.block_tokens
+        if self.adapter is not None:
+            child.set_adapter(*self.adapter, merged=self.merged is not None,
+                              claim=Claim(self._merged_tenant))
+        return child
 
     def step(self, ids: Seq[int], owner: StepOwner | None = None) -> np.ndarray:
         """append + every layer + finish: the logits after the last of `ids`."""
@@ -279,12 +341,13 @@ class Sequence:
 
     def truncate(self, n: int) -> None:
         """Keep only the first n committed tokens (drops any step in progress), freeing their blocks."""
-        cache = self._open_cache()
+        self._open_cache()
         if not 0 <= n <= len(self.tokens):
             raise SequenceError(f"cannot truncate a {len(self.tokens)}-token sequence to {n}")
+        kept = len(self.tokens) - self._redo
         del self.tokens[n:]
         self.pending, self.layers_done = [], 0
-        cache.truncate(n)
+        self._cut_kv(min(n, kept))
 
     def close(self) -> None:
         """Give the KV blocks back; further use raises SequenceError."""

@@ -12,7 +12,8 @@ Choosing a batch (docs/scheduler.md has the reasoning):
   token_budget / n_tenants tokens, carried over (capped) between steps, and the starting tenant
   rotates; so a tenant flooding the model with requests or a long prompt gets its share, never all;
 - an item whose KV blocks the pool cannot supply now stays queued (it waits for blocks, within its
-  request's deadline; one that needs more than the whole pool fails at once); nothing is evicted;
+  request's deadline; one that needs more than the whole pool fails at once); no held block is
+  evicted (only the prefix cache's idle ones, docs/prefix_cache.md);
 - step time is shared too (docs/isolation.md): while a sequence decodes (a step of at most
   DECODE_ROWS tokens is queued, or ran in the last DECODE_LINGER_S: its guest may be sampling the
   next token while the step is chosen), a step carries at most `prefill_cap` prefill tokens, a longer

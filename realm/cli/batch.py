@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from host_functions.engine.model import Model
 from host_functions.errors import RealmError
 from realm.cli import main
-from realm.cli.options import kv_memory_option, load_with_progress, model_options, stderr
+from realm.cli.options import kv_memory_option, load_with_progress, model_options, prefix_cache_option, stderr
 from realm.models import scheduled
 from realm.request.sources import from_batch_line
 from realm.request.spec import FirstText, RunRequest
@@ -43,8 +43,9 @@ DEFAULT_CONCURRENCY = 16
               help="Requests in flight at once.")
 @click.option("--stats", "show_stats", is_flag=True,
               help="After the run, print the scheduler's batch sizes and KV pool use as JSON on stderr.")
+@prefix_cache_option
 def batch(requests_file: Path, model_path: str | None, backend: str, kv_memory: int | None, out_file: Path | None,
-          concurrency: int, show_stats: bool) -> None:
+          concurrency: int, show_stats: bool, no_prefix_cache: bool) -> None:
     """Run every request of REQUESTS.jsonl concurrently; one JSON result line per request, in order."""
     try:
         # Lines end at b"\n" only: str.splitlines would also split at U+2028, U+2029 and other
@@ -63,7 +64,7 @@ def batch(requests_file: Path, model_path: str | None, backend: str, kv_memory: 
             jobs.append((number, from_batch_line(_decoded(raw))))
         except RealmError as exc:
             results[number] = {"line": number, "error": f"line {number}: {exc}"}
-    model = load_with_progress(model_path, backend, kv_memory)
+    model = load_with_progress(model_path, backend, kv_memory, prefix_cache=not no_prefix_cache)
     sched, kv_pool = scheduled(model)
     kv_pool.reset_peak()
     columns = (TextColumn("[bold]batch[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -112,7 +113,7 @@ def _run(model: Model, line: int, request: RunRequest) -> dict[str, Any]:
         out["error"] = str(exc)
         return out
     out.update(text=result.text, finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
-               completion_tokens=result.completion_tokens,
+               completion_tokens=result.completion_tokens, cached_tokens=result.steps.cached_tokens,
                ttft_ms=None if clock.first is None else round((clock.first - started) * 1e3, 3),
                total_ms=round((time.perf_counter() - started) * 1e3, 3))
     return out

@@ -88,6 +88,11 @@ kv_memory_option = click.option(
     help="KV cache memory of the model, shared by all its sequences (e.g. 512M, 2G). [a quarter of free memory]")
 
 
+prefix_cache_option = click.option(
+    "--no-prefix-cache", "no_prefix_cache", is_flag=True,
+    help="Recompute every prompt: no reuse of a tenant's cached KV blocks (docs/prefix_cache.md).")
+
+
 def model_path_with_progress(model_path: str | None) -> Path:
     """The model file to use; assembling the default model (first run, or a damaged cached copy) is
     shown on stderr: a progress bar on a terminal, one line otherwise."""
@@ -105,13 +110,18 @@ def model_path_with_progress(model_path: str | None) -> Path:
         return resolve_model_path(model_path, progress=show)
 
 
-def load_with_progress(model_path: str | None, backend: str, kv_memory: int | None = None) -> Model:
-    """Load (or reuse) a model, showing a progress bar on stderr while weights are prepared."""
+def load_with_progress(model_path: str | None, backend: str, kv_memory: int | None = None,
+                       prefix_cache: bool = True) -> Model:
+    """Load (or reuse) a model, showing a progress bar on stderr while weights are prepared; its KV
+    pool reuses cached prefixes if `prefix_cache`."""
     path = model_path_with_progress(model_path)
     columns = (TextColumn("[bold]loading[/] {task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task(path.name, total=1.0)
-        return load_model(path, backend, progress=lambda f: bar.update(task, completed=f), kv_memory=kv_memory)
+        model = load_model(path, backend, progress=lambda f: bar.update(task, completed=f), kv_memory=kv_memory)
+    if model.backend.kv_pool is not None:
+        model.backend.kv_pool.set_prefix_cache(prefix_cache)
+    return model
 
 
 @contextmanager

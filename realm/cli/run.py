@@ -35,6 +35,7 @@ from realm.cli.options import (
     load_with_progress,
     lora_option_group,
     model_options,
+    prefix_cache_option,
 )
 from realm.cli.prompt import read_prompt
 from realm.request.sources import from_flags
@@ -96,8 +97,9 @@ def sampling_options(func: Any) -> Any:
 @click.option("--trace", is_flag=True, help="After the run, show on stderr every host function the guest called.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @click.option("--quiet", "-q", is_flag=True, help="No finish notice on stderr.")
+@prefix_cache_option
 def run(prompt: str | None, prompt_file: str | None, model_path: str | None, backend: str,
-        kv_memory: int | None, stop: tuple[str, ...],
+        kv_memory: int | None, no_prefix_cache: bool, stop: tuple[str, ...],
         ctx_size: int | None, special: bool, tenant_name: str | None, guest_file: Path | None,
         params: tuple[str, ...], speculative: str | None, lora_file: str | None, lora_scale: float,
         lora_merged: bool,
@@ -116,7 +118,7 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
                              speculative, lora_file, lora_scale, lora_merged)
     label = f"tenant {tenant_name}" if tenant_name else (guest_file or reference_guest_path()).name
     started = time.perf_counter()
-    model = load_with_progress(model_path, backend, kv_memory)
+    model = load_with_progress(model_path, backend, kv_memory, prefix_cache=not no_prefix_cache)
     loaded = time.perf_counter()
     request = dataclasses.replace(request, limits=_with_context(request.limits, ctx_size, model, tenant_name))
     clock = FirstText(None if as_json else write_stdout)
@@ -282,6 +284,7 @@ def _result_json(result: RunResult, label: str, timings: dict[str, float | None]
     return {"speculation": speculation_figures(result, decode_s), "guest": label, "text": result.text,
             "status": result.status, "finish_reason": result.finish_reason,
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "timings": timings, "seconds": result.seconds, "fuel_used": result.fuel_used,
+            "cached_tokens": result.steps.cached_tokens, "timings": timings, "seconds": result.seconds,
+            "fuel_used": result.fuel_used,
             "tokens_fed": result.tokens_fed, "logs": result.logs,
             "trace": {name: {"calls": s.calls, "seconds": s.seconds} for name, s in result.trace.items() if s.calls}}

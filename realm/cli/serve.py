@@ -11,7 +11,7 @@ from host_functions import settings
 from host_functions.errors import RealmError
 from realm.chat import load_chat_template
 from realm.cli import main
-from realm.cli.options import load_with_progress, model_options
+from realm.cli.options import load_with_progress, model_options, prefix_cache_option
 from realm.server import Server, ServerConfig, create_app, listen
 from realm.server.connections import ConnectionLimits, uvicorn_options
 from realm.server.shutdown import GRACE_S, DrainingServer
@@ -60,18 +60,19 @@ _SLOW = ConnectionLimits()
                    "[default: none, CORS off]")
 @click.option("--max-connections-per-client", default=_SLOW.per_client, show_default=True,
               type=click.IntRange(0), help="Connections of one client address; 0 is no bound.")
+@prefix_cache_option
 def serve(host: str, port: int, model_path: str | None, backend: str, chat_template: str | None, workers: int,
           max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
           requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int,
           header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int,
-          cors_origins: tuple[str, ...]) -> None:
+          cors_origins: tuple[str, ...], no_prefix_cache: bool) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
     config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
                           requests_per_minute, tokens_per_minute, _admin_key(admin_key_file), cors_origins)
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
                             per_client=max_connections_per_client)
     sock = listen.bind(host, port)  # a busy port or a bad host fails now, before the model loads
-    model = load_with_progress(model_path, backend)
+    model = load_with_progress(model_path, backend, prefix_cache=not no_prefix_cache)
     template = load_chat_template(model.tokenizer, model.config.arch, chat_template)
     server = Server(model, template, config)
     click.echo(f"realm: starting on http://{host}:{port} with {server.model_id} ({model.backend.name}, "

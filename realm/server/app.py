@@ -274,7 +274,8 @@ class _Call:
                       else len(tokenizer.encode(result.text, add_bos=False)))
         # OpenAI knows "stop" and "length"; running out of context is "length" there.
         reason = "stop" if result.finish_reason in (None, "stop") else "length"
-        return ChoiceResult(index, result.text, reason, prompt, completion, result.logprobs)
+        return ChoiceResult(index, result.text, reason, prompt, completion, result.logprobs,
+                            min(result.steps.cached_tokens, prompt))
 
     def failure(self, exc: Exception) -> ApiError:
         """The client's error for a run that raised `exc`; a run the server's shutdown ended says so."""

@@ -48,7 +48,8 @@ class ServerMetrics:
 
 def engine_stats(model: Model) -> dict[str, float]:
     """The scheduler's and the KV pool's figures, as gauges: steps, sequences per step (mean, largest),
-    KV blocks used, at peak and in all, and the positions a block holds."""
+    KV blocks used, at peak and in all, the positions a block holds, and the prefix cache's bytes, prompt
+    positions looked up and found there, and their ratio (docs/prefix_cache.md)."""
     figures: dict[str, float] = {}
     if model.scheduler is not None:
         stats = model.scheduler.stats
@@ -58,7 +59,11 @@ def engine_stats(model: Model) -> dict[str, float]:
     if pool is not None:
         kv = pool.stats()
         figures |= {"kv_blocks_used": kv.blocks_used, "kv_blocks_peak": kv.blocks_peak,
-                    "kv_blocks_total": kv.blocks_total, "kv_block_tokens": kv.block_tokens}
+                    "kv_blocks_total": kv.blocks_total, "kv_block_tokens": kv.block_tokens,
+                    # aggregates over every tenant only: nothing says whose prefixes are cached
+                    "prefix_cache_bytes": kv.cached_blocks * kv.block_bytes,
+                    "prefix_cache_lookup_tokens": kv.lookup_tokens, "prefix_cache_hit_tokens": kv.hit_tokens,
+                    "prefix_cache_hit_rate": kv.hit_tokens / kv.lookup_tokens if kv.lookup_tokens else 0.0}
     return figures
 
 

@@ -304,17 +304,21 @@ class ChoiceResult:
     prompt_tokens: int
     completion_tokens: int
     logprobs: Sequence[TokenLogprob] = ()
+    cached_tokens: int = 0  # prompt positions taken from the tenant's prefix cache
 
 
 def new_id(kind: str) -> str:
     return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
 
 
-def usage(spec: GenerationSpec, choices: Sequence[ChoiceResult]) -> dict[str, int]:
-    """OpenAI usage: each prompt counted once (by its first choice), every choice's completion tokens."""
+def usage(spec: GenerationSpec, choices: Sequence[ChoiceResult]) -> dict[str, Any]:
+    """OpenAI usage: each prompt counted once (by its first choice), every choice's completion tokens,
+    and in prompt_tokens_details the prompt tokens its first choice took from the prefix cache."""
     completion = sum(c.completion_tokens for c in choices)
     prompt = sum(c.prompt_tokens for c in choices if c.index % spec.n == 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(c.cached_tokens for c in choices if c.index % spec.n == 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def response(spec: GenerationSpec, rid: str, created: int, choices: Sequence[ChoiceResult],
