@@ -60,6 +60,20 @@ def test_hidden_states_do_not_depend_on_the_steps_they_share():
     assert model.scheduler is not None and model.scheduler.stats.max_batch > 1
 
 
+def test_hidden_states_of_a_cached_prefix_are_computed_whole():
+    """A prompt whose blocks the tenant already cached still gives every position's hidden state, the
+    same as with nothing cached (reuse would skip the positions embeddings pool over)."""
+    model = Model.load(TINY_LLAMA, backend="numpy")
+    tokens = list(ORACLE["inputs"][1]) * 4  # several full KV blocks
+    cold = model.hidden_states(tokens)
+    seq = model.open_sequence(len(tokens) + 1)
+    seq.step(tokens)  # its full blocks stay cached after close
+    seq.close()
+    assert model.backend.kv_pool.stats().cached_blocks > 0
+    warm = model.hidden_states(tokens)
+    assert warm.shape == (len(tokens), model.config.n_embd) and np.array_equal(cold, warm)
+
+
 @pytest.fixture(scope="module")
 def tiny() -> Model:
     return Model.load(TINY_LLAMA, backend="numpy")
