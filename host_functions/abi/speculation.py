@@ -91,6 +91,8 @@ def spec_verify(s: Session, mem: GuestMemory, seq: int, sampler: int, draft_seq:
     mem.span(out_ptr, 1, 4)
     if state.rows is None:
         raise AbiError(Status.WRONG_STATE, "no rows of logits: call seq_finish_all first")
+    if state.constraint is not None:  # its masks per draft are not computed yet: decode plainly
+        raise AbiError(Status.WRONG_STATE, "speculative verification of a constrained sequence is not supported")
     k = len(state.rows) - 1
     tokens = state.seq.tokens
     drafts, history = tokens[len(tokens) - k:], tokens[:len(tokens) - k]

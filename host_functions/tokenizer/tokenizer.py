@@ -203,6 +203,11 @@ class Tokenizer:
         return id in self._eog
 
     @property
+    def token_types(self) -> np.ndarray:
+        """Every token's type (TokenType values, int32), as the file gives them after llama.cpp's fixes."""
+        return self._types
+
+    @property
     def end_of_generation_ids(self) -> frozenset[int]:
         """Every id that ends generation."""
         return frozenset(self._eog)

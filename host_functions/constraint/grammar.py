@@ -1,0 +1,137 @@
+"""One constraint: a grammar compiled by llguidance, its matcher advanced token by token, its mask."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future, ThreadPoolExecutor
+from enum import IntEnum
+
+import llguidance
+import llguidance.numpy
+import numpy as np
+
+from host_functions.errors import RealmError
+
+MAX_GRAMMAR_BYTES = 256 << 10  # a schema, regex or grammar text; compiling is host work the guest controls
+# llguidance's own bounds on one grammar, so compiling and every mask stay bounded (its defaults are larger):
+# lexer fuel is about 14k units a millisecond, so a mask costs at most ~10 ms of lexing.
+_LIMITS = llguidance.LLParserLimits(initial_lexer_fuel=1_000_000, step_lexer_fuel=150_000, step_max_items=50_000,
+                                    max_lexer_states=100_000, max_grammar_size=500_000)
+
+
+class ConstraintKind(IntEnum):
+    """What a constraint's text is (the ABI's `constraint_open` kinds)."""
+
+    JSON_SCHEMA = 0  # a JSON Schema (draft 2020-12 subset: llguidance's)
+    JSON_OBJECT = 1  # any JSON object (OpenAI's json_object); the text is ignored
+    REGEX = 2  # a regular expression the whole output must match
+    LARK = 3  # a Lark grammar (llguidance's dialect, which also embeds JSON schemas and regexes)
+
+
+KINDS = {"json_schema": ConstraintKind.JSON_SCHEMA, "json_object": ConstraintKind.JSON_OBJECT,
+         "regex": ConstraintKind.REGEX, "lark": ConstraintKind.LARK}
+# Masks are computed while the step's forward pass runs: llguidance drops the GIL while it computes one.
+_MASKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="realm-mask")
+_ANY_OBJECT = '{"type": "object"}'
+# Whitespace llguidance lets a JSON value hold: compact output ends sooner, which matters under max_tokens.
+_JSON_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False}
+
+
+def compile_grammar(kind: ConstraintKind, text: str) -> str:
+    """llguidance's grammar for `text` of `kind`, validated; raises RealmError naming the cause."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_GRAMMAR_BYTES:
+        raise RealmError(f"a {kind.name.lower()} constraint is at most {MAX_GRAMMAR_BYTES} bytes")
+    try:
+        if kind in (ConstraintKind.JSON_SCHEMA, ConstraintKind.JSON_OBJECT):
+            schema = _ANY_OBJECT if kind == ConstraintKind.JSON_OBJECT else text
+            if not isinstance(json.loads(schema), dict):
+                raise RealmError("a JSON schema must be a JSON object")
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+        elif kind == ConstraintKind.REGEX:
+            grammar = llguidance.LLMatcher.grammar_from_regex(text)
+        else:
+            grammar = llguidance.LLMatcher.grammar_from_lark(text)
+    except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
+        raise RealmError(f"invalid {kind.name.lower()} constraint: {e}") from None
+    error = llguidance.LLMatcher.validate_grammar(grammar, None, limits=_LIMITS)
+    if error:
+        raise RealmError(f"invalid {kind.name.lower()} constraint: {_first_line(error)}")
+    return grammar
+
+
+class Constraint:
+    """A grammar's matcher over one sequence's generated tokens.
+
+    `allowed()` is the boolean mask of the next token (end-of-generation ids only once the grammar
+    accepts); `consume(tokens)` advances it and raises RealmError for a token the grammar forbids,
+    leaving the matcher as it was.
+    """
+
+    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str) -> None:
+        """Raises RealmError when llguidance refuses the grammar (too large, or invalid for this vocabulary)."""
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=_LIMITS)
+        self.n_vocab = tokenizer.vocab_size
+        self._check("cannot compile the constraint")
+        self.bitmask = np.full((1, (self.n_vocab + 31) // 32), -1, dtype=np.int32)
+        self._pending: Future[None] | None = None  # the mask of the current state, being computed
+        self.prefetch()
+
+    def _check(self, what: str) -> None:
+        if self.matcher.is_error():
+            raise RealmError(f"{what}: {_first_line(self.matcher.get_error())}")
+
+    def prefetch(self) -> None:
+        """Start computing the mask of the current state on a worker thread (off the GIL)."""
+        self._pending = _MASKS.submit(llguidance.numpy.fill_next_token_bitmask, self.matcher, self.bitmask)
+
+    def allowed(self) -> np.ndarray:
+        """The (n_vocab,) boolean mask of tokens the grammar allows next."""
+        if self._pending is None:
+            self.prefetch()
+        assert self._pending is not None
+        self._pending.result()
+        self._check("the constraint failed")
+        bits = np.unpackbits(self.bitmask[0].view(np.uint8), bitorder="little")
+        return bits[:self.n_vocab].astype(bool)
+
+    def consume(self, tokens: list[int]) -> None:
+        """Advance past `tokens`; RealmError (nothing consumed) if the grammar does not allow them in order."""
+        if not tokens:
+            return
+        self._settle()
+        if self.matcher.is_stopped():
+            raise RealmError("the constraint is complete: no more tokens may follow")
+        taken = self.matcher.try_consume_tokens(tokens)
+        if taken != len(tokens):
+            self.matcher.rollback(max(taken, 0))
+            self._check("the constraint failed")
+            raise RealmError(f"token {tokens[max(taken, 0)]} is not allowed by the constraint here")
+        self.prefetch()
+
+    def _settle(self) -> None:
+        """Wait for a mask in flight: the matcher must not change under it."""
+        if self._pending is not None:
+            self._pending.result()
+
+    def rollback(self, n: int) -> None:
+        """Undo the last `n` consumed tokens (speculative decoding's rejected drafts)."""
+        if n > 0:
+            self._settle()
+            self.matcher.rollback(n)
+            self.prefetch()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the grammar accepts what was generated and nothing else may follow."""
+        return bool(self.matcher.is_stopped())
+
+    @property
+    def accepting(self) -> bool:
+        """Whether generation may end here."""
+        return bool(self.matcher.is_accepting())
+
+
+def _first_line(message: str) -> str:
+    """llguidance's message on one line, at most 300 characters."""
+    text = " ".join(line.strip() for line in message.strip().splitlines() if line.strip())
+    return text[:300] or "unknown error"
