@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import llguidance
 import llguidance.numpy
 import numpy as np
 
 from host_functions.errors import RealmError
+
+if TYPE_CHECKING:  # a TypedDict of llguidance's stubs only
+    from llguidance._lib import JsonCompileOptions
 
 MAX_GRAMMAR_BYTES = 256 << 10  # a schema, regex or grammar text; compiling is host work the guest controls
 # llguidance's own bounds on one grammar, so compiling and every mask stay bounded (its defaults are larger):
@@ -34,7 +38,7 @@ KINDS = {"json_schema": ConstraintKind.JSON_SCHEMA, "json_object": ConstraintKin
 _MASKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="realm-mask")
 _ANY_OBJECT = '{"type": "object"}'
 # Whitespace llguidance lets a JSON value hold: compact output ends sooner, which matters under max_tokens.
-_JSON_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False}
+_JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 
 
 def compile_grammar(kind: ConstraintKind, text: str) -> str:
@@ -123,11 +127,13 @@ class Constraint:
     @property
     def complete(self) -> bool:
         """Whether the grammar accepts what was generated and nothing else may follow."""
+        self._settle()
         return bool(self.matcher.is_stopped())
 
     @property
     def accepting(self) -> bool:
         """Whether generation may end here."""
+        self._settle()
         return bool(self.matcher.is_accepting())
 
 

@@ -245,7 +245,8 @@ class _Call:
                       else len(tokenizer.encode(result.text, add_bos=False)))
         # OpenAI knows "stop" and "length"; running out of context is "length" there.
         reason = "stop" if result.finish_reason in (None, "stop") else "length"
-        return ChoiceResult(index, result.text, reason, prompt, completion, result.logprobs)
+        return protocol.with_tool_calls(self.spec, ChoiceResult(index, result.text, reason, prompt, completion,
+                                                                result.logprobs))
 
     def failure(self, exc: Exception) -> ApiError:
         """The client's error for a run that raised `exc`; a run the server's shutdown ended says so."""
@@ -313,7 +314,8 @@ class _Call:
                 for index, item in _coalesced(await _all_ready(queue)):
                     if isinstance(item, str):
                         self.text_arrived()
-                        yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item))
+                        if not spec.tool_mode:  # calls are read whole, at the end
+                            yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item))
                         continue
                     pending -= 1
                     if isinstance(item, Exception):
@@ -323,6 +325,9 @@ class _Call:
                         return
                     choice = self.choice(index, item)
                     self.results.append(choice)
+                    if spec.tool_mode:
+                        yield _sse(protocol.chunk(spec, self.rid, self.created, index, calls=choice.tool_calls,
+                                                  text=None if choice.tool_calls else choice.text))
                     logprobs = (protocol.format_logprobs(spec, choice.logprobs, tokenizer)
                                 if spec.top_logprobs is not None else None)
                     yield _sse(protocol.chunk(spec, self.rid, self.created, index,
