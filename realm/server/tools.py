@@ -80,7 +80,8 @@ def tool_calls(text: str, mode: str | None) -> list[dict[str, Any]] | None:
 
 def _complete_calls(text: str) -> list[dict[str, Any]]:
     """The whole call objects at the start of `text` (an array's items, after its "[")."""
-    decoder, calls, at = json.JSONDecoder(), [], 0
+    decoder, at = json.JSONDecoder(), 0
+    calls: list[dict[str, Any]] = []
     while True:
         try:
             call, at = decoder.raw_decode(text, at)
