@@ -153,8 +153,8 @@ def test_what_the_server_cannot_honour_is_a_400_naming_the_field(client, body, p
 
 
 def test_tools_on_completions_are_a_400(served, client):
-    response = httpx.post(served.url + "/v1/completions", timeout=60, headers={"Authorization": f"Bearer {client.api_key}"},
-                          json={"model": MODEL, "prompt": "x", "tools": [WEATHER]})
+    response = httpx.post(served.url + "/v1/completions", headers={"Authorization": f"Bearer {client.api_key}"},
+                          json={"model": MODEL, "prompt": "x", "tools": [WEATHER]}, timeout=60)
     assert response.status_code == 400 and response.json()["error"]["param"] == "tools"
 
 
