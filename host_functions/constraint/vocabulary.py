@@ -35,8 +35,8 @@ class _Vocabulary:
                 self.tokens.append(tokenizer.token_bytes(tid))
 
     def __call__(self, text: bytes) -> Sequence[int]:
-        # llguidance re-tokenizes forced text with this; no BOS, no special-token parsing.
-        return self._tokenizer.encode(text.decode("utf-8", errors="replace"), add_bos=False)
+        # llguidance re-tokenizes forced text with this: the tokens must spell exactly `text`.
+        return self._tokenizer.encode(text.decode("utf-8", errors="replace"), add_bos=False, continuation=True)
 
 
 def guidance_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:

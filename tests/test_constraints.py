@@ -1,0 +1,107 @@
+"""Constrained decoding: llguidance's grammars over our tokenizer (host_functions/constraint) and the
+reference guest's "constraint" field through the sandbox, on a tiny real model."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import numpy as np
+import pytest
+from guest_helpers import TINY_LLAMA
+
+from host_functions.abi import Limits
+from host_functions.constraint import Constraint, ConstraintKind, compile_grammar, guidance_tokenizer
+from host_functions.engine.model import Model
+from host_functions.errors import RealmError
+from realm.request.fields import RequestFieldError, check_sampling
+from realm.sandbox.intake import compile_guest, reference_guest_path
+from realm.sandbox.report import GuestRunFailed
+from realm.sandbox.run import TenantSandbox
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "tags"],
+          "properties": {"name": {"type": "string", "pattern": "^[a-z]{1,6}$"},
+                         "tags": {"type": "array", "minItems": 1, "maxItems": 2, "items": {"enum": ["x", "y"]}}}}
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return Model.load(TINY_LLAMA, backend="numpy")
+
+
+@pytest.fixture(scope="module")
+def guest():
+    return compile_guest(reference_guest_path().read_bytes())
+
+
+def _constraint(model: Model, kind: ConstraintKind, text: str) -> Constraint:
+    return Constraint(guidance_tokenizer(model.tokenizer), compile_grammar(kind, text))
+
+
+def test_the_mask_allows_exactly_the_tokens_that_keep_the_text_in_the_grammar(model):
+    c = _constraint(model, ConstraintKind.REGEX, "ab+")
+    tok = model.tokenizer
+    allowed = np.flatnonzero(c.allowed())
+    assert allowed.size > 0 and not any(tok.is_end_of_generation(int(t)) for t in allowed)  # "" is not a match
+    assert all(re.fullmatch("ab*", tok.token_bytes(int(t)).decode("utf-8", "replace")) for t in allowed)
+    a = int(allowed[0])
+    c.consume([a])
+    if tok.token_bytes(a) == b"a":
+        assert not c.accepting  # "a" alone does not match ab+
+    with pytest.raises(RealmError, match="not allowed"):
+        c.consume([tok.encode("z", add_bos=False)[-1]])
+    c.rollback(1)
+    np.testing.assert_array_equal(np.flatnonzero(c.allowed()), allowed)  # back where it started
+
+
+def test_end_of_generation_is_allowed_only_once_the_grammar_accepts(model):
+    c = _constraint(model, ConstraintKind.REGEX, "[0-9]")
+    eog = sorted(model.tokenizer.end_of_generation_ids)
+    assert not c.allowed()[eog].any()
+    c.consume(model.tokenizer.encode("7", add_bos=False)[-1:])
+    assert c.accepting and c.allowed()[eog].all()
+
+
+@pytest.mark.parametrize(("kind", "text", "cause"), [
+    (ConstraintKind.JSON_SCHEMA, '{"type": "objec"}', "Invalid type"),
+    (ConstraintKind.JSON_SCHEMA, "[1, 2]", "must be a JSON object"),
+    (ConstraintKind.JSON_SCHEMA, "{not json", "invalid json_schema constraint"),
+    (ConstraintKind.REGEX, "[a-", "unclosed character class"),
+    (ConstraintKind.LARK, "start: undefined_rule\n", "invalid lark constraint"),
+    (ConstraintKind.REGEX, "a" * (300 << 10), "at most"),
+])
+def test_an_invalid_or_too_large_grammar_is_refused_naming_the_cause(kind, text, cause):
+    with pytest.raises(RealmError, match=cause):
+        compile_grammar(kind, text)
+
+
+def test_a_request_field_with_a_bad_constraint_is_refused_before_any_guest_runs():
+    with pytest.raises(RequestFieldError, match="unclosed") as refused:
+        check_sampling({"constraint": {"kind": "regex", "text": "(a"}})
+    assert refused.value.field == "constraint"
+    with pytest.raises(RequestFieldError, match="kind"):
+        check_sampling({"constraint": {"kind": "xml", "text": ""}})
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_the_reference_guest_writes_only_what_the_regex_allows(model, guest, temperature):
+    result = TenantSandbox(model, Limits()).run(guest, {
+        "prompt": "The year", "max_tokens": 12, "temperature": temperature, "seed": 5,
+        "constraint": {"kind": "regex", "text": "[0-9]{4}\\."}})
+    assert re.fullmatch(r"[0-9]{4}\.", result.text), result.text
+    assert result.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_the_reference_guest_writes_json_that_validates(model, guest, temperature):
+    result = TenantSandbox(model, Limits()).run(guest, {
+        "prompt": "Data:", "max_tokens": 40, "temperature": temperature, "seed": 9,
+        "constraint": {"kind": "json_schema", "text": json.dumps(SCHEMA)}})
+    assert result.finish_reason == "stop", result.text
+    jsonschema.validate(json.loads(result.text), SCHEMA)
+
+
+def test_a_guest_given_a_bad_grammar_fails_with_invalid_argument_naming_the_cause(model, guest):
+    with pytest.raises(GuestRunFailed, match="unclosed character class"):
+        TenantSandbox(model, Limits()).run(guest, {"prompt": "x", "constraint": {"kind": "regex", "text": "[a-"}})
