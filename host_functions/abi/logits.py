@@ -163,7 +163,7 @@ def _json_constant(name: str) -> float:
 
 def _constrained(logits: np.ndarray, constraint: Constraint) -> np.ndarray:
     """The logits with every token the grammar forbids at -inf; INVALID_ARGUMENT if that leaves none."""
-    out = np.where(constraint.allowed(), logits, np.float32(-np.inf)).astype(np.float32, copy=False)
+    out = (logits + constraint.allowed()).astype(np.float32, copy=False)
     if not np.isfinite(out).any():
         raise AbiError(Status.INVALID_ARGUMENT, "the constraint and the bias leave no token to sample")
     return out
