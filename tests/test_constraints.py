@@ -9,7 +9,7 @@ import re
 import jsonschema
 import numpy as np
 import pytest
-from guest_helpers import TINY_LLAMA
+from guest_helpers import TINY_LLAMA, compile_wat, data_bytes, data_i32, expect
 
 from host_functions.abi import Limits
 from host_functions.constraint import Constraint, ConstraintKind, compile_grammar, guidance_tokenizer
@@ -105,3 +105,22 @@ def test_the_reference_guest_writes_json_that_validates(model, guest, temperatur
 def test_a_guest_given_a_bad_grammar_fails_with_invalid_argument_naming_the_cause(model, guest):
     with pytest.raises(GuestRunFailed, match="unclosed character class"):
         TenantSandbox(model, Limits()).run(guest, {"prompt": "x", "constraint": {"kind": "regex", "text": "[a-"}})
+
+
+def test_the_host_functions_check_kind_state_and_forced_tokens(model):
+    # text "[0-9]" at 512; token ids for "7" and "z" at 64 and 68 (the prefill reads from 64).
+    seven, zed = model.tokenizer.encode("7", add_bos=False)[-1], model.tokenizer.encode("z", add_bos=False)[-1]
+    regex = "(i32.const 512) (i32.const 5)"
+    guest = compile_wat(f"""
+      (local.set $s (call $seq_open (i32.const 0)))
+      {expect(f"(call $constraint_open (local.get $s) (i32.const 9) {regex})", "(i32.const -1)", 1)}
+      (local.set $c (call $constraint_open (local.get $s) (i32.const 2) {regex}))
+      {expect("(i32.gt_s (local.get $c) (i32.const 0))", "(i32.const 1)", 2)}
+      {expect(f"(call $constraint_open (local.get $s) (i32.const 2) {regex})", "(i32.const -4)", 3)}
+      {expect("(call $seq_append (local.get $s) (i32.const 68) (i32.const 1))", "(i32.const -1)", 4)}
+      {expect("(call $constraint_done (local.get $c))", "(i32.const 0)", 5)}
+      {expect("(call $seq_append (local.get $s) (i32.const 64) (i32.const 1))", "(i32.const 0)", 6)}
+      {expect("(call $constraint_done (local.get $c))", "(i32.const 1)", 7)}
+      {expect("(call $constraint_done (local.get $s))", "(i32.const -3)", 8)}
+      (i32.const 0)""", extra=data_i32([seven, zed], 64) + data_bytes(b"[0-9]", 512))
+    TenantSandbox(model, Limits()).run(guest, {})

@@ -10,8 +10,10 @@ from host_functions.abi.registry import host
 from host_functions.abi.session import Session
 from host_functions.abi.status import AbiError, Status
 from host_functions.constraint import MAX_GRAMMAR_BYTES, Constraint, ConstraintKind, compile_grammar, guidance_tokenizer
+from host_functions.errors import QuotaExceeded
 
-CONSTRAINT_BYTES = 256 << 10  # a matcher's parser state and lexer cache, generously, besides its mask
+CONSTRAINT_BYTES = 256 << 10  # a matcher's parser state and lexer cache, generously, besides its masks
+MAX_CONSTRAINTS = 64  # per request, as samplers: each compiles a grammar, so this stops runaway loops
 
 
 @dataclass(eq=False)
@@ -21,7 +23,8 @@ class ConstraintState:
     constraint: Constraint
 
     def host_bytes(self) -> int:
-        return CONSTRAINT_BYTES + self.constraint.bitmask.nbytes
+        # the bitmask and the float32 additive mask made from it
+        return CONSTRAINT_BYTES + self.constraint.bitmask.nbytes + 4 * self.constraint.n_vocab
 
 
 @host("seq", "kind", "text_ptr", "text_len", grows=True)
@@ -37,6 +40,8 @@ def constraint_open(s: Session, mem: GuestMemory, seq: int, kind: int, text_ptr:
         raise AbiError(Status.INVALID_ARGUMENT, f"a constraint is at most {MAX_GRAMMAR_BYTES} bytes, got {text_len}")
     if state.constraint is not None:
         raise AbiError(Status.WRONG_STATE, "the sequence already has a constraint")
+    if s.handles.count(ConstraintState) >= MAX_CONSTRAINTS:
+        raise QuotaExceeded(f"guest exceeded the limit of {MAX_CONSTRAINTS} constraints")
     s.charge_text(text_len)  # compiling is host work that fuel does not see
     try:
         text = mem.read(text_ptr, text_len).decode("utf-8")
