@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from guest_helpers import TINY_LLAMA, compile_wat, data_bytes, data_i32, expect
 
-from host_functions.abi import Limits
+from host_functions.abi import HOST_FUNCTIONS, Limits, SamplerState, SeqState, Session
 from host_functions.constraint import Constraint, ConstraintKind, compile_grammar, guidance_tokenizer
 from host_functions.engine.model import Model
+from host_functions.engine.sampling import Sampler, SamplingParams
 from host_functions.errors import RealmError
 from realm.request.fields import RequestFieldError, check_sampling
 from realm.sandbox.intake import compile_guest, reference_guest_path
@@ -124,3 +125,43 @@ def test_the_host_functions_check_kind_state_and_forced_tokens(model):
       {expect("(call $constraint_done (local.get $s))", "(i32.const -3)", 8)}
       (i32.const 0)""", extra=data_i32([seven, zed], 64) + data_bytes(b"[0-9]", 512))
     TenantSandbox(model, Limits()).run(guest, {})
+
+
+class _Out:
+    """Guest memory for spec_verify's one output: every span is valid, the written token is kept."""
+
+    def __init__(self) -> None:
+        self.written: list[int] = []
+
+    def span(self, ptr: int, count: int, itemsize: int = 1) -> int:
+        return 0
+
+    def write(self, ptr: int, data: np.ndarray) -> int:
+        self.written.extend(int(x) for x in data)
+        return len(data)
+
+
+def test_speculative_verification_masks_every_row_with_the_grammar(model):
+    s = Session(model, Limits())
+    seq = s.handles.add(SeqState(model.open_sequence(64)))
+    state = s.handles.get(seq, SeqState)
+    digits = [model.tokenizer.encode(d, add_bos=False)[-1] for d in "123"]
+    state.seq.append([1])
+    for layer in range(model.config.n_layers):
+        state.seq.forward_layer(layer)
+    state.set_logits(state.seq.finish())
+    state.constraint, state.constrained_from = _constraint(model, ConstraintKind.REGEX, "[0-9]{3}x"), 1
+    state.constraint.consume(digits)  # a token and two drafts, as seq_append consumes them
+    state.seq.append(digits)
+    for layer in range(model.config.n_layers):
+        state.seq.forward_layer(layer)
+    state.set_rows(state.seq.finish(all_positions=True))
+    sampler = s.handles.add(SamplerState(Sampler(SamplingParams(temperature=0))))
+    out = _Out()
+    accepted = HOST_FUNCTIONS["spec_verify"].impl(s, out, seq, sampler, 0, 0)
+    following = out.written[0]
+    # Whatever the tiny model prefers, the token after the accepted drafts is one the grammar allows there.
+    assert 0 <= accepted <= 2
+    allowed_next = "x" if accepted == 2 else "0123456789"
+    assert model.tokenizer.token_bytes(following).decode() in allowed_next
+    assert state.constraint.accepting is False and len(state.constraint.masks_along([])) == 1

@@ -91,18 +91,21 @@ def spec_verify(s: Session, mem: GuestMemory, seq: int, sampler: int, draft_seq:
     mem.span(out_ptr, 1, 4)
     if state.rows is None:
         raise AbiError(Status.WRONG_STATE, "no rows of logits: call seq_finish_all first")
-    if state.constraint is not None:  # its masks per draft are not computed yet: decode plainly
-        raise AbiError(Status.WRONG_STATE, "speculative verification of a constrained sequence is not supported")
     k = len(state.rows) - 1
     tokens = state.seq.tokens
     drafts, history = tokens[len(tokens) - k:], tokens[:len(tokens) - k]
+    rows = state.rows
+    if state.constraint is not None:  # each row masked as its position's state of the grammar
+        if len(tokens) - k < state.constrained_from:
+            raise AbiError(Status.WRONG_STATE, "the drafts verified began before the constraint was opened")
+        rows = rows + state.constraint.masks_along([int(t) for t in drafts])
     q = None
     if draft_seq:
         sampled = s.handles.get(draft_seq, SeqState).sampled[-k:] if k else []
         if len(sampled) != k or [t for t, _ in sampled] != drafts:
             raise AbiError(Status.INVALID_ARGUMENT, "the draft sequence's last samples are not the drafts verified")
         q = [dist for _, dist in sampled]
-    accepted, following = verify(smp.sampler, state.rows, drafts, history, q)
+    accepted, following = verify(smp.sampler, rows, drafts, history, q)
     s.steps.verified_steps += 1
     s.steps.drafted += k
     s.steps.accepted += accepted

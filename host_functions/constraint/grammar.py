@@ -125,11 +125,32 @@ class Constraint:
         if self._pending is not None:
             self._pending.result()
 
+    def masks_along(self, tokens: list[int]) -> np.ndarray:
+        """The (k+1, n_vocab) additive masks before each of the last k = len(tokens) consumed tokens and
+        after them: what speculative verification applies to each row of a step. The matcher ends
+        where it was; RealmError if those tokens were not the last consumed."""
+        self._settle()
+        if not self.matcher.rollback(len(tokens)):
+            raise RealmError(f"cannot roll the constraint back {len(tokens)} tokens")
+        masks = []
+        for token in tokens:
+            masks.append(self._mask())
+            if not self.matcher.consume_token(token):
+                self._check("the constraint failed")
+                raise RealmError(f"token {token} is not allowed by the constraint here")
+        masks.append(self._mask())
+        self._check("the constraint failed")
+        done: Future[np.ndarray] = Future()
+        done.set_result(masks[-1])
+        self._pending = done
+        return np.stack(masks)
+
     def rollback(self, n: int) -> None:
         """Undo the last `n` consumed tokens (speculative decoding's rejected drafts)."""
         if n > 0:
             self._settle()
-            self.matcher.rollback(n)
+            if not self.matcher.rollback(n):
+                raise RealmError(f"cannot roll the constraint back {n} tokens")
             self.prefetch()
 
     @property
