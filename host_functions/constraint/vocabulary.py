@@ -7,7 +7,6 @@ import weakref
 from collections.abc import Sequence
 
 import llguidance
-import numpy as np
 
 from host_functions.tokenizer import Tokenizer, TokenType
 
@@ -27,12 +26,12 @@ class _Vocabulary:
         self.tokens: list[bytes] = []
         self.special_token_ids: list[int] = []
         types = tokenizer.token_types
-        for tid in range(tokenizer.vocab_size):
+        for tid, text in enumerate(tokenizer.every_token_bytes()):
             if int(types[tid]) in (TokenType.CONTROL, TokenType.UNKNOWN, TokenType.UNUSED):
                 self.tokens.append(_SPECIAL_PREFIX + tokenizer.piece(tid).encode("utf-8"))
                 self.special_token_ids.append(tid)
             else:
-                self.tokens.append(tokenizer.token_bytes(tid))
+                self.tokens.append(text)
 
     def __call__(self, text: bytes) -> Sequence[int]:
         # llguidance re-tokenizes forced text with this: the tokens must spell exactly `text`.
@@ -51,9 +50,3 @@ def guidance_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
             cached = _CACHE[tokenizer] = llguidance.LLTokenizer(wrapper, n_vocab=tokenizer.vocab_size, eos_token=eos)
         return cached
 
-
-def end_of_generation_mask(tokenizer: Tokenizer) -> np.ndarray:
-    """A boolean (n_vocab,) array, True at every end-of-generation id."""
-    mask = np.zeros(tokenizer.vocab_size, dtype=bool)
-    mask[sorted(tokenizer.end_of_generation_ids)] = True
-    return mask

@@ -176,6 +176,11 @@ class Tokenizer:
                                                     self._model.normal_bytes)
         return cached
 
+    def every_token_bytes(self) -> list[bytes]:
+        """token_bytes of every id in order, without filling the cache of the ids generation sees."""
+        return [render(int(self._types[i]), self._vocab.piece(i), self._model.normal_bytes)
+                for i in range(self.vocab_size)]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids` as llama.cpp's `llama_detokenize` (no special-token text) gives it.
 
