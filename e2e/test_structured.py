@@ -14,6 +14,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from oracle import DATA
 from test_serve import MODEL, Served, serving
 
 POINT = {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9},
@@ -176,3 +177,16 @@ def test_realm_run_regex_and_a_bad_grammar(realm, tmp_path: Path):
     bad = realm("run", "x", "--grammar", "bad.lark", "--backend", "cpu")
     assert bad.returncode != 0 and bad.stderr.startswith("Error: ") and "lark" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_bench_json_schema_reports_decode_with_and_without_the_schema(realm, tmp_path: Path):
+    (tmp_path / "schema.json").write_text(json.dumps({"type": "array", "minItems": 8, "items": POINT}))
+    done = realm("bench", "--model", str(DATA / "tiny-llama-Q4_K.gguf"), "--backend", "numpy", "--json-schema",
+                 "schema.json", "--concurrency", "1,2", "--decode-tokens", "8", "--rounds", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    levels = json.loads(done.stdout)
+    assert [r["concurrency"] for r in levels] == [1, 2] and [r["constrained_tokens"] for r in levels] == [8, 16]
+    assert all(r["ratio"] > 0 and r["aggregate_tok_s"] > 0 for r in levels)
+    (tmp_path / "bad.json").write_text('{"type": "objec"}')
+    bad = realm("bench", "--json-schema", "bad.json", "--backend", "numpy")
+    assert bad.returncode == 2 and "Invalid type" in bad.stderr
