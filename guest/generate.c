@@ -15,7 +15,8 @@
  *
  * "constraint" (optional, ABI 5): {"kind": "json_schema" | "json_object" | "regex" | "lark", "text": the
  * schema (as a string), regex or grammar}: the host masks every sampled token to the grammar, and
- * generation stops when it is complete ("stop") or at an end token it allows. Decoding is then plain.
+ * generation stops when it is complete ("stop") or at an end token it allows. Speculative decoding
+ * works under it: spec_verify rejects a draft the grammar refuses.
  *
  * "lora" (optional) names one of the tenant's LoRA adapters by alias; it applies at its bound scale.
  *
@@ -429,7 +430,7 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     if ((rc = attach_lora(g.seq, req)) < 0) return rc;
     g.speculate = g.paused = 0;
     if ((rc = read_constraint(&g, req)) < 0) return rc;
-    if (g.top_logprobs < 0 && g.constraint_kind < 0 && (rc = open_speculation(&g, req, request, request_len)) < 0) return rc;
+    if (g.top_logprobs < 0 && (rc = open_speculation(&g, req, request, request_len)) < 0) return rc;
     rc = run(&g, ids, n_ids);
     realm_seq_close(g.seq);
     realm_sampler_free(g.sampler);

@@ -47,12 +47,14 @@ def test_the_mask_allows_exactly_the_tokens_that_keep_the_text_in_the_grammar(mo
     assert allowed.size > 0 and not any(tok.is_end_of_generation(int(t)) for t in allowed)  # "" is not a match
     assert all(re.fullmatch("ab*", tok.token_bytes(int(t)).decode("utf-8", "replace")) for t in allowed)
     a = int(allowed[0])
-    c.consume([a])
+    assert c.consume([a]) == 1 and c.refused == 0
     if tok.token_bytes(a) == b"a":
         assert not c.accepting  # "a" alone does not match ab+
-    with pytest.raises(RealmError, match="not allowed"):
-        c.consume([tok.encode("z", add_bos=False)[-1]])
-    c.rollback(1)
+    z = tok.encode("z", add_bos=False)[-1]
+    assert c.consume([z, a]) == 0 and c.refused == 2  # refused, and everything after it
+    assert not c.accepting and not c.complete
+    c.rollback(3)  # the two refused tokens, then the one consumed
+    assert c.refused == 0
     np.testing.assert_array_equal(np.flatnonzero(c.allowed() == 0), allowed)  # back where it started
 
 
@@ -103,12 +105,25 @@ def test_the_reference_guest_writes_json_that_validates(model, guest, temperatur
     jsonschema.validate(json.loads(result.text), SCHEMA)
 
 
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_speculation_under_a_constraint_writes_exactly_what_plain_decoding_does(model, guest, temperature):
+    # Prompt lookup drafts from the repeated text, including drafts the grammar refuses; the output is
+    # the same token for token (greedy), or valid and seeded alike (sampled).
+    request = {"prompt": "ab ab ab ab ab ab ab", "max_tokens": 24, "temperature": temperature, "seed": 1,
+               "constraint": {"kind": "regex", "text": "( ab| ba){1,4}( [0-9]+)?"}}
+    plain = TenantSandbox(model, Limits()).run(guest, request)
+    fast = TenantSandbox(model, Limits()).run(guest, {**request, "speculative": "ngram"})
+    assert re.fullmatch(r"( ab| ba){1,4}( [0-9]+)?", fast.text), fast.text
+    if temperature == 0:
+        assert fast.text == plain.text
+
+
 def test_a_guest_given_a_bad_grammar_fails_with_invalid_argument_naming_the_cause(model, guest):
     with pytest.raises(GuestRunFailed, match="unclosed character class"):
         TenantSandbox(model, Limits()).run(guest, {"prompt": "x", "constraint": {"kind": "regex", "text": "[a-"}})
 
 
-def test_the_host_functions_check_kind_state_and_forced_tokens(model):
+def test_the_host_functions_check_kind_state_and_hold_refused_tokens_until_truncated(model):
     # text "[0-9]" at 512; token ids for "7" and "z" at 64 and 68 (the prefill reads from 64).
     seven, zed = model.tokenizer.encode("7", add_bos=False)[-1], model.tokenizer.encode("z", add_bos=False)[-1]
     regex = "(i32.const 512) (i32.const 5)"
@@ -118,8 +133,9 @@ def test_the_host_functions_check_kind_state_and_forced_tokens(model):
       (local.set $c (call $constraint_open (local.get $s) (i32.const 2) {regex}))
       {expect("(i32.gt_s (local.get $c) (i32.const 0))", "(i32.const 1)", 2)}
       {expect(f"(call $constraint_open (local.get $s) (i32.const 2) {regex})", "(i32.const -4)", 3)}
-      {expect("(call $seq_append (local.get $s) (i32.const 68) (i32.const 1))", "(i32.const -1)", 4)}
+      {expect("(call $seq_append (local.get $s) (i32.const 68) (i32.const 1))", "(i32.const 0)", 4)}
       {expect("(call $constraint_done (local.get $c))", "(i32.const 0)", 5)}
+      {expect("(call $seq_truncate (local.get $s) (i32.const 0))", "(i32.const 0)", 9)}
       {expect("(call $seq_append (local.get $s) (i32.const 64) (i32.const 1))", "(i32.const 0)", 6)}
       {expect("(call $constraint_done (local.get $c))", "(i32.const 1)", 7)}
       {expect("(call $constraint_done (local.get $s))", "(i32.const -3)", 8)}
@@ -150,8 +166,9 @@ def test_speculative_verification_masks_every_row_with_the_grammar(model):
     for layer in range(model.config.n_layers):
         state.seq.forward_layer(layer)
     state.set_logits(state.seq.finish())
-    state.constraint, state.constrained_from = _constraint(model, ConstraintKind.REGEX, "[0-9]{3}x"), 1
-    state.constraint.consume(digits)  # a token and two drafts, as seq_append consumes them
+    state.constraint, state.constrained_from = _constraint(model, ConstraintKind.REGEX, "[0-9]{2}x"), 1
+    state.constraint.consume(digits)  # a token and two drafts, as seq_append consumes them: "3" is refused
+    assert state.constraint.refused == 1
     state.seq.append(digits)
     for layer in range(model.config.n_layers):
         state.seq.forward_layer(layer)
@@ -160,8 +177,11 @@ def test_speculative_verification_masks_every_row_with_the_grammar(model):
     out = _Out()
     accepted = HOST_FUNCTIONS["spec_verify"].impl(s, out, seq, sampler, 0, 0)
     following = out.written[0]
-    # Whatever the tiny model prefers, the token after the accepted drafts is one the grammar allows there.
-    assert 0 <= accepted <= 2
-    allowed_next = "x" if accepted == 2 else "0123456789"
+    # Whatever the tiny model prefers, the refused draft is rejected and the token after the accepted
+    # drafts is one the grammar allows there.
+    assert 0 <= accepted <= 1
+    allowed_next = "x" if accepted == 1 else "0123456789"
     assert model.tokenizer.token_bytes(following).decode() in allowed_next
-    assert state.constraint.accepting is False and len(state.constraint.masks_along([])) == 1
+    assert state.constraint.refused == 1  # until the guest truncates the rejected tail
+    assert HOST_FUNCTIONS["seq_truncate"].impl(s, out, seq, 2 + accepted) == 0
+    assert state.constraint.refused == 0 and len(state.constraint.masks_along([])) == 1

@@ -163,6 +163,9 @@ def _json_constant(name: str) -> float:
 
 def _constrained(logits: np.ndarray, constraint: Constraint) -> np.ndarray:
     """The logits with every token the grammar forbids at -inf; INVALID_ARGUMENT if that leaves none."""
+    if constraint.refused:
+        raise AbiError(Status.WRONG_STATE, f"the sequence ends in {constraint.refused} tokens its constraint refuses: "
+                                           "truncate them first")
     out = (logits + constraint.allowed()).astype(np.float32, copy=False)
     if not np.isfinite(out).any():
         raise AbiError(Status.INVALID_ARGUMENT, "the constraint and the bias leave no token to sample")

@@ -41,9 +41,9 @@ def seq_append(s: Session, mem: GuestMemory, seq: int, ids_ptr: int, n_ids: int)
     if s.tokens_fed + n_ids > s.limits.max_tokens:
         raise QuotaExceeded(f"guest fed more than its limit of {s.limits.max_tokens} tokens to the model")
     ids = check_tokens(s, mem.read_array(ids_ptr, n_ids, "<i4"))
-    if state.constraint is not None:  # refused before anything changes: a forced token must fit the grammar too
-        state.constraint.consume([int(t) for t in ids])
     s.tokens_fed += len(ids)
+    if state.constraint is not None:  # tokens the grammar refuses (drafts) are held until truncated
+        state.constraint.consume([int(t) for t in ids])
     sq.append(ids)
     state.set_logits(None)
     return Status.OK

@@ -70,8 +70,8 @@ class Constraint:
     """A grammar's matcher over one sequence's generated tokens.
 
     `allowed()` is the additive mask of the next token (end-of-generation ids only once the grammar
-    accepts); `consume(tokens)` advances it and raises RealmError for a token the grammar forbids,
-    leaving the matcher as it was.
+    accepts); `consume(tokens)` advances it as far as the grammar allows and counts the rest as
+    refused; `rollback(n)` forgets the sequence's last n tokens.
     """
 
     def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str) -> None:
@@ -81,6 +81,7 @@ class Constraint:
         self._check("cannot compile the constraint")
         self.bitmask = np.full((1, (self.n_vocab + 31) // 32), -1, dtype=np.int32)
         self._pending: Future[np.ndarray] | None = None  # the mask of the current state, being computed
+        self.refused = 0  # tokens the grammar refused (and all after them), still in the sequence
         self.prefetch()
 
     def _check(self, what: str) -> None:
@@ -106,19 +107,19 @@ class Constraint:
         self._check("the constraint failed")
         return mask
 
-    def consume(self, tokens: list[int]) -> None:
-        """Advance past `tokens`; RealmError (nothing consumed) if the grammar does not allow them in order."""
+    def consume(self, tokens: list[int]) -> int:
+        """Advance past the longest prefix of `tokens` the grammar allows; returns its length. The rest,
+        and every token after an earlier refused one, is counted in `refused` (in the sequence, not in
+        the grammar) until `rollback` drops it."""
         if not tokens:
-            return
+            return 0
         self._settle()
-        if self.matcher.is_stopped():
-            raise RealmError("the constraint is complete: no more tokens may follow")
-        taken = self.matcher.try_consume_tokens(tokens)
-        if taken != len(tokens):
-            self.matcher.rollback(max(taken, 0))
-            self._check("the constraint failed")
-            raise RealmError(f"token {tokens[max(taken, 0)]} is not allowed by the constraint here")
-        self.prefetch()
+        taken = 0 if self.refused else max(self.matcher.try_consume_tokens(tokens), 0)
+        self._check("the constraint failed")
+        self.refused += len(tokens) - taken
+        if taken:
+            self.prefetch()
+        return taken
 
     def _settle(self) -> None:
         """Wait for a mask in flight: the matcher must not change under it."""
@@ -128,7 +129,8 @@ class Constraint:
     def masks_along(self, tokens: list[int]) -> np.ndarray:
         """The (k+1, n_vocab) additive masks before each of the last k = len(tokens) consumed tokens and
         after them: what speculative verification applies to each row of a step. The matcher ends
-        where it was; RealmError if those tokens were not the last consumed."""
+        where it was (refused tokens after them stay refused); RealmError if those tokens were not the
+        last consumed."""
         self._settle()
         if not self.matcher.rollback(len(tokens)):
             raise RealmError(f"cannot roll the constraint back {len(tokens)} tokens")
@@ -146,24 +148,26 @@ class Constraint:
         return np.stack(masks)
 
     def rollback(self, n: int) -> None:
-        """Undo the last `n` consumed tokens (speculative decoding's rejected drafts)."""
-        if n > 0:
+        """Forget the last `n` tokens of the sequence: refused ones first, then consumed ones."""
+        dropped = min(n, self.refused)
+        self.refused -= dropped
+        if n > dropped:
             self._settle()
-            if not self.matcher.rollback(n):
-                raise RealmError(f"cannot roll the constraint back {n} tokens")
+            if not self.matcher.rollback(n - dropped):
+                raise RealmError(f"cannot roll the constraint back {n - dropped} tokens")
             self.prefetch()
 
     @property
     def complete(self) -> bool:
         """Whether the grammar accepts what was generated and nothing else may follow."""
         self._settle()
-        return bool(self.matcher.is_stopped())
+        return not self.refused and bool(self.matcher.is_stopped())
 
     @property
     def accepting(self) -> bool:
         """Whether generation may end here."""
         self._settle()
-        return bool(self.matcher.is_accepting())
+        return not self.refused and bool(self.matcher.is_accepting())
 
 
 def _first_line(message: str) -> str:

@@ -32,10 +32,20 @@ class _Vocabulary:
                 self.special_token_ids.append(tid)
             else:
                 self.tokens.append(text)
+        # A token spelling each single byte (a byte-fallback token, or a one-character one), first id wins.
+        self._byte_tokens: dict[int, int] = {}
+        for tid, text in enumerate(self.tokens):
+            if len(text) == 1:
+                self._byte_tokens.setdefault(text[0], tid)
 
     def __call__(self, text: bytes) -> Sequence[int]:
-        # llguidance re-tokenizes forced text with this: the tokens must spell exactly `text`.
-        return self._tokenizer.encode(text.decode("utf-8", errors="replace"), add_bos=False, continuation=True)
+        """llguidance re-tokenizes forced text with this: the tokens must spell exactly `text`. Where ours
+        do not (a SentencePiece vocabulary without a space token writes " " as the bytes of "▁"), the
+        text byte by byte, if the vocabulary spells every byte."""
+        ids = self._tokenizer.encode(text.decode("utf-8", errors="replace"), add_bos=False, continuation=True)
+        if b"".join(self.tokens[i] for i in ids) == text or not all(b in self._byte_tokens for b in text):
+            return ids
+        return [self._byte_tokens[b] for b in text]
 
 
 def guidance_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
