@@ -13,17 +13,16 @@ GUESTS = Path(__file__).resolve().parent.parent / "guest"
 PARIS = "Question: What is the capital of France?\nAnswer:"
 
 
-def test_the_paris_question_is_answered_through_the_reference_guest_one_layer_call_per_layer_per_step(realm):
+def test_the_paris_question_is_answered_through_the_reference_guest_one_host_call_per_step(realm):
     done = realm("run", PARIS, "--temperature", "0", "--max-tokens", "8", "--trace")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(" Paris")
     assert "Traceback" not in done.stderr
-    assert "forward_layer" not in done.stdout, "stdout is the text alone; the trace is on stderr"
-    row = re.search(r"forward_layer\s*│\s*(\d+)", done.stderr)
-    finish = re.search(r"seq_finish\s*│\s*(\d+)", done.stderr)
-    assert row and finish, done.stderr
-    assert int(finish[1]) == 8 and int(row[1]) == 8 * 18  # Gemma 3 270M has 18 layers
-    assert "8 steps x 18 layers -> 144 forward_layer calls" in done.stderr
+    assert "seq_step" not in done.stdout, "stdout is the text alone; the trace is on stderr"
+    row = re.search(r"seq_step\s*│\s*(\d+)", done.stderr)
+    assert row and int(row[1]) == 8, done.stderr
+    assert not re.search(r"forward_layer\s*│", done.stderr)  # the reference guest runs whole steps (ABI 5)
+    assert "8 steps x 18 layers -> 8 whole-step seq_step(_all) calls and 0 forward_layer calls" in done.stderr
 
 
 def test_prompt_from_stdin_and_json_output(realm):
@@ -32,8 +31,8 @@ def test_prompt_from_stdin_and_json_output(realm):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == 0 and result["guest"] == "generate.wasm" and result["text"]
-    assert result["trace"]["seq_finish"]["calls"] == 6
-    assert result["trace"]["forward_layer"]["calls"] == 6 * 2
+    assert result["trace"]["seq_step"]["calls"] == 6
+    assert "forward_layer" not in result["trace"] or result["trace"]["forward_layer"]["calls"] == 0
 
 
 def test_an_ad_hoc_guest_runs_with_its_request_fields(realm):

@@ -13,7 +13,7 @@
  * When generation ends it reports why (stop, length or context) and the token counts with
  * result_report.
  *
- * "constraint" (optional, ABI 5): {"kind": "json_schema" | "json_object" | "regex" | "lark", "text": the
+ * "constraint" (optional, ABI 6): {"kind": "json_schema" | "json_object" | "regex" | "lark", "text": the
  * schema (as a string), regex or grammar}: the host masks every sampled token to the grammar, and
  * generation stops when it is complete ("stop") or at an end token it allows. Speculative decoding
  * works under it: spec_verify rejects a draft the grammar refuses.
@@ -29,9 +29,10 @@
  * step where prompt lookup finds nothing is a plain step, with a plain step's host calls. Drafts
  * that do not pay for themselves (judge_drafts) pause speculation: plain decoding for a while.
  *
- * Per token the guest makes n_layers + 6 host calls (+1 under a constraint: constraint_done): sample, token_is_eog, text_push,
- * seq_append, forward_layer for every layer, seq_finish, and emit. The 262144 logits of a large
- * vocabulary never cross into guest memory: the host samples.
+ * Per token the guest makes 6 host calls: sample, token_is_eog, text_push, seq_append, seq_step
+ * (every layer and the finish in one call, ABI 5) and emit; under a constraint, a 7th:
+ * constraint_done. The 262144 logits of a large vocabulary never cross into guest memory: the host
+ * samples.
  */
 #define REALM_IMPLEMENTATION
 #include "realm.h"

@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define REALM_ABI_VERSION 5
+#define REALM_ABI_VERSION 6
 
 /* Status codes: host function results (negative) and realm_main's result. */
 typedef enum {
@@ -97,12 +97,15 @@ REALM_IMPORT(detokenize) int32_t realm_detokenize(const int32_t *ids, int32_t n_
 REALM_IMPORT(token_piece) int32_t realm_token_piece(int32_t token, char *out, int32_t out_cap);
 REALM_IMPORT(token_is_eog) int32_t realm_token_is_eog(int32_t token);
 
-/* Sequences: one KV cache each. A step is seq_append -> forward_layer(0..n_layers-1) -> seq_finish. */
+/* Sequences: one KV cache each. A step is seq_append -> forward_layer(0..n_layers-1) -> seq_finish,
+ * or seq_append -> seq_step (ABI 5). */
 REALM_IMPORT(seq_open) int32_t realm_seq_open(int32_t capacity); /* 0: n_ctx; returns a handle */
 REALM_IMPORT(seq_close) int32_t realm_seq_close(int32_t seq);
 REALM_IMPORT(seq_append) int32_t realm_seq_append(int32_t seq, const int32_t *ids, int32_t n_ids);
 REALM_IMPORT(forward_layer) int32_t realm_forward_layer(int32_t seq, int32_t layer);
 REALM_IMPORT(seq_finish) int32_t realm_seq_finish(int32_t seq);
+/* ABI 5: the step's remaining layers and seq_finish in one host call (what realm_step uses). */
+REALM_IMPORT(seq_step) int32_t realm_seq_step(int32_t seq);
 REALM_IMPORT(seq_len) int32_t realm_seq_len(int32_t seq);
 REALM_IMPORT(seq_truncate) int32_t realm_seq_truncate(int32_t seq, int32_t n);
 
@@ -127,6 +130,7 @@ REALM_IMPORT(result_report) int32_t realm_result_report(int32_t finish_reason, i
 
 /* Speculative decoding (ABI 3): every row's logits, verification of drafts, draft models. */
 REALM_IMPORT(seq_finish_all) int32_t realm_seq_finish_all(int32_t seq); /* returns the rows kept */
+REALM_IMPORT(seq_step_all) int32_t realm_seq_step_all(int32_t seq); /* ABI 5: the remaining layers + seq_finish_all */
 REALM_IMPORT(logits_row) int32_t realm_logits_row(int32_t seq, int32_t row);
 REALM_IMPORT(spec_verify) int32_t realm_spec_verify(int32_t seq, int32_t sampler, int32_t draft_seq, int32_t *next);
 REALM_IMPORT(draft_open) int32_t realm_draft_open(const char *name, int32_t name_len); /* "self:N", "draft:PATH" */
@@ -137,7 +141,7 @@ REALM_IMPORT(seq_layers) int32_t realm_seq_layers(int32_t seq);
 REALM_IMPORT(adapter_find) int32_t realm_adapter_find(const char *alias, int32_t alias_len);
 REALM_IMPORT(seq_set_adapter) int32_t realm_seq_set_adapter(int32_t seq, int32_t adapter, int32_t scale_bits);
 
-/* Constrained decoding (ABI 5): a grammar bound to a sequence masks its sampling; appended tokens advance it. */
+/* Constrained decoding (ABI 6): a grammar bound to a sequence masks its sampling; appended tokens advance it. */
 REALM_IMPORT(constraint_open) int32_t realm_constraint_open(int32_t seq, int32_t kind, const char *text,
                                                             int32_t text_len);
 REALM_IMPORT(constraint_done) int32_t realm_constraint_done(int32_t constraint); /* 1: nothing more may follow */
@@ -156,22 +160,18 @@ static inline int32_t realm_fail(int32_t rc, const char *message) {
     return rc < 0 ? rc : REALM_ERR_INVALID_ARGUMENT;
 }
 
-/* Run one step over the sequence's pending tokens: every layer, then finish. */
+/* Run one step over the sequence's pending tokens: every layer, then finish, in one host call
+ * (seq_step; the host knows the sequence's layers, so n_layers, which guests of ABI 4 and earlier
+ * passed to a loop of forward_layer calls, is not needed any more). */
 static inline int32_t realm_step(int32_t seq, int32_t n_layers) {
-    for (int32_t layer = 0; layer < n_layers; layer++) {
-        int32_t rc = realm_forward_layer(seq, layer);
-        if (rc < 0) return rc;
-    }
-    return realm_seq_finish(seq);
+    (void)n_layers;
+    return realm_seq_step(seq);
 }
 
 /* The same, keeping the logits of every pending token (to verify drafts); returns the rows kept. */
 static inline int32_t realm_step_all(int32_t seq, int32_t n_layers) {
-    for (int32_t layer = 0; layer < n_layers; layer++) {
-        int32_t rc = realm_forward_layer(seq, layer);
-        if (rc < 0) return rc;
-    }
-    return realm_seq_finish_all(seq);
+    (void)n_layers;
+    return realm_seq_step_all(seq);
 }
 
 /* A float32's bits, for seq_set_adapter's scale. */

@@ -31,19 +31,25 @@ def _prepared(model: Model, prefix: list[int]):
     return seq
 
 
+def _prepared_items(model, cases):
+    """A prepared sequence per (prefix, new tokens) case and a step item of its new tokens, room reserved.
+    A step rewrites its positions pos.. with the same values each time, so one prepared cache per case
+    serves a solo run and every batch (the sequence's committed tokens never change here)."""
+    seqs = [_prepared(model, prefix) for prefix, _ in cases]
+    items = [StepItem(np.asarray(new, np.int32), len(prefix), seq._cache, "all")
+             for (prefix, new), seq in zip(cases, seqs, strict=True)]
+    for item in items:
+        item.cache.reserve(item.pos + len(item.tokens))
+    return seqs, items
+
+
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])  # cpu: its native norms, rope and activations too
 @pytest.mark.parametrize("name", MODELS)
 def test_batched_logits_are_bit_identical_to_solo_for_batch_sizes_1_to_32(name, backend):
     model = Model.load(DATA / name, backend=backend, kv_memory=64 << 20)
     rng = np.random.default_rng(7)
     cases = [_case(rng, model.config.n_vocab) for _ in range(32)]
-    seqs = [_prepared(model, prefix) for prefix, _ in cases]
-    # A step rewrites its positions pos.. with the same values each time, so one prepared cache per
-    # case serves the solo run and every batch (the sequence's committed tokens never change here).
-    items = [StepItem(np.asarray(new, np.int32), len(prefix), seq._cache, "all")
-             for (prefix, new), seq in zip(cases, seqs, strict=True)]
-    for item in items:
-        item.cache.reserve(item.pos + len(item.tokens))
+    seqs, items = _prepared_items(model, cases)
     solo = [model.backend.step([item])[0] for item in items]
     for batch_size in range(1, 33):
         picked = rng.permutation(32)[:batch_size]  # different companions and places each time
@@ -52,6 +58,23 @@ def test_batched_logits_are_bit_identical_to_solo_for_batch_sizes_1_to_32(name, 
     for seq in seqs:
         seq.close()
     assert model.backend.kv_pool.stats().blocks_used == 0
+
+
+@pytest.mark.parametrize("name", MODELS + ["tiny-gemma3-Q4_K.gguf"])
+def test_cpu_blocks_in_one_native_call_give_the_bits_of_the_op_by_op_hooks(name):
+    """layer.c runs a whole block per call; the same ragged batch (decode and prefill rows, windows)
+    op by op through NumpyBackend's _layer and the cpu hooks gives the same bits."""
+    model = Model.load(DATA / name, backend="cpu", kv_memory=64 << 20)
+    rng = np.random.default_rng(11)
+    cases = [_case(rng, model.config.n_vocab) for _ in range(12)]
+    seqs, items = _prepared_items(model, cases)
+    assert all(model.backend._native_layer(i) is not None for i in range(model.config.n_layers))  # layer.c runs
+    native = model.backend.step(items)
+    model.backend.native_blocks = False
+    for ours, hooks in zip(native, model.backend.step(items), strict=True):
+        assert np.array_equal(ours, hooks)
+    for seq in seqs:
+        seq.close()
 
 
 def test_only_wanted_logits_come_back():

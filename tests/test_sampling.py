@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -254,3 +255,29 @@ def test_flush_takes_a_last_piece_and_still_honours_stop_strings():
     matcher = StopMatcher(["</s>"])
     matcher.push("end </")
     assert matcher.flush("x") == "</x"
+
+
+def _plain_filter(logits: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+    """The filter chain over the whole vector: every id sorted, cut by top-k, min-p and top-p in turn."""
+    top = float(logits.max())
+    ids = np.argsort(-logits, kind="stable")
+    ids = ids[:top_k] if top_k else ids
+    log_z = top + math.log(np.exp(logits[np.sort(ids)] - top).sum())  # summed in id order, as the sampler does
+    if min_p:
+        ids = ids[logits[ids] >= top + math.log(min_p)]
+    if top_p < 1.0:
+        ids = ids[:int(np.searchsorted(np.cumsum(np.exp(logits[ids] - log_z)), top_p, side="left")) + 1]
+    return ids
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(40, 0.95, 0.0), (1, 1.0, 0.0), (1000, 0.5, 0.0), (40, 1.0, 0.05),
+                                               (0, 0.95, 0.0), (0, 0.3, 0.0), (0, 0.95, 0.01)])
+def test_a_large_vocabulary_is_filtered_to_the_ids_of_the_whole_vector_chain(top_k, top_p, min_p):
+    """Over Gemma's 262144 logits the filters narrow to the candidates first; the ids kept, and their
+    order, are those of the whole-vector steps (distinct logits: no ties to break)."""
+    rng = np.random.default_rng(top_k)
+    for scale in (0.5, 3.0, 12.0):  # flat to peaked: top-p's head from thousands of ids to one
+        logits = (rng.standard_normal(262144) * scale).astype(np.float32)
+        params = SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=1.0)
+        ids, _ = Sampler(params).distribution(logits, [])
+        np.testing.assert_array_equal(ids, _plain_filter(logits, top_k, top_p, min_p))

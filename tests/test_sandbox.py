@@ -99,13 +99,13 @@ def test_reference_guest_streams_its_text_through_emit(model, generate):
 
 
 @pytest.mark.parametrize("max_tokens", [1, 5])
-def test_reference_guest_generates_at_most_max_tokens_and_runs_every_layer_once_per_step(model, generate,
-                                                                                         max_tokens):
+def test_reference_guest_generates_at_most_max_tokens_and_runs_each_step_in_one_host_call(model, generate,
+                                                                                          max_tokens):
     prompt_ids = model.tokenizer.encode(PROMPT)
     result = TenantSandbox(model).run(generate, {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0})
-    steps = result.trace["seq_finish"].calls
+    steps = result.trace["seq_step"].calls
     assert steps == max_tokens  # the prompt's step, then one per generated token but the last
-    assert result.trace["forward_layer"].calls == steps * model.config.n_layers
+    assert result.trace["forward_layer"].calls == result.trace["seq_finish"].calls == 0
     assert result.trace["sample"].calls == max_tokens
     assert result.tokens_fed == len(prompt_ids) + max_tokens - 1
 
@@ -244,6 +244,38 @@ def test_logits_read_through_the_abi_match_llamacpp(model):
     guest = compile_wat(body, extra=data_i32(ids, 64))
     ours = hex_floats(TenantSandbox(model).run(guest, {}).text).reshape(5, n_vocab)
     assert_matches(ours, theirs[39:44], EXACT, "logits_read")
+
+
+def test_seq_step_runs_the_remaining_layers_and_finishes_like_forward_layer_and_seq_finish(model):
+    """ABI 5: a whole step in one call, or its remaining layers after forward_layer(0); nothing pending
+    is WRONG_STATE, as forward_layer says; seq_step_all keeps every row, as seq_finish_all does."""
+    ref = np.load(DATA / "tiny-llama-F32.logits.npz")
+    ids, theirs = ref["tokens0"][:41], ref["seq0"][:41]
+    n_vocab = model.config.n_vocab
+    dump = f"""{expect(f"(call $logits_read (local.get $s) (i32.const 8192) (i32.const {n_vocab}))",
+                       f"(i32.const {n_vocab})", 9)}
+      {hex_dump(f"(i32.const {n_vocab})", 8192)}"""
+    body = f"""
+      (local.set $s (call $seq_open (i32.const 64)))
+      {expect("(call $seq_step (local.get $s))", f"(i32.const {Status.WRONG_STATE})", 1)}
+      {expect("(call $seq_append (local.get $s) (i32.const 64) (i32.const 40))", "(i32.const 0)", 2)}
+      {expect("(call $seq_step (local.get $s))", "(i32.const 0)", 3)}
+      {dump}
+      {expect("(call $seq_append (local.get $s) (i32.const 224) (i32.const 1))", "(i32.const 0)", 4)}
+      {expect("(call $forward_layer (local.get $s) (i32.const 0))", "(i32.const 0)", 5)}
+      {expect("(call $seq_step (local.get $s))", "(i32.const 0)", 6)}
+      {dump}
+      {expect("(call $seq_step (local.get $s))", f"(i32.const {Status.WRONG_STATE})", 7)}
+      {expect("(call $seq_len (local.get $s))", "(i32.const 41)", 8)}
+      {expect("(call $seq_append (local.get $s) (i32.const 64) (i32.const 3))", "(i32.const 0)", 10)}
+      {expect("(call $seq_step_all (local.get $s))", "(i32.const 3)", 11)}
+      {expect("(call $seq_len (local.get $s))", "(i32.const 44)", 12)}
+      (i32.const 0)"""
+    result = TenantSandbox(model).run(compile_wat(body, extra=data_i32(ids, 64)), {})
+    assert result.status == Status.OK
+    assert_matches(hex_floats(result.text).reshape(2, n_vocab), theirs[39:41], EXACT, "seq_step")
+    assert result.trace["seq_step"].calls == 4 and result.trace["seq_step_all"].calls == 1
+    assert result.trace["seq_finish"].calls == result.trace["seq_finish_all"].calls == 0
 
 
 def test_logits_topk_are_the_largest_logits_highest_first(model):

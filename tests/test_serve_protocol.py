@@ -3,6 +3,7 @@ ABI pieces serving added (logit_bias, token_logprobs, cancellation) on the tiny 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -20,8 +21,10 @@ from realm.sandbox.report import GuestRunCancelled
 from realm.sandbox.run import TenantSandbox
 from realm.server import protocol
 from realm.server.bodies import parse_json
+from realm.server.context_limits import request_limits
 from realm.server.protocol import ApiError, RequestLimits
 from realm.server.ratelimit import RateLimiter, Reservation, TooLarge
+from realm.tenants import Tenant
 
 MODEL_ID = "tiny"
 LIMITS = RequestLimits(n_ctx=256, max_request_tokens=200, default_max_tokens=16, max_prompt_tokens=100,
@@ -66,7 +69,7 @@ def test_openai_defaults_and_server_fields_stay_out_of_the_guest_request(model):
 
 @pytest.mark.parametrize("body, match", [
     ({"max_tokens": 0}, "max_tokens must be a positive"),
-    ({"max_tokens": 190}, "maximum context length"),
+    ({"max_tokens": 190}, "over the 200 of the tenant.s max_tokens limit"),
     ({"temperature": 3}, "temperature"),
     ({"temperature": "hot"}, "temperature"),
     ({"top_p": 1.5}, "top_p"),
@@ -80,7 +83,7 @@ def test_openai_defaults_and_server_fields_stay_out_of_the_guest_request(model):
     ({"echo": True}, "echo is not supported"),
     ({"prompt": [1, 2, 3]}, "token-id prompts"),
     ({"prompt": []}, "prompt must be a string"),
-    ({"prompt": "word " * 100}, "over this server's limit"),
+    ({"prompt": "word " * 100}, "no room for an answer in the 200"),
 ])
 def test_bad_fields_are_400_before_any_guest_runs(model, body, match):
     error = refused(400, match, completion, model, **body)
@@ -271,13 +274,17 @@ def test_a_request_reserves_its_prompts_and_max_tokens_for_every_choice(model):
     assert spec.most_tokens() == sum(spec.prompt_tokens) + 5 * 3 * 2
 
 
-def test_text_pieces_coalesce_per_choice_into_bounded_events():
-    from realm.server.app import MAX_EVENT_CHARS, _coalesced
+def test_text_pieces_coalesce_per_choice_into_bounded_events_with_their_logprobs():
+    from realm.server.runner import Piece
+    from realm.server.streaming import MAX_EVENT_CHARS, coalesced
 
     done = RuntimeError("outcome")
-    events = [(0, "a"), (0, "b"), (1, "c"), (0, "x" * (MAX_EVENT_CHARS + 5)), (0, done), (1, "d"), (1, "e")]
-    assert list(_coalesced(events)) == [(0, "ab"), (1, "c"), (0, "x" * MAX_EVENT_CHARS), (0, "xxxxx"), (0, done),
-                                        (1, "de")]
+    lp1, lp2 = TokenLogprob(1, -0.5, ()), TokenLogprob(2, -1.5, ())
+    events = [(0, Piece("a", (lp1,))), (0, Piece("b", (lp2,))), (1, Piece("c")),
+              (0, Piece("x" * (MAX_EVENT_CHARS + 5), (lp1,))), (0, done), (1, Piece("d")), (1, Piece("", (lp2,)))]
+    assert list(coalesced(events)) == [(0, Piece("ab", (lp1, lp2))), (1, Piece("c")),
+                                       (0, Piece("x" * MAX_EVENT_CHARS, (lp1,))), (0, Piece("xxxxx")), (0, done),
+                                       (1, Piece("d", (lp2,)))]
 
 
 def test_a_draft_name_a_guest_passes_is_refused_not_a_host_crash(model):
@@ -328,3 +335,23 @@ def test_off_loop_work_is_bounded_per_tenant_and_never_queues_another_tenant_beh
         assert off.pending == 0 and await off.run_for("flood", lambda: 7) == 7
 
     asyncio.run(scenario())
+
+
+def test_context_errors_are_context_length_exceeded_naming_the_limit_that_applies(model):
+    tenant = Tenant("acme", 0.0, Limits(max_context=64, max_tokens=200))
+    limits = request_limits(tenant, model_context=2048, ctx_size=0, default_max_tokens=16, max_prompt_tokens=0,
+                            n_vocab=model.config.n_vocab)
+    assert (limits.n_ctx, limits.max_prompt_tokens) == (64, 64)
+    long_prompt = {"model": MODEL_ID, "prompt": "word " * 70}
+    error = refused(400, "no room for an answer in the 64 of tenant 'acme''s max_context limit",
+                    protocol.parse_completion, long_prompt, MODEL_ID, model.tokenizer, limits)
+    assert error.code == "context_length_exceeded" and "realm tenant set-limits acme max_context=N" in error.message
+    error = refused(400, "over the 64 of tenant 'acme''s max_context", protocol.parse_completion,
+                    {**long_prompt, "prompt": "word", "max_tokens": 100}, MODEL_ID, model.tokenizer, limits)
+    assert error.code == "context_length_exceeded" and error.param == "max_tokens"
+    roomy = request_limits(dataclasses.replace(tenant, limits=Limits(max_context=4096)), 2048, 0, 16, 0, 32000)
+    refused(400, "over the 2048 of this model's maximum context length", protocol.parse_completion,
+            {**long_prompt, "prompt": "word", "max_tokens": 2048}, MODEL_ID, model.tokenizer, roomy)
+    capped = request_limits(tenant, 2048, 32, 16, 0, 32000)
+    refused(400, "over the 32 of this server's --ctx-size", protocol.parse_completion,
+            {**long_prompt, "prompt": "word", "max_tokens": 40}, MODEL_ID, model.tokenizer, capped)

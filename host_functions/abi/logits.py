@@ -108,7 +108,10 @@ def token_logprobs(s: Session, mem: GuestMemory, seq: int, token: int, top_k: in
     logp = shifted - np.log(np.exp(shifted).sum())
     top = np.argpartition(-logp, top_k)[:top_k] if top_k else np.zeros(0, np.int64)
     top = top[np.argsort(-logp[top], kind="stable")]
-    s.logprobs.append(TokenLogprob(token, float(logp[token]), tuple((int(i), float(logp[i])) for i in top)))
+    entry = TokenLogprob(token, float(logp[token]), tuple((int(i), float(logp[i])) for i in top))
+    s.logprobs.append(entry)
+    if s.on_logprob is not None:
+        s.on_logprob(entry)
     s.logprob_bytes += LOGPROB_BYTES + LOGPROB_BYTES * top_k  # an entry and each alternative, as Python keeps them
     return Status.OK
 

@@ -1,4 +1,4 @@
-"""Host functions over sequences: open, append, run layers, finish a step, truncate, close."""
+"""Host functions over sequences: open, append, run layers, finish a step (or run it whole), truncate, close."""
 
 from __future__ import annotations
 
@@ -68,6 +68,22 @@ def seq_finish(s: Session, mem: GuestMemory, seq: int) -> int:
     state.set_logits(sq.finish(owner=s.step_owner()))
     s.count_step(state)
     return Status.OK
+
+
+def ask_remaining_layers(s: Session, seq: int) -> None:
+    """forward_layer for every layer of the step not yet asked for (seq_step, seq_step_all)."""
+    sq = s.handles.get(seq, SeqState).seq
+    for layer in range(sq.layers_done, sq.model.config.n_layers):
+        check_next_layer(sq, layer, sq.model.config.n_layers)
+        sq.forward_layer(layer)
+
+
+@host("seq", grows=True)
+def seq_step(s: Session, mem: GuestMemory, seq: int) -> int:
+    """Run the step in one call (ABI 5): every layer not yet asked for, then seq_finish; what
+    forward_layer for each remaining layer and seq_finish would do, without a host call per layer."""
+    ask_remaining_layers(s, seq)
+    return seq_finish(s, mem, seq)
 
 
 @host("seq")

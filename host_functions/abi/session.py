@@ -59,7 +59,8 @@ class Session:
 
     def __init__(self, model: Model, limits: Limits, on_text: Callable[[str], None] | None = None,
                  tenant: str = "", open_draft: Callable[[str], Model | None] | None = None,
-                 adapters: Mapping[str, AdapterBinding] | None = None) -> None:
+                 adapters: Mapping[str, AdapterBinding] | None = None,
+                 on_logprob: Callable[[TokenLogprob], None] | None = None) -> None:
         self.model, self.limits, self.tenant = model, limits, tenant
         self.config, self.tokenizer = model.config, model.tokenizer
         self.n_ctx = min(model.config.context_length, limits.max_context)
@@ -79,6 +80,7 @@ class Session:
         self.steps = StepStats()
         self.report: Report | None = None  # what the guest said of its result (result_report)
         self.logprobs: list[TokenLogprob] = []  # what the guest reported with token_logprobs
+        self.on_logprob = on_logprob  # each of them as it is reported (a stream attaches them to its chunks)
         self.logprob_bytes = 0  # their size on the host, counted in host_bytes
         self.host_calls = 0
         self.output_bytes = 0

@@ -26,6 +26,7 @@ from host_functions.abi.checks import decode_utf8
 from host_functions.abi.handles import SamplerState, SeqState
 from host_functions.abi.memory import GuestMemory
 from host_functions.abi.registry import host
+from host_functions.abi.sequences import ask_remaining_layers
 from host_functions.abi.session import Session
 from host_functions.abi.status import AbiError, Status
 from host_functions.engine.model import Model
@@ -64,6 +65,13 @@ def seq_finish_all(s: Session, mem: GuestMemory, seq: int) -> int:
     state.set_rows(rows)
     s.count_step(state)
     return len(rows)
+
+
+@host("seq", grows=True)
+def seq_step_all(s: Session, mem: GuestMemory, seq: int) -> int:
+    """seq_step keeping every row (ABI 5): the remaining layers, then seq_finish_all; returns the rows kept."""
+    ask_remaining_layers(s, seq)
+    return seq_finish_all(s, mem, seq)
 
 
 @host("seq", "row")

@@ -9,7 +9,8 @@ host_functions.kv.pool). The unit of work is a *step*: the new tokens of one or 
 where each item's tokens sit at positions pos..pos+n-1 of its own sequence, attend over that
 sequence's cache only (causally, within the layer's sliding window), and `wants` says which logits
 come back: the last row ("last", decoding), every row ("all", verifying drafts) or none ("none", a
-prefill chunk). Callers reserve the cache's blocks (`cache.reserve`) before the step.
+prefill chunk); or, for "hidden" (embeddings), every row's final hidden state after the output norm
+instead of logits. Callers reserve the cache's blocks (`cache.reserve`) before the step.
 
 The per-sequence primitives the default `step` is built from stay public for kernel tests:
     x = backend.embed(tokens)                       # (n_tokens, n_embd), backend-resident
@@ -36,7 +37,7 @@ from host_functions.lora.adapter import LoraAdapter
 from host_functions.lora.merged import MergedLora, MergedLoraCache
 
 Activations = Any  # backend-specific handle to hidden states of shape (n_tokens, n_embd)
-LogitsWanted = Literal["none", "last", "all"]
+LogitsWanted = Literal["none", "last", "all", "hidden"]  # "hidden": every row's normed hidden state
 T = TypeVar("T")
 
 
@@ -102,7 +103,8 @@ class Backend(ABC):
 
     def step(self, items: Sequence[StepItem]) -> list[np.ndarray | None]:
         """Run every item's tokens through the model; per item the logits it wants, float32
-        (n_vocab,) for "last", (n, n_vocab) for "all", None for "none"."""
+        (n_vocab,) for "last", (n, n_vocab) for "all", None for "none"; (n, n_embd) hidden states after
+        the output norm for "hidden"."""
         depths = {item.layers(self.config) for item in items}
         if len(depths) == 1:
             return self._step(items, depths.pop())
@@ -119,7 +121,11 @@ class Backend(ABC):
             x = self.embed(item.tokens)
             for i in range(n_layers):
                 x = self.layer(i, x, item.cache, item.pos)
-            out.append(None if item.wants == "none" else _shaped(self.logits(x, last_only=item.wants == "last"), item))
+            if item.wants == "hidden":
+                out.append(self.final_norm(x))
+            else:
+                out.append(None if item.wants == "none" else _shaped(self.logits(x, last_only=item.wants == "last"),
+                                                                      item))
         return out
 
     @abstractmethod
@@ -137,6 +143,10 @@ class Backend(ABC):
     @abstractmethod
     def logits(self, x: Activations, last_only: bool = True) -> np.ndarray:
         """Final norm and output projection: float32 (1 or n_tokens, n_vocab)."""
+
+    @abstractmethod
+    def final_norm(self, x: Activations) -> np.ndarray:
+        """The final norm alone (the hidden states the output projection reads): float32 (n_tokens, n_embd)."""
 
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights a decode step reads (for bandwidth figures)."""
@@ -158,9 +168,24 @@ def row_rope_factors(config: ModelConfig, factors: Mapping[str, np.ndarray],
 
 
 def wanted_rows(item: StepItem, first_row: int) -> np.ndarray:
-    """The step rows (int64) whose logits an item starting at first_row wants: its last, all, or none."""
+    """The step rows (int64) whose logits (or hidden states) an item starting at first_row wants: its
+    last, all, or none."""
     rows = np.arange(first_row, first_row + len(item.tokens))
-    return rows[-1:] if item.wants == "last" else rows if item.wants == "all" else rows[:0]
+    return rows[-1:] if item.wants == "last" else rows[:0] if item.wants == "none" else rows
+
+
+def head_outputs(items: Sequence[StepItem], picks: Sequence[np.ndarray], n_vocab: int,
+                 logits_of: Callable[[np.ndarray], np.ndarray],
+                 hidden_of: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray | None]:
+    """Each item's output from its picked step rows: the logits of every item that wants logits, from
+    one logits_of(rows) call over all their rows, and hidden_of(rows) for each item that wants hidden
+    states. Both work row by row, so neither depends on the item's company (batch invariance)."""
+    wanted = [(item, pick) for item, pick in zip(items, picks, strict=True) if item.wants != "hidden"]
+    rows = np.concatenate([pick for _, pick in wanted]) if wanted else np.zeros(0, np.int64)
+    logits = logits_of(rows) if rows.size else np.zeros((0, n_vocab), np.float32)
+    outputs = iter(split_logits([item for item, _ in wanted], [pick for _, pick in wanted], logits))
+    return [hidden_of(pick) if item.wants == "hidden" else next(outputs)
+            for item, pick in zip(items, picks, strict=True)]
 
 
 def split_logits(items: Sequence[StepItem], picks: Sequence[np.ndarray], logits: np.ndarray) -> list[np.ndarray | None]:

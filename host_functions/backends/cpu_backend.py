@@ -37,7 +37,7 @@ from gguf import GGMLQuantizationType
 
 from host_functions import native
 from host_functions.arch.config import ModelConfig
-from host_functions.backends.numpy_backend import NumpyBackend, round_to_bf16
+from host_functions.backends.numpy_backend import NumpyBackend, RopeAngles, _Span, round_to_bf16
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.formats.quants import quant_format, row_bytes
 from host_functions.kv.pool import KVPool
@@ -98,6 +98,11 @@ class QuantizedProjection:
     def nbytes(self) -> int:
         return sum(rows.nbytes for _, rows in self._weights)
 
+    @property
+    def weights(self) -> list[tuple[int, np.ndarray]]:
+        """(GGML type, (n_rows, row_bytes) uint8) of each stacked weight, in column order."""
+        return self._weights
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(n, n_cols) float32 -> (n, n_out) float32."""
         return self._kernels.matmul(self._weights, self.n_cols, x)
@@ -153,6 +158,23 @@ def merged_weight_type(base_types: list[GGMLQuantizationType]) -> GGMLQuantizati
     return _T.BF16 if kinds == {_T.BF16} else _T.F16
 
 
+# The architectures whose block layer.c computes in full (the llama-style block: optional Q/K norms and
+# sandwich norms); another architecture's blocks run NumpyBackend's _layer on the same kernels.
+NATIVE_LAYER_ARCHITECTURES = frozenset({"llama", "gemma3"})
+_LAYER_PRODUCTS = {"qkv": "qkv", "attn_out": "attn_output", "gate_up": "gate_up", "down": "ffn_down"}
+_LAYER_NORMS = {"attn_norm": "attn_norm", "q_norm": "attn_q_norm", "k_norm": "attn_k_norm",
+                "post_attn_norm": "post_attention_norm", "ffn_norm": "ffn_norm", "post_ffn_norm": "post_ffw_norm"}
+
+
+def _span_table(spans: list[_Span]) -> tuple[np.ndarray, np.ndarray]:
+    """layer.c's span rows (first row, rows, position, offset in slots) and the spans' key slots end to end."""
+    offsets = np.cumsum([0] + [sp.key_slots.shape[0] for sp in spans[:-1]])
+    rows = np.array([(sp.rows.start, sp.rows.stop - sp.rows.start, sp.pos, int(off))
+                     for sp, off in zip(spans, offsets, strict=True)], np.int64)
+    slots = spans[0].key_slots if len(spans) == 1 else np.concatenate([sp.key_slots for sp in spans])
+    return rows, slots
+
+
 class CpuBackend(NumpyBackend):
     """Native quantized matmuls on a persistent thread pool; everything else as NumpyBackend.
 
@@ -166,6 +188,10 @@ class CpuBackend(NumpyBackend):
                  progress: Callable[[float], None] | None = None, threads: int | None = None) -> None:
         self.kernels = native.load(threads)
         self._resident: dict[str, np.ndarray] = {}  # name -> copied rows, so a tied table is copied once
+        self._native_layers: list[native.NativeLayer | None] | None = None  # layer.c's blocks, on first use
+        # False: every block runs NumpyBackend's _layer over the hooks, op by op (the same bits; the
+        # reference the tests hold layer.c to)
+        self.native_blocks = True
         super().__init__(config, tensors, progress)
         self._resident.clear()
 
@@ -243,6 +269,46 @@ class CpuBackend(NumpyBackend):
         """NumpyBackend's attention arithmetic in the native library, the queries over the threads, the
         keys read in place from the pool (no gathered copy of the sequence's keys per layer)."""
         return self.kernels.attention(q, k_pool, v_pool, pos, start, window, scale, slots)
+
+    # --- a whole block in one library call (layer.c), where the step has no adapter terms between ops ---
+
+    def _layer(self, index: int, x: np.ndarray, spans: list[_Span], angles: RopeAngles) -> np.ndarray:
+        """NumpyBackend's block in one call of the native library: the same ops in the same order, each
+        the entry point the hooks call, so the same bits, without ~16 calls from Python per layer. Steps
+        with LoRA (merged or not) and architectures layer.c does not know keep NumpyBackend's path."""
+        native_layer = self._native_layer(index) if self.native_blocks else None
+        if native_layer is None or any(sp.lora is not None or sp.merged is not None for sp in spans):
+            return super()._layer(index, x, spans, angles)
+        span_rows, slots = _span_table(spans)
+        cfg = self.config
+        cos, sin = angles.of_base(cfg.layer_rope_base(index))
+        out = np.array(x, np.float32, order="C")  # updated in place; the caller's x stays as it was
+        self.kernels.layer(native_layer, out, span_rows, slots, self.kv_k[index], self.kv_v[index], cos, sin,
+                           cfg.layer_window(index))
+        return out
+
+    def _native_layer(self, index: int) -> native.NativeLayer | None:
+        """layer.c's description of block `index`, built on first use; None where the architecture
+        has more than layer.c computes (NATIVE_LAYER_ARCHITECTURES) or rope factors."""
+        if self._native_layers is None:
+            known = self.config.arch in NATIVE_LAYER_ARCHITECTURES and not self.rope_factors
+            self._native_layers = [self._describe_layer(i) if known else None for i in range(self.config.n_layers)]
+        return self._native_layers[index]
+
+    def _describe_layer(self, index: int) -> native.NativeLayer | None:
+        cfg, w = self.config, self.layers[index]
+        products = {name: p for name, key in _LAYER_PRODUCTS.items()
+                    if isinstance(p := w.projections[key], QuantizedProjection)}
+        if len(products) < len(_LAYER_PRODUCTS):
+            return None
+        columns = self._qkv_columns
+        shape = {"n_embd": cfg.n_embd, "n_ff": cfg.n_ff, "q_col": columns["q"].start, "k_col": columns["k"].start,
+                 "v_col": columns["v"].start, "n_head": cfg.n_head, "n_kv": cfg.n_head_kv, "head_dim": cfg.head_dim,
+                 "neox": int(cfg.rope_layout == "neox"), "activation": native.GATED_KINDS[cfg.ffn_activation]}
+        return self.kernels.native_layer(
+            {name: (p.weights, p.n_out) for name, p in products.items()},
+            {name: w.norms.get(gguf_name) for name, gguf_name in _LAYER_NORMS.items()}, shape, cfg.norm_eps,
+            cfg.attention_scale)
 
     def _allocate_kv(self, pool: KVPool) -> None:
         super()._allocate_kv(pool)

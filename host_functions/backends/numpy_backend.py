@@ -39,10 +39,10 @@ from host_functions.arch.layout import PROJECTIONS, bias_name, weight_name
 from host_functions.backends.base import (
     Backend,
     StepItem,
+    head_outputs,
     in_grouped_order,
     merged_ranges,
     row_rope_factors,
-    split_logits,
     wanted_rows,
 )
 from host_functions.errors import BackendError
@@ -193,9 +193,8 @@ class NumpyBackend(Backend):
         for index in range(n_layers):
             x = self._layer(index, x, spans, angles)
         picks = [wanted_rows(item, sp.rows.start) for item, sp in zip(items, spans, strict=True)]
-        rows = np.concatenate(picks)
-        logits = self.logits(x[rows], last_only=False) if rows.size else np.zeros((0, self.config.n_vocab), np.float32)
-        return split_logits(items, picks, logits)
+        return head_outputs(items, picks, self.config.n_vocab, lambda rows: self.logits(x[rows], last_only=False),
+                            lambda rows: self.final_norm(x[rows]))
 
     def layer(self, index: int, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         cache.reserve(pos + x.shape[0])
@@ -286,7 +285,10 @@ class NumpyBackend(Backend):
     def logits(self, x: np.ndarray, last_only: bool = True) -> np.ndarray:
         if last_only:
             x = x[-1:]
-        return self.output(self.rms_norm(x, self.output_norm, self.config.norm_eps))
+        return self.output(self.final_norm(x))
+
+    def final_norm(self, x: np.ndarray) -> np.ndarray:
+        return self.rms_norm(x, self.output_norm, self.config.norm_eps)
 
     def weight_bytes_per_token(self) -> int:
         return sum(layer.nbytes for layer in self.layers) + self.output.nbytes

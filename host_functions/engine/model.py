@@ -145,6 +145,21 @@ class Model:
                                 f"context, got capacity {limit} in a context of {context}")
         return Sequence(self, limit, context)
 
+    def hidden_states(self, tokens: Seq[int], owner: StepOwner | None = None,
+                      n_ctx: int | None = None) -> np.ndarray:
+        """The final hidden states (after the output norm) at every position of `tokens`, one prefill
+        in a sequence of its own set up for n_ctx positions (default: just the tokens), batched with
+        every other sequence's steps: float32 (n_tokens, n_embd). Raises SequenceError when the tokens
+        exceed n_ctx or n_ctx the model's context, and what the step runner raises for `owner`."""
+        seq = self.open_sequence(max(len(tokens), 1), n_ctx)
+        try:
+            seq.append(tokens)
+            for layer in range(self.config.n_layers):
+                seq.forward_layer(layer)
+            return seq.finish(owner=owner, hidden=True)
+        finally:
+            seq.close()
+
     def logits_for(self, tokens: Seq[int], lora: tuple[LoraAdapter, float] | None = None,
                    merged: bool = False, n_ctx: int | None = None) -> np.ndarray:
         """Logits at every position of `tokens` (one prefill pass) in a sequence set up for n_ctx
@@ -223,9 +238,10 @@ class Sequence:
         check_next_layer(self, layer, self.model.config.n_layers)
         self.layers_done += 1
 
-    def finish(self, all_positions: bool = False, owner: StepOwner | None = None) -> np.ndarray:
+    def finish(self, all_positions: bool = False, owner: StepOwner | None = None, hidden: bool = False) -> np.ndarray:
         """Run the step through the model's step runner: logits of the last pending token (n_vocab,),
-        or (n_pending, n_vocab) of all of them.
+        or (n_pending, n_vocab) of all of them; with `hidden`, instead of logits, the hidden states of
+        all of them after the output norm (n_pending, n_embd), what embeddings pool.
 
         The pending tokens go in chunks of PREFILL_CHUNK, each committed once it has run. Whatever the
         runner raises (KVPoolFull, a deadline, a cancellation) propagates; the tokens not committed
@@ -240,7 +256,8 @@ class Sequence:
             for start in range(0, len(pending), PREFILL_CHUNK):
                 chunk = pending[start : start + PREFILL_CHUNK]
                 last = start + PREFILL_CHUNK >= len(pending)
-                wants: LogitsWanted = "all" if all_positions else "last" if last else "none"
+                wants: LogitsWanted = ("hidden" if hidden else "all" if all_positions else "last" if last
+                                       else "none")
                 item = StepItem(np.asarray(chunk, np.int32), len(self.tokens), cache, wants,
                                 self.model.config.n_layers, self.adapter, self.merged, self.n_ctx)
                 logits = self.model.run_step(item, owner)
@@ -251,7 +268,7 @@ class Sequence:
             if self._cache is not None:
                 self._cache.truncate(len(self.tokens))
             raise
-        return np.concatenate(rows) if all_positions else rows[-1]
+        return np.concatenate(rows) if all_positions or hidden else rows[-1]
 
     def step(self, ids: Seq[int], owner: StepOwner | None = None) -> np.ndarray:
         """append + every layer + finish: the logits after the last of `ids`."""

@@ -272,8 +272,8 @@ class Scheduler:
     def _part(item: StepItem, prefill: int) -> StepItem:
         """What of `item` may run in this step: all of it, or, for a prefill chunk longer than the
         prefill tokens left, its head (which wants no logits; the rest runs in later steps). A chunk
-        that wants every position's logits (speculative verification) is never cut."""
-        if len(item.tokens) <= max(prefill, DECODE_ROWS) or item.wants == "all":
+        that wants every position's logits (speculative verification) or hidden state is never cut."""
+        if len(item.tokens) <= max(prefill, DECODE_ROWS) or item.wants in ("all", "hidden"):
             return item
         return dataclasses.replace(item, tokens=item.tokens[:max(prefill, 0)], wants="none")
 

@@ -6,7 +6,15 @@ and `loader` keeps the process's one loaded library and its thread count (`load(
 names re-exported here: `native.load()`, `native.Kernels`, `native.choose_variant`, ...
 """
 
-from host_functions.native.binding import LORA_MAX_RANK, MAX_SEGMENTS, Kernels, LoraPart, lora_parts
+from host_functions.native.binding import (
+    GATED_KINDS,
+    LORA_MAX_RANK,
+    MAX_SEGMENTS,
+    Kernels,
+    LoraPart,
+    NativeLayer,
+    lora_parts,
+)
 from host_functions.native.build import CFLAGS, SOURCE_DIR, build, cache_dir, library_path
 from host_functions.native.loader import default_threads, load, set_default_threads
 from host_functions.native.variants import (
@@ -18,6 +26,7 @@ from host_functions.native.variants import (
     select_variant,
 )
 
-__all__ = ["ARCH_VARIANTS", "CFLAGS", "LORA_MAX_RANK", "MAX_SEGMENTS", "SOURCE_DIR", "Kernels", "LoraPart", "Variant",
+__all__ = ["ARCH_VARIANTS", "CFLAGS", "GATED_KINDS", "LORA_MAX_RANK", "MAX_SEGMENTS", "SOURCE_DIR", "Kernels",
+           "LoraPart", "NativeLayer", "Variant",
            "build", "cache_dir", "choose_variant", "cpu_flags", "default_threads", "library_path", "load",
            "lora_parts", "parse_cpu_flags", "select_variant", "set_default_threads"]

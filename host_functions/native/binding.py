@@ -45,6 +45,42 @@ class _Segment(ctypes.Structure):
                 ("w_stride", ctypes.c_int64), ("n_rows", ctypes.c_int64)]
 
 
+class _Product(ctypes.Structure):
+    """layer.c's layer_product: one fused product's segments and its output width."""
+
+    _fields_ = [("segs", ctypes.POINTER(_Segment)), ("n_seg", ctypes.c_int64), ("n_out", ctypes.c_int64)]
+
+
+class NativeLayer(ctypes.Structure):
+    """layer.c's layer_weights: a block's products, norms (NULL where absent) and shapes. Build with
+    Kernels.native_layer, which keeps the arrays it points into alive as long as the structure."""
+
+    _fields_ = [("qkv", _Product), ("attn_out", _Product), ("gate_up", _Product), ("down", _Product),
+                *((name, _PTR) for name in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm",
+                                            "post_ffn_norm")),
+                *((name, _I64) for name in ("n_embd", "n_ff", "q_col", "k_col", "v_col")),
+                *((name, ctypes.c_int32) for name in ("n_head", "n_kv", "head_dim", "neox", "activation",
+                                                      "reserved")),
+                ("eps", ctypes.c_float), ("scale", ctypes.c_float)]
+
+
+LAYER_PRODUCTS = ("qkv", "attn_out", "gate_up", "down")
+LAYER_NORMS = ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm")
+
+
+def _segments(weights: Sequence[tuple[int, np.ndarray]]) -> ctypes.Array[_Segment]:
+    """matmul.c's segment array for (GGML type, (n_rows, row_bytes) uint8) weights; BackendError for
+    more than MAX_SEGMENTS or rows that are not a 2-D uint8 array of contiguous rows."""
+    if not 0 < len(weights) <= MAX_SEGMENTS:
+        raise BackendError(f"matmul: {len(weights)} weights (1..{MAX_SEGMENTS} per call)")
+    segments = (_Segment * len(weights))()
+    for seg, (qtype, rows) in zip(segments, weights, strict=True):
+        if rows.ndim != 2 or rows.dtype != np.uint8 or rows.strides[1] != 1:
+            raise BackendError(f"matmul: weight rows must be a 2-D uint8 array, got {rows.shape}/{rows.dtype}")
+        seg.type, seg.w, seg.w_stride, seg.n_rows = int(qtype), _address(rows), rows.strides[0], rows.shape[0]
+    return segments
+
+
 class LoraPart(ctypes.Structure):
     """lora.c's realm_lora_part: one part of a fused projection's low-rank term. Build with lora_parts,
     which keeps the B matrices alive as long as the array."""
@@ -98,7 +134,11 @@ class Kernels:
         lib.realm_gated.argtypes = [ctypes.c_int, _PTR, _I64, _I64, _PTR]
         lib.realm_rope.argtypes = [_PTR, _I64, ctypes.c_int, ctypes.c_int, _PTR, _PTR, ctypes.c_int, _PTR]
         lib.realm_kv_store.argtypes = [_PTR, _PTR, _I64, _I64, _PTR, _I64, _PTR, _PTR]
-        for name in ("realm_rms_norm", "realm_gated", "realm_rope", "realm_kv_store"):
+        lib.realm_layer_scratch.argtypes = [ctypes.POINTER(NativeLayer), _I64]
+        lib.realm_layer_scratch.restype = _I64
+        lib.realm_layer.argtypes = [ctypes.POINTER(NativeLayer), _PTR, _I64, _PTR, ctypes.c_int, _PTR, _I64, _PTR, _PTR,
+                                    _I64, _PTR, _PTR, _I64, _PTR, _I64]
+        for name in ("realm_rms_norm", "realm_gated", "realm_rope", "realm_kv_store", "realm_layer"):
             getattr(lib, name).restype = ctypes.c_int
         self._lib = lib
 
@@ -118,13 +158,9 @@ class Kernels:
         mismatched shapes or more than MAX_SEGMENTS weights.
         """
         x = np.ascontiguousarray(x, np.float32)
-        if x.ndim != 2 or x.shape[1] != n_cols or not 0 < len(weights) <= MAX_SEGMENTS:
+        if x.ndim != 2 or x.shape[1] != n_cols:
             raise BackendError(f"matmul: x {x.shape} and {len(weights)} weights do not fit {n_cols} columns")
-        segments = (_Segment * len(weights))()
-        for seg, (qtype, rows) in zip(segments, weights, strict=True):
-            if rows.ndim != 2 or rows.dtype != np.uint8 or rows.strides[1] != 1:
-                raise BackendError(f"matmul: weight rows must be a 2-D uint8 array, got {rows.shape}/{rows.dtype}")
-            seg.type, seg.w, seg.w_stride, seg.n_rows = int(qtype), _address(rows), rows.strides[0], rows.shape[0]
+        segments = _segments(weights)
         out = np.empty((x.shape[0], sum(rows.shape[0] for _, rows in weights)), np.float32)
         status = self._lib.realm_matmul(segments, len(weights), n_cols, _address(x), x.shape[0], _address(out),
                                         out.shape[1])
@@ -216,7 +252,7 @@ class Kernels:
         """act(gate) * up over the fused (n, 2 n_ff) gate|up output, act "silu" or "gelu" (GELU-tanh):
         (n, n_ff) float32 (activation.c). Raises BackendError for an odd width or another activation."""
         gate_up = np.ascontiguousarray(gate_up, np.float32)
-        kind = _GATED_KINDS.get(activation)
+        kind = GATED_KINDS.get(activation)
         if kind is None or gate_up.ndim != 2 or gate_up.shape[1] % 2 or gate_up.shape[1] == 0:
             raise BackendError(f"gated: {activation!r} over {gate_up.shape} (want silu or gelu over (n, 2 n_ff))")
         n_ff = gate_up.shape[1] // 2
@@ -240,6 +276,56 @@ class Kernels:
                                     _address(out)), "rope")
         return out
 
+    def native_layer(self, products: dict[str, tuple[Sequence[tuple[int, np.ndarray]], int]],
+                     norms: dict[str, np.ndarray | None], shape: dict[str, int], eps: float,
+                     scale: float) -> NativeLayer:
+        """layer.c's description of one block: products[name] = (weights, n_out) for each of LAYER_PRODUCTS,
+        norms[name] a float32 vector or None for each of LAYER_NORMS, shape the int fields (n_embd, n_ff,
+        q_col, k_col, v_col, n_head, n_kv, head_dim, neox, activation). Raises BackendError for weights
+        matmul would refuse or a norm that is not a contiguous float32 vector."""
+        layer, keep = NativeLayer(), list[object]()  # keep: the arrays the structure points into
+        for name in LAYER_PRODUCTS:
+            weights, n_out = products[name]
+            segments = _segments(weights)
+            keep.append(segments)
+            setattr(layer, name, _Product(segments, len(weights), n_out))
+        for name in LAYER_NORMS:
+            vector = norms[name]
+            if vector is not None and (vector.dtype != np.float32 or vector.ndim != 1 or not vector.flags.c_contiguous):
+                raise BackendError(f"native layer: norm {name} {vector.shape}/{vector.dtype} is no float32 vector")
+            setattr(layer, name, None if vector is None else _address(vector))
+            keep.append(vector)
+        for name, value in shape.items():
+            setattr(layer, name, value)
+        layer.eps, layer.scale = eps, scale
+        layer._keep = keep
+        return layer
+
+    def layer(self, layer: NativeLayer, x: np.ndarray, spans: np.ndarray, slots: np.ndarray, k_pool: np.ndarray,
+              v_pool: np.ndarray, cos: np.ndarray, sin: np.ndarray, window: int) -> None:
+        """One block over x (n, n_embd) float32 C-contiguous, in place (layer.c): spans (s, 4) int64 rows of
+        (first row, rows, position, offset in slots), slots int64 (the pool slot of each span's positions
+        0..position+rows-1 from its offset), the layer's pools (n_slots, n_kv, head_dim) float32, cos/sin
+        (n, 1, head_dim/2) float32 for its rope base, window 0 or its sliding window. Raises BackendError
+        for shapes that do not fit or a slot outside the pool (nothing written then)."""
+        n = x.shape[0]
+        spans, slots = np.ascontiguousarray(spans, np.int64), np.ascontiguousarray(slots, np.int64)
+        cos, sin = np.ascontiguousarray(cos, np.float32), np.ascontiguousarray(sin, np.float32)
+        ok = (x.dtype == np.float32 and x.flags.c_contiguous and x.shape == (n, layer.n_embd)
+              and spans.ndim == 2 and spans.shape[1] == 4 and slots.ndim == 1
+              and k_pool.shape == v_pool.shape and k_pool.shape[1:] == (layer.n_kv, layer.head_dim)
+              and k_pool.dtype == v_pool.dtype == np.float32 and k_pool.flags.c_contiguous and v_pool.flags.c_contiguous
+              and cos.shape == sin.shape and cos.size == n * (layer.head_dim // 2))
+        if not ok:
+            raise BackendError(f"layer: x {x.shape}, spans {spans.shape}, pools {k_pool.shape} and angles {cos.shape} "
+                               "do not fit the layer")
+        scratch = np.empty(int(self._lib.realm_layer_scratch(ctypes.byref(layer), n)), np.float32)
+        status = self._lib.realm_layer(ctypes.byref(layer), _address(x), n, _address(spans), spans.shape[0],
+                                       _address(slots), slots.shape[0], _address(k_pool), _address(v_pool),
+                                       k_pool.shape[0], _address(cos), _address(sin), window, _address(scratch),
+                                       scratch.size)
+        _check(status, "layer")
+
     def quantize_activations(self, qtype: int, x: np.ndarray) -> np.ndarray:
         """x (n_tokens, n_cols) encoded as the activation type paired with weight type `qtype`:
         (n_tokens, row_bytes) uint8. Raises BackendError for an unsupported type or width."""
@@ -252,7 +338,7 @@ class Kernels:
         return out
 
 
-_GATED_KINDS = {"silu": 0, "gelu": 1}  # activation.c's GATE_* kinds
+GATED_KINDS = {"silu": 0, "gelu": 1}  # activation.c's GATE_* kinds, by the config's activation name
 
 
 def _check(status: int, op: str) -> None:

@@ -205,6 +205,7 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
         _Alignas(32) uint8_t u[PANEL_ROWS][QK_K];                                                            \
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
             for (int r = 0; r < nr; r++) {                                                                   \
+                prefetch_next_tile(w + r * w_stride, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK));    \
                 UNPACK((const BLOCK *)(w + r * w_stride) + ib, &k[r]);                                       \
                 for (int c = 0; c < QK_K / 32; c++)                                                          \
                     _mm256_store_si256((__m256i *)(u[r] + 32 * c),                                           \
@@ -252,7 +253,66 @@ static inline void unpack_q8_k(const block_q8_K *b, kblock *k) {
 
 KQUANT(q2_k, block_q2_K, unpack_q2_k, UNSIGNED_DOT, 1, 0)
 KQUANT(q3_k, block_q3_K, unpack_q3_k, SIGNED_DOT, 0, 4)
+#if defined(__AVX2__) && !defined(REALM_PLAIN_C)
+/* Q4_K's tile on x86, ggml's way: the 6-bit scales and mins unpacked by whole words (ggml's kmask
+ * trick) into 16-bit lanes, each 32-weight chunk's pair sums times its scale by vpmaddwd, the mins
+ * against Q8_K's bsums by one vpmaddwd. The generic tile spent ~2 instructions per weight byte on the
+ * scalar scales and mins (compute-bound at ~9 GB/s one-token); the integers are the same exact sums,
+ * so the float steps, and the bits, are the generic tile's. */
+static inline __m128i q4_k_scales_mins(const uint8_t *scales) {  /* 8 scales, then 8 mins, as bytes */
+    uint32_t u[3], m[2];
+    memcpy(u, scales, 12);
+    m[1] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+    m[0] = u[1] & 0x3f3f3f3f;
+    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    u[0] &= 0x3f3f3f3f;
+    return _mm_setr_epi32((int)u[0], (int)u[1], (int)m[0], (int)m[1]);
+}
+
+static inline __attribute__((always_inline)) void body_q4_k(const uint8_t *w, size_t w_stride, const int nr,
+                                                            const uint8_t *x, size_t x_stride, const int nt,
+                                                            int64_t n_blocks, float *y, int64_t y_stride) {
+    float sum[TILE_ROWS][TILE_TOKENS] = {{0}};
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int64_t ib = 0; ib < n_blocks; ib++) {
+        for (int r = 0; r < nr; r++) {
+            prefetch_next_tile(w + (size_t)r * w_stride, w_stride, (size_t)ib * sizeof(block_q4_K), sizeof(block_q4_K));
+            const block_q4_K *b = (const block_q4_K *)(w + (size_t)r * w_stride) + ib;
+            const __m128i sm = q4_k_scales_mins(b->scales);
+            const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));  /* scale c: int16 lane c */
+            const __m128i mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
+            const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+            __m256i q[8];
+            for (int g = 0; g < 4; g++) {  /* group g: low nibbles are chunk 2g, high nibbles chunk 2g + 1 */
+                const __m256i bits = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * g));
+                q[2 * g] = _mm256_and_si256(bits, low4);
+                q[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4);
+            }
+            for (int t = 0; t < nt; t++) {
+                const block_q8_K *xb = (const block_q8_K *)(x + (size_t)t * x_stride) + ib;
+                __m256i acc = _mm256_setzero_si256();
+                for (int c = 0; c < 8; c++) {
+                    const __m256i scale = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)(0x0100 + 0x0202 * c)));
+                    const __m256i pairs = _mm256_maddubs_epi16(q[c], _mm256_loadu_si256((const __m256i *)(xb->qs + 32 * c)));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+                }
+                const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb->bsums);
+                const __m128i bsum_pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+                const __m128i summs4 = _mm_madd_epi16(mins, bsum_pairs);
+                const int summs = i32x8_sum(_mm256_setr_m128i(summs4, _mm_setzero_si128()));
+                sum[r][t] += (xb->d * d) * (float)i32x8_sum(acc);
+                sum[r][t] -= (xb->d * dmin) * (float)summs;
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) y[t * y_stride + r] = sum[r][t];
+}
+DISPATCH_TILE(q4_k)
+KQUANT_PANEL(q4_k, block_q4_K, unpack_q4_k, 0, 1)
+#else
 KQUANT(q4_k, block_q4_K, unpack_q4_k, UNSIGNED_DOT, 1, 0)
+#endif
 KQUANT(q5_k, block_q5_K, unpack_q5_k, UNSIGNED_DOT, 1, 0)
 KQUANT(q6_k, block_q6_K, unpack_q6_k, SIGNED_DOT, 0, 32)
 KQUANT(q8_k, block_q8_K, unpack_q8_k, SIGNED_DOT, 0, 128)

@@ -51,13 +51,13 @@ static inline UNUSED_ON_VECTOR_VARIANTS const int8_t *unpack_q5_1(const block_q5
     return q;
 }
 
-static inline const int8_t *unpack_q8_0(const block_q8_0 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_VECTOR_VARIANTS const int8_t *unpack_q8_0(const block_q8_0 *b, int8_t *q, float *d, float *m) {
     (void)q;
     *d = f16_to_f32(b->d), *m = 0.0f;
     return b->qs;
 }
 
-static inline const int8_t *unpack_q8_1(const block_q8_1 *b, int8_t *q, float *d, float *m) {
+static inline UNUSED_ON_VECTOR_VARIANTS const int8_t *unpack_q8_1(const block_q8_1 *b, int8_t *q, float *d, float *m) {
     (void)q;
     *d = f16_to_f32(b->d), *m = 0.0f;
     return b->qs;
@@ -83,17 +83,19 @@ static inline const int8_t *unpack_q8_1(const block_q8_1 *b, int8_t *q, float *d
             _Alignas(32) int8_t buf[TILE_ROWS][QK];                                                          \
             const int8_t *q[TILE_ROWS];                                                                      \
             _Alignas(16) float d[TILE_ROWS] = {0}, m[TILE_ROWS] = {0};                                       \
+            uint16_t dh[TILE_ROWS] = {0};  /* the scales' f16 bits: converted together (f32x4_from_f16) */   \
             for (int r = 0; r < nr; r++) {                                                                   \
                 const uint8_t *row = w + (size_t)r * w_stride;                                               \
                 prefetch_next_tile(row, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK));           \
                 q[r] = UNPACK((const BLOCK *)row + ib, buf[r], &d[r], &m[r]);                                \
+                dh[r] = ((const BLOCK *)row + ib)->d;                                                        \
             }                                                                                                \
-            const f32x4 dw = f32x4_load(d), mw = f32x4_load(m);                                              \
+            const f32x4 dw = f32x4_from_f16(dh[0], dh[1], dh[2], dh[3]), mw = f32x4_load(m);                 \
             for (int t = 0; t < nt; t++) {                                                                   \
                 const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                          \
                 i32x8 lanes[TILE_ROWS] = {i32x8_zero(), i32x8_zero(), i32x8_zero(), i32x8_zero()};           \
                 for (int r = 0; r < nr; r++) lanes[r] = DOT(q[r], xb->qs);                                   \
-                sum[t] = f32x4_add(sum[t], f32x4_mul(f32x4_mul(dw, f32x4_set1(f16_to_f32(xb->d))),           \
+                sum[t] = f32x4_add(sum[t], f32x4_mul(f32x4_mul(dw, f32x4_set1_f16(xb->d)),                   \
                                                      i32x8_sum4_f(lanes)));                                  \
                 MIN_TERM(sum[t], mw, S_OF(xb));                                                              \
             }                                                                                                \
@@ -155,17 +157,72 @@ static inline __m256i vunpack_q8_1(const block_q8_1 *b, float *d, float *m) {
     return _mm256_loadu_si256((const __m256i *)b->qs);
 }
 
-/* The tiles' unpackers on this variant: the vector ones, stored where the scalar ones would write. */
-#define FAST_UNPACK(NAME)                                                                                    \
-    static inline const int8_t *fast_unpack_##NAME(const block_##NAME *b, int8_t *q, float *d, float *m) {  \
-        _mm256_store_si256((__m256i *)q, vunpack_##NAME(b, d, m));                                           \
-        return q;                                                                                            \
+/* acc + the dot products of u's unsigned bytes with x's signed ones, in fours: vpdpbusd, or on plain
+ * AVX2 vpmaddubsw + vpmaddwd, exact while u <= 128 (its int16 pair sums saturate beyond). */
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+#define TILE_UNSIGNED_MAX 255
+static inline __m256i udot_acc(__m256i acc, __m256i u, __m256i x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, x);
+#else
+    return _mm256_dpbusd_avx_epi32(acc, u, x);
+#endif
+}
+#else
+#define TILE_UNSIGNED_MAX 128
+static inline __m256i udot_acc(__m256i acc, __m256i u, __m256i x) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)));
+}
+#endif
+
+/* The tile on x86: the quants stay in registers, as unsigned bytes q + Z where the dot product allows
+ * (every format on VNNI; all but the 8-bit ones on AVX2), so one vpdpbusd per row and block does what
+ * the sign trick took three instructions for: the lanes start at -Z times the activation's 4-byte
+ * group sums, computed once per block for the tile's rows, and end at the same exact sums. The float
+ * steps are LEGACY_BODY's, so are the bits. */
+#define LEGACY_XBODY(NAME, BLOCK, XBLOCK, ZERO, MIN_TERM, S_OF)                                             \
+    static inline __attribute__((always_inline)) void body_##NAME(                                          \
+        const uint8_t *w, size_t w_stride, const int nr, const uint8_t *x, size_t x_stride, const int nt,       \
+        int64_t n_blocks, float *y, int64_t y_stride) {                                                      \
+        enum { UNSIGNED = 2 * (ZERO) - 1 <= TILE_UNSIGNED_MAX };                                             \
+        f32x4 sum[TILE_TOKENS];                                                                              \
+        for (int t = 0; t < nt; t++) sum[t] = f32x4_zero();                                                  \
+        for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
+            __m256i q[TILE_ROWS];                                                                            \
+            float d[TILE_ROWS] = {0}, m[TILE_ROWS] = {0};                                                    \
+            uint16_t dh[TILE_ROWS] = {0};                                                                    \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                const BLOCK *b = (const BLOCK *)(w + (size_t)r * w_stride) + ib;                             \
+                prefetch_next_tile(w + (size_t)r * w_stride, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK)); \
+                q[r] = vunpack_##NAME(b, &d[r], &m[r]);                                                      \
+                if (UNSIGNED) q[r] = _mm256_add_epi8(q[r], _mm256_set1_epi8((char)(ZERO)));                  \
+                dh[r] = b->d;                                                                                \
+            }                                                                                                \
+            const f32x4 dw = f32x4_from_f16(dh[0], dh[1], dh[2], dh[3]), mw = f32x4_load(m);                 \
+            for (int t = 0; t < nt; t++) {                                                                   \
+                const XBLOCK *xb = (const XBLOCK *)(x + (size_t)t * x_stride) + ib;                          \
+                const __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs), zero = _mm256_setzero_si256(); \
+                i32x8 lanes[TILE_ROWS] = {zero, zero, zero, zero};                                           \
+                if (UNSIGNED) {                                                                              \
+                    const __m256i init =                                                                     \
+                        (ZERO) ? _mm256_sub_epi32(zero, udot_acc(zero, _mm256_set1_epi8((char)(ZERO)), xq)) : zero; \
+                    for (int r = 0; r < nr; r++) lanes[r] = udot_acc(init, q[r], xq);                        \
+                } else {                                                                                     \
+                    for (int r = 0; r < nr; r++)                                                             \
+                        lanes[r] = u8_times_s8(_mm256_sign_epi8(q[r], q[r]), _mm256_sign_epi8(xq, q[r]));   \
+                }                                                                                            \
+                sum[t] = f32x4_add(sum[t], f32x4_mul(f32x4_mul(dw, f32x4_set1_f16(xb->d)),                   \
+                                                     i32x8_sum4_f(lanes)));                                  \
+                MIN_TERM(sum[t], mw, S_OF(xb));                                                              \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int t = 0; t < nt; t++) {                                                                       \
+            _Alignas(16) float out[TILE_ROWS];                                                               \
+            f32x4_store(out, sum[t]);                                                                        \
+            for (int r = 0; r < nr; r++) y[t * y_stride + r] = out[r];                                       \
+        }                                                                                                    \
     }
-FAST_UNPACK(q4_0)
-FAST_UNPACK(q4_1)
-FAST_UNPACK(q5_0)
-FAST_UNPACK(q5_1)
-#define TILE_UNPACK(UNPACK) fast_##UNPACK
+#define TILE_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, ZERO, MIN) LEGACY_XBODY(NAME, BLOCK, XBLOCK, ZERO, MIN##_TERM, S_##MIN)
 
 /* Weight rows against up to MAX_PANELS token panels: per block, each row's quants plus the zero point
  * Z as unsigned bytes, each 4-byte group broadcast against 16 tokens' bytes; the accumulators start at
@@ -178,10 +235,12 @@ FAST_UNPACK(q5_1)
         for (int64_t ib = 0; ib < n_blocks; ib++) {                                                          \
             float d[PANEL_ROWS], m[PANEL_ROWS];                                                              \
             _Alignas(32) uint8_t u[PANEL_ROWS][QK];                                                          \
-            for (int r = 0; r < nr; r++)                                                                     \
+            for (int r = 0; r < nr; r++) {                                                                   \
+                prefetch_next_tile(w + r * w_stride, w_stride, (size_t)ib * sizeof(BLOCK), sizeof(BLOCK));    \
                 _mm256_store_si256((__m256i *)u[r], _mm256_add_epi8(v##UNPACK((const BLOCK *)(w + r * w_stride) + ib, \
                                                                               &d[r], &m[r]),                  \
                                                                     _mm256_set1_epi8((char)(ZERO))));         \
+            }                                                                                                \
             for (int p = 0; p < n_panels; p++) {                                                             \
                 const xpanel_q8 *xb = (const xpanel_q8 *)(xp + (size_t)p * panel_stride) + ib;               \
                 const pvi init = (ZERO) ? pvi_mullo(pvi_load(xb->sum), pvi_set1(-(ZERO))) : pvi_zero();      \
@@ -238,13 +297,15 @@ NEON_UNPACK(q5_1, b->qh, 0, f16_to_f32(b->m))
 #else
 #define TILE_UNPACK(UNPACK) UNPACK
 #endif
+#define TILE_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, ZERO, MIN) \
+    LEGACY_BODY(NAME, BLOCK, XBLOCK, TILE_UNPACK(UNPACK), DOT, MIN##_TERM, S_##MIN)
 #endif
 
 /* One tile and one panel function per format: UNPACK decodes a weight block, XBLOCK is the activation
  * block type, DOT the signed or unsigned lane product, ZERO the zero point that makes the quants
  * unsigned bytes, MIN says whether the format adds m_w * s_x. */
 #define LEGACY_TILE(NAME, BLOCK, XBLOCK, UNPACK, DOT, ZERO, MIN)                                            \
-    LEGACY_BODY(NAME, BLOCK, XBLOCK, TILE_UNPACK(UNPACK), DOT, MIN##_TERM, S_##MIN)                         \
+    TILE_BODY(NAME, BLOCK, XBLOCK, UNPACK, DOT, ZERO, MIN)                                                  \
     DISPATCH_TILE(NAME)                                                                                      \
     LEGACY_PANEL(NAME, BLOCK, UNPACK, ZERO, PANEL_##MIN)
 

@@ -71,6 +71,13 @@ static inline f32x4 i32x8_sum4_f(const i32x8 v[4]) {
 static inline f32x4 f32x4_zero(void) { return _mm_setzero_ps(); }
 static inline f32x4 f32x4_load(const float *p) { return _mm_loadu_ps(p); }
 static inline f32x4 f32x4_set1(float v) { return _mm_set1_ps(v); }
+/* Four f16 bit patterns as floats (F16C: IEEE's conversion, as f16_to_f32), built up from a zeroed
+ * register. Left to itself clang inserted the lanes into whatever register it liked, the tile's
+ * accumulator included, which chained every block's scales to the previous block's sum. */
+static inline f32x4 f32x4_from_f16(uint16_t a, uint16_t b, uint16_t c, uint16_t d) {
+    return _mm_cvtph_ps(_mm_setr_epi16((short)a, (short)b, (short)c, (short)d, 0, 0, 0, 0));
+}
+static inline f32x4 f32x4_set1_f16(uint16_t h) { return f32x4_set1(f16_to_f32(h)); }
 static inline f32x4 f32x4_add(f32x4 a, f32x4 b) { return _mm_add_ps(a, b); }
 static inline f32x4 f32x4_mul(f32x4 a, f32x4 b) { return _mm_mul_ps(a, b); }
 static inline void f32x4_store(float *p, f32x4 a) { _mm_storeu_ps(p, a); }
@@ -123,6 +130,11 @@ static inline f32x4 i32x8_sum4_f(const i32x8 v[4]) {
 static inline f32x4 f32x4_zero(void) { return vdupq_n_f32(0.0f); }
 static inline f32x4 f32x4_load(const float *p) { return vld1q_f32(p); }
 static inline f32x4 f32x4_set1(float v) { return vdupq_n_f32(v); }
+static inline f32x4 f32x4_from_f16(uint16_t a, uint16_t b, uint16_t c, uint16_t d) {
+    const float v[4] = {f16_to_f32(a), f16_to_f32(b), f16_to_f32(c), f16_to_f32(d)};
+    return vld1q_f32(v);
+}
+static inline f32x4 f32x4_set1_f16(uint16_t h) { return vdupq_n_f32(f16_to_f32(h)); }
 static inline f32x4 f32x4_add(f32x4 a, f32x4 b) { return vaddq_f32(a, b); }
 static inline f32x4 f32x4_mul(f32x4 a, f32x4 b) { return vmulq_f32(a, b); }
 static inline void f32x4_store(float *p, f32x4 a) { vst1q_f32(p, a); }
@@ -164,6 +176,11 @@ static inline f32x4 i32x8_sum4_f(const i32x8 v[4]) {
 static inline f32x4 f32x4_zero(void) { f32x4 r = {{0}}; return r; }
 static inline f32x4 f32x4_load(const float *p) { f32x4 r; memcpy(r.v, p, sizeof r.v); return r; }
 static inline f32x4 f32x4_set1(float v) { f32x4 r = {{v, v, v, v}}; return r; }
+static inline f32x4 f32x4_from_f16(uint16_t a, uint16_t b, uint16_t c, uint16_t d) {
+    f32x4 r = {{f16_to_f32(a), f16_to_f32(b), f16_to_f32(c), f16_to_f32(d)}};
+    return r;
+}
+static inline f32x4 f32x4_set1_f16(uint16_t h) { return f32x4_set1(f16_to_f32(h)); }
 static inline f32x4 f32x4_add(f32x4 a, f32x4 b) { for (int i = 0; i < 4; i++) a.v[i] += b.v[i]; return a; }
 static inline f32x4 f32x4_mul(f32x4 a, f32x4 b) { for (int i = 0; i < 4; i++) a.v[i] *= b.v[i]; return a; }
 static inline void f32x4_store(float *p, f32x4 a) { memcpy(p, a.v, sizeof a.v); }

@@ -60,7 +60,15 @@ static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f;
 
 #if defined(__F16C__)
 #include <immintrin.h>
-static inline float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+/* F16C's conversion of a value held in a general register (the empty asm keeps it there): vmovd
+ * zero-fills the vector. From memory clang inserts the value into whatever vector register it likes
+ * (vpinsrw), a tile's accumulator say, and the conversion then waits for that register's last writer:
+ * every block of a tile chained to the one before (docs/decode_speed.md). */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t v = h;
+    __asm__("" : "+r"(v));
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((int)v)));
+}
 static inline uint16_t f32_to_f16(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 #elif defined(REALM_NEON)
 static inline float f16_to_f32(uint16_t h) { __fp16 f; memcpy(&f, &h, 2); return (float)f; }  /* fcvt s, h */
@@ -107,11 +115,17 @@ enum { ACT_F32, ACT_F16, ACT_BF16, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
 typedef void (*tile_fn)(const uint8_t *w, size_t w_stride, int nr, const uint8_t *x, size_t x_stride, int nt,
                         int64_t n_blocks, float *y, int64_t y_stride);
 
-/* Prefetch a block's bytes in the same rows of the next row tile, which the thread usually runs next
- * (its chunk is consecutive tiles): the hardware prefetchers alone leave a one-token matmul at about
- * half the memory bandwidth, most of all on the file's 4 KiB pages. */
+/* Prefetch a block's bytes in the same rows of a row tile PREFETCH_BYTES or more ahead, which the thread
+ * usually runs later (its chunk is consecutive tiles): the hardware prefetchers alone leave a one-token
+ * matmul at about half the memory bandwidth (tiles read TILE_ROWS short streams at once), and one tile
+ * ahead (2.7 KB on the default model's head) is too close to cover the memory latency at one core's
+ * bandwidth: ~13 GB/s there, where ~10 KB ahead streams ~26 GB/s (docs/decode_speed.md). */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 16384
+#endif
 static inline void prefetch_next_tile(const uint8_t *row, size_t w_stride, size_t offset, size_t bytes) {
-    const uint8_t *p = row + TILE_ROWS * w_stride + offset;
+    const size_t tile = TILE_ROWS * w_stride, ahead = (PREFETCH_BYTES + tile - 1) / tile * tile;
+    const uint8_t *p = row + ahead + offset;
     for (size_t line = 0; line < bytes; line += 64) __builtin_prefetch(p + line);
 }
 
@@ -302,3 +316,26 @@ HIDDEN int pool_threads(void);
  * result must depend on that row alone, so the split never changes a bit. */
 typedef void (*rows_fn)(const void *arg, int64_t first, int64_t end);
 HIDDEN void pool_run_rows(rows_fn fn, const void *arg, int64_t n_rows, int64_t row_floats);
+
+/* ---- entry points one file calls from another (layer.c runs a block through them) ---------------- */
+
+/* One weight of a fused projection: its rows land in output columns [first column, + n_rows). */
+typedef struct {
+    int32_t type;
+    int32_t reserved;
+    const uint8_t *w;
+    int64_t w_stride;  /* bytes from one weight row to the next */
+    int64_t n_rows;
+} realm_segment;
+
+EXPORT int realm_matmul(const realm_segment *segs, int n_seg, int64_t n_cols, const float *x, int64_t n_tok, float *y,
+                        int64_t y_stride);
+EXPORT int realm_rms_norm(const float *x, int64_t n_rows, int64_t n_cols, const float *w, float eps, float *out);
+EXPORT int realm_rope(const float *x, int64_t n_tok, int n_head, int hd, const float *cos, const float *sin, int neox,
+                      float *out);
+EXPORT int realm_kv_store(float *k_pool, float *v_pool, int64_t n_slots, int64_t row, const int64_t *slots, int64_t n,
+                          const float *k, const float *v);
+EXPORT int realm_attention(const float *q, int64_t n, int n_head, int n_kv, int hd, const float *keys,
+                           const float *values, int64_t n_slots, const int64_t *slots, int64_t pos, int64_t start,
+                           int64_t window, float scale, float *out);
+EXPORT int realm_gated(int kind, const float *gate_up, int64_t n_rows, int64_t n_ff, float *out);

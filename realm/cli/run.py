@@ -268,9 +268,13 @@ def _print_trace(result: RunResult, label: str, n_layers: int, decode_s: float |
         table.add_row(name, str(s.calls), f"{s.seconds * 1e3:.2f}", f"{s.seconds / s.calls * 1e6:.1f}")
     stderr = stderr_console()
     stderr.print(table)
-    steps = result.trace["seq_finish"].calls if "seq_finish" in result.trace else 0
-    layers = result.trace["forward_layer"].calls if "forward_layer" in result.trace else 0
-    stderr.print(f"{steps} steps x {n_layers} layers -> {layers} forward_layer calls; {result.tokens_fed} tokens fed; "
+    def calls(name: str) -> int:
+        return result.trace[name].calls if name in result.trace else 0
+
+    whole, layers = calls("seq_step") + calls("seq_step_all"), calls("forward_layer")
+    steps = calls("seq_finish") + whole
+    stderr.print(f"{steps} steps x {n_layers} layers -> {whole} whole-step seq_step(_all) calls and "
+                 f"{layers} forward_layer calls; {result.tokens_fed} tokens fed; "
                  f"{result.fuel_used:,} fuel; {result.seconds:.2f} s", highlight=False, soft_wrap=True)
     figures = speculation_figures(result, decode_s)
     if figures:

@@ -12,7 +12,7 @@ from host_functions.errors import RealmError
 from realm.chat import load_chat_template
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_options
-from realm.server import Server, ServerConfig, create_app
+from realm.server import Server, ServerConfig, create_app, listen
 from realm.server.connections import ConnectionLimits, uvicorn_options
 from realm.server.shutdown import GRACE_S, DrainingServer
 
@@ -55,17 +55,22 @@ _SLOW = ConnectionLimits()
               help="Seconds a request may take to send its body after its headers; then it is closed.")
 @click.option("--max-connections", default=_SLOW.max_connections, show_default=True, type=click.IntRange(1),
               help="Connections in all; requests beyond get 503.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="A browser origin (https://app.example) allowed to call the API, or * for any; repeatable. "
+                   "[default: none, CORS off]")
 @click.option("--max-connections-per-client", default=_SLOW.per_client, show_default=True,
               type=click.IntRange(0), help="Connections of one client address; 0 is no bound.")
 def serve(host: str, port: int, model_path: str | None, backend: str, chat_template: str | None, workers: int,
           max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
           requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int,
-          header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int) -> None:
+          header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int,
+          cors_origins: tuple[str, ...]) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
     config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
-                          requests_per_minute, tokens_per_minute, _admin_key(admin_key_file))
+                          requests_per_minute, tokens_per_minute, _admin_key(admin_key_file), cors_origins)
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
                             per_client=max_connections_per_client)
+    sock = listen.bind(host, port)  # a busy port or a bad host fails now, before the model loads
     model = load_with_progress(model_path, backend)
     template = load_chat_template(model.tokenizer, model.config.arch, chat_template)
     server = Server(model, template, config)
@@ -75,11 +80,11 @@ def serve(host: str, port: int, model_path: str | None, backend: str, chat_templ
                                        timeout_graceful_shutdown=drain_timeout + GRACE_S, log_level="info",
                                        **uvicorn_options(slow)), server, drain_timeout)
     try:
-        # Returns after SIGINT/SIGTERM once in-flight requests drained (or the timeout passed);
-        # a port it cannot bind is one uvicorn error line and exit status 3.
-        uv.run()
+        # Returns after SIGINT/SIGTERM once in-flight requests drained (or the timeout passed).
+        uv.run(sockets=[sock])
     finally:
         server.runner.close()
+        sock.close()
 
 
 def _admin_key(path: Path | None) -> str | None:

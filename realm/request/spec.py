@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from host_functions.abi import AdapterBinding, Limits
+from host_functions.abi import AdapterBinding, Limits, TokenLogprob
 from host_functions.engine.model import Model
 from realm.models import draft_opener
 from realm.sandbox.intake import GuestModule
@@ -31,15 +31,17 @@ class RunRequest:
     draft_files: tuple[str, ...] = ()  # what "speculative": "draft:FILE" may open
 
     def run(self, model: Model, on_text: Callable[[str], None] | None = None,
-            cancel: threading.Event | None = None) -> RunResult:
-        """Run the guest on `model` in the sandbox, streaming its text to `on_text`; setting `cancel`
-        ends the run at the guest's next host call.
+            cancel: threading.Event | None = None,
+            on_logprob: Callable[[TokenLogprob], None] | None = None) -> RunResult:
+        """Run the guest on `model` in the sandbox, streaming its text to `on_text` (and its tokens'
+        logprobs to `on_logprob`); setting `cancel` ends the run at the guest's next host call.
 
         Raises GuestError for limits that do not validate, and GuestRunFailed (realm.sandbox.report:
         the subclass for its cause, carrying the partial RunResult) when the run fails.
         """
         sandbox = TenantSandbox(model, self.limits, self.tenant)
-        return sandbox.run(self.guest, self.fields, on_text=on_text, cancel=cancel, adapters=self.adapters,
+        return sandbox.run(self.guest, self.fields, on_text=on_text, cancel=cancel, on_logprob=on_logprob,
+                           adapters=self.adapters,
                            open_draft=draft_opener(model, model.backend.name, self.draft_files))
 
 

@@ -35,6 +35,7 @@ from host_functions.abi import (
     Limits,
     Session,
     Status,
+    TokenLogprob,
 )
 from host_functions.abi.status import status_of
 from host_functions.engine.model import Model
@@ -62,8 +63,10 @@ class TenantSandbox:
             on_text: Callable[[str], None] | None = None,
             open_draft: Callable[[str], Model | None] | None = None,
             adapters: Mapping[str, AdapterBinding] | None = None,
-            cancel: threading.Event | None = None) -> RunResult:
-        """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text.
+            cancel: threading.Event | None = None,
+            on_logprob: Callable[[TokenLogprob], None] | None = None) -> RunResult:
+        """Run the guest's entry point on the request (passed as JSON); stream emitted text to on_text
+        (and each token's logprobs, as the guest reports them, to on_logprob).
 
         Raises GuestRunFailed, as the subclass for its cause and carrying the partial RunResult:
         GuestRunOverLimit (a QuotaExceeded) when a limit ends the request, GuestRunCancelled (a
@@ -74,7 +77,7 @@ class TenantSandbox:
         by alias (the tenant's bindings, or an ad-hoc run's --lora).
         """
         payload = json.dumps(request, ensure_ascii=False).encode()
-        session = Session(self.model, self.limits, on_text, self.tenant, open_draft, adapters)
+        session = Session(self.model, self.limits, on_text, self.tenant, open_draft, adapters, on_logprob)
         if cancel is not None:
             session.cancelled = cancel  # a step the request waits for in the scheduler is withdrawn too
         store = new_store(self.limits)

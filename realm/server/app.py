@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,23 +32,22 @@ from realm.request.sources import for_tenant
 from realm.request.spec import RunRequest
 from realm.sandbox.intake import reference_guest
 from realm.sandbox.report import LOG_ERROR, GuestRunFailed, RunResult
-from realm.server import protocol
+from realm.server import context_limits, embeddings, protocol, streaming
 from realm.server.admin import admin_routes, is_admin, require_admin
 from realm.server.bodies import bearer_key, parse_json, read_body
 from realm.server.connections import reject_ambiguous_framing
+from realm.server.cors import cors_middleware
 from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
 from realm.server.offloop import OffLoop
 from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
 from realm.server.ratelimit import RateLimiter, Reservation, TooLarge
-from realm.server.runner import GuestRun, Runner
+from realm.server.runner import GuestRun, Piece, Runner
+from realm.server.streaming import sse as _sse
 from realm.tenants import RateLimits, Tenant, TenantRegistry
 
 log = logging.getLogger("realm.server")
 T = TypeVar("T")
-# What a run sends its request's stream: (choice index, a piece of text, or the run's outcome at its end).
-_RunEvent = tuple[int, str | RunResult | Exception]
 _DISCONNECT_POLL_S = 0.1
-MAX_EVENT_CHARS = 16384  # text in one SSE event; more waiting at once goes in several
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,7 @@ class ServerConfig:
     requests_per_minute: int = 600  # per tenant, unless its registry entry says otherwise; 0 is off
     tokens_per_minute: int = 0  # per tenant (prompt + completion), likewise; 0 is off
     admin_key: str | None = None  # admin endpoints and /metrics; None: they are disabled
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: CORS is off
 
 
 class Server:
@@ -79,6 +77,8 @@ class Server:
         self.runner = Runner(model, config.workers, config.max_queue)
         self.limiter = RateLimiter()
         self.off_loop = OffLoop()
+        # Embeddings' model work: threads of their own, so it never holds the ones that read keys and bodies.
+        self.embedding_work = OffLoop(config.workers)
         self.shutting_down = False  # set when the drain timeout ends the runs still going
         self.metrics = ServerMetrics()
         self.metrics.watch_engine(lambda: engine_stats(model))
@@ -100,10 +100,10 @@ class Server:
         return tenant, self.registry.rate_limits(tenant.name)
 
     def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
-        n_ctx = min(self.model.config.context_length, tenant.limits.max_context)
-        n_ctx = min(n_ctx, self.config.ctx_size) if self.config.ctx_size else n_ctx
-        return protocol.RequestLimits(n_ctx, tenant.limits.max_tokens, self.config.default_max_tokens,
-                                      self.config.max_prompt_tokens or n_ctx, self.model.config.n_vocab)
+        """What one request of `tenant` may hold, each limit with what sets it (context_limits.py)."""
+        return context_limits.request_limits(tenant, self.model.config.context_length, self.config.ctx_size,
+                                             self.config.default_max_tokens, self.config.max_prompt_tokens,
+                                             self.model.config.n_vocab)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ class Server:
             self._start_runs(tenant, 1, self.runner.check)  # a tenant over its share costs no parsing
             data = await read_body(request, self.config.max_body_bytes)
             spec, base = await self.off_loop.run_for(tenant.name, self._prepare, tenant, kind, data)
-            held = self._reserve(tenant, rates, spec)
+            held = self._reserve(tenant, rates, spec.most_tokens())
             self._check_open()
             indexed = list(spec.guest_requests())
             requests = [dataclasses.replace(base, fields=f) for _, f in indexed]
@@ -141,6 +141,35 @@ class Server:
             return StreamingResponse(call.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await call.complete(request)
+
+    async def embeddings(self, request: Request) -> Response:
+        """Serve /v1/embeddings (realm/server/embeddings.py): admitted, rate-limited and reserved as a
+        completion is, its inputs' tokens reserved; tokenizing and the model's work off the event loop."""
+        started, tenant_name, held, status, used = time.perf_counter(), "", None, 500, 0
+        try:
+            tenant, rates = await self.off_loop.run(self._identify, request)
+            tenant_name = tenant.name
+            self._admit(tenant, rates)
+            data = await read_body(request, self.config.max_body_bytes)
+            limits = self.request_limits(tenant)
+            spec = await self.off_loop.run_for(tenant.name, lambda: embeddings.parse_embeddings(
+                parse_json(data), self.model_id, self.model.tokenizer, limits, self.model.config.n_embd))
+            held = self._reserve(tenant, rates, spec.most_tokens())
+            self._check_open()
+            owner = embeddings.owner_for(tenant, lambda: self.shutting_down)
+            used = spec.most_tokens()  # from here on, what a failed computation used is not known: all of it
+            try:
+                vectors = await self.embedding_work.run_for(tenant.name, embeddings.embed, self.model, spec,
+                                                            limits.n_ctx, owner)
+            except RealmError as exc:
+                raise guest_failure(exc) from None
+            status = 200
+            return JSONResponse(embeddings.response(spec, self.model_id, vectors))
+        except ApiError as exc:
+            status = exc.status
+            raise
+        finally:
+            self.finished(tenant_name, "embedding", status, started, prompt_tokens=used, held=held)
 
     def _prepare(self, tenant: Tenant, kind: str, data: bytes) -> tuple[GenerationSpec, RunRequest]:
         """The checked request and the tenant's guest, adapters and limits for it (on a worker thread)."""
@@ -166,12 +195,12 @@ class Server:
             which, wait = refused
             raise _over_rate(tenant.name, which, wait)
 
-    def _reserve(self, tenant: Tenant, rates: RateLimits, spec: GenerationSpec) -> Reservation:
+    def _reserve(self, tenant: Tenant, rates: RateLimits, tokens: int) -> Reservation:
         """Hold the most tokens the request may use (prompts plus max_tokens for every choice) in the
         tenant's window: 400 when that is more than its per-minute limit, 429 when it does not fit now."""
         limit = _rate(rates.tokens_per_minute, self.config.tokens_per_minute)
         try:
-            held = self.limiter.reserve(tenant.name, spec.most_tokens(), limit)
+            held = self.limiter.reserve(tenant.name, tokens, limit)
         except TooLarge as exc:
             raise ApiError(400, f"the request may use {exc.tokens} tokens (prompt + max_tokens for each choice), "
                                 f"over tenant {tenant.name!r}'s limit of {exc.limit} tokens per minute",
@@ -303,19 +332,20 @@ class _Call:
 
     async def events(self) -> AsyncIterator[str]:
         """The SSE stream: every choice's text as it comes, a final chunk per choice, [DONE]."""
-        spec, tokenizer = self.spec, self.server.model.tokenizer
-        queue: asyncio.Queue[_RunEvent] = asyncio.Queue()
-        pumps = [asyncio.ensure_future(_pump(index, run, queue)) for index, run in self.runs]
+        spec, logprobs = self.spec, streaming.ChunkLogprobs(self.spec, self.server.model.tokenizer)
+        queue: asyncio.Queue[streaming.RunEvent] = asyncio.Queue()
+        pumps = [asyncio.ensure_future(streaming.pump(index, run, queue)) for index, run in self.runs]
         status, pending = 200, len(self.runs)
         try:
             for index, _ in self.runs:
                 yield _sse(protocol.chunk(spec, self.rid, self.created, index, first=True))
             while pending:
-                for index, item in _coalesced(await _all_ready(queue)):
-                    if isinstance(item, str):
+                for index, item in streaming.coalesced(await streaming.all_ready(queue)):
+                    if isinstance(item, Piece):
                         self.text_arrived()
                         if not spec.tool_mode:  # calls are read whole, at the end
-                            yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item))
+                            yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item.text,
+                                                      logprobs=logprobs.of(index, item.logprobs)))
                         continue
                     pending -= 1
                     if isinstance(item, Exception):
@@ -328,10 +358,8 @@ class _Call:
                     if spec.tool_mode:
                         yield _sse(protocol.chunk(spec, self.rid, self.created, index, calls=choice.tool_calls,
                                                   text=None if choice.tool_calls else choice.text))
-                    logprobs = (protocol.format_logprobs(spec, choice.logprobs, tokenizer)
-                                if spec.top_logprobs is not None else None)
                     yield _sse(protocol.chunk(spec, self.rid, self.created, index,
-                                              finish_reason=choice.finish_reason, logprobs=logprobs))
+                                              finish_reason=choice.finish_reason, logprobs=logprobs.rest(index, item)))
             if spec.include_usage:
                 yield _sse(protocol.usage_chunk(spec, self.rid, self.created, self.results))
             yield "data: [DONE]\n\n"
@@ -342,41 +370,6 @@ class _Call:
             for pump in pumps:
                 pump.cancel()
             self.close(status)
-
-
-async def _pump(index: int, run: GuestRun, queue: asyncio.Queue[_RunEvent]) -> None:
-    """Move one run's text and then its outcome onto the request's shared queue."""
-    async for text in run.stream():
-        queue.put_nowait((index, text))
-    try:
-        outcome: RunResult | Exception = await run.result()
-    except Exception as exc:  # noqa: BLE001  the outcome is reported to the client by events()
-        outcome = exc
-    queue.put_nowait((index, outcome))
-
-
-async def _all_ready(queue: asyncio.Queue[_RunEvent]) -> list[_RunEvent]:
-    """The next event and every one already queued behind it."""
-    ready = [await queue.get()]
-    while not queue.empty():
-        ready.append(queue.get_nowait())
-    return ready
-
-
-def _coalesced(events: list[_RunEvent]) -> Iterator[_RunEvent]:
-    """`events` with each run of one choice's text pieces joined, and cut into pieces of at most
-    MAX_EVENT_CHARS: one SSE event per batch of text however the guest emitted it, none unbounded."""
-    for (index, is_text), group in itertools.groupby(events, key=lambda e: (e[0], isinstance(e[1], str))):
-        if not is_text:
-            yield from group
-            continue
-        joined = "".join(str(item) for _, item in group)
-        for start in range(0, len(joined), MAX_EVENT_CHARS):
-            yield index, joined[start:start + MAX_EVENT_CHARS]
-
-
-def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
 def guest_failure(exc: RealmError) -> ApiError:
@@ -408,10 +401,20 @@ def create_app(server: Server) -> Starlette:
     async def chat_completions(request: Request) -> Response:
         return await server.generate(request, "chat")
 
+    def model_object() -> dict[str, Any]:
+        return {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "realm"}
+
+    async def embeddings_route(request: Request) -> Response:
+        return await server.embeddings(request)
+
     async def models(request: Request) -> Response:
         await server.off_loop.run(server.tenant, request)
-        return JSONResponse({"object": "list", "data": [
-            {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "realm"}]})
+        return JSONResponse({"object": "list", "data": [model_object()]})
+
+    async def model(request: Request) -> Response:
+        await server.off_loop.run(server.tenant, request)
+        protocol.check_model_id(request.path_params["model"], server.model_id)
+        return JSONResponse(model_object())
 
     async def health(request: Request) -> Response:
         # Liveness for anyone; what the server is doing only for the admin (in flight, per tenant).
@@ -431,7 +434,9 @@ def create_app(server: Server) -> Starlette:
     routes = [
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings_route, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/admin/health", admin_health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -439,8 +444,9 @@ def create_app(server: Server) -> Starlette:
                       lambda path: load_adapter(path, server.model.config)),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, RealmError: _realm_error, Exception: _crash}
+    middleware = [Middleware(reject_ambiguous_framing), *cors_middleware(server.config.cors_origins)]
     return Starlette(routes=routes, exception_handlers=handlers,  # type: ignore[arg-type]
-                     middleware=[Middleware(reject_ambiguous_framing)])
+                     middleware=middleware)
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:

@@ -99,6 +99,15 @@ class RequestLimits:
     default_max_tokens: int  # a chat request that sets no max_tokens
     max_prompt_tokens: int
     n_vocab: int  # token ids a request may name (logit_bias) are 0..n_vocab-1
+    # What sets n_ctx and max_request_tokens, and how to raise it, for the errors that name them.
+    n_ctx_source: str = "this model's maximum context length"
+    request_tokens_source: str = "the tenant's max_tokens limit (prompt + completion)"
+
+    def binding(self) -> tuple[int, str]:
+        """The tighter of the context and the tenant's token limit: (tokens, what sets it)."""
+        if self.max_request_tokens < self.n_ctx:
+            return self.max_request_tokens, self.request_tokens_source
+        return self.n_ctx, self.n_ctx_source
 
 
 def parse_completion(body: Any, model_id: str, tokenizer: Tokenizer, limits: RequestLimits) -> GenerationSpec:
@@ -201,19 +210,23 @@ def _spec(kind: str, body: dict[str, Any], model_id: str, prompts: tuple[str, ..
     if not _is_int(n) or not 1 <= n <= MAX_CHOICES:
         raise bad_request(f"n must be an integer 1..{MAX_CHOICES}", "n")
     longest = max(counts)
+    context, source = limits.binding()
+    prompt_param = "prompt" if kind == "completion" else "messages"
+    if longest >= context:
+        raise bad_request(f"the prompt has {longest} tokens, leaving no room for an answer in the {context} of "
+                          f"{source}", prompt_param, "context_length_exceeded")
     if longest > limits.max_prompt_tokens:
-        raise bad_request(f"the prompt is {longest} tokens, over this server's limit of {limits.max_prompt_tokens}",
-                          "prompt" if kind == "completion" else "messages", "prompt_too_long")
-    room = min(limits.n_ctx - longest, limits.max_request_tokens - longest)
+        raise bad_request(f"the prompt is {longest} tokens, over this server's limit of {limits.max_prompt_tokens} "
+                          "(--max-prompt-tokens)", prompt_param, "prompt_too_long")
+    room = context - longest
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         max_tokens = max(1, min(default_max_tokens, room))
     if not _is_int(max_tokens) or max_tokens < 1:
         raise bad_request("max_tokens must be a positive integer", "max_tokens")
     if max_tokens > room:
-        raise bad_request(f"this model's maximum context length is {min(limits.n_ctx, limits.max_request_tokens)} "
-                          f"tokens; the prompt has {longest} and max_tokens asks for {max_tokens} more",
-                          "max_tokens", "context_length_exceeded")
+        raise bad_request(f"the prompt has {longest} tokens and max_tokens asks for {max_tokens} more, over the "
+                          f"{context} of {source}", "max_tokens", "context_length_exceeded")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("stream must be a boolean", "stream")
@@ -292,8 +305,13 @@ def _check_model(body: dict[str, Any], model_id: str) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model is required", "model")
+    check_model_id(model, model_id)
+
+
+def check_model_id(model: str, model_id: str) -> None:
+    """ApiError 404 model_not_found unless `model` is the served model's id."""
     if model != model_id:
-        raise ApiError(404, f"the model {model!r} does not exist (this server serves {model_id!r})",
+        raise ApiError(404, f"the model {model[:128]!r} does not exist (this server serves {model_id!r})",
                        code="model_not_found", param="model")
 
 
@@ -380,8 +398,10 @@ def usage_chunk(spec: GenerationSpec, rid: str, created: int, choices: Sequence[
             "usage": usage(spec, choices)}
 
 
-def format_logprobs(spec: GenerationSpec, entries: Sequence[TokenLogprob], tokenizer: Tokenizer) -> dict[str, Any]:
-    """OpenAI's logprobs object: chat's `content` list, or completions' parallel lists."""
+def format_logprobs(spec: GenerationSpec, entries: Sequence[TokenLogprob], tokenizer: Tokenizer,
+                    offset: int = 0) -> dict[str, Any]:
+    """OpenAI's logprobs object: chat's `content` list, or completions' parallel lists (text offsets
+    from `offset`, where the entries' text starts in the choice's)."""
     def piece(token: int) -> tuple[str, list[int]]:
         raw = tokenizer.token_bytes(token)
         return raw.decode("utf-8", "replace"), list(raw)
@@ -393,7 +413,7 @@ def format_logprobs(spec: GenerationSpec, entries: Sequence[TokenLogprob], token
             top = [{"token": piece(t)[0], "logprob": lp, "bytes": piece(t)[1]} for t, lp in e.top]
             content.append({"token": text, "logprob": e.logprob, "bytes": raw, "top_logprobs": top})
         return {"content": content, "refusal": None}
-    tokens, offsets, offset = [], [], 0
+    tokens, offsets = [], []
     for e in entries:
         text = piece(e.token)[0]
         tokens.append(text)

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from host_functions.abi import TokenLogprob
 from host_functions.engine.model import Model
 from host_functions.errors import QuotaExceeded, RequestCancelled
 from host_functions.fair_share import RESERVE_FRACTION, Claim, FairShares, NeverFits, Refused
@@ -33,17 +34,25 @@ from realm.sandbox.report import RunResult
 COALESCE_S = 0.01  # how long text a guest emits may wait to join the next before it is streamed
 
 
+@dataclass(frozen=True)
+class Piece:
+    """What a run produced since the last piece: its text and the logprobs of the tokens it reported."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
 @dataclass(eq=False)
 class GuestRun:
-    """One guest run in flight: the text it emitted so far (a queue), its outcome and its cancel flag."""
+    """One guest run in flight: the pieces it produced so far (a queue), its outcome and its cancel flag."""
 
     tenant: str
-    pieces: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    pieces: asyncio.Queue[Piece] = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
     outcome: asyncio.Future[RunResult] | None = None
 
-    async def stream(self) -> AsyncIterator[str]:
-        """Every piece of text in order, as it arrives, until the run ends (its outcome is then set)."""
+    async def stream(self) -> AsyncIterator[Piece]:
+        """Every piece in order, as it arrives, until the run ends (its outcome is then set)."""
         assert self.outcome is not None
         while True:
             getter = asyncio.ensure_future(self.pieces.get())
@@ -124,30 +133,31 @@ class Runner:
         loop = asyncio.get_running_loop()
         run = GuestRun(request.tenant)
 
-        waiting: list[str] = []  # text the guest emitted since the loop last took it
+        waiting: list[str | TokenLogprob] = []  # text and logprobs since the loop last took them
         lock = threading.Lock()
 
-        def on_text(text: str) -> None:
-            # The loop takes the text at most once per COALESCE_S, however often the guest emits: one
+        def produced(item: str | TokenLogprob) -> None:
+            # The loop takes what came at most once per COALESCE_S, however often the guest emits: one
             # piece (one SSE event) per batch, not one per emit call (a guest may emit byte by byte).
             with lock:
-                waiting.append(text)
+                waiting.append(item)
                 if len(waiting) > 1:
                     return  # a take() is already scheduled and will collect this too
             loop.call_soon_threadsafe(loop.call_later, COALESCE_S, take)
 
         def take() -> None:
             with lock:
-                text = "".join(waiting)
+                piece = Piece("".join(i for i in waiting if isinstance(i, str)),
+                              tuple(i for i in waiting if isinstance(i, TokenLogprob)))
                 waiting.clear()
-            if text:
-                run.pieces.put_nowait(text)
+            if piece.text or piece.logprobs:
+                run.pieces.put_nowait(piece)
 
         def work() -> RunResult:
             try:
                 if run.cancel.is_set():  # the client left while the run waited for a thread
                     raise RequestCancelled("the client cancelled the request")
-                return request.run(self.model, on_text=on_text, cancel=run.cancel)
+                return request.run(self.model, on_text=produced, cancel=run.cancel, on_logprob=produced)
             finally:
                 loop.call_soon_threadsafe(take)  # the last text, queued before the outcome is set
 

@@ -5,7 +5,8 @@ requests in flight and then cancels their tasks, which cuts a stream with neithe
 nor `[DONE]` (a client would take the truncated text as the whole answer). `DrainingServer` ends
 the runs still going when the drain timeout passes, a few seconds before uvicorn cancels anything:
 each run ends at its guest's next host call, and its stream ends with an error event saying the
-server is shutting down (a whole answer gets 503 `server_shutdown`).
+server is shutting down (a whole answer gets 503 `server_shutdown`). A second signal (Ctrl-C twice)
+ends them at once, answered the same way; only a third forces uvicorn's exit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from types import FrameType
 
 import uvicorn
 
@@ -31,14 +33,22 @@ class DrainingServer(uvicorn.Server):
         self.realm, self.drain_timeout = server, drain_timeout
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        timer = asyncio.get_running_loop().call_later(self.drain_timeout, self._end_runs)
+        timer = asyncio.get_running_loop().call_later(self.drain_timeout, self._end_runs, "drain timeout")
         try:
             await super().shutdown(sockets)
         finally:
             timer.cancel()
 
-    def _end_runs(self) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """A first SIGINT/SIGTERM drains; a second (Ctrl-C again) ends the runs at once, each answered
+        with its error, where uvicorn would force its exit and cut their streams; a third forces it."""
+        if self.should_exit and not self.realm.shutting_down:
+            self._end_runs("a second signal")
+            return
+        super().handle_exit(sig, frame)
+
+    def _end_runs(self, why: str) -> None:
         if self.realm.runner.live:
-            log.warning("drain timeout: ending %d run(s) still in flight", self.realm.runner.live)
+            log.warning("%s: ending %d run(s) still in flight", why, self.realm.runner.live)
         self.realm.shutting_down = True
         self.realm.runner.cancel_all()

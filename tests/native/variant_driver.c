@@ -26,30 +26,15 @@
 
 #include "realm_native.h"
 
-/* The library's exported entry points and structs (matmul.c, lora.c, attention.c, pool.c). */
-typedef struct {
-    int32_t type, reserved;
-    const uint8_t *w;
-    int64_t w_stride, n_rows;
-} realm_segment;
+/* The library's exported entry points and structs that realm_native.h does not declare (matmul.c,
+ * lora.c, pool.c; the header has realm_segment and the entry points layer.c calls). */
 typedef struct {
     const float *bt;
     int64_t out_offset, n_out, rank_offset, rank;
     double alpha_over_rank;
 } realm_lora_part;
-int realm_matmul(const realm_segment *segs, int n_seg, int64_t n_cols, const float *x, int64_t n_tok, float *y,
-                 int64_t y_stride);
 int realm_quantize_act(int type, const float *x, int64_t n_tok, int64_t n_cols, uint8_t *out);
 int64_t realm_act_row_bytes(int type, int64_t n_cols);
-int realm_attention(const float *q, int64_t n, int n_head, int n_kv, int hd, const float *keys, const float *values,
-                    int64_t n_slots, const int64_t *slots, int64_t pos, int64_t start, int64_t window, float scale,
-                    float *out);
-int realm_kv_store(float *k_pool, float *v_pool, int64_t n_slots, int64_t row, const int64_t *slots, int64_t n,
-                   const float *k, const float *v);
-int realm_rms_norm(const float *x, int64_t n_rows, int64_t n_cols, const float *w, float eps, float *out);
-int realm_gated(int kind, const float *gate_up, int64_t n_rows, int64_t n_ff, float *out);
-int realm_rope(const float *x, int64_t n_tok, int n_head, int hd, const float *cos, const float *sin, int neox,
-               float *out);
 int realm_lora(const float *x, int64_t x_stride, int64_t n_rows, int64_t n_in, const float *a, int64_t total_rank,
                const realm_lora_part *parts, int n_parts, double scale, float *y, int64_t y_stride);
 int realm_set_threads(int n);

@@ -70,10 +70,10 @@ from host_functions.arch.layout import OUTPUT_WIDTHS, PROJECTIONS, Matrix, Outpu
 from host_functions.backends.base import (
     Backend,
     StepItem,
+    head_outputs,
     in_grouped_order,
     merged_ranges,
     row_rope_factors,
-    split_logits,
     wanted_rows,
 )
 from host_functions.backends.wgpu import ops
@@ -345,9 +345,8 @@ class WgpuBackend(Backend):
             for index in range(n_layers):
                 self._block(index, x, paging, lora)
             picks = [wanted_rows(item, seg.first) for item, seg in zip(items, segments, strict=True)]
-            logits = self._logit_rows([(x, int(row)) for pick in picks for row in pick])
-        assert logits.shape[1] == cfg.n_vocab
-        return split_logits(items, picks, logits)
+            return head_outputs(items, picks, cfg.n_vocab, lambda rows: self._logit_rows([(x, int(r)) for r in rows]),
+                                lambda rows: self._normed_rows(x, rows))
 
     def _paging(self, segments: Sequence[_Segment]) -> _Paging:
         """Upload the step's rows and block tables (a few bytes per row and block)."""
@@ -424,6 +423,21 @@ class WgpuBackend(Backend):
         first = x.n_tokens - 1 if last_only else 0
         with self._lock:
             return self._logit_rows([(x, row) for row in range(first, x.n_tokens)])
+
+    def final_norm(self, x: GPUActivations) -> np.ndarray:
+        with self._lock:
+            return self._normed_rows(x, np.arange(x.n_tokens))
+
+    def _normed_rows(self, x: GPUActivations, rows: np.ndarray) -> np.ndarray:
+        """The final norm of the given rows of x, read back: float32 (len(rows), n_embd)."""
+        cfg = self.config
+        normed = self.ctx.empty(max(len(rows), 1) * cfg.n_embd * 4)
+        rec = self._recorder()
+        for i, row in enumerate(rows):
+            ops.rms_norm(rec, x.buffer, self.output_norm, normed, 1, cfg.n_embd, cfg.norm_eps,
+                         in_offset=int(row) * cfg.n_embd, out_offset=i * cfg.n_embd)
+        self._submit()
+        return self.ctx.read(normed, np.float32, (len(rows), cfg.n_embd))
 
     def _logit_rows(self, sources: list[tuple[GPUActivations, int]]) -> np.ndarray:
         """Final norm + output projection of the given (activations, row) rows, recorded after the
