@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future, ThreadPoolExecutor
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -34,8 +33,6 @@ class ConstraintKind(IntEnum):
 
 KINDS = {"json_schema": ConstraintKind.JSON_SCHEMA, "json_object": ConstraintKind.JSON_OBJECT,
          "regex": ConstraintKind.REGEX, "lark": ConstraintKind.LARK}
-# Masks are computed while the step's forward pass runs: llguidance drops the GIL while it computes one.
-_MASKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="realm-mask")
 # Byte b of a little-endian bitmask as 8 float32 additive mask values (0: allowed, -inf: not).
 _BYTE_BIAS = np.where(np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little") == 1,
                       np.float32(0), np.float32(-np.inf)).astype(np.float32)
@@ -80,32 +77,27 @@ class Constraint:
         self.n_vocab = tokenizer.vocab_size
         self._check("cannot compile the constraint")
         self.bitmask = np.full((1, (self.n_vocab + 31) // 32), -1, dtype=np.int32)
-        self._pending: Future[np.ndarray] | None = None  # the mask of the current state, being computed
+        self._mask: np.ndarray | None = None  # the mask of the current state, once asked for
         self.refused = 0  # tokens the grammar refused (and all after them), still in the sequence
-        self.prefetch()
 
     def _check(self, what: str) -> None:
         if self.matcher.is_error():
             raise RealmError(f"{what}: {_first_line(self.matcher.get_error())}")
 
-    def prefetch(self) -> None:
-        """Start computing the mask of the current state on a worker thread (off the GIL)."""
-        self._pending = _MASKS.submit(self._mask)
-
-    def _mask(self) -> np.ndarray:
+    def _compute_mask(self) -> np.ndarray:
+        # llguidance drops the GIL while it computes (tens of microseconds on a 262k vocabulary). Done
+        # in the sampling thread: a worker thread would wait for the GIL behind the guests' threads.
         llguidance.numpy.fill_next_token_bitmask(self.matcher, self.bitmask)
-        # Each mask byte becomes its 8 additive values at once: a table lookup, a fraction of a millisecond.
+        self._check("the constraint failed")
+        # Each mask byte becomes its 8 additive values at once: a table lookup, tens of microseconds.
         return np.take(_BYTE_BIAS, self.bitmask[0].view(np.uint8), axis=0).reshape(-1)[:self.n_vocab]
 
     def allowed(self) -> np.ndarray:
         """The (n_vocab,) float32 additive mask of the next token: 0 where the grammar allows it, -inf
         elsewhere (adding it to the logits costs one vector add)."""
-        if self._pending is None:
-            self.prefetch()
-        assert self._pending is not None
-        mask = self._pending.result()
-        self._check("the constraint failed")
-        return mask
+        if self._mask is None:
+            self._mask = self._compute_mask()
+        return self._mask
 
     def consume(self, tokens: list[int]) -> int:
         """Advance past the longest prefix of `tokens` the grammar allows; returns its length. The rest,
@@ -113,38 +105,28 @@ class Constraint:
         the grammar) until `rollback` drops it."""
         if not tokens:
             return 0
-        self._settle()
         taken = 0 if self.refused else max(self.matcher.try_consume_tokens(tokens), 0)
         self._check("the constraint failed")
         self.refused += len(tokens) - taken
         if taken:
-            self.prefetch()
+            self._mask = None
         return taken
-
-    def _settle(self) -> None:
-        """Wait for a mask in flight: the matcher must not change under it."""
-        if self._pending is not None:
-            self._pending.result()
 
     def masks_along(self, tokens: list[int]) -> np.ndarray:
         """The (k+1, n_vocab) additive masks before each of the last k = len(tokens) consumed tokens and
         after them: what speculative verification applies to each row of a step. The matcher ends
         where it was (refused tokens after them stay refused); RealmError if those tokens were not the
         last consumed."""
-        self._settle()
         if not self.matcher.rollback(len(tokens)):
             raise RealmError(f"cannot roll the constraint back {len(tokens)} tokens")
         masks = []
         for token in tokens:
-            masks.append(self._mask())
+            masks.append(self._compute_mask())
             if not self.matcher.consume_token(token):
                 self._check("the constraint failed")
                 raise RealmError(f"token {token} is not allowed by the constraint here")
-        masks.append(self._mask())
-        self._check("the constraint failed")
-        done: Future[np.ndarray] = Future()
-        done.set_result(masks[-1])
-        self._pending = done
+        self._mask = self._compute_mask()
+        masks.append(self._mask)
         return np.stack(masks)
 
     def rollback(self, n: int) -> None:
@@ -152,21 +134,18 @@ class Constraint:
         dropped = min(n, self.refused)
         self.refused -= dropped
         if n > dropped:
-            self._settle()
             if not self.matcher.rollback(n - dropped):
                 raise RealmError(f"cannot roll the constraint back {n - dropped} tokens")
-            self.prefetch()
+            self._mask = None
 
     @property
     def complete(self) -> bool:
         """Whether the grammar accepts what was generated and nothing else may follow."""
-        self._settle()
         return not self.refused and bool(self.matcher.is_stopped())
 
     @property
     def accepting(self) -> bool:
         """Whether generation may end here."""
-        self._settle()
         return not self.refused and bool(self.matcher.is_accepting())
 
 
