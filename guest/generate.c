@@ -13,6 +13,11 @@
  * When generation ends it reports why (stop, length or context) and the token counts with
  * result_report.
  *
+ * "constraint" (optional, ABI 6): {"kind": "json_schema" | "json_object" | "regex" | "lark", "text": the
+ * schema (as a string), regex or grammar}: the host masks every sampled token to the grammar, and
+ * generation stops when it is complete ("stop") or at an end token it allows. Speculative decoding
+ * works under it: spec_verify rejects a draft the grammar refuses.
+ *
  * "lora" (optional) names one of the tenant's LoRA adapters by alias; it applies at its bound scale.
  *
  * "speculative" (optional) speeds decoding without changing what is generated: "ngram" drafts the
@@ -25,8 +30,9 @@
  * that do not pay for themselves (judge_drafts) pause speculation: plain decoding for a while.
  *
  * Per token the guest makes 6 host calls: sample, token_is_eog, text_push, seq_append, seq_step
- * (every layer and the finish in one call, ABI 5) and emit. The 262144 logits of a large vocabulary
- * never cross into guest memory: the host samples.
+ * (every layer and the finish in one call, ABI 5) and emit; under a constraint, a 7th:
+ * constraint_done. The 262144 logits of a large vocabulary never cross into guest memory: the host
+ * samples.
  */
 #define REALM_IMPLEMENTATION
 #include "realm.h"
@@ -135,6 +141,8 @@ typedef struct {
     int32_t judged_drafted, judged_accepted; /* the current window of drafts (judge_drafts) */
     int32_t pause, paused;  /* the next pause's length; plain tokens left in this one */
     int32_t top_logprobs;  /* -1: the client wants no logprobs */
+    int32_t constraint_kind, constraint_len, constraint; /* kind -1: unconstrained; constraint: its handle */
+    char *constraint_text;
     char *text;
     stopper stops;
 } generation;
@@ -285,6 +293,10 @@ static int32_t speculative_step(generation *g, int32_t token, int32_t *next) {
 static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt) {
     int32_t rc = realm_seq_append(g->seq, prompt, n_prompt);
     if (rc < 0) return rc;
+    if (g->constraint_kind >= 0) { /* after the prompt: every token appended from here on advances it */
+        g->constraint = realm_constraint_open(g->seq, g->constraint_kind, g->constraint_text, g->constraint_len);
+        if (g->constraint < 0) return realm_fail(g->constraint, "cannot open the constraint");
+    }
     if ((rc = realm_step(g->seq, g->n_layers)) < 0) return rc;
     g->length = n_prompt;
     g->reason = REALM_FINISH_LENGTH;
@@ -296,6 +308,11 @@ static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt) {
         }
         if (g->paused > 0) g->paused--;
         if ((rc = realm_seq_append(g->seq, &token, 1)) < 0) return rc;
+        if (g->constraint_kind >= 0 && (rc = realm_constraint_done(g->constraint)) != 0) {
+            if (rc < 0) return rc;
+            g->reason = REALM_FINISH_STOP; /* the grammar is complete: no step for its end token */
+            break;
+        }
         if ((rc = realm_step(g->seq, g->n_layers)) < 0) return rc;
         g->length++;
         token = realm_sample(g->seq, g->sampler, 0, 0, REALM_BIAS_ADD);
@@ -305,6 +322,23 @@ static int32_t run(generation *g, const int32_t *prompt, int32_t n_prompt) {
     if ((rc = push_text(g, REALM_TEXT_FLUSH)) < 0) return rc;
     if (!g->stops.stopped && (rc = emit(g->stops.held, g->stops.n_held)) < 0) return rc;
     return realm_result_report(g->reason, n_prompt, g->produced);
+}
+
+/* "constraint": {"kind": ..., "text": ...}; kind -1 when the request has none. */
+static int32_t read_constraint(generation *g, json_slice req) {
+    static const char *kinds[] = {"json_schema", "json_object", "regex", "lark"};
+    json_slice value;
+    char *kind;
+    g->constraint_kind = -1;
+    if (!json_get(req, "constraint", &value)) return REALM_OK;
+    int32_t n = json_get_string(value, "kind", realm_alloc, &kind);
+    for (int32_t i = 0; i < 4 && g->constraint_kind < 0; i++)
+        if (n == realm_strlen(kinds[i]) && memcmp(kind, kinds[i], n) == 0) g->constraint_kind = i;
+    g->constraint_len = json_get_string(value, "text", realm_alloc, &g->constraint_text);
+    if (g->constraint_kind < 0 || g->constraint_len < 0)
+        return realm_fail(REALM_ERR_INVALID_ARGUMENT, "constraint needs a \"kind\" (json_schema, json_object, "
+                                                      "regex, lark) and a \"text\" string");
+    return REALM_OK;
 }
 
 /* "lora": the alias of one of the tenant's adapters, applied at its bound scale. */
@@ -396,6 +430,7 @@ __attribute__((export_name("realm_main"))) int32_t realm_main(const char *reques
     if (g.seq < 0) return g.seq;
     if ((rc = attach_lora(g.seq, req)) < 0) return rc;
     g.speculate = g.paused = 0;
+    if ((rc = read_constraint(&g, req)) < 0) return rc;
     if (g.top_logprobs < 0 && (rc = open_speculation(&g, req, request, request_len)) < 0) return rc;
     rc = run(&g, ids, n_ids);
     realm_seq_close(g.seq);

@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define REALM_ABI_VERSION 5
+#define REALM_ABI_VERSION 6
 
 /* Status codes: host function results (negative) and realm_main's result. */
 typedef enum {
@@ -52,6 +52,14 @@ typedef enum {
     REALM_FINISH_LENGTH = 2,  /* the request's max_tokens */
     REALM_FINISH_CONTEXT = 3  /* the sequence's capacity (the context) was full */
 } realm_finish_reason;
+
+/* constraint_open(): what the constraint's text is. */
+typedef enum {
+    REALM_CONSTRAINT_JSON_SCHEMA = 0, /* a JSON Schema */
+    REALM_CONSTRAINT_JSON_OBJECT = 1, /* any JSON object; the text is ignored */
+    REALM_CONSTRAINT_REGEX = 2,       /* a regular expression the whole output matches */
+    REALM_CONSTRAINT_LARK = 3         /* a Lark grammar (llguidance's dialect) */
+} realm_constraint_kind;
 
 /* tokenize() flags */
 #define REALM_TOKENIZE_ADD_SPECIAL 1   /* add BOS as the model's tokenizer asks */
@@ -134,6 +142,11 @@ REALM_IMPORT(seq_layers) int32_t realm_seq_layers(int32_t seq);
 /* LoRA (ABI 4): the tenant's own adapters, by alias; scale_bits is a float32's bits, 0 = the binding's scale. */
 REALM_IMPORT(adapter_find) int32_t realm_adapter_find(const char *alias, int32_t alias_len);
 REALM_IMPORT(seq_set_adapter) int32_t realm_seq_set_adapter(int32_t seq, int32_t adapter, int32_t scale_bits);
+
+/* Constrained decoding (ABI 6): a grammar bound to a sequence masks its sampling; appended tokens advance it. */
+REALM_IMPORT(constraint_open) int32_t realm_constraint_open(int32_t seq, int32_t kind, const char *text,
+                                                            int32_t text_len);
+REALM_IMPORT(constraint_done) int32_t realm_constraint_done(int32_t constraint); /* 1: nothing more may follow */
 
 /* ---- small helpers every guest wants ---- */
 

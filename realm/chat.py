@@ -28,7 +28,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from host_functions.errors import ChatTemplateError
 from host_functions.tokenizer import Tokenizer
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "developer", "tool")  # developer: OpenAI's newer name for system
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # kept for templates that render tool turns
 
 
 # The built-ins, as Jinja, each what llama.cpp's C++ template of that name produces (llama-chat.cpp).
@@ -102,8 +103,16 @@ class ChatTemplate:
     strip_bos: bool  # the tokenizer adds BOS, so a BOS the template writes first is dropped
     _template: jinja2.Template
 
-    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The prompt text for `messages` ({"role", "content"} mappings, content a string).
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the template renders tool definitions and tool turns itself (it reads `tools`)."""
+        return "tools" in self.text
+
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+               tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The prompt text for `messages` ({"role", "content"} mappings, content a string; an assistant
+        turn with `tool_calls` may have none), with `tools` (OpenAI's tool objects) for a template that
+        renders them.
 
         Raises ChatTemplateError when a message is malformed or the template raises.
         """
@@ -112,7 +121,8 @@ class ChatTemplate:
             raise ChatTemplateError("messages must be a non-empty list")
         try:
             text = self._template.render(messages=checked, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token, tools=None)
+                                         bos_token=self.bos_token, eos_token=self.eos_token,
+                                         tools=list(tools) if tools else None)
         except ChatTemplateError:
             raise
         except jinja2.TemplateError as exc:
@@ -208,12 +218,16 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(f"chat template refused the messages: {message}")
 
 
-def _check_message(index: int, message: Any) -> dict[str, str]:
+def _check_message(index: int, message: Any) -> dict[str, Any]:
     if not isinstance(message, Mapping):
         raise ChatTemplateError(f"messages[{index}] must be an object")
     role, content = message.get("role"), message.get("content")
     if role not in ROLES:
         raise ChatTemplateError(f"messages[{index}].role must be one of {', '.join(ROLES)}, got {role!r}")
+    if content is None and role == "assistant" and message.get("tool_calls"):
+        content = ""
     if not isinstance(content, str):
         raise ChatTemplateError(f"messages[{index}].content must be a string")
-    return {"role": role, "content": content}
+    checked = {"role": "system" if role == "developer" else role, "content": content}
+    checked.update({k: message[k] for k in _TOOL_KEYS if message.get(k) is not None})
+    return checked

@@ -11,10 +11,11 @@ One concept per module, each importing only modules named before it: `status` (c
 `handles` (a request's objects: a forged, closed or foreign handle is not in the table and yields
 BAD_HANDLE), `registry` (the @host table) and `adapter_binding` (what a tenant's adapter alias
 stands for); `session` (one request's host-side state); `checks` (shared argument checks); and the
-host functions by subject: `tokens`, `sequences`, `logits`, `output`, `speculation`, `adapters`.
+host functions by subject: `tokens`, `sequences`, `logits`, `output`, `speculation`, `adapters`,
+`constraints`.
 """
 
-from host_functions.abi import adapters, logits, output, sequences, speculation, tokens  # noqa: F401  importing registers the host functions
+from host_functions.abi import adapters, constraints, logits, output, sequences, speculation, tokens  # noqa: F401  importing registers the host functions
 from host_functions.abi.adapter_binding import AdapterBinding
 from host_functions.abi.handles import HandleTable, SamplerState, SeqState
 from host_functions.abi.limits import MAX_I32, Limits

@@ -10,6 +10,7 @@ import numpy as np
 
 from host_functions.abi.limits import MAX_I32
 from host_functions.abi.status import AbiError, Status
+from host_functions.constraint import Constraint
 from host_functions.engine.model import Sequence
 from host_functions.engine.sampling import Sampler
 from host_functions.tokenizer import StreamDecoder
@@ -94,6 +95,8 @@ class SeqState:
     sampled: list[tuple[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=list)  # (token, (ids, p))
     decoder: StreamDecoder | None = None  # created on the first text_push
     text: bytearray = field(default_factory=bytearray)  # decoded, not yet copied to the guest
+    constraint: Constraint | None = None  # masks sampling; advanced by every token appended (constraint_open)
+    constrained_from: int = 0  # the sequence's length when the constraint was opened
 
     def require_logits(self) -> np.ndarray:
         if self.logits is None:

@@ -13,6 +13,7 @@ from host_functions.abi.memory import GuestMemory
 from host_functions.abi.registry import host
 from host_functions.abi.session import Session, TokenLogprob
 from host_functions.abi.status import AbiError, BiasMode, Status
+from host_functions.constraint import Constraint
 from host_functions.engine.sampling import Sampler, SamplingParams
 from host_functions.errors import QuotaExceeded, RealmError
 
@@ -82,6 +83,8 @@ def sample(s: Session, mem: GuestMemory, seq: int, sampler: int, bias_ptr: int, 
     logits = state.require_logits()
     if bias_len or mode == BiasMode.ALLOW:
         logits = _biased(logits, mem, bias_ptr, bias_len, mode)
+    if state.constraint is not None:
+        logits = _constrained(logits, state.constraint)
     if not state.records_samples:
         return int(smp.sampler.sample(logits, state.seq.tokens))
     # A draft sequence: verification needs the distribution the draft was drawn from.
@@ -159,6 +162,17 @@ def _json_float(text: str) -> float:
 
 def _json_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _constrained(logits: np.ndarray, constraint: Constraint) -> np.ndarray:
+    """The logits with every token the grammar forbids at -inf; INVALID_ARGUMENT if that leaves none."""
+    if constraint.refused:
+        raise AbiError(Status.WRONG_STATE, f"the sequence ends in {constraint.refused} tokens its constraint refuses: "
+                                           "truncate them first")
+    out = (logits + constraint.allowed()).astype(np.float32, copy=False)
+    if not np.isfinite(out).any():
+        raise AbiError(Status.INVALID_ARGUMENT, "the constraint and the bias leave no token to sample")
+    return out
 
 
 def _biased(logits: np.ndarray, mem: GuestMemory, ptr: int, n: int, mode: int) -> np.ndarray:

@@ -57,6 +57,8 @@ def seq_append(s: Session, mem: GuestMemory, seq: int, ids_ptr: int, n_ids: int)
         raise QuotaExceeded(f"guest fed more than its limit of {s.limits.max_tokens} tokens to the model")
     ids = check_tokens(s, mem.read_array(ids_ptr, n_ids, "<i4"))
     s.tokens_fed += len(ids)
+    if state.constraint is not None:  # tokens the grammar refuses (drafts) are held until truncated
+        state.constraint.consume([int(t) for t in ids])
     sq.append(ids)
     state.set_logits(None)
     return Status.OK
@@ -114,6 +116,9 @@ def seq_truncate(s: Session, mem: GuestMemory, seq: int, n: int) -> int:
     state = s.handles.get(seq, SeqState)
     if not 0 <= n <= len(state.seq.tokens):
         raise AbiError(Status.INVALID_ARGUMENT, f"cannot truncate {len(state.seq.tokens)} tokens to {n}")
+    if state.constraint is not None:  # the matcher forgets the dropped tokens it had consumed
+        length = len(state.seq.tokens) + len(state.seq.pending)
+        state.constraint.rollback(length - max(n, state.constrained_from))
     state.seq.truncate(n)
     state.set_logits(None)
     return Status.OK

@@ -102,18 +102,35 @@ def spec_verify(s: Session, mem: GuestMemory, seq: int, sampler: int, draft_seq:
     k = len(state.rows) - 1
     tokens = state.seq.tokens
     drafts, history = tokens[len(tokens) - k:], tokens[:len(tokens) - k]
+    rows = state.rows
+    if state.constraint is not None:
+        rows = _masked_rows(state, rows, [int(t) for t in drafts])
     q = None
     if draft_seq:
         sampled = s.handles.get(draft_seq, SeqState).sampled[-k:] if k else []
         if len(sampled) != k or [t for t, _ in sampled] != drafts:
             raise AbiError(Status.INVALID_ARGUMENT, "the draft sequence's last samples are not the drafts verified")
         q = [dist for _, dist in sampled]
-    accepted, following = verify(smp.sampler, state.rows, drafts, history, q)
+    accepted, following = verify(smp.sampler, rows, drafts, history, q)
     s.steps.verified_steps += 1
     s.steps.drafted += k
     s.steps.accepted += accepted
     mem.write(out_ptr, np.asarray([following], "<i4"))
     return accepted
+
+
+def _masked_rows(state: SeqState, rows: np.ndarray, drafts: list[int]) -> np.ndarray:
+    """The rows up to the first draft the grammar refused, each masked with the grammar's state at its
+    position: that draft's own row forbids it, so verification rejects it and never reads a later row."""
+    constraint = state.constraint
+    assert constraint is not None
+    consumed = len(drafts) - constraint.refused
+    if consumed < 0 or len(state.seq.tokens) - len(drafts) < state.constrained_from:
+        raise AbiError(Status.WRONG_STATE, "the constraint refused the token before the drafts, or was opened "
+                                           "after it: the drafts cannot be verified under it")
+    masked = rows.copy()
+    masked[:consumed + 1] += constraint.masks_along(drafts[:consumed])
+    return masked
 
 
 @host("name_ptr", "name_len")

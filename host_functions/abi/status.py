@@ -6,7 +6,8 @@ from enum import IntEnum
 
 from host_functions.errors import CapacityError, RealmError, StepOrderError, TokenRangeError
 
-ABI_VERSION = 5  # 2: result_report; 3: speculative decoding; 4: LoRA, token_logprobs; 5: seq_step, seq_fork
+# 2: result_report; 3: speculative decoding; 4: LoRA, token_logprobs; 5: seq_step, seq_fork; 6: constraints
+ABI_VERSION = 6
 IMPORT_MODULE = "realm"
 ENTRY_EXPORT = "realm_main"  # (request_ptr: i32, request_len: i32) -> i32 status
 ALLOC_EXPORT = "realm_alloc"  # (size: i32) -> i32 pointer, 0 on failure

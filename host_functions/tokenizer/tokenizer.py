@@ -116,13 +116,15 @@ class Tokenizer:
     # -- encoding ------------------------------------------------------------------------------
 
     def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = False,
-               interrupt: Interrupt = never) -> list[int]:
+               interrupt: Interrupt = never, continuation: bool = False) -> list[int]:
         """Token ids of `text`, as llama.cpp's `llama_tokenize` computes them.
 
         `add_bos` None follows the model (`tokenizer.ggml.add_bos_token`). With
         `parse_special`, the text of CONTROL tokens (e.g. "<start_of_turn>") becomes those
         tokens; without it, it is tokenized as plain text. `interrupt` is called every
-        INTERRUPT_EVERY steps of a long encode; whatever it raises ends the encode. Raises
+        INTERRUPT_EVERY steps of a long encode; whatever it raises ends the encode. `continuation`: the
+        text continues earlier text, so SentencePiece adds no space before it (the tokens' bytes are
+        exactly the text's, as a grammar engine re-tokenizing generated text needs). Raises
         UnsupportedError when a BOS is asked for and the vocabulary has none, and RealmError for
         text that is not valid Unicode.
         """
@@ -136,7 +138,7 @@ class Tokenizer:
             if self.bos_id is None:
                 raise UnsupportedError("this vocabulary has no BOS token")
             out.append(self.bos_id)
-        after_special = True  # SentencePiece prefixes a space at the start and after specials
+        after_special = not continuation  # SentencePiece prefixes a space at the start and after specials
         for k, fragment in enumerate(self._special_tokens.partition(text, parse_special, interrupt)):
             if k % _FRAGMENTS_PER_INTERRUPT == 0:
                 interrupt()
@@ -174,6 +176,11 @@ class Tokenizer:
                                                     self._model.normal_bytes)
         return cached
 
+    def every_token_bytes(self) -> list[bytes]:
+        """token_bytes of every id in order, without filling the cache of the ids generation sees."""
+        return [render(int(self._types[i]), self._vocab.piece(i), self._model.normal_bytes)
+                for i in range(self.vocab_size)]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids` as llama.cpp's `llama_detokenize` (no special-token text) gives it.
 
@@ -201,6 +208,11 @@ class Tokenizer:
     def is_end_of_generation(self, id: int) -> bool:
         """Whether llama.cpp stops generating at this token (EOS, EOT such as <end_of_turn>, ...)."""
         return id in self._eog
+
+    @property
+    def token_types(self) -> np.ndarray:
+        """Every token's type (TokenType values, int32), as the file gives them after llama.cpp's fixes."""
+        return self._types
 
     @property
     def end_of_generation_ids(self) -> frozenset[int]:

@@ -15,6 +15,7 @@ from host_functions.arch.config import ModelConfig
 from host_functions.formats.gguf_file import GGUFFile
 from host_functions.lora.adapter import check_adapter_source
 from host_functions.tokenizer import Tokenizer
+from realm.bench.constrained import run_constrained_bench
 from realm.bench.lora import SPREAD_SCALES, lora_bindings, run_lora_bench, run_lora_concurrency_bench
 from realm.bench.speed import run_bench, run_concurrency_bench
 from realm.cli import main
@@ -31,7 +32,7 @@ from realm.cli.options import (
     model_path_with_progress,
 )
 from realm.cli.prompt import text_argument
-from realm.request.fields import speculative_drafts
+from realm.request.fields import RequestFieldError, check_constraint, speculative_drafts
 
 console = stdout_console()
 
@@ -206,11 +207,20 @@ def _logits_context(ctx_size: int | None, n_tokens: int, model_ctx: int) -> int 
                    "speedup per kind).")
 @click.option("--rounds", default=3, show_default=True,
               help="With --speculative: runs of each mode; the fastest counts.")
+@click.option("--json-schema", "schema_file", metavar="FILE", default=None,
+              help="Instead: decode speed under the JSON Schema in FILE against without, alternating, at each "
+                   "--concurrency level (default 1,16).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --concurrency or --speculative).")
 def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_tokens: int, no_guest: bool,
           levels: str | None, lora_files: tuple[str, ...], lora_scale: float, lora_merged: bool,
-          speculative: str | None, rounds: int, as_json: bool) -> None:
+          speculative: str | None, rounds: int, schema_file: str | None, as_json: bool) -> None:
     """Measure load time, prefill and decode speed, peak memory and guest overhead."""
+    if schema_file is not None:
+        if speculative is not None or lora_files:
+            raise click.UsageError("--json-schema, --speculative and --lora are separate benchmarks: give one")
+        _bench_constrained(model_path, backend, schema_file, _levels(levels or "1,16"), decode_tokens, rounds,
+                           as_json)
+        return
     check_lora_given(bool(lora_files))
     if prompt_tokens < 1 or decode_tokens < 1:
         raise click.BadParameter("token counts must be positive")
@@ -229,6 +239,22 @@ def bench(model_path: str | None, backend: str, prompt_tokens: int, decode_token
     result = run_bench(lambda: load_with_progress(model_path, backend), prompt_tokens, decode_tokens,
                        with_guest=not no_guest)
     _print_metrics(result.as_json(), "realm bench", as_json)
+
+
+def _bench_constrained(model_path: str | None, backend: str, schema_file: str, levels: list[int],
+                       decode_tokens: int, rounds: int, as_json: bool) -> None:
+    try:
+        schema = Path(schema_file).read_text(encoding="utf-8")
+        check_constraint({"kind": "json_schema", "text": schema})
+    except (OSError, UnicodeDecodeError, RequestFieldError) as exc:
+        raise click.BadParameter(f"{schema_file}: {exc}", param_hint="--json-schema") from None
+    model = load_with_progress(model_path, backend)
+    results = [r.as_json() for r in run_constrained_bench(model, schema, levels, decode_tokens, rounds)]
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    for result in results:
+        _print_metrics(result, f"realm bench --json-schema (concurrency {result['concurrency']})", False)
 
 
 def _print_metrics(data: dict[str, object], title: str, as_json: bool) -> None:

@@ -28,6 +28,7 @@ from host_functions.engine.model import Model
 from host_functions.errors import GuestError, RequestCancelled
 from realm.cli import EXIT_INTERRUPTED, main
 from realm.cli.console import stderr_console, write_stdout
+from realm.cli.constraint_flags import constraint_options
 from realm.cli.options import (
     check_lora_given,
     flag_errors,
@@ -90,6 +91,7 @@ def sampling_options(func: Any) -> Any:
               help="Run this guest module (.wasm or .wat) instead of the reference guest.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help='Extra request field for the guest, VALUE as JSON if it parses (e.g. choices=\'["a","b"]\').')
+@constraint_options
 @click.option("--speculative", metavar="ngram|draft:FILE|self:N", default=None,
               help="Speculative decoding: prompt lookup, a draft model FILE (same vocabulary), or the model's first "
                    "N layers. The output is the same; only the speed changes.")
@@ -102,7 +104,7 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
         kv_memory: int | None, no_prefix_cache: bool, stop: tuple[str, ...],
         ctx_size: int | None, special: bool, tenant_name: str | None, guest_file: Path | None,
         params: tuple[str, ...], speculative: str | None, lora_file: str | None, lora_scale: float,
-        lora_merged: bool,
+        lora_merged: bool, constraint: dict[str, str] | None,
         trace: bool, as_json: bool, quiet: bool, **sampling: Any) -> None:
     """Generate a continuation of PROMPT through a WebAssembly guest, streaming its text.
 
@@ -114,7 +116,10 @@ def run(prompt: str | None, prompt_file: str | None, model_path: str | None, bac
     check_lora_given(lora_file is not None)
     text = read_prompt(prompt, prompt_file)
     with flag_errors():
-        request = from_flags(request_fields(text, sampling, stop, params, special), tenant_name, guest_file,
+        fields = request_fields(text, sampling, stop, params, special)
+        if constraint:
+            fields["constraint"] = constraint
+        request = from_flags(fields, tenant_name, guest_file,
                              speculative, lora_file, lora_scale, lora_merged)
     label = f"tenant {tenant_name}" if tenant_name else (guest_file or reference_guest_path()).name
     started = time.perf_counter()

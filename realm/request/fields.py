@@ -19,6 +19,7 @@ from typing import Any, TypeGuard
 from host_functions.abi import MAX_I32
 from host_functions.abi.limits import MAX_JSON_DIGITS
 from host_functions.abi.logits import check_stop_strings
+from host_functions.constraint import KINDS, compile_grammar
 from host_functions.engine.sampling import SamplingParams
 from host_functions.errors import RealmError
 
@@ -70,6 +71,22 @@ def check_sampling(fields: Mapping[str, Any], ranges: Mapping[str, tuple[float, 
         SamplingParams.from_fields(fields)
     except RealmError as exc:
         raise RequestFieldError(str(exc)) from None
+    check_constraint(fields.get("constraint"))
+
+
+def check_constraint(value: object) -> None:
+    """Refuse a "constraint" field ({"kind": json_schema|json_object|regex|lark, "text": str}) whose grammar
+    the host would refuse: compiled here (bounded by llguidance's limits) and dropped. Raises
+    RequestFieldError naming the cause."""
+    if value is None:
+        return
+    if not (isinstance(value, dict) and value.get("kind") in KINDS and isinstance(value.get("text"), str)):
+        raise RequestFieldError(f"constraint must be {{\"kind\": {' | '.join(KINDS)}, \"text\": string}}",
+                                "constraint")
+    try:
+        compile_grammar(KINDS[value["kind"]], value["text"])
+    except RealmError as exc:
+        raise RequestFieldError(str(exc), "constraint") from None
 
 
 def speculative_drafts(value: object) -> tuple[str, ...]:

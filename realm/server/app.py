@@ -274,8 +274,9 @@ class _Call:
                       else len(tokenizer.encode(result.text, add_bos=False)))
         # OpenAI knows "stop" and "length"; running out of context is "length" there.
         reason = "stop" if result.finish_reason in (None, "stop") else "length"
-        return ChoiceResult(index, result.text, reason, prompt, completion, result.logprobs,
-                            min(result.steps.cached_tokens, prompt))
+        choice = ChoiceResult(index, result.text, reason, prompt, completion, result.logprobs,
+                              min(result.steps.cached_tokens, prompt))
+        return protocol.with_tool_calls(self.spec, choice)
 
     def failure(self, exc: Exception) -> ApiError:
         """The client's error for a run that raised `exc`; a run the server's shutdown ended says so."""
@@ -343,8 +344,9 @@ class _Call:
                 for index, item in streaming.coalesced(await streaming.all_ready(queue)):
                     if isinstance(item, Piece):
                         self.text_arrived()
-                        yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item.text,
-                                                  logprobs=logprobs.of(index, item.logprobs)))
+                        if not spec.tool_mode:  # calls are read whole, at the end
+                            yield _sse(protocol.chunk(spec, self.rid, self.created, index, text=item.text,
+                                                      logprobs=logprobs.of(index, item.logprobs)))
                         continue
                     pending -= 1
                     if isinstance(item, Exception):
@@ -354,6 +356,9 @@ class _Call:
                         return
                     choice = self.choice(index, item)
                     self.results.append(choice)
+                    if spec.tool_mode:
+                        yield _sse(protocol.chunk(spec, self.rid, self.created, index, calls=choice.tool_calls,
+                                                  text=None if choice.tool_calls else choice.text))
                     yield _sse(protocol.chunk(spec, self.rid, self.created, index,
                                               finish_reason=choice.finish_reason, logprobs=logprobs.rest(index, item)))
             if spec.include_usage:

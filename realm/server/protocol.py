@@ -12,16 +12,19 @@ import dataclasses
 import functools
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from host_functions.abi import MAX_TOP_LOGPROBS, TokenLogprob
 from host_functions.errors import ChatTemplateError
 from host_functions.tokenizer import Tokenizer
 from realm.chat import ChatTemplate
 from realm.request.fields import RequestFieldError, check_sampling
+from realm.server.structured import response_format_constraint
+from realm.server.tools import plan_tools, tool_calls
 
+T = TypeVar("T")
 MAX_CHOICES = 8  # n: each choice is a full guest run
 MAX_STOPS = 4  # OpenAI's limit on stop strings
 MAX_COMPLETION_LOGPROBS = 5  # /v1/completions `logprobs` is 0..5
@@ -32,7 +35,8 @@ API_RANGES = {"temperature": (0.0, 2.0), "presence_penalty": (-2.0, 2.0), "frequ
 # Fields the server consumes; everything else in a body goes to the guest unchanged.
 _SERVER_FIELDS = frozenset({"model", "prompt", "messages", "stream", "stream_options", "n", "user", "echo",
                             "suffix", "best_of", "logprobs", "top_logprobs", "max_completion_tokens",
-                            "max_tokens", "stop", "seed"})
+                            "max_tokens", "stop", "seed", "response_format", "tools", "tool_choice",
+                            "parallel_tool_calls", "functions", "function_call"})
 
 
 class ApiError(Exception):
@@ -66,6 +70,7 @@ class GenerationSpec:
     include_usage: bool
     top_logprobs: int | None  # None: no logprobs asked for
     guest_fields: dict[str, Any] = field(default_factory=dict)  # sampling and extra fields
+    tool_mode: str | None = None  # the output is read as tool calls: "required" always, "auto" when it is
 
     def most_tokens(self) -> int:
         """The most tokens the request may use: each prompt, and max_tokens for every choice."""
@@ -124,8 +129,12 @@ def parse_completion(body: Any, model_id: str, tokenizer: Tokenizer, limits: Req
     logprobs = body.get("logprobs")
     if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS):
         raise bad_request(f"logprobs must be an integer 0..{MAX_COMPLETION_LOGPROBS} or null", "logprobs")
+    if body.get("tools") is not None or body.get("tool_choice") is not None:
+        raise bad_request("tools are for /v1/chat/completions", "tools")
+    constraint = _constraint(lambda: response_format_constraint(body.get("response_format")))
     counts = tuple(count_tokens(tokenizer, p, limits.max_prompt_tokens, "prompt") for p in prompts)
-    return _spec("completion", body, model_id, prompts, counts, logprobs, limits, default_max_tokens=16)
+    spec = _spec("completion", body, model_id, prompts, counts, logprobs, limits, default_max_tokens=16)
+    return _constrained(spec, constraint)
 
 
 def parse_chat(body: Any, model_id: str, tokenizer: Tokenizer, template: ChatTemplate,
@@ -136,8 +145,10 @@ def parse_chat(body: Any, model_id: str, tokenizer: Tokenizer, template: ChatTem
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages must be a non-empty list", "messages")
+    plan = _constraint(lambda: plan_tools(body, [_flatten_content(i, m) for i, m in enumerate(messages)], template))
+    constraint = plan.constraint or _constraint(lambda: response_format_constraint(body.get("response_format")))
     try:
-        prompt = template.render([_flatten_content(i, m) for i, m in enumerate(messages)])
+        prompt = template.render(plan.messages, tools=plan.tools)
     except ChatTemplateError as exc:
         raise bad_request(str(exc), "messages") from None
     top: int | None = None
@@ -154,7 +165,23 @@ def parse_chat(body: Any, model_id: str, tokenizer: Tokenizer, template: ChatTem
     count = count_tokens(tokenizer, prompt, limits.max_prompt_tokens, "messages", parse_special=True)
     spec = _spec("chat", body, model_id, (prompt,), (count,), top, limits, limits.default_max_tokens)
     # The rendered turn markers are special tokens, not text.
-    return dataclasses.replace(spec, guest_fields={**spec.guest_fields, "special": True})
+    spec = dataclasses.replace(spec, guest_fields={**spec.guest_fields, "special": True}, tool_mode=plan.tool_mode)
+    return _constrained(spec, constraint)
+
+
+def _constraint(plan: Callable[[], T]) -> T:
+    """`plan()`, its RequestFieldError (response_format, tools) the client's 400 naming the field."""
+    try:
+        return plan()
+    except RequestFieldError as exc:
+        raise bad_request(str(exc), exc.field) from None
+
+
+def _constrained(spec: GenerationSpec, constraint: dict[str, str] | None) -> GenerationSpec:
+    """The spec whose guest requests carry `constraint` (the reference guest's "constraint" field)."""
+    if constraint is None:
+        return spec
+    return dataclasses.replace(spec, guest_fields={**spec.guest_fields, "constraint": constraint})
 
 
 def count_tokens(tokenizer: Tokenizer, text: str, limit: int, param: str, parse_special: bool = False) -> int:
@@ -305,6 +332,17 @@ class ChoiceResult:
     completion_tokens: int
     logprobs: Sequence[TokenLogprob] = ()
     cached_tokens: int = 0  # prompt positions taken from the tenant's prefix cache
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's tool_calls, when the text held calls
+
+
+def with_tool_calls(spec: GenerationSpec, choice: ChoiceResult) -> ChoiceResult:
+    """The choice with the tool calls its text holds, if the request had tools: finish_reason "tool_calls",
+    or "length" when max_tokens cut the calls short (the complete ones are kept)."""
+    calls = tool_calls(choice.text, spec.tool_mode)
+    if not calls:
+        return choice
+    return dataclasses.replace(choice, tool_calls=calls,
+                               finish_reason="tool_calls" if choice.finish_reason == "stop" else choice.finish_reason)
 
 
 def new_id(kind: str) -> str:
@@ -333,19 +371,23 @@ def response(spec: GenerationSpec, rid: str, created: int, choices: Sequence[Cho
 def _choice(spec: GenerationSpec, c: ChoiceResult, tokenizer: Tokenizer) -> dict[str, Any]:
     logprobs = format_logprobs(spec, c.logprobs, tokenizer) if spec.top_logprobs is not None else None
     if spec.kind == "chat":
-        return {"index": c.index, "message": {"role": "assistant", "content": c.text},
-                "logprobs": logprobs, "finish_reason": c.finish_reason}
+        message: dict[str, Any] = {"role": "assistant", "content": None if c.tool_calls else c.text}
+        if c.tool_calls:
+            message["tool_calls"] = c.tool_calls
+        return {"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": c.finish_reason}
     return {"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish_reason}
 
 
 def chunk(spec: GenerationSpec, rid: str, created: int, index: int, text: str | None = None,
           finish_reason: str | None = None, logprobs: dict[str, Any] | None = None,
-          first: bool = False) -> dict[str, Any]:
-    """One streamed chunk: a piece of choice `index`'s text, or its end (finish_reason)."""
+          first: bool = False, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One streamed chunk: a piece of choice `index`'s text or its tool calls, or its end (finish_reason)."""
     if spec.kind == "chat":
         delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
         if text:
             delta["content"] = text
+        if calls:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": spec.model,
                 "system_fingerprint": None, "choices": [choice]}
