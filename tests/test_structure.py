@@ -115,3 +115,9 @@ def test_the_engine_never_imports_the_runtime() -> None:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_module_is_short_enough_to_read(module: str) -> None:
     assert len(MODULES[module].read_text().splitlines()) <= MAX_LINES
+
+
+def test_test_modules_have_one_basename_across_the_test_folders() -> None:
+    """pytest imports tests/ and e2e/ modules by their basename: two of one name fail the whole run."""
+    names = [p.name for folder in ("tests", "e2e") for p in (ROOT / folder).glob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
