@@ -17,11 +17,19 @@ tells `take`/`give` how many a tenant took or gave back. Thread-safe.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from host_functions.errors import Overloaded
+
+T = TypeVar("T")
 
 RESERVE_FRACTION = 1 / 8  # of a resource, never held by one tenant: room for a tenant that becomes active
 MAX_WEIGHT = 1000
+POLL_S = 0.05  # how often a claim waiting for its share tries again
 
 
 @dataclass(frozen=True)
@@ -168,3 +176,25 @@ class Charges:
             if not self._holds[(tenant, key)]:
                 del self._holds[(tenant, key)]
                 self.shares.give(tenant, nbytes)
+
+
+def waiting(attempt: Callable[[], T], shares: FairShares, claim: Claim, give_up: Callable[[], bool]) -> T:
+    """attempt(), tried again every POLL_S while it raises Overloaded (claim.tenant is over its share of
+    `shares`, or the resource is full now), the tenant counting as active there meanwhile, so that its
+    share comes back to it as others give units back. Raises the last Overloaded once give_up() is true
+    (the caller's deadline, a cancellation), and whatever else attempt() raises."""
+    counted = False
+    try:
+        while True:
+            try:
+                return attempt()
+            except Overloaded:
+                if give_up():
+                    raise
+                if not counted:
+                    shares.wait(claim)
+                    counted = True
+                time.sleep(POLL_S)
+    finally:
+        if counted:
+            shares.done_waiting(claim.tenant)

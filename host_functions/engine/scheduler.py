@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from host_functions.backends.base import Backend, StepItem
-from host_functions.errors import KVPoolFull, KVPoolTooSmall, QuotaExceeded, RequestCancelled
+from host_functions.errors import KVPoolFull, KVPoolTooSmall, Overloaded, QuotaExceeded, RequestCancelled
 from host_functions.fair_share import Claim
 
 DEFAULT_TOKEN_BUDGET = 256
@@ -124,8 +124,9 @@ class Scheduler:
     def run(self, item: StepItem, owner: StepOwner) -> np.ndarray | None:
         """Queue one sequence's step, wait for it, return its logits (see StepItem.wants).
 
-        Raises QuotaExceeded at owner.deadline (naming the KV budget if the step was waiting for
-        blocks), RequestCancelled once owner.should_stop() is true, and whatever the backend raised.
+        Raises QuotaExceeded at owner.deadline (Overloaded, naming the KV budget or the tenant's
+        share, if the step was waiting for blocks), RequestCancelled once owner.should_stop() is true,
+        and whatever the backend raised.
         """
         ticket = _Ticket(item, owner)
         with self._cond:
@@ -171,8 +172,8 @@ class Scheduler:
         if ticket.owner.should_stop():
             return RequestCancelled("request cancelled while waiting for its step")
         if time.monotonic() >= ticket.owner.deadline:
-            if ticket.kv_wait is not None:
-                return QuotaExceeded(f"request passed its deadline waiting for KV memory: {ticket.kv_wait}")
+            if ticket.kv_wait is not None:  # others hold the blocks: retrying later can succeed
+                return Overloaded(f"request passed its deadline waiting for KV memory: {ticket.kv_wait}")
             return QuotaExceeded("request passed its deadline waiting for its step")
         return None
 

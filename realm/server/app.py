@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from host_functions.engine.model import Model
-from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
+from host_functions.errors import AdapterError, AuthError, Overloaded, QuotaExceeded, RealmError, RequestCancelled
 from host_functions.fair_share import Claim, NeverFits, Refused
 from host_functions.lora.adapter import load_adapter
 from realm.chat import ChatTemplate
@@ -382,6 +382,10 @@ def guest_failure(exc: RealmError) -> ApiError:
         message += f" (guest log: {logs[-1]})"
     if isinstance(exc, QuotaExceeded):
         return ApiError(400, message, type="limit_exceeded", code="tenant_limit")
+    if isinstance(exc, Overloaded):  # other work held what it needed until its deadline: a retry can succeed
+        return ApiError(503, message, type="server_error", code="overloaded", headers={"Retry-After": "1"})
+    if isinstance(exc, AdapterError):  # one of the tenant's bound adapters, named by its alias
+        return ApiError(400, message, type="invalid_request_error", code="adapter_error", param="lora")
     if isinstance(exc, RequestCancelled):
         return ApiError(503, message, type="server_error", code="cancelled")
     return ApiError(500, message, type="guest_error", code="guest_failed")
