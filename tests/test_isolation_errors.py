@@ -20,15 +20,16 @@ from test_lora_loading import config_of, write_peft
 from host_functions.abi import AdapterBinding, Limits
 from host_functions.abi.logits import sampling_params_from_json
 from host_functions.abi.status import AbiError
-from host_functions.engine.model import Model
+from host_functions.engine.model import Model, StepOwner
 from host_functions.errors import Overloaded, RealmError
 from host_functions.fair_share import Claim, FairShares, waiting
+from host_functions.kv.pool import BLOCK_TOKENS
 from host_functions.lora.adapter import load_adapter
 from host_functions.lora.merged import MergedLoraCache
 from host_functions.lora.pool import AdapterPool
 from realm.request.sources import from_batch_line
 from realm.sandbox.intake import compile_guest, reference_guest_path
-from realm.sandbox.report import GuestRunAdapterError, GuestRunOverloaded
+from realm.sandbox.report import GuestRunAdapterError, GuestRunOverLimit, GuestRunOverloaded
 from realm.sandbox.run import TenantSandbox
 from realm.server.app import guest_failure
 
@@ -108,6 +109,25 @@ def test_merged_copies_over_the_tenants_share_are_overloaded_not_a_guest_error(m
         _run(model, guest, "b", ADAPTER, merged=True, wall_seconds=0.5)
     holder.close()
     assert _run(model, guest, "b", ADAPTER, merged=True).text  # a's copy is released: b's fits
+
+
+# ---- KV memory -------------------------------------------------------------------------------------
+
+def test_a_tenant_over_its_kv_share_is_overloaded_and_one_that_can_never_fit_is_over_its_limit(guest):
+    model = Model.load(BASE, kv_memory=64 << 20, batched=True)
+    model.set_kv_memory(16 * model.backend.kv_block_bytes(BLOCK_TOKENS))  # 2 blocks kept in reserve
+    hog = model.open_sequence(512)
+    hog.step(list(range(1, 14 * BLOCK_TOKENS + 1)), StepOwner(tenant="hog"))  # all hog may hold
+    request = {"prompt": "Once upon a time", "temperature": 0, "max_tokens": 4}
+    with pytest.raises(GuestRunOverloaded, match="waiting for KV memory") as err:
+        TenantSandbox(model, Limits(wall_seconds=0.5), tenant="hog").run(guest, request)
+    answer = guest_failure(err.value)
+    assert answer.status == 503 and answer.headers["Retry-After"] == "1"
+    with pytest.raises(GuestRunOverLimit, match="KV cache memory too small.*kv_blocks") as never:
+        TenantSandbox(model, Limits(kv_blocks=1), tenant="small").run(guest, {**request, "prompt": "word " * 40})
+    assert guest_failure(never.value).status == 400
+    assert TenantSandbox(model, tenant="benign").run(guest, request).text  # the reserve serves another tenant
+    hog.close()
 
 
 # ---- adapter files that go bad after binding -------------------------------------------------------
