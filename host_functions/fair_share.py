@@ -1,9 +1,10 @@
 """Fair shares of one shared resource (worker places, KV blocks, adapter bytes) between tenants.
 
 The guarantee (docs/isolation.md): while a tenant is active (it holds some of the resource or waits
-for it), it can always use at least its share, `total * weight / sum of the active tenants' weights`,
-less what it would need beyond its own cap. What others leave idle may be used by anyone
-(work-conserving), under two rules that keep the guarantee:
+for it, or did within the resource's `linger_s`), it can always use at least its share,
+`total * weight / sum of the active tenants' weights`, less what it would need beyond its own cap.
+What others leave idle may be used by anyone (work-conserving), under two rules that keep the
+guarantee:
 - a tenant may take units past its share only if what stays free covers every other active
   tenant's unused share (so a tenant over its share never takes the last units another's share needs);
 - no tenant holds more than `total - reserve` (reserve: RESERVE_FRACTION of the total), so a tenant
@@ -55,14 +56,18 @@ class NeverFits(Exception):
 class FairShares:
     """The units of one resource of `total` units each tenant holds, and the rule for taking more."""
 
-    def __init__(self, total: int, what: str, reserve_fraction: float = RESERVE_FRACTION) -> None:
-        """`what` names the resource and its unit in messages, e.g. "KV blocks"."""
-        self.total, self.what = total, what
+    def __init__(self, total: int, what: str, reserve_fraction: float = RESERVE_FRACTION,
+                 linger_s: float = 0.0) -> None:
+        """`what` names the resource and its unit in messages, e.g. "KV blocks". A tenant stays active
+        for `linger_s` after it last held or waited for units: a client sending one request after
+        another is briefly between them, and its share must not go to a backlog meanwhile."""
+        self.total, self.what, self.linger_s = total, what, linger_s
         self.reserve = int(total * reserve_fraction)
         self._lock = threading.Lock()
         self._held: Counter[str] = Counter()
         self._weights: dict[str, int] = {}  # of every active tenant
         self._waiting: Counter[str] = Counter()  # claims waiting, per tenant (they count as active)
+        self._idle_since: dict[str, float] = {}  # active tenants holding and waiting for nothing (linger)
 
     def ceiling(self, claim: Claim) -> int:
         """The most units `claim`'s tenant may ever hold at once (no tenant, "": the engine used on its
@@ -73,6 +78,7 @@ class FairShares:
     def share(self, claim: Claim) -> int:
         """The units `claim`'s tenant is guaranteed now (its weight among the active tenants')."""
         with self._lock:
+            self._forget_lingering()
             return self._share(claim)
 
     def held(self, tenant: str) -> int:
@@ -93,7 +99,7 @@ class FairShares:
         with self._lock:
             self._check(claim, n, free)
             self._held[claim.tenant] += n
-            self._weights[claim.tenant] = claim.weight
+            self._activate(claim)
 
     def check(self, claim: Claim, n: int, free: int) -> None:
         """What `take` would raise now, without taking anything."""
@@ -101,6 +107,7 @@ class FairShares:
             self._check(claim, n, free)
 
     def _check(self, claim: Claim, n: int, free: int) -> None:
+        self._forget_lingering()
         held, ceiling = self._held[claim.tenant], self.ceiling(claim)
         if n > ceiling:
             raise NeverFits(f"{n} {self.what} are more than a tenant may hold at once ({ceiling} of "
@@ -124,12 +131,16 @@ class FairShares:
         """A claim of claim.tenant waits for units: the tenant counts as active meanwhile."""
         with self._lock:
             self._waiting[claim.tenant] += 1
-            self._weights[claim.tenant] = claim.weight
+            self._activate(claim)
 
     def done_waiting(self, tenant: str) -> None:
         with self._lock:
             self._waiting[tenant] = max(0, self._waiting[tenant] - 1)
             self._forget_if_idle(tenant)
+
+    def _activate(self, claim: Claim) -> None:
+        self._weights[claim.tenant] = claim.weight
+        self._idle_since.pop(claim.tenant, None)
 
     def _share(self, claim: Claim) -> int:
         weights = dict(self._weights)
@@ -143,6 +154,14 @@ class FairShares:
 
     def _forget_if_idle(self, tenant: str) -> None:
         if not self._held[tenant] and not self._waiting[tenant]:
+            self._idle_since[tenant] = time.monotonic()
+            self._forget_lingering()
+
+    def _forget_lingering(self) -> None:
+        """Tenants idle for linger_s or longer stop being active."""
+        now = time.monotonic()
+        for tenant in [t for t, since in self._idle_since.items() if now - since >= self.linger_s]:
+            del self._idle_since[tenant]
             self._held.pop(tenant, None)
             self._waiting.pop(tenant, None)
             self._weights.pop(tenant, None)

@@ -67,6 +67,20 @@ def test_weights_set_the_shares_and_a_waiting_tenant_counts_as_active():
     assert shares.held("a") == 80
 
 
+def test_a_tenant_between_two_requests_keeps_its_share_for_the_linger():
+    shares = FairShares(4, "workers", reserve_fraction=1 / 4, linger_s=0.2)
+    shares.take(Claim("client"), 1, free=4)
+    shares.take(Claim("backlog"), 2, free=3)
+    shares.give("client", 1)  # its run ended; its next request is on its way
+    with pytest.raises(Refused, match="over its share"):
+        shares.take(Claim("backlog"), 1, free=2)  # the last free worker is the client's share
+    shares.take(Claim("client"), 1, free=2)  # it came back in time: served at once
+    shares.give("client", 1)
+    time.sleep(0.3)  # it did not come back: the backlog may use what it left idle
+    shares.take(Claim("backlog"), 1, free=2)
+    assert shares.holders() == {"backlog": 3}
+
+
 def test_a_claim_beyond_the_tenants_cap_or_the_pool_never_fits():
     shares = FairShares(64, "blocks")
     with pytest.raises(NeverFits, match="more than a tenant may hold at once \\(10 of 64, its own limit\\)"):

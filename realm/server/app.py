@@ -453,9 +453,8 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 async def _realm_error(request: Request, exc: RealmError) -> Response:
     # What the checks above did not turn into an ApiError is ours (an unreadable registry or
-    # module file), not the client's: a server error with its one-line message.
-    log.error("request failed: %s", exc)
-    error = ApiError(500, str(exc), type="server_error")
+    # module file), not the client's: its message, which may name files on the host, goes to the log.
+    error = _internal(exc)
     return JSONResponse(error.body(), status_code=500)
 
 
