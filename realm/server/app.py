@@ -38,6 +38,7 @@ from realm.server import protocol
 from realm.server.admin import admin_routes, is_admin, require_admin
 from realm.server.bodies import bearer_key, parse_json, read_body
 from realm.server.connections import reject_ambiguous_framing
+from realm.server.identity import KeyCache
 from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
 from realm.server.offloop import OffLoop
 from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
@@ -77,6 +78,7 @@ class Server:
         self.registry = registry or TenantRegistry()
         self.model_id = model.path.stem
         self.runner = Runner(model, config.workers, config.max_queue)
+        self.keys = KeyCache(self.registry)
         self.limiter = RateLimiter()
         self.off_loop = OffLoop()
         self.shutting_down = False  # set when the drain timeout ends the runs still going
@@ -88,16 +90,24 @@ class Server:
     # -- auth ----------------------------------------------------------------------------------
 
     def tenant(self, request: Request) -> Tenant:
-        """The tenant whose key the request carries; ApiError 401 otherwise. Reads the registry: call
-        it off the event loop."""
+        """The tenant whose key the request carries; ApiError 401 otherwise. May read the registry:
+        call it off the event loop."""
+        return self._identify(request)[0]
+
+    def _identify(self, request: Request) -> tuple[Tenant, RateLimits]:
         try:
-            return self.registry.tenant_for_key(bearer_key(request))
+            return self.keys.identify(bearer_key(request))
         except AuthError as exc:
             raise ApiError(401, str(exc), code="invalid_api_key") from None
 
-    def _identify(self, request: Request) -> tuple[Tenant, RateLimits]:
-        tenant = self.tenant(request)
-        return tenant, self.registry.rate_limits(tenant.name)
+    async def _identified(self, request: Request) -> tuple[Tenant, RateLimits]:
+        """The request's tenant and rate limits: on the loop when its key's answer is remembered
+        (identity.KeyCache), else read off the loop; ApiError 401 for a key that is refused."""
+        try:
+            known = self.keys.known(bearer_key(request))
+        except AuthError as exc:
+            raise ApiError(401, str(exc), code="invalid_api_key") from None
+        return known if known is not None else await self.off_loop.run(self._identify, request)
 
     def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
         n_ctx = min(self.model.config.context_length, tenant.limits.max_context)
@@ -119,7 +129,7 @@ class Server:
         started = time.perf_counter()
         tenant_name, held = "", None
         try:
-            tenant, rates = await self.off_loop.run(self._identify, request)
+            tenant, rates = await self._identified(request)
             tenant_name = tenant.name
             self._admit(tenant, rates)
             self._start_runs(tenant, 1, self.runner.check)  # a tenant over its share costs no parsing
