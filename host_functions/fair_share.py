@@ -30,7 +30,8 @@ T = TypeVar("T")
 
 RESERVE_FRACTION = 1 / 8  # of a resource, never held by one tenant: room for a tenant that becomes active
 MAX_WEIGHT = 1000
-POLL_S = 0.05  # how often a claim waiting for its share tries again
+POLL_S = 0.05  # how soon a claim waiting for its share first tries again; then twice as late each time,
+MAX_POLL_S = 0.5  # up to this (a try may cost real work: an adapter that did not fit is read again)
 
 
 @dataclass(frozen=True)
@@ -198,11 +199,12 @@ class Charges:
 
 
 def waiting(attempt: Callable[[], T], shares: FairShares, claim: Claim, give_up: Callable[[], bool]) -> T:
-    """attempt(), tried again every POLL_S while it raises Overloaded (claim.tenant is over its share of
-    `shares`, or the resource is full now), the tenant counting as active there meanwhile, so that its
-    share comes back to it as others give units back. Raises the last Overloaded once give_up() is true
-    (the caller's deadline, a cancellation), and whatever else attempt() raises."""
-    counted = False
+    """attempt(), tried again (after POLL_S, backing off to MAX_POLL_S) while it raises Overloaded
+    (claim.tenant is over its share of `shares`, or the resource is full now), the tenant counting as
+    active there meanwhile, so that its share comes back to it as others give units back. Raises the
+    last Overloaded once give_up() is true (the caller's deadline, a cancellation), and whatever else
+    attempt() raises."""
+    counted, pause = False, POLL_S
     try:
         while True:
             try:
@@ -213,7 +215,8 @@ def waiting(attempt: Callable[[], T], shares: FairShares, claim: Claim, give_up:
                 if not counted:
                     shares.wait(claim)
                     counted = True
-                time.sleep(POLL_S)
+                time.sleep(pause)
+                pause = min(2 * pause, MAX_POLL_S)
     finally:
         if counted:
             shares.done_waiting(claim.tenant)
