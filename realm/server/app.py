@@ -121,7 +121,8 @@ class Server:
         """Serve one completion ("completion") or chat ("chat") request; ApiError for refusals.
 
         In order: the key (401), the request rate (429), the tenant's share of the places (503), the
-        body (413), then, off the event loop, the body's checks, its tokens and the tenant's guest (400),
+        body (413), then, off the event loop, the share again for the body's `n` (503, before any
+        tokenizing), the body's checks, its tokens and the tenant's guest (400),
         the token rate (400 for a request that never fits, else 429) and the places for every choice
         (400 when they can never fit, 503 over the tenant's share). Only the body's bytes are read on
         the loop.
@@ -155,6 +156,9 @@ class Server:
     def _prepare(self, tenant: Tenant, kind: str, data: bytes) -> tuple[GenerationSpec, RunRequest]:
         """The checked request and the tenant's guest, adapters and limits for it (on a worker thread)."""
         body = parse_json(data)
+        # A tenant over its share of the places is refused before its prompts are tokenized, for
+        # the fewest runs the body asks for: refusals cost every tenant's cores, so they must be cheap.
+        self._start_runs(tenant, _choices_at_least(body), self.runner.check)
         limits = self.request_limits(tenant)
         tok = self.model.tokenizer
         spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
@@ -221,6 +225,12 @@ class Server:
         self.metrics.tokens.labels(tenant, "completion").inc(completion)
         if held is not None and whole:
             self.limiter.settle(held, prompt_tokens + completion)
+
+
+def _choices_at_least(body: Any) -> int:
+    """The fewest runs a request body asks for: its `n` when that is a valid count, else 1."""
+    n = body.get("n") if isinstance(body, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= protocol.MAX_CHOICES else 1
 
 
 def _rate(own: int | None, default: int) -> int:
