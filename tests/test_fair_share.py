@@ -13,6 +13,7 @@ from oracle import DATA
 from test_lora_loading import config_of
 from test_scheduler import _steps_submitted
 
+from host_functions.engine import scheduler as scheduler_module
 from host_functions.engine.model import Model, StepOwner
 from host_functions.errors import AdapterError, KVPoolTooSmall, Overloaded
 from host_functions.fair_share import Claim, FairShares, NeverFits, Refused
@@ -118,6 +119,46 @@ def test_a_sequence_longer_than_a_tenant_may_ever_hold_fails_at_once_naming_the_
 
 
 # ---- step time: long prefills in parts beside decoding ---------------------------------------------
+
+def test_two_tenants_prefilling_share_short_steps_and_one_alone_takes_whole_chunks(monkeypatch):
+    model = _model(kv_blocks=64)
+    scheduler = model.scheduler
+    assert scheduler is not None
+    prompt = list(range(1, 101))
+    sizes: list[list[int]] = []
+    step = model.backend.step
+
+    def recording_step(items):
+        sizes.append([len(i.tokens) for i in items])
+        return step(items)
+
+    monkeypatch.setattr(model.backend, "step", recording_step)
+    monkeypatch.setattr(scheduler_module, "DECODE_LINGER_S", 600.0)  # "a" stays recent however slow the machine
+    alone = model.open_sequence(128)
+    expected = alone.step(prompt, StepOwner(tenant="a"))
+    alone.close()
+    assert sizes == [[100]]  # one tenant: the whole chunk in one step
+    sizes.clear()
+    submitted = _steps_submitted(scheduler, monkeypatch)
+    seqs = [model.open_sequence(128) for _ in range(2)]
+    got: dict[str, np.ndarray] = {}
+
+    def prefill(seq, tenant: str) -> None:
+        got[tenant] = seq.step(prompt, StepOwner(tenant=tenant))
+
+    # b comes first: a, seen just before, is still a recent tenant, so even b's first step is shared
+    threads = [threading.Thread(target=prefill, args=(seq, t)) for seq, t in zip(seqs, "ba", strict=True)]
+    with model.backend.step_lock:
+        for t in threads:
+            t.start()
+            assert submitted.acquire(timeout=60)
+    for t in threads:
+        t.join(60)
+    assert all(sum(step_sizes) <= scheduler.shared_prefill_cap for step_sizes in sizes), sizes
+    assert np.array_equal(got["a"], expected) and np.array_equal(got["b"], expected)  # cut, same logits
+    for seq in seqs:
+        seq.close()
+
 
 def test_a_long_prefill_runs_in_parts_beside_a_decoding_tenant_with_the_same_logits(monkeypatch):
     model = _model(kv_blocks=64)
