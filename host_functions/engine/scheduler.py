@@ -48,7 +48,7 @@ from host_functions.fair_share import Claim
 
 DEFAULT_TOKEN_BUDGET = 256
 DEFAULT_MAX_BATCH = 32
-DEFAULT_PREFILL_CAP = 8  # prefill tokens per step while some sequence decodes (docs/isolation.md)
+DEFAULT_PREFILL_CAP = 4  # prefill tokens per step while some sequence decodes (docs/isolation.md)
 # Prefill tokens per step while two or more tenants use the model (one of them may start decoding at
 # any moment, and a step in flight is never cut: it waits for the whole step). One tenant alone (as
 # `realm run`) prefills at full token_budget steps.
