@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -59,3 +60,43 @@ def test_set_limits_over_the_admin_api_sets_a_tenants_share(small):
     assert _completion(small.url, key, prompt="x", n=2, max_tokens=1).status_code == 200
     bad = small.admin("PATCH", "/admin/tenants/capped/limits", json={"share_weight": 0})
     assert bad.status_code == 400 and "share_weight" in bad.json()["error"]["message"]
+
+
+def test_a_bound_adapter_that_went_bad_is_a_400_naming_its_alias_not_its_path(small, tmp_path):
+    from test_serve import _random_adapter
+
+    folder = _random_adapter(tmp_path / "host-private-folder")
+    key = small.tenant("spoiled")
+    bound = small.admin("PUT", "/admin/tenants/spoiled/adapters/style", json={"path": str(folder)})
+    assert bound.status_code == 200, bound.text
+    (folder / "adapter_config.json").write_text("[" * 5000 + "]" * 5000)  # after binding, before first use
+    answer = _completion(small.url, key, prompt="x", max_tokens=1, lora="style")
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert "'style'" in error["message"] and "nested deeper" in error["message"] and error["code"] == "adapter_error"
+    assert str(tmp_path) not in answer.text and "host-private-folder" not in answer.text
+    assert _completion(small.url, key, prompt="x", max_tokens=1).status_code == 200  # nothing else is hurt
+
+
+def test_a_server_side_failure_never_shows_the_tenant_a_host_path(small):
+    from test_serve import marker_guest
+
+    key = small.tenant("lost", marker_guest("lost"))
+    home = small.env["REALM_HOME"]
+    for module in (Path(home) / "modules").glob("*.wasm"):
+        module.unlink()  # the operator lost the deployed modules
+    answer = _completion(small.url, key, prompt="x", max_tokens=1)
+    assert answer.status_code == 500 and home not in answer.text, answer.text
+    assert answer.json()["error"]["type"] == "server_error"
+
+
+def test_the_unauthenticated_see_no_tenant_in_health_or_metrics(small):
+    key = small.tenant("visible")
+    assert _completion(small.url, key, prompt="x", max_tokens=1).status_code == 200
+    health = httpx.get(small.url + "/health", timeout=30)
+    assert health.json() == {"status": "ok"}
+    for path, auth in (("/metrics", None), ("/metrics", key), ("/admin/health", key)):
+        headers = {"Authorization": f"Bearer {auth}"} if auth else {}
+        seen = httpx.get(small.url + path, headers=headers, timeout=30)
+        assert seen.status_code in (401, 403) and "visible" not in seen.text, (path, seen.text)
+    assert "visible" in small.admin("GET", "/metrics").text  # the admin sees it

@@ -37,6 +37,12 @@ class KVPoolTooSmall(KVPoolFull):
     """A sequence needs more blocks than the whole pool holds: waiting cannot help."""
 
 
+class Overloaded(RealmError):
+    """A shared resource (KV memory, the adapter pool, merged LoRA copies) stayed taken by other work
+    until the request's deadline: its tenant is over its fair share, or the resource is full. Unlike
+    QuotaExceeded, retrying later can succeed (a server answers 503 with Retry-After)."""
+
+
 class AdapterError(RealmError):
     """A LoRA adapter cannot be used with a model (bad file, wrong base, shapes, rank, alpha).
 

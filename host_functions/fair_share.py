@@ -1,9 +1,10 @@
 """Fair shares of one shared resource (worker places, KV blocks, adapter bytes) between tenants.
 
 The guarantee (docs/isolation.md): while a tenant is active (it holds some of the resource or waits
-for it), it can always use at least its share, `total * weight / sum of the active tenants' weights`,
-less what it would need beyond its own cap. What others leave idle may be used by anyone
-(work-conserving), under two rules that keep the guarantee:
+for it, or did within the resource's `linger_s`), it can always use at least its share,
+`total * weight / sum of the active tenants' weights`, less what it would need beyond its own cap.
+What others leave idle may be used by anyone (work-conserving), under two rules that keep the
+guarantee:
 - a tenant may take units past its share only if what stays free covers every other active
   tenant's unused share (so a tenant over its share never takes the last units another's share needs);
 - no tenant holds more than `total - reserve` (reserve: RESERVE_FRACTION of the total), so a tenant
@@ -17,11 +18,20 @@ tells `take`/`give` how many a tenant took or gave back. Thread-safe.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from host_functions.errors import Overloaded
+
+T = TypeVar("T")
 
 RESERVE_FRACTION = 1 / 8  # of a resource, never held by one tenant: room for a tenant that becomes active
 MAX_WEIGHT = 1000
+POLL_S = 0.05  # how soon a claim waiting for its share first tries again; then twice as late each time,
+MAX_POLL_S = 0.5  # up to this (a try may cost real work: an adapter that did not fit is read again)
 
 
 @dataclass(frozen=True)
@@ -47,14 +57,18 @@ class NeverFits(Exception):
 class FairShares:
     """The units of one resource of `total` units each tenant holds, and the rule for taking more."""
 
-    def __init__(self, total: int, what: str, reserve_fraction: float = RESERVE_FRACTION) -> None:
-        """`what` names the resource and its unit in messages, e.g. "KV blocks"."""
-        self.total, self.what = total, what
+    def __init__(self, total: int, what: str, reserve_fraction: float = RESERVE_FRACTION,
+                 linger_s: float = 0.0) -> None:
+        """`what` names the resource and its unit in messages, e.g. "KV blocks". A tenant stays active
+        for `linger_s` after it last held or waited for units: a client sending one request after
+        another is briefly between them, and its share must not go to a backlog meanwhile."""
+        self.total, self.what, self.linger_s = total, what, linger_s
         self.reserve = int(total * reserve_fraction)
         self._lock = threading.Lock()
         self._held: Counter[str] = Counter()
         self._weights: dict[str, int] = {}  # of every active tenant
         self._waiting: Counter[str] = Counter()  # claims waiting, per tenant (they count as active)
+        self._idle_since: dict[str, float] = {}  # active tenants holding and waiting for nothing (linger)
 
     def ceiling(self, claim: Claim) -> int:
         """The most units `claim`'s tenant may ever hold at once (no tenant, "": the engine used on its
@@ -65,6 +79,7 @@ class FairShares:
     def share(self, claim: Claim) -> int:
         """The units `claim`'s tenant is guaranteed now (its weight among the active tenants')."""
         with self._lock:
+            self._forget_lingering()
             return self._share(claim)
 
     def held(self, tenant: str) -> int:
@@ -85,7 +100,7 @@ class FairShares:
         with self._lock:
             self._check(claim, n, free)
             self._held[claim.tenant] += n
-            self._weights[claim.tenant] = claim.weight
+            self._activate(claim)
 
     def check(self, claim: Claim, n: int, free: int) -> None:
         """What `take` would raise now, without taking anything."""
@@ -93,6 +108,7 @@ class FairShares:
             self._check(claim, n, free)
 
     def _check(self, claim: Claim, n: int, free: int) -> None:
+        self._forget_lingering()
         held, ceiling = self._held[claim.tenant], self.ceiling(claim)
         if n > ceiling:
             raise NeverFits(f"{n} {self.what} are more than a tenant may hold at once ({ceiling} of "
@@ -116,12 +132,16 @@ class FairShares:
         """A claim of claim.tenant waits for units: the tenant counts as active meanwhile."""
         with self._lock:
             self._waiting[claim.tenant] += 1
-            self._weights[claim.tenant] = claim.weight
+            self._activate(claim)
 
     def done_waiting(self, tenant: str) -> None:
         with self._lock:
             self._waiting[tenant] = max(0, self._waiting[tenant] - 1)
             self._forget_if_idle(tenant)
+
+    def _activate(self, claim: Claim) -> None:
+        self._weights[claim.tenant] = claim.weight
+        self._idle_since.pop(claim.tenant, None)
 
     def _share(self, claim: Claim) -> int:
         weights = dict(self._weights)
@@ -135,6 +155,14 @@ class FairShares:
 
     def _forget_if_idle(self, tenant: str) -> None:
         if not self._held[tenant] and not self._waiting[tenant]:
+            self._idle_since[tenant] = time.monotonic()
+            self._forget_lingering()
+
+    def _forget_lingering(self) -> None:
+        """Tenants idle for linger_s or longer stop being active."""
+        now = time.monotonic()
+        for tenant in [t for t, since in self._idle_since.items() if now - since >= self.linger_s]:
+            del self._idle_since[tenant]
             self._held.pop(tenant, None)
             self._waiting.pop(tenant, None)
             self._weights.pop(tenant, None)
@@ -168,3 +196,27 @@ class Charges:
             if not self._holds[(tenant, key)]:
                 del self._holds[(tenant, key)]
                 self.shares.give(tenant, nbytes)
+
+
+def waiting(attempt: Callable[[], T], shares: FairShares, claim: Claim, give_up: Callable[[], bool]) -> T:
+    """attempt(), tried again (after POLL_S, backing off to MAX_POLL_S) while it raises Overloaded
+    (claim.tenant is over its share of `shares`, or the resource is full now), the tenant counting as
+    active there meanwhile, so that its share comes back to it as others give units back. Raises the
+    last Overloaded once give_up() is true (the caller's deadline, a cancellation), and whatever else
+    attempt() raises."""
+    counted, pause = False, POLL_S
+    try:
+        while True:
+            try:
+                return attempt()
+            except Overloaded:
+                if give_up():
+                    raise
+                if not counted:
+                    shares.wait(claim)
+                    counted = True
+                time.sleep(pause)
+                pause = min(2 * pause, MAX_POLL_S)
+    finally:
+        if counted:
+            shares.done_waiting(claim.tenant)

@@ -13,8 +13,9 @@ from oracle import DATA
 from test_lora_loading import config_of
 from test_scheduler import _steps_submitted
 
+from host_functions.engine import scheduler as scheduler_module
 from host_functions.engine.model import Model, StepOwner
-from host_functions.errors import AdapterError, KVPoolTooSmall, QuotaExceeded
+from host_functions.errors import AdapterError, KVPoolTooSmall, Overloaded
 from host_functions.fair_share import Claim, FairShares, NeverFits, Refused
 from host_functions.kv.pool import BLOCK_TOKENS
 from host_functions.lora.adapter import load_adapter
@@ -67,6 +68,20 @@ def test_weights_set_the_shares_and_a_waiting_tenant_counts_as_active():
     assert shares.held("a") == 80
 
 
+def test_a_tenant_between_two_requests_keeps_its_share_for_the_linger():
+    shares = FairShares(4, "workers", reserve_fraction=1 / 4, linger_s=0.2)
+    shares.take(Claim("client"), 1, free=4)
+    shares.take(Claim("backlog"), 2, free=3)
+    shares.give("client", 1)  # its run ended; its next request is on its way
+    with pytest.raises(Refused, match="over its share"):
+        shares.take(Claim("backlog"), 1, free=2)  # the last free worker is the client's share
+    shares.take(Claim("client"), 1, free=2)  # it came back in time: served at once
+    shares.give("client", 1)
+    time.sleep(0.3)  # it did not come back: the backlog may use what it left idle
+    shares.take(Claim("backlog"), 1, free=2)
+    assert shares.holders() == {"backlog": 3}
+
+
 def test_a_claim_beyond_the_tenants_cap_or_the_pool_never_fits():
     shares = FairShares(64, "blocks")
     with pytest.raises(NeverFits, match="more than a tenant may hold at once \\(10 of 64, its own limit\\)"):
@@ -84,7 +99,7 @@ def test_a_tenant_holding_the_pool_leaves_room_for_another_tenants_request():
     hog.step(list(range(1, 14 * BLOCK_TOKENS + 1)), StepOwner(tenant="hog"))  # 14 blocks: all it may hold
     assert model.backend.kv_pool.shares.holders() == {"hog": 14}
     more = model.open_sequence(64)
-    with pytest.raises(QuotaExceeded, match="deadline waiting for KV memory: .*hog.*may hold at once"):
+    with pytest.raises(Overloaded, match="deadline waiting for KV memory: .*hog.*may hold at once"):
         more.step([1, 2, 3], StepOwner(tenant="hog", deadline=time.monotonic() + 0.5))
     small = model.open_sequence(64)
     logits = small.step(list(range(1, 2 * BLOCK_TOKENS + 1)), StepOwner(tenant="benign"))  # 2 blocks: served
@@ -108,6 +123,46 @@ def test_a_sequence_longer_than_a_tenant_may_ever_hold_fails_at_once_naming_the_
 
 
 # ---- step time: long prefills in parts beside decoding ---------------------------------------------
+
+def test_two_tenants_prefilling_share_short_steps_and_one_alone_takes_whole_chunks(monkeypatch):
+    model = _model(kv_blocks=64)
+    scheduler = model.scheduler
+    assert scheduler is not None
+    prompt = list(range(1, 101))
+    sizes: list[list[int]] = []
+    step = model.backend.step
+
+    def recording_step(items):
+        sizes.append([len(i.tokens) for i in items])
+        return step(items)
+
+    monkeypatch.setattr(model.backend, "step", recording_step)
+    monkeypatch.setattr(scheduler_module, "DECODE_LINGER_S", 600.0)  # "a" stays recent however slow the machine
+    alone = model.open_sequence(128)
+    expected = alone.step(prompt, StepOwner(tenant="a"))
+    alone.close()
+    assert sizes == [[100]]  # one tenant: the whole chunk in one step
+    sizes.clear()
+    submitted = _steps_submitted(scheduler, monkeypatch)
+    seqs = [model.open_sequence(128) for _ in range(2)]
+    got: dict[str, np.ndarray] = {}
+
+    def prefill(seq, tenant: str) -> None:
+        got[tenant] = seq.step(prompt, StepOwner(tenant=tenant))
+
+    # b comes first: a, seen just before, is still a recent tenant, so even b's first step is shared
+    threads = [threading.Thread(target=prefill, args=(seq, t)) for seq, t in zip(seqs, "ba", strict=True)]
+    with model.backend.step_lock:
+        for t in threads:
+            t.start()
+            assert submitted.acquire(timeout=60)
+    for t in threads:
+        t.join(60)
+    assert all(sum(step_sizes) <= scheduler.shared_prefill_cap for step_sizes in sizes), sizes
+    assert np.array_equal(got["a"], expected) and np.array_equal(got["b"], expected)  # cut, same logits
+    for seq in seqs:
+        seq.close()
+
 
 def test_a_long_prefill_runs_in_parts_beside_a_decoding_tenant_with_the_same_logits(monkeypatch):
     model = _model(kv_blocks=64)
@@ -160,13 +215,13 @@ def test_adapter_bytes_are_charged_per_tenant_and_an_over_share_tenant_is_refuse
     a = pool.acquire(path, Claim("a"))
     assert pool.acquire(path, Claim("a")) is a and pool.charges.shares.holders() == {"a": nbytes}  # charged once
     pool.acquire(path, Claim("b"))  # the same adapter, charged to b too: the budget is spent
-    with pytest.raises(AdapterError, match="bytes of LoRA adapters needed, .* free .*adapter_bytes"):
+    with pytest.raises(Overloaded, match="bytes of LoRA adapters needed, .* free"):  # it may wait for room
         pool.acquire(path, Claim("c"))
     pool.release(a, "a")
     pool.release(a, "a")
     pool.acquire(path, Claim("c"))  # a gave its charge back
-    with pytest.raises(AdapterError, match="more than a tenant may hold at once.*its own limit"):
-        pool.acquire(path, Claim("d", cap=nbytes - 1))
+    with pytest.raises(AdapterError, match="more than a tenant may hold at once.*its own limit.*adapter_bytes"):
+        pool.acquire(path, Claim("d", cap=nbytes - 1))  # waiting cannot help
     assert pool.charges.shares.holders() == {"b": nbytes, "c": nbytes}
 
 
@@ -177,7 +232,7 @@ def test_merged_lora_bytes_are_charged_to_the_tenants_sequences_hold_them_for():
     model.backend.merged_lora = MergedLoraCache(model.backend, model.config, budget_bytes=one * 3 // 2)
     first, second = model.open_sequence(8), model.open_sequence(8)
     first.set_adapter(adapter, 1.0, merged=True, claim=Claim("a"))
-    with pytest.raises(AdapterError, match="merged weights: .*bytes of merged LoRA weights needed"):
+    with pytest.raises(Overloaded, match="merged weights: .*bytes of merged LoRA weights needed"):
         second.set_adapter(adapter, 1.0, merged=True, claim=Claim("b"))  # the same copy, but b's share
     first.close()  # a's charge comes back
     second.set_adapter(adapter, 1.0, merged=True, claim=Claim("b"))

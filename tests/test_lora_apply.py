@@ -15,7 +15,7 @@ from test_lora_loading import config_of, write_peft
 from host_functions.abi import AdapterBinding
 from host_functions.backends.base import StepItem
 from host_functions.engine.model import Model
-from host_functions.errors import GuestError
+from host_functions.errors import AdapterError, GuestError
 from host_functions.lora.pool import AdapterPool
 from realm.sandbox.intake import compile_guest, reference_guest_path
 from realm.sandbox.run import TenantSandbox
@@ -97,7 +97,7 @@ def test_the_reference_guest_applies_the_adapter_its_request_names(tiny, guest):
 
 def test_an_adapter_that_does_not_fit_the_model_is_one_clear_error(guest):
     gemma = Model.load(DATA / "tiny-gemma3-F32.gguf", backend="numpy")
-    with pytest.raises(GuestError, match="made for architecture 'llama'"):
+    with pytest.raises(AdapterError, match="LoRA adapter 'x': made for architecture 'llama'"):
         TenantSandbox(gemma).run(guest, {"prompt": "hi", "max_tokens": 2, "lora": "x"},
                                  adapters={"x": AdapterBinding(str(ADAPTER))})
 

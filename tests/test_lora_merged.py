@@ -14,7 +14,7 @@ from test_lora_loading import config_of, write_peft
 
 from host_functions.backends.base import StepItem
 from host_functions.engine.model import Model
-from host_functions.errors import AdapterError
+from host_functions.errors import AdapterError, Overloaded
 from host_functions.lora.merged import MergedLoraCache
 
 ADAPTER = DATA / "tiny-llama-lora-r8.gguf"
@@ -82,8 +82,8 @@ def test_the_budget_drops_idle_entries_first_and_refuses_what_cannot_fit():
     a, b = cache.acquire(adapter, 0.5), cache.acquire(adapter, 1.0)
     assert cache.used_bytes == 2 * one
     seq = model.open_sequence(8)
-    with pytest.raises(AdapterError, match="merged LoRA memory budget"):
-        seq.set_adapter(adapter, 2.0, merged=True)  # both held: no room
+    with pytest.raises(Overloaded, match="merged LoRA memory budget"):
+        seq.set_adapter(adapter, 2.0, merged=True)  # both held: no room now
     assert seq.adapter is None and seq.merged is None  # the sequence keeps what it had
     cache.release(a)
     seq.set_adapter(adapter, 2.0, merged=True)  # the idle 0.5 entry is dropped

@@ -13,7 +13,7 @@ from oracle import DATA
 
 from host_functions.engine.model import Model, StepOwner
 from host_functions.engine.scheduler import Scheduler
-from host_functions.errors import QuotaExceeded, RequestCancelled
+from host_functions.errors import Overloaded, RequestCancelled
 from host_functions.kv.pool import BLOCK_TOKENS
 
 TINY = DATA / "tiny-gemma3-F32.gguf"
@@ -116,7 +116,7 @@ def test_step_waiting_for_kv_blocks_fails_at_its_deadline_naming_the_budget():
     holder.step(list(range(1, 3 * BLOCK_TOKENS)))  # 3 of 4 blocks
     waiter = model.open_sequence(128)
     started = time.monotonic()
-    with pytest.raises(QuotaExceeded, match=r"deadline waiting for KV memory: .*budget .*--kv-memory"):
+    with pytest.raises(Overloaded, match=r"deadline waiting for KV memory: .*budget .*--kv-memory"):
         # 1.5 s: long enough that a loaded machine still reaches the KV wait before the deadline
         waiter.step(list(range(100, 100 + 2 * BLOCK_TOKENS)), StepOwner(deadline=time.monotonic() + 1.5))
     assert 1.4 < time.monotonic() - started < 30  # it waited for its deadline, then left

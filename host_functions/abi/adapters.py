@@ -4,14 +4,19 @@ The adapters a request can see are its tenant's bindings (alias -> file and defa
 when the request starts: rebinding a tenant's adapter never changes a request already running, and
 no name a guest can pass reaches another tenant's adapter. An adapter is loaded into the model's
 adapter pool on first use and held until the request ends. Its errors name it by the alias the
-tenant bound it as, never by its file on the host.
+tenant bound it as, never by its file on the host, and end the request: an adapter file that is
+not a usable adapter (AdapterError, a 400 for a server), or one that stayed over the tenant's share of
+the adapter pool (or merged copies) until the request's deadline (Overloaded, a 503): until then
+the request waits for its share (fair_share.waiting, docs/isolation.md).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from host_functions.abi.checks import decode_utf8
 from host_functions.abi.handles import SeqState
@@ -19,13 +24,14 @@ from host_functions.abi.memory import GuestMemory
 from host_functions.abi.registry import host
 from host_functions.abi.session import Session
 from host_functions.abi.status import AbiError, Status
-from host_functions.errors import AdapterError
-from host_functions.fair_share import Claim
+from host_functions.errors import AdapterError, Overloaded
+from host_functions.fair_share import Charges, Claim, waiting
 from host_functions.lora.adapter import LoraAdapter
 
 MAX_ALIAS_BYTES = 256
 ADAPTER_STATE_BYTES = 1 << 10
 MAX_SCALE = 1000.0  # |scale| beyond this is a mistake, not a setting
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -50,11 +56,9 @@ def adapter_find(s: Session, mem: GuestMemory, alias_ptr: int, alias_len: int) -
     binding = s.adapter_bindings.get(alias)
     if binding is None:
         raise AbiError(Status.INVALID_ARGUMENT, f"no LoRA adapter is bound as {alias!r} for this tenant")
-    try:
-        claim = Claim(s.tenant, s.limits.share_weight, s.limits.adapter_bytes)
-        adapter = s.model.adapters.acquire(binding.path, claim)
-    except AdapterError as exc:
-        raise AbiError(Status.INVALID_ARGUMENT, str(exc.naming(repr(alias)))) from None
+    claim = Claim(s.tenant, s.limits.share_weight, s.limits.adapter_bytes)
+    pool = s.model.adapters
+    adapter = _for_alias(s, alias, lambda: pool.acquire(binding.path, claim), pool.charges, claim)
     s.held_adapters.append(adapter)
     return s.handles.add(AdapterState(adapter, alias, binding.scale, binding.merged))
 
@@ -74,9 +78,25 @@ def seq_set_adapter(s: Session, mem: GuestMemory, seq: int, adapter: int, scale_
     if not math.isfinite(scale) or abs(scale) > MAX_SCALE:
         raise AbiError(Status.INVALID_ARGUMENT,
                        f"an adapter scale must be finite and within +-{MAX_SCALE:g}, got {scale}")
-    try:
-        state.seq.set_adapter(found.adapter, scale or found.scale, merged=found.merged,
-                              claim=Claim(s.tenant, s.limits.share_weight))
-    except AdapterError as exc:  # merged weights beyond their budget: this request's error, nobody else's
-        raise AbiError(Status.INVALID_ARGUMENT, str(exc.naming(repr(found.alias)))) from None
+    claim = Claim(s.tenant, s.limits.share_weight)
+    cache = s.model.backend.merged_lora if found.merged else None
+
+    def attempt() -> None:
+        state.seq.set_adapter(found.adapter, scale or found.scale, merged=found.merged, claim=claim)
+
+    _for_alias(s, found.alias, attempt, None if cache is None else cache.charges, claim)
     return Status.OK
+
+
+def _for_alias(s: Session, alias: str, attempt: Callable[[], T], charges: Charges | None, claim: Claim) -> T:
+    """attempt(), waiting for the tenant's share of `charges` while it raises Overloaded, until the
+    request's deadline; its AdapterError or last Overloaded (this request's, nobody else's) naming
+    the adapter by its alias."""
+    try:
+        if charges is None:
+            return attempt()
+        return waiting(attempt, charges.shares, claim, s.should_give_up)
+    except AdapterError as exc:
+        raise exc.naming(repr(alias)) from None
+    except Overloaded as exc:
+        raise Overloaded(f"LoRA adapter {alias!r}: {exc}; waited until the request's deadline") from None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from host_functions.abi.checks import check_token
@@ -16,6 +14,7 @@ from host_functions.abi.status import AbiError, BiasMode, Status
 from host_functions.constraint import Constraint
 from host_functions.engine.sampling import Sampler, SamplingParams
 from host_functions.errors import QuotaExceeded, RealmError
+from host_functions.formats import json_text
 
 MAX_SAMPLERS = 64  # live samplers per request; a sampler is small, so this only stops runaway loops
 MAX_DRAFT_SAMPLES = 16  # draft samples whose distributions a draft sequence keeps for spec_verify
@@ -121,10 +120,8 @@ def sampling_params_from_json(data: bytes) -> SamplingParams:
     JSON nested too deeply, numbers of more than MAX_JSON_DIGITS digits, NaN/Infinity, or more or
     longer stop strings than MAX_STOP_STRINGS / MAX_STOP_BYTES."""
     try:
-        obj = json.loads(data, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
-    except RecursionError:
-        raise AbiError(Status.INVALID_ARGUMENT, "sampling parameters are JSON nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        obj = json_text.loads(data, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, nested too deeply
         raise AbiError(Status.INVALID_ARGUMENT, f"sampling parameters are not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise AbiError(Status.INVALID_ARGUMENT, "sampling parameters must be a JSON object")

@@ -94,6 +94,10 @@ class Session:
         """True once the request is cancelled: a step it waits for is withdrawn."""
         return self.cancelled.is_set()
 
+    def should_give_up(self) -> bool:
+        """True once the request is cancelled or past its deadline: a wait for a share ends."""
+        return self.should_stop() or time.monotonic() >= self.deadline
+
     def step_owner(self) -> StepOwner:
         """Who this request's steps are for: the scheduler's tenant, deadline and cancellation."""
         return StepOwner(self.tenant, self.deadline, self.should_stop, self.limits.share_weight,

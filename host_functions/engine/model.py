@@ -220,9 +220,9 @@ class Sequence:
         """Apply `adapter` at `scale` (None: no adapter) to the steps from now on, unmerged (W x + s B (A x))
         or `merged` (W + s B A, a cached copy, charged to claim.tenant); the base weights stay as they are.
 
-        Raises AdapterError when the merged weights do not fit the backend's budget beside those in use
-        (or the tenant's share of it), or the backend runs LoRA unmerged only; the sequence keeps its
-        previous adapter then.
+        Raises AdapterError when the merged weights can never fit the backend's budget (or what the
+        tenant may hold), or the backend runs LoRA unmerged only; Overloaded when they do not fit now
+        beside those in use (or the tenant's share); the sequence keeps its previous adapter then.
         """
         self._open_cache()
         entry = None

@@ -18,8 +18,10 @@ Choosing a batch (docs/scheduler.md has the reasoning):
   DECODE_ROWS tokens is queued, or ran in the last DECODE_LINGER_S: its guest may be sampling the
   next token while the step is chosen), a step carries at most `prefill_cap` prefill tokens, a longer
   prefill chunk running its head now and its tail in later steps, so a long prompt slows other
-  tenants' decoding by a bounded amount. Attention runs per query, so how a chunk is cut never
-  changes a logit (docs/scheduler.md, batch invariance);
+  tenants' decoding by a bounded amount; while two or more tenants use the model, a step carries at
+  most `shared_prefill_cap` prefill tokens even when nobody decodes, so a tenant arriving while
+  another's long prompt is being read waits for a short step, not a full one. Attention runs per
+  query, so how a chunk is cut never changes a logit (docs/scheduler.md, batch invariance);
 - after a step the loop waits a little (at most GATHER_FRACTION of the last step's time, less when
   every item of the last step is back) so lockstep decoders share the next step, but it never waits
   longer than that for a guest that is busy in its own code.
@@ -42,12 +44,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from host_functions.backends.base import Backend, StepItem
-from host_functions.errors import KVPoolFull, KVPoolTooSmall, QuotaExceeded, RequestCancelled
+from host_functions.errors import KVPoolFull, KVPoolTooSmall, Overloaded, QuotaExceeded, RequestCancelled
 from host_functions.fair_share import Claim
 
 DEFAULT_TOKEN_BUDGET = 256
 DEFAULT_MAX_BATCH = 32
-DEFAULT_PREFILL_CAP = 8  # prefill tokens per step while some sequence decodes (docs/isolation.md)
+DEFAULT_PREFILL_CAP = 4  # prefill tokens per step while some sequence decodes (docs/isolation.md)
+# Prefill tokens per step while two or more tenants use the model (one of them may start decoding at
+# any moment, and a step in flight is never cut: it waits for the whole step). One tenant alone (as
+# `realm run`) prefills at full token_budget steps.
+DEFAULT_SHARED_PREFILL_CAP = 32
 DECODE_ROWS = 8  # a step of at most this many tokens is decoding (speculative verification included)
 DECODE_LINGER_S = 1.0  # a sequence that decoded this recently is still decoding (its guest is sampling)
 GATHER_FRACTION = 0.25  # of the last step's time: the most the loop waits for last step's items to return
@@ -119,14 +125,17 @@ class Scheduler:
         self._awaited: set[int] = set()  # caches of the last step's items whose next steps may be on their way
         self._gather_until = 0.0
         self._decoded_at = -math.inf  # time.monotonic() of the last decoding step chosen
+        self.shared_prefill_cap = DEFAULT_SHARED_PREFILL_CAP
+        self._tenants_seen: dict[str, float] = {}  # tenant -> time.monotonic() it last queued a step
 
     # ---- the request side ------------------------------------------------------------------------
 
     def run(self, item: StepItem, owner: StepOwner) -> np.ndarray | None:
         """Queue one sequence's step, wait for it, return its logits (see StepItem.wants).
 
-        Raises QuotaExceeded at owner.deadline (naming the KV budget if the step was waiting for
-        blocks), RequestCancelled once owner.should_stop() is true, and whatever the backend raised.
+        Raises QuotaExceeded at owner.deadline (Overloaded, naming the KV budget or the tenant's
+        share, if the step was waiting for blocks), RequestCancelled once owner.should_stop() is true,
+        and whatever the backend raised.
         """
         ticket = _Ticket(item, owner)
         with self._cond:
@@ -152,6 +161,7 @@ class Scheduler:
 
     def _enqueue(self, ticket: _Ticket, first: bool = False) -> None:
         tenant = ticket.owner.tenant
+        self._tenants_seen[tenant] = time.monotonic()
         if tenant not in self._queues:
             self._queues[tenant] = deque()
             self._deficit[tenant] = 0
@@ -172,8 +182,8 @@ class Scheduler:
         if ticket.owner.should_stop():
             return RequestCancelled("request cancelled while waiting for its step")
         if time.monotonic() >= ticket.owner.deadline:
-            if ticket.kv_wait is not None:
-                return QuotaExceeded(f"request passed its deadline waiting for KV memory: {ticket.kv_wait}")
+            if ticket.kv_wait is not None:  # others hold the blocks: retrying later can succeed
+                return Overloaded(f"request passed its deadline waiting for KV memory: {ticket.kv_wait}")
             return QuotaExceeded("request passed its deadline waiting for its step")
         return None
 
@@ -216,7 +226,8 @@ class Scheduler:
         """Deficit round robin by tenant under the step's token, item and prefill budgets."""
         batch: list[_Ticket] = []
         budget = self.token_budget
-        prefill = self.prefill_cap if self._decoding() else self.token_budget
+        prefill = (self.prefill_cap if self._decoding()
+                   else self.shared_prefill_cap if self._shared() else self.token_budget)
         blocked: set[str] = set()
         self._order.rotate(-1)
         for _ in range(_MAX_ROUNDS):
@@ -268,6 +279,13 @@ class Scheduler:
         if time.monotonic() - self._decoded_at < DECODE_LINGER_S:
             return True
         return any(len(t.item.tokens) <= DECODE_ROWS for queue in self._queues.values() for t in queue)
+
+    def _shared(self) -> bool:
+        """Whether two or more tenants queued steps in the last DECODE_LINGER_S."""
+        now = time.monotonic()
+        for tenant in [t for t, at in self._tenants_seen.items() if now - at >= DECODE_LINGER_S]:
+            del self._tenants_seen[tenant]
+        return len(self._tenants_seen) > 1
 
     @staticmethod
     def _part(item: StepItem, prefill: int) -> StepItem:

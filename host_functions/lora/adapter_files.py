@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
 import re
 import struct
@@ -35,7 +34,7 @@ import numpy as np
 from host_functions.arch.config import ModelConfig
 from host_functions.arch.layout import weight_name
 from host_functions.errors import AdapterError, ModelFormatError, UnsupportedError
-from host_functions.formats import untrusted
+from host_functions.formats import json_text, untrusted
 from host_functions.formats.gguf_file import PACKED_MIN, raw_tensor
 from host_functions.formats.gguf_header import ADAPTER_LIMITS, read_header
 from host_functions.formats.quants import dequantize, quant_format
@@ -190,9 +189,9 @@ def peft_config(name: str, raw: bytes) -> dict[str, Any]:
     """adapter_config.json, refused unless it is a JSON object describing a plain LoRA adapter with
     valid fields; raises AdapterError."""
     try:
-        peft = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise AdapterError(f"{CONFIG} is not JSON ({type(exc).__name__})", name) from None
+        peft = json_text.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, too deep
+        raise AdapterError(f"{CONFIG} is not JSON ({_reason(exc)})", name) from None
     if not isinstance(peft, dict):
         raise AdapterError(f"{CONFIG} is not a JSON object", name)
     if not isinstance(peft.get("peft_type", "LORA"), str) or peft.get("peft_type", "LORA").upper() != "LORA":
@@ -256,9 +255,9 @@ def _safetensors_header(name: str, f: BinaryIO) -> dict[str, tuple[int, ...]]:
         raise AdapterError(f"{WEIGHTS} declares a header of {n} bytes in a file of {size} (at most "
                            f"{MAX_SAFETENSORS_HEADER})", name)
     try:
-        header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise AdapterError(f"{WEIGHTS} has a header that is not JSON ({type(exc).__name__})", name) from None
+        header = json_text.loads(f.read(n).decode("utf-8"))
+    except ValueError as exc:
+        raise AdapterError(f"{WEIGHTS} has a header that is not JSON ({_reason(exc)})", name) from None
     if not isinstance(header, dict):
         raise AdapterError(f"{WEIGHTS} has a header that is not a JSON object", name)
     header.pop("__metadata__", None)
@@ -350,3 +349,8 @@ def _digest(f: BinaryIO, *prefix: bytes) -> str:
         h.update(chunk)
     f.seek(0)
     return h.hexdigest()
+
+
+def _reason(exc: ValueError) -> str:
+    """Why text is not JSON, briefly: the error's class, or the depth it passed."""
+    return str(exc) if type(exc) is ValueError else type(exc).__name__

@@ -10,8 +10,9 @@ the base ones.
 The mode belongs to the sequence, never to the step: merged and unmerged differ in their last bits,
 so a row is computed merged exactly when its own sequence asked for it, whoever shares the step
 (docs/lora.md). A cache entry is held by the sequences using it (lora.lru); idle entries are dropped
-least recently used first when a new one needs room, and one that cannot fit is an AdapterError
-naming the budget, raised when the sequence selects it, never in a step other sequences share. An
+least recently used first when a new one needs room; one that cannot fit beside the entries in use (or
+the tenant's share) is Overloaded, one larger than the budget an AdapterError naming it, raised when
+the sequence selects it, never in a step other sequences share. An
 entry is built without holding the cache: a sequence whose entry is cached never waits for another's
 build.
 """
@@ -26,7 +27,7 @@ import numpy as np
 
 from host_functions.arch.config import ModelConfig
 from host_functions.arch.layout import PROJECTIONS
-from host_functions.errors import AdapterError
+from host_functions.errors import AdapterError, Overloaded
 from host_functions.fair_share import NO_TENANT, Charges, Claim, NeverFits, Refused
 from host_functions.formats.gguf_file import RawTensor
 from host_functions.formats.quants import dequantize
@@ -105,16 +106,16 @@ class MergedLoraCache:
         """The merged weights of `adapter` at `scale` for claim.tenant, built if needed; hold them until
         `release`.
 
-        Raises AdapterError when they cannot fit the budget beside the entries in use, or the tenant's
-        fair share of it.
+        Raises AdapterError when they can never fit (the budget, what a tenant may hold), Overloaded
+        when they cannot fit now beside the entries in use, or the tenant's fair share of them.
         """
         entry = self._acquire(adapter, scale)
         try:
             self.charges.charge(claim, entry.key, entry.nbytes)
         except (NeverFits, Refused) as exc:
             self._entries.release(entry.key)
-            raise AdapterError(f"LoRA adapter {adapter.name}: its merged weights: {exc} (docs/isolation.md); "
-                               "use unmerged mode") from None
+            detail = f"its merged weights: {exc} (docs/isolation.md); use unmerged mode"
+            raise (AdapterError(detail, adapter.name) if isinstance(exc, NeverFits) else Overloaded(detail)) from None
         return entry
 
     def _acquire(self, adapter: LoraAdapter, scale: float) -> MergedLora:
@@ -124,10 +125,10 @@ class MergedLoraCache:
             return cached
         needed = self.merged_nbytes(adapter)
 
-        def no_room(held: int) -> AdapterError:
-            return AdapterError(f"its merged weights ({needed} bytes) do not fit the merged LoRA memory budget "
-                                f"of {self.budget_bytes} bytes ({held} held by sequences in merged mode); use "
-                                f"unmerged mode", adapter.name)
+        def no_room(held: int) -> AdapterError | Overloaded:  # held entries are released as sequences end
+            detail = (f"its merged weights ({needed} bytes) do not fit the merged LoRA memory budget of "
+                      f"{self.budget_bytes} bytes ({held} held by sequences in merged mode); use unmerged mode")
+            return AdapterError(detail, adapter.name) if needed > self.budget_bytes else Overloaded(detail)
 
         return self._entries.acquire(key, needed, lambda: self._build(adapter, float(scale)), no_room)
 

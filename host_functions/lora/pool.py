@@ -4,12 +4,14 @@ An adapter is identified by its content digest, so two tenants binding the same 
 copy, and a file replaced on disk is a new adapter (requests that hold the old one keep it). An
 adapter is in use while a request holds it (`acquire`/`release`); when loading one would pass the
 budget, the least recently used idle adapters are dropped first (lora.lru). One that cannot fit
-even then is an AdapterError naming the budget.
+even then must wait for adapters in use to be released (Overloaded); one larger than the whole budget
+is an AdapterError naming the budget.
 
 Each tenant's adapters count against its fair share of the budget (fair_share, docs/isolation.md):
 an adapter a tenant holds is charged to it once however many of its requests hold it (an adapter two
-tenants hold is charged to both), and one that would put a tenant over its share while another
-active tenant's share needs the room, or past what one tenant may ever hold, is an AdapterError.
+tenants hold is charged to both). One that would put a tenant over its share while another active
+tenant's share needs the room is Overloaded (the request may wait and retry: `fair_share.waiting`);
+one past what the tenant may ever hold is an AdapterError naming the limit.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 from pathlib import Path
 
 from host_functions.arch.config import ModelConfig
-from host_functions.errors import AdapterError
+from host_functions.errors import AdapterError, Overloaded
 from host_functions.fair_share import NO_TENANT, Charges, Claim, NeverFits, Refused
 from host_functions.lora.adapter import LoraAdapter, load_adapter
 from host_functions.lora.lru import RefCountedLRU
@@ -52,12 +54,13 @@ class AdapterPool:
 
     def acquire(self, path: str | Path, claim: Claim = NO_TENANT) -> LoraAdapter:
         """The adapter at `path` for claim.tenant, loading it if needed; hold it until `release`.
-        Raises AdapterError (for a file that is not an adapter, one that does not fit the budget, or
-        the tenant's share)."""
+        Raises AdapterError for a file that is not an adapter or one the tenant may never hold (the
+        budget, its adapter_bytes), Overloaded while adapters in use or the tenant's share leave no
+        room for it now."""
         adapter = self._hold(path)
         try:
             self._charge(claim, adapter)
-        except AdapterError:
+        except (AdapterError, Overloaded):
             self._adapters.release(adapter.digest)
             raise
         return adapter
@@ -65,9 +68,11 @@ class AdapterPool:
     def _charge(self, claim: Claim, adapter: LoraAdapter) -> None:
         try:
             self.charges.charge(claim, adapter.digest, adapter.nbytes)
-        except (NeverFits, Refused) as exc:
-            raise AdapterError(f"LoRA adapter {adapter.name} ({adapter.nbytes} bytes): {exc} (the adapter "
-                               "memory budget, the tenant's adapter_bytes limit; docs/isolation.md)") from None
+        except NeverFits as exc:
+            raise AdapterError(f"{adapter.nbytes} bytes: {exc} (the adapter memory budget, the tenant's "
+                               "adapter_bytes limit; docs/isolation.md)", adapter.name) from None
+        except Refused as exc:
+            raise Overloaded(f"{adapter.nbytes} bytes: {exc}") from None
 
     def _hold(self, path: str | Path) -> LoraAdapter:
         source = _source_key(Path(path))
@@ -79,9 +84,9 @@ class AdapterPool:
         # outside every lock: loading takes a while; one larger than the whole budget is refused undecoded
         adapter = load_adapter(path, self.config, max_bytes=self.budget_bytes)
 
-        def no_room(held_bytes: int) -> AdapterError:
-            return AdapterError(f"its {adapter.nbytes} bytes do not fit the adapter memory budget of "
-                                f"{self.budget_bytes} bytes ({held_bytes} held by adapters in use)", adapter.name)
+        def no_room(held_bytes: int) -> Overloaded:  # held adapters are released as their requests end
+            return Overloaded(f"its {adapter.nbytes} bytes do not fit the adapter memory budget of "
+                              f"{self.budget_bytes} bytes now ({held_bytes} held by adapters in use)")
 
         # The same content may have been loaded meanwhile, or from another path: then that copy is shared.
         held = self._adapters.acquire(adapter.digest, adapter.nbytes, lambda: adapter, no_room)

@@ -10,7 +10,6 @@ Every constructor that takes fields from a user checks them with realm.request.f
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from host_functions.abi import AdapterBinding, Limits
 from host_functions.errors import AdapterError, GuestError, RealmError, TenantError
+from host_functions.formats import json_text
 from realm.request.fields import check_sampling, speculative_drafts
 from realm.request.spec import RunRequest
 from realm.sandbox.intake import GuestModule, compile_guest, reference_guest
@@ -64,8 +64,8 @@ def from_batch_line(text: str) -> RunRequest:
     TenantError for an unknown tenant, an AdapterError for a missing adapter).
     """
     try:
-        fields = json.loads(text)
-    except ValueError as exc:  # a JSONDecodeError, or an integer too long to convert
+        fields = json_text.loads(text)
+    except ValueError as exc:  # a JSONDecodeError, an integer too long to convert, nested too deeply
         raise RealmError(f"not JSON: {exc}") from None
     if not isinstance(fields, dict):
         raise RealmError("a request must be a JSON object")

@@ -2,9 +2,11 @@
 
 A failed run raises a subclass of GuestRunFailed for its cause, which is also the engine's error for
 that cause, so a caller catches either: GuestRunError (a GuestError: a trap, a broken ABI, a failing
-status), GuestRunOverLimit (QuotaExceeded), GuestRunCancelled (RequestCancelled) and
-GuestRunBackendError (BackendError). Each holds the partial RunResult as `.result`: the text emitted
-before the failure, the guest's logs and its trace.
+status), GuestRunOverLimit (QuotaExceeded), GuestRunCancelled (RequestCancelled),
+GuestRunBackendError (BackendError), GuestRunOverloaded (Overloaded: a shared resource stayed taken
+until the deadline) and GuestRunAdapterError (AdapterError: a bound adapter that is unusable). Each
+holds the partial RunResult as `.result`: the text emitted before the failure, the guest's logs and
+its trace.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from dataclasses import dataclass, field
 import wasmtime
 
 from host_functions.abi import CallStats, Limits, Session, Status, StepStats, TokenLogprob
-from host_functions.errors import BackendError, GuestError, QuotaExceeded, RealmError, RequestCancelled
+from host_functions.errors import (
+    AdapterError,
+    BackendError,
+    GuestError,
+    Overloaded,
+    QuotaExceeded,
+    RealmError,
+    RequestCancelled,
+)
 from realm.sandbox.engine import MAX_TABLE_ELEMENTS
 
 LOG_ERROR = 3  # the `log` level of an error line (realm.h: 0 debug .. 3 error)
@@ -50,7 +60,7 @@ class RunResult:
 
 class GuestRunFailed(RealmError):
     """A guest run that failed; `result` is what it produced until then. Raised as the subclass for
-    its cause (see `of`); this class itself only for a cause outside those four."""
+    its cause (see `of`); this class itself only for a cause outside those."""
 
     def __init__(self, message: str, result: RunResult) -> None:
         super().__init__(message)
@@ -79,10 +89,19 @@ class GuestRunBackendError(GuestRunFailed, BackendError):
     """The compute backend failed during the request."""
 
 
+class GuestRunOverloaded(GuestRunFailed, Overloaded):
+    """A shared resource stayed taken by other work (the tenant over its share) until the deadline."""
+
+
+class GuestRunAdapterError(GuestRunFailed, AdapterError):
+    """An adapter bound to the tenant is not usable (a bad file, more than the tenant may hold)."""
+
+
 # Most specific first: QuotaExceeded is a GuestError.
 _KINDS: tuple[tuple[type[GuestRunFailed], type[RealmError]], ...] = (
     (GuestRunCancelled, RequestCancelled), (GuestRunOverLimit, QuotaExceeded),
-    (GuestRunBackendError, BackendError), (GuestRunError, GuestError))
+    (GuestRunBackendError, BackendError), (GuestRunOverloaded, Overloaded), (GuestRunAdapterError, AdapterError),
+    (GuestRunError, GuestError))
 
 
 def explain_wasmtime(exc: Exception, limits: Limits, at_memory_cap: bool) -> RealmError:

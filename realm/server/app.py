@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from host_functions.engine.model import Model
-from host_functions.errors import AuthError, QuotaExceeded, RealmError, RequestCancelled
+from host_functions.errors import AdapterError, AuthError, Overloaded, QuotaExceeded, RealmError, RequestCancelled
 from host_functions.fair_share import Claim, NeverFits, Refused
 from host_functions.lora.adapter import load_adapter
 from realm.chat import ChatTemplate
@@ -37,6 +37,7 @@ from realm.server.admin import admin_routes, is_admin, require_admin
 from realm.server.bodies import bearer_key, parse_json, read_body
 from realm.server.connections import reject_ambiguous_framing
 from realm.server.cors import cors_middleware
+from realm.server.identity import KeyCache
 from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
 from realm.server.offloop import OffLoop
 from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
@@ -75,6 +76,7 @@ class Server:
         self.registry = registry or TenantRegistry()
         self.model_id = model.path.stem
         self.runner = Runner(model, config.workers, config.max_queue)
+        self.keys = KeyCache(self.registry)
         self.limiter = RateLimiter()
         self.off_loop = OffLoop()
         # Embeddings' model work: threads of their own, so it never holds the ones that read keys and bodies.
@@ -88,16 +90,24 @@ class Server:
     # -- auth ----------------------------------------------------------------------------------
 
     def tenant(self, request: Request) -> Tenant:
-        """The tenant whose key the request carries; ApiError 401 otherwise. Reads the registry: call
-        it off the event loop."""
+        """The tenant whose key the request carries; ApiError 401 otherwise. May read the registry:
+        call it off the event loop."""
+        return self._identify(request)[0]
+
+    def _identify(self, request: Request) -> tuple[Tenant, RateLimits]:
         try:
-            return self.registry.tenant_for_key(bearer_key(request))
+            return self.keys.identify(bearer_key(request))
         except AuthError as exc:
             raise ApiError(401, str(exc), code="invalid_api_key") from None
 
-    def _identify(self, request: Request) -> tuple[Tenant, RateLimits]:
-        tenant = self.tenant(request)
-        return tenant, self.registry.rate_limits(tenant.name)
+    async def _identified(self, request: Request) -> tuple[Tenant, RateLimits]:
+        """The request's tenant and rate limits: on the loop when its key's answer is remembered
+        (identity.KeyCache), else read off the loop; ApiError 401 for a key that is refused."""
+        try:
+            known = self.keys.known(bearer_key(request))
+        except AuthError as exc:
+            raise ApiError(401, str(exc), code="invalid_api_key") from None
+        return known if known is not None else await self.off_loop.run(self._identify, request)
 
     def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
         """What one request of `tenant` may hold, each limit with what sets it (context_limits.py)."""
@@ -111,7 +121,8 @@ class Server:
         """Serve one completion ("completion") or chat ("chat") request; ApiError for refusals.
 
         In order: the key (401), the request rate (429), the tenant's share of the places (503), the
-        body (413), then, off the event loop, the body's checks, its tokens and the tenant's guest (400),
+        body (413), then, off the event loop, the share again for the body's `n` (503, before any
+        tokenizing), the body's checks, its tokens and the tenant's guest (400),
         the token rate (400 for a request that never fits, else 429) and the places for every choice
         (400 when they can never fit, 503 over the tenant's share). Only the body's bytes are read on
         the loop.
@@ -119,7 +130,7 @@ class Server:
         started = time.perf_counter()
         tenant_name, held = "", None
         try:
-            tenant, rates = await self.off_loop.run(self._identify, request)
+            tenant, rates = await self._identified(request)
             tenant_name = tenant.name
             self._admit(tenant, rates)
             self._start_runs(tenant, 1, self.runner.check)  # a tenant over its share costs no parsing
@@ -147,7 +158,7 @@ class Server:
         completion is, its inputs' tokens reserved; tokenizing and the model's work off the event loop."""
         started, tenant_name, held, status, used = time.perf_counter(), "", None, 500, 0
         try:
-            tenant, rates = await self.off_loop.run(self._identify, request)
+            tenant, rates = await self._identified(request)
             tenant_name = tenant.name
             self._admit(tenant, rates)
             data = await read_body(request, self.config.max_body_bytes)
@@ -174,6 +185,9 @@ class Server:
     def _prepare(self, tenant: Tenant, kind: str, data: bytes) -> tuple[GenerationSpec, RunRequest]:
         """The checked request and the tenant's guest, adapters and limits for it (on a worker thread)."""
         body = parse_json(data)
+        # A tenant over its share of the places is refused before its prompts are tokenized, for
+        # the fewest runs the body asks for: refusals cost every tenant's cores, so they must be cheap.
+        self._start_runs(tenant, _choices_at_least(body), self.runner.check)
         limits = self.request_limits(tenant)
         tok = self.model.tokenizer
         spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
@@ -240,6 +254,12 @@ class Server:
         self.metrics.tokens.labels(tenant, "completion").inc(completion)
         if held is not None and whole:
             self.limiter.settle(held, prompt_tokens + completion)
+
+
+def _choices_at_least(body: Any) -> int:
+    """The fewest runs a request body asks for: its `n` when that is a valid count, else 1."""
+    n = body.get("n") if isinstance(body, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= protocol.MAX_CHOICES else 1
 
 
 def _rate(own: int | None, default: int) -> int:
@@ -381,6 +401,10 @@ def guest_failure(exc: RealmError) -> ApiError:
         message += f" (guest log: {logs[-1]})"
     if isinstance(exc, QuotaExceeded):
         return ApiError(400, message, type="limit_exceeded", code="tenant_limit")
+    if isinstance(exc, Overloaded):  # other work held what it needed until its deadline: a retry can succeed
+        return ApiError(503, message, type="server_error", code="overloaded", headers={"Retry-After": "1"})
+    if isinstance(exc, AdapterError):  # one of the tenant's bound adapters, named by its alias
+        return ApiError(400, message, type="invalid_request_error", code="adapter_error", param="lora")
     if isinstance(exc, RequestCancelled):
         return ApiError(503, message, type="server_error", code="cancelled")
     return ApiError(500, message, type="guest_error", code="guest_failed")
@@ -461,9 +485,8 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 async def _realm_error(request: Request, exc: RealmError) -> Response:
     # What the checks above did not turn into an ApiError is ours (an unreadable registry or
-    # module file), not the client's: a server error with its one-line message.
-    log.error("request failed: %s", exc)
-    error = ApiError(500, str(exc), type="server_error")
+    # module file), not the client's: its message, which may name files on the host, goes to the log.
+    error = _internal(exc)
     return JSONResponse(error.body(), status_code=500)
 
 

@@ -9,7 +9,8 @@ queue), and a free worker takes the next run of the tenant with the fewest runni
 weight, so one tenant's backlog never queues another's requests behind it. The workers are a fair
 share too (fair_share): no tenant runs on all of them (an eighth, at least one, is kept for a tenant
 arriving while another's long runs hold the rest), and a tenant running on more than its share
-starts no new run while another waiting tenant's share needs the worker.
+starts no new run while another waiting tenant's share needs the worker, nor while one whose run
+ended less than LINGER_S ago may send its next.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from realm.request.spec import RunRequest
 from realm.sandbox.report import RunResult
 
 COALESCE_S = 0.01  # how long text a guest emits may wait to join the next before it is streamed
+# A tenant keeps its share of the workers this long after its last run ended: its client's next
+# request is on its way, and a run another tenant's backlog starts meanwhile would hold the worker
+# for that run's whole length (runs are never preempted).
+LINGER_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,8 @@ class Runner:
         self.model = model
         self.workers = workers
         self.places = FairShares(workers + max_queue, "runs (worker and queue places)")
-        self.threads = FairShares(workers, "workers", max(RESERVE_FRACTION, 1 / workers) if workers > 1 else 0)
+        self.threads = FairShares(workers, "workers", max(RESERVE_FRACTION, 1 / workers) if workers > 1 else 0,
+                                  linger_s=LINGER_S)
         self._live: set[GuestRun] = set()
         self._cond = threading.Condition()
         self._pending: dict[str, deque[_Job]] = {}
@@ -185,7 +191,8 @@ class Runner:
                 while (job := self._next()) is None:
                     if self._closing:
                         return
-                    self._cond.wait()
+                    # a run held back for a lingering tenant may start once that tenant's linger ends
+                    self._cond.wait(LINGER_S if self._pending else None)
             try:
                 _run_job(job)
             finally:
