@@ -124,6 +124,30 @@ def test_a_sequence_longer_than_a_tenant_may_ever_hold_fails_at_once_naming_the_
 
 # ---- step time: long prefills in parts beside decoding ---------------------------------------------
 
+def test_a_tenant_alone_prefills_whole_chunks_right_after_its_own_decoding(monkeypatch):
+    """The cap beside decoding protects other tenants' latency: a tenant's next prompt after its own
+    decoding (a chat turn, a benchmark) is not cut into short steps."""
+    model = _model(kv_blocks=64)
+    sizes: list[list[int]] = []
+    step = model.backend.step
+
+    def recording_step(items):
+        sizes.append([len(i.tokens) for i in items])
+        return step(items)
+
+    monkeypatch.setattr(model.backend, "step", recording_step)
+    monkeypatch.setattr(scheduler_module, "DECODE_LINGER_S", 600.0)  # its decoding stays recent
+    seq = model.open_sequence(256)
+    owner = StepOwner(tenant="a")
+    seq.step([1, 2, 3], owner)
+    for token in (4, 5, 6):
+        seq.step([token], owner)  # decoding
+    sizes.clear()
+    seq.step(list(range(7, 107)), owner)
+    assert sizes == [[100]]
+    seq.close()
+
+
 def test_two_tenants_prefilling_share_short_steps_and_one_alone_takes_whole_chunks(monkeypatch):
     model = _model(kv_blocks=64)
     scheduler = model.scheduler

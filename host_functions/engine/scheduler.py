@@ -14,9 +14,10 @@ Choosing a batch (docs/scheduler.md has the reasoning):
 - an item whose KV blocks the pool cannot supply now stays queued (it waits for blocks, within its
   request's deadline; one that needs more than the whole pool fails at once); no held block is
   evicted (only the prefix cache's idle ones, docs/prefix_cache.md);
-- step time is shared too (docs/isolation.md): while a sequence decodes (a step of at most
-  DECODE_ROWS tokens is queued, or ran in the last DECODE_LINGER_S: its guest may be sampling the
-  next token while the step is chosen), a step carries at most `prefill_cap` prefill tokens, a longer
+- step time is shared too (docs/isolation.md): while a tenant decodes beside another tenant's prefill
+  (a step of at most DECODE_ROWS tokens is queued, or ran in the last DECODE_LINGER_S: its guest may
+  be sampling the next token while the step is chosen), a step carries at most `prefill_cap` prefill
+  tokens (a tenant alone keeps whole chunks: nobody else's latency is at stake), a longer
   prefill chunk running its head now and its tail in later steps, so a long prompt slows other
   tenants' decoding by a bounded amount; while two or more tenants use the model, a step carries at
   most `shared_prefill_cap` prefill tokens even when nobody decodes, so a tenant arriving while
@@ -124,7 +125,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._awaited: set[int] = set()  # caches of the last step's items whose next steps may be on their way
         self._gather_until = 0.0
-        self._decoded_at = -math.inf  # time.monotonic() of the last decoding step chosen
+        self._decoded_at: dict[str, float] = {}  # tenant -> time.monotonic() of its last decoding step chosen
         self.shared_prefill_cap = DEFAULT_SHARED_PREFILL_CAP
         self._tenants_seen: dict[str, float] = {}  # tenant -> time.monotonic() it last queued a step
 
@@ -268,17 +269,24 @@ class Scheduler:
                     if len(ticket.item.tokens) > DECODE_ROWS:  # a prefill (or its head)
                         prefill -= cost
                     else:
-                        self._decoded_at = time.monotonic()
+                        self._decoded_at[tenant] = time.monotonic()
                 if not queue:
                     self._deficit[tenant] = 0
         self._forget_idle_tenants()
         return batch
 
     def _decoding(self) -> bool:
-        """Whether some sequence decodes (then prefill is capped per step)."""
-        if time.monotonic() - self._decoded_at < DECODE_LINGER_S:
-            return True
-        return any(len(t.item.tokens) <= DECODE_ROWS for queue in self._queues.values() for t in queue)
+        """Whether a tenant decodes beside another tenant's prefill (then prefill is capped per step).
+        A tenant alone, prefilling a new prompt right after its own decoding, keeps whole chunks."""
+        now = time.monotonic()
+        for tenant in [t for t, at in self._decoded_at.items() if now - at >= DECODE_LINGER_S]:
+            del self._decoded_at[tenant]
+        decoders = set(self._decoded_at)
+        prefillers: set[str] = set()
+        for tenant, queue in self._queues.items():
+            for ticket in queue:
+                (decoders if len(ticket.item.tokens) <= DECODE_ROWS else prefillers).add(tenant)
+        return bool(decoders) and bool(prefillers) and len(decoders | prefillers) > 1
 
     def _shared(self) -> bool:
         """Whether two or more tenants queued steps in the last DECODE_LINGER_S."""
