@@ -126,3 +126,12 @@ def test_logits_into_a_missing_directory_is_refused_before_any_work(realm, tmp_p
                                    "--out", "x.npy"]])
 def test_text_that_is_not_utf8_is_one_error_line(realm, args):
     one_error_line(realm(*args), 2, "is not valid UTF-8 text (byte 0xff at offset 1)")
+
+
+def test_bench_at_several_concurrency_levels_reports_each(realm):
+    out = realm("bench", "--model", str(DATA / "tiny-llama-Q4_K.gguf"), "--backend", "numpy",
+                "--concurrency", "1,3", "--decode-tokens", "4", "--json")
+    assert out.returncode == 0, out.stderr
+    levels = json.loads(out.stdout)
+    assert [r["concurrency"] for r in levels] == [1, 3]
+    assert all(r["aggregate_tok_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in levels)

@@ -124,18 +124,24 @@ def test_a_sequence_longer_than_a_tenant_may_ever_hold_fails_at_once_naming_the_
 
 # ---- step time: long prefills in parts beside decoding ---------------------------------------------
 
+def _record_steps(model, monkeypatch, what):
+    """A list that gets, for each step the backend runs, `what(item)` of each of its items."""
+    steps: list[list] = []
+    step = model.backend.step
+
+    def recording_step(items):
+        steps.append([what(item) for item in items])
+        return step(items)
+
+    monkeypatch.setattr(model.backend, "step", recording_step)
+    return steps
+
+
 def test_a_tenant_alone_prefills_whole_chunks_right_after_its_own_decoding(monkeypatch):
     """The cap beside decoding protects other tenants' latency: a tenant's next prompt after its own
     decoding (a chat turn, a benchmark) is not cut into short steps."""
     model = _model(kv_blocks=64)
-    sizes: list[list[int]] = []
-    step = model.backend.step
-
-    def recording_step(items):
-        sizes.append([len(i.tokens) for i in items])
-        return step(items)
-
-    monkeypatch.setattr(model.backend, "step", recording_step)
+    sizes = _record_steps(model, monkeypatch, lambda item: len(item.tokens))
     monkeypatch.setattr(scheduler_module, "DECODE_LINGER_S", 600.0)  # its decoding stays recent
     seq = model.open_sequence(256)
     owner = StepOwner(tenant="a")
@@ -153,14 +159,7 @@ def test_two_tenants_prefilling_share_short_steps_and_one_alone_takes_whole_chun
     scheduler = model.scheduler
     assert scheduler is not None
     prompt = list(range(1, 101))
-    sizes: list[list[int]] = []
-    step = model.backend.step
-
-    def recording_step(items):
-        sizes.append([len(i.tokens) for i in items])
-        return step(items)
-
-    monkeypatch.setattr(model.backend, "step", recording_step)
+    sizes = _record_steps(model, monkeypatch, lambda item: len(item.tokens))
     monkeypatch.setattr(scheduler_module, "DECODE_LINGER_S", 600.0)  # "a" stays recent however slow the machine
     alone = model.open_sequence(128)
     expected = alone.step(prompt, StepOwner(tenant="a"))
@@ -197,14 +196,7 @@ def test_a_long_prefill_runs_in_parts_beside_a_decoding_tenant_with_the_same_log
     expected = [solo.step(prompt), solo.step([7])]
     solo.close()
     scheduler.prefill_cap = 8
-    sizes: list[list[tuple[int, str]]] = []
-    step = model.backend.step
-
-    def recording_step(items):
-        sizes.append([(len(i.tokens), i.wants) for i in items])
-        return step(items)
-
-    monkeypatch.setattr(model.backend, "step", recording_step)
+    sizes = _record_steps(model, monkeypatch, lambda item: (len(item.tokens), item.wants))
     submitted = _steps_submitted(scheduler, monkeypatch)
     got: list = []
     first, second, prefiller = (model.open_sequence(128) for _ in range(3))

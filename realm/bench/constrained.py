@@ -11,12 +11,11 @@ a schema that the model completes sooner measures less (`realm bench` prints the
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from host_functions.engine.model import Model
+from realm.bench.concurrent import run_at_once
 from realm.bench.speed import BENCH_TEXT
 
 PROMPT = BENCH_TEXT[:60]
@@ -52,28 +51,8 @@ def run_constrained_bench(model: Model, schema: str, levels: list[int], n_decode
 
     def level(n: int, fields: dict[str, Any]) -> tuple[float, int]:
         request = for_bench(fields)
-        tokens = [0]
-        errors: list[BaseException] = []
-        lock = threading.Lock()
-
-        def one() -> None:
-            try:
-                result = request.run(model)
-            except BaseException as exc:  # re-raised below: a failed request is the bench's error
-                errors.append(exc)
-                return
-            with lock:
-                tokens[0] += result.completion_tokens or 0
-
-        threads = [threading.Thread(target=one) for _ in range(n)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return tokens[0] / (time.perf_counter() - started), tokens[0]
+        tokens, seconds = run_at_once(n, lambda _: request.run(model).completion_tokens or 0)
+        return tokens / seconds, tokens
 
     results = []
     for n in levels:

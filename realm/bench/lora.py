@@ -9,7 +9,6 @@ adapters: the files given, or one file at K scales), alternating the same way.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -18,6 +17,7 @@ import numpy as np
 from host_functions.abi import AdapterBinding
 from host_functions.engine.model import Model
 from host_functions.lora.adapter import LoraAdapter
+from realm.bench.concurrent import run_at_once
 from realm.bench.speed import BENCH_TEXT, bench_prompt
 
 SPREAD_SCALES = (1.0, 0.75, 0.5, 0.25)  # one file as several adapters: the same pairs at other scales
@@ -115,29 +115,12 @@ def run_lora_concurrency_bench(model: Model, levels: list[int], n_decode: int, b
     aliases = {f"a{i}": binding for i, binding in enumerate(bindings)}
 
     def level(n: int, with_lora: bool) -> float:
-        tokens = [0]
-        errors: list[BaseException] = []
-        lock = threading.Lock()
-
-        def one(i: int) -> None:
+        def one(i: int) -> int:
             job = {**fields, "lora": f"a{i % len(bindings)}"} if with_lora else fields
-            try:
-                result = for_bench(job, aliases).run(model)
-            except BaseException as exc:  # re-raised below: a failed request is the bench's error
-                errors.append(exc)
-                return
-            with lock:
-                tokens[0] += result.completion_tokens or 0
+            return for_bench(job, aliases).run(model).completion_tokens or 0
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return tokens[0] / (time.perf_counter() - started)
+        tokens, seconds = run_at_once(n, one)
+        return tokens / seconds
 
     for alias in aliases:  # load every adapter (and build merged copies) before timing
         for_bench({**fields, "max_tokens": 4, "lora": alias}, aliases).run(model)

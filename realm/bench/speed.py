@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import resource
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ import numpy as np
 from host_functions.engine.model import Model
 from host_functions.engine.sampling import SamplingParams
 from host_functions.errors import RealmError
+from realm.bench.concurrent import run_at_once
 from realm.models import scheduled
 
 BENCH_TEXT = (
@@ -182,27 +182,19 @@ def run_concurrency_bench(model: Model, levels: list[int], n_decode: int) -> lis
     def level(n: int, target: Model = model) -> tuple[float, list[float], list[float], int]:
         latencies: list[float] = []
         firsts: list[float] = []
-        tokens = [0]
-        lock = threading.Lock()
 
-        def one() -> None:
+        def one(_: int) -> int:
             started = time.perf_counter()
             clock = FirstText()
             result = request.run(target, on_text=clock)
-            with lock:
-                latencies.append(time.perf_counter() - started)
-                firsts.append((time.perf_counter() if clock.first is None else clock.first) - started)
-                tokens[0] += result.completion_tokens or 0
+            latencies.append(time.perf_counter() - started)
+            firsts.append((time.perf_counter() if clock.first is None else clock.first) - started)
+            return result.completion_tokens or 0
 
         kv_pool.reset_peak()
-        threads = [threading.Thread(target=one) for _ in range(n)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        tokens, seconds = run_at_once(n, one)
         kv = kv_pool.stats()
-        return tokens[0] / (time.perf_counter() - started), latencies, firsts, kv.blocks_peak * kv.block_tokens
+        return tokens / seconds, latencies, firsts, kv.blocks_peak * kv.block_tokens
 
     dataclasses.replace(request, fields={**request.fields, "max_tokens": 4}).run(model)  # warm up
     results = []

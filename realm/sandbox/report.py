@@ -102,6 +102,9 @@ _KINDS: tuple[tuple[type[GuestRunFailed], type[RealmError]], ...] = (
     (GuestRunCancelled, RequestCancelled), (GuestRunOverLimit, QuotaExceeded),
     (GuestRunBackendError, BackendError), (GuestRunOverloaded, Overloaded), (GuestRunAdapterError, AdapterError),
     (GuestRunError, GuestError))
+# What a host call may raise that ends the request (not a status the guest gets back): every cause above
+# but GuestError's, which a host function's refusal also is.
+REQUEST_ENDING: tuple[type[RealmError], ...] = tuple(cause for _, cause in _KINDS if cause is not GuestError)
 
 
 def explain_wasmtime(exc: Exception, limits: Limits, at_memory_cap: bool) -> RealmError:

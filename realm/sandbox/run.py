@@ -40,18 +40,14 @@ from host_functions.abi import (
 from host_functions.abi.status import status_of
 from host_functions.engine.model import Model
 from host_functions.errors import (
-    AdapterError,
-    BackendError,
     GuestError,
-    Overloaded,
-    QuotaExceeded,
     RealmError,
     RequestCancelled,
 )
 from realm.sandbox.engine import engine, new_store
 from realm.sandbox.exports import export
 from realm.sandbox.intake import GuestModule
-from realm.sandbox.report import GuestRunFailed, RunResult, explain_wasmtime, failing_status
+from realm.sandbox.report import REQUEST_ENDING, GuestRunFailed, RunResult, explain_wasmtime, failing_status
 
 
 class _Abort(Exception):
@@ -175,7 +171,7 @@ def _bind(session: Session, fn: HostFunction, cancel: threading.Event | None) ->
         except AbiError as exc:
             session.last_error = f"{name}: {exc}"
             return int(exc.status)
-        except (QuotaExceeded, BackendError, RequestCancelled, Overloaded, AdapterError) as exc:
+        except REQUEST_ENDING as exc:
             session.failure = exc
         except RealmError as exc:  # the engine refused the call: its error class says which status
             session.last_error = f"{name}: {exc}"
