@@ -109,6 +109,17 @@ def test_set_limits_changes_only_the_limits_named_and_show_json_stays_valid(real
     assert json.loads(realm("tenant", "show", "acme", "--json").stdout)["limits"]["wall_seconds"] == 60.0
 
 
+def test_set_models_names_the_models_a_tenant_may_use_and_all_gives_every_one_back(realm):
+    assert realm("tenant", "create", "acme", "--model", "tiny").returncode == 0
+    assert json.loads(realm("tenant", "show", "acme", "--json").stdout)["models"] == ["tiny"]
+    done = realm("tenant", "set-models", "acme", "gemma", "qwen3")
+    assert done.returncode == 0 and "models gemma, qwen3" in done.stdout
+    assert realm("tenant", "set-models", "acme", "--all").returncode == 0
+    assert json.loads(realm("tenant", "show", "acme", "--json").stdout)["models"] == []
+    one_error_line(realm("tenant", "set-models", "acme"), 2, "or --all")
+    one_error_line(realm("tenant", "set-models", "acme", "a/b"), 1, "invalid model id")
+
+
 def test_set_limits_refuses_a_memory_limit_the_deployed_module_does_not_fit(realm):
     realm("tenant", "create", "acme")
     realm("tenant", "deploy", "acme", str(GENERATE))

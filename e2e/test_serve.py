@@ -242,6 +242,16 @@ def test_a_guest_over_its_limit_fails_only_its_request(served):
         served.client(key).completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4)
 
 
+def test_the_admin_sets_the_models_a_tenant_may_use(served):
+    made = served.admin("POST", "/admin/tenants", json={"name": "picky", "models": ["tiny", "gemma"]})
+    assert made.status_code == 201 and made.json()["models"] == ["gemma", "tiny"]
+    assert served.admin("PUT", "/admin/tenants/picky/models", json={"models": []}).json()["models"] == []
+    for body in ({"models": "tiny"}, {"models": [1]}, {}, {"models": ["a/b"]}):
+        refused = served.admin("PUT", "/admin/tenants/picky/models", json=body)
+        assert refused.status_code == 400 and "error" in refused.json(), body
+    assert served.admin("PUT", "/admin/tenants/ghost/models", json={"models": []}).status_code == 404
+
+
 # --- isolation -----------------------------------------------------------------------------------
 
 def test_each_key_runs_its_own_tenants_guest_and_nothing_else(served):

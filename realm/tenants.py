@@ -25,7 +25,7 @@ import secrets
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,9 @@ from realm.sandbox.intake import GuestModule, compile_guest, to_wasm
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 NAME_RULE = "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+# A model's id: what a request's `model` names (the file's stem unless the server names it).
+MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}", re.ASCII)
+MODEL_ID_RULE = "1-128 ASCII letters, digits, '.', '_', ':', '+' or '-', starting with a letter or digit"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -86,11 +89,20 @@ CREATE TABLE IF NOT EXISTS lora_bindings (
     PRIMARY KEY (tenant, alias)
 )
 """
+# The models a tenant may use, by id; a tenant with no row may use every model the server serves.
+_MODELS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenant_models (
+    tenant TEXT NOT NULL,
+    model  TEXT NOT NULL,
+    PRIMARY KEY (tenant, model)
+)
+"""
 
 
 @dataclass(frozen=True)
 class Tenant:
-    """One tenant as registered: its limits and the module it serves (if deployed)."""
+    """One tenant as registered: its limits, the module it serves (if deployed) and the models it may
+    use (empty: every model the server serves)."""
 
     name: str
     created_at: float
@@ -98,10 +110,14 @@ class Tenant:
     module_sha256: str | None = None
     module_size: int | None = None
     deployed_at: float | None = None
+    models: tuple[str, ...] = ()
+
+    def may_use(self, model_id: str) -> bool:
+        return not self.models or model_id in self.models
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "created_at": self.created_at, "module_sha256": self.module_sha256,
-                "module_size": self.module_size, "deployed_at": self.deployed_at,
+                "module_size": self.module_size, "deployed_at": self.deployed_at, "models": list(self.models),
                 "limits": {k: _json_number(v) for k, v in dataclasses.asdict(self.limits).items()}}
 
 
@@ -180,11 +196,11 @@ class TenantRegistry:
 
     def get(self, name: str) -> Tenant:
         with self._db() as db:
-            return _tenant(self._row(db, name))
+            return _tenant(self._row(db, name), _models(db, name))
 
     def list(self) -> list[Tenant]:
         with self._db() as db:
-            return [_tenant(r) for r in db.execute("SELECT * FROM tenants ORDER BY name")]
+            return [_tenant(r, _models(db, r["name"])) for r in db.execute("SELECT * FROM tenants ORDER BY name")]
 
     def guest(self, name: str) -> GuestModule:
         """The tenant's deployed module, compiled (cached by hash); TenantError if none is deployed."""
@@ -205,16 +221,29 @@ class TenantRegistry:
 
     # -- changes -------------------------------------------------------------------------------
 
-    def create(self, name: str, limits: Limits | None = None) -> Tenant:
+    def create(self, name: str, limits: Limits | None = None, models: Sequence[str] = ()) -> Tenant:
+        """Register tenant `name` with `limits` and the `models` it may use (none: every model).
+        TenantError for a bad name or model id, or a name already taken."""
         if not NAME_PATTERN.fullmatch(name):
             raise TenantError(f"invalid tenant name {name!r}: use {NAME_RULE}")
-        tenant = Tenant(name, time.time(), (limits or Limits()).validate())
+        tenant = Tenant(name, time.time(), (limits or Limits()).validate(), models=_model_ids(models))
         try:
             with self._db(write=True) as db:
                 db.execute("INSERT INTO tenants (name, created_at, limits) VALUES (?, ?, ?)",
                            (name, tenant.created_at, json.dumps(dataclasses.asdict(tenant.limits))))
+                db.executemany("INSERT INTO tenant_models VALUES (?, ?)", [(name, m) for m in tenant.models])
         except sqlite3.IntegrityError:
             raise TenantError(f"tenant {name!r} already exists") from None
+        return tenant
+
+    def set_models(self, name: str, models: Sequence[str]) -> Tenant:
+        """Replace the models tenant `name` may use (none: every model the server serves); requests
+        already running keep theirs. TenantError for an unknown tenant or a bad model id."""
+        ids = _model_ids(models)
+        with self._db(write=True) as db:
+            tenant = _tenant(self._row(db, name), ids)
+            db.execute("DELETE FROM tenant_models WHERE tenant = ?", (name,))
+            db.executemany("INSERT INTO tenant_models VALUES (?, ?)", [(name, m) for m in ids])
         return tenant
 
     def deploy(self, name: str, data: bytes) -> Tenant:
@@ -243,7 +272,7 @@ class TenantRegistry:
         module no longer fits (its initial memory over a lowered memory_bytes).
         """
         with self._db(write=True) as db:
-            tenant = _tenant(self._row(db, name))
+            tenant = _tenant(self._row(db, name), _models(db, name))
             limits = parse_limits(overrides, tenant.limits)
             if tenant.module_sha256 is not None and limits.memory_bytes < tenant.limits.memory_bytes:
                 _check_fits(self.guest(name), limits)
@@ -263,6 +292,7 @@ class TenantRegistry:
             db.execute("DELETE FROM api_keys WHERE tenant = ?", (name,))
             db.execute("DELETE FROM rate_limits WHERE tenant = ?", (name,))
             db.execute("DELETE FROM lora_bindings WHERE tenant = ?", (name,))
+            db.execute("DELETE FROM tenant_models WHERE tenant = ?", (name,))
             self._collect(db, sha256)
 
     # -- API keys ------------------------------------------------------------------------------
@@ -427,6 +457,7 @@ class TenantRegistry:
             db.execute(_KEYS_SCHEMA)
             db.execute(_RATES_SCHEMA)
             db.execute(_LORA_SCHEMA)
+            db.execute(_MODELS_SCHEMA)
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield db
@@ -442,13 +473,26 @@ class TenantRegistry:
             db.close()
 
 
-def _tenant(row: sqlite3.Row) -> Tenant:
+def _tenant(row: sqlite3.Row, models: tuple[str, ...]) -> Tenant:
     try:
         limits = dataclasses.replace(Limits(), **json.loads(row["limits"]))
     except (TypeError, ValueError) as exc:
         raise TenantError(f"tenant {row['name']!r} has unreadable limits: {exc}") from None
     return Tenant(row["name"], row["created_at"], limits, row["module_sha256"], row["module_size"],
-                  row["deployed_at"])
+                  row["deployed_at"], models)
+
+
+def _models(db: sqlite3.Connection, name: str) -> tuple[str, ...]:
+    return tuple(r["model"] for r in db.execute("SELECT model FROM tenant_models WHERE tenant = ? ORDER BY model",
+                                                (name,)))
+
+
+def _model_ids(models: Sequence[str]) -> tuple[str, ...]:
+    """The distinct model ids, sorted; TenantError for one that is not an id."""
+    for model in models:
+        if not isinstance(model, str) or not MODEL_ID_PATTERN.fullmatch(model):
+            raise TenantError(f"invalid model id {str(model)[:140]!r}: use {MODEL_ID_RULE}")
+    return tuple(sorted(set(models)))
 
 
 def _api_key(row: sqlite3.Row) -> ApiKey:

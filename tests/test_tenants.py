@@ -69,6 +69,21 @@ def test_a_tenant_name_is_unique_and_well_formed(registry):
             registry.create(bad)
 
 
+def test_a_tenants_models_are_stored_checked_replaced_and_deleted_with_it(registry):
+    created = registry.create("acme", models=["tiny-llama", "gemma-3:270m", "tiny-llama"])
+    assert created.models == registry.get("acme").models == ("gemma-3:270m", "tiny-llama")
+    assert created.may_use("tiny-llama") and not created.may_use("qwen3")
+    assert registry.set_models("acme", []).models == () and registry.get("acme").may_use("qwen3")
+    for bad in ["", "a/b", "../x", "x" * 129, "é"]:
+        with pytest.raises(TenantError, match="invalid model id"):
+            registry.set_models("acme", [bad])
+    registry.set_models("acme", ["qwen3"])
+    registry.delete("acme")
+    assert registry.create("acme").models == ()  # a new tenant of the same name starts with every model
+    with pytest.raises(TenantError, match="no tenant named"):
+        registry.set_models("ghost", ["qwen3"])
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"fuels": "1"}, "unknown limit"), ({"fuel": "lots"}, "must be a number"), ({"fuel": "0"}, r"must be in \[1, "),
     ({"memory_bytes": str(4 << 30)}, "2 GiB")])

@@ -1,4 +1,4 @@
-"""`realm tenant create|deploy|list|show|set-limits|delete`: the tenant registry from the command line."""
+"""`realm tenant create|deploy|list|show|set-limits|set-models|delete`: the tenant registry from the command line."""
 
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ def tenant() -> None:
 @click.argument("name")
 @click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
               help="Override a limit, e.g. --limit fuel=500000000 (repeatable; see `realm tenant show`).")
-def create(name: str, limits: tuple[str, ...]) -> None:
+@click.option("--model", "models", multiple=True, metavar="MODEL",
+              help="A model id the tenant may use (repeatable). [default: every model a server serves]")
+def create(name: str, limits: tuple[str, ...], models: tuple[str, ...]) -> None:
     """Register a tenant (the help text, from NAME_RULE, says which names are allowed)."""
-    created = TenantRegistry().create(name, parse_limits(_pairs(limits)))
+    created = TenantRegistry().create(name, parse_limits(_pairs(limits)), models)
     click.echo(f"created tenant {created.name}")
 
 
@@ -87,6 +89,18 @@ def set_limits(name: str, pairs: tuple[str, ...]) -> None:
     changed = TenantRegistry().set_limits(name, overrides)
     shown = ", ".join(f"{key}={getattr(changed.limits, key)}" for key in overrides)
     click.echo(f"tenant {changed.name}: {shown}")
+
+
+@tenant.command("set-models")
+@click.argument("name")
+@click.argument("models", nargs=-1, metavar="MODEL...")
+@click.option("--all", "every", is_flag=True, help="Allow every model the server serves.")
+def set_models(name: str, models: tuple[str, ...], every: bool) -> None:
+    """Set the models tenant NAME may use by id, e.g. `realm tenant set-models acme gemma-3-270m qwen3`."""
+    if every == bool(models):
+        raise click.UsageError("give the model ids the tenant may use, or --all (not both)")
+    changed = TenantRegistry().set_models(name, models)
+    click.echo(f"tenant {changed.name}: models {', '.join(changed.models) or 'all'}")
 
 
 @tenant.command()
@@ -192,6 +206,7 @@ def _detail(t: Tenant) -> Table:
     table.add_row("module sha256", t.module_sha256 or "- (not deployed)")
     table.add_row("module bytes", str(t.module_size or "-"))
     table.add_row("deployed", _when(t.deployed_at))
+    table.add_row("models", ", ".join(t.models) or "all")
     for name, value in dataclasses.asdict(t.limits).items():
         table.add_row(f"limit {name}", f"{value:g}" if isinstance(value, float) else str(value))
     return table

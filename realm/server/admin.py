@@ -88,11 +88,21 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
 
     def create_tenant(path: dict[str, Any], body: Any) -> Any:
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise ApiError(400, 'the body must be {"name": ..., "limits": {...}}')
+            raise ApiError(400, 'the body must be {"name": ..., "limits": {...}, "models": [...]}')
         limits = body.get("limits") or {}
         if not isinstance(limits, dict):
             raise ApiError(400, "limits must be an object of limit name -> number")
-        return registry.create(body["name"], parse_limits({k: str(v) for k, v in limits.items()})).as_json()
+        return registry.create(body["name"], parse_limits({k: str(v) for k, v in limits.items()}),
+                               _model_list(body.get("models"))).as_json()
+
+    def set_models(path: dict[str, Any], body: Any) -> Any:
+        if not isinstance(body, dict) or set(body) != {"models"}:
+            raise ApiError(400, 'the body must be {"models": [MODEL, ...]} (an empty list: every model)')
+        registry.get(path["name"])  # 404 for an unknown tenant; a bad id is a 400 below
+        try:
+            return registry.set_models(path["name"], _model_list(body["models"])).as_json()
+        except TenantError as exc:
+            raise ApiError(400, str(exc)) from None
 
     def set_limits(path: dict[str, Any], body: Any) -> Any:
         if not isinstance(body, dict) or not body:
@@ -156,6 +166,7 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
         Route("/admin/tenants/{name}", admin(show_tenant), methods=["GET"]),
         Route("/admin/tenants/{name}", admin(delete_tenant), methods=["DELETE"]),
         Route("/admin/tenants/{name}/limits", admin(set_limits, body="json"), methods=["PATCH"]),
+        Route("/admin/tenants/{name}/models", admin(set_models, body="json"), methods=["PUT"]),
         Route("/admin/tenants/{name}/guest", admin(deploy, body="module"), methods=["PUT"]),
         Route("/admin/tenants/{name}/keys", admin(create_key, 201), methods=["POST"]),
         Route("/admin/tenants/{name}/keys", admin(list_keys), methods=["GET"]),
@@ -166,6 +177,15 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
         Route("/admin/tenants/{name}/adapters/{alias}", admin(bind_adapter, body="json"), methods=["PUT"]),
         Route("/admin/tenants/{name}/adapters/{alias}", admin(unbind_adapter), methods=["DELETE"]),
     ]
+
+
+def _model_list(value: Any) -> list[str]:
+    """A body's list of model ids (None: none, every model); ApiError 400 for anything else."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ApiError(400, "models must be a list of model ids")
+    return value
 
 
 def _status_of(request: Request) -> int:
