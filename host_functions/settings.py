@@ -87,7 +87,7 @@ def admin_key() -> str | None:
 
 def registry_url() -> str:
     """$REALM_REGISTRY_URL, else SQLite in REALM_HOME (the URL is checked where the registry opens)."""
-    return _get(REGISTRY_URL) or f"sqlite:///{(home() / 'realm.db').absolute()}"
+    return _get(REGISTRY_URL) or f"sqlite://{(home() / 'realm.db').absolute().as_posix()}"
 
 
 def _user_data_dir() -> Path:

@@ -88,12 +88,13 @@ class Database:
             path = unquote(parts.path)
             if parts.netloc or parts.query or parts.fragment or not path.startswith("/") or path.endswith("/"):
                 raise RegistryError(f"bad registry URL {self.shown!r}: use {URL_FORMS}")
-            self.sqlite_path = Path(path)
+            self.sqlite_path = Path("/" + path.lstrip("/"))  # sqlite:////abs/path (SQLAlchemy's form) too
             self.dialect = "sqlite"
         elif parts.scheme in ("postgresql", "postgres") and parts.hostname is not None:
             self.dialect = "postgresql"
         else:
             raise RegistryError(f"bad registry URL {self.shown!r}: use {URL_FORMS}")
+        self.schema_current = False  # set by migrations.migrate
         self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue(IDLE_CONNECTIONS)
 
     @contextmanager

@@ -10,7 +10,6 @@ EXISTS), so a realm.db made then is adopted as it is, its data kept.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Callable
 
@@ -74,22 +73,17 @@ MIGRATIONS: list[Callable[[Tx, Database], None]] = [
 ]
 LATEST = len(MIGRATIONS)
 
-_current: set[str] = set()  # URLs this process has brought up to LATEST
-_current_lock = threading.Lock()
-
-
 def migrate(db: Database) -> None:
-    """Bring `db` up to LATEST, once per process; RegistryError if it is newer than this code."""
-    with _current_lock:
-        if db.url in _current:
-            return
+    """Bring `db` up to LATEST (once per Database object: once per process and URL with
+    open_database); RegistryError if it is newer than this code."""
+    if db.schema_current:
+        return
     for version, step in enumerate(MIGRATIONS, 1):
         with db.transaction(lock=True) as tx:
             if _version(tx, db) < version:
                 step(tx, db)
                 tx.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time()))
-    with _current_lock:
-        _current.add(db.url)
+    db.schema_current = True
 
 
 def _version(tx: Tx, db: Database) -> int:
