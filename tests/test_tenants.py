@@ -13,9 +13,9 @@ from host_functions import settings
 from host_functions.abi import Limits
 from host_functions.engine.model import Model
 from host_functions.errors import GuestError, TenantError
+from realm import tenants
 from realm.sandbox.intake import reference_guest_path, to_wasm
 from realm.sandbox.run import TenantSandbox
-from realm import tenants
 from realm.tenants import TenantRegistry, parse_limits
 
 EMITS = '(drop (call $emit (i32.const 100) (i32.const 1))) (i32.const 0)'

@@ -131,4 +131,4 @@ def parse_since(text: str, now: float | None = None) -> float:
     except ValueError:
         raise TenantError(f"--since {text[:64]!r}: expected an age (30m, 12h, 7d) or an ISO date "
                           "(2026-01-31 or 2026-01-31T12:00)") from None
-    return (when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=datetime.UTC)).timestamp()
