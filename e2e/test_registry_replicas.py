@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from test_serve import MODEL, Served, marker_guest, serving
+from cli_helpers import one_error_line
+from test_serve import MODEL, Served, free_port, marker_guest, serving
 
 SEEN_WITHIN_S = 30  # far over the 5 s the servers promise: the machine may be loaded
 
@@ -80,3 +81,13 @@ def test_both_replicas_usage_is_read_through_either(replicas):
     bad = a.admin("GET", "/admin/tenants/metered/usage?since=soon")
     assert bad.status_code == 400 and "expected an age" in bad.json()["error"]["message"]
     assert a.admin("GET", "/admin/tenants/ghost/usage").status_code == 404
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql://realm:hunter2@127.0.0.1:1/realm", "tenant registry postgresql://realm:***@127.0.0.1:1/realm: "),
+    ("sqlite:relative.db", "bad registry URL 'sqlite:relative.db'"),
+])
+def test_serve_refuses_a_bad_or_unreachable_registry_in_one_line(realm, url, message):
+    done = realm("serve", "--registry", url, "--port", str(free_port()))
+    one_error_line(done, 1, message)
+    assert "hunter2" not in done.stdout + done.stderr

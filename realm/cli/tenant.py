@@ -119,7 +119,8 @@ def set_models(name: str, models: tuple[str, ...], every: bool) -> None:
 @tenant.command()
 @click.argument("name")
 def delete(name: str) -> None:
-    """Delete tenant NAME, and its module file unless another tenant serves the same module."""
+    """Delete tenant NAME (its keys, limits, models, adapters and usage), and its module unless another
+    tenant serves the same one."""
     _registry().delete(name)
     click.echo(f"deleted tenant {name}")
 

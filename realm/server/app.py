@@ -254,8 +254,9 @@ class Server:
         self.metrics.latency.labels(tenant, kind).observe(time.perf_counter() - started)
         self.metrics.tokens.labels(tenant, "prompt").inc(prompt_tokens)
         self.metrics.tokens.labels(tenant, "completion").inc(completion)
-        self.usage.record(UsageRecord(tenant, self.model_id, kind, status, prompt_tokens, completion,
-                                      sum(c.cached_tokens for c in choices)))
+        if tenant:  # a request refused before its key was known (401) is no tenant's: metrics only
+            self.usage.record(UsageRecord(tenant, self.model_id, kind, status, prompt_tokens, completion,
+                                          sum(c.cached_tokens for c in choices)))
         if held is not None and whole:
             self.limiter.settle(held, prompt_tokens + completion)
 
