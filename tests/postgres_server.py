@@ -25,12 +25,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-INSTALL_HINT = "PostgreSQL's server binaries (initdb, pg_ctl) are missing: `scripts/setup.sh --test` installs them"
+from realm.registry.database import open_database
+
+POSTGRES_ROOT = Path("/usr/lib/postgresql")  # Debian's: one folder per major version
+INSTALL_HINT = "PostgreSQL's server (initdb, pg_ctl) is not installed: `scripts/setup.sh --test` installs it"
 
 
 def pg_bin() -> Path:
     """The newest installed PostgreSQL's bin folder (Debian: /usr/lib/postgresql/VERSION/bin)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+    found = sorted(POSTGRES_ROOT.glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
     if found:
         return found[-1].parent
     on_path = shutil.which("pg_ctl")
@@ -48,7 +51,10 @@ class PostgresServer:
         self.port = _free_port()
         self._as_user: list[str] = []
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            owner = pwd.getpwnam("postgres")
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.fail(f"no `postgres` user to run PostgreSQL as: {INSTALL_HINT}", pytrace=False)
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
         self._numbers = itertools.count()
@@ -62,7 +68,8 @@ class PostgresServer:
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+            if (self.root / "data" / "postmaster.pid").exists():  # started (a failed start left none)
+                self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -100,11 +107,13 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def registry_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+def registry_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
     """None: the default registry (SQLite in REALM_HOME); else a fresh PostgreSQL database's URL,
     also set as REALM_REGISTRY_URL for this test."""
     if request.param == "sqlite":
-        return None
+        yield None
+        return
     url = request.getfixturevalue("postgres").new_database()
     monkeypatch.setenv("REALM_REGISTRY_URL", url)
-    return url
+    yield url
+    open_database(url).close()  # this process's idle connections to it: the server's connections are few

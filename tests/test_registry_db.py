@@ -140,3 +140,12 @@ def test_since_is_an_age_or_an_iso_date(text, expected):
 def test_a_bad_since_is_refused(text):
     with pytest.raises(Exception, match="expected an age"):
         parse_since(text)
+
+
+def test_the_postgres_fixture_fails_saying_how_to_install_postgresql_when_it_is_missing(monkeypatch, tmp_path):
+    import postgres_server
+
+    monkeypatch.setattr(postgres_server, "POSTGRES_ROOT", tmp_path)  # no versions installed there
+    monkeypatch.setattr(postgres_server.shutil, "which", lambda name: None)
+    with pytest.raises(pytest.fail.Exception, match=r"not installed: `scripts/setup.sh --test` installs it"):
+        postgres_server.pg_bin()
