@@ -84,17 +84,18 @@ def test_starters_at_once_apply_each_migration_once(registry_url: str | None):
 
 
 @pytest.mark.parametrize("url", ["mysql://x/y", "sqlite:relative.db", "sqlite://host/x.db", "sqlite:///", "nonsense",
-                                 "postgresql:///nohost", "sqlite:///x.db?mode=ro"])
+                                 "sqlite:///x.db?mode=ro"])
 def test_a_bad_url_is_one_clear_error(url):
     with pytest.raises(RegistryError, match="bad registry URL .*: use sqlite:///ABS/PATH.db or postgresql://"):
         Database(url)
 
 
-def test_an_unreachable_database_is_an_error_that_never_shows_the_password():
-    registry = TenantRegistry("postgresql://realm:s3cret-pw@127.0.0.1:1/realm")
-    with pytest.raises(RegistryError) as caught:
-        registry.list()
-    assert "realm:***@127.0.0.1:1" in str(caught.value) and "s3cret-pw" not in str(caught.value)
+@pytest.mark.parametrize("url", ["postgresql://realm:s3cret-pw@127.0.0.1:1/realm",
+                                 "postgresql://realm:s3cret-pw@127.0.0.1:notaport/realm"])
+def test_an_unreachable_or_malformed_database_is_an_error_that_never_shows_the_password(url):
+    with pytest.raises(RegistryError, match=r"tenant registry postgresql://realm:\*\*\*@127.0.0.1:") as caught:
+        TenantRegistry(url).list()
+    assert "s3cret-pw" not in str(caught.value)
 
 
 def test_usage_records_are_written_in_the_background_and_summed_per_model(registry_url: str | None):
@@ -149,3 +150,22 @@ def test_the_postgres_fixture_fails_saying_how_to_install_postgresql_when_it_is_
     monkeypatch.setattr(postgres_server.shutil, "which", lambda name: None)
     with pytest.raises(pytest.fail.Exception, match=r"not installed: `scripts/setup.sh --test` installs it"):
         postgres_server.pg_bin()
+
+
+def test_a_full_usage_queue_drops_records_without_blocking_and_counts_them(realm_home: Path):
+    registry = TenantRegistry()
+    registry.create("acme")
+    writer = UsageWriter(registry.db, capacity=1)
+    first = UsageRecord("acme", "m", "completion", 200, 1, 1)
+    holder = sqlite3.connect(realm_home / "realm.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the database is busy: the writer's insert waits
+    writer.record(first)
+    while writer._queue.qsize():  # the writer took it and waits on the lock
+        threading.Event().wait(0.01)
+    for _ in range(5):
+        writer.record(first)  # one fits the queue (two if the writer's batch took one); the rest are dropped
+    assert writer.dropped >= 3
+    holder.execute("COMMIT")
+    holder.close()
+    writer.close()
+    assert registry.usage("acme")["total"]["requests"] + writer.dropped == 6

@@ -4,6 +4,7 @@ models, content-addressed modules in the database, atomic deployment."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,23 @@ def test_a_deleted_tenant_can_be_created_again_from_scratch(registry):
     registry.deploy("acme", EMITS_A.encode())
     registry.delete("acme")
     assert registry.create("acme").module_sha256 is None
+
+
+def test_deployments_racing_on_a_shared_module_never_leave_a_tenant_without_its_module(registry):
+    registry.create("acme")
+    registry.create("beta")
+    modules = [EMITS_A.encode(), EMITS_B.encode()]
+
+    def flip(name: str, first: int) -> None:  # each deployment may collect the module the other just chose
+        for i in range(12):
+            TenantRegistry().deploy(name, modules[(i + first) % 2])
+
+    threads = [threading.Thread(target=flip, args=(name, first)) for name, first in (("acme", 0), ("beta", 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for tenant in registry.list():
+        assert registry.module_bytes(tenant.module_sha256) is not None
+    with registry.db.transaction() as tx:
+        assert len(tx.all("SELECT sha256 FROM modules")) == len({t.module_sha256 for t in registry.list()})

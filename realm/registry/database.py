@@ -90,7 +90,7 @@ class Database:
                 raise RegistryError(f"bad registry URL {self.shown!r}: use {URL_FORMS}")
             self.sqlite_path = Path("/" + path.lstrip("/"))  # sqlite:////abs/path (SQLAlchemy's form) too
             self.dialect = "sqlite"
-        elif parts.scheme in ("postgresql", "postgres") and parts.hostname is not None:
+        elif parts.scheme in ("postgresql", "postgres"):  # the rest is libpq's to check (at connect)
             self.dialect = "postgresql"
         else:
             raise RegistryError(f"bad registry URL {self.shown!r}: use {URL_FORMS}")
