@@ -4,7 +4,8 @@ A server calls UsageWriter.record for every request it answers; that only puts t
 bounded queue (never blocks, never touches the database on the event loop). One thread takes what
 has queued, up to BATCH records, and inserts them in one transaction. When the queue is full, or the
 database refuses a batch, the records are dropped: counted (`dropped`, and the server's
-realm_usage_records_dropped metric through `on_drop`) and logged, never silently.
+realm_usage_records_dropped metric through `on_drop`) and logged (one line per LOG_EVERY_S at most,
+with the count), never silently.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger("realm.usage")
 
 CAPACITY = 10_000  # records waiting at most; past that they are dropped (the database is down or slow)
 BATCH = 500
+LOG_EVERY_S = 10.0  # drops are logged at most this often, each line counting those since the last
 _RELATIVE = re.compile(r"(\d{1,9})([smhd])", re.ASCII)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INSERT = ("INSERT INTO usage_records (tenant, model, kind, status, prompt_tokens, completion_tokens, "
@@ -57,6 +59,9 @@ class UsageWriter:
                  capacity: int = CAPACITY) -> None:
         self.db, self.on_drop = db, on_drop
         self.dropped = 0
+        self._lock = threading.Lock()
+        self._logged_at = -LOG_EVERY_S
+        self._unlogged = 0  # drops since the last line logged
         self._queue: queue.Queue[UsageRecord | None] = queue.Queue(capacity)
         self._thread = threading.Thread(target=self._run, name="realm-usage-writer", daemon=True)
         self._thread.start()
@@ -75,20 +80,19 @@ class UsageWriter:
         except queue.Full:
             pass
         self._thread.join(timeout)
+        if self._unlogged:
+            log.warning("dropped %d more usage record(s), %d in all", self._unlogged, self.dropped)
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            batch = [first] if first is not None else []
-            while len(batch) < BATCH and first is not None:
+            batch = [self._queue.get()]
+            while len(batch) < BATCH and batch[-1] is not None:
                 try:
-                    first = self._queue.get_nowait()
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if first is not None:
-                    batch.append(first)
-            self._write(batch)
-            if first is None:
+            self._write([r for r in batch if r is not None])
+            if batch[-1] is None:
                 return
 
     def _write(self, batch: list[UsageRecord]) -> None:
@@ -101,9 +105,17 @@ class UsageWriter:
             self._drop(len(batch), str(exc))
 
     def _drop(self, n: int, why: str) -> None:
-        self.dropped += n
+        with self._lock:
+            self.dropped += n
+            unlogged, self._unlogged = self._unlogged + n, 0
+            if time.monotonic() - self._logged_at < LOG_EVERY_S:  # a flood of drops: one line a while
+                self._unlogged = unlogged
+                unlogged = 0
+            else:
+                self._logged_at = time.monotonic()
         self.on_drop(n)
-        log.warning("dropped %d usage record(s), %d in all: %s", n, self.dropped, why)
+        if unlogged:
+            log.warning("dropped %d usage record(s), %d in all: %s", unlogged, self.dropped, why)
 
 
 def report(tx: Tx, tenant: str, since: float | None) -> dict[str, Any]:
