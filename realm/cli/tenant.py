@@ -227,7 +227,7 @@ def key_list(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("key_id")
 def key_revoke(name: str, key_id: str) -> None:
-    """Revoke tenant NAME's key KEY_ID; a running server refuses it from its next request."""
+    """Revoke tenant NAME's key KEY_ID: running servers refuse it within 5 s (at once with SQLite)."""
     revoked: ApiKey = _registry().revoke_key(name, key_id)
     click.echo(f"revoked key {revoked.key_id} of tenant {name}")
 
