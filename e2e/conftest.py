@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # the `oracle` helper module
 
 from clean_env import start_clean  # noqa: E402  (found through the path above)
+from postgres_server import postgres, registry_url  # noqa: E402, F401  (fixtures, shared)
 
 REALM = shutil.which("realm", path=str(Path(sys.executable).parent)) or "realm"
 

@@ -1,15 +1,19 @@
-"""`realm tenant create|deploy|list|show|delete`, and `realm run --tenant`, as a user runs them."""
+"""`realm tenant create|deploy|list|show|delete|usage`, and `realm run --tenant`, as a user runs them; the
+tests taking `registry` run on both backends (SQLite in REALM_HOME, a real PostgreSQL)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 from cli_helpers import one_error_line
 from oracle import DATA
+
+from realm.registry.database import Database
+from realm.registry.usage import UsageRecord
+from realm.tenants import TenantRegistry
 
 TINY = str(DATA / "tiny-llama-F32.gguf")
 GENERATE = Path(__file__).resolve().parent.parent / "guest" / "generate.wasm"
@@ -22,7 +26,15 @@ SPIN = """(module (memory (export "memory") 1)
   (func (export "realm_main") (param i32 i32) (result i32) (loop $l (br $l)) (i32.const 0)))"""
 
 
-def test_a_tenants_life_from_create_to_delete(realm, tmp_path):
+@pytest.fixture
+def registry(realm_env: dict[str, str], registry_url: str | None, tmp_path: Path) -> str:
+    """The URL of the test's registry, on each backend in turn; its `realm` processes use it."""
+    if registry_url:
+        realm_env["REALM_REGISTRY_URL"] = registry_url
+    return registry_url or f"sqlite://{tmp_path / 'home' / 'realm.db'}"
+
+
+def test_a_tenants_life_from_create_to_delete(realm, tmp_path, registry):
     assert realm("tenant", "create", "acme").stdout.strip() == "created tenant acme"
     assert json.loads(realm("tenant", "list", "--json").stdout)[0]["module_sha256"] is None
 
@@ -61,7 +73,7 @@ def test_a_tenants_limits_end_its_runaway_guest(realm, tmp_path):
     assert done.stderr.strip().splitlines()[-1] == "Error: guest used up its CPU budget of 1000000 fuel"
 
 
-def test_tenant_errors_are_one_line(realm):
+def test_tenant_errors_are_one_line(realm, registry):
     realm("tenant", "create", "acme")
     for args, message in ((["create", "acme"], "Error: tenant 'acme' already exists"),
                           (["create", "bad name"], "Error: invalid tenant name 'bad name'"),
@@ -96,7 +108,7 @@ def test_integral_limits_may_be_written_in_any_exact_notation(realm):
     assert limits["fuel"] == 1_000_000_000 and limits["max_tokens"] == 4096
 
 
-def test_set_limits_changes_only_the_limits_named_and_show_json_stays_valid(realm):
+def test_set_limits_changes_only_the_limits_named_and_show_json_stays_valid(realm, registry):
     realm("tenant", "create", "acme", "--limit", "fuel=1000000")
     done = realm("tenant", "set-limits", "acme", "wall_seconds=60", "max_context=2048")
     assert done.returncode == 0, done.stderr
@@ -109,7 +121,7 @@ def test_set_limits_changes_only_the_limits_named_and_show_json_stays_valid(real
     assert json.loads(realm("tenant", "show", "acme", "--json").stdout)["limits"]["wall_seconds"] == 60.0
 
 
-def test_set_models_names_the_models_a_tenant_may_use_and_all_gives_every_one_back(realm):
+def test_set_models_names_the_models_a_tenant_may_use_and_all_gives_every_one_back(realm, registry):
     assert realm("tenant", "create", "acme", "--model", "tiny").returncode == 0
     assert json.loads(realm("tenant", "show", "acme", "--json").stdout)["models"] == ["tiny"]
     done = realm("tenant", "set-models", "acme", "gemma", "qwen3")
@@ -126,21 +138,55 @@ def test_set_limits_refuses_a_memory_limit_the_deployed_module_does_not_fit(real
     one_error_line(realm("tenant", "set-limits", "acme", "memory_bytes=65536"), 1, "module needs")
 
 
-def test_delete_removes_the_module_file_once_no_tenant_serves_it(realm, tmp_path):
-    modules = tmp_path / "home" / "modules"
+def test_delete_removes_the_module_once_no_tenant_serves_it(realm, tmp_path, registry):
     spin = tmp_path / "spin.wat"
     spin.write_text(SPIN)
     for name in ("a", "b"):
         realm("tenant", "create", name)
         assert realm("tenant", "deploy", name, str(GENERATE)).returncode == 0
-    shared = modules / f"{hashlib.sha256(GENERATE.read_bytes()).hexdigest()}.wasm"
-    assert [p.name for p in modules.glob("*.wasm")] == [shared.name]
+    shared = hashlib.sha256(GENERATE.read_bytes()).hexdigest()
     assert realm("tenant", "delete", "a").returncode == 0
-    assert shared.is_file()  # b still serves it
+    assert TenantRegistry(registry).module_bytes(shared) == GENERATE.read_bytes()  # b still serves it
     assert realm("tenant", "deploy", "b", str(spin)).returncode == 0  # b moves on: nothing serves it now
-    assert not shared.exists() and len(list(modules.glob("*.wasm"))) == 1
+    assert TenantRegistry(registry).module_bytes(shared) is None
     assert realm("tenant", "delete", "b").returncode == 0
-    assert list(modules.iterdir()) == []
+    with Database(registry).transaction() as tx:
+        assert tx.all("SELECT sha256 FROM modules") == []
+
+
+def test_usage_shows_totals_and_models_since_a_time(realm, registry):
+    realm("tenant", "create", "acme")
+    writer = TenantRegistry(registry).usage_writer()
+    for model, at in (("gemma", 1000.0), ("tiny", 2000.0), ("tiny", 4e9)):
+        writer.record(UsageRecord("acme", model, "completion", 200, 10, 2, 1, at))
+    writer.close()
+    report = json.loads(realm("tenant", "usage", "acme", "--json").stdout)
+    assert report["total"] == {"requests": 3, "succeeded": 3, "prompt_tokens": 30, "completion_tokens": 6,
+                               "cached_tokens": 3}
+    assert report["models"]["tiny"]["requests"] == 2
+    recent = json.loads(realm("tenant", "usage", "acme", "--since", "1970-01-01T00:20:00", "--json").stdout)
+    assert recent["total"]["requests"] == 2 and set(recent["models"]) == {"tiny"}
+    table = realm("tenant", "usage", "acme").stdout
+    assert "gemma" in table and "tiny" in table and "30" in table
+    one_error_line(realm("tenant", "usage", "acme", "--since", "soon"), 1, "--since 'soon': expected an age")
+    one_error_line(realm("tenant", "usage", "ghost"), 1, "no tenant named 'ghost'")
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://db/realm", "bad registry URL 'mysql://db/realm': use sqlite:///ABS/PATH.db or postgresql://"),
+    ("postgresql://realm:hunter2@127.0.0.1:1/realm", "tenant registry postgresql://realm:***@127.0.0.1:1/realm: "),
+])
+def test_a_bad_or_unreachable_registry_is_one_error_line_without_its_password(realm, url, message):
+    done = realm("tenant", "--registry", url, "list")
+    one_error_line(done, 1, message)
+    assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_the_registry_flag_names_the_registry(realm, tmp_path):
+    other = f"sqlite://{tmp_path / 'elsewhere' / 'r.db'}"
+    assert realm("tenant", "--registry", other, "create", "acme").returncode == 0
+    assert json.loads(realm("tenant", "list", "--json").stdout) == []  # not in the default registry
+    assert [t["name"] for t in json.loads(realm("tenant", "--registry", other, "list", "--json").stdout)] == ["acme"]
 
 
 @pytest.mark.parametrize("name,valid", [
@@ -167,12 +213,12 @@ def test_tables_are_not_clipped_when_piped(realm):
     assert digest in realm("tenant", "show", name).stdout
 
 
-def test_a_tenant_stored_with_an_infinite_limit_shows_as_json_runs_into_one_error_and_can_be_fixed(realm, tmp_path):
+def test_a_tenant_stored_with_an_infinite_limit_shows_as_json_runs_into_one_error_and_can_be_fixed(realm, registry):
     realm("tenant", "create", "old")
     realm("tenant", "deploy", "old", str(GENERATE))
-    with sqlite3.connect(tmp_path / "home" / "realm.db") as db:  # as a registry from before validation holds it
-        limits = json.loads(db.execute("SELECT limits FROM tenants").fetchone()[0])
-        db.execute("UPDATE tenants SET limits = ?", (json.dumps({**limits, "wall_seconds": float("inf")}),))
+    with Database(registry).transaction() as tx:  # as a registry from before validation holds it
+        limits = json.loads(tx.one("SELECT limits FROM tenants")["limits"])
+        tx.execute("UPDATE tenants SET limits = ?", (json.dumps({**limits, "wall_seconds": float("inf")}),))
     shown = json.loads(realm("tenant", "show", "old", "--json").stdout,
                        parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert shown["limits"]["wall_seconds"] == "inf"

@@ -82,11 +82,20 @@ def test_a_server_side_failure_never_shows_the_tenant_a_host_path(small):
     from test_serve import marker_guest
 
     key = small.tenant("lost", marker_guest("lost"))
-    home = small.env["REALM_HOME"]
-    for module in (Path(home) / "modules").glob("*.wasm"):
-        module.unlink()  # the operator lost the deployed modules
-    answer = _completion(small.url, key, prompt="x", max_tokens=1)
-    assert answer.status_code == 500 and home not in answer.text, answer.text
+    home = Path(small.env["REALM_HOME"])
+    lost = home.parent / "lost-registry"
+    lost.mkdir()
+    files = [p for p in home.glob("realm.db*")]
+    for path in files:
+        path.rename(lost / path.name)  # the operator lost the registry: a folder stands in its place
+    (home / "realm.db").mkdir()
+    try:
+        answer = _completion(small.url, key, prompt="x", max_tokens=1)
+    finally:
+        (home / "realm.db").rmdir()
+        for path in files:
+            (lost / path.name).rename(path)
+    assert answer.status_code == 500 and str(home) not in answer.text, answer.text
     assert answer.json()["error"]["type"] == "server_error"
 
 

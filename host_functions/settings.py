@@ -9,6 +9,9 @@
 - `REALM_THREADS`: threads of the cpu backend's kernels without `--threads`. Default every CPU the process
   may use.
 - `REALM_CPU_KERNELS`: the cpu kernel variant (`portable`, `avx2`, ...). Default the fastest this CPU runs.
+- `REALM_REGISTRY_URL`: the tenant registry every server and `realm tenant` command uses without
+  `--registry`: `sqlite:///ABS/PATH.db` or `postgresql://USER@HOST:PORT/DB` (docs/registry.md).
+  Default `sqlite:///$REALM_HOME/realm.db`.
 - `REALM_ADMIN_KEY`: the admin key of `realm serve` without `--admin-key-file`. Default none: the admin
   API is off.
 
@@ -30,6 +33,7 @@ BACKEND = "REALM_BACKEND"
 THREADS = "REALM_THREADS"
 CPU_KERNELS = "REALM_CPU_KERNELS"
 ADMIN_KEY = "REALM_ADMIN_KEY"
+REGISTRY_URL = "REALM_REGISTRY_URL"
 
 
 def _get(name: str) -> str:
@@ -79,6 +83,11 @@ def cpu_kernels() -> str:
 def admin_key() -> str | None:
     """$REALM_ADMIN_KEY, or None."""
     return _get(ADMIN_KEY) or None
+
+
+def registry_url() -> str:
+    """$REALM_REGISTRY_URL, else SQLite in REALM_HOME (the URL is checked where the registry opens)."""
+    return _get(REGISTRY_URL) or f"sqlite://{(home() / 'realm.db').absolute().as_posix()}"
 
 
 def _user_data_dir() -> Path:

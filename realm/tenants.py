@@ -1,14 +1,13 @@
-"""The tenant registry: tenants, their deployed guest modules and limits, in SQLite under REALM_HOME.
+"""The tenant registry: tenants, their keys, limits, allowed models, adapters, deployed guest modules and
+usage records, in the database the registry URL names (realm.registry: SQLite under REALM_HOME by
+default, or PostgreSQL shared by every replica; docs/registry.md).
 
-Under the home directory (host_functions.settings.home(): $REALM_HOME, else the user's data directory):
-    realm.db     the registry (SQLite)
-    modules/     deployed guest modules, named by the SHA-256 of their bytes
-    compiled/    their compiled forms, kept by realm.sandbox.compiler
-
+Modules are content-addressed: their bytes are stored in the database under their SHA-256, so a
+replica on any machine fetches them; each machine keeps its own compiled forms (realm.sandbox.compiler).
 Deployment is atomic. A new module is checked and compiled first (the tenant keeps serving its old
-module meanwhile); then its bytes are written to modules/<sha256>.wasm through a temporary file,
-fsync and rename; only then does one transaction point the tenant's row at the new hash. A crash
-at any point leaves the tenant on either the old module or the new one, never on half of one.
+module meanwhile); then one transaction stores its bytes, points the tenant's row at its hash and
+removes the old module if no tenant serves it any more. A crash at any point leaves the tenant on
+either the old module or the new one, never on half of one.
 """
 
 from __future__ import annotations
@@ -19,13 +18,10 @@ import decimal
 import hashlib
 import json
 import math
-import os
 import re
 import secrets
-import sqlite3
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +35,11 @@ from host_functions.abi.adapters import MAX_SCALE as MAX_ADAPTER_SCALE
 from host_functions.abi.limits import LIMIT_RANGES
 from host_functions.errors import AdapterError, AuthError, GuestError, TenantError
 from host_functions.lora.adapter import check_adapter_source
-from realm.sandbox.intake import GuestModule, compile_guest, to_wasm
+from realm.registry.database import Conflict, Row, Tx, open_database
+from realm.registry.migrations import migrate
+from realm.registry.usage import UsageWriter
+from realm.registry.usage import report as usage_report
+from realm.sandbox.intake import GuestModule, compile_guest, compiled_guest, to_wasm
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 NAME_RULE = "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -47,56 +47,7 @@ NAME_RULE = "1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter
 MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}", re.ASCII)
 MODEL_ID_RULE = "1-128 ASCII letters, digits, '.', '_', ':', '+' or '-', starting with a letter or digit"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenants (
-    name          TEXT PRIMARY KEY,
-    created_at    REAL NOT NULL,
-    limits        TEXT NOT NULL,   -- JSON object of Limits fields
-    module_sha256 TEXT,            -- NULL until the first deployment
-    module_size   INTEGER,
-    deployed_at   REAL
-)
-"""
-
-# API keys: only the SHA-256 of a key is stored (keys are 256 random bits, so a plain hash is
-# enough: there is nothing to brute-force). key_id is the key's public prefix, for list/revoke.
-_KEYS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_id     TEXT PRIMARY KEY,
-    tenant     TEXT NOT NULL,
-    sha256     TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    revoked_at REAL
-)
-"""
 KEY_PREFIX = "rk-"
-
-# Per-tenant HTTP rate limits for `realm serve`; NULL (or no row) means the server's default.
-_RATES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rate_limits (
-    tenant              TEXT PRIMARY KEY,
-    requests_per_minute INTEGER,
-    tokens_per_minute   INTEGER
-)
-"""
-# A tenant's LoRA adapters by alias (`realm tenant set-lora`): the file or folder and its default scale.
-_LORA_SCHEMA = """
-CREATE TABLE IF NOT EXISTS lora_bindings (
-    tenant TEXT NOT NULL,
-    alias  TEXT NOT NULL,
-    path   TEXT NOT NULL,
-    scale  REAL NOT NULL,
-    PRIMARY KEY (tenant, alias)
-)
-"""
-# The models a tenant may use, by id; a tenant with no row may use every model the server serves.
-_MODELS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenant_models (
-    tenant TEXT NOT NULL,
-    model  TEXT NOT NULL,
-    PRIMARY KEY (tenant, model)
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -185,39 +136,48 @@ def _limit_value(name: str, text: str) -> int | float:
 
 
 class TenantRegistry:
-    """Create, deploy, list, show and delete tenants; every method raises TenantError for user errors."""
+    """Create, deploy, list, show and delete tenants, in the registry at `url` (default
+    settings.registry_url()). Every method raises TenantError for user errors and RegistryError
+    (realm.registry.database) when the database cannot be reached or used."""
 
-    def __init__(self, home: Path | None = None) -> None:
-        self.home = home or settings.home()
-        self.db_path = self.home / "realm.db"
-        self.modules = self.home / "modules"
+    def __init__(self, url: str | None = None) -> None:
+        self.db = open_database(url or settings.registry_url())
+
+    def check(self) -> None:
+        """Reach the database and bring its schema up to date; RegistryError if that fails."""
+        migrate(self.db)
 
     # -- queries -------------------------------------------------------------------------------
 
     def get(self, name: str) -> Tenant:
-        with self._db() as db:
-            return _tenant(self._row(db, name), _models(db, name))
+        with self._db() as tx:
+            return _tenant(self._row(tx, name), _models(tx, name))
 
     def list(self) -> list[Tenant]:
-        with self._db() as db:
-            return [_tenant(r, _models(db, r["name"])) for r in db.execute("SELECT * FROM tenants ORDER BY name")]
+        with self._db() as tx:
+            return [_tenant(r, _models(tx, r["name"])) for r in tx.all("SELECT * FROM tenants ORDER BY name")]
 
     def guest(self, name: str) -> GuestModule:
-        """The tenant's deployed module, compiled (cached by hash); TenantError if none is deployed."""
+        """The tenant's deployed module, compiled (cached by hash: its bytes are read from the database
+        only the first time); TenantError if none is deployed."""
         tenant = self.get(name)
         if tenant.module_sha256 is None:
             raise TenantError(f"tenant {name!r} has no deployed module (realm tenant deploy {name} FILE)")
-        path = self.module_path(tenant.module_sha256)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise TenantError(f"module of tenant {name!r} is unreadable: {exc}") from None
+        known = compiled_guest(tenant.module_sha256)
+        if known is not None:
+            return known
+        data = self.module_bytes(tenant.module_sha256)
+        if data is None:
+            raise TenantError(f"the module of tenant {name!r} is missing from the registry: redeploy it")
         if hashlib.sha256(data).hexdigest() != tenant.module_sha256:
-            raise TenantError(f"module file of tenant {name!r} is corrupt (hash mismatch): redeploy it")
+            raise TenantError(f"the module of tenant {name!r} is corrupt (hash mismatch): redeploy it")
         return compile_guest(data)
 
-    def module_path(self, sha256: str) -> Path:
-        return self.modules / f"{sha256}.wasm"
+    def module_bytes(self, sha256: str) -> bytes | None:
+        """The stored module with this SHA-256, or None."""
+        with self._db() as tx:
+            row = tx.one("SELECT bytes FROM modules WHERE sha256 = ?", (sha256,))
+        return bytes(row["bytes"]) if row else None
 
     # -- changes -------------------------------------------------------------------------------
 
@@ -228,11 +188,12 @@ class TenantRegistry:
             raise TenantError(f"invalid tenant name {name!r}: use {NAME_RULE}")
         tenant = Tenant(name, time.time(), (limits or Limits()).validate(), models=_model_ids(models))
         try:
-            with self._db(write=True) as db:
-                db.execute("INSERT INTO tenants (name, created_at, limits) VALUES (?, ?, ?)",
+            with self._db(lock=True) as tx:
+                tx.execute("INSERT INTO tenants (name, created_at, limits) VALUES (?, ?, ?)",
                            (name, tenant.created_at, json.dumps(dataclasses.asdict(tenant.limits))))
-                db.executemany("INSERT INTO tenant_models VALUES (?, ?)", [(name, m) for m in tenant.models])
-        except sqlite3.IntegrityError:
+                tx.executemany("INSERT INTO tenant_models (tenant, model) VALUES (?, ?)",
+                               [(name, m) for m in tenant.models])
+        except Conflict:
             raise TenantError(f"tenant {name!r} already exists") from None
         return tenant
 
@@ -240,10 +201,10 @@ class TenantRegistry:
         """Replace the models tenant `name` may use (none: every model the server serves); requests
         already running keep theirs. TenantError for an unknown tenant or a bad model id."""
         ids = _model_ids(models)
-        with self._db(write=True) as db:
-            tenant = _tenant(self._row(db, name), ids)
-            db.execute("DELETE FROM tenant_models WHERE tenant = ?", (name,))
-            db.executemany("INSERT INTO tenant_models VALUES (?, ?)", [(name, m) for m in ids])
+        with self._db(lock=True) as tx:
+            tenant = _tenant(self._row(tx, name), ids)
+            tx.execute("DELETE FROM tenant_models WHERE tenant = ?", (name,))
+            tx.executemany("INSERT INTO tenant_models (tenant, model) VALUES (?, ?)", [(name, m) for m in ids])
         return tenant
 
     def deploy(self, name: str, data: bytes) -> Tenant:
@@ -256,13 +217,14 @@ class TenantRegistry:
         wasm = to_wasm(data)
         guest = compile_guest(wasm)
         _check_fits(guest, tenant.limits)
-        with self._db(write=True) as db:  # the write lock orders this against a delete collecting files
-            self._store_module(guest.sha256, wasm)
-            cur = db.execute("UPDATE tenants SET module_sha256 = ?, module_size = ?, deployed_at = ? WHERE name = ?",
+        with self._db(lock=True) as tx:  # the lock orders this against a delete collecting the module
+            tx.execute("INSERT INTO modules (sha256, size, bytes, stored_at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (sha256) DO NOTHING", (guest.sha256, guest.size, wasm, time.time()))
+            cur = tx.execute("UPDATE tenants SET module_sha256 = ?, module_size = ?, deployed_at = ? WHERE name = ?",
                              (guest.sha256, guest.size, time.time(), name))
             if cur.rowcount != 1:
                 raise TenantError(f"tenant {name!r} was deleted during deployment")
-            self._collect(db, tenant.module_sha256)
+            _collect(tx, tenant.module_sha256)
         return self.get(name)
 
     def set_limits(self, name: str, overrides: Mapping[str, str]) -> Tenant:
@@ -271,96 +233,92 @@ class TenantRegistry:
         Raises TenantError for an unknown tenant or a bad limit, and GuestError if the deployed
         module no longer fits (its initial memory over a lowered memory_bytes).
         """
-        with self._db(write=True) as db:
-            tenant = _tenant(self._row(db, name), _models(db, name))
+        with self._db(lock=True) as tx:
+            tenant = _tenant(self._row(tx, name), _models(tx, name))
             limits = parse_limits(overrides, tenant.limits)
             if tenant.module_sha256 is not None and limits.memory_bytes < tenant.limits.memory_bytes:
                 _check_fits(self.guest(name), limits)
-            db.execute("UPDATE tenants SET limits = ? WHERE name = ?",
-                       (json.dumps(dataclasses.asdict(limits)), name))
+            tx.execute("UPDATE tenants SET limits = ? WHERE name = ?", (json.dumps(dataclasses.asdict(limits)), name))
         return dataclasses.replace(tenant, limits=limits)
 
     def delete(self, name: str) -> None:
-        """Delete a tenant, and its module file unless another tenant serves the same module.
-
-        Raises TenantError if there is no such tenant.
-        """
-        with self._db(write=True) as db:
-            sha256 = self._row(db, name)["module_sha256"]
-            db.execute("DELETE FROM tenants WHERE name = ?", (name,))
-            # A tenant created later under the same name must not inherit these keys or limits.
-            db.execute("DELETE FROM api_keys WHERE tenant = ?", (name,))
-            db.execute("DELETE FROM rate_limits WHERE tenant = ?", (name,))
-            db.execute("DELETE FROM lora_bindings WHERE tenant = ?", (name,))
-            db.execute("DELETE FROM tenant_models WHERE tenant = ?", (name,))
-            self._collect(db, sha256)
+        """Delete a tenant, its keys, limits, models, adapters and usage records, and its module unless
+        another tenant serves the same one. Raises TenantError if there is no such tenant."""
+        with self._db(lock=True) as tx:
+            sha256 = self._row(tx, name)["module_sha256"]
+            tx.execute("DELETE FROM tenants WHERE name = ?", (name,))
+            # A tenant created later under the same name must not inherit any of these.
+            for table in ("api_keys", "rate_limits", "lora_bindings", "tenant_models", "usage_records"):
+                tx.execute(f"DELETE FROM {table} WHERE tenant = ?", (name,))  # table: one of these names
+            _collect(tx, sha256)
 
     # -- API keys ------------------------------------------------------------------------------
 
     def create_key(self, name: str) -> tuple[ApiKey, str]:
         """A new random key for tenant `name`: (its record, the key). The key is not stored, only
         its hash, so this is the one time it can be shown. TenantError if there is no such tenant."""
-        self.get(name)
         key_id = secrets.token_hex(4)
         key = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
         record = ApiKey(key_id, name, time.time())
-        with self._db(write=True) as db:
-            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is None:
-                raise TenantError(f"no tenant named {name!r}")
-            db.execute("INSERT INTO api_keys (key_id, tenant, sha256, created_at) VALUES (?, ?, ?, ?)",
+        with self._db(lock=True) as tx:
+            self._row(tx, name)
+            tx.execute("INSERT INTO api_keys (key_id, tenant, sha256, created_at) VALUES (?, ?, ?, ?)",
                        (key_id, name, hash_key(key), record.created_at))
         return record, key
 
     def list_keys(self, name: str) -> builtins.list[ApiKey]:
         """Tenant `name`'s keys, revoked ones included; TenantError if there is no such tenant."""
-        self.get(name)
-        with self._db() as db:
-            rows = db.execute("SELECT * FROM api_keys WHERE tenant = ? ORDER BY created_at", (name,)).fetchall()
+        with self._db() as tx:
+            self._row(tx, name)
+            rows = tx.all("SELECT * FROM api_keys WHERE tenant = ? ORDER BY created_at", (name,))
         return [_api_key(r) for r in rows]
 
     def revoke_key(self, name: str, key_id: str) -> ApiKey:
         """Revoke tenant `name`'s key `key_id` (the id `list_keys` shows, or the whole key) at once."""
         key_id = key_id.removeprefix(KEY_PREFIX).split("-", 1)[0]
-        with self._db(write=True) as db:
-            cur = db.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND tenant = ? "
+        with self._db(lock=True) as tx:
+            cur = tx.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND tenant = ? "
                              "AND revoked_at IS NULL", (time.time(), key_id, name))
-            row = db.execute("SELECT * FROM api_keys WHERE key_id = ? AND tenant = ?", (key_id, name)).fetchone()
+            changed = cur.rowcount
+            row = tx.one("SELECT * FROM api_keys WHERE key_id = ? AND tenant = ?", (key_id, name))
         if row is None:
             raise TenantError(f"tenant {name!r} has no key {key_id!r}")
-        if cur.rowcount != 1:
+        if changed != 1:
             raise TenantError(f"key {key_id} of tenant {name!r} is already revoked")
         return _api_key(row)
 
-    def tenant_for_key(self, key: str) -> Tenant:
-        """The tenant a key belongs to; AuthError if the key is unknown or revoked, or its tenant gone."""
-        with self._db() as db:
-            row = db.execute("SELECT * FROM api_keys WHERE sha256 = ?", (hash_key(key),)).fetchone()
-        if row is None:
-            raise AuthError("invalid API key")
-        if row["revoked_at"] is not None:
-            raise AuthError("this API key has been revoked")
-        try:
-            return self.get(row["tenant"])
-        except TenantError:
-            raise AuthError("the tenant of this API key no longer exists") from None
+    def tenant_for_key(self, key: str) -> tuple[Tenant, RateLimits]:
+        """The tenant a key belongs to and its rate limits, read at once; AuthError if the key is
+        unknown or revoked, or its tenant gone."""
+        with self._db() as tx:
+            row = tx.one("SELECT * FROM api_keys WHERE sha256 = ?", (hash_key(key),))
+            if row is None:
+                raise AuthError("invalid API key")
+            if row["revoked_at"] is not None:
+                raise AuthError("this API key has been revoked")
+            try:
+                tenant = _tenant(self._row(tx, row["tenant"]), _models(tx, row["tenant"]))
+            except TenantError:
+                raise AuthError("the tenant of this API key no longer exists") from None
+            return tenant, _rate_limits(tx, tenant.name)
 
     # -- rate limits ---------------------------------------------------------------------------
 
     def rate_limits(self, name: str) -> RateLimits:
         """Tenant `name`'s rate limits (None fields: the server's defaults)."""
-        with self._db() as db:
-            row = db.execute("SELECT * FROM rate_limits WHERE tenant = ?", (name,)).fetchone()
-        return RateLimits(row["requests_per_minute"], row["tokens_per_minute"]) if row else RateLimits()
+        with self._db() as tx:
+            return _rate_limits(tx, name)
 
     def set_rate_limits(self, name: str, limits: RateLimits) -> RateLimits:
         """Replace tenant `name`'s rate limits; TenantError for an unknown tenant or a negative limit."""
         for value in (limits.requests_per_minute, limits.tokens_per_minute):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise TenantError(f"rate limits must be integers >= 0 (0: unlimited), got {value!r}")
-        with self._db(write=True) as db:
-            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is None:
-                raise TenantError(f"no tenant named {name!r}")
-            db.execute("INSERT OR REPLACE INTO rate_limits VALUES (?, ?, ?)",
+        with self._db(lock=True) as tx:
+            self._row(tx, name)
+            tx.execute("INSERT INTO rate_limits (tenant, requests_per_minute, tokens_per_minute) VALUES (?, ?, ?) "
+                       "ON CONFLICT (tenant) DO UPDATE SET requests_per_minute = excluded.requests_per_minute, "
+                       "tokens_per_minute = excluded.tokens_per_minute",
                        (name, limits.requests_per_minute, limits.tokens_per_minute))
         return limits
 
@@ -368,10 +326,9 @@ class TenantRegistry:
 
     def adapters(self, name: str) -> dict[str, AdapterBinding]:
         """Tenant `name`'s LoRA adapters by alias; TenantError for an unknown tenant."""
-        with self._db() as db:
-            self._row(db, name)
-            rows = db.execute("SELECT alias, path, scale FROM lora_bindings WHERE tenant = ? ORDER BY alias",
-                              (name,)).fetchall()
+        with self._db() as tx:
+            self._row(tx, name)
+            rows = tx.all("SELECT alias, path, scale FROM lora_bindings WHERE tenant = ? ORDER BY alias", (name,))
         return {row["alias"]: AdapterBinding(row["path"], row["scale"]) for row in rows}
 
     def set_lora(self, name: str, path: str | Path, scale: float = 1.0, alias: str = "default") -> AdapterBinding:
@@ -386,94 +343,69 @@ class TenantRegistry:
             resolved = check_adapter_source(path)
         except AdapterError as exc:
             raise TenantError(str(exc)) from None
-        with self._db(write=True) as db:
-            self._row(db, name)
-            db.execute("INSERT OR REPLACE INTO lora_bindings VALUES (?, ?, ?, ?)", (name, alias, str(resolved), scale))
+        with self._db(lock=True) as tx:
+            self._row(tx, name)
+            tx.execute("INSERT INTO lora_bindings (tenant, alias, path, scale) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (tenant, alias) DO UPDATE SET path = excluded.path, scale = excluded.scale",
+                       (name, alias, str(resolved), scale))
         return AdapterBinding(str(resolved), scale)
 
     def unset_lora(self, name: str, alias: str | None = None) -> builtins.list[str]:
         """Unbind tenant `name`'s adapter `alias` (all of them if None); returns the aliases removed.
         TenantError for an unknown tenant or alias."""
-        with self._db(write=True) as db:
-            self._row(db, name)
+        with self._db(lock=True) as tx:
+            self._row(tx, name)
             where, args = ("tenant = ?", (name,)) if alias is None else ("tenant = ? AND alias = ?", (name, alias))
-            removed = [r["alias"] for r in db.execute(f"SELECT alias FROM lora_bindings WHERE {where}", args)]
+            removed = [r["alias"] for r in tx.all(f"SELECT alias FROM lora_bindings WHERE {where}", args)]
             if alias is not None and not removed:
                 raise TenantError(f"tenant {name!r} has no adapter bound as {alias!r}")
-            db.execute(f"DELETE FROM lora_bindings WHERE {where}", args)
+            tx.execute(f"DELETE FROM lora_bindings WHERE {where}", args)
         return removed
+
+    # -- usage ---------------------------------------------------------------------------------
+
+    def usage_writer(self, on_drop: Callable[[int], None] = lambda n: None) -> UsageWriter:
+        """A writer of this registry's usage records (a thread of its own: close it when done)."""
+        self.check()
+        return UsageWriter(self.db, on_drop)
+
+    def usage(self, name: str, since: float | None = None) -> dict[str, Any]:
+        """Tenant `name`'s usage since `since` (Unix time): totals and per model; TenantError for an
+        unknown tenant."""
+        with self._db() as tx:
+            self._row(tx, name)
+            return usage_report(tx, name, since)
 
     # -- storage -------------------------------------------------------------------------------
 
     @staticmethod
-    def _row(db: sqlite3.Connection, name: str) -> sqlite3.Row:
-        row = db.execute("SELECT * FROM tenants WHERE name = ?", (name,)).fetchone()
+    def _row(tx: Tx, name: str) -> Row:
+        row = tx.one("SELECT * FROM tenants WHERE name = ?", (name,))
         if row is None:
             raise TenantError(f"no tenant named {name!r}")
         return row
 
-    def _collect(self, db: sqlite3.Connection, sha256: str | None) -> None:
-        """Remove modules/<sha256>.wasm if no tenant serves it any more (inside the write transaction,
-        so a deploy of the same module waits for it and then writes the file again)."""
-        if sha256 is None or db.execute("SELECT 1 FROM tenants WHERE module_sha256 = ?", (sha256,)).fetchone():
-            return
-        try:
-            self.module_path(sha256).unlink(missing_ok=True)
-        except OSError as exc:
-            raise TenantError(f"cannot remove the unused module {self.module_path(sha256)}: {exc}") from None
-
-    def _store_module(self, sha256: str, wasm: bytes) -> None:
-        """Write modules/<sha256>.wasm atomically (content-addressed: an existing file is this one)."""
-        target = self.module_path(sha256)
-        if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
-            return
-        try:
-            self.modules.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.modules, prefix=".deploy-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(wasm)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            _fsync_dir(self.modules)
-        except OSError as exc:
-            raise TenantError(f"cannot store the module under {self.modules}: {exc}") from None
-
     @contextmanager
-    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        try:
-            self.home.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise TenantError(f"cannot open the tenant registry {self.db_path}: {exc}") from None
-        try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute(_SCHEMA)
-            db.execute(_KEYS_SCHEMA)
-            db.execute(_RATES_SCHEMA)
-            db.execute(_LORA_SCHEMA)
-            db.execute(_MODELS_SCHEMA)
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.Error as exc:
-            raise TenantError(f"tenant registry {self.db_path}: {exc}") from None
-        finally:
-            db.close()
+    def _db(self, lock: bool = False) -> Iterator[Tx]:
+        migrate(self.db)
+        with self.db.transaction(lock) as tx:
+            yield tx
 
 
-def _tenant(row: sqlite3.Row, models: tuple[str, ...]) -> Tenant:
+def _collect(tx: Tx, sha256: str | None) -> None:
+    """Remove the module if no tenant serves it any more (inside the locking transaction, so a deploy
+    of the same module waits for it and then stores it again)."""
+    if sha256 is not None:
+        tx.execute("DELETE FROM modules WHERE sha256 = ? AND NOT EXISTS "
+                   "(SELECT 1 FROM tenants WHERE module_sha256 = ?)", (sha256, sha256))
+
+
+def _rate_limits(tx: Tx, name: str) -> RateLimits:
+    row = tx.one("SELECT * FROM rate_limits WHERE tenant = ?", (name,))
+    return RateLimits(row["requests_per_minute"], row["tokens_per_minute"]) if row else RateLimits()
+
+
+def _tenant(row: Row, models: tuple[str, ...]) -> Tenant:
     try:
         limits = dataclasses.replace(Limits(), **json.loads(row["limits"]))
     except (TypeError, ValueError) as exc:
@@ -482,9 +414,8 @@ def _tenant(row: sqlite3.Row, models: tuple[str, ...]) -> Tenant:
                   row["deployed_at"], models)
 
 
-def _models(db: sqlite3.Connection, name: str) -> tuple[str, ...]:
-    return tuple(r["model"] for r in db.execute("SELECT model FROM tenant_models WHERE tenant = ? ORDER BY model",
-                                                (name,)))
+def _models(tx: Tx, name: str) -> tuple[str, ...]:
+    return tuple(r["model"] for r in tx.all("SELECT model FROM tenant_models WHERE tenant = ? ORDER BY model", (name,)))
 
 
 def _model_ids(models: Sequence[str]) -> tuple[str, ...]:
@@ -495,7 +426,7 @@ def _model_ids(models: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(set(models)))
 
 
-def _api_key(row: sqlite3.Row) -> ApiKey:
+def _api_key(row: Row) -> ApiKey:
     return ApiKey(row["key_id"], row["tenant"], row["created_at"], row["revoked_at"])
 
 
@@ -511,14 +442,3 @@ def _check_fits(guest: GuestModule, limits: Limits) -> None:
             if pages * 65536 > limits.memory_bytes:
                 raise GuestError(f"module needs {pages * 65536} bytes of memory at start, over the tenant's "
                                  f"limit of {limits.memory_bytes}")
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on Windows.
-    if os.name == "posix":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up Realm in ./.venv. With --test, also the test tools, the Vulkan software driver (llvmpipe)
 # that the WGSL kernel tests run on, and qemu-user, which runs the aarch64 builds of the cpu kernels
-# (tests/test_cpu_kernels_arm.py).
+# (tests/test_cpu_kernels_arm.py), and PostgreSQL, which the registry tests start (tests/postgres_server.py).
 #
 # Quiet and idempotent: what is already installed is not installed again. The project is
 # reinstalled only when pyproject.toml (or the --test choice) changed since the last successful
@@ -46,7 +46,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv 2>/dev/null || { apt_install python3-venv && rm -rf .venv && "$PYTHON" -m venv .venv; }
 fi
-[ $want_test -eq 1 ] && apt_install mesa-vulkan-drivers libvulkan1 qemu-user
+[ $want_test -eq 1 ] && apt_install mesa-vulkan-drivers libvulkan1 qemu-user postgresql
 
 extras=$([ $want_test -eq 1 ] && echo '.[test]' || echo '.')
 hash=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')

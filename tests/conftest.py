@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests import the `oracle` helper module
 
 from clean_env import start_clean  # noqa: E402  (found through the path above)
+from postgres_server import postgres, registry_url  # noqa: E402, F401  (fixtures, shared)
 
 
 def pytest_configure(config: pytest.Config) -> None:

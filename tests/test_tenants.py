@@ -1,9 +1,10 @@
-"""The tenant registry: SQLite under REALM_HOME, content-addressed modules, atomic deployment."""
+"""The tenant registry, on both backends (SQLite under REALM_HOME, a real PostgreSQL): tenants, limits,
+models, content-addressed modules in the database, atomic deployment."""
 
 from __future__ import annotations
 
 import hashlib
-import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from host_functions import settings
 from host_functions.abi import Limits
 from host_functions.engine.model import Model
 from host_functions.errors import GuestError, TenantError
+from realm import tenants
 from realm.sandbox.intake import reference_guest_path, to_wasm
 from realm.sandbox.run import TenantSandbox
 from realm.tenants import TenantRegistry, parse_limits
@@ -23,7 +25,7 @@ EMITS_B = wat_guest(EMITS, extra='(data (i32.const 100) "B")')
 
 
 @pytest.fixture()
-def registry(realm_home: Path) -> TenantRegistry:
+def registry(realm_home: Path, registry_url: str | None) -> TenantRegistry:
     return TenantRegistry()
 
 
@@ -32,16 +34,18 @@ def model() -> Model:
     return Model.load(TINY_LLAMA, backend="numpy")
 
 
-def test_the_registry_lives_under_realm_home(registry, realm_home):
+def test_the_registry_lives_under_realm_home_by_default(realm_home):
+    registry = TenantRegistry()
     registry.create("acme")
-    assert registry.db_path == realm_home / "realm.db" and registry.db_path.is_file()
-    assert registry.modules == realm_home / "modules"
+    assert registry.db.sqlite_path == realm_home / "realm.db" and registry.db.sqlite_path.is_file()
+    assert settings.registry_url() == f"sqlite://{realm_home / 'realm.db'}"
 
 
 def test_realm_home_defaults_to_the_users_data_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("REALM_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert settings.home() == TenantRegistry().home == tmp_path / "realm"
+    assert settings.home() == tmp_path / "realm"
+    assert TenantRegistry().db.sqlite_path == tmp_path / "realm" / "realm.db"
     monkeypatch.delenv("XDG_DATA_HOME")
     assert settings.home() == Path.home() / ".local" / "share" / "realm"
 
@@ -98,14 +102,14 @@ def test_deploy_stores_the_module_by_content_hash_and_points_the_tenant_at_it(re
     tenant = registry.deploy("acme", data)
     digest = hashlib.sha256(data).hexdigest()
     assert (tenant.module_sha256, tenant.module_size) == (digest, len(data))
-    assert registry.module_path(digest).read_bytes() == data
+    assert registry.module_bytes(digest) == data
     assert registry.guest("acme").sha256 == digest
 
 
 def test_wat_is_deployed_as_its_binary_form(registry):
     registry.create("acme")
     tenant = registry.deploy("acme", EMITS_A.encode())
-    assert registry.module_path(tenant.module_sha256).read_bytes()[:4] == b"\0asm"
+    assert registry.module_bytes(tenant.module_sha256)[:4] == b"\0asm"
     assert tenant.module_sha256 == hashlib.sha256(to_wasm(EMITS_A.encode())).hexdigest()
 
 
@@ -135,23 +139,34 @@ def test_a_module_must_fit_the_tenants_memory_limit(registry):
 def test_deploying_to_an_unknown_tenant_writes_nothing(registry):
     with pytest.raises(TenantError, match="no tenant named"):
         registry.deploy("ghost", EMITS_A.encode())
-    assert not registry.modules.exists() or not any(registry.modules.iterdir())
+    assert registry.module_bytes(hashlib.sha256(to_wasm(EMITS_A.encode())).hexdigest()) is None
 
 
-def test_a_crash_while_storing_the_module_leaves_the_tenant_on_its_old_module(registry, model, monkeypatch):
+def test_a_crash_while_deploying_leaves_the_tenant_on_its_old_module(registry, model, monkeypatch):
     registry.create("acme")
     old = registry.deploy("acme", EMITS_A.encode())
 
-    def crash(src, dst):
-        raise OSError("disk on fire")
+    def crash(tx, sha256):  # the last step of the deployment's transaction
+        raise RuntimeError("power cut")
 
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(TenantError, match="disk on fire"):
+    monkeypatch.setattr(tenants, "_collect", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
         registry.deploy("acme", EMITS_B.encode())
     monkeypatch.undo()
     assert registry.get("acme").module_sha256 == old.module_sha256
-    assert [p.name for p in registry.modules.iterdir()] == [f"{old.module_sha256}.wasm"]  # no temp files left
+    assert registry.module_bytes(hashlib.sha256(to_wasm(EMITS_B.encode())).hexdigest()) is None
     assert TenantSandbox(model).run(registry.guest("acme"), {}).text == "A"
+
+
+def test_a_module_no_tenant_serves_is_collected(registry):
+    registry.create("acme")
+    registry.create("beta")
+    a = registry.deploy("acme", EMITS_A.encode()).module_sha256
+    registry.deploy("beta", EMITS_A.encode())
+    registry.deploy("acme", EMITS_B.encode())
+    assert registry.module_bytes(a) is not None  # beta still serves it
+    registry.delete("beta")
+    assert registry.module_bytes(a) is None
 
 
 def test_a_request_already_running_finishes_on_the_module_it_started_with(registry, model):
@@ -176,11 +191,17 @@ def test_an_undeployed_tenant_has_no_guest(registry):
         registry.guest("acme")
 
 
-def test_a_tampered_module_file_is_refused(registry):
+def test_a_tampered_or_missing_module_is_refused_where_it_is_not_compiled_yet(registry, monkeypatch):
     registry.create("acme")
     tenant = registry.deploy("acme", EMITS_A.encode())
-    registry.module_path(tenant.module_sha256).write_bytes(to_wasm(EMITS_B.encode()))
+    monkeypatch.setattr(tenants, "compiled_guest", lambda sha256: None)  # as on a replica that never ran it
+    with registry.db.transaction() as tx:
+        tx.execute("UPDATE modules SET bytes = ? WHERE sha256 = ?", (to_wasm(EMITS_B.encode()), tenant.module_sha256))
     with pytest.raises(TenantError, match="corrupt"):
+        registry.guest("acme")
+    with registry.db.transaction() as tx:
+        tx.execute("DELETE FROM modules WHERE sha256 = ?", (tenant.module_sha256,))
+    with pytest.raises(TenantError, match="missing from the registry: redeploy"):
         registry.guest("acme")
 
 
@@ -189,3 +210,23 @@ def test_a_deleted_tenant_can_be_created_again_from_scratch(registry):
     registry.deploy("acme", EMITS_A.encode())
     registry.delete("acme")
     assert registry.create("acme").module_sha256 is None
+
+
+def test_deployments_racing_on_a_shared_module_never_leave_a_tenant_without_its_module(registry):
+    registry.create("acme")
+    registry.create("beta")
+    modules = [EMITS_A.encode(), EMITS_B.encode()]
+
+    def flip(name: str, first: int) -> None:  # each deployment may collect the module the other just chose
+        for i in range(12):
+            TenantRegistry().deploy(name, modules[(i + first) % 2])
+
+    threads = [threading.Thread(target=flip, args=(name, first)) for name, first in (("acme", 0), ("beta", 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for tenant in registry.list():
+        assert registry.module_bytes(tenant.module_sha256) is not None
+    with registry.db.transaction() as tx:
+        assert len(tx.all("SELECT sha256 FROM modules")) == len({t.module_sha256 for t in registry.list()})

@@ -15,6 +15,7 @@ from realm.cli.options import load_with_progress, model_options, prefix_cache_op
 from realm.server import Server, ServerConfig, create_app, listen
 from realm.server.connections import ConnectionLimits, uvicorn_options
 from realm.server.shutdown import GRACE_S, DrainingServer
+from realm.tenants import TenantRegistry
 
 _DEFAULTS = ServerConfig()
 _SLOW = ConnectionLimits()
@@ -60,21 +61,26 @@ _SLOW = ConnectionLimits()
                    "[default: none, CORS off]")
 @click.option("--max-connections-per-client", default=_SLOW.per_client, show_default=True,
               type=click.IntRange(0), help="Connections of one client address; 0 is no bound.")
+@click.option("--registry", "registry_url", metavar="URL",
+              help="The tenant registry: sqlite:///ABS/PATH.db or postgresql://USER@HOST/DB (docs/registry.md). "
+                   "[default: $REALM_REGISTRY_URL, else SQLite in $REALM_HOME]")
 @prefix_cache_option
 def serve(host: str, port: int, model_path: str | None, backend: str, chat_template: str | None, workers: int,
           max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
           requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int,
           header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int,
-          cors_origins: tuple[str, ...], no_prefix_cache: bool) -> None:
+          cors_origins: tuple[str, ...], no_prefix_cache: bool, registry_url: str | None) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
     config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
                           requests_per_minute, tokens_per_minute, _admin_key(admin_key_file), cors_origins)
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
                             per_client=max_connections_per_client)
     sock = listen.bind(host, port)  # a busy port or a bad host fails now, before the model loads
+    registry = TenantRegistry(registry_url)
+    registry.check()  # likewise a bad or unreachable registry
     model = load_with_progress(model_path, backend, prefix_cache=not no_prefix_cache)
     template = load_chat_template(model.tokenizer, model.config.arch, chat_template)
-    server = Server(model, template, config)
+    server = Server(model, template, config, registry)
     click.echo(f"realm: starting on http://{host}:{port} with {server.model_id} ({model.backend.name}, "
                f"chat template {template.source})", err=True)
     uv = DrainingServer(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
@@ -85,6 +91,7 @@ def serve(host: str, port: int, model_path: str | None, backend: str, chat_templ
         uv.run(sockets=[sock])
     finally:
         server.runner.close()
+        server.usage.close()
         sock.close()
 
 

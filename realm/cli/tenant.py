@@ -1,4 +1,5 @@
-"""`realm tenant create|deploy|list|show|set-limits|set-models|delete`: the tenant registry from the command line."""
+"""`realm tenant create|deploy|list|show|set-limits|set-models|delete|usage ...`: the tenant registry from
+the command line, in the registry `--registry URL` (or REALM_REGISTRY_URL) names."""
 
 from __future__ import annotations
 
@@ -13,15 +14,27 @@ from rich.table import Table
 from host_functions.errors import TenantError
 from realm.cli import main
 from realm.cli.console import stdout_console
+from realm.registry.usage import parse_since
 from realm.tenants import NAME_RULE, ApiKey, RateLimits, Tenant, TenantRegistry, parse_limits
 
 console = stdout_console()
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+_REGISTRY = "realm.registry_url"
 
 
 @main.group()
-def tenant() -> None:
+@click.option("--registry", "registry_url", metavar="URL",
+              help="The registry: sqlite:///ABS/PATH.db or postgresql://USER@HOST/DB (docs/registry.md). "
+                   "[default: $REALM_REGISTRY_URL, else SQLite in $REALM_HOME]")
+@click.pass_context
+def tenant(ctx: click.Context, registry_url: str | None) -> None:
     """Manage tenants and the guest modules they run."""
+    ctx.meta[_REGISTRY] = registry_url
+
+
+def _registry() -> TenantRegistry:
+    """The registry the group's --registry names (its default otherwise)."""
+    return TenantRegistry(click.get_current_context().meta.get(_REGISTRY))
 
 
 @tenant.command(help=f"Register a new tenant NAME: {NAME_RULE}.")
@@ -32,7 +45,7 @@ def tenant() -> None:
               help="A model id the tenant may use (repeatable). [default: every model a server serves]")
 def create(name: str, limits: tuple[str, ...], models: tuple[str, ...]) -> None:
     """Register a tenant (the help text, from NAME_RULE, says which names are allowed)."""
-    created = TenantRegistry().create(name, parse_limits(_pairs(limits)), models)
+    created = _registry().create(name, parse_limits(_pairs(limits)), models)
     click.echo(f"created tenant {created.name}")
 
 
@@ -45,7 +58,7 @@ def deploy(name: str, file: Path) -> None:
         data = file.read_bytes()
     except OSError as exc:
         raise TenantError(f"cannot read {file}: {exc}") from None
-    deployed = TenantRegistry().deploy(name, data)
+    deployed = _registry().deploy(name, data)
     click.echo(f"deployed {file.name} to {deployed.name} (sha256 {deployed.module_sha256}, "
                f"{deployed.module_size} bytes)")
 
@@ -54,7 +67,7 @@ def deploy(name: str, file: Path) -> None:
 @json_option
 def list_tenants(as_json: bool) -> None:
     """List tenants."""
-    tenants = TenantRegistry().list()
+    tenants = _registry().list()
     if as_json:
         click.echo(json.dumps([t.as_json() for t in tenants]))
         return
@@ -69,7 +82,7 @@ def list_tenants(as_json: bool) -> None:
 @json_option
 def show(name: str, as_json: bool) -> None:
     """Show tenant NAME: its module and limits."""
-    registry = TenantRegistry()
+    registry = _registry()
     t, adapters = registry.get(name), registry.adapters(name)
     if as_json:
         click.echo(json.dumps({**t.as_json(), "adapters": {a: dataclasses.asdict(b) for a, b in adapters.items()}}))
@@ -86,7 +99,7 @@ def show(name: str, as_json: bool) -> None:
 def set_limits(name: str, pairs: tuple[str, ...]) -> None:
     """Change some of tenant NAME's limits, e.g. `realm tenant set-limits acme wall_seconds=60`."""
     overrides = _pairs(pairs, "LIMIT=VALUE")
-    changed = TenantRegistry().set_limits(name, overrides)
+    changed = _registry().set_limits(name, overrides)
     shown = ", ".join(f"{key}={getattr(changed.limits, key)}" for key in overrides)
     click.echo(f"tenant {changed.name}: {shown}")
 
@@ -99,15 +112,16 @@ def set_models(name: str, models: tuple[str, ...], every: bool) -> None:
     """Set the models tenant NAME may use by id, e.g. `realm tenant set-models acme gemma-3-270m qwen3`."""
     if every == bool(models):
         raise click.UsageError("give the model ids the tenant may use, or --all (not both)")
-    changed = TenantRegistry().set_models(name, models)
+    changed = _registry().set_models(name, models)
     click.echo(f"tenant {changed.name}: models {', '.join(changed.models) or 'all'}")
 
 
 @tenant.command()
 @click.argument("name")
 def delete(name: str) -> None:
-    """Delete tenant NAME, and its module file unless another tenant serves the same module."""
-    TenantRegistry().delete(name)
+    """Delete tenant NAME (its keys, limits, models, adapters and usage), and its module unless another
+    tenant serves the same one."""
+    _registry().delete(name)
     click.echo(f"deleted tenant {name}")
 
 
@@ -119,7 +133,7 @@ def delete(name: str) -> None:
               help="The name the tenant's guest finds it by (the reference guest: the request's \"lora\").")
 def set_lora(name: str, file: str, scale: float, alias: str) -> None:
     """Bind a LoRA adapter FILE (llama.cpp GGUF adapter, or a PEFT folder) to tenant NAME as ALIAS."""
-    binding = TenantRegistry().set_lora(name, file, scale, alias)
+    binding = _registry().set_lora(name, file, scale, alias)
     click.echo(f"tenant {name}: adapter {alias} = {binding.path} at scale {binding.scale:g}")
 
 
@@ -128,7 +142,7 @@ def set_lora(name: str, file: str, scale: float, alias: str) -> None:
 @click.argument("alias", required=False)
 def unset_lora(name: str, alias: str | None) -> None:
     """Unbind tenant NAME's adapter ALIAS (every adapter if ALIAS is not given)."""
-    removed = TenantRegistry().unset_lora(name, alias)
+    removed = _registry().unset_lora(name, alias)
     click.echo(f"tenant {name}: unbound {', '.join(removed) if removed else 'nothing'}")
 
 
@@ -142,7 +156,7 @@ def unset_lora(name: str, alias: str | None) -> None:
 def rate_limit(name: str, requests_per_minute: int | None, tokens_per_minute: int | None, use_default: bool,
                as_json: bool) -> None:
     """Show or set tenant NAME's HTTP rate limits (unset ones follow `realm serve`'s defaults)."""
-    registry = TenantRegistry()
+    registry = _registry()
     registry.get(name)
     limits = registry.rate_limits(name)
     if use_default or requests_per_minute is not None or tokens_per_minute is not None:
@@ -158,6 +172,24 @@ def rate_limit(name: str, requests_per_minute: int | None, tokens_per_minute: in
     click.echo(f"{name}: {show['requests_per_minute']} requests/min, {show['tokens_per_minute']} tokens/min")
 
 
+@tenant.command()
+@click.argument("name")
+@click.option("--since", metavar="AGE|DATE", help="Only requests since then: an age (30m, 12h, 7d) or an ISO date "
+              "or date-time (UTC unless it says). [default: all]")
+@json_option
+def usage(name: str, since: str | None, as_json: bool) -> None:
+    """Show tenant NAME's usage: requests and tokens, in all and per model."""
+    report = _registry().usage(name, parse_since(since) if since is not None else None)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    table = Table("model", "requests", "succeeded", "prompt tokens", "completion tokens", "cached tokens",
+                  title=f"usage of {name}" + (f" since {_when(report['since'])}" if since is not None else ""))
+    for model, row in [*report["models"].items(), ("all", report["total"])]:
+        table.add_row(model, *(str(v) for v in row.values()))
+    console.print(table)
+
+
 @tenant.group()
 def key() -> None:
     """Manage a tenant's API keys (for `realm serve`)."""
@@ -168,7 +200,7 @@ def key() -> None:
 @json_option
 def key_create(name: str, as_json: bool) -> None:
     """Make a new API key for tenant NAME and print it: it is shown only this once."""
-    record, secret = TenantRegistry().create_key(name)
+    record, secret = _registry().create_key(name)
     if as_json:
         click.echo(json.dumps({**record.as_json(), "key": secret}))
         return
@@ -181,7 +213,7 @@ def key_create(name: str, as_json: bool) -> None:
 @json_option
 def key_list(name: str, as_json: bool) -> None:
     """List tenant NAME's keys (ids and dates; the keys themselves are not stored)."""
-    keys = TenantRegistry().list_keys(name)
+    keys = _registry().list_keys(name)
     if as_json:
         click.echo(json.dumps([k.as_json() for k in keys]))
         return
@@ -195,8 +227,8 @@ def key_list(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("key_id")
 def key_revoke(name: str, key_id: str) -> None:
-    """Revoke tenant NAME's key KEY_ID; a running server refuses it from its next request."""
-    revoked: ApiKey = TenantRegistry().revoke_key(name, key_id)
+    """Revoke tenant NAME's key KEY_ID: running servers refuse it within 5 s (at once with SQLite)."""
+    revoked: ApiKey = _registry().revoke_key(name, key_id)
     click.echo(f"revoked key {revoked.key_id} of tenant {name}")
 
 

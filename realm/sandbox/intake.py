@@ -91,10 +91,9 @@ def compile_guest(data: bytes) -> GuestModule:
     """
     wasm = to_wasm(data)
     digest = hashlib.sha256(wasm).hexdigest()
-    with _modules_lock:
-        if digest in _modules:
-            _modules.move_to_end(digest)
-            return _modules[digest]
+    known = compiled_guest(digest)
+    if known is not None:
+        return known
     module = load_or_compile(wasm, digest, engine(), IMPORT_MODULE)
     check_interface(module)
     guest = GuestModule(digest, len(wasm), module)
@@ -103,6 +102,15 @@ def compile_guest(data: bytes) -> GuestModule:
         while len(_modules) > _MODULE_CACHE_SIZE:
             _modules.popitem(last=False)
     return guest
+
+
+def compiled_guest(sha256: str) -> GuestModule | None:
+    """The guest with this SHA-256 if compile_guest has it in memory, else None."""
+    with _modules_lock:
+        guest = _modules.get(sha256)
+        if guest is not None:
+            _modules.move_to_end(sha256)
+        return guest
 
 
 def check_interface(module: wasmtime.Module) -> None:

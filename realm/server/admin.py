@@ -12,6 +12,9 @@ the admin key (`Authorization: Bearer <admin key>`).
     DELETE /admin/tenants/{name}/keys/{key_id}  key revoke
     GET    /admin/tenants/{name}/rate-limits    rate-limit (show)
     PUT    /admin/tenants/{name}/rate-limits    rate-limit {"requests_per_minute": .., "tokens_per_minute": ..}
+    GET    /admin/tenants/{name}/usage          usage (?since=AGE|DATE): totals and per model
+
+A registry that cannot be reached is the server's fault, not the request's: 500, its reason logged.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from host_functions.errors import AdapterError, AuthError, GuestError, TenantError
+from realm.registry.usage import parse_since
 from realm.sandbox.intake import MAX_MODULE_BYTES
 from realm.server.bodies import bearer_key, read_body, read_json
 from realm.server.protocol import ApiError
@@ -60,7 +64,7 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
     An adapter is bound only once `check_adapter(path)` (loading it for the served model) raised no
     AdapterError, so one no request could load is refused here (400), not in every request naming it.
 
-    Each handler runs on a worker thread (the registry is SQLite and files; binding an adapter reads
+    Each handler runs on a worker thread (the registry is a database; binding an adapter reads
     its header, deploying compiles), given the path's parameters and the body read on the loop."""
 
     def admin(handler: Callable[[dict[str, Any], Any], Any], status: int = 200,
@@ -72,6 +76,8 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
                 data = await read_json(request, max_body_bytes)
             elif body == "module":
                 data = await read_body(request, MAX_MODULE_BYTES)
+            elif body == "query":
+                data = dict(request.query_params)
             try:
                 return JSONResponse(await run_in_threadpool(handler, dict(request.path_params), data),
                                     status_code=status)
@@ -143,6 +149,15 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
             raise ApiError(400, f"the body must be an object with {' and/or '.join(sorted(names))}")
         return registry.set_rate_limits(path["name"], RateLimits(**body)).as_json()
 
+    def usage(path: dict[str, Any], query: dict[str, str]) -> Any:
+        if not set(query) <= {"since"}:
+            raise ApiError(400, "the only query parameter is since (an age such as 12h, or an ISO date)")
+        try:
+            since = parse_since(query["since"]) if "since" in query else None
+        except TenantError as exc:
+            raise ApiError(400, str(exc)) from None
+        return registry.usage(path["name"], since)
+
     def list_adapters(path: dict[str, Any], body: Any) -> Any:
         bound = registry.adapters(path["name"])
         return {"data": [{"alias": alias, "path": b.path, "scale": b.scale} for alias, b in bound.items()]}
@@ -173,6 +188,7 @@ def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes
         Route("/admin/tenants/{name}/keys/{key_id}", admin(revoke_key), methods=["DELETE"]),
         Route("/admin/tenants/{name}/rate-limits", admin(show_rates), methods=["GET"]),
         Route("/admin/tenants/{name}/rate-limits", admin(set_rates, body="json"), methods=["PUT"]),
+        Route("/admin/tenants/{name}/usage", admin(usage, body="query"), methods=["GET"]),
         Route("/admin/tenants/{name}/adapters", admin(list_adapters), methods=["GET"]),
         Route("/admin/tenants/{name}/adapters/{alias}", admin(bind_adapter, body="json"), methods=["PUT"]),
         Route("/admin/tenants/{name}/adapters/{alias}", admin(unbind_adapter), methods=["DELETE"]),

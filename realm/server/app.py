@@ -28,6 +28,7 @@ from host_functions.errors import AdapterError, AuthError, Overloaded, QuotaExce
 from host_functions.fair_share import Claim, NeverFits, Refused
 from host_functions.lora.adapter import load_adapter
 from realm.chat import ChatTemplate
+from realm.registry.usage import UsageRecord
 from realm.request.sources import for_tenant
 from realm.request.spec import RunRequest
 from realm.sandbox.intake import reference_guest
@@ -84,6 +85,7 @@ class Server:
         self.shutting_down = False  # set when the drain timeout ends the runs still going
         self.metrics = ServerMetrics()
         self.metrics.watch_engine(lambda: engine_stats(model))
+        self.usage = self.registry.usage_writer(self.metrics.usage_dropped.inc)  # one row per request, off the loop
         self.created = protocol.now()
         reference_guest()  # compiled now, so a missing or broken reference guest stops the start, not a request
 
@@ -252,6 +254,9 @@ class Server:
         self.metrics.latency.labels(tenant, kind).observe(time.perf_counter() - started)
         self.metrics.tokens.labels(tenant, "prompt").inc(prompt_tokens)
         self.metrics.tokens.labels(tenant, "completion").inc(completion)
+        if tenant:  # a request refused before its key was known (401) is no tenant's: metrics only
+            self.usage.record(UsageRecord(tenant, self.model_id, kind, status, prompt_tokens, completion,
+                                          sum(c.cached_tokens for c in choices)))
         if held is not None and whole:
             self.limiter.settle(held, prompt_tokens + completion)
 

@@ -1,13 +1,14 @@
-"""Who a request's API key belongs to, remembered while the tenant registry is unchanged.
+"""Who a request's API key belongs to: its tenant (limits, models) and rate limits, remembered for at
+most TTL_S, so a change made through any replica or `realm tenant` is seen within TTL_S everywhere.
 
-Looking a key up reads the registry (SQLite: a connection, its schema and three queries, milliseconds
-of CPU), and every request does it first, refused ones included: a tenant flooding the server with
-requests it will be refused for (over its rate or its share) would spend the cores every tenant
-shares on that alone. So the answer for a key, the tenant or the AuthError, is kept as long as the
-registry's files have not changed since it was read (any write, by this server or by `realm tenant`
-in another process, changes the database or its write-ahead log: a revoked key is refused at once)
-and for at most TTL_S. Checking that costs two `stat` calls, so a known key is answered on the event
-loop; only a key not known yet costs a registry read, off the loop.
+Looking a key up reads the registry (a transaction and a few queries: milliseconds of CPU, a round
+trip to PostgreSQL), and every request does it first, refused ones included: a tenant flooding the
+server with requests it will be refused for (over its rate or its share) would spend the cores every
+tenant shares on that alone. So the answer for a key, the tenant or the AuthError, is kept for TTL_S;
+with a SQLite registry also only while its files are unchanged since it was read (any write, by this
+server or another process, changes the database or its write-ahead log: a revoked key is refused at
+once). Checking that costs two `stat` calls at most, so a known key is answered on the event loop;
+only a key not known yet costs a registry read, off the loop.
 """
 
 from __future__ import annotations
@@ -62,8 +63,7 @@ class KeyCache:
         remembered; AuthError for a key that is unknown or revoked, or whose tenant is gone."""
         signature = self._signature()  # before reading: a write meanwhile makes the answer stale
         try:
-            tenant = self.registry.tenant_for_key(key)
-            identity: Identity | None = (tenant, self.registry.rate_limits(tenant.name))
+            identity: Identity | None = self.registry.tenant_for_key(key)
             refusal = ""
         except AuthError as exc:
             identity, refusal = None, str(exc)
@@ -76,9 +76,10 @@ class KeyCache:
         return identity
 
     def _signature(self) -> _Signature:
-        """The registry's database and write-ahead log as (modification time, size): any write changes it."""
-        db = str(self.registry.db_path)
-        return tuple(_stat(path) for path in (db, db + "-wal"))
+        """A SQLite registry's database and write-ahead log as (modification time, size): any write
+        changes it. () for PostgreSQL, whose changes are seen when TTL_S ends."""
+        path = self.registry.db.sqlite_path
+        return tuple(_stat(f"{path}{suffix}") for suffix in ("", "-wal")) if path else ()
 
 
 def _stat(path: str) -> tuple[int, int]:

@@ -33,6 +33,8 @@ class ServerMetrics:
                                  ["tenant", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("realm_time_to_first_token_seconds", "Time from request to its first text",
                               ["tenant", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.usage_dropped = Counter("realm_usage_records_dropped", "Usage records the registry did not get "
+                                     "(its writer's queue full, or the database down)", registry=r)
         self.in_flight = Gauge("realm_requests_in_flight", "Requests being generated", ["tenant"], registry=r)
         self._engine = _EngineCollector()
         r.register(self._engine)
