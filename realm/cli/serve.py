@@ -9,11 +9,19 @@ import uvicorn
 
 from host_functions import settings
 from host_functions.errors import RealmError
-from realm.chat import load_chat_template
 from realm.cli import main
-from realm.cli.options import load_with_progress, model_options, prefix_cache_option
+from realm.cli.options import (
+    backend_option,
+    kv_memory_option,
+    load_with_progress,
+    parse_size,
+    prefix_cache_option,
+    threads_option,
+)
 from realm.server import Server, ServerConfig, create_app, listen
 from realm.server.connections import ConnectionLimits, uvicorn_options
+from realm.server.model_catalog import ModelCatalog
+from realm.server.model_set import ModelSet, serving
 from realm.server.shutdown import GRACE_S, DrainingServer
 
 _DEFAULTS = ServerConfig()
@@ -23,10 +31,20 @@ _SLOW = ConnectionLimits()
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
-@model_options
+@click.option("--model", "-m", "models", multiple=True, metavar="[NAME=]PATH",
+              help="A GGUF model to serve, as NAME (default: the file's stem); repeatable, the first is the "
+                   "default model. [default: $REALM_MODEL, else the bundled Gemma 3 270M Q4_K_M]")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Serve every *.gguf in this folder too (found at start, loaded on first use).")
+@click.option("--model-memory", metavar="SIZE", callback=parse_size,
+              help="What the loaded models may hold together (weights as loaded + KV pools, e.g. 800M, 2GiB); "
+                   "the least recently used idle model is unloaded to make room. [default: no bound]")
+@kv_memory_option
+@backend_option
+@threads_option
 @click.option("--chat-template", "chat_template", metavar="NAME|FILE",
-              help="Chat template: gemma, llama2, llama3, phi3, chatml or a Jinja file (default: the model's, "
-                   "else its family's built-in).")
+              help="Chat template, with one model only: gemma, llama2, llama3, phi3, chatml or a Jinja file "
+                   "(default: the model's, else its family's built-in).")
 @click.option("--workers", default=_DEFAULTS.workers, show_default=True, type=click.IntRange(1, 256),
               help="Guest runs at once (their steps are batched together).")
 @click.option("--max-queue", default=_DEFAULTS.max_queue, show_default=True, type=click.IntRange(0),
@@ -61,7 +79,8 @@ _SLOW = ConnectionLimits()
 @click.option("--max-connections-per-client", default=_SLOW.per_client, show_default=True,
               type=click.IntRange(0), help="Connections of one client address; 0 is no bound.")
 @prefix_cache_option
-def serve(host: str, port: int, model_path: str | None, backend: str, chat_template: str | None, workers: int,
+def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None, model_memory: int | None,
+          kv_memory: int | None, backend: str, chat_template: str | None, workers: int,
           max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
           requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int,
           header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int,
@@ -71,12 +90,13 @@ def serve(host: str, port: int, model_path: str | None, backend: str, chat_templ
                           requests_per_minute, tokens_per_minute, _admin_key(admin_key_file), cors_origins)
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
                             per_client=max_connections_per_client)
+    catalog = ModelCatalog(models, models_dir, model_memory, kv_memory, backend, chat_template, not no_prefix_cache)
     sock = listen.bind(host, port)  # a busy port or a bad host fails now, before the model loads
-    model = load_with_progress(model_path, backend, prefix_cache=not no_prefix_cache)
-    template = load_chat_template(model.tokenizer, model.config.arch, chat_template)
-    server = Server(model, template, config)
-    click.echo(f"realm: starting on http://{host}:{port} with {server.model_id} ({model.backend.name}, "
-               f"chat template {template.source})", err=True)
+    served = start_models(catalog)
+    server = Server(served, config)
+    default = served.preload(served.default)  # loaded already: its template and backend
+    click.echo(f"realm: starting on http://{host}:{port} with {', '.join(served.ids)} ({default.model.backend.name}; "
+               f"{default.id}: chat template {default.template.source})", err=True)
     uv = DrainingServer(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
                                        timeout_graceful_shutdown=drain_timeout + GRACE_S, log_level="info",
                                        **uvicorn_options(slow)), server, drain_timeout)
@@ -85,7 +105,20 @@ def serve(host: str, port: int, model_path: str | None, backend: str, chat_templ
         uv.run(sockets=[sock])
     finally:
         server.runner.close()
+        served.close()
         sock.close()
+
+
+def start_models(catalog: ModelCatalog) -> ModelSet:
+    """The served models, the default one loaded now (with progress on stderr), so that a bad default
+    model, or any model whose file alone is over --model-memory, stops the start. RealmError as
+    ModelCatalog.sources raises, ModelTooLarge."""
+    models = serving(catalog)
+    models.check_sizes()
+    first = models.sources[0]
+    load_with_progress(str(first.path), catalog.backend, catalog.kv_bytes, catalog.prefix_cache)
+    models.preload(first.id)
+    return models
 
 
 def _admin_key(path: Path | None) -> str | None:
