@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -86,6 +87,7 @@ def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None
           header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int,
           cors_origins: tuple[str, ...], no_prefix_cache: bool) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
+    _log_to_stderr()
     config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
                           requests_per_minute, tokens_per_minute, _admin_key(admin_key_file), cors_origins)
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
@@ -119,6 +121,15 @@ def start_models(catalog: ModelCatalog) -> ModelSet:
     load_with_progress(str(first.path), catalog.backend, catalog.kv_bytes, catalog.prefix_cache)
     models.preload(first.id)
     return models
+
+
+def _log_to_stderr() -> None:
+    """The server's own log lines (models loaded and unloaded, failures) on stderr, as uvicorn's are."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    server_log = logging.getLogger("realm.server")
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
 
 
 def _admin_key(path: Path | None) -> str | None:

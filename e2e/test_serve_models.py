@@ -1,0 +1,126 @@
+"""`realm serve` with three models (docs/serve.md, "Many models"): the bundled Gemma (the default model)
+and two tiny models of other architectures (qwen2, Llama 3), each answering as llama.cpp does on its
+file, also under a --model-memory smaller than the three together, where models are unloaded and
+loaded again between requests. Tenants see only the models they may use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from oracle import ARCHS, arch_sequences
+from test_serve import FRANCE, MODEL, Served, serving
+
+from host_functions.formats.gguf_file import GGUFFile
+from host_functions.tokenizer import Tokenizer
+from realm.models import default_model_path
+
+KV = "8M"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A prompt whose tokens are a prefix of one of llama.cpp's reference sequences, and llama.cpp's
+    next-token log-probabilities after it."""
+
+    model: str
+    prompt: str
+    n_tokens: int
+    log_softmax: np.ndarray
+
+    @property
+    def greedy(self) -> int:
+        return int(np.argmax(self.log_softmax))
+
+
+def case(model: str, gguf: str, sequence: int, k: int) -> Case:
+    tokenizer = Tokenizer.from_metadata(GGUFFile(ARCHS / gguf).metadata)
+    reference = arch_sequences(gguf)[sequence]
+    ids = reference.tokens[:k].tolist()
+    prompt = tokenizer.decode(ids[1:] if tokenizer.add_bos else ids)
+    assert tokenizer.encode(prompt) == ids  # the server sees llama.cpp's very tokens
+    logits = reference.logits[k - 1].astype(np.float64)
+    return Case(model, prompt, k, logits - logits.max() - np.log(np.exp(logits - logits.max()).sum()))
+
+
+# Prompts that tokenize back to the reference's ids (random ids rarely do)
+CASES = [case("qwen", "tiny-qwen2-F16.gguf", 1, 11), case("llama3", "tiny-llama3-F16.gguf", 2, 5)]
+
+
+def flags(gemma: Path) -> list[str]:
+    """Gemma named as the other tests know it (the default model), qwen2 named, Llama 3 by its file's stem."""
+    return [f"--model={MODEL}={gemma}", "--model", f"qwen={ARCHS / 'tiny-qwen2-F16.gguf'}",
+            "--model", f"llama3={ARCHS / 'tiny-llama3-F16.gguf'}", "--kv-memory", KV]
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Path:
+    return default_model_path()
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory, gemma: Path) -> Iterator[Served]:
+    with serving(tmp_path_factory.mktemp("models"), *flags(gemma)) as server:
+        yield server
+
+
+def check_answers(server: Served, key: str) -> None:
+    """Gemma's greedy answer, then each tiny model's next token and its log-probability, as llama.cpp's."""
+    client = server.client(key)
+    done = client.completions.create(model=MODEL, prompt=FRANCE["prompt"], max_tokens=8, temperature=0)
+    assert FRANCE["greedy_text"].startswith(done.choices[0].text) and done.choices[0].text.startswith(" Paris")
+    for c in CASES:
+        done = client.completions.create(model=c.model, prompt=c.prompt, max_tokens=1, temperature=0, logprobs=1)
+        assert done.model == c.model and done.usage.prompt_tokens == c.n_tokens
+        assert abs(done.choices[0].logprobs.token_logprobs[0] - c.log_softmax[c.greedy]) < 1e-2
+        assert done.choices[0].logprobs.token_logprobs[0] == pytest.approx(c.log_softmax.max(), abs=1e-2)
+
+
+def test_each_model_answers_as_llama_cpp_does(three):
+    key = three.tenant("every")
+    check_answers(three, key)
+    models = {m["id"]: m for m in three.admin("GET", "/admin/health").json()["models"]}
+    assert set(models) == {MODEL, "qwen", "llama3"} and all(m["loaded"] and m["bytes"] > 0 for m in models.values())
+    assert three.admin("GET", "/admin/health").json()["model"] == MODEL  # the first --model is the default
+
+
+def test_a_tenant_sees_only_its_models_and_others_are_the_same_404(three):
+    key = three.tenant("narrow")
+    assert three.admin("PUT", "/admin/tenants/narrow/models", json={"models": ["qwen"]}).status_code == 200
+    client = three.client(key)
+    assert [m.id for m in client.models.list().data] == ["qwen"]
+    errors = []
+    for name in (MODEL, "no-such-model"):
+        with pytest.raises(Exception) as refused:
+            client.completions.create(model=name, prompt="Hi", max_tokens=1)
+        errors.append((refused.value.status_code, refused.value.body["code"], refused.value.body["message"]))
+        with pytest.raises(Exception) as missing:
+            client.models.retrieve(name)
+        assert missing.value.status_code == 404
+    assert errors[0][:2] == errors[1][:2] == (404, "model_not_found")
+    assert errors[0][2].replace(MODEL, "X") == errors[1][2].replace("no-such-model", "X")
+
+
+def test_metrics_show_each_model(three):
+    text = three.admin("GET", "/metrics").text
+    for model in (MODEL, "qwen", "llama3"):
+        assert f'realm_model_bytes{{model="{model}"}}' in text and f'realm_model_in_use{{model="{model}"}} 0.0' in text
+
+
+def test_under_a_budget_smaller_than_the_three_models_are_swapped_and_answers_stay_exact(three, gemma, tmp_path):
+    """The budget holds Gemma and one tiny model (as measured by the first server), not all three."""
+    measured = {m["id"]: m["bytes"] for m in three.admin("GET", "/admin/health").json()["models"]}
+    budget = measured[MODEL] + max(measured["qwen"], measured["llama3"]) + (1 << 20)
+    assert budget < sum(measured.values())
+    with serving(tmp_path, *flags(gemma), "--model-memory", str(budget)) as small:
+        key = small.tenant("every")
+        for _ in range(2):
+            check_answers(small, key)
+        unloads = small.log.read_text().count("unloaded model")
+        assert unloads >= 3, small.log.read_text()
+        loaded = [m for m in small.admin("GET", "/admin/health").json()["models"] if m["loaded"]]
+        assert sum(m["bytes"] for m in loaded) <= budget
+
