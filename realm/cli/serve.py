@@ -96,9 +96,7 @@ def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None
     sock = listen.bind(host, port)  # a busy port or a bad host fails now, before the model loads
     served = start_models(catalog)
     server = Server(served, config)
-    default = served.preload(served.default)  # loaded already: its template and backend
-    click.echo(f"realm: starting on http://{host}:{port} with {', '.join(served.ids)} ({default.model.backend.name}; "
-               f"{default.id}: chat template {default.template.source})", err=True)
+    click.echo(f"realm: starting on http://{host}:{port} with {_describe(served)}", err=True)
     uv = DrainingServer(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
                                        timeout_graceful_shutdown=drain_timeout + GRACE_S, log_level="info",
                                        **uvicorn_options(slow)), server, drain_timeout)
@@ -112,15 +110,24 @@ def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None
 
 
 def start_models(catalog: ModelCatalog) -> ModelSet:
-    """The served models, the default one loaded now (with progress on stderr), so that a bad default
-    model, or any model whose file alone is over --model-memory, stops the start. RealmError as
-    ModelCatalog.sources raises, ModelTooLarge."""
+    """The served models, the default one loaded now (with progress on stderr) unless it comes from
+    --models-dir, so that a bad --model or default model, or any model whose file alone is over
+    --model-memory, stops the start (a bad file in --models-dir fails its own requests only).
+    RealmError as ModelCatalog.sources raises, ModelTooLarge."""
     models = serving(catalog)
     models.check_sizes()
-    first = models.sources[0]
-    load_with_progress(str(first.path), catalog.backend, catalog.kv_bytes, catalog.prefix_cache)
-    models.preload(first.id)
+    if catalog.models or catalog.models_dir is None:
+        first = models.sources[0]
+        load_with_progress(str(first.path), catalog.backend, catalog.kv_bytes, catalog.prefix_cache)
+        models.preload(first.id)
     return models
+
+
+def _describe(models: ModelSet) -> str:
+    """The models for the start's line: each loaded one with its backend and chat template."""
+    loaded = {s.id: s for s in models.loaded()}
+    return ", ".join(f"{i} ({loaded[i].model.backend.name}, chat template {loaded[i].template.source})"
+                     if i in loaded else f"{i} (loaded on first use)" for i in models.ids)
 
 
 def _log_to_stderr() -> None:

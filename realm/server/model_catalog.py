@@ -74,7 +74,8 @@ def parse_model_flag(text: str) -> ModelSource:
     named = bool(sep) and bool(MODEL_ID_PATTERN.fullmatch(name)) and bool(rest)
     path = Path(rest if named else text).expanduser()
     if not path.is_file():
-        raise RealmError(f"--model {text!r}: no such file {str(path)!r}")
+        bad_name = f" (and {name!r} is not a model id: {MODEL_ID_RULE})" if sep and not named else ""
+        raise RealmError(f"--model {text!r}: no such file {str(path)!r}{bad_name}")
     return ModelSource(name if named else _id_of(path.stem, f"--model {text!r}"), path)
 
 
