@@ -5,14 +5,16 @@ loaded again between requests. Tenants see only the models they may use."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import one_error_line
 from oracle import ARCHS, arch_sequences
-from test_serve import FRANCE, MODEL, Served, serving
+from test_serve import FRANCE, MODEL, Served, free_port, serving
 
 from host_functions.formats.gguf_file import GGUFFile
 from host_functions.tokenizer import Tokenizer
@@ -87,6 +89,21 @@ def test_each_model_answers_as_llama_cpp_does(three):
     assert three.admin("GET", "/admin/health").json()["model"] == MODEL  # the first --model is the default
 
 
+def test_a_streaming_response_holds_its_model_until_it_ends(three):
+    def in_use() -> int:
+        return next(m["in_use"] for m in three.admin("GET", "/admin/health").json()["models"] if m["id"] == MODEL)
+
+    stream = three.client(three.tenant("streamer")).completions.create(
+        model=MODEL, prompt=FRANCE["prompt"], max_tokens=256, temperature=0, stream=True)
+    next(chunk for chunk in stream if chunk.choices[0].text)
+    assert in_use() == 1  # held while the answer streams: never unloaded under it
+    stream.close()  # the client leaves: the run is cancelled and the model released
+    deadline = time.monotonic() + 30
+    while in_use() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_use() == 0
+
+
 def test_a_tenant_sees_only_its_models_and_others_are_the_same_404(three):
     key = three.tenant("narrow")
     assert three.admin("PUT", "/admin/tenants/narrow/models", json={"models": ["qwen"]}).status_code == 200
@@ -124,3 +141,35 @@ def test_under_a_budget_smaller_than_the_three_models_are_swapped_and_answers_st
         loaded = [m for m in small.admin("GET", "/admin/health").json()["models"] if m["loaded"]]
         assert sum(m["bytes"] for m in loaded) <= budget
 
+
+
+QWEN2 = ARCHS / "tiny-qwen2-Q4_K.gguf"
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--model", str(QWEN2), "--model", str(QWEN2)], ["two models have the id 'tiny-qwen2-Q4_K'", "NAME=PATH"]),
+    (["--model", "bad!=missing.gguf"], ["no such file", "'bad!' is not a model id"]),
+    (["--model", f"a={QWEN2}", "--model", f"b={QWEN2}", "--chat-template", "chatml"], ["one model only"]),
+    (["--model", str(QWEN2), "--model-memory", "600K"], ["needs", "more than the whole --model-memory of 600 KiB"]),
+    (["--models-dir", "no-such-folder"], ["is not a folder"]),
+])
+def test_bad_model_flags_are_one_error_line(realm, args, fragments):
+    one_error_line(realm("serve", "--port", str(free_port()), "--backend", "cpu", *args), 1, *fragments)
+
+
+def test_models_dir_skips_a_name_that_is_not_an_id_and_a_bad_file_fails_alone(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "broken.gguf").write_bytes(b"GGUF" + bytes(60))
+    (folder / "not an id.gguf").write_bytes(QWEN2.read_bytes())
+    (folder / "qwen.gguf").write_bytes(QWEN2.read_bytes())
+    with serving(tmp_path, "--models-dir", str(folder), "--kv-memory", KV) as server:
+        client = server.client(server.tenant("dir"))
+        assert sorted(m.id for m in client.models.list().data) == ["broken", "qwen"]
+        for _ in range(2):
+            with pytest.raises(Exception) as failed:
+                client.completions.create(model="broken", prompt="Hi", max_tokens=1)
+            assert failed.value.status_code == 500 and failed.value.body["code"] == "model_load_failed"
+        assert client.completions.create(model="qwen", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
+        log = server.log.read_text()
+    assert log.count("skipped not an id.gguf") == 1 and log.count("could not be loaded") == 1, log

@@ -93,8 +93,10 @@ def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
                             per_client=max_connections_per_client)
     catalog = ModelCatalog(models, models_dir, model_memory, kv_memory, backend, chat_template, not no_prefix_cache)
+    served = serving(catalog)  # bad flags, or a model whose file alone is over --model-memory, fail first
+    served.check_sizes()
     sock = listen.bind(host, port)  # a busy port or a bad host fails now, before the model loads
-    served = start_models(catalog)
+    load_default(served, catalog)
     server = Server(served, config)
     click.echo(f"realm: starting on http://{host}:{port} with {_describe(served)}", err=True)
     uv = DrainingServer(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
@@ -109,18 +111,14 @@ def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None
         sock.close()
 
 
-def start_models(catalog: ModelCatalog) -> ModelSet:
-    """The served models, the default one loaded now (with progress on stderr) unless it comes from
-    --models-dir, so that a bad --model or default model, or any model whose file alone is over
-    --model-memory, stops the start (a bad file in --models-dir fails its own requests only).
-    RealmError as ModelCatalog.sources raises, ModelTooLarge."""
-    models = serving(catalog)
-    models.check_sizes()
+def load_default(models: ModelSet, catalog: ModelCatalog) -> None:
+    """Load the default model now (with progress on stderr) unless it comes from --models-dir, so that
+    a bad --model or default model stops the start (a bad file in --models-dir fails its own requests
+    only). Raises what loading raises."""
     if catalog.models or catalog.models_dir is None:
         first = models.sources[0]
         load_with_progress(str(first.path), catalog.backend, catalog.kv_bytes, catalog.prefix_cache)
         models.preload(first.id)
-    return models
 
 
 def _describe(models: ModelSet) -> str:

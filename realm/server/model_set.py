@@ -120,9 +120,13 @@ class ModelSet:
         entry = self._entries[model_id]
         if entry.served is None:
             self._check_fits(entry, entry.charge)
-            entry.served = self._load(entry.source)
-            entry.charge = entry.served.cost
-            self._check_fits(entry, entry.charge)
+            served = self._load(entry.source)
+            try:
+                self._check_fits(entry, served.cost)
+            except ModelTooLarge:
+                self._unload(served)
+                raise
+            entry.served, entry.charge = served, served.cost
         return entry.served
 
     async def acquire(self, model_id: str, wait_s: float) -> Lease:
