@@ -10,6 +10,7 @@ import gc
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from oracle import ARCHS
 
 from host_functions.errors import Overloaded
 from realm.server.model_catalog import ModelCatalog, ModelSource
-from realm.server.model_set import ModelLoadFailed, ModelSet, ModelTooLarge, ServedModel, serving
+from realm.server.model_set import Loader, ModelLoadFailed, ModelSet, ModelTooLarge, ServedModel, loaders, serving
 
 FILES = {"qwen2": ARCHS / "tiny-qwen2-Q4_K.gguf", "qwen3": ARCHS / "tiny-qwen3-Q4_K.gguf",
          "llama3": ARCHS / "tiny-llama3-Q4_K.gguf"}
@@ -95,16 +96,22 @@ def test_a_model_over_the_whole_budget_is_refused(cost):
         asyncio.run(small.acquire("qwen2", 1))
 
 
+def with_loader(wrap: Callable[[Loader], Loader]) -> ModelSet:
+    """The three models without a budget, loaded by `wrap` around the server's own loader."""
+    load, unload = loaders(catalog())
+    return ModelSet(catalog().sources(), wrap(load), unload)
+
+
 def test_concurrent_first_requests_share_one_load():
-    models = serving(catalog())
     loads = []
-    real = models._load
 
-    def counted(source: ModelSource) -> ServedModel:
-        loads.append(source.id)
-        return real(source)
+    def counted(real: Loader) -> Loader:
+        def load(source: ModelSource) -> ServedModel:
+            loads.append(source.id)
+            return real(source)
+        return load
 
-    models._load = counted
+    models = with_loader(counted)
 
     async def go() -> list[ServedModel]:
         return await asyncio.gather(*(use(models, "qwen3") for _ in range(6)))
@@ -115,17 +122,17 @@ def test_concurrent_first_requests_share_one_load():
 
 
 def test_a_slow_load_never_holds_up_another_models_requests():
-    models = serving(catalog())
-    models.preload("qwen2")
     gate = threading.Event()
-    real = models._load
 
-    def slow(source: ModelSource) -> ServedModel:
-        if source.id == "llama3":
-            assert gate.wait(30)
-        return real(source)
+    def slow(real: Loader) -> Loader:
+        def load(source: ModelSource) -> ServedModel:
+            if source.id == "llama3":
+                assert gate.wait(30)
+            return real(source)
+        return load
 
-    models._load = slow
+    models = with_loader(slow)
+    models.preload("qwen2")
 
     async def go() -> None:
         loading = asyncio.ensure_future(use(models, "llama3"))

@@ -313,22 +313,26 @@ def _why_waited(entry: _Entry, memory: int | None) -> str:
             f"the rest of --model-memory ({describe_bytes(memory or 0)}); retry shortly")
 
 
-def serving(catalog: ModelCatalog) -> ModelSet:
-    """The ModelSet of `catalog`'s models, each loaded through the process-wide cache (realm.models) with
-    its KV pool, its chat template and its cost measured (footprint.retained_bytes). RealmError as
-    ModelCatalog.sources raises."""
+def loaders(catalog: ModelCatalog) -> tuple[Loader, Unloader]:
+    """How `catalog`'s models load and unload: through the process-wide cache (realm.models) with their
+    KV pool, prefix cache setting and chat template, their cost measured (footprint.retained_bytes)."""
 
     def load(source: ModelSource) -> ServedModel:
         model = load_model(source.path, catalog.backend, kv_memory=catalog.kv_bytes)
         try:
             scheduled(model)[1].set_prefix_cache(catalog.prefix_cache)
             template = load_chat_template(model.tokenizer, model.config.arch, catalog.chat_template)
+            return ServedModel(source.id, model, template, retained_bytes(model))
         except BaseException:
             unload_model(source.path, catalog.backend)
             raise
-        return ServedModel(source.id, model, template, retained_bytes(model))
 
     def unload(served: ServedModel) -> None:
         unload_model(served.model.path, catalog.backend)
 
-    return ModelSet(catalog.sources(), load, unload, catalog.memory, catalog.kv_bytes or 0)
+    return load, unload
+
+
+def serving(catalog: ModelCatalog) -> ModelSet:
+    """The ModelSet of `catalog`'s models (see loaders). RealmError as ModelCatalog.sources raises."""
+    return ModelSet(catalog.sources(), *loaders(catalog), catalog.memory, catalog.kv_bytes or 0)
