@@ -178,3 +178,15 @@ def test_unloading_frees_the_model(cost):
     gc.collect()
     assert "qwen2" not in loaded(models) and first() is None
     models.close()
+
+
+def test_the_measured_cost_is_the_weights_as_loaded_plus_the_whole_kv_pool():
+    def cost(kv: int) -> int:
+        load, unload = loaders(ModelCatalog((str(FILES["qwen2"]),), kv_memory=kv, backend="cpu"))
+        served = load(ModelSource("qwen2", FILES["qwen2"]))
+        unload(served)
+        return served.cost
+
+    small, large = cost(KV), cost(2 * KV)
+    assert large - small == pytest.approx(KV, abs=64 << 10)  # the pool's whole blocks (at most 64 KiB each here)
+    assert small - KV > FILES["qwen2"].stat().st_size // 2  # the weights, copied from the file, on top
