@@ -13,7 +13,6 @@ from host_functions.errors import RealmError
 from realm.cli import main
 from realm.cli.options import (
     backend_option,
-    kv_memory_option,
     load_with_progress,
     parse_size,
     prefix_cache_option,
@@ -40,7 +39,9 @@ _SLOW = ConnectionLimits()
 @click.option("--model-memory", metavar="SIZE", callback=parse_size,
               help="What the loaded models may hold together (weights as loaded + KV pools, e.g. 800M, 2GiB); "
                    "the least recently used idle model is unloaded to make room. [default: no bound]")
-@kv_memory_option
+@click.option("--kv-memory", "kv_memory", metavar="SIZE", callback=parse_size,
+              help="Each model's KV cache pool, shared by its sequences (e.g. 512M). [default: a quarter of "
+                   "--model-memory, else of free memory]")
 @backend_option
 @threads_option
 @click.option("--chat-template", "chat_template", metavar="NAME|FILE",

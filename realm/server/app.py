@@ -166,8 +166,10 @@ class Server:
         """Serve one completion ("completion") or chat ("chat") request; ApiError for refusals.
 
         In order: the key (401), the request rate (429), the tenant's share of the places (503), the
-        body (413), then, off the event loop, the share again for the body's `n` (503, before any
-        tokenizing), the body's checks, its tokens and the tenant's guest (400),
+        body (413), off the event loop its JSON and model (400, 404 for a model the tenant may not use),
+        a lease on that model, loaded if need be (503, 507, 500: _lease), then, off the event loop, the
+        share again for the body's `n` (503, before any tokenizing), the body's checks, its tokens and
+        the tenant's guest (400),
         the token rate (400 for a request that never fits, else 429) and the places for every choice
         (400 when they can never fit, 503 over the tenant's share). Only the body's bytes are read on
         the loop.
