@@ -125,6 +125,7 @@ def test_metrics_show_each_model(three):
     text = three.admin("GET", "/metrics").text
     for model in (MODEL, "qwen", "llama3"):
         assert f'realm_model_bytes{{model="{model}"}}' in text and f'realm_model_in_use{{model="{model}"}} 0.0' in text
+    assert 'realm_model_requests_total{endpoint="completion",model="qwen"}' in text
 
 
 def test_under_a_budget_smaller_than_the_three_models_are_swapped_and_answers_stay_exact(three, gemma, tmp_path):
@@ -149,7 +150,9 @@ QWEN2 = ARCHS / "tiny-qwen2-Q4_K.gguf"
 @pytest.mark.parametrize(("args", "fragments"), [
     (["--model", str(QWEN2), "--model", str(QWEN2)], ["two models have the id 'tiny-qwen2-Q4_K'", "NAME=PATH"]),
     (["--model", "bad!=missing.gguf"], ["no such file", "'bad!' is not a model id"]),
-    (["--model", f"a={QWEN2}", "--model", f"b={QWEN2}", "--chat-template", "chatml"], ["one model only"]),
+    (["--model", f"a={QWEN2}", "--model", f"b={QWEN2}"], ["served twice (as 'a' and 'b')"]),
+    (["--model", f"a={QWEN2}", "--model", str(ARCHS / "tiny-qwen3-Q4_K.gguf"), "--chat-template", "chatml"],
+     ["one model only"]),
     (["--model", str(QWEN2), "--model-memory", "600K"], ["needs", "more than the whole --model-memory of 600 KiB"]),
     (["--models-dir", "no-such-folder"], ["is not a folder"]),
 ])

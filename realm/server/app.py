@@ -131,12 +131,14 @@ class Server:
         body = parse_json(data)
         return body, self.visible(tenant, protocol.requested_model(body))
 
-    async def _lease(self, model_id: str) -> Lease:
+    async def _lease(self, model_id: str, kind: str) -> Lease:
         """A lease on the model, loading it if need be: ApiError 503 overloaded (with Retry-After) when
         it cannot be loaded within the model wait, 507 for a model over the whole --model-memory, 500 for
         one whose file does not load."""
         try:
-            return await self.models.acquire(model_id, self.config.model_wait_s)
+            lease = await self.models.acquire(model_id, self.config.model_wait_s)
+            self.metrics.model_requests.labels(model_id, kind).inc()
+            return lease
         except Overloaded as exc:
             raise guest_failure(exc) from None  # 503 overloaded, as a run that waited too long
         except ModelTooLarge as exc:
@@ -183,7 +185,7 @@ class Server:
             self._start_runs(tenant, 1, self.runner.check)  # a tenant over its share costs no parsing
             data = await read_body(request, self.config.max_body_bytes)
             body, model_id = await self.off_loop.run_for(tenant.name, self._pick, tenant, data)
-            lease = await self._lease(model_id)
+            lease = await self._lease(model_id, kind)
             spec, base = await self.off_loop.run_for(tenant.name, self._prepare, tenant, kind, body, lease.served)
             held = self._reserve(tenant, rates, spec.most_tokens())
             self._check_open()
@@ -216,7 +218,7 @@ class Server:
             self._admit(tenant, rates)
             data = await read_body(request, self.config.max_body_bytes)
             body, model_id = await self.off_loop.run_for(tenant.name, self._pick, tenant, data)
-            lease = await self._lease(model_id)
+            lease = await self._lease(model_id, "embedding")
             model = lease.served.model
             limits = self.request_limits(tenant, model)
             spec = await self.off_loop.run_for(tenant.name, lambda: embeddings.parse_embeddings(

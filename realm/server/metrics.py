@@ -36,6 +36,8 @@ class ServerMetrics:
         self.ttft = Histogram("realm_time_to_first_token_seconds", "Time from request to its first text",
                               ["tenant", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("realm_requests_in_flight", "Requests being generated", ["tenant"], registry=r)
+        self.model_requests = Counter("realm_model_requests", "Requests admitted to a model, by model and endpoint",
+                                      ["model", "endpoint"], registry=r)
         self._engine = _EngineCollector()
         r.register(self._engine)
 

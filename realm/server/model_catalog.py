@@ -48,7 +48,7 @@ class ModelCatalog:
     def sources(self) -> list[ModelSource]:
         """Every model, the default first: the --model files, then --models-dir's (sorted by name), else
         the default model (REALM_MODEL or the bundled Gemma). RealmError for an invalid or repeated id,
-        a missing file or folder, no model at all, or --chat-template with several models."""
+        a file named twice, a missing file or folder, or --chat-template with several models."""
         found = [parse_model_flag(text) for text in self.models]
         if self.models_dir is not None:
             found += _directory(self.models_dir)
@@ -56,11 +56,17 @@ class ModelCatalog:
             path = default_model_path()
             found = [ModelSource(_id_of(path.stem, "the default model"), path)]
         seen: dict[str, Path] = {}
+        files: dict[Path, str] = {}
         for source in found:
             if source.id in seen:
                 raise RealmError(f"two models have the id {source.id!r} ({seen[source.id]} and {source.path}): "
                                  f"name one with --model NAME=PATH")
-            seen[source.id] = source.path
+            # one Model per file in the process: two ids on it would unload it under each other
+            file = source.path.resolve()
+            if file in files:
+                raise RealmError(f"{source.path} is served twice (as {files[file]!r} and {source.id!r}): "
+                                 f"serve a file once")
+            seen[source.id], files[file] = source.path, source.id
         if self.chat_template and len(found) > 1:
             raise RealmError("--chat-template applies to one model only: with several, each uses its own "
                              "template (or its family's)")
