@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import one_error_line
-from oracle import ARCHS, arch_sequences
+from oracle import ARCHS, DATA, arch_sequences
 from test_serve import FRANCE, MODEL, Served, free_port, serving
 
 from host_functions.formats.gguf_file import GGUFFile
@@ -176,3 +176,19 @@ def test_models_dir_skips_a_name_that_is_not_an_id_and_a_bad_file_fails_alone(tm
         assert client.completions.create(model="qwen", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
         log = server.log.read_text()
     assert log.count("skipped not an id.gguf") == 1 and log.count("could not be loaded") == 1, log
+
+
+def test_an_adapter_binds_when_it_fits_a_served_model_and_other_models_refuse_it(tmp_path):
+    adapter, other = DATA / "tiny-llama-lora-r8.gguf", DATA / "tiny-gemma3-lora-r8.gguf"
+    with serving(tmp_path, "--model", f"tl={DATA / 'tiny-llama-F32.gguf'}", "--model", f"qwen={QWEN2}",
+                 "--kv-memory", KV) as server:
+        client = server.client(server.tenant("styled"))
+        bound = server.admin("PUT", "/admin/tenants/styled/adapters/style", json={"path": str(adapter)})
+        assert bound.status_code == 200, bound.text
+        refused = server.admin("PUT", "/admin/tenants/styled/adapters/other", json={"path": str(other)})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_adapter"
+        done = client.completions.create(model="tl", prompt="Hi", max_tokens=2, extra_body={"lora": "style"})
+        assert done.usage.completion_tokens == 2
+        with pytest.raises(Exception) as wrong:
+            client.completions.create(model="qwen", prompt="Hi", max_tokens=2, extra_body={"lora": "style"})
+        assert wrong.value.status_code == 400 and wrong.value.body["code"] == "adapter_error"
