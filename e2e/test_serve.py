@@ -386,7 +386,8 @@ def test_metrics_count_requests_and_tokens_per_tenant_for_the_admin(served, key)
     assert 'realm_requests_total{endpoint="completion",status="200",tenant="main"}' in text
     assert 'realm_tokens_total{kind="completion",tenant="main"}' in text
     assert "realm_time_to_first_token_seconds_bucket" in text and "realm_request_seconds_count" in text
-    gauges = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("realm_engine_")}
+    gauges = {line.split("{")[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("realm_engine_")}
     assert gauges["realm_engine_scheduler_steps"] > 0 and gauges["realm_engine_scheduler_mean_batch"] >= 1
     assert gauges["realm_engine_kv_blocks_total"] > 0 and gauges["realm_engine_kv_blocks_peak"] > 0
 

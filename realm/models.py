@@ -33,6 +33,7 @@ AssemblyProgress = Callable[[str, float], None]
 
 _cache: dict[tuple[Path, str], Model] = {}
 _lock = threading.Lock()
+_gates: dict[tuple[Path, str], threading.Lock] = {}  # one load of a file at a time
 _COPY_BLOCK = 4 << 20
 
 
@@ -68,15 +69,30 @@ def resolve_model_path(path: str | Path | None, progress: AssemblyProgress | Non
 def load_model(path: str | Path | None = None, backend: str = "auto",
                progress: Callable[[float], None] | None = None, kv_memory: int | None = None) -> Model:
     """The process-wide shared Model for (path, backend), loading it on first use, with its
-    Scheduler and a KV pool of kv_memory bytes if given."""
+    Scheduler and a KV pool of kv_memory bytes if given. One load per file at a time: loading one
+    file never waits for another's."""
     key = (resolve_model_path(path).resolve(), backend)
     with _lock:
-        if key not in _cache:
+        gate = _gates.setdefault(key, threading.Lock())
+    with gate:
+        model = _cache.get(key)
+        if model is None:
             model = Model.load(key[0], backend=backend, progress=progress, kv_memory=kv_memory, batched=True)
-            _cache[key] = model
+            with _lock:
+                _cache[key] = model
         elif kv_memory is not None:
-            _cache[key].set_kv_memory(kv_memory)
-        return _cache[key]
+            model.set_kv_memory(kv_memory)
+        return model
+
+
+def unload_model(path: str | Path, backend: str = "auto") -> None:
+    """Forget the shared Model for (path, backend) and end its scheduler's thread, so that its memory
+    is freed once nothing else holds it (call only while none of its sequences runs)."""
+    key = (resolve_model_path(path).resolve(), backend)
+    with _lock:
+        model = _cache.pop(key, None)
+    if model is not None and model.scheduler is not None:
+        model.scheduler.close()
 
 
 def scheduled(model: Model) -> tuple[Scheduler, KVPool]:

@@ -202,10 +202,10 @@ class OwnServer:
 
     def engine_figures(self, which: str = "scheduler") -> dict[str, float]:
         """The realm_engine_<which>* gauges of the server's /metrics (default: the scheduler's steps and
-        batch sizes; "prefix_cache": its hit rate and bytes)."""
+        batch sizes; "prefix_cache": its hit rate and bytes), of its one model (the label dropped)."""
         text = httpx.get(self.url + "/metrics", headers={"Authorization": f"Bearer {self.admin}"}).text
         pairs = (line.split() for line in text.splitlines() if line.startswith(f"realm_engine_{which}"))
-        return {name.removeprefix("realm_engine_"): round(float(value), 3) for name, value in pairs}
+        return {name.split("{")[0].removeprefix("realm_engine_"): round(float(value), 3) for name, value in pairs}
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:

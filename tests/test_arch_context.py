@@ -26,6 +26,8 @@ from realm.models import draft_opener
 from realm.sandbox.intake import compile_guest, reference_guest_path
 from realm.sandbox.run import TenantSandbox
 from realm.server import Server, ServerConfig, create_app
+from realm.server.model_catalog import ModelSource
+from realm.server.model_set import ModelSet, ServedModel
 from realm.tenants import TenantRegistry
 
 PHI3 = ARCHS / "tiny-phi3-F16.gguf"
@@ -108,7 +110,9 @@ def test_the_server_sets_a_requests_sequences_up_for_its_ctx_size(phi3, ctx_size
     registry.create("acme", Limits(max_context=16384))
     _, key = registry.create_key("acme")
     template = load_chat_template(phi3.tokenizer, phi3.config.arch, "chatml")
-    server = Server(phi3, template, ServerConfig(ctx_size=ctx_size), registry)
+    served = ServedModel(PHI3.stem, phi3, template, 0)
+    models = ModelSet([ModelSource(PHI3.stem, PHI3)], lambda source: served, lambda served: None)
+    server = Server(models, ServerConfig(ctx_size=ctx_size), registry)
     ids = arch_sequences(PHI3.name)[0].tokens[:12].tolist()
     text = phi3.tokenizer.decode(ids)
     expected = generate_tokens(phi3, phi3.tokenizer.encode(text), SamplingParams(temperature=0.0, max_tokens=16),
@@ -116,7 +120,7 @@ def test_the_server_sets_a_requests_sequences_up_for_its_ctx_size(phi3, ctx_size
     try:
         with TestClient(create_app(server)) as client:
             answer = client.post("/v1/completions", headers={"Authorization": f"Bearer {key}"},
-                                 json={"model": server.model_id, "prompt": text, "max_tokens": 16, "temperature": 0})
+                                 json={"model": PHI3.stem, "prompt": text, "max_tokens": 16, "temperature": 0})
     finally:
         server.runner.close()
     assert answer.status_code == 200, answer.text

@@ -123,6 +123,7 @@ class Scheduler:
         self._deficit: dict[str, int] = {}
         self._order: deque[str] = deque()  # tenants in round-robin order
         self._thread: threading.Thread | None = None
+        self._closing = False  # close(): the loop's thread ends once nothing is queued
         self._awaited: set[int] = set()  # caches of the last step's items whose next steps may be on their way
         self._gather_until = 0.0
         self._decoded_at: dict[str, float] = {}  # tenant -> time.monotonic() of its last decoding step chosen
@@ -191,15 +192,28 @@ class Scheduler:
     # ---- the loop --------------------------------------------------------------------------------
 
     def _start(self) -> None:
+        self._closing = False
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name=f"realm-scheduler-{self.name}",
                                             daemon=True)
             self._thread.start()
 
+    def close(self) -> None:
+        """End the loop's thread once no step is queued (its model is being unloaded), and wait for it;
+        a later run starts a new one."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
     def _loop(self) -> None:
         while True:
             with self._cond:
                 batch = self._next_batch()
+                if not batch:
+                    return
             started = time.perf_counter()
             self._execute(batch)
             elapsed = time.perf_counter() - started
@@ -208,9 +222,12 @@ class Scheduler:
                 self._gather_until = time.monotonic() + GATHER_FRACTION * elapsed
 
     def _next_batch(self) -> list[_Ticket]:
-        """Wait (holding the condition) until a batch can be formed; mark it running."""
+        """Wait (holding the condition) until a batch can be formed; mark it running. [] once closed and
+        nothing is queued."""
         while True:
             queued = sum(len(q) for q in self._queues.values())
+            if not queued and self._closing:
+                return []
             if not queued:
                 self._cond.wait()
                 continue

@@ -74,7 +74,8 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return model_option(backend_option(threads_option(func)))
 
 
-def _parse_kv_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+def parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A size option's bytes (512M, 2G, 1.5GiB); BadParameter for anything else."""
     if value is None:
         return None
     try:
@@ -84,7 +85,7 @@ def _parse_kv_memory(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 kv_memory_option = click.option(
-    "--kv-memory", "kv_memory", metavar="SIZE", default=None, callback=_parse_kv_memory,
+    "--kv-memory", "kv_memory", metavar="SIZE", default=None, callback=parse_size,
     help="KV cache memory of the model, shared by all its sequences (e.g. 512M, 2G). [a quarter of free memory]")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -9,11 +10,18 @@ import uvicorn
 
 from host_functions import settings
 from host_functions.errors import RealmError
-from realm.chat import load_chat_template
 from realm.cli import main
-from realm.cli.options import load_with_progress, model_options, prefix_cache_option
+from realm.cli.options import (
+    backend_option,
+    load_with_progress,
+    parse_size,
+    prefix_cache_option,
+    threads_option,
+)
 from realm.server import Server, ServerConfig, create_app, listen
 from realm.server.connections import ConnectionLimits, uvicorn_options
+from realm.server.model_catalog import ModelCatalog
+from realm.server.model_set import ModelSet, serving
 from realm.server.shutdown import GRACE_S, DrainingServer
 from realm.tenants import TenantRegistry
 
@@ -24,10 +32,22 @@ _SLOW = ConnectionLimits()
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
-@model_options
+@click.option("--model", "-m", "models", multiple=True, metavar="[NAME=]PATH",
+              help="A GGUF model to serve, as NAME (default: the file's stem); repeatable, the first is the "
+                   "default model. [default: $REALM_MODEL, else the bundled Gemma 3 270M Q4_K_M]")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Serve every *.gguf in this folder too (found at start, loaded on first use).")
+@click.option("--model-memory", metavar="SIZE", callback=parse_size,
+              help="What the loaded models may hold together (weights as loaded + KV pools, e.g. 800M, 2GiB); "
+                   "the least recently used idle model is unloaded to make room. [default: no bound]")
+@click.option("--kv-memory", "kv_memory", metavar="SIZE", callback=parse_size,
+              help="Each model's KV cache pool, shared by its sequences (e.g. 512M). [default: a quarter of "
+                   "--model-memory, else of free memory]")
+@backend_option
+@threads_option
 @click.option("--chat-template", "chat_template", metavar="NAME|FILE",
-              help="Chat template: gemma, llama2, llama3, phi3, chatml or a Jinja file (default: the model's, "
-                   "else its family's built-in).")
+              help="Chat template, with one model only: gemma, llama2, llama3, phi3, chatml or a Jinja file "
+                   "(default: the model's, else its family's built-in).")
 @click.option("--workers", default=_DEFAULTS.workers, show_default=True, type=click.IntRange(1, 256),
               help="Guest runs at once (their steps are batched together).")
 @click.option("--max-queue", default=_DEFAULTS.max_queue, show_default=True, type=click.IntRange(0),
@@ -65,24 +85,27 @@ _SLOW = ConnectionLimits()
               help="The tenant registry: sqlite:///ABS/PATH.db or postgresql://USER@HOST/DB (docs/registry.md). "
                    "[default: $REALM_REGISTRY_URL, else SQLite in $REALM_HOME]")
 @prefix_cache_option
-def serve(host: str, port: int, model_path: str | None, backend: str, chat_template: str | None, workers: int,
+def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None, model_memory: int | None,
+          kv_memory: int | None, backend: str, chat_template: str | None, workers: int,
           max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
           requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int,
           header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int,
           cors_origins: tuple[str, ...], no_prefix_cache: bool, registry_url: str | None) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
+    _log_to_stderr()
     config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
                           requests_per_minute, tokens_per_minute, _admin_key(admin_key_file), cors_origins)
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
                             per_client=max_connections_per_client)
+    catalog = ModelCatalog(models, models_dir, model_memory, kv_memory, backend, chat_template, not no_prefix_cache)
+    served = serving(catalog)  # bad flags, or a model whose file alone is over --model-memory, fail first
+    served.check_sizes()
     sock = listen.bind(host, port)  # a busy port or a bad host fails now, before the model loads
     registry = TenantRegistry(registry_url)
     registry.check()  # likewise a bad or unreachable registry
-    model = load_with_progress(model_path, backend, prefix_cache=not no_prefix_cache)
-    template = load_chat_template(model.tokenizer, model.config.arch, chat_template)
-    server = Server(model, template, config, registry)
-    click.echo(f"realm: starting on http://{host}:{port} with {server.model_id} ({model.backend.name}, "
-               f"chat template {template.source})", err=True)
+    load_default(served, catalog)
+    server = Server(served, config, registry)
+    click.echo(f"realm: starting on http://{host}:{port} with {_describe(served)}", err=True)
     uv = DrainingServer(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
                                        timeout_graceful_shutdown=drain_timeout + GRACE_S, log_level="info",
                                        **uvicorn_options(slow)), server, drain_timeout)
@@ -92,7 +115,34 @@ def serve(host: str, port: int, model_path: str | None, backend: str, chat_templ
     finally:
         server.runner.close()
         server.usage.close()
+        served.close()
         sock.close()
+
+
+def load_default(models: ModelSet, catalog: ModelCatalog) -> None:
+    """Load the default model now (with progress on stderr) unless it comes from --models-dir, so that
+    a bad --model or default model stops the start (a bad file in --models-dir fails its own requests
+    only). Raises what loading raises."""
+    if catalog.models or catalog.models_dir is None:
+        first = models.sources[0]
+        load_with_progress(str(first.path), catalog.backend, catalog.kv_bytes, catalog.prefix_cache)
+        models.preload(first.id)
+
+
+def _describe(models: ModelSet) -> str:
+    """The models for the start's line: each loaded one with its backend and chat template."""
+    loaded = {s.id: s for s in models.loaded()}
+    return ", ".join(f"{i} ({loaded[i].model.backend.name}, chat template {loaded[i].template.source})"
+                     if i in loaded else f"{i} (loaded on first use)" for i in models.ids)
+
+
+def _log_to_stderr() -> None:
+    """The server's own log lines (models loaded and unloaded, failures) on stderr, as uvicorn's are."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    server_log = logging.getLogger("realm.server")
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
 
 
 def _admin_key(path: Path | None) -> str | None:

@@ -61,7 +61,7 @@ def is_admin(request: Request, admin_key: str | None) -> bool:
 def admin_routes(registry: TenantRegistry, admin_key: str | None, max_body_bytes: int,
                  check_adapter: Callable[[str], object] = lambda path: None) -> list[Route]:
     """The admin routes over `registry`, each open only to `admin_key`; JSON bodies up to max_body_bytes.
-    An adapter is bound only once `check_adapter(path)` (loading it for the served model) raised no
+    An adapter is bound only once `check_adapter(path)` (loading it for the served models) raised no
     AdapterError, so one no request could load is refused here (400), not in every request naming it.
 
     Each handler runs on a worker thread (the registry is a database; binding an adapter reads

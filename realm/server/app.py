@@ -27,7 +27,6 @@ from host_functions.engine.model import Model
 from host_functions.errors import AdapterError, AuthError, Overloaded, QuotaExceeded, RealmError, RequestCancelled
 from host_functions.fair_share import Claim, NeverFits, Refused
 from host_functions.lora.adapter import load_adapter
-from realm.chat import ChatTemplate
 from realm.registry.usage import UsageRecord
 from realm.request.sources import for_tenant
 from realm.request.spec import RunRequest
@@ -40,6 +39,7 @@ from realm.server.connections import reject_ambiguous_framing
 from realm.server.cors import cors_middleware
 from realm.server.identity import KeyCache
 from realm.server.metrics import CONTENT_TYPE, ServerMetrics, engine_stats
+from realm.server.model_set import Lease, ModelLoadFailed, ModelNotServed, ModelSet, ModelTooLarge, ServedModel
 from realm.server.offloop import OffLoop
 from realm.server.protocol import ApiError, ChoiceResult, GenerationSpec
 from realm.server.ratelimit import RateLimiter, Reservation, TooLarge
@@ -66,17 +66,16 @@ class ServerConfig:
     tokens_per_minute: int = 0  # per tenant (prompt + completion), likewise; 0 is off
     admin_key: str | None = None  # admin endpoints and /metrics; None: they are disabled
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none: CORS is off
+    model_wait_s: float = 30.0  # how long a request waits for its model to load (or for room to load it)
 
 
 class Server:
-    """The state every request shares: model, registry, runner, limits, metrics."""
+    """The state every request shares: models, registry, runner, limits, metrics."""
 
-    def __init__(self, model: Model, template: ChatTemplate, config: ServerConfig,
-                 registry: TenantRegistry | None = None) -> None:
-        self.model, self.template, self.config = model, template, config
+    def __init__(self, models: ModelSet, config: ServerConfig, registry: TenantRegistry | None = None) -> None:
+        self.models, self.config = models, config
         self.registry = registry or TenantRegistry()
-        self.model_id = model.path.stem
-        self.runner = Runner(model, config.workers, config.max_queue)
+        self.runner = Runner(config.workers, config.max_queue)
         self.keys = KeyCache(self.registry)
         self.limiter = RateLimiter()
         self.off_loop = OffLoop()
@@ -84,7 +83,8 @@ class Server:
         self.embedding_work = OffLoop(config.workers)
         self.shutting_down = False  # set when the drain timeout ends the runs still going
         self.metrics = ServerMetrics()
-        self.metrics.watch_engine(lambda: engine_stats(model))
+        self.metrics.watch_engine(lambda: {s.id: engine_stats(s.model) for s in models.loaded()})
+        self.metrics.watch_models(models.status)
         self.usage = self.registry.usage_writer(self.metrics.usage_dropped.inc)  # one row per request, off the loop
         self.created = protocol.now()
         reference_guest()  # compiled now, so a missing or broken reference guest stops the start, not a request
@@ -111,11 +111,58 @@ class Server:
             raise ApiError(401, str(exc), code="invalid_api_key") from None
         return known if known is not None else await self.off_loop.run(self._identify, request)
 
-    def request_limits(self, tenant: Tenant) -> protocol.RequestLimits:
-        """What one request of `tenant` may hold, each limit with what sets it (context_limits.py)."""
-        return context_limits.request_limits(tenant, self.model.config.context_length, self.config.ctx_size,
+    def request_limits(self, tenant: Tenant, model: Model) -> protocol.RequestLimits:
+        """What one request of `tenant` on `model` may hold, each limit with what sets it (context_limits.py)."""
+        return context_limits.request_limits(tenant, model.config.context_length, self.config.ctx_size,
                                              self.config.default_max_tokens, self.config.max_prompt_tokens,
-                                             self.model.config.n_vocab)
+                                             model.config.n_vocab)
+
+    # -- models --------------------------------------------------------------------------------
+
+    def visible(self, tenant: Tenant, model_id: str) -> str:
+        """`model_id` if this server serves it and `tenant` may use it; else ApiError 404 model_not_found,
+        the same for both, so a tenant never learns which models others use. With one model the message
+        names it (as when the server served one model only)."""
+        if model_id in self.models and tenant.may_use(model_id):
+            return model_id
+        mine = [m for m in self.models.ids if tenant.may_use(m)]
+        raise _model_not_found(model_id, mine[0] if len(self.models.ids) == 1 and mine else None)
+
+    def _pick(self, tenant: Tenant, data: bytes) -> tuple[Any, str]:
+        """The parsed body and the model it names (on a worker thread); ApiError 400 / 404."""
+        body = parse_json(data)
+        return body, self.visible(tenant, protocol.requested_model(body))
+
+    async def _lease(self, model_id: str, kind: str) -> Lease:
+        """A lease on the model, loading it if need be: ApiError 503 overloaded (with Retry-After) when
+        it cannot be loaded within the model wait, 507 for a model over the whole --model-memory, 500 for
+        one whose file does not load."""
+        try:
+            lease = await self.models.acquire(model_id, self.config.model_wait_s)
+            self.metrics.model_requests.labels(model_id, kind).inc()
+            return lease
+        except Overloaded as exc:
+            raise guest_failure(exc) from None  # 503 overloaded, as a run that waited too long
+        except ModelTooLarge as exc:
+            raise ApiError(507, str(exc), type="server_error", code="model_too_large") from None
+        except ModelLoadFailed as exc:
+            raise ApiError(500, f"{exc} (the server's log says why)", type="server_error",
+                           code="model_load_failed") from None
+        except ModelNotServed:
+            raise _model_not_found(model_id) from None
+
+    def check_adapter(self, path: str) -> None:
+        """Bind-time check of an adapter file: AdapterError unless it fits one of the served models (an
+        adapter is built for one architecture and size; a request on another model gets 400 adapter_error)."""
+        error: AdapterError | None = None
+        for config in self.models.configs():
+            try:
+                load_adapter(path, config)
+                return
+            except AdapterError as exc:
+                error = exc
+        if error is not None:
+            raise error
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -123,33 +170,41 @@ class Server:
         """Serve one completion ("completion") or chat ("chat") request; ApiError for refusals.
 
         In order: the key (401), the request rate (429), the tenant's share of the places (503), the
-        body (413), then, off the event loop, the share again for the body's `n` (503, before any
-        tokenizing), the body's checks, its tokens and the tenant's guest (400),
+        body (413), off the event loop its JSON and model (400, 404 for a model the tenant may not use),
+        a lease on that model, loaded if need be (503, 507, 500: _lease), then, off the event loop, the
+        share again for the body's `n` (503, before any tokenizing), the body's checks, its tokens and
+        the tenant's guest (400),
         the token rate (400 for a request that never fits, else 429) and the places for every choice
         (400 when they can never fit, 503 over the tenant's share). Only the body's bytes are read on
         the loop.
         """
         started = time.perf_counter()
-        tenant_name, held = "", None
+        tenant_name, held, lease, model_id = "", None, None, ""
         try:
             tenant, rates = await self._identified(request)
             tenant_name = tenant.name
             self._admit(tenant, rates)
             self._start_runs(tenant, 1, self.runner.check)  # a tenant over its share costs no parsing
             data = await read_body(request, self.config.max_body_bytes)
-            spec, base = await self.off_loop.run_for(tenant.name, self._prepare, tenant, kind, data)
+            body, model_id = await self.off_loop.run_for(tenant.name, self._pick, tenant, data)
+            lease = await self._lease(model_id, kind)
+            spec, base = await self.off_loop.run_for(tenant.name, self._prepare, tenant, kind, body, lease.served)
             held = self._reserve(tenant, rates, spec.most_tokens())
             self._check_open()
             indexed = list(spec.guest_requests())
             requests = [dataclasses.replace(base, fields=f) for _, f in indexed]
-            started_runs = self._start_runs(tenant, len(requests), lambda c, _: self.runner.start(requests, c))
-        except ApiError as exc:  # refused before any guest ran: counted here, answered by the handler
-            if held is not None:
-                self.limiter.settle(held, 0)
-            self.finished(tenant_name, kind, exc.status, started)
+            model = lease.served.model
+            started_runs = self._start_runs(tenant, len(requests), lambda c, _: self.runner.start(requests, c, model))
+        except BaseException as exc:  # refused before any guest ran: counted here, answered by the handler
+            if lease is not None:
+                lease.release()
+            if isinstance(exc, ApiError):
+                if held is not None:
+                    self.limiter.settle(held, 0)
+                self.finished(tenant_name, kind, exc.status, started, model_id)
             raise
         runs = [(index, run) for (index, _), run in zip(indexed, started_runs, strict=True)]
-        call = _Call(self, tenant.name, kind, spec, runs, started, held)
+        call = _Call(self, tenant.name, kind, spec, runs, started, held, lease)
         if spec.stream:
             return StreamingResponse(call.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -158,42 +213,46 @@ class Server:
     async def embeddings(self, request: Request) -> Response:
         """Serve /v1/embeddings (realm/server/embeddings.py): admitted, rate-limited and reserved as a
         completion is, its inputs' tokens reserved; tokenizing and the model's work off the event loop."""
-        started, tenant_name, held, status, used = time.perf_counter(), "", None, 500, 0
+        started, tenant_name, held, status, used, lease, model_id = time.perf_counter(), "", None, 500, 0, None, ""
         try:
             tenant, rates = await self._identified(request)
             tenant_name = tenant.name
             self._admit(tenant, rates)
             data = await read_body(request, self.config.max_body_bytes)
-            limits = self.request_limits(tenant)
+            body, model_id = await self.off_loop.run_for(tenant.name, self._pick, tenant, data)
+            lease = await self._lease(model_id, "embedding")
+            model = lease.served.model
+            limits = self.request_limits(tenant, model)
             spec = await self.off_loop.run_for(tenant.name, lambda: embeddings.parse_embeddings(
-                parse_json(data), self.model_id, self.model.tokenizer, limits, self.model.config.n_embd))
+                body, model_id, model.tokenizer, limits, model.config.n_embd))
             held = self._reserve(tenant, rates, spec.most_tokens())
             self._check_open()
             owner = embeddings.owner_for(tenant, lambda: self.shutting_down)
             used = spec.most_tokens()  # from here on, what a failed computation used is not known: all of it
             try:
-                vectors = await self.embedding_work.run_for(tenant.name, embeddings.embed, self.model, spec,
+                vectors = await self.embedding_work.run_for(tenant.name, embeddings.embed, model, spec,
                                                             limits.n_ctx, owner)
             except RealmError as exc:
                 raise guest_failure(exc) from None
             status = 200
-            return JSONResponse(embeddings.response(spec, self.model_id, vectors))
+            return JSONResponse(embeddings.response(spec, model_id, vectors))
         except ApiError as exc:
             status = exc.status
             raise
         finally:
-            self.finished(tenant_name, "embedding", status, started, prompt_tokens=used, held=held)
+            if lease is not None:
+                lease.release()
+            self.finished(tenant_name, "embedding", status, started, model_id, prompt_tokens=used, held=held)
 
-    def _prepare(self, tenant: Tenant, kind: str, data: bytes) -> tuple[GenerationSpec, RunRequest]:
+    def _prepare(self, tenant: Tenant, kind: str, body: Any, served: ServedModel) -> tuple[GenerationSpec, RunRequest]:
         """The checked request and the tenant's guest, adapters and limits for it (on a worker thread)."""
-        body = parse_json(data)
         # A tenant over its share of the places is refused before its prompts are tokenized, for
         # the fewest runs the body asks for: refusals cost every tenant's cores, so they must be cheap.
         self._start_runs(tenant, _choices_at_least(body), self.runner.check)
-        limits = self.request_limits(tenant)
-        tok = self.model.tokenizer
-        spec = (protocol.parse_chat(body, self.model_id, tok, self.template, limits) if kind == "chat"
-                else protocol.parse_completion(body, self.model_id, tok, limits))
+        limits = self.request_limits(tenant, served.model)
+        tok = served.model.tokenizer
+        spec = (protocol.parse_chat(body, served.id, tok, served.template, limits) if kind == "chat"
+                else protocol.parse_completion(body, served.id, tok, limits))
         base = for_tenant(self.registry, tenant, {})  # its guest and adapters now, for every choice
         # the guest's sequences are set up for the request's context (LongRoPE's factors depend on it)
         base = dataclasses.replace(base, limits=dataclasses.replace(base.limits, max_context=limits.n_ctx))
@@ -244,18 +303,19 @@ class Server:
             raise ApiError(503, f"the server is at capacity for tenant {tenant.name!r}: {exc}; retry shortly",
                            type="server_error", code="overloaded", headers={"Retry-After": "1"}) from None
 
-    def finished(self, tenant: str, kind: str, status: int, started: float,
+    def finished(self, tenant: str, kind: str, status: int, started: float, model: str = "",
                  choices: Sequence[ChoiceResult] = (), prompt_tokens: int = 0, held: Reservation | None = None,
                  whole: bool = True) -> None:
-        """Account one request: metrics, and its tokens settled in the tenant's window (what it used;
-        all it reserved when it did not finish, since what a cut run used is not known)."""
+        """Account one request of `model` ("" when refused before one was picked): metrics, its usage
+        record, and its tokens settled in the tenant's window (what it used; all it reserved when it did
+        not finish, since what a cut run used is not known)."""
         completion = sum(c.completion_tokens for c in choices)
         self.metrics.requests.labels(tenant, kind, str(status)).inc()
         self.metrics.latency.labels(tenant, kind).observe(time.perf_counter() - started)
         self.metrics.tokens.labels(tenant, "prompt").inc(prompt_tokens)
         self.metrics.tokens.labels(tenant, "completion").inc(completion)
         if tenant:  # a request refused before its key was known (401) is no tenant's: metrics only
-            self.usage.record(UsageRecord(tenant, self.model_id, kind, status, prompt_tokens, completion,
+            self.usage.record(UsageRecord(tenant, model, kind, status, prompt_tokens, completion,
                                           sum(c.cached_tokens for c in choices)))
         if held is not None and whole:
             self.limiter.settle(held, prompt_tokens + completion)
@@ -272,6 +332,11 @@ def _rate(own: int | None, default: int) -> int:
     return default if own is None else own
 
 
+def _model_not_found(model_id: str, served: str | None = None) -> ApiError:
+    named = f" (this server serves {served!r})" if served else ""
+    return ApiError(404, f"the model {model_id[:128]!r} does not exist{named}", code="model_not_found", param="model")
+
+
 def _over_rate(tenant: str, which: str, wait: int) -> ApiError:
     return ApiError(429, f"tenant {tenant!r} is over its {which}-per-minute limit; retry in {wait} s",
                     type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
@@ -281,9 +346,10 @@ class _Call:
     """One generation request in flight: its runs and how their outcomes become the response."""
 
     def __init__(self, server: Server, tenant: str, kind: str, spec: GenerationSpec,
-                 runs: list[tuple[int, GuestRun]], started: float, held: Reservation) -> None:
+                 runs: list[tuple[int, GuestRun]], started: float, held: Reservation, lease: Lease) -> None:
         self.server, self.tenant, self.kind, self.spec, self.runs = server, tenant, kind, spec, runs
-        self.started, self.held = started, held
+        self.started, self.held, self.lease = started, held, lease
+        self.tokenizer = lease.served.model.tokenizer
         self.rid, self.created = protocol.new_id(spec.kind), protocol.now()
         self.first_text: float | None = None
         self.results: list[ChoiceResult] = []
@@ -292,7 +358,7 @@ class _Call:
     def choice(self, index: int, result: RunResult) -> ChoiceResult:
         """A finished run as a choice: the guest's own report of its tokens and finish reason, or,
         for a guest that reports none, the host's count of prompt and text."""
-        tokenizer = self.server.model.tokenizer
+        tokenizer = self.tokenizer
         counted = self.spec.prompt_tokens[index // self.spec.n]
         prompt = result.prompt_tokens if result.prompt_tokens is not None else counted
         completion = (result.completion_tokens if result.completion_tokens is not None
@@ -321,9 +387,10 @@ class _Call:
     def close(self, status: int) -> None:
         for _, run in self.runs:
             run.cancel.set()  # no-op for finished runs; ends abandoned ones at their next host call
+        self.lease.release()  # its model may be unloaded once no other request holds it
         self.server.metrics.in_flight.labels(self.tenant).dec()
-        self.server.finished(self.tenant, self.kind, status, self.started, self.results, self.prompt_tokens(),
-                             self.held, whole=len(self.results) == len(self.runs))
+        self.server.finished(self.tenant, self.kind, status, self.started, self.lease.served.id, self.results,
+                             self.prompt_tokens(), self.held, whole=len(self.results) == len(self.runs))
 
     async def complete(self, request: Request) -> Response:
         """Wait for every choice (cancelling them if the client leaves) and answer in one object."""
@@ -333,8 +400,7 @@ class _Call:
                 self.results.append(self.choice(index, await self._result(request, run)))
             self.text_arrived()
             status = 200
-            return JSONResponse(protocol.response(self.spec, self.rid, self.created, self.results,
-                                                  self.server.model.tokenizer))
+            return JSONResponse(protocol.response(self.spec, self.rid, self.created, self.results, self.tokenizer))
         except ApiError as exc:
             status = exc.status
             raise
@@ -358,7 +424,7 @@ class _Call:
 
     async def events(self) -> AsyncIterator[str]:
         """The SSE stream: every choice's text as it comes, a final chunk per choice, [DONE]."""
-        spec, logprobs = self.spec, streaming.ChunkLogprobs(self.spec, self.server.model.tokenizer)
+        spec, logprobs = self.spec, streaming.ChunkLogprobs(self.spec, self.tokenizer)
         queue: asyncio.Queue[streaming.RunEvent] = asyncio.Queue()
         pumps = [asyncio.ensure_future(streaming.pump(index, run, queue)) for index, run in self.runs]
         status, pending = 200, len(self.runs)
@@ -431,20 +497,22 @@ def create_app(server: Server) -> Starlette:
     async def chat_completions(request: Request) -> Response:
         return await server.generate(request, "chat")
 
-    def model_object() -> dict[str, Any]:
-        return {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "realm"}
+    def model_object(status: dict[str, Any]) -> dict[str, Any]:
+        return {"id": status["id"], "object": "model", "created": server.created, "owned_by": "realm",
+                "loaded": status["loaded"]}
 
     async def embeddings_route(request: Request) -> Response:
         return await server.embeddings(request)
 
     async def models(request: Request) -> Response:
-        await server.off_loop.run(server.tenant, request)
-        return JSONResponse({"object": "list", "data": [model_object()]})
+        tenant = await server.off_loop.run(server.tenant, request)
+        return JSONResponse({"object": "list", "data": [model_object(s) for s in server.models.status()
+                                                        if tenant.may_use(s["id"])]})
 
     async def model(request: Request) -> Response:
-        await server.off_loop.run(server.tenant, request)
-        protocol.check_model_id(request.path_params["model"], server.model_id)
-        return JSONResponse(model_object())
+        tenant = await server.off_loop.run(server.tenant, request)
+        model_id = server.visible(tenant, request.path_params["model"])
+        return JSONResponse(model_object(next(s for s in server.models.status() if s["id"] == model_id)))
 
     async def health(request: Request) -> Response:
         # Liveness for anyone; what the server is doing only for the admin (in flight, per tenant).
@@ -454,7 +522,8 @@ def create_app(server: Server) -> Starlette:
 
     async def admin_health(request: Request) -> Response:
         require_admin(request, server.config.admin_key)
-        return JSONResponse({"status": "ok", "model": server.model_id, "in_flight": server.runner.live,
+        return JSONResponse({"status": "ok", "model": server.models.default, "models": server.models.status(),
+                             "in_flight": server.runner.live,
                              "preparing": server.off_loop.pending, "shutting_down": server.shutting_down})
 
     async def metrics(request: Request) -> Response:
@@ -471,7 +540,7 @@ def create_app(server: Server) -> Starlette:
         Route("/admin/health", admin_health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin_routes(server.registry, server.config.admin_key, server.config.max_body_bytes,
-                      lambda path: load_adapter(path, server.model.config)),
+                      server.check_adapter),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, RealmError: _realm_error, Exception: _crash}
     middleware = [Middleware(reject_ambiguous_framing), *cors_middleware(server.config.cors_origins)]

@@ -26,7 +26,7 @@ import numpy as np
 from host_functions.engine.model import Model
 from host_functions.engine.scheduler import StepOwner
 from host_functions.tokenizer import Tokenizer
-from realm.server.protocol import RequestLimits, bad_request, check_model_id, count_tokens
+from realm.server.protocol import RequestLimits, bad_request, check_model_id, count_tokens, requested_model
 from realm.tenants import Tenant
 
 MAX_INPUTS = 256  # inputs of one request (OpenAI allows 2048; each is a prefill here)
@@ -47,12 +47,7 @@ class EmbeddingSpec:
 def parse_embeddings(body: Any, model_id: str, tokenizer: Tokenizer, limits: RequestLimits,
                      n_embd: int) -> EmbeddingSpec:
     """Check a /v1/embeddings body and tokenize its inputs; ApiError 400 (404 for another model)."""
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model is required", "model")
-    check_model_id(model, model_id)
+    check_model_id(requested_model(body), model_id)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ENCODINGS:
         raise bad_request(f"encoding_format must be one of {', '.join(ENCODINGS)}", "encoding_format")

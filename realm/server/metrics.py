@@ -2,12 +2,14 @@
 
 Requests by endpoint and status, prompt and completion tokens, request latency and time to first
 token, runs in flight. The engine's figures (the scheduler's steps and sequences per step, KV blocks)
-come from `watch_engine(stats)`, polled at every scrape.
+of each loaded model come from `watch_engine(stats)`, and each served model's state (loaded, bytes,
+requests holding it) from `watch_models(status)`, both polled at every scrape and labelled by model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -36,13 +38,20 @@ class ServerMetrics:
         self.usage_dropped = Counter("realm_usage_records_dropped", "Usage records the registry did not get "
                                      "(its writer's queue full, or the database down)", registry=r)
         self.in_flight = Gauge("realm_requests_in_flight", "Requests being generated", ["tenant"], registry=r)
+        self.model_requests = Counter("realm_model_requests", "Requests admitted to a model, by model and endpoint",
+                                      ["model", "endpoint"], registry=r)
         self._engine = _EngineCollector()
         r.register(self._engine)
 
-    def watch_engine(self, stats: Callable[[], Mapping[str, float]]) -> None:
-        """Hook for the engine: `stats()` returns gauges such as {"kv_blocks_used": ..,
-        "kv_blocks_total": ..}, exported as realm_engine_<name> at every scrape."""
+    def watch_engine(self, stats: Callable[[], Mapping[str, Mapping[str, float]]]) -> None:
+        """Hook for the engine: `stats()` returns, per loaded model id, gauges such as {"kv_blocks_used": ..,
+        "kv_blocks_total": ..}, exported as realm_engine_<name>{model=...} at every scrape."""
         self._engine.stats = stats
+
+    def watch_models(self, status: Callable[[], Sequence[Mapping[str, Any]]]) -> None:
+        """Hook for the model set: `status()` lists each model's id, loaded, bytes and in_use, exported as
+        realm_model_loaded, realm_model_bytes and realm_model_in_use {model=...} at every scrape."""
+        self._engine.models = status
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -71,10 +80,23 @@ def engine_stats(model: Model) -> dict[str, float]:
 
 class _EngineCollector(Collector):
     def __init__(self) -> None:
-        self.stats: Callable[[], Mapping[str, float]] | None = None
+        self.stats: Callable[[], Mapping[str, Mapping[str, float]]] | None = None
+        self.models: Callable[[], Sequence[Mapping[str, Any]]] | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.stats is None:
-            return
-        for name, value in self.stats().items():
-            yield GaugeMetricFamily(f"realm_engine_{name}", f"engine statistic {name}", value=float(value))
+        families: dict[str, GaugeMetricFamily] = {}
+
+        def gauge(name: str, what: str, model: str, value: float) -> None:
+            if name not in families:
+                families[name] = GaugeMetricFamily(name, what, labels=["model"])
+            families[name].add_metric([model], float(value))
+
+        for model, figures in (self.stats() if self.stats is not None else {}).items():
+            for name, value in figures.items():
+                gauge(f"realm_engine_{name}", f"engine statistic {name}", model, value)
+        for status in self.models() if self.models is not None else ():
+            gauge("realm_model_loaded", "1 while the model is loaded", status["id"], status["loaded"])
+            gauge("realm_model_bytes", "What the model holds loaded (measured; estimated before its first load)",
+                  status["id"], status["bytes"])
+            gauge("realm_model_in_use", "Requests holding the model", status["id"], status["in_use"])
+        yield from families.values()

@@ -302,10 +302,15 @@ def _object(body: Any) -> dict[str, Any]:
 
 
 def _check_model(body: dict[str, Any], model_id: str) -> None:
-    model = body.get("model")
+    check_model_id(requested_model(body), model_id)
+
+
+def requested_model(body: Any) -> str:
+    """The model a request body names; ApiError 400 when the body is not an object or names none."""
+    model = _object(body).get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model is required", "model")
-    check_model_id(model, model_id)
+    return model
 
 
 def check_model_id(model: str, model_id: str) -> None:

@@ -93,11 +93,11 @@ class _Job:
 
 
 class Runner:
-    """Runs tenants' guests on `workers` threads against one shared model; at most workers + max_queue
-    runs at once, each tenant within its fair share of them."""
+    """Runs tenants' guests on `workers` threads, each run against the model it names (the server's
+    models share the workers and places); at most workers + max_queue runs at once, each tenant within
+    its fair share of them."""
 
-    def __init__(self, model: Model, workers: int, max_queue: int = 0) -> None:
-        self.model = model
+    def __init__(self, workers: int, max_queue: int = 0) -> None:
         self.workers = workers
         self.places = FairShares(workers + max_queue, "runs (worker and queue places)")
         self.threads = FairShares(workers, "workers", max(RESERVE_FRACTION, 1 / workers) if workers > 1 else 0,
@@ -118,15 +118,15 @@ class Runner:
         """Runs started and not finished (running or waiting for a thread)."""
         return len(self._live)
 
-    def start(self, requests: list[RunRequest], claim: Claim) -> list[GuestRun]:
-        """Queue the runs of one client request (all or none); call from the event loop. Their text
+    def start(self, requests: list[RunRequest], claim: Claim, model: Model) -> list[GuestRun]:
+        """Queue the runs of one client request (all or none) on `model`; call from the event loop. Their text
         arrives on `.stream()`. Raises GuestError for limits that do not validate, fair_share.NeverFits
         when the tenant could never have that many runs at once, fair_share.Refused when it is over its
         share of the places now (docs/isolation.md), before anything is queued."""
         for request in requests:
             request.limits.validate()
         self.places.take(claim, len(requests), self.places.total - self.places_held())
-        return [self._start(request, claim) for request in requests]
+        return [self._start(request, claim, model) for request in requests]
 
     def check(self, claim: Claim, n: int) -> None:
         """What `start` would raise for n runs of claim.tenant now (fair_share.NeverFits, Refused)."""
@@ -135,7 +135,7 @@ class Runner:
     def places_held(self) -> int:
         return sum(self.places.holders().values())
 
-    def _start(self, request: RunRequest, claim: Claim) -> GuestRun:
+    def _start(self, request: RunRequest, claim: Claim, model: Model) -> GuestRun:
         loop = asyncio.get_running_loop()
         run = GuestRun(request.tenant)
 
@@ -163,7 +163,7 @@ class Runner:
             try:
                 if run.cancel.is_set():  # the client left while the run waited for a thread
                     raise RequestCancelled("the client cancelled the request")
-                return request.run(self.model, on_text=produced, cancel=run.cancel, on_logprob=produced)
+                return request.run(model, on_text=produced, cancel=run.cancel, on_logprob=produced)
             finally:
                 loop.call_soon_threadsafe(take)  # the last text, queued before the outcome is set
 
