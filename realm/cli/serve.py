@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 import uvicorn
+from click.core import ParameterSource
 
-from host_functions import settings
+from host_functions import native, settings
 from host_functions.errors import RealmError
-from realm.chat import load_chat_template
 from realm.cli import main
-from realm.cli.options import load_with_progress, model_options, prefix_cache_option
-from realm.server import Server, ServerConfig, create_app, listen
+from realm.cli.options import load_with_progress, model_options, model_path_with_progress, prefix_cache_option
+from realm.server import ServerConfig, create_app, listen
+from realm.server.build import ServeOptions, build_server
 from realm.server.connections import ConnectionLimits, uvicorn_options
 from realm.server.shutdown import GRACE_S, DrainingServer
 
@@ -61,22 +63,32 @@ _SLOW = ConnectionLimits()
 @click.option("--max-connections-per-client", default=_SLOW.per_client, show_default=True,
               type=click.IntRange(0), help="Connections of one client address; 0 is no bound.")
 @prefix_cache_option
+@click.option("--replicas", type=click.IntRange(1), default=None,
+              help="Serve with N replicas of this server on Ray Serve, each tenant kept on one (docs/cluster.md). "
+                   "[default: one process, no Ray]")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="The Ray cluster for --replicas (else $RAY_ADDRESS, else a local Ray instance started here).")
 def serve(host: str, port: int, model_path: str | None, backend: str, chat_template: str | None, workers: int,
           max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
           requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int,
           header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int,
-          cors_origins: tuple[str, ...], no_prefix_cache: bool) -> None:
+          cors_origins: tuple[str, ...], no_prefix_cache: bool, replicas: int | None,
+          ray_address: str | None) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
     config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
                           requests_per_minute, tokens_per_minute, _admin_key(admin_key_file), cors_origins)
+    options = ServeOptions(model_path, backend, chat_template, config, prefix_cache=not no_prefix_cache)
+    if replicas is not None:
+        _serve_replicas(options, replicas, ray_address, host, port, drain_timeout)
+        return
+    elif ray_address is not None:
+        raise click.UsageError("--ray-address is for --replicas")
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
                             per_client=max_connections_per_client)
     sock = listen.bind(host, port)  # a busy port or a bad host fails now, before the model loads
-    model = load_with_progress(model_path, backend, prefix_cache=not no_prefix_cache)
-    template = load_chat_template(model.tokenizer, model.config.arch, chat_template)
-    server = Server(model, template, config)
-    click.echo(f"realm: starting on http://{host}:{port} with {server.model_id} ({model.backend.name}, "
-               f"chat template {template.source})", err=True)
+    server = build_server(options, lambda path, name, cached: load_with_progress(path, name, prefix_cache=cached))
+    click.echo(f"realm: starting on http://{host}:{port} with {server.model_id} ({server.model.backend.name}, "
+               f"chat template {server.template.source})", err=True)
     uv = DrainingServer(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
                                        timeout_graceful_shutdown=drain_timeout + GRACE_S, log_level="info",
                                        **uvicorn_options(slow)), server, drain_timeout)
@@ -86,6 +98,26 @@ def serve(host: str, port: int, model_path: str | None, backend: str, chat_templ
     finally:
         server.runner.close()
         sock.close()
+
+
+def _serve_replicas(options: ServeOptions, replicas: int, ray_address: str | None, host: str, port: int,
+                    drain_timeout: int) -> None:
+    """`realm serve --replicas N`: the same server in N Ray Serve replicas (realm/cluster)."""
+    from realm.cluster import launch  # Ray is imported only when it is used
+
+    listen.bind(host, port).close()  # a busy port or a bad host fails now, before Ray starts
+    # Every replica must load the same file: the default model is assembled here, once, and named.
+    options = dataclasses.replace(options, model_path=str(model_path_with_progress(options.model_path).resolve()))
+    threads = native.default_threads() if _given("threads") else None
+    launch.serve_replicas(options, replicas, threads, ray_address, host, port, drain_timeout, lambda cpus: click.echo(
+        f"realm: {replicas} replica(s) of {Path(options.model_path or '').stem} on http://{host}:{port} "
+        f"(Ray Serve, {cpus:g} CPU each)", err=True))
+
+
+def _given(param: str) -> bool:
+    """Whether the command line (or its environment variable) set `param`, not its default."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source is not None and source is not ParameterSource.DEFAULT
 
 
 def _admin_key(path: Path | None) -> str | None:

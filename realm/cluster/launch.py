@@ -1,0 +1,105 @@
+"""Starting `realm serve --replicas N`: Ray (connected or started), Serve's HTTP proxy on the
+address asked for, the replicas; then, on SIGTERM or Ctrl-C, the drain and the shutdown.
+
+A local Ray instance started here (no dashboard, a small object store: requests and answers are
+small) is stopped on the way out; a cluster named by --ray-address or RAY_ADDRESS is left running,
+only this deployment and Serve's proxies removed from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+import ray
+from ray import serve
+
+from host_functions.errors import RealmError
+from realm.cluster.deployment import APP_NAME, Placement, application
+from realm.server.build import ServeOptions
+
+OBJECT_STORE_BYTES = 128 << 20  # Ray's minimum is 75 MiB; nothing large passes through it
+_SETTINGS_PREFIX = "REALM_"
+
+
+def connect(address: str | None) -> bool:
+    """Connect to the Ray cluster at `address` (else $RAY_ADDRESS), or start a local one; True when
+    one was started here. Raises RealmError when the cluster cannot be reached."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address is None:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+                     logging_level=logging.WARNING, log_to_driver=True)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise RealmError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+    return address is None
+
+
+def replica_cpus(replicas: int, threads: int | None) -> float:
+    """Ray's CPU reservation of each replica: its --threads (else one CPU), no more than an equal
+    share of the cluster's CPUs, so N replicas always fit (fractions of a CPU on a small machine)."""
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return min(float(threads or 1), total / replicas)
+
+
+def replica_env(threads: int) -> dict[str, str]:
+    """The REALM_* settings the replicas run with: this process's (where the registry is), the
+    kernels' thread count, and REALM_HOME as an absolute path (a replica's working directory differs)."""
+    env = {name: value for name, value in os.environ.items() if name.startswith(_SETTINGS_PREFIX)}
+    if "REALM_HOME" in env:
+        env["REALM_HOME"] = os.path.abspath(os.path.expanduser(env["REALM_HOME"]))
+    env["REALM_THREADS"] = str(threads)
+    return env
+
+
+def serve_replicas(options: ServeOptions, replicas: int, threads: int | None, address: str | None, host: str,
+                   port: int, drain_timeout: float, announce: Callable[[float], None]) -> None:
+    """Serve `replicas` replicas of the server `options` describe on Ray (connect()), each reserving
+    replica_cpus() and running the cpu kernels on `threads` (else as many as it reserves, at least
+    one); `announce(cpus)` once they all serve. Returns after SIGTERM or SIGINT, the replicas drained
+    (drain_timeout) and removed, and a Ray instance started here stopped. Raises RealmError."""
+    started = connect(address)
+    try:
+        cpus = replica_cpus(replicas, threads)
+        placement = Placement(replicas, cpus, replica_env(threads or max(1, int(cpus))), drain_timeout)
+        _run(options, placement, host, port, lambda: announce(cpus))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(options: ServeOptions, placement: Placement, host: str, port: int, announce: Callable[[], None]) -> None:
+    """Deploy the replicas behind Serve's proxy on host:port, call `announce` once they all serve,
+    and serve until SIGTERM or SIGINT; then drain them (placement.drain_timeout) and remove them."""
+    stop = _stop_on_signals()
+    try:
+        serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+        serve.run(application(options, placement), name=APP_NAME, route_prefix="/")
+    except RuntimeError as exc:  # Serve's DeploymentFailed / a proxy that failed names its cause
+        raise RealmError(f"the replicas did not start: {str(exc).splitlines()[0]}") from None
+    announce()
+    stop.wait()
+    serve.delete(APP_NAME)  # waits while each replica drains its requests in flight
+    serve.shutdown()
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by the first SIGTERM or SIGINT (the second one kills, as Python's default would)."""
+    stop = threading.Event()
+
+    def handle(sig: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            signal.default_int_handler(sig, frame)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
