@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -24,12 +25,15 @@ from realm.server.build import ServeOptions
 
 OBJECT_STORE_BYTES = 128 << 20  # Ray's minimum is 75 MiB; nothing large passes through it
 _SETTINGS_PREFIX = "REALM_"
+_CONNECT_TIMEOUT_S = 5
 
 
 def connect(address: str | None) -> bool:
     """Connect to the Ray cluster at `address` (else $RAY_ADDRESS), or start a local one; True when
     one was started here. Raises RealmError when the cluster cannot be reached."""
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _check_reachable(address)
     try:
         if address is None:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
@@ -41,6 +45,17 @@ def connect(address: str | None) -> bool:
         raise RealmError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
             from None
     return address is None
+
+
+def _check_reachable(address: str) -> None:
+    """RealmError at once for a host:port nobody answers on (ray.init would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto" or a ray:// client address: ray.init finds or refuses it itself
+    try:
+        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RealmError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def replica_cpus(replicas: int, threads: int | None) -> float:
