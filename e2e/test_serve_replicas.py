@@ -107,7 +107,7 @@ def _start(env: dict[str, str], log: Path, *options: str) -> Replicas:
 
 def _stop(replicas: Replicas) -> None:
     replicas.proc.send_signal(signal.SIGTERM)
-    assert replicas.proc.wait(timeout=120) == 0, replicas.log.read_text()
+    assert replicas.proc.wait(timeout=120) == -signal.SIGTERM, replicas.log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +192,15 @@ def test_the_admin_picks_a_replica_and_reads_its_own_metrics(served, tenants):
     assert raw.headers[REPLICA] == home
 
 
+def test_a_second_deployment_on_the_same_cluster_is_refused_and_the_first_keeps_serving(served, tenants, realm,
+                                                                                       ray_address):
+    done = realm("serve", "--replicas", "1", "--ray-address", ray_address, "--model", str(MODEL_FILE),
+                 "--port", str(free_port()), timeout=120)
+    one_error_line(done, 1, "Realm is already deployed on this Ray cluster")
+    key, replica = next(iter(tenants.values()))
+    assert served.complete(key)[1] == replica
+
+
 def test_a_killed_replica_is_replaced_and_its_tenants_are_served_with_retries(served, tenants):
     victim = next(replica for _, replica in tenants.values())
     actors = _replica_actors()
@@ -238,7 +247,7 @@ def test_a_local_ray_of_its_own_drains_on_sigterm_and_leaves_nothing_behind(regi
         for client in clients:
             client.join(timeout=180)
         assert len(answers) == 4 and all(answers)
-        assert served.proc.wait(timeout=120) == 0
+        assert served.proc.wait(timeout=120) == -signal.SIGTERM
         left = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split()
         assert left == [], f"Ray processes of realm serve are still running: {left}"
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from click.core import ParameterSource
 
 from host_functions import native, settings
 from host_functions.errors import RealmError
+from host_functions.formats.gguf_file import GGUFFile
 from realm.cli import main
 from realm.cli.options import load_with_progress, model_options, model_path_with_progress, prefix_cache_option
 from realm.server import ServerConfig, create_app, listen
@@ -106,12 +108,23 @@ def _serve_replicas(options: ServeOptions, replicas: int, ray_address: str | Non
     from realm.cluster import launch  # Ray is imported only when it is used
 
     listen.bind(host, port).close()  # a busy port or a bad host fails now, before Ray starts
-    # Every replica must load the same file: the default model is assembled here, once, and named.
-    options = dataclasses.replace(options, model_path=str(model_path_with_progress(options.model_path).resolve()))
+    # Every replica must load the same file: the default model is assembled here, once, and named;
+    # a file that is not a model fails here, as a plain `realm serve` would, not in every replica.
+    path = model_path_with_progress(options.model_path).resolve()
+    GGUFFile(path)
+    options = dataclasses.replace(options, model_path=str(path))
     threads = native.default_threads() if _given("threads") else None
-    launch.serve_replicas(options, replicas, threads, ray_address, host, port, drain_timeout, lambda cpus: click.echo(
-        f"realm: {replicas} replica(s) of {Path(options.model_path or '').stem} on http://{host}:{port} "
-        f"(Ray Serve, {cpus:g} CPU each)", err=True))
+
+    def announce(cpus: float) -> None:
+        click.echo(f"realm: {replicas} replica(s) of {Path(options.model_path or '').stem} on http://{host}:{port} "
+                   f"(Ray Serve, {cpus:g} CPU each)", err=True)
+
+    stopped_by = launch.serve_replicas(options, replicas, threads, ray_address, host, port, drain_timeout, announce)
+    # Ended as the single-process server ends: status 130 for Ctrl-C, "terminated by SIGTERM" otherwise.
+    if stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(stopped_by, signal.SIG_DFL)
+    signal.raise_signal(stopped_by)
 
 
 def _given(param: str) -> bool:

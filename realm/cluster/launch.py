@@ -18,6 +18,7 @@ from types import FrameType
 
 import ray
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from host_functions.errors import RealmError
 from realm.cluster.deployment import APP_NAME, Placement, application
@@ -37,9 +38,9 @@ def connect(address: str | None) -> bool:
     try:
         if address is None:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-                     logging_level=logging.WARNING, log_to_driver=True)
+                     logging_level=logging.ERROR, log_to_driver=True)
         else:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise RealmError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
@@ -76,45 +77,61 @@ def replica_env(threads: int) -> dict[str, str]:
 
 
 def serve_replicas(options: ServeOptions, replicas: int, threads: int | None, address: str | None, host: str,
-                   port: int, drain_timeout: float, announce: Callable[[float], None]) -> None:
+                   port: int, drain_timeout: float, announce: Callable[[float], None]) -> int:
     """Serve `replicas` replicas of the server `options` describe on Ray (connect()), each reserving
     replica_cpus() and running the cpu kernels on `threads` (else as many as it reserves, at least
-    one); `announce(cpus)` once they all serve. Returns after SIGTERM or SIGINT, the replicas drained
-    (drain_timeout) and removed, and a Ray instance started here stopped. Raises RealmError."""
+    one); `announce(cpus)` once they all serve. Returns the signal (SIGTERM or SIGINT) that stopped it,
+    after the replicas drained (drain_timeout) and were removed and a Ray started here stopped.
+    Raises RealmError."""
     started = connect(address)
     try:
         cpus = replica_cpus(replicas, threads)
         placement = Placement(replicas, cpus, replica_env(threads or max(1, int(cpus))), drain_timeout)
-        _run(options, placement, host, port, lambda: announce(cpus))
+        return _run(options, placement, host, port, lambda: announce(cpus))
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(options: ServeOptions, placement: Placement, host: str, port: int, announce: Callable[[], None]) -> None:
+def _run(options: ServeOptions, placement: Placement, host: str, port: int, announce: Callable[[], None]) -> int:
     """Deploy the replicas behind Serve's proxy on host:port, call `announce` once they all serve,
-    and serve until SIGTERM or SIGINT; then drain them (placement.drain_timeout) and remove them."""
-    stop = _stop_on_signals()
+    and serve until SIGTERM or SIGINT; then drain them (placement.drain_timeout), remove them and
+    return the signal."""
+    stop, received = _stop_on_signals()
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this process's: not "Started Serve" and the like
+    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+    if APP_NAME in serve.status().applications:  # Serve would replace it, and keep its own proxy's port
+        raise RealmError(f"Realm is already deployed on this Ray cluster (Serve application {APP_NAME!r})")
     try:
-        serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         serve.run(application(options, placement), name=APP_NAME, route_prefix="/")
-    except RuntimeError as exc:  # Serve's DeploymentFailed / a proxy that failed names its cause
-        raise RealmError(f"the replicas did not start: {str(exc).splitlines()[0]}") from None
+    except (RuntimeError, RayServeException) as exc:  # a replica that cannot build its server names why
+        _remove()
+        raise RealmError(f"the replicas did not start: {str(exc).strip().splitlines()[-1]}") from None
     announce()
     stop.wait()
-    serve.delete(APP_NAME)  # waits while each replica drains its requests in flight
-    serve.shutdown()
+    _remove()
+    return received[0]
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by the first SIGTERM or SIGINT (the second one kills, as Python's default would)."""
-    stop = threading.Event()
+def _remove() -> None:
+    """Remove the deployment (each replica drains its requests in flight first), then Serve itself
+    (its controller and proxies) unless other applications of the cluster's still use it."""
+    serve.delete(APP_NAME)
+    if not serve.status().applications:
+        serve.shutdown()
+
+
+def _stop_on_signals() -> tuple[threading.Event, list[int]]:
+    """An event set by the first SIGTERM or SIGINT, and the signal it was; a second signal
+    interrupts the drain (KeyboardInterrupt: Ray and Serve are still stopped on the way out)."""
+    stop, received = threading.Event(), []
 
     def handle(sig: int, frame: FrameType | None) -> None:
         if stop.is_set():
             signal.default_int_handler(sig, frame)
+        received.append(sig)
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    return stop
+    return stop, received
