@@ -238,12 +238,16 @@ def test_a_local_ray_of_its_own_drains_on_sigterm_and_leaves_nothing_behind(regi
     try:
         key = served.tenant("drained")
         answers: list[str] = []
-        clients = [threading.Thread(target=lambda: answers.append(served.complete(key, max_tokens=200)[0]))
+        clients = [threading.Thread(target=lambda: answers.append(served.complete(key, max_tokens=400)[0]))
                    for _ in range(4)]  # one worker: they queue, so the drain has work to wait for
         for client in clients:
             client.start()
-        time.sleep(1)
+        deadline = time.monotonic() + 60
+        while served.admin("GET", "/admin/health").json()["in_flight"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         served.proc.send_signal(signal.SIGTERM)
+        assert len(answers) < 4  # the drain has requests to wait for
         for client in clients:
             client.join(timeout=180)
         assert len(answers) == 4 and all(answers)

@@ -98,10 +98,10 @@ def _run(options: ServeOptions, placement: Placement, host: str, port: int, anno
     and serve until SIGTERM or SIGINT; then drain them (placement.drain_timeout), remove them and
     return the signal."""
     stop, received = _stop_on_signals()
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this process's: not "Started Serve" and the like
-    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
-    if APP_NAME in serve.status().applications:  # Serve would replace it, and keep its own proxy's port
+    if APP_NAME in serve.status().applications:  # Serve would replace it
         raise RealmError(f"Realm is already deployed on this Ray cluster (Serve application {APP_NAME!r})")
+    logging.getLogger("ray.serve").setLevel(logging.ERROR)  # this process's notices ("Started Serve", ...)
+    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
     try:
         serve.run(application(options, placement), name=APP_NAME, route_prefix="/")
     except (RuntimeError, RayServeException) as exc:  # a replica that cannot build its server names why
