@@ -24,13 +24,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import ray
 from cli_helpers import one_error_line
 from conftest import REALM
 from oracle import DATA
+from ray.util.state import list_actors
 from test_serve import ADMIN_KEY, free_port, serving
-
-ray = pytest.importorskip("ray")
-from ray.util.state import list_actors  # noqa: E402  (after the skip: Ray is an optional install here)
 
 MODEL_FILE = DATA / "tiny-llama-Q4_K.gguf"
 MODEL = MODEL_FILE.stem
@@ -161,6 +160,14 @@ def test_every_response_names_its_replica_errors_health_and_streams_included(ser
     streamed = openai.OpenAI(base_url=served.url + "/v1", api_key=key, timeout=120).completions.create(
         model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0, stream=True)
     assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == served.complete(key)[0]
+    # Not buffered by the proxy: the first text arrives while the replica is still generating the rest.
+    body = {**body, "max_tokens": 480, "prompt": "Hi", "logit_bias": {"2": -100}}  # 2: its end of text
+    with httpx.stream("POST", served.url + "/v1/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {key}"}) as stream:
+        lines = stream.iter_lines()
+        while '"text": ""' in (line := next(lines)) or not line.startswith("data: "):
+            pass  # the opening chunk (no text yet) and the blank lines between events
+        assert served.admin("GET", "/admin/health", replica=replica).json()["in_flight"] == 1, line
 
 
 def test_the_answer_is_the_one_plain_realm_serve_gives(served, tenants, tmp_path):
