@@ -238,6 +238,13 @@ def test_a_restarted_deployment_serves_the_same_tenants_and_keys(served, tenants
         _stop(again)
 
 
+def test_a_replica_that_cannot_build_its_server_is_one_error_line(realm, ray_address):
+    done = realm("serve", "--replicas", "1", "--ray-address", ray_address, "--model", str(MODEL_FILE),
+                 "--chat-template", "/nonexistent.jinja", "--port", str(free_port()), timeout=180)
+    one_error_line(done, 1, "the replicas did not start", "ChatTemplateError", "/nonexistent.jinja")
+    assert ray.cluster_resources().get("CPU") == 2  # the cluster it joined still runs
+
+
 def test_a_local_ray_of_its_own_drains_on_sigterm_and_leaves_nothing_behind(registry, tmp_path):
     temp = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
     env = {**_env(registry), "RAY_TMPDIR": temp, "REALM_HOME": str(tmp_path / "home")}

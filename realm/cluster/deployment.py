@@ -52,6 +52,8 @@ class RealmReplica:
 
     def __del__(self) -> None:
         # Called after Serve drained the replica (graceful_shutdown_timeout_s): what still runs ends now.
+        if not hasattr(self, "server"):
+            return  # its server never built
         self.server.shutting_down = True
         self.server.runner.cancel_all()
         self.server.runner.close()

@@ -21,7 +21,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from host_functions.errors import RealmError
-from realm.cluster.deployment import APP_NAME, Placement, application
+from realm.cluster.deployment import APP_NAME, DEPLOYMENT_NAME, Placement, application
 from realm.server.build import ServeOptions
 
 OBJECT_STORE_BYTES = 128 << 20  # Ray's minimum is 75 MiB; nothing large passes through it
@@ -38,9 +38,9 @@ def connect(address: str | None) -> bool:
     try:
         if address is None:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-                     logging_level=logging.ERROR, log_to_driver=True)
+                     logging_level=logging.ERROR, log_to_driver=False)
         else:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise RealmError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
@@ -87,16 +87,17 @@ def serve_replicas(options: ServeOptions, replicas: int, threads: int | None, ad
     try:
         cpus = replica_cpus(replicas, threads)
         placement = Placement(replicas, cpus, replica_env(threads or max(1, int(cpus))), drain_timeout)
-        return _run(options, placement, host, port, lambda: announce(cpus))
+        return _run(options, placement, host, port, lambda: announce(cpus), own_ray=started)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(options: ServeOptions, placement: Placement, host: str, port: int, announce: Callable[[], None]) -> int:
+def _run(options: ServeOptions, placement: Placement, host: str, port: int, announce: Callable[[], None],
+         own_ray: bool) -> int:
     """Deploy the replicas behind Serve's proxy on host:port, call `announce` once they all serve,
     and serve until SIGTERM or SIGINT; then drain them (placement.drain_timeout), remove them and
-    return the signal."""
+    return the signal. Serve is left to Ray's shutdown where `own_ray` (a Ray started here)."""
     stop, received = _stop_on_signals()
     if APP_NAME in serve.status().applications:  # Serve would replace it
         raise RealmError(f"Realm is already deployed on this Ray cluster (Serve application {APP_NAME!r})")
@@ -104,20 +105,32 @@ def _run(options: ServeOptions, placement: Placement, host: str, port: int, anno
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
     try:
         serve.run(application(options, placement), name=APP_NAME, route_prefix="/")
-    except (RuntimeError, RayServeException) as exc:  # a replica that cannot build its server names why
-        _remove()
-        raise RealmError(f"the replicas did not start: {str(exc).strip().splitlines()[-1]}") from None
+    except (RuntimeError, RayServeException) as exc:
+        why = _why_not_started(exc)
+        _remove(own_ray)
+        raise RealmError(f"the replicas did not start: {why}") from None
     announce()
     stop.wait()
-    _remove()
+    _remove(own_ray)
     return received[0]
 
 
-def _remove() -> None:
-    """Remove the deployment (each replica drains its requests in flight first), then Serve itself
-    (its controller and proxies) unless other applications of the cluster's still use it."""
+def _why_not_started(exc: Exception) -> str:
+    """What stopped the deployment: the last line of the replicas' error as Serve reports it (a
+    replica's exception, e.g. a chat template that does not load), else Serve's own message."""
+    app = serve.status().applications.get(APP_NAME)
+    deployment = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
+    lines = [line.strip() for line in (deployment.message if deployment else str(exc)).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _remove(own_ray: bool) -> None:
+    """Remove the deployment (each replica drains its requests in flight first), then, on a cluster
+    this process joined, Serve itself (its controller and proxies) unless other applications still
+    use it. A Ray started here is stopped whole next: Serve's own shutdown would only add the noise of
+    its controller's retried tasks."""
     serve.delete(APP_NAME)
-    if not serve.status().applications:
+    if not own_ray and not serve.status().applications:
         serve.shutdown()
 
 
