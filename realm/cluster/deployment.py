@@ -68,6 +68,7 @@ def application(options: ServeOptions, placement: Placement) -> Application:
         name=DEPLOYMENT_NAME, num_replicas=placement.replicas,
         ray_actor_options={"num_cpus": placement.cpus},
         max_ongoing_requests=options.config.workers + options.config.max_queue + _ROUTER_SLACK,
+        max_queued_requests=options.config.max_queue,  # per proxy, once every replica is full: then 503
         graceful_shutdown_timeout_s=placement.drain_timeout, health_check_period_s=_HEALTH_PERIOD_S,
         health_check_timeout_s=_HEALTH_TIMEOUT_S, request_router_config=router)(RealmReplica)
     return deployment.bind(options, placement.env)
