@@ -20,6 +20,7 @@ import ray
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
+from host_functions import settings
 from host_functions.errors import RealmError
 from realm.cluster.deployment import APP_NAME, DEPLOYMENT_NAME, Placement, application
 from realm.server.build import ServeOptions
@@ -68,11 +69,11 @@ def replica_cpus(replicas: int, threads: int | None) -> float:
 
 def replica_env(threads: int) -> dict[str, str]:
     """The REALM_* settings the replicas run with: this process's (where the registry is), the
-    kernels' thread count, and REALM_HOME as an absolute path (a replica's working directory differs)."""
+    kernels' thread count, and this process's REALM_HOME as an absolute path, set or not (a replica's
+    working directory and user environment are Ray's)."""
     env = {name: value for name, value in os.environ.items() if name.startswith(_SETTINGS_PREFIX)}
-    if "REALM_HOME" in env:
-        env["REALM_HOME"] = os.path.abspath(os.path.expanduser(env["REALM_HOME"]))
-    env["REALM_THREADS"] = str(threads)
+    env[settings.HOME] = str(settings.home().resolve())
+    env[settings.THREADS] = str(threads)
     return env
 
 
