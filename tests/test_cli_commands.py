@@ -30,4 +30,6 @@ def test_model_commands_never_load_the_server_or_the_sandbox() -> None:
     server_and_sandbox = {"wasmtime", "starlette", "uvicorn", "jinja2", "prometheus_client", "wgpu"}
     for command in ("bench", "inspect", "tokenize", "logits"):
         assert not server_and_sandbox & _modules_after(command, "--help"), command
-    assert {"wasmtime", "uvicorn"} <= _modules_after("serve", "--help")
+    serve = _modules_after("serve", "--help")
+    assert {"wasmtime", "uvicorn"} <= serve
+    assert "ray" not in serve  # Ray is loaded only by `realm serve --replicas` (realm/cluster)

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import click
 import uvicorn
+from click.core import ParameterSource
 
-from host_functions import settings
+from host_functions import native, settings
 from host_functions.errors import RealmError
+from host_functions.formats.gguf_file import GGUFFile
 from realm.cli import main
 from realm.cli.options import (
     backend_option,
     load_with_progress,
+    model_path_with_progress,
     parse_size,
     prefix_cache_option,
     threads_option,
 )
-from realm.server import Server, ServerConfig, create_app, listen
+from realm.server import ServerConfig, create_app, listen
+from realm.server.build import ServeOptions, build_server, checked_models, preload_default
 from realm.server.connections import ConnectionLimits, uvicorn_options
 from realm.server.model_catalog import ModelCatalog
-from realm.server.model_set import ModelSet, serving
+from realm.server.model_set import ModelSet
 from realm.server.shutdown import GRACE_S, DrainingServer
 from realm.tenants import TenantRegistry
 
@@ -85,26 +90,34 @@ _SLOW = ConnectionLimits()
               help="The tenant registry: sqlite:///ABS/PATH.db or postgresql://USER@HOST/DB (docs/registry.md). "
                    "[default: $REALM_REGISTRY_URL, else SQLite in $REALM_HOME]")
 @prefix_cache_option
+@click.option("--replicas", type=click.IntRange(1), default=None,
+              help="Serve with N replicas of this server on Ray Serve, each tenant kept on one (docs/cluster.md). "
+                   "[default: one process, no Ray]")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="The Ray cluster for --replicas (else $RAY_ADDRESS, else a local Ray instance started here).")
 def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None, model_memory: int | None,
           kv_memory: int | None, backend: str, chat_template: str | None, workers: int,
           max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
           requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int,
           header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int,
-          cors_origins: tuple[str, ...], no_prefix_cache: bool, registry_url: str | None) -> None:
+          cors_origins: tuple[str, ...], no_prefix_cache: bool, registry_url: str | None, replicas: int | None,
+          ray_address: str | None) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
     _log_to_stderr()
     config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
                           requests_per_minute, tokens_per_minute, _admin_key(admin_key_file), cors_origins)
+    catalog = ModelCatalog(models, models_dir, model_memory, kv_memory, backend, chat_template, not no_prefix_cache)
+    options = ServeOptions(catalog, config, registry_url)
+    if replicas is not None:
+        _serve_replicas(options, replicas, ray_address, host, port, drain_timeout)
+        return
+    if ray_address is not None:
+        raise click.UsageError("--ray-address is for --replicas")
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
                             per_client=max_connections_per_client)
-    catalog = ModelCatalog(models, models_dir, model_memory, kv_memory, backend, chat_template, not no_prefix_cache)
-    served = serving(catalog)  # bad flags, or a model whose file alone is over --model-memory, fail first
-    served.check_sizes()
+    served = checked_models(catalog)  # bad flags, or a model whose file alone is over --model-memory, fail first
     sock = listen.bind(host, port)  # a busy port or a bad host fails now, before the model loads
-    registry = TenantRegistry(registry_url)
-    registry.check()  # likewise a bad or unreachable registry
-    load_default(served, catalog)
-    server = Server(served, config, registry)
+    server = build_server(options, served, _load_default)  # a bad registry or default model fails here
     click.echo(f"realm: starting on http://{host}:{port} with {_describe(served)}", err=True)
     uv = DrainingServer(uvicorn.Config(create_app(server), host=host, port=port, lifespan="off",
                                        timeout_graceful_shutdown=drain_timeout + GRACE_S, log_level="info",
@@ -115,18 +128,15 @@ def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None
     finally:
         server.runner.close()
         server.usage.close()
-        served.close()
+        server.models.close()
         sock.close()
 
 
-def load_default(models: ModelSet, catalog: ModelCatalog) -> None:
-    """Load the default model now (with progress on stderr) unless it comes from --models-dir, so that
-    a bad --model or default model stops the start (a bad file in --models-dir fails its own requests
-    only). Raises what loading raises."""
+def _load_default(models: ModelSet, catalog: ModelCatalog) -> None:
+    """preload_default, its load shown on stderr."""
     if catalog.models or catalog.models_dir is None:
-        first = models.sources[0]
-        load_with_progress(str(first.path), catalog.backend, catalog.kv_bytes, catalog.prefix_cache)
-        models.preload(first.id)
+        load_with_progress(str(models.sources[0].path), catalog.backend, catalog.kv_bytes, catalog.prefix_cache)
+    preload_default(models, catalog)
 
 
 def _describe(models: ModelSet) -> str:
@@ -143,6 +153,47 @@ def _log_to_stderr() -> None:
     server_log = logging.getLogger("realm.server")
     server_log.addHandler(handler)
     server_log.setLevel(logging.INFO)
+
+
+def _serve_replicas(options: ServeOptions, replicas: int, ray_address: str | None, host: str, port: int,
+                    drain_timeout: int) -> None:
+    """`realm serve --replicas N`: the same server in N Ray Serve replicas (realm/cluster)."""
+    from realm.cluster import launch  # Ray is imported only when it is used
+
+    listen.bind(host, port).close()  # a busy port or a bad host fails now, before Ray starts
+    # Every replica must serve the same files: the default model is assembled here, once, and every model
+    # named by id and absolute path; a default model that is not a model file fails here, as in a plain
+    # `realm serve`, not in every replica.
+    catalog = options.catalog
+    if not catalog.models and catalog.models_dir is None:
+        model_path_with_progress(None)
+    checked_models(catalog)
+    TenantRegistry(options.registry_url).check()  # a bad or unreachable registry fails once, here
+    options = options.pinned()
+    if catalog.models or catalog.models_dir is None:
+        GGUFFile(options.catalog.sources()[0].path)
+    threads = native.default_threads() if _given("threads") else None
+
+    def announce(cpus: float) -> None:
+        click.echo(f"realm: {replicas} replica(s) of {', '.join(_ids(options))} on http://{host}:{port} "
+                   f"(Ray Serve, {cpus:g} CPU each)", err=True)
+
+    stopped_by = launch.serve_replicas(options, replicas, threads, ray_address, host, port, drain_timeout, announce)
+    # Ended as the single-process server ends: status 130 for Ctrl-C, "terminated by SIGTERM" otherwise.
+    if stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(stopped_by, signal.SIG_DFL)
+    signal.raise_signal(stopped_by)
+
+
+def _ids(options: ServeOptions) -> list[str]:
+    return [text.split("=", 1)[0] for text in options.catalog.models]
+
+
+def _given(param: str) -> bool:
+    """Whether the command line (or its environment variable) set `param`, not its default."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source is not None and source is not ParameterSource.DEFAULT
 
 
 def _admin_key(path: Path | None) -> str | None:

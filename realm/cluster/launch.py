@@ -1,0 +1,151 @@
+"""Starting `realm serve --replicas N`: Ray (connected or started), Serve's HTTP proxy on the
+address asked for, the replicas; then, on SIGTERM or Ctrl-C, the drain and the shutdown.
+
+A local Ray instance started here (no dashboard, a small object store: requests and answers are
+small) is stopped on the way out; a cluster named by --ray-address or RAY_ADDRESS is left running,
+only this deployment and Serve's proxies removed from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+import ray
+from ray import serve
+from ray.serve.exceptions import RayServeException
+
+from host_functions import settings
+from host_functions.errors import RealmError
+from realm.cluster.deployment import APP_NAME, DEPLOYMENT_NAME, Placement, application
+from realm.server.build import ServeOptions
+
+OBJECT_STORE_BYTES = 128 << 20  # Ray's minimum is 75 MiB; nothing large passes through it
+_SETTINGS_PREFIX = "REALM_"
+_CONNECT_TIMEOUT_S = 5
+
+
+def connect(address: str | None) -> bool:
+    """Connect to the Ray cluster at `address` (else $RAY_ADDRESS), or start a local one; True when
+    one was started here. Raises RealmError when the cluster cannot be reached."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _check_reachable(address)
+    try:
+        if address is None:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+                     logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise RealmError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+    return address is None
+
+
+def _check_reachable(address: str) -> None:
+    """RealmError at once for a host:port nobody answers on (ray.init would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto" or a ray:// client address: ray.init finds or refuses it itself
+    try:
+        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RealmError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
+def replica_cpus(replicas: int, threads: int | None) -> float:
+    """Ray's CPU reservation of each replica: its --threads (else one CPU), no more than an equal
+    share of the cluster's CPUs, so N replicas always fit (fractions of a CPU on a small machine)."""
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return min(float(threads or 1), total / replicas)
+
+
+def replica_env(threads: int) -> dict[str, str]:
+    """The REALM_* settings the replicas run with: this process's (where the registry is), the
+    kernels' thread count, and this process's REALM_HOME as an absolute path, set or not (a replica's
+    working directory and user environment are Ray's)."""
+    env = {name: value for name, value in os.environ.items() if name.startswith(_SETTINGS_PREFIX)}
+    env[settings.HOME] = str(settings.home().resolve())
+    env[settings.THREADS] = str(threads)
+    return env
+
+
+def serve_replicas(options: ServeOptions, replicas: int, threads: int | None, address: str | None, host: str,
+                   port: int, drain_timeout: float, announce: Callable[[float], None]) -> int:
+    """Serve `replicas` replicas of the server `options` describe on Ray (connect()), each reserving
+    replica_cpus() and running the cpu kernels on `threads` (else as many as it reserves, at least
+    one); `announce(cpus)` once they all serve. Returns the signal (SIGTERM or SIGINT) that stopped it,
+    after the replicas drained (drain_timeout) and were removed and a Ray started here stopped.
+    Raises RealmError."""
+    started = connect(address)
+    try:
+        cpus = replica_cpus(replicas, threads)
+        placement = Placement(replicas, cpus, replica_env(threads or max(1, int(cpus))), drain_timeout)
+        return _run(options, placement, host, port, lambda: announce(cpus), own_ray=started)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(options: ServeOptions, placement: Placement, host: str, port: int, announce: Callable[[], None],
+         own_ray: bool) -> int:
+    """Deploy the replicas behind Serve's proxy on host:port, call `announce` once they all serve,
+    and serve until SIGTERM or SIGINT; then drain them (placement.drain_timeout), remove them and
+    return the signal. Serve is left to Ray's shutdown where `own_ray` (a Ray started here)."""
+    stop, received = _stop_on_signals()
+    if APP_NAME in serve.status().applications:  # Serve would replace it
+        raise RealmError(f"Realm is already deployed on this Ray cluster (Serve application {APP_NAME!r})")
+    logging.getLogger("ray.serve").setLevel(logging.ERROR)  # this process's notices ("Started Serve", ...)
+    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+    try:
+        serve.run(application(options, placement), name=APP_NAME, route_prefix="/")
+    except (RuntimeError, RayServeException) as exc:
+        why = _why_not_started(exc)
+        _remove(own_ray)
+        raise RealmError(f"the replicas did not start: {why}") from None
+    announce()
+    stop.wait()
+    _remove(own_ray)
+    return received[0]
+
+
+def _why_not_started(exc: Exception) -> str:
+    """What stopped the deployment: the last line of the replicas' error as Serve reports it (a
+    replica's exception, e.g. a chat template that does not load), else Serve's own message."""
+    app = serve.status().applications.get(APP_NAME)
+    deployment = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
+    lines = [line.strip() for line in (deployment.message if deployment else str(exc)).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _remove(own_ray: bool) -> None:
+    """Remove the deployment (each replica drains its requests in flight first), then, on a cluster
+    this process joined, Serve itself (its controller and proxies) unless other applications still
+    use it. A Ray started here is stopped whole next: Serve's own shutdown would only add the noise of
+    its controller's retried tasks."""
+    serve.delete(APP_NAME)
+    if not own_ray and not serve.status().applications:
+        serve.shutdown()
+
+
+def _stop_on_signals() -> tuple[threading.Event, list[int]]:
+    """An event set by the first SIGTERM or SIGINT, and the signal it was; a second signal
+    interrupts the drain (KeyboardInterrupt: Ray and Serve are still stopped on the way out)."""
+    stop, received = threading.Event(), []
+
+    def handle(sig: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            signal.default_int_handler(sig, frame)
+        received.append(sig)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop, received
