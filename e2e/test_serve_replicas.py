@@ -4,7 +4,7 @@ the official `openai` client and httpx against Ray Serve's HTTP proxy, on a tiny
 The module starts one Ray instance (this test process is its driver, with Ray's dashboard for the
 state API: `ray.util.state.list_actors` finds a replica's pid) and `realm serve --replicas 2
 --ray-address` on it; the registry every replica shares is the `registry` fixture's (a SQLite file
-under a temporary REALM_HOME here; a PostgreSQL run adds a parameter). One test starts a local Ray
+under a temporary REALM_HOME, or a database on a real PostgreSQL server). One test starts a local Ray
 of `realm serve`'s own, and checks it leaves no process of it behind.
 """
 
@@ -78,10 +78,14 @@ def ray_address() -> Iterator[str]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture(scope="module", params=["sqlite"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment naming the registry every replica shares: a SQLite file under REALM_HOME."""
-    return {"REALM_HOME": str(tmp_path_factory.mktemp("registry") / "home")}
+    """The environment naming the registry every replica shares: a SQLite file under REALM_HOME, or a
+    database of its own on the session's real PostgreSQL server (tests/postgres_server.py)."""
+    home = {"REALM_HOME": str(tmp_path_factory.mktemp("registry") / "home")}
+    if request.param == "sqlite":
+        return home
+    return {**home, "REALM_REGISTRY_URL": request.getfixturevalue("postgres").new_database()}
 
 
 def _env(registry: dict[str, str]) -> dict[str, str]:
