@@ -27,12 +27,14 @@ import pytest
 import ray
 from cli_helpers import one_error_line
 from conftest import REALM
-from oracle import DATA
+from oracle import ARCHS, DATA
 from ray.util.state import list_actors
 from test_serve import ADMIN_KEY, free_port, serving
+from test_serve_models import CASES
 
 MODEL_FILE = DATA / "tiny-llama-Q4_K.gguf"
 MODEL = MODEL_FILE.stem
+QWEN = CASES[0]  # a second model every replica serves, named by --model NAME=PATH
 REPLICA = "x-realm-replica"
 PROMPT = "Once upon a time"
 START_S = 240  # Ray's proxy and two replicas loading the model, on a loaded 2-core machine
@@ -98,6 +100,7 @@ def _start(env: dict[str, str], log: Path, *options: str) -> Replicas:
     port = free_port()
     with log.open("w") as out:
         proc = subprocess.Popen([REALM, "serve", "--port", str(port), "--backend", "cpu", "--model", str(MODEL_FILE),
+                                 "--model", f"{QWEN.model}={ARCHS / 'tiny-qwen2-F16.gguf'}",
                                  "--workers", "4", "--threads", "1", "--drain-timeout", "30", *options],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_S
@@ -172,6 +175,17 @@ def test_every_response_names_its_replica_errors_health_and_streams_included(ser
         while '"text": ""' in (line := next(lines)) or not line.startswith("data: "):
             pass  # the opening chunk (no text yet) and the blank lines between events
         assert served.admin("GET", "/admin/health", replica=replica).json()["in_flight"] == 1, line
+
+
+def test_replicas_serve_every_model_of_the_flags_as_llama_cpp_does(served, tenants):
+    key, replica = next(iter(tenants.values()))
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key=key, timeout=120)
+    assert {m.id for m in client.models.list()} == {MODEL, QWEN.model}
+    raw = client.completions.with_raw_response.create(model=QWEN.model, prompt=QWEN.prompt, max_tokens=1,
+                                                      temperature=0, logprobs=1)
+    done = raw.parse()
+    assert raw.headers[REPLICA] == replica and done.usage.prompt_tokens == QWEN.n_tokens
+    assert done.choices[0].logprobs.token_logprobs[0] == pytest.approx(QWEN.log_softmax.max(), abs=1e-2)
 
 
 def test_the_answer_is_the_one_plain_realm_serve_gives(served, tenants, tmp_path):
