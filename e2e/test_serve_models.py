@@ -144,6 +144,17 @@ def test_under_a_budget_smaller_than_the_three_models_are_swapped_and_answers_st
 
 
 
+def test_a_budget_below_the_three_files_together_serves_each_exactly_without_kv_memory(gemma, tmp_path):
+    """A budget a user reads off the files (smaller than the three together, no --kv-memory): each
+    model's KV pool is fitted to what its weights leave, and every answer is still llama.cpp's."""
+    files = [gemma, ARCHS / "tiny-qwen2-F16.gguf", ARCHS / "tiny-llama3-F16.gguf"]
+    budget = sum(f.stat().st_size for f in files) - 1
+    served_flags = [f for f in flags(gemma) if f not in ("--kv-memory", KV)]
+    with serving(tmp_path, *served_flags, "--model-memory", str(budget)) as small:
+        check_answers(small, small.tenant("every"))
+        assert small.log.read_text().count("unloaded model") >= 1, small.log.read_text()
+
+
 QWEN2 = ARCHS / "tiny-qwen2-Q4_K.gguf"
 
 

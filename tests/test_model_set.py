@@ -17,7 +17,8 @@ import pytest
 from oracle import ARCHS
 
 from host_functions.errors import Overloaded
-from realm.server.model_catalog import ModelCatalog, ModelSource
+from realm.models import default_model_path
+from realm.server.model_catalog import MIN_KV_BYTES, ModelCatalog, ModelSource
 from realm.server.model_set import Loader, ModelLoadFailed, ModelSet, ModelTooLarge, ServedModel, loaders, serving
 
 FILES = {"qwen2": ARCHS / "tiny-qwen2-Q4_K.gguf", "qwen3": ARCHS / "tiny-qwen3-Q4_K.gguf",
@@ -190,3 +191,21 @@ def test_the_measured_cost_is_the_weights_as_loaded_plus_the_whole_kv_pool():
     small, large = cost(KV), cost(2 * KV)
     assert large - small == pytest.approx(KV, abs=64 << 10)  # the pool's whole blocks (at most 64 KiB each here)
     assert small - KV > FILES["qwen2"].stat().st_size // 2  # the weights, copied from the file, on top
+
+
+def test_a_tight_budget_shrinks_a_models_kv_pool_to_what_its_weights_leave():
+    gemma = default_model_path()
+    size = gemma.stat().st_size
+    # Less than its weights plus a quarter of the budget for KV; then no more than its file.
+    for memory, most in ((size + (20 << 20), 20 << 20), (size, 8 << 20)):
+        models = serving(ModelCatalog((f"gemma={gemma}",), memory=memory, backend="cpu"))
+        models.check_sizes()  # estimated with the KV pool its file leaves
+        served = models.preload("gemma")
+        try:
+            pool = served.model.backend.kv_pool
+            assert pool is not None and MIN_KV_BYTES - pool.block_bytes < pool.n_blocks * pool.block_bytes <= most
+            assert served.cost <= memory
+        finally:
+            models.close()
+    with pytest.raises(ModelTooLarge, match="more than the whole --model-memory"):
+        serving(ModelCatalog((f"gemma={gemma}",), memory=size // 2, backend="cpu")).check_sizes()

@@ -135,7 +135,8 @@ def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None
 def _load_default(models: ModelSet, catalog: ModelCatalog) -> None:
     """preload_default, its load shown on stderr."""
     if catalog.models or catalog.models_dir is None:
-        load_with_progress(str(models.sources[0].path), catalog.backend, catalog.kv_bytes, catalog.prefix_cache)
+        first = models.sources[0]
+        load_with_progress(str(first.path), catalog.backend, catalog.kv_to_load(first), catalog.prefix_cache)
     preload_default(models, catalog)
 
 

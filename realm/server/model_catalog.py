@@ -16,6 +16,8 @@ from realm.models import default_model_path
 from realm.tenants import MODEL_ID_PATTERN, MODEL_ID_RULE
 
 log = logging.getLogger("realm.server")
+# The smallest KV pool a tight --model-memory squeezes a model's to (some hundred tokens of a small model).
+MIN_KV_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,28 @@ class ModelCatalog:
 
     @property
     def kv_bytes(self) -> int | None:
-        """Each model's KV pool budget (None: the pool's default, from free memory)."""
+        """Each model's KV pool budget at most (None: the pool's default, from free memory)."""
         if self.kv_memory is not None or self.memory is None:
             return self.kv_memory
         return self.memory // 4
+
+    @property
+    def fits_kv(self) -> bool:
+        """Whether a model's KV pool is shrunk to what its weights leave of --model-memory (down to
+        MIN_KV_BYTES): the pool's size is Realm's choice here, not the user's (--kv-memory)."""
+        return self.kv_memory is None and self.memory is not None
+
+    def kv_estimate(self, source: ModelSource) -> int:
+        """A model's KV pool budget as counted before it is loaded: kv_bytes, or, fitted, what its file
+        leaves of a quarter of the budget (maybe 0: the weights as loaded, without the file's
+        vocabulary and metadata, are a little smaller than the file, and the pool is refitted to them)."""
+        if not self.fits_kv or self.memory is None:
+            return self.kv_bytes or 0
+        return max(0, min(self.memory // 4, self.memory - file_size(source)))
+
+    def kv_to_load(self, source: ModelSource) -> int | None:
+        """The KV pool budget a model is loaded with (None: the pool's default, from free memory)."""
+        return max(MIN_KV_BYTES, self.kv_estimate(source)) if self.fits_kv else self.kv_bytes
 
     def sources(self) -> list[ModelSource]:
         """Every model, the default first: the --model files, then --models-dir's (sorted by name), else
@@ -103,3 +123,16 @@ def _directory(folder: Path) -> list[ModelSource]:
         else:
             log.warning("--models-dir: skipped %s: its name is not a model id (%s)", path.name, MODEL_ID_RULE)
     return found
+
+
+def kv_fitted(memory: int, most: int, weights: int) -> int:
+    """A KV pool budget of at most `most` that, with `weights`, fits `memory`; at least MIN_KV_BYTES."""
+    return max(MIN_KV_BYTES, min(most, memory - weights))
+
+
+def file_size(source: ModelSource) -> int:
+    """The model file's size in bytes; 0 when it cannot be read (its load says why)."""
+    try:
+        return source.path.stat().st_size
+    except OSError:
+        return 0  # its load will say what is wrong with it

@@ -30,7 +30,7 @@ from host_functions.formats.gguf_file import GGUFFile
 from host_functions.kv.pool import describe_bytes
 from realm.chat import ChatTemplate, load_chat_template
 from realm.models import load_model, scheduled, unload_model
-from realm.server.model_catalog import ModelCatalog, ModelSource
+from realm.server.model_catalog import ModelCatalog, ModelSource, file_size, kv_fitted
 
 log = logging.getLogger("realm.server")
 
@@ -90,13 +90,13 @@ class ModelSet:
     """The served models by id, loaded on demand within `memory` bytes (None: no bound)."""
 
     def __init__(self, sources: Sequence[ModelSource], load: Loader, unload: Unloader,
-                 memory: int | None = None, kv_bytes: int = 0) -> None:
+                 memory: int | None = None, kv_bytes: Callable[[ModelSource], int] = lambda source: 0) -> None:
         if not sources:
             raise RealmError("a server needs at least one model")
         self.memory = memory
         self.sources = list(sources)
         self._load, self._unload = load, unload
-        self._entries = {s.id: _Entry(s, _file_size(s) + kv_bytes) for s in sources}
+        self._entries = {s.id: _Entry(s, file_size(s) + kv_bytes(s)) for s in sources}
         self.default = sources[0].id
         self._ticks = itertools.count(1)
         self._freeing = 0  # bytes of models being unloaded: still held until their unload ends
@@ -299,13 +299,6 @@ class ModelSet:
             self._changed = None
 
 
-def _file_size(source: ModelSource) -> int:
-    try:
-        return source.path.stat().st_size
-    except OSError:
-        return 0  # its load will say what is wrong with it
-
-
 def _why_waited(entry: _Entry, memory: int | None) -> str:
     if entry.busy is not None:
         return f"the model {entry.source.id!r} is still loading; retry shortly"
@@ -318,11 +311,11 @@ def loaders(catalog: ModelCatalog) -> tuple[Loader, Unloader]:
     KV pool, prefix cache setting and chat template, their cost measured (footprint.retained_bytes)."""
 
     def load(source: ModelSource) -> ServedModel:
-        model = load_model(source.path, catalog.backend, kv_memory=catalog.kv_bytes)
+        model = load_model(source.path, catalog.backend, kv_memory=catalog.kv_to_load(source))
         try:
             scheduled(model)[1].set_prefix_cache(catalog.prefix_cache)
             template = load_chat_template(model.tokenizer, model.config.arch, catalog.chat_template)
-            return ServedModel(source.id, model, template, retained_bytes(model))
+            return ServedModel(source.id, model, template, _fit_kv(model, catalog))
         except BaseException:
             unload_model(source.path, catalog.backend)
             raise
@@ -333,6 +326,18 @@ def loaders(catalog: ModelCatalog) -> tuple[Loader, Unloader]:
     return load, unload
 
 
+def _fit_kv(model: Model, catalog: ModelCatalog) -> int:
+    """The model's measured cost, its KV pool first refitted to what its weights as loaded (measured:
+    a little more than the file) leave of --model-memory when Realm sizes the pool (ModelCatalog.fits_kv)."""
+    cost = retained_bytes(model)
+    if catalog.fits_kv and catalog.memory is not None and cost > catalog.memory:
+        pool = model.backend.kv_pool
+        weights = cost - (0 if pool is None else pool.n_blocks * pool.block_bytes)
+        model.set_kv_memory(kv_fitted(catalog.memory, catalog.memory // 4, weights))
+        cost = retained_bytes(model)
+    return cost
+
+
 def serving(catalog: ModelCatalog) -> ModelSet:
     """The ModelSet of `catalog`'s models (see loaders). RealmError as ModelCatalog.sources raises."""
-    return ModelSet(catalog.sources(), *loaders(catalog), catalog.memory, catalog.kv_bytes or 0)
+    return ModelSet(catalog.sources(), *loaders(catalog), catalog.memory, catalog.kv_estimate)
