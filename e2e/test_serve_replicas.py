@@ -5,15 +5,18 @@ The module starts one Ray instance (this test process is its driver, with Ray's 
 state API: `ray.util.state.list_actors` finds a replica's pid) and `realm serve --replicas 2
 --ray-address` on it; the registry every replica shares is the `registry` fixture's (a SQLite file
 under a temporary REALM_HOME, or a database on a real PostgreSQL server). One test starts a local Ray
-of `realm serve`'s own, and checks it leaves no process of it behind.
+of `realm serve`'s own, with and without `--ray-dashboard`, and checks it leaves no process of it behind.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -263,11 +266,18 @@ def test_a_replica_that_cannot_build_its_server_is_one_error_line(realm, ray_add
     assert ray.cluster_resources().get("CPU") == 2  # the cluster it joined still runs
 
 
-def test_a_local_ray_of_its_own_drains_on_sigterm_and_leaves_nothing_behind(registry, tmp_path):
+@pytest.mark.parametrize("dashboard", [False, True], ids=["no-dashboard", "ray-dashboard"])
+def test_a_local_ray_of_its_own_drains_on_sigterm_and_leaves_nothing_behind(dashboard, tmp_path):
     temp = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
-    env = {**_env(registry), "RAY_TMPDIR": temp, "REALM_HOME": str(tmp_path / "home")}
-    served = _start(env, tmp_path / "local.log", "--replicas", "1", "--workers", "1")
+    env = {**_env({}), "RAY_TMPDIR": temp, "REALM_HOME": str(tmp_path / "home")}
+    served = _start(env, tmp_path / "local.log", "--replicas", "1", "--workers", "1",
+                    *(["--ray-dashboard"] if dashboard else []))
     try:
+        dashboard_url = _dashboard_url(served.log.read_text())
+        assert (dashboard_url is not None) == dashboard
+        if dashboard_url is not None:  # Ray's state API finds the replica, as on a cluster of `ray start`
+            assert _replica_pids_listed_by_ray_cli(dashboard_url)
+        ray_pids = _descendants(_pids_naming(temp))  # dashboard modules included: they do not name it
         key = served.tenant("drained")
         answers: list[str] = []
         clients = [threading.Thread(target=lambda: answers.append(served.complete(key, max_tokens=400)[0]))
@@ -284,18 +294,59 @@ def test_a_local_ray_of_its_own_drains_on_sigterm_and_leaves_nothing_behind(regi
             client.join(timeout=180)
         assert len(answers) == 4 and all(answers)
         assert served.proc.wait(timeout=120) == -signal.SIGTERM
-        left = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split()
-        assert left == [], f"Ray processes of realm serve are still running: {left}"
+        deadline = time.monotonic() + 60  # the dashboard's modules end a few seconds after their head
+        while left := _pids_naming(temp) | (ray_pids & _descendants(set())):
+            assert time.monotonic() < deadline, f"Ray processes of realm serve are still running: {left}"
+            time.sleep(0.5)
     finally:
         if served.proc.poll() is None:
             served.proc.kill()
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _dashboard_url(log: str) -> str | None:
+    """The dashboard URL that `realm serve --replicas` announces, if it started one."""
+    found = re.search(r"Ray's dashboard on (http://[\w.:]+)", log)
+    return found.group(1) if found else None
+
+
+def _replica_pids_listed_by_ray_cli(dashboard_url: str) -> list[int]:
+    """The alive replicas' pids, as `ray list actors` shows them in a user's shell (RAY_AUTH_MODE=token:
+    Ray 2.60's local instance requires the token ray.init left in ~/.ray, and the CLI only sends
+    it when told)."""
+    listed = subprocess.run([str(Path(sys.executable).parent / "ray"), "list", "actors", "--address", dashboard_url,
+                             "--filter", "state=ALIVE", "--format", "json", "--limit", "1000"],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    assert listed.returncode == 0, listed.stderr
+    return [a["pid"] for a in json.loads(listed.stdout) if (a.get("name") or "").startswith("SERVE_REPLICA::realm#")]
+
+
+def _pids_naming(text: str) -> set[int]:
+    """The processes whose command line holds `text`."""
+    return {int(pid) for pid in subprocess.run(["pgrep", "-f", text], capture_output=True, text=True).stdout.split()}
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    """`roots` and every process below them (with no roots: every process now running)."""
+    parents = {}
+    for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
+        pid, ppid = map(int, line.split())
+        parents[pid] = ppid
+    if not roots:
+        return set(parents)
+    found = set(roots)
+    while grown := {pid for pid, ppid in parents.items() if ppid in found and pid not in found}:
+        found |= grown
+    return found
+
+
 @pytest.mark.parametrize("args,status,fragments", [
     (["--replicas", "0"], 2, ["--replicas", "0 is not in the range"]),
     (["--replicas", "2", "--ray-address", "127.0.0.1:1"], 1, ["cannot reach the Ray cluster at 127.0.0.1:1"]),
     (["--ray-address", "127.0.0.1:1"], 2, ["--ray-address is for --replicas"]),
+    (["--ray-dashboard"], 2, ["--ray-dashboard is for --replicas"]),
+    (["--replicas", "1", "--ray-dashboard", "--ray-address", "127.0.0.1:1"], 1,
+     ["--ray-dashboard is for a local Ray instance", "127.0.0.1:1 has its own"]),
 ])
 def test_bad_cluster_flags_are_one_error_line(realm, args, status, fragments):
     one_error_line(realm("serve", "--model", str(MODEL_FILE), "--port", str(free_port()), *args, timeout=60),

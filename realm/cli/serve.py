@@ -95,13 +95,16 @@ _SLOW = ConnectionLimits()
                    "[default: one process, no Ray]")
 @click.option("--ray-address", metavar="ADDR", default=None,
               help="The Ray cluster for --replicas (else $RAY_ADDRESS, else a local Ray instance started here).")
+@click.option("--ray-dashboard", is_flag=True,
+              help="Start the local Ray instance of --replicas with Ray's dashboard on 127.0.0.1 (its UI and state "
+                   "API, `ray list actors`; about 200 MiB more). [default: no dashboard]")
 def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None, model_memory: int | None,
           kv_memory: int | None, backend: str, chat_template: str | None, workers: int,
           max_queue: int, max_body_bytes: int, max_prompt_tokens: int, ctx_size: int, default_max_tokens: int,
           requests_per_minute: int, tokens_per_minute: int, admin_key_file: Path | None, drain_timeout: int,
           header_timeout: float, body_timeout: float, max_connections: int, max_connections_per_client: int,
           cors_origins: tuple[str, ...], no_prefix_cache: bool, registry_url: str | None, replicas: int | None,
-          ray_address: str | None) -> None:
+          ray_address: str | None, ray_dashboard: bool) -> None:
     """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for every tenant."""
     _log_to_stderr()
     config = ServerConfig(workers, max_queue, max_body_bytes, max_prompt_tokens, ctx_size, default_max_tokens,
@@ -109,10 +112,10 @@ def serve(host: str, port: int, models: tuple[str, ...], models_dir: Path | None
     catalog = ModelCatalog(models, models_dir, model_memory, kv_memory, backend, chat_template, not no_prefix_cache)
     options = ServeOptions(catalog, config, registry_url)
     if replicas is not None:
-        _serve_replicas(options, replicas, ray_address, host, port, drain_timeout)
+        _serve_replicas(options, replicas, ray_address, ray_dashboard, host, port, drain_timeout)
         return
-    if ray_address is not None:
-        raise click.UsageError("--ray-address is for --replicas")
+    if ray_address is not None or ray_dashboard:
+        raise click.UsageError(f"{'--ray-address' if ray_address is not None else '--ray-dashboard'} is for --replicas")
     slow = ConnectionLimits(header_timeout, body_timeout, max_connections=max_connections,
                             per_client=max_connections_per_client)
     served = checked_models(catalog)  # bad flags, or a model whose file alone is over --model-memory, fail first
@@ -156,8 +159,8 @@ def _log_to_stderr() -> None:
     server_log.setLevel(logging.INFO)
 
 
-def _serve_replicas(options: ServeOptions, replicas: int, ray_address: str | None, host: str, port: int,
-                    drain_timeout: int) -> None:
+def _serve_replicas(options: ServeOptions, replicas: int, ray_address: str | None, ray_dashboard: bool, host: str,
+                    port: int, drain_timeout: int) -> None:
     """`realm serve --replicas N`: the same server in N Ray Serve replicas (realm/cluster)."""
     from realm.cluster import launch  # Ray is imported only when it is used
 
@@ -175,11 +178,13 @@ def _serve_replicas(options: ServeOptions, replicas: int, ray_address: str | Non
         GGUFFile(options.catalog.sources()[0].path)
     threads = native.default_threads() if _given("threads") else None
 
-    def announce(cpus: float) -> None:
+    def announce(cpus: float, dashboard_url: str | None) -> None:
+        dashboard = f"; Ray's dashboard on {dashboard_url}" if dashboard_url else ""
         click.echo(f"realm: {replicas} replica(s) of {', '.join(_ids(options))} on http://{host}:{port} "
-                   f"(Ray Serve, {cpus:g} CPU each)", err=True)
+                   f"(Ray Serve, {cpus:g} CPU each{dashboard})", err=True)
 
-    stopped_by = launch.serve_replicas(options, replicas, threads, ray_address, host, port, drain_timeout, announce)
+    stopped_by = launch.serve_replicas(options, replicas, threads, ray_address, host, port, drain_timeout, announce,
+                                       ray_dashboard)
     # Ended as the single-process server ends: status 130 for Ctrl-C, "terminated by SIGTERM" otherwise.
     if stopped_by == signal.SIGINT:
         raise KeyboardInterrupt

@@ -1,9 +1,9 @@
 """Starting `realm serve --replicas N`: Ray (connected or started), Serve's HTTP proxy on the
 address asked for, the replicas; then, on SIGTERM or Ctrl-C, the drain and the shutdown.
 
-A local Ray instance started here (no dashboard, a small object store: requests and answers are
-small) is stopped on the way out; a cluster named by --ray-address or RAY_ADDRESS is left running,
-only this deployment and Serve's proxies removed from it.
+A local Ray instance started here (a small object store: requests and answers are small; no
+dashboard unless asked for, as it holds some 200 MiB) is stopped on the way out; a cluster named by
+--ray-address or RAY_ADDRESS is left running, only this deployment and Serve's proxies removed from it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 
 import ray
@@ -30,23 +31,38 @@ _SETTINGS_PREFIX = "REALM_"
 _CONNECT_TIMEOUT_S = 5
 
 
-def connect(address: str | None) -> bool:
-    """Connect to the Ray cluster at `address` (else $RAY_ADDRESS), or start a local one; True when
-    one was started here. Raises RealmError when the cluster cannot be reached."""
+@dataclass(frozen=True)
+class Cluster:
+    """The Ray cluster this process joined: whether it started it, and the dashboard it started with
+    it (its URL: Ray's state API and UI; None when it has none or the cluster is not this process's)."""
+
+    started_here: bool
+    dashboard_url: str | None
+
+
+def connect(address: str | None, dashboard: bool = False) -> Cluster:
+    """Connect to the Ray cluster at `address` (else $RAY_ADDRESS), or start a local one, with Ray's
+    dashboard on 127.0.0.1 when `dashboard`. Raises RealmError when the cluster cannot be reached, or
+    for `dashboard` with a cluster that is not started here (its dashboard is its own)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None and dashboard:
+        raise RealmError(f"--ray-dashboard is for a local Ray instance; the cluster at {address} has its own")
     if address is not None:
         _check_reachable(address)
     try:
         if address is None:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-                     logging_level=logging.ERROR, log_to_driver=False)
+            context = ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
+                               dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
+                               logging_level=logging.ERROR, log_to_driver=False)
         else:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise RealmError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
             from None
-    return address is None
+    if address is not None:
+        return Cluster(started_here=False, dashboard_url=None)
+    return Cluster(started_here=True, dashboard_url=f"http://{context.dashboard_url}" if dashboard else None)
 
 
 def _check_reachable(address: str) -> None:
@@ -78,19 +94,21 @@ def replica_env(threads: int) -> dict[str, str]:
 
 
 def serve_replicas(options: ServeOptions, replicas: int, threads: int | None, address: str | None, host: str,
-                   port: int, drain_timeout: float, announce: Callable[[float], None]) -> int:
-    """Serve `replicas` replicas of the server `options` describe on Ray (connect()), each reserving
-    replica_cpus() and running the cpu kernels on `threads` (else as many as it reserves, at least
-    one); `announce(cpus)` once they all serve. Returns the signal (SIGTERM or SIGINT) that stopped it,
-    after the replicas drained (drain_timeout) and were removed and a Ray started here stopped.
-    Raises RealmError."""
-    started = connect(address)
+                   port: int, drain_timeout: float, announce: Callable[[float, str | None], None],
+                   dashboard: bool = False) -> int:
+    """Serve `replicas` replicas of the server `options` describe on Ray (connect(), a local Ray with its
+    dashboard when `dashboard`), each reserving replica_cpus() and running the cpu kernels on `threads`
+    (else as many as it reserves, at least one); `announce(cpus, dashboard_url)` once they all serve.
+    Returns the signal (SIGTERM or SIGINT) that stopped it, after the replicas drained (drain_timeout)
+    and were removed and a Ray started here stopped. Raises RealmError."""
+    cluster = connect(address, dashboard)
     try:
         cpus = replica_cpus(replicas, threads)
         placement = Placement(replicas, cpus, replica_env(threads or max(1, int(cpus))), drain_timeout)
-        return _run(options, placement, host, port, lambda: announce(cpus), own_ray=started)
+        return _run(options, placement, host, port, lambda: announce(cpus, cluster.dashboard_url),
+                    own_ray=cluster.started_here)
     finally:
-        if started:
+        if cluster.started_here:
             ray.shutdown()
 
 
