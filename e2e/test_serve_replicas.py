@@ -94,7 +94,9 @@ def registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 
 def _env(registry: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    """A user's environment: without RAY_AUTH_MODE, which this process's ray.init set (so `realm serve`
+    must send the token of the module's Ray, on this machine, itself)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     return {**env, **registry, "REALM_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
 
 
@@ -264,6 +266,16 @@ def test_a_replica_that_cannot_build_its_server_is_one_error_line(realm, ray_add
                  "--chat-template", "/nonexistent.jinja", "--port", str(free_port()), timeout=180)
     one_error_line(done, 1, "the replicas did not start", "ChatTemplateError", "/nonexistent.jinja")
     assert ray.cluster_resources().get("CPU") == 2  # the cluster it joined still runs
+
+
+def test_a_cluster_that_wants_a_token_it_is_not_given_is_one_error_line(realm, realm_env, ray_address):
+    if os.environ.get("RAY_AUTH_MODE") != "token":  # ray.init sets it where the environment did not say "disabled"
+        pytest.skip("the module's Ray instance has no token authentication: RAY_AUTH_MODE is set otherwise here")
+    realm_env["RAY_AUTH_MODE"] = "disabled"  # the user's word: no token is sent (the `realm` fixture's env)
+    done = realm("serve", "--replicas", "1", "--ray-address", ray_address, "--model", str(MODEL_FILE),
+                 "--port", str(free_port()), timeout=120)
+    one_error_line(done, 1, f"cannot reach the Ray cluster at {ray_address}", "it wants Ray's token",
+                   "RAY_AUTH_MODE=token")
 
 
 @pytest.mark.parametrize("dashboard", [False, True], ids=["no-dashboard", "ray-dashboard"])

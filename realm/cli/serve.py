@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -162,6 +163,10 @@ def _log_to_stderr() -> None:
 def _serve_replicas(options: ServeOptions, replicas: int, ray_address: str | None, ray_dashboard: bool, host: str,
                     port: int, drain_timeout: int) -> None:
     """`realm serve --replicas N`: the same server in N Ray Serve replicas (realm/cluster)."""
+    from realm.cluster import ray_token
+
+    # Before Ray is imported, which reads RAY_AUTH_MODE once.
+    ray_token.send_local_token_to(ray_address or os.environ.get("RAY_ADDRESS"))
     from realm.cluster import launch  # Ray is imported only when it is used
 
     listen.bind(host, port).close()  # a busy port or a bad host fails now, before Ray starts

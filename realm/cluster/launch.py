@@ -12,10 +12,14 @@ import logging
 import os
 import signal
 import socket
+import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
+from typing import IO
 
 import ray
 from ray import serve
@@ -23,6 +27,7 @@ from ray.serve.exceptions import RayServeException
 
 from host_functions import settings
 from host_functions.errors import RealmError
+from realm.cluster import ray_token
 from realm.cluster.deployment import APP_NAME, DEPLOYMENT_NAME, Placement, application
 from realm.server.build import ServeOptions
 
@@ -49,20 +54,57 @@ def connect(address: str | None, dashboard: bool = False) -> Cluster:
         raise RealmError(f"--ray-dashboard is for a local Ray instance; the cluster at {address} has its own")
     if address is not None:
         _check_reachable(address)
+    if address is None:
+        try:
+            context = ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                               object_store_memory=OBJECT_STORE_BYTES, logging_level=logging.ERROR,
+                               log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RealmError(f"cannot start a local Ray instance: {_first_line(exc)}") from None
+        return Cluster(started_here=True, dashboard_url=f"http://{context.dashboard_url}" if dashboard else None)
+    _join(address)
+    return Cluster(started_here=False, dashboard_url=None)
+
+
+def _join(address: str) -> None:
+    """ray.init(address) with what Ray's native client prints on stderr held back, and passed on once
+    it succeeds: that client logs each of its retries (20 s of them for a cluster that refuses it),
+    so that a failure is one RealmError instead, naming the token a cluster with token
+    authentication wants."""
+    with tempfile.TemporaryFile() as held:
+        try:
+            with _stderr_to(held):
+                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            why = _first_line(exc)
+            if b"InvalidAuthToken" in _contents(held):
+                why = (f"it wants Ray's token ({why}); set {ray_token.AUTH_MODE}=token, with the token of its "
+                       "head node in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+            raise RealmError(f"cannot reach the Ray cluster at {address}: {why}") from None
+        os.write(2, _contents(held))
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@contextmanager
+def _stderr_to(file: IO[bytes]) -> Iterator[None]:
+    """File descriptor 2 (where native code writes) pointed at `file` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
     try:
-        if address is None:
-            context = ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
-                               dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
-                               logging_level=logging.ERROR, log_to_driver=False)
-        else:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise RealmError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
-            from None
-    if address is not None:
-        return Cluster(started_here=False, dashboard_url=None)
-    return Cluster(started_here=True, dashboard_url=f"http://{context.dashboard_url}" if dashboard else None)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _contents(file: IO[bytes]) -> bytes:
+    file.seek(0)
+    return file.read()
 
 
 def _check_reachable(address: str) -> None:
