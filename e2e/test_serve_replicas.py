@@ -252,13 +252,17 @@ def test_a_killed_replica_is_replaced_and_its_tenants_are_served_with_retries(se
 def test_a_restarted_deployment_serves_the_same_tenants_and_keys(served, tenants, ray_address, tmp_path):
     _stop(served)
     assert ray.is_initialized() and ray.cluster_resources().get("CPU") == 2  # a cluster it joined is left running
-    again = _start(served.env, tmp_path / "again.log", "--replicas", "2", "--ray-address", ray_address)
-    try:
-        for key, _ in tenants.values():
-            assert again.complete(key, retries=4)[0]
-        assert again.tenant("after-restart")
-    finally:
-        _stop(again)
+    # Once after a SIGTERM, once after a SIGKILL of `realm serve`: the deployment a killed one left behind
+    # (still serving, on its port) is taken over, on the new port.
+    for restart, stop in (("sigterm", signal.SIGKILL), ("sigkill", signal.SIGTERM)):
+        again = _start(served.env, tmp_path / f"after-{restart}.log", "--replicas", "2", "--ray-address", ray_address)
+        try:
+            for key, _ in tenants.values():
+                assert again.complete(key, retries=4)[0]
+            assert again.tenant(f"after-{restart}")
+        finally:
+            again.proc.send_signal(stop)
+            assert again.proc.wait(timeout=120) == -stop, again.log.read_text()
 
 
 def test_a_replica_that_cannot_build_its_server_is_one_error_line(realm, ray_address):

@@ -23,6 +23,7 @@ from typing import IO
 
 import ray
 from ray import serve
+from ray.actor import ActorHandle
 from ray.serve.exceptions import RayServeException
 
 from host_functions import settings
@@ -34,6 +35,7 @@ from realm.server.build import ServeOptions
 OBJECT_STORE_BYTES = 128 << 20  # Ray's minimum is 75 MiB; nothing large passes through it
 _SETTINGS_PREFIX = "REALM_"
 _CONNECT_TIMEOUT_S = 5
+OWNER_NAMESPACE = "realm"  # where DeploymentOwner is named: a namespace every driver can see
 
 
 @dataclass(frozen=True)
@@ -160,20 +162,42 @@ def _run(options: ServeOptions, placement: Placement, host: str, port: int, anno
     and serve until SIGTERM or SIGINT; then drain them (placement.drain_timeout), remove them and
     return the signal. Serve is left to Ray's shutdown where `own_ray` (a Ray started here)."""
     stop, received = _stop_on_signals()
-    if APP_NAME in serve.status().applications:  # Serve would replace it
-        raise RealmError(f"Realm is already deployed on this Ray cluster (Serve application {APP_NAME!r})")
     logging.getLogger("ray.serve").setLevel(logging.ERROR)  # this process's notices ("Started Serve", ...)
-    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+    owner = _own_the_deployment()
     try:
-        serve.run(application(options, placement), name=APP_NAME, route_prefix="/")
-    except (RuntimeError, RayServeException) as exc:
-        why = _why_not_started(exc)
+        serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+        try:
+            serve.run(application(options, placement), name=APP_NAME, route_prefix="/")
+        except (RuntimeError, RayServeException) as exc:
+            why = _why_not_started(exc)
+            _remove(own_ray)
+            raise RealmError(f"the replicas did not start: {why}") from None
+        announce()
+        stop.wait()
         _remove(own_ray)
-        raise RealmError(f"the replicas did not start: {why}") from None
-    announce()
-    stop.wait()
-    _remove(own_ray)
-    return received[0]
+        return received[0]
+    finally:
+        ray.kill(owner)
+
+
+@ray.remote(num_cpus=0)
+class DeploymentOwner:
+    """The `realm serve` that runs a cluster's Realm deployment, by name: a named actor that is not
+    detached ends with the process that made it, a SIGKILL included, and frees the name."""
+
+
+def _own_the_deployment() -> ActorHandle:
+    """Claim the cluster's Realm deployment for this process (the handle keeps the claim). Raises
+    RealmError where a running `realm serve` has it (Serve would replace its application). What a
+    killed one left (its application, and Serve when nothing else uses it) is removed first."""
+    try:
+        owner = DeploymentOwner.options(name=APP_NAME, namespace=OWNER_NAMESPACE).remote()  # type: ignore[attr-defined]
+    except ValueError:  # the name is taken: registering a named actor is checked at once
+        raise RealmError(f"Realm is already deployed on this Ray cluster (Serve application {APP_NAME!r}) by a "
+                         "running `realm serve`") from None
+    if APP_NAME in serve.status().applications:  # its `realm serve` was killed before it removed it
+        _remove(own_ray=False)
+    return owner
 
 
 def _why_not_started(exc: Exception) -> str:
