@@ -320,9 +320,41 @@ def test_a_local_ray_of_its_own_drains_on_sigterm_and_leaves_nothing_behind(dash
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def test_the_cluster_of_ray_start_on_this_machine_is_joined_without_its_address(tmp_path):
+    temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # its own RAY_TMPDIR: Ray's record of `ray start` is there
+    env = {**_env({}), "RAY_TMPDIR": temp, "REALM_HOME": str(tmp_path / "home")}
+    port = free_port()
+    started = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(port),
+                              "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr
+        served = _start(env, tmp_path / "joined.log", "--replicas", "1")
+        assert re.search(rf"on the Ray cluster of `ray start` at [\d.]+:{port}\)", served.log.read_text())
+        assert served.complete(served.tenant("joined"))[0]
+        _stop(served)
+        assert _pids_naming(temp), "the cluster of `ray start` was stopped with realm serve"
+    finally:
+        _end(_descendants(_pids_naming(temp)))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _end(pids: set[int]) -> None:
+    """SIGTERM to `pids`, SIGKILL to those left after 10 s (`ray stop` would stop every Ray on the machine)."""
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 0)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while (pids := pids & _descendants(set())) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 def _dashboard_url(log: str) -> str | None:
     """The dashboard URL that `realm serve --replicas` announces, if it started one."""
-    found = re.search(r"Ray's dashboard on (http://[\w.:]+)", log)
+    found = re.search(r"its dashboard on (http://[\w.:]+)", log)
     return found.group(1) if found else None
 
 

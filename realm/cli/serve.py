@@ -95,7 +95,8 @@ _SLOW = ConnectionLimits()
               help="Serve with N replicas of this server on Ray Serve, each tenant kept on one (docs/cluster.md). "
                    "[default: one process, no Ray]")
 @click.option("--ray-address", metavar="ADDR", default=None,
-              help="The Ray cluster for --replicas (else $RAY_ADDRESS, else a local Ray instance started here).")
+              help="The Ray cluster for --replicas (else $RAY_ADDRESS, else the one `ray start` runs on this machine, "
+                   "else a local Ray instance started here).")
 @click.option("--ray-dashboard", is_flag=True,
               help="Start the local Ray instance of --replicas with Ray's dashboard on 127.0.0.1 (its UI and state "
                    "API, `ray list actors`; about 200 MiB more). [default: no dashboard]")
@@ -183,10 +184,9 @@ def _serve_replicas(options: ServeOptions, replicas: int, ray_address: str | Non
         GGUFFile(options.catalog.sources()[0].path)
     threads = native.default_threads() if _given("threads") else None
 
-    def announce(cpus: float, dashboard_url: str | None) -> None:
-        dashboard = f"; Ray's dashboard on {dashboard_url}" if dashboard_url else ""
+    def announce(cpus: float, cluster: str) -> None:
         click.echo(f"realm: {replicas} replica(s) of {', '.join(_ids(options))} on http://{host}:{port} "
-                   f"(Ray Serve, {cpus:g} CPU each{dashboard})", err=True)
+                   f"(Ray Serve, {cpus:g} CPU each, on {cluster})", err=True)
 
     stopped_by = launch.serve_replicas(options, replicas, threads, ray_address, host, port, drain_timeout, announce,
                                        ray_dashboard)

@@ -3,7 +3,8 @@ address asked for, the replicas; then, on SIGTERM or Ctrl-C, the drain and the s
 
 A local Ray instance started here (a small object store: requests and answers are small; no
 dashboard unless asked for, as it holds some 200 MiB) is stopped on the way out; a cluster named by
---ray-address or RAY_ADDRESS is left running, only this deployment and Serve's proxies removed from it.
+--ray-address or RAY_ADDRESS, or the one `ray start` runs on this machine, is left running, only this
+deployment and Serve's proxies removed from it.
 """
 
 from __future__ import annotations
@@ -40,32 +41,54 @@ OWNER_NAMESPACE = "realm"  # where DeploymentOwner is named: a namespace every d
 
 @dataclass(frozen=True)
 class Cluster:
-    """The Ray cluster this process joined: whether it started it, and the dashboard it started with
-    it (its URL: Ray's state API and UI; None when it has none or the cluster is not this process's)."""
+    """The Ray cluster this process joined: whether it started it, and what the start's line says of
+    it (a local instance, with its dashboard's URL when it has one, or the address it was found at)."""
 
     started_here: bool
-    dashboard_url: str | None
+    description: str
 
 
 def connect(address: str | None, dashboard: bool = False) -> Cluster:
-    """Connect to the Ray cluster at `address` (else $RAY_ADDRESS), or start a local one, with Ray's
-    dashboard on 127.0.0.1 when `dashboard`. Raises RealmError when the cluster cannot be reached, or
-    for `dashboard` with a cluster that is not started here (its dashboard is its own)."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None and dashboard:
-        raise RealmError(f"--ray-dashboard is for a local Ray instance; the cluster at {address} has its own")
-    if address is not None:
-        _check_reachable(address)
-    if address is None:
-        try:
-            context = ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                               object_store_memory=OBJECT_STORE_BYTES, logging_level=logging.ERROR,
-                               log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RealmError(f"cannot start a local Ray instance: {_first_line(exc)}") from None
-        return Cluster(started_here=True, dashboard_url=f"http://{context.dashboard_url}" if dashboard else None)
-    _join(address)
-    return Cluster(started_here=False, dashboard_url=None)
+    """Connect to the Ray cluster at `address`, else at $RAY_ADDRESS, else to the one `ray start` runs
+    on this machine (as a bare `ray.init()` would), or else start a local one, with Ray's dashboard on
+    127.0.0.1 when `dashboard`. Raises RealmError when the cluster cannot be reached, or for
+    `dashboard` with a cluster not started here (its dashboard is its own)."""
+    named = address or os.environ.get("RAY_ADDRESS") or None
+    found = None if named else _cluster_of_ray_start()
+    joined = named or found
+    if joined is not None and dashboard:
+        raise RealmError(f"--ray-dashboard is for a local Ray instance; the cluster at {joined} has its own")
+    if named is not None:
+        _check_reachable(named)
+        _join(named)
+        return Cluster(started_here=False, description=f"the Ray cluster at {named}")
+    if found is not None:
+        _join("auto")  # Ray's own record of it, and the token ray.init sends to a cluster it finds itself
+        return Cluster(started_here=False, description=f"the Ray cluster of `ray start` at {found}")
+    try:
+        context = ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
+                           dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
+                           logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RealmError(f"cannot start a local Ray instance: {_first_line(exc)}") from None
+    if dashboard:
+        return Cluster(started_here=True, description=f"a local Ray instance, its dashboard on http://"
+                                                      f"{context.dashboard_url}")
+    return Cluster(started_here=True, description="a local Ray instance")
+
+
+def _cluster_of_ray_start() -> str | None:
+    """The address of the cluster that `ray start` runs on this machine, as Ray records it (Ray's
+    own reader of that record: it knows where the record lives), when it answers. None when there
+    is none, or the record is what a killed cluster left."""
+    recorded = ray._private.utils.read_ray_address()
+    if not recorded:
+        return None
+    try:
+        _check_reachable(recorded)
+    except RealmError:
+        return None
+    return str(recorded)
 
 
 def _join(address: str) -> None:
@@ -138,18 +161,18 @@ def replica_env(threads: int) -> dict[str, str]:
 
 
 def serve_replicas(options: ServeOptions, replicas: int, threads: int | None, address: str | None, host: str,
-                   port: int, drain_timeout: float, announce: Callable[[float, str | None], None],
+                   port: int, drain_timeout: float, announce: Callable[[float, str], None],
                    dashboard: bool = False) -> int:
     """Serve `replicas` replicas of the server `options` describe on Ray (connect(), a local Ray with its
     dashboard when `dashboard`), each reserving replica_cpus() and running the cpu kernels on `threads`
-    (else as many as it reserves, at least one); `announce(cpus, dashboard_url)` once they all serve.
+    (else as many as it reserves, at least one); `announce(cpus, the cluster's description)` once they all serve.
     Returns the signal (SIGTERM or SIGINT) that stopped it, after the replicas drained (drain_timeout)
     and were removed and a Ray started here stopped. Raises RealmError."""
     cluster = connect(address, dashboard)
     try:
         cpus = replica_cpus(replicas, threads)
         placement = Placement(replicas, cpus, replica_env(threads or max(1, int(cpus))), drain_timeout)
-        return _run(options, placement, host, port, lambda: announce(cpus, cluster.dashboard_url),
+        return _run(options, placement, host, port, lambda: announce(cpus, cluster.description),
                     own_ray=cluster.started_here)
     finally:
         if cluster.started_here:
