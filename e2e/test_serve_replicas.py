@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -272,16 +273,6 @@ def test_a_replica_that_cannot_build_its_server_is_one_error_line(realm, ray_add
     assert ray.cluster_resources().get("CPU") == 2  # the cluster it joined still runs
 
 
-def test_a_cluster_that_wants_a_token_it_is_not_given_is_one_error_line(realm, realm_env, ray_address):
-    if os.environ.get("RAY_AUTH_MODE") != "token":  # ray.init sets it where the environment did not say "disabled"
-        pytest.skip("the module's Ray instance has no token authentication: RAY_AUTH_MODE is set otherwise here")
-    realm_env["RAY_AUTH_MODE"] = "disabled"  # the user's word: no token is sent (the `realm` fixture's env)
-    done = realm("serve", "--replicas", "1", "--ray-address", ray_address, "--model", str(MODEL_FILE),
-                 "--port", str(free_port()), timeout=120)
-    one_error_line(done, 1, f"cannot reach the Ray cluster at {ray_address}", "it wants Ray's token",
-                   "RAY_AUTH_MODE=token")
-
-
 @pytest.mark.parametrize("dashboard", [False, True], ids=["no-dashboard", "ray-dashboard"])
 def test_a_local_ray_of_its_own_drains_on_sigterm_and_leaves_nothing_behind(dashboard, tmp_path):
     temp = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
@@ -320,13 +311,16 @@ def test_a_local_ray_of_its_own_drains_on_sigterm_and_leaves_nothing_behind(dash
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_the_cluster_of_ray_start_on_this_machine_is_joined_without_its_address(tmp_path):
+def test_the_cluster_of_ray_start_on_this_machine_is_joined_and_its_token_sent(tmp_path):
     temp = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # its own RAY_TMPDIR: Ray's record of `ray start` is there
-    env = {**_env({}), "RAY_TMPDIR": temp, "REALM_HOME": str(tmp_path / "home")}
+    # A user's shell: the cluster's token at hand (RAY_AUTH_TOKEN), RAY_AUTH_MODE unset (_env); the cluster
+    # wants the token whatever this machine's environment says.
+    env = {**_env({}), "RAY_TMPDIR": temp, "REALM_HOME": str(tmp_path / "home"),
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     port = free_port()
     started = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(port),
                               "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats"],
-                             env=env, capture_output=True, text=True, timeout=120)
+                             env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=120)
     try:
         assert started.returncode == 0, started.stderr
         served = _start(env, tmp_path / "joined.log", "--replicas", "1")
@@ -334,6 +328,12 @@ def test_the_cluster_of_ray_start_on_this_machine_is_joined_without_its_address(
         assert served.complete(served.tenant("joined"))[0]
         _stop(served)
         assert _pids_naming(temp), "the cluster of `ray start` was stopped with realm serve"
+        # Told not to send the token (the user's word), `realm serve` is refused: one line saying why.
+        refused = subprocess.run([REALM, "serve", "--replicas", "1", "--ray-address", f"127.0.0.1:{port}", "--model",
+                                  str(MODEL_FILE), "--port", str(free_port())],
+                                 env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=120)
+        one_error_line(refused, 1, f"cannot reach the Ray cluster at 127.0.0.1:{port}", "it wants Ray's token",
+                       "RAY_AUTH_MODE=token")
     finally:
         _end(_descendants(_pids_naming(temp)))
         shutil.rmtree(temp, ignore_errors=True)

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from realm.cluster.ray_token import AUTH_MODE, is_this_machine, send_local_token_to, token_available
+from realm.cluster.ray_token import AUTH_MODE, gcs_host_port, is_this_machine, send_local_token_to, token_available
 
 ELSEWHERE = "203.0.113.7"  # TEST-NET-3: never an address of this machine
 
@@ -74,3 +74,11 @@ def test_a_token_is_found_where_ray_looks(token_home, monkeypatch, tmp_path, whe
 def test_this_machine_is_told_from_others():
     assert is_this_machine("127.0.0.1") and is_this_machine(_own_address())
     assert not is_this_machine(ELSEWHERE) and not is_this_machine("no-such-host.invalid")
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("10.0.0.1:6379", ("10.0.0.1", 6379)), ("[::1]:6379", ("::1", 6379)), ("head.example:6379", ("head.example", 6379)),
+    ("auto", None), ("ray://10.0.0.1:10001", None), ("10.0.0.1", None), (":6379", None), ("10.0.0.1:port", None),
+])
+def test_a_gcs_address_is_host_and_port_and_ray_s_other_forms_are_left_to_ray(address, expected):
+    assert gcs_host_port(address) == expected

@@ -134,11 +134,11 @@ def _contents(file: IO[bytes]) -> bytes:
 
 def _check_reachable(address: str) -> None:
     """RealmError at once for a host:port nobody answers on (ray.init would retry for minutes)."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or "://" in address:
+    host_port = ray_token.gcs_host_port(address)
+    if host_port is None:
         return  # "auto" or a ray:// client address: ray.init finds or refuses it itself
     try:
-        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
+        socket.create_connection(host_port, timeout=_CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         raise RealmError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 

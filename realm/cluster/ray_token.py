@@ -1,6 +1,6 @@
 """Ray's token authentication, for the cluster that `realm serve --replicas --ray-address` joins.
 
-Since Ray 2.52, a local `ray.init()` turns token authentication on and writes a token to
+In Ray 2.60 (the version tested), a local `ray.init()` turns token authentication on and writes a token to
 ~/.ray/auth_token, and every later `ray start --head` on that machine uses it. A client sends the
 token only with RAY_AUTH_MODE=token. Ray reads that variable once, when it is imported, and
 `ray.init()` sets it for a cluster it finds alone (address "auto") but never for one it is given.
@@ -30,9 +30,18 @@ def send_local_token_to(address: str | None) -> None:
     machine. Call it before Ray is imported."""
     if address is None or AUTH_MODE in os.environ or not token_available():
         return
-    host, _, port = address.rpartition(":")
-    if host and port.isdigit() and "://" not in address and is_this_machine(host.strip("[]")):
+    host_port = gcs_host_port(address)
+    if host_port is not None and is_this_machine(host_port[0]):
         os.environ[AUTH_MODE] = "token"
+
+
+def gcs_host_port(address: str) -> tuple[str, int] | None:
+    """The host (an IPv6 one without its brackets) and port of a cluster's GCS address HOST:PORT; None
+    for Ray's other forms ("auto", a ray:// client address), which Ray resolves itself."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return None
+    return host.strip("[]"), int(port)
 
 
 def token_available() -> bool:
